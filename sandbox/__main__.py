@@ -1,0 +1,66 @@
+"""`python -m sandbox up | down | status | seed SERVICE_YAML [--prefix P]`.
+
+Exit codes are part of the contract (`ecs-pipeline sandbox ...` shells out to
+this): 0 ok, 1 error with one line on stderr that says what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sandbox import manage
+from sandbox.engine import SandboxError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox", description="local AWS rehearsal environment"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start what is missing (idempotent) and write .sandbox/env")
+    sub.add_parser("down", help="stop what `up` started")
+    sub.add_parser("status", help="each component's pid, address and health; exit 1 if one is down")
+    seed = sub.add_parser("seed", help="create a service's existing infrastructure (idempotent)")
+    seed.add_argument("service_yaml")
+    seed.add_argument("--prefix", default="", help="prepended to every resource name")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            manage.up()
+        elif args.command == "down":
+            manage.down()
+        elif args.command == "status":
+            return 0 if manage.status() else 1
+        else:
+            return _seed(args.service_yaml, args.prefix)
+    except SandboxError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+    return 0
+
+
+def _seed(path: str, prefix: str) -> int:
+    from sandbox.seed import seed_service
+    from tasks.errors import PipelineError
+    from tasks.models import load_service
+
+    try:
+        config = load_service(path)
+        result = seed_service(config, prefix=prefix, env=manage.load_env())
+    except PipelineError as exc:
+        return _fail(str(exc))
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _fail(message: str) -> int:
+    one_line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"error: {one_line}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""`up`, `down` and `status` for the sandbox's processes.
+
+Every component is checked by its health endpoint first and started only when
+missing, so a second `up` is a quick no-op. `down` stops only what `up`
+started, by the pid files under <state>/pids/, and never an engine or registry
+that was already there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox import engine, procs
+from sandbox.engine import SandboxError
+
+REPO = Path(__file__).resolve().parent.parent
+ENV_KEYS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "DOCKER_HOST",
+    "PREFECT_API_URL",
+    "SANDBOX_REGISTRY",
+    "SANDBOX_TIME_SCALE",
+    "SANDBOX_DIR",
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the sandbox keeps its state and which loopback ports it uses."""
+
+    state: Path
+    aws_port: int
+    registry_port: int
+    prefect_port: int
+    time_scale: str
+
+    @property
+    def pids(self) -> Path:
+        return self.state / "pids"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def env_file(self) -> Path:
+        return self.state / "env"
+
+    @property
+    def docker_host_file(self) -> Path:
+        return self.state / "docker_host"
+
+    def pidfile(self, name: str) -> Path:
+        return self.pids / f"{name}.pid"
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+
+def layout() -> Layout:
+    """The layout from the environment: SANDBOX_DIR and SANDBOX_*_PORT override defaults."""
+    state = Path(os.environ.get("SANDBOX_DIR") or REPO / ".sandbox").resolve()
+    return Layout(
+        state=state,
+        aws_port=_port("SANDBOX_AWS_PORT", 4566),
+        registry_port=_port("SANDBOX_REGISTRY_PORT", 5000),
+        prefect_port=_port("SANDBOX_PREFECT_PORT", 4200),
+        time_scale=os.environ.get("SANDBOX_TIME_SCALE") or "60",
+    )
+
+
+def _port(var: str, default: int) -> int:
+    raw = os.environ.get(var)
+    if not raw:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise SandboxError(f"{var}={raw} is not a TCP port; set it to a number 1-65535")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One process of the sandbox: how to reach it and how to tell it is healthy."""
+
+    name: str
+    address: str
+    healthy: Callable[[], bool]
+    port: int | None = None
+
+
+def components(lay: Layout, docker_host: str) -> list[Component]:
+    reg = f"http://127.0.0.1:{lay.registry_port}"
+    aws = f"http://127.0.0.1:{lay.aws_port}"
+    prefect = f"http://127.0.0.1:{lay.prefect_port}"
+    return [
+        Component("engine", docker_host, lambda: engine.engine_answers(docker_host)),
+        Component("registry", reg, lambda: procs.http_ok(reg + "/v2/"), lay.registry_port),
+        Component("aws", aws, lambda: procs.http_ok(aws + "/_sandbox/health"), lay.aws_port),
+        Component(
+            "prefect", prefect, lambda: procs.http_ok(prefect + "/api/health"), lay.prefect_port
+        ),
+    ]
+
+
+def current_docker_host(lay: Layout) -> str:
+    """The engine the sandbox uses: recorded by `up`, else the one it would pick."""
+    try:
+        recorded = lay.docker_host_file.read_text().strip()
+    except OSError:
+        recorded = ""
+    if recorded:
+        return recorded
+    try:
+        return engine.existing_engine(lay.state) or "unix://" + str(engine.own_socket(lay.state))
+    except SandboxError:
+        return os.environ.get("DOCKER_HOST", "")
+
+
+@contextmanager
+def _locked(lay: Layout) -> Iterator[None]:
+    """Serialise `up`/`down`: test sessions may call `up` at the same moment."""
+    lay.state.mkdir(parents=True, exist_ok=True)
+    with open(lay.state / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def up(out: Callable[[str], None] = print) -> float:
+    """Start what is missing and write <state>/env; returns the seconds it took."""
+    t0 = time.monotonic()
+    lay = layout()
+    with _locked(lay):
+        for d in (lay.pids, lay.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        comps = {c.name: c for c in components(lay, current_docker_host(lay))}
+        if all(c.healthy() for c in comps.values()) and Path("/bin/busybox").exists():
+            write_env(lay, comps["engine"].address)
+            took = time.monotonic() - t0
+            out(f"sandbox already up ({took:.2f} s); env in {lay.env_file}")
+            return took
+        _start_all(lay, comps, out)
+    took = time.monotonic() - t0
+    out(f"sandbox up in {took:.1f} s; env in {lay.env_file}")
+    return took
+
+
+def _start_all(lay: Layout, comps: dict[str, Component], out: Callable[[str], None]) -> None:
+    # Prefect is the slowest to come up (~17 s): start it before anything else.
+    started: dict[str, procs.Recorded | None] = {}
+    started["prefect"] = _ensure(lay, comps["prefect"], _prefect_argv(lay), _prefect_env(lay))
+
+    docker_host = engine.existing_engine(lay.state)
+    own = "unix://" + str(engine.own_socket(lay.state))
+    need_dockerd = docker_host is None and not engine.engine_answers(own)
+    need_registry = not comps["registry"].healthy()
+    engine.apt_install(
+        engine.missing_packages(need_dockerd=need_dockerd, need_registry=need_registry)
+    )
+
+    _write_registry_config(lay)
+    started["registry"] = _ensure(
+        lay,
+        comps["registry"],
+        ["docker-registry", "serve", str(lay.state / "registry.yml")],
+        dict(os.environ),
+    )
+    docker_host = docker_host or own
+    comps["engine"] = components(lay, docker_host)[0]
+    lay.docker_host_file.write_text(docker_host + "\n")
+    if docker_host == own:
+        if engine.can_manage_packages() or engine.engine_answers(own):
+            engine.own_socket(lay.state).parent.mkdir(parents=True, exist_ok=True)
+            started["engine"] = _ensure(
+                lay, comps["engine"], engine.dockerd_argv(lay.state), dict(os.environ)
+            )
+        else:
+            raise SandboxError(
+                "no Docker engine answers; start one and set DOCKER_HOST (e.g. unix:///var/run/docker.sock), "
+                "or run the sandbox as root on Debian so it can start its own"
+            )
+    _wait(lay, comps["engine"], started.get("engine"), 60)
+
+    aws_env = {
+        **os.environ,
+        "DOCKER_HOST": docker_host,
+        "SANDBOX_REGISTRY": f"127.0.0.1:{lay.registry_port}",
+        "SANDBOX_TIME_SCALE": lay.time_scale,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+    }
+    started["aws"] = _ensure(lay, comps["aws"], _aws_argv(lay), aws_env)
+    for name, budget in (("registry", 30), ("aws", 90), ("prefect", 120)):
+        _wait(lay, comps[name], started.get(name), budget)
+    write_env(lay, docker_host)
+    for c in comps.values():
+        rec = procs.read_pidfile(lay.pidfile(c.name))
+        who = f"pid {rec.pid}" if procs.alive(rec) and rec else "not started by the sandbox"
+        out(f"  {c.name:<9} {c.address}  ({who})")
+
+
+def _ensure(
+    lay: Layout, comp: Component, argv: list[str], env: dict[str, str]
+) -> procs.Recorded | None:
+    """Start COMP unless it answers or our earlier start of it is still coming up."""
+    if comp.healthy():
+        return None
+    rec = procs.read_pidfile(lay.pidfile(comp.name))
+    if procs.alive(rec):
+        return rec
+    if comp.port is not None and procs.port_open(comp.port):
+        var = {"aws": "SANDBOX_AWS_PORT", "registry": "SANDBOX_REGISTRY_PORT"}.get(
+            comp.name, "SANDBOX_PREFECT_PORT"
+        )
+        raise SandboxError(
+            f"port {comp.port} is taken by another program that is not a healthy {comp.name}; "
+            f"stop it or set {var} to a free port"
+        )
+    proc = procs.start_detached(argv, env=env, log=lay.log(comp.name), cwd=REPO)
+    procs.write_pidfile(lay.pidfile(comp.name), proc.pid)
+    return procs.read_pidfile(lay.pidfile(comp.name))
+
+
+def _wait(lay: Layout, comp: Component, rec: procs.Recorded | None, budget: float) -> None:
+    deadline = time.monotonic() + budget
+    while time.monotonic() < deadline:
+        if comp.healthy():
+            return
+        if rec is not None and not procs.alive(rec):
+            raise SandboxError(f"{comp.name} exited while starting; see {lay.log(comp.name)}")
+        time.sleep(0.2)
+    raise SandboxError(
+        f"{comp.name} did not become healthy at {comp.address} within {budget:.0f} s; "
+        f"see {lay.log(comp.name)}"
+    )
+
+
+def _prefect_argv(lay: Layout) -> list[str]:
+    exe = Path(sys.executable).parent / "prefect"
+    head = [str(exe)] if exe.exists() else [sys.executable, "-m", "prefect"]
+    return [*head, "server", "start", "--host", "127.0.0.1", "--port", str(lay.prefect_port)]
+
+
+def _prefect_env(lay: Layout) -> dict[str, str]:
+    home = lay.state / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="true",
+        PREFECT_SERVER_UI_ENABLED="true",
+    )
+    return env
+
+
+def _aws_argv(lay: Layout) -> list[str]:
+    return [
+        sys.executable, "-m", "sandbox.server", "--host", "127.0.0.1",
+        "--port", str(lay.aws_port), "--state-dir", str(lay.state / "aws"),
+    ]  # fmt: skip
+
+
+def _write_registry_config(lay: Layout) -> None:
+    """The registry's own config: loopback only, storage under the state dir, no auth."""
+    storage = lay.state / "registry"
+    storage.mkdir(parents=True, exist_ok=True)
+    (lay.state / "registry.yml").write_text(
+        "version: 0.1\n"
+        "log:\n  level: info\n"
+        "storage:\n"
+        f"  filesystem:\n    rootdirectory: {storage}\n"
+        "  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{lay.registry_port}\n"
+    )
+
+
+def write_env(lay: Layout, docker_host: str) -> None:
+    """KEY=VALUE lines a shell, a test or `ecs-pipeline` can load to talk to the sandbox."""
+    values = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{lay.aws_port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "DOCKER_HOST": docker_host,
+        "PREFECT_API_URL": f"http://127.0.0.1:{lay.prefect_port}/api",
+        "SANDBOX_REGISTRY": f"127.0.0.1:{lay.registry_port}",
+        "SANDBOX_TIME_SCALE": lay.time_scale,
+        "SANDBOX_DIR": str(lay.state),
+    }
+    text = "".join(f"{k}={values[k]}\n" for k in ENV_KEYS)
+    try:
+        if lay.env_file.read_text() == text:
+            return
+    except OSError:
+        pass
+    tmp = lay.env_file.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(lay.env_file)
+
+
+def load_env() -> dict[str, str]:
+    """The sandbox's <state>/env as a dict; fails with what to run when it is missing."""
+    path = layout().env_file
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        raise SandboxError(f"{path} is missing; run `python -m sandbox up` first") from None
+    env: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and key and not key.startswith("#"):
+            env[key.strip()] = value.strip()
+    return env
+
+
+def down(out: Callable[[str], None] = print) -> None:
+    """Stop what `up` started, newest first; leave engines and registries it found running."""
+    lay = layout()
+    with _locked(lay):
+        for name in ("aws", "prefect", "registry", "engine"):
+            path = lay.pidfile(name)
+            rec = procs.read_pidfile(path)
+            if procs.alive(rec) and rec is not None:
+                procs.stop(rec, timeout=30 if name == "engine" else 15)
+                out(f"  {name:<9} stopped (pid {rec.pid})")
+            else:
+                out(f"  {name:<9} not running from this sandbox; left alone")
+            path.unlink(missing_ok=True)
+        lay.env_file.unlink(missing_ok=True)
+        lay.docker_host_file.unlink(missing_ok=True)
+
+
+def status(out: Callable[[str], None] = print) -> bool:
+    """Print each component's pid, address and health; True when all are healthy."""
+    lay = layout()
+    ok = True
+    out(f"{'component':<10}{'pid':<9}{'health':<8}address")
+    for comp in components(lay, current_docker_host(lay)):
+        healthy = comp.healthy()
+        ok &= healthy
+        rec = procs.read_pidfile(lay.pidfile(comp.name))
+        pid = str(rec.pid) if rec and procs.alive(rec) else "-"
+        note = "" if pid != "-" or not healthy else "  (not started by the sandbox)"
+        out(f"{comp.name:<10}{pid:<9}{'ok' if healthy else 'DOWN':<8}{comp.address}{note}")
+    has_busybox = Path("/bin/busybox").exists()
+    ok &= has_busybox
+    out(f"{'busybox':<10}{'-':<9}{'ok' if has_busybox else 'MISSING':<8}/bin/busybox")
+    return ok
