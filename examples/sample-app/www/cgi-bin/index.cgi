@@ -1,0 +1,11 @@
+#!/bin/busybox sh
+# GET / : the version and the greeting from the task definition's environment.
+# busybox httpd only honours a Status header on the first line of output.
+. /app.env
+if [ "$BROKEN" = root ]; then
+  printf 'Status: 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\n'
+  printf 'sample-app %s: broken\n' "$VERSION"
+  exit 0
+fi
+printf 'Content-Type: text/plain\r\n\r\n'
+printf 'sample-app %s: %s\n' "$VERSION" "${GREETING:-hello}"
