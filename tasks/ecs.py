@@ -1,0 +1,208 @@
+"""ECS services and task sets: the live release, green task sets, waits that check truth."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from botocore.exceptions import ClientError
+
+from tasks.errors import ConfigError, DeployError, VerifyFailed
+from tasks.taskdef import SHA_TAG
+from tasks.waits import poll
+
+CONTROLLER_STRATEGY = {"EXTERNAL": "task-sets", "CODE_DEPLOY": "codedeploy", "ECS": "rolling"}
+# Stopped reasons that no amount of waiting fixes.
+FATAL_STOP_REASONS = (
+    "CannotPullContainerError",
+    "ResourceInitializationError",
+    "CannotStartContainerError",
+)
+
+
+def describe_service(ecs: Any, cluster: str, service: str) -> dict[str, Any]:
+    try:
+        found = ecs.describe_services(cluster=cluster, services=[service])
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ClusterNotFoundException":
+            raise ConfigError(f"ecs.cluster: cluster {cluster!r} does not exist") from exc
+        raise
+    live = [s for s in found.get("services", []) if s.get("status") != "INACTIVE"]
+    if not live:
+        raise ConfigError(
+            f"ecs.service: service {service!r} not found in cluster {cluster!r}; "
+            "create it first (Terraform, or `ecs-pipeline sandbox seed` in the sandbox)"
+        )
+    return live[0]  # type: ignore[no-any-return]
+
+
+def controller_type(service: dict[str, Any]) -> str:
+    return str(service.get("deploymentController", {}).get("type", "ECS"))
+
+
+def primary_task_set(service: dict[str, Any]) -> dict[str, Any] | None:
+    for ts in service.get("taskSets", []):
+        if ts.get("status") == "PRIMARY":
+            return ts  # type: ignore[no-any-return]
+    return None
+
+
+def task_set_target_group(task_set: dict[str, Any]) -> str | None:
+    lbs = task_set.get("loadBalancers") or []
+    return lbs[0].get("targetGroupArn") if lbs else None
+
+
+def live_task_definition(ecs: Any, service: dict[str, Any]) -> str | None:
+    """The task definition serving production: primary task set, else the PRIMARY deployment."""
+    if controller_type(service) == "EXTERNAL":
+        ts = primary_task_set(service)
+        return ts["taskDefinition"] if ts else None
+    for dep in service.get("deployments", []):
+        if dep.get("status") == "PRIMARY":
+            return dep.get("taskDefinition")  # type: ignore[no-any-return]
+    return service.get("taskDefinition")
+
+
+@dataclass(frozen=True)
+class LiveRelease:
+    task_definition: str | None
+    sha: str | None
+    image: str | None
+
+
+def describe_release(ecs: Any, task_definition: str | None, container: str) -> LiveRelease:
+    """The git SHA and image of a task definition, read from its tags."""
+    if not task_definition:
+        return LiveRelease(None, None, None)
+    out = ecs.describe_task_definition(taskDefinition=task_definition, include=["TAGS"])
+    tags = {t["key"]: t["value"] for t in out.get("tags", [])}
+    td = out["taskDefinition"]
+    images = [
+        c.get("image") for c in td.get("containerDefinitions", []) if c.get("name") == container
+    ]
+    return LiveRelease(td["taskDefinitionArn"], tags.get(SHA_TAG), images[0] if images else None)
+
+
+def find_task_set(service: dict[str, Any], task_definition: str) -> dict[str, Any] | None:
+    """A non-primary task set already running this task definition (a rerun's green)."""
+    for ts in service.get("taskSets", []):
+        if ts.get("status") == "ACTIVE" and ts.get("taskDefinition") == task_definition:
+            return ts  # type: ignore[no-any-return]
+    return None
+
+
+@dataclass(frozen=True)
+class GreenSpec:
+    cluster: str
+    service: str
+    task_definition: str
+    target_group: str
+    container: str
+    container_port: int
+    external_id: str
+
+
+def create_task_set(ecs: Any, spec: GreenSpec, service: dict[str, Any]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "cluster": spec.cluster,
+        "service": spec.service,
+        "taskDefinition": spec.task_definition,
+        "externalId": spec.external_id,
+        "loadBalancers": [
+            {
+                "targetGroupArn": spec.target_group,
+                "containerName": spec.container,
+                "containerPort": spec.container_port,
+            }
+        ],
+        "scale": {"value": 100.0, "unit": "PERCENT"},
+        "launchType": service.get("launchType") or "FARGATE",
+    }
+    if service.get("networkConfiguration"):
+        kwargs["networkConfiguration"] = service["networkConfiguration"]
+    return ecs.create_task_set(**kwargs)["taskSet"]  # type: ignore[no-any-return]
+
+
+def describe_task_set(ecs: Any, cluster: str, service: str, task_set: str) -> dict[str, Any] | None:
+    found = ecs.describe_task_sets(cluster=cluster, service=service, taskSets=[task_set])
+    sets = found.get("taskSets", [])
+    return sets[0] if sets else None
+
+
+def stopped_task_reasons(ecs: Any, cluster: str, task_definition: str, since: float) -> list[str]:
+    """Why tasks of this task definition stopped after ``since``, as ECS reports it."""
+    arns = ecs.list_tasks(cluster=cluster, desiredStatus="STOPPED").get("taskArns", [])
+    if not arns:
+        return []
+    tasks = ecs.describe_tasks(cluster=cluster, tasks=arns[:100]).get("tasks", [])
+    reasons = []
+    for t in tasks:
+        if t.get("taskDefinitionArn") != task_definition:
+            continue
+        created = t.get("createdAt")
+        if (
+            created is not None
+            and hasattr(created, "timestamp")
+            and created.timestamp() < since - 5
+        ):
+            continue
+        reasons.append(str(t.get("stoppedReason") or "stopped"))
+    return reasons
+
+
+def wait_task_set_running(
+    ecs: Any,
+    spec: GreenSpec,
+    task_set_id: str,
+    timeout: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Until the task set runs its desired count in a steady state; fails fast on fatal stops."""
+    started = time.time()
+
+    def check() -> dict[str, Any] | None:
+        ts = describe_task_set(ecs, spec.cluster, spec.service, task_set_id)
+        if ts is None:
+            raise DeployError(f"task set {task_set_id} disappeared", service=spec.service)
+        reasons = stopped_task_reasons(ecs, spec.cluster, spec.task_definition, started)
+        fatal = [r for r in reasons if r.startswith(FATAL_STOP_REASONS)]
+        if fatal:
+            raise VerifyFailed(
+                f"green tasks cannot start: {fatal[0]}",
+                service=spec.service,
+                revision=spec.task_definition,
+            )
+        want = ts.get("computedDesiredCount", 0)
+        if (
+            want
+            and ts.get("runningCount", 0) >= want
+            and ts.get("stabilityStatus") == "STEADY_STATE"
+        ):
+            return ts
+        if len(reasons) >= 3:
+            raise VerifyFailed(
+                f"green tasks keep stopping ({len(reasons)} stopped): {reasons[-1]}",
+                service=spec.service,
+                revision=spec.task_definition,
+            )
+        return None
+
+    return poll(check, timeout=timeout, what=f"green task set {task_set_id} to run", log=log)
+
+
+def set_primary(ecs: Any, cluster: str, service: str, task_set_arn: str) -> None:
+    ecs.update_service_primary_task_set(
+        cluster=cluster, service=service, primaryTaskSet=task_set_arn
+    )
+
+
+def delete_task_set(ecs: Any, cluster: str, service: str, task_set_arn: str) -> bool:
+    """Remove a task set; False when it is already gone."""
+    try:
+        ecs.delete_task_set(cluster=cluster, service=service, taskSet=task_set_arn, force=True)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("TaskSetNotFoundException",):
+            return False
+        raise
+    return True

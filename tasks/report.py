@@ -1,0 +1,110 @@
+"""What people and automations see: Prefect events, the release summary, shift progress."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
+from prefect.events import emit_event
+
+EVENT_PREFIX = "ecs-pipeline.deploy"
+
+
+def resource(service: str) -> dict[str, str]:
+    return {
+        "prefect.resource.id": f"ecs-pipeline.service.{service}",
+        "prefect.resource.name": service,
+    }
+
+
+def emit(service: str, what: str, **payload: Any) -> None:
+    """``ecs-pipeline.deploy.<what>`` on resource ``ecs-pipeline.service.<service>``."""
+    emit_event(event=f"{EVENT_PREFIX}.{what}", resource=resource(service), payload=payload)
+
+
+def artifact_key(service: str, kind: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    safe = "".join(c if c.isalnum() else "-" for c in service.lower())
+    return f"{safe}-{kind}"
+
+
+@dataclass
+class ReleaseSummary:
+    """Everything the release summary artifact shows; filled in as stages finish."""
+
+    service: str
+    strategy: str
+    sha: str | None = None
+    image: str | None = None
+    task_definition: str | None = None
+    previous_task_definition: str | None = None
+    traffic: str = "unchanged"
+    outcome: str = "in progress"
+    reason: str | None = None
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[name] = round(time.perf_counter() - started, 3)
+
+    def markdown(self) -> str:
+        rows = [
+            ("Service", self.service),
+            ("Outcome", self.outcome),
+            ("Git SHA", f"`{self.sha}`" if self.sha else "-"),
+            ("Image", f"`{self.image}`" if self.image else "-"),
+            ("Task definition", f"`{self.task_definition}`" if self.task_definition else "-"),
+            (
+                "Previous",
+                f"`{self.previous_task_definition}`" if self.previous_task_definition else "-",
+            ),
+            ("Strategy", self.strategy),
+            ("Production traffic", self.traffic),
+        ]
+        if self.reason:
+            rows.append(("Reason", self.reason))
+        lines = [f"# Release of {self.service}", "", "| | |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in rows]
+        lines += ["", "| stage | seconds |", "|---|---:|"]
+        lines += [f"| {k} | {v:.2f} |" for k, v in self.stage_seconds.items()]
+        if self.notes:
+            lines += ["", *[f"- {n}" for n in self.notes]]
+        return "\n".join(lines)
+
+    def publish(self) -> None:
+        create_markdown_artifact(
+            key=artifact_key(self.service, "release"),
+            markdown=self.markdown(),
+            description=f"{self.service}: {self.outcome}",
+        )
+
+
+class ShiftProgress:
+    """A progress artifact that follows green's share of production traffic."""
+
+    def __init__(self, service: str) -> None:
+        self.id: UUID | None = None
+        self.service = service
+
+    def update(self, percent: float) -> None:
+        if self.id is None:
+            self.id = create_progress_artifact(
+                progress=percent,
+                key=artifact_key(self.service, "traffic-shift"),
+                description=f"{self.service}: production traffic on green (%)",
+            )
+        else:
+            update_progress_artifact(artifact_id=self.id, progress=percent)

@@ -1,0 +1,214 @@
+"""Task definition rendering and comparison: pure functions over plain dicts.
+
+A template is either CodePipeline's ``taskdef.json`` (``<IMAGE1_NAME>`` where
+the image goes) or a plain task definition, even one copied from
+``describe-task-definition`` output; the container named in the service config
+gets the new image. No boto3, docker or Prefect here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import ConfigError
+
+PLACEHOLDER = "<IMAGE1_NAME>"
+SHA_TAG = "ecs-pipeline:git-sha"
+SERVICE_TAG = "ecs-pipeline:service"
+
+# Present in DescribeTaskDefinition output, refused by RegisterTaskDefinition.
+READ_ONLY = frozenset(
+    {
+        "taskDefinitionArn",
+        "revision",
+        "status",
+        "requiresAttributes",
+        "compatibilities",
+        "registeredAt",
+        "registeredBy",
+        "deregisteredAt",
+        "deleteRequestedAt",
+    }
+)
+
+
+@lru_cache(maxsize=1)
+def register_input_keys() -> frozenset[str]:
+    """RegisterTaskDefinition's accepted top-level keys, from botocore's own model."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("ecs")
+    shape = model.operation_model("RegisterTaskDefinition").input_shape
+    return frozenset(shape.members)
+
+
+def load_template(path: Path) -> dict[str, Any]:
+    """Read a taskdef.json; a ``{"taskDefinition": {...}}`` wrapper (describe output) is unwrapped."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read task definition template ({exc.strerror})") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from exc
+    if isinstance(data, dict) and isinstance(data.get("taskDefinition"), dict):
+        data = data["taskDefinition"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object with family and containerDefinitions")
+    return data
+
+
+def render_task_definition(
+    template: dict[str, Any],
+    *,
+    image: str,
+    container: str,
+    sha: str | None = None,
+    service: str | None = None,
+    source: str = "task definition template",
+) -> dict[str, Any]:
+    """RegisterTaskDefinition input for ``image``; the template is not modified."""
+    td = {k: copy.deepcopy(v) for k, v in template.items() if k not in READ_ONLY}
+    unknown = sorted(set(td) - register_input_keys())
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown task definition field(s) {', '.join(unknown)}; "
+            "RegisterTaskDefinition does not accept them"
+        )
+    if not td.get("family"):
+        raise ConfigError(f"{source}: family is required")
+    containers = td.get("containerDefinitions")
+    if not isinstance(containers, list) or not containers:
+        raise ConfigError(f"{source}: containerDefinitions must be a non-empty list")
+    placeholders = [c for c in containers if PLACEHOLDER in str(c.get("image", ""))]
+    if placeholders:
+        for c in placeholders:
+            c["image"] = str(c["image"]).replace(PLACEHOLDER, image)
+    else:
+        named = [c for c in containers if c.get("name") == container]
+        if not named:
+            names = ", ".join(str(c.get("name")) for c in containers)
+            raise ConfigError(
+                f"{source}: no container named {container!r} (containers: {names}); "
+                "fix ecs.container in the service config or the template"
+            )
+        named[0]["image"] = image
+    tags = [t for t in td.get("tags", []) if t.get("key") not in (SHA_TAG, SERVICE_TAG)]
+    if sha:
+        tags.append({"key": SHA_TAG, "value": sha})
+    if service:
+        tags.append({"key": SERVICE_TAG, "value": service})
+    if tags:
+        td["tags"] = tags
+    return td
+
+
+# Values AWS fills in when a field is left out; comparing without them avoids false diffs.
+_CONTAINER_DEFAULTS: dict[str, Any] = {
+    "cpu": 0,
+    "essential": True,
+    "environment": [],
+    "mountPoints": [],
+    "volumesFrom": [],
+    "systemControls": [],
+    "secrets": [],
+    "environmentFiles": [],
+    "ulimits": [],
+    "dnsServers": [],
+    "dnsSearchDomains": [],
+    "extraHosts": [],
+    "links": [],
+    "entryPoint": [],
+    "command": [],
+}
+_TASK_DEFAULTS: dict[str, Any] = {
+    "volumes": [],
+    "placementConstraints": [],
+    "inferenceAccelerators": [],
+    "tags": [],
+    "runtimePlatform": None,
+}
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items() if v is not None and v != {} and v != []}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def normalize(td: dict[str, Any]) -> dict[str, Any]:
+    """A task definition in a canonical form: defaults dropped, name-keyed lists sorted."""
+    out = {k: v for k, v in td.items() if k not in READ_ONLY}
+    for key, default in _TASK_DEFAULTS.items():
+        if key in out and out[key] == default:
+            del out[key]
+    network = out.get("networkMode")
+    containers = []
+    for c in out.get("containerDefinitions", []):
+        c = {
+            k: v
+            for k, v in c.items()
+            if not (k in _CONTAINER_DEFAULTS and v == _CONTAINER_DEFAULTS[k])
+        }
+        if "environment" in c:
+            c["environment"] = sorted(c["environment"], key=lambda e: str(e.get("name")))
+        if "secrets" in c:
+            c["secrets"] = sorted(c["secrets"], key=lambda e: str(e.get("name")))
+        ports = []
+        for p in c.get("portMappings", []):
+            p = {k: v for k, v in p.items() if not (k == "protocol" and v == "tcp")}
+            if network == "awsvpc" and p.get("hostPort") == p.get("containerPort"):
+                p.pop("hostPort", None)
+            ports.append(p)
+        if ports:
+            c["portMappings"] = ports
+        containers.append(c)
+    if containers:
+        out["containerDefinitions"] = sorted(containers, key=lambda c: str(c.get("name")))
+    for key in ("cpu", "memory"):
+        if key in out:
+            out[key] = str(out[key])
+    if "tags" in out:
+        out["tags"] = sorted(out["tags"], key=lambda t: str(t.get("key")))
+    return _clean(out)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str
+    live: Any
+    desired: Any
+
+    def __str__(self) -> str:
+        if self.live is None:
+            return f"+ {self.path}: {json.dumps(self.desired)}"
+        if self.desired is None:
+            return f"- {self.path}: {json.dumps(self.live)}"
+        return f"~ {self.path}: {json.dumps(self.live)} -> {json.dumps(self.desired)}"
+
+
+def _walk(path: str, live: Any, desired: Any, out: list[Change]) -> None:
+    if isinstance(live, dict) and isinstance(desired, dict):
+        for key in sorted(set(live) | set(desired)):
+            _walk(f"{path}.{key}" if path else key, live.get(key), desired.get(key), out)
+    elif isinstance(live, list) and isinstance(desired, list) and len(live) == len(desired):
+        for i, (a, b) in enumerate(zip(live, desired, strict=True)):
+            name = b.get("name") if isinstance(b, dict) else None
+            _walk(f"{path}[{name or i}]", a, b, out)
+    elif live != desired:
+        out.append(Change(path, live, desired))
+
+
+def diff_task_definitions(live: dict[str, Any], desired: dict[str, Any]) -> list[Change]:
+    """Field-level differences after normalising both sides; empty means identical."""
+    out: list[Change] = []
+    _walk("", normalize(live), normalize(desired), out)
+    return out

@@ -1,0 +1,69 @@
+"""Bounded waits that poll with backoff: every wait in the pipeline goes through ``poll``."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Callable, TypeVar
+
+from tasks.errors import DeployError
+
+T = TypeVar("T")
+
+
+class Backoff:
+    """Exponential delays with jitter: first, first*factor, ... capped."""
+
+    def __init__(self, first: float, factor: float, cap: float) -> None:
+        self.next_delay = first
+        self.factor = factor
+        self.cap = cap
+
+    def __iter__(self) -> "Backoff":
+        return self
+
+    def __next__(self) -> float:
+        delay = self.next_delay
+        self.next_delay = min(self.cap, self.next_delay * self.factor)
+        return delay * random.uniform(0.8, 1.2)
+
+
+def poll(
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    what: str,
+    log: Callable[[str], None] | None = None,
+    first: float = 0.2,
+    cap: float = 5.0,
+) -> T:
+    """Call ``check`` until it returns a value; DeployError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    delays = Backoff(first, 1.5, cap)
+    last_log = 0.0
+    while True:
+        result = check()
+        if result is not None:
+            return result
+        now = time.monotonic()
+        if now >= deadline:
+            raise DeployError(f"timed out after {timeout:.0f}s waiting for {what}")
+        if log and now - last_log > 10:
+            log(f"waiting for {what} ({deadline - now:.0f}s left)")
+            last_log = now
+        time.sleep(min(next(delays), max(0.0, deadline - now)))
+
+
+def time_scale() -> float:
+    """ECS_PIPELINE_TIME_SCALE divides the pipeline's own waits (canary steps, bake) for rehearsals."""
+    import os
+
+    try:
+        scale = float(os.environ.get("ECS_PIPELINE_TIME_SCALE", "1"))
+    except ValueError:
+        return 1.0
+    return scale if scale > 0 else 1.0
+
+
+def scaled(seconds: float) -> float:
+    return seconds / time_scale()
