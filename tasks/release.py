@@ -1,0 +1,158 @@
+"""A release in progress and the stages before deployment: detect, build, push, register.
+
+Each stage checks the real state first (live SHA, image in the registry,
+identical task definition revision), so a rerun resumes instead of repeating.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import ecr, image, source
+from tasks.aws import AwsClients, docker_client
+from tasks.ecs import LiveRelease, describe_release, describe_service, live_task_definition
+from tasks.errors import ConfigError
+from tasks.models import ServiceConfig
+from tasks.retry import retry_kwargs
+from tasks.taskdef import diff_task_definitions, load_template, render_task_definition
+
+
+@dataclass(frozen=True)
+class Target:
+    """The commit to release and what production runs now."""
+
+    sha: str
+    live: LiveRelease
+
+    @property
+    def changed(self) -> bool:
+        return self.live.sha != self.sha
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """A stage's output and whether it did the work (False: it found it done already)."""
+
+    value: str | None
+    done: bool
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("ECS_PIPELINE_CACHE") or os.path.join(
+        os.environ.get("SANDBOX_DIR", ".sandbox"), "cache"
+    )
+    return Path(base).resolve()
+
+
+def live_release(cfg: ServiceConfig, clients: AwsClients) -> LiveRelease:
+    ecs = clients.get("ecs")
+    svc = describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
+    return describe_release(ecs, live_task_definition(ecs, svc), cfg.ecs.container)
+
+
+def live_sha(cfg: ServiceConfig) -> str | None:
+    """The git SHA production runs, for polling."""
+    return live_release(cfg, AwsClients()).sha
+
+
+STAGE = dict(cache_policy=NO_CACHE, **retry_kwargs())
+
+
+@task(name="detect change", task_run_name="detect change {cfg.name}", **STAGE)
+def detect_change(cfg: ServiceConfig, clients: AwsClients, sha: str | None) -> Target:
+    """Resolve the commit to release and read the live one."""
+    full = source.resolve_commit(cfg.repo_location, cfg.source.branch, sha)
+    live = live_release(cfg, clients)
+    get_run_logger().info(
+        "%s: %s resolves to %s; live is %s",
+        cfg.name, sha or f"{cfg.source.branch} head", full, live.sha or "nothing",
+    )
+    return Target(full, live)
+
+
+@task(name="build", task_run_name="build {cfg.name}@{sha:.7}", **STAGE)
+def build(cfg: ServiceConfig, clients: AwsClients, sha: str) -> StageResult:
+    """docker build at the SHA; skipped when ECR already has the image for it."""
+    log = get_run_logger()
+    ecr_client = clients.get("ecr")
+    uri = ecr.ensure_repository(ecr_client, cfg.ecr.repository)
+    digest = ecr.find_image_digest(ecr_client, cfg.ecr.repository, sha)
+    if digest:
+        log.info("image for %s already in ECR: build skipped", sha[:7])
+        return StageResult(image.image_with_digest(uri, digest), done=False)
+    tree = source.checkout(cfg.repo_location, sha, cache_dir() / "src")
+    spec = image.BuildSpec(
+        context_dir=tree / cfg.build.context,
+        dockerfile=cfg.build.dockerfile,
+        tag=f"{uri}:{sha}",
+        build_args=cfg.build.args,
+        labels=image.oci_labels(sha, cfg.source.repo, None),
+        timeout_seconds=cfg.build.timeout_seconds,
+    )
+    built = image.build_image(docker_client(), spec, log.info)
+    return StageResult(built.tag, done=True)
+
+
+@task(name="push", task_run_name="push {cfg.name}@{sha:.7}", **STAGE)
+def push(cfg: ServiceConfig, clients: AwsClients, sha: str, built: StageResult) -> StageResult:
+    """Push to ECR and pin the image by digest; nothing to do when ECR has it."""
+    log = get_run_logger()
+    ecr_client = clients.get("ecr")
+    uri = ecr.ensure_repository(ecr_client, cfg.ecr.repository)
+    digest = ecr.find_image_digest(ecr_client, cfg.ecr.repository, sha)
+    if digest:
+        log.info("image for %s already in ECR: push skipped", sha[:7])
+        return StageResult(image.image_with_digest(uri, digest), done=False)
+    if not built.done or built.value is None:
+        raise ConfigError(f"no image for {sha[:7]} in ECR and nothing built to push", service=cfg.name)
+    digest = image.push_image(docker_client(), built.value, ecr.registry_auth(ecr_client), log.info)
+    ref = image.image_with_digest(uri, digest)
+    log.info("pushed %s", ref)
+    return StageResult(ref, done=True)
+
+
+def render(cfg: ServiceConfig, image_ref: str, sha: str | None) -> dict[str, Any]:
+    """The RegisterTaskDefinition input this release would send (pure apart from reading the file)."""
+    path = cfg.path(cfg.task_definition)
+    return render_task_definition(
+        load_template(path),
+        image=image_ref,
+        container=cfg.ecs.container,
+        sha=sha,
+        service=cfg.name,
+        source=str(path),
+    )
+
+
+@task(name="register task definition", task_run_name="register {cfg.name}@{sha:.7}", **STAGE)
+def register(cfg: ServiceConfig, clients: AwsClients, sha: str, image_ref: str) -> StageResult:
+    """Register the rendered task definition; reuse the latest revision when identical."""
+    log = get_run_logger()
+    desired = render(cfg, image_ref, sha)
+    ecs = clients.get("ecs")
+    latest = latest_task_definition(ecs, desired["family"])
+    if latest is not None and not diff_task_definitions(latest, desired):
+        arn = latest["taskDefinitionArn"]
+        log.info("latest revision %s is identical: reused", arn)
+        return StageResult(arn, done=False)
+    arn = ecs.register_task_definition(**desired)["taskDefinition"]["taskDefinitionArn"]
+    log.info("registered %s", arn)
+    return StageResult(str(arn), done=True)
+
+
+def latest_task_definition(ecs: Any, family: str) -> dict[str, Any] | None:
+    """The family's newest ACTIVE revision with its tags, or None for a new family."""
+    try:
+        found = ecs.describe_task_definition(taskDefinition=family, include=["TAGS"])
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("ClientException", "InvalidParameterException"):
+            return None
+        raise
+    return {**found["taskDefinition"], "tags": found.get("tags", [])}

@@ -1,0 +1,218 @@
+"""The task-sets strategy: an EXTERNAL-controller service driven step by step.
+
+Green is a task set on the idle target group; the test listener points at it
+for verification; the production listener's weighted forward action moves
+traffic; after the bake green becomes primary and blue's task set is deleted.
+Blue is never touched before green has been verified and baked.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import ecs as ecs_ops
+from tasks import traffic, verify
+from tasks.aws import AwsClients
+from tasks.errors import VerifyFailed
+from tasks.models import ServiceConfig
+from tasks.retry import retry_kwargs
+from tasks.traffic import Routing
+from tasks.waits import poll, scaled
+
+STAGE = dict(cache_policy=NO_CACHE, **retry_kwargs())
+
+
+@dataclass(frozen=True)
+class Green:
+    """The new version beside the old one, and the old one."""
+
+    task_set: str | None
+    target_group: str
+    task_definition: str
+    blue_task_set: str | None
+    blue_target_group: str | None
+    reused: bool = False
+    already_primary: bool = False
+
+
+def _service(cfg: ServiceConfig, clients: AwsClients) -> dict[str, Any]:
+    return ecs_ops.describe_service(clients.get("ecs"), cfg.ecs.cluster, cfg.ecs.service)
+
+
+def plan_green(service: dict[str, Any], routing: Routing, task_definition: str) -> Green:
+    """Which task sets and target groups play blue and green for this release."""
+    blue = ecs_ops.primary_task_set(service)
+    if blue and blue["taskDefinition"] == task_definition:
+        tg = ecs_ops.task_set_target_group(blue) or routing.target_groups[0]
+        return Green(blue["taskSetArn"], tg, task_definition, None, None, True, True)
+    blue_tg = ecs_ops.task_set_target_group(blue) if blue else None
+    green_tg = routing.target_groups[1] if blue_tg == routing.target_groups[0] else routing.target_groups[0]
+    existing = ecs_ops.find_task_set(service, task_definition)
+    return Green(
+        existing["taskSetArn"] if existing else None,
+        green_tg,
+        task_definition,
+        blue["taskSetArn"] if blue else None,
+        blue_tg,
+        reused=existing is not None,
+    )
+
+
+@task(name="deploy green", task_run_name="deploy green {cfg.name}@{sha:.7}", **STAGE)
+def deploy_green(
+    cfg: ServiceConfig, clients: AwsClients, routing: Routing, task_definition: str, sha: str
+) -> Green:
+    """Start green beside blue (or reuse the one a previous run started) and wait until it serves."""
+    log = get_run_logger()
+    ecs, elbv2 = clients.get("ecs"), clients.get("elbv2")
+    service = _service(cfg, clients)
+    green = plan_green(service, routing, task_definition)
+    if green.already_primary:
+        log.info("%s already runs %s as primary: nothing to start", cfg.name, task_definition)
+        return green
+    spec = ecs_ops.GreenSpec(
+        cfg.ecs.cluster, cfg.ecs.service, task_definition, green.target_group,
+        cfg.ecs.container, cfg.ecs.container_port, external_id=f"ecs-pipeline-{sha[:12]}",
+    )
+    if green.task_set is None:
+        created = ecs_ops.create_task_set(ecs, spec, service)
+        green = Green(created["taskSetArn"], green.target_group, task_definition,
+                      green.blue_task_set, green.blue_target_group)
+        log.info("green task set %s on target group %s", created["id"], _tg_name(routing, green.target_group))
+    else:
+        log.info("green task set %s already exists: reused", green.task_set)
+    assert green.task_set is not None
+    ecs_ops.wait_task_set_running(ecs, spec, green.task_set, cfg.timeouts.green_healthy_seconds, log.info)
+    desired = math.ceil(service.get("desiredCount", cfg.ecs.desired_count) or 1)
+    poll(
+        lambda: _healthy(elbv2, green.target_group, desired),
+        timeout=cfg.timeouts.green_healthy_seconds,
+        what=f"{desired} healthy targets in {_tg_name(routing, green.target_group)}",
+        log=log.info,
+    )
+    traffic.set_weights(elbv2, routing.test_listener, {green.target_group: 100})
+    log.info("test listener %s now forwards to green", routing.test_url)
+    return green
+
+
+def _healthy(elbv2: Any, target_group: str, desired: int) -> int | None:
+    healthy, _ = verify.unhealthy_targets(elbv2, target_group)
+    return healthy if healthy >= desired else None
+
+
+def _tg_name(routing: Routing, arn: str) -> str:
+    return dict(zip(routing.target_groups, routing.target_group_names, strict=True)).get(arn, arn)
+
+
+@task(name="verify green", task_run_name="verify green {cfg.name}", **STAGE)
+def verify_green(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green) -> list[str]:
+    """HTTP checks through the test listener, target health and alarms, before any production traffic."""
+    log = get_run_logger()
+    lines = []
+    for check in cfg.verify.http:
+        res = verify.check_http(routing.test_url, check)
+        lines.append(f"GET {res.path}: {res.passes} passes in {res.attempts} tries, worst {res.worst_ms:.0f} ms")
+        log.info(lines[-1])
+    if cfg.verify.target_health:
+        n = verify.check_target_health(clients.get("elbv2"), green.target_group, 1)
+        lines.append(f"{n} healthy targets")
+    verify.check_alarms(clients.get("cloudwatch"), cfg.verify.alarms)
+    return lines
+
+
+def watch(cfg: ServiceConfig, clients: AwsClients, green: Green, seconds: float, what: str) -> None:
+    """Wait ``seconds`` (time-scaled) while checking alarms and green's health; fail on the first problem."""
+    deadline = time.monotonic() + scaled(seconds)
+    elbv2, cw = clients.get("elbv2"), clients.get("cloudwatch")
+    while True:
+        firing = verify.alarms_firing(cw, cfg.verify.alarms)
+        if firing:
+            raise VerifyFailed(f"alarm in ALARM during {what}: {'; '.join(firing)}", service=cfg.name)
+        if cfg.verify.target_health:
+            healthy, others = verify.unhealthy_targets(elbv2, green.target_group)
+            if healthy == 0:
+                raise VerifyFailed(
+                    f"green has no healthy targets during {what}: {'; '.join(others) or 'none registered'}",
+                    service=cfg.name,
+                )
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, max(0.2, scaled(10))))
+
+
+@task(name="shift traffic", task_run_name="shift traffic {cfg.name}", **STAGE)
+def shift_traffic(
+    cfg: ServiceConfig,
+    clients: AwsClients,
+    routing: Routing,
+    green: Green,
+    on_step: Callable[[int], None],
+) -> int:
+    """Move production to green by the traffic policy, checking between steps; resumes mid-way."""
+    log = get_run_logger()
+    elbv2 = clients.get("elbv2")
+    steps = cfg.strategy.traffic.steps() if green.blue_target_group else [100]
+    current = traffic.get_weights(elbv2, routing.production_listener).get(green.target_group, 0)
+    interval = float(cfg.strategy.traffic.interval_seconds or 0)
+    for weight in steps:
+        if weight < current:
+            continue
+        weights = {green.target_group: weight}
+        if green.blue_target_group and weight < 100:
+            weights[green.blue_target_group] = 100 - weight
+        traffic.set_weights(elbv2, routing.production_listener, weights)
+        log.info("production: %d%% green, %d%% blue", weight, 100 - weight)
+        on_step(weight)
+        if weight < 100:
+            watch(cfg, clients, green, interval, f"the {weight}% step")
+    return 100
+
+
+@task(name="bake", task_run_name="bake {cfg.name}", **STAGE)
+def bake(cfg: ServiceConfig, clients: AwsClients, green: Green) -> None:
+    """Keep blue warm while green carries all traffic; any alarm still rolls back."""
+    get_run_logger().info("baking for %ss (time-scaled: %.1fs)", cfg.bake_seconds, scaled(cfg.bake_seconds))
+    watch(cfg, clients, green, cfg.bake_seconds, "the bake")
+
+
+@task(name="teardown blue", task_run_name="teardown blue {cfg.name}", **STAGE)
+def teardown_blue(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green) -> list[str]:
+    """Make green primary and delete every other task set; done when only green is left."""
+    log = get_run_logger()
+    ecs = clients.get("ecs")
+    service = _service(cfg, clients)
+    primary = ecs_ops.primary_task_set(service)
+    if green.task_set and (primary is None or primary["taskSetArn"] != green.task_set):
+        ecs_ops.set_primary(ecs, cfg.ecs.cluster, cfg.ecs.service, green.task_set)
+        log.info("green task set is primary")
+    removed = []
+    for ts in service.get("taskSets", []):
+        if ts["taskSetArn"] != green.task_set and ts.get("status") != "DRAINING":
+            ecs_ops.delete_task_set(ecs, cfg.ecs.cluster, cfg.ecs.service, ts["taskSetArn"])
+            removed.append(ts["id"])
+            log.info("deleted task set %s (%s)", ts["id"], ts["taskDefinition"])
+    return removed
+
+
+@task(name="roll back", task_run_name="roll back {cfg.name}", **STAGE)
+def roll_back(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green | None) -> str:
+    """Production 100 % on blue, test listener back on blue, green removed."""
+    log = get_run_logger()
+    ecs, elbv2 = clients.get("ecs"), clients.get("elbv2")
+    if green is None or green.already_primary:
+        return "nothing to roll back"
+    if green.blue_target_group:
+        traffic.set_weights(elbv2, routing.production_listener, {green.blue_target_group: 100})
+        traffic.set_weights(elbv2, routing.test_listener, {green.blue_target_group: 100})
+        log.info("production back to 100%% blue")
+    if green.task_set:
+        ecs_ops.delete_task_set(ecs, cfg.ecs.cluster, cfg.ecs.service, green.task_set)
+        log.info("green task set removed")
+    return "production on blue" if green.blue_target_group else "green removed (there was no blue)"
