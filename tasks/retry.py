@@ -1,0 +1,121 @@
+"""Which failures are worth retrying: one rule for every task.
+
+Transient faults (throttling, 5xx, connection resets, Docker daemon timeouts)
+may succeed on a later attempt; everything else (validation, access denied, a
+Dockerfile error, a failed health check) fails at once so a person can fix it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import docker.errors
+import requests
+import urllib3.exceptions
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+from prefect.tasks import exponential_backoff
+
+from tasks.errors import PipelineError, TransientError
+
+TRANSIENT_AWS_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalFailure",
+        "InternalError",
+        "InternalServerError",
+        "InternalServerException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ServerException",
+        "PriorRequestNotComplete",
+        "SlowDown",
+    }
+)
+
+_TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
+    EndpointConnectionError,
+    ConnectionClosedError,
+    ReadTimeoutError,
+    ConnectTimeoutError,
+    requests.ConnectionError,
+    requests.Timeout,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.TimeoutError,
+    urllib3.exceptions.NewConnectionError,
+    ConnectionError,
+    TimeoutError,
+)
+
+RETRIES = 3
+BACKOFF_FACTOR = 2.0
+JITTER_FACTOR = 0.5
+
+
+def _is_transient_one(exc: BaseException) -> bool | None:
+    """True/False when this exception decides it, None to look at its cause."""
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, PipelineError):
+        return False  # raised on purpose after classification: trust it
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in TRANSIENT_AWS_CODES or (isinstance(status, int) and status >= 500)
+    if isinstance(exc, docker.errors.APIError):
+        status_code = exc.status_code
+        return status_code is not None and status_code >= 500
+    if isinstance(exc, _TRANSIENT_CLASSES):
+        return True
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the step that raised EXC may succeed.
+
+    Wrapping exceptions (e.g. the Docker SDK's DockerException raised from a
+    connection error) are judged by their cause.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        verdict = _is_transient_one(current)
+        if verdict is not None:
+            return verdict
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn``: retry a failed task run only for transient faults."""
+    data = getattr(state, "data", None)
+    if isinstance(data, BaseException):
+        exc: Any = data
+    else:
+        # _sync: the async task engine calls this from inside its event loop.
+        exc = state.result(raise_on_failure=False, _sync=True)
+    return isinstance(exc, BaseException) and is_transient(exc)
+
+
+def retry_kwargs(retries: int = RETRIES, backoff_factor: float = BACKOFF_FACTOR) -> dict[str, Any]:
+    """Keyword arguments for ``@task(**retry_kwargs())``: backoff with jitter, transient only."""
+    return {
+        "retries": retries,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=backoff_factor)(retries),
+        "retry_jitter_factor": JITTER_FACTOR,
+        "retry_condition_fn": retry_condition,
+    }
