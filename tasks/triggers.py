@@ -1,0 +1,241 @@
+"""How deploy runs start and give way: polling for new commits, superseding.
+
+Polling asks each repository once (``git ls-remote``) for the heads of every
+branch its services build from, and compares them with what is live. A newer
+commit for a service makes older waiting runs pointless: with ``queueing:
+supersede`` (the default) they end Cancelled "Superseded by <run>"; with
+``queueing: queue`` every run deploys in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.states import Cancelled
+
+from tasks.models import ServiceConfig
+from tasks.source import redact_url
+from tasks.webhook import normalize_repo
+
+DEPLOY_FLOW = "deploy-service"
+DEPLOY_DEPLOYMENT = "deploy-service/deploy-service"
+WAITING = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+_FUTURE_SCHEDULE = timedelta(seconds=60)
+
+LiveSha = Callable[[ServiceConfig], "str | None"]
+ResolveHeads = Callable[[str, list[str]], dict[str, str]]
+Queueing = Literal["supersede", "queue"]
+
+
+def queueing_mode(cfg: ServiceConfig | None) -> Queueing:
+    """The service's ``queueing`` setting; ``supersede`` when the config has none."""
+    mode = getattr(cfg, "queueing", "supersede") if cfg is not None else "supersede"
+    return "queue" if mode == "queue" else "supersede"
+
+
+def run_tags(service: str, sha: str | None, origin: str) -> list[str]:
+    """Tags every deploy-service run carries; superseding and polling search by them."""
+    tags = [f"service:{service}", f"trigger:{origin}"]
+    return tags + [f"sha:{sha}"] if sha else tags
+
+
+def run_parameters(service: str, sha: str | None) -> dict[str, Any]:
+    return {"service": service, "sha": sha}
+
+
+# -- polling ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    service: str
+    sha: str
+    live: str | None
+    repo: str
+    branch: str
+
+
+@dataclass
+class PollResult:
+    changes: list[Change] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _default_resolver() -> ResolveHeads:
+    from tasks.source import resolve_heads
+
+    return resolve_heads
+
+
+def _default_live_sha() -> LiveSha:
+    from tasks.release import live_sha
+
+    return live_sha
+
+
+def group_by_repo(services: Iterable[ServiceConfig]) -> dict[str, list[ServiceConfig]]:
+    """Services keyed by repository, however each config spells its URL."""
+    groups: dict[str, list[ServiceConfig]] = {}
+    for cfg in services:
+        groups.setdefault(normalize_repo(cfg.repo_location), []).append(cfg)
+    return groups
+
+
+def find_changes(
+    services: Sequence[ServiceConfig],
+    live_sha: LiveSha | None = None,
+    resolve: ResolveHeads | None = None,
+    max_workers: int = 8,
+) -> PollResult:
+    """Services whose branch head differs from what is live: one ls-remote per repository."""
+    live_of = live_sha or _default_live_sha()
+    resolve_fn = resolve or _default_resolver()
+    groups = list(group_by_repo(services).values())
+
+    def heads_of(group: list[ServiceConfig]) -> dict[str, str] | Exception:
+        branches = sorted({cfg.source.branch for cfg in group})
+        try:
+            return resolve_fn(group[0].repo_location, branches)
+        except Exception as exc:  # noqa: BLE001 - one bad repository must not stop the others
+            return exc
+
+    result = PollResult()
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(groups)))) as pool:
+        for group, heads in zip(groups, pool.map(heads_of, groups), strict=True):
+            for cfg in group:
+                _compare(cfg, heads, live_of, result)
+    return result
+
+
+def _compare(
+    cfg: ServiceConfig, heads: dict[str, str] | Exception, live_of: LiveSha, result: PollResult
+) -> None:
+    if isinstance(heads, Exception):
+        result.errors[cfg.name] = redact_url(str(heads))
+        return
+    head = heads.get(cfg.source.branch)
+    if head is None:
+        repo = redact_url(cfg.repo_location)
+        result.errors[cfg.name] = f"branch {cfg.source.branch} not found in {repo}"
+        return
+    try:
+        live = live_of(cfg)
+    except Exception as exc:  # noqa: BLE001 - reported per service, the others still poll
+        result.errors[cfg.name] = f"cannot read the live release: {redact_url(str(exc))}"
+        return
+    if live == head:
+        result.unchanged.append(cfg.name)
+    else:
+        change = Change(cfg.name, head, live, redact_url(cfg.repo_location), cfg.source.branch)
+        result.changes.append(change)
+
+
+# -- runs of deploy-service -------------------------------------------------------
+
+
+def read_service_runs(
+    client: SyncPrefectClient,
+    service: str,
+    states: list[StateType] | None = None,
+    sha: str | None = None,
+) -> list[FlowRun]:
+    """deploy-service runs for SERVICE (optionally one SHA), oldest first."""
+    tags = [f"service:{service}"] + ([f"sha:{sha}"] if sha else [])
+    run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=tags))
+    if states is not None:
+        run_filter.state = FlowRunFilterState(type=FlowRunFilterStateType(any_=states))
+    runs = client.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=[DEPLOY_FLOW])),
+        flow_run_filter=run_filter,
+        limit=200,
+    )
+    return sorted(runs, key=_age_key)
+
+
+def _age_key(run: FlowRun) -> tuple[datetime, str]:
+    created = run.created or datetime.min.replace(tzinfo=UTC)
+    return (created, str(run.id))
+
+
+def superseded_by(
+    service: str,
+    my_flow_run_id: UUID | str,
+    *,
+    cfg: ServiceConfig | None = None,
+    client: SyncPrefectClient | None = None,
+) -> str | None:
+    """The id of a newer deploy-service run for SERVICE that makes this one pointless.
+
+    The pipeline calls this right after it holds the service's concurrency slot
+    and ends itself Cancelled "Superseded by <id>" when it gets one. Newer means
+    created later; it counts while not finished, and also once Completed,
+    because slots are not handed out in arrival order and an older commit must
+    never be deployed over a newer one. Always None with ``queueing: queue``.
+    """
+    if queueing_mode(cfg if cfg is not None else _lookup(service)) == "queue":
+        return None
+    if client is None:
+        with get_client(sync_client=True) as own:
+            return superseded_by(service, my_flow_run_id, cfg=cfg, client=own)
+    me = client.read_flow_run(UUID(str(my_flow_run_id)))
+    runs = read_service_runs(client, service, WAITING + [StateType.COMPLETED])
+    newer = [r for r in runs if r.id != me.id and _age_key(r) > _age_key(me)]
+    return str(newer[-1].id) if newer else None
+
+
+def _lookup(service: str) -> ServiceConfig | None:
+    from tasks.errors import ConfigError
+    from tasks.models import find_service
+
+    try:
+        return find_service(service)
+    except ConfigError:
+        return None
+
+
+def cancel_waiting_runs(
+    service: str, except_id: UUID | str, *, client: SyncPrefectClient | None = None
+) -> list[str]:
+    """Cancel SCHEDULED runs for SERVICE created before EXCEPT_ID; returns their ids.
+
+    Runs scheduled deliberately for later (more than a minute ahead) are left alone.
+    """
+    if client is None:
+        with get_client(sync_client=True) as own:
+            return cancel_waiting_runs(service, except_id, client=own)
+    keep = client.read_flow_run(UUID(str(except_id)))
+    horizon = datetime.now(UTC) + _FUTURE_SCHEDULE
+    cancelled: list[str] = []
+    for run in read_service_runs(client, service, [StateType.SCHEDULED]):
+        if run.id == keep.id or _age_key(run) > _age_key(keep):
+            continue
+        if run.expected_start_time and run.expected_start_time > horizon:
+            continue
+        state: State[Any] = Cancelled(message=f"Superseded by {keep.id}")
+        result = client.set_flow_run_state(run.id, state)
+        if result.state is not None and result.state.is_cancelled():
+            cancelled.append(str(run.id))
+    return cancelled
+
+
+def already_started(client: SyncPrefectClient, service: str, sha: str) -> FlowRun | None:
+    """A run for SERVICE at SHA that is waiting, running or finished (not cancelled)."""
+    states = WAITING + [StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]
+    runs = read_service_runs(client, service, states, sha=sha)
+    return runs[-1] if runs else None
