@@ -1,0 +1,121 @@
+"""ECR helpers against the sandbox's AWS endpoint over HTTP.
+
+Uses the running sandbox at 127.0.0.1:4566 when it answers; otherwise starts
+the same moto server on a free loopback port for this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from botocore.exceptions import ClientError
+
+from tasks.aws import AwsClients, AwsSettings
+from tasks.ecr import ensure_repository, find_image_digest, registry_auth
+
+SANDBOX = "http://127.0.0.1:4566"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    if _answers(f"{SANDBOX}/_sandbox/health"):
+        yield SANDBOX
+        return
+    port = _free_port()
+    moto = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers(f"{url}/moto-api/"):
+            assert proc.poll() is None, "moto server exited"
+            assert time.monotonic() < deadline, "moto server did not start"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ecr(endpoint: str) -> Iterator[Any]:
+    saved = dict(os.environ)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    try:
+        settings = AwsSettings(region="us-east-1", endpoint_url=endpoint, max_attempts=1)
+        yield AwsClients(settings).get("ecr")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_ensure_repository_creates_once(ecr: Any) -> None:
+    name = f"team/app-{uuid.uuid4().hex[:8]}"
+    uri = ensure_repository(ecr, name)
+    assert uri.endswith(f"/{name}")
+    assert ensure_repository(ecr, name) == uri
+    repo = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
+    assert repo["imageScanningConfiguration"] == {"scanOnPush": True}
+    assert repo["imageTagMutability"] == "MUTABLE"
+
+
+def test_find_image_digest(ecr: Any) -> None:
+    name = f"app-{uuid.uuid4().hex[:8]}"
+    ensure_repository(ecr, name)
+    assert find_image_digest(ecr, name, "0" * 40) is None
+    manifest = (
+        '{"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",'
+        ' "config": {"mediaType": "application/vnd.docker.container.image.v1+json",'
+        ' "size": 2, "digest": "sha256:' + "a" * 64 + '"}, "layers": []}'
+    )
+    put = ecr.put_image(repositoryName=name, imageManifest=manifest, imageTag="abc1234")
+    digest = put["image"]["imageId"]["imageDigest"]
+    assert find_image_digest(ecr, name, "abc1234") == digest
+
+
+def test_find_image_digest_propagates_other_errors(ecr: Any) -> None:
+    with pytest.raises(ClientError) as err:
+        find_image_digest(ecr, f"missing-{uuid.uuid4().hex[:8]}", "latest")
+    assert err.value.response["Error"]["Code"] == "RepositoryNotFoundException"
+
+
+def test_registry_auth_hides_the_password(ecr: Any) -> None:
+    auth = registry_auth(ecr)
+    token = ecr.get_authorization_token()["authorizationData"][0]
+    user, _, password = base64.b64decode(token["authorizationToken"]).decode().partition(":")
+    assert auth.username == user == "AWS"
+    assert auth.registry == token["proxyEndpoint"].split("://", 1)[1].rstrip("/")
+    assert "://" not in auth.registry
+    assert auth.password.get_secret_value() == password
+    for text in (repr(auth), str(auth), f"{auth}", repr(auth.model_dump())):
+        assert password not in text
+    assert auth.auth_config()["password"] == password
