@@ -148,6 +148,9 @@ class ServiceConfig(_Model):
     verify: Verify = Field(default_factory=Verify)
     bake_seconds: Annotated[float, Field(ge=0, le=86400)] = 60
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    queueing: Literal["supersede", "queue"] = Field(
+        default="supersede", description="a newer SHA cancels a waiting run, or waits behind it"
+    )
     approval: Literal["none", "required"] = "none"
     approval_timeout_seconds: Annotated[int, Field(ge=1, le=604800)] = 3600
     base_dir: str = Field(default=".", description="set by the loader: the YAML file's folder")

@@ -40,7 +40,7 @@ class Target:
 class StageResult:
     """A stage's output and whether it did the work (False: it found it done already)."""
 
-    value: str | None
+    value: str
     done: bool
 
 
@@ -110,7 +110,7 @@ def push(cfg: ServiceConfig, clients: AwsClients, sha: str, built: StageResult) 
     if digest:
         log.info("image for %s already in ECR: push skipped", sha[:7])
         return StageResult(image.image_with_digest(uri, digest), done=False)
-    if not built.done or built.value is None:
+    if not built.done:
         raise ConfigError(f"no image for {sha[:7]} in ECR and nothing built to push", service=cfg.name)
     digest = image.push_image(docker_client(), built.value, ecr.registry_auth(ecr_client), log.info)
     ref = image.image_with_digest(uri, digest)

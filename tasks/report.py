@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -101,7 +102,7 @@ class ShiftProgress:
 
     def update(self, percent: float) -> None:
         if self.id is None:
-            self.id = create_progress_artifact(
+            self.id = create_progress_artifact(  # type: ignore[assignment]
                 progress=percent,
                 key=artifact_key(self.service, "traffic-shift"),
                 description=f"{self.service}: production traffic on green (%)",

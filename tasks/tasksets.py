@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -126,11 +127,20 @@ def verify_green(cfg: ServiceConfig, clients: AwsClients, routing: Routing, gree
     return lines
 
 
-def watch(cfg: ServiceConfig, clients: AwsClients, green: Green, seconds: float, what: str) -> None:
-    """Wait ``seconds`` (time-scaled) while checking alarms and green's health; fail on the first problem."""
+def watch(
+    cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green, weight: int, seconds: float, what: str
+) -> None:
+    """Wait ``seconds`` (time-scaled) checking alarms, green's health and that nobody moved traffic."""
     deadline = time.monotonic() + scaled(seconds)
     elbv2, cw = clients.get("elbv2"), clients.get("cloudwatch")
     while True:
+        now = traffic.get_weights(elbv2, routing.production_listener).get(green.target_group, 0)
+        if now != weight:
+            raise VerifyFailed(
+                f"production traffic on green changed from {weight}% to {now}% during {what} "
+                "(an operator's rollback?)",
+                service=cfg.name,
+            )
         firing = verify.alarms_firing(cw, cfg.verify.alarms)
         if firing:
             raise VerifyFailed(f"alarm in ALARM during {what}: {'; '.join(firing)}", service=cfg.name)
@@ -171,15 +181,15 @@ def shift_traffic(
         log.info("production: %d%% green, %d%% blue", weight, 100 - weight)
         on_step(weight)
         if weight < 100:
-            watch(cfg, clients, green, interval, f"the {weight}% step")
+            watch(cfg, clients, routing, green, weight, interval, f"the {weight}% step")
     return 100
 
 
 @task(name="bake", task_run_name="bake {cfg.name}", **STAGE)
-def bake(cfg: ServiceConfig, clients: AwsClients, green: Green) -> None:
+def bake(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green) -> None:
     """Keep blue warm while green carries all traffic; any alarm still rolls back."""
     get_run_logger().info("baking for %ss (time-scaled: %.1fs)", cfg.bake_seconds, scaled(cfg.bake_seconds))
-    watch(cfg, clients, green, cfg.bake_seconds, "the bake")
+    watch(cfg, clients, routing, green, 100, cfg.bake_seconds, "the bake")
 
 
 @task(name="teardown blue", task_run_name="teardown blue {cfg.name}", **STAGE)

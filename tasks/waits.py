@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from tasks.errors import DeployError
 
@@ -19,7 +20,7 @@ class Backoff:
         self.factor = factor
         self.cap = cap
 
-    def __iter__(self) -> "Backoff":
+    def __iter__(self) -> Backoff:
         return self
 
     def __next__(self) -> float:

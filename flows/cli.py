@@ -1,0 +1,135 @@
+"""The ``ecs-pipeline`` command: deploy, status, rollback, render, diff, sandbox, triggers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from flows.triggers import register_cli
+from tasks.errors import PipelineError
+from tasks.triggers import run_tags
+
+
+def load_sandbox_env() -> None:
+    """Use the sandbox's endpoints when it is up and nothing else was configured."""
+    env_file = Path(os.environ.get("SANDBOX_DIR", ".sandbox")) / "env"
+    if os.environ.get("ECS_PIPELINE_NO_SANDBOX") or not env_file.exists():
+        return
+    for line in env_file.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            os.environ.setdefault(key.strip(), value.strip())
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from prefect import tags
+
+    from flows.pipeline import deploy_service
+
+    with tags(*run_tags(args.service, args.sha, "cli")):
+        state = deploy_service(args.service, sha=args.sha, force=args.force, return_state=True)
+    print(f"{state.name}: {state.message or ''}".rstrip(": "))
+    return 0 if state.is_completed() else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from flows.operations import service_status
+
+    info = service_status(args.service)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        for key, value in info.items():
+            if isinstance(value, list):
+                print(f"{key}:")
+                for item in value:
+                    print(f"  {item}")
+            else:
+                print(f"{key}: {value}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from flows.operations import rollback_service
+
+    print(rollback_service(args.service))
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from flows.operations import render_service
+
+    print(json.dumps(render_service(args.service, args.image, args.sha), indent=2))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from flows.operations import diff_service
+
+    changes = diff_service(args.service, args.image)
+    for line in changes or ["no differences"]:
+        print(line)
+    return 1 if changes and args.exit_code else 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    """The sandbox is a separate program: the pipeline never imports it."""
+    return subprocess.call([sys.executable, "-m", "sandbox", *args.rest])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ecs-pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("deploy", help="release the branch head (or --sha) of SERVICE")
+    p.add_argument("service")
+    p.add_argument("--sha", help="commit to release (full or abbreviated); default: branch head")
+    p.add_argument("--force", action="store_true", help="deploy even when production runs that SHA")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("status", help="live revision, SHA, image, traffic split, last runs")
+    p.add_argument("service")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("rollback", help="back to the previous release (instant while blue is up)")
+    p.add_argument("service")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("render", help="print the task definition that would be registered")
+    p.add_argument("service")
+    p.add_argument("--image", default="<IMAGE>", help="image reference to render with")
+    p.add_argument("--sha", default=None)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("diff", help="rendered task definition against the live one")
+    p.add_argument("service")
+    p.add_argument("--image", default=None, help="image to render with (default: the live image)")
+    p.add_argument("--exit-code", action="store_true", help="exit 1 when there are differences")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("sandbox", help="the local AWS rehearsal environment: up, down, status, seed")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_sandbox)
+
+    register_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "sandbox":
+        load_sandbox_env()
+    try:
+        return int(args.func(args))
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Day-two commands: status, rollback, render, diff."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.sorting import FlowRunSort
+
+from tasks import ecs as ecs_ops
+from tasks import traffic
+from tasks.aws import AwsClients
+from tasks.errors import DeployError
+from tasks.models import find_service
+from tasks.release import latest_task_definition, live_release, render
+from tasks.taskdef import SHA_TAG, diff_task_definitions
+
+
+def service_status(service: str) -> dict[str, Any]:
+    cfg = find_service(service)
+    clients = AwsClients()
+    ecs = clients.get("ecs")
+    svc = ecs_ops.describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
+    live = live_release(cfg, clients)
+    info: dict[str, Any] = {
+        "service": cfg.name,
+        "controller": ecs_ops.controller_type(svc),
+        "task definition": live.task_definition or "none (never deployed)",
+        "git sha": live.sha or "-",
+        "image": live.image or "-",
+        "running": f"{svc.get('runningCount', 0)} of {svc.get('desiredCount', 0)}",
+    }
+    if cfg.load_balancer is not None:
+        routing = traffic.resolve_routing(clients.get("elbv2"), cfg.load_balancer)
+        names = dict(zip(routing.target_groups, routing.target_group_names, strict=True))
+        weights = traffic.get_weights(clients.get("elbv2"), routing.production_listener)
+        info["production traffic"] = ", ".join(f"{names.get(a, a)} {w}%" for a, w in weights.items()) or "-"
+        info["production url"] = routing.production_url
+    info["task sets"] = [
+        f"{ts['id']} {ts['status']} {ts['taskDefinition'].rsplit('/', 1)[-1]} running {ts.get('runningCount', 0)}"
+        for ts in svc.get("taskSets", [])
+    ]
+    info["last runs"] = last_runs(cfg.name)
+    return info
+
+
+def last_runs(service: str, limit: int = 5) -> list[str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"service:{service}"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=limit,
+        )
+    return [
+        f"{r.name} {r.state.name if r.state else '?'} {r.start_time or ''} {r.id}" for r in runs
+    ]
+
+
+def previous_release_sha(clients: AwsClients, live_task_definition: str, live_sha: str | None) -> str:
+    """The SHA of the newest earlier revision in the family that runs another commit."""
+    ecs = clients.get("ecs")
+    family, revision = live_task_definition.rsplit("/", 1)[-1].rsplit(":", 1)
+    for rev in range(int(revision) - 1, 0, -1):
+        try:
+            found = ecs.describe_task_definition(taskDefinition=f"{family}:{rev}", include=["TAGS"])
+        except Exception:  # noqa: BLE001 - deregistered or deleted revisions are skipped
+            continue
+        tags = {t["key"]: t["value"] for t in found.get("tags", [])}
+        if tags.get(SHA_TAG) and tags[SHA_TAG] != live_sha:
+            return str(tags[SHA_TAG])
+    raise DeployError(f"no earlier revision of {family} with a git SHA to roll back to")
+
+
+def rollback_service(service: str) -> str:
+    """Instant while blue is still up (production back to it), else a release of the previous SHA."""
+    cfg = find_service(service)
+    clients = AwsClients()
+    ecs = clients.get("ecs")
+    svc = ecs_ops.describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
+    primary = ecs_ops.primary_task_set(svc)
+    blue = [ts for ts in svc.get("taskSets", []) if ts.get("status") == "ACTIVE"]
+    if cfg.load_balancer is not None and primary is not None and blue:
+        # A release is between shift and teardown: the primary set is still blue.
+        routing = traffic.resolve_routing(clients.get("elbv2"), cfg.load_balancer)
+        tg = ecs_ops.task_set_target_group(primary)
+        if tg:
+            traffic.set_weights(clients.get("elbv2"), routing.production_listener, {tg: 100})
+            return f"production back to 100% on {primary['taskDefinition']} (instant; the running release will roll back)"
+    live = live_release(cfg, clients)
+    if live.task_definition is None:
+        raise DeployError(f"{service} has never been deployed: nothing to roll back to")
+    sha = previous_release_sha(clients, live.task_definition, live.sha)
+    from flows.pipeline import deploy_service
+
+    state = deploy_service(service, sha=sha, force=True, return_state=True)
+    return f"{state.name}: {state.message}"
+
+
+def render_service(service: str, image: str, sha: str | None) -> dict[str, Any]:
+    return render(find_service(service), image, sha)
+
+
+def diff_service(service: str, image: str | None) -> list[str]:
+    cfg = find_service(service)
+    clients = AwsClients()
+    live = live_release(cfg, clients)
+    desired = render(cfg, image or live.image or "<IMAGE>", live.sha)
+    current = latest_task_definition(clients.get("ecs"), desired["family"]) if live.task_definition is None else None
+    if live.task_definition:
+        found = clients.get("ecs").describe_task_definition(taskDefinition=live.task_definition, include=["TAGS"])
+        current = {**found["taskDefinition"], "tags": found.get("tags", [])}
+    return [str(c) for c in diff_task_definitions(current or {}, desired)]

@@ -1,0 +1,72 @@
+"""deploy-service: one release, from a commit to verified production traffic, or back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.client.schemas.objects import State
+from prefect.states import Cancelled, Completed, Failed
+
+from flows.strategy import choose_strategy
+from tasks import release as stages
+from tasks.aws import AwsClients
+from tasks.errors import PipelineError
+from tasks.locks import service_lock
+from tasks.models import find_service
+from tasks.report import ReleaseSummary, ShiftProgress, emit
+from tasks.triggers import superseded_by
+
+
+@flow(name="deploy-service", flow_run_name="deploy {service}", persist_result=True, log_prints=True)
+def deploy_service(service: str, sha: str | None = None, force: bool = False) -> State[Any]:
+    """Detect, build, push, register, deploy green, verify, shift, bake, teardown blue."""
+    cfg = find_service(service)
+    clients = AwsClients()
+    summary = ReleaseSummary(service=cfg.name, strategy=cfg.strategy.type)
+    with service_lock(cfg.name):
+        run_id = flow_run.get_id()
+        superseded = superseded_by(cfg.name, run_id) if run_id else None
+        if superseded:
+            return Cancelled(name="Superseded", message=f"superseded by newer run {superseded}")
+        with summary.stage("detect change"):
+            target = stages.detect_change(cfg, clients, sha)
+        summary.sha, summary.previous_task_definition = target.sha, target.live.task_definition
+        strategy = choose_strategy(cfg, clients)
+        if not target.changed and not force:
+            strategy.finish_leftovers()
+            summary.outcome = "No change"
+            summary.publish()
+            return Completed(name="No change", message=f"{cfg.name} already runs {target.sha[:7]}")
+        emit(cfg.name, "started", sha=target.sha, strategy=cfg.strategy.type, flow_run=flow_run.get_id())
+        done: list[str] = []
+        try:
+            with summary.stage("build"):
+                built = stages.build(cfg, clients, target.sha)
+            with summary.stage("push"):
+                pushed = stages.push(cfg, clients, target.sha, built)
+            with summary.stage("register task definition"):
+                registered = stages.register(cfg, clients, target.sha, pushed.value)
+            done = [name for name, r in (("build", built), ("push", pushed), ("register", registered)) if r.done]
+            summary.image, summary.task_definition = pushed.value, registered.value
+            outcome = strategy.release(registered.value, target.sha, summary, ShiftProgress(cfg.name))
+        except PipelineError as exc:
+            summary.outcome, summary.reason = "Failed", str(exc)
+            summary.publish()
+            emit(cfg.name, "failed", sha=target.sha, reason=str(exc))
+            raise
+        summary.notes.append(f"work done in this run: {', '.join(done) or 'none (all found done)'}")
+        summary.publish()
+        return outcome_state(cfg.name, target.sha, outcome, done)
+
+
+def outcome_state(service: str, sha: str, outcome: Any, done: list[str]) -> State[Any]:
+    """The flow's final state in words a person understands; the data stays in the result."""
+    data = {"service": service, "sha": sha, "done": done, **outcome.as_dict()}
+    if outcome.rolled_back:
+        emit(service, "rolled-back", sha=sha, reason=outcome.reason)
+        get_run_logger().error("Rolled back: %s", outcome.reason)
+        return Failed(name="Rolled back", message=f"Rolled back: {outcome.reason}", data=data)
+    emit(service, "succeeded", sha=sha, task_definition=outcome.task_definition)
+    return Completed(name="Deployed", message=f"{service}@{sha[:7]} serves 100% of production", data=data)
