@@ -1,0 +1,86 @@
+"""Service config files: a wrong file fails before any AWS call, naming the file and field path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.errors import ConfigError
+from tasks.models import Traffic, find_service, load_service
+
+SAMPLE = Path(__file__).parents[1] / "deployments" / "sample-app.yaml"
+
+
+def write(tmp_path: Path, data: object, name: str = "svc.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return p
+
+
+def sample() -> dict:
+    return yaml.safe_load(SAMPLE.read_text())
+
+
+def test_sample_config_is_valid() -> None:
+    cfg = load_service(SAMPLE)
+    assert cfg.name == "sample-app"
+    assert cfg.codedeploy_application == "AppECS-demo-sample-app"
+    assert cfg.codedeploy_group == "DgpECS-demo-sample-app"
+    assert cfg.path(cfg.task_definition).exists()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "reason"),
+    [
+        (lambda d: d["ecs"].update(container_port=70000), "ecs.container_port", "less than or equal to 65535"),
+        (lambda d: d["strategy"].update(type="blue-green"), "strategy.type", "'task-sets', 'codedeploy' or 'rolling'"),
+        (lambda d: d["strategy"]["traffic"].pop("percent"), "strategy.traffic", "canary needs percent"),
+        (lambda d: d["load_balancer"].update(target_groups=["a", "a"]), "load_balancer", "two different target groups"),
+        (lambda d: d.pop("load_balancer"), "(top level)", "needs load_balancer"),
+        (lambda d: d["verify"]["http"][1].update(path="health"), "verify.http.1.path", "should match pattern"),
+        (lambda d: d["ecs"].update(contianer="web"), "ecs.contianer", "unknown field"),
+        (lambda d: d["ecr"].update(repository="Sample App"), "ecr.repository", "should match pattern"),
+        (lambda d: d["load_balancer"].update(test_listener={"port": 8001}), "load_balancer.test_listener", "give either arn"),
+    ],
+)
+def test_bad_fields_are_named(tmp_path: Path, mutate, field: str, reason: str) -> None:  # type: ignore[no-untyped-def]
+    data = sample()
+    mutate(data)
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_service(path)
+    text = str(err.value)
+    assert str(path) in text
+    line = next((ln for ln in text.splitlines() if ln.strip().startswith(field + ":")), None)
+    assert line is not None, text
+    assert reason in line, text
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"svc.yaml: not valid YAML"):
+        load_service(write(tmp_path, "name: [unclosed\n"))
+    with pytest.raises(ConfigError, match=r"expected a mapping"):
+        load_service(write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match=r"cannot read service config"):
+        load_service(tmp_path / "missing.yaml")
+
+
+def test_unknown_service_lists_known_ones(tmp_path: Path) -> None:
+    write(tmp_path, sample(), "sample-app.yaml")
+    with pytest.raises(ConfigError, match=r"no service named 'nope' .*known: sample-app"):
+        find_service("nope", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("traffic", "steps"),
+    [
+        ({"type": "all-at-once"}, [100]),
+        ({"type": "canary", "percent": 10, "interval_seconds": 300}, [10, 100]),
+        ({"type": "linear", "percent": 25, "interval_seconds": 60}, [25, 50, 75, 100]),
+        ({"type": "linear", "percent": 30, "interval_seconds": 60}, [30, 60, 90, 100]),
+    ],
+)
+def test_traffic_steps(traffic: dict, steps: list[int]) -> None:
+    assert Traffic.model_validate(traffic).steps() == steps

@@ -1,0 +1,135 @@
+"""Rendering and diffing task definitions: pure functions, table-driven, on real-world shapes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tasks.errors import ConfigError
+from tasks.taskdef import (
+    PLACEHOLDER,
+    SHA_TAG,
+    diff_task_definitions,
+    load_template,
+    register_input_keys,
+    render_task_definition,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "taskdefs"
+SAMPLE = Path(__file__).parents[1] / "deployments" / "sample-app" / "taskdef.json"
+IMAGE = "127.0.0.1:5000/app@sha256:" + "a" * 64
+
+
+def images(td: dict) -> dict[str, str]:
+    return {c["name"]: c["image"] for c in td["containerDefinitions"]}
+
+
+@pytest.mark.parametrize(
+    ("template", "container", "expected_images"),
+    [
+        (SAMPLE, "web", {"web": IMAGE}),
+        (FIXTURES / "secrets.json", "api", {"api": IMAGE}),
+        (
+            FIXTURES / "sidecars.json",
+            "web",
+            {
+                "envoy": "public.ecr.aws/appmesh/aws-appmesh-envoy:v1.27.0.0-prod",
+                "web": IMAGE,
+                "log-router": "public.ecr.aws/aws-observability/aws-for-fluent-bit:stable",
+            },
+        ),
+        (FIXTURES / "described.json", "worker", {"worker": IMAGE}),
+    ],
+)
+def test_render_sets_only_the_named_image(template: Path, container: str, expected_images: dict) -> None:
+    raw = load_template(template)
+    before = json.dumps(raw, sort_keys=True)
+    td = render_task_definition(raw, image=IMAGE, container=container, sha="f" * 40, service="svc")
+    assert images(td) == expected_images
+    assert json.dumps(raw, sort_keys=True) == before, "the template must not be modified"
+    assert PLACEHOLDER not in json.dumps(td)
+    assert {"key": SHA_TAG, "value": "f" * 40} in td["tags"]
+    # Every key is one RegisterTaskDefinition accepts, per botocore's own service model.
+    assert set(td) <= register_input_keys()
+
+
+def test_render_keeps_secrets_logging_healthcheck_and_dependencies() -> None:
+    td = render_task_definition(load_template(FIXTURES / "sidecars.json"), image=IMAGE, container="web")
+    by_name = {c["name"]: c for c in td["containerDefinitions"]}
+    assert by_name["envoy"]["healthCheck"]["retries"] == 3
+    assert by_name["web"]["logConfiguration"]["options"]["awslogs-group"] == "/ecs/web"
+    assert by_name["web"]["dependsOn"] == [{"containerName": "envoy", "condition": "HEALTHY"}]
+    secrets = render_task_definition(load_template(FIXTURES / "secrets.json"), image=IMAGE, container="api")
+    assert [s["name"] for s in secrets["containerDefinitions"][0]["secrets"]] == ["DB_PASSWORD", "API_KEY"]
+
+
+def test_described_output_drops_read_only_fields() -> None:
+    td = render_task_definition(load_template(FIXTURES / "described.json"), image=IMAGE, container="worker")
+    for key in ("taskDefinitionArn", "revision", "status", "compatibilities", "registeredAt", "registeredBy"):
+        assert key not in td
+
+
+def test_register_input_keys_come_from_botocore() -> None:
+    shape = boto3.client("ecs", region_name="us-east-1").meta.service_model.operation_model(
+        "RegisterTaskDefinition"
+    ).input_shape
+    assert register_input_keys() == frozenset(shape.members)
+
+
+@pytest.mark.parametrize(
+    ("template", "container", "message"),
+    [
+        ({"containerDefinitions": [{"name": "a", "image": "x"}]}, "a", "family is required"),
+        ({"family": "f", "containerDefinitions": []}, "a", "containerDefinitions must be a non-empty list"),
+        ({"family": "f", "containerDefinitions": [{"name": "a", "image": "x"}]}, "b", "no container named 'b'"),
+        ({"family": "f", "containerDefinitions": [{"name": "a"}], "colour": "x"}, "a", "unknown task definition field(s) colour"),
+    ],
+)
+def test_render_errors_name_the_problem(template: dict, container: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+        render_task_definition(template, image=IMAGE, container=container, source="x/taskdef.json")
+    assert "x/taskdef.json" in str(err.value)
+
+
+def test_bad_json_names_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "taskdef.json"
+    bad.write_text('{\n  "family": "x",\n  "containerDefinitions": [\n}\n')
+    with pytest.raises(ConfigError, match=r"taskdef.json: not valid JSON at line 4"):
+        load_template(bad)
+
+
+def test_diff_ignores_aws_defaults() -> None:
+    desired = render_task_definition(
+        load_template(FIXTURES / "described.json"), image=IMAGE, container="worker", sha="1" * 40
+    )
+    live = {
+        **load_template(FIXTURES / "described.json"),
+        "containerDefinitions": [
+            {**load_template(FIXTURES / "described.json")["containerDefinitions"][0], "image": IMAGE}
+        ],
+        "tags": [{"key": SHA_TAG, "value": "1" * 40}],
+    }
+    assert diff_task_definitions(live, desired) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        (lambda td: td["containerDefinitions"][0].update(image="other"), "containerDefinitions[worker].image"),
+        (lambda td: td.update(memory="1024"), "memory"),
+        (
+            lambda td: td["containerDefinitions"][0].update(environment=[{"name": "A", "value": "1"}]),
+            "containerDefinitions[worker].environment",
+        ),
+    ],
+)
+def test_diff_reports_real_changes(change, path: str) -> None:  # type: ignore[no-untyped-def]
+    base = render_task_definition(load_template(FIXTURES / "described.json"), image=IMAGE, container="worker")
+    other = json.loads(json.dumps(base))
+    change(other)
+    changes = diff_task_definitions(base, other)
+    assert [c.path for c in changes] == [path]
+    assert str(changes[0]).startswith(("~", "+", "-"))
