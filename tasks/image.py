@@ -27,6 +27,7 @@ from tasks.source import redact_url
 Log = Callable[[str], None]
 TAIL_LINES = 15
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the daemon colours RUN steps' stderr
 _PUSH_TRANSIENT = (
     "connection refused",
     "connection reset",
@@ -75,16 +76,16 @@ def oci_labels(sha: str, source_url: str, version: str | None = None) -> dict[st
 
 
 def _lines(chunks: Iterable[str]) -> Iterator[str]:
-    """Whole lines from stream chunks that split and join lines arbitrarily."""
+    """Whole, uncoloured lines from stream chunks that split and join lines arbitrarily."""
     pending = ""
     for chunk in chunks:
         pending += chunk
         *done, pending = pending.split("\n")
         for line in done:
-            if line.strip():
-                yield line.rstrip()
-    if pending.strip():
-        yield pending.rstrip()
+            if text := _ANSI.sub("", line).rstrip():
+                yield text
+    if text := _ANSI.sub("", pending).rstrip():
+        yield text
 
 
 def _check_inputs(spec: BuildSpec) -> Path:
