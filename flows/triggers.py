@@ -107,7 +107,13 @@ def _cmd_webhook_serve(args: argparse.Namespace) -> int:
     from flows.webhook import serve
 
     try:
-        serve(args.host, args.port, deployment_name=args.deployment, dispatch=args.dispatch)
+        serve(
+            args.host,
+            args.port,
+            deployment_name=args.deployment,
+            dispatch=args.dispatch,
+            parallel_creates=args.parallel_creates,
+        )
     except LookupError as exc:
         print(f"webhook: {exc}", file=sys.stderr)
         return 2
@@ -157,6 +163,12 @@ def register_cli(subparsers: Any) -> None:
         choices=["direct", "automation"],
         default="direct",
         help="direct: create runs here (fast); automation: only emit events for deploy-on-push",
+    )
+    serve_p.add_argument(
+        "--parallel-creates",
+        type=int,
+        default=1,
+        help="flow runs created at once; raise for a Postgres-backed Prefect server",
     )
     serve_p.set_defaults(func=_cmd_webhook_serve)
 

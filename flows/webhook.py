@@ -137,16 +137,23 @@ class PrefectRunStarter:
 
     The deployment id is looked up once; with ``dispatch="automation"`` no run
     is created here and the ``deploy-on-push`` trigger starts them from the event.
+    PARALLEL_CREATES bounds concurrent creations across all requests: keep 1 for a
+    SQLite-backed server (concurrent writes there wait on its lock for seconds),
+    raise it for Postgres.
     """
 
     def __init__(
-        self, deployment_name: str = DEPLOY_DEPLOYMENT, dispatch: Dispatch = "direct"
+        self,
+        deployment_name: str = DEPLOY_DEPLOYMENT,
+        dispatch: Dispatch = "direct",
+        parallel_creates: int = 1,
     ) -> None:
         self.deployment_name = deployment_name
         self.dispatch = dispatch
         self._client: PrefectClient | None = None
         self._deployment_id: uuid.UUID | None = None
         self._lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(max(1, parallel_creates))
 
     async def __call__(
         self, push: PushEvent, services: list[ServiceConfig], delivery: str | None
@@ -169,11 +176,14 @@ class PrefectRunStarter:
             "name": f"{cfg.name}-{push.sha[:7]}",
         }
         try:
-            run = await client.create_flow_run_from_deployment(deployment_id, **kwargs)
+            async with self._slots:
+                run = await client.create_flow_run_from_deployment(deployment_id, **kwargs)
         except ObjectNotFound:  # the deployment was re-created: look it up again
             self._deployment_id = None
             client, deployment_id = await self._ready()
-            run = await client.create_flow_run_from_deployment(deployment_id, **kwargs)
+            kwargs["idempotency_key"] = key and f"{deployment_id}:{delivery}:{cfg.name}"
+            async with self._slots:
+                run = await client.create_flow_run_from_deployment(deployment_id, **kwargs)
         return str(run.id)
 
     async def _ready(self) -> tuple[PrefectClient, uuid.UUID]:
@@ -185,6 +195,17 @@ class PrefectRunStarter:
                 deployment = await self._client.read_deployment_by_name(self.deployment_name)
                 self._deployment_id = deployment.id
             return self._client, self._deployment_id
+
+    async def warm(self) -> None:
+        """Open the client and look the deployment up before the first push arrives."""
+        if self.dispatch == "direct":
+            try:
+                await self._ready()
+            except ObjectNotFound:
+                log.warning(
+                    "Deployment %s not found yet; pushes will fail until it exists",
+                    self.deployment_name,
+                )
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -320,6 +341,9 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        warm = getattr(start_runs, "warm", None)
+        if warm is not None:
+            await warm()
         yield
         closer = getattr(start_runs, "aclose", None)
         if closer is not None:
@@ -349,11 +373,16 @@ def serve(
     *,
     deployment_name: str = DEPLOY_DEPLOYMENT,
     dispatch: Dispatch = "direct",
+    parallel_creates: int = 1,
 ) -> None:
     """Run the webhook app under uvicorn (put TLS and a public name in front of it)."""
     import uvicorn
 
     provider = secret_from_environment()
     provider()  # fail at start, not at the first push, when no secret is configured
-    app = create_app(load_all_services(), provider, PrefectRunStarter(deployment_name, dispatch))
+    app = create_app(
+        load_all_services(),
+        provider,
+        PrefectRunStarter(deployment_name, dispatch, parallel_creates),
+    )
     uvicorn.run(app, host=host, port=port, log_level="info")
