@@ -1,0 +1,116 @@
+"""The controller: makes moto's AWS control plane behave like the real services.
+
+One thread ticks every part in turn: Docker-backed tasks, ECS services and
+deployments, target health, listener proxies, CodeDeploy and CloudWatch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from . import ecr_api, ecs_patches, targets
+from .cloudwatch import AlarmEvaluator, Metrics
+from .codedeploy import CodeDeployController
+from .codedeploy_api import CodeDeployApi
+from .codedeploy_api import install_patches as install_codedeploy_patches
+from .docker_runtime import DockerRuntime, docker_host
+from .ecs import EcsController
+from .faults import Faults
+from .proxy import ProxyManager
+from .tasks import TaskRunner
+from .world import LOCK, elbv2, log, time_scale
+
+TICK_SECONDS = 0.1
+
+
+class Controller:
+    """Owns every moving part of the sandbox and the loop that drives them."""
+
+    def __init__(self, owner: str = "") -> None:
+        self.runtime = DockerRuntime(owner)
+        self.runner = TaskRunner(self.runtime)
+        self.ecs = EcsController(self.runner)
+        self.codedeploy = CodeDeployController(self.ecs)
+        self.codedeploy_api = CodeDeployApi(self.codedeploy)
+        self.metrics = Metrics()
+        self.alarms = AlarmEvaluator(self.metrics)
+        self.proxies = ProxyManager(self.metrics)
+        self.health = targets.HealthChecker()
+        self.faults = Faults()
+        self.running = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="controller", daemon=True)
+        self.started_at = time.time()
+
+    def install(self) -> None:
+        """Patch moto where its answers would not match AWS."""
+        targets.install_patches()
+        ecs_patches.install(self.runner)
+        ecr_api.install_patches()
+        install_codedeploy_patches()
+        _patch_load_balancer_dns()
+
+    def start(self) -> None:
+        removed = self.runtime.remove_all() if self.runtime.available() else 0
+        if removed:
+            log.info("removed %d stale sandbox containers", removed)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        log.info("controller running (time scale %s, docker %s)", time_scale(), docker_host())
+        self.running = True
+        while not self._stop.is_set():
+            started = time.monotonic()
+            for step in (self.runner.tick, self.ecs.tick, self.health.tick, self.proxies.sync,
+                         self.codedeploy.tick, self.metrics.flush, self.alarms.tick):
+                try:
+                    step()
+                except Exception:  # noqa: BLE001 - one failing part must not stop the others
+                    log.exception("controller step %s failed", getattr(step, "__qualname__", step))
+            self._stop.wait(max(0.0, TICK_SECONDS - (time.monotonic() - started)))
+
+    def stop(self) -> None:
+        """Stop proxies and remove every container the sandbox started."""
+        self._stop.set()
+        self.running = False
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.proxies.stop_all()
+        self.runner.stop_all()
+        removed = self.runtime.remove_all()
+        log.info("stopped; removed %d containers", removed)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a person needs to see what the sandbox is doing."""
+        with LOCK:
+            groups = []
+            for tg in elbv2().target_groups.values():
+                groups.append({"targetGroupArn": tg.arn, "name": tg.name, "targets": [
+                    {"id": e["Id"], "port": e["Port"], "state": e["State"], "reason": e["Reason"]}
+                    for e in tg.targets.values()]})
+            fleets = self.ecs.snapshot()
+            plays = [{"deploymentId": p.dep.deployment_id, "status": p.dep.status, "phase": p.phase,
+                      "greenWeight": p.green_weight} for p in self.codedeploy.plays.values()]
+        return {
+            "ok": self.running, "timeScale": time_scale(), "uptime": time.time() - self.started_at,
+            "fleets": fleets, "targetGroups": groups, "listeners": self.proxies.snapshot(),
+            "deployments": plays, "faults": self.faults.list(),
+        }
+
+
+def _patch_load_balancer_dns() -> None:
+    """Every load balancer answers on 127.0.0.1 (its listener proxies bind there)."""
+    from moto.elbv2.models import FakeLoadBalancer
+
+    orig = FakeLoadBalancer.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        orig(self, *args, **kwargs)
+        self.dns_name = "127.0.0.1"
+
+    FakeLoadBalancer.__init__ = init  # type: ignore[method-assign]
+
+
+__all__ = ["Controller"]

@@ -1,0 +1,142 @@
+"""ALB metrics from real proxied requests, and alarms evaluated on them.
+
+moto stores metrics and alarms but evaluates nothing; here the listener proxies
+count requests per target group, publish them as ``AWS/ApplicationELB`` data
+points, and metric alarms on those metrics flip between OK and ALARM.
+"""
+
+from __future__ import annotations
+
+import operator
+import threading
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from .world import LOCK, arn_suffix, cloudwatch, log, now, scaled
+
+NAMESPACE = "AWS/ApplicationELB"
+COMPARE: dict[str, tuple[Callable[[float, float], bool], str]] = {
+    "GreaterThanOrEqualToThreshold": (operator.ge, "greater than or equal to"),
+    "GreaterThanThreshold": (operator.gt, "greater than"),
+    "LessThanThreshold": (operator.lt, "less than"),
+    "LessThanOrEqualToThreshold": (operator.le, "less than or equal to"),
+}
+Dims = tuple[tuple[str, str], ...]
+
+
+class Metrics:
+    """Request counters per (load balancer, target group), flushed as data points."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, Dims], float] = defaultdict(float)
+        self._points: list[tuple[float, str, Dims, float]] = []
+        self._last_flush = now()
+
+    def record(self, lb_arn: str, tg_arn: str | None, status: int, from_target: bool) -> None:
+        lb = (("LoadBalancer", arn_suffix(lb_arn, "app/")),)
+        names: list[tuple[str, Dims]] = []
+        if tg_arn:
+            both = lb + (("TargetGroup", arn_suffix(tg_arn, "targetgroup/")),)
+            names.append(("RequestCount", both))
+            if from_target:
+                names.append((f"HTTPCode_Target_{status // 100}XX_Count", both))
+                names.append((f"HTTPCode_Target_{status // 100}XX_Count", lb))
+        names.append(("RequestCount", lb))
+        if not from_target and status >= 500:
+            names.append(("HTTPCode_ELB_5XX_Count", lb))
+        with self._lock:
+            for key in names:
+                self._pending[key] += 1
+
+    def flush(self) -> None:
+        """Publish one data point per metric each (scaled) minute into moto."""
+        t = now()
+        if t - self._last_flush < scaled(60):
+            return
+        self._last_flush = t
+        with self._lock:
+            pending, self._pending = self._pending, defaultdict(float)
+            for (name, dims), value in pending.items():
+                self._points.append((t, name, dims, value))
+            horizon = t - scaled(3600 * 6, floor=600)
+            self._points = [p for p in self._points if p[0] >= horizon]
+        if not pending:
+            return
+        data = [{
+            "MetricName": name, "Value": value, "Unit": "Count",
+            "Dimensions": [{"Name": k, "Value": v} for k, v in dims],
+            "Timestamp": datetime.now(timezone.utc),
+        } for (name, dims), value in pending.items()]
+        with LOCK:
+            try:
+                cloudwatch().put_metric_data(NAMESPACE, data)
+            except Exception as exc:  # noqa: BLE001 - metrics must never stop the controller
+                log.warning("put_metric_data failed: %s", exc)
+
+    def points(self, name: str, dims: dict[str, str], start: float, end: float) -> list[float]:
+        """Data points of a metric whose dimensions include ``dims``, in [start, end)."""
+        with self._lock:
+            pending = [(now(), n, d, v) for (n, d), v in self._pending.items()]
+            rows = self._points + pending
+        return [v for (t, n, d, v) in rows
+                if n == name and start <= t < end and all(dict(d).get(k) == val for k, val in dims.items())]
+
+
+def _statistic(values: list[float], stat: str) -> float | None:
+    if stat == "SampleCount":
+        return float(len(values))
+    if stat == "Sum":
+        return float(sum(values))
+    if not values:
+        return None
+    if stat == "Average":
+        return sum(values) / len(values)
+    if stat == "Maximum":
+        return max(values)
+    if stat == "Minimum":
+        return min(values)
+    return None
+
+
+class AlarmEvaluator:
+    """Evaluates metric alarms on AWS/ApplicationELB metrics, like CloudWatch would."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def tick(self) -> None:
+        with LOCK:
+            alarms = [a for a in cloudwatch().alarms.values()
+                      if a.namespace == NAMESPACE and a.metric_name and a.comparison_operator in COMPARE]
+        for alarm in alarms:
+            self._evaluate(alarm)
+
+    def _evaluate(self, alarm: Any) -> None:
+        period = scaled(float(alarm.period or 60))
+        periods = int(alarm.evaluation_periods or 1)
+        needed = int(alarm.datapoints_to_alarm or periods)
+        dims = {d.name: d.value for d in alarm.dimensions}
+        stat = alarm.statistic or "Sum"
+        cmp, words = COMPARE[alarm.comparison_operator]
+        threshold = float(alarm.threshold)
+        t = now()
+        values: list[float] = []
+        for i in range(periods):
+            end = t - i * period
+            v = _statistic(self.metrics.points(alarm.metric_name, dims, end - period, end), stat)
+            if v is None:
+                v = 0.0 if alarm.treat_missing_data != "breaching" else threshold
+            values.append(v)
+        breaching = [v for v in values if cmp(v, threshold)]
+        state = "ALARM" if len(breaching) >= needed else "OK"
+        if state == alarm.state_value:
+            return
+        shown = ", ".join(f"{v:.1f}" for v in values)
+        verb = "was" if state == "ALARM" else "was not"
+        reason = (f"Threshold Crossed: {len(values)} datapoint(s) [{shown}] {verb} "
+                  f"{words} the threshold ({threshold:.1f}).")
+        with LOCK:
+            alarm.update_state(reason, "{}", state)
+        log.info("alarm %s -> %s: %s", alarm.name, state, reason)

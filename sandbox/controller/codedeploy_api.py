@@ -1,0 +1,181 @@
+"""CodeDeploy operations moto lacks (ContinueDeployment, StopDeployment, targets,
+deployment configs) and the fields its responses leave empty.
+
+Shapes and error codes follow botocore's CodeDeploy service model.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any, Callable
+
+from moto.codedeploy.models import DeploymentGroup, DeploymentInfo
+
+from .codedeploy import CUSTOM_CONFIGS, DONE, PREDEFINED, Play, epoch
+from .ecr_api import ApiError
+from .world import codedeploy
+
+if TYPE_CHECKING:
+    from .codedeploy import CodeDeployController
+
+_orig_dep_to_dict = DeploymentInfo.to_dict
+_orig_group_to_dict = DeploymentGroup.to_dict
+
+
+def _dep_to_dict(self: DeploymentInfo) -> dict[str, Any]:
+    out = _orig_dep_to_dict(self)
+    out["errorInformation"] = getattr(self, "error_information", None) or {}
+    out["rollbackInfo"] = getattr(self, "rollback_info", None) or {}
+    out["instanceTerminationWaitTimeStarted"] = bool(self.instance_termination_wait_time_started)
+    out["deploymentConfigName"] = str(self.deployment_config_name or "CodeDeployDefault.ECSAllAtOnce")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _group_to_dict(self: DeploymentGroup) -> dict[str, Any]:
+    out = _orig_group_to_dict(self)
+    alarms = self.alarm_configuration
+    out["alarmConfiguration"] = alarms if isinstance(alarms, dict) else {}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def install_patches() -> None:
+    DeploymentInfo.to_dict = _dep_to_dict  # type: ignore[method-assign]
+    DeploymentGroup.to_dict = _group_to_dict  # type: ignore[method-assign]
+
+
+class CodeDeployApi:
+    """Handlers for the middleware; each returns the response dict or None (moto answers)."""
+
+    def __init__(self, ctl: "CodeDeployController") -> None:
+        self.ctl = ctl
+
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]]:
+        return {
+            "ContinueDeployment": self.continue_deployment,
+            "StopDeployment": self.stop_deployment,
+            "ListDeploymentTargets": self.list_deployment_targets,
+            "GetDeploymentTarget": self.get_deployment_target,
+            "BatchGetDeploymentTargets": self.batch_get_deployment_targets,
+            "CreateDeploymentConfig": self.create_deployment_config,
+            "GetDeploymentConfig": self.get_deployment_config,
+            "ListDeploymentConfigs": self.list_deployment_configs,
+            "DeleteDeploymentConfig": self.delete_deployment_config,
+            "CreateDeployment": self.check_create_deployment,
+        }
+
+    def _play(self, params: dict[str, Any]) -> Play:
+        dep_id = params.get("deploymentId")
+        if not dep_id:
+            raise ApiError("DeploymentIdRequiredException", "The deployment ID was not specified.")
+        dep = codedeploy().deployments.get(dep_id)
+        if dep is None:
+            raise ApiError("DeploymentDoesNotExistException",
+                           f"The deployment {dep_id} could not be found.")
+        return self.ctl.plays.setdefault(dep_id, Play(dep=dep))
+
+    def continue_deployment(self, params: dict[str, Any]) -> dict[str, Any]:
+        play = self._play(params)
+        wait = params.get("deploymentWaitType") or "READY_WAIT"
+        if wait not in ("READY_WAIT", "TERMINATION_WAIT"):
+            raise ApiError("InvalidDeploymentWaitTypeException", f"Invalid wait type {wait}.")
+        if play.dep.status in DONE:
+            raise ApiError("DeploymentAlreadyCompletedException",
+                           f"The deployment {play.dep.deployment_id} has already completed.")
+        if wait == "READY_WAIT" and play.phase != "ready_wait":
+            raise ApiError("DeploymentIsNotInReadyStateException",
+                           f"The deployment {play.dep.deployment_id} is not in the Ready state.")
+        if wait == "TERMINATION_WAIT" and play.phase != "bake":
+            raise ApiError("InvalidDeploymentStatusException",
+                           f"The deployment {play.dep.deployment_id} is not waiting for the "
+                           f"termination of the original task set.")
+        play.continued.add(wait)
+        self.ctl.tick_one(play)
+        return {}
+
+    def stop_deployment(self, params: dict[str, Any]) -> dict[str, Any]:
+        play = self._play(params)
+        if play.dep.status in DONE:
+            raise ApiError("DeploymentAlreadyCompletedException",
+                           f"The deployment {play.dep.deployment_id} has already completed.")
+        rollback = bool(params.get("autoRollbackEnabled"))
+        self.ctl.stop(play, "MANUAL_STOP", "The deployment was stopped by a user request"
+                      + (" and rolled back." if rollback else "."), rollback=rollback)
+        return {"status": "Succeeded", "statusMessage": "The deployment was stopped."}
+
+    def _target(self, params: dict[str, Any]) -> dict[str, Any]:
+        play = self._play(params)
+        if play.service is None:
+            raise ApiError("DeploymentNotStartedException",
+                           f"The deployment {play.dep.deployment_id} has not started.")
+        return self.ctl.target(play)
+
+    def list_deployment_targets(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"targetIds": [self._target(params)["targetId"]]}
+
+    def get_deployment_target(self, params: dict[str, Any]) -> dict[str, Any]:
+        target = self._target(params)
+        if params.get("targetId") and params["targetId"] != target["targetId"]:
+            raise ApiError("DeploymentTargetDoesNotExistException",
+                           f"The target {params['targetId']} does not exist in the deployment.")
+        return {"deploymentTarget": {"deploymentTargetType": "ECSTarget", "ecsTarget": target}}
+
+    def batch_get_deployment_targets(self, params: dict[str, Any]) -> dict[str, Any]:
+        target = self._target(params)
+        return {"deploymentTargets": [{"deploymentTargetType": "ECSTarget", "ecsTarget": target}]}
+
+    def create_deployment_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = params.get("deploymentConfigName")
+        if not name:
+            raise ApiError("DeploymentConfigNameRequiredException", "Deployment config name is required.")
+        if name in CUSTOM_CONFIGS or name in PREDEFINED:
+            raise ApiError("DeploymentConfigAlreadyExistsException",
+                           f"The deployment configuration {name} already exists.")
+        routing = params.get("trafficRoutingConfig") or {"type": "AllAtOnce"}
+        if routing.get("type") not in ("AllAtOnce", "TimeBasedCanary", "TimeBasedLinear"):
+            raise ApiError("InvalidTrafficRoutingConfigurationException", "Invalid traffic routing type.")
+        config_id = str(uuid.uuid4())
+        CUSTOM_CONFIGS[name] = {
+            "deploymentConfigId": config_id, "deploymentConfigName": name, "createTime": epoch(),
+            "computePlatform": params.get("computePlatform") or "Server",
+            "trafficRoutingConfig": routing,
+            **({"minimumHealthyHosts": params["minimumHealthyHosts"]} if params.get("minimumHealthyHosts") else {}),
+        }
+        return {"deploymentConfigId": config_id}
+
+    def get_deployment_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = params.get("deploymentConfigName") or ""
+        if name in CUSTOM_CONFIGS:
+            return {"deploymentConfigInfo": CUSTOM_CONFIGS[name]}
+        if name in PREDEFINED:
+            return {"deploymentConfigInfo": {
+                "deploymentConfigId": str(uuid.uuid5(uuid.NAMESPACE_DNS, name)),
+                "deploymentConfigName": name, "computePlatform": "ECS",
+                "trafficRoutingConfig": PREDEFINED[name]}}
+        raise ApiError("DeploymentConfigDoesNotExistException",
+                       f"The deployment configuration {name} does not exist.")
+
+    def list_deployment_configs(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"deploymentConfigsList": sorted(list(PREDEFINED) + list(CUSTOM_CONFIGS))}
+
+    def delete_deployment_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = params.get("deploymentConfigName") or ""
+        if name in PREDEFINED:
+            raise ApiError("InvalidOperationException", "Predefined configurations cannot be deleted.")
+        CUSTOM_CONFIGS.pop(name, None)
+        return {}
+
+    def check_create_deployment(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """One live deployment per group, like CodeDeploy; otherwise moto creates it."""
+        config = params.get("deploymentConfigName")
+        if config and config not in PREDEFINED and config not in CUSTOM_CONFIGS \
+                and not config.startswith("CodeDeployDefault."):
+            raise ApiError("DeploymentConfigDoesNotExistException",
+                           f"The deployment configuration {config} does not exist.")
+        for dep in codedeploy().deployments.values():
+            if (dep.application_name == params.get("applicationName")
+                    and dep.deployment_group_name == params.get("deploymentGroupName")
+                    and dep.status not in DONE):
+                raise ApiError("DeploymentLimitExceededException",
+                               f"The Deployment Group '{dep.deployment_group_name}' already has an "
+                               f"active Deployment '{dep.deployment_id}'")
+        return None

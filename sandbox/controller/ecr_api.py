@@ -1,0 +1,185 @@
+"""ECR answers that match the real registry at SANDBOX_REGISTRY.
+
+moto does not speak the registry protocol, so repository URIs point at the
+local OCI registry and image queries ask that registry over its HTTP API v2.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from moto.ecr.models import Repository
+
+from .world import ACCOUNT, ecr
+
+MANIFEST_TYPES = ", ".join([
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+])
+
+
+class ApiError(Exception):
+    """An AWS error answered by a handler of the middleware."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def registry() -> str:
+    return os.environ.get("SANDBOX_REGISTRY", "127.0.0.1:5000")
+
+
+_orig_repo_init = Repository.__init__
+
+
+def _repo_init(self: Repository, *args: Any, **kwargs: Any) -> None:
+    _orig_repo_init(self, *args, **kwargs)
+    self.uri = f"{registry()}/{self.name}"
+
+
+def install_patches() -> None:
+    Repository.__init__ = _repo_init  # type: ignore[method-assign]
+
+
+def _http(method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(f"http://{registry()}{path}", method=method,
+                                 headers={"Accept": MANIFEST_TYPES})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), b""
+    except OSError as exc:
+        raise ApiError("ServerException", f"registry {registry()} unreachable: {exc}", 500) from exc
+
+
+def _repo(params: dict[str, Any]) -> Any:
+    name = params.get("repositoryName", "")
+    repo = ecr().repositories.get(name)
+    if repo is None:
+        raise ApiError("RepositoryNotFoundException",
+                       f"The repository with name '{name}' does not exist in the registry with id '{ACCOUNT}'")
+    return repo
+
+
+def _tags(name: str) -> list[str]:
+    status, _, body = _http("GET", f"/v2/{name}/tags/list")
+    if status != 200:
+        return []
+    return list(json.loads(body or b"{}").get("tags") or [])
+
+
+def _manifest(name: str, ref: str) -> tuple[str, dict[str, Any], str] | None:
+    status, headers, body = _http("GET", f"/v2/{name}/manifests/{ref}")
+    if status != 200:
+        return None
+    lower = {k.lower(): v for k, v in headers.items()}
+    return lower.get("docker-content-digest", ""), json.loads(body or b"{}"), body.decode()
+
+
+def _not_found(name: str, image_id: dict[str, Any]) -> ApiError:
+    return ApiError("ImageNotFoundException",
+                    f"The image with imageId {{imageDigest:'{image_id.get('imageDigest', 'null')}', "
+                    f"imageTag:'{image_id.get('imageTag', 'null')}'}} does not exist within the repository "
+                    f"with name '{name}' in the registry with id '{ACCOUNT}'")
+
+
+def _images(name: str, image_ids: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Digest -> details of the images asked for (all, when no ids are given)."""
+    tags = _tags(name)
+    by_digest: dict[str, dict[str, Any]] = {}
+    for tag in tags:
+        found = _manifest(name, tag)
+        if found is None:
+            continue
+        digest, manifest, raw = found
+        item = by_digest.setdefault(digest, _detail(name, digest, manifest, raw))
+        item["imageTags"].append(tag)
+    if not image_ids:
+        return list(by_digest.values())
+    out: list[dict[str, Any]] = []
+    for image_id in image_ids:
+        if image_id.get("imageDigest"):
+            item = by_digest.get(image_id["imageDigest"])
+            if item is None:
+                found = _manifest(name, image_id["imageDigest"])
+                item = _detail(name, image_id["imageDigest"], found[1], found[2]) if found else None
+        else:
+            item = next((i for i in by_digest.values() if image_id.get("imageTag") in i["imageTags"]), None)
+        if item is None:
+            raise _not_found(name, image_id)
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def _detail(name: str, digest: str, manifest: dict[str, Any], raw: str) -> dict[str, Any]:
+    size = sum(int(layer.get("size", 0)) for layer in manifest.get("layers") or [])
+    return {
+        "registryId": ACCOUNT, "repositoryName": name, "imageDigest": digest, "imageTags": [],
+        "imageSizeInBytes": size, "imagePushedAt": datetime.now(timezone.utc).timestamp(),
+        "imageManifestMediaType": manifest.get("mediaType", "application/vnd.docker.distribution.manifest.v2+json"),
+        "_manifest": raw,
+    }
+
+
+def describe_images(params: dict[str, Any]) -> dict[str, Any]:
+    repo = _repo(params)
+    images = _images(repo.name, params.get("imageIds"))
+    details = []
+    for img in images:
+        d = {k: v for k, v in img.items() if not k.startswith("_")}
+        if not d["imageTags"]:
+            del d["imageTags"]
+        details.append(d)
+    return {"imageDetails": details}
+
+
+def list_images(params: dict[str, Any]) -> dict[str, Any]:
+    repo = _repo(params)
+    ids = [{"imageDigest": i["imageDigest"], "imageTag": t}
+           for i in _images(repo.name, None) for t in i["imageTags"]]
+    return {"imageIds": ids}
+
+
+def batch_get_image(params: dict[str, Any]) -> dict[str, Any]:
+    repo = _repo(params)
+    images, failures = [], []
+    for image_id in params.get("imageIds") or []:
+        try:
+            img = _images(repo.name, [image_id])[0]
+        except ApiError:
+            failures.append({"imageId": image_id, "failureCode": "ImageNotFound",
+                             "failureReason": "Requested image not found"})
+            continue
+        images.append({"registryId": ACCOUNT, "repositoryName": repo.name,
+                       "imageId": {"imageDigest": img["imageDigest"], **({"imageTag": image_id["imageTag"]}
+                                   if image_id.get("imageTag") else {})},
+                       "imageManifest": img["_manifest"],
+                       "imageManifestMediaType": img["imageManifestMediaType"]})
+    return {"images": images, "failures": failures}
+
+
+def get_authorization_token(params: dict[str, Any]) -> dict[str, Any]:
+    token = base64.b64encode(f"AWS:{secrets.token_urlsafe(24)}".encode()).decode()
+    expires = (datetime.now(timezone.utc) + timedelta(hours=12)).timestamp()
+    return {"authorizationData": [{"authorizationToken": token, "expiresAt": expires,
+                                   "proxyEndpoint": f"http://{registry()}"}]}
+
+
+HANDLERS = {
+    "DescribeImages": describe_images,
+    "ListImages": list_images,
+    "BatchGetImage": batch_get_image,
+    "GetAuthorizationToken": get_authorization_token,
+}

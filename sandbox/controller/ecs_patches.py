@@ -1,0 +1,151 @@
+"""Small corrections to moto's ECS API so it answers like ECS does.
+
+- CreateService keeps deploymentConfiguration; CODE_DEPLOY services get their
+  initial PRIMARY task set, ECS services a rolling deployment with rolloutState.
+- UpdateService with a new task definition (or forceNewDeployment) starts a
+  new PRIMARY deployment instead of editing the old one in place.
+- CreateTaskSet no longer fakes tasks (the controller starts real ones).
+- StopTask deregisters and drains; ListTasks honours serviceName/desiredStatus.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+from moto.core.utils import utcnow
+from moto.ecs.models import EC2ContainerServiceBackend
+from moto.ecs.responses import EC2ContainerServiceResponse
+from moto.moto_api._internal import mock_random
+
+from .rolling import DEFAULT_CONFIG
+
+if TYPE_CHECKING:
+    from .tasks import TaskRunner
+
+_RUNNER: "TaskRunner | None" = None
+
+
+def new_deployment(service: Any, task_definition: str) -> dict[str, Any]:
+    dep_id = f"ecs-svc/{mock_random.randint(0, 32**12)}"
+    return {
+        "id": dep_id, "status": "PRIMARY", "taskDefinition": task_definition,
+        "desiredCount": service.desired_count, "pendingCount": 0, "runningCount": 0,
+        "failedTasks": 0, "createdAt": utcnow(), "updatedAt": utcnow(),
+        "launchType": service.launch_type, "platformFamily": "Linux",
+        "rolloutState": "IN_PROGRESS", "rolloutStateReason": f"ECS deployment {dep_id} in progress.",
+    }
+
+
+_orig_create_service = EC2ContainerServiceResponse.create_service
+
+
+def _create_service(self: EC2ContainerServiceResponse) -> Any:
+    result = _orig_create_service(self)
+    backend = self.ecs_backend
+    service = backend._get_service(self._get_param("cluster", "default"), self._get_param("serviceName"))
+    cfg = dict(DEFAULT_CONFIG)
+    cfg.update(self._get_param("deploymentConfiguration") or {})
+    service.deployment_configuration = cfg
+    service.health_check_grace_period_seconds = self._get_param("healthCheckGracePeriodSeconds")
+    service.created_at = utcnow()
+    service.running_count = service.pending_count = 0
+    ctype = service.deployment_controller.get("type", "ECS")
+    if ctype == "ECS" and service.task_definition:
+        service.deployments = [new_deployment(service, service.task_definition)]
+    elif ctype == "CODE_DEPLOY" and service.task_definition:
+        ts = backend.create_task_set(service.name, service.cluster_name, service.task_definition,
+                                     load_balancers=service.load_balancers,
+                                     launch_type=service.launch_type,
+                                     network_configuration=self._get_param("networkConfiguration"))
+        ts.status = "PRIMARY"
+        ts.started_by = "CodeDeploy"
+    return result
+
+
+_orig_update_service = EC2ContainerServiceBackend.update_service
+
+
+def _update_service(self: EC2ContainerServiceBackend, props: dict[str, Any]) -> Any:
+    force = bool(props.pop("force_new_deployment", False))
+    service = self._get_service(props.get("cluster", "default"), props["service"].split("/")[-1])
+    before = service.task_definition
+    td = props.get("task_definition")
+    if td:
+        props["task_definition"] = self.describe_task_definition(td).arn
+    cfg = props.get("deployment_configuration")
+    if cfg:
+        merged = dict(getattr(service, "deployment_configuration", None) or DEFAULT_CONFIG)
+        merged.update(cfg)
+        props["deployment_configuration"] = merged
+    running, pending = service.running_count, service.pending_count
+    result = _orig_update_service(self, props)
+    service.running_count, service.pending_count = running, pending
+    ctype = service.deployment_controller.get("type", "ECS")
+    if ctype == "ECS" and service.task_definition and (force or service.task_definition != before):
+        service.deployments = [d for d in service.deployments if d["status"] != "INACTIVE"]
+        for dep in service.deployments:
+            dep["status"] = "ACTIVE"
+        service.deployments.insert(0, new_deployment(service, service.task_definition))
+    return result
+
+
+_orig_create_task_set = EC2ContainerServiceBackend.create_task_set
+
+
+def _create_task_set(self: EC2ContainerServiceBackend, *args: Any, **kwargs: Any) -> Any:
+    scale = kwargs.pop("scale", None)
+    ts = _orig_create_task_set(self, *args, **kwargs)
+    ts.scale = scale or {"value": 100.0, "unit": "PERCENT"}
+    ts.stabilityStatus = "STABILIZING"
+    ts.computed_desired_count = ts.running_count = ts.pending_count = 0
+    ts.started_by = ""
+    return ts
+
+
+_orig_delete_task_set = EC2ContainerServiceBackend.delete_task_set
+
+
+def _delete_task_set(self: EC2ContainerServiceBackend, cluster: str, service: str, task_set: str,
+                     *args: Any) -> Any:
+    ts = _orig_delete_task_set(self, cluster or "default", service, task_set)
+    ts.status = "DRAINING"
+    return ts
+
+
+_orig_stop_task = EC2ContainerServiceBackend.stop_task
+
+
+def _stop_task(self: EC2ContainerServiceBackend, cluster_str: str, task_str: str, reason: str) -> Any:
+    if _RUNNER is not None:
+        task_id = task_str.split("/")[-1]
+        for arn, run in list(_RUNNER.runs.items()):
+            if arn.endswith(task_id):
+                _RUNNER.request_stop(run, reason or "Task stopped by user", "UserInitiated")
+                return run.task
+    return _orig_stop_task(self, cluster_str, task_str, reason)
+
+
+_orig_list_tasks = EC2ContainerServiceBackend.list_tasks
+
+
+def _list_tasks(self: EC2ContainerServiceBackend, cluster_str: Optional[str] = None,
+                container_instance: Optional[str] = None, family: Optional[str] = None,
+                started_by: Optional[str] = None, service_name: Optional[str] = None,
+                desiredStatus: Optional[str] = None) -> list[Any]:
+    tasks = _orig_list_tasks(self, cluster_str, container_instance, family, started_by, None,
+                             desiredStatus or "RUNNING")
+    if service_name:
+        tasks = [t for t in tasks if t.group == f"service:{service_name.split('/')[-1]}"]
+    return tasks
+
+
+def install(runner: "TaskRunner") -> None:
+    """Apply the ECS corrections; ``runner`` is used by StopTask."""
+    global _RUNNER
+    _RUNNER = runner
+    EC2ContainerServiceResponse.create_service = _create_service  # type: ignore[method-assign]
+    EC2ContainerServiceBackend.update_service = _update_service  # type: ignore[method-assign]
+    EC2ContainerServiceBackend.create_task_set = _create_task_set  # type: ignore[method-assign]
+    EC2ContainerServiceBackend.delete_task_set = _delete_task_set  # type: ignore[method-assign]
+    EC2ContainerServiceBackend.stop_task = _stop_task  # type: ignore[method-assign]
+    EC2ContainerServiceBackend.list_tasks = _list_tasks  # type: ignore[method-assign]

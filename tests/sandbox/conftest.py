@@ -1,0 +1,286 @@
+"""Fixtures for the AWS-emulation tests: a running sandbox, test images, AWS helpers.
+
+Uses the sandbox already answering on 127.0.0.1:4566 when there is one;
+otherwise starts Docker, the registry and ``python -m sandbox.server`` itself
+and stops exactly what it started.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import docker
+import pytest
+from botocore.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+ENDPOINT = os.environ.get("SANDBOX_ENDPOINT", "http://127.0.0.1:4566")
+REGISTRY = os.environ.get("SANDBOX_REGISTRY", "127.0.0.1:5000")
+CONFIG = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+BUSYBOX = "/bin/busybox"
+IMAGE_REPO = "emu-web"
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """Status and body of a GET, errors included (a 5xx is an answer, not an exception)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+
+
+def answers(url: str) -> bool:
+    try:
+        return http_get(url, 2)[0] == 200
+    except OSError:
+        return False
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll until ``check`` returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Started:
+    """Processes this session started, stopped in reverse order."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="emu-sandbox-"))
+
+    def spawn(self, args: list[str], env: dict[str, str] | None = None, log: str = "log") -> None:
+        out = open(self.tmp / log, "wb")  # noqa: SIM115 - lives as long as the process
+        self.procs.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                           cwd=ROOT))
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _docker_ok(host: str) -> bool:
+    try:
+        docker.DockerClient(base_url=host, timeout=5).ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not usable"
+        return False
+
+
+def _ensure_docker(started: _Started) -> str:
+    for host in filter(None, [os.environ.get("DOCKER_HOST"), "unix:///var/run/docker.sock"]):
+        if _docker_ok(host):
+            return host
+    root = started.tmp / "docker"
+    root.mkdir()
+    sock = f"unix://{root}/docker.sock"
+    started.spawn(["dockerd", "--bridge=none", "--iptables=false", "--ip-masq=false",
+                   "--ip6tables=false", f"--data-root={root}/data", f"--exec-root={root}/exec",
+                   f"--pidfile={root}/d.pid", "-H", sock], log="dockerd.log")
+    wait_for(lambda: _docker_ok(sock), 60, "dockerd")
+    return sock
+
+
+def _ensure_registry(started: _Started) -> None:
+    if answers(f"http://{REGISTRY}/v2/"):
+        return
+    cfg = started.tmp / "registry.yml"
+    cfg.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {started.tmp}/reg\n"
+                   f"http:\n  addr: {REGISTRY}\n")
+    started.spawn(["docker-registry", "serve", str(cfg)], log="registry.log")
+    wait_for(lambda: answers(f"http://{REGISTRY}/v2/"), 30, "registry")
+
+
+@pytest.fixture(scope="session")
+def emu_sandbox() -> Iterator[dict[str, str]]:
+    """The running sandbox endpoint and Docker host."""
+    started = _Started()
+    try:
+        docker_host = _ensure_docker(started)
+        _ensure_registry(started)
+        if not answers(f"{ENDPOINT}/_sandbox/health"):
+            env = dict(os.environ, DOCKER_HOST=docker_host, SANDBOX_REGISTRY=REGISTRY)
+            env.setdefault("SANDBOX_TIME_SCALE", "60")
+            port = ENDPOINT.rsplit(":", 1)[-1]
+            started.spawn([sys.executable, "-m", "sandbox.server", "--host", "127.0.0.1",
+                           "--port", port], env=env, log="server.log")
+            wait_for(lambda: answers(f"{ENDPOINT}/_sandbox/health"), 60, "sandbox server")
+        yield {"endpoint": ENDPOINT, "docker_host": docker_host}
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="session")
+def emu_aws(emu_sandbox: dict[str, str]) -> Callable[[str], Any]:
+    """A boto3 client factory for the sandbox endpoint."""
+    def client(service: str) -> Any:
+        return boto3.client(service, endpoint_url=emu_sandbox["endpoint"], region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing",
+                            config=CONFIG)
+    return client
+
+
+def _context(files: dict[str, tuple[bytes, int]]) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+SERVE = '["/bin/busybox","sh","-c","exec /bin/busybox httpd -f -p 127.0.0.1:$PORT -h /www"]'
+VARIANTS: dict[str, tuple[dict[str, tuple[bytes, int]], str]] = {
+    "blue": ({"www/index.html": (b"blue\n", 0o644), "www/health": (b"ok\n", 0o644)}, SERVE),
+    "green": ({"www/index.html": (b"green\n", 0o644), "www/health": (b"ok\n", 0o644)}, SERVE),
+    "v1": ({"www/index.html": (b"v1\n", 0o644), "www/health": (b"ok\n", 0o644)}, SERVE),
+    "v2": ({"www/index.html": (b"v2\n", 0o644), "www/health": (b"ok\n", 0o644)}, SERVE),
+    # "/" answers 500 but /health passes: a release that deploys fine and then fails users
+    "error500": ({"www/health": (b"ok\n", 0o644), "www/cgi-bin/index.cgi": (
+        b"#!/bin/busybox sh\nprintf 'Status: 500 Internal Server Error\\r\\n"
+        b"Content-Type: text/plain\\r\\n\\r\\nboom\\n'\n", 0o755)}, SERVE),
+    # no /health: the target group's health check never passes
+    "nohealth": ({"www/index.html": (b"broken\n", 0o644)}, SERVE),
+    "exit3": ({"www/index.html": (b"x\n", 0o644)}, '["/bin/busybox","sh","-c","exit 3"]'),
+}
+
+
+@pytest.fixture(scope="session")
+def emu_images(emu_sandbox: dict[str, str]) -> dict[str, str]:
+    """Test images built FROM scratch with static busybox, pushed to the local registry."""
+    client = docker.DockerClient(base_url=emu_sandbox["docker_host"], timeout=120)
+    busybox = Path(BUSYBOX).read_bytes()
+    out: dict[str, str] = {}
+    for tag, (files, cmd) in VARIANTS.items():
+        dockerfile = f"FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nCMD {cmd}\n"
+        ctx = dict(files, **{"Dockerfile": (dockerfile.encode(), 0o644), "busybox": (busybox, 0o755)})
+        ref = f"{REGISTRY}/{IMAGE_REPO}:{tag}"
+        client.images.build(fileobj=_context(ctx), custom_context=True, tag=ref, rm=True)
+        for line in client.images.push(f"{REGISTRY}/{IMAGE_REPO}", tag=tag, stream=True, decode=True):
+            assert "error" not in line, line
+        out[tag] = ref
+    return out
+
+
+@pytest.fixture(scope="session")
+def emu_net(emu_aws: Callable[[str], Any]) -> dict[str, Any]:
+    """A VPC with two subnets in moto (load balancers need them)."""
+    ec2 = emu_aws("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24",
+                                 AvailabilityZone=f"us-east-1{z}")["Subnet"]["SubnetId"]
+               for i, z in ((1, "a"), (2, "b"))]
+    return {"vpc": vpc, "subnets": subnets}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+class Stack:
+    """A cluster, load balancer (prod + test listener) and two target groups for one test."""
+
+    def __init__(self, aws: Callable[[str], Any], net: dict[str, Any], name: str,
+                 health_path: str = "/health") -> None:
+        self.name = name
+        self.ecs, self.elb = aws("ecs"), aws("elbv2")
+        self.ecs.create_cluster(clusterName=name)
+        lb = self.elb.create_load_balancer(Name=name, Subnets=net["subnets"], Type="application")
+        self.lb_arn = lb["LoadBalancers"][0]["LoadBalancerArn"]
+        self.dns = lb["LoadBalancers"][0]["DNSName"]
+        self.tgs = [self.elb.create_target_group(
+            Name=f"{name}-{c}", Protocol="HTTP", Port=80, VpcId=net["vpc"], TargetType="ip",
+            HealthCheckPath=health_path, HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2,
+            HealthyThresholdCount=2, UnhealthyThresholdCount=2,
+            Matcher={"HttpCode": "200"})["TargetGroups"][0]["TargetGroupArn"] for c in ("a", "b")]
+        for tg in self.tgs:
+            self.elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+                {"Key": "deregistration_delay.timeout_seconds", "Value": "5"}])
+        self.prod_port, self.test_port = free_port(), free_port()
+        self.prod = self._listener(self.prod_port, self.tgs[0])
+        self.test = self._listener(self.test_port, self.tgs[0])
+
+    def _listener(self, port: int, tg: str) -> str:
+        res = self.elb.create_listener(LoadBalancerArn=self.lb_arn, Protocol="HTTP", Port=port,
+                                       DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+        arn: str = res["Listeners"][0]["ListenerArn"]
+        wait_for(lambda: _bound(port), 10, f"listener proxy on {port}")
+        return arn
+
+    def task_definition(self, image: str, family: str | None = None) -> str:
+        res = self.ecs.register_task_definition(
+            family=family or f"{self.name}-app", networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
+            cpu="256", memory="512",
+            containerDefinitions=[{"name": "web", "image": image, "essential": True,
+                                   "portMappings": [{"containerPort": 8080, "protocol": "tcp"}],
+                                   "environment": [{"name": "APP", "value": self.name}]}])
+        arn: str = res["taskDefinition"]["taskDefinitionArn"]
+        return arn
+
+    def get(self, port: int | None = None, path: str = "/") -> tuple[int, str]:
+        return http_get(f"http://{self.dns}:{port or self.prod_port}{path}")
+
+    def lb(self, tg: str) -> list[dict[str, Any]]:
+        return [{"targetGroupArn": tg, "containerName": "web", "containerPort": 8080}]
+
+
+def _bound(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def emu_stack(emu_aws: Callable[[str], Any], emu_net: dict[str, Any]) -> Callable[..., Stack]:
+    def make(prefix: str, **kwargs: Any) -> Stack:
+        return Stack(emu_aws, emu_net, unique(prefix), **kwargs)
+    return make
+
+
+def sandbox_state() -> dict[str, Any]:
+    return dict(json.loads(http_get(f"{ENDPOINT}/_sandbox/state")[1]))
+
+
+@pytest.fixture(scope="session")
+def emu(emu_sandbox: dict[str, str]) -> Any:
+    """Helper functions for the tests (conftest modules are not importable by name)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(wait_for=wait_for, http_get=http_get, state=sandbox_state,
+                           endpoint=emu_sandbox["endpoint"], docker_host=emu_sandbox["docker_host"])

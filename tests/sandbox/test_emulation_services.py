@@ -1,0 +1,73 @@
+"""EXTERNAL services: task sets run real containers behind real listener proxies."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable
+
+import docker
+
+
+def test_external_task_set_runs_real_containers(emu: Any, emu_stack: Callable[..., Any],
+                                                emu_images: dict[str, str]) -> None:
+    stack = emu_stack("ext")
+    td = stack.task_definition(emu_images["blue"])
+    stack.ecs.create_service(cluster=stack.name, serviceName="web", desiredCount=2,
+                             deploymentController={"type": "EXTERNAL"})
+    ts = stack.ecs.create_task_set(cluster=stack.name, service="web", taskDefinition=td,
+                                   launchType="FARGATE", loadBalancers=stack.lb(stack.tgs[0]),
+                                   scale={"value": 100, "unit": "PERCENT"})["taskSet"]
+    stack.ecs.update_service_primary_task_set(cluster=stack.name, service="web",
+                                              primaryTaskSet=ts["taskSetArn"])
+
+    def steady() -> Any:
+        sets = stack.ecs.describe_task_sets(cluster=stack.name, service="web")["taskSets"]
+        return sets[0] if sets[0]["stabilityStatus"] == "STEADY_STATE" else None
+
+    described = emu.wait_for(steady, 30, "task set STEADY_STATE")
+    assert described["runningCount"] == 2 and described["computedDesiredCount"] == 2
+    assert described["status"] == "PRIMARY"
+
+    arns = stack.ecs.list_tasks(cluster=stack.name, serviceName="web")["taskArns"]
+    tasks = stack.ecs.describe_tasks(cluster=stack.name, tasks=arns)["tasks"]
+    assert len(tasks) == 2 and {t["lastStatus"] for t in tasks} == {"RUNNING"}
+    client = docker.DockerClient(base_url=emu.docker_host)
+    running = client.containers.list(filters={"label": "ecs-pipeline.sandbox=1"})
+    mine = [c for c in running if c.labels.get("ecs-pipeline.task-arn") in arns]
+    assert len(mine) == 2
+    assert all(c.attrs["HostConfig"]["NetworkMode"] == "host" for c in mine)
+
+    health = stack.elb.describe_target_health(TargetGroupArn=stack.tgs[0])["TargetHealthDescriptions"]
+    assert [h["TargetHealth"]["State"] for h in health] == ["healthy", "healthy"]
+    assert {h["Target"]["Id"] for h in health} == {"127.0.0.1"}
+    assert stack.get() == (200, "blue\n")
+    service = stack.ecs.describe_services(cluster=stack.name, services=["web"])["services"][0]
+    assert service["runningCount"] == 2
+    messages = [e["message"] for e in service["events"]]
+    assert any("has started 2 tasks" in m for m in messages)
+    assert any("has reached a steady state" in m for m in messages)
+
+
+def test_weighted_forward_splits_traffic(emu: Any, emu_stack: Callable[..., Any],
+                                         emu_images: dict[str, str]) -> None:
+    stack = emu_stack("wgt")
+    stack.ecs.create_service(cluster=stack.name, serviceName="web", desiredCount=1,
+                             deploymentController={"type": "EXTERNAL"})
+    for image, tg in (("blue", stack.tgs[0]), ("green", stack.tgs[1])):
+        stack.ecs.create_task_set(cluster=stack.name, service="web", launchType="FARGATE",
+                                  taskDefinition=stack.task_definition(emu_images[image]),
+                                  loadBalancers=stack.lb(tg), scale={"value": 100, "unit": "PERCENT"})
+
+    def both_healthy() -> bool:
+        return all(
+            [h["TargetHealth"]["State"] for h in stack.elb.describe_target_health(
+                TargetGroupArn=tg)["TargetHealthDescriptions"]] == ["healthy"] for tg in stack.tgs)
+
+    emu.wait_for(both_healthy, 30, "both target groups healthy")
+    stack.elb.modify_listener(ListenerArn=stack.prod, DefaultActions=[{
+        "Type": "forward", "ForwardConfig": {"TargetGroups": [
+            {"TargetGroupArn": stack.tgs[0], "Weight": 90},
+            {"TargetGroupArn": stack.tgs[1], "Weight": 10}]}}])
+    counts = Counter(stack.get()[1].strip() for _ in range(500))
+    assert set(counts) == {"blue", "green"}, counts
+    assert 0.80 <= counts["blue"] / 500 <= 0.97, counts
