@@ -7,7 +7,7 @@ Dockerfile error, a failed health check) fails at once so a person can fix it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker.errors
 import requests
@@ -22,6 +22,10 @@ from botocore.exceptions import (
 from prefect.tasks import exponential_backoff
 
 from tasks.errors import PipelineError, TransientError
+
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.client.schemas.objects import State, TaskRun
 
 TRANSIENT_AWS_CODES = frozenset(
     {
@@ -100,14 +104,12 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
+def retry_condition(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect's ``retry_condition_fn``: retry a failed task run only for transient faults."""
-    data = getattr(state, "data", None)
-    if isinstance(data, BaseException):
-        exc: Any = data
-    else:
+    exc: Any = state.data
+    if not isinstance(exc, BaseException):
         # _sync: the async task engine calls this from inside its event loop.
-        exc = state.result(raise_on_failure=False, _sync=True)
+        exc = state.result(raise_on_failure=False, _sync=True)  # type: ignore[call-overload]
     return isinstance(exc, BaseException) and is_transient(exc)
 
 

@@ -44,8 +44,13 @@ def redact_url(url: str) -> str:
 
 
 def default_cache_dir() -> Path:
+    """Where mirrors live when the caller names no cache directory."""
+    if explicit := os.environ.get("ECS_PIPELINE_GIT_CACHE"):
+        return Path(explicit)
+    if pipeline_cache := os.environ.get("ECS_PIPELINE_CACHE"):
+        return Path(pipeline_cache) / "src"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(os.environ.get("ECS_PIPELINE_GIT_CACHE", str(Path(base) / "ecs-pipeline" / "git")))
+    return Path(base) / "ecs-pipeline" / "git"
 
 
 def repo_key(repo: str) -> str:

@@ -13,7 +13,8 @@ import docker
 import httpx
 import pytest
 
-from tasks.ecr import RegistryAuth
+from tasks.aws import AwsClients, AwsSettings
+from tasks.ecr import RegistryAuth, ensure_repository, find_image_digest, registry_auth
 from tasks.errors import BuildError, PushError, TransientError
 from tasks.image import (
     BuildSpec,
@@ -245,3 +246,26 @@ def test_split_ref(ref: str, expect: tuple[str, str]) -> None:
 def test_split_ref_needs_a_tag() -> None:
     with pytest.raises(PushError, match="has no tag"):
         split_ref("127.0.0.1:5000/app")
+
+
+def test_pushed_image_is_found_in_ecr_by_its_tag(
+    client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """The pipeline's path: ECR repository, ECR login, build, push, then ECR sees the digest."""
+    settings = AwsSettings(
+        region="us-east-1",
+        endpoint_url=sandbox_setting("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+        max_attempts=1,
+    )
+    ecr = AwsClients(settings).get("ecr")
+    name = f"ecs-pipeline-test/ecr-{uuid.uuid4().hex[:8]}"
+    uri = ensure_repository(ecr, name)
+    assert find_image_digest(ecr, name, SHA) is None
+    ref = f"{uri}:{SHA}"
+    try:
+        build(client, context(tmp_path, GOOD), ref, [])
+        digest = push_image(client, ref, registry_auth(ecr), [].append)
+        assert find_image_digest(ecr, name, SHA) == digest
+        assert image_with_digest(uri, digest) == f"{uri}@{digest}"
+    finally:
+        client.images.remove(ref, force=True)

@@ -15,7 +15,7 @@ from botocore.exceptions import (
     ParamValidationError,
     ReadTimeoutError,
 )
-from prefect import task
+from prefect import flow, task
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import Completed, Failed
 
@@ -163,3 +163,30 @@ def test_retry_kwargs_are_accepted_by_prefect() -> None:
     stage = task(some_stage.fn, **kwargs)
     assert stage.retries == 3
     assert stage.retry_condition_fn is retry_condition
+
+
+FAST = {**retry_kwargs(), "retry_delay_seconds": 0, "retry_jitter_factor": None}
+
+
+def test_prefect_retries_transient_faults_only() -> None:
+    """A real flow run: transient faults are retried, a permanent one fails at once."""
+    calls = {"flaky": 0, "broken": 0}
+
+    @task(**FAST)
+    def flaky_stage() -> str:
+        calls["flaky"] += 1
+        if calls["flaky"] < 3:
+            raise client_error("ThrottlingException")
+        return "done"
+
+    @task(**FAST)
+    def broken_stage() -> None:
+        calls["broken"] += 1
+        raise BuildError("dockerfile parse error line 2: unknown instruction: FOO")
+
+    @flow
+    def release() -> tuple[str, bool]:
+        return flaky_stage(), broken_stage(return_state=True).is_failed()
+
+    assert release() == ("done", True)
+    assert calls == {"flaky": 3, "broken": 1}
