@@ -188,11 +188,16 @@ def superseded_by(
     because slots are not handed out in arrival order and an older commit must
     never be deployed over a newer one. Always None with ``queueing: queue``.
     """
-    if queueing_mode(cfg if cfg is not None else _lookup(service)) == "queue":
+    cfg = cfg if cfg is not None else _lookup(service)
+    if queueing_mode(cfg) == "queue":
         return None
     if client is None:
         with get_client(sync_client=True) as own:
-            return superseded_by(service, my_flow_run_id, cfg=cfg, client=own)
+            return _newer_run(own, service, my_flow_run_id)
+    return _newer_run(client, service, my_flow_run_id)
+
+
+def _newer_run(client: SyncPrefectClient, service: str, my_flow_run_id: UUID | str) -> str | None:
     me = client.read_flow_run(UUID(str(my_flow_run_id)))
     runs = read_service_runs(client, service, WAITING + [StateType.COMPLETED])
     newer = [r for r in runs if r.id != me.id and _age_key(r) > _age_key(me)]
