@@ -113,3 +113,35 @@ def test_registry_auth_hides_the_password(ecr: Any) -> None:
         "password": password,
         "serveraddress": auth.registry,
     }
+
+
+@pytest.mark.parametrize(
+    ("env", "expect"),
+    [
+        ({}, AwsSettings(region="us-east-1", endpoint_url=None, max_attempts=3)),
+        (
+            {"AWS_DEFAULT_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:4566"},
+            AwsSettings(region="eu-west-1", endpoint_url="http://127.0.0.1:4566", max_attempts=2),
+        ),
+        (
+            {"AWS_REGION": "us-west-2", "AWS_DEFAULT_REGION": "eu-west-1", "AWS_MAX_ATTEMPTS": "5"},
+            AwsSettings(region="us-west-2", max_attempts=5),
+        ),
+        ({"AWS_PROFILE": "deploy"}, AwsSettings(profile="deploy")),
+    ],
+)
+def test_settings_from_env(env: dict[str, str], expect: AwsSettings) -> None:
+    assert AwsSettings.from_env(env) == expect
+
+
+def test_clients_are_cached_and_configured(endpoint: str) -> None:
+    settings = AwsSettings(endpoint_url=endpoint, max_attempts=2, connect_timeout=3, read_timeout=7)
+    clients = AwsClients(settings)
+    ecr = clients.get("ecr")
+    assert clients.get("ecr") is ecr
+    assert clients.get("ecs") is not ecr
+    config = ecr.meta.config
+    assert config.retries == {"mode": "standard", "total_max_attempts": 2}
+    assert (config.connect_timeout, config.read_timeout) == (3, 7)
+    assert ecr.meta.endpoint_url == endpoint
+    assert ecr.meta.region_name == "us-east-1"
