@@ -132,8 +132,16 @@ def _follow_build(stream: Iterable[dict[str, Any]], spec: BuildSpec, log: Log) -
     return image_id
 
 
+def _explain(exc: docker.errors.APIError) -> str:
+    """The daemon's message without the request URL (which carries the build args)."""
+    return str(exc.explanation or f"HTTP {exc.status_code}")
+
+
 def build_image(docker_client: docker.DockerClient, spec: BuildSpec, log: Log) -> BuiltImage:
-    """Build SPEC's context with its Dockerfile, labels and args; tag it SPEC.tag."""
+    """Build SPEC's context with its Dockerfile, labels and args; tag it SPEC.tag.
+
+    Build args end up in the image history: pass secrets some other way.
+    """
     _check_inputs(spec)
     log(f"building {spec.tag} from {spec.context_dir} ({spec.dockerfile})")
     try:
@@ -152,8 +160,8 @@ def build_image(docker_client: docker.DockerClient, spec: BuildSpec, log: Log) -
         image_id = str(docker_client.api.inspect_image(spec.tag)["Id"])
     except docker.errors.APIError as exc:
         if exc.status_code is not None and exc.status_code < 500:
-            raise _build_failed(spec, str(exc.explanation or exc), deque()) from exc
-        raise TransientError(f"docker daemon error building {spec.tag}: {exc}") from exc
+            raise _build_failed(spec, _explain(exc), deque()) from exc
+        raise TransientError(f"docker daemon error building {spec.tag}: {_explain(exc)}") from exc
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise TransientError(f"docker daemon unreachable or timed out building {spec.tag}") from exc
     if reported is not None and reported != image_id:
@@ -231,8 +239,8 @@ def push_image(docker_client: docker.DockerClient, ref: str, auth: RegistryAuth,
         served = _registry_digest(docker_client, ref, auth)
     except docker.errors.APIError as exc:
         if exc.status_code is not None and exc.status_code >= 500:
-            raise TransientError(f"docker daemon error pushing {ref}: {exc.explanation}") from exc
-        raise PushError(f"push of {ref} refused: {exc.explanation or exc}") from exc
+            raise TransientError(f"docker daemon error pushing {ref}: {_explain(exc)}") from exc
+        raise PushError(f"push of {ref} refused: {_explain(exc)}") from exc
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise TransientError(f"docker daemon unreachable or timed out pushing {ref}") from exc
     if pushed is not None and pushed != served:
