@@ -64,7 +64,11 @@ def request_approval(
 
 
 def _resume_after_timeout(flow_run_id: UUID) -> None:
-    """Put a timed-out run back to Running so its rollback tasks are allowed to run."""
+    """Put a timed-out run back to Running.
+
+    Otherwise Prefect turns the run's final state into "The flow was ... and
+    never resumed", hiding the rollback's own outcome and reason.
+    """
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(
             flow_run_id, Running(message="Approval timed out; rolling back"), force=True

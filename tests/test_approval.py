@@ -1,0 +1,152 @@
+"""The approval gate: a real flow run pauses on a real Prefect server and is answered."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from prefect import flow, task
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.objects import StateType
+from prefect.context import FlowRunContext
+
+from tasks.approval import ApprovalInput, approve_run, request_approval
+from tasks.errors import ApprovalRejected
+
+
+@task
+def roll_back(service: str) -> str:
+    return f"rolled back {service}"
+
+
+@flow(name="approval-test")
+def release_with_approval(service: str, timeout: int, ids: Any) -> str:
+    """Stands in for the pipeline: wait for a yes, roll back on anything else."""
+    context = FlowRunContext.get()
+    assert context is not None and context.flow_run is not None
+    ids.put(context.flow_run.id)
+    summary = f"### {service}\n\nDeploy `abc1234` to production?"
+    try:
+        answer = request_approval(service, summary, timeout, poll_interval_seconds=1)
+    except ApprovalRejected:
+        ids.put(roll_back(service))
+        raise
+    return f"approved: {answer.comment}"
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[SyncPrefectClient]:
+    with get_client(sync_client=True) as c:
+        c.hello()
+        yield c
+
+
+class Released:
+    """Runs the flow in a thread, as a worker would run it in its own process."""
+
+    def __init__(self, timeout: int) -> None:
+        self.service = f"shop-{uuid.uuid4().hex[:6]}"
+        self.ids: queue.Queue[Any] = queue.Queue()
+        self.result: Any = None
+        self.thread = threading.Thread(target=self._run, args=(timeout,), daemon=True)
+        self.thread.start()
+        self.run_id: uuid.UUID = self.ids.get(timeout=30)
+
+    def _run(self, timeout: int) -> None:
+        try:
+            self.result = release_with_approval(self.service, timeout, self.ids)
+        except Exception as exc:  # noqa: BLE001 - handed to the test thread to assert on
+            self.result = exc
+
+    def finish(self) -> Any:
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "flow run did not finish"
+        return self.result
+
+
+def wait_for(client: SyncPrefectClient, run_id: uuid.UUID, check: Callable[[Any], bool]) -> Any:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        run = client.read_flow_run(run_id)
+        if run.state is not None and check(run.state):
+            return run.state
+        time.sleep(0.2)
+    raise AssertionError(f"flow run {run_id} never reached the expected state")
+
+
+@pytest.fixture
+def cleanup(client: SyncPrefectClient) -> Iterator[list[uuid.UUID]]:
+    runs: list[uuid.UUID] = []
+    yield runs
+    for run_id in runs:
+        client.delete_flow_run(run_id)
+
+
+def test_approved_release_pauses_then_completes(
+    client: SyncPrefectClient, cleanup: list[uuid.UUID]
+) -> None:
+    release = Released(timeout=60)
+    cleanup.append(release.run_id)
+    paused = wait_for(client, release.run_id, lambda s: s.is_paused())
+    assert paused.type == StateType.PAUSED
+    approve_run(release.run_id, approve=True, comment="looks good")
+    assert release.finish() == "approved: looks good"
+    assert client.read_flow_run(release.run_id).state_type == StateType.COMPLETED
+
+
+def test_rejected_release_raises_and_rolls_back(
+    client: SyncPrefectClient, cleanup: list[uuid.UUID]
+) -> None:
+    release = Released(timeout=60)
+    cleanup.append(release.run_id)
+    wait_for(client, release.run_id, lambda s: s.is_paused())
+    approve_run(str(release.run_id), approve=False, comment="error rate too high")
+    error = release.finish()
+    assert isinstance(error, ApprovalRejected)
+    assert str(error) == f"Release rejected: error rate too high [service={release.service}]"
+    assert release.ids.get_nowait() == f"rolled back {release.service}"
+    state = client.read_flow_run(release.run_id).state
+    assert state is not None and state.is_failed()
+
+
+def test_unanswered_release_times_out_and_still_rolls_back(
+    client: SyncPrefectClient, cleanup: list[uuid.UUID]
+) -> None:
+    release = Released(timeout=2)
+    cleanup.append(release.run_id)
+    error = release.finish()
+    assert isinstance(error, ApprovalRejected)
+    assert error.message == "No approval within 2 s; not releasing"
+    assert release.ids.get_nowait() == f"rolled back {release.service}"
+    state = client.read_flow_run(release.run_id).state
+    # the run ends with the pipeline's own reason, not Prefect's "never resumed"
+    assert state is not None and state.is_failed()
+    assert state.message is not None and "No approval within 2 s" in state.message
+
+
+def test_approve_refuses_a_run_that_is_not_waiting(client: SyncPrefectClient) -> None:
+    from prefect.exceptions import NotPausedError
+
+    release = Released(timeout=60)
+    try:
+        wait_for(client, release.run_id, lambda s: s.is_paused())
+        approve_run(release.run_id, approve=True)
+        release.finish()
+        with pytest.raises(NotPausedError):
+            approve_run(release.run_id, approve=True)
+    finally:
+        client.delete_flow_run(release.run_id)
+
+
+def test_approval_form_has_the_fields_a_person_fills() -> None:
+    fields = ApprovalInput.model_fields
+    assert set(fields) == {"approve", "comment"} and fields["comment"].default == ""
