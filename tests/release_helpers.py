@@ -1,0 +1,128 @@
+"""A throw-away service in the sandbox: its own git repo, YAML, task definition and AWS resources."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import yaml
+from botocore.config import Config
+
+from sandbox.seed import seed_service
+from tasks.models import load_service
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_APP = ROOT / "examples" / "sample-app"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def aws(service: str) -> Any:
+    return boto3.client(service, config=Config(retries={"mode": "standard", "total_max_attempts": 2}))
+
+
+def git(repo: Path, *args: str) -> str:
+    out = subprocess.run(
+        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args],
+        cwd=repo, check=True, capture_output=True, text=True,
+    )
+    return out.stdout.strip()
+
+
+@dataclass
+class ServiceUnderTest:
+    name: str
+    repo: Path
+    yaml_path: Path
+    prod_url: str
+    test_url: str
+    seeded: dict[str, Any]
+
+    def commit(self, version: str, broken: str = "", dockerfile_extra: str = "") -> str:
+        (self.repo / "app.env").write_text(f"VERSION={version}\nBROKEN={broken}\n")
+        if dockerfile_extra:
+            with (self.repo / "Dockerfile").open("a") as f:
+                f.write(dockerfile_extra)
+        git(self.repo, "add", "-A")
+        git(self.repo, "commit", "-q", "-m", f"release {version}")
+        return git(self.repo, "rev-parse", "HEAD")
+
+    @property
+    def cfg(self):  # type: ignore[no-untyped-def]
+        return load_service(self.yaml_path)
+
+    def get(self, path: str = "/") -> httpx.Response:
+        return httpx.get(self.prod_url + path, timeout=5)
+
+    def task_sets(self) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        svc = aws("ecs").describe_services(cluster=cfg.ecs.cluster, services=[cfg.ecs.service])["services"][0]
+        return list(svc.get("taskSets", []))
+
+    def revisions(self) -> list[str]:
+        return list(aws("ecs").list_task_definitions(familyPrefix=self.name)["taskDefinitionArns"])
+
+
+def make_service(
+    workdir: Path,
+    *,
+    strategy: str = "task-sets",
+    traffic: dict[str, Any] | None = None,
+    verify_paths: tuple[str, ...] = ("/health", "/"),
+    bake_seconds: float = 0,
+    green_timeout: int = 60,
+    desired_count: int = 1,
+    approval: str = "none",
+) -> ServiceUnderTest:
+    """A new service named t<random>, seeded in the sandbox, with v1 committed (not deployed)."""
+    name = "t" + uuid.uuid4().hex[:8]
+    repo = workdir / "repo"
+    shutil.copytree(SAMPLE_APP, repo, ignore=shutil.ignore_patterns("busybox"))
+    shutil.copy2("/bin/busybox", repo / "busybox")
+    (repo / ".gitignore").unlink(missing_ok=True)  # the repo carries its busybox, as the demo's does
+    git(repo, "init", "-q", "-b", "main")
+    deployments = workdir / "deployments"
+    (deployments / name).mkdir(parents=True)
+    taskdef = json.loads((ROOT / "deployments" / "sample-app" / "taskdef.json").read_text())
+    taskdef["family"] = name
+    (deployments / name / "taskdef.json").write_text(json.dumps(taskdef, indent=2))
+    prod, test = free_port(), free_port()
+    config = {
+        "name": name,
+        "source": {"repo": str(repo), "branch": "main"},
+        "ecr": {"repository": name},
+        "ecs": {"cluster": f"{name}-cluster", "service": name, "container": "web",
+                "container_port": 8080, "desired_count": desired_count},
+        "task_definition": f"{name}/taskdef.json",
+        "strategy": {"type": strategy, "traffic": traffic or {"type": "all-at-once"}},
+        "load_balancer": {
+            "production_listener": {"load_balancer": f"{name}-alb", "port": prod},
+            "test_listener": {"load_balancer": f"{name}-alb", "port": test},
+            "target_groups": [f"{name}-a", f"{name}-b"],
+        },
+        "verify": {
+            "http": [{"path": p, "consecutive": 2, "attempts": 10, "interval_seconds": 0.1} for p in verify_paths],
+            "alarms": [f"{name}-5xx"],
+        },
+        "bake_seconds": bake_seconds,
+        "timeouts": {"green_healthy_seconds": green_timeout},
+        "approval": approval,
+    }
+    yaml_path = deployments / f"{name}.yaml"
+    yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    sut = ServiceUnderTest(name, repo, yaml_path, f"http://127.0.0.1:{prod}", f"http://127.0.0.1:{test}", {})
+    sut.commit("v1")
+    sut.seeded = seed_service(load_service(yaml_path))
+    return sut

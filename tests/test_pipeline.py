@@ -1,0 +1,133 @@
+"""deploy-service end to end against the sandbox and a real Prefect server.
+
+Each test makes its own service (git repo, YAML, ECS service, ALB, target
+groups, alarm) and releases it with the real flow: real git, real docker
+build and push to the registry, real AWS calls over HTTP, real containers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from flows.pipeline import deploy_service
+from tests.release_helpers import ServiceUnderTest, aws, make_service
+
+
+@pytest.fixture
+def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ServiceUnderTest:
+    sut = make_service(tmp_path)
+    monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(sut.yaml_path.parent))
+    return sut
+
+
+def deploy(name: str, **kwargs: Any) -> Any:
+    return deploy_service(name, return_state=True, **kwargs)
+
+
+def data(state: Any) -> dict[str, Any]:
+    result = state.result(raise_on_failure=False)
+    return result if isinstance(result, dict) else {}
+
+
+def test_first_deploy_then_blue_green_then_no_change(service: ServiceUnderTest) -> None:
+    v1 = deploy(service.name)
+    assert v1.is_completed(), v1.message
+    assert v1.name == "Deployed"
+    assert "v1" in service.get("/").text
+    assert sorted(data(v1)["done"]) == ["build", "push", "register"]
+
+    sha2 = service.commit("v2")
+    v2 = deploy(service.name)
+    assert v2.name == "Deployed", v2.message
+    assert data(v2)["sha"] == sha2
+    assert "v2" in service.get("/").text
+    sets = service.task_sets()
+    assert [ts["status"] for ts in sets] == ["PRIMARY"], "blue is torn down after the bake"
+
+    again = deploy(service.name)
+    assert again.is_completed()
+    assert again.name == "No change"
+    assert len(service.revisions()) == 2
+
+
+def test_failed_http_check_rolls_back_and_v1_keeps_serving(service: ServiceUnderTest) -> None:
+    assert deploy(service.name).name == "Deployed"
+    service.commit("v2-broken", broken="root")
+    state = deploy(service.name)
+    assert state.is_failed()
+    assert state.name == "Rolled back"
+    assert "GET / failed verification: returned 500" in (state.message or "")
+    assert "v1" in service.get("/").text
+    assert [ts["status"] for ts in service.task_sets()] == ["PRIMARY"], "green is removed"
+
+
+def test_green_that_never_gets_healthy_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sut = make_service(tmp_path, green_timeout=8)
+    monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(sut.yaml_path.parent))
+    assert deploy(sut.name).name == "Deployed"
+    sut.commit("v2-sick", broken="health")
+    state = deploy(sut.name)
+    assert state.name == "Rolled back"
+    assert "Task failed ELB health checks" in (state.message or "")
+    assert "v1" in sut.get("/").text
+    assert len(sut.task_sets()) == 1
+
+
+def test_build_error_deploys_nothing(service: ServiceUnderTest) -> None:
+    assert deploy(service.name).name == "Deployed"
+    revisions = service.revisions()
+    service.commit("v2", dockerfile_extra="RUN this-command-does-not-exist\n")
+    state = deploy(service.name)
+    assert state.is_failed()
+    assert "Dockerfile" in (state.message or "")
+    assert service.revisions() == revisions
+    assert "v1" in service.get("/").text
+
+
+def test_rerun_after_failure_resumes_without_repeating(service: ServiceUnderTest) -> None:
+    assert deploy(service.name).name == "Deployed"
+    service.commit("v2")
+    # The next CreateTaskSet is refused as AWS would refuse it: a permanent error.
+    httpx.post(
+        f"{aws('ecs').meta.endpoint_url}/_sandbox/faults",
+        json={"service": "ecs", "operation": "CreateTaskSet", "code": "AccessDeniedException",
+              "status": 400, "message": "not allowed", "count": 1},
+    ).raise_for_status()
+    failed = deploy(service.name)
+    assert failed.is_failed()
+    assert "AccessDeniedException" in (failed.message or "")
+    assert "v1" in service.get("/").text
+    revisions = service.revisions()
+
+    rerun = deploy(service.name)
+    assert rerun.name == "Deployed", rerun.message
+    assert data(rerun)["done"] == [], "build, push and register were already done"
+    assert service.revisions() == revisions, "no second task definition revision"
+    assert "v2" in service.get("/").text
+
+
+def test_second_run_for_the_same_service_waits(service: ServiceUnderTest) -> None:
+    states: dict[str, Any] = {}
+    finished: dict[str, float] = {}
+
+    def run(key: str) -> None:
+        states[key] = deploy(service.name)
+        finished[key] = time.monotonic()
+
+    first = threading.Thread(target=run, args=("a",))
+    second = threading.Thread(target=run, args=("b",))
+    first.start()
+    time.sleep(0.5)
+    second.start()
+    first.join(180)
+    second.join(180)
+    names = sorted(s.name for s in states.values())
+    # Had they raced, both would have built and deployed v1; the one that waited finds it live.
+    assert names == ["Deployed", "No change"], names
+    assert len(service.revisions()) == 1
