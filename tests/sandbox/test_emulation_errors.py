@@ -1,0 +1,105 @@
+"""Bad input and injected AWS faults answer the way AWS does, through plain boto3."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any, Callable
+
+import pytest
+from botocore.exceptions import ClientError
+
+
+def _stopped_task(stack: Any) -> dict[str, Any] | None:
+    arns = stack.ecs.list_tasks(cluster=stack.name, desiredStatus="STOPPED")["taskArns"]
+    if not arns:
+        return None
+    return dict(stack.ecs.describe_tasks(cluster=stack.name, tasks=arns)["tasks"][0])
+
+
+def _external_service(stack: Any, image: str) -> None:
+    stack.ecs.create_service(cluster=stack.name, serviceName="web", desiredCount=1,
+                             deploymentController={"type": "EXTERNAL"})
+    stack.ecs.create_task_set(cluster=stack.name, service="web", launchType="FARGATE",
+                              taskDefinition=stack.task_definition(image),
+                              loadBalancers=stack.lb(stack.tgs[0]))
+
+
+def test_image_missing_from_registry_stops_task_with_cannot_pull(
+        emu: Any, emu_stack: Callable[..., Any], emu_images: dict[str, str]) -> None:
+    stack = emu_stack("pul")
+    _external_service(stack, emu_images["blue"].rsplit(":", 1)[0] + ":does-not-exist")
+    task = emu.wait_for(lambda: _stopped_task(stack), 30, "stopped task")
+    assert task["lastStatus"] == "STOPPED"
+    assert task["stoppedReason"].startswith("CannotPullContainerError: "), task["stoppedReason"]
+    assert task["group"] == "service:web"
+    sets = stack.ecs.describe_task_sets(cluster=stack.name, service="web")["taskSets"]
+    assert sets[0]["runningCount"] == 0 and sets[0]["stabilityStatus"] == "STABILIZING"
+    assert stack.get()[0] == 503
+
+
+def test_container_that_exits_stops_task_with_exit_code(
+        emu: Any, emu_stack: Callable[..., Any], emu_images: dict[str, str]) -> None:
+    stack = emu_stack("ext3")
+    _external_service(stack, emu_images["exit3"])
+    task = emu.wait_for(lambda: _stopped_task(stack), 30, "stopped task")
+    assert task["stoppedReason"] == "Essential container in task exited"
+    assert task["stopCode"] == "EssentialContainerExited"
+    assert task["containers"][0]["exitCode"] == 3
+
+
+def _fault(emu: Any, spec: dict[str, Any]) -> None:
+    req = urllib.request.Request(f"{emu.endpoint}/_sandbox/faults", data=json.dumps(spec).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 200
+
+
+def test_injected_faults_answer_aws_errors(emu: Any, emu_aws: Callable[[str], Any],
+                                           emu_stack: Callable[..., Any]) -> None:
+    stack = emu_stack("flt")
+    stack.ecs.create_service(cluster=stack.name, serviceName="web", desiredCount=0,
+                             deploymentController={"type": "EXTERNAL"})
+    td = stack.task_definition("127.0.0.1:5000/emu-web:blue")
+    # retried by botocore: the second attempt succeeds
+    _fault(emu, {"service": "ecs", "operation": "CreateTaskSet", "code": "ThrottlingException",
+                 "status": 400, "message": "Rate exceeded", "count": 1})
+    stack.ecs.create_task_set(cluster=stack.name, service="web", taskDefinition=td, launchType="FARGATE")
+    # permanent: fails at once with the configured code
+    _fault(emu, {"service": "ecs", "operation": "CreateTaskSet", "code": "AccessDeniedException",
+                 "status": 400, "message": "not allowed", "count": 1})
+    with pytest.raises(ClientError) as err:
+        stack.ecs.create_task_set(cluster=stack.name, service="web", taskDefinition=td)
+    assert err.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert err.value.response["Error"]["Message"] == "not allowed"
+    # query/XML protocol (elbv2)
+    _fault(emu, {"service": "elbv2", "operation": "ModifyListener", "code": "ValidationError",
+                 "status": 400, "message": "bad weights", "count": 1})
+    with pytest.raises(ClientError) as err:
+        stack.elb.modify_listener(ListenerArn=stack.prod, DefaultActions=[
+            {"Type": "forward", "TargetGroupArn": stack.tgs[1]}])
+    assert err.value.response["Error"]["Code"] == "ValidationError"
+    # server-side throttling outlasts the client's retries (max_attempts=2: three tries)
+    _fault(emu, {"service": "codedeploy", "operation": "ListApplications", "code": "ThrottlingException",
+                 "status": 400, "message": "Rate exceeded", "count": 3})
+    with pytest.raises(ClientError) as err:
+        emu_aws("codedeploy").list_applications()
+    assert err.value.response["Error"]["Code"] == "ThrottlingException"
+    emu_aws("codedeploy").list_applications()
+
+
+def test_ecr_tells_the_registry_truth(emu_aws: Callable[[str], Any], emu_images: dict[str, str]) -> None:
+    ecr = emu_aws("ecr")
+    try:
+        repo = ecr.create_repository(repositoryName="emu-web")["repository"]
+    except ecr.exceptions.RepositoryAlreadyExistsException:  # a reused sandbox keeps it
+        repo = ecr.describe_repositories(repositoryNames=["emu-web"])["repositories"][0]
+    assert repo["repositoryUri"] == "127.0.0.1:5000/emu-web"
+    auth = ecr.get_authorization_token()["authorizationData"][0]
+    assert auth["proxyEndpoint"] == "http://127.0.0.1:5000"
+    images = ecr.describe_images(repositoryName="emu-web", imageIds=[{"imageTag": "blue"}])
+    assert images["imageDetails"][0]["imageDigest"].startswith("sha256:")
+    assert "blue" in images["imageDetails"][0]["imageTags"]
+    with pytest.raises(ClientError) as err:
+        ecr.describe_images(repositoryName="emu-web", imageIds=[{"imageTag": "nope"}])
+    assert err.value.response["Error"]["Code"] == "ImageNotFoundException"
