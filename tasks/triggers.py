@@ -155,17 +155,34 @@ def read_service_runs(
     states: list[StateType] | None = None,
     sha: str | None = None,
 ) -> list[FlowRun]:
-    """deploy-service runs for SERVICE (optionally one SHA), oldest first."""
+    """deploy-service runs for SERVICE (optionally one SHA), oldest first.
+
+    Runs are found by their ``service:`` tag, and unfinished ones also by their
+    parameters: a deployment trigger or the UI's Run button starts runs without
+    tags, and those must be superseded too.
+    """
     tags = [f"service:{service}"] + ([f"sha:{sha}"] if sha else [])
-    run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=tags))
+    found = {r.id: r for r in _read_runs(client, states, FlowRunFilterTags(all_=tags))}
+    unfinished = [s for s in (states or WAITING) if s in WAITING]
+    if unfinished:
+        for run in _read_runs(client, unfinished, None):
+            params = run.parameters or {}
+            if params.get("service") == service and sha in (None, params.get("sha")):
+                found.setdefault(run.id, run)
+    return sorted(found.values(), key=_age_key)
+
+
+def _read_runs(
+    client: SyncPrefectClient, states: list[StateType] | None, tags: FlowRunFilterTags | None
+) -> list[FlowRun]:
+    run_filter = FlowRunFilter(tags=tags)
     if states is not None:
         run_filter.state = FlowRunFilterState(type=FlowRunFilterStateType(any_=states))
-    runs = client.read_flow_runs(
+    return client.read_flow_runs(
         flow_filter=FlowFilter(name=FlowFilterName(any_=[DEPLOY_FLOW])),
         flow_run_filter=run_filter,
         limit=200,
     )
-    return sorted(runs, key=_age_key)
 
 
 def _age_key(run: FlowRun) -> tuple[datetime, str]:

@@ -257,6 +257,12 @@ def test_newer_run_supersedes_a_waiting_one(
     client.set_flow_run_state(done.id, Completed(), force=True)
     assert superseded_by(service, older.id) == str(done.id)  # never deploy older over newer
 
+    # started by a deployment trigger or the UI: parameters only, no tags
+    untagged = client.create_flow_run_from_deployment(
+        deployment[1], parameters={"service": service, "sha": "e" * 40}
+    )
+    assert superseded_by(service, older.id) == str(untagged.id)
+
 
 def test_cancel_waiting_runs_cancels_only_older_scheduled_ones(
     client: SyncPrefectClient, deployment: tuple[str, uuid.UUID], tag: str
