@@ -76,6 +76,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 1 if changes and args.exit_code else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve_flows
+
+    serve_flows(poll_interval_seconds=args.poll_interval, limit=args.limit)
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """The sandbox is a separate program: the pipeline never imports it."""
     return subprocess.call([sys.executable, "-m", "sandbox", *args.rest])
@@ -111,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None, help="image to render with (default: the live image)")
     p.add_argument("--exit-code", action="store_true", help="exit 1 when there are differences")
     p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("serve", help="run deploy-service (and poll-changes) deployments from this process")
+    p.add_argument("--poll-interval", type=int, default=None, help="seconds between polls; off if unset")
+    p.add_argument("--limit", type=int, default=8, help="flow runs at once")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("sandbox", help="the local AWS rehearsal environment: up, down, status, seed")
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -1,0 +1,215 @@
+"""The main job: three releases of the sample app on the sandbox, watched from the outside.
+
+sandbox up → seed sample-app → serve deploy-service → release v1 → commit v2
+and release it blue/green while a client sends steady requests to production →
+commit a broken v3 and watch it roll back with v2 still serving → summary.
+Every release is a flow run of the ``deploy-service`` deployment, so it shows
+in the Prefect UI with its stages, artifacts and a Retry button.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from sandbox import manage
+from sandbox.seed import seed_service
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVICE_YAML = REPO_ROOT / "deployments" / "sample-app.yaml"
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def git(repo: Path, *args: str) -> str:
+    cmd = ["git", "-c", "user.name=ecs-pipeline demo", "-c", "user.email=demo@localhost", *args]
+    return subprocess.run(cmd, cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def prepare_repo(repo: Path) -> None:
+    """The sample app's own git repository, a copy of examples/sample-app with its busybox."""
+    if (repo / ".git").exists():
+        return
+    shutil.copytree(REPO_ROOT / "examples" / "sample-app", repo, ignore=shutil.ignore_patterns("busybox"))
+    shutil.copy2("/bin/busybox", repo / "busybox")
+    (repo / ".gitignore").unlink(missing_ok=True)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "sample app")
+
+
+def commit_release(repo: Path, version: str, broken: str = "") -> str:
+    (repo / "app.env").write_text(f"VERSION={version}\nBROKEN={broken}\n")
+    git(repo, "add", "app.env")
+    git(repo, "commit", "-q", "--allow-empty", "-m", f"release {version}" + (f" (broken: {broken})" if broken else ""))
+    return git(repo, "rev-parse", "HEAD")
+
+
+@dataclass
+class Load:
+    """A steady client on the production listener, counting what did not answer 200."""
+
+    url: str
+    interval: float = 0.02
+    sent: int = 0
+    failed: int = 0
+    versions: dict[str, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            while not self._stop.is_set():
+                self.sent += 1
+                try:
+                    resp = client.get(self.url)
+                    if resp.status_code != 200:
+                        self.failed += 1
+                    else:
+                        version = resp.text.split(":")[0].strip()
+                        self.versions[version] = self.versions.get(version, 0) + 1
+                except httpx.HTTPError:
+                    self.failed += 1
+                time.sleep(self.interval)
+
+    def __enter__(self) -> Load:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(10)
+
+
+def start_server(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`ecs-pipeline serve` in its own process: it runs each release as a deployment flow run."""
+    out = log.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve"],
+        cwd=REPO_ROOT, env={"PREFECT_RUNNER_POLL_FREQUENCY": "1", **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def wait_for_deployment(name: str, timeout: float = 60) -> None:
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            try:
+                client.read_deployment_by_name(name)
+                return
+            except Exception:  # noqa: BLE001 - not registered yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+
+def release(service: str, sha: str) -> Any:
+    from prefect.deployments import run_deployment
+
+    from tasks.triggers import run_tags
+
+    return run_deployment(
+        "deploy-service/deploy-service",
+        parameters={"service": service, "sha": sha},
+        tags=run_tags(service, sha, "demo"),
+        timeout=900,
+    )
+
+
+def stage_times(flow_run_id: Any) -> list[tuple[str, float]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        )
+    return [(r.name, r.total_run_time.total_seconds()) for r in runs]
+
+
+def report(label: str, run: Any, load: Load | None, ui: str) -> dict[str, Any]:
+    state = run.state
+    say(f"\n== {label}: {state.name} — {state.message or ''}")
+    for name, secs in stage_times(run.id):
+        say(f"   {secs:7.2f}s  {name}")
+    if load is not None:
+        seen = ", ".join(f"{v}: {n}" for v, n in sorted(load.versions.items()))
+        say(f"   production requests: {load.sent} sent, {load.failed} failed ({seen})")
+    say(f"   {ui}/runs/flow-run/{run.id}")
+    return {"label": label, "state": state.name, "failed": load.failed if load else None,
+            "sent": load.sent if load else None, "seconds": run.total_run_time.total_seconds()}
+
+
+def main() -> int:
+    started = time.monotonic()
+    manage.up(say)
+    env = {**os.environ, **manage.load_env()}
+    env.setdefault("ECS_PIPELINE_TIME_SCALE", env.get("SANDBOX_TIME_SCALE", "60"))
+    os.environ.update(env)
+    setup_seconds = time.monotonic() - started
+
+    from tasks.models import load_service
+
+    cfg = load_service(SERVICE_YAML)
+    repo = Path(cfg.repo_location)
+    repo.parent.mkdir(parents=True, exist_ok=True)
+    prepare_repo(repo)
+    seeded = seed_service(cfg)
+    prod = f"http://127.0.0.1:{cfg.load_balancer.production_listener.port}/"  # type: ignore[union-attr]
+    ui = env["PREFECT_API_URL"].removesuffix("/api")
+    say(f"seeded {cfg.name}: cluster {seeded['cluster']}, production listener {prod}")
+
+    server = start_server(env, Path(env["SANDBOX_DIR"]) / "logs" / "serve.log")
+    try:
+        wait_for_deployment("deploy-service/deploy-service")
+        pipeline_started = time.monotonic()
+        results = [report("v1 (first deploy)", release(cfg.name, commit_release(repo, "v1")), None, ui)]
+        sha2 = commit_release(repo, "v2")
+        with Load(prod) as load2:
+            results.append(report("v2 (blue/green)", release(cfg.name, sha2), load2, ui))
+        sha3 = commit_release(repo, "v3", broken="root")
+        with Load(prod) as load3:
+            results.append(report("v3 (broken: / answers 500)", release(cfg.name, sha3), load3, ui))
+        serving = httpx.get(prod, timeout=5).text.strip()
+        pipeline_seconds = time.monotonic() - pipeline_started
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+    say("\n== Summary")
+    say(f"   set-up (sandbox up, seed): {setup_seconds:.1f}s; three releases: {pipeline_seconds:.1f}s")
+    for r in results:
+        extra = f", {r['failed']} of {r['sent']} production requests failed" if r["sent"] is not None else ""
+        say(f"   {r['label']}: {r['state']} in {r['seconds']:.1f}s{extra}")
+    say(f"   production now answers: {serving}")
+    say(f"   Prefect UI: {ui} (flow runs of deploy-service; artifacts hold each release summary)")
+    ok = (
+        [r["state"] for r in results] == ["Deployed", "Deployed", "Rolled back"]
+        and results[1]["failed"] == 0
+        and results[2]["failed"] == 0
+        and serving.startswith("sample-app v2")
+    )
+    say("demo " + ("succeeded" if ok else "FAILED: see above"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
