@@ -43,15 +43,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _seed(path: str, prefix: str) -> int:
+    import docker.errors
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
     from sandbox.seed import seed_service
     from tasks.errors import PipelineError
     from tasks.models import load_service
 
     try:
         config = load_service(path)
-        result = seed_service(config, prefix=prefix, env=manage.load_env())
+        env = manage.load_env()
+        result = seed_service(config, prefix=prefix, env=env)
     except PipelineError as exc:
         return _fail(str(exc))
+    except EndpointConnectionError:
+        return _fail(
+            f"the AWS endpoint {env['AWS_ENDPOINT_URL']} does not answer; run `python -m sandbox up`"
+        )
+    except (ClientError, BotoCoreError) as exc:
+        return _fail(f"{exc}; see {manage.layout().log('aws')}")
+    except docker.errors.DockerException as exc:
+        return _fail(f"Docker engine {env['DOCKER_HOST']}: {exc}; run `python -m sandbox status`")
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 

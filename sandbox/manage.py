@@ -158,9 +158,20 @@ def up(out: Callable[[str], None] = print) -> float:
     return took
 
 
+@dataclass
+class _Launch:
+    """A start `up` made or adopted: what to run again if an adopted start dies."""
+
+    comp: Component
+    argv: list[str]
+    env: dict[str, str]
+    rec: procs.Recorded | None
+    fresh: bool
+
+
 def _start_all(lay: Layout, comps: dict[str, Component], out: Callable[[str], None]) -> None:
     # Prefect is the slowest to come up (~17 s): start it before anything else.
-    started: dict[str, procs.Recorded | None] = {}
+    started: dict[str, _Launch | None] = {}
     started["prefect"] = _ensure(lay, comps["prefect"], _prefect_argv(lay), _prefect_env(lay))
 
     docker_host = engine.existing_engine(lay.state)
@@ -172,26 +183,21 @@ def _start_all(lay: Layout, comps: dict[str, Component], out: Callable[[str], No
     )
 
     _write_registry_config(lay)
-    started["registry"] = _ensure(
-        lay,
-        comps["registry"],
-        ["docker-registry", "serve", str(lay.state / "registry.yml")],
-        dict(os.environ),
-    )
+    registry_argv = ["docker-registry", "serve", str(lay.state / "registry.yml")]
+    started["registry"] = _ensure(lay, comps["registry"], registry_argv, dict(os.environ))
     docker_host = docker_host or own
     comps["engine"] = components(lay, docker_host)[0]
     lay.docker_host_file.write_text(docker_host + "\n")
     if docker_host == own:
-        if engine.can_manage_packages() or engine.engine_answers(own):
-            engine.own_socket(lay.state).parent.mkdir(parents=True, exist_ok=True)
-            started["engine"] = _ensure(
-                lay, comps["engine"], engine.dockerd_argv(lay.state), dict(os.environ)
-            )
-        else:
+        if not (engine.can_manage_packages() or engine.engine_answers(own)):
             raise SandboxError(
-                "no Docker engine answers; start one and set DOCKER_HOST (e.g. unix:///var/run/docker.sock), "
-                "or run the sandbox as root on Debian so it can start its own"
+                "no Docker engine answers; start one and set DOCKER_HOST "
+                "(e.g. unix:///var/run/docker.sock), or run the sandbox as root on Debian "
+                "so it can start its own"
             )
+        engine.own_socket(lay.state).parent.mkdir(parents=True, exist_ok=True)
+        dockerd = engine.dockerd_argv(lay.state)
+        started["engine"] = _ensure(lay, comps["engine"], dockerd, dict(os.environ))
     _wait(lay, comps["engine"], started.get("engine"), 60)
 
     aws_env = {
@@ -211,15 +217,18 @@ def _start_all(lay: Layout, comps: dict[str, Component], out: Callable[[str], No
         out(f"  {c.name:<9} {c.address}  ({who})")
 
 
-def _ensure(
-    lay: Layout, comp: Component, argv: list[str], env: dict[str, str]
-) -> procs.Recorded | None:
+def _ensure(lay: Layout, comp: Component, argv: list[str], env: dict[str, str]) -> _Launch | None:
     """Start COMP unless it answers or our earlier start of it is still coming up."""
     if comp.healthy():
         return None
     rec = procs.read_pidfile(lay.pidfile(comp.name))
     if procs.alive(rec):
-        return rec
+        return _Launch(comp, argv, env, rec, fresh=False)
+    return _launch(lay, _Launch(comp, argv, env, None, fresh=True))
+
+
+def _launch(lay: Layout, launch: _Launch) -> _Launch:
+    comp = launch.comp
     if comp.port is not None and procs.port_open(comp.port):
         var = {"aws": "SANDBOX_AWS_PORT", "registry": "SANDBOX_REGISTRY_PORT"}.get(
             comp.name, "SANDBOX_PREFECT_PORT"
@@ -228,18 +237,23 @@ def _ensure(
             f"port {comp.port} is taken by another program that is not a healthy {comp.name}; "
             f"stop it or set {var} to a free port"
         )
-    proc = procs.start_detached(argv, env=env, log=lay.log(comp.name), cwd=REPO)
+    proc = procs.start_detached(launch.argv, env=launch.env, log=lay.log(comp.name), cwd=REPO)
     procs.write_pidfile(lay.pidfile(comp.name), proc.pid)
-    return procs.read_pidfile(lay.pidfile(comp.name))
+    launch.rec, launch.fresh = procs.read_pidfile(lay.pidfile(comp.name)), True
+    return launch
 
 
-def _wait(lay: Layout, comp: Component, rec: procs.Recorded | None, budget: float) -> None:
+def _wait(lay: Layout, comp: Component, launch: _Launch | None, budget: float) -> None:
+    """Poll COMP's health; an adopted start that dies (it was stopping) is started again once."""
     deadline = time.monotonic() + budget
     while time.monotonic() < deadline:
         if comp.healthy():
             return
-        if rec is not None and not procs.alive(rec):
-            raise SandboxError(f"{comp.name} exited while starting; see {lay.log(comp.name)}")
+        if launch is not None and not procs.alive(launch.rec):
+            if launch.fresh:
+                raise SandboxError(f"{comp.name} exited while starting; see {lay.log(comp.name)}")
+            time.sleep(0.5)  # let a stopping process release its port
+            _launch(lay, launch)
         time.sleep(0.2)
     raise SandboxError(
         f"{comp.name} did not become healthy at {comp.address} within {budget:.0f} s; "

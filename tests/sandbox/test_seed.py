@@ -282,3 +282,29 @@ def test_seeded_image_serves_version_seed(sandbox_env: dict[str, str], prefix: s
     finally:
         container.remove(force=True)
         client.close()
+
+
+@pytest.mark.parametrize("strategy", ["codedeploy", "rolling"])
+def test_seeded_service_serves_the_seed_version_through_its_listeners(
+    sandbox_env: dict[str, str], prefix: str, strategy: str
+) -> None:
+    """What a user has before the first pipeline run: a live service behind the ALB."""
+    config = _variant(strategy)
+    seed_service(config, prefix=prefix, env=sandbox_env)
+    assert config.load_balancer is not None
+    prod = config.load_balancer.production_listener.port
+    test = config.load_balancer.test_listener.port
+    deadline = time.monotonic() + 90
+    status = 0
+    while time.monotonic() < deadline:
+        try:
+            answer = httpx.get(f"http://127.0.0.1:{prod}/", timeout=2)
+            status = answer.status_code
+            if status == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    assert status == 200, f"production listener on {prod} answered {status}"
+    assert answer.text.strip() == "sample-app seed: hello from ecs-pipeline"
+    assert httpx.get(f"http://127.0.0.1:{test}/health", timeout=2).text.strip() == "ok"
