@@ -10,8 +10,9 @@ from __future__ import annotations
 import operator
 import threading
 from collections import defaultdict
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from .world import LOCK, arn_suffix, cloudwatch, log, now, scaled
 
@@ -67,7 +68,7 @@ class Metrics:
         data = [{
             "MetricName": name, "Value": value, "Unit": "Count",
             "Dimensions": [{"Name": k, "Value": v} for k, v in dims],
-            "Timestamp": datetime.now(timezone.utc),
+            "Timestamp": datetime.now(UTC),
         } for (name, dims), value in pending.items()]
         with LOCK:
             try:

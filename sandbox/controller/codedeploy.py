@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -41,7 +41,7 @@ INSTALL_FAILURES = 3
 
 
 def epoch() -> float:
-    return datetime.now(timezone.utc).timestamp()
+    return datetime.now(UTC).timestamp()
 
 
 def routing_for(name: str) -> dict[str, Any] | None:
@@ -70,7 +70,7 @@ def parse_appspec(revision: dict[str, Any]) -> dict[str, Any]:
                or (revision.get("string") or {}).get("content") or "")
     doc = yaml.safe_load(content) if content else None
     if not isinstance(doc, dict):
-        raise ValueError("The AppSpec file is not valid YAML or JSON")
+        raise ValueError("The AppSpec file is not valid YAML or JSON")  # noqa: TRY004 - bad input
     resource = doc["Resources"][0]
     target = next(iter(resource.values())) if "Type" not in resource else resource
     props = dict(target["Properties"])
@@ -117,7 +117,7 @@ class Play:
 class CodeDeployController:
     """Advances every live deployment a little on each controller tick."""
 
-    def __init__(self, ecs_ctl: "EcsController") -> None:
+    def __init__(self, ecs_ctl: EcsController) -> None:
         self.ecs_ctl = ecs_ctl
         self.plays: dict[str, Play] = {}
 
@@ -155,9 +155,8 @@ class CodeDeployController:
                           "ContinueDeployment call (deploymentReadyOption waitTimeInMinutes).")
         elif play.phase == "shift":
             self._shift(play)
-        elif play.phase == "bake":
-            if "TERMINATION_WAIT" in play.continued or now() >= play.deadline:
-                self._terminate_blue(play)
+        elif play.phase == "bake" and ("TERMINATION_WAIT" in play.continued or now() >= play.deadline):
+            self._terminate_blue(play)
         dep.deployment_overview = self._overview(dep.status)
 
     def _start(self, play: Play) -> None:
@@ -165,7 +164,11 @@ class CodeDeployController:
         dep.status, dep.start_time = "InProgress", epoch()
         for name in EVENTS:
             play.event(name, "Pending")
-        props = parse_appspec(dep.revision if isinstance(dep.revision, dict) else {})
+        try:
+            props = parse_appspec(dep.revision if isinstance(dep.revision, dict) else {})
+        except (ValueError, KeyError, IndexError, TypeError, yaml.YAMLError) as exc:
+            self.fail(play, "INVALID_REVISION", f"The AppSpec file is invalid: {exc}", event="BeforeInstall")
+            return
         svc_ref = (group.ecs_services or [{}])[0]
         backend = ecs()
         play.service = backend._get_service(svc_ref["clusterName"], svc_ref["serviceName"])
@@ -317,7 +320,7 @@ class CodeDeployController:
         """Production (and test) traffic back to blue, replacement task set removed."""
         self._restore(play)
         dep = play.dep
-        rb = DeploymentInfo(dep.application, dep.deployment_group, dep.revision,
+        rb: Any = DeploymentInfo(dep.application, dep.deployment_group, dep.revision,
                             dep.deployment_config_name, f"Rollback of deployment {dep.deployment_id}",
                             None, None, None, None, None, None, "codeDeployRollback")
         rb.status, rb.start_time, rb.complete_time = "Succeeded", epoch(), epoch()

@@ -7,7 +7,8 @@ Shapes and error codes follow botocore's CodeDeploy service model.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from moto.codedeploy.models import DeploymentGroup, DeploymentInfo
 
@@ -18,6 +19,13 @@ from .world import codedeploy
 if TYPE_CHECKING:
     from .codedeploy import CodeDeployController
 
+UPDATABLE = {
+    "deploymentConfigName": "deployment_config_name", "serviceRoleArn": "service_role_arn",
+    "alarmConfiguration": "alarm_configuration", "autoRollbackConfiguration": "auto_rollback_configuration",
+    "deploymentStyle": "deployment_style", "loadBalancerInfo": "load_balancer_info",
+    "blueGreenDeploymentConfiguration": "blue_green_deployment_configuration",
+    "ecsServices": "ecs_services", "triggerConfigurations": "trigger_configurations",
+}
 _orig_dep_to_dict = DeploymentInfo.to_dict
 _orig_group_to_dict = DeploymentGroup.to_dict
 
@@ -46,7 +54,7 @@ def install_patches() -> None:
 class CodeDeployApi:
     """Handlers for the middleware; each returns the response dict or None (moto answers)."""
 
-    def __init__(self, ctl: "CodeDeployController") -> None:
+    def __init__(self, ctl: CodeDeployController) -> None:
         self.ctl = ctl
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]]:
@@ -61,6 +69,9 @@ class CodeDeployApi:
             "ListDeploymentConfigs": self.list_deployment_configs,
             "DeleteDeploymentConfig": self.delete_deployment_config,
             "CreateDeployment": self.check_create_deployment,
+            "UpdateDeploymentGroup": self.update_deployment_group,
+            "DeleteDeploymentGroup": self.delete_deployment_group,
+            "DeleteApplication": self.delete_application,
         }
 
     def _play(self, params: dict[str, Any]) -> Play:
@@ -163,6 +174,43 @@ class CodeDeployApi:
             raise ApiError("InvalidOperationException", "Predefined configurations cannot be deleted.")
         CUSTOM_CONFIGS.pop(name, None)
         return {}
+
+    def update_deployment_group(self, params: dict[str, Any]) -> dict[str, Any]:
+        backend = codedeploy()
+        app, name = params.get("applicationName", ""), params.get("currentDeploymentGroupName", "")
+        group = self._group(app, name)
+        for key, attr in UPDATABLE.items():
+            if key in params:
+                setattr(group, attr, params[key])
+        new_name = params.get("newDeploymentGroupName")
+        if new_name and new_name != name:
+            backend.deployment_groups[app][new_name] = backend.deployment_groups[app].pop(name)
+            group.deployment_group_name = new_name
+        return {"hooksNotCleanedUp": []}
+
+    def delete_deployment_group(self, params: dict[str, Any]) -> dict[str, Any]:
+        app, name = params.get("applicationName", ""), params.get("deploymentGroupName", "")
+        self._group(app, name)
+        codedeploy().deployment_groups[app].pop(name, None)
+        return {"hooksNotCleanedUp": []}
+
+    def delete_application(self, params: dict[str, Any]) -> dict[str, Any]:
+        backend = codedeploy()
+        app = params.get("applicationName", "")
+        backend.applications.pop(app, None)
+        backend.deployment_groups.pop(app, None)
+        return {}
+
+    @staticmethod
+    def _group(app: str, name: str) -> Any:
+        backend = codedeploy()
+        if app not in backend.applications:
+            raise ApiError("ApplicationDoesNotExistException", f"No application found for name: {app}")
+        group = backend.deployment_groups.get(app, {}).get(name)
+        if group is None:
+            raise ApiError("DeploymentGroupDoesNotExistException",
+                           f"No Deployment Group found for name: {name}")
+        return group
 
     def check_create_deployment(self, params: dict[str, Any]) -> dict[str, Any] | None:
         """One live deployment per group, like CodeDeploy; otherwise moto creates it."""

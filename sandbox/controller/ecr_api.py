@@ -12,19 +12,19 @@ import os
 import secrets
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from moto.ecr.models import Repository
 
 from .world import ACCOUNT, ecr
 
-MANIFEST_TYPES = ", ".join([
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.index.v1+json",
-])
+MANIFEST_TYPES = (
+    "application/vnd.docker.distribution.manifest.v2+json, "
+    "application/vnd.oci.image.manifest.v1+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.oci.image.index.v1+json"
+)
 
 
 class ApiError(Exception):
@@ -98,17 +98,18 @@ def _images(name: str, image_ids: list[dict[str, Any]] | None) -> list[dict[str,
     """Digest -> details of the images asked for (all, when no ids are given)."""
     tags = _tags(name)
     by_digest: dict[str, dict[str, Any]] = {}
+    found: tuple[str, dict[str, Any], str] | None
     for tag in tags:
         found = _manifest(name, tag)
         if found is None:
             continue
         digest, manifest, raw = found
-        item = by_digest.setdefault(digest, _detail(name, digest, manifest, raw))
-        item["imageTags"].append(tag)
+        by_digest.setdefault(digest, _detail(name, digest, manifest, raw))["imageTags"].append(tag)
     if not image_ids:
         return list(by_digest.values())
     out: list[dict[str, Any]] = []
     for image_id in image_ids:
+        item: dict[str, Any] | None
         if image_id.get("imageDigest"):
             item = by_digest.get(image_id["imageDigest"])
             if item is None:
@@ -127,7 +128,7 @@ def _detail(name: str, digest: str, manifest: dict[str, Any], raw: str) -> dict[
     size = sum(int(layer.get("size", 0)) for layer in manifest.get("layers") or [])
     return {
         "registryId": ACCOUNT, "repositoryName": name, "imageDigest": digest, "imageTags": [],
-        "imageSizeInBytes": size, "imagePushedAt": datetime.now(timezone.utc).timestamp(),
+        "imageSizeInBytes": size, "imagePushedAt": datetime.now(UTC).timestamp(),
         "imageManifestMediaType": manifest.get("mediaType", "application/vnd.docker.distribution.manifest.v2+json"),
         "_manifest": raw,
     }
@@ -172,7 +173,7 @@ def batch_get_image(params: dict[str, Any]) -> dict[str, Any]:
 
 def get_authorization_token(params: dict[str, Any]) -> dict[str, Any]:
     token = base64.b64encode(f"AWS:{secrets.token_urlsafe(24)}".encode()).decode()
-    expires = (datetime.now(timezone.utc) + timedelta(hours=12)).timestamp()
+    expires = (datetime.now(UTC) + timedelta(hours=12)).timestamp()
     return {"authorizationData": [{"authorizationToken": token, "expiresAt": expires,
                                    "proxyEndpoint": f"http://{registry()}"}]}
 

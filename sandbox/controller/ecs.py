@@ -54,6 +54,8 @@ class EcsController:
             services = list(ecs().services.values())
             for service in services:
                 ctype = (service.deployment_controller or {}).get("type", "ECS")
+                if service.status != "ACTIVE":
+                    continue  # deleted: its fleets drain to zero and go away
                 if ctype == "ECS":
                     seen.update(rolling.plan(self, service))
                 else:

@@ -6,11 +6,12 @@
   new PRIMARY deployment instead of editing the old one in place.
 - CreateTaskSet no longer fakes tasks (the controller starts real ones).
 - StopTask deregisters and drains; ListTasks honours serviceName/desiredStatus.
+- RunTask starts real containers once (standalone tasks are never restarted).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from moto.core.utils import utcnow
 from moto.ecs.models import EC2ContainerServiceBackend
@@ -22,7 +23,7 @@ from .rolling import DEFAULT_CONFIG
 if TYPE_CHECKING:
     from .tasks import TaskRunner
 
-_RUNNER: "TaskRunner | None" = None
+_RUNNER: TaskRunner | None = None
 
 
 def new_deployment(service: Any, task_definition: str) -> dict[str, Any]:
@@ -42,7 +43,8 @@ _orig_create_service = EC2ContainerServiceResponse.create_service
 def _create_service(self: EC2ContainerServiceResponse) -> Any:
     result = _orig_create_service(self)
     backend = self.ecs_backend
-    service = backend._get_service(self._get_param("cluster", "default"), self._get_param("serviceName"))
+    service: Any = backend._get_service(self._get_param("cluster", "default"),
+                                        self._get_param("serviceName"))
     cfg = dict(DEFAULT_CONFIG)
     cfg.update(self._get_param("deploymentConfiguration") or {})
     service.deployment_configuration = cfg
@@ -53,7 +55,7 @@ def _create_service(self: EC2ContainerServiceResponse) -> Any:
     if ctype == "ECS" and service.task_definition:
         service.deployments = [new_deployment(service, service.task_definition)]
     elif ctype == "CODE_DEPLOY" and service.task_definition:
-        ts = backend.create_task_set(service.name, service.cluster_name, service.task_definition,
+        ts: Any = backend.create_task_set(service.name, service.cluster_name, service.task_definition,
                                      load_balancers=service.load_balancers,
                                      launch_type=service.launch_type,
                                      network_configuration=self._get_param("networkConfiguration"))
@@ -94,7 +96,7 @@ _orig_create_task_set = EC2ContainerServiceBackend.create_task_set
 
 def _create_task_set(self: EC2ContainerServiceBackend, *args: Any, **kwargs: Any) -> Any:
     scale = kwargs.pop("scale", None)
-    ts = _orig_create_task_set(self, *args, **kwargs)
+    ts: Any = _orig_create_task_set(self, *args, **kwargs)
     ts.scale = scale or {"value": 100.0, "unit": "PERCENT"}
     ts.stabilityStatus = "STABILIZING"
     ts.computed_desired_count = ts.running_count = ts.pending_count = 0
@@ -125,13 +127,39 @@ def _stop_task(self: EC2ContainerServiceBackend, cluster_str: str, task_str: str
     return _orig_stop_task(self, cluster_str, task_str, reason)
 
 
+_orig_run_task = EC2ContainerServiceBackend.run_task
+
+
+def _run_task(self: EC2ContainerServiceBackend, cluster_str: str, task_definition_str: str,
+              count: int, overrides: dict[str, Any] | None, started_by: str,
+              tags: list[dict[str, str]] | None, launch_type: str | None,
+              networking_configuration: dict[str, Any] | None = None,
+              group: str | None = None, platform_version: str | None = None) -> list[Any]:
+    """Standalone tasks run real containers once; nothing restarts them."""
+    if _RUNNER is None:
+        return _orig_run_task(self, cluster_str, task_definition_str, count, overrides, started_by,
+                              tags, launch_type, networking_configuration, group, platform_version)
+    from .tasks import Fleet
+
+    cluster = self._get_cluster(cluster_str)
+    td = self.describe_task_definition(task_definition_str)
+    fleet = Fleet(key=f"run/{mock_random.uuid4()}", cluster=cluster.name, service="",
+                  task_definition=td.arn, load_balancers=[], started_by=started_by or "",
+                  desired=count, group=group or f"family:{td.family}")
+    runs = [_RUNNER.launch(fleet) for _ in range(max(int(count or 1), 1))]
+    for run in runs:
+        run.task.tags = tags or []
+        run.task.overrides = overrides or {}
+    return [run.task for run in runs]
+
+
 _orig_list_tasks = EC2ContainerServiceBackend.list_tasks
 
 
-def _list_tasks(self: EC2ContainerServiceBackend, cluster_str: Optional[str] = None,
-                container_instance: Optional[str] = None, family: Optional[str] = None,
-                started_by: Optional[str] = None, service_name: Optional[str] = None,
-                desiredStatus: Optional[str] = None) -> list[Any]:
+def _list_tasks(self: EC2ContainerServiceBackend, cluster_str: str | None = None,
+                container_instance: str | None = None, family: str | None = None,
+                started_by: str | None = None, service_name: str | None = None,
+                desiredStatus: str | None = None) -> list[Any]:
     tasks = _orig_list_tasks(self, cluster_str, container_instance, family, started_by, None,
                              desiredStatus or "RUNNING")
     if service_name:
@@ -139,13 +167,14 @@ def _list_tasks(self: EC2ContainerServiceBackend, cluster_str: Optional[str] = N
     return tasks
 
 
-def install(runner: "TaskRunner") -> None:
+def install(runner: TaskRunner) -> None:
     """Apply the ECS corrections; ``runner`` is used by StopTask."""
     global _RUNNER
     _RUNNER = runner
     EC2ContainerServiceResponse.create_service = _create_service  # type: ignore[method-assign]
-    EC2ContainerServiceBackend.update_service = _update_service  # type: ignore[method-assign]
+    EC2ContainerServiceBackend.update_service = _update_service  # type: ignore[method-assign,assignment]
     EC2ContainerServiceBackend.create_task_set = _create_task_set  # type: ignore[method-assign]
     EC2ContainerServiceBackend.delete_task_set = _delete_task_set  # type: ignore[method-assign]
     EC2ContainerServiceBackend.stop_task = _stop_task  # type: ignore[method-assign]
     EC2ContainerServiceBackend.list_tasks = _list_tasks  # type: ignore[method-assign]
+    EC2ContainerServiceBackend.run_task = _run_task  # type: ignore[method-assign]

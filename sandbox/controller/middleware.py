@@ -9,7 +9,8 @@ from __future__ import annotations
 import io
 import json
 import re
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from .ecr_api import HANDLERS as ECR_HANDLERS
@@ -42,9 +43,11 @@ def identify(environ: dict[str, Any], body: bytes) -> tuple[str, str, bool]:
 class SandboxMiddleware:
     """Routes /_sandbox/* to the controller and AWS calls to faults, handlers or moto."""
 
-    def __init__(self, app: Any, controller: "Controller") -> None:
+    def __init__(self, app: Any, controller: Controller) -> None:
         self.app = app
         self.controller = controller
+        # ECR handlers talk to the registry over HTTP: they must not hold the world lock
+        self.unlocked = {("ecr", op) for op in ECR_HANDLERS}
         self.handlers: dict[tuple[str, str], Handler] = {
             ("ecr", op): fn for op, fn in ECR_HANDLERS.items()
         }
@@ -69,8 +72,11 @@ class SandboxMiddleware:
         if handler is not None and is_json:
             try:
                 params = json.loads(body or b"{}")
-                with LOCK:
+                if (service, op) in self.unlocked:
                     result = handler(params)
+                else:
+                    with LOCK:
+                        result = handler(params)
                 if result is not None:
                     data = json.dumps(result, default=str).encode()
                     return self._send(start_response, 200,

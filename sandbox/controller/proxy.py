@@ -99,7 +99,7 @@ class ListenerProxy:
             protocol_version = "HTTP/1.1"
             server_version = "awselb/2.0"
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 return
 
             def _serve(self) -> None:

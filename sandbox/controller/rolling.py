@@ -34,7 +34,7 @@ def config(service: Any) -> dict[str, Any]:
     return cfg
 
 
-def plan(ctl: "EcsController", service: Any) -> set[str]:
+def plan(ctl: EcsController, service: Any) -> set[str]:
     """Set every deployment fleet's desired count; returns the fleet keys in use."""
     from .ecs import add_event
 
@@ -66,10 +66,10 @@ def plan(ctl: "EcsController", service: Any) -> set[str]:
     _breaker(service, primary, olds, new, desired, cfg, add_event)
     _complete(service, primary, olds, fleets, desired, add_event)
     for dep in service.deployments:
-        fleet = fleets.get(dep["id"])
-        if fleet is not None:
-            dep.update(desiredCount=fleet.desired, runningCount=fleet.running(),
-                       pendingCount=fleet.pending(), failedTasks=fleet.failed_total)
+        current = fleets.get(dep["id"])
+        if current is not None:
+            dep.update(desiredCount=current.desired, runningCount=current.running(),
+                       pendingCount=current.pending(), failedTasks=current.failed_total)
     return set(fleets)
 
 

@@ -45,7 +45,7 @@ def _register(self: FakeTargetGroup, targets: list[dict[str, Any]]) -> None:
 
 
 def _deregister(self: FakeTargetGroup, targets: list[dict[str, Any]]) -> None:
-    delay = float(self.attributes.get("deregistration_delay.timeout_seconds", 300))
+    delay = float(str(self.attributes.get("deregistration_delay.timeout_seconds", 300)))
     for target in targets:
         keys = [k for k, e in self.targets.items() if e["Id"] == target["Id"]
                 and ("Port" not in target or int(target["Port"]) == int(e["Port"]))]
@@ -87,7 +87,7 @@ def install_patches() -> None:
     """Swap moto's target bookkeeping for the port-aware, health-checked one."""
     FakeTargetGroup.register = _register  # type: ignore[method-assign]
     FakeTargetGroup.deregister = _deregister  # type: ignore[method-assign]
-    FakeTargetGroup.health_for = _health_for  # type: ignore[method-assign]
+    FakeTargetGroup.health_for = _health_for  # type: ignore[method-assign,assignment]
     ELBv2Backend.describe_target_health = _describe_target_health  # type: ignore[method-assign]
 
 

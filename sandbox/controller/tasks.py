@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,7 +25,7 @@ MAX_STOPPED_PER_FLEET = 10
 
 
 def utc() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -33,7 +33,7 @@ class TaskRun:
     """Controller-side state of one task."""
 
     task: Any
-    fleet: "Fleet"
+    fleet: Fleet
     port: int | None = None
     containers: dict[str, str] = field(default_factory=dict)  # container name -> docker id
     state: str = "starting"  # starting | running | draining | stopped
@@ -63,6 +63,7 @@ class Fleet:
     failed_total: int = 0
     next_launch: float = 0.0
     last_reason: str = ""
+    group: str = ""
 
     def alive(self) -> list[TaskRun]:
         return [t for t in self.tasks if t.state in ("starting", "running")]
@@ -116,8 +117,8 @@ class TaskRunner:
         td = backend.describe_task_definition(fleet.task_definition)
         shim = SimpleNamespace(arn=td.arn, network_mode="host",
                                container_definitions=td.container_definitions)
-        task = Task(cluster, shim, None, _resources(td),
-                    backend=backend, group=f"service:{fleet.service}", launch_type="FARGATE",
+        task: Any = Task(cluster, shim, None, _resources(td),  # type: ignore[arg-type]
+                    backend=backend, group=fleet.group or f"service:{fleet.service}", launch_type="FARGATE",
                     started_by=fleet.started_by, platform_version="1.4.0")
         task._transitions = []  # the controller, not moto's state manager, moves lastStatus
         task.last_status = "PROVISIONING"
@@ -181,8 +182,8 @@ class TaskRunner:
 
     def _register(self, run: TaskRun) -> None:
         for lb in run.fleet.load_balancers:
-            tg_arn = lb.get("targetGroupArn")
-            tg = elbv2().target_groups.get(tg_arn) if tg_arn else None
+            tg_arn = str(lb.get("targetGroupArn") or "")
+            tg = elbv2().target_groups.get(tg_arn)
             if tg is None:
                 continue
             tg.register([{"Id": "127.0.0.1", "Port": run.port}])
@@ -209,13 +210,12 @@ class TaskRunner:
             tg = elbv2().target_groups.get(tg_arn)
             if tg is None:
                 continue
-            try:
-                tg.deregister([{"Id": "127.0.0.1", "Port": run.port}])
-                entry = tg.targets.get(target_key("127.0.0.1", run.port))
-                if entry and entry.get("drain_until"):
-                    delay = max(delay, entry["drain_until"] - now())
-            except Exception:  # noqa: BLE001 - already gone is fine
-                pass
+            if target_key("127.0.0.1", run.port) not in tg.targets:
+                continue
+            tg.deregister([{"Id": "127.0.0.1", "Port": run.port}])
+            entry = tg.targets.get(target_key("127.0.0.1", run.port))
+            if entry and entry.get("drain_until"):
+                delay = max(delay, entry["drain_until"] - now())
         run.stop_at = now() + delay
 
     def _finish(self, run: TaskRun, reason: str, stop_code: str, failed: bool,
@@ -310,7 +310,7 @@ class TaskRunner:
         elif len(alive) > fleet.desired:
             order = sorted(alive, key=lambda r: (is_healthy(r), r.state == "running"))
             for run in order[: len(alive) - fleet.desired]:
-                self.request_stop(run, "Scaling activity initiated by (deployment {})".format(fleet.key))
+                self.request_stop(run, f"Scaling activity initiated by (deployment {fleet.key})")
         stopped = [t for t in fleet.tasks if t.state == "stopped"]
         for run in stopped[:-MAX_STOPPED_PER_FLEET] if len(stopped) > MAX_STOPPED_PER_FLEET else []:
             fleet.tasks.remove(run)

@@ -165,6 +165,8 @@ def _context(files: dict[str, tuple[bytes, int]]) -> io.BytesIO:
     return buf
 
 
+CGI_500 = (b"#!/bin/busybox sh\nprintf 'Status: 500 Internal Server Error\\r\\n"
+           b"Content-Type: text/plain\\r\\n\\r\\nboom\\n'\n")
 SERVE = '["/bin/busybox","sh","-c","exec /bin/busybox httpd -f -p 127.0.0.1:$PORT -h /www"]'
 VARIANTS: dict[str, tuple[dict[str, tuple[bytes, int]], str]] = {
     "blue": ({"www/index.html": (b"blue\n", 0o644), "www/health": (b"ok\n", 0o644)}, SERVE),
@@ -172,9 +174,7 @@ VARIANTS: dict[str, tuple[dict[str, tuple[bytes, int]], str]] = {
     "v1": ({"www/index.html": (b"v1\n", 0o644), "www/health": (b"ok\n", 0o644)}, SERVE),
     "v2": ({"www/index.html": (b"v2\n", 0o644), "www/health": (b"ok\n", 0o644)}, SERVE),
     # "/" answers 500 but /health passes: a release that deploys fine and then fails users
-    "error500": ({"www/health": (b"ok\n", 0o644), "www/cgi-bin/index.cgi": (
-        b"#!/bin/busybox sh\nprintf 'Status: 500 Internal Server Error\\r\\n"
-        b"Content-Type: text/plain\\r\\n\\r\\nboom\\n'\n", 0o755)}, SERVE),
+    "error500": ({"www/health": (b"ok\n", 0o644), "www/cgi-bin/index.cgi": (CGI_500, 0o755)}, SERVE),
     # no /health: the target group's health check never passes
     "nohealth": ({"www/index.html": (b"broken\n", 0o644)}, SERVE),
     "exit3": ({"www/index.html": (b"x\n", 0o644)}, '["/bin/busybox","sh","-c","exit 3"]'),
@@ -189,7 +189,7 @@ def emu_images(emu_sandbox: dict[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for tag, (files, cmd) in VARIANTS.items():
         dockerfile = f"FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nCMD {cmd}\n"
-        ctx = dict(files, **{"Dockerfile": (dockerfile.encode(), 0o644), "busybox": (busybox, 0o755)})
+        ctx = dict(files, Dockerfile=(dockerfile.encode(), 0o644), busybox=(busybox, 0o755))
         ref = f"{REGISTRY}/{IMAGE_REPO}:{tag}"
         client.images.build(fileobj=_context(ctx), custom_context=True, tag=ref, rm=True)
         for line in client.images.push(f"{REGISTRY}/{IMAGE_REPO}", tag=tag, stream=True, decode=True):
@@ -256,6 +256,12 @@ class Stack:
     def get(self, port: int | None = None, path: str = "/") -> tuple[int, str]:
         return http_get(f"http://{self.dns}:{port or self.prod_port}{path}")
 
+    def teardown(self) -> None:
+        """Delete services (the sandbox then drains and removes their containers) and the LB."""
+        for arn in self.ecs.list_services(cluster=self.name)["serviceArns"]:
+            self.ecs.delete_service(cluster=self.name, service=arn, force=True)
+        self.elb.delete_load_balancer(LoadBalancerArn=self.lb_arn)
+
     def lb(self, tg: str) -> list[dict[str, Any]]:
         return [{"targetGroupArn": tg, "containerName": "web", "containerPort": 8080}]
 
@@ -267,10 +273,18 @@ def _bound(port: int) -> bool:
 
 
 @pytest.fixture
-def emu_stack(emu_aws: Callable[[str], Any], emu_net: dict[str, Any]) -> Callable[..., Stack]:
+def emu_stack(emu_aws: Callable[[str], Any], emu_net: dict[str, Any]) -> Iterator[Callable[..., Stack]]:
+    """Builds stacks for a test and removes their services and load balancer afterwards."""
+    made: list[Stack] = []
+
     def make(prefix: str, **kwargs: Any) -> Stack:
-        return Stack(emu_aws, emu_net, unique(prefix), **kwargs)
-    return make
+        stack = Stack(emu_aws, emu_net, unique(prefix), **kwargs)
+        made.append(stack)
+        return stack
+
+    yield make
+    for stack in made:
+        stack.teardown()
 
 
 def sandbox_state() -> dict[str, Any]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
@@ -24,22 +25,22 @@ def _blue_green(stack: Any, aws: Callable[[str], Any], emu: Any, images: dict[st
     cd.create_application(applicationName=stack.name, computePlatform="ECS")
     ready = ({"actionOnTimeout": "STOP_DEPLOYMENT", "waitTimeInMinutes": 30} if ready_wait
              else {"actionOnTimeout": "CONTINUE_DEPLOYMENT"})
-    group: dict[str, Any] = dict(
-        applicationName=stack.name, deploymentGroupName="dg", deploymentConfigName=config,
-        serviceRoleArn="arn:aws:iam::123456789012:role/codedeploy",
-        deploymentStyle={"deploymentType": "BLUE_GREEN", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
-        blueGreenDeploymentConfiguration={
+    group: dict[str, Any] = {
+        "applicationName": stack.name, "deploymentGroupName": "dg", "deploymentConfigName": config,
+        "serviceRoleArn": "arn:aws:iam::123456789012:role/codedeploy",
+        "deploymentStyle": {"deploymentType": "BLUE_GREEN", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
+        "blueGreenDeploymentConfiguration": {
             "deploymentReadyOption": ready,
             "terminateBlueInstancesOnDeploymentSuccess": {
                 "action": "TERMINATE", "terminationWaitTimeInMinutes": termination_minutes}},
-        ecsServices=[{"serviceName": "web", "clusterName": stack.name}],
-        loadBalancerInfo={"targetGroupPairInfoList": [{
+        "ecsServices": [{"serviceName": "web", "clusterName": stack.name}],
+        "loadBalancerInfo": {"targetGroupPairInfoList": [{
             "targetGroups": [{"name": f"{stack.name}-a"}, {"name": f"{stack.name}-b"}],
             "prodTrafficRoute": {"listenerArns": [stack.prod]},
             "testTrafficRoute": {"listenerArns": [stack.test]}}]},
-        autoRollbackConfiguration={"enabled": True, "events": [
+        "autoRollbackConfiguration": {"enabled": True, "events": [
             "DEPLOYMENT_FAILURE", "DEPLOYMENT_STOP_ON_ALARM", "DEPLOYMENT_STOP_ON_REQUEST"]},
-    )
+    }
     if alarms:
         group["alarmConfiguration"] = {"enabled": True, "alarms": [{"name": a} for a in alarms]}
     cd.create_deployment_group(**group)
