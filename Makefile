@@ -1,0 +1,32 @@
+# Two commands for a newcomer: `make demo` (the main job) and `make test`.
+# Both set up everything they need (uv, the Python environment, Debian
+# packages for the sandbox) and are safe to run again.
+
+SHELL := /bin/bash
+UV ?= python3 -m uv
+export UV_LINK_MODE ?= copy
+
+.PHONY: setup demo test sandbox-up sandbox-down lint bench
+
+setup:
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
+	@$(UV) sync --quiet --frozen --all-extras
+
+sandbox-up: setup
+	@$(UV) run --frozen python -m sandbox up
+
+sandbox-down:
+	@$(UV) run --frozen python -m sandbox down
+
+demo: sandbox-up
+	@$(UV) run --frozen python -m sandbox.demo
+
+test: sandbox-up
+	@$(UV) run --frozen pytest
+
+lint: setup
+	@$(UV) run --frozen ruff check flows tasks sandbox tests bench
+	@$(UV) run --frozen mypy
+
+bench: sandbox-up
+	@$(UV) run --frozen python -m bench
