@@ -1,0 +1,174 @@
+"""appspec.yml for CodeDeploy ECS blue/green: pure rendering, no boto3, docker or Prefect.
+
+The template is the service's own appspec.yml (YAML or JSON, as CodePipeline
+takes it): ``<TASK_DEFINITION>`` where CodePipeline puts the task definition
+ARN, or any TaskDefinition value, which the registered ARN replaces. The
+container, port, platform version, network configuration, capacity provider
+strategy and hooks stay as written. Without a file, a minimal one is made from
+the service config.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any
+
+import yaml
+
+from tasks.errors import ConfigError
+
+PLACEHOLDER = "<TASK_DEFINITION>"
+SERVICE_TYPE = "AWS::ECS::Service"
+PROPERTIES = frozenset(
+    {
+        "TaskDefinition",
+        "LoadBalancerInfo",
+        "PlatformVersion",
+        "NetworkConfiguration",
+        "CapacityProviderStrategy",
+    }
+)
+HOOK_EVENTS = frozenset(
+    {
+        "BeforeInstall",
+        "AfterInstall",
+        "AfterAllowTestTraffic",
+        "BeforeAllowTraffic",
+        "AfterAllowTraffic",
+    }
+)
+
+
+def default_appspec(container: str, port: int) -> dict[str, Any]:
+    """What a service without an appspec.yml gets: its container and port behind the load balancer."""
+    return {
+        "version": 0.0,
+        "Resources": [
+            {
+                "TargetService": {
+                    "Type": SERVICE_TYPE,
+                    "Properties": {
+                        "TaskDefinition": PLACEHOLDER,
+                        "LoadBalancerInfo": {"ContainerName": container, "ContainerPort": port},
+                    },
+                }
+            }
+        ],
+    }
+
+
+def parse_appspec(text: str, source: str = "appspec") -> dict[str, Any]:
+    """YAML or JSON text (JSON is YAML) to a mapping; errors name the file."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: expected a mapping with version and Resources")
+    return doc
+
+
+def _target(doc: dict[str, Any], source: str) -> dict[str, Any]:
+    """The one AWS::ECS::Service resource's Properties (the mapping inside ``doc``)."""
+    resources = doc.get("Resources")
+    if not isinstance(resources, list) or len(resources) != 1 or not isinstance(resources[0], dict):
+        raise ConfigError(f"{source}: Resources must list exactly one ECS service (TargetService)")
+    entry = resources[0]
+    if len(entry) != 1:
+        raise ConfigError(f"{source}: Resources[0] must be one named resource, e.g. TargetService")
+    name, resource = next(iter(entry.items()))
+    if not isinstance(resource, dict) or resource.get("Type") != SERVICE_TYPE:
+        raise ConfigError(f"{source}: Resources[0].{name}.Type must be {SERVICE_TYPE}")
+    props = resource.get("Properties")
+    if not isinstance(props, dict):
+        raise ConfigError(f"{source}: Resources[0].{name}.Properties is missing")
+    unknown = sorted(set(props) - PROPERTIES)
+    if unknown:
+        raise ConfigError(
+            f"{source}: Resources[0].{name}.Properties: unknown field(s) {', '.join(unknown)}; "
+            f"CodeDeploy accepts {', '.join(sorted(PROPERTIES))}"
+        )
+    return props
+
+
+def _check_hooks(doc: dict[str, Any], source: str) -> None:
+    hooks = doc.get("Hooks")
+    if hooks is None:
+        return
+    if not isinstance(hooks, list) or not all(isinstance(h, dict) and len(h) == 1 for h in hooks):
+        raise ConfigError(f"{source}: Hooks must be a list of single '<event>: <function>' entries")
+    for hook in hooks:
+        event, function = next(iter(hook.items()))
+        if event not in HOOK_EVENTS:
+            raise ConfigError(
+                f"{source}: Hooks: {event} is not an ECS lifecycle hook "
+                f"(use {', '.join(sorted(HOOK_EVENTS))})"
+            )
+        if not isinstance(function, str) or not function:
+            raise ConfigError(f"{source}: Hooks: {event} needs a Lambda function name or ARN")
+
+
+def _check_load_balancer(props: dict[str, Any], source: str) -> None:
+    info = props["LoadBalancerInfo"]
+    if not isinstance(info, dict) or not info.get("ContainerName"):
+        raise ConfigError(f"{source}: LoadBalancerInfo needs ContainerName and ContainerPort")
+    try:
+        port = int(info.get("ContainerPort", ""))
+    except (TypeError, ValueError):
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ConfigError(
+            f"{source}: LoadBalancerInfo.ContainerPort must be a port number, "
+            f"not {info.get('ContainerPort')!r}"
+        )
+
+
+def render_appspec(
+    template: str | dict[str, Any] | None,
+    task_definition_arn: str,
+    container: str,
+    port: int,
+    source: str = "appspec",
+) -> dict[str, Any]:
+    """The appspec for this release: the template with the registered task definition ARN."""
+    if template is None:
+        doc = default_appspec(container, port)
+    elif isinstance(template, str):
+        doc = parse_appspec(template, source)
+    else:
+        doc = copy.deepcopy(template)
+    props = _target(doc, source)
+    if "LoadBalancerInfo" not in props:
+        props["LoadBalancerInfo"] = {"ContainerName": container, "ContainerPort": port}
+    _check_load_balancer(props, source)
+    _check_hooks(doc, source)
+    written = str(props.get("TaskDefinition", PLACEHOLDER))
+    props["TaskDefinition"] = (
+        written.replace(PLACEHOLDER, task_definition_arn)
+        if PLACEHOLDER in written
+        else task_definition_arn
+    )
+    doc.setdefault("version", 0.0)
+    return doc
+
+
+def appspec_content(appspec: dict[str, Any]) -> str:
+    """The AppSpecContent string CreateDeployment takes (JSON, stable for the same appspec)."""
+    return json.dumps(appspec, separators=(",", ":"))
+
+
+def content_sha256(content: str) -> str:
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def appspec_task_definition(content: str) -> str | None:
+    """The TaskDefinition an AppSpecContent string deploys, or None when it names none."""
+    try:
+        doc = yaml.safe_load(content)
+        resource = next(iter(doc["Resources"][0].values()))
+        value = resource["Properties"]["TaskDefinition"]
+    except (yaml.YAMLError, KeyError, IndexError, TypeError, AttributeError, StopIteration):
+        return None
+    return str(value) if value else None
