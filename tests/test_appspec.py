@@ -181,18 +181,18 @@ def test_content_is_json_stable_and_names_the_task_definition() -> None:
             "Resources[0].TargetService.Properties is missing",
         ),
         (
-            "Resources:\n  - TargetService:\n      Type: AWS::ECS::Service\n      Properties:\n"
-            "        TaskDefinition: x\n        LaunchType: FARGATE\n",
+            ("Resources:\n  - TargetService:\n      Type: AWS::ECS::Service\n      Properties:\n"
+            "        TaskDefinition: x\n        LaunchType: FARGATE\n"),
             "unknown field(s) LaunchType",
         ),
         (
-            "Resources:\n  - TargetService:\n      Type: AWS::ECS::Service\n      Properties:\n"
-            "        LoadBalancerInfo: {ContainerName: web, ContainerPort: http}\n",
+            ("Resources:\n  - TargetService:\n      Type: AWS::ECS::Service\n      Properties:\n"
+            "        LoadBalancerInfo: {ContainerName: web, ContainerPort: http}\n"),
             "ContainerPort must be a port number, not 'http'",
         ),
         (
-            "Resources:\n  - TargetService:\n      Type: AWS::ECS::Service\n      Properties: {}\n"
-            "Hooks:\n  - BeforeBlockTraffic: fn\n",
+            ("Resources:\n  - TargetService:\n      Type: AWS::ECS::Service\n      Properties: {}\n"
+            "Hooks:\n  - BeforeBlockTraffic: fn\n"),
             "BeforeBlockTraffic is not an ECS lifecycle hook",
         ),
         ("version: 0.0\nResources: [\n", "not valid YAML or JSON"),
