@@ -172,6 +172,14 @@ def test_find_changes_asks_each_repository_once(tmp_path: Path) -> None:
     assert found.errors["no-branch"].startswith("branch nope not found")
 
 
+def poll(client: SyncPrefectClient, **kwargs: Any) -> dict[str, Any]:
+    """Run the poll-changes flow in-process and remove its own flow run afterwards."""
+    state = poll_changes(**kwargs, return_state=True)
+    client.delete_flow_run(state.state_details.flow_run_id)
+    result: dict[str, Any] = state.result()
+    return result
+
+
 def test_poll_changes_starts_only_changed_services_once(
     tmp_path: Path, client: SyncPrefectClient, deployment: tuple[str, uuid.UUID], tag: str
 ) -> None:
@@ -192,7 +200,7 @@ def test_poll_changes_starts_only_changed_services_once(
         "resolve": resolver,
     }
 
-    first = poll_changes(**kwargs)
+    first = poll(client, **kwargs)
     assert len(resolver.calls) == 1
     assert [(s["service"], s["sha"]) for s in first["started"]] == [(moved, a["main"])]
     assert first["unchanged"] == [same] and other in first["errors"]
@@ -203,11 +211,11 @@ def test_poll_changes_starts_only_changed_services_once(
     }
     assert {f"service:{moved}", f"sha:{a['main']}", "trigger:poll"} <= set(run.tags)
 
-    again = poll_changes(**kwargs)  # same head, run still waiting: nothing new
+    again = poll(client, **kwargs)  # same head, run still waiting: nothing new
     assert again["started"] == [] and moved in again["skipped"]
 
     newer = commit(tmp_path / "repos" / "a", "v3")
-    third = poll_changes(**kwargs)
+    third = poll(client, **kwargs)
     assert {s["service"] for s in third["started"]} == {same, moved}
     newest = next(s["flow_run_id"] for s in third["started"] if s["service"] == moved)
     old = client.read_flow_run(run.id)
