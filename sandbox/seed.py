@@ -19,17 +19,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from sandbox.engine import SandboxError
 from sandbox.manage import REPO, load_env
+from sandbox.seed_network import (
+    Clients,
+    check_names,
+    ensure_alarms,
+    ensure_load_balancing,
+    ensure_network,
+    error_code,
+)
 from tasks.models import ListenerRef, ServiceConfig
 
 SAMPLE_APP = REPO / "examples" / "sample-app"
 SEED_TAG = "seed"
-NETWORK_NAME = "ecs-pipeline-sandbox"
 CONTROLLERS = {"task-sets": "EXTERNAL", "codedeploy": "CODE_DEPLOY", "rolling": "ECS"}
 TRUST_ECS_TASKS = {
     "Version": "2012-10-17",
@@ -101,7 +106,8 @@ def seed_service(
     """Create the service's existing infrastructure in the sandbox; returns names and ARNs."""
     env = dict(env) if env is not None else load_env()
     cfg = prefixed_config(config, prefix)
-    aws = _Clients(env)
+    aws = Clients(env)
+    check_names(cfg)
     with _seed_lock(Path(env["SANDBOX_DIR"])):
         out: dict[str, Any] = {"prefix": prefix, "strategy": cfg.strategy.type}
         out["repository"] = cfg.ecr.repository
@@ -127,31 +133,6 @@ def seed_service(
     return out
 
 
-class _Clients:
-    """boto3 clients for the sandbox endpoint, made once per seed."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._session = boto3.session.Session(
-            aws_access_key_id=env.get("AWS_ACCESS_KEY_ID", "testing"),
-            aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY", "testing"),
-            region_name=env.get("AWS_REGION", "us-east-1"),
-        )
-        self._endpoint = env["AWS_ENDPOINT_URL"]
-        self._cache: dict[str, Any] = {}
-        self._config = Config(
-            retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=60
-        )
-
-    def __getattr__(self, service: str) -> Any:
-        if service.startswith("_"):
-            raise AttributeError(service)
-        if service not in self._cache:
-            self._cache[service] = self._session.client(
-                service, endpoint_url=self._endpoint, config=self._config
-            )
-        return self._cache[service]
-
-
 @contextmanager
 def _seed_lock(state: Path) -> Iterator[None]:
     """Seeds run from parallel test sessions: one at a time keeps describe-then-create honest."""
@@ -164,21 +145,17 @@ def _seed_lock(state: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def ensure_repository(aws: _Clients, name: str) -> str:
+def ensure_repository(aws: Clients, name: str) -> str:
     try:
         repo = aws.ecr.describe_repositories(repositoryNames=[name])["repositories"][0]
     except ClientError as exc:
-        if _code(exc) != "RepositoryNotFoundException":
+        if error_code(exc) != "RepositoryNotFoundException":
             raise
         repo = aws.ecr.create_repository(repositoryName=name)["repository"]
     return str(repo["repositoryUri"])
 
 
-def ensure_cluster(aws: _Clients, name: str) -> str:
+def ensure_cluster(aws: Clients, name: str) -> str:
     found = aws.ecs.describe_clusters(clusters=[name])["clusters"]
     active = [c for c in found if c.get("status") == "ACTIVE"]
     if active:
@@ -186,171 +163,14 @@ def ensure_cluster(aws: _Clients, name: str) -> str:
     return str(aws.ecs.create_cluster(clusterName=name)["cluster"]["clusterArn"])
 
 
-def ensure_role(aws: _Clients, name: str, trust: dict[str, Any]) -> str:
+def ensure_role(aws: Clients, name: str, trust: dict[str, Any]) -> str:
     try:
         return str(aws.iam.get_role(RoleName=name)["Role"]["Arn"])
     except ClientError as exc:
-        if _code(exc) != "NoSuchEntity":
+        if error_code(exc) != "NoSuchEntity":
             raise
     doc = json.dumps(trust)
     return str(aws.iam.create_role(RoleName=name, AssumeRolePolicyDocument=doc)["Role"]["Arn"])
-
-
-def ensure_network(aws: _Clients) -> dict[str, Any]:
-    """A VPC, two subnets and a security group: moto records only, never contacted."""
-    ec2 = aws.ec2
-    tag = [{"Name": "tag:Name", "Values": [NETWORK_NAME]}]
-    vpcs = ec2.describe_vpcs(Filters=tag)["Vpcs"]
-    if vpcs:
-        vpc_id = vpcs[0]["VpcId"]
-    else:
-        vpc_id = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        ec2.create_tags(Resources=[vpc_id], Tags=[{"Key": "Name", "Value": NETWORK_NAME}])
-    in_vpc = [{"Name": "vpc-id", "Values": [vpc_id]}]
-    subnets = sorted(ec2.describe_subnets(Filters=in_vpc)["Subnets"], key=lambda s: s["CidrBlock"])
-    for i, zone in enumerate(("us-east-1a", "us-east-1b")[len(subnets) :], start=len(subnets) + 1):
-        subnets.append(
-            ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=zone)[
-                "Subnet"
-            ]
-        )
-    groups = ec2.describe_security_groups(
-        Filters=[*in_vpc, {"Name": "group-name", "Values": [NETWORK_NAME]}]
-    )
-    if groups["SecurityGroups"]:
-        sg = groups["SecurityGroups"][0]["GroupId"]
-    else:
-        sg = ec2.create_security_group(
-            GroupName=NETWORK_NAME, Description="ecs-pipeline sandbox", VpcId=vpc_id
-        )["GroupId"]
-    return {"vpc_id": vpc_id, "subnets": [s["SubnetId"] for s in subnets[:2]], "security_group": sg}
-
-
-def ensure_load_balancing(aws: _Clients, cfg: ServiceConfig, net: dict[str, Any]) -> dict[str, Any]:
-    """ALB(s), both target groups and both listeners, each forwarding to the first group."""
-    assert cfg.load_balancer is not None
-    lb_cfg = cfg.load_balancer
-    health_path = cfg.verify.http[0].path if cfg.verify.http else "/health"
-    tg_arns = [
-        ensure_target_group(aws, name, cfg.ecs.container_port, health_path, net)
-        for name in lb_cfg.target_groups
-    ]
-    listeners: dict[str, str] = {}
-    lb_arns: dict[str, str] = {}
-    for role, ref in (("production", lb_cfg.production_listener), ("test", lb_cfg.test_listener)):
-        if ref.arn is not None:
-            listeners[role] = ref.arn
-            continue
-        assert ref.load_balancer is not None and ref.port is not None
-        if ref.load_balancer not in lb_arns:
-            lb_arns[ref.load_balancer] = ensure_alb(aws, ref.load_balancer, net)
-        listeners[role] = ensure_listener(aws, lb_arns[ref.load_balancer], ref.port, tg_arns[0])
-    prod_lb = lb_cfg.production_listener.load_balancer
-    return {
-        "target_groups": list(lb_cfg.target_groups),
-        "target_group_arns": tg_arns,
-        "load_balancers": sorted(lb_arns),
-        "load_balancer_arn": lb_arns.get(prod_lb) if prod_lb else None,
-        "listener_arns": listeners,
-    }
-
-
-def ensure_alb(aws: _Clients, name: str, net: dict[str, Any]) -> str:
-    try:
-        return str(
-            aws.elbv2.describe_load_balancers(Names=[name])["LoadBalancers"][0]["LoadBalancerArn"]
-        )
-    except ClientError as exc:
-        if _code(exc) != "LoadBalancerNotFound":
-            raise
-    made = aws.elbv2.create_load_balancer(
-        Name=name,
-        Subnets=net["subnets"],
-        SecurityGroups=[net["security_group"]],
-        Scheme="internet-facing",
-        Type="application",
-    )
-    return str(made["LoadBalancers"][0]["LoadBalancerArn"])
-
-
-def ensure_target_group(
-    aws: _Clients, name: str, port: int, health_path: str, net: dict[str, Any]
-) -> str:
-    try:
-        return str(
-            aws.elbv2.describe_target_groups(Names=[name])["TargetGroups"][0]["TargetGroupArn"]
-        )
-    except ClientError as exc:
-        if _code(exc) != "TargetGroupNotFound":
-            raise
-    arn = str(
-        aws.elbv2.create_target_group(
-            Name=name,
-            Protocol="HTTP",
-            Port=port,
-            VpcId=net["vpc_id"],
-            TargetType="ip",
-            HealthCheckProtocol="HTTP",
-            HealthCheckPath=health_path,
-            HealthCheckIntervalSeconds=5,
-            HealthCheckTimeoutSeconds=4,  # must be below the interval
-            HealthyThresholdCount=2,
-            UnhealthyThresholdCount=2,
-        )["TargetGroups"][0]["TargetGroupArn"]
-    )
-    aws.elbv2.modify_target_group_attributes(
-        TargetGroupArn=arn,
-        Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": "30"}],
-    )
-    return arn
-
-
-def ensure_listener(aws: _Clients, lb_arn: str, port: int, tg_arn: str) -> str:
-    for listener in aws.elbv2.describe_listeners(LoadBalancerArn=lb_arn)["Listeners"]:
-        if listener["Port"] == port:
-            return str(listener["ListenerArn"])
-    action = {
-        "Type": "forward",
-        "TargetGroupArn": tg_arn,
-        "ForwardConfig": {"TargetGroups": [{"TargetGroupArn": tg_arn, "Weight": 100}]},
-    }
-    made = aws.elbv2.create_listener(
-        LoadBalancerArn=lb_arn, Protocol="HTTP", Port=port, DefaultActions=[action]
-    )
-    return str(made["Listeners"][0]["ListenerArn"])
-
-
-def ensure_alarms(aws: _Clients, names: list[str], lb_arn: str | None) -> dict[str, str]:
-    """One whole-ALB 5xx alarm per name (a single alarm cannot watch both target groups)."""
-    if not names:
-        return {}
-    if lb_arn is None:
-        raise SandboxError(
-            "verify.alarms needs load_balancer.production_listener with a load_balancer name"
-        )
-    dimension = lb_arn.split(":loadbalancer/", 1)[1]  # app/<name>/<id>
-    existing = {
-        a["AlarmName"]: a["AlarmArn"]
-        for a in aws.cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]
-    }
-    for name in names:
-        if name in existing:
-            continue
-        aws.cloudwatch.put_metric_alarm(
-            AlarmName=name,
-            AlarmDescription="5xx answers from the service's load balancer",
-            Namespace="AWS/ApplicationELB",
-            MetricName="HTTPCode_Target_5XX_Count",
-            Dimensions=[{"Name": "LoadBalancer", "Value": dimension}],
-            Statistic="Sum",
-            Period=60,
-            EvaluationPeriods=1,
-            Threshold=5,
-            ComparisonOperator="GreaterThanOrEqualToThreshold",
-            TreatMissingData="notBreaching",
-        )
-    found = aws.cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]
-    return {a["AlarmName"]: a["AlarmArn"] for a in found}
 
 
 def ensure_seed_image(env: Mapping[str, str], repository: str) -> str:
@@ -412,7 +232,7 @@ def _manifest_exists(registry: str, repository: str, tag: str) -> bool:
         ) from exc
 
 
-def ensure_task_definition(aws: _Clients, cfg: ServiceConfig, image: str, prefix: str) -> str:
+def ensure_task_definition(aws: Clients, cfg: ServiceConfig, image: str, prefix: str) -> str:
     """The service's template with the seed image; reuses the latest revision when identical."""
     template_path = cfg.path(cfg.task_definition)
     try:
@@ -434,13 +254,13 @@ def ensure_task_definition(aws: _Clients, cfg: ServiceConfig, image: str, prefix
         if images.get(cfg.ecs.container) == image:
             return str(latest["taskDefinitionArn"])
     except ClientError as exc:
-        if _code(exc) not in ("ClientException", "InvalidParameterException"):
+        if error_code(exc) not in ("ClientException", "InvalidParameterException"):
             raise
     return str(aws.ecs.register_task_definition(**body)["taskDefinition"]["taskDefinitionArn"])
 
 
 def ensure_service(
-    aws: _Clients, cfg: ServiceConfig, seeded: Mapping[str, Any], net: dict[str, Any]
+    aws: Clients, cfg: ServiceConfig, seeded: Mapping[str, Any], net: dict[str, Any]
 ) -> str:
     """The ECS service with the deployment controller its strategy needs."""
     want = CONTROLLERS[cfg.strategy.type]
@@ -492,28 +312,28 @@ def ensure_service(
 
 
 def ensure_codedeploy(
-    aws: _Clients, cfg: ServiceConfig, seeded: Mapping[str, Any]
+    aws: Clients, cfg: ServiceConfig, seeded: Mapping[str, Any]
 ) -> dict[str, Any]:
     """CodeDeploy application and ECS blue/green deployment group, as the console makes them."""
     app, group = cfg.codedeploy_application, cfg.codedeploy_group
     try:
         aws.codedeploy.get_application(applicationName=app)
     except ClientError as exc:
-        if _code(exc) != "ApplicationDoesNotExistException":
+        if error_code(exc) != "ApplicationDoesNotExistException":
             raise
         aws.codedeploy.create_application(applicationName=app, computePlatform="ECS")
     role = ensure_role(aws, "ecsCodeDeployRole", TRUST_CODEDEPLOY)
     try:
         aws.codedeploy.get_deployment_group(applicationName=app, deploymentGroupName=group)
     except ClientError as exc:
-        if _code(exc) != "DeploymentGroupDoesNotExistException":
+        if error_code(exc) != "DeploymentGroupDoesNotExistException":
             raise
         _create_deployment_group(aws, cfg, seeded, role)
     return {"codedeploy_application": app, "codedeploy_group": group, "codedeploy_role_arn": role}
 
 
 def _create_deployment_group(
-    aws: _Clients, cfg: ServiceConfig, seeded: Mapping[str, Any], role: str
+    aws: Clients, cfg: ServiceConfig, seeded: Mapping[str, Any], role: str
 ) -> None:
     alarms = list(seeded.get("alarms", {}))
     aws.codedeploy.create_deployment_group(
