@@ -118,19 +118,23 @@ def _is_loopback(addr: str) -> bool:
 
 
 def test_every_listening_socket_is_on_loopback(sandbox_env: dict[str, str]) -> None:
+    """Sockets of the processes `up` started (listener proxies included), and the component ports."""
     state = Path(sandbox_env["SANDBOX_DIR"])
     recorded = {procs.read_pidfile(p) for p in (state / "pids").glob("*.pid")}
     roots = {r.pid for r in recorded if r is not None and procs.alive(r)}
-    sockets = _listening(_socket_inodes(_descendants(roots)))
-    print("listening:", sorted(sockets, key=lambda s: s[1]))
-    assert sockets, "the sandbox's processes hold no listening socket"
-    assert [s for s in sockets if not _is_loopback(s[0])] == []
-    # Components the sandbox found running are checked by their ports.
-    for url in (sandbox_env["AWS_ENDPOINT_URL"], "http://" + sandbox_env["SANDBOX_REGISTRY"]):
+    sockets = set(_listening(_socket_inodes(_descendants(roots))))
+    urls = (
+        sandbox_env["AWS_ENDPOINT_URL"],
+        "http://" + sandbox_env["SANDBOX_REGISTRY"],
+        sandbox_env["PREFECT_API_URL"].removesuffix("/api"),
+    )
+    for url in urls:
         port = int(url.rsplit(":", 1)[1])
-        assert procs.listening_addresses(port) and all(
-            _is_loopback(a) for a in procs.listening_addresses(port)
-        )
+        found = procs.listening_addresses(port)
+        assert found, f"nothing listens on port {port}"
+        sockets |= {(addr, port) for addr in found}
+    print("listening:", sorted(sockets, key=lambda s: s[1]))
+    assert [s for s in sockets if not _is_loopback(s[0])] == []
 
 
 def test_engine_has_no_bridge_network(sandbox_env: dict[str, str]) -> None:
