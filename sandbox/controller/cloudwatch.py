@@ -68,7 +68,7 @@ class Metrics:
         data = [{
             "MetricName": name, "Value": value, "Unit": "Count",
             "Dimensions": [{"Name": k, "Value": v} for k, v in dims],
-            "Timestamp": datetime.now(UTC),
+            "Timestamp": datetime.now(UTC).replace(tzinfo=None),  # moto compares naive UTC
         } for (name, dims), value in pending.items()]
         with LOCK:
             try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import rolling
 from .tasks import Fleet, TaskRunner, utc
-from .world import LOCK, ecs, log
+from .world import LOCK, ecs, log, scaled
 
 
 def add_event(service: Any, message: str) -> None:
@@ -46,6 +46,8 @@ class EcsController:
                           task_definition=task_definition, load_balancers=list(load_balancers or []),
                           started_by=started_by)
             self.fleets[key] = fleet
+        grace = getattr(service, "health_check_grace_period_seconds", None) or 0
+        fleet.grace = scaled(float(grace), floor=0.0)
         return fleet
 
     def tick(self) -> None:

@@ -40,6 +40,7 @@ class TaskRun:
     stop_at: float | None = None
     failed: bool = False
     was_healthy: bool = False
+    started: float = 0.0
     registered: list[str] = field(default_factory=list)
 
     @property
@@ -64,6 +65,7 @@ class Fleet:
     next_launch: float = 0.0
     last_reason: str = ""
     group: str = ""
+    grace: float = 0.0  # healthCheckGracePeriodSeconds, scaled
 
     def alive(self) -> list[TaskRun]:
         return [t for t in self.tasks if t.state in ("starting", "running")]
@@ -170,6 +172,7 @@ class TaskRunner:
             run.state = "running"
             run.task.last_status = "RUNNING"
             run.task.started_at = utc()
+            run.started = now()
             run.task.connectivity, run.task.connectivity_at = "CONNECTED", utc()
             for c in run.task.containers:
                 c.last_status = "RUNNING"
@@ -283,7 +286,7 @@ class TaskRunner:
                         run.task.health_status = "HEALTHY"
                         run.fleet.failures = 0
                     tg_arn = unhealthy_group(run)
-                    if tg_arn:
+                    if tg_arn and now() - run.started >= run.fleet.grace:
                         self.request_stop(run, f"Task failed ELB health checks in (target-group {tg_arn})",
                                           "ServiceSchedulerInitiated", failed=True)
         for run, cid in exited:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
 from typing import Any
 
@@ -166,3 +167,35 @@ def test_alarm_on_real_5xx_rolls_back_canary(emu: Any, emu_aws: Callable[[str], 
     assert state["StateValue"] == "ALARM" and "Threshold Crossed" in state["StateReason"]
     assert all(stack.get() == (200, "blue\n") for _ in range(20))
     assert [s["loadBalancers"][0]["targetGroupArn"] for s in _task_sets(stack)] == [stack.tgs[0]]
+    stats = emu.wait_for(lambda: cw.get_metric_statistics(
+        Namespace="AWS/ApplicationELB", MetricName="HTTPCode_Target_5XX_Count", Statistics=["Sum"],
+        Dimensions=[{"Name": "TargetGroup", "Value": green_tg_dim}, {"Name": "LoadBalancer", "Value": lb_dim}],
+        StartTime=datetime.now(timezone.utc) - timedelta(hours=1),
+        EndTime=datetime.now(timezone.utc) + timedelta(minutes=5), Period=3600)["Datapoints"], 10,
+        "5xx data points published")
+    assert stats[0]["Sum"] >= 1
+
+
+def test_custom_linear_config_shifts_in_steps_then_succeeds(
+        emu: Any, emu_aws: Callable[[str], Any], emu_stack: Callable[..., Any],
+        emu_images: dict[str, str]) -> None:
+    stack = emu_stack("cdl")
+    cd = emu_aws("codedeploy")
+    config = f"{stack.name}-linear50"
+    cd.create_deployment_config(deploymentConfigName=config, computePlatform="ECS", trafficRoutingConfig={
+        "type": "TimeBasedLinear", "timeBasedLinear": {"linearPercentage": 50, "linearInterval": 2}})
+    got = cd.get_deployment_config(deploymentConfigName=config)["deploymentConfigInfo"]
+    assert got["trafficRoutingConfig"]["timeBasedLinear"]["linearPercentage"] == 50
+    env = _blue_green(stack, emu_aws, emu, emu_images, ready_wait=False, config=config,
+                      termination_minutes=0)
+    dep_id = _deploy(env["cd"], stack, stack.task_definition(emu_images["green"]))
+
+    def weights() -> dict[str, int]:
+        action = stack.elb.describe_listeners(ListenerArns=[stack.prod])["Listeners"][0]["DefaultActions"][0]
+        return {g["TargetGroupArn"]: g["Weight"] for g in action.get("ForwardConfig", {}).get("TargetGroups", [])}
+
+    emu.wait_for(lambda: weights().get(stack.tgs[1]) == 50, 40, "half of production on green")
+    assert {stack.get()[1] for _ in range(40)} == {"blue\n", "green\n"}
+    emu.wait_for(lambda: _status(cd, dep_id) == "Succeeded", 30, "deployment Succeeded")
+    assert weights() == {stack.tgs[1]: 100}
+    assert all(stack.get() == (200, "green\n") for _ in range(10))

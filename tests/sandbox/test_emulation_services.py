@@ -72,3 +72,10 @@ def test_weighted_forward_splits_traffic(emu: Any, emu_stack: Callable[..., Any]
     counts = Counter(stack.get()[1].strip() for _ in range(500))
     assert set(counts) == {"blue", "green"}, counts
     assert 0.80 <= counts["blue"] / 500 <= 0.97, counts
+
+    stack.elb.create_rule(ListenerArn=stack.prod, Priority=10, Conditions=[
+        {"Field": "path-pattern", "Values": ["/maintenance*"]}], Actions=[
+        {"Type": "fixed-response", "FixedResponseConfig": {
+            "StatusCode": "503", "ContentType": "text/plain", "MessageBody": "down"}}])
+    assert stack.get(path="/maintenance/now") == (503, "down")
+    assert stack.get()[0] == 200
