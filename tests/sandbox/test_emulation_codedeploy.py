@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -170,8 +170,8 @@ def test_alarm_on_real_5xx_rolls_back_canary(emu: Any, emu_aws: Callable[[str], 
     stats = emu.wait_for(lambda: cw.get_metric_statistics(
         Namespace="AWS/ApplicationELB", MetricName="HTTPCode_Target_5XX_Count", Statistics=["Sum"],
         Dimensions=[{"Name": "TargetGroup", "Value": green_tg_dim}, {"Name": "LoadBalancer", "Value": lb_dim}],
-        StartTime=datetime.now(timezone.utc) - timedelta(hours=1),
-        EndTime=datetime.now(timezone.utc) + timedelta(minutes=5), Period=3600)["Datapoints"], 10,
+        StartTime=datetime.now(UTC) - timedelta(hours=1),
+        EndTime=datetime.now(UTC) + timedelta(minutes=5), Period=3600)["Datapoints"], 10,
         "5xx data points published")
     assert stats[0]["Sum"] >= 1
 
