@@ -180,8 +180,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_down_stops_only_what_up_started(tmp_path: Path) -> None:
-    """A separate sandbox: its own engine, ports and state; a registry it found is left running."""
+def test_down_stops_only_what_up_started(sandbox_env: dict[str, str], tmp_path: Path) -> None:
+    """A separate sandbox: its own engine, ports and state; a registry it found is left running.
+
+    Asks for the shared sandbox only so that its `up` has installed the Debian packages.
+    """
     state = tmp_path / "sb"
     state.mkdir()
     reg_port = _free_port()
