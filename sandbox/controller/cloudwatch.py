@@ -11,10 +11,10 @@ import operator
 import threading
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .world import LOCK, arn_suffix, cloudwatch, log, now, scaled
+from .world import LOCK, arn_suffix, cloudwatch, elbv2, log, now, scaled
 
 NAMESPACE = "AWS/ApplicationELB"
 COMPARE: dict[str, tuple[Callable[[float, float], bool], str]] = {
@@ -24,18 +24,21 @@ COMPARE: dict[str, tuple[Callable[[float, float], bool], str]] = {
     "LessThanOrEqualToThreshold": (operator.le, "less than or equal to"),
 }
 Dims = tuple[tuple[str, str], ...]
+UNITS = {"TargetResponseTime": "Seconds", "HealthyHostCount": "Count", "UnHealthyHostCount": "Count"}
 
 
 class Metrics:
-    """Request counters per (load balancer, target group), flushed as data points."""
+    """ALB request counts, response times and host counts, flushed as data points."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, Dims], float] = defaultdict(float)
+        self._timing: dict[Dims, list[float]] = defaultdict(lambda: [0.0, 0.0])
         self._points: list[tuple[float, str, Dims, float]] = []
         self._last_flush = now()
 
-    def record(self, lb_arn: str, tg_arn: str | None, status: int, from_target: bool) -> None:
+    def record(self, lb_arn: str, tg_arn: str | None, status: int, from_target: bool,
+               seconds: float | None = None) -> None:
         lb = (("LoadBalancer", arn_suffix(lb_arn, "app/")),)
         names: list[tuple[str, Dims]] = []
         if tg_arn:
@@ -50,6 +53,10 @@ class Metrics:
         with self._lock:
             for key in names:
                 self._pending[key] += 1
+            if seconds is not None and tg_arn:
+                for dims in (lb + (("TargetGroup", arn_suffix(tg_arn, "targetgroup/")),), lb):
+                    self._timing[dims][0] += seconds
+                    self._timing[dims][1] += 1
 
     def flush(self) -> None:
         """Publish one data point per metric each (scaled) minute into moto."""
@@ -57,8 +64,13 @@ class Metrics:
         if t - self._last_flush < scaled(60):
             return
         self._last_flush = t
+        gauges = _host_counts()
         with self._lock:
             pending, self._pending = self._pending, defaultdict(float)
+            for dims, (total, count) in self._timing.items():
+                pending[("TargetResponseTime", dims)] = total / count
+            self._timing.clear()
+            pending.update(gauges)
             for (name, dims), value in pending.items():
                 self._points.append((t, name, dims, value))
             horizon = t - scaled(3600 * 6, floor=600)
@@ -66,13 +78,18 @@ class Metrics:
         if not pending:
             return
         data = [{
-            "MetricName": name, "Value": value, "Unit": "Count",
+            "MetricName": name, "Value": value, "Unit": UNITS.get(name, "Count"),
             "Dimensions": [{"Name": k, "Value": v} for k, v in dims],
             "Timestamp": datetime.now(UTC).replace(tzinfo=None),  # moto compares naive UTC
         } for (name, dims), value in pending.items()]
         with LOCK:
             try:
-                cloudwatch().put_metric_data(NAMESPACE, data)
+                backend = cloudwatch()
+                backend.put_metric_data(NAMESPACE, data)
+                cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=3)
+                if len(backend.metric_data) > 50000:  # keep moto's linear scans cheap
+                    backend.metric_data = [m for m in backend.metric_data
+                                           if m.namespace != NAMESPACE or m.timestamp >= cutoff]
             except Exception as exc:  # noqa: BLE001 - metrics must never stop the controller
                 log.warning("put_metric_data failed: %s", exc)
 
@@ -83,6 +100,22 @@ class Metrics:
             rows = self._points + pending
         return [v for (t, n, d, v) in rows
                 if n == name and start <= t < end and all(dict(d).get(k) == val for k, val in dims.items())]
+
+
+def _host_counts() -> dict[tuple[str, Dims], float]:
+    """HealthyHostCount/UnHealthyHostCount per target group behind each load balancer."""
+    out: dict[tuple[str, Dims], float] = {}
+    with LOCK:
+        for tg in list(elbv2().target_groups.values()):
+            states = [e["State"] for e in tg.targets.values()]
+            if not states:
+                continue
+            for lb_arn in set(tg.load_balancer_arns):
+                dims = (("LoadBalancer", arn_suffix(lb_arn, "app/")),
+                        ("TargetGroup", arn_suffix(tg.arn, "targetgroup/")))
+                out[("HealthyHostCount", dims)] = float(states.count("healthy"))
+                out[("UnHealthyHostCount", dims)] = float(states.count("unhealthy"))
+    return out
 
 
 def _statistic(values: list[float], stat: str) -> float | None:

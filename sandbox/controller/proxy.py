@@ -11,6 +11,7 @@ import http.client
 import itertools
 import random
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -130,6 +131,7 @@ class ListenerProxy:
                 headers["X-Forwarded-For"] = self.client_address[0]
                 headers["X-Forwarded-Proto"] = "http"
                 headers["X-Forwarded-Port"] = str(proxy.port)
+                started = time.monotonic()
                 try:
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
                     conn.request(self.command, self.path, body=body, headers=headers)
@@ -142,7 +144,8 @@ class ListenerProxy:
                     return self._reply(504, b"504 Gateway Time-out\n", tg_arn, False)
                 except OSError:
                     return self._reply(502, b"502 Bad Gateway\n", tg_arn, False)
-                proxy.metrics.record(proxy.lb_arn, tg_arn, resp.status, True)
+                proxy.metrics.record(proxy.lb_arn, tg_arn, resp.status, True,
+                                     time.monotonic() - started)
                 self.send_response(resp.status)
                 for k, v in out:
                     self.send_header(k, v)

@@ -13,11 +13,12 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .tasks import utc
-from .world import log
+from .world import log, now, scaled
 
 if TYPE_CHECKING:
     from .ecs import EcsController
 
+INACTIVE_SINCE: dict[str, float] = {}
 DEFAULT_CONFIG = {"maximumPercent": 200, "minimumHealthyPercent": 100,
                   "deploymentCircuitBreaker": {"enable": False, "rollback": False}}
 
@@ -110,9 +111,14 @@ def _complete(service: Any, primary: dict[str, Any], olds: list[dict[str, Any]],
     def busy(dep: dict[str, Any]) -> bool:
         return any(t.state != "stopped" for t in fleets[dep["id"]].tasks)
 
-    for dep in service.deployments:
+    for dep in list(service.deployments):
         if dep is not primary and dep.get("rolloutState") == "FAILED" and not busy(dep):
-            dep["status"] = "INACTIVE"  # kept so callers can still see what failed
+            if dep["status"] != "INACTIVE":
+                dep["status"], dep["updatedAt"] = "INACTIVE", utc()  # visible a while, then gone
+                INACTIVE_SINCE[dep["id"]] = now()
+            elif now() - INACTIVE_SINCE.get(dep["id"], now()) > scaled(300, floor=3.0):
+                service.deployments.remove(dep)  # like ECS, so services-stable waiters finish
+                INACTIVE_SINCE.pop(dep["id"], None)
     if primary.get("rolloutState") != "IN_PROGRESS":
         return
     if new.healthy() != desired or len(new.alive()) != desired:

@@ -9,6 +9,7 @@ with backoff like the ECS scheduler does.
 from __future__ import annotations
 
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -128,6 +129,10 @@ class TaskRunner:
         task.cpu, task.memory = td.cpu, td.memory
         task.health_status = "UNKNOWN"
         task.containers = [_container(task, cdef) for cdef in td.container_definitions]
+        task.attachments = [{"id": str(uuid.uuid4()), "type": "ElasticNetworkInterface",
+                             "status": "ATTACHED", "details": [
+                                 {"name": "networkInterfaceId", "value": f"eni-{task.id[:17]}"},
+                                 {"name": "privateIPv4Address", "value": "127.0.0.1"}]}]
         backend.tasks.setdefault(cluster.name, {})[task.task_arn] = task
         run = TaskRun(task=task, fleet=fleet)
         fleet.tasks.append(run)
