@@ -21,6 +21,15 @@ from sandbox import engine, procs
 from sandbox.engine import SandboxError
 
 REPO = Path(__file__).resolve().parent.parent
+REAL_CREDENTIALS = frozenset(
+    {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_PROFILE",
+    }
+)
 ENV_KEYS = (
     "AWS_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
@@ -184,7 +193,7 @@ def _start_all(lay: Layout, comps: dict[str, Component], out: Callable[[str], No
 
     _write_registry_config(lay)
     registry_argv = ["docker-registry", "serve", str(lay.state / "registry.yml")]
-    started["registry"] = _ensure(lay, comps["registry"], registry_argv, dict(os.environ))
+    started["registry"] = _ensure(lay, comps["registry"], registry_argv, child_env())
     docker_host = docker_host or own
     comps["engine"] = components(lay, docker_host)[0]
     lay.docker_host_file.write_text(docker_host + "\n")
@@ -197,11 +206,11 @@ def _start_all(lay: Layout, comps: dict[str, Component], out: Callable[[str], No
             )
         engine.own_socket(lay.state).parent.mkdir(parents=True, exist_ok=True)
         dockerd = engine.dockerd_argv(lay.state)
-        started["engine"] = _ensure(lay, comps["engine"], dockerd, dict(os.environ))
+        started["engine"] = _ensure(lay, comps["engine"], dockerd, child_env())
     _wait(lay, comps["engine"], started.get("engine"), 60)
 
     aws_env = {
-        **os.environ,
+        **child_env(),
         "DOCKER_HOST": docker_host,
         "SANDBOX_REGISTRY": f"127.0.0.1:{lay.registry_port}",
         "SANDBOX_TIME_SCALE": lay.time_scale,
@@ -261,6 +270,11 @@ def _wait(lay: Layout, comp: Component, launch: _Launch | None, budget: float) -
     )
 
 
+def child_env() -> dict[str, str]:
+    """The caller's environment minus real AWS credentials: no sandbox process needs them."""
+    return {k: v for k, v in os.environ.items() if k not in REAL_CREDENTIALS}
+
+
 def _prefect_argv(lay: Layout) -> list[str]:
     exe = Path(sys.executable).parent / "prefect"
     head = [str(exe)] if exe.exists() else [sys.executable, "-m", "prefect"]
@@ -270,7 +284,7 @@ def _prefect_argv(lay: Layout) -> list[str]:
 def _prefect_env(lay: Layout) -> dict[str, str]:
     home = lay.state / "prefect"
     home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env = {k: v for k, v in child_env().items() if not k.startswith("PREFECT_")}
     env.update(
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
