@@ -207,3 +207,15 @@ def delete_task_set(ecs: Any, cluster: str, service: str, task_set_arn: str) -> 
             return False
         raise
     return True
+
+
+def wait_task_set_gone(ecs: Any, cluster: str, service: str, task_set_arn: str, timeout: float) -> bool:
+    """Until a deleted task set has drained and is no longer listed; False if it outlasts ``timeout``."""
+
+    def gone() -> bool | None:
+        return True if describe_task_set(ecs, cluster, service, task_set_arn) is None else None
+
+    try:
+        return poll(gone, timeout=timeout, what=f"task set {task_set_arn.rsplit('/', 1)[-1]} to drain")
+    except DeployError:
+        return False

@@ -27,6 +27,7 @@ from tasks.traffic import Routing
 from tasks.waits import poll, scaled
 
 STAGE = dict(cache_policy=NO_CACHE, **retry_kwargs())
+DRAIN_WAIT = 120.0  # seconds a deleted task set may take to drain before the run moves on
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,8 @@ def teardown_blue(cfg: ServiceConfig, clients: AwsClients, routing: Routing, gre
     for ts in service.get("taskSets", []):
         if ts["taskSetArn"] != green.task_set and ts.get("status") != "DRAINING":
             ecs_ops.delete_task_set(ecs, cfg.ecs.cluster, cfg.ecs.service, ts["taskSetArn"])
+            if not ecs_ops.wait_task_set_gone(ecs, cfg.ecs.cluster, cfg.ecs.service, ts["taskSetArn"], DRAIN_WAIT):
+                log.warning("task set %s is still draining", ts["id"])
             removed.append(ts["id"])
             log.info("deleted task set %s (%s)", ts["id"], ts["taskDefinition"])
     return removed
@@ -222,7 +225,12 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: 
         traffic.set_weights(elbv2, routing.production_listener, {green.blue_target_group: 100})
         traffic.set_weights(elbv2, routing.test_listener, {green.blue_target_group: 100})
         log.info("production back to 100%% blue")
-    if green.task_set:
-        ecs_ops.delete_task_set(ecs, cfg.ecs.cluster, cfg.ecs.service, green.task_set)
+    # A failure inside deploy green leaves a task set the caller never heard of: look it up.
+    existing = ecs_ops.find_task_set(_service(cfg, clients), green.task_definition)
+    task_set = green.task_set or (existing["taskSetArn"] if existing else None)
+    if task_set:
+        ecs_ops.delete_task_set(ecs, cfg.ecs.cluster, cfg.ecs.service, task_set)
+        if not ecs_ops.wait_task_set_gone(ecs, cfg.ecs.cluster, cfg.ecs.service, task_set, DRAIN_WAIT):
+            log.warning("green task set %s is still draining", task_set)
         log.info("green task set removed")
     return "production on blue" if green.blue_target_group else "green removed (there was no blue)"
