@@ -7,6 +7,7 @@ build and push to the registry, real AWS calls over HTTP, real containers.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.pipeline import deploy_service
 from tests.release_helpers import ServiceUnderTest, aws, make_service
@@ -54,6 +58,36 @@ def test_first_deploy_then_blue_green_then_no_change(service: ServiceUnderTest) 
     assert again.is_completed()
     assert again.name == "No change"
     assert len(service.revisions()) == 2
+
+    # What people and automations see.
+    summary = release_artifact(service.name)
+    assert f"`{sha2}`" in summary and "Deployed" in summary and "| deploy green |" in summary
+    seen = wait_for_events(service.name, {"started", "traffic-shifted", "succeeded"})
+    assert {"started", "traffic-shifted", "succeeded"} <= seen
+
+
+def release_artifact(service: str) -> str:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{service}-release"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=5,
+        )
+    return "\n".join(str(a.data) for a in found)
+
+
+def wait_for_events(service: str, wanted: set[str], timeout: float = 20) -> set[str]:
+    """Event names (after ecs-pipeline.deploy.) seen on the service's resource."""
+    api = os.environ["PREFECT_API_URL"]
+    body = {"filter": {"any_resource": {"id": [f"ecs-pipeline.service.{service}"]},
+                       "occurred": {"since": "2000-01-01T00:00:00Z"}}, "limit": 50}
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while time.monotonic() < deadline and not wanted <= seen:
+        events = httpx.post(f"{api}/events/filter", json=body, timeout=10).json()["events"]
+        seen = {e["event"].removeprefix("ecs-pipeline.deploy.") for e in events}
+        time.sleep(0.5)
+    return seen
 
 
 def test_failed_http_check_rolls_back_and_v1_keeps_serving(service: ServiceUnderTest) -> None:
