@@ -89,11 +89,21 @@ class DockerRuntime:
             repo, tag = _split_ref(image)
             self.client.images.pull(repo, tag=tag)
         except (APIError, ImageNotFound, DockerException) as exc:
+            if self._cached(image):
+                log.warning("pull of %s failed, using the cached image like the ECS agent", image)
+                return
             msg = getattr(exc, "explanation", None) or str(exc)
             raise StartError(
                 f"CannotPullContainerError: pull image manifest has been retried 1 time(s): "
                 f"failed to resolve ref {image}: {msg}"
             ) from exc
+
+    def _cached(self, image: str) -> bool:
+        try:
+            self.client.images.get(image)
+            return True
+        except (ImageNotFound, APIError):
+            return False
 
     def run(self, spec: ContainerSpec) -> str:
         """Start the container detached on the host network; returns its id."""

@@ -17,6 +17,9 @@ from moto.elbv2.models import ELBv2Backend, FakeHealthStatus, FakeTargetGroup
 
 from .world import LOCK, elbv2, log, now, scaled
 
+# A new target is not declared unhealthy sooner than this: scaled intervals would
+# otherwise give an application well under a second to start listening.
+INITIAL_SETTLE = 1.0
 REASONS = {
     "initial": ("Elb.RegistrationInProgress", "Target registration is in progress"),
     "draining": ("Target.DeregistrationInProgress", "Target deregistration is in progress"),
@@ -181,7 +184,9 @@ class HealthChecker:
                 log.info("target %s healthy in %s", key, tg.name)
         else:
             entry["fail"], entry["ok"] = entry["fail"] + 1, 0
-            if entry["State"] != "unhealthy" and entry["fail"] >= int(tg.unhealthy_threshold_count):
+            settling = entry["State"] == "initial" and now() - entry["since"] < INITIAL_SETTLE
+            if (entry["State"] != "unhealthy" and not settling
+                    and entry["fail"] >= int(tg.unhealthy_threshold_count)):
                 _set_state(entry, "unhealthy", reason, desc)
                 log.info("target %s unhealthy in %s: %s", key, tg.name, desc)
             elif entry["State"] == "unhealthy":

@@ -256,6 +256,8 @@ class TaskRunner:
             fleet.next_launch = now() + min(0.25 * 2 ** (fleet.failures - 1), 8.0)
         if run.containers:
             self._pool.submit(self._kill, run)
+        elif run.port:
+            self.runtime.release_port(run.port)
         log.info("task %s STOPPED: %s", run.arn.rsplit("/", 1)[-1], t.stopped_reason)
 
     def _kill(self, run: TaskRun) -> None:
@@ -318,7 +320,7 @@ class TaskRunner:
         elif len(alive) > fleet.desired:
             order = sorted(alive, key=lambda r: (is_healthy(r), r.state == "running"))
             for run in order[: len(alive) - fleet.desired]:
-                self.request_stop(run, f"Scaling activity initiated by (deployment {fleet.key})")
+                self.request_stop(run, f"Scaling activity initiated by (deployment {fleet.started_by})")
         stopped = [t for t in fleet.tasks if t.state == "stopped"]
         for run in stopped[:-MAX_STOPPED_PER_FLEET] if len(stopped) > MAX_STOPPED_PER_FLEET else []:
             fleet.tasks.remove(run)
