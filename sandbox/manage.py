@@ -179,6 +179,7 @@ class _Launch:
 
 
 def _start_all(lay: Layout, comps: dict[str, Component], out: Callable[[str], None]) -> None:
+    t0 = time.monotonic()
     # Prefect is the slowest to come up (~17 s): start it before anything else.
     started: dict[str, _Launch | None] = {}
     started["prefect"] = _ensure(lay, comps["prefect"], _prefect_argv(lay), _prefect_env(lay))
@@ -208,6 +209,7 @@ def _start_all(lay: Layout, comps: dict[str, Component], out: Callable[[str], No
         dockerd = engine.dockerd_argv(lay.state)
         started["engine"] = _ensure(lay, comps["engine"], dockerd, child_env())
     _wait(lay, comps["engine"], started.get("engine"), 60)
+    ready = {"engine": time.monotonic() - t0}
 
     aws_env = {
         **child_env(),
@@ -219,11 +221,12 @@ def _start_all(lay: Layout, comps: dict[str, Component], out: Callable[[str], No
     started["aws"] = _ensure(lay, comps["aws"], _aws_argv(lay), aws_env)
     for name, budget in (("registry", 30), ("aws", 90), ("prefect", 120)):
         _wait(lay, comps[name], started.get(name), budget)
+        ready[name] = time.monotonic() - t0
     write_env(lay, docker_host)
     for c in comps.values():
         rec = procs.read_pidfile(lay.pidfile(c.name))
         who = f"pid {rec.pid}" if procs.alive(rec) and rec else "not started by the sandbox"
-        out(f"  {c.name:<9} {c.address}  ({who})")
+        out(f"  {c.name:<9} {c.address}  ({who}; answering after {ready[c.name]:.1f} s)")
 
 
 def _ensure(lay: Layout, comp: Component, argv: list[str], env: dict[str, str]) -> _Launch | None:
