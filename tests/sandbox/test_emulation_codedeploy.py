@@ -199,3 +199,25 @@ def test_custom_linear_config_shifts_in_steps_then_succeeds(
     emu.wait_for(lambda: _status(cd, dep_id) == "Succeeded", 30, "deployment Succeeded")
     assert weights() == {stack.tgs[1]: 100}
     assert all(stack.get() == (200, "green\n") for _ in range(10))
+
+
+def test_replacement_that_cannot_start_fails_and_rolls_back(
+        emu: Any, emu_aws: Callable[[str], Any], emu_stack: Callable[..., Any],
+        emu_images: dict[str, str]) -> None:
+    stack = emu_stack("cdf")
+    env = _blue_green(stack, emu_aws, emu, emu_images, ready_wait=True,
+                      config="CodeDeployDefault.ECSAllAtOnce")
+    cd = env["cd"]
+    missing = emu_images["blue"].rsplit(":", 1)[0] + ":never-pushed"
+    dep_id = _deploy(cd, stack, stack.task_definition(missing))
+    with pytest.raises(ClientError) as err:
+        cd.create_deployment(applicationName=stack.name, deploymentGroupName="dg", revision={
+            "revisionType": "AppSpecContent", "appSpecContent": {"content": "{}"}})
+    assert err.value.response["Error"]["Code"] == "DeploymentLimitExceededException"
+    emu.wait_for(lambda: _status(cd, dep_id) == "Failed", 40, "deployment Failed")
+    info = cd.get_deployment(deploymentId=dep_id)["deploymentInfo"]
+    assert info["errorInformation"]["code"] == "ECS_UPDATE_ERROR"
+    assert "CannotPullContainerError" in info["errorInformation"]["message"]
+    assert info["rollbackInfo"]["rollbackDeploymentId"]
+    assert [s["loadBalancers"][0]["targetGroupArn"] for s in _task_sets(stack)] == [stack.tgs[0]]
+    assert stack.get() == (200, "blue\n")
