@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moto.core.utils import utcnow
+from moto.ecs.exceptions import InvalidParameterException
 from moto.ecs.models import EC2ContainerServiceBackend
 from moto.ecs.responses import EC2ContainerServiceResponse
 from moto.moto_api._internal import mock_random
@@ -64,6 +65,20 @@ def _create_service(self: EC2ContainerServiceResponse) -> Any:
     return result
 
 
+_orig_create_task_set_api = EC2ContainerServiceResponse.create_task_set
+
+
+def _create_task_set_api(self: EC2ContainerServiceResponse) -> Any:
+    """Only EXTERNAL services take task sets from callers (CodeDeploy makes its own)."""
+    service = self.ecs_backend._get_service(self._get_param("cluster", "default"),
+                                            self._get_param("service"))
+    if service.deployment_controller.get("type", "ECS") != "EXTERNAL":
+        raise InvalidParameterException(
+            "Amazon ECS only supports task set management on services configured to use "
+            "external deployment controllers.")
+    return _orig_create_task_set_api(self)
+
+
 _orig_update_service = EC2ContainerServiceBackend.update_service
 
 
@@ -72,6 +87,15 @@ def _update_service(self: EC2ContainerServiceBackend, props: dict[str, Any]) -> 
     service = self._get_service(props.get("cluster", "default"), props["service"].split("/")[-1])
     before = service.task_definition
     td = props.get("task_definition")
+    ctype = service.deployment_controller.get("type", "ECS")
+    if td and ctype == "CODE_DEPLOY":
+        raise InvalidParameterException(
+            "Unable to update task definition on services with a CODE_DEPLOY deployment "
+            "controller. Use AWS CodeDeploy to trigger a new deployment.")
+    if td and ctype == "EXTERNAL":
+        raise InvalidParameterException(
+            "Unable to update task definition on services with an EXTERNAL deployment "
+            "controller. Create a new task set instead.")
     if td:
         props["task_definition"] = self.describe_task_definition(td).arn
     cfg = props.get("deployment_configuration")
@@ -82,7 +106,6 @@ def _update_service(self: EC2ContainerServiceBackend, props: dict[str, Any]) -> 
     running, pending = service.running_count, service.pending_count
     result = _orig_update_service(self, props)
     service.running_count, service.pending_count = running, pending
-    ctype = service.deployment_controller.get("type", "ECS")
     if ctype == "ECS" and service.task_definition and (force or service.task_definition != before):
         service.deployments = [d for d in service.deployments if d["status"] != "INACTIVE"]
         for dep in service.deployments:
@@ -172,6 +195,7 @@ def install(runner: TaskRunner) -> None:
     global _RUNNER
     _RUNNER = runner
     EC2ContainerServiceResponse.create_service = _create_service  # type: ignore[method-assign]
+    EC2ContainerServiceResponse.create_task_set = _create_task_set_api  # type: ignore[method-assign]
     EC2ContainerServiceBackend.update_service = _update_service  # type: ignore[method-assign,assignment]
     EC2ContainerServiceBackend.create_task_set = _create_task_set  # type: ignore[method-assign]
     EC2ContainerServiceBackend.delete_task_set = _delete_task_set  # type: ignore[method-assign]
