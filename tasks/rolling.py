@@ -1,0 +1,178 @@
+"""Rolling updates of ECS-controller services: UpdateService, then a wait that checks the truth.
+
+ECS replaces tasks by itself; the circuit breaker may fail the rollout and put
+the previous deployment back. A rollout is done only when the deployment this
+release started is COMPLETED *and* still the PRIMARY one when described again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import ecs as ecs_ops
+from tasks import traffic, verify
+from tasks.aws import AwsClients
+from tasks.errors import DeployError, RolledBack, VerifyFailed
+from tasks.models import ServiceConfig
+from tasks.retry import retry_kwargs
+from tasks.waits import poll, scaled
+
+STAGE = dict(cache_policy=NO_CACHE, **retry_kwargs())
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """The deployment a release started and the revision it replaces."""
+
+    deployment_id: str
+    task_definition: str
+    previous: str | None
+    started: float
+
+
+def _service(cfg: ServiceConfig, clients: AwsClients) -> dict[str, Any]:
+    return ecs_ops.describe_service(clients.get("ecs"), cfg.ecs.cluster, cfg.ecs.service)
+
+
+def primary_deployment(service: dict[str, Any]) -> dict[str, Any]:
+    for dep in service.get("deployments", []):
+        if dep.get("status") == "PRIMARY":
+            return dep  # type: ignore[no-any-return]
+    raise DeployError(f"service {service.get('serviceName')} has no PRIMARY deployment")
+
+
+def _previous(service: dict[str, Any], task_definition: str) -> str | None:
+    """The newest other revision the service runs (the one a rollback goes back to)."""
+    others = [d for d in service.get("deployments", []) if d.get("taskDefinition") != task_definition]
+    completed = [d for d in others if d.get("rolloutState") == "COMPLETED"]
+    pick = (completed or others or [{}])[0]
+    value = pick.get("taskDefinition")
+    return str(value) if value else None
+
+
+@task(name="rolling update", task_run_name="rolling update {cfg.name}@{sha:.7}", **STAGE)
+def update_service(cfg: ServiceConfig, clients: AwsClients, task_definition: str, sha: str) -> Rollout:
+    """UpdateService to the new revision, unless the PRIMARY deployment already runs it."""
+    log = get_run_logger()
+    service = _service(cfg, clients)
+    primary = primary_deployment(service)
+    if primary.get("taskDefinition") == task_definition:
+        log.info("deployment %s already rolls out %s: resumed", primary["id"], task_definition)
+        return Rollout(primary["id"], task_definition, _previous(service, task_definition), time.time())
+    started = time.time()
+    updated = clients.get("ecs").update_service(
+        cluster=cfg.ecs.cluster,
+        service=cfg.ecs.service,
+        taskDefinition=task_definition,
+        forceNewDeployment=False,
+    )["service"]
+    dep = primary_deployment(updated)
+    log.info("deployment %s started: %s replaces %s", dep["id"], task_definition, primary.get("taskDefinition"))
+    return Rollout(dep["id"], task_definition, primary.get("taskDefinition"), started)
+
+
+def _failure(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout, why: str) -> str:
+    """``why`` with the reason ECS gave most for stopping tasks of the new revision."""
+    stopped = ecs_ops.stopped_task_reasons(
+        clients.get("ecs"), cfg.ecs.cluster, rollout.task_definition, rollout.started
+    )
+    failures = Counter(r for r in stopped if not r.startswith("Scaling activity initiated by"))
+    if not failures:
+        return why
+    reason, count = failures.most_common(1)[0]
+    return f"{why} ({count} task(s) stopped: {reason})"
+
+
+def rollout_state(service: dict[str, Any], rollout: Rollout) -> str | None:
+    """COMPLETED when the release's deployment is done and serving; raises when ECS gave up on it."""
+    ours = next((d for d in service.get("deployments", []) if d.get("id") == rollout.deployment_id), None)
+    primary = primary_deployment(service)
+    if ours is not None and ours.get("rolloutState") == "FAILED":
+        raise RolledBack(f"ECS rollout failed: {ours.get('rolloutStateReason') or 'no reason given'}")
+    if primary.get("id") != rollout.deployment_id:
+        raise RolledBack(
+            f"deployment {rollout.deployment_id} is no longer PRIMARY; ECS now rolls out "
+            f"{primary.get('taskDefinition')}: {primary.get('rolloutStateReason') or 'no reason given'}"
+        )
+    return "COMPLETED" if ours is not None and ours.get("rolloutState") == "COMPLETED" else None
+
+
+@task(name="wait rollout", task_run_name="wait rollout {cfg.name}", **STAGE)
+def wait_rollout(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout) -> None:
+    """Until the release's deployment is COMPLETED; then describe again: stable is not succeeded."""
+    log = get_run_logger()
+    try:
+        poll(
+            lambda: rollout_state(_service(cfg, clients), rollout),
+            timeout=cfg.timeouts.rollout_seconds,
+            what=f"deployment {rollout.deployment_id} to complete",
+            log=log.info,
+            cap=min(5.0, max(0.5, scaled(15))),
+        )
+    except DeployError as exc:
+        raise type(exc)(
+            _failure(cfg, clients, rollout, exc.message), service=cfg.name, deployment_id=rollout.deployment_id
+        ) from exc
+    service = _service(cfg, clients)
+    primary = primary_deployment(service)
+    if primary.get("id") != rollout.deployment_id or primary.get("taskDefinition") != rollout.task_definition:
+        raise RolledBack(
+            f"deployment {rollout.deployment_id} completed but {primary.get('taskDefinition')} is serving",
+            service=cfg.name,
+            deployment_id=rollout.deployment_id,
+        )
+    log.info("deployment %s COMPLETED: %s of %s tasks run %s", rollout.deployment_id,
+             primary.get("runningCount"), service.get("desiredCount"), rollout.task_definition)
+
+
+@task(name="verify production", task_run_name="verify production {cfg.name}", **STAGE)
+def verify_production(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout) -> list[str]:
+    """Rolling has no test listener: the same HTTP checks, against production, after the rollout."""
+    log = get_run_logger()
+    base = None
+    if cfg.load_balancer is not None:
+        base = traffic.resolve_routing(clients.get("elbv2"), cfg.load_balancer).production_url
+    lines = []
+    for check in cfg.verify.http:
+        if base is None and check.base_url is None:
+            continue
+        res = verify.check_http(base or "", check)
+        lines.append(f"GET {res.path}: {res.passes} passes in {res.attempts} tries, worst {res.worst_ms:.0f} ms")
+        log.info(lines[-1])
+    firing = verify.alarms_firing(clients.get("cloudwatch"), cfg.verify.alarms)
+    if firing:
+        raise VerifyFailed(f"alarm in ALARM after the rollout: {'; '.join(firing)}", service=cfg.name)
+    return lines or ["no HTTP checks: no load balancer and no verify.http base_url"]
+
+
+@task(name="roll back", task_run_name="roll back {cfg.name}", **STAGE)
+def roll_back(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout) -> str:
+    """Back to the previous revision (ECS may already be on its way there) and wait until it serves."""
+    log = get_run_logger()
+    if rollout.previous is None:
+        return "no previous revision to roll back to"
+    service = _service(cfg, clients)
+    primary = primary_deployment(service)
+    if primary.get("taskDefinition") != rollout.previous:
+        clients.get("ecs").update_service(
+            cluster=cfg.ecs.cluster, service=cfg.ecs.service, taskDefinition=rollout.previous,
+            forceNewDeployment=False,
+        )
+        log.info("rolling back to %s", rollout.previous)
+    else:
+        log.info("ECS already rolls back to %s", rollout.previous)
+
+    def back() -> str | None:
+        dep = primary_deployment(_service(cfg, clients))
+        done = dep.get("taskDefinition") == rollout.previous and dep.get("rolloutState") == "COMPLETED"
+        return "previous revision serving" if done else None
+
+    poll(back, timeout=cfg.timeouts.rollout_seconds, what=f"{rollout.previous} to serve again",
+         log=log.info, cap=min(5.0, max(0.5, scaled(15))))
+    return f"{rollout.previous.rsplit('/', 1)[-1]} serving"

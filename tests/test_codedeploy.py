@@ -1,0 +1,170 @@
+"""strategy: codedeploy end to end: the real flow drives a CodeDeploy deployment group in the sandbox.
+
+Each test seeds its own CODE_DEPLOY service (serving the "seed" release), its
+CodeDeploy application and blue/green deployment group, listeners and 5xx
+alarm, then releases a commit with deploy-service.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from flows.pipeline import deploy_service
+from tests.release_helpers import ROOT, ServiceUnderTest, aws, make_service
+
+
+def deploy(name: str) -> Any:
+    return deploy_service(name, return_state=True)
+
+
+def use_appspec(sut: ServiceUnderTest, source: Path) -> None:
+    """Point strategy.appspec at a copy of ``source`` next to the service's taskdef.json."""
+    config = yaml.safe_load(sut.yaml_path.read_text())
+    shutil.copy(source, sut.yaml_path.parent / sut.name / "appspec.yml")
+    config["strategy"]["appspec"] = f"{sut.name}/appspec.yml"
+    sut.yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def seed_serving(sut: ServiceUnderTest, timeout: float = 60) -> None:
+    """The seeded service answers with the seed release (its tasks start after seeding)."""
+    deadline = time.monotonic() + timeout
+    while "sample-app seed" not in sut.get("/").text:
+        assert time.monotonic() < deadline, "the seeded service never served"
+        time.sleep(0.3)
+
+
+def set_checks(sut: ServiceUnderTest, **fields: Any) -> None:
+    """Change verify.http fields of every check in the service's YAML."""
+    config = yaml.safe_load(sut.yaml_path.read_text())
+    for check in config["verify"]["http"]:
+        check.update(fields)
+    sut.yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def deployments(sut: ServiceUnderTest) -> list[dict[str, Any]]:
+    """The group's deployments (pipeline-made and CodeDeploy's rollbacks), oldest first."""
+    cfg, cd = sut.cfg, aws("codedeploy")
+    ids = cd.list_deployments(
+        applicationName=cfg.codedeploy_application, deploymentGroupName=cfg.codedeploy_group
+    )["deployments"]
+    infos = [cd.get_deployment(deploymentId=i)["deploymentInfo"] for i in ids]
+    return sorted(infos, key=lambda i: str(i.get("createTime")))
+
+
+def serving(sut: ServiceUnderTest) -> list[tuple[str, str]]:
+    """(task set ARN, task definition) of every task set of the service."""
+    return [(ts["taskSetArn"], ts["taskDefinition"]) for ts in sut.task_sets()]
+
+
+@contextmanager
+def watching(sut: ServiceUnderTest) -> Iterator[list[str]]:
+    """Production's answers to GET / while the block runs (many requests a second)."""
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                resp = sut.get("/")
+                seen.append(f"{resp.status_code} {resp.text.strip()}")
+            except Exception as exc:  # noqa: BLE001 - a refused request is an answer too
+                seen.append(type(exc).__name__)
+
+    thread = threading.Thread(target=hammer, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+@pytest.fixture
+def deployments_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(tmp_path / "deployments"))
+    monkeypatch.setenv("ECS_PIPELINE_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    return tmp_path
+
+
+def test_canary_release_succeeds_and_removes_the_original(deployments_dir: Path) -> None:
+    sut = make_service(
+        deployments_dir, strategy="codedeploy", traffic={"type": "canary", "percent": 50, "interval_seconds": 60}
+    )
+    use_appspec(sut, ROOT / "deployments" / "sample-app" / "appspec.yml")
+    seed_serving(sut)
+    with watching(sut) as seen:
+        state = deploy(sut.name)
+    assert state.name == "Deployed", state.message
+    assert state.message == f"{sut.name}@{state.result()['sha'][:7]} serves 100% of production"
+    assert all("sample-app v1" in sut.get("/").text for _ in range(5))
+    assert {"200 sample-app seed: hello from ecs-pipeline", "200 sample-app v1: hello from ecs-pipeline"} <= set(seen)
+    assert seen[-1].startswith("200 sample-app v1"), "no going back once production moved"
+    live_td = state.result()["task_definition"]
+    assert serving(sut) == [(sut.task_sets()[0]["taskSetArn"], live_td)], "original task set removed"
+    assert sut.task_sets()[0]["status"] == "PRIMARY"
+    (dep,) = deployments(sut)
+    assert dep["status"] == "Succeeded"
+    assert dep["deploymentConfigName"] == "EcsPipeline.ECSCanary50Percent1Minutes"
+    assert live_td in dep["revision"]["appSpecContent"]["content"]
+
+
+def test_failed_test_listener_check_stops_before_production_moves(deployments_dir: Path) -> None:
+    sut = make_service(deployments_dir, strategy="codedeploy")
+    # Three failing checks stay under the 5xx alarm (5 a minute), so the pipeline stops it.
+    set_checks(sut, attempts=3)
+    seed_serving(sut)
+    original = serving(sut)
+    sut.commit("v2-broken", broken="root")
+    with watching(sut) as seen:
+        state = deploy(sut.name)
+    assert state.is_failed() and state.name == "Rolled back", state.message
+    message = state.message or ""
+    assert message.startswith("Rolled back: GET / failed verification: returned 500 on 3 of 3 checks")
+    (dep,) = deployments(sut)[:1]
+    assert dep["status"] == "Stopped" and dep["rollbackInfo"]["rollbackDeploymentId"]
+    assert message.endswith(
+        f"; CodeDeploy deployment {dep['deploymentId']} Stopped: "
+        "The deployment was stopped by a user request and rolled back."
+    )
+    assert seen and not any("v2" in s for s in seen), "production never answered the new release"
+    # StopDeployment left the original task set serving, alone.
+    assert serving(sut) == original and sut.task_sets()[0]["status"] == "PRIMARY"
+    assert all("sample-app seed" in sut.get("/").text for _ in range(5))
+    assert "sample-app seed" in httpx_get(sut.test_url + "/"), "test listener back on the original"
+
+
+def httpx_get(url: str) -> str:
+    import httpx
+
+    return httpx.get(url, timeout=5).text
+
+
+def test_alarm_during_the_canary_rolls_back(deployments_dir: Path) -> None:
+    sut = make_service(
+        deployments_dir,
+        strategy="codedeploy",
+        traffic={"type": "canary", "percent": 50, "interval_seconds": 900},
+        verify_paths=("/health",),
+    )
+    seed_serving(sut)
+    original = serving(sut)
+    sut.commit("v2-500", broken="root")  # / answers 500, /health is fine
+    with watching(sut) as seen:
+        state = deploy(sut.name)
+    assert state.name == "Rolled back", state.message
+    assert f"{sut.name}-5xx" in (state.message or "")
+    assert "One or more alarms have been activated" in (state.message or ""), "CodeDeploy's own words"
+    assert any(s.startswith("500") for s in seen), "the canary did take production traffic"
+    (dep,) = deployments(sut)[:1]
+    assert dep["status"] == "Stopped"
+    assert serving(sut) == original
+    assert all("sample-app seed" in sut.get("/").text for _ in range(10))

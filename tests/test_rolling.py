@@ -1,0 +1,60 @@
+"""strategy: rolling end to end: UpdateService on an ECS-controller service with the circuit breaker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.pipeline import deploy_service
+from tests.release_helpers import ServiceUnderTest, aws, make_service
+from tests.test_codedeploy import seed_serving, watching
+
+
+@pytest.fixture
+def rolling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ServiceUnderTest:
+    monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(tmp_path / "deployments"))
+    monkeypatch.setenv("ECS_PIPELINE_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    sut = make_service(tmp_path, strategy="rolling", desired_count=1)
+    seed_serving(sut)
+    return sut
+
+
+def service(sut: ServiceUnderTest) -> dict[str, Any]:
+    cfg = sut.cfg
+    found = aws("ecs").describe_services(cluster=cfg.ecs.cluster, services=[cfg.ecs.service])
+    return dict(found["services"][0])
+
+
+def test_rolling_release_completes(rolling: ServiceUnderTest) -> None:
+    seed_td = service(rolling)["taskDefinition"]
+    with watching(rolling) as seen:
+        state = deploy_service(rolling.name, return_state=True)
+    assert state.name == "Deployed", state.message
+    td = state.result()["task_definition"]
+    svc = service(rolling)
+    (primary,) = svc["deployments"]
+    assert (primary["status"], primary["rolloutState"], primary["taskDefinition"]) == ("PRIMARY", "COMPLETED", td)
+    assert svc["taskDefinition"] == td != seed_td
+    assert all("sample-app v1" in rolling.get("/").text for _ in range(5))
+    assert seen and all(s.startswith("200 ") for s in seen), "no failed request during the rollout"
+
+    again = deploy_service(rolling.name, return_state=True)
+    assert again.name == "No change"
+
+
+def test_circuit_breaker_fails_the_run_and_the_previous_revision_serves(rolling: ServiceUnderTest) -> None:
+    seed_td = service(rolling)["taskDefinition"]
+    rolling.commit("v2-sick", broken="health")
+    with watching(rolling) as seen:
+        state = deploy_service(rolling.name, return_state=True)
+    assert state.is_failed() and state.name == "Rolled back", state.message
+    message = state.message or ""
+    assert message.startswith("Rolled back: ECS rollout failed: ECS deployment circuit breaker: tasks failed to start.")
+    assert "task(s) stopped: Task failed ELB health checks" in message
+    svc = service(rolling)
+    primary = next(d for d in svc["deployments"] if d["status"] == "PRIMARY")
+    assert (primary["taskDefinition"], primary["rolloutState"]) == (seed_td, "COMPLETED")
+    assert svc["taskDefinition"] == seed_td
+    assert seen and all(s == "200 sample-app seed: hello from ecs-pipeline" for s in seen)
