@@ -219,7 +219,7 @@ def _start_all(lay: Layout, comps: dict[str, Component], out: Callable[[str], No
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
     }
     started["aws"] = _ensure(lay, comps["aws"], _aws_argv(lay), aws_env)
-    for name, budget in (("registry", 30), ("aws", 90), ("prefect", 120)):
+    for name, budget in (("registry", 30), ("aws", 180), ("prefect", 240)):
         _wait(lay, comps[name], started.get(name), budget)
         ready[name] = time.monotonic() - t0
     write_env(lay, docker_host)

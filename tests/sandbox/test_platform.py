@@ -180,6 +180,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.timeout(600)  # a second Prefect server starts slowly on a busy 2-core machine
 def test_down_stops_only_what_up_started(sandbox_env: dict[str, str], tmp_path: Path) -> None:
     """A separate sandbox: its own engine, ports and state; a registry it found is left running.
 
