@@ -25,7 +25,7 @@ CLI = [sys.executable, "-m", "sandbox"]
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 240
+    *args: str, env: dict[str, str] | None = None, timeout: float = 400
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, *args],
