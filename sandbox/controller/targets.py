@@ -18,8 +18,8 @@ from moto.elbv2.models import ELBv2Backend, FakeHealthStatus, FakeTargetGroup
 from .world import LOCK, elbv2, log, now, scaled
 
 # A new target is not declared unhealthy sooner than this: scaled intervals would
-# otherwise give an application well under a second to start listening.
-INITIAL_SETTLE = 1.0
+# otherwise give an application well under a second to start listening on a busy host.
+INITIAL_SETTLE = 2.0
 REASONS = {
     "initial": ("Elb.RegistrationInProgress", "Target registration is in progress"),
     "draining": ("Target.DeregistrationInProgress", "Target deregistration is in progress"),
@@ -152,7 +152,7 @@ class HealthChecker:
         ok, reason, desc = False, "Target.FailedHealthChecks", "Health checks failed"
         port = tg.health_check_port
         port_num = int(port) if port and str(port).isdigit() else int(entry["Port"])
-        timeout = scaled(float(tg.health_check_timeout_seconds or 5), floor=0.5)
+        timeout = scaled(float(tg.health_check_timeout_seconds or 5), floor=2.0)  # busy hosts are slow
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port_num, timeout=timeout)
             conn.request("GET", tg.health_check_path or "/", headers={"User-Agent": "ELB-HealthChecker/2.0"})
