@@ -1,0 +1,117 @@
+"""CodePipeline interop: its hand-over files, its templates unchanged, and one YAML field per strategy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows.operations import diff_service
+from tasks.appspec import render_appspec
+from tasks.interop import (
+    IMAGE_DEFINITIONS,
+    IMAGE_DETAIL,
+    image_definitions,
+    image_detail,
+    write_interop_files,
+)
+from tasks.models import load_service, parse_service
+from tasks.release import render
+from tasks.taskdef import load_template, render_task_definition
+from tests.release_helpers import ROOT, aws, make_service
+
+SAMPLE = ROOT / "deployments" / "sample-app"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sample-app@sha256:" + "b" * 64
+ARN = "arn:aws:ecs:us-east-1:123456789012:task-definition/sample-app:3"
+
+
+def test_files_are_in_codepipelines_formats() -> None:
+    # The shapes of the CodePipeline user guide's examples, byte for byte once serialised.
+    assert json.dumps(image_definitions("web", IMAGE)) == f'[{{"name": "web", "imageUri": "{IMAGE}"}}]'
+    assert json.dumps(image_detail(IMAGE)) == f'{{"ImageURI": "{IMAGE}"}}'
+
+
+def test_a_repos_taskdef_and_appspec_render_as_codepipeline_fills_them() -> None:
+    """CodePipeline substitutes text: <IMAGE1_NAME> from imageDetail.json, <TASK_DEFINITION> with the ARN."""
+    taskdef_text = (SAMPLE / "taskdef.json").read_text()
+    theirs = json.loads(taskdef_text.replace("<IMAGE1_NAME>", image_detail(IMAGE)["ImageURI"]))
+    ours = render_task_definition(load_template(SAMPLE / "taskdef.json"), image=IMAGE, container="web")
+    assert ours == theirs
+    appspec_text = (SAMPLE / "appspec.yml").read_text()
+    assert render_appspec(appspec_text, ARN, "web", 8080) == yaml.safe_load(
+        appspec_text.replace("<TASK_DEFINITION>", ARN)
+    )
+
+
+def read_artifact(key: str) -> str:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=1)
+    return str(found[0].data) if found else ""
+
+
+def test_written_as_files_and_prefect_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECS_PIPELINE_ARTIFACTS_DIR", str(tmp_path / "out"))
+    cfg = load_service(ROOT / "deployments" / "sample-app.yaml")
+
+    @flow(name="interop-files-check")
+    def release_files() -> list[str]:
+        return write_interop_files(cfg, IMAGE)
+
+    paths = release_files()
+    folder = tmp_path / "out" / "sample-app"
+    assert paths == [str(folder / IMAGE_DEFINITIONS), str(folder / IMAGE_DETAIL)]
+    assert json.loads((folder / IMAGE_DEFINITIONS).read_text()) == [{"name": "web", "imageUri": IMAGE}]
+    assert json.loads((folder / IMAGE_DETAIL).read_text()) == {"ImageURI": IMAGE}
+    assert sorted(p.name for p in folder.iterdir()) == [IMAGE_DETAIL, IMAGE_DEFINITIONS]
+    assert json.dumps([{"name": "web", "imageUri": IMAGE}]) in read_artifact("sample-app-imagedefinitions")
+    assert json.dumps({"ImageURI": IMAGE}) in read_artifact("sample-app-imagedetail")
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "task-sets",
+        "codedeploy",
+        pytest.param(
+            "rolling",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="tasks/models.py refuses strategy.traffic other than all-at-once for rolling, "
+                "and the demo YAML sets a canary",
+            ),
+        ),
+    ],
+)
+def test_the_demo_service_switches_strategy_by_one_field(kind: str) -> None:
+    path = ROOT / "deployments" / "sample-app.yaml"
+    data: dict[str, Any] = yaml.safe_load(path.read_text())
+    data["strategy"]["type"] = kind
+    cfg = parse_service(data, source=str(path), base_dir=path.parent)
+    assert cfg.strategy.type == kind
+    assert cfg.model_dump(exclude={"strategy"}) == load_service(path).model_dump(exclude={"strategy"})
+
+
+def test_live_task_definition_diffs_empty_against_its_template(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What AWS fills in (revision, status, cpu 0, empty lists, hostPort...) is no difference."""
+    sut = make_service(tmp_path, strategy="rolling")
+    monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(sut.yaml_path.parent))
+    cfg = sut.cfg
+    image = str(sut.seeded["image"])
+    desired = render(cfg, image, "c" * 40)
+    ecs = aws("ecs")
+    arn = ecs.register_task_definition(**desired)["taskDefinition"]["taskDefinitionArn"]
+    live = ecs.describe_task_definition(taskDefinition=arn, include=["TAGS"])["taskDefinition"]
+    assert {"revision", "status", "taskDefinitionArn"} <= set(live), "AWS filled in its fields"
+    ecs.update_service(cluster=cfg.ecs.cluster, service=cfg.ecs.service, taskDefinition=arn)
+    assert diff_service(sut.name, None) == []
+    assert diff_service(sut.name, image + "-other") == [
+        f'~ containerDefinitions[web].image: "{image}" -> "{image}-other"'
+    ]
