@@ -58,7 +58,8 @@ def _seed(path: str, prefix: str) -> int:
         return _fail(str(exc))
     except EndpointConnectionError:
         return _fail(
-            f"the AWS endpoint {env['AWS_ENDPOINT_URL']} does not answer; run `python -m sandbox up`"
+            f"the AWS endpoint {env['AWS_ENDPOINT_URL']} does not answer; "
+            "run `python -m sandbox up`"
         )
     except (ClientError, BotoCoreError) as exc:
         return _fail(f"{exc}; see {manage.layout().log('aws')}")

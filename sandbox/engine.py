@@ -12,11 +12,13 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Literal
 
 from sandbox import procs
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 POLICY_RC = Path("/usr/sbin/policy-rc.d")
+BUSYBOX = Path("/bin/busybox")
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the NUL
 
 
@@ -149,6 +151,32 @@ def missing_packages(*, need_dockerd: bool, need_registry: bool) -> list[str]:
         wanted.append("docker.io")
     if need_registry and shutil.which("docker-registry") is None:
         wanted.append("docker-registry")
-    if not Path("/bin/busybox").exists():
+    if not is_static_elf(BUSYBOX):
         wanted.append("busybox-static")
     return wanted
+
+
+def is_static_elf(path: Path) -> bool:
+    """True for an ELF executable without an interpreter: it runs in a scratch image.
+
+    Debian's dynamic `busybox` package also installs /bin/busybox; only
+    `busybox-static` works inside an image that has no libc.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2:  # ELF64 only
+                return False
+            order: Literal["little", "big"] = "little" if head[5] == 1 else "big"
+            phoff = int.from_bytes(head[32:40], order)
+            phentsize = int.from_bytes(head[54:56], order)
+            phnum = int.from_bytes(head[56:58], order)
+            fh.seek(phoff)
+            table = fh.read(phentsize * phnum)
+    except OSError:
+        return False
+    pt_interp = 3
+    return all(
+        int.from_bytes(table[i : i + 4], order) != pt_interp
+        for i in range(0, len(table), phentsize)
+    )

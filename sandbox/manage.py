@@ -156,7 +156,7 @@ def up(out: Callable[[str], None] = print) -> float:
         for d in (lay.pids, lay.logs):
             d.mkdir(parents=True, exist_ok=True)
         comps = {c.name: c for c in components(lay, current_docker_host(lay))}
-        if all(c.healthy() for c in comps.values()) and Path("/bin/busybox").exists():
+        if all(c.healthy() for c in comps.values()) and engine.is_static_elf(engine.BUSYBOX):
             write_env(lay, comps["engine"].address)
             took = time.monotonic() - t0
             out(f"sandbox already up ({took:.2f} s); env in {lay.env_file}")
@@ -387,7 +387,8 @@ def status(out: Callable[[str], None] = print) -> bool:
         pid = str(rec.pid) if rec and procs.alive(rec) else "-"
         note = "" if pid != "-" or not healthy else "  (not started by the sandbox)"
         out(f"{comp.name:<10}{pid:<9}{'ok' if healthy else 'DOWN':<8}{comp.address}{note}")
-    has_busybox = Path("/bin/busybox").exists()
+    has_busybox = engine.is_static_elf(engine.BUSYBOX)
     ok &= has_busybox
-    out(f"{'busybox':<10}{'-':<9}{'ok' if has_busybox else 'MISSING':<8}/bin/busybox")
+    state = "ok" if has_busybox else "MISSING"
+    out(f"{'busybox':<10}{'-':<9}{state:<8}{engine.BUSYBOX} (static, for FROM scratch images)")
     return ok

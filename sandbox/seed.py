@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from sandbox.engine import SandboxError
+from sandbox.engine import BUSYBOX, SandboxError, is_static_elf
 from sandbox.manage import REPO, load_env
 from sandbox.seed_network import (
     Clients,
@@ -205,10 +205,11 @@ def ensure_seed_image(env: Mapping[str, str], repository: str) -> str:
 def _seed_context(tmp: Path) -> Path:
     ctx = tmp / "ctx"
     shutil.copytree(SAMPLE_APP, ctx, ignore=shutil.ignore_patterns("busybox", ".git"))
-    busybox = Path("/bin/busybox")
-    if not busybox.exists():
+    busybox = BUSYBOX
+    if not is_static_elf(busybox):
         raise SandboxError(
-            "/bin/busybox is missing; run `python -m sandbox up` (installs busybox-static)"
+            f"{busybox} is missing or not static; "
+            "run `python -m sandbox up` (installs busybox-static)"
         )
     shutil.copy2(busybox, ctx / "busybox")
     (ctx / "app.env").write_text(f"VERSION={SEED_TAG}\nBROKEN=\n")
@@ -272,8 +273,9 @@ def ensure_service(
         have = active[0].get("deploymentController", {}).get("type", "ECS")
         if have != want:
             raise SandboxError(
-                f"service {cfg.ecs.service} in cluster {cfg.ecs.cluster} exists with deployment controller "
-                f"{have}, but strategy.type {cfg.strategy.type} needs {want}; delete the service or change strategy"
+                f"service {cfg.ecs.service} in cluster {cfg.ecs.cluster} exists with deployment "
+                f"controller {have}, but strategy.type {cfg.strategy.type} needs {want}; "
+                f"delete the service or change strategy"
             )
         return str(active[0]["serviceArn"])
     args: dict[str, Any] = {

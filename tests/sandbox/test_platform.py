@@ -118,7 +118,7 @@ def _is_loopback(addr: str) -> bool:
 
 
 def test_every_listening_socket_is_on_loopback(sandbox_env: dict[str, str]) -> None:
-    """Sockets of the processes `up` started (listener proxies included), and the component ports."""
+    """Sockets of the processes `up` started (listener proxies too), and the component ports."""
     state = Path(sandbox_env["SANDBOX_DIR"])
     recorded = {procs.read_pidfile(p) for p in (state / "pids").glob("*.pid")}
     roots = {r.pid for r in recorded if r is not None and procs.alive(r)}
