@@ -115,6 +115,27 @@ def test_canary_release_succeeds_and_removes_the_original(deployments_dir: Path)
     assert dep["status"] == "Succeeded"
     assert dep["deploymentConfigName"] == "EcsPipeline.ECSCanary50Percent1Minutes"
     assert live_td in dep["revision"]["appSpecContent"]["content"]
+    assert deploy(sut.name).name == "No change"
+
+
+def test_a_deployment_in_progress_for_another_revision_blocks_the_release(deployments_dir: Path) -> None:
+    sut = make_service(deployments_dir, strategy="codedeploy", green_timeout=3)
+    seed_serving(sut)
+    cfg, cd = sut.cfg, aws("codedeploy")
+    other_td = sut.seeded["task_definition_arn"]
+    appspec = (ROOT / "deployments" / "sample-app" / "appspec.yml").read_text()
+    other = cd.create_deployment(
+        applicationName=cfg.codedeploy_application,
+        deploymentGroupName=cfg.codedeploy_group,
+        revision={"revisionType": "AppSpecContent",
+                  "appSpecContent": {"content": appspec.replace("<TASK_DEFINITION>", other_td)}},
+    )["deploymentId"]
+    state = deploy(sut.name)
+    assert state.is_failed() and state.name != "Rolled back", state.message
+    assert f"deployment {other} ({other_td}) is still " in (state.message or "")
+    assert "blocks this release; let it finish or stop it" in (state.message or "")
+    assert [d["deploymentId"] for d in deployments(sut)] == [other], "no second deployment raced it"
+    assert cd.get_deployment(deploymentId=other)["deploymentInfo"]["status"] not in ("Stopped", "Failed")
 
 
 def test_failed_test_listener_check_stops_before_production_moves(deployments_dir: Path) -> None:
