@@ -18,6 +18,7 @@ from .codedeploy_api import install_patches as install_codedeploy_patches
 from .docker_runtime import DockerRuntime, docker_host
 from .ecs import EcsController
 from .faults import Faults
+from .logs import LogShipper
 from .proxy import ProxyManager
 from .tasks import TaskRunner
 from .world import LOCK, elbv2, log, time_scale
@@ -39,6 +40,8 @@ class Controller:
         self.proxies = ProxyManager(self.metrics)
         self.health = targets.HealthChecker()
         self.faults = Faults()
+        self.logs = LogShipper(self.runner, self.runtime)
+        self.runner.before_kill = self.logs.ship
         self.running = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="controller", daemon=True)
@@ -57,6 +60,7 @@ class Controller:
         if removed:
             log.info("removed %d stale sandbox containers", removed)
         self._thread.start()
+        self.logs.start()
 
     def _loop(self) -> None:
         log.info("controller running (time scale %s, docker %s)", time_scale(), docker_host())
@@ -74,6 +78,7 @@ class Controller:
     def stop(self) -> None:
         """Stop proxies and remove every container the sandbox started."""
         self._stop.set()
+        self.logs.stop()
         self.running = False
         if self._thread.is_alive():
             self._thread.join(timeout=5)

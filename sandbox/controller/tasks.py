@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from typing import Any
 from moto.ecs.models import Task
 
 from .docker_runtime import ContainerSpec, DockerRuntime, StartError
+from .logs import awslogs_options
 from .targets import target_key
 from .world import LOCK, ecs, elbv2, log, now
 
@@ -42,6 +44,7 @@ class TaskRun:
     failed: bool = False
     was_healthy: bool = False
     started: float = 0.0
+    log_options: dict[str, dict[str, str]] = field(default_factory=dict)
     registered: list[str] = field(default_factory=list)
 
     @property
@@ -111,6 +114,7 @@ class TaskRunner:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="task")
         self._last_poll = 0.0
         self._lock = threading.Lock()
+        self.before_kill: Callable[[TaskRun], None] | None = None
 
     # -- launching -------------------------------------------------------
     def launch(self, fleet: Fleet) -> TaskRun:
@@ -142,6 +146,7 @@ class TaskRunner:
 
     def _start(self, run: TaskRun, cdefs: list[dict[str, Any]]) -> None:
         primary = _primary(cdefs)
+        run.log_options = {c["name"]: o for c in cdefs if (o := awslogs_options(c))}
         try:
             run.port = self.runtime.allocate_port()
             with LOCK:
@@ -261,6 +266,11 @@ class TaskRunner:
         log.info("task %s STOPPED: %s", run.arn.rsplit("/", 1)[-1], t.stopped_reason)
 
     def _kill(self, run: TaskRun) -> None:
+        if self.before_kill is not None and run.log_options:
+            try:
+                self.before_kill(run)  # last words of the container, before it is removed
+            except Exception as exc:  # noqa: BLE001
+                log.debug("before_kill for %s failed: %s", run.arn, exc)
         for cid in run.containers.values():
             self.runtime.stop(cid)
         if run.port:

@@ -177,7 +177,8 @@ VARIANTS: dict[str, tuple[dict[str, tuple[bytes, int]], str]] = {
     "error500": ({"www/health": (b"ok\n", 0o644), "www/cgi-bin/index.cgi": (CGI_500, 0o755)}, SERVE),
     # no /health: the target group's health check never passes
     "nohealth": ({"www/index.html": (b"broken\n", 0o644)}, SERVE),
-    "exit3": ({"www/index.html": (b"x\n", 0o644)}, '["/bin/busybox","sh","-c","exit 3"]'),
+    "exit3": ({"www/index.html": (b"x\n", 0o644)},
+              '["/bin/busybox","sh","-c","echo config missing: DATABASE_URL >&2; exit 3"]'),
 }
 
 
@@ -243,13 +244,18 @@ class Stack:
         wait_for(lambda: _bound(port), 10, f"listener proxy on {port}")
         return arn
 
-    def task_definition(self, image: str, family: str | None = None) -> str:
+    def task_definition(self, image: str, log_group: str | None = None) -> str:
+        container: dict[str, Any] = {
+            "name": "web", "image": image, "essential": True,
+            "portMappings": [{"containerPort": 8080, "protocol": "tcp"}],
+            "environment": [{"name": "APP", "value": self.name}]}
+        if log_group:
+            container["logConfiguration"] = {"logDriver": "awslogs", "options": {
+                "awslogs-group": log_group, "awslogs-region": "us-east-1",
+                "awslogs-stream-prefix": "web", "awslogs-create-group": "true"}}
         res = self.ecs.register_task_definition(
-            family=family or f"{self.name}-app", networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
-            cpu="256", memory="512",
-            containerDefinitions=[{"name": "web", "image": image, "essential": True,
-                                   "portMappings": [{"containerPort": 8080, "protocol": "tcp"}],
-                                   "environment": [{"name": "APP", "value": self.name}]}])
+            family=f"{self.name}-app", networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
+            cpu="256", memory="512", containerDefinitions=[container])
         arn: str = res["taskDefinition"]["taskDefinitionArn"]
         return arn
 

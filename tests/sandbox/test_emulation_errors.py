@@ -18,11 +18,11 @@ def _stopped_task(stack: Any) -> dict[str, Any] | None:
     return dict(stack.ecs.describe_tasks(cluster=stack.name, tasks=arns)["tasks"][0])
 
 
-def _external_service(stack: Any, image: str) -> None:
+def _external_service(stack: Any, image: str, log_group: str | None = None) -> None:
     stack.ecs.create_service(cluster=stack.name, serviceName="web", desiredCount=1,
                              deploymentController={"type": "EXTERNAL"})
     stack.ecs.create_task_set(cluster=stack.name, service="web", launchType="FARGATE",
-                              taskDefinition=stack.task_definition(image),
+                              taskDefinition=stack.task_definition(image, log_group),
                               loadBalancers=stack.lb(stack.tgs[0]))
 
 
@@ -40,13 +40,26 @@ def test_image_missing_from_registry_stops_task_with_cannot_pull(
 
 
 def test_container_that_exits_stops_task_with_exit_code(
-        emu: Any, emu_stack: Callable[..., Any], emu_images: dict[str, str]) -> None:
+        emu: Any, emu_aws: Callable[[str], Any], emu_stack: Callable[..., Any],
+        emu_images: dict[str, str]) -> None:
     stack = emu_stack("ext3")
-    _external_service(stack, emu_images["exit3"])
+    group = f"/ecs/{stack.name}"
+    _external_service(stack, emu_images["exit3"], log_group=group)
     task = emu.wait_for(lambda: _stopped_task(stack), 30, "stopped task")
     assert task["stoppedReason"] == "Essential container in task exited"
     assert task["stopCode"] == "EssentialContainerExited"
     assert task["containers"][0]["exitCode"] == 3
+    stream = f"web/web/{task['taskArn'].rsplit('/', 1)[-1]}"
+    logs = emu_aws("logs")
+    events = emu.wait_for(lambda: _log_events(logs, group, stream), 10, "awslogs output")
+    assert "config missing: DATABASE_URL" in [e["message"] for e in events]
+
+
+def _log_events(logs: Any, group: str, stream: str) -> list[dict[str, Any]]:
+    try:
+        return list(logs.get_log_events(logGroupName=group, logStreamName=stream)["events"])
+    except logs.exceptions.ResourceNotFoundException:
+        return []
 
 
 def _fault(emu: Any, spec: dict[str, Any]) -> None:
