@@ -20,11 +20,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import httpx
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -139,7 +139,9 @@ class PrefectRunStarter:
     is created here and the ``deploy-on-push`` trigger starts them from the event.
     PARALLEL_CREATES bounds concurrent creations across all requests: keep 1 for a
     SQLite-backed server (concurrent writes there wait on its lock for seconds),
-    raise it for Postgres.
+    raise it for Postgres. Older Scheduled runs of a service are cancelled
+    ("Superseded by ...") once pushes have been quiet for SWEEP_AFTER seconds, in
+    turn with creations, so a burst of pushes is answered first.
     """
 
     def __init__(
@@ -147,13 +149,18 @@ class PrefectRunStarter:
         deployment_name: str = DEPLOY_DEPLOYMENT,
         dispatch: Dispatch = "direct",
         parallel_creates: int = 1,
+        sweep_after: float = 1.0,
     ) -> None:
         self.deployment_name = deployment_name
         self.dispatch = dispatch
+        self.sweep_after = sweep_after
         self._client: PrefectClient | None = None
         self._deployment_id: uuid.UUID | None = None
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(max(1, parallel_creates))
+        self._newest: dict[str, str] = {}
+        self._last_push = 0.0
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def __call__(
         self, push: PushEvent, services: list[ServiceConfig], delivery: str | None
@@ -164,7 +171,25 @@ class PrefectRunStarter:
             ids = list(await asyncio.gather(*(self._create(push, c, delivery) for c in services)))
         for cfg, run_id in zip(services, ids, strict=True):
             _emit_push_event(push, cfg.name, run_id, delivery, self.dispatch)
+            if run_id and queueing_mode(cfg) == "supersede":
+                self._newest[cfg.name] = run_id
+        self._last_push = time.monotonic()
+        if self._newest and (self._sweeper is None or self._sweeper.done()):
+            self._sweeper = asyncio.create_task(self._sweep())
         return [StartedRun(c.name, push.sha, i) for c, i in zip(services, ids, strict=True)]
+
+    async def _sweep(self) -> None:
+        while self._newest:
+            quiet_in = self._last_push + self.sweep_after - time.monotonic()
+            if quiet_in > 0:
+                await asyncio.sleep(quiet_in)
+                continue
+            service, run_id = self._newest.popitem()
+            async with self._slots:
+                try:
+                    await run_in_threadpool(cancel_waiting_runs, service, run_id)
+                except Exception as exc:  # noqa: BLE001 - the new run is started either way
+                    log.warning("Could not cancel older runs of %s: %s", service, exc)
 
     async def _create(self, push: PushEvent, cfg: ServiceConfig, delivery: str | None) -> str:
         client, deployment_id = await self._ready()
@@ -201,13 +226,16 @@ class PrefectRunStarter:
         if self.dispatch == "direct":
             try:
                 await self._ready()
-            except ObjectNotFound:
+            except (ObjectNotFound, httpx.HTTPError) as exc:
                 log.warning(
-                    "Deployment %s not found yet; pushes will fail until it exists",
+                    "Deployment %s not reachable yet (%s); pushes get 502 until it is",
                     self.deployment_name,
+                    type(exc).__name__,
                 )
 
     async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._client is not None:
             client, self._client = self._client, None
             await client.__aexit__(None, None, None)
@@ -265,14 +293,15 @@ def create_app(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     deliveries: DeliveryCache | None = None,
-    supersede_waiting: bool = True,
 ) -> Starlette:
     """The webhook app; START_RUNS is a PrefectRunStarter in production."""
     seen = deliveries or DeliveryCache()
     configured = list(services)
 
     async def receive(request: Request) -> JSONResponse:
-        provider = PROVIDERS[request.path_params["provider"]]
+        provider = PROVIDERS.get(request.path_params["provider"])
+        if provider is None:
+            return _json(404, error=f"unknown sender; use one of {', '.join(PROVIDERS)}")
         body = await _read_capped(request, max_body_bytes)
         if body is None:
             return _json(413, error=f"payload larger than {max_body_bytes} bytes")
@@ -324,17 +353,7 @@ def create_app(
             ", ".join(f"{s.service}:{s.flow_run_id}" for s in started),
         )
         body = {"started": [s.__dict__ for s in started], "sha": push.sha, "branch": push.branch}
-        task = BackgroundTask(_supersede, started) if supersede_waiting else None
-        return JSONResponse(body, status_code=202, background=task)
-
-    def _supersede(started: list[StartedRun]) -> None:
-        by_name = {c.name: c for c in configured}
-        for run in started:
-            if run.flow_run_id and queueing_mode(by_name.get(run.service)) == "supersede":
-                try:
-                    cancel_waiting_runs(run.service, run.flow_run_id)
-                except Exception as exc:  # noqa: BLE001 - the new run is started either way
-                    log.warning("Could not cancel older runs of %s: %s", run.service, exc)
+        return JSONResponse(body, status_code=202)
 
     async def healthz(request: Request) -> JSONResponse:
         return _json(200, ok=True, services=len(configured))
@@ -350,21 +369,10 @@ def create_app(
             await closer()
 
     routes = [
-        Route("/webhook/{provider:str}", _route_provider(receive), methods=["POST"]),
+        Route("/webhook/{provider:str}", receive, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
-
-
-def _route_provider(
-    handler: Callable[[Request], Awaitable[JSONResponse]],
-) -> Callable[[Request], Awaitable[JSONResponse]]:
-    async def route(request: Request) -> JSONResponse:
-        if request.path_params["provider"] not in PROVIDERS:
-            return _json(404, error=f"unknown provider; use one of {', '.join(PROVIDERS)}")
-        return await handler(request)
-
-    return route
 
 
 def serve(

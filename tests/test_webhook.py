@@ -464,3 +464,18 @@ def test_secret_never_in_answers(app_url: str) -> None:
         post(app_url, b"[1,"),
     ]
     assert all(SECRET not in a.text for a in answers)
+
+
+def test_gitea_and_gitlab_senders(app_url: str) -> None:
+    body = json.dumps(push_payload(full_name="acme/unknown")).encode()
+    gitea = {"X-Gitea-Event": "push", "X-Gitea-Delivery": str(uuid.uuid4())}
+    signed = {**gitea, "X-Gitea-Signature": sign_github(SECRET, body).removeprefix("sha256=")}
+    answer = httpx.post(f"{app_url}/webhook/gitea", content=body, headers=signed)
+    assert answer.status_code == 200 and "acme/unknown" in answer.json()["ignored"]
+    assert httpx.post(f"{app_url}/webhook/gitea", content=body, headers=gitea).status_code == 401
+    gitlab = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": SECRET}
+    answer = httpx.post(f"{app_url}/webhook/gitlab", content=body, headers=gitlab)
+    assert answer.status_code == 200 and "acme/unknown" in answer.json()["ignored"]
+    wrong = {**gitlab, "X-Gitlab-Token": "guess"}
+    assert httpx.post(f"{app_url}/webhook/gitlab", content=body, headers=wrong).status_code == 401
+    assert httpx.post(f"{app_url}/webhook/bitbucket", content=body).status_code == 404
