@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -368,6 +369,9 @@ def down(out: Callable[[str], None] = print) -> None:
             if procs.alive(rec) and rec is not None:
                 procs.stop(rec, timeout=30 if name == "engine" else 15)
                 out(f"  {name:<9} stopped (pid {rec.pid})")
+                if name == "engine":
+                    # Our dockerd's runtime dir under /run (tmpfs) would otherwise pile up.
+                    shutil.rmtree(engine.exec_root(lay.state), ignore_errors=True)
             else:
                 out(f"  {name:<9} not running from this sandbox; left alone")
             path.unlink(missing_ok=True)
