@@ -45,6 +45,7 @@ class TaskRun:
     was_healthy: bool = False
     started: float = 0.0
     log_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    essential: set[str] = field(default_factory=set)
     registered: list[str] = field(default_factory=list)
 
     @property
@@ -147,6 +148,7 @@ class TaskRunner:
     def _start(self, run: TaskRun, cdefs: list[dict[str, Any]]) -> None:
         primary = _primary(cdefs)
         run.log_options = {c["name"]: o for c in cdefs if (o := awslogs_options(c))}
+        run.essential = {c["name"] for c in cdefs if c.get("essential", True)}
         try:
             run.port = self.runtime.allocate_port()
             with LOCK:
@@ -232,7 +234,7 @@ class TaskRunner:
         run.stop_at = now() + delay
 
     def _finish(self, run: TaskRun, reason: str, stop_code: str, failed: bool,
-                exit_code: int | None = None) -> None:
+                exit_code: int | None = None, exited: str | None = None) -> None:
         """Mark the task STOPPED (caller holds LOCK)."""
         if run.state == "stopped":
             return
@@ -251,8 +253,9 @@ class TaskRunner:
         t.stopped_at = t.execution_stopped_at = utc()
         for c in t.containers:
             c.last_status = "STOPPED"
-            if exit_code is not None and c.name in run.containers:
+            if exit_code is not None and c.name == exited:
                 c.exit_code = exit_code
+                c.reason = None
         fleet = run.fleet
         if run.failed:
             fleet.failures += 1
@@ -286,17 +289,17 @@ class TaskRunner:
                 states = self.runtime.states()
             except Exception as exc:  # noqa: BLE001
                 log.warning("docker poll failed: %s", exc)
-        exited: list[tuple[TaskRun, str]] = []
+        exited: list[tuple[TaskRun, str]] = []  # (task, essential container that exited)
         with LOCK:
             for run in list(self.runs.values()):
                 if run.state == "draining" and run.stop_at is not None and now() >= run.stop_at:
                     self._finish(run, run.task.stopped_reason, run.task.stop_code or "", run.failed)
                 elif run.state == "running":
                     if states is not None:
-                        dead = [cid for cid in run.containers.values()
-                                if cid not in states or not states[cid][0]]
+                        dead = [(name, cid) for name, cid in run.containers.items()
+                                if name in run.essential and (cid not in states or not states[cid][0])]
                         if dead:
-                            exited.append((run, dead[0]))
+                            exited.append((run, dead[0][0]))
                             continue
                     if is_healthy(run):
                         run.was_healthy = True
@@ -306,8 +309,8 @@ class TaskRunner:
                     if tg_arn and now() - run.started >= run.fleet.grace:
                         self.request_stop(run, f"Task failed ELB health checks in (target-group {tg_arn})",
                                           "ServiceSchedulerInitiated", failed=True)
-        for run, cid in exited:
-            code, logs = self.runtime.exit_details(cid)
+        for run, name in exited:
+            code, logs = self.runtime.exit_details(run.containers[name])
             reason = "Essential container in task exited"
             if "in use" in logs.lower():
                 reason = f"CannotStartContainerError: port 127.0.0.1:{run.port} already in use: {logs[-200:]}"
@@ -315,7 +318,7 @@ class TaskRunner:
                 if run.state == "running":
                     run.task.stopped_reason = reason
                     run.task.stop_code = "EssentialContainerExited"
-                    self._finish(run, reason, "EssentialContainerExited", True, code)
+                    self._finish(run, reason, "EssentialContainerExited", True, code, name)
         with LOCK:
             for arn, run in list(self.runs.items()):
                 if run.state == "stopped":
