@@ -143,11 +143,21 @@ def _cmd_approve(args: argparse.Namespace) -> int:
 
     try:
         approve_run(args.run, approve=not args.reject, comment=args.comment)
-    except (NotPausedError, ObjectNotFound, FlowPauseTimeout, ValueError) as exc:
-        print(f"approve: run {args.run} cannot be answered: {exc}", file=sys.stderr)
-        return 1
+    except ValueError:
+        return _fail(f"approve: {args.run!r} is not a flow run id")
+    except ObjectNotFound:
+        return _fail(f"approve: no flow run {args.run}")
+    except NotPausedError:
+        return _fail(f"approve: run {args.run} is not waiting for approval")
+    except FlowPauseTimeout:
+        return _fail(f"approve: run {args.run} waited too long; it is rolling back")
     print(f"{'Rejected' if args.reject else 'Approved'} run {args.run}")
     return 0
+
+
+def _fail(message: str) -> int:
+    print(message, file=sys.stderr)
+    return 1
 
 
 def register_cli(subparsers: Any) -> None:
