@@ -162,7 +162,6 @@ def main() -> int:
     started = time.monotonic()
     manage.up(say)
     env = {**os.environ, **manage.load_env()}
-    env.setdefault("ECS_PIPELINE_TIME_SCALE", env.get("SANDBOX_TIME_SCALE", "60"))
     os.environ.update(env)
     setup_seconds = time.monotonic() - started
 

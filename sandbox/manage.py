@@ -42,6 +42,8 @@ ENV_KEYS = (
     "SANDBOX_REGISTRY",
     "SANDBOX_TIME_SCALE",
     "SANDBOX_DIR",
+    "ECS_PIPELINE_TIME_SCALE",
+    "ECS_PIPELINE_CACHE",
 )
 
 
@@ -332,6 +334,9 @@ def write_env(lay: Layout, docker_host: str) -> None:
         "SANDBOX_REGISTRY": f"127.0.0.1:{lay.registry_port}",
         "SANDBOX_TIME_SCALE": lay.time_scale,
         "SANDBOX_DIR": str(lay.state),
+        # The pipeline's own waits (canary steps, bake) shrink by the same factor in rehearsals.
+        "ECS_PIPELINE_TIME_SCALE": lay.time_scale,
+        "ECS_PIPELINE_CACHE": str(lay.state / "cache"),
     }
     text = "".join(f"{k}={values[k]}\n" for k in ENV_KEYS)
     try:
