@@ -100,6 +100,13 @@ def test_injected_faults_answer_aws_errors(emu: Any, emu_aws: Callable[[str], An
         emu_aws("codedeploy").list_applications()
     assert err.value.response["Error"]["Code"] == "ThrottlingException"
     emu_aws("codedeploy").list_applications()
+    # DELETE clears faults that were never consumed
+    _fault(emu, {"service": "ecs", "operation": "ListClusters", "code": "AccessDeniedException",
+                 "count": 5})
+    req = urllib.request.Request(f"{emu.endpoint}/_sandbox/faults", method="DELETE")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 200
+    stack.ecs.list_clusters()
 
 
 def test_ecr_tells_the_registry_truth(emu_aws: Callable[[str], Any], emu_images: dict[str, str]) -> None:

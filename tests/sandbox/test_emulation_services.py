@@ -48,6 +48,11 @@ def test_external_task_set_runs_real_containers(emu: Any, emu_stack: Callable[..
     assert any("has started 2 tasks" in m for m in messages)
     assert any("has reached a steady state" in m for m in messages)
 
+    state = emu.state()
+    fleet = next(f for f in state["fleets"] if f["key"] == ts["taskSetArn"])
+    assert sorted(t["lastStatus"] for t in fleet["tasks"]) == ["RUNNING", "RUNNING"]
+    assert any(p["port"] == stack.prod_port and p["bound"] for p in state["listeners"])
+
 
 def test_weighted_forward_splits_traffic(emu: Any, emu_stack: Callable[..., Any],
                                          emu_images: dict[str, str]) -> None:
