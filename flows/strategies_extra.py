@@ -51,6 +51,13 @@ def render_for(cfg: ServiceConfig, task_definition: str) -> dict[str, Any]:
     return render_appspec(text, task_definition, cfg.ecs.container, cfg.ecs.container_port, source)
 
 
+def _with_codedeploy_words(reason: str, ended: codedeploy.Ended) -> str:
+    """Our reason and CodeDeploy's; CodeDeploy's leads when it stopped the deployment first."""
+    if ended.text in reason:
+        return reason
+    return f"{reason}; {ended.text}" if ended.stopped_here else f"{ended.text} (then: {reason})"
+
+
 class CodeDeployStrategy:
     """Blue/green on a CODE_DEPLOY-controller service through its deployment group."""
 
@@ -66,7 +73,8 @@ class CodeDeployStrategy:
         appspec = render_for(cfg, task_definition)
         with summary.stage("codedeploy create"):
             dep = codedeploy.create(cfg, clients, appspec, sha)
-        summary.notes.append(f"CodeDeploy deployment [{dep.id}]({dep.url}) ({dep.config_name})")
+        resumed = ", resumed" if dep.resumed else ""
+        summary.notes.append(f"CodeDeploy deployment [{dep.id}]({dep.url}) ({dep.config_name}{resumed})")
         emit(cfg.name, "codedeploy-created", sha=sha, deployment_id=dep.id, url=dep.url)
         try:
             self._through_bake(dep, sha, summary, progress)
@@ -74,12 +82,7 @@ class CodeDeployStrategy:
             reason = _reason(exc)
             with summary.stage("roll back"):
                 ended = codedeploy.roll_back(cfg, clients, dep)
-            if ended.text in reason:
-                pass
-            elif ended.stopped_here:
-                reason = f"{reason}; {ended.text}"
-            else:  # CodeDeploy stopped it first: its reason leads
-                reason = f"{ended.text} (then: {reason})"
+            reason = _with_codedeploy_words(reason, ended)
             summary.outcome, summary.reason, summary.traffic = "Rolled back", reason, "production on blue"
             return _outcome(task_definition, rolled_back=True, reason=reason, traffic="production on blue")
         with summary.stage("finish"):
@@ -93,10 +96,9 @@ class CodeDeployStrategy:
         cfg, clients, routing = self.cfg, self.clients, self.routing
         with summary.stage("wait ready"):
             phase = codedeploy.wait_ready(cfg, clients, dep)
-        names = dict(zip(routing.target_group_names, routing.target_groups, strict=True))
-        green_tg = codedeploy.green_target_group(clients.get("codedeploy"), dep, names)
+        green_tg = codedeploy.green_target_group(clients, dep, routing)
         if phase == "ready":
-            green = tasksets.Green(None, green_tg or "", dep.task_definition, None, None)
+            green = tasksets.Green(None, green_tg, dep.task_definition, None, None)
             with summary.stage("verify"):
                 summary.notes += tasksets.verify_green(cfg, clients, routing, green)
             if cfg.approval == "required":

@@ -173,7 +173,7 @@ def deployed_task_definition(info: dict[str, Any]) -> str | None:
 
 
 def active_deployments(cfg: ServiceConfig, cd: Any) -> list[dict[str, Any]]:
-    """Deployments of the group that have not ended, newest first."""
+    """Deployments of the group that have not ended."""
     ids: list[str] = []
     pages = cd.get_paginator("list_deployments").paginate(
         applicationName=cfg.codedeploy_application,
@@ -302,12 +302,15 @@ def wait_ready(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> str:
     return phase
 
 
-def green_target_group(cd: Any, dep: Deployment, names: dict[str, str]) -> str | None:
-    """The replacement task set's target group ARN (``names``: target group name → ARN)."""
-    for info in lifecycle(cd, dep.id).get("taskSetsInfo", []):
-        if info.get("taskSetLabel") == "Green":
-            return names.get((info.get("targetGroup") or {}).get("name", ""))
-    return None
+def green_target_group(clients: AwsClients, dep: Deployment, routing: traffic.Routing) -> str:
+    """The replacement task set's target group: CodeDeploy's Green label, else the test listener's."""
+    names = dict(zip(routing.target_group_names, routing.target_groups, strict=True))
+    for info in lifecycle(clients.get("codedeploy"), dep.id).get("taskSetsInfo", []):
+        arn = names.get((info.get("targetGroup") or {}).get("name", ""))
+        if info.get("taskSetLabel") == "Green" and arn:
+            return arn
+    weights = traffic.get_weights(clients.get("elbv2"), routing.test_listener)
+    return max(weights, key=lambda arn: weights[arn]) if weights else routing.target_groups[1]
 
 
 @task(name="continue to production", task_run_name="continue to production {cfg.name}", **STAGE)
@@ -333,7 +336,7 @@ class Watch:
 
     dep: Deployment
     production_listener: str
-    green_target_group: str | None
+    green_target_group: str
 
 
 def _look(cfg: ServiceConfig, clients: AwsClients, watch: Watch, what: str) -> tuple[dict[str, Any], int]:
@@ -345,7 +348,7 @@ def _look(cfg: ServiceConfig, clients: AwsClients, watch: Watch, what: str) -> t
         raise VerifyFailed(f"alarm in ALARM during {what}: {'; '.join(firing)}", service=cfg.name,
                            deployment_id=watch.dep.id)
     weights = traffic.get_weights(clients.get("elbv2"), watch.production_listener)
-    return info, weights.get(watch.green_target_group or "", 0)
+    return info, weights.get(watch.green_target_group, 0)
 
 
 @task(name="watch shift", task_run_name="watch shift {cfg.name}", **STAGE)
@@ -359,7 +362,7 @@ def watch_shift(
 
     def check() -> str | None:
         info, weight = _look(cfg, clients, watch, "the traffic shift")
-        if weight != seen[0]:
+        if weight != seen[0] and weight > 0:
             seen[0] = weight
             log.info("production: %d%% green", weight)
             on_step(weight)
