@@ -52,38 +52,44 @@ def poll_changes(
     found = find_changes(configs, live_sha=live_sha, resolve=resolve)
     for name, error in sorted(found.errors.items()):
         logger.warning("%s: %s", name, error)
-    by_name = {c.name: c for c in configs}
-    started: list[dict[str, Any]] = []
-    skipped: dict[str, str] = {}
     with get_client(sync_client=True) as client:
         deployment_id = client.read_deployment_by_name(deployment_name).id
-        for change in found.changes:
-            existing = already_started(client, change.service, change.sha)
-            if existing is not None:
-                state = existing.state.name if existing.state else "unknown"
-                skipped[change.service] = (
-                    f"run {existing.id} ({state}) already has {change.sha[:12]}"
-                )
-                continue
-            if dry_run:
-                logger.info("Would deploy %s %s (live %s)", change.service, change.sha, change.live)
-                started.append({"service": change.service, "sha": change.sha, "flow_run_id": None})
-                continue
-            run_id = _start(client, deployment_id, change, by_name[change.service])
-            logger.info(
-                "Deploying %s %s (live %s): run %s",
-                change.service,
-                change.sha[:12],
-                (change.live or "none")[:12],
-                run_id,
-            )
-            started.append({"service": change.service, "sha": change.sha, "flow_run_id": run_id})
+        by_name = {c.name: c for c in configs}
+        started, skipped = _start_changes(client, deployment_id, found.changes, by_name, dry_run)
     return {
         "started": started,
         "unchanged": sorted(found.unchanged),
         "skipped": skipped,
         "errors": found.errors,
     }
+
+
+def _start_changes(
+    client: SyncPrefectClient,
+    deployment_id: Any,
+    changes: list[Change],
+    by_name: dict[str, ServiceConfig],
+    dry_run: bool,
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    logger = get_run_logger()
+    started: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for change in changes:
+        existing = already_started(client, change.service, change.sha)
+        if existing is not None:
+            state = existing.state.name if existing.state else "unknown"
+            skipped[change.service] = f"run {existing.id} ({state}) already has {change.sha[:12]}"
+            continue
+        run_id = None
+        if not dry_run:
+            run_id = _start(client, deployment_id, change, by_name[change.service])
+        live = (change.live or "nothing")[:12]
+        verb = "Would deploy" if dry_run else "Deploying"
+        logger.info(
+            "%s %s %s (live %s) %s", verb, change.service, change.sha[:12], live, run_id or ""
+        )
+        started.append({"service": change.service, "sha": change.sha, "flow_run_id": run_id})
+    return started, skipped
 
 
 def _start(

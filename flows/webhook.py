@@ -286,27 +286,32 @@ async def _read_capped(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(
-    services: Sequence[ServiceConfig],
-    secret_provider: SecretProvider,
-    start_runs: StartRuns,
-    *,
-    max_body_bytes: int = MAX_BODY_BYTES,
-    deliveries: DeliveryCache | None = None,
-) -> Starlette:
-    """The webhook app; START_RUNS is a PrefectRunStarter in production."""
-    seen = deliveries or DeliveryCache()
-    configured = list(services)
+class _Receiver:
+    """One POST: size, signature, JSON, event kind, replay, mapping, then the runs."""
 
-    async def receive(request: Request) -> JSONResponse:
+    def __init__(
+        self,
+        services: list[ServiceConfig],
+        secret_provider: SecretProvider,
+        start_runs: StartRuns,
+        max_body_bytes: int,
+        deliveries: DeliveryCache,
+    ) -> None:
+        self.services = services
+        self.secret_provider = secret_provider
+        self.start_runs = start_runs
+        self.max_body_bytes = max_body_bytes
+        self.seen = deliveries
+
+    async def receive(self, request: Request) -> JSONResponse:
         provider = PROVIDERS.get(request.path_params["provider"])
         if provider is None:
             return _json(404, error=f"unknown sender; use one of {', '.join(PROVIDERS)}")
-        body = await _read_capped(request, max_body_bytes)
+        body = await _read_capped(request, self.max_body_bytes)
         if body is None:
-            return _json(413, error=f"payload larger than {max_body_bytes} bytes")
+            return _json(413, error=f"payload larger than {self.max_body_bytes} bytes")
         try:
-            secret = await run_in_threadpool(secret_provider)
+            secret = await run_in_threadpool(self.secret_provider)
         except Exception:  # noqa: BLE001 - never echo what the secret store said
             log.error("Webhook secret is not available; refusing deliveries")
             return _json(503, error="webhook secret not configured")
@@ -322,57 +327,65 @@ def create_app(
         if event not in provider.push_events:
             return _json(200, ignored=f"event {event or '(none)'} is not a push")
         delivery = request.headers.get(provider.delivery_header) or None
-        if delivery and seen.check_and_add(delivery):
+        if delivery and self.seen.check_and_add(delivery):
             return _json(200, duplicate=True, delivery=delivery)
-        return await _handle_push(payload, delivery)
+        return await self.handle_push(payload, delivery)
 
-    async def _handle_push(payload: Any, delivery: str | None) -> JSONResponse:
+    async def handle_push(self, payload: Any, delivery: str | None) -> JSONResponse:
         try:
             push = parse_push(payload)
         except PayloadError as exc:
             return _json(400, error=str(exc))
         reason = push.ignore_reason()
-        targets = [] if reason else services_for_push(configured, push)
+        targets = [] if reason else services_for_push(self.services, push)
         if not reason and not targets:
             reason = f"no service builds from {push.repo_name} branch {push.branch}"
         if reason:
             log.info("Delivery %s ignored: %s", delivery, reason)
             return _json(200, ignored=reason)
         try:
-            started = await start_runs(push, targets, delivery)
+            started = await self.start_runs(push, targets, delivery)
         except Exception as exc:  # noqa: BLE001 - answered 502 so the sender redelivers
             if delivery:
-                seen.forget(delivery)  # let the sender's redelivery try again
+                self.seen.forget(delivery)  # let the sender's redelivery try again
             log.error("Delivery %s: starting runs failed: %s", delivery, type(exc).__name__)
             return _json(502, error=f"could not start runs ({type(exc).__name__}); redeliver")
-        log.info(
-            "Delivery %s: %s@%s → %s",
-            delivery,
-            push.repo_name,
-            push.sha[:12],
-            ", ".join(f"{s.service}:{s.flow_run_id}" for s in started),
-        )
+        runs = ", ".join(f"{s.service}:{s.flow_run_id}" for s in started)
+        log.info("Delivery %s: %s@%s -> %s", delivery, push.repo_name, push.sha[:12], runs)
         body = {"started": [s.__dict__ for s in started], "sha": push.sha, "branch": push.branch}
         return JSONResponse(body, status_code=202)
 
-    async def healthz(request: Request) -> JSONResponse:
-        return _json(200, ok=True, services=len(configured))
+    async def healthz(self, request: Request) -> JSONResponse:
+        return _json(200, ok=True, services=len(self.services))
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        warm = getattr(start_runs, "warm", None)
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        warm = getattr(self.start_runs, "warm", None)
         if warm is not None:
             await warm()
         yield
-        closer = getattr(start_runs, "aclose", None)
+        closer = getattr(self.start_runs, "aclose", None)
         if closer is not None:
             await closer()
 
+
+def create_app(
+    services: Sequence[ServiceConfig],
+    secret_provider: SecretProvider,
+    start_runs: StartRuns,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    deliveries: DeliveryCache | None = None,
+) -> Starlette:
+    """The webhook app; START_RUNS is a PrefectRunStarter in production."""
+    receiver = _Receiver(
+        list(services), secret_provider, start_runs, max_body_bytes, deliveries or DeliveryCache()
+    )
     routes = [
-        Route("/webhook/{provider:str}", receive, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
+        Route("/webhook/{provider:str}", receiver.receive, methods=["POST"]),
+        Route("/healthz", receiver.healthz, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=receiver.lifespan)
 
 
 def serve(
