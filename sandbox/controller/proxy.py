@@ -74,7 +74,7 @@ class ListenerProxy:
         self.metrics = metrics
         self.requests = 0
         self._rr: dict[str, itertools.count[int]] = {}
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.server = _QuietServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
                                        name=f"listener-{port}")
@@ -142,7 +142,7 @@ class ListenerProxy:
                     conn.close()
                 except TimeoutError:
                     return self._reply(504, b"504 Gateway Time-out\n", tg_arn, False)
-                except OSError:
+                except (OSError, http.client.HTTPException):
                     return self._reply(502, b"502 Bad Gateway\n", tg_arn, False)
                 proxy.metrics.record(proxy.lb_arn, tg_arn, resp.status, True,
                                      time.monotonic() - started)
@@ -167,6 +167,15 @@ class ListenerProxy:
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _serve
 
         return Handler
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Clients that hang up mid-response are normal for a load balancer, not tracebacks."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("listener connection from %s ended with an error", client_address, exc_info=True)
 
 
 def _find_listener(arn: str) -> Any:

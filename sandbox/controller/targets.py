@@ -165,8 +165,10 @@ class HealthChecker:
                 desc = f"Health checks failed with these codes: [{resp.status}]"
         except TimeoutError:
             reason, desc = "Target.Timeout", "Request timed out"
-        except OSError:
-            pass
+        except (OSError, http.client.HTTPException):
+            pass  # refused, reset or not HTTP at all: a failed check
+        except Exception:  # noqa: BLE001 - never leave the target stuck as "busy"
+            log.exception("health check of %s failed unexpectedly", key)
         with LOCK:
             self._apply(tg, key, entry, ok, reason, desc)
 

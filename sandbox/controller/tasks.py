@@ -19,7 +19,7 @@ from typing import Any
 
 from moto.ecs.models import Task
 
-from .docker_runtime import ContainerSpec, DockerRuntime, StartError
+from .docker_runtime import ContainerSpec, DockerRuntime, StartError, docker_host
 from .logs import awslogs_options
 from .targets import target_key
 from .world import LOCK, ecs, elbv2, log, now
@@ -114,6 +114,7 @@ class TaskRunner:
         self.runs: dict[str, TaskRun] = {}
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="task")
         self._last_poll = 0.0
+        self._last_warning = 0.0
         self._lock = threading.Lock()
         self.before_kill: Callable[[TaskRun], None] | None = None
 
@@ -288,7 +289,9 @@ class TaskRunner:
             try:
                 states = self.runtime.states()
             except Exception as exc:  # noqa: BLE001
-                log.warning("docker poll failed: %s", exc)
+                if now() - self._last_warning > 60:
+                    self._last_warning = now()
+                    log.warning("docker engine at %s does not answer: %s", docker_host(), exc)
         exited: list[tuple[TaskRun, str]] = []  # (task, essential container that exited)
         with LOCK:
             for run in list(self.runs.values()):
