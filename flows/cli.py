@@ -30,6 +30,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     from flows.pipeline import deploy_service
 
+    if args.dry_run:
+        from flows.operations import plan_release
+
+        print("\n".join(plan_release(args.service, args.sha)))
+        return 0
+
     with tags(*run_tags(args.service, args.sha, "cli")):
         state = deploy_service(args.service, sha=args.sha, force=args.force, return_state=True)
     print(f"{state.name}: {state.message or ''}".rstrip(": "))
@@ -96,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("service")
     p.add_argument("--sha", help="commit to release (full or abbreviated); default: branch head")
     p.add_argument("--force", action="store_true", help="deploy even when production runs that SHA")
+    p.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("status", help="live revision, SHA, image, traffic split, last runs")

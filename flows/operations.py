@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from botocore.exceptions import ClientError
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.sorting import FlowRunSort
@@ -64,7 +65,7 @@ def previous_release_sha(clients: AwsClients, live_task_definition: str, live_sh
     for rev in range(int(revision) - 1, 0, -1):
         try:
             found = ecs.describe_task_definition(taskDefinition=f"{family}:{rev}", include=["TAGS"])
-        except Exception:  # noqa: BLE001 - deregistered or deleted revisions are skipped
+        except ClientError:  # a deleted revision: look further back
             continue
         tags = {t["key"]: t["value"] for t in found.get("tags", [])}
         if tags.get(SHA_TAG) and tags[SHA_TAG] != live_sha:
@@ -95,6 +96,35 @@ def rollback_service(service: str) -> str:
 
     state = deploy_service(service, sha=sha, force=True, return_state=True)
     return f"{state.name}: {state.message}"
+
+
+def plan_release(service: str, sha: str | None) -> list[str]:
+    """What `deploy` would do, without changing anything (the --dry-run)."""
+    from tasks import ecr, source
+
+    cfg = find_service(service)
+    clients = AwsClients()
+    full = source.resolve_commit(cfg.repo_location, cfg.source.branch, sha)
+    live = live_release(cfg, clients)
+    lines = [f"service {cfg.name}: release {full} (live: {live.sha or 'nothing'})"]
+    if live.sha == full:
+        return [*lines, "no change: production already runs this commit"]
+    ecr_client = clients.get("ecr")
+    try:
+        digest = ecr.find_image_digest(ecr_client, cfg.ecr.repository, full)
+    except Exception as exc:  # noqa: BLE001 - a missing repository means: will build
+        digest = None
+        lines.append(f"ECR: {type(exc).__name__}; the build stage would create the repository")
+    lines.append("build + push: skipped, image in ECR" if digest else "build + push: would run")
+    image = f"<{cfg.ecr.repository}@digest>" if not digest else digest
+    desired = render(cfg, image, full)
+    current = latest_task_definition(clients.get("ecs"), desired["family"])
+    changes = diff_task_definitions(current or {}, desired)
+    lines.append(f"task definition {desired['family']}: {len(changes)} change(s) from the latest revision")
+    lines += [f"  {c}" for c in changes]
+    steps = " → ".join(f"{w}%" for w in cfg.strategy.traffic.steps())
+    lines.append(f"strategy {cfg.strategy.type}: production {steps}, bake {cfg.bake_seconds}s, then blue removed")
+    return lines
 
 
 def render_service(service: str, image: str, sha: str | None) -> dict[str, Any]:

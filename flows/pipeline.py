@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 from prefect.client.schemas.objects import State
+from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 
 from flows.strategy import choose_strategy
 from tasks import release as stages
 from tasks.aws import AwsClients
 from tasks.errors import PipelineError
+from tasks.interop import write_interop_files
 from tasks.locks import service_lock
 from tasks.models import find_service
 from tasks.report import ReleaseSummary, ShiftProgress, emit
@@ -48,6 +49,7 @@ def deploy_service(service: str, sha: str | None = None, force: bool = False) ->
                 pushed = stages.push(cfg, clients, target.sha, built)
             with summary.stage("register task definition"):
                 registered = stages.register(cfg, clients, target.sha, pushed.value)
+            write_interop_files(cfg, pushed.value)
             done = [name for name, r in (("build", built), ("push", pushed), ("register", registered)) if r.done]
             summary.image, summary.task_definition = pushed.value, registered.value
             outcome = strategy.release(registered.value, target.sha, summary, ShiftProgress(cfg.name))

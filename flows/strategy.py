@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from prefect import get_run_logger
 
+from flows.strategies_extra import CodeDeployStrategy, RollingStrategy
 from tasks import ecs as ecs_ops
 from tasks import tasksets, traffic
 from tasks.approval import request_approval
@@ -98,7 +99,11 @@ class TaskSetStrategy:
             tasksets.teardown_blue(self.cfg, self.clients, self.routing, green)
 
 
-STRATEGY_BY_CONTROLLER: dict[str, type[Any]] = {"EXTERNAL": TaskSetStrategy}
+STRATEGY_BY_CONTROLLER: dict[str, type[Any]] = {
+    "EXTERNAL": TaskSetStrategy,
+    "CODE_DEPLOY": CodeDeployStrategy,
+    "ECS": RollingStrategy,
+}
 
 
 def choose_strategy(cfg: ServiceConfig, clients: AwsClients) -> Strategy:

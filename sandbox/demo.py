@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -84,7 +84,7 @@ class Load:
                     self.failed += 1
                 time.sleep(self.interval)
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -113,7 +113,7 @@ def wait_for_deployment(name: str, timeout: float = 60) -> None:
             try:
                 client.read_deployment_by_name(name)
                 return
-            except Exception:  # noqa: BLE001 - not registered yet
+            except Exception:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
