@@ -27,7 +27,13 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 
-from flows.webhook import PrefectRunStarter, create_app
+from flows.webhook import (
+    SECRET_BLOCK_ENV,
+    SECRET_ENV,
+    PrefectRunStarter,
+    create_app,
+    secret_from_environment,
+)
 from tasks.models import ServiceConfig, parse_service
 from tasks.webhook import (
     DeliveryCache,
@@ -479,3 +485,25 @@ def test_gitea_and_gitlab_senders(app_url: str) -> None:
     wrong = {**gitlab, "X-Gitlab-Token": "guess"}
     assert httpx.post(f"{app_url}/webhook/gitlab", content=body, headers=wrong).status_code == 401
     assert httpx.post(f"{app_url}/webhook/bitbucket", content=body).status_code == 404
+
+
+def test_secret_from_a_prefect_secret_block(
+    client: SyncPrefectClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.blocks.system import Secret
+
+    name = f"webhook-test-{uuid.uuid4().hex[:8]}"
+    Secret(value="from-the-block").save(name)
+    try:
+        monkeypatch.delenv(SECRET_ENV, raising=False)
+        monkeypatch.setenv(SECRET_BLOCK_ENV, name)
+        assert secret_from_environment()() == "from-the-block"
+        monkeypatch.setenv(SECRET_ENV, "from-the-environment")
+        assert secret_from_environment()() == "from-the-environment"
+        monkeypatch.delenv(SECRET_ENV)
+        monkeypatch.delenv(SECRET_BLOCK_ENV)
+        with pytest.raises(LookupError) as missing:
+            secret_from_environment()()
+        assert "from-the" not in str(missing.value)
+    finally:
+        client.delete_block_document(Secret.load(name)._block_document_id)
