@@ -17,7 +17,7 @@ import yaml
 from moto.codedeploy.models import DeploymentInfo
 
 from .traffic import forward_weights, set_forward
-from .world import LOCK, cloudwatch, codedeploy, ecs, log, now, scaled
+from .world import LOCK, cloudwatch, codedeploy, ecs, elbv2, log, now, scaled
 
 if TYPE_CHECKING:
     from .ecs import EcsController
@@ -160,36 +160,19 @@ class CodeDeployController:
         dep.deployment_overview = self._overview(dep.status)
 
     def _start(self, play: Play) -> None:
-        dep, group = play.dep, play.dep.deployment_group
+        dep = play.dep
         dep.status, dep.start_time = "InProgress", epoch()
         for name in EVENTS:
             play.event(name, "Pending")
-        try:
-            props = parse_appspec(dep.revision if isinstance(dep.revision, dict) else {})
-        except (ValueError, KeyError, IndexError, TypeError, yaml.YAMLError) as exc:
-            self.fail(play, "INVALID_REVISION", f"The AppSpec file is invalid: {exc}", event="BeforeInstall")
+        props = self._resolve(play)
+        if props is None:
             return
-        svc_ref = (group.ecs_services or [{}])[0]
-        backend = ecs()
-        play.service = backend._get_service(svc_ref["clusterName"], svc_ref["serviceName"])
-        pair = ((group.load_balancer_info or {}).get("targetGroupPairInfoList") or [{}])[0]
-        tgs = [t["name"] for t in pair.get("targetGroups", [])]
-        play.prod = list((pair.get("prodTrafficRoute") or {}).get("listenerArns") or [])
-        play.test = list((pair.get("testTrafficRoute") or {}).get("listenerArns") or [])
-        from .world import elbv2
-        by_name = {tg.name: tg.arn for tg in elbv2().target_groups.values()}
-        arns = [by_name[n] for n in tgs]
-        live = forward_weights(play.prod[0]) if play.prod else {}
-        play.blue_tg = next((a for a in arns if live.get(a, 0) > 0), arns[0])
-        play.green_tg = next(a for a in arns if a != play.blue_tg)
-        blue = next((ts for ts in play.service.task_sets if ts.status == "PRIMARY"), None)
-        play.blue_ts = blue.task_set_arn if blue else ""
         play.passed("BeforeInstall")
         play.event("Install", "InProgress")
+        backend = ecs()
         lbi = props["LoadBalancerInfo"]
-        td = backend.describe_task_definition(props["TaskDefinition"]).arn
         ts = backend.create_task_set(
-            play.service.name, play.service.cluster_name, td,
+            play.service.name, play.service.cluster_name, props["TaskDefinition"],
             load_balancers=[{"targetGroupArn": play.green_tg, "containerName": lbi["ContainerName"],
                              "containerPort": int(lbi["ContainerPort"])}],
             launch_type=props.get("LaunchType") or play.service.launch_type or "FARGATE",
@@ -199,6 +182,42 @@ class CodeDeployController:
         play.deadline = now() + scaled(3600, floor=60)
         play.phase = "install"
         log.info("deployment %s: replacement task set on %s", dep.deployment_id, play.green_tg)
+
+    def _resolve(self, play: Play) -> dict[str, Any] | None:
+        """Appspec, service, target groups and listeners; fails the deployment like CodeDeploy."""
+        group = play.dep.deployment_group
+        try:
+            props = parse_appspec(play.dep.revision if isinstance(play.dep.revision, dict) else {})
+            props["TaskDefinition"] = ecs().describe_task_definition(props["TaskDefinition"]).arn
+        except Exception as exc:  # noqa: BLE001 - any unreadable revision is INVALID_REVISION
+            self.fail(play, "INVALID_REVISION", f"The AppSpec file is invalid: {exc}", event="BeforeInstall")
+            return None
+        svc_ref = (group.ecs_services or [{}])[0]
+        try:
+            play.service = ecs()._get_service(svc_ref.get("clusterName", ""), svc_ref.get("serviceName", ""))
+        except Exception:  # noqa: BLE001 - moto raises cluster or service not found
+            self.fail(play, "INVALID_ECS_SERVICE", f"The ECS service {svc_ref.get('serviceName')} in "
+                      f"cluster {svc_ref.get('clusterName')} of the deployment group does not exist.",
+                      event="BeforeInstall")
+            return None
+        pair = ((group.load_balancer_info or {}).get("targetGroupPairInfoList") or [{}])[0]
+        tgs = [t["name"] for t in pair.get("targetGroups", [])]
+        play.prod = list((pair.get("prodTrafficRoute") or {}).get("listenerArns") or [])
+        play.test = list((pair.get("testTrafficRoute") or {}).get("listenerArns") or [])
+        by_name = {tg.name: tg.arn for tg in elbv2().target_groups.values()}
+        missing = [n for n in tgs if n not in by_name]
+        if len(tgs) != 2 or missing or not play.prod:
+            self.fail(play, "ELASTIC_LOAD_BALANCING_INVALID", "The deployment group needs two existing "
+                      f"target groups and a production listener (missing: {missing or 'listener'}).",
+                      event="BeforeInstall")
+            return None
+        arns = [by_name[n] for n in tgs]
+        live = forward_weights(play.prod[0])
+        play.blue_tg = next((a for a in arns if live.get(a, 0) > 0), arns[0])
+        play.green_tg = next(a for a in arns if a != play.blue_tg)
+        blue = next((ts for ts in play.service.task_sets if ts.status == "PRIMARY"), None)
+        play.blue_ts = blue.task_set_arn if blue else ""
+        return props
 
     def _wait_install(self, play: Play) -> None:
         fleet = self.ecs_ctl.fleets.get(play.green_ts)

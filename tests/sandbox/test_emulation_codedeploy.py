@@ -221,3 +221,8 @@ def test_replacement_that_cannot_start_fails_and_rolls_back(
     assert info["rollbackInfo"]["rollbackDeploymentId"]
     assert [s["loadBalancers"][0]["targetGroupArn"] for s in _task_sets(stack)] == [stack.tgs[0]]
     assert stack.get() == (200, "blue\n")
+    bad = cd.create_deployment(applicationName=stack.name, deploymentGroupName="dg", revision={
+        "revisionType": "AppSpecContent", "appSpecContent": {"content": "version: 0.0\nResources: []\n"}})
+    emu.wait_for(lambda: _status(cd, bad["deploymentId"]) == "Failed", 10, "invalid appspec Failed")
+    info = cd.get_deployment(deploymentId=bad["deploymentId"])["deploymentInfo"]
+    assert info["errorInformation"]["code"] == "INVALID_REVISION"
