@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 def _blue_green(stack: Any, aws: Callable[[str], Any], emu: Any, images: dict[str, str],
                 *, ready_wait: bool, config: str, alarms: list[str] | None = None,
-                termination_minutes: int = 5) -> dict[str, Any]:
+                termination_minutes: int = 5, ready_minutes: int = 30) -> dict[str, Any]:
     """A CODE_DEPLOY service serving blue, and its deployment group."""
     blue_td = stack.task_definition(images["blue"])
     stack.ecs.create_service(cluster=stack.name, serviceName="web", desiredCount=1,
@@ -24,7 +24,7 @@ def _blue_green(stack: Any, aws: Callable[[str], Any], emu: Any, images: dict[st
     emu.wait_for(lambda: stack.get() == (200, "blue\n"), 30, "blue serving on production")
     cd = aws("codedeploy")
     cd.create_application(applicationName=stack.name, computePlatform="ECS")
-    ready = ({"actionOnTimeout": "STOP_DEPLOYMENT", "waitTimeInMinutes": 30} if ready_wait
+    ready = ({"actionOnTimeout": "STOP_DEPLOYMENT", "waitTimeInMinutes": ready_minutes} if ready_wait
              else {"actionOnTimeout": "CONTINUE_DEPLOYMENT"})
     group: dict[str, Any] = {
         "applicationName": stack.name, "deploymentGroupName": "dg", "deploymentConfigName": config,
@@ -226,3 +226,22 @@ def test_replacement_that_cannot_start_fails_and_rolls_back(
     emu.wait_for(lambda: _status(cd, bad["deploymentId"]) == "Failed", 10, "invalid appspec Failed")
     info = cd.get_deployment(deploymentId=bad["deploymentId"])["deploymentInfo"]
     assert info["errorInformation"]["code"] == "INVALID_REVISION"
+
+
+def test_ready_wait_times_out_and_rolls_back(emu: Any, emu_aws: Callable[[str], Any],
+                                             emu_stack: Callable[..., Any],
+                                             emu_images: dict[str, str]) -> None:
+    stack = emu_stack("cdt")
+    env = _blue_green(stack, emu_aws, emu, emu_images, ready_wait=True, ready_minutes=2,
+                      config="CodeDeployDefault.ECSAllAtOnce")
+    cd = env["cd"]
+    dep_id = _deploy(cd, stack, stack.task_definition(emu_images["green"]))
+    emu.wait_for(lambda: _status(cd, dep_id) in ("Ready", "Failed"), 40, "deployment Ready")
+    emu.wait_for(lambda: _status(cd, dep_id) == "Failed", 20, "ready wait timed out")
+    info = cd.get_deployment(deploymentId=dep_id)["deploymentInfo"]
+    assert info["errorInformation"]["code"] == "TIMEOUT"
+    assert info["rollbackInfo"]["rollbackDeploymentId"]
+    assert stack.get() == (200, "blue\n") and stack.get(stack.test_port) == (200, "blue\n")
+    with pytest.raises(ClientError) as err:
+        cd.continue_deployment(deploymentId=dep_id, deploymentWaitType="READY_WAIT")
+    assert err.value.response["Error"]["Code"] == "DeploymentAlreadyCompletedException"
