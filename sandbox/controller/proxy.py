@@ -19,6 +19,7 @@ from .cloudwatch import Metrics
 from .targets import healthy_targets
 from .world import LOCK, all_listeners, elbv2, log
 
+UNAVAILABLE = b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>\n"
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade"}
 
@@ -94,79 +95,79 @@ class ListenerProxy:
         return targets[next(counter) % len(targets)]
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        proxy = self
+        return type("ListenerHandler", (_ListenerHandler,), {"proxy": self})
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            server_version = "awselb/2.0"
 
-            def log_message(self, format: str, *args: Any) -> None:
-                return
+class _ListenerHandler(BaseHTTPRequestHandler):
+    """Answers one request the way the listener's current actions say."""
 
-            def _serve(self) -> None:
-                proxy.requests += 1
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                listener = _find_listener(proxy.listener_arn)
-                if listener is None:
-                    return self._reply(503, b"listener gone\n", None, False)
-                actions = resolve_actions(listener, self.path, self.headers.get("Host", ""))
-                action = next((a for a in actions if a.get("Type") != "authenticate-oidc"), {})
-                if action.get("Type") == "fixed-response":
-                    cfg = action.get("FixedResponseConfig") or {}
-                    return self._reply(int(cfg.get("StatusCode", 200)),
-                                       str(cfg.get("MessageBody", "")).encode(), None, False,
-                                       cfg.get("ContentType", "text/plain"))
-                if action.get("Type") != "forward":
-                    return self._reply(501, b"Not Implemented\n", None, False)
-                tg_arn = pick_target_group(action)
-                target = proxy.choose(tg_arn) if tg_arn else None
-                if target is None:
-                    return self._reply(503, b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>\n",
-                                       tg_arn, False, "text/html")
-                self._forward(tg_arn or "", target[1], body)
+    proxy: ListenerProxy
+    protocol_version = "HTTP/1.1"
+    server_version = "awselb/2.0"
 
-            def _forward(self, tg_arn: str, port: int, body: bytes | None) -> None:
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                headers["X-Forwarded-For"] = self.client_address[0]
-                headers["X-Forwarded-Proto"] = "http"
-                headers["X-Forwarded-Port"] = str(proxy.port)
-                started = time.monotonic()
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    out = [(k, v) for k, v in resp.getheaders()
-                           if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"]
-                    conn.close()
-                except TimeoutError:
-                    return self._reply(504, b"504 Gateway Time-out\n", tg_arn, False)
-                except (OSError, http.client.HTTPException):
-                    return self._reply(502, b"502 Bad Gateway\n", tg_arn, False)
-                proxy.metrics.record(proxy.lb_arn, tg_arn, resp.status, True,
-                                     time.monotonic() - started)
-                self.send_response(resp.status)
-                for k, v in out:
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+    def log_message(self, format: str, *args: Any) -> None:
+        return
 
-            def _reply(self, status: int, data: bytes, tg_arn: str | None, from_target: bool,
-                       ctype: str = "text/plain") -> None:
-                proxy.metrics.record(proxy.lb_arn, tg_arn, status, from_target)
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+    def _serve(self) -> None:
+        proxy = self.proxy
+        proxy.requests += 1
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        listener = _find_listener(proxy.listener_arn)
+        if listener is None:
+            return self._reply(503, b"listener gone\n", None, False)
+        actions = resolve_actions(listener, self.path, self.headers.get("Host", ""))
+        action = next((a for a in actions if a.get("Type") != "authenticate-oidc"), {})
+        if action.get("Type") == "fixed-response":
+            cfg = action.get("FixedResponseConfig") or {}
+            return self._reply(int(cfg.get("StatusCode", 200)), str(cfg.get("MessageBody", "")).encode(),
+                               None, False, cfg.get("ContentType", "text/plain"))
+        if action.get("Type") != "forward":
+            return self._reply(501, b"Not Implemented\n", None, False)
+        tg_arn = pick_target_group(action)
+        target = proxy.choose(tg_arn) if tg_arn else None
+        if target is None:
+            return self._reply(503, UNAVAILABLE, tg_arn, False, "text/html")
+        self._forward(tg_arn or "", target[1], body)
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _serve
+    def _forward(self, tg_arn: str, port: int, body: bytes | None) -> None:
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers["X-Forwarded-For"] = self.client_address[0]
+        headers["X-Forwarded-Proto"] = "http"
+        headers["X-Forwarded-Port"] = str(self.proxy.port)
+        started = time.monotonic()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn.request(self.command, self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            out = [(k, v) for k, v in resp.getheaders()
+                   if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"]
+            conn.close()
+        except TimeoutError:
+            return self._reply(504, b"504 Gateway Time-out\n", tg_arn, False)
+        except (OSError, http.client.HTTPException):
+            return self._reply(502, b"502 Bad Gateway\n", tg_arn, False)
+        self.proxy.metrics.record(self.proxy.lb_arn, tg_arn, resp.status, True, time.monotonic() - started)
+        self.send_response(resp.status)
+        for k, v in out:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
-        return Handler
+    def _reply(self, status: int, data: bytes, tg_arn: str | None, from_target: bool,
+               ctype: str = "text/plain") -> None:
+        self.proxy.metrics.record(self.proxy.lb_arn, tg_arn, status, from_target)
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _serve
 
 
 class _QuietServer(ThreadingHTTPServer):
