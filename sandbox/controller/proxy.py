@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .cloudwatch import Metrics
-from .targets import healthy_targets
+from .targets import begin_request, end_request, healthy_targets
 from .world import LOCK, all_listeners, elbv2, log
 
 UNAVAILABLE = b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>\n"
@@ -88,11 +88,14 @@ class ListenerProxy:
         self.server.server_close()
 
     def choose(self, tg_arn: str) -> tuple[str, int] | None:
+        """Round-robin over healthy targets; the pick counts as in flight until end_request."""
         targets = healthy_targets(tg_arn)
         if not targets:
             return None
         counter = self._rr.setdefault(tg_arn, itertools.count())
-        return targets[next(counter) % len(targets)]
+        target = targets[next(counter) % len(targets)]
+        begin_request(target[1])
+        return target
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         return type("ListenerHandler", (_ListenerHandler,), {"proxy": self})
@@ -128,7 +131,10 @@ class _ListenerHandler(BaseHTTPRequestHandler):
         target = proxy.choose(tg_arn) if tg_arn else None
         if target is None:
             return self._reply(503, UNAVAILABLE, tg_arn, False, "text/html")
-        self._forward(tg_arn or "", target[1], body)
+        try:
+            self._forward(tg_arn or "", target[1], body)
+        finally:
+            end_request(target[1])
 
     def _forward(self, tg_arn: str, port: int, body: bytes | None) -> None:
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}

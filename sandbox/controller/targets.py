@@ -20,10 +20,35 @@ from .world import LOCK, elbv2, log, now, scaled
 # A new target is not declared unhealthy sooner than this: scaled intervals would
 # otherwise give an application well under a second to start listening on a busy host.
 INITIAL_SETTLE = 2.0
+DRAIN_GRACE = 30.0  # a draining target with requests in flight stays this long past its delay
 REASONS = {
     "initial": ("Elb.RegistrationInProgress", "Target registration is in progress"),
     "draining": ("Target.DeregistrationInProgress", "Target deregistration is in progress"),
 }
+
+
+_INFLIGHT: dict[int, int] = {}
+_INFLIGHT_LOCK = threading.Lock()
+
+
+def begin_request(port: int) -> None:
+    """A proxied request to this target port started (draining waits for it)."""
+    with _INFLIGHT_LOCK:
+        _INFLIGHT[port] = _INFLIGHT.get(port, 0) + 1
+
+
+def end_request(port: int) -> None:
+    with _INFLIGHT_LOCK:
+        left = _INFLIGHT.get(port, 1) - 1
+        if left > 0:
+            _INFLIGHT[port] = left
+        else:
+            _INFLIGHT.pop(port, None)
+
+
+def in_flight(port: int | None) -> int:
+    with _INFLIGHT_LOCK:
+        return _INFLIGHT.get(port or 0, 0)
 
 
 def target_key(target_id: str, port: Any) -> str:
@@ -139,7 +164,9 @@ class HealthChecker:
             for tg in groups:
                 for key, entry in list(tg.targets.items()):
                     if entry["State"] == "draining":
-                        if entry["drain_until"] is not None and t >= entry["drain_until"]:
+                        until = entry["drain_until"]
+                        busy = in_flight(int(entry["Port"])) > 0 and t < (until or t) + DRAIN_GRACE
+                        if until is not None and t >= until and not busy:
                             tg.targets.pop(key, None)
                             tg.deregistered_targets[key] = {"Id": entry["Id"], "Port": entry["Port"]}
                         continue

@@ -21,7 +21,7 @@ from moto.ecs.models import Task
 
 from .docker_runtime import ContainerSpec, DockerRuntime, StartError, docker_host
 from .logs import awslogs_options
-from .targets import target_key
+from .targets import DRAIN_GRACE, in_flight, target_key
 from .world import LOCK, ecs, elbv2, log, now
 
 MAX_STOPPED_PER_FLEET = 10
@@ -295,7 +295,8 @@ class TaskRunner:
         exited: list[tuple[TaskRun, str]] = []  # (task, essential container that exited)
         with LOCK:
             for run in list(self.runs.values()):
-                if run.state == "draining" and run.stop_at is not None and now() >= run.stop_at:
+                if run.state == "draining" and run.stop_at is not None and now() >= run.stop_at and (
+                        in_flight(run.port) == 0 or now() >= run.stop_at + DRAIN_GRACE):
                     self._finish(run, run.task.stopped_reason, run.task.stop_code or "", run.failed)
                 elif run.state == "running":
                     if states is not None:

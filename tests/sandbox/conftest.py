@@ -167,6 +167,7 @@ def _context(files: dict[str, tuple[bytes, int]]) -> io.BytesIO:
 
 CGI_500 = (b"#!/bin/busybox sh\nprintf 'Status: 500 Internal Server Error\\r\\n"
            b"Content-Type: text/plain\\r\\n\\r\\nboom\\n'\n")
+CGI_SLOW = (b"#!/bin/busybox sh\n/bin/busybox sleep 2\nprintf 'Content-Type: text/plain\\r\\n\\r\\nslow done\\n'\n")
 SERVE = '["/bin/busybox","sh","-c","exec /bin/busybox httpd -f -p 127.0.0.1:$PORT -h /www"]'
 VARIANTS: dict[str, tuple[dict[str, tuple[bytes, int]], str]] = {
     "blue": ({"www/index.html": (b"blue\n", 0o644), "www/health": (b"ok\n", 0o644)}, SERVE),
@@ -175,6 +176,9 @@ VARIANTS: dict[str, tuple[dict[str, tuple[bytes, int]], str]] = {
     "v2": ({"www/index.html": (b"v2\n", 0o644), "www/health": (b"ok\n", 0o644)}, SERVE),
     # "/" answers 500 but /health passes: a release that deploys fine and then fails users
     "error500": ({"www/health": (b"ok\n", 0o644), "www/cgi-bin/index.cgi": (CGI_500, 0o755)}, SERVE),
+    # /cgi-bin/slow.cgi answers after two seconds: a request in flight while its target drains
+    "slow": ({"www/index.html": (b"slow\n", 0o644), "www/health": (b"ok\n", 0o644),
+              "www/cgi-bin/slow.cgi": (CGI_SLOW, 0o755)}, SERVE),
     # no /health: the target group's health check never passes
     "nohealth": ({"www/index.html": (b"broken\n", 0o644)}, SERVE),
     "exit3": ({"www/index.html": (b"x\n", 0o644)},

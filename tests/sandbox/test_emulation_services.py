@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -84,3 +86,26 @@ def test_weighted_forward_splits_traffic(emu: Any, emu_stack: Callable[..., Any]
             "StatusCode": "503", "ContentType": "text/plain", "MessageBody": "down"}}])
     assert stack.get(path="/maintenance/now") == (503, "down")
     assert stack.get()[0] == 200
+
+
+def test_request_in_flight_completes_while_its_target_drains(
+        emu: Any, emu_stack: Callable[..., Any], emu_images: dict[str, str]) -> None:
+    stack = emu_stack("drn")
+    stack.ecs.create_service(cluster=stack.name, serviceName="web", desiredCount=1,
+                             deploymentController={"type": "EXTERNAL"})
+    ts = stack.ecs.create_task_set(cluster=stack.name, service="web", launchType="FARGATE",
+                                   taskDefinition=stack.task_definition(emu_images["slow"]),
+                                   loadBalancers=stack.lb(stack.tgs[0]))["taskSet"]
+    emu.wait_for(lambda: stack.get() == (200, "slow\n"), 30, "slow app serving")
+    result: list[tuple[int, str]] = []
+    slow = threading.Thread(target=lambda: result.append(stack.get(path="/cgi-bin/slow.cgi")))
+    slow.start()
+    time.sleep(0.5)  # the request is now waiting on the container
+    stack.ecs.delete_task_set(cluster=stack.name, service="web", taskSet=ts["taskSetArn"])
+    emu.wait_for(lambda: [h["TargetHealth"]["State"] for h in stack.elb.describe_target_health(
+        TargetGroupArn=stack.tgs[0])["TargetHealthDescriptions"]] == ["draining"], 5, "draining")
+    assert stack.get()[0] == 503, "a draining target gets no new requests"
+    slow.join(timeout=10)
+    assert result == [(200, "slow done\n")]
+    emu.wait_for(lambda: not stack.elb.describe_target_health(
+        TargetGroupArn=stack.tgs[0])["TargetHealthDescriptions"], 10, "target gone after draining")
