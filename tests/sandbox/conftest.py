@@ -90,6 +90,9 @@ class _Started:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        netns = self.tmp / "docker" / "exec" / "netns" / "default"
+        if netns.exists():  # dockerd leaves its network namespace mounted
+            subprocess.run(["umount", "-l", str(netns)], check=False, capture_output=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
