@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ def service(sut: ServiceUnderTest) -> dict[str, Any]:
     return dict(found["services"][0])
 
 
-def test_rolling_release_completes(rolling: ServiceUnderTest) -> None:
+def test_rolling_release_completes(rolling: ServiceUnderTest, tmp_path: Path) -> None:
     seed_td = service(rolling)["taskDefinition"]
     with watching(rolling) as seen:
         state = deploy_service(rolling.name, return_state=True)
@@ -39,6 +40,11 @@ def test_rolling_release_completes(rolling: ServiceUnderTest) -> None:
     assert svc["taskDefinition"] == td != seed_td
     assert all("sample-app v1" in rolling.get("/").text for _ in range(5))
     assert seen and all(s.startswith("200 ") for s in seen), "no failed request during the rollout"
+    # CodePipeline's hand-over files for the image this run deployed.
+    image = aws("ecs").describe_task_definition(taskDefinition=td)["taskDefinition"]["containerDefinitions"][0]["image"]
+    out = tmp_path / "artifacts" / rolling.name
+    assert json.loads((out / "imagedefinitions.json").read_text()) == [{"name": "web", "imageUri": image}]
+    assert json.loads((out / "imageDetail.json").read_text()) == {"ImageURI": image}
 
     again = deploy_service(rolling.name, return_state=True)
     assert again.name == "No change"
