@@ -64,3 +64,15 @@ def test_circuit_breaker_fails_the_run_and_the_previous_revision_serves(rolling:
     assert (primary["taskDefinition"], primary["rolloutState"]) == (seed_td, "COMPLETED")
     assert svc["taskDefinition"] == seed_td
     assert seen and all(s == "200 sample-app seed: hello from ecs-pipeline" for s in seen)
+
+
+def test_failed_production_check_rolls_back_by_update_service(rolling: ServiceUnderTest) -> None:
+    seed_td = service(rolling)["taskDefinition"]
+    rolling.commit("v2-500", broken="root")  # healthy for the load balancer, / answers 500
+    state = deploy_service(rolling.name, return_state=True)
+    assert state.name == "Rolled back", state.message
+    assert (state.message or "").startswith("Rolled back: GET / failed verification: returned 500 on ")
+    svc = service(rolling)
+    (primary,) = [d for d in svc["deployments"] if d["status"] == "PRIMARY"]
+    assert (primary["taskDefinition"], primary["rolloutState"]) == (seed_td, "COMPLETED")
+    assert all("sample-app seed" in rolling.get("/").text for _ in range(5))
