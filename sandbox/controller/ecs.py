@@ -14,7 +14,7 @@ from typing import Any
 
 from . import rolling
 from .tasks import Fleet, TaskRunner, utc
-from .world import LOCK, ecs, log, scaled
+from .world import LOCK, ecs, log, now, scaled
 
 
 def add_event(service: Any, message: str) -> None:
@@ -67,8 +67,10 @@ class EcsController:
                     fleet.desired = 0
                 try:
                     self._reconcile(fleet)
-                except Exception:  # noqa: BLE001 - one broken fleet must not stall the others
-                    log.exception("fleet %s failed", key)
+                except Exception as exc:  # noqa: BLE001 - one broken fleet must not stall the others
+                    if fleet.last_reason != str(exc):
+                        log.exception("fleet %s cannot launch", key)
+                    fleet.last_reason, fleet.next_launch = str(exc), now() + 5.0
                 if key not in seen and not any(t.state != "stopped" for t in fleet.tasks):
                     del self.fleets[key]
             for service in services:

@@ -84,6 +84,13 @@ class SandboxMiddleware:
             except ApiError as exc:
                 return self._send(start_response, *error_response(service, exc.code, exc.message,
                                                                   exc.status, True))
+            except json.JSONDecodeError as exc:
+                return self._send(start_response, *error_response(
+                    service, "SerializationException", f"Request body is not JSON: {exc}", 400, True))
+            except Exception as exc:  # noqa: BLE001 - answer like AWS, never with an HTML page
+                log.exception("%s.%s failed", service, op)
+                return self._send(start_response, *error_response(
+                    service, "InternalFailure", f"{type(exc).__name__}: {exc}", 500, True))
         with LOCK:
             result_iter = self.app(environ, start_response)
             try:
