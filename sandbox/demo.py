@@ -106,6 +106,7 @@ def start_server(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 def wait_for_deployment(name: str, timeout: float = 60) -> None:
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
@@ -113,7 +114,7 @@ def wait_for_deployment(name: str, timeout: float = 60) -> None:
             try:
                 client.read_deployment_by_name(name)
                 return
-            except Exception:
+            except ObjectNotFound:  # the served process has not registered it yet
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 from prefect.states import AwaitingRetry
 
 from tests.release_helpers import ROOT, ServiceUnderTest, aws, make_service
@@ -40,7 +41,7 @@ def served(tmp_path: Path) -> Iterator[ServiceUnderTest]:
                 try:
                     client.read_deployment_by_name("deploy-service/deploy-service")
                     break
-                except Exception:
+                except ObjectNotFound:
                     assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
                     time.sleep(0.5)
         yield sut
