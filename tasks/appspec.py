@@ -1,11 +1,12 @@
-"""appspec.yml for CodeDeploy ECS blue/green: pure rendering, no boto3, docker or Prefect.
+"""What CodeDeploy ECS blue/green is given: pure rendering, no boto3, docker or Prefect.
 
 The template is the service's own appspec.yml (YAML or JSON, as CodePipeline
 takes it): ``<TASK_DEFINITION>`` where CodePipeline puts the task definition
 ARN, or any TaskDefinition value, which the registered ARN replaces. The
 container, port, platform version, network configuration, capacity provider
 strategy and hooks stay as written. Without a file, a minimal one is made from
-the service config.
+the service config. The deployment config (how production traffic moves) comes
+from the service's strategy.traffic.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from typing import Any
 
 import yaml
 
 from tasks.errors import ConfigError
+from tasks.models import Traffic
 
 PLACEHOLDER = "<TASK_DEFINITION>"
 SERVICE_TYPE = "AWS::ECS::Service"
+OWN_CONFIG_PREFIX = "EcsPipeline."
 PROPERTIES = frozenset(
     {
         "TaskDefinition",
@@ -172,3 +176,27 @@ def appspec_task_definition(content: str) -> str | None:
     except (yaml.YAMLError, KeyError, IndexError, TypeError, AttributeError, StopIteration):
         return None
     return str(value) if value else None
+
+
+def deployment_config(traffic: Traffic) -> tuple[str, dict[str, Any]]:
+    """(deployment config name, trafficRoutingConfig) for a traffic policy; minutes round up."""
+    if traffic.type == "all-at-once" or traffic.percent is None:
+        return "CodeDeployDefault.ECSAllAtOnce", {"type": "AllAtOnce"}
+    minutes = max(1, math.ceil((traffic.interval_seconds or 0) / 60))
+    if traffic.type == "canary":
+        name = f"{OWN_CONFIG_PREFIX}ECSCanary{traffic.percent}Percent{minutes}Minutes"
+        shape = {"canaryPercentage": traffic.percent, "canaryInterval": minutes}
+        return name, {"type": "TimeBasedCanary", "timeBasedCanary": shape}
+    name = f"{OWN_CONFIG_PREFIX}ECSLinear{traffic.percent}PercentEvery{minutes}Minutes"
+    shape = {"linearPercentage": traffic.percent, "linearInterval": minutes}
+    return name, {"type": "TimeBasedLinear", "timeBasedLinear": shape}
+
+
+def shift_minutes(routing: dict[str, Any]) -> float:
+    """How long a trafficRoutingConfig takes to move all production traffic, in minutes."""
+    if routing.get("type") == "TimeBasedCanary":
+        return float(routing["timeBasedCanary"]["canaryInterval"])
+    if routing.get("type") == "TimeBasedLinear":
+        shape = routing["timeBasedLinear"]
+        return float(shape["linearInterval"]) * (math.ceil(100 / int(shape["linearPercentage"])) - 1)
+    return 0.0

@@ -9,7 +9,6 @@ blue. Any failure stops the deployment with CodeDeploy's own rollback.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from tasks import appspec as appspec_mod
 from tasks import traffic, verify
 from tasks.aws import AwsClients
 from tasks.errors import ConfigError, DeployError, VerifyFailed
-from tasks.models import ServiceConfig, Traffic
+from tasks.models import ServiceConfig
 from tasks.retry import retry_kwargs
 from tasks.waits import poll, scaled
 
@@ -33,7 +32,6 @@ ACTIVE = ["Created", "Queued", "InProgress", "Baking", "Ready"]
 ENDED = ("Succeeded", "Failed", "Stopped")
 MARGIN_SECONDS = 60.0
 CAP_SECONDS = 4 * 3600.0
-OWN_CONFIG_PREFIX = "EcsPipeline."
 
 
 @dataclass(frozen=True)
@@ -100,26 +98,12 @@ def group_settings(cfg: ServiceConfig, cd: Any) -> GroupSettings:
     )
 
 
-def routing_config(traffic: Traffic) -> tuple[str, dict[str, Any]]:
-    """(deployment config name, trafficRoutingConfig) for the service's traffic policy."""
-    if traffic.type == "all-at-once" or traffic.percent is None:
-        return "CodeDeployDefault.ECSAllAtOnce", {"type": "AllAtOnce"}
-    minutes = max(1, math.ceil((traffic.interval_seconds or 0) / 60))
-    if traffic.type == "canary":
-        name = f"{OWN_CONFIG_PREFIX}ECSCanary{traffic.percent}Percent{minutes}Minutes"
-        shape = {"canaryPercentage": traffic.percent, "canaryInterval": minutes}
-        return name, {"type": "TimeBasedCanary", "timeBasedCanary": shape}
-    name = f"{OWN_CONFIG_PREFIX}ECSLinear{traffic.percent}PercentEvery{minutes}Minutes"
-    shape = {"linearPercentage": traffic.percent, "linearInterval": minutes}
-    return name, {"type": "TimeBasedLinear", "timeBasedLinear": shape}
-
-
 def ensure_deployment_config(cfg: ServiceConfig, cd: Any, group: GroupSettings) -> str:
     """strategy.traffic when the YAML sets it, else the group's own deployment config."""
     if "traffic" not in cfg.strategy.model_fields_set:
         return group.config_name
-    name, routing = routing_config(cfg.strategy.traffic)
-    if name.startswith(OWN_CONFIG_PREFIX):
+    name, routing = appspec_mod.deployment_config(cfg.strategy.traffic)
+    if name.startswith(appspec_mod.OWN_CONFIG_PREFIX):
         try:
             cd.create_deployment_config(
                 deploymentConfigName=name, computePlatform="ECS", trafficRoutingConfig=routing
@@ -133,14 +117,7 @@ def ensure_deployment_config(cfg: ServiceConfig, cd: Any, group: GroupSettings) 
 def shift_minutes(cd: Any, config_name: str) -> float:
     """How long the production shift of a deployment config takes, in minutes."""
     found = cd.get_deployment_config(deploymentConfigName=config_name)["deploymentConfigInfo"]
-    routing = found.get("trafficRoutingConfig") or {}
-    if routing.get("type") == "TimeBasedCanary":
-        return float(routing["timeBasedCanary"]["canaryInterval"])
-    if routing.get("type") == "TimeBasedLinear":
-        shape = routing["timeBasedLinear"]
-        steps = math.ceil(100 / int(shape["linearPercentage"])) - 1
-        return float(shape["linearInterval"]) * steps
-    return 0.0
+    return appspec_mod.shift_minutes(found.get("trafficRoutingConfig") or {})
 
 
 def describe(cd: Any, deployment_id: str) -> dict[str, Any]:

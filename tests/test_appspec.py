@@ -14,10 +14,13 @@ from tasks.appspec import (
     appspec_content,
     appspec_task_definition,
     content_sha256,
+    deployment_config,
     parse_appspec,
     render_appspec,
+    shift_minutes,
 )
 from tasks.errors import ConfigError
+from tasks.models import Traffic
 
 FIXTURES = Path(__file__).parent / "fixtures" / "appspecs"
 SAMPLE = Path(__file__).parents[1] / "deployments" / "sample-app" / "appspec.yml"
@@ -203,3 +206,34 @@ def test_wrong_appspecs_fail_naming_the_file_and_field(text: str, message: str) 
         render_appspec(text, ARN, "web", 8080, source="deployments/svc/appspec.yml")
     assert message in str(err.value)
     assert str(err.value).startswith("deployments/svc/appspec.yml: ")
+
+
+@pytest.mark.parametrize(
+    ("traffic", "name", "routing", "minutes"),
+    [
+        ({}, "CodeDeployDefault.ECSAllAtOnce", {"type": "AllAtOnce"}, 0.0),
+        (
+            {"type": "canary", "percent": 10, "interval_seconds": 300},
+            "EcsPipeline.ECSCanary10Percent5Minutes",
+            {"type": "TimeBasedCanary", "timeBasedCanary": {"canaryPercentage": 10, "canaryInterval": 5}},
+            5.0,
+        ),
+        (
+            {"type": "canary", "percent": 20, "interval_seconds": 30},
+            "EcsPipeline.ECSCanary20Percent1Minutes",
+            {"type": "TimeBasedCanary", "timeBasedCanary": {"canaryPercentage": 20, "canaryInterval": 1}},
+            1.0,
+        ),
+        (
+            {"type": "linear", "percent": 25, "interval_seconds": 120},
+            "EcsPipeline.ECSLinear25PercentEvery2Minutes",
+            {"type": "TimeBasedLinear", "timeBasedLinear": {"linearPercentage": 25, "linearInterval": 2}},
+            6.0,
+        ),
+    ],
+)
+def test_traffic_policy_becomes_a_codedeploy_deployment_config(
+    traffic: dict[str, Any], name: str, routing: dict[str, Any], minutes: float
+) -> None:
+    assert deployment_config(Traffic(**traffic)) == (name, routing)
+    assert shift_minutes(routing) == minutes
