@@ -169,10 +169,9 @@ def _run_task(self: EC2ContainerServiceBackend, cluster_str: str, task_definitio
     fleet = Fleet(key=f"run/{mock_random.uuid4()}", cluster=cluster.name, service="",
                   task_definition=td.arn, load_balancers=[], started_by=started_by or "",
                   desired=count, group=group or f"family:{td.family}")
-    runs = [_RUNNER.launch(fleet) for _ in range(max(int(count or 1), 1))]
+    runs = [_RUNNER.launch(fleet, overrides) for _ in range(max(int(count or 1), 1))]
     for run in runs:
         run.task.tags = tags or []
-        run.task.overrides = overrides or {}
     return [run.task for run in runs]
 
 

@@ -119,7 +119,7 @@ class TaskRunner:
         self.before_kill: Callable[[TaskRun], None] | None = None
 
     # -- launching -------------------------------------------------------
-    def launch(self, fleet: Fleet) -> TaskRun:
+    def launch(self, fleet: Fleet, overrides: dict[str, Any] | None = None) -> TaskRun:
         """Create the moto Task (PROVISIONING) and start its containers in the background."""
         backend = ecs()
         cluster = backend._get_cluster(fleet.cluster)
@@ -134,6 +134,7 @@ class TaskRunner:
         task.created_at = utc()
         task.cpu, task.memory = td.cpu, td.memory
         task.health_status = "UNKNOWN"
+        task.overrides = overrides or {}
         task.containers = [_container(task, cdef) for cdef in td.container_definitions]
         task.attachments = [{"id": str(uuid.uuid4()), "type": "ElasticNetworkInterface",
                              "status": "ATTACHED", "details": [
@@ -143,7 +144,7 @@ class TaskRunner:
         run = TaskRun(task=task, fleet=fleet)
         fleet.tasks.append(run)
         self.runs[run.arn] = run
-        self._pool.submit(self._start, run, td.container_definitions)
+        self._pool.submit(self._start, run, _with_overrides(td.container_definitions, overrides))
         return run
 
     def _start(self, run: TaskRun, cdefs: list[dict[str, Any]]) -> None:
@@ -368,6 +369,25 @@ class SbxContainer:
 
 def _container(task: Any, cdef: dict[str, Any]) -> SbxContainer:
     return SbxContainer(task, cdef)
+
+
+def _with_overrides(cdefs: list[dict[str, Any]], overrides: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Container definitions with RunTask's containerOverrides (command, environment) applied."""
+    by_name = {o.get("name"): o for o in (overrides or {}).get("containerOverrides") or []}
+    out = []
+    for cdef in cdefs:
+        o = by_name.get(cdef["name"])
+        if not o:
+            out.append(cdef)
+            continue
+        merged = dict(cdef)
+        if o.get("command"):
+            merged["command"] = o["command"]
+        env = {e["name"]: e["value"] for e in cdef.get("environment") or []}
+        env.update({e["name"]: e["value"] for e in o.get("environment") or []})
+        merged["environment"] = [{"name": k, "value": v} for k, v in env.items()]
+        out.append(merged)
+    return out
 
 
 def _resources(td: Any) -> dict[str, Any]:

@@ -109,3 +109,35 @@ def test_request_in_flight_completes_while_its_target_drains(
     assert result == [(200, "slow done\n")]
     emu.wait_for(lambda: not stack.elb.describe_target_health(
         TargetGroupArn=stack.tgs[0])["TargetHealthDescriptions"], 10, "target gone after draining")
+
+
+def test_run_task_runs_once_with_overrides(emu: Any, emu_aws: Callable[[str], Any],
+                                           emu_stack: Callable[..., Any],
+                                           emu_images: dict[str, str]) -> None:
+    stack = emu_stack("one")
+    group = f"/ecs/{stack.name}"
+    td = stack.task_definition(emu_images["blue"], log_group=group)
+    task = stack.ecs.run_task(cluster=stack.name, taskDefinition=td, launchType="FARGATE", overrides={
+        "containerOverrides": [{"name": "web", "environment": [{"name": "STEP", "value": "migrate"}],
+                                "command": ["/bin/busybox", "sh", "-c", "echo ran $STEP; exit 0"]}]})["tasks"][0]
+    assert task["lastStatus"] == "PROVISIONING" and task["group"] == f"family:{stack.name}-app"
+
+    def stopped() -> dict[str, Any] | None:
+        t = stack.ecs.describe_tasks(cluster=stack.name, tasks=[task["taskArn"]])["tasks"][0]
+        return t if t["lastStatus"] == "STOPPED" else None
+
+    done = emu.wait_for(stopped, 30, "one-off task STOPPED")
+    assert done["containers"][0]["exitCode"] == 0
+    stream = f"web/web/{task['taskArn'].rsplit('/', 1)[-1]}"
+    logs = emu_aws("logs")
+
+    def events_so_far() -> list[dict[str, Any]]:
+        try:
+            return list(logs.get_log_events(logGroupName=group, logStreamName=stream)["events"])
+        except logs.exceptions.ResourceNotFoundException:
+            return []
+
+    events = emu.wait_for(events_so_far, 10, "task output in CloudWatch Logs")
+    assert [e["message"] for e in events] == ["ran migrate"]
+    time.sleep(1)
+    assert stack.ecs.list_tasks(cluster=stack.name)["taskArns"] == [], "a one-off task is not restarted"
