@@ -10,6 +10,7 @@ import json
 import threading
 import uuid
 from typing import Any
+from urllib.parse import unquote
 
 ALIASES = {"elasticloadbalancing": "elbv2", "monitoring": "cloudwatch", "api.ecr": "ecr",
            "elbv2": "elbv2", "cloudwatch": "cloudwatch"}
@@ -36,25 +37,34 @@ class Faults:
             "service": canonical(str(spec["service"])), "operation": str(spec["operation"]),
             "code": str(spec["code"]), "status": int(spec.get("status", 400)),
             "message": str(spec.get("message", spec["code"])), "count": int(spec.get("count", 1)),
+            # optional: only requests whose body contains this text (a resource name), so
+            # parallel users of one sandbox do not consume each other's faults
+            "match": str(spec.get("match") or ""),
         }
         with self._lock:
             self._items.append(item)
         return item
 
-    def clear(self) -> None:
+    def clear(self, match: str = "") -> int:
+        """Drop pending faults (only those with this ``match`` when given); returns how many."""
         with self._lock:
-            self._items.clear()
+            keep = [i for i in self._items if match and i["match"] != match]
+            dropped = len(self._items) - len(keep)
+            self._items[:] = keep
+            return dropped
 
     def list(self) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(i) for i in self._items]
 
-    def take(self, service: str, operation: str) -> dict[str, Any] | None:
+    def take(self, service: str, operation: str, body: bytes = b"") -> dict[str, Any] | None:
         """Consume one matching fault, if any."""
         service = canonical(service)
+        text = body.decode("utf-8", "replace")
         with self._lock:
             for item in self._items:
-                if item["service"] == service and item["operation"] == operation and item["count"] > 0:
+                if (item["service"] == service and item["operation"] == operation and item["count"] > 0
+                        and (not item["match"] or item["match"] in text or item["match"] in unquote(text))):
                     item["count"] -= 1
                     if item["count"] == 0:
                         self._items.remove(item)

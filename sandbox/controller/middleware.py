@@ -63,7 +63,7 @@ class SandboxMiddleware:
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         service, op, is_json = identify(environ, body)
-        fault = self.controller.faults.take(service, op) if op else None
+        fault = self.controller.faults.take(service, op, body) if op else None
         if fault:
             log.info("fault injected: %s.%s -> %s", service, op, fault["code"])
             return self._send(start_response, *error_response(
@@ -126,8 +126,8 @@ class SandboxMiddleware:
             except (ValueError, TypeError) as exc:
                 ok, status = {"error": str(exc)}, 400
         elif path == "/_sandbox/faults" and method == "DELETE":
-            self.controller.faults.clear()
-            ok = {"ok": True}
+            match = (parse_qs(environ.get("QUERY_STRING", "")).get("match") or [""])[0]
+            ok = {"ok": True, "cleared": self.controller.faults.clear(match)}
         elif path == "/_sandbox/faults":
             ok = {"faults": self.controller.faults.list()}
         else:

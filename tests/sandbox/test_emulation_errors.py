@@ -76,37 +76,40 @@ def test_injected_faults_answer_aws_errors(emu: Any, emu_aws: Callable[[str], An
                              deploymentController={"type": "EXTERNAL"})
     td = stack.task_definition("127.0.0.1:5000/emu-web:blue")
     # retried by botocore: the second attempt succeeds
+    # "match" keeps other users of a shared sandbox from consuming these faults
     _fault(emu, {"service": "ecs", "operation": "CreateTaskSet", "code": "ThrottlingException",
-                 "status": 400, "message": "Rate exceeded", "count": 1})
+                 "status": 400, "message": "Rate exceeded", "count": 1, "match": stack.name})
     stack.ecs.create_task_set(cluster=stack.name, service="web", taskDefinition=td, launchType="FARGATE")
     # permanent: fails at once with the configured code
     _fault(emu, {"service": "ecs", "operation": "CreateTaskSet", "code": "AccessDeniedException",
-                 "status": 400, "message": "not allowed", "count": 1})
+                 "status": 400, "message": "not allowed", "count": 1, "match": stack.name})
     with pytest.raises(ClientError) as err:
         stack.ecs.create_task_set(cluster=stack.name, service="web", taskDefinition=td)
     assert err.value.response["Error"]["Code"] == "AccessDeniedException"
     assert err.value.response["Error"]["Message"] == "not allowed"
     # query/XML protocol (elbv2)
     _fault(emu, {"service": "elbv2", "operation": "ModifyListener", "code": "ValidationError",
-                 "status": 400, "message": "bad weights", "count": 1})
+                 "status": 400, "message": "bad weights", "count": 1, "match": stack.name})
     with pytest.raises(ClientError) as err:
         stack.elb.modify_listener(ListenerArn=stack.prod, DefaultActions=[
             {"Type": "forward", "TargetGroupArn": stack.tgs[1]}])
     assert err.value.response["Error"]["Code"] == "ValidationError"
     # server-side throttling outlasts the client's retries (max_attempts=2: three tries)
-    _fault(emu, {"service": "codedeploy", "operation": "ListApplications", "code": "ThrottlingException",
-                 "status": 400, "message": "Rate exceeded", "count": 3})
+    cd = emu_aws("codedeploy")
+    cd.create_application(applicationName=stack.name, computePlatform="ECS")
+    _fault(emu, {"service": "codedeploy", "operation": "GetApplication", "code": "ThrottlingException",
+                 "status": 400, "message": "Rate exceeded", "count": 3, "match": stack.name})
     with pytest.raises(ClientError) as err:
-        emu_aws("codedeploy").list_applications()
+        cd.get_application(applicationName=stack.name)
     assert err.value.response["Error"]["Code"] == "ThrottlingException"
-    emu_aws("codedeploy").list_applications()
+    cd.get_application(applicationName=stack.name)
     # DELETE clears faults that were never consumed
-    _fault(emu, {"service": "ecs", "operation": "ListClusters", "code": "AccessDeniedException",
-                 "count": 5})
-    req = urllib.request.Request(f"{emu.endpoint}/_sandbox/faults", method="DELETE")
+    _fault(emu, {"service": "ecs", "operation": "DescribeClusters", "code": "AccessDeniedException",
+                 "count": 5, "match": stack.name})
+    req = urllib.request.Request(f"{emu.endpoint}/_sandbox/faults?match={stack.name}", method="DELETE")
     with urllib.request.urlopen(req, timeout=5) as resp:
-        assert resp.status == 200
-    stack.ecs.list_clusters()
+        assert json.loads(resp.read())["cleared"] == 1
+    stack.ecs.describe_clusters(clusters=[stack.name])
 
 
 def test_ecr_tells_the_registry_truth(emu_aws: Callable[[str], Any], emu_images: dict[str, str]) -> None:
