@@ -88,25 +88,30 @@ class EcsController:
         return keys
 
     def _reconcile(self, fleet: Fleet) -> None:
-        before = {r.arn for r in fleet.tasks}
-        stopping_before = {r.arn for r in fleet.tasks if r.state in ("draining", "stopped")}
         self.runner.reconcile(fleet)
         service = ecs().services.get(f"{fleet.cluster}:{fleet.service}")
         if service is None:
             return
-        started = [r for r in fleet.tasks if r.arn not in before]
+        name = service.name
+        started = [r for r in fleet.tasks if r.arn not in fleet.announced]
         if started:
             ids = " ".join(f"(task {short(r.arn)})" for r in started)
-            add_event(service, f"(service {service.name}) has started {len(started)} tasks: {ids}.")
-        stopped = [r for r in fleet.tasks if r.arn in before and r.arn not in stopping_before
-                   and r.state in ("draining", "stopped")]
-        if stopped:
-            ids = " ".join(f"(task {short(r.arn)})" for r in stopped)
-            add_event(service, f"(service {service.name}) has stopped {len(stopped)} running tasks: {ids}.")
-            for r in stopped:
-                if "ELB health checks" in (r.task.stopped_reason or ""):
-                    add_event(service, f"(service {service.name}) (task {short(r.arn)}) failed ELB "
-                                       f"health checks in {r.task.stopped_reason.split(' in ', 1)[-1]}.")
+            add_event(service, f"(service {name}) has started {len(started)} tasks: {ids}.")
+        ended = [r for r in fleet.tasks if r.state in ("draining", "stopped") and r.arn not in fleet.reported]
+        ran = [r for r in ended if r.started]
+        if ran:
+            ids = " ".join(f"(task {short(r.arn)})" for r in ran)
+            add_event(service, f"(service {name}) has stopped {len(ran)} running tasks: {ids}.")
+        for r in ended:
+            reason = r.task.stopped_reason or ""
+            if "ELB health checks" in reason:
+                add_event(service, f"(service {name}) (task {short(r.arn)}) failed ELB health checks "
+                                   f"in {reason.split(' in ', 1)[-1]}.")
+            elif not r.started and r.failed:
+                add_event(service, f"(service {name}) (task {short(r.arn)}) failed to start: {reason}")
+        arns = {r.arn for r in fleet.tasks}
+        fleet.announced = (fleet.announced | {r.arn for r in started}) & arns
+        fleet.reported = (fleet.reported | {r.arn for r in ended}) & arns
 
     def _report(self, service: Any) -> None:
         running = pending = 0

@@ -71,6 +71,8 @@ class Fleet:
     last_reason: str = ""
     group: str = ""
     grace: float = 0.0  # healthCheckGracePeriodSeconds, scaled
+    announced: set[str] = field(default_factory=set)  # task ARNs with a "has started" event
+    reported: set[str] = field(default_factory=set)  # task ARNs with a "stopped" event
 
     def alive(self) -> list[TaskRun]:
         return [t for t in self.tasks if t.state in ("starting", "running")]

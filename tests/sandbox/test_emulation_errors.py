@@ -34,6 +34,12 @@ def test_image_missing_from_registry_stops_task_with_cannot_pull(
     assert task["lastStatus"] == "STOPPED"
     assert task["stoppedReason"].startswith("CannotPullContainerError: "), task["stoppedReason"]
     assert task["group"] == "service:web"
+
+    def pull_event() -> bool:
+        events = stack.ecs.describe_services(cluster=stack.name, services=["web"])["services"][0]["events"]
+        return any("failed to start: CannotPullContainerError" in e["message"] for e in events)
+
+    emu.wait_for(pull_event, 5, "service event about the failed start")
     sets = stack.ecs.describe_task_sets(cluster=stack.name, service="web")["taskSets"]
     assert sets[0]["runningCount"] == 0 and sets[0]["stabilityStatus"] == "STABILIZING"
     assert stack.get()[0] == 503

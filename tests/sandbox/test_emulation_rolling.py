@@ -76,6 +76,7 @@ def test_rolling_update_then_broken_one_fails_by_circuit_breaker_while_old_tasks
     assert service["taskDefinition"] == v2 and service["runningCount"] == 2
     messages = [e["message"] for e in service["events"]]
     assert any("deployment failed: tasks failed to start" in m for m in messages)
+    assert any("failed ELB health checks in (target-group" in m for m in messages)
     stopped = stack.ecs.list_tasks(cluster=stack.name, serviceName="web", desiredStatus="STOPPED")
     reasons = {t["stoppedReason"] for t in stack.ecs.describe_tasks(
         cluster=stack.name, tasks=stopped["taskArns"])["tasks"]}
