@@ -10,7 +10,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,3 +34,21 @@ def pytest_configure(config: object) -> None:
     _load_env(state / "env")
     os.environ.setdefault("AWS_MAX_ATTEMPTS", "2")
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+
+
+@pytest.fixture
+def new_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
+    """make_service(...) for this test, found by the pipeline, removed from the sandbox afterwards."""
+    from tests.release_helpers import ServiceUnderTest, make_service
+
+    made: list[ServiceUnderTest] = []
+
+    def make(**kwargs: Any) -> ServiceUnderTest:
+        sut = make_service(tmp_path / f"service{len(made)}", **kwargs)
+        monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(sut.yaml_path.parent))
+        made.append(sut)
+        return sut
+
+    yield make
+    for sut in made:
+        sut.cleanup()

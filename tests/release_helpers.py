@@ -15,6 +15,7 @@ import boto3
 import httpx
 import yaml
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from sandbox.seed import seed_service
 from tasks.models import load_service
@@ -70,6 +71,21 @@ class ServiceUnderTest:
         cfg = self.cfg
         svc = aws("ecs").describe_services(cluster=cfg.ecs.cluster, services=[cfg.ecs.service])["services"][0]
         return list(svc.get("taskSets", []))
+
+    def cleanup(self) -> None:
+        """Delete the ECS service (its containers stop) and the load balancer (its proxies close)."""
+        cfg = self.cfg
+        ecs, elbv2 = aws("ecs"), aws("elbv2")
+        try:
+            ecs.delete_service(cluster=cfg.ecs.cluster, service=cfg.ecs.service, force=True)
+        except ClientError:
+            pass
+        arn = self.seeded.get("load_balancer_arn")
+        if arn:
+            try:
+                elbv2.delete_load_balancer(LoadBalancerArn=arn)
+            except ClientError:
+                pass
 
     def revisions(self) -> list[str]:
         return list(aws("ecs").list_task_definitions(familyPrefix=self.name)["taskDefinitionArns"])

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from flows.cli import main
-from tests.release_helpers import ServiceUnderTest, make_service
+from tests.release_helpers import ServiceUnderTest
 
 
 @pytest.fixture
-def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ServiceUnderTest:
-    sut = make_service(tmp_path)
-    monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(sut.yaml_path.parent))
-    return sut
+def service(new_service: Callable[..., ServiceUnderTest]) -> ServiceUnderTest:
+    return new_service()
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

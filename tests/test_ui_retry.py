@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,12 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.states import AwaitingRetry
 
-from tests.release_helpers import ROOT, ServiceUnderTest, aws, make_service
+from tests.release_helpers import ROOT, ServiceUnderTest, aws
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[ServiceUnderTest]:
-    sut = make_service(tmp_path)
+def served(tmp_path: Path, new_service: Callable[..., ServiceUnderTest]) -> Iterator[ServiceUnderTest]:
+    sut = new_service()
     env = {**os.environ, "ECS_PIPELINE_DEPLOYMENTS": str(sut.yaml_path.parent),
            "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
     log = (tmp_path / "serve.log").open("wb")

@@ -171,6 +171,7 @@ def _context(files: dict[str, tuple[bytes, int]]) -> io.BytesIO:
 CGI_500 = (b"#!/bin/busybox sh\nprintf 'Status: 500 Internal Server Error\\r\\n"
            b"Content-Type: text/plain\\r\\n\\r\\nboom\\n'\n")
 CGI_SLOW = (b"#!/bin/busybox sh\n/bin/busybox sleep 2\nprintf 'Content-Type: text/plain\\r\\n\\r\\nslow done\\n'\n")
+CLASH_PORT = 47931
 SERVE = '["/bin/busybox","sh","-c","exec /bin/busybox httpd -f -p 127.0.0.1:$PORT -h /www"]'
 VARIANTS: dict[str, tuple[dict[str, tuple[bytes, int]], str]] = {
     "blue": ({"www/index.html": (b"blue\n", 0o644), "www/health": (b"ok\n", 0o644)}, SERVE),
@@ -182,6 +183,9 @@ VARIANTS: dict[str, tuple[dict[str, tuple[bytes, int]], str]] = {
     # /cgi-bin/slow.cgi answers after two seconds: a request in flight while its target drains
     "slow": ({"www/index.html": (b"slow\n", 0o644), "www/health": (b"ok\n", 0o644),
               "www/cgi-bin/slow.cgi": (CGI_SLOW, 0o755)}, SERVE),
+    # ignores PORT and binds a fixed port: a clash on the shared host network
+    "clash": ({"www/index.html": (b"x\n", 0o644)},
+              f'["/bin/busybox","sh","-c","exec /bin/busybox httpd -f -p 127.0.0.1:{CLASH_PORT} -h /www"]'),
     # no /health: the target group's health check never passes
     "nohealth": ({"www/index.html": (b"broken\n", 0o644)}, SERVE),
     "exit3": ({"www/index.html": (b"x\n", 0o644)},
@@ -309,5 +313,5 @@ def emu(emu_sandbox: dict[str, str]) -> Any:
     """Helper functions for the tests (conftest modules are not importable by name)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(wait_for=wait_for, http_get=http_get, state=sandbox_state,
+    return SimpleNamespace(wait_for=wait_for, http_get=http_get, state=sandbox_state, clash_port=CLASH_PORT,
                            endpoint=emu_sandbox["endpoint"], docker_host=emu_sandbox["docker_host"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -66,6 +67,18 @@ def _log_events(logs: Any, group: str, stream: str) -> list[dict[str, Any]]:
         return list(logs.get_log_events(logGroupName=group, logStreamName=stream)["events"])
     except logs.exceptions.ResourceNotFoundException:
         return []
+
+
+def test_port_clash_stops_task_with_a_clear_reason(
+        emu: Any, emu_stack: Callable[..., Any], emu_images: dict[str, str]) -> None:
+    stack = emu_stack("clh")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", emu.clash_port))
+        taken.listen()
+        _external_service(stack, emu_images["clash"])
+        task = emu.wait_for(lambda: _stopped_task(stack), 30, "stopped task")
+    assert task["stoppedReason"].startswith("CannotStartContainerError: container web could not bind")
+    assert "Address already in use" in task["stoppedReason"]
 
 
 def _fault(emu: Any, spec: dict[str, Any]) -> None:
