@@ -319,8 +319,10 @@ class TaskRunner:
         for run, name in exited:
             code, logs = self.runtime.exit_details(run.containers[name])
             reason = "Essential container in task exited"
-            if "in use" in logs.lower():
-                reason = f"CannotStartContainerError: port 127.0.0.1:{run.port} already in use: {logs[-200:]}"
+            if "in use" in logs.lower():  # host networking: the port belongs to someone else
+                last = logs.strip().splitlines()[-1][-200:]
+                reason = (f"CannotStartContainerError: container {name} could not bind its port on "
+                          f"127.0.0.1 (PORT={run.port}): {last}")
             with LOCK:
                 if run.state == "running":
                     run.task.stopped_reason = reason
