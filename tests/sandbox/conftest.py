@@ -93,7 +93,11 @@ class _Started:
         netns = self.tmp / "docker" / "exec" / "netns" / "default"
         if netns.exists():  # dockerd leaves its network namespace mounted
             subprocess.run(["umount", "-l", str(netns)], check=False, capture_output=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        for _ in range(10):  # a lazy unmount can keep a file busy for a moment
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            if not self.tmp.exists():
+                break
+            time.sleep(0.5)
 
 
 def _docker_ok(host: str) -> bool:
