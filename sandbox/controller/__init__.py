@@ -21,7 +21,7 @@ from .faults import Faults
 from .logs import LogShipper
 from .proxy import ProxyManager
 from .tasks import TaskRunner
-from .world import LOCK, elbv2, log, time_scale
+from .world import LOCK, ecs, elbv2, log, time_scale
 
 TICK_SECONDS = 0.1
 
@@ -96,13 +96,29 @@ class Controller:
                     {"id": e["Id"], "port": e["Port"], "state": e["State"], "reason": e["Reason"]}
                     for e in tg.targets.values()]})
             fleets = self.ecs.snapshot()
+            services = [_service_summary(s) for s in ecs().services.values()]
             plays = [{"deploymentId": p.dep.deployment_id, "status": p.dep.status, "phase": p.phase,
                       "greenWeight": p.green_weight} for p in self.codedeploy.plays.values()]
         return {
             "ok": self.running, "timeScale": time_scale(), "uptime": time.time() - self.started_at,
-            "fleets": fleets, "targetGroups": groups, "listeners": self.proxies.snapshot(),
+            "services": services, "fleets": fleets, "targetGroups": groups, "listeners": self.proxies.snapshot(),
             "deployments": plays, "faults": self.faults.list(),
         }
+
+
+def _service_summary(service: Any) -> dict[str, Any]:
+    return {
+        "cluster": service.cluster_name, "service": service.name, "status": service.status,
+        "controller": (service.deployment_controller or {}).get("type", "ECS"),
+        "desired": service.desired_count, "running": service.running_count,
+        "pending": service.pending_count,
+        "taskSets": [{"taskSetArn": ts.task_set_arn, "status": ts.status, "scale": ts.scale,
+                      "taskDefinition": ts.task_definition, "stability": ts.stabilityStatus}
+                     for ts in service.task_sets],
+        "deployments": [{k: d.get(k) for k in ("id", "status", "taskDefinition", "rolloutState",
+                                                "desiredCount", "runningCount", "failedTasks")}
+                        for d in service.deployments],
+    }
 
 
 def _patch_load_balancer_dns() -> None:

@@ -51,6 +51,8 @@ def test_external_task_set_runs_real_containers(emu: Any, emu_stack: Callable[..
     assert any("has reached a steady state" in m for m in messages)
 
     state = emu.state()
+    summary = next(s for s in state["services"] if s["cluster"] == stack.name)
+    assert summary["controller"] == "EXTERNAL" and summary["running"] == 2
     fleet = next(f for f in state["fleets"] if f["key"] == ts["taskSetArn"])
     assert sorted(t["lastStatus"] for t in fleet["tasks"]) == ["RUNNING", "RUNNING"]
     assert any(p["port"] == stack.prod_port and p["bound"] for p in state["listeners"])
