@@ -91,7 +91,9 @@ def serving(app: Any) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def time_posts(url: str, n: int, check: Callable[[httpx.Response], None]) -> list[float]:
+def time_posts(
+    url: str, n: int, check: Callable[[httpx.Response], None], gap: float
+) -> list[float]:
     samples = []
     with httpx.Client(timeout=30) as http:
         for i in range(n + 3):  # three warm-up requests are not counted
@@ -108,15 +110,17 @@ def time_posts(url: str, n: int, check: Callable[[httpx.Response], None]) -> lis
             check(answer)
             if i >= 3:
                 samples.append(elapsed * 1000)
+            time.sleep(gap)
     return samples
 
 
-def time_api_floor(client: SyncPrefectClient, dep_id: uuid.UUID, n: int) -> list[float]:
+def time_api_floor(client: SyncPrefectClient, dep_id: uuid.UUID, n: int, gap: float) -> list[float]:
     samples = []
     for _ in range(n):
         start = time.perf_counter()
         client.create_flow_run_from_deployment(dep_id, parameters={"service": "floor", "sha": None})
         samples.append((time.perf_counter() - start) * 1000)
+        time.sleep(gap)
     return samples
 
 
@@ -130,14 +134,18 @@ def report(name: str, samples: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument(
+        "--gap-ms", type=float, default=250, help="pause between requests (0: back to back)"
+    )
     args = parser.parse_args()
     n = args.requests
+    gap = args.gap_ms / 1000
     tag = uuid.uuid4().hex[:8]
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name("deploy-service")
         dep_id = client.create_deployment(flow_id=flow_id, name=f"bench-{tag}", entrypoint="x:y")
         try:
-            run(client, dep_id, f"deploy-service/bench-{tag}", tag, n)
+            run(client, dep_id, f"deploy-service/bench-{tag}", tag, n, gap)
         finally:
             runs = client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id]))
@@ -147,7 +155,9 @@ def main() -> None:
             client.delete_deployment(dep_id)
 
 
-def run(client: SyncPrefectClient, dep_id: uuid.UUID, dep_name: str, tag: str, n: int) -> None:
+def run(
+    client: SyncPrefectClient, dep_id: uuid.UUID, dep_name: str, tag: str, n: int, gap: float
+) -> None:
     started: list[str] = []
 
     def scheduled(answer: httpx.Response) -> None:
@@ -157,16 +167,19 @@ def run(client: SyncPrefectClient, dep_id: uuid.UUID, dep_name: str, tag: str, n
     def accepted(answer: httpx.Response) -> None:
         assert answer.status_code == 202, answer.text
 
-    print(f"Prefect API {os.environ['PREFECT_API_URL']}; {n} requests each\n")
+    api = os.environ["PREFECT_API_URL"]
+    print(f"Prefect API {api}; {n} requests each, {gap * 1000:.0f} ms apart\n")
     one = [service(f"bench-{tag}")]
     with serving(create_app(one, lambda: SECRET, PrefectRunStarter(dep_name))) as url:
-        ours = report("ecs-pipeline webhook, 1 service", time_posts(url, n, scheduled))
+        ours = report("ecs-pipeline webhook, 1 service", time_posts(url, n, scheduled, gap))
     three = [service(f"bench-{tag}-{i}") for i in range(3)]
     with serving(create_app(three, lambda: SECRET, PrefectRunStarter(dep_name))) as url:
-        report("ecs-pipeline webhook, 3 services", time_posts(url, n, scheduled))
+        report("ecs-pipeline webhook, 3 services", time_posts(url, n, scheduled, gap))
     with serving(bare_app()) as url:
-        bare = report("peer: bare Starlette, HMAC check only", time_posts(url, n, accepted))
-    floor = report("peer: one create_flow_run_from_deployment", time_api_floor(client, dep_id, n))
+        bare = report("peer: bare Starlette, HMAC check only", time_posts(url, n, accepted, gap))
+    floor = report(
+        "peer: one create_flow_run_from_deployment", time_api_floor(client, dep_id, n, gap)
+    )
 
     states = {client.read_flow_run(uuid.UUID(i)).state_type for i in started[-5:]}
     print(f"\nlast runs answered are {', '.join(sorted(str(s.value) for s in states if s))}")
