@@ -30,7 +30,7 @@ import pytest
 from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
-ENDPOINT = os.environ.get("SANDBOX_ENDPOINT", "http://127.0.0.1:4566")
+ENDPOINT = os.environ.get("SANDBOX_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or "http://127.0.0.1:4566"
 REGISTRY = os.environ.get("SANDBOX_REGISTRY", "127.0.0.1:5000")
 CONFIG = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=30)
 BUSYBOX = "/bin/busybox"
