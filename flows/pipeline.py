@@ -17,7 +17,7 @@ from tasks.interop import write_interop_files
 from tasks.locks import service_lock
 from tasks.models import find_service
 from tasks.report import ReleaseSummary, ShiftProgress, emit
-from tasks.triggers import superseded_by
+from tasks.triggers import ensure_run_tags, superseded_by
 
 
 @flow(name="deploy-service", flow_run_name="deploy {service}", persist_result=True, log_prints=True)
@@ -26,9 +26,11 @@ def deploy_service(service: str, sha: str | None = None, force: bool = False) ->
     cfg = find_service(service)
     clients = AwsClients()
     summary = ReleaseSummary(service=cfg.name, strategy=cfg.strategy.type)
+    run_id = flow_run.get_id()
+    if run_id:
+        ensure_run_tags(run_id, cfg.name, sha)
     with service_lock(cfg.name):
-        run_id = flow_run.get_id()
-        superseded = superseded_by(cfg.name, run_id) if run_id else None
+        superseded = superseded_by(cfg.name, run_id, cfg=cfg) if run_id else None
         if superseded:
             return Cancelled(name="Superseded", message=f"superseded by newer run {superseded}")
         with summary.stage("detect change"):

@@ -261,3 +261,13 @@ def already_started(client: SyncPrefectClient, service: str, sha: str) -> FlowRu
     states = WAITING + [StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]
     runs = read_service_runs(client, service, states, sha=sha)
     return runs[-1] if runs else None
+
+
+def ensure_run_tags(flow_run_id: UUID | str, service: str, sha: str | None) -> None:
+    """Give a run started without tags (UI Run button, event trigger) the ones searches rely on."""
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(str(flow_run_id)))
+        wanted = [t for t in run_tags(service, sha, "") if not t.startswith("trigger:")]
+        missing = [t for t in wanted if t not in run.tags]
+        if missing:
+            client.update_flow_run(run.id, tags=[*run.tags, *missing])
