@@ -83,8 +83,9 @@ class CodeDeployStrategy:
             with summary.stage("roll back"):
                 ended = codedeploy.roll_back(cfg, clients, dep)
             reason = _with_codedeploy_words(reason, ended)
-            summary.outcome, summary.reason, summary.traffic = "Rolled back", reason, "production on blue"
-            return _outcome(task_definition, rolled_back=True, reason=reason, traffic="production on blue")
+            where = "production on blue" if ended.on_blue else "production on green"
+            summary.outcome, summary.reason, summary.traffic = "Rolled back", reason, where
+            return _outcome(task_definition, rolled_back=True, reason=reason, traffic=where)
         with summary.stage("finish"):
             codedeploy.finish(cfg, clients, dep)
         summary.outcome, summary.traffic = "Deployed", "100% green"

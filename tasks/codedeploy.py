@@ -402,6 +402,7 @@ class Ended:
 
     text: str
     stopped_here: bool
+    on_blue: bool = True
 
 
 @task(name="roll back", task_run_name="roll back {cfg.name}", **STAGE)
@@ -428,5 +429,5 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> Ended
         log.info("rollback deployment %s %s", rollback_id, done["status"])
     if info["status"] == "Succeeded":
         text = f"CodeDeploy deployment {dep.id} had already Succeeded: production stays on green"
-        return Ended(text, stopped_here)
+        return Ended(text, stopped_here, on_blue=False)
     return Ended(error_text(info), stopped_here)
