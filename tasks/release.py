@@ -77,16 +77,22 @@ def detect_change(cfg: ServiceConfig, clients: AwsClients, sha: str | None) -> T
     return Target(full, live)
 
 
+def image_in_ecr(cfg: ServiceConfig, clients: AwsClients, sha: str) -> tuple[str, str | None]:
+    """(repository URI, ``repo@digest`` of the SHA's image or None): the truth build and push check."""
+    ecr_client = clients.get("ecr")
+    uri = ecr.ensure_repository(ecr_client, cfg.ecr.repository)
+    digest = ecr.find_image_digest(ecr_client, cfg.ecr.repository, sha)
+    return uri, image.image_with_digest(uri, digest) if digest else None
+
+
 @task(name="build", task_run_name="build {cfg.name}@{sha:.7}", **STAGE)
 def build(cfg: ServiceConfig, clients: AwsClients, sha: str) -> StageResult:
     """docker build at the SHA; skipped when ECR already has the image for it."""
     log = get_run_logger()
-    ecr_client = clients.get("ecr")
-    uri = ecr.ensure_repository(ecr_client, cfg.ecr.repository)
-    digest = ecr.find_image_digest(ecr_client, cfg.ecr.repository, sha)
-    if digest:
+    uri, found = image_in_ecr(cfg, clients, sha)
+    if found:
         log.info("image for %s already in ECR: build skipped", sha[:7])
-        return StageResult(image.image_with_digest(uri, digest), done=False)
+        return StageResult(found, done=False)
     tree = source.checkout(cfg.repo_location, sha, cache_dir() / "src")
     spec = image.BuildSpec(
         context_dir=tree / cfg.build.context,
@@ -104,15 +110,14 @@ def build(cfg: ServiceConfig, clients: AwsClients, sha: str) -> StageResult:
 def push(cfg: ServiceConfig, clients: AwsClients, sha: str, built: StageResult) -> StageResult:
     """Push to ECR and pin the image by digest; nothing to do when ECR has it."""
     log = get_run_logger()
-    ecr_client = clients.get("ecr")
-    uri = ecr.ensure_repository(ecr_client, cfg.ecr.repository)
-    digest = ecr.find_image_digest(ecr_client, cfg.ecr.repository, sha)
-    if digest:
+    uri, found = image_in_ecr(cfg, clients, sha)
+    if found:
         log.info("image for %s already in ECR: push skipped", sha[:7])
-        return StageResult(image.image_with_digest(uri, digest), done=False)
+        return StageResult(found, done=False)
     if not built.done:
         raise ConfigError(f"no image for {sha[:7]} in ECR and nothing built to push", service=cfg.name)
-    digest = image.push_image(docker_client(), built.value, ecr.registry_auth(ecr_client), log.info)
+    auth = ecr.registry_auth(clients.get("ecr"))
+    digest = image.push_image(docker_client(), built.value, auth, log.info)
     ref = image.image_with_digest(uri, digest)
     log.info("pushed %s", ref)
     return StageResult(ref, done=True)

@@ -166,3 +166,35 @@ def test_second_run_for_the_same_service_waits(service: ServiceUnderTest) -> Non
     assert states[other].name in ("No change", "Superseded"), states[other]
     assert finished[other] >= finished[deployed[0]]
     assert len(service.revisions()) == 1
+
+
+def test_alarm_during_canary_rolls_back(new_service: Callable[..., ServiceUnderTest]) -> None:
+    """Green passes verify (/health only) but fails real users: the 5xx alarm stops the canary."""
+    sut = new_service(
+        traffic={"type": "canary", "percent": 20, "interval_seconds": 900},
+        verify_paths=("/health",),
+    )
+    assert deploy(sut.name).name == "Deployed"
+    sut.commit("v2-bad-root", broken="root")
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def users() -> None:
+        with httpx.Client(timeout=5) as client:
+            while not stop.is_set():
+                codes.append(client.get(sut.prod_url + "/").status_code)
+                time.sleep(0.01)
+
+    client_thread = threading.Thread(target=users)
+    client_thread.start()
+    try:
+        state = deploy(sut.name)
+    finally:
+        stop.set()
+        client_thread.join(10)
+    assert state.name == "Rolled back", state.message
+    assert "alarm in ALARM during the 20% step" in (state.message or "")
+    assert 500 in codes, "some users met the canary"
+    assert codes.count(500) < len(codes) / 2, "most traffic stayed on blue"
+    assert all(sut.get("/").status_code == 200 for _ in range(20))
+    assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]
