@@ -20,6 +20,7 @@ import yaml
 
 from flows.pipeline import deploy_service
 from tests.release_helpers import ROOT, ServiceUnderTest, aws, make_service
+from tests.test_pipeline import release_artifact
 
 
 def deploy(name: str) -> Any:
@@ -115,6 +116,13 @@ def test_canary_release_succeeds_and_removes_the_original(deployments_dir: Path)
     assert dep["status"] == "Succeeded"
     assert dep["deploymentConfigName"] == "EcsPipeline.ECSCanary50Percent1Minutes"
     assert live_td in dep["revision"]["appSpecContent"]["content"]
+    # What a person sees: every CodeDeploy stage timed, the deployment and its console page.
+    summary = release_artifact(sut.name)
+    url = f"https://us-east-1.console.aws.amazon.com/codesuite/codedeploy/deployments/{dep['deploymentId']}?region=us-east-1"
+    assert f"CodeDeploy deployment [{dep['deploymentId']}]({url})" in summary
+    for stage in ("codedeploy create", "wait ready", "verify", "continue to production", "watch shift", "bake", "finish"):
+        assert f"| {stage} |" in summary
+    assert "| Production traffic | 100% green |" in summary
     assert deploy(sut.name).name == "No change"
 
 
