@@ -194,7 +194,12 @@ def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha
     content = appspec_mod.appspec_content(appspec)
     task_definition = appspec_mod.appspec_task_definition(content) or ""
     active = active_deployments(cfg, cd)
-    mine = [i for i in active if deployed_task_definition(i) == task_definition]
+    digest = appspec_mod.content_sha256(content)
+    mine = [
+        i for i in active
+        if deployed_task_definition(i) == task_definition
+        or ((i.get("revision") or {}).get("appSpecContent") or {}).get("sha256") == digest
+    ]
     if mine:
         dep_id = mine[0]["deploymentId"]
         log.info("deployment %s for %s is already %s: resumed; %s", dep_id, task_definition,
@@ -205,7 +210,7 @@ def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha
     config = ensure_deployment_config(cfg, cd, group)
     revision = {
         "revisionType": "AppSpecContent",
-        "appSpecContent": {"content": content, "sha256": appspec_mod.content_sha256(content)},
+        "appSpecContent": {"content": content, "sha256": digest},
     }
     try:
         dep_id = cd.create_deployment(
