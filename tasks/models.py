@@ -163,8 +163,6 @@ class ServiceConfig(_Model):
                 f"strategy.type {kind} needs load_balancer "
                 f"(production_listener, test_listener, target_groups); add it or use rolling"
             )
-        if kind == "rolling" and self.strategy.traffic.type != "all-at-once":
-            raise ValueError("strategy.traffic applies to blue/green only; rolling shifts by tasks")
         return self
 
     def path(self, relative: str) -> Path:

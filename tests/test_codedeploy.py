@@ -158,13 +158,12 @@ def test_failed_test_listener_check_stops_before_production_moves(deployments_di
         state = deploy(sut.name)
     assert state.is_failed() and state.name == "Rolled back", state.message
     message = state.message or ""
-    assert message.startswith("Rolled back: GET / failed verification: returned 500 on 3 of 3 checks")
+    # Either our StopDeployment after the failed check, or CodeDeploy's own stop on the
+    # 5xx alarm those checks feed, ends it; both reasons are in the message when both happened.
+    assert "GET / failed verification: returned 500 on 3 of 3 checks" in message, message
     (dep,) = deployments(sut)[:1]
     assert dep["status"] == "Stopped" and dep["rollbackInfo"]["rollbackDeploymentId"]
-    assert message.endswith(
-        f"; CodeDeploy deployment {dep['deploymentId']} Stopped: "
-        "The deployment was stopped by a user request and rolled back."
-    )
+    assert f"CodeDeploy deployment {dep['deploymentId']} Stopped: " in message, message
     assert seen and not any("v2" in s for s in seen), "production never answered the new release"
     # StopDeployment left the original task set serving, alone.
     assert serving(sut) == original and sut.task_sets()[0]["status"] == "PRIMARY"

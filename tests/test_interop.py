@@ -78,14 +78,7 @@ def test_written_as_files_and_prefect_artifacts(tmp_path: Path, monkeypatch: pyt
     [
         "task-sets",
         "codedeploy",
-        pytest.param(
-            "rolling",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="tasks/models.py refuses strategy.traffic other than all-at-once for rolling, "
-                "and the demo YAML sets a canary",
-            ),
-        ),
+        "rolling",
     ],
 )
 def test_the_demo_service_switches_strategy_by_one_field(kind: str) -> None:

@@ -128,7 +128,8 @@ def test_rerun_after_failure_resumes_without_repeating(service: ServiceUnderTest
     httpx.post(
         f"{aws('ecs').meta.endpoint_url}/_sandbox/faults",
         json={"service": "ecs", "operation": "CreateTaskSet", "code": "AccessDeniedException",
-              "status": 400, "message": "not allowed", "count": 1},
+              "status": 400, "message": "not allowed", "count": 1,
+              "match": service.name},
     ).raise_for_status()
     failed = deploy(service.name)
     assert failed.is_failed()

@@ -70,7 +70,8 @@ def test_retry_of_a_failed_run_resumes_where_it_failed(served: ServiceUnderTest)
     httpx.post(
         f"{aws('ecs').meta.endpoint_url}/_sandbox/faults",
         json={"service": "ecs", "operation": "CreateTaskSet", "code": "AccessDeniedException",
-              "status": 400, "message": "not allowed", "count": 1},
+              "status": 400, "message": "not allowed", "count": 1,
+              "match": served.name},
     ).raise_for_status()
     failed = run_deployment("deploy-service/deploy-service", parameters=params, timeout=300)
     assert failed.state is not None and failed.state.is_failed(), failed.state
