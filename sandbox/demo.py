@@ -131,6 +131,7 @@ def release(service: str, sha: str) -> Any:
         parameters={"service": service, "sha": sha},
         tags=run_tags(service, sha, "demo"),
         timeout=900,
+        poll_interval=1,
     )
 
 
@@ -160,6 +161,20 @@ def report(label: str, run: Any, load: Load | None, ui: str) -> dict[str, Any]:
             "sent": load.sent if load else None, "seconds": run.total_run_time.total_seconds()}
 
 
+def wait_serving(url: str, timeout: float = 120) -> None:
+    """Until the seeded service answers, so the count below is about the release alone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s after seeding")
+        time.sleep(0.5)
+
+
 def release_codedeploy(sha: str, ui: str) -> dict[str, Any]:
     """The same commit through a CodeDeploy blue/green deployment group: strategy.type codedeploy."""
     from tasks.models import load_service
@@ -168,6 +183,7 @@ def release_codedeploy(sha: str, ui: str) -> dict[str, Any]:
     seed_service(cfg)
     prod = f"http://127.0.0.1:{cfg.load_balancer.production_listener.port}/"  # type: ignore[union-attr]
     say(f"\nseeded {cfg.name} (CodeDeploy application {cfg.codedeploy_application}), production {prod}")
+    wait_serving(prod)
     with Load(prod) as load:
         return report("v2 via CodeDeploy (canary)", release(cfg.name, sha), load, ui)
 
@@ -209,7 +225,7 @@ def main() -> int:
         server.wait(30)
 
     say("\n== Summary")
-    say(f"   set-up (sandbox up, seed): {setup_seconds:.1f}s; three releases: {pipeline_seconds:.1f}s")
+    say(f"   set-up (sandbox up, seed): {setup_seconds:.1f}s; {len(results)} releases: {pipeline_seconds:.1f}s")
     for r in results:
         extra = f", {r['failed']} of {r['sent']} production requests failed" if r["sent"] is not None else ""
         say(f"   {r['label']}: {r['state']} in {r['seconds']:.1f}s{extra}")
