@@ -18,7 +18,7 @@ sandbox-up: setup
 sandbox-down:
 	@$(UV) run --frozen python -m sandbox down
 
-demo: sandbox-up
+demo: setup
 	@$(UV) run --frozen python -m sandbox.demo
 
 test: sandbox-up
