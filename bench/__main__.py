@@ -1,7 +1,10 @@
-"""`python -m bench`: run the pipeline benchmark (see bench/bench_pipeline.py)."""
+"""`python -m bench`: the release benchmark, then the webhook latency benchmark."""
 
 import sys
 
-from bench.bench_pipeline import main
+from bench import bench_pipeline, bench_webhook
 
-sys.exit(main())
+code = bench_pipeline.main()
+sys.argv = sys.argv[:1]
+bench_webhook.main()
+sys.exit(code)
