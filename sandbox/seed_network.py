@@ -57,13 +57,13 @@ def ensure_network(aws: Clients) -> dict[str, Any]:
     if vpcs:
         vpc_id = vpcs[0]["VpcId"]
     else:
-        vpc_id = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        vpc_id = ec2.create_vpc(CidrBlock="127.100.0.0/16")["Vpc"]["VpcId"]
         ec2.create_tags(Resources=[vpc_id], Tags=[{"Key": "Name", "Value": NETWORK_NAME}])
     in_vpc = [{"Name": "vpc-id", "Values": [vpc_id]}]
     subnets = sorted(ec2.describe_subnets(Filters=in_vpc)["Subnets"], key=lambda s: s["CidrBlock"])
     for i, zone in enumerate(("us-east-1a", "us-east-1b")[len(subnets) :], start=len(subnets) + 1):
         subnets.append(
-            ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=zone)[
+            ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"127.100.{i}.0/24", AvailabilityZone=zone)[
                 "Subnet"
             ]
         )

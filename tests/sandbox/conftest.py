@@ -218,8 +218,8 @@ def emu_images(emu_sandbox: dict[str, str]) -> dict[str, str]:
 def emu_net(emu_aws: Callable[[str], Any]) -> dict[str, Any]:
     """A VPC with two subnets in moto (load balancers need them)."""
     ec2 = emu_aws("ec2")
-    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
-    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24",
+    vpc = ec2.create_vpc(CidrBlock="127.120.0.0/16")["Vpc"]["VpcId"]
+    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.120.{i}.0/24",
                                  AvailabilityZone=f"us-east-1{z}")["Subnet"]["SubnetId"]
                for i, z in ((1, "a"), (2, "b"))]
     return {"vpc": vpc, "subnets": subnets}
