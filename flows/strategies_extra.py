@@ -8,10 +8,11 @@ that tells a completed rollout from a circuit-breaker rollback.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefect import get_run_logger
 
+from flows.outcome import Outcome
 from tasks import codedeploy, rolling, tasksets, traffic
 from tasks import ecs as ecs_ops
 from tasks.approval import request_approval
@@ -20,16 +21,6 @@ from tasks.aws import AwsClients
 from tasks.errors import ConfigError
 from tasks.models import ServiceConfig
 from tasks.report import ReleaseSummary, ShiftProgress, emit
-
-if TYPE_CHECKING:
-    from flows.strategy import Outcome
-
-
-def _outcome(task_definition: str, **kwargs: Any) -> Outcome:
-    # flows.strategy imports this module to register the classes: import it when called.
-    from flows.strategy import Outcome
-
-    return Outcome(task_definition, **kwargs)
 
 
 def _reason(exc: Exception) -> str:
@@ -85,11 +76,11 @@ class CodeDeployStrategy:
             reason = _with_codedeploy_words(reason, ended)
             where = "production on blue" if ended.on_blue else "production on green"
             summary.outcome, summary.reason, summary.traffic = "Rolled back", reason, where
-            return _outcome(task_definition, rolled_back=True, reason=reason, traffic=where)
+            return Outcome(task_definition, rolled_back=True, reason=reason, traffic=where)
         with summary.stage("finish"):
             codedeploy.finish(cfg, clients, dep)
         summary.outcome, summary.traffic = "Deployed", "100% green"
-        return _outcome(task_definition, traffic="100% green")
+        return Outcome(task_definition, traffic="100% green")
 
     def _through_bake(
         self, dep: codedeploy.Deployment, sha: str, summary: ReleaseSummary, progress: ShiftProgress
@@ -161,9 +152,9 @@ class RollingStrategy:
             with summary.stage("roll back"):
                 serving = rolling.roll_back(cfg, clients, rollout)
             summary.outcome, summary.reason, summary.traffic = "Rolled back", reason, serving
-            return _outcome(task_definition, rolled_back=True, reason=reason, traffic=serving)
+            return Outcome(task_definition, rolled_back=True, reason=reason, traffic=serving)
         summary.outcome, summary.traffic = "Deployed", "100% new tasks"
-        return _outcome(task_definition, traffic="100% new tasks")
+        return Outcome(task_definition, traffic="100% new tasks")
 
     def finish_leftovers(self) -> None:
         """ECS finishes a rollout on its own; nothing is left for a later run."""

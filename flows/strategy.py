@@ -7,11 +7,11 @@ with a message that says what to change.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from prefect import get_run_logger
 
+from flows.outcome import Outcome
 from flows.strategies_extra import CodeDeployStrategy, RollingStrategy
 from tasks import ecs as ecs_ops
 from tasks import tasksets, traffic
@@ -20,17 +20,6 @@ from tasks.aws import AwsClients
 from tasks.errors import StrategyMismatch
 from tasks.models import ServiceConfig
 from tasks.report import ReleaseSummary, ShiftProgress, emit
-
-
-@dataclass(frozen=True)
-class Outcome:
-    task_definition: str
-    rolled_back: bool = False
-    reason: str | None = None
-    traffic: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Strategy(Protocol):
