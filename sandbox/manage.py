@@ -44,6 +44,7 @@ ENV_KEYS = (
     "SANDBOX_DIR",
     "ECS_PIPELINE_TIME_SCALE",
     "ECS_PIPELINE_CACHE",
+    "PREFECT_LOCAL_STORAGE_PATH",
 )
 
 
@@ -337,6 +338,8 @@ def write_env(lay: Layout, docker_host: str) -> None:
         # The pipeline's own waits (canary steps, bake) shrink by the same factor in rehearsals.
         "ECS_PIPELINE_TIME_SCALE": lay.time_scale,
         "ECS_PIPELINE_CACHE": str(lay.state / "cache"),
+        # Flow results (never the source of truth) stay with the sandbox's other state.
+        "PREFECT_LOCAL_STORAGE_PATH": str(lay.state / "results"),
     }
     text = "".join(f"{k}={values[k]}\n" for k in ENV_KEYS)
     try:
