@@ -1,0 +1,78 @@
+"""approval: required on a real release: the run pauses after verify, before production moves."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterName,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+
+from flows.pipeline import deploy_service
+from tasks.approval import approve_run
+from tests.release_helpers import ServiceUnderTest
+
+
+def paused_run(service: str, timeout: float = 120) -> Any:
+    """The deploy run of SERVICE once it waits for approval."""
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    name=FlowRunFilterName(any_=[f"deploy {service}"]),
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])),
+                )
+            )
+            if runs:
+                return runs[0]
+            time.sleep(0.5)
+    raise AssertionError(f"no paused deploy run for {service}")
+
+
+def release_in_background(service: str) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: out.update(state=deploy_service(service, return_state=True)))
+    thread.start()
+    return thread, out
+
+
+def test_approved_release_waits_then_goes_live(new_service: Callable[..., ServiceUnderTest]) -> None:
+    sut = new_service(approval="required")
+    first, out = release_in_background(sut.name)
+    approve_run(paused_run(sut.name).id, approve=True, comment="first release")
+    first.join(180)
+    assert out["state"].name == "Deployed", out["state"]
+
+    sut.commit("v2")
+    second, out = release_in_background(sut.name)
+    run = paused_run(sut.name)
+    assert len(sut.task_sets()) == 2, "green is up and verified while the release waits"
+    assert all("v1" in sut.get("/").text for _ in range(10)), "production has not moved"
+    approve_run(run.id, approve=True)
+    second.join(180)
+    assert out["state"].name == "Deployed", out["state"]
+    assert "v2" in sut.get("/").text
+
+
+def test_rejected_release_rolls_back(new_service: Callable[..., ServiceUnderTest]) -> None:
+    sut = new_service(approval="required")
+    first, out = release_in_background(sut.name)
+    approve_run(paused_run(sut.name).id, approve=True)
+    first.join(180)
+    sut.commit("v2")
+    second, out = release_in_background(sut.name)
+    approve_run(paused_run(sut.name).id, approve=False, comment="not on a Friday")
+    second.join(180)
+    assert out["state"].name == "Rolled back", out["state"]
+    assert "Release rejected: not on a Friday" in (out["state"].message or "")
+    assert "v1" in sut.get("/").text
+    assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]
