@@ -210,7 +210,7 @@ def main() -> int:
     server = start_server(env, Path(env["SANDBOX_DIR"]) / "logs" / "serve.log")
     try:
         wait_for_deployment("deploy-service/deploy-service")
-        results = [report("v1 (first deploy)", release(cfg.name, commit_release(repo, "v1")), None, ui)]
+        results = [report("v1", release(cfg.name, commit_release(repo, "v1")), None, ui)]
         sha2 = commit_release(repo, "v2")
         with Load(prod) as load2:
             results.append(report("v2 (blue/green)", release(cfg.name, sha2), load2, ui))
