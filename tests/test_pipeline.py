@@ -100,7 +100,7 @@ def test_failed_http_check_rolls_back_and_v1_keeps_serving(service: ServiceUnder
 
 
 def test_green_that_never_gets_healthy_rolls_back(new_service: Callable[..., ServiceUnderTest]) -> None:
-    sut = new_service(green_timeout=8)
+    sut = new_service(green_timeout=60)
     assert deploy(sut.name).name == "Deployed"
     sut.commit("v2-sick", broken="health")
     state = deploy(sut.name)
