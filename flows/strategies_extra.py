@@ -12,8 +12,8 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from flows.outcome import Outcome
-from tasks import codedeploy, rolling, tasksets, traffic
+from flows.base import LoadBalanced, Outcome
+from tasks import codedeploy, rolling, tasksets
 from tasks import ecs as ecs_ops
 from tasks.approval import request_approval
 from tasks.appspec import render_appspec
@@ -49,13 +49,8 @@ def _with_codedeploy_words(reason: str, ended: codedeploy.Ended) -> str:
     return f"{reason}; {ended.text}" if ended.stopped_here else f"{ended.text} (then: {reason})"
 
 
-class CodeDeployStrategy:
+class CodeDeployStrategy(LoadBalanced):
     """Blue/green on a CODE_DEPLOY-controller service through its deployment group."""
-
-    def __init__(self, cfg: ServiceConfig, clients: AwsClients) -> None:
-        assert cfg.load_balancer is not None
-        self.cfg, self.clients = cfg, clients
-        self.routing = traffic.resolve_routing(clients.get("elbv2"), cfg.load_balancer)
 
     def release(
         self, task_definition: str, sha: str, summary: ReleaseSummary, progress: ShiftProgress

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from prefect import get_run_logger
 
-from flows.outcome import Outcome
+from flows.base import LoadBalanced, Outcome
 from flows.strategies_extra import CodeDeployStrategy, RollingStrategy
 from tasks import ecs as ecs_ops
 from tasks import tasksets, traffic
@@ -30,13 +30,8 @@ class Strategy(Protocol):
     def finish_leftovers(self) -> None: ...
 
 
-class TaskSetStrategy:
+class TaskSetStrategy(LoadBalanced):
     """Blue/green on an EXTERNAL-controller service, one visible task per step."""
-
-    def __init__(self, cfg: ServiceConfig, clients: AwsClients) -> None:
-        assert cfg.load_balancer is not None
-        self.cfg, self.clients = cfg, clients
-        self.routing = traffic.resolve_routing(clients.get("elbv2"), cfg.load_balancer)
 
     def release(
         self, task_definition: str, sha: str, summary: ReleaseSummary, progress: ShiftProgress
