@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from botocore.exceptions import ClientError
 
 from sandbox.seed import seed_service
 from tasks.models import load_service
+from tests.gitrepo import git
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_APP = ROOT / "examples" / "sample-app"
@@ -32,14 +32,6 @@ def free_port() -> int:
 
 def aws(service: str) -> Any:
     return boto3.client(service, config=Config(retries={"mode": "standard", "total_max_attempts": 2}))
-
-
-def git(repo: Path, *args: str) -> str:
-    out = subprocess.run(
-        ["git", "-c", "user.name=Test", "-c", "user.email=test@example.com", *args],
-        cwd=repo, check=True, capture_output=True, text=True,
-    )
-    return out.stdout.strip()
 
 
 @dataclass
@@ -89,6 +81,15 @@ class ServiceUnderTest:
 
     def revisions(self) -> list[str]:
         return list(aws("ecs").list_task_definitions(familyPrefix=self.name)["taskDefinitionArns"])
+
+
+def refuse_next_call(operation: str, code: str, match: str, service: str = "ecs") -> None:
+    """Make the sandbox answer the next matching call with a permanent AWS error."""
+    httpx.post(
+        f"{aws(service).meta.endpoint_url}/_sandbox/faults",
+        json={"service": service, "operation": operation, "code": code, "status": 400,
+              "message": "not allowed", "count": 1, "match": match},
+    ).raise_for_status()
 
 
 def make_service(

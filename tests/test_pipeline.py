@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.pipeline import deploy_service
-from tests.release_helpers import ServiceUnderTest, aws
+from tests.release_helpers import ServiceUnderTest, refuse_next_call
 
 
 @pytest.fixture
@@ -125,12 +125,7 @@ def test_rerun_after_failure_resumes_without_repeating(service: ServiceUnderTest
     assert deploy(service.name).name == "Deployed"
     service.commit("v2")
     # The next CreateTaskSet is refused as AWS would refuse it: a permanent error.
-    httpx.post(
-        f"{aws('ecs').meta.endpoint_url}/_sandbox/faults",
-        json={"service": "ecs", "operation": "CreateTaskSet", "code": "AccessDeniedException",
-              "status": 400, "message": "not allowed", "count": 1,
-              "match": service.name},
-    ).raise_for_status()
+    refuse_next_call("CreateTaskSet", "AccessDeniedException", match=service.name)
     failed = deploy(service.name)
     assert failed.is_failed()
     assert "AccessDeniedException" in (failed.message or "")

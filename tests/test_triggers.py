@@ -7,7 +7,6 @@ import os
 os.environ.setdefault("PREFECT_API_URL", "http://127.0.0.1:4200/api")
 
 import json
-import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -31,19 +30,7 @@ from tasks.triggers import (
     run_tags,
     superseded_by,
 )
-
-
-def git(cwd: Path, *args: str) -> str:
-    env = {
-        "GIT_AUTHOR_NAME": "Dev One",
-        "GIT_AUTHOR_EMAIL": "dev@example.com",
-        "GIT_COMMITTER_NAME": "Dev One",
-        "GIT_COMMITTER_EMAIL": "dev@example.com",
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(cwd),
-    }
-    out = subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
-    return out.stdout.decode().strip()
+from tests.gitrepo import git
 
 
 def commit(repo: Path, text: str) -> str:

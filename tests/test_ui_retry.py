@@ -16,14 +16,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.states import AwaitingRetry
 
-from tests.release_helpers import ROOT, ServiceUnderTest, aws
+from tests.release_helpers import ROOT, ServiceUnderTest, refuse_next_call
 
 
 @pytest.fixture
@@ -67,12 +66,7 @@ def test_retry_of_a_failed_run_resumes_where_it_failed(served: ServiceUnderTest)
     assert first.state is not None and first.state.name == "Deployed", first.state
 
     served.commit("v2")
-    httpx.post(
-        f"{aws('ecs').meta.endpoint_url}/_sandbox/faults",
-        json={"service": "ecs", "operation": "CreateTaskSet", "code": "AccessDeniedException",
-              "status": 400, "message": "not allowed", "count": 1,
-              "match": served.name},
-    ).raise_for_status()
+    refuse_next_call("CreateTaskSet", "AccessDeniedException", match=served.name)
     failed = run_deployment("deploy-service/deploy-service", parameters=params, timeout=300)
     assert failed.state is not None and failed.state.is_failed(), failed.state
     assert "AccessDeniedException" in (failed.state.message or "")
