@@ -15,12 +15,13 @@ from tasks.aws import AwsClients
 from tasks.errors import DeployError
 from tasks.models import find_service
 from tasks.release import latest_task_definition, live_release, render
+from tasks.settings import Settings
 from tasks.taskdef import SHA_TAG, diff_task_definitions
 
 
 def service_status(service: str) -> dict[str, Any]:
-    cfg = find_service(service)
     clients = AwsClients()
+    cfg = find_service(service, clients.settings.deployments)
     ecs = clients.get("ecs")
     svc = ecs_ops.describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
     live = live_release(cfg, clients)
@@ -75,8 +76,8 @@ def previous_release_sha(clients: AwsClients, live_task_definition: str, live_sh
 
 def rollback_service(service: str) -> str:
     """Instant while blue is still up (production back to it), else a release of the previous SHA."""
-    cfg = find_service(service)
     clients = AwsClients()
+    cfg = find_service(service, clients.settings.deployments)
     ecs = clients.get("ecs")
     svc = ecs_ops.describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
     primary = ecs_ops.primary_task_set(svc)
@@ -102,9 +103,11 @@ def plan_release(service: str, sha: str | None) -> list[str]:
     """What `deploy` would do, without changing anything (the --dry-run)."""
     from tasks import ecr, source
 
-    cfg = find_service(service)
     clients = AwsClients()
-    full = source.resolve_commit(cfg.repo_location, cfg.source.branch, sha)
+    cfg = find_service(service, clients.settings.deployments)
+    full = source.resolve_commit(
+        cfg.repo_location, cfg.source.branch, sha, cache_dir=clients.settings.cache / "git"
+    )
     live = live_release(cfg, clients)
     lines = [f"service {cfg.name}: release {full} (live: {live.sha or 'nothing'})"]
     if live.sha == full:
@@ -116,7 +119,7 @@ def plan_release(service: str, sha: str | None) -> list[str]:
         digest = None
         lines.append(f"ECR: {type(exc).__name__}; the build stage would create the repository")
     lines.append("build + push: skipped, image in ECR" if digest else "build + push: would run")
-    image = f"<{cfg.ecr.repository}@digest>" if not digest else digest
+    image = digest if digest else f"<{cfg.ecr.repository}@digest>"
     desired = render(cfg, image, full)
     current = latest_task_definition(clients.get("ecs"), desired["family"])
     changes = diff_task_definitions(current or {}, desired)
@@ -128,12 +131,12 @@ def plan_release(service: str, sha: str | None) -> list[str]:
 
 
 def render_service(service: str, image: str, sha: str | None) -> dict[str, Any]:
-    return render(find_service(service), image, sha)
+    return render(find_service(service, Settings().deployments), image, sha)
 
 
 def diff_service(service: str, image: str | None) -> list[str]:
-    cfg = find_service(service)
     clients = AwsClients()
+    cfg = find_service(service, clients.settings.deployments)
     live = live_release(cfg, clients)
     desired = render(cfg, image or live.image or "<IMAGE>", live.sha)
     current = latest_task_definition(clients.get("ecs"), desired["family"]) if live.task_definition is None else None

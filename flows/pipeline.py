@@ -17,14 +17,15 @@ from tasks.interop import write_interop_files
 from tasks.locks import service_lock
 from tasks.models import find_service
 from tasks.report import ReleaseSummary, ShiftProgress, emit
+from tasks.settings import Settings
 from tasks.triggers import ensure_run_tags, superseded_by
 
 
 @flow(name="deploy-service", flow_run_name="deploy {service}", persist_result=True, log_prints=True)
 def deploy_service(service: str, sha: str | None = None, force: bool = False) -> State[Any]:
     """Detect, build, push, register, deploy green, verify, shift, bake, teardown blue."""
-    cfg = find_service(service)
-    clients = AwsClients()
+    clients = AwsClients(Settings())
+    cfg = find_service(service, clients.settings.deployments)
     summary = ReleaseSummary(service=cfg.name, strategy=cfg.strategy.type)
     run_id = flow_run.get_id()
     if run_id:
@@ -51,7 +52,7 @@ def deploy_service(service: str, sha: str | None = None, force: bool = False) ->
                 pushed = stages.push(cfg, clients, target.sha, built)
             with summary.stage("register task definition"):
                 registered = stages.register(cfg, clients, target.sha, pushed.value)
-            write_interop_files(cfg, pushed.value)
+            write_interop_files(cfg, pushed.value, clients.settings.artifacts_dir)
             done = [name for name, r in (("build", built), ("push", pushed), ("register", registered)) if r.done]
             summary.image, summary.task_definition = pushed.value, registered.value
             outcome = strategy.release(registered.value, target.sha, summary, ShiftProgress(cfg.name))

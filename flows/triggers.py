@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.client.orchestration import SyncPrefectClient, get_client
 
 from tasks.models import ServiceConfig, load_all_services
+from tasks.settings import Settings
 from tasks.triggers import (
     DEPLOY_DEPLOYMENT,
     Change,
@@ -46,7 +47,7 @@ def poll_changes(
     a person with Retry, not every poll.
     """
     logger = get_run_logger()
-    configs = load_all_services(Path(services_dir) if services_dir else None)
+    configs = load_all_services(Path(services_dir) if services_dir else Settings().deployments)
     if services:
         configs = [c for c in configs if c.name in set(services)]
     found = find_changes(configs, live_sha=live_sha, resolve=resolve)

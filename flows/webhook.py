@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tasks.models import ServiceConfig, load_all_services
+from tasks.settings import Settings
 from tasks.source import redact_url
 from tasks.triggers import (
     DEPLOY_DEPLOYMENT,
@@ -402,7 +403,7 @@ def serve(
     provider = secret_from_environment()
     provider()  # fail at start, not at the first push, when no secret is configured
     app = create_app(
-        load_all_services(),
+        load_all_services(Settings().deployments),
         provider,
         PrefectRunStarter(deployment_name, dispatch, parallel_creates),
     )

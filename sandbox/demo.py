@@ -101,7 +101,8 @@ def start_server(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     out = log.open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "serve"],
-        cwd=REPO_ROOT, env={"PREFECT_RUNNER_POLL_FREQUENCY": "1", **env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO_ROOT, env={"PREFECT_RUNNER_POLL_FREQUENCY": "1", **env}, stdout=out, stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 

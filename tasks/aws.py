@@ -8,64 +8,39 @@ and a Docker host.
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
 import boto3
 import docker
 from botocore.config import Config
-from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.settings import Settings
 
 DOCKER_TIMEOUT_SECONDS = 300
-SANDBOX_MAX_ATTEMPTS = 2
 
 
-class AwsSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    region: str = Field(default="us-east-1", min_length=1)
-    endpoint_url: str | None = Field(
-        default=None, description="the sandbox's endpoint; None for AWS itself"
+def botocore_config(settings: Settings) -> Config:
+    """One retry policy for every AWS call: botocore's standard mode (backoff with jitter,
+    throttling and 5xx retried, the rest not), attempts sized for a real, busy account."""
+    return Config(
+        region_name=settings.region,
+        # total_max_attempts counts the first call too (botocore's max_attempts does not)
+        retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
     )
-    max_attempts: int = Field(default=3, ge=1, le=20, description="calls in all, first included")
-    connect_timeout: float = Field(default=5, gt=0)
-    read_timeout: float = Field(default=30, gt=0)
-    profile: str | None = None
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> AwsSettings:
-        """Settings from AWS_* variables; a sandbox endpoint gets few attempts to fail fast."""
-        e = dict(os.environ) if env is None else env
-        endpoint = e.get("AWS_ENDPOINT_URL") or None
-        attempts = e.get("AWS_MAX_ATTEMPTS")
-        default_attempts = SANDBOX_MAX_ATTEMPTS if endpoint else 3
-        return cls(
-            region=e.get("AWS_REGION") or e.get("AWS_DEFAULT_REGION") or "us-east-1",
-            endpoint_url=endpoint,
-            max_attempts=int(attempts) if attempts else default_attempts,
-            profile=e.get("AWS_PROFILE") or None,
-        )
-
-    def botocore_config(self) -> Config:
-        return Config(
-            region_name=self.region,
-            # total_max_attempts counts the first call too (botocore's max_attempts does not)
-            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-        )
 
 
 class AwsClients:
     """One boto3 session; one client per service name, made on first use."""
 
-    def __init__(self, settings: AwsSettings | None = None) -> None:
-        self.settings = settings or AwsSettings.from_env()
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
         self._session = boto3.session.Session(
             region_name=self.settings.region, profile_name=self.settings.profile
         )
-        self._config = self.settings.botocore_config()
+        self._config = botocore_config(self.settings)
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()  # boto3 sessions are not thread-safe
 

@@ -25,7 +25,7 @@ from tasks.aws import AwsClients
 from tasks.errors import ConfigError, DeployError, VerifyFailed
 from tasks.models import ServiceConfig
 from tasks.retry import retry_kwargs
-from tasks.waits import poll, scaled
+from tasks.waits import poll
 
 STAGE = dict(cache_policy=NO_CACHE, **retry_kwargs())
 ACTIVE = ["Created", "Queued", "InProgress", "Baking", "Ready"]
@@ -65,10 +65,6 @@ def console_url(region: str, deployment_id: str) -> str:
 def budget(cfg: ServiceConfig, seconds: float) -> float:
     """A wait's bound: the deployment's own time plus a margin, never beyond the rollout timeout."""
     return min(seconds + MARGIN_SECONDS, float(cfg.timeouts.rollout_seconds), CAP_SECONDS)
-
-
-def delay_cap() -> float:
-    return min(5.0, max(0.5, scaled(15)))
 
 
 def group_settings(cfg: ServiceConfig, cd: Any) -> GroupSettings:
@@ -163,9 +159,10 @@ def active_deployments(cfg: ServiceConfig, cd: Any) -> list[dict[str, Any]]:
     return [i for i in infos if i.get("status") in ACTIVE]
 
 
-def wait_for_others(cfg: ServiceConfig, cd: Any, others: list[dict[str, Any]]) -> None:
+def wait_for_others(cfg: ServiceConfig, clients: AwsClients, others: list[dict[str, Any]]) -> None:
     """Never race another deployment of the group: wait a bounded time for it, then fail naming it."""
     log = get_run_logger()
+    cd = clients.get("codedeploy")
     for other in others:
         dep_id = other["deploymentId"]
         what = deployed_task_definition(other) or "another revision"
@@ -173,7 +170,7 @@ def wait_for_others(cfg: ServiceConfig, cd: Any, others: list[dict[str, Any]]) -
                     dep_id, what, other.get("status"), cfg.codedeploy_group)
         try:
             poll(partial(ended, cd, dep_id), timeout=cfg.timeouts.green_healthy_seconds,
-                 what=f"deployment {dep_id} to end", log=log.info, cap=delay_cap())
+                 what=f"deployment {dep_id} to end", log=log.info, cap=clients.settings.poll_cap())
         except DeployError as exc:
             raise DeployError(
                 f"deployment {dep_id} ({what}) is still {describe(cd, dep_id)['status']} in group "
@@ -206,7 +203,7 @@ def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha
                  mine[0]["status"], console_url(region, dep_id))
         config = str(mine[0].get("deploymentConfigName") or group.config_name)
         return Deployment(dep_id, console_url(region, dep_id), task_definition, group, config, True)
-    wait_for_others(cfg, cd, active)
+    wait_for_others(cfg, clients, active)
     config = ensure_deployment_config(cfg, cd, group)
     revision = {
         "revisionType": "AppSpecContent",
@@ -279,7 +276,7 @@ def wait_ready(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> str:
         return phase_of(info, lifecycle(cd, dep.id))
 
     phase = poll(check, timeout=budget(cfg, cfg.timeouts.green_healthy_seconds),
-                 what=f"deployment {dep.id} to be Ready", log=log.info, cap=delay_cap())
+                 what=f"deployment {dep.id} to be Ready", log=log.info, cap=clients.settings.poll_cap())
     log.info("deployment %s: %s", dep.id, phase)
     return phase
 
@@ -351,8 +348,8 @@ def watch_shift(
         done = info["status"] == "Succeeded" or info.get("instanceTerminationWaitTimeStarted")
         return str(info["status"]) if done else None
 
-    poll(check, timeout=budget(cfg, scaled(minutes * 60)), what=f"deployment {watch.dep.id} "
-         "to move production to green", log=log.info, cap=delay_cap())
+    poll(check, timeout=budget(cfg, clients.settings.scaled(minutes * 60)), what=f"deployment {watch.dep.id} "
+         "to move production to green", log=log.info, cap=clients.settings.poll_cap())
     if seen[0] != 100:
         on_step(100)
 
@@ -367,14 +364,14 @@ def bake(cfg: ServiceConfig, clients: AwsClients, watch: Watch) -> None:
         log.warning("bake_seconds %s exceeds the group's terminationWaitTimeInMinutes %s: CodeDeploy "
                     "removes blue then, so the bake ends there", seconds, group.termination_wait_minutes)
         seconds = group.termination_wait_minutes * 60
-    log.info("baking for %ss (time-scaled: %.1fs)", seconds, scaled(seconds))
-    deadline = time.monotonic() + scaled(seconds)
+    log.info("baking for %ss (time-scaled: %.1fs)", seconds, clients.settings.scaled(seconds))
+    deadline = time.monotonic() + clients.settings.scaled(seconds)
     while True:
         info, _ = _look(cfg, clients, watch, "the bake")
         left = deadline - time.monotonic()
         if left <= 0 or info["status"] == "Succeeded":
             return
-        time.sleep(min(left, delay_cap()))
+        time.sleep(min(left, clients.settings.poll_cap()))
 
 
 @task(name="finish", task_run_name="finish {cfg.name}", **STAGE)
@@ -396,8 +393,8 @@ def finish(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> None:
         raise_if_ended(cfg, now)
         return "done" if now["status"] == "Succeeded" else None
 
-    poll(check, timeout=budget(cfg, scaled(dep.group.termination_wait_minutes * 60)),
-         what=f"deployment {dep.id} to remove blue", log=get_run_logger().info, cap=delay_cap())
+    poll(check, timeout=budget(cfg, clients.settings.scaled(dep.group.termination_wait_minutes * 60)),
+         what=f"deployment {dep.id} to remove blue", log=get_run_logger().info, cap=clients.settings.poll_cap())
     get_run_logger().info("deployment %s Succeeded: blue removed", dep.id)
 
 
@@ -424,13 +421,13 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> Ended
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "DeploymentAlreadyCompletedException":
                 raise
-    wait = budget(cfg, scaled(dep.group.termination_wait_minutes * 60))
+    wait = budget(cfg, clients.settings.scaled(dep.group.termination_wait_minutes * 60))
     info = poll(lambda: ended(cd, dep.id), timeout=wait, what=f"deployment {dep.id} to stop",
-                log=log.info, cap=delay_cap())
+                log=log.info, cap=clients.settings.poll_cap())
     rollback_id = (info.get("rollbackInfo") or {}).get("rollbackDeploymentId")
     if rollback_id:
         done = poll(lambda: ended(cd, rollback_id), timeout=wait,
-                    what=f"rollback deployment {rollback_id}", log=log.info, cap=delay_cap())
+                    what=f"rollback deployment {rollback_id}", log=log.info, cap=clients.settings.poll_cap())
         log.info("rollback deployment %s %s", rollback_id, done["status"])
     if info["status"] == "Succeeded":
         text = f"CodeDeploy deployment {dep.id} had already Succeeded: production stays on green"

@@ -9,7 +9,6 @@ CodePipeline's formats, as files and as Prefect artifacts.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +33,6 @@ def image_detail(image: str) -> dict[str, str]:
     return {"ImageURI": image}
 
 
-def artifacts_dir(service: str) -> Path:
-    """ECS_PIPELINE_ARTIFACTS_DIR/<service>/, default artifacts/<service>/ under the working directory."""
-    base = os.environ.get("ECS_PIPELINE_ARTIFACTS_DIR") or "artifacts"
-    return Path(base).resolve() / service
 
 
 def interop_files(container: str, image: str) -> dict[str, Any]:
@@ -50,9 +45,9 @@ def _markdown(name: str, content: Any) -> str:
 
 
 @task(name="interop files", task_run_name="interop files {cfg.name}", cache_policy=NO_CACHE)
-def write_interop_files(cfg: ServiceConfig, image: str) -> list[str]:
+def write_interop_files(cfg: ServiceConfig, image: str, artifacts_dir: Path) -> list[str]:
     """Write imagedefinitions.json and imageDetail.json for ``image``; returns the file paths."""
-    out = artifacts_dir(cfg.name)
+    out = artifacts_dir / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, content in interop_files(cfg.ecs.container, image).items():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -24,10 +24,8 @@ def ensure_limit(name: str) -> None:
             return
         except ObjectNotFound:
             pass
-        try:
+        with suppress(ObjectAlreadyExists):
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-        except ObjectAlreadyExists:
-            pass
 
 
 @contextmanager

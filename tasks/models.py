@@ -75,7 +75,7 @@ class Traffic(_Model):
         if self.type == "canary":
             return [self.percent, 100]
         out = list(range(self.percent, 100, self.percent))
-        return out + [100]
+        return [*out, 100]
 
 
 class Strategy(_Model):
@@ -220,15 +220,9 @@ def load_service(path: str | Path) -> ServiceConfig:
     return parse_service(data, source=str(p), base_dir=p.parent.resolve())
 
 
-def deployments_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("ECS_PIPELINE_DEPLOYMENTS", "deployments")).resolve()
-
-
-def find_service(name: str, directory: Path | None = None) -> ServiceConfig:
+def find_service(name: str, directory: Path) -> ServiceConfig:
     """The config for NAME from deployments/NAME.yaml (or any file whose name: matches)."""
-    d = directory or deployments_dir()
+    d = directory
     direct = d / f"{name}.yaml"
     if direct.exists():
         cfg = load_service(direct)
@@ -241,6 +235,6 @@ def find_service(name: str, directory: Path | None = None) -> ServiceConfig:
     raise ConfigError(f"no service named {name!r} under {d} (known: {known})")
 
 
-def load_all_services(directory: Path | None = None) -> list[ServiceConfig]:
-    d = directory or deployments_dir()
+def load_all_services(directory: Path) -> list[ServiceConfig]:
+    d = directory
     return [load_service(p) for p in sorted(d.glob("*.yaml")) + sorted(d.glob("*.yml"))]

@@ -6,9 +6,7 @@ identical task definition revision), so a rerun resumes instead of repeating.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -44,22 +42,15 @@ class StageResult:
     done: bool
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("ECS_PIPELINE_CACHE") or os.path.join(
-        os.environ.get("SANDBOX_DIR", ".sandbox"), "cache"
-    )
-    return Path(base).resolve()
-
-
 def live_release(cfg: ServiceConfig, clients: AwsClients) -> LiveRelease:
     ecs = clients.get("ecs")
     svc = describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
     return describe_release(ecs, live_task_definition(ecs, svc), cfg.ecs.container)
 
 
-def live_sha(cfg: ServiceConfig) -> str | None:
+def live_sha(cfg: ServiceConfig, clients: AwsClients) -> str | None:
     """The git SHA production runs, for polling."""
-    return live_release(cfg, AwsClients()).sha
+    return live_release(cfg, clients).sha
 
 
 STAGE = dict(cache_policy=NO_CACHE, **retry_kwargs())
@@ -68,7 +59,9 @@ STAGE = dict(cache_policy=NO_CACHE, **retry_kwargs())
 @task(name="detect change", task_run_name="detect change {cfg.name}", **STAGE)
 def detect_change(cfg: ServiceConfig, clients: AwsClients, sha: str | None) -> Target:
     """Resolve the commit to release and read the live one."""
-    full = source.resolve_commit(cfg.repo_location, cfg.source.branch, sha)
+    full = source.resolve_commit(
+        cfg.repo_location, cfg.source.branch, sha, cache_dir=clients.settings.cache / "git"
+    )
     live = live_release(cfg, clients)
     get_run_logger().info(
         "%s: %s resolves to %s; live is %s",
@@ -93,7 +86,7 @@ def build(cfg: ServiceConfig, clients: AwsClients, sha: str) -> StageResult:
     if found:
         log.info("image for %s already in ECR: build skipped", sha[:7])
         return StageResult(found, done=False)
-    tree = source.checkout(cfg.repo_location, sha, cache_dir() / "src")
+    tree = source.checkout(cfg.repo_location, sha, clients.settings.cache / "git")
     spec = image.BuildSpec(
         context_dir=tree / cfg.build.context,
         dockerfile=cfg.build.dockerfile,

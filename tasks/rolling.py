@@ -21,7 +21,7 @@ from tasks.aws import AwsClients
 from tasks.errors import DeployError, RolledBack, VerifyFailed
 from tasks.models import ServiceConfig
 from tasks.retry import retry_kwargs
-from tasks.waits import poll, scaled
+from tasks.waits import poll
 
 STAGE = dict(cache_policy=NO_CACHE, **retry_kwargs())
 
@@ -113,7 +113,7 @@ def wait_rollout(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout) -> N
             timeout=cfg.timeouts.rollout_seconds,
             what=f"deployment {rollout.deployment_id} to complete",
             log=log.info,
-            cap=min(5.0, max(0.5, scaled(15))),
+            cap=clients.settings.poll_cap(),
         )
     except DeployError as exc:
         raise type(exc)(
@@ -174,5 +174,5 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout) -> str:
         return "previous revision serving" if done else None
 
     poll(back, timeout=cfg.timeouts.rollout_seconds, what=f"{rollout.previous} to serve again",
-         log=log.info, cap=min(5.0, max(0.5, scaled(15))))
+         log=log.info, cap=clients.settings.poll_cap())
     return f"{rollout.previous.rsplit('/', 1)[-1]} serving"

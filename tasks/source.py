@@ -43,16 +43,6 @@ def redact_url(url: str) -> str:
     return _USERINFO.sub(r"\g<scheme>***@", url)
 
 
-def default_cache_dir() -> Path:
-    """Where mirrors live when the caller names no cache directory."""
-    if explicit := os.environ.get("ECS_PIPELINE_GIT_CACHE"):
-        return Path(explicit)
-    if pipeline_cache := os.environ.get("ECS_PIPELINE_CACHE"):
-        return Path(pipeline_cache) / "src"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ecs-pipeline" / "git"
-
-
 def repo_key(repo: str) -> str:
     """A directory name for REPO: readable, unique, and free of credentials."""
     name = redact_url(repo) if "://" in repo else str(Path(repo).expanduser().resolve())
@@ -165,7 +155,7 @@ def _find_commit(repo: str, branch: str, sha: str, mirror: Path) -> str | None:
 
 
 def resolve_commit(
-    repo: str, branch: str, sha: str | None = None, *, cache_dir: Path | None = None
+    repo: str, branch: str, sha: str | None = None, *, cache_dir: Path
 ) -> str:
     """The full SHA to release: BRANCH's head, or SHA checked to exist in REPO."""
     heads = _list_heads(repo)
@@ -183,7 +173,7 @@ def resolve_commit(
             f"{sha!r} is not a commit SHA (7 to 40 hex characters) for {redact_url(repo)} "
             f"branch {branch}"
         )
-    repo_dir = (cache_dir or default_cache_dir()) / repo_key(repo)
+    repo_dir = cache_dir / repo_key(repo)
     with _locked(repo_dir):
         found = _find_commit(repo, branch, wanted, _mirror(repo, repo_dir))
     if found is None:

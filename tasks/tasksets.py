@@ -24,7 +24,7 @@ from tasks.errors import VerifyFailed
 from tasks.models import ServiceConfig
 from tasks.retry import retry_kwargs
 from tasks.traffic import Routing
-from tasks.waits import poll, scaled
+from tasks.waits import poll
 
 STAGE = dict(cache_policy=NO_CACHE, **retry_kwargs())
 DRAIN_WAIT = 120.0  # seconds a deleted task set may take to drain before the run moves on
@@ -132,7 +132,7 @@ def watch(
     cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green, weight: int, seconds: float, what: str
 ) -> None:
     """Wait ``seconds`` (time-scaled) checking alarms, green's health and that nobody moved traffic."""
-    deadline = time.monotonic() + scaled(seconds)
+    deadline = time.monotonic() + clients.settings.scaled(seconds)
     elbv2, cw = clients.get("elbv2"), clients.get("cloudwatch")
     while True:
         now = traffic.get_weights(elbv2, routing.production_listener).get(green.target_group, 0)
@@ -155,7 +155,7 @@ def watch(
         left = deadline - time.monotonic()
         if left <= 0:
             return
-        time.sleep(min(left, max(0.2, scaled(10))))
+        time.sleep(min(left, max(0.2, clients.settings.scaled(10))))
 
 
 @task(name="shift traffic", task_run_name="shift traffic {cfg.name}", **STAGE)
@@ -189,7 +189,7 @@ def shift_traffic(
 @task(name="bake", task_run_name="bake {cfg.name}", **STAGE)
 def bake(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green) -> None:
     """Keep blue warm while green carries all traffic; any alarm still rolls back."""
-    get_run_logger().info("baking for %ss (time-scaled: %.1fs)", cfg.bake_seconds, scaled(cfg.bake_seconds))
+    get_run_logger().info("baking for %ss (time-scaled: %.1fs)", cfg.bake_seconds, clients.settings.scaled(cfg.bake_seconds))
     watch(cfg, clients, routing, green, 100, cfg.bake_seconds, "the bake")
 
 

@@ -51,7 +51,7 @@ def queueing_mode(cfg: ServiceConfig | None) -> Queueing:
 def run_tags(service: str, sha: str | None, origin: str) -> list[str]:
     """Tags every deploy-service run carries; superseding and polling search by them."""
     tags = [f"service:{service}", f"trigger:{origin}"]
-    return tags + [f"sha:{sha}"] if sha else tags
+    return [*tags, f"sha:{sha}"] if sha else tags
 
 
 def run_parameters(service: str, sha: str | None) -> dict[str, Any]:
@@ -84,9 +84,11 @@ def _default_resolver() -> ResolveHeads:
 
 
 def _default_live_sha() -> LiveSha:
+    from tasks.aws import AwsClients
     from tasks.release import live_sha
 
-    return live_sha
+    clients = AwsClients()
+    return lambda cfg: live_sha(cfg, clients)
 
 
 def group_by_repo(services: Iterable[ServiceConfig]) -> dict[str, list[ServiceConfig]]:
@@ -216,7 +218,7 @@ def superseded_by(
 
 def _newer_run(client: SyncPrefectClient, service: str, my_flow_run_id: UUID | str) -> str | None:
     me = client.read_flow_run(UUID(str(my_flow_run_id)))
-    runs = read_service_runs(client, service, WAITING + [StateType.COMPLETED])
+    runs = read_service_runs(client, service, [*WAITING, StateType.COMPLETED])
     newer = [r for r in runs if r.id != me.id and _age_key(r) > _age_key(me)]
     return str(newer[-1].id) if newer else None
 
@@ -224,9 +226,10 @@ def _newer_run(client: SyncPrefectClient, service: str, my_flow_run_id: UUID | s
 def _lookup(service: str) -> ServiceConfig | None:
     from tasks.errors import ConfigError
     from tasks.models import find_service
+    from tasks.settings import Settings
 
     try:
-        return find_service(service)
+        return find_service(service, Settings().deployments)
     except ConfigError:
         return None
 
@@ -258,7 +261,7 @@ def cancel_waiting_runs(
 
 def already_started(client: SyncPrefectClient, service: str, sha: str) -> FlowRun | None:
     """A run for SERVICE at SHA that is waiting, running or finished (not cancelled)."""
-    states = WAITING + [StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]
+    states = [*WAITING, StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]
     runs = read_service_runs(client, service, states, sha=sha)
     return runs[-1] if runs else None
 

@@ -53,18 +53,3 @@ def poll(
             log(f"waiting for {what} ({deadline - now:.0f}s left)")
             last_log = now
         time.sleep(min(next(delays), max(0.0, deadline - now)))
-
-
-def time_scale() -> float:
-    """ECS_PIPELINE_TIME_SCALE divides the pipeline's own waits (canary steps, bake) for rehearsals."""
-    import os
-
-    try:
-        scale = float(os.environ.get("ECS_PIPELINE_TIME_SCALE", "1"))
-    except ValueError:
-        return 1.0
-    return scale if scale > 0 else 1.0
-
-
-def scaled(seconds: float) -> float:
-    return seconds / time_scale()

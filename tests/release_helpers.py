@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -68,16 +69,12 @@ class ServiceUnderTest:
         """Delete the ECS service (its containers stop) and the load balancer (its proxies close)."""
         cfg = self.cfg
         ecs, elbv2 = aws("ecs"), aws("elbv2")
-        try:
+        with contextlib.suppress(ClientError):
             ecs.delete_service(cluster=cfg.ecs.cluster, service=cfg.ecs.service, force=True)
-        except ClientError:
-            pass
         arn = self.seeded.get("load_balancer_arn")
         if arn:
-            try:
+            with contextlib.suppress(ClientError):
                 elbv2.delete_load_balancer(LoadBalancerArn=arn)
-            except ClientError:
-                pass
 
     def revisions(self) -> list[str]:
         return list(aws("ecs").list_task_definitions(familyPrefix=self.name)["taskDefinitionArns"])

@@ -121,7 +121,8 @@ def test_canary_release_succeeds_and_removes_the_original(deployments_dir: Path)
     summary = release_artifact(sut.name)
     url = f"https://us-east-1.console.aws.amazon.com/codesuite/codedeploy/deployments/{dep['deploymentId']}?region=us-east-1"
     assert f"CodeDeploy deployment [{dep['deploymentId']}]({url})" in summary
-    for stage in ("codedeploy create", "wait ready", "verify", "continue to production", "watch shift", "bake", "finish"):
+    stages = ("codedeploy create", "wait ready", "verify", "continue to production", "watch shift", "bake", "finish")
+    for stage in stages:
         assert f"| {stage} |" in summary
     assert "| Production traffic | 100% green |" in summary
     assert deploy(sut.name).name == "No change"

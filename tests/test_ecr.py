@@ -20,8 +20,9 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.aws import AwsClients, AwsSettings
+from tasks.aws import AwsClients
 from tasks.ecr import ensure_repository, find_image_digest, registry_auth
+from tasks.settings import DEFAULT_MAX_ATTEMPTS, Settings
 
 SANDBOX = "http://127.0.0.1:4566"
 
@@ -70,7 +71,7 @@ def ecr(endpoint: str) -> Iterator[Any]:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     try:
-        settings = AwsSettings(region="us-east-1", endpoint_url=endpoint, max_attempts=1)
+        settings = Settings(region="us-east-1", endpoint_url=endpoint, max_attempts=1)
         yield AwsClients(settings).get("ecr")
     finally:
         os.environ.clear()
@@ -115,27 +116,61 @@ def test_registry_auth_hides_the_password(ecr: Any) -> None:
     }
 
 
+AWS_VARS = ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_MAX_ATTEMPTS", "AWS_PROFILE",
+            "ECS_PIPELINE_TIME_SCALE")
+
+
 @pytest.mark.parametrize(
     ("env", "expect"),
     [
-        ({}, AwsSettings(region="us-east-1", endpoint_url=None, max_attempts=3)),
+        ({}, ("us-east-1", None, DEFAULT_MAX_ATTEMPTS, None)),
         (
             {"AWS_DEFAULT_REGION": "eu-west-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:4566"},
-            AwsSettings(region="eu-west-1", endpoint_url="http://127.0.0.1:4566", max_attempts=2),
+            ("eu-west-1", "http://127.0.0.1:4566", DEFAULT_MAX_ATTEMPTS, None),
         ),
         (
             {"AWS_REGION": "us-west-2", "AWS_DEFAULT_REGION": "eu-west-1", "AWS_MAX_ATTEMPTS": "5"},
-            AwsSettings(region="us-west-2", max_attempts=5),
+            ("us-west-2", None, 5, None),
         ),
-        ({"AWS_PROFILE": "deploy"}, AwsSettings(profile="deploy")),
+        ({"AWS_PROFILE": "deploy", "AWS_ENDPOINT_URL": ""}, ("us-east-1", None, DEFAULT_MAX_ATTEMPTS, "deploy")),
     ],
 )
-def test_settings_from_env(env: dict[str, str], expect: AwsSettings) -> None:
-    assert AwsSettings.from_env(env) == expect
+def test_settings_from_env(
+    env: dict[str, str], expect: tuple[object, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in AWS_VARS:
+        monkeypatch.delenv(var, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    got = Settings()
+    assert (got.region, got.endpoint_url, got.max_attempts, got.profile) == expect
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "scale", "effective"),
+    [
+        ("http://127.0.0.1:4566", "60", 60.0),
+        ("http://localhost:4566", "60", 60.0),
+        ("http://[::1]:4566", "60", 60.0),
+        ("", "60", 1.0),
+        ("https://ecs.us-east-1.amazonaws.com", "60", 1.0),
+        ("http://127.0.0.1:4566", "", 1.0),
+    ],
+)
+def test_time_scale_only_on_a_loopback_endpoint(
+    endpoint: str, scale: str, effective: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rehearsal's time scale must never shorten a real account's bake."""
+    for var in AWS_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    if scale:
+        monkeypatch.setenv("ECS_PIPELINE_TIME_SCALE", scale)
+    assert Settings().effective_time_scale == effective
 
 
 def test_clients_are_cached_and_configured(endpoint: str) -> None:
-    settings = AwsSettings(endpoint_url=endpoint, max_attempts=2, connect_timeout=3, read_timeout=7)
+    settings = Settings(endpoint_url=endpoint, max_attempts=2, connect_timeout=3, read_timeout=7)
     clients = AwsClients(settings)
     ecr = clients.get("ecr")
     assert clients.get("ecr") is ecr

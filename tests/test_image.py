@@ -13,7 +13,7 @@ import docker
 import httpx
 import pytest
 
-from tasks.aws import AwsClients, AwsSettings
+from tasks.aws import AwsClients
 from tasks.ecr import RegistryAuth, ensure_repository, find_image_digest, registry_auth
 from tasks.errors import BuildError, PushError, TransientError
 from tasks.image import (
@@ -25,6 +25,7 @@ from tasks.image import (
     push_image,
     split_ref,
 )
+from tasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
@@ -252,7 +253,7 @@ def test_pushed_image_is_found_in_ecr_by_its_tag(
     client: docker.DockerClient, tmp_path: Path
 ) -> None:
     """The pipeline's path: ECR repository, ECR login, build, push, then ECR sees the digest."""
-    settings = AwsSettings(
+    settings = Settings(
         region="us-east-1",
         endpoint_url=sandbox_setting("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
         max_attempts=1,

@@ -61,7 +61,7 @@ def test_written_as_files_and_prefect_artifacts(tmp_path: Path, monkeypatch: pyt
 
     @flow(name="interop-files-check")
     def release_files() -> list[str]:
-        return write_interop_files(cfg, IMAGE)
+        return write_interop_files(cfg, IMAGE, tmp_path / "out")
 
     paths = release_files()
     folder = tmp_path / "out" / "sample-app"

@@ -42,7 +42,11 @@ def test_sample_config_is_valid() -> None:
         (lambda d: d["verify"]["http"][1].update(path="health"), "verify.http.1.path", "should match pattern"),
         (lambda d: d["ecs"].update(contianer="web"), "ecs.contianer", "unknown field"),
         (lambda d: d["ecr"].update(repository="Sample App"), "ecr.repository", "should match pattern"),
-        (lambda d: d["load_balancer"].update(test_listener={"port": 8001}), "load_balancer.test_listener", "give either arn"),
+        (
+            lambda d: d["load_balancer"].update(test_listener={"port": 8001}),
+            "load_balancer.test_listener",
+            "give either arn",
+        ),
     ],
 )
 def test_bad_fields_are_named(tmp_path: Path, mutate, field: str, reason: str) -> None:  # type: ignore[no-untyped-def]

@@ -85,7 +85,11 @@ def test_register_input_keys_come_from_botocore() -> None:
         ({"containerDefinitions": [{"name": "a", "image": "x"}]}, "a", "family is required"),
         ({"family": "f", "containerDefinitions": []}, "a", "containerDefinitions must be a non-empty list"),
         ({"family": "f", "containerDefinitions": [{"name": "a", "image": "x"}]}, "b", "no container named 'b'"),
-        ({"family": "f", "containerDefinitions": [{"name": "a"}], "colour": "x"}, "a", "unknown task definition field(s) colour"),
+        (
+            {"family": "f", "containerDefinitions": [{"name": "a"}], "colour": "x"},
+            "a",
+            "unknown task definition field(s) colour",
+        ),
     ],
 )
 def test_render_errors_name_the_problem(template: dict, container: str, message: str) -> None:

@@ -42,7 +42,7 @@ class Metrics:
         lb = (("LoadBalancer", arn_suffix(lb_arn, "app/")),)
         names: list[tuple[str, Dims]] = []
         if tg_arn:
-            both = lb + (("TargetGroup", arn_suffix(tg_arn, "targetgroup/")),)
+            both = (*lb, ("TargetGroup", arn_suffix(tg_arn, "targetgroup/")))
             names.append(("RequestCount", both))
             if from_target:
                 names.append((f"HTTPCode_Target_{status // 100}XX_Count", both))
@@ -54,7 +54,7 @@ class Metrics:
             for key in names:
                 self._pending[key] += 1
             if seconds is not None and tg_arn:
-                for dims in (lb + (("TargetGroup", arn_suffix(tg_arn, "targetgroup/")),), lb):
+                for dims in ((*lb, ("TargetGroup", arn_suffix(tg_arn, "targetgroup/"))), lb):
                     self._timing[dims][0] += seconds
                     self._timing[dims][1] += 1
 

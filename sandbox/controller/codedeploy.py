@@ -60,7 +60,7 @@ def shift_steps(routing: dict[str, Any]) -> list[tuple[int, float]]:
         c = routing["timeBasedLinear"]
         pct, interval = int(c["linearPercentage"]), float(c["linearInterval"])
         steps = [(p, interval) for p in range(pct, 100, pct)]
-        return steps + [(100, 0.0)]
+        return [*steps, (100, 0.0)]
     return [(100, 0.0)]
 
 
@@ -70,7 +70,7 @@ def parse_appspec(revision: dict[str, Any]) -> dict[str, Any]:
                or (revision.get("string") or {}).get("content") or "")
     doc = yaml.safe_load(content) if content else None
     if not isinstance(doc, dict):
-        raise ValueError("The AppSpec file is not valid YAML or JSON")  # noqa: TRY004 - bad input
+        raise ValueError("The AppSpec file is not valid YAML or JSON")
     resource = doc["Resources"][0]
     target = next(iter(resource.values())) if "Type" not in resource else resource
     props = dict(target["Properties"])

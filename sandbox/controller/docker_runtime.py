@@ -6,6 +6,7 @@ shutdown can find and remove exactly what the sandbox started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -129,10 +130,8 @@ class DockerRuntime:
         return str(container.id)
 
     def _remove_by_name(self, name: str) -> None:
-        try:
+        with contextlib.suppress(NotFound):
             self.client.containers.get(name).remove(force=True)
-        except NotFound:
-            pass
 
     def states(self) -> dict[str, tuple[bool, int | None]]:
         """Container id -> (running, exit code) for every sandbox container."""

@@ -105,7 +105,7 @@ class SandboxMiddleware:
               body: bytes) -> list[bytes]:
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error",
                   503: "Service Unavailable"}.get(status, "Error")
-        start_response(f"{status} {reason}", headers + [("Content-Length", str(len(body)))])
+        start_response(f"{status} {reason}", [*headers, ("Content-Length", str(len(body)))])
         return [body]
 
     def _control(self, environ: dict[str, Any], start_response: Callable[..., Any],

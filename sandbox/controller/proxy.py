@@ -203,7 +203,7 @@ class ProxyManager:
 
     def sync(self) -> None:
         with LOCK:
-            wanted = {l.arn: (l.load_balancer_arn, int(l.port)) for l in all_listeners()}
+            wanted = {ln.arn: (ln.load_balancer_arn, int(ln.port)) for ln in all_listeners()}
         for arn, proxy in list(self.proxies.items()):
             if arn not in wanted or wanted[arn][1] != proxy.port:
                 proxy.stop()

@@ -1,0 +1,104 @@
+"""The pipeline's one settings object, read from the environment once per flow run or CLI call.
+
+Everything below the entry points receives it (through ``AwsClients.settings``)
+instead of reading ``os.environ``; the pipeline knows no sandbox folder, only
+the values the sandbox's env file sets.
+
+    AWS_REGION / AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, AWS_PROFILE, AWS_MAX_ATTEMPTS
+    ECS_PIPELINE_DEPLOYMENTS     service YAML directory (default ./deployments)
+    ECS_PIPELINE_CACHE           one cache: git mirrors and build checkouts (default ~/.cache/ecs-pipeline)
+    ECS_PIPELINE_ARTIFACTS_DIR   CodePipeline hand-over files (default ./artifacts)
+    ECS_PIPELINE_TIME_SCALE      divides the pipeline's own waits; honoured only on a loopback endpoint
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Real accounts throttle Describe* calls under load; ten attempts with botocore's
+# backoff ride out a busy minute. The sandbox answers what it cannot do with a
+# non-retryable error, so this number never slows a permanent failure down.
+DEFAULT_MAX_ATTEMPTS = 10
+
+
+def _default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ecs-pipeline"
+
+
+def is_loopback_url(url: str | None) -> bool:
+    """True for http://127.x.x.x, [::1] and localhost endpoints: the sandbox, never AWS."""
+    if not url:
+        return False
+    host = (urlsplit(url if "://" in url else f"http://{url}").hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ECS_PIPELINE_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    region: str = Field(
+        default="us-east-1", min_length=1, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    endpoint_url: str | None = Field(
+        default=None, validation_alias="AWS_ENDPOINT_URL", description="the sandbox's endpoint; None for AWS"
+    )
+    profile: str | None = Field(default=None, validation_alias="AWS_PROFILE")
+    max_attempts: int = Field(
+        default=DEFAULT_MAX_ATTEMPTS, ge=1, le=20, validation_alias="AWS_MAX_ATTEMPTS",
+        description="calls in all, the first included",
+    )
+    connect_timeout: float = Field(default=5, gt=0)
+    read_timeout: float = Field(default=30, gt=0)
+
+    deployments: Path = Path("deployments")
+    cache: Path = Field(default_factory=_default_cache)
+    artifacts_dir: Path = Path("artifacts")
+    time_scale: float = Field(default=1.0, gt=0)
+
+    @field_validator("endpoint_url", "profile", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return value or None
+
+    @field_validator("deployments", "cache", "artifacts_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def sandbox(self) -> bool:
+        """Whether the AWS endpoint is on this machine (a rehearsal, never a real account)."""
+        return is_loopback_url(self.endpoint_url)
+
+    @property
+    def effective_time_scale(self) -> float:
+        """The time scale, but 1 against real AWS: a rehearsal setting must not shorten a real bake."""
+        return self.time_scale if self.sandbox else 1.0
+
+    def scaled(self, seconds: float) -> float:
+        return seconds / self.effective_time_scale
+
+    def poll_cap(self) -> float:
+        """Longest pause between two looks at an AWS wait: 5 s, shorter in a fast rehearsal."""
+        return min(5.0, max(0.5, self.scaled(15)))
+
+    def describe(self) -> str:
+        """Where this process's AWS calls go, for a command's first line."""
+        if self.endpoint_url:
+            kind = "sandbox" if self.sandbox else "custom endpoint"
+            return f"{self.endpoint_url} ({kind})"
+        return f"AWS {self.region}" + (f" (profile {self.profile})" if self.profile else "")
