@@ -20,6 +20,7 @@ from .ecs import EcsController
 from .faults import Faults
 from .logs import LogShipper
 from .proxy import ProxyManager
+from .requests_log import RequestLog
 from .tasks import TaskRunner
 from .world import LOCK, ecs, elbv2, log, time_scale
 
@@ -40,6 +41,7 @@ class Controller:
         self.proxies = ProxyManager(self.metrics)
         self.health = targets.HealthChecker()
         self.faults = Faults()
+        self.requests = RequestLog()
         self.logs = LogShipper(self.runner, self.runtime)
         self.runner.before_kill = self.logs.ship
         self.running = False

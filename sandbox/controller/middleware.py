@@ -63,6 +63,8 @@ class SandboxMiddleware:
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         service, op, is_json = identify(environ, body)
+        if op:
+            start_response = self._logged(start_response, service, op, body)
         fault = self.controller.faults.take(service, op, body) if op else None
         if fault:
             log.info("fault injected: %s.%s -> %s", service, op, fault["code"])
@@ -100,6 +102,14 @@ class SandboxMiddleware:
                 if close:
                     close()
 
+    def _logged(self, start_response: Callable[..., Any], service: str, op: str,
+                body: bytes) -> Callable[..., Any]:
+        """start_response that also records the call and its status in the request log."""
+        def recording(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+            self.controller.requests.record(service, op, int(status.split(" ", 1)[0]), body)
+            return start_response(status, headers, *rest)
+        return recording
+
     @staticmethod
     def _send(start_response: Callable[..., Any], status: int, headers: list[tuple[str, str]],
               body: bytes) -> list[bytes]:
@@ -118,6 +128,10 @@ class SandboxMiddleware:
             status = 200 if self.controller.running else 503
         elif path == "/_sandbox/state":
             ok = self.controller.snapshot()
+        elif path == "/_sandbox/requests":
+            query = parse_qs(environ.get("QUERY_STRING", ""))
+            since = int((query.get("since") or ["0"])[0] or 0)
+            ok = self.controller.requests.since(since, (query.get("match") or [""])[0])
         elif path == "/_sandbox/faults" and method == "POST":
             length = int(environ.get("CONTENT_LENGTH") or 0)
             try:
