@@ -18,6 +18,7 @@ from botocore.config import Config
 from tasks.settings import Settings
 
 DOCKER_TIMEOUT_SECONDS = 300
+USER_AGENT = "ecs-pipeline/0.1"
 
 
 def botocore_config(settings: Settings) -> Config:
@@ -29,6 +30,8 @@ def botocore_config(settings: Settings) -> Config:
         retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
+        # lets a fault injector (or a CloudTrail query) tell the pipeline's calls from anyone else's
+        user_agent_extra=USER_AGENT,
     )
 
 
