@@ -15,6 +15,7 @@ import boto3
 import docker
 from botocore.config import Config
 
+from tasks.errors import IAM_PREFIX
 from tasks.settings import Settings
 
 DOCKER_TIMEOUT_SECONDS = 300
@@ -33,6 +34,18 @@ def botocore_config(settings: Settings) -> Config:
         # lets a fault injector (or a CloudTrail query) tell the pipeline's calls from anyone else's
         user_agent_extra=USER_AGENT,
     )
+
+
+def _note_iam_prefix(client: Any) -> Any:
+    """Put the IAM prefix into every error answer, so an AccessDenied can name the permission."""
+    endpoint_prefix = client.meta.service_model.endpoint_prefix
+    prefix = IAM_PREFIX.get(endpoint_prefix, endpoint_prefix)
+
+    def note(parsed: dict[str, Any], **_: Any) -> None:
+        if isinstance(parsed, dict) and isinstance(parsed.get("Error"), dict):
+            parsed["Error"]["IamPrefix"] = prefix
+
+    return note
 
 
 class AwsClients:
@@ -54,6 +67,7 @@ class AwsClients:
                 client = self._session.client(
                     service, endpoint_url=self.settings.endpoint_url, config=self._config
                 )
+                client.meta.events.register("after-call", _note_iam_prefix(client))
                 self._clients[service] = client
             return client
 

@@ -7,7 +7,9 @@ Dockerfile error, a failed health check) fails at once so a person can fix it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import docker.errors
 import requests
@@ -19,36 +21,17 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from tasks.errors import PipelineError, TransientError
+from tasks.errors import PipelineError, TransientError, is_transient_aws, translate
 
 if TYPE_CHECKING:
-    from prefect import Task
     from prefect.client.schemas.objects import State, TaskRun
 
-TRANSIENT_AWS_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "InternalFailure",
-        "InternalError",
-        "InternalServerError",
-        "InternalServerException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "ServerException",
-        "PriorRequestNotComplete",
-        "SlowDown",
-    }
-)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _TRANSIENT_CLASSES: tuple[type[BaseException], ...] = (
     EndpointConnectionError,
@@ -76,9 +59,7 @@ def _is_transient_one(exc: BaseException) -> bool | None:
     if isinstance(exc, PipelineError):
         return False  # raised on purpose after classification: trust it
     if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return code in TRANSIENT_AWS_CODES or (isinstance(status, int) and status >= 500)
+        return is_transient_aws(exc)
     if isinstance(exc, docker.errors.APIError):
         status_code = exc.status_code
         return status_code is not None and status_code >= 500
@@ -121,3 +102,29 @@ def retry_kwargs(retries: int = RETRIES, backoff_factor: float = BACKOFF_FACTOR)
         "retry_jitter_factor": JITTER_FACTOR,
         "retry_condition_fn": retry_condition,
     }
+
+
+def stage(name: str, run_name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """A pipeline stage: a Prefect task with the one retry policy, and AWS errors typed at its edge.
+
+    Every stage goes through here, so a denied permission, a missing resource and
+    a throttle read the same way (and retry the same way) whichever stage hit them.
+    """
+
+    def wrap(fn: Callable[P, R]) -> Task[P, R]:
+        @functools.wraps(fn)
+        def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return fn(*args, **kwargs)
+            except ClientError as exc:
+                typed = translate(exc, service=getattr(args[0], "name", None) if args else None)
+                if typed is exc:
+                    raise
+                raise typed from exc
+
+        made: Task[P, R] = task(name=name, task_run_name=run_name, cache_policy=NO_CACHE, **retry_kwargs())(
+            translated
+        )
+        return made
+
+    return wrap
