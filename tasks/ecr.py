@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from tasks.errors import PushError
+from tasks.errors import PushError, error_code
+
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 EcrClient = Any  # a boto3 "ecr" client from tasks.aws.AwsClients.get("ecr")
 
@@ -38,17 +41,13 @@ class RegistryAuth(BaseModel):
         }
 
 
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
 def ensure_repository(ecr: EcrClient, name: str) -> str:
     """The repository's URI, creating it (scan on push, mutable tags) when it is missing."""
     try:
         found = ecr.describe_repositories(repositoryNames=[name])
         return str(found["repositories"][0]["repositoryUri"])
     except ClientError as exc:
-        if _code(exc) != "RepositoryNotFoundException":
+        if error_code(exc) != "RepositoryNotFoundException":
             raise
     try:
         created = ecr.create_repository(
@@ -57,7 +56,7 @@ def ensure_repository(ecr: EcrClient, name: str) -> str:
             imageTagMutability="MUTABLE",
         )
     except ClientError as exc:
-        if _code(exc) != "RepositoryAlreadyExistsException":
+        if error_code(exc) != "RepositoryAlreadyExistsException":
             raise
         # created by a concurrent run between our describe and create
         found = ecr.describe_repositories(repositoryNames=[name])
@@ -70,11 +69,46 @@ def find_image_digest(ecr: EcrClient, repository: str, tag: str) -> str | None:
     try:
         found = ecr.describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
     except ClientError as exc:
-        if _code(exc) == "ImageNotFoundException":
+        if error_code(exc) == "ImageNotFoundException":
             return None
         raise
     details = found.get("imageDetails") or []
     return str(details[0]["imageDigest"]) if details else None
+
+
+def split_image(image: str) -> tuple[str, str | None, str | None]:
+    """(name, tag, digest) of an image reference; a registry's ``host:port`` is not a tag."""
+    name, _, digest = image.partition("@")
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    tag = None
+    if colon > slash:
+        name, tag = name[:colon], name[colon + 1:]
+    return name, tag, digest or None
+
+
+def sha_of_image(ecr: EcrClient, repository: str, image: str | None) -> str | None:
+    """The git SHA an image was built from, decided by the registry, not by a tag someone copied.
+
+    By digest: the 40-hex tag ECR holds for that digest in our repository. By tag: the tag
+    itself when it is a full SHA in our repository. An image from elsewhere: None (unknown).
+    """
+    if not image:
+        return None
+    name, tag, digest = split_image(image)
+    if not (name == repository or name.endswith("/" + repository)):
+        return None
+    if digest is None:
+        return tag if tag and _FULL_SHA.match(tag) else None
+    try:
+        found = ecr.describe_images(repositoryName=repository, imageIds=[{"imageDigest": digest}])
+    except ClientError as exc:
+        if error_code(exc) in ("ImageNotFoundException", "RepositoryNotFoundException"):
+            return None
+        raise
+    tags = [t for d in found.get("imageDetails", []) for t in d.get("imageTags", [])]
+    shas = [t for t in tags if _FULL_SHA.match(t)]
+    return shas[0] if shas else None
 
 
 def _registry_host(endpoint: str) -> str:
