@@ -1,39 +1,211 @@
-"""One deploy per service at a time: a Prefect global concurrency limit keyed by service."""
+"""One release per service at a time, held only by a live run.
+
+The slot is a Prefect global concurrency limit with one slot per service, so
+two live releases of a service never overlap, on any number of workers.
+Prefect's own lease on a slot lasts at least a minute; a dead run must free
+its service sooner. So the holder also writes a heartbeat (a Prefect variable
+naming its run and lease) every few seconds, and a waiting run that finds the
+heartbeat older than ``stale_after`` seconds releases the dead holder's slot,
+marks its flow run Crashed and takes the service. The next release then
+reconciles whatever the dead run left (flows/recovery).
+"""
 
 from __future__ import annotations
 
+import re
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
 
 from prefect import get_run_logger
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, VariableCreate, VariableUpdate
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
+from prefect.states import Crashed
+
+from tasks.waits import checkpoint
+
+PREFECT_LEASE_SECONDS = 60.0  # the server's minimum; our heartbeat decides liveness sooner
+HTTP_LOCKED = 423
 
 
 def lock_name(service: str) -> str:
     return f"ecs-pipeline-deploy-{service}"
 
 
-def ensure_limit(name: str) -> None:
+def heartbeat_name(service: str) -> str:
+    """Variable names allow lowercase letters, digits and underscores."""
+    return "ecs_pipeline_lock_" + re.sub(r"[^a-z0-9_]", "_", service.lower())
+
+
+def ensure_limit(client: SyncPrefectClient, name: str) -> None:
     """Create the limit (1 slot) if missing; a limit that exists keeps its settings."""
+    try:
+        client.read_global_concurrency_limit_by_name(name)
+        return
+    except ObjectNotFound:
+        pass
+    with suppress(ObjectAlreadyExists):
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+
+
+@dataclass
+class Held:
+    """The slot a run holds: its lease, and whether it was taken over from a dead run."""
+
+    service: str
+    lease_id: UUID
+    run_id: str | None
+    took_over_from: str | None = None
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+def read_heartbeat(client: SyncPrefectClient, service: str) -> dict[str, Any] | None:
+    found = client.read_variable_by_name(heartbeat_name(service))
+    return found.value if found is not None and isinstance(found.value, dict) else None
+
+
+def write_heartbeat(client: SyncPrefectClient, held: Held) -> None:
+    value = {"run": held.run_id, "lease": str(held.lease_id), "at": time.time()}
+    name = heartbeat_name(held.service)
+    if client.read_variable_by_name(name) is not None:
+        client.update_variable(VariableUpdate(name=name, value=value))
+        return
+    try:
+        client.create_variable(VariableCreate(name=name, value=value))
+    except ObjectAlreadyExists:
+        client.update_variable(VariableUpdate(name=name, value=value))
+
+
+def delete_heartbeat(client: SyncPrefectClient, service: str) -> None:
+    with suppress(ObjectNotFound, PrefectHTTPStatusError):  # already gone: another run cleaned up
+        client.delete_variable_by_name(heartbeat_name(service))
+
+
+def _try_acquire(client: SyncPrefectClient, name: str, run_id: str | None) -> UUID | None:
+    try:
+        response = client.increment_concurrency_slots_with_lease(
+            names=[name], slots=1, mode="concurrency", lease_duration=PREFECT_LEASE_SECONDS
+        )
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code == HTTP_LOCKED:
+            return None
+        raise
+    return UUID(response.json()["lease_id"])
+
+
+def _free_dead_holder(client: SyncPrefectClient, service: str, stale_after: float) -> str | None:
+    """Release the slot of a holder whose heartbeat stopped; returns its run id (or 'unknown')."""
+    beat = read_heartbeat(client, service)
+    if beat is None or time.time() - float(beat.get("at", 0)) < stale_after:
+        return None
+    try:
+        client.release_concurrency_slots_with_lease(UUID(str(beat["lease"])))
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code != 404:
+            raise
+    dead = str(beat.get("run") or "unknown")
+    if beat.get("run"):
+        mark_crashed(client, dead, f"its process stopped: no heartbeat for over {stale_after:.0f} s; "
+                     "the next release of the service reconciles what it left")
+    delete_heartbeat(client, service)
+    return dead
+
+
+def mark_crashed(client: SyncPrefectClient, run_id: str, why: str) -> None:
+    """A run that died without saying so: Crashed, unless it already ended."""
+    try:
+        run = client.read_flow_run(UUID(run_id))
+    except ObjectNotFound:
+        return
+    if run.state is not None and not run.state.is_final():
+        client.set_flow_run_state(UUID(run_id), Crashed(message=why), force=True)
+
+
+def _keep_alive(held: Held, interval: float, stop: threading.Event) -> None:
+    """Renew Prefect's lease and our heartbeat until stopped; flag the hold as lost if either fails."""
     with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-            return
-        except ObjectNotFound:
-            pass
-        with suppress(ObjectAlreadyExists):
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        while not stop.wait(interval):
+            try:
+                beat = read_heartbeat(client, held.service)
+                if beat is not None and beat.get("lease") != str(held.lease_id):
+                    held.lost.set()  # another run found us stale and took the service
+                    return
+                client.renew_concurrency_lease(held.lease_id, lease_duration=PREFECT_LEASE_SECONDS)
+                write_heartbeat(client, held)
+            except Exception:  # noqa: BLE001 - one failed renewal is retried; the lease outlives it
+                continue
 
 
 @contextmanager
-def service_lock(service: str, timeout_seconds: float | None = None) -> Iterator[None]:
-    """Hold the service's deploy slot; a second run waits here until the first ends."""
+def service_lock(service: str, run_id: str | None, stale_after: float = 30.0) -> Iterator[Held]:
+    """Hold the service's release slot; wait for a live holder, take over from a dead one."""
+    log = get_run_logger()
     name = lock_name(service)
-    ensure_limit(name)
-    get_run_logger().info("waiting for the deploy slot of %s", service)
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True, lease_duration=600):
-        get_run_logger().info("holding the deploy slot of %s", service)
-        yield
+    with get_client(sync_client=True) as client:
+        ensure_limit(client, name)
+        log.info("waiting for the deploy slot of %s", service)
+        took_over: str | None = None
+        delay = 0.2
+        while (lease := _try_acquire(client, name, run_id)) is None:
+            took_over = _free_dead_holder(client, service, stale_after) or took_over
+            checkpoint()
+            time.sleep(delay)
+            delay = min(2.0, delay * 1.5)
+        held = Held(service, lease, run_id, took_over)
+        write_heartbeat(client, held)
+    if took_over:
+        log.warning("took the deploy slot of %s from run %s, which had stopped", service, took_over)
+    log.info("holding the deploy slot of %s", service)
+    stop = threading.Event()
+    beat = threading.Thread(target=_keep_alive, args=(held, max(1.0, stale_after / 6), stop), daemon=True)
+    beat.start()
+    try:
+        yield held
+    finally:
+        stop.set()
+        beat.join(timeout=10)
+        with get_client(sync_client=True) as client:
+            if read_heartbeat_lease(client, service) == str(held.lease_id):
+                delete_heartbeat(client, service)
+            try:
+                client.release_concurrency_slots_with_lease(held.lease_id)
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code != 404:
+                    raise
+
+
+def read_heartbeat_lease(client: SyncPrefectClient, service: str) -> str | None:
+    beat = read_heartbeat(client, service)
+    return str(beat.get("lease")) if beat else None
+
+
+class StopWatch:
+    """Why this run must stop now, if it must: cancelled in Prefect, or its slot taken over.
+
+    Read by every wait loop (tasks/waits.checkpoint), at most every ``every`` seconds
+    for the API call, so a cancel from the UI or ``prefect flow-run cancel`` rolls the
+    release back even when no runner is there to send SIGTERM (an in-process CLI run).
+    """
+
+    def __init__(self, run_id: str | None, every: float = 2.0) -> None:
+        self.run_id, self.every = run_id, every
+        self.held: Held | None = None
+        self._next = 0.0
+
+    def __call__(self) -> str | None:
+        if self.held is not None and self.held.lost.is_set():
+            return "another run took the deploy slot (this run's heartbeat had stopped)"
+        if self.run_id is None or time.monotonic() < self._next:
+            return None
+        self._next = time.monotonic() + self.every
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(self.run_id)).state
+        if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
+            return f"cancelled ({state.message or 'from the Prefect API'})"
+        return None

@@ -9,6 +9,7 @@ the values the sandbox's env file sets.
     ECS_PIPELINE_CACHE           one cache: git mirrors and build checkouts (default ~/.cache/ecs-pipeline)
     ECS_PIPELINE_ARTIFACTS_DIR   CodePipeline hand-over files (default ./artifacts)
     ECS_PIPELINE_TIME_SCALE      divides the pipeline's own waits; honoured only on a loopback endpoint
+    ECS_PIPELINE_LOCK_STALE_SECONDS  a dead release frees its service after this long (default 30)
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class Settings(BaseSettings):
     cache: Path = Field(default_factory=_default_cache)
     artifacts_dir: Path = Path("artifacts")
     time_scale: float = Field(default=1.0, gt=0)
+    lock_stale_seconds: float = Field(
+        default=30.0, ge=5, description="a release whose heartbeat is older than this has died: its service is freed"
+    )
 
     @field_validator("endpoint_url", "profile", mode="before")
     @classmethod

@@ -1,0 +1,109 @@
+"""The per-service release slot against the real Prefect server: never shared, never held by the dead."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+from uuid import UUID
+
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run
+
+from tasks.locks import heartbeat_name, lock_name, read_heartbeat, service_lock
+
+ROOT = Path(__file__).resolve().parents[1]
+STALE = 5.0
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from prefect import flow
+    from prefect.runtime import flow_run
+    from tasks.locks import service_lock
+
+    @flow(name="lock-holder")
+    def hold(service: str) -> None:
+        with service_lock(service, str(flow_run.get_id()), stale_after=float(sys.argv[2])):
+            print("HOLDING", flow_run.get_id(), flush=True)
+            time.sleep(600)
+
+    hold(sys.argv[1])
+    """
+)
+
+
+@flow(name="lock-taker")
+def take(service: str) -> dict[str, str | None]:
+    with service_lock(service, str(flow_run.get_id()), stale_after=STALE) as held:
+        return {"me": str(flow_run.get_id()), "took_over_from": held.took_over_from}
+
+
+def cleanup(service: str) -> None:
+    with get_client(sync_client=True) as client:
+        client.delete_global_concurrency_limit_by_name(lock_name(service))
+        if client.read_variable_by_name(heartbeat_name(service)) is not None:
+            client.delete_variable_by_name(heartbeat_name(service))
+
+
+def test_a_killed_holder_frees_the_service_and_is_marked_crashed() -> None:
+    service = f"lock-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, service, str(STALE)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        assert proc.stdout is not None
+        line = ""
+        while not line.startswith("HOLDING"):
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "the holder exited before taking the slot"
+        dead_run = line.split()[1]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+        got = take(service)
+
+        assert got["took_over_from"] == dead_run
+        with get_client(sync_client=True) as client:
+            dead = client.read_flow_run(UUID(dead_run))
+            assert dead.state is not None and dead.state.name == "Crashed", dead.state
+            assert "no heartbeat" in (dead.state.message or "")
+            assert read_heartbeat(client, service) is None, "the taker removes its heartbeat on release"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cleanup(service)
+
+
+def test_two_live_holders_never_overlap() -> None:
+    service = f"lock-{uuid.uuid4().hex[:8]}"
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    @flow(name="lock-worker")
+    def work() -> None:
+        with service_lock(service, str(flow_run.get_id()), stale_after=STALE) as held:
+            inside.append(1)
+            if len(inside) > 1:
+                overlaps.append(len(inside))
+            time.sleep(STALE * 1.5)  # longer than the stale time: the heartbeat must keep it ours
+            inside.pop()
+            assert held.took_over_from is None
+
+    try:
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert overlaps == []
+    finally:
+        cleanup(service)
