@@ -81,14 +81,21 @@ def rollback_service(service: str) -> str:
     ecs = clients.get("ecs")
     svc = ecs_ops.describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
     primary = ecs_ops.primary_task_set(svc)
-    blue = [ts for ts in svc.get("taskSets", []) if ts.get("status") == "ACTIVE"]
-    if cfg.load_balancer is not None and primary is not None and blue:
-        # A release is between shift and teardown: the primary set is still blue.
+    green = [ts for ts in svc.get("taskSets", []) if ts.get("status") == "ACTIVE"]
+    if cfg.load_balancer is not None and primary is not None and green:
+        # Blue is still the primary task set (a release between deploy green and teardown,
+        # running or left by a dead run): put every listener back on it and remove green.
         routing = traffic.resolve_routing(clients.get("elbv2"), cfg.load_balancer)
         tg = ecs_ops.task_set_target_group(primary)
         if tg:
-            traffic.set_weights(clients.get("elbv2"), routing.production_listener, {tg: 100})
-            return f"production back to 100% on {primary['taskDefinition']} (instant; the running release will roll back)"
+            elbv2 = clients.get("elbv2")
+            traffic.set_weights(elbv2, routing.production_listener, {tg: 100})
+            traffic.set_weights(elbv2, routing.test_listener, {tg: 100})
+            for ts in green:
+                ecs_ops.delete_task_set(ecs, cfg.ecs.cluster, cfg.ecs.service, ts["taskSetArn"])
+            removed = ", ".join(f"{ts['id']} ({ts['taskDefinition'].rsplit('/', 1)[-1]})" for ts in green)
+            return (f"production back to 100% on {primary['taskDefinition'].rsplit('/', 1)[-1]} "
+                    f"(blue was still up); removed task set(s) {removed}")
     live = live_release(cfg, clients)
     if live.task_definition is None:
         raise DeployError(f"{service} has never been deployed: nothing to roll back to")

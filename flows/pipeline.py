@@ -9,16 +9,17 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 
-from flows.strategy import choose_strategy
+from flows.skeleton import choose_strategy, reason_of, run_release
 from tasks import release as stages
 from tasks.aws import AwsClients
-from tasks.errors import PipelineError
 from tasks.interop import write_interop_files
-from tasks.locks import service_lock
-from tasks.models import find_service
+from tasks.locks import StopWatch, service_lock
+from tasks.models import ServiceConfig, find_service
 from tasks.report import ReleaseSummary, ShiftProgress, emit
 from tasks.settings import Settings
+from tasks.strategy import Outcome, Release
 from tasks.triggers import ensure_run_tags, superseded_by
+from tasks.waits import Aborted, abort_when
 
 
 @flow(name="deploy-service", flow_run_name="deploy {service}", persist_result=True, log_prints=True)
@@ -30,43 +31,70 @@ def deploy_service(service: str, sha: str | None = None, force: bool = False) ->
     run_id = flow_run.get_id()
     if run_id:
         ensure_run_tags(run_id, cfg.name, sha)
-    with service_lock(cfg.name):
+    stop = StopWatch(str(run_id) if run_id else None)
+    with abort_when(stop), service_lock(cfg.name, stop.run_id, clients.settings.lock_stale_seconds) as held:
+        stop.held = held
         superseded = superseded_by(cfg.name, run_id, cfg=cfg) if run_id else None
         if superseded:
             return Cancelled(name="Superseded", message=f"superseded by newer run {superseded}")
-        with summary.stage("detect change"):
-            target = stages.detect_change(cfg, clients, sha)
-        summary.sha, summary.previous_task_definition = target.sha, target.live.task_definition
-        strategy = choose_strategy(cfg, clients)
-        if not target.changed and not force:
-            strategy.finish_leftovers()
-            summary.outcome = "No change"
-            summary.publish()
-            return Completed(name="No change", message=f"{cfg.name} already runs {target.sha[:7]}")
-        emit(cfg.name, "started", sha=target.sha, strategy=cfg.strategy.type, flow_run=flow_run.get_id())
-        done: list[str] = []
         try:
-            with summary.stage("build"):
-                built = stages.build(cfg, clients, target.sha)
-            with summary.stage("push"):
-                pushed = stages.push(cfg, clients, target.sha, built)
-            with summary.stage("register task definition"):
-                registered = stages.register(cfg, clients, target.sha, pushed.value)
-            write_interop_files(cfg, pushed.value, clients.settings.artifacts_dir)
-            done = [name for name, r in (("build", built), ("push", pushed), ("register", registered)) if r.done]
-            summary.image, summary.task_definition = pushed.value, registered.value
-            outcome = strategy.release(registered.value, target.sha, summary, ShiftProgress(cfg.name))
-        except PipelineError as exc:
-            summary.outcome, summary.reason = "Failed", str(exc)
+            return release(cfg, clients, summary, sha, force)
+        except Aborted as exc:
+            summary.outcome, summary.reason = "Cancelled", str(exc)
             summary.publish()
-            emit(cfg.name, "failed", sha=target.sha, reason=str(exc))
+            emit(cfg.name, "cancelled", sha=summary.sha, reason=summary.reason, traffic=summary.traffic)
+            return Cancelled(name="Cancelled", message=f"{exc}; {summary.traffic}")
+        except BaseException as exc:
+            if summary.outcome != "Rollback failed":
+                summary.outcome, summary.reason = "Failed", summary.reason or reason_of(exc)
+            summary.publish()
+            emit(cfg.name, "failed", sha=summary.sha, reason=summary.reason, traffic=summary.traffic)
             raise
-        summary.notes.append(f"work done in this run: {', '.join(done) or 'none (all found done)'}")
+
+
+def release(
+    cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, sha: str | None, force: bool
+) -> State[Any]:
+    """The stages in order; the strategy is chosen once, before anything is built."""
+    run = Release(cfg, clients, sha or "", summary)
+    strategy = choose_strategy(run)
+    with summary.stage("reconcile"):
+        found = strategy.reconcile()
+    if found:
+        summary.notes.append(f"left by an earlier run: {found.text}")
+    with summary.stage("detect change"):
+        target = stages.detect_change(cfg, clients, sha)
+    summary.sha, summary.previous_task_definition = target.sha, target.live.task_definition
+    run.sha = target.sha
+    if not target.changed and not force:
+        summary.task_definition = target.live.task_definition
+        if found and found.direction == "forward":
+            # An earlier run of this very commit died after green took production: it is done now.
+            summary.outcome, summary.traffic = "Deployed", strategy.live_traffic
+            summary.publish()
+            finished = Outcome(found.task_definition, traffic=strategy.live_traffic)
+            return outcome_state(cfg.name, target.sha, finished, [])
+        summary.outcome = "No change"
         summary.publish()
-        return outcome_state(cfg.name, target.sha, outcome, done)
+        return Completed(name="No change", message=f"{cfg.name} already runs {target.sha[:7]}")
+    emit(cfg.name, "started", sha=target.sha, strategy=cfg.strategy.type, flow_run=flow_run.get_id())
+    with summary.stage("build"):
+        built = stages.build(cfg, clients, target.sha)
+    with summary.stage("push"):
+        pushed = stages.push(cfg, clients, target.sha, built)
+    with summary.stage("register task definition"):
+        registered = stages.register(cfg, clients, target.sha, pushed.value)
+    write_interop_files(cfg, pushed.value, clients.settings.artifacts_dir)
+    done = [name for name, r in (("build", built), ("push", pushed), ("register", registered)) if r.done]
+    summary.image, summary.task_definition = pushed.value, registered.value
+    run.task_definition = registered.value
+    outcome = run_release(strategy, run, ShiftProgress(cfg.name))
+    summary.notes.append(f"work done in this run: {', '.join(done) or 'none (all found done)'}")
+    summary.publish()
+    return outcome_state(cfg.name, target.sha, outcome, done)
 
 
-def outcome_state(service: str, sha: str, outcome: Any, done: list[str]) -> State[Any]:
+def outcome_state(service: str, sha: str, outcome: Outcome, done: list[str]) -> State[Any]:
     """The flow's final state in words a person understands; the data stays in the result."""
     data = {"service": service, "sha": sha, "done": done, **outcome.as_dict()}
     if outcome.rolled_back:

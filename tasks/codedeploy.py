@@ -10,178 +10,46 @@ blue. Any failure stops the deployment with CodeDeploy's own rollback.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from tasks import appspec as appspec_mod
+from tasks import ecs as ecs_ops
 from tasks import traffic, verify
+from tasks.appspec import render_appspec
 from tasks.aws import AwsClients
+from tasks.codedeploy_group import (
+    ENDED,
+    Deployment,
+    active_deployments,
+    budget,
+    console_url,
+    deployed_task_definition,
+    describe,
+    ended,
+    ensure_deployment_config,
+    error_text,
+    group_settings,
+    lifecycle,
+    phase_of,
+    raise_if_ended,
+    shift_minutes,
+    wait_for_others,
+)
 from tasks.errors import ConfigError, DeployError, VerifyFailed
 from tasks.models import ServiceConfig
-from tasks.retry import retry_kwargs
-from tasks.waits import poll
-
-STAGE = dict(cache_policy=NO_CACHE, **retry_kwargs())
-ACTIVE = ["Created", "Queued", "InProgress", "Baking", "Ready"]
-ENDED = ("Succeeded", "Failed", "Stopped")
-MARGIN_SECONDS = 60.0
-CAP_SECONDS = 4 * 3600.0
+from tasks.report import emit
+from tasks.retry import stage
+from tasks.strategy import LoadBalanced, Reconciled, Release, RollbackResult, Step
+from tasks.tasksets import Green, verify_green
+from tasks.waits import checkpoint, poll
 
 
-@dataclass(frozen=True)
-class GroupSettings:
-    """What the deployment group says about waiting, read once per release."""
-
-    config_name: str
-    ready_action: str
-    ready_wait_minutes: float
-    termination_action: str
-    termination_wait_minutes: float
-
-
-@dataclass(frozen=True)
-class Deployment:
-    id: str
-    url: str
-    task_definition: str
-    group: GroupSettings
-    config_name: str
-    resumed: bool = False
-
-
-def console_url(region: str, deployment_id: str) -> str:
-    return (
-        f"https://{region}.console.aws.amazon.com/codesuite/codedeploy/deployments/"
-        f"{deployment_id}?region={region}"
-    )
-
-
-def budget(cfg: ServiceConfig, seconds: float) -> float:
-    """A wait's bound: the deployment's own time plus a margin, never beyond the rollout timeout."""
-    return min(seconds + MARGIN_SECONDS, float(cfg.timeouts.rollout_seconds), CAP_SECONDS)
-
-
-def group_settings(cfg: ServiceConfig, cd: Any) -> GroupSettings:
-    try:
-        info = cd.get_deployment_group(
-            applicationName=cfg.codedeploy_application, deploymentGroupName=cfg.codedeploy_group
-        )["deploymentGroupInfo"]
-    except ClientError as exc:
-        code = exc.response["Error"]["Code"]
-        if code in ("ApplicationDoesNotExistException", "DeploymentGroupDoesNotExistException"):
-            raise ConfigError(
-                f"strategy.codedeploy_group: {code}: application {cfg.codedeploy_application}, "
-                f"group {cfg.codedeploy_group}; create them or set strategy.codedeploy_application "
-                "and strategy.codedeploy_group",
-                service=cfg.name,
-            ) from exc
-        raise
-    bg = info.get("blueGreenDeploymentConfiguration") or {}
-    ready = bg.get("deploymentReadyOption") or {}
-    term = bg.get("terminateBlueInstancesOnDeploymentSuccess") or {}
-    return GroupSettings(
-        config_name=str(info.get("deploymentConfigName") or "CodeDeployDefault.ECSAllAtOnce"),
-        ready_action=str(ready.get("actionOnTimeout") or "CONTINUE_DEPLOYMENT"),
-        ready_wait_minutes=float(ready.get("waitTimeInMinutes") or 0),
-        termination_action=str(term.get("action") or "TERMINATE"),
-        termination_wait_minutes=float(term.get("terminationWaitTimeInMinutes") or 0),
-    )
-
-
-def ensure_deployment_config(cfg: ServiceConfig, cd: Any, group: GroupSettings) -> str:
-    """strategy.traffic when the YAML sets it, else the group's own deployment config."""
-    if "traffic" not in cfg.strategy.model_fields_set:
-        return group.config_name
-    name, routing = appspec_mod.deployment_config(cfg.strategy.traffic)
-    if name.startswith(appspec_mod.OWN_CONFIG_PREFIX):
-        try:
-            cd.create_deployment_config(
-                deploymentConfigName=name, computePlatform="ECS", trafficRoutingConfig=routing
-            )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "DeploymentConfigAlreadyExistsException":
-                raise
-    return name
-
-
-def shift_minutes(cd: Any, config_name: str) -> float:
-    """How long the production shift of a deployment config takes, in minutes."""
-    found = cd.get_deployment_config(deploymentConfigName=config_name)["deploymentConfigInfo"]
-    return appspec_mod.shift_minutes(found.get("trafficRoutingConfig") or {})
-
-
-def describe(cd: Any, deployment_id: str) -> dict[str, Any]:
-    return cd.get_deployment(deploymentId=deployment_id)["deploymentInfo"]  # type: ignore[no-any-return]
-
-
-def ended(cd: Any, deployment_id: str) -> dict[str, Any] | None:
-    info = describe(cd, deployment_id)
-    return info if info["status"] in ENDED else None
-
-
-def error_text(info: dict[str, Any]) -> str:
-    """CodeDeploy's own words for how a deployment ended."""
-    err = info.get("errorInformation") or {}
-    message = err.get("message") or err.get("code") or "no error information"
-    return f"CodeDeploy deployment {info.get('deploymentId')} {info.get('status')}: {message}"
-
-
-def raise_if_ended(cfg: ServiceConfig, info: dict[str, Any]) -> None:
-    if info.get("status") in ("Failed", "Stopped"):
-        raise DeployError(error_text(info), service=cfg.name, deployment_id=info.get("deploymentId"))
-
-
-def deployed_task_definition(info: dict[str, Any]) -> str | None:
-    revision = info.get("revision") or {}
-    content = (revision.get("appSpecContent") or {}).get("content") or (
-        revision.get("string") or {}
-    ).get("content")
-    return appspec_mod.appspec_task_definition(content) if content else None
-
-
-def active_deployments(cfg: ServiceConfig, cd: Any) -> list[dict[str, Any]]:
-    """Deployments of the group that have not ended."""
-    ids: list[str] = []
-    pages = cd.get_paginator("list_deployments").paginate(
-        applicationName=cfg.codedeploy_application,
-        deploymentGroupName=cfg.codedeploy_group,
-        includeOnlyStatuses=ACTIVE,
-    )
-    for page in pages:
-        ids += page.get("deployments", [])
-    infos = [describe(cd, i) for i in ids]
-    return [i for i in infos if i.get("status") in ACTIVE]
-
-
-def wait_for_others(cfg: ServiceConfig, clients: AwsClients, others: list[dict[str, Any]]) -> None:
-    """Never race another deployment of the group: wait a bounded time for it, then fail naming it."""
-    log = get_run_logger()
-    cd = clients.get("codedeploy")
-    for other in others:
-        dep_id = other["deploymentId"]
-        what = deployed_task_definition(other) or "another revision"
-        log.warning("deployment %s (%s) is %s in group %s: waiting for it to end",
-                    dep_id, what, other.get("status"), cfg.codedeploy_group)
-        try:
-            poll(partial(ended, cd, dep_id), timeout=cfg.timeouts.green_healthy_seconds,
-                 what=f"deployment {dep_id} to end", log=log.info, cap=clients.settings.poll_cap())
-        except DeployError as exc:
-            raise DeployError(
-                f"deployment {dep_id} ({what}) is still {describe(cd, dep_id)['status']} in group "
-                f"{cfg.codedeploy_group} and blocks this release; let it finish or stop it "
-                f"(aws deploy stop-deployment --deployment-id {dep_id})",
-                service=cfg.name,
-                deployment_id=dep_id,
-            ) from exc
-
-
-@task(name="codedeploy create", task_run_name="codedeploy create {cfg.name}@{sha:.7}", **STAGE)
+@stage("codedeploy create", "codedeploy create {cfg.name}@{sha:.7}")
 def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha: str) -> Deployment:
     """Create the deployment, or resume the one already running this task definition."""
     log = get_run_logger()
@@ -231,36 +99,7 @@ def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha
     return Deployment(dep_id, url, task_definition, group, config)
 
 
-def lifecycle(cd: Any, deployment_id: str) -> dict[str, Any]:
-    """The ECS target of a deployment (lifecycle events, task sets), or {} before it starts."""
-    try:
-        ids = cd.list_deployment_targets(deploymentId=deployment_id).get("targetIds", [])
-        if not ids:
-            return {}
-        found = cd.get_deployment_target(deploymentId=deployment_id, targetId=ids[0])
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("DeploymentNotStartedException",):
-            return {}
-        raise
-    return found["deploymentTarget"].get("ecsTarget") or {}
-
-
-def phase_of(info: dict[str, Any], target: dict[str, Any]) -> str | None:
-    """ready | shifting | terminating | succeeded, or None while green is still starting."""
-    status = info.get("status")
-    if status == "Succeeded":
-        return "succeeded"
-    if info.get("instanceTerminationWaitTimeStarted"):
-        return "terminating"
-    events = {e["lifecycleEventName"]: e.get("status") for e in target.get("lifecycleEvents", [])}
-    if events.get("AllowTraffic") in ("InProgress", "Succeeded") or events.get("BeforeAllowTraffic") == "Succeeded":
-        return "shifting"
-    if status == "Ready":
-        return "ready"
-    return None
-
-
-@task(name="wait ready", task_run_name="wait ready {cfg.name}", **STAGE)
+@stage("wait ready", "wait ready {cfg.name}")
 def wait_ready(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> str:
     """Until green runs behind the test listener (Ready), or later when resuming."""
     log = get_run_logger()
@@ -292,7 +131,7 @@ def green_target_group(clients: AwsClients, dep: Deployment, routing: traffic.Ro
     return max(weights, key=lambda arn: weights[arn]) if weights else routing.target_groups[1]
 
 
-@task(name="continue to production", task_run_name="continue to production {cfg.name}", **STAGE)
+@stage("continue to production", "continue to production {cfg.name}")
 def continue_to_production(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> None:
     """ContinueDeployment(READY_WAIT): CodeDeploy starts moving production to green."""
     cd = clients.get("codedeploy")
@@ -330,7 +169,7 @@ def _look(cfg: ServiceConfig, clients: AwsClients, watch: Watch, what: str) -> t
     return info, weights.get(watch.green_target_group, 0)
 
 
-@task(name="watch shift", task_run_name="watch shift {cfg.name}", **STAGE)
+@stage("watch shift", "watch shift {cfg.name}")
 def watch_shift(
     cfg: ServiceConfig, clients: AwsClients, watch: Watch, on_step: Callable[[int], None]
 ) -> None:
@@ -354,7 +193,7 @@ def watch_shift(
         on_step(100)
 
 
-@task(name="bake", task_run_name="bake {cfg.name}", **STAGE)
+@stage("bake", "bake {cfg.name}")
 def bake(cfg: ServiceConfig, clients: AwsClients, watch: Watch) -> None:
     """Keep blue while green carries production; an alarm or an ended deployment still rolls back."""
     log = get_run_logger()
@@ -371,10 +210,11 @@ def bake(cfg: ServiceConfig, clients: AwsClients, watch: Watch) -> None:
         left = deadline - time.monotonic()
         if left <= 0 or info["status"] == "Succeeded":
             return
+        checkpoint()
         time.sleep(min(left, clients.settings.poll_cap()))
 
 
-@task(name="finish", task_run_name="finish {cfg.name}", **STAGE)
+@stage("finish", "finish {cfg.name}")
 def finish(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> None:
     """ContinueDeployment(TERMINATION_WAIT): CodeDeploy removes blue; done when Succeeded."""
     cd = clients.get("codedeploy")
@@ -407,7 +247,7 @@ class Ended:
     on_blue: bool = True
 
 
-@task(name="roll back", task_run_name="roll back {cfg.name}", **STAGE)
+@stage("roll back", "roll back {cfg.name}")
 def roll_back(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> Ended:
     """StopDeployment with CodeDeploy's rollback (unless CodeDeploy already ended it) and wait."""
     log = get_run_logger()
@@ -433,3 +273,112 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> Ended
         text = f"CodeDeploy deployment {dep.id} had already Succeeded: production stays on green"
         return Ended(text, stopped_here, on_blue=False)
     return Ended(error_text(info), stopped_here)
+
+
+def render_release_appspec(cfg: ServiceConfig, task_definition: str) -> dict[str, Any]:
+    """This release's appspec, from strategy.appspec (relative to the YAML) or the default one."""
+    text, source = None, "default appspec"
+    if cfg.strategy.appspec:
+        path = cfg.path(cfg.strategy.appspec)
+        source = str(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"strategy.appspec: cannot read {path} ({exc.strerror})", service=cfg.name) from exc
+    return render_appspec(text, task_definition, cfg.ecs.container, cfg.ecs.container_port, source)
+
+
+def with_codedeploy_words(reason: str, ended: Ended) -> str:
+    """Our reason and CodeDeploy's; CodeDeploy's leads when it stopped the deployment first."""
+    if ended.text in reason:
+        return reason
+    return f"{reason}; {ended.text}" if ended.stopped_here else f"{ended.text} (then: {reason})"
+
+
+class CodeDeploySteps(LoadBalanced):
+    """Blue/green on a CODE_DEPLOY-controller service through its deployment group.
+
+    CodeDeploy moves traffic; the pipeline creates the deployment, verifies green
+    through the test listener while CodeDeploy waits in Ready, then continues,
+    watches, bakes and finishes. A resumed deployment skips what already happened.
+    """
+
+    live_traffic = "100% green"
+
+    def __init__(self, release: Release) -> None:
+        super().__init__(release)
+        self.dep: Deployment | None = None
+        self.phase: str | None = None
+        self.green_tg = ""
+
+    def before_production(self) -> Iterator[Step]:
+        yield "codedeploy create", self._create
+        yield "wait ready", self._wait_ready
+        if self.phase == "ready":
+            yield "verify", self._verify
+
+    def _create(self) -> None:
+        r = self.release
+        appspec = render_release_appspec(self.cfg, r.task_definition)
+        self.dep = dep = create(self.cfg, self.clients, appspec, r.sha)
+        resumed = ", resumed" if dep.resumed else ""
+        r.note(f"CodeDeploy deployment [{dep.id}]({dep.url}) ({dep.config_name}{resumed})")
+        emit(self.cfg.name, "codedeploy-created", sha=r.sha, deployment_id=dep.id, url=dep.url)
+
+    def _wait_ready(self) -> None:
+        assert self.dep is not None
+        self.phase = wait_ready(self.cfg, self.clients, self.dep)
+        self.green_tg = green_target_group(self.clients, self.dep, self.routing)
+
+    def _verify(self) -> None:
+        assert self.dep is not None
+        green = Green(None, self.green_tg, self.dep.task_definition, None, None)
+        self.release.note(*verify_green(self.cfg, self.clients, self.routing, green))
+
+    def pauses_for_approval(self) -> bool:
+        return self.phase == "ready"
+
+    def to_production(self) -> Iterator[Step]:
+        dep = self.dep
+        assert dep is not None
+        watch = Watch(dep, self.routing.production_listener, self.green_tg)
+        if self.phase == "ready":
+            yield "continue to production", lambda: continue_to_production(self.cfg, self.clients, dep)
+        if self.phase in ("ready", "shifting"):
+            yield "watch shift", lambda: self._watch_shift(watch)
+        if self.phase != "succeeded":
+            yield "bake", lambda: bake(self.cfg, self.clients, watch)
+
+    def _watch_shift(self, watch: Watch) -> None:
+        def on_step(weight: int) -> None:
+            self.release.on_step(weight, deployment_id=watch.dep.id)
+
+        watch_shift(self.cfg, self.clients, watch, on_step)
+
+    def after_bake(self) -> Iterator[Step]:
+        dep = self.dep
+        assert dep is not None
+        yield "finish", lambda: finish(self.cfg, self.clients, dep)
+
+    def roll_back(self, reason: str) -> RollbackResult | None:
+        if self.dep is None:
+            return None  # no deployment was created: nothing moved
+        done = roll_back(self.cfg, self.clients, self.dep)
+        where = "production on blue" if done.on_blue else "production on green"
+        return RollbackResult(where, with_codedeploy_words(reason, done))
+
+    def reconcile(self) -> Reconciled | None:
+        """An earlier run stopped in the termination wait of the live release: let CodeDeploy finish."""
+        cfg, clients = self.cfg, self.clients
+        cd = clients.get("codedeploy")
+        svc = ecs_ops.describe_service(clients.get("ecs"), cfg.ecs.cluster, cfg.ecs.service)
+        live = ecs_ops.live_task_definition(clients.get("ecs"), svc) or ""
+        for info in active_deployments(cfg, cd):
+            if info.get("instanceTerminationWaitTimeStarted") and deployed_task_definition(info) == live:
+                dep_id = info["deploymentId"]
+                get_run_logger().warning("finishing deployment %s left by an earlier run", dep_id)
+                group = group_settings(cfg, cd)
+                url = console_url(clients.settings.region, dep_id)
+                finish(cfg, clients, Deployment(dep_id, url, live, group, group.config_name))
+                return Reconciled("forward", live, f"finished CodeDeploy deployment {dep_id} an earlier run left")
+        return None

@@ -13,7 +13,6 @@ from tasks.errors import ConfigError, DeployError, VerifyFailed
 from tasks.taskdef import SHA_TAG
 from tasks.waits import poll
 
-CONTROLLER_STRATEGY = {"EXTERNAL": "task-sets", "CODE_DEPLOY": "codedeploy", "ECS": "rolling"}
 # Stopped reasons that no amount of waiting fixes.
 FATAL_STOP_REASONS = (
     "CannotPullContainerError",

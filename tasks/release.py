@@ -10,15 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from tasks import ecr, image, source
 from tasks.aws import AwsClients, docker_client
 from tasks.ecs import LiveRelease, describe_release, describe_service, live_task_definition
 from tasks.errors import ConfigError
 from tasks.models import ServiceConfig
-from tasks.retry import retry_kwargs
+from tasks.retry import stage
 from tasks.taskdef import diff_task_definitions, load_template, render_task_definition
 
 
@@ -45,7 +44,10 @@ class StageResult:
 def live_release(cfg: ServiceConfig, clients: AwsClients) -> LiveRelease:
     ecs = clients.get("ecs")
     svc = describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
-    return describe_release(ecs, live_task_definition(ecs, svc), cfg.ecs.container)
+    found = describe_release(ecs, live_task_definition(ecs, svc), cfg.ecs.container)
+    # The image's digest decides what runs: a task definition tag can be copied by another tool.
+    sha = ecr.sha_of_image(clients.get("ecr"), cfg.ecr.repository, found.image)
+    return LiveRelease(found.task_definition, sha, found.image)
 
 
 def live_sha(cfg: ServiceConfig, clients: AwsClients) -> str | None:
@@ -53,10 +55,9 @@ def live_sha(cfg: ServiceConfig, clients: AwsClients) -> str | None:
     return live_release(cfg, clients).sha
 
 
-STAGE = dict(cache_policy=NO_CACHE, **retry_kwargs())
 
 
-@task(name="detect change", task_run_name="detect change {cfg.name}", **STAGE)
+@stage("detect change", "detect change {cfg.name}")
 def detect_change(cfg: ServiceConfig, clients: AwsClients, sha: str | None) -> Target:
     """Resolve the commit to release and read the live one."""
     full = source.resolve_commit(
@@ -78,7 +79,7 @@ def image_in_ecr(cfg: ServiceConfig, clients: AwsClients, sha: str) -> tuple[str
     return uri, image.image_with_digest(uri, digest) if digest else None
 
 
-@task(name="build", task_run_name="build {cfg.name}@{sha:.7}", **STAGE)
+@stage("build", "build {cfg.name}@{sha:.7}")
 def build(cfg: ServiceConfig, clients: AwsClients, sha: str) -> StageResult:
     """docker build at the SHA; skipped when ECR already has the image for it."""
     log = get_run_logger()
@@ -99,7 +100,7 @@ def build(cfg: ServiceConfig, clients: AwsClients, sha: str) -> StageResult:
     return StageResult(built.tag, done=True)
 
 
-@task(name="push", task_run_name="push {cfg.name}@{sha:.7}", **STAGE)
+@stage("push", "push {cfg.name}@{sha:.7}")
 def push(cfg: ServiceConfig, clients: AwsClients, sha: str, built: StageResult) -> StageResult:
     """Push to ECR and pin the image by digest; nothing to do when ECR has it."""
     log = get_run_logger()
@@ -129,7 +130,7 @@ def render(cfg: ServiceConfig, image_ref: str, sha: str | None) -> dict[str, Any
     )
 
 
-@task(name="register task definition", task_run_name="register {cfg.name}@{sha:.7}", **STAGE)
+@stage("register task definition", "register {cfg.name}@{sha:.7}")
 def register(cfg: ServiceConfig, clients: AwsClients, sha: str, image_ref: str) -> StageResult:
     """Register the rendered task definition; reuse the latest revision when identical."""
     log = get_run_logger()

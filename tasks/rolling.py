@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from tasks import ecs as ecs_ops
 from tasks import traffic, verify
 from tasks.aws import AwsClients
 from tasks.errors import DeployError, RolledBack, VerifyFailed
 from tasks.models import ServiceConfig
-from tasks.retry import retry_kwargs
+from tasks.retry import stage
+from tasks.strategy import Reconciled, Release, RollbackResult, Step
 from tasks.waits import poll
-
-STAGE = dict(cache_policy=NO_CACHE, **retry_kwargs())
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ def _previous(service: dict[str, Any], task_definition: str) -> str | None:
     return str(value) if value else None
 
 
-@task(name="rolling update", task_run_name="rolling update {cfg.name}@{sha:.7}", **STAGE)
+@stage("rolling update", "rolling update {cfg.name}@{sha:.7}")
 def update_service(cfg: ServiceConfig, clients: AwsClients, task_definition: str, sha: str) -> Rollout:
     """UpdateService to the new revision, unless the PRIMARY deployment already runs it."""
     log = get_run_logger()
@@ -103,7 +102,7 @@ def rollout_state(service: dict[str, Any], rollout: Rollout) -> str | None:
     return "COMPLETED" if ours is not None and ours.get("rolloutState") == "COMPLETED" else None
 
 
-@task(name="wait rollout", task_run_name="wait rollout {cfg.name}", **STAGE)
+@stage("wait rollout", "wait rollout {cfg.name}")
 def wait_rollout(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout) -> None:
     """Until the release's deployment is COMPLETED; then describe again: stable is not succeeded."""
     log = get_run_logger()
@@ -131,7 +130,7 @@ def wait_rollout(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout) -> N
              primary.get("runningCount"), service.get("desiredCount"), rollout.task_definition)
 
 
-@task(name="verify production", task_run_name="verify production {cfg.name}", **STAGE)
+@stage("verify production", "verify production {cfg.name}")
 def verify_production(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout) -> list[str]:
     """Rolling has no test listener: the same HTTP checks, against production, after the rollout."""
     log = get_run_logger()
@@ -151,7 +150,7 @@ def verify_production(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout)
     return lines or ["no HTTP checks: no load balancer and no verify.http base_url"]
 
 
-@task(name="roll back", task_run_name="roll back {cfg.name}", **STAGE)
+@stage("roll back", "roll back {cfg.name}")
 def roll_back(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout) -> str:
     """Back to the previous revision (ECS may already be on its way there) and wait until it serves."""
     log = get_run_logger()
@@ -176,3 +175,61 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout) -> str:
     poll(back, timeout=cfg.timeouts.rollout_seconds, what=f"{rollout.previous} to serve again",
          log=log.info, cap=clients.settings.poll_cap())
     return f"{rollout.previous.rsplit('/', 1)[-1]} serving"
+
+
+class RollingSteps:
+    """UpdateService on an ECS-controller service; a failed rollout ends on the previous revision.
+
+    Rolling has no green to verify before production: the approval gate (when
+    required) comes before UpdateService, and the checks run on production after.
+    """
+
+    live_traffic = "100% new tasks"
+
+    def __init__(self, release: Release) -> None:
+        self.release = release
+        self.cfg, self.clients = release.cfg, release.clients
+        self.rollout: Rollout | None = None
+
+    def before_production(self) -> Iterator[Step]:
+        return iter(())
+
+    def pauses_for_approval(self) -> bool:
+        return True
+
+    def to_production(self) -> Iterator[Step]:
+        yield "rolling update", self._update
+        yield "wait rollout", self._wait
+        yield "verify", self._verify
+
+    def _update(self) -> None:
+        r = self.release
+        self.rollout = update_service(self.cfg, self.clients, r.task_definition, r.sha)
+
+    def _wait(self) -> None:
+        assert self.rollout is not None
+        wait_rollout(self.cfg, self.clients, self.rollout)
+        self.release.on_step(100)
+
+    def _verify(self) -> None:
+        assert self.rollout is not None
+        self.release.note(*verify_production(self.cfg, self.clients, self.rollout))
+
+    def after_bake(self) -> Iterator[Step]:
+        return iter(())
+
+    def roll_back(self, reason: str) -> RollbackResult | None:
+        if self.rollout is None:
+            return None  # UpdateService never happened: production did not move
+        return RollbackResult(roll_back(self.cfg, self.clients, self.rollout), reason)
+
+    def where_traffic_is(self) -> str:
+        service = _service(self.cfg, self.clients)
+        return "production on " + ", ".join(
+            f"{d.get('taskDefinition', '?').rsplit('/', 1)[-1]} ({d.get('runningCount', 0)} tasks)"
+            for d in service.get("deployments", [])
+        )
+
+    def reconcile(self) -> Reconciled | None:
+        """ECS finishes (or rolls back) a rollout on its own; nothing is left for a later run."""
+        return None

@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from tasks import ecs as ecs_ops
 from tasks import traffic, verify
 from tasks.aws import AwsClients
 from tasks.errors import VerifyFailed
 from tasks.models import ServiceConfig
-from tasks.retry import retry_kwargs
+from tasks.retry import stage
+from tasks.strategy import LoadBalanced, Reconciled, Release, RollbackResult, Step
 from tasks.traffic import Routing
-from tasks.waits import poll
+from tasks.waits import checkpoint, poll
 
-STAGE = dict(cache_policy=NO_CACHE, **retry_kwargs())
 DRAIN_WAIT = 120.0  # seconds a deleted task set may take to drain before the run moves on
 
 
@@ -66,7 +65,7 @@ def plan_green(service: dict[str, Any], routing: Routing, task_definition: str) 
     )
 
 
-@task(name="deploy green", task_run_name="deploy green {cfg.name}@{sha:.7}", **STAGE)
+@stage("deploy green", "deploy green {cfg.name}@{sha:.7}")
 def deploy_green(
     cfg: ServiceConfig, clients: AwsClients, routing: Routing, task_definition: str, sha: str
 ) -> Green:
@@ -112,7 +111,7 @@ def _tg_name(routing: Routing, arn: str) -> str:
     return dict(zip(routing.target_groups, routing.target_group_names, strict=True)).get(arn, arn)
 
 
-@task(name="verify green", task_run_name="verify green {cfg.name}", **STAGE)
+@stage("verify green", "verify green {cfg.name}")
 def verify_green(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green) -> list[str]:
     """HTTP checks through the test listener, target health and alarms, before any production traffic."""
     log = get_run_logger()
@@ -155,10 +154,11 @@ def watch(
         left = deadline - time.monotonic()
         if left <= 0:
             return
+        checkpoint()
         time.sleep(min(left, max(0.2, clients.settings.scaled(10))))
 
 
-@task(name="shift traffic", task_run_name="shift traffic {cfg.name}", **STAGE)
+@stage("shift traffic", "shift traffic {cfg.name}")
 def shift_traffic(
     cfg: ServiceConfig,
     clients: AwsClients,
@@ -186,14 +186,15 @@ def shift_traffic(
     return 100
 
 
-@task(name="bake", task_run_name="bake {cfg.name}", **STAGE)
+@stage("bake", "bake {cfg.name}")
 def bake(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green) -> None:
     """Keep blue warm while green carries all traffic; any alarm still rolls back."""
-    get_run_logger().info("baking for %ss (time-scaled: %.1fs)", cfg.bake_seconds, clients.settings.scaled(cfg.bake_seconds))
+    seconds = cfg.bake_seconds
+    get_run_logger().info("baking for %ss (time-scaled: %.1fs)", seconds, clients.settings.scaled(seconds))
     watch(cfg, clients, routing, green, 100, cfg.bake_seconds, "the bake")
 
 
-@task(name="teardown blue", task_run_name="teardown blue {cfg.name}", **STAGE)
+@stage("teardown blue", "teardown blue {cfg.name}")
 def teardown_blue(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green) -> list[str]:
     """Make green primary and delete every other task set; done when only green is left."""
     log = get_run_logger()
@@ -214,7 +215,7 @@ def teardown_blue(cfg: ServiceConfig, clients: AwsClients, routing: Routing, gre
     return removed
 
 
-@task(name="roll back", task_run_name="roll back {cfg.name}", **STAGE)
+@stage("roll back", "roll back {cfg.name}")
 def roll_back(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green | None) -> str:
     """Production 100 % on blue, test listener back on blue, green removed."""
     log = get_run_logger()
@@ -234,3 +235,79 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: 
             log.warning("green task set %s is still draining", task_set)
         log.info("green task set removed")
     return "production on blue" if green.blue_target_group else "green removed (there was no blue)"
+
+
+class TaskSetSteps(LoadBalanced):
+    """Blue/green on an EXTERNAL-controller service, driven here one visible task per step."""
+
+    live_traffic = "100% green"
+
+    def __init__(self, release: Release) -> None:
+        super().__init__(release)
+        self.green: Green | None = None
+
+    def before_production(self) -> Iterator[Step]:
+        yield "deploy green", self._deploy_green
+        yield "verify", self._verify
+
+    def _deploy_green(self) -> None:
+        r = self.release
+        self.green = deploy_green(r.cfg, r.clients, self.routing, r.task_definition, r.sha)
+
+    def _verify(self) -> None:
+        assert self.green is not None
+        self.release.note(*verify_green(self.cfg, self.clients, self.routing, self.green))
+
+    def pauses_for_approval(self) -> bool:
+        return self.green is not None and not self.green.already_primary
+
+    def to_production(self) -> Iterator[Step]:
+        green = self.green
+        assert green is not None
+        yield "shift traffic", lambda: self._shift(green)
+        yield "bake", lambda: bake(self.cfg, self.clients, self.routing, green)
+
+    def _shift(self, green: Green) -> None:
+        shift_traffic(self.cfg, self.clients, self.routing, green, self.release.on_step)
+
+    def after_bake(self) -> Iterator[Step]:
+        yield "teardown blue", self._teardown
+
+    def _teardown(self) -> None:
+        assert self.green is not None
+        removed = teardown_blue(self.cfg, self.clients, self.routing, self.green)
+        self.release.note(f"removed task sets: {', '.join(removed) or 'none'}")
+
+    def roll_back(self, reason: str) -> RollbackResult:
+        # Green as far as this run knows it, else as AWS shows it (a lost CreateTaskSet answer).
+        green = self.green or plan_green(_service(self.cfg, self.clients), self.routing, self.release.task_definition)
+        return RollbackResult(roll_back(self.cfg, self.clients, self.routing, green), reason)
+
+    def reconcile(self) -> Reconciled | None:
+        """Task sets and weights a dead run left: forward if production was already all on green, else back."""
+        service = _service(self.cfg, self.clients)
+        primary = ecs_ops.primary_task_set(service)
+        others = [ts for ts in service.get("taskSets", []) if ts.get("status") == "ACTIVE"]
+        if primary is None or not others:
+            return None
+        elbv2, routing = self.clients.get("elbv2"), self.routing
+        weights = traffic.get_weights(elbv2, routing.production_listener)
+        blue_tg = ecs_ops.task_set_target_group(primary) or routing.target_groups[0]
+        full = [ts for ts in others if weights.get(ecs_ops.task_set_target_group(ts) or "", 0) == 100]
+        keep = full[0] if full else primary
+        keep_tg = ecs_ops.task_set_target_group(keep) or blue_tg
+        green = Green(keep["taskSetArn"], keep_tg, keep["taskDefinition"], None, None)
+        if weights.get(keep_tg, 0) == 100 and keep is primary:
+            what = "removed task set(s) an earlier run left; production stays on the primary"
+        elif full:
+            what = "production was 100% on green, verified before the shift: finished its release"
+        else:
+            share = sum(w for arn, w in weights.items() if arn != blue_tg)
+            what = f"production was {share}% on green, never fully shifted: rolled back to blue"
+        traffic.set_weights(elbv2, routing.production_listener, {keep_tg: 100})
+        traffic.set_weights(elbv2, routing.test_listener, {keep_tg: 100})
+        teardown_blue(self.cfg, self.clients, routing, green)
+        td = keep["taskDefinition"]
+        names = ", ".join(ts["id"] for ts in [primary, *others] if ts is not keep)
+        get_run_logger().warning("reconciled %s: %s (removed %s)", self.cfg.name, what, names)
+        return Reconciled("back" if keep is primary else "forward", td, f"{what}; {td.rsplit('/', 1)[-1]} serves")

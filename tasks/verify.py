@@ -13,6 +13,7 @@ from botocore.exceptions import ClientError
 
 from tasks.errors import ConfigError, VerifyFailed
 from tasks.models import HttpCheck
+from tasks.waits import checkpoint
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ def check_http(
             else:
                 streak = 0
                 outcomes[problem] += 1
+            checkpoint()
             time.sleep(check.interval_seconds)
     seen = _describe(outcomes)
     raise VerifyFailed(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TypeVar
 
 from tasks.errors import DeployError
@@ -43,6 +45,7 @@ def poll(
     delays = Backoff(first, 1.5, cap)
     last_log = 0.0
     while True:
+        checkpoint()
         result = check()
         if result is not None:
             return result
@@ -53,3 +56,31 @@ def poll(
             log(f"waiting for {what} ({deadline - now:.0f}s left)")
             last_log = now
         time.sleep(min(next(delays), max(0.0, deadline - now)))
+
+
+class Aborted(BaseException):
+    """The run must stop now (cancelled, or its deploy slot was taken): roll back, then end.
+
+    A BaseException, like Prefect's own TerminationSignal, so no ``except Exception``
+    on the way up (a stage's retry, a check's error handling) swallows it.
+    """
+
+
+_abort_check: ContextVar[Callable[[], str | None] | None] = ContextVar("ecs_pipeline_abort", default=None)
+
+
+def checkpoint() -> None:
+    """Raise Aborted if the run was cancelled or lost its slot; every wait loop calls this."""
+    check = _abort_check.get()
+    if check is not None and (why := check()):
+        raise Aborted(why)
+
+
+@contextmanager
+def abort_when(check: Callable[[], str | None] | None) -> Iterator[None]:
+    """Waits inside this block stop with Aborted once ``check`` gives a reason (None: never)."""
+    token = _abort_check.set(check)
+    try:
+        yield
+    finally:
+        _abort_check.reset(token)
