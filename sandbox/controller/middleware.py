@@ -16,6 +16,8 @@ from urllib.parse import parse_qs
 from .ecr_api import HANDLERS as ECR_HANDLERS
 from .ecr_api import ApiError
 from .faults import canonical, error_response
+from .supported import CODE as UNSUPPORTED
+from .supported import is_supported, unsupported_message
 from .world import LOCK, log
 
 if TYPE_CHECKING:
@@ -53,6 +55,7 @@ class SandboxMiddleware:
         }
         for op, fn in controller.codedeploy_api.handlers().items():
             self.handlers[("codedeploy", op)] = fn
+        self.handled = frozenset(self.handlers)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -70,6 +73,9 @@ class SandboxMiddleware:
             log.info("fault injected: %s.%s -> %s", service, op, fault["code"])
             return self._send(start_response, *error_response(
                 service, fault["code"], fault["message"], fault["status"], is_json))
+        if op and not is_supported(service, op, body, self.handled):
+            return self._send(start_response, *error_response(
+                service, UNSUPPORTED, unsupported_message(service, op), 400, is_json))
         handler = self.handlers.get((service, op))
         if handler is not None and is_json:
             try:
