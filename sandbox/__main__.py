@@ -12,6 +12,7 @@ import sys
 
 from sandbox import manage
 from sandbox.engine import SandboxError
+from sandbox.layout import layout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +63,7 @@ def _seed(path: str, prefix: str) -> int:
             "run `python -m sandbox up`"
         )
     except (ClientError, BotoCoreError) as exc:
-        return _fail(f"{exc}; see {manage.layout().log('aws')}")
+        return _fail(f"{exc}; see {layout().log('aws')}")
     except docker.errors.DockerException as exc:
         return _fail(f"Docker engine {env['DOCKER_HOST']}: {exc}; run `python -m sandbox status`")
     print(json.dumps(result, indent=2, sort_keys=True))

@@ -22,7 +22,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from sandbox.engine import BUSYBOX, SandboxError, is_static_elf
-from sandbox.manage import REPO, load_env
+from sandbox.layout import REPO
+from sandbox.manage import load_env
 from sandbox.seed_network import (
     Clients,
     check_names,

@@ -15,13 +15,13 @@ from .cloudwatch import AlarmEvaluator, Metrics
 from .codedeploy import CodeDeployController
 from .codedeploy_api import CodeDeployApi
 from .codedeploy_api import install_patches as install_codedeploy_patches
+from .containers import TaskRunner
 from .docker_runtime import DockerRuntime, docker_host
 from .ecs import EcsController
 from .faults import Faults
 from .logs import LogShipper
 from .proxy import ProxyManager
 from .requests_log import RequestLog
-from .tasks import TaskRunner
 from .world import LOCK, ecs, elbv2, log, time_scale
 
 TICK_SECONDS = 0.1

@@ -8,14 +8,12 @@ the termination wait, and rollback on StopDeployment, failure or alarm.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from moto.codedeploy.models import DeploymentInfo
 
+from .codedeploy_configs import epoch, parse_appspec, routing_for, shift_steps
 from .traffic import forward_weights, set_forward
 from .world import LOCK, cloudwatch, codedeploy, ecs, elbv2, log, now, scaled
 
@@ -25,58 +23,7 @@ if TYPE_CHECKING:
 EVENTS = ["BeforeInstall", "Install", "AfterInstall", "AllowTestTraffic", "AfterAllowTestTraffic",
           "BeforeAllowTraffic", "AllowTraffic", "AfterAllowTraffic"]
 DONE = ("Succeeded", "Failed", "Stopped")
-PREDEFINED: dict[str, dict[str, Any]] = {
-    "CodeDeployDefault.ECSAllAtOnce": {"type": "AllAtOnce"},
-    "CodeDeployDefault.ECSCanary10Percent5Minutes": {
-        "type": "TimeBasedCanary", "timeBasedCanary": {"canaryPercentage": 10, "canaryInterval": 5}},
-    "CodeDeployDefault.ECSCanary10Percent15Minutes": {
-        "type": "TimeBasedCanary", "timeBasedCanary": {"canaryPercentage": 10, "canaryInterval": 15}},
-    "CodeDeployDefault.ECSLinear10PercentEvery1Minutes": {
-        "type": "TimeBasedLinear", "timeBasedLinear": {"linearPercentage": 10, "linearInterval": 1}},
-    "CodeDeployDefault.ECSLinear10PercentEvery3Minutes": {
-        "type": "TimeBasedLinear", "timeBasedLinear": {"linearPercentage": 10, "linearInterval": 3}},
-}
-CUSTOM_CONFIGS: dict[str, dict[str, Any]] = {}
 INSTALL_FAILURES = 3
-
-
-def epoch() -> float:
-    return datetime.now(UTC).timestamp()
-
-
-def routing_for(name: str) -> dict[str, Any] | None:
-    if name in CUSTOM_CONFIGS:
-        return dict(CUSTOM_CONFIGS[name].get("trafficRoutingConfig") or {"type": "AllAtOnce"})
-    return PREDEFINED.get(name)
-
-
-def shift_steps(routing: dict[str, Any]) -> list[tuple[int, float]]:
-    """(percent on green, minutes to wait after) for a traffic routing config."""
-    kind = routing.get("type", "AllAtOnce")
-    if kind == "TimeBasedCanary":
-        c = routing["timeBasedCanary"]
-        return [(int(c["canaryPercentage"]), float(c["canaryInterval"])), (100, 0.0)]
-    if kind == "TimeBasedLinear":
-        c = routing["timeBasedLinear"]
-        pct, interval = int(c["linearPercentage"]), float(c["linearInterval"])
-        steps = [(p, interval) for p in range(pct, 100, pct)]
-        return [*steps, (100, 0.0)]
-    return [(100, 0.0)]
-
-
-def parse_appspec(revision: dict[str, Any]) -> dict[str, Any]:
-    """TargetService properties from an AppSpecContent/String revision (YAML or JSON)."""
-    content = ((revision.get("appSpecContent") or {}).get("content")
-               or (revision.get("string") or {}).get("content") or "")
-    doc = yaml.safe_load(content) if content else None
-    if not isinstance(doc, dict):
-        raise ValueError("The AppSpec file is not valid YAML or JSON")
-    resource = doc["Resources"][0]
-    target = next(iter(resource.values())) if "Type" not in resource else resource
-    props = dict(target["Properties"])
-    if "LoadBalancerInfo" not in props:
-        raise ValueError("The AppSpec file has no LoadBalancerInfo for the ECS service")
-    return props
 
 
 @dataclass
@@ -402,7 +349,3 @@ class CodeDeployController:
             "status": status, "taskSetsInfo": infos,
         }
 
-
-def ensure_json(value: Any) -> Any:
-    """Round-trip through JSON so responses never carry Python-only objects."""
-    return json.loads(json.dumps(value, default=str))

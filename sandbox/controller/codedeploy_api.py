@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from moto.codedeploy.models import DeploymentGroup, DeploymentInfo
 
-from .codedeploy import CUSTOM_CONFIGS, DONE, PREDEFINED, Play, epoch
+from .codedeploy import DONE, Play
+from .codedeploy_configs import CUSTOM_CONFIGS, PREDEFINED, epoch
 from .ecr_api import ApiError
 from .world import codedeploy
 

@@ -9,25 +9,12 @@ events are written back into moto's models after every pass.
 from __future__ import annotations
 
 import math
-import uuid
 from typing import Any
 
 from . import rolling
-from .tasks import Fleet, TaskRunner, utc
+from .containers import TaskRunner
+from .fleets import Fleet, add_event, short, utc
 from .world import LOCK, ecs, log, now, scaled
-
-
-def add_event(service: Any, message: str) -> None:
-    """Newest-first service events, as DescribeServices shows them."""
-    events = service.events
-    if events and events[0]["message"] == message:
-        return
-    events.insert(0, {"id": str(uuid.uuid4()), "createdAt": utc(), "message": message})
-    del events[100:]
-
-
-def short(arn: str) -> str:
-    return arn.rsplit("/", 1)[-1]
 
 
 class EcsController:

@@ -19,10 +19,11 @@ from moto.ecs.models import EC2ContainerServiceBackend
 from moto.ecs.responses import EC2ContainerServiceResponse
 from moto.moto_api._internal import mock_random
 
+from .fleets import Fleet
 from .rolling import DEFAULT_CONFIG
 
 if TYPE_CHECKING:
-    from .tasks import TaskRunner
+    from .containers import TaskRunner
 
 _RUNNER: TaskRunner | None = None
 
@@ -162,7 +163,6 @@ def _run_task(self: EC2ContainerServiceBackend, cluster_str: str, task_definitio
     if _RUNNER is None:
         return _orig_run_task(self, cluster_str, task_definition_str, count, overrides, started_by,
                               tags, launch_type, networking_configuration, group, platform_version)
-    from .tasks import Fleet
 
     cluster = self._get_cluster(cluster_str)
     td = self.describe_task_definition(task_definition_str)

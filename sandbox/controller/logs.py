@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from .world import ACCOUNT, LOCK, REGION, log
 
 if TYPE_CHECKING:
+    from .containers import TaskRunner
     from .docker_runtime import DockerRuntime
-    from .tasks import TaskRun, TaskRunner
+    from .fleets import TaskRun
 
 INTERVAL = 1.0
 
@@ -24,14 +25,6 @@ def logs_backend() -> Any:
     from moto.logs.models import logs_backends
 
     return logs_backends[ACCOUNT][REGION]
-
-
-def awslogs_options(cdef: dict[str, Any]) -> dict[str, str] | None:
-    cfg = cdef.get("logConfiguration") or {}
-    if cfg.get("logDriver") != "awslogs":
-        return None
-    opts = dict(cfg.get("options") or {})
-    return opts if opts.get("awslogs-group") else None
 
 
 class LogShipper:

@@ -6,16 +6,21 @@ controller never see a half-updated model.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import re
+import socket
+import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs
 
 from .ecr_api import HANDLERS as ECR_HANDLERS
 from .ecr_api import ApiError
-from .faults import canonical, error_response
+from .faults import canonical, error_response, weather_error
+from .supported import CODE as UNSUPPORTED
+from .supported import is_supported, unsupported_message
 from .world import LOCK, log
 
 if TYPE_CHECKING:
@@ -40,6 +45,31 @@ def identify(environ: dict[str, Any], body: bytes) -> tuple[str, str, bool]:
     return service, action, False
 
 
+class Call(NamedTuple):
+    """One AWS call as the middleware sees it."""
+
+    service: str
+    operation: str
+    is_json: bool
+    body: bytes
+
+
+def _discard(status: str, headers: list[tuple[str, str]], *rest: Any) -> Callable[[bytes], None]:
+    """start_response for an answer nobody will read (a fault "after" the call)."""
+    return lambda data: None
+
+
+def _reset(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    """Close the connection without an answer; the client sees it dropped and retries."""
+    sock = environ.get("werkzeug.socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    # the server's write of these headers then fails as a dropped connection, and is ignored
+    start_response("500 Internal Server Error", [("Content-Length", "0")])
+    return [b""]
+
+
 class SandboxMiddleware:
     """Routes /_sandbox/* to the controller and AWS calls to faults, handlers or moto."""
 
@@ -53,6 +83,7 @@ class SandboxMiddleware:
         }
         for op, fn in controller.codedeploy_api.handlers().items():
             self.handlers[("codedeploy", op)] = fn
+        self.handled = frozenset(self.handlers)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -62,37 +93,68 @@ class SandboxMiddleware:
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
-        service, op, is_json = identify(environ, body)
-        if op:
-            start_response = self._logged(start_response, service, op, body)
-        fault = self.controller.faults.take(service, op, body) if op else None
-        if fault:
-            log.info("fault injected: %s.%s -> %s", service, op, fault["code"])
+        call = Call(*identify(environ, body), body)
+        if not call.operation:
+            return self._moto(environ, start_response)
+        logged = self._logged(start_response, call)
+        fault = self.controller.faults.take(call.service, call.operation, body,
+                                            environ.get("HTTP_USER_AGENT", ""))
+        if fault is None:
+            return self._answer(environ, logged, call)
+        log.info("fault injected: %s.%s -> %s%s", call.service, call.operation,
+                 fault.get("weather") or fault.get("code"), " (after the call)" if fault["after"] else "")
+        if fault["kind"] == "slow":
+            time.sleep(float(fault["slow_seconds"]))
+            return self._answer(environ, logged, call)
+        if fault["after"]:  # the call takes effect; only its answer is lost
+            self._answer(environ, _discard, call)
+        if fault["kind"] == "reset":
+            self.controller.requests.record(call.service, call.operation, 0, body)
+            return _reset(environ, start_response)
+        if "weather" in fault:
+            code, status, message = weather_error(fault["weather"], call.is_json)
+        else:
+            code, status, message = fault["code"], fault["status"], fault["message"]
+        return self._send(logged, *error_response(call.service, code, message, status, call.is_json))
+
+    def _answer(self, environ: dict[str, Any], start_response: Callable[..., Any], call: Call) -> list[bytes]:
+        """The real answer: UnsupportedOperation, a sandbox handler's or moto's."""
+        service, op = call.service, call.operation
+        if not is_supported(service, op, call.body, self.handled):
             return self._send(start_response, *error_response(
-                service, fault["code"], fault["message"], fault["status"], is_json))
+                service, UNSUPPORTED, unsupported_message(service, op), 400, call.is_json))
         handler = self.handlers.get((service, op))
-        if handler is not None and is_json:
-            try:
-                params = json.loads(body or b"{}")
-                if (service, op) in self.unlocked:
+        if handler is not None and call.is_json:
+            answer = self._handle(handler, start_response, call)
+            if answer is not None:
+                return answer
+        return self._moto(environ, start_response)
+
+    def _handle(self, handler: Handler, start_response: Callable[..., Any], call: Call) -> list[bytes] | None:
+        """A sandbox handler's answer, or None when it leaves the call to moto."""
+        service = call.service
+        try:
+            params = json.loads(call.body or b"{}")
+            if (service, call.operation) in self.unlocked:
+                result = handler(params)
+            else:
+                with LOCK:
                     result = handler(params)
-                else:
-                    with LOCK:
-                        result = handler(params)
-                if result is not None:
-                    data = json.dumps(result, default=str).encode()
-                    return self._send(start_response, 200,
-                                      [("Content-Type", "application/x-amz-json-1.1")], data)
-            except ApiError as exc:
-                return self._send(start_response, *error_response(service, exc.code, exc.message,
-                                                                  exc.status, True))
-            except json.JSONDecodeError as exc:
-                return self._send(start_response, *error_response(
-                    service, "SerializationException", f"Request body is not JSON: {exc}", 400, True))
-            except Exception as exc:  # noqa: BLE001 - answer like AWS, never with an HTML page
-                log.exception("%s.%s failed", service, op)
-                return self._send(start_response, *error_response(
-                    service, "InternalFailure", f"{type(exc).__name__}: {exc}", 500, True))
+            if result is None:
+                return None
+            data = json.dumps(result, default=str).encode()
+            return self._send(start_response, 200, [("Content-Type", "application/x-amz-json-1.1")], data)
+        except ApiError as exc:
+            return self._send(start_response, *error_response(service, exc.code, exc.message, exc.status, True))
+        except json.JSONDecodeError as exc:
+            return self._send(start_response, *error_response(
+                service, "SerializationException", f"Request body is not JSON: {exc}", 400, True))
+        except Exception as exc:  # noqa: BLE001 - answer like AWS, never with an HTML page
+            log.exception("%s.%s failed", service, call.operation)
+            return self._send(start_response, *error_response(
+                service, "InternalFailure", f"{type(exc).__name__}: {exc}", 500, True))
+
+    def _moto(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         with LOCK:
             result_iter = self.app(environ, start_response)
             try:
@@ -102,11 +164,11 @@ class SandboxMiddleware:
                 if close:
                     close()
 
-    def _logged(self, start_response: Callable[..., Any], service: str, op: str,
-                body: bytes) -> Callable[..., Any]:
+    def _logged(self, start_response: Callable[..., Any], call: Call) -> Callable[..., Any]:
         """start_response that also records the call and its status in the request log."""
         def recording(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
-            self.controller.requests.record(service, op, int(status.split(" ", 1)[0]), body)
+            self.controller.requests.record(call.service, call.operation, int(status.split(" ", 1)[0]),
+                                            call.body)
             return start_response(status, headers, *rest)
         return recording
 
@@ -140,8 +202,9 @@ class SandboxMiddleware:
             except (ValueError, TypeError) as exc:
                 ok, status = {"error": str(exc)}, 400
         elif path == "/_sandbox/faults" and method == "DELETE":
-            match = (parse_qs(environ.get("QUERY_STRING", "")).get("match") or [""])[0]
-            ok = {"ok": True, "cleared": self.controller.faults.clear(match)}
+            query = parse_qs(environ.get("QUERY_STRING", ""))
+            ok = {"ok": True, "cleared": self.controller.faults.clear((query.get("match") or [""])[0],
+                                                                       (query.get("name") or [""])[0])}
         elif path == "/_sandbox/faults":
             ok = {"faults": self.controller.faults.list()}
         else:

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .tasks import utc
+from .fleets import FleetSource, add_event, utc
 from .world import log, now, scaled
-
-if TYPE_CHECKING:
-    from .ecs import EcsController
 
 INACTIVE_SINCE: dict[str, float] = {}
 DEFAULT_CONFIG = {"maximumPercent": 200, "minimumHealthyPercent": 100,
@@ -35,10 +32,8 @@ def config(service: Any) -> dict[str, Any]:
     return cfg
 
 
-def plan(ctl: EcsController, service: Any) -> set[str]:
+def plan(ctl: FleetSource, service: Any) -> set[str]:
     """Set every deployment fleet's desired count; returns the fleet keys in use."""
-    from .ecs import add_event
-
     deps = service.deployments
     primary = next((d for d in deps if d["status"] == "PRIMARY"), None)
     if primary is None or not primary.get("taskDefinition"):
@@ -64,8 +59,8 @@ def plan(ctl: EcsController, service: Any) -> set[str]:
         fleet = fleets[dep["id"]]
         fleet.desired = min(len(fleet.alive()), keep_old) if dep.get("rolloutState") != "FAILED" else 0
         keep_old -= fleet.desired
-    _breaker(service, primary, olds, new, desired, cfg, add_event)
-    _complete(service, primary, olds, fleets, desired, add_event)
+    _breaker(service, primary, olds, new, desired, cfg)
+    _complete(service, primary, olds, fleets, desired)
     for dep in service.deployments:
         current = fleets.get(dep["id"])
         if current is not None:
@@ -75,7 +70,7 @@ def plan(ctl: EcsController, service: Any) -> set[str]:
 
 
 def _breaker(service: Any, primary: dict[str, Any], olds: list[dict[str, Any]], new: Any,
-             desired: int, cfg: dict[str, Any], add_event: Any) -> None:
+             desired: int, cfg: dict[str, Any]) -> None:
     breaker = cfg.get("deploymentCircuitBreaker") or {}
     if not breaker.get("enable") or primary.get("rolloutState") != "IN_PROGRESS":
         return
@@ -104,7 +99,7 @@ def _breaker(service: Any, primary: dict[str, Any], olds: list[dict[str, Any]], 
 
 
 def _complete(service: Any, primary: dict[str, Any], olds: list[dict[str, Any]],
-              fleets: dict[str, Any], desired: int, add_event: Any) -> None:
+              fleets: dict[str, Any], desired: int) -> None:
     primary = next(d for d in service.deployments if d["status"] == "PRIMARY")
     new = fleets[primary["id"]]
 

@@ -30,11 +30,18 @@ import pytest
 from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
-ENDPOINT = os.environ.get("SANDBOX_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or "http://127.0.0.1:4566"
-REGISTRY = os.environ.get("SANDBOX_REGISTRY", "127.0.0.1:5000")
 CONFIG = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=30)
 BUSYBOX = "/bin/busybox"
 IMAGE_REPO = "emu-web"
+
+
+def endpoint() -> str:
+    """The sandbox's AWS endpoint, read when asked: the session's env file is loaded after this module."""
+    return os.environ.get("SANDBOX_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or "http://127.0.0.1:4566"
+
+
+def registry() -> str:
+    return os.environ.get("SANDBOX_REGISTRY", "127.0.0.1:5000")
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
@@ -123,13 +130,14 @@ def _ensure_docker(started: _Started) -> str:
 
 
 def _ensure_registry(started: _Started) -> None:
-    if answers(f"http://{REGISTRY}/v2/"):
+    reg = registry()
+    if answers(f"http://{reg}/v2/"):
         return
     cfg = started.tmp / "registry.yml"
     cfg.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {started.tmp}/reg\n"
-                   f"http:\n  addr: {REGISTRY}\n")
+                   f"http:\n  addr: {reg}\n")
     started.spawn(["docker-registry", "serve", str(cfg)], log="registry.log")
-    wait_for(lambda: answers(f"http://{REGISTRY}/v2/"), 30, "registry")
+    wait_for(lambda: answers(f"http://{reg}/v2/"), 30, "registry")
 
 
 @pytest.fixture(scope="session")
@@ -139,14 +147,15 @@ def emu_sandbox() -> Iterator[dict[str, str]]:
     try:
         docker_host = _ensure_docker(started)
         _ensure_registry(started)
-        if not answers(f"{ENDPOINT}/_sandbox/health"):
-            env = dict(os.environ, DOCKER_HOST=docker_host, SANDBOX_REGISTRY=REGISTRY)
+        url, reg = endpoint(), registry()
+        if not answers(f"{url}/_sandbox/health"):
+            env = dict(os.environ, DOCKER_HOST=docker_host, SANDBOX_REGISTRY=reg)
             env.setdefault("SANDBOX_TIME_SCALE", "60")
-            port = ENDPOINT.rsplit(":", 1)[-1]
+            port = url.rsplit(":", 1)[-1]
             started.spawn([sys.executable, "-m", "sandbox.server", "--host", "127.0.0.1",
                            "--port", port], env=env, log="server.log")
-            wait_for(lambda: answers(f"{ENDPOINT}/_sandbox/health"), 60, "sandbox server")
-        yield {"endpoint": ENDPOINT, "docker_host": docker_host}
+            wait_for(lambda: answers(f"{url}/_sandbox/health"), 60, "sandbox server")
+        yield {"endpoint": url, "docker_host": docker_host}
     finally:
         started.stop()
 
@@ -206,9 +215,9 @@ def emu_images(emu_sandbox: dict[str, str]) -> dict[str, str]:
     for tag, (files, cmd) in VARIANTS.items():
         dockerfile = f"FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nCMD {cmd}\n"
         ctx = dict(files, Dockerfile=(dockerfile.encode(), 0o644), busybox=(busybox, 0o755))
-        ref = f"{REGISTRY}/{IMAGE_REPO}:{tag}"
+        ref = f"{registry()}/{IMAGE_REPO}:{tag}"
         client.images.build(fileobj=_context(ctx), custom_context=True, tag=ref, rm=True)
-        for line in client.images.push(f"{REGISTRY}/{IMAGE_REPO}", tag=tag, stream=True, decode=True):
+        for line in client.images.push(f"{registry()}/{IMAGE_REPO}", tag=tag, stream=True, decode=True):
             assert "error" not in line, line
         out[tag] = ref
     return out
@@ -309,7 +318,7 @@ def emu_stack(emu_aws: Callable[[str], Any], emu_net: dict[str, Any]) -> Iterato
 
 
 def sandbox_state() -> dict[str, Any]:
-    return dict(json.loads(http_get(f"{ENDPOINT}/_sandbox/state")[1]))
+    return dict(json.loads(http_get(f"{endpoint()}/_sandbox/state")[1]))
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.sandbox.conftest import registry
+
 
 def _stopped_task(stack: Any) -> dict[str, Any] | None:
     arns = stack.ecs.list_tasks(cluster=stack.name, desiredStatus="STOPPED")["taskArns"]
@@ -96,7 +98,7 @@ def test_injected_faults_answer_aws_errors(emu: Any, emu_aws: Callable[[str], An
     stack = emu_stack("flt")
     stack.ecs.create_service(cluster=stack.name, serviceName="web", desiredCount=0,
                              deploymentController={"type": "EXTERNAL"})
-    td = stack.task_definition("127.0.0.1:5000/emu-web:blue")
+    td = stack.task_definition(f"{registry()}/emu-web:blue")
     # retried by botocore: the second attempt succeeds
     # "match" keeps other users of a shared sandbox from consuming these faults
     _fault(emu, {"service": "ecs", "operation": "CreateTaskSet", "code": "ThrottlingException",
@@ -140,9 +142,9 @@ def test_ecr_tells_the_registry_truth(emu_aws: Callable[[str], Any], emu_images:
         repo = ecr.create_repository(repositoryName="emu-web")["repository"]
     except ecr.exceptions.RepositoryAlreadyExistsException:  # a reused sandbox keeps it
         repo = ecr.describe_repositories(repositoryNames=["emu-web"])["repositories"][0]
-    assert repo["repositoryUri"] == "127.0.0.1:5000/emu-web"
+    assert repo["repositoryUri"] == f"{registry()}/emu-web"
     auth = ecr.get_authorization_token()["authorizationData"][0]
-    assert auth["proxyEndpoint"] == "http://127.0.0.1:5000"
+    assert auth["proxyEndpoint"] == f"http://{registry()}"
     images = ecr.describe_images(repositoryName="emu-web", imageIds=[{"imageTag": "blue"}])
     assert images["imageDetails"][0]["imageDigest"].startswith("sha256:")
     assert "blue" in images["imageDetails"][0]["imageTags"]

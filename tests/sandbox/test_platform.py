@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from sandbox import engine, procs
-from sandbox.manage import ENV_KEYS, REPO, load_env
+from sandbox.layout import ENV_KEYS, REPO
+from sandbox.manage import load_env
 
 CLI = [sys.executable, "-m", "sandbox"]
 

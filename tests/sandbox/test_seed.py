@@ -23,7 +23,8 @@ import docker
 import httpx
 import pytest
 
-from sandbox.manage import REPO, load_env
+from sandbox.layout import REPO
+from sandbox.manage import load_env
 from sandbox.seed import SAMPLE_APP, seed_service
 from tasks.models import ListenerRef, ServiceConfig, Traffic, load_service
 

@@ -1,9 +1,8 @@
 """ECS tasks as real containers, recorded as moto Task objects.
 
-A ``Fleet`` is "N copies of this task definition in these target groups" (a
-task set or a rolling deployment); the ``TaskRunner`` keeps each fleet at its
-desired count, starting tasks in the background and retrying failed starts
-with backoff like the ECS scheduler does.
+The ``TaskRunner`` keeps each fleet (``fleets.py``) at its desired count,
+starting tasks in the background and retrying failed starts with backoff like
+the ECS scheduler does, and stops them after their targets have drained.
 """
 
 from __future__ import annotations
@@ -12,100 +11,17 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 from moto.ecs.models import Task
 
 from .docker_runtime import ContainerSpec, DockerRuntime, StartError, docker_host
-from .logs import awslogs_options
+from .fleets import Fleet, TaskRun, awslogs_options, is_healthy, unhealthy_group, utc
 from .targets import DRAIN_GRACE, in_flight, target_key
 from .world import LOCK, ecs, elbv2, log, now
 
 MAX_STOPPED_PER_FLEET = 10
-
-
-def utc() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class TaskRun:
-    """Controller-side state of one task."""
-
-    task: Any
-    fleet: Fleet
-    port: int | None = None
-    containers: dict[str, str] = field(default_factory=dict)  # container name -> docker id
-    state: str = "starting"  # starting | running | draining | stopped
-    stop_at: float | None = None
-    failed: bool = False
-    was_healthy: bool = False
-    started: float = 0.0
-    log_options: dict[str, dict[str, str]] = field(default_factory=dict)
-    essential: set[str] = field(default_factory=set)
-    registered: list[str] = field(default_factory=list)
-
-    @property
-    def arn(self) -> str:
-        return str(self.task.task_arn)
-
-
-@dataclass
-class Fleet:
-    """Desired copies of one task definition, registered in these target groups."""
-
-    key: str
-    cluster: str
-    service: str
-    task_definition: str
-    load_balancers: list[dict[str, Any]]
-    started_by: str
-    desired: int = 0
-    tasks: list[TaskRun] = field(default_factory=list)
-    failures: int = 0
-    failed_total: int = 0
-    next_launch: float = 0.0
-    last_reason: str = ""
-    group: str = ""
-    grace: float = 0.0  # healthCheckGracePeriodSeconds, scaled
-    announced: set[str] = field(default_factory=set)  # task ARNs with a "has started" event
-    reported: set[str] = field(default_factory=set)  # task ARNs with a "stopped" event
-
-    def alive(self) -> list[TaskRun]:
-        return [t for t in self.tasks if t.state in ("starting", "running")]
-
-    def running(self) -> int:
-        return sum(1 for t in self.tasks if t.state == "running")
-
-    def pending(self) -> int:
-        return sum(1 for t in self.tasks if t.state == "starting")
-
-    def healthy(self) -> int:
-        return sum(1 for t in self.tasks if t.state == "running" and is_healthy(t))
-
-
-def is_healthy(run: TaskRun) -> bool:
-    """Running and healthy in every target group it belongs to."""
-    if run.state != "running":
-        return False
-    for tg_arn in run.registered:
-        tg = elbv2().target_groups.get(tg_arn)
-        entry = tg.targets.get(target_key("127.0.0.1", run.port)) if tg else None
-        if entry is None or entry["State"] != "healthy":
-            return False
-    return True
-
-
-def unhealthy_group(run: TaskRun) -> str | None:
-    for tg_arn in run.registered:
-        tg = elbv2().target_groups.get(tg_arn)
-        entry = tg.targets.get(target_key("127.0.0.1", run.port)) if tg else None
-        if entry is not None and entry["State"] == "unhealthy":
-            return tg_arn
-    return None
 
 
 class TaskRunner:
