@@ -35,9 +35,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from flows.webhook import PrefectRunStarter, create_app
+from flows.push_runs import PrefectRunStarter
+from flows.webhook import create_app
 from tasks.models import ServiceConfig, parse_service
-from tasks.webhook import sign_github, verify_github_signature
+from tasks.pushes import sign_github, verify_github_signature
 
 SECRET = "bench-secret-not-used-anywhere-else"
 

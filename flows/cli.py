@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows.triggers import register_cli
+from flows.trigger_cli import register_cli
 from tasks.errors import PipelineError
-from tasks.triggers import run_tags
+from tasks.runs import run_tags
 
 
 def load_sandbox_env() -> None:

@@ -17,8 +17,8 @@ from tasks.interop import write_interop_files
 from tasks.locks import service_lock
 from tasks.models import find_service
 from tasks.report import ReleaseSummary, ShiftProgress, emit
+from tasks.runs import ensure_run_tags, superseded_by
 from tasks.settings import Settings
-from tasks.triggers import ensure_run_tags, superseded_by
 
 
 @flow(name="deploy-service", flow_run_name="deploy {service}", persist_result=True, log_prints=True)

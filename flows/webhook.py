@@ -8,22 +8,16 @@ emits ``ecs-pipeline.git.push`` for automations. GET /healthz for probes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-import httpx
-from prefect.client.orchestration import PrefectClient, get_client
-from prefect.events import emit_event
-from prefect.exceptions import ObjectNotFound
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -31,44 +25,27 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from flows.push_runs import Dispatch, PrefectRunStarter, StartRuns
 from tasks.models import ServiceConfig, load_all_services
-from tasks.settings import Settings
-from tasks.source import redact_url
-from tasks.triggers import (
-    DEPLOY_DEPLOYMENT,
-    cancel_waiting_runs,
-    queueing_mode,
-    run_parameters,
-    run_tags,
-)
-from tasks.webhook import (
+from tasks.pushes import (
     DeliveryCache,
     PayloadError,
-    PushEvent,
     parse_push,
     services_for_push,
     verify_gitea_signature,
     verify_github_signature,
     verify_gitlab_token,
 )
+from tasks.runs import DEPLOY_DEPLOYMENT
+from tasks.settings import Settings
 
 log = logging.getLogger("ecs_pipeline.webhook")
 
 MAX_BODY_BYTES = 1024 * 1024
-PUSH_EVENT = "ecs-pipeline.git.push"
 SECRET_ENV = "ECS_PIPELINE_WEBHOOK_SECRET"
 SECRET_BLOCK_ENV = "ECS_PIPELINE_WEBHOOK_SECRET_BLOCK"
-Dispatch = Literal["direct", "automation"]
 
 
-@dataclass(frozen=True)
-class StartedRun:
-    service: str
-    sha: str
-    flow_run_id: str | None
-
-
-StartRuns = Callable[[PushEvent, list[ServiceConfig], str | None], Awaitable[list[StartedRun]]]
 SecretProvider = Callable[[], str]
 
 
@@ -131,141 +108,6 @@ def secret_from_environment(cache_seconds: float = 300) -> SecretProvider:
             return str(cached["value"])
 
     return provide
-
-
-class PrefectRunStarter:
-    """Creates deploy-service runs through one long-lived Prefect client.
-
-    The deployment id is looked up once; with ``dispatch="automation"`` no run
-    is created here and the ``deploy-on-push`` trigger starts them from the event.
-    PARALLEL_CREATES bounds concurrent creations across all requests: keep 1 for a
-    SQLite-backed server (concurrent writes there wait on its lock for seconds),
-    raise it for Postgres. Older Scheduled runs of a service are cancelled
-    ("Superseded by ...") once pushes have been quiet for SWEEP_AFTER seconds, in
-    turn with creations, so a burst of pushes is answered first.
-    """
-
-    def __init__(
-        self,
-        deployment_name: str = DEPLOY_DEPLOYMENT,
-        dispatch: Dispatch = "direct",
-        parallel_creates: int = 1,
-        sweep_after: float = 1.0,
-    ) -> None:
-        self.deployment_name = deployment_name
-        self.dispatch = dispatch
-        self.sweep_after = sweep_after
-        self._client: PrefectClient | None = None
-        self._deployment_id: uuid.UUID | None = None
-        self._lock = asyncio.Lock()
-        self._slots = asyncio.Semaphore(max(1, parallel_creates))
-        self._newest: dict[str, str] = {}
-        self._last_push = 0.0
-        self._sweeper: asyncio.Task[None] | None = None
-
-    async def __call__(
-        self, push: PushEvent, services: list[ServiceConfig], delivery: str | None
-    ) -> list[StartedRun]:
-        if self.dispatch == "automation":
-            ids: list[str | None] = [None] * len(services)
-        else:
-            ids = list(await asyncio.gather(*(self._create(push, c, delivery) for c in services)))
-        for cfg, run_id in zip(services, ids, strict=True):
-            _emit_push_event(push, cfg.name, run_id, delivery, self.dispatch)
-            if run_id and queueing_mode(cfg) == "supersede":
-                self._newest[cfg.name] = run_id
-        self._last_push = time.monotonic()
-        if self._newest and (self._sweeper is None or self._sweeper.done()):
-            self._sweeper = asyncio.create_task(self._sweep())
-        return [StartedRun(c.name, push.sha, i) for c, i in zip(services, ids, strict=True)]
-
-    async def _sweep(self) -> None:
-        while self._newest:
-            quiet_in = self._last_push + self.sweep_after - time.monotonic()
-            if quiet_in > 0:
-                await asyncio.sleep(quiet_in)
-                continue
-            service, run_id = self._newest.popitem()
-            async with self._slots:
-                try:
-                    await run_in_threadpool(cancel_waiting_runs, service, run_id)
-                except Exception as exc:  # noqa: BLE001 - the new run is started either way
-                    log.warning("Could not cancel older runs of %s: %s", service, exc)
-
-    async def _create(self, push: PushEvent, cfg: ServiceConfig, delivery: str | None) -> str:
-        client, deployment_id = await self._ready()
-        key = f"{deployment_id}:{delivery}:{cfg.name}" if delivery else None
-        kwargs: dict[str, Any] = {
-            "parameters": run_parameters(cfg.name, push.sha),
-            "tags": run_tags(cfg.name, push.sha, "push"),
-            "idempotency_key": key,
-            "name": f"{cfg.name}-{push.sha[:7]}",
-        }
-        try:
-            async with self._slots:
-                run = await client.create_flow_run_from_deployment(deployment_id, **kwargs)
-        except ObjectNotFound:  # the deployment was re-created: look it up again
-            self._deployment_id = None
-            client, deployment_id = await self._ready()
-            kwargs["idempotency_key"] = key and f"{deployment_id}:{delivery}:{cfg.name}"
-            async with self._slots:
-                run = await client.create_flow_run_from_deployment(deployment_id, **kwargs)
-        return str(run.id)
-
-    async def _ready(self) -> tuple[PrefectClient, uuid.UUID]:
-        async with self._lock:
-            if self._client is None:
-                client = get_client()
-                self._client = await client.__aenter__()
-            if self._deployment_id is None:
-                deployment = await self._client.read_deployment_by_name(self.deployment_name)
-                self._deployment_id = deployment.id
-            return self._client, self._deployment_id
-
-    async def warm(self) -> None:
-        """Open the client and look the deployment up before the first push arrives."""
-        if self.dispatch == "direct":
-            try:
-                await self._ready()
-            except (ObjectNotFound, httpx.HTTPError) as exc:
-                log.warning(
-                    "Deployment %s not reachable yet (%s); pushes get 502 until it is",
-                    self.deployment_name,
-                    type(exc).__name__,
-                )
-
-    async def aclose(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.__aexit__(None, None, None)
-
-
-def _emit_push_event(
-    push: PushEvent, service: str, run_id: str | None, delivery: str | None, dispatch: Dispatch
-) -> None:
-    related = [
-        {"prefect.resource.id": f"prefect.flow-run.{run_id}", "prefect.resource.role": "flow-run"}
-    ]
-    event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{delivery}/{service}") if delivery else None
-    emit_event(
-        PUSH_EVENT,
-        resource={
-            "prefect.resource.id": f"ecs-pipeline.service.{service}",
-            "prefect.resource.name": service,
-            "ecs-pipeline.dispatch": dispatch,
-        },
-        related=related if run_id else None,
-        payload={
-            "sha": push.sha,
-            "branch": push.branch,
-            "repo": push.repo_name,
-            "url": redact_url(push.repo_urls[0]),
-            "delivery": delivery,
-        },
-        id=event_id,
-    )
 
 
 def _json(status: int, **body: Any) -> JSONResponse:

@@ -19,17 +19,11 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Cancelled, Completed, Scheduled
 
-from flows.triggers import poll_changes
+from flows.polling import poll_changes
+from tasks.changes import find_changes, group_by_repo
 from tasks.models import ServiceConfig, load_service
+from tasks.runs import cancel_waiting_runs, queueing_mode, run_tags, superseded_by
 from tasks.source import resolve_heads
-from tasks.triggers import (
-    cancel_waiting_runs,
-    find_changes,
-    group_by_repo,
-    queueing_mode,
-    run_tags,
-    superseded_by,
-)
 from tests.gitrepo import git
 
 

@@ -27,15 +27,15 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 
+from flows.push_runs import PrefectRunStarter
 from flows.webhook import (
     SECRET_BLOCK_ENV,
     SECRET_ENV,
-    PrefectRunStarter,
     create_app,
     secret_from_environment,
 )
 from tasks.models import ServiceConfig, parse_service
-from tasks.webhook import (
+from tasks.pushes import (
     DeliveryCache,
     PayloadError,
     normalize_repo,
