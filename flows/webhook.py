@@ -1,9 +1,10 @@
 """The push webhook: a small ASGI app that turns a signed git push into deploy runs.
 
-POST /webhook/github (also /webhook/gitea, /webhook/gitlab) answers within
-milliseconds: it checks the signature, drops replays, maps the repository and
-branch to services, creates one ``deploy-service`` flow run per service and
-emits ``ecs-pipeline.git.push`` for automations. GET /healthz for probes.
+POST /webhook/github (also /webhook/gitea, /webhook/gitlab, each on only when
+its own secret is configured) answers within milliseconds: it checks the
+signature, drops replays, maps the repository and branch to services, creates
+one ``deploy-service`` flow run per service and emits ``ecs-pipeline.git.push``
+for automations. GET /healthz for probes.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import threading
-import time
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from tasks.models import ServiceConfig, load_all_services
 from tasks.pushes import (
     DeliveryCache,
     PayloadError,
+    PushEvent,
     parse_push,
     services_for_push,
     verify_gitea_signature,
@@ -38,15 +38,12 @@ from tasks.pushes import (
 )
 from tasks.runs import DEPLOY_DEPLOYMENT
 from tasks.settings import Settings
+from tasks.webhook_secrets import SecretUnavailable, WebhookSecrets, secret_variables
 
 log = logging.getLogger("ecs_pipeline.webhook")
 
 MAX_BODY_BYTES = 1024 * 1024
-SECRET_ENV = "ECS_PIPELINE_WEBHOOK_SECRET"
-SECRET_BLOCK_ENV = "ECS_PIPELINE_WEBHOOK_SECRET_BLOCK"
-
-
-SecretProvider = Callable[[], str]
+_DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 @dataclass(frozen=True)
@@ -76,38 +73,11 @@ PROVIDERS: dict[str, _Provider] = {
     "gitlab": _Provider(
         "x-gitlab-event",
         "x-gitlab-event-uuid",
-        frozenset({"Push Hook"}),
+        frozenset({"Push Hook", "Tag Push Hook"}),
         frozenset(),
         lambda s, b, h: verify_gitlab_token(s, h.get("x-gitlab-token")),
     ),
 }
-
-
-def secret_from_environment(cache_seconds: float = 300) -> SecretProvider:
-    """The shared secret from $ECS_PIPELINE_WEBHOOK_SECRET, or the Secret block it names.
-
-    The block is read at most every CACHE_SECONDS so a rotated secret is picked up.
-    """
-    lock = threading.Lock()
-    cached: dict[str, Any] = {}
-
-    def provide() -> str:
-        value = os.environ.get(SECRET_ENV)
-        if value:
-            return value
-        block = os.environ.get(SECRET_BLOCK_ENV)
-        if not block:
-            raise LookupError(f"set {SECRET_ENV} or {SECRET_BLOCK_ENV}")
-        with lock:
-            if cached and time.monotonic() - cached["at"] < cache_seconds:
-                return str(cached["value"])
-            from prefect.blocks.system import Secret
-
-            secret: Any = Secret.load(block)
-            cached.update(value=str(secret.get()), at=time.monotonic())
-            return str(cached["value"])
-
-    return provide
 
 
 def _json(status: int, **body: Any) -> JSONResponse:
@@ -130,35 +100,43 @@ async def _read_capped(request: Request, limit: int) -> bytes | None:
 
 
 class _Receiver:
-    """One POST: size, signature, JSON, event kind, replay, mapping, then the runs."""
+    """One POST: sender on, size, signature, JSON, event kind, payload, replay, mapping, then the runs.
+
+    A delivery id is recorded only when its runs are about to start, so a
+    refused request (400, 401) never uses up the id of a genuine delivery, and
+    ids are kept per sender.
+    """
 
     def __init__(
         self,
         services: list[ServiceConfig],
-        secret_provider: SecretProvider,
+        secrets: WebhookSecrets,
         start_runs: StartRuns,
         max_body_bytes: int,
         deliveries: DeliveryCache,
     ) -> None:
         self.services = services
-        self.secret_provider = secret_provider
+        self.secrets = secrets
         self.start_runs = start_runs
         self.max_body_bytes = max_body_bytes
         self.seen = deliveries
 
     async def receive(self, request: Request) -> JSONResponse:
-        provider = PROVIDERS.get(request.path_params["provider"])
+        sender = request.path_params["provider"]
+        provider = PROVIDERS.get(sender)
         if provider is None:
             return _json(404, error=f"unknown sender; use one of {', '.join(PROVIDERS)}")
+        if not self.secrets.enabled(sender):
+            return _json(404, error=f"{sender} webhooks are off; set {secret_variables(sender)}")
         body = await _read_capped(request, self.max_body_bytes)
         if body is None:
             return _json(413, error=f"payload larger than {self.max_body_bytes} bytes")
         try:
-            secret = await run_in_threadpool(self.secret_provider)
-        except Exception:  # noqa: BLE001 - never echo what the secret store said
-            log.error("Webhook secret is not available; refusing deliveries")
-            return _json(503, error="webhook secret not configured")
-        if not provider.verify(secret, body, request.headers):
+            secret = await run_in_threadpool(self.secrets.get, sender)
+        except SecretUnavailable as exc:  # names settings only, never a value
+            log.error("Refusing %s deliveries: %s", sender, exc)
+            return _json(503, error=f"{sender} webhook secret unavailable; see the receiver's log")
+        if not provider.verify(secret.get_secret_value(), body, request.headers):
             return _json(401, error="bad or missing signature")
         try:
             payload = json.loads(body)
@@ -170,15 +148,15 @@ class _Receiver:
         if event not in provider.push_events:
             return _json(200, ignored=f"event {event or '(none)'} is not a push")
         delivery = request.headers.get(provider.delivery_header) or None
-        if delivery and self.seen.check_and_add(delivery):
-            return _json(200, duplicate=True, delivery=delivery)
-        return await self.handle_push(payload, delivery)
-
-    async def handle_push(self, payload: Any, delivery: str | None) -> JSONResponse:
+        if delivery is not None and not _DELIVERY_ID.match(delivery):
+            return _json(400, error=f"{provider.delivery_header} is not a delivery id")
         try:
             push = parse_push(payload)
         except PayloadError as exc:
             return _json(400, error=str(exc))
+        return await self.handle_push(push, f"{sender}:{delivery}" if delivery else None)
+
+    async def handle_push(self, push: PushEvent, delivery: str | None) -> JSONResponse:
         reason = push.ignore_reason()
         targets = [] if reason else services_for_push(self.services, push)
         if not reason and not targets:
@@ -186,6 +164,8 @@ class _Receiver:
         if reason:
             log.info("Delivery %s ignored: %s", delivery, reason)
             return _json(200, ignored=reason)
+        if delivery and self.seen.check_and_add(delivery):
+            return _json(200, duplicate=True, delivery=delivery.partition(":")[2])
         try:
             started = await self.start_runs(push, targets, delivery)
         except Exception as exc:  # noqa: BLE001 - answered 502 so the sender redelivers
@@ -214,7 +194,7 @@ class _Receiver:
 
 def create_app(
     services: Sequence[ServiceConfig],
-    secret_provider: SecretProvider,
+    secrets: WebhookSecrets,
     start_runs: StartRuns,
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
@@ -222,7 +202,7 @@ def create_app(
 ) -> Starlette:
     """The webhook app; START_RUNS is a PrefectRunStarter in production."""
     receiver = _Receiver(
-        list(services), secret_provider, start_runs, max_body_bytes, deliveries or DeliveryCache()
+        list(services), secrets, start_runs, max_body_bytes, deliveries or DeliveryCache()
     )
     routes = [
         Route("/webhook/{provider:str}", receiver.receive, methods=["POST"]),
@@ -242,11 +222,13 @@ def serve(
     """Run the webhook app under uvicorn (put TLS and a public name in front of it)."""
     import uvicorn
 
-    provider = secret_from_environment()
-    provider()  # fail at start, not at the first push, when no secret is configured
+    settings = Settings()
+    secrets = WebhookSecrets.from_settings(settings)
+    senders = secrets.check()  # fail at start, not at the first push, when a secret is missing or shared
+    log.info("Webhook senders on: %s", ", ".join(senders))
     app = create_app(
-        load_all_services(Settings().deployments),
-        provider,
+        load_all_services(settings.deployments),
+        secrets,
         PrefectRunStarter(deployment_name, dispatch, parallel_creates),
     )
     uvicorn.run(app, host=host, port=port, log_level="info")
