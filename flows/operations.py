@@ -88,14 +88,15 @@ def rollback_service(service: str) -> str:
         tg = ecs_ops.task_set_target_group(primary)
         if tg:
             traffic.set_weights(clients.get("elbv2"), routing.production_listener, {tg: 100})
-            return f"production back to 100% on {primary['taskDefinition']} (instant; the running release will roll back)"
+            instant = "(instant; the running release will roll back)"
+            return f"production back to 100% on {primary['taskDefinition']} {instant}"
     live = live_release(cfg, clients)
     if live.task_definition is None:
         raise DeployError(f"{service} has never been deployed: nothing to roll back to")
     sha = previous_release_sha(clients, live.task_definition, live.sha)
     from flows.pipeline import deploy_service
 
-    state = deploy_service(service, sha=sha, force=True, return_state=True)
+    state = deploy_service(service, sha=sha, force=True, allow_older=True, return_state=True)
     return f"{state.name}: {state.message}"
 
 

@@ -22,8 +22,13 @@ from tasks.settings import Settings
 
 
 @flow(name="deploy-service", flow_run_name="deploy {service}", persist_result=True, log_prints=True)
-def deploy_service(service: str, sha: str | None = None, force: bool = False) -> State[Any]:
-    """Detect, build, push, register, deploy green, verify, shift, bake, teardown blue."""
+def deploy_service(
+    service: str, sha: str | None = None, force: bool = False, allow_older: bool = False
+) -> State[Any]:
+    """Detect, build, push, register, deploy green, verify, shift, bake, teardown blue.
+
+    ALLOW_OLDER lets a person move production back to an older (or diverged) commit.
+    """
     clients = AwsClients(Settings())
     cfg = find_service(service, clients.settings.deployments)
     summary = ReleaseSummary(service=cfg.name, strategy=cfg.strategy.type)
@@ -31,19 +36,25 @@ def deploy_service(service: str, sha: str | None = None, force: bool = False) ->
     if run_id:
         ensure_run_tags(run_id, cfg.name, sha)
     with service_lock(cfg.name):
-        superseded = superseded_by(cfg.name, run_id, cfg=cfg) if run_id else None
+        git_cache = clients.settings.cache / "git"
+        superseded = superseded_by(cfg.name, run_id, cfg=cfg, cache_dir=git_cache) if run_id else None
         if superseded:
             return Cancelled(name="Superseded", message=f"superseded by newer run {superseded}")
         with summary.stage("detect change"):
             target = stages.detect_change(cfg, clients, sha)
         summary.sha, summary.previous_task_definition = target.sha, target.live.task_definition
+        if target.moves_back and not allow_older:
+            return not_newer_state(cfg.name, target, summary)
         strategy = choose_strategy(cfg, clients)
         if not target.changed and not force:
             strategy.finish_leftovers()
             summary.outcome = "No change"
             summary.publish()
             return Completed(name="No change", message=f"{cfg.name} already runs {target.sha[:7]}")
-        emit(cfg.name, "started", sha=target.sha, strategy=cfg.strategy.type, flow_run=flow_run.get_id())
+        if allow_older:
+            summary.notes.append(f"allow_older: asked to go back ({target.ancestry} than live {target.live.sha})")
+        emit(cfg.name, "started", sha=target.sha, strategy=cfg.strategy.type, flow_run=flow_run.get_id(),
+             allow_older=allow_older, ancestry=target.ancestry)
         done: list[str] = []
         try:
             with summary.stage("build"):
@@ -64,6 +75,20 @@ def deploy_service(service: str, sha: str | None = None, force: bool = False) ->
         summary.notes.append(f"work done in this run: {', '.join(done) or 'none (all found done)'}")
         summary.publish()
         return outcome_state(cfg.name, target.sha, outcome, done)
+
+
+def not_newer_state(service: str, target: stages.Target, summary: ReleaseSummary) -> State[Any]:
+    """A triggered release never moves production back: refused before anything changes."""
+    how = "older than" if target.ancestry == "older" else "not a descendant of"
+    reason = (
+        f"{target.sha[:12]} is {how} the live commit {str(target.live.sha)[:12]}; going back is explicit: "
+        f"ecs-pipeline deploy {service} --sha {target.sha[:12]} --allow-older (or ecs-pipeline rollback {service})"
+    )
+    summary.outcome, summary.reason = "Not newer than live", reason
+    summary.publish()
+    emit(service, "refused", sha=target.sha, live=target.live.sha, ancestry=target.ancestry, reason=reason)
+    get_run_logger().warning("Not newer than live: %s", reason)
+    return Cancelled(name="Not newer than live", message=reason)
 
 
 def outcome_state(service: str, sha: str, outcome: Any, done: list[str]) -> State[Any]:

@@ -19,6 +19,7 @@ from tasks.runs import (
     DEPLOY_DEPLOYMENT,
     already_started,
     cancel_waiting_runs,
+    commit_order_for,
     create_deploy_run,
     queueing_mode,
 )
@@ -92,5 +93,6 @@ def _start(
 ) -> str:
     run = create_deploy_run(client, deployment_id, change.service, change.sha, "poll")
     if queueing_mode(cfg) == "supersede":
-        cancel_waiting_runs(change.service, run.id, client=client)
+        order = commit_order_for(cfg, Settings().cache / "git")
+        cancel_waiting_runs(change.service, run.id, client=client, order=order)
     return str(run.id)

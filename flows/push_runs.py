@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -23,7 +24,13 @@ from starlette.concurrency import run_in_threadpool
 
 from tasks.models import ServiceConfig
 from tasks.pushes import PushEvent
-from tasks.runs import DEPLOY_DEPLOYMENT, cancel_waiting_runs, create_deploy_run, queueing_mode
+from tasks.runs import (
+    DEPLOY_DEPLOYMENT,
+    cancel_waiting_runs,
+    commit_order_for,
+    create_deploy_run,
+    queueing_mode,
+)
 from tasks.source import redact_url
 
 log = logging.getLogger("ecs_pipeline.webhook")
@@ -51,7 +58,9 @@ class PrefectRunStarter:
     SQLite-backed server (concurrent writes there wait on its lock for seconds),
     raise it for Postgres. Older Scheduled runs of a service are cancelled
     ("Superseded by ...") once pushes have been quiet for SWEEP_AFTER seconds, in
-    turn with creations, so a burst of pushes is answered first.
+    turn with creations, so a burst of pushes is answered first. With GIT_CACHE
+    they give way by git ancestry, so a replayed older push never cancels the
+    run of a newer commit.
     """
 
     def __init__(
@@ -60,15 +69,17 @@ class PrefectRunStarter:
         dispatch: Dispatch = "direct",
         parallel_creates: int = 1,
         sweep_after: float = 1.0,
+        git_cache: Path | None = None,
     ) -> None:
         self.deployment_name = deployment_name
         self.dispatch = dispatch
         self.sweep_after = sweep_after
+        self.git_cache = git_cache
         self._client: SyncPrefectClient | None = None
         self._deployment_id: uuid.UUID | None = None
         self._lock = asyncio.Lock()
         self._slots = asyncio.Semaphore(max(1, parallel_creates))
-        self._newest: dict[str, str] = {}
+        self._newest: dict[str, tuple[str, ServiceConfig]] = {}
         self._last_push = 0.0
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -82,7 +93,7 @@ class PrefectRunStarter:
         for cfg, run_id in zip(services, ids, strict=True):
             _emit_push_event(push, cfg.name, run_id, delivery, self.dispatch)
             if run_id and queueing_mode(cfg) == "supersede":
-                self._newest[cfg.name] = run_id
+                self._newest[cfg.name] = (run_id, cfg)
         self._last_push = time.monotonic()
         if self._newest and (self._sweeper is None or self._sweeper.done()):
             self._sweeper = asyncio.create_task(self._sweep())
@@ -94,10 +105,11 @@ class PrefectRunStarter:
             if quiet_in > 0:
                 await asyncio.sleep(quiet_in)
                 continue
-            service, run_id = self._newest.popitem()
+            service, (run_id, cfg) = self._newest.popitem()
+            order = commit_order_for(cfg, self.git_cache)
             async with self._slots:
                 try:
-                    await run_in_threadpool(cancel_waiting_runs, service, run_id)
+                    await run_in_threadpool(cancel_waiting_runs, service, run_id, order=order)
                 except Exception as exc:  # noqa: BLE001 - the new run is started either way
                     log.warning("Could not cancel older runs of %s: %s", service, exc)
 

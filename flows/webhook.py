@@ -229,6 +229,6 @@ def serve(
     app = create_app(
         load_all_services(settings.deployments),
         secrets,
-        PrefectRunStarter(deployment_name, dispatch, parallel_creates),
+        PrefectRunStarter(deployment_name, dispatch, parallel_creates, git_cache=settings.cache / "git"),
     )
     uvicorn.run(app, host=host, port=port, log_level="info")

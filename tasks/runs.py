@@ -9,7 +9,9 @@ deploys in turn.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
@@ -25,6 +27,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.states import Cancelled
 
+from tasks import source
+from tasks.errors import PipelineError
 from tasks.models import ServiceConfig
 
 DEPLOY_FLOW = "deploy-service"
@@ -33,6 +37,9 @@ WAITING = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.
 _FUTURE_SCHEDULE = timedelta(seconds=60)
 
 Queueing = Literal["supersede", "queue"]
+NOT_NEWER = "Not newer than live"
+# (base, other) -> how commit OTHER relates to commit BASE in the service's repository
+CommitOrder = Callable[[str, str], source.Ancestry]
 
 
 def queueing_mode(cfg: ServiceConfig | None) -> Queueing:
@@ -114,35 +121,74 @@ def _age_key(run: FlowRun) -> tuple[datetime, str]:
     return (created, str(run.id))
 
 
+def commit_order_for(cfg: ServiceConfig | None, cache_dir: Path | None) -> CommitOrder | None:
+    """Compare commits in CFG's repository (git ancestry); None when there is nothing to compare with."""
+    if cfg is None or cache_dir is None:
+        return None
+    repo = cfg.repo_location
+
+    def order(base: str, other: str) -> source.Ancestry:
+        try:
+            return source.commit_order(repo, base, other, cache_dir=cache_dir)
+        except PipelineError:  # git unreachable: fall back to creation order
+            return "unknown"
+
+    return order
+
+
+def wins_over(run: FlowRun, other: FlowRun, order: CommitOrder | None) -> bool:
+    """Whether RUN's release should go rather than OTHER's.
+
+    By git ancestry when both commits are known: a descendant wins, an ancestor
+    gives way, so a replayed older push never displaces a newer commit. By
+    creation time otherwise (same commit, commit unknown, diverged, or an
+    explicit ``allow_older`` release on either side).
+    """
+    mine, theirs = run.parameters or {}, other.parameters or {}
+    sha, other_sha = mine.get("sha"), theirs.get("sha")
+    explicit = mine.get("allow_older") or theirs.get("allow_older")
+    if order is not None and sha and other_sha and sha != other_sha and not explicit:
+        relation = order(str(other_sha), str(sha))
+        if relation in ("newer", "older"):
+            return relation == "newer"
+    return _age_key(run) > _age_key(other)
+
+
 def superseded_by(
     service: str,
     my_flow_run_id: UUID | str,
     *,
     cfg: ServiceConfig | None = None,
     client: SyncPrefectClient | None = None,
+    cache_dir: Path | None = None,
 ) -> str | None:
-    """The id of a newer deploy-service run for SERVICE that makes this one pointless.
+    """The id of another deploy-service run for SERVICE that makes this one pointless.
 
     The pipeline calls this right after it holds the service's concurrency slot
-    and ends itself Cancelled "Superseded by <id>" when it gets one. Newer means
-    created later; it counts while not finished, and also once Completed,
-    because slots are not handed out in arrival order and an older commit must
-    never be deployed over a newer one. Always None with ``queueing: queue``.
+    and ends itself Cancelled "Superseded by <id>" when it gets one. The other
+    run wins by ``wins_over`` (its commit descends from this one's; with
+    CACHE_DIR for git, else by creation time); it counts while not finished,
+    and also once Completed, because slots are not handed out in arrival order
+    and an older commit must never be deployed over a newer one. Always None
+    with ``queueing: queue``.
     """
     cfg = cfg if cfg is not None else _lookup(service)
     if queueing_mode(cfg) == "queue":
         return None
+    order = commit_order_for(cfg, cache_dir)
     if client is None:
         with get_client(sync_client=True) as own:
-            return _newer_run(own, service, my_flow_run_id)
-    return _newer_run(client, service, my_flow_run_id)
+            return _winner(own, service, my_flow_run_id, order)
+    return _winner(client, service, my_flow_run_id, order)
 
 
-def _newer_run(client: SyncPrefectClient, service: str, my_flow_run_id: UUID | str) -> str | None:
+def _winner(
+    client: SyncPrefectClient, service: str, my_flow_run_id: UUID | str, order: CommitOrder | None
+) -> str | None:
     me = client.read_flow_run(UUID(str(my_flow_run_id)))
     runs = read_service_runs(client, service, [*WAITING, StateType.COMPLETED])
-    newer = [r for r in runs if r.id != me.id and _age_key(r) > _age_key(me)]
-    return str(newer[-1].id) if newer else None
+    winners = [r for r in runs if r.id != me.id and wins_over(r, me, order)]
+    return str(winners[-1].id) if winners else None
 
 
 def _lookup(service: str) -> ServiceConfig | None:
@@ -157,20 +203,24 @@ def _lookup(service: str) -> ServiceConfig | None:
 
 
 def cancel_waiting_runs(
-    service: str, except_id: UUID | str, *, client: SyncPrefectClient | None = None
+    service: str,
+    except_id: UUID | str,
+    *,
+    client: SyncPrefectClient | None = None,
+    order: CommitOrder | None = None,
 ) -> list[str]:
-    """Cancel SCHEDULED runs for SERVICE created before EXCEPT_ID; returns their ids.
+    """Cancel SCHEDULED runs for SERVICE that EXCEPT_ID wins over (``wins_over``); returns their ids.
 
     Runs scheduled deliberately for later (more than a minute ahead) are left alone.
     """
     if client is None:
         with get_client(sync_client=True) as own:
-            return cancel_waiting_runs(service, except_id, client=own)
+            return cancel_waiting_runs(service, except_id, client=own, order=order)
     keep = client.read_flow_run(UUID(str(except_id)))
     horizon = datetime.now(UTC) + _FUTURE_SCHEDULE
     cancelled: list[str] = []
     for run in read_service_runs(client, service, [StateType.SCHEDULED]):
-        if run.id == keep.id or _age_key(run) > _age_key(keep):
+        if run.id == keep.id or not wins_over(keep, run, order):
             continue
         if run.expected_start_time and run.expected_start_time > horizon:
             continue
@@ -182,10 +232,15 @@ def cancel_waiting_runs(
 
 
 def already_started(client: SyncPrefectClient, service: str, sha: str) -> FlowRun | None:
-    """A run for SERVICE at SHA that is waiting, running or finished (not cancelled)."""
-    states = [*WAITING, StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]
+    """A run for SERVICE at SHA that is waiting, running, finished, or refused as not newer than live.
+
+    Cancelled runs do not count (superseded ones may be wanted again), except
+    refused ones: an older branch head would be refused again at every poll.
+    """
+    states = [*WAITING, StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
     runs = read_service_runs(client, service, states, sha=sha)
-    return runs[-1] if runs else None
+    counted = [r for r in runs if r.state_type != StateType.CANCELLED or r.state_name == NOT_NEWER]
+    return counted[-1] if counted else None
 
 
 def ensure_run_tags(flow_run_id: UUID | str, service: str, sha: str | None) -> None:
