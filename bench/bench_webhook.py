@@ -35,9 +35,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from flows.webhook import PrefectRunStarter, create_app
+from flows.push_runs import PrefectRunStarter
+from flows.webhook import create_app
 from tasks.models import ServiceConfig, parse_service
-from tasks.webhook import sign_github, verify_github_signature
+from tasks.pushes import sign_github, verify_github_signature
+from tasks.webhook_secrets import WebhookSecrets
 
 SECRET = "bench-secret-not-used-anywhere-else"
 
@@ -170,10 +172,10 @@ def run(
     api = os.environ["PREFECT_API_URL"]
     print(f"Prefect API {api}; {n} requests each, {gap * 1000:.0f} ms apart\n")
     one = [service(f"bench-{tag}")]
-    with serving(create_app(one, lambda: SECRET, PrefectRunStarter(dep_name))) as url:
+    with serving(create_app(one, WebhookSecrets({"github": SECRET}), PrefectRunStarter(dep_name))) as url:
         ours = report("ecs-pipeline webhook, 1 service", time_posts(url, n, scheduled, gap))
     three = [service(f"bench-{tag}-{i}") for i in range(3)]
-    with serving(create_app(three, lambda: SECRET, PrefectRunStarter(dep_name))) as url:
+    with serving(create_app(three, WebhookSecrets({"github": SECRET}), PrefectRunStarter(dep_name))) as url:
         report("ecs-pipeline webhook, 3 services", time_posts(url, n, scheduled, gap))
     with serving(bare_app()) as url:
         bare = report("peer: bare Starlette, HMAC check only", time_posts(url, n, accepted, gap))

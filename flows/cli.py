@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows.triggers import register_cli
+from flows.trigger_cli import register_cli
 from tasks.errors import PipelineError
-from tasks.triggers import run_tags
+from tasks.runs import run_tags
 
 
 def load_sandbox_env() -> None:
@@ -37,7 +37,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return 0
 
     with tags(*run_tags(args.service, args.sha, "cli")):
-        state = deploy_service(args.service, sha=args.sha, force=args.force, return_state=True)
+        state = deploy_service(
+            args.service, sha=args.sha, force=args.force, allow_older=args.allow_older, return_state=True
+        )
     print(f"{state.name}: {state.message or ''}".rstrip(": "))
     return 0 if state.is_completed() else 1
 
@@ -102,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("service")
     p.add_argument("--sha", help="commit to release (full or abbreviated); default: branch head")
     p.add_argument("--force", action="store_true", help="deploy even when production runs that SHA")
+    p.add_argument("--allow-older", action="store_true",
+                   help="allow a commit older than (or diverged from) the live one: an explicit step back")
     p.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
     p.set_defaults(func=cmd_deploy)
 

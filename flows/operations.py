@@ -102,7 +102,7 @@ def rollback_service(service: str) -> str:
     sha = previous_release_sha(clients, live.task_definition, live.sha)
     from flows.pipeline import deploy_service
 
-    state = deploy_service(service, sha=sha, force=True, return_state=True)
+    state = deploy_service(service, sha=sha, force=True, allow_older=True, return_state=True)
     return f"{state.name}: {state.message}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -16,15 +17,20 @@ from tasks.interop import write_interop_files
 from tasks.locks import StopWatch, service_lock
 from tasks.models import ServiceConfig, find_service
 from tasks.report import ReleaseSummary, ShiftProgress, emit
+from tasks.runs import ensure_run_tags, superseded_by
 from tasks.settings import Settings
 from tasks.strategy import Outcome, Release
-from tasks.triggers import ensure_run_tags, superseded_by
 from tasks.waits import Aborted, abort_when
 
 
 @flow(name="deploy-service", flow_run_name="deploy {service}", persist_result=True, log_prints=True)
-def deploy_service(service: str, sha: str | None = None, force: bool = False) -> State[Any]:
-    """Detect, build, push, register, deploy green, verify, shift, bake, teardown blue."""
+def deploy_service(
+    service: str, sha: str | None = None, force: bool = False, allow_older: bool = False
+) -> State[Any]:
+    """Detect, build, push, register, deploy green, verify, shift, bake, teardown blue.
+
+    ALLOW_OLDER lets a person move production back to an older (or diverged) commit.
+    """
     clients = AwsClients(Settings())
     cfg = find_service(service, clients.settings.deployments)
     summary = ReleaseSummary(service=cfg.name, strategy=cfg.strategy.type)
@@ -34,11 +40,12 @@ def deploy_service(service: str, sha: str | None = None, force: bool = False) ->
     stop = StopWatch(str(run_id) if run_id else None)
     with abort_when(stop), service_lock(cfg.name, stop.run_id, clients.settings.lock_stale_seconds) as held:
         stop.held = held
-        superseded = superseded_by(cfg.name, run_id, cfg=cfg) if run_id else None
+        git_cache = clients.settings.cache / "git"
+        superseded = superseded_by(cfg.name, run_id, cfg=cfg, cache_dir=git_cache) if run_id else None
         if superseded:
             return Cancelled(name="Superseded", message=f"superseded by newer run {superseded}")
         try:
-            return release(cfg, clients, summary, sha, force)
+            return release(cfg, clients, summary, Request(sha, force, allow_older))
         except Aborted as exc:
             summary.outcome, summary.reason = "Cancelled", str(exc)
             summary.publish()
@@ -52,21 +59,30 @@ def deploy_service(service: str, sha: str | None = None, force: bool = False) ->
             raise
 
 
-def release(
-    cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, sha: str | None, force: bool
-) -> State[Any]:
+@dataclass(frozen=True)
+class Request:
+    """What the run was asked for: a commit (default: branch head), and how far it may go."""
+
+    sha: str | None
+    force: bool
+    allow_older: bool
+
+
+def release(cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, asked: Request) -> State[Any]:
     """The stages in order; the strategy is chosen once, before anything is built."""
-    run = Release(cfg, clients, sha or "", summary)
+    run = Release(cfg, clients, asked.sha or "", summary)
     strategy = choose_strategy(run)
     with summary.stage("reconcile"):
         found = strategy.reconcile()
     if found:
         summary.notes.append(f"left by an earlier run: {found.text}")
     with summary.stage("detect change"):
-        target = stages.detect_change(cfg, clients, sha)
+        target = stages.detect_change(cfg, clients, asked.sha)
     summary.sha, summary.previous_task_definition = target.sha, target.live.task_definition
     run.sha = target.sha
-    if not target.changed and not force:
+    if target.moves_back and not asked.allow_older:
+        return not_newer_state(cfg.name, target, summary)
+    if not target.changed and not asked.force:
         summary.task_definition = target.live.task_definition
         if found and found.direction == "forward":
             # An earlier run of this very commit died after green took production: it is done now.
@@ -77,7 +93,10 @@ def release(
         summary.outcome = "No change"
         summary.publish()
         return Completed(name="No change", message=f"{cfg.name} already runs {target.sha[:7]}")
-    emit(cfg.name, "started", sha=target.sha, strategy=cfg.strategy.type, flow_run=flow_run.get_id())
+    if asked.allow_older and target.moves_back:
+        summary.notes.append(f"allow_older: asked to go back ({target.ancestry} than live {target.live.sha})")
+    emit(cfg.name, "started", sha=target.sha, strategy=cfg.strategy.type, flow_run=flow_run.get_id(),
+         allow_older=asked.allow_older, ancestry=target.ancestry)
     with summary.stage("build"):
         built = stages.build(cfg, clients, target.sha)
     with summary.stage("push"):
@@ -92,6 +111,20 @@ def release(
     summary.notes.append(f"work done in this run: {', '.join(done) or 'none (all found done)'}")
     summary.publish()
     return outcome_state(cfg.name, target.sha, outcome, done)
+
+
+def not_newer_state(service: str, target: stages.Target, summary: ReleaseSummary) -> State[Any]:
+    """A triggered release never moves production back: refused before anything changes."""
+    how = "older than" if target.ancestry == "older" else "not a descendant of"
+    reason = (
+        f"{target.sha[:12]} is {how} the live commit {str(target.live.sha)[:12]}; going back is explicit: "
+        f"ecs-pipeline deploy {service} --sha {target.sha[:12]} --allow-older (or ecs-pipeline rollback {service})"
+    )
+    summary.outcome, summary.reason = "Not newer than live", reason
+    summary.publish()
+    emit(service, "refused", sha=target.sha, live=target.live.sha, ancestry=target.ancestry, reason=reason)
+    get_run_logger().warning("Not newer than live: %s", reason)
+    return Cancelled(name="Not newer than live", message=reason)
 
 
 def outcome_state(service: str, sha: str, outcome: Outcome, done: list[str]) -> State[Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from prefect import serve
 
 from flows.pipeline import deploy_service
-from flows.triggers import poll_changes
+from flows.polling import poll_changes
 
 DEPLOY_SERVICE = "deploy-service/deploy-service"
 

@@ -125,7 +125,7 @@ def wait_for_deployment(name: str, timeout: float = 60) -> None:
 def release(service: str, sha: str) -> Any:
     from prefect.deployments import run_deployment
 
-    from tasks.triggers import run_tags
+    from tasks.runs import run_tags
 
     return run_deployment(
         "deploy-service/deploy-service",

@@ -23,14 +23,20 @@ from tasks.taskdef import diff_task_definitions, load_template, render_task_defi
 
 @dataclass(frozen=True)
 class Target:
-    """The commit to release and what production runs now."""
+    """The commit to release, what production runs now, and how the two relate in git."""
 
     sha: str
     live: LiveRelease
+    ancestry: source.Ancestry = "unknown"
 
     @property
     def changed(self) -> bool:
         return self.live.sha != self.sha
+
+    @property
+    def moves_back(self) -> bool:
+        """Not a descendant of the live commit: older, or on a diverged line (a force-push)."""
+        return self.changed and self.ancestry in ("older", "diverged")
 
 
 @dataclass(frozen=True)
@@ -55,20 +61,18 @@ def live_sha(cfg: ServiceConfig, clients: AwsClients) -> str | None:
     return live_release(cfg, clients).sha
 
 
-
-
 @stage("detect change", "detect change {cfg.name}")
 def detect_change(cfg: ServiceConfig, clients: AwsClients, sha: str | None) -> Target:
-    """Resolve the commit to release and read the live one."""
-    full = source.resolve_commit(
-        cfg.repo_location, cfg.source.branch, sha, cache_dir=clients.settings.cache / "git"
-    )
+    """Resolve the commit to release (in the branch's history only), read the live one, compare them."""
+    cache = clients.settings.cache / "git"
+    full = source.resolve_commit(cfg.repo_location, cfg.source.branch, sha, cache_dir=cache)
     live = live_release(cfg, clients)
+    ancestry = source.commit_order(cfg.repo_location, live.sha, full, cache_dir=cache) if live.sha else "unknown"
     get_run_logger().info(
-        "%s: %s resolves to %s; live is %s",
-        cfg.name, sha or f"{cfg.source.branch} head", full, live.sha or "nothing",
+        "%s: %s resolves to %s; live is %s (%s)",
+        cfg.name, sha or f"{cfg.source.branch} head", full, live.sha or "nothing", ancestry,
     )
-    return Target(full, live)
+    return Target(full, live, ancestry)
 
 
 def image_in_ecr(cfg: ServiceConfig, clients: AwsClients, sha: str) -> tuple[str, str | None]:

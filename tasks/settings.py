@@ -10,6 +10,9 @@ the values the sandbox's env file sets.
     ECS_PIPELINE_ARTIFACTS_DIR   CodePipeline hand-over files (default ./artifacts)
     ECS_PIPELINE_TIME_SCALE      divides the pipeline's own waits; honoured only on a loopback endpoint
     ECS_PIPELINE_LOCK_STALE_SECONDS  a dead release frees its service after this long (default 30)
+    ECS_PIPELINE_{GITHUB,GITEA,GITLAB}_WEBHOOK_SECRET[_BLOCK]
+                                 one webhook secret per sender (a value, or a Prefect Secret block's name);
+                                 ECS_PIPELINE_WEBHOOK_SECRET[_BLOCK] is the GitHub one, as before
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Real accounts throttle Describe* calls under load; ten attempts with botocore's
@@ -73,7 +76,34 @@ class Settings(BaseSettings):
         default=30.0, ge=5, description="a release whose heartbeat is older than this has died: its service is freed"
     )
 
-    @field_validator("endpoint_url", "profile", mode="before")
+    # One secret per webhook sender, never shared: GitLab sends its token in clear,
+    # so it must not be the key that signs GitHub's or Gitea's payloads.
+    github_webhook_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("ECS_PIPELINE_GITHUB_WEBHOOK_SECRET", "ECS_PIPELINE_WEBHOOK_SECRET"),
+    )
+    github_webhook_secret_block: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "ECS_PIPELINE_GITHUB_WEBHOOK_SECRET_BLOCK", "ECS_PIPELINE_WEBHOOK_SECRET_BLOCK"
+        ),
+    )
+    gitea_webhook_secret: SecretStr | None = None
+    gitea_webhook_secret_block: str | None = None
+    gitlab_webhook_secret: SecretStr | None = None
+    gitlab_webhook_secret_block: str | None = None
+
+    @field_validator(
+        "endpoint_url",
+        "profile",
+        "github_webhook_secret",
+        "github_webhook_secret_block",
+        "gitea_webhook_secret",
+        "gitea_webhook_secret_block",
+        "gitlab_webhook_secret",
+        "gitlab_webhook_secret_block",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return value or None

@@ -4,6 +4,10 @@ One bare mirror per repository lives under the cache directory; each commit
 gets its own detached worktree next to it, so checking out another SHA only
 fetches what is new. URLs may carry credentials (https://user:token@host/...):
 every message that names a repository goes through ``redact_url``.
+
+Provenance: only commits in the configured branch's history are released
+(``resolve_commit``), and ``commit_order`` tells whether a commit moves
+production forward from the live one.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from tasks.errors import BuildError, ConfigError, TransientError
 
@@ -24,6 +29,9 @@ GIT_TIMEOUT_SECONDS = 600
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+# How a commit relates to a base one: descends from it (newer), is in its history
+# (older), neither (diverged), or either is not in the repository (unknown).
+Ancestry = Literal["same", "newer", "older", "diverged", "unknown"]
 _TRANSIENT_GIT = (
     "could not resolve host",
     "connection timed out",
@@ -173,15 +181,62 @@ def resolve_commit(
             f"{sha!r} is not a commit SHA (7 to 40 hex characters) for {redact_url(repo)} "
             f"branch {branch}"
         )
+    head = heads[branch]
     repo_dir = cache_dir / repo_key(repo)
     with _locked(repo_dir):
-        found = _find_commit(repo, branch, wanted, _mirror(repo, repo_dir))
-    if found is None:
+        mirror = _mirror(repo, repo_dir)
+        found = _find_commit(repo, branch, wanted, mirror)
+        if found is None:
+            raise ConfigError(
+                f"commit {sha} not found in {redact_url(repo)} (branch {branch} is at "
+                f"{head[:12]}); check the SHA or push the commit"
+            )
+        if _lookup(mirror, head, repo, branch) is None:
+            _fetch_heads(repo, mirror)
+        in_branch = _is_ancestor(repo, mirror, found, head)
+    if not in_branch:
         raise ConfigError(
-            f"commit {sha} not found in {redact_url(repo)} (branch {branch} is at "
-            f"{heads[branch][:12]}); check the SHA or push the commit"
+            f"commit {found[:12]} is not in the history of branch {branch} of {redact_url(repo)} "
+            f"(head {head[:12]}): it is only on another branch or on a deleted one; merge it into "
+            f"{branch} and release that, or set source.branch to the branch that holds it"
         )
     return found
+
+
+def _is_ancestor(repo: str, mirror: Path, ancestor: str, descendant: str) -> bool:
+    """Whether ANCESTOR is DESCENDANT or in its history (both must be in MIRROR)."""
+    proc = subprocess.run(
+        ["git", "merge-base", "--is-ancestor", ancestor, descendant],
+        cwd=mirror,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode not in (0, 1):
+        detail = redact_url(proc.stderr.strip()) or f"exit status {proc.returncode}"
+        raise BuildError(f"git merge-base failed for {redact_url(repo)}: {detail}")
+    return proc.returncode == 0
+
+
+def commit_order(repo: str, base: str, other: str, *, cache_dir: Path) -> Ancestry:
+    """How commit OTHER relates to commit BASE in REPO: is it newer (a descendant), older, diverged?
+
+    "unknown" when either is not a commit of REPO (a live release built elsewhere).
+    """
+    if base == other:
+        return "same"
+    if not (_FULL_SHA.match(base) and _FULL_SHA.match(other)):
+        return "unknown"
+    repo_dir = cache_dir / repo_key(repo)
+    with _locked(repo_dir):
+        mirror = _mirror(repo, repo_dir)
+        if any(_find_commit(repo, "(any)", c, mirror) is None for c in (base, other)):
+            return "unknown"
+        if _is_ancestor(repo, mirror, base, other):
+            return "newer"
+        if _is_ancestor(repo, mirror, other, base):
+            return "older"
+    return "diverged"
 
 
 def _is_clean_checkout(tree: Path, sha: str) -> bool:

@@ -10,6 +10,7 @@ from tasks.errors import BuildError, ConfigError
 from tasks.source import (
     checkout,
     commit_info,
+    commit_order,
     redact_url,
     repo_key,
     resolve_commit,
@@ -169,3 +170,52 @@ def test_errors_and_cache_keys_never_show_credentials(tmp_path: Path) -> None:
     assert "s3cr3t" not in str(err.value)
     assert "***@" in str(err.value)
     assert "s3cr3t" not in repo_key(url)
+
+
+# -- provenance: only the configured branch's history is released ------------------------
+
+
+def test_commit_only_on_another_branch_is_refused(repo: dict[str, str], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve_commit(repo["path"], "main", repo["feature"], cache_dir=tmp_path / "c")
+    msg = str(err.value)
+    assert f"commit {repo['feature'][:12]} is not in the history of branch main" in msg
+    assert "merge it into main" in msg
+    assert resolve_commit(repo["path"], "feature/x", repo["first"], cache_dir=tmp_path / "c") == repo["first"]
+
+
+def test_commit_of_a_deleted_branch_is_refused(repo: dict[str, str], tmp_path: Path) -> None:
+    path = Path(repo["path"])
+    git(path, "config", "uploadpack.allowAnySHA1InWant", "true")  # as GitHub serves unreachable commits
+    git(path, "checkout", "-q", "-b", "doomed")
+    doomed = commit(path, "app.txt", "v9\n", "Never merged")
+    git(path, "checkout", "-q", "main")
+    cache = tmp_path / "c"
+    assert resolve_commit(repo["path"], "doomed", doomed[:10], cache_dir=cache) == doomed
+    git(path, "branch", "-q", "-D", "doomed")
+    for cache_dir in (cache, tmp_path / "fresh"):  # the mirror had it / fetched by SHA now
+        with pytest.raises(ConfigError, match="not in the history of branch main"):
+            resolve_commit(repo["path"], "main", doomed, cache_dir=cache_dir)
+
+
+@pytest.mark.parametrize(
+    ("base", "other", "order"),
+    [
+        ("first", "second", "newer"),
+        ("second", "first", "older"),
+        ("second", "second", "same"),
+        ("second", "feature", "newer"),
+        ("first", "feature", "newer"),
+    ],
+)
+def test_commit_order(repo: dict[str, str], tmp_path: Path, base: str, other: str, order: str) -> None:
+    assert commit_order(repo["path"], repo[base], repo[other], cache_dir=tmp_path / "c") == order
+
+
+def test_commit_order_diverged_and_unknown(repo: dict[str, str], tmp_path: Path) -> None:
+    path = Path(repo["path"])
+    third = commit(path, "app.txt", "v4\n", "Third on main")
+    cache = tmp_path / "c"
+    assert commit_order(repo["path"], third, repo["feature"], cache_dir=cache) == "diverged"
+    assert commit_order(repo["path"], "1" * 40, third, cache_dir=cache) == "unknown"
+    assert commit_order(repo["path"], "not-a-sha", third, cache_dir=cache) == "unknown"

@@ -19,17 +19,19 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Cancelled, Completed, Scheduled
 
-from flows.triggers import poll_changes
+from flows.polling import poll_changes
+from tasks.changes import find_changes, group_by_repo
 from tasks.models import ServiceConfig, load_service
-from tasks.source import resolve_heads
-from tasks.triggers import (
+from tasks.runs import (
+    NOT_NEWER,
+    already_started,
     cancel_waiting_runs,
-    find_changes,
-    group_by_repo,
+    commit_order_for,
     queueing_mode,
     run_tags,
     superseded_by,
 )
+from tasks.source import resolve_heads
 from tests.gitrepo import git
 
 
@@ -275,3 +277,41 @@ def test_cancel_waiting_runs_cancels_only_older_scheduled_ones(
     assert state.message == f"Superseded by {keep.id}"
     for untouched in (planned, keep, after):
         assert client.read_flow_run(untouched.id).state_type.value == "SCHEDULED"
+
+
+def test_superseding_goes_by_git_ancestry_not_creation_time(
+    tmp_path: Path, client: SyncPrefectClient, deployment: tuple[str, uuid.UUID], tag: str
+) -> None:
+    """A replayed older push is created last, yet the run of the newer commit keeps its place."""
+    heads = make_repo(tmp_path / "repo")
+    service = f"svc-{tag}"
+    cfg = write_service(tmp_path, service, str(tmp_path / "repo"))
+    cache = tmp_path / "cache"
+    newer = create_run(client, deployment[1], service, heads["main"])
+    replayed = create_run(client, deployment[1], service, heads["old"])
+    order = commit_order_for(cfg, cache)
+
+    assert cancel_waiting_runs(service, replayed.id, order=order) == []
+    assert client.read_flow_run(newer.id).state_type.value == "SCHEDULED"
+    assert superseded_by(service, newer.id, cfg=cfg, cache_dir=cache) is None
+    assert superseded_by(service, replayed.id, cfg=cfg, cache_dir=cache) == str(newer.id)
+    assert cancel_waiting_runs(service, newer.id, order=order) == [str(replayed.id)]
+
+    rollback = client.create_flow_run_from_deployment(  # an explicit step back goes by creation time
+        deployment[1], parameters={"service": service, "sha": heads["old"], "allow_older": True}
+    )
+    assert superseded_by(service, rollback.id, cfg=cfg, cache_dir=cache) is None
+
+
+def test_a_run_refused_as_not_newer_is_not_started_again(
+    client: SyncPrefectClient, deployment: tuple[str, uuid.UUID], tag: str
+) -> None:
+    service = f"svc-{tag}"
+    refused = create_run(client, deployment[1], service, "4" * 40)
+    state = Cancelled(name=NOT_NEWER, message="older than live")
+    client.set_flow_run_state(refused.id, state, force=True)
+    found = already_started(client, service, "4" * 40)
+    assert found is not None and found.id == refused.id
+    superseded = create_run(client, deployment[1], service, "5" * 40)
+    client.set_flow_run_state(superseded.id, Cancelled(message="Superseded by x"), force=True)
+    assert already_started(client, service, "5" * 40) is None

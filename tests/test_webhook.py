@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("PREFECT_API_URL", "http://127.0.0.1:4200/api")
 
+import contextlib
 import json
 import socket
 import threading
@@ -27,15 +28,10 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 
-from flows.webhook import (
-    SECRET_BLOCK_ENV,
-    SECRET_ENV,
-    PrefectRunStarter,
-    create_app,
-    secret_from_environment,
-)
+from flows.push_runs import PrefectRunStarter
+from flows.webhook import create_app
 from tasks.models import ServiceConfig, parse_service
-from tasks.webhook import (
+from tasks.pushes import (
     DeliveryCache,
     PayloadError,
     normalize_repo,
@@ -46,8 +42,13 @@ from tasks.webhook import (
     verify_github_signature,
     verify_gitlab_token,
 )
+from tasks.settings import Settings
+from tasks.webhook_secrets import SecretUnavailable, WebhookSecrets
 
 SECRET = "It's a Secret to Everybody"
+GITEA_SECRET = "gitea-hmac-key-9f2c"
+GITLAB_TOKEN = "gitlab-token-41d7"
+SECRETS = WebhookSecrets({"github": SECRET, "gitea": GITEA_SECRET, "gitlab": GITLAB_TOKEN})
 SHA1 = "0f5d1c9a7b3e2d4c6a8b0e1f2a3b4c5d6e7f8091"
 SHA2 = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
 
@@ -286,7 +287,14 @@ def app_url(deployment: tuple[str, uuid.UUID], names: dict[str, str]) -> Iterato
         make_service(names["other"], "https://github.com/acme/other.git"),
     ]
     starter = PrefectRunStarter(deployment_name=deployment[0])
-    app = create_app(services, lambda: SECRET, starter, max_body_bytes=64 * 1024)
+    app = create_app(services, SECRETS, starter, max_body_bytes=64 * 1024)
+    with serving(app) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """APP under uvicorn on a free loopback port, for real HTTP requests."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -295,9 +303,11 @@ def app_url(deployment: tuple[str, uuid.UUID], names: dict[str, str]) -> Iterato
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
     assert server.started, "webhook app did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def post(
@@ -419,6 +429,7 @@ def test_newer_push_cancels_the_older_waiting_run(
         (push_payload(ref="refs/heads/feature/x"), "no service builds from acme/shop branch"),
         (push_payload(ref="refs/tags/v1.2.0"), "tag push: refs/tags/v1.2.0"),
         (push_payload(deleted=True), "branch deleted: refs/heads/main"),
+        (push_payload(ref="refs/tags/v1.2.0", deleted=True), "tag deleted: refs/tags/v1.2.0"),
         (push_payload(full_name="acme/unknown"), "no service builds from acme/unknown"),
     ],
 )
@@ -475,11 +486,11 @@ def test_secret_never_in_answers(app_url: str) -> None:
 def test_gitea_and_gitlab_senders(app_url: str) -> None:
     body = json.dumps(push_payload(full_name="acme/unknown")).encode()
     gitea = {"X-Gitea-Event": "push", "X-Gitea-Delivery": str(uuid.uuid4())}
-    signed = {**gitea, "X-Gitea-Signature": sign_github(SECRET, body).removeprefix("sha256=")}
+    signed = {**gitea, "X-Gitea-Signature": sign_github(GITEA_SECRET, body).removeprefix("sha256=")}
     answer = httpx.post(f"{app_url}/webhook/gitea", content=body, headers=signed)
     assert answer.status_code == 200 and "acme/unknown" in answer.json()["ignored"]
     assert httpx.post(f"{app_url}/webhook/gitea", content=body, headers=gitea).status_code == 401
-    gitlab = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": SECRET}
+    gitlab = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN}
     answer = httpx.post(f"{app_url}/webhook/gitlab", content=body, headers=gitlab)
     assert answer.status_code == 200 and "acme/unknown" in answer.json()["ignored"]
     wrong = {**gitlab, "X-Gitlab-Token": "guess"}
@@ -487,23 +498,193 @@ def test_gitea_and_gitlab_senders(app_url: str) -> None:
     assert httpx.post(f"{app_url}/webhook/bitbucket", content=body).status_code == 404
 
 
-def test_secret_from_a_prefect_secret_block(
-    client: SyncPrefectClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_secret_from_a_prefect_secret_block(client: SyncPrefectClient) -> None:
     from prefect.blocks.system import Secret
 
     name = f"webhook-test-{uuid.uuid4().hex[:8]}"
     Secret(value="from-the-block").save(name)
     try:
-        monkeypatch.delenv(SECRET_ENV, raising=False)
-        monkeypatch.setenv(SECRET_BLOCK_ENV, name)
-        assert secret_from_environment()() == "from-the-block"
-        monkeypatch.setenv(SECRET_ENV, "from-the-environment")
-        assert secret_from_environment()() == "from-the-environment"
-        monkeypatch.delenv(SECRET_ENV)
-        monkeypatch.delenv(SECRET_BLOCK_ENV)
-        with pytest.raises(LookupError) as missing:
-            secret_from_environment()()
-        assert "from-the" not in str(missing.value)
+        from_block = Settings(github_webhook_secret_block=name, gitlab_webhook_secret_block=name)
+        secrets = WebhookSecrets.from_settings(from_block)
+        assert secrets.get("github").get_secret_value() == "from-the-block"
+        with pytest.raises(SecretUnavailable) as shared:  # one value for GitHub and GitLab
+            secrets.get("gitlab")
+        assert "from-the" not in str(shared.value)
+        both = Settings(github_webhook_secret="from-the-environment", github_webhook_secret_block=name)
+        assert WebhookSecrets.from_settings(both).get("github").get_secret_value() == "from-the-environment"
+        with pytest.raises(SecretUnavailable) as missing:
+            WebhookSecrets.from_settings(Settings(github_webhook_secret_block="no-such-block")).get("github")
+        assert "no-such-block" in str(missing.value) and "from-the" not in str(missing.value)
+        with pytest.raises(SecretUnavailable, match="ECS_PIPELINE_GITHUB_WEBHOOK_SECRET"):
+            WebhookSecrets().check()
     finally:
         client.delete_block_document(Secret.load(name)._block_document_id)
+
+
+# -- untrusted input: per-sender secrets, replays, malformed headers, URL spellings --------
+
+
+def test_each_sender_has_its_own_secret(app_url: str) -> None:
+    body = json.dumps(push_payload(full_name="acme/unknown")).encode()
+    github_signed = sign_github(SECRET, body)
+    gitea = {"X-Gitea-Event": "push", "X-Gitea-Signature": github_signed.removeprefix("sha256=")}
+    assert httpx.post(f"{app_url}/webhook/gitea", content=body, headers=gitea).status_code == 401
+    gitlab = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": SECRET}
+    assert httpx.post(f"{app_url}/webhook/gitlab", content=body, headers=gitlab).status_code == 401
+    wrong = {"X-GitHub-Event": "push", "X-Hub-Signature-256": sign_github(GITEA_SECRET, body)}
+    assert httpx.post(f"{app_url}/webhook/github", content=body, headers=wrong).status_code == 401
+
+
+def test_a_sender_without_a_secret_is_off(deployment: tuple[str, uuid.UUID]) -> None:
+    app = create_app([], WebhookSecrets({"github": SECRET}), PrefectRunStarter(deployment[0]))
+    body = json.dumps(push_payload()).encode()
+    with serving(app) as url:
+        for sender, variable in (("gitea", "GITEA"), ("gitlab", "GITLAB")):
+            answer = httpx.post(f"{url}/webhook/{sender}", content=body)
+            assert answer.status_code == 404
+            assert f"ECS_PIPELINE_{variable}_WEBHOOK_SECRET" in answer.json()["error"]
+        github = post(url, body)
+        assert github.status_code == 200 and "no service builds" in github.json()["ignored"]
+
+
+def test_a_gitlab_token_equal_to_an_hmac_key_is_refused(
+    deployment: tuple[str, uuid.UUID], caplog: pytest.LogCaptureFixture
+) -> None:
+    """GitLab sends its token in clear: sharing it would publish the GitHub signing key."""
+    secrets = WebhookSecrets({"github": SECRET, "gitlab": SECRET})
+    with pytest.raises(SecretUnavailable) as refused:
+        secrets.check()
+    assert "ECS_PIPELINE_GITLAB_WEBHOOK_SECRET" in str(refused.value)
+    assert SECRET not in str(refused.value)
+    body = json.dumps(push_payload(full_name="acme/unknown")).encode()
+    with serving(create_app([], secrets, PrefectRunStarter(deployment[0]))) as url:
+        headers = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": SECRET}
+        answer = httpx.post(f"{url}/webhook/gitlab", content=body, headers=headers)
+        assert answer.status_code == 503 and SECRET not in answer.text
+        assert post(url, body).status_code == 200  # GitHub deliveries still work
+    assert SECRET not in caplog.text
+
+
+def test_a_refused_request_does_not_use_up_its_delivery_id(
+    app_url: str, client: SyncPrefectClient, deployment: tuple[str, uuid.UUID], names: dict[str, str]
+) -> None:
+    sha = "3" * 40
+    payload = push_payload(after=sha, full_name="acme/other")
+    delivery = str(uuid.uuid4())
+    forged = post(app_url, payload, delivery=delivery, signature=sign_github("guess", b"x"))
+    assert forged.status_code == 401
+    assert post(app_url, b'{"zen": "no push"}', delivery=delivery).status_code == 400
+    assert post(app_url, b"{not json", delivery=delivery).status_code == 400
+    accepted = post(app_url, payload, delivery=delivery)
+    assert accepted.status_code == 202, accepted.text
+    assert post(app_url, payload, delivery=delivery).json()["duplicate"] is True
+
+    body = json.dumps(payload).encode()  # the same id from another sender is another delivery
+    gitea = {
+        "X-Gitea-Event": "push",
+        "X-Gitea-Delivery": delivery,
+        "X-Gitea-Signature": sign_github(GITEA_SECRET, body).removeprefix("sha256="),
+    }
+    other = httpx.post(f"{app_url}/webhook/gitea", content=body, headers=gitea)
+    assert other.status_code == 202, other.text
+    runs = [r for r in runs_for(client, deployment[1], names["other"]) if f"sha:{sha}" in r.tags]
+    assert len(runs) == 2
+
+
+@pytest.mark.parametrize(
+    ("sender", "header"),
+    [
+        ("github", "X-Hub-Signature-256"),
+        ("gitea", "X-Gitea-Signature"),
+        ("gitlab", "X-Gitlab-Token"),
+    ],
+)
+def test_non_ascii_signature_headers_are_401_not_500(app_url: str, sender: str, header: str) -> None:
+    body = json.dumps(push_payload()).encode()
+    for value in ("sha256=é" + "0" * 63, "\u00ff" * 64, "sha256=\u00e9\u00e9"):
+        headers = {header: value.encode("latin-1"), "X-GitHub-Event": "push"}
+        answer = httpx.post(f"{app_url}/webhook/{sender}", content=body, headers=headers)
+        assert answer.status_code == 401, (value, answer.text)
+
+
+def test_a_malformed_delivery_id_is_400_not_500(app_url: str) -> None:
+    body = json.dumps(push_payload(full_name="acme/unknown")).encode()
+    headers = {
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": "caf\u00e9 \u00ff".encode("latin-1"),
+        "X-Hub-Signature-256": sign_github(SECRET, body),
+    }
+    answer = httpx.post(f"{app_url}/webhook/github", content=body, headers=headers)
+    assert answer.status_code == 400 and "X-GitHub-Delivery" in answer.json()["error"].replace(
+        "x-github-delivery", "X-GitHub-Delivery"
+    )
+
+
+def test_signatures_never_raise_on_odd_headers() -> None:
+    for header in ("sha256=\u00e9", "\u00ff", " sha256=", "sha256=" + "z" * 64):
+        assert not verify_github_signature(SECRET, b"{}", header)
+        assert not verify_gitea_signature(SECRET, b"{}", header)
+        assert not verify_gitlab_token(SECRET, header)
+    assert verify_gitlab_token("t\u00e9st", "t\u00e9st".encode().decode("latin-1"))  # as HTTP hands it over
+
+
+@pytest.mark.parametrize(
+    ("ref", "deleted", "reason"),
+    [
+        ("refs/tags/v1", True, "tag deleted: refs/tags/v1"),
+        ("refs/tags/v1", False, "tag push: refs/tags/v1"),
+        ("refs/heads/main", True, "branch deleted: refs/heads/main"),
+        ("refs/notes/commits", True, "ref deleted: refs/notes/commits"),
+        ("refs/merge-requests/1/head", False, "not a branch: refs/merge-requests/1/head"),
+        ("refs/heads/main", False, None),
+    ],
+)
+def test_ignore_reasons_say_what_happened(ref: str, deleted: bool, reason: str | None) -> None:
+    assert parse_push(push_payload(ref=ref, deleted=deleted)).ignore_reason() == reason
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "https://github.com/org/repo",
+        "HTTPS://GitHub.com/org/repo",
+        "github.com/org/repo",
+        "GitHub.com/Org/Repo.git",
+        "git@github.com:org/repo.git",
+        "ssh://git@GITHUB.COM/org/repo",
+    ],
+)
+def test_repository_spellings_match_both_ways(spelling: str) -> None:
+    assert normalize_repo(spelling) == "github.com/org/repo"
+    configured = make_service("web", "https://github.com/org/repo")
+    push = parse_push({**push_payload(full_name="org/repo"), "repository": {"clone_url": spelling}})
+    assert services_for_push([configured], push) == [configured]
+    spelled = make_service("web", spelling)
+    assert services_for_push([spelled], parse_push(push_payload(full_name="org/repo"))) == [spelled]
+
+
+def test_scheme_less_hosts_the_services_name_are_known() -> None:
+    configured = make_service("web", "https://git.example.com/org/repo.git")
+    payload = {**push_payload(), "repository": {"clone_url": "git.example.com/org/repo"}}
+    assert services_for_push([configured], parse_push(payload)) == [configured]
+    assert normalize_repo("git.example.com/org/repo").startswith("/")  # elsewhere: a local path
+
+
+def test_secrets_never_in_settings_logs_or_answers(
+    deployment: tuple[str, uuid.UUID], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(github_webhook_secret=SECRET, gitlab_webhook_secret=GITLAB_TOKEN)
+    assert SECRET not in repr(settings) and GITLAB_TOKEN not in str(settings.model_dump())
+    caplog.set_level("DEBUG")
+    secrets = WebhookSecrets({"github": SECRET}, {"gitea": "no-such-block"})
+    body = json.dumps(push_payload()).encode()
+    with serving(create_app([], secrets, PrefectRunStarter(deployment[0]))) as url:
+        answers = [
+            post(url, body, signature="sha256=" + "1" * 64),
+            post(url, body),
+            httpx.post(f"{url}/webhook/gitea", content=body, headers={"X-Gitea-Signature": "00"}),
+            httpx.post(f"{url}/webhook/gitlab", content=body, headers={"X-Gitlab-Token": SECRET}),
+        ]
+    assert [a.status_code for a in answers] == [401, 200, 503, 404]
+    assert all(SECRET not in a.text for a in answers)
+    assert SECRET not in caplog.text and "no-such-block" in caplog.text

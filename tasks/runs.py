@@ -1,18 +1,17 @@
-"""How deploy runs start and give way: polling for new commits, superseding.
+"""deploy-service runs: how they are created and tagged, how they are found, how they give way.
 
-Polling asks each repository once (``git ls-remote``) for the heads of every
-branch its services build from, and compares them with what is live. A newer
-commit for a service makes older waiting runs pointless: with ``queueing:
-supersede`` (the default) they end Cancelled "Superseded by <run>"; with
-``queueing: queue`` every run deploys in turn.
+Every trigger (webhook, polling, CLI) creates runs through ``create_deploy_run``
+so they all carry the tags searches rely on. A newer commit for a service
+makes older waiting runs pointless: with ``queueing: supersede`` (the default)
+they end Cancelled "Superseded by <run>"; with ``queueing: queue`` every run
+deploys in turn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
@@ -28,18 +27,19 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.states import Cancelled
 
+from tasks import source
+from tasks.errors import PipelineError
 from tasks.models import ServiceConfig
-from tasks.source import redact_url
-from tasks.webhook import normalize_repo
 
 DEPLOY_FLOW = "deploy-service"
 DEPLOY_DEPLOYMENT = "deploy-service/deploy-service"
 WAITING = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
 _FUTURE_SCHEDULE = timedelta(seconds=60)
 
-LiveSha = Callable[[ServiceConfig], "str | None"]
-ResolveHeads = Callable[[str, list[str]], dict[str, str]]
 Queueing = Literal["supersede", "queue"]
+NOT_NEWER = "Not newer than live"
+# (base, other) -> how commit OTHER relates to commit BASE in the service's repository
+CommitOrder = Callable[[str, str], source.Ancestry]
 
 
 def queueing_mode(cfg: ServiceConfig | None) -> Queueing:
@@ -58,94 +58,23 @@ def run_parameters(service: str, sha: str | None) -> dict[str, Any]:
     return {"service": service, "sha": sha}
 
 
-# -- polling ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Change:
-    service: str
-    sha: str
-    live: str | None
-    repo: str
-    branch: str
-
-
-@dataclass
-class PollResult:
-    changes: list[Change] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)
-
-
-def _default_resolver() -> ResolveHeads:
-    from tasks.source import resolve_heads
-
-    return resolve_heads
-
-
-def _default_live_sha() -> LiveSha:
-    from tasks.aws import AwsClients
-    from tasks.release import live_sha
-
-    clients = AwsClients()
-    return lambda cfg: live_sha(cfg, clients)
-
-
-def group_by_repo(services: Iterable[ServiceConfig]) -> dict[str, list[ServiceConfig]]:
-    """Services keyed by repository, however each config spells its URL."""
-    groups: dict[str, list[ServiceConfig]] = {}
-    for cfg in services:
-        groups.setdefault(normalize_repo(cfg.repo_location), []).append(cfg)
-    return groups
-
-
-def find_changes(
-    services: Sequence[ServiceConfig],
-    live_sha: LiveSha | None = None,
-    resolve: ResolveHeads | None = None,
-    max_workers: int = 8,
-) -> PollResult:
-    """Services whose branch head differs from what is live: one ls-remote per repository."""
-    live_of = live_sha or _default_live_sha()
-    resolve_fn = resolve or _default_resolver()
-    groups = list(group_by_repo(services).values())
-
-    def heads_of(group: list[ServiceConfig]) -> dict[str, str] | Exception:
-        branches = sorted({cfg.source.branch for cfg in group})
-        try:
-            return resolve_fn(group[0].repo_location, branches)
-        except Exception as exc:  # noqa: BLE001 - one bad repository must not stop the others
-            return exc
-
-    result = PollResult()
-    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(groups)))) as pool:
-        for group, heads in zip(groups, pool.map(heads_of, groups), strict=True):
-            for cfg in group:
-                _compare(cfg, heads, live_of, result)
-    return result
-
-
-def _compare(
-    cfg: ServiceConfig, heads: dict[str, str] | Exception, live_of: LiveSha, result: PollResult
-) -> None:
-    if isinstance(heads, Exception):
-        result.errors[cfg.name] = redact_url(str(heads))
-        return
-    head = heads.get(cfg.source.branch)
-    if head is None:
-        repo = redact_url(cfg.repo_location)
-        result.errors[cfg.name] = f"branch {cfg.source.branch} not found in {repo}"
-        return
-    try:
-        live = live_of(cfg)
-    except Exception as exc:  # noqa: BLE001 - reported per service, the others still poll
-        result.errors[cfg.name] = f"cannot read the live release: {redact_url(str(exc))}"
-        return
-    if live == head:
-        result.unchanged.append(cfg.name)
-    else:
-        change = Change(cfg.name, head, live, redact_url(cfg.repo_location), cfg.source.branch)
-        result.changes.append(change)
+def create_deploy_run(
+    client: SyncPrefectClient,
+    deployment_id: UUID,
+    service: str,
+    sha: str,
+    origin: str,
+    *,
+    idempotency_key: str | None = None,
+) -> FlowRun:
+    """One Scheduled deploy-service run for SERVICE at SHA, tagged so superseding and polling find it."""
+    return client.create_flow_run_from_deployment(
+        deployment_id,
+        parameters=run_parameters(service, sha),
+        tags=run_tags(service, sha, origin),
+        idempotency_key=idempotency_key,
+        name=f"{service}-{sha[:7]}",
+    )
 
 
 # -- runs of deploy-service -------------------------------------------------------
@@ -192,35 +121,74 @@ def _age_key(run: FlowRun) -> tuple[datetime, str]:
     return (created, str(run.id))
 
 
+def commit_order_for(cfg: ServiceConfig | None, cache_dir: Path | None) -> CommitOrder | None:
+    """Compare commits in CFG's repository (git ancestry); None when there is nothing to compare with."""
+    if cfg is None or cache_dir is None:
+        return None
+    repo = cfg.repo_location
+
+    def order(base: str, other: str) -> source.Ancestry:
+        try:
+            return source.commit_order(repo, base, other, cache_dir=cache_dir)
+        except PipelineError:  # git unreachable: fall back to creation order
+            return "unknown"
+
+    return order
+
+
+def wins_over(run: FlowRun, other: FlowRun, order: CommitOrder | None) -> bool:
+    """Whether RUN's release should go rather than OTHER's.
+
+    By git ancestry when both commits are known: a descendant wins, an ancestor
+    gives way, so a replayed older push never displaces a newer commit. By
+    creation time otherwise (same commit, commit unknown, diverged, or an
+    explicit ``allow_older`` release on either side).
+    """
+    mine, theirs = run.parameters or {}, other.parameters or {}
+    sha, other_sha = mine.get("sha"), theirs.get("sha")
+    explicit = mine.get("allow_older") or theirs.get("allow_older")
+    if order is not None and sha and other_sha and sha != other_sha and not explicit:
+        relation = order(str(other_sha), str(sha))
+        if relation in ("newer", "older"):
+            return relation == "newer"
+    return _age_key(run) > _age_key(other)
+
+
 def superseded_by(
     service: str,
     my_flow_run_id: UUID | str,
     *,
     cfg: ServiceConfig | None = None,
     client: SyncPrefectClient | None = None,
+    cache_dir: Path | None = None,
 ) -> str | None:
-    """The id of a newer deploy-service run for SERVICE that makes this one pointless.
+    """The id of another deploy-service run for SERVICE that makes this one pointless.
 
     The pipeline calls this right after it holds the service's concurrency slot
-    and ends itself Cancelled "Superseded by <id>" when it gets one. Newer means
-    created later; it counts while not finished, and also once Completed,
-    because slots are not handed out in arrival order and an older commit must
-    never be deployed over a newer one. Always None with ``queueing: queue``.
+    and ends itself Cancelled "Superseded by <id>" when it gets one. The other
+    run wins by ``wins_over`` (its commit descends from this one's; with
+    CACHE_DIR for git, else by creation time); it counts while not finished,
+    and also once Completed, because slots are not handed out in arrival order
+    and an older commit must never be deployed over a newer one. Always None
+    with ``queueing: queue``.
     """
     cfg = cfg if cfg is not None else _lookup(service)
     if queueing_mode(cfg) == "queue":
         return None
+    order = commit_order_for(cfg, cache_dir)
     if client is None:
         with get_client(sync_client=True) as own:
-            return _newer_run(own, service, my_flow_run_id)
-    return _newer_run(client, service, my_flow_run_id)
+            return _winner(own, service, my_flow_run_id, order)
+    return _winner(client, service, my_flow_run_id, order)
 
 
-def _newer_run(client: SyncPrefectClient, service: str, my_flow_run_id: UUID | str) -> str | None:
+def _winner(
+    client: SyncPrefectClient, service: str, my_flow_run_id: UUID | str, order: CommitOrder | None
+) -> str | None:
     me = client.read_flow_run(UUID(str(my_flow_run_id)))
     runs = read_service_runs(client, service, [*WAITING, StateType.COMPLETED])
-    newer = [r for r in runs if r.id != me.id and _age_key(r) > _age_key(me)]
-    return str(newer[-1].id) if newer else None
+    winners = [r for r in runs if r.id != me.id and wins_over(r, me, order)]
+    return str(winners[-1].id) if winners else None
 
 
 def _lookup(service: str) -> ServiceConfig | None:
@@ -235,20 +203,24 @@ def _lookup(service: str) -> ServiceConfig | None:
 
 
 def cancel_waiting_runs(
-    service: str, except_id: UUID | str, *, client: SyncPrefectClient | None = None
+    service: str,
+    except_id: UUID | str,
+    *,
+    client: SyncPrefectClient | None = None,
+    order: CommitOrder | None = None,
 ) -> list[str]:
-    """Cancel SCHEDULED runs for SERVICE created before EXCEPT_ID; returns their ids.
+    """Cancel SCHEDULED runs for SERVICE that EXCEPT_ID wins over (``wins_over``); returns their ids.
 
     Runs scheduled deliberately for later (more than a minute ahead) are left alone.
     """
     if client is None:
         with get_client(sync_client=True) as own:
-            return cancel_waiting_runs(service, except_id, client=own)
+            return cancel_waiting_runs(service, except_id, client=own, order=order)
     keep = client.read_flow_run(UUID(str(except_id)))
     horizon = datetime.now(UTC) + _FUTURE_SCHEDULE
     cancelled: list[str] = []
     for run in read_service_runs(client, service, [StateType.SCHEDULED]):
-        if run.id == keep.id or _age_key(run) > _age_key(keep):
+        if run.id == keep.id or not wins_over(keep, run, order):
             continue
         if run.expected_start_time and run.expected_start_time > horizon:
             continue
@@ -260,10 +232,15 @@ def cancel_waiting_runs(
 
 
 def already_started(client: SyncPrefectClient, service: str, sha: str) -> FlowRun | None:
-    """A run for SERVICE at SHA that is waiting, running or finished (not cancelled)."""
-    states = [*WAITING, StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]
+    """A run for SERVICE at SHA that is waiting, running, finished, or refused as not newer than live.
+
+    Cancelled runs do not count (superseded ones may be wanted again), except
+    refused ones: an older branch head would be refused again at every poll.
+    """
+    states = [*WAITING, StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
     runs = read_service_runs(client, service, states, sha=sha)
-    return runs[-1] if runs else None
+    counted = [r for r in runs if r.state_type != StateType.CANCELLED or r.state_name == NOT_NEWER]
+    return counted[-1] if counted else None
 
 
 def ensure_run_tags(flow_run_id: UUID | str, service: str, sha: str | None) -> None:

@@ -1,9 +1,10 @@
-"""Git push webhooks: signatures, payloads, which services a push concerns, replays.
+"""Git pushes: signatures, payloads, which services a push concerns, replays.
 
-Pure functions and one small in-memory store, so the HTTP app in
+Pure functions and one small in-memory store, so the webhook app in
 ``flows/webhook.py`` stays a thin shell and every rule here is tested with
 plain tables. Understands GitHub's payload and the look-alikes of Gitea and
-GitLab.
+GitLab. Everything here reads untrusted input: nothing raises on a malformed
+header, and no message quotes a secret.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from tasks.models import ServiceConfig
 ZERO_SHA = "0" * 40
 _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _SCP_LIKE = re.compile(r"^(?:[^@/]+@)?(?P<host>[^:/]+):(?P<path>(?!//).+)$")
+# Hosts recognised without a scheme (``github.com/org/repo``); other hosts need one.
+KNOWN_HOSTS = frozenset(
+    {"github.com", "gitlab.com", "bitbucket.org", "codeberg.org", "gitea.com", "dev.azure.com"}
+)
 
 
 class PayloadError(ValueError):
@@ -47,46 +52,61 @@ class PushEvent:
 
     def ignore_reason(self) -> str | None:
         """Why this push must not start a deploy, or None when it should."""
-        if self.deleted or self.sha == ZERO_SHA:
-            return f"branch deleted: {self.ref}"
+        deleted = self.deleted or self.sha == ZERO_SHA
         if self.ref.startswith("refs/tags/"):
-            return f"tag push: {self.ref}"
+            return f"tag deleted: {self.ref}" if deleted else f"tag push: {self.ref}"
         if self.branch is None:
-            return f"not a branch: {self.ref}"
-        return None
+            return f"ref deleted: {self.ref}" if deleted else f"not a branch: {self.ref}"
+        return f"branch deleted: {self.ref}" if deleted else None
 
 
 # -- signatures ---------------------------------------------------------------
 
 
-def _hmac_hex(secret: str, body: bytes) -> str:
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def _hmac_hex(secret: str, body: bytes) -> bytes:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest().encode()
+
+
+def _header_bytes(header: str | None, encoding: str = "ascii") -> bytes | None:
+    """A header as bytes, or None when absent or not in ENCODING (a forged header is just wrong)."""
+    if header is None:
+        return None
+    try:
+        return header.strip().encode(encoding)
+    except UnicodeEncodeError:
+        return None
 
 
 def verify_github_signature(secret: str, body: bytes, header: str | None) -> bool:
     """Check ``X-Hub-Signature-256: sha256=<hex>`` in constant time."""
-    if not secret or not header or not header.startswith("sha256="):
+    given = _header_bytes(header)
+    if not secret or not given or not given.startswith(b"sha256="):
         return False
-    return hmac.compare_digest(header[len("sha256=") :].strip().lower(), _hmac_hex(secret, body))
+    return hmac.compare_digest(given[len(b"sha256=") :].lower(), _hmac_hex(secret, body))
 
 
 def verify_gitea_signature(secret: str, body: bytes, header: str | None) -> bool:
     """Check ``X-Gitea-Signature: <hex>`` (HMAC-SHA256 of the body, no prefix)."""
-    if not secret or not header:
+    given = _header_bytes(header)
+    if not secret or not given:
         return False
-    return hmac.compare_digest(header.strip().lower(), _hmac_hex(secret, body))
+    return hmac.compare_digest(given.lower(), _hmac_hex(secret, body))
 
 
 def verify_gitlab_token(secret: str, header: str | None) -> bool:
-    """GitLab sends the shared secret itself in ``X-Gitlab-Token``."""
-    if not secret or header is None:
+    """GitLab sends the shared secret itself in ``X-Gitlab-Token``.
+
+    HTTP servers hand headers over decoded as latin-1: encoding back gives the bytes sent.
+    """
+    given = None if header is None else _header_bytes(header, "latin-1")
+    if not secret or given is None:
         return False
-    return hmac.compare_digest(header.encode(), secret.encode())
+    return hmac.compare_digest(given, secret.encode())
 
 
 def sign_github(secret: str, body: bytes) -> str:
     """The ``X-Hub-Signature-256`` value GitHub would send for BODY."""
-    return "sha256=" + _hmac_hex(secret, body)
+    return "sha256=" + _hmac_hex(secret, body).decode()
 
 
 # -- payloads -----------------------------------------------------------------
@@ -122,14 +142,15 @@ def parse_push(payload: Any) -> PushEvent:
 # -- repositories and services --------------------------------------------------
 
 
-def normalize_repo(location: str) -> str:
+def normalize_repo(location: str, known_hosts: frozenset[str] = KNOWN_HOSTS) -> str:
     """One spelling per repository: host/path for remotes, the real path for local ones.
 
-    ``https://github.com/Acme/Shop.git/``, ``git@github.com:acme/shop`` and
-    ``ssh://git@github.com:22/acme/shop.git`` all become ``github.com/acme/shop``.
+    ``HTTPS://GitHub.com/Acme/Shop.git/``, ``git@github.com:acme/shop``,
+    ``ssh://git@github.com:22/acme/shop.git`` and, for KNOWN_HOSTS, the scheme-less
+    ``github.com/acme/shop`` all become ``github.com/acme/shop``.
     """
     loc = location.strip()
-    if loc.startswith("file://"):
+    if loc.lower().startswith("file://"):
         return _normalize_path(urlsplit(loc).path)
     if "://" in loc:
         parts = urlsplit(loc)
@@ -138,6 +159,9 @@ def normalize_repo(location: str) -> str:
     scp = _SCP_LIKE.match(loc)
     if scp and not loc.startswith(("/", ".", "~")):
         return _join_remote(scp["host"].lower(), scp["path"])
+    first, _, rest = loc.partition("/")
+    if first.lower() in known_hosts and rest:
+        return _join_remote(first.lower(), rest)
     return _normalize_path(loc)
 
 
@@ -151,14 +175,21 @@ def _normalize_path(path: str) -> str:
     return str(p.parent if p.name == ".git" else p)
 
 
+def service_repo(cfg: ServiceConfig) -> str:
+    """The normalised repository of CFG: its URL as written when that is remote, else its local path."""
+    written = normalize_repo(cfg.source.repo)
+    return written if not written.startswith("/") else normalize_repo(cfg.repo_location)
+
+
 def services_for_push(services: Iterable[ServiceConfig], push: PushEvent) -> list[ServiceConfig]:
-    """The services that build from the pushed repository and branch."""
-    pushed = {normalize_repo(u) for u in push.repo_urls}
-    return [
-        cfg
-        for cfg in services
-        if cfg.source.branch == push.branch and normalize_repo(cfg.repo_location) in pushed
-    ]
+    """The services that build from the pushed repository and branch.
+
+    The hosts the services name count as known, so a payload may spell their URLs without a scheme.
+    """
+    configured = [(cfg, service_repo(cfg)) for cfg in services]
+    hosts = KNOWN_HOSTS | {repo.split("/", 1)[0] for _, repo in configured if not repo.startswith("/")}
+    pushed = {normalize_repo(u, hosts) for u in push.repo_urls}
+    return [cfg for cfg, repo in configured if cfg.source.branch == push.branch and repo in pushed]
 
 
 # -- replays --------------------------------------------------------------------
