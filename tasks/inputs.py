@@ -33,11 +33,17 @@ def _redact(problem: str) -> str:
 
 def yaml_error(exc: yaml.YAMLError) -> str:
     """Where and what went wrong, without the snippet PyYAML prints."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or "cannot be parsed"
+    problem_mark = getattr(exc, "problem_mark", None)
+    context_mark = getattr(exc, "context_mark", None)
+    mark = problem_mark or context_mark
+    problem = str(getattr(exc, "problem", None) or "cannot be parsed")
     where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+    context = getattr(exc, "context", None)
+    started = ""
+    if context and context_mark is not None and problem_mark is not None and context_mark.line != problem_mark.line:
+        started = f" ({_redact(str(context))}, from line {context_mark.line + 1} column {context_mark.column + 1})"
     hint = "; indent with spaces, not tabs" if "'\\t'" in problem else ""
-    return f"{where}: {_redact(str(problem))}{hint}"
+    return f"{where}: {_redact(problem)}{started}{hint}"
 
 
 def json_error(exc: json.JSONDecodeError) -> str:

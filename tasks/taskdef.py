@@ -133,9 +133,13 @@ def render_task_definition(
     return td
 
 
+_TYPE_WORDS = {"str": "a string", "int": "an integer", "bool": "true or false", "float": "a number",
+               "list": "a list", "tuple": "a list", "dict": "an object"}
+
+
 def _type_names(details: dict[str, Any]) -> str:
     names = [str(t).removeprefix("<class '").removesuffix("'>") for t in details.get("valid_types", [])]
-    return " or ".join(names) or "another type"
+    return " or ".join(dict.fromkeys(_TYPE_WORDS.get(n, n) for n in names)) or "another type"
 
 
 def check_register_input(td: dict[str, Any], source: str) -> None:
