@@ -1,4 +1,10 @@
-"""The ``ecs-pipeline`` command: deploy, status, rollback, render, diff, sandbox, triggers."""
+"""The ``ecs-pipeline`` command: deploy, status, rollback, render, diff, sandbox, triggers.
+
+Prefect reads its settings once, when it is first imported, so this module
+imports nothing that imports prefect: ``main`` settles the environment first
+(``.sandbox/env`` or not, see ``load_sandbox_env``), prints where AWS calls and
+Prefect runs go, and only then imports the commands.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +13,73 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
-from flows.trigger_cli import register_cli
 from tasks.errors import PipelineError
-from tasks.runs import run_tags
+
+NO_SANDBOX = "ECS_PIPELINE_NO_SANDBOX"
 
 
-def load_sandbox_env() -> None:
-    """Use the sandbox's endpoints when it is up and nothing else was configured."""
-    env_file = Path(os.environ.get("SANDBOX_DIR", ".sandbox")) / "env"
-    if os.environ.get("ECS_PIPELINE_NO_SANDBOX") or not env_file.exists():
-        return
+def load_sandbox_env(environ: MutableMapping[str, str] = os.environ) -> str:
+    """Use the sandbox's endpoints when it is up and nothing else was chosen; say which.
+
+    The file describes the sandbox whole (endpoint, fake credentials, Docker
+    host, time scale, Prefect), so it is read entirely or not at all: with
+    ``ECS_PIPELINE_NO_SANDBOX`` set, or ``AWS_ENDPOINT_URL`` present in the
+    environment (even empty: the documented way to use a real account), it is
+    not read, and nothing of the sandbox comes back. Otherwise its values fill
+    in what the environment does not set.
+    """
+    env_file = Path(environ.get("SANDBOX_DIR") or ".sandbox") / "env"
+    if environ.get(NO_SANDBOX):
+        return f"{env_file} not read ({NO_SANDBOX} is set)"
+    if "AWS_ENDPOINT_URL" in environ:
+        return f"{env_file} not read (AWS_ENDPOINT_URL is set in the environment)"
+    if not env_file.is_file():
+        return f"no {env_file} (sandbox not up here)"
     for line in env_file.read_text().splitlines():
         key, sep, value = line.partition("=")
         if sep and key.strip() and not key.startswith("#"):
-            os.environ.setdefault(key.strip(), value.strip())
+            environ.setdefault(key.strip(), value.strip())
+    return f"{env_file.resolve()}"
+
+
+def aws_line() -> str:
+    """Where this command's AWS calls go (pydantic-settings only: no prefect import yet)."""
+    from pydantic import ValidationError
+
+    from tasks.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors())
+        raise PipelineError(f"invalid environment setting(s): {fields}") from None
+    scale = settings.effective_time_scale
+    return f"aws: {settings.describe()}" + (f", time scale {scale:g}" if scale != 1 else "")
+
+
+def prefect_line() -> str:
+    """Where this command's flow runs are recorded; imports prefect, so the env must be settled."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return f"prefect: {url}" if url else "prefect: no PREFECT_API_URL: a temporary local server (runs are not kept)"
+
+
+def print_environment(source: str) -> None:
+    """Every command's first lines, on stderr so stdout stays parseable (render, --json)."""
+    print(aws_line(), file=sys.stderr, flush=True)
+    print(prefect_line(), file=sys.stderr)
+    print(f"env: {source}", file=sys.stderr, flush=True)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from prefect import tags
 
     from flows.pipeline import deploy_service
+    from tasks.runs import run_tags
 
     if args.dry_run:
         from flows.operations import plan_release
@@ -139,15 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_sandbox)
 
+    from flows.trigger_cli import register_cli  # imports prefect: only once the env is settled
+
     register_cli(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command != "sandbox":
-        load_sandbox_env()
+    argv = sys.argv[1:] if argv is None else argv
+    sandbox = bool(argv) and argv[0] == "sandbox"  # its own program, with its own settings
     try:
+        if not sandbox:
+            source = load_sandbox_env()
+            print_environment(source)
+        args = build_parser().parse_args(argv)
         return int(args.func(args))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -15,14 +15,21 @@ import copy
 import hashlib
 import json
 import math
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from tasks.errors import ConfigError
-from tasks.models import Traffic
+from tasks.inputs import confined, parse_yaml_or_json, read_text
+
+if TYPE_CHECKING:
+    from tasks.models import ServiceConfig, Traffic
 
 PLACEHOLDER = "<TASK_DEFINITION>"
+# What load-time checks render with: any ARN-shaped value proves the template takes one.
+PLACEHOLDER_ARN = "arn:aws:ecs:us-east-1:000000000000:task-definition/placeholder:1"
+TOP_LEVEL = frozenset({"version", "Resources", "Hooks"})
 SERVICE_TYPE = "AWS::ECS::Service"
 OWN_CONFIG_PREFIX = "EcsPipeline."
 PROPERTIES = frozenset(
@@ -64,13 +71,16 @@ def default_appspec(container: str, port: int) -> dict[str, Any]:
 
 
 def parse_appspec(text: str, source: str = "appspec") -> dict[str, Any]:
-    """YAML or JSON text (JSON is YAML) to a mapping; errors name the file."""
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML or JSON: {exc}") from exc
+    """JSON or YAML text to a mapping; errors name the file and never quote it."""
+    doc = parse_yaml_or_json(text, source, "appspec")
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: expected a mapping with version and Resources")
+    unknown = sorted(str(k) for k in set(doc) - TOP_LEVEL)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown top-level field(s) {', '.join(unknown)}; "
+            f"an ECS appspec has {', '.join(sorted(TOP_LEVEL))}"
+        )
     return doc
 
 
@@ -114,18 +124,23 @@ def _check_hooks(doc: dict[str, Any], source: str) -> None:
             raise ConfigError(f"{source}: Hooks: {event} needs a Lambda function name or ARN")
 
 
-def _check_load_balancer(props: dict[str, Any], source: str) -> None:
+def _check_load_balancer(props: dict[str, Any], container: str, port: int, source: str) -> None:
+    """The container behind the load balancer is the one that gets the new image."""
     info = props["LoadBalancerInfo"]
     if not isinstance(info, dict) or not info.get("ContainerName"):
         raise ConfigError(f"{source}: LoadBalancerInfo needs ContainerName and ContainerPort")
+    written = info.get("ContainerPort", "")
     try:
-        port = int(info.get("ContainerPort", ""))
+        number = int(written) if not isinstance(written, bool) else 0
     except (TypeError, ValueError):
-        port = 0
-    if not 1 <= port <= 65535:
+        number = 0
+    if not 1 <= number <= 65535:
+        raise ConfigError(f"{source}: LoadBalancerInfo.ContainerPort must be a port number (1-65535)")
+    if info["ContainerName"] != container or number != port:
         raise ConfigError(
-            f"{source}: LoadBalancerInfo.ContainerPort must be a port number, "
-            f"not {info.get('ContainerPort')!r}"
+            f"{source}: LoadBalancerInfo.ContainerName/ContainerPort must be the service config's "
+            f"ecs.container ({container}) and ecs.container_port ({port}); "
+            "fix the appspec or the service config so they name the same container and port"
         )
 
 
@@ -146,7 +161,7 @@ def render_appspec(
     props = _target(doc, source)
     if "LoadBalancerInfo" not in props:
         props["LoadBalancerInfo"] = {"ContainerName": container, "ContainerPort": port}
-    _check_load_balancer(props, source)
+    _check_load_balancer(props, container, port, source)
     _check_hooks(doc, source)
     written = str(props.get("TaskDefinition", PLACEHOLDER))
     props["TaskDefinition"] = (
@@ -156,6 +171,22 @@ def render_appspec(
     )
     doc.setdefault("version", 0.0)
     return doc
+
+
+def appspec_for(cfg: ServiceConfig, task_definition_arn: str, *, source: str | None = None) -> dict[str, Any]:
+    """This release's appspec: strategy.appspec (inside the YAML's folder) or the default one.
+
+    The service loader calls it with ``PLACEHOLDER_ARN`` so a broken appspec
+    fails before anything is built; the codedeploy strategy calls it with the
+    registered ARN. ``source`` names the service YAML in errors.
+    """
+    origin = source or f"{cfg.base_dir} (service config)"
+    if not cfg.strategy.appspec:
+        return render_appspec(None, task_definition_arn, cfg.ecs.container, cfg.ecs.container_port)
+    path = confined(Path(cfg.base_dir), cfg.strategy.appspec, "strategy.appspec", origin)
+    text = read_text(path, "strategy.appspec", origin)
+    where = f"{path} (strategy.appspec of {origin})"
+    return render_appspec(text, task_definition_arn, cfg.ecs.container, cfg.ecs.container_port, where)
 
 
 def appspec_content(appspec: dict[str, Any]) -> str:

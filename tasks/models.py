@@ -1,8 +1,9 @@
 """Service configuration: the only boundary where user input enters the pipeline.
 
 One YAML file per service under ``deployments/``. Every cross-field rule lives
-in a validator whose message names the field and the fix, so a wrong file fails
-before any AWS or Docker call.
+in a validator whose message names the field and the fix, and loading renders
+the task definition and appspec with placeholders, so a wrong file fails before
+any AWS or Docker call. Numbers and booleans are strict: ``"2"`` is not 2.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from tasks import appspec, taskdef
 from tasks.errors import ConfigError
+from tasks.inputs import check_relative, confined, parse_yaml, read_text
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Source(_Model):
@@ -85,6 +88,22 @@ class Strategy(_Model):
     codedeploy_group: str | None = None
     appspec: str | None = Field(default=None, description="appspec.yml path, for codedeploy")
 
+    @field_validator("traffic")
+    @classmethod
+    def _traffic_shifts(cls, value: Traffic, info: ValidationInfo) -> Traffic:
+        if info.data.get("type") == "rolling":
+            raise ValueError(
+                "rolling does not shift traffic (ECS replaces tasks in place), so strategy.traffic "
+                "would do nothing; remove strategy.traffic, or use strategy.type task-sets or "
+                "codedeploy for all-at-once/canary/linear traffic"
+            )
+        return value
+
+    @field_validator("appspec")
+    @classmethod
+    def _appspec_inside(cls, value: str | None) -> str | None:
+        return None if value is None else check_relative(value, "strategy.appspec")
+
 
 class ListenerRef(_Model):
     """A listener by its load balancer name and port, or by ARN."""
@@ -103,7 +122,9 @@ class ListenerRef(_Model):
 class LoadBalancer(_Model):
     production_listener: ListenerRef
     test_listener: ListenerRef
-    target_groups: tuple[str, str] = Field(description="the two target groups blue/green alternate on")
+    target_groups: tuple[str, str] = Field(
+        strict=False, description="the two target groups blue/green alternate on"
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> LoadBalancer:
@@ -155,6 +176,11 @@ class ServiceConfig(_Model):
     approval_timeout_seconds: Annotated[int, Field(ge=1, le=604800)] = 3600
     base_dir: str = Field(default=".", description="set by the loader: the YAML file's folder")
 
+    @field_validator("task_definition")
+    @classmethod
+    def _taskdef_inside(cls, value: str) -> str:
+        return check_relative(value, "task_definition")
+
     @model_validator(mode="after")
     def _strategy_needs(self) -> ServiceConfig:
         kind = self.strategy.type
@@ -166,16 +192,18 @@ class ServiceConfig(_Model):
         return self
 
     def path(self, relative: str) -> Path:
-        """A path from the YAML, resolved against the YAML's folder."""
-        p = Path(relative)
-        return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
+        """A file the config names, inside the YAML's folder (anything else is refused)."""
+        field = {self.task_definition: "task_definition", self.strategy.appspec: "strategy.appspec"}
+        return confined(Path(self.base_dir), relative, field.get(relative, "a file path"), self.base_dir)
 
     @property
     def repo_location(self) -> str:
+        """A repository, not a file the pipeline reads: a URL, or a path anywhere."""
         repo = self.source.repo
         if re.match(r"^[a-z+]+://|^git@", repo):
             return repo
-        return str(self.path(repo))
+        p = Path(repo).expanduser()
+        return str(p if p.is_absolute() else (Path(self.base_dir) / p).resolve())
 
     @property
     def codedeploy_application(self) -> str:
@@ -190,6 +218,21 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
+# Strict types: say what is expected and how to write it, never the value given.
+_EXPECTED = {
+    "int_type": "expected a whole number, written without quotes (e.g. 2)",
+    "float_type": "expected a number, written without quotes (e.g. 60 or 0.5)",
+    "bool_type": "expected true or false, without quotes",
+    "string_type": "expected text",
+    "model_type": "expected a mapping of fields",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list",
+    "tuple_type": "expected a list",
+    "extra_forbidden": "unknown field; check the spelling against README's config reference",
+    "missing": "required field is missing; add it (see README's config reference)",
+}
+
+
 def parse_service(data: Any, *, source: str, base_dir: str | Path = ".") -> ServiceConfig:
     """Validate already-loaded YAML data; errors name the file and field path."""
     if not isinstance(data, dict):
@@ -199,25 +242,60 @@ def parse_service(data: Any, *, source: str, base_dir: str | Path = ".") -> Serv
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field; check the spelling against README's config reference"
+            msg = _EXPECTED.get(err["type"]) or err["msg"].removeprefix("Value error, ")
             lines.append(f"  {_field_path(err['loc'])}: {msg}")
         raise ConfigError(f"{source}: invalid service config\n" + "\n".join(lines)) from None
 
 
+def check_templates(cfg: ServiceConfig, source: str) -> None:
+    """Render the task definition and appspec with placeholders: a broken one fails now, not after the build."""
+    path = confined(Path(cfg.base_dir), cfg.task_definition, "task_definition", source)
+    where = f"{path} (task_definition of {source})"
+    template = taskdef.parse_template(read_text(path, "task_definition", source), where)
+    rendered = taskdef.render_task_definition(
+        template, image="<IMAGE>", container=cfg.ecs.container, sha="0" * 40, service=cfg.name, source=where
+    )
+    taskdef.container_named(rendered, cfg.ecs.container, where)
+    taskdef.check_register_input(rendered, where)
+    if cfg.strategy.type == "codedeploy" or cfg.strategy.appspec:
+        appspec.appspec_for(cfg, appspec.PLACEHOLDER_ARN, source=source)
+
+
 def load_service(path: str | Path) -> ServiceConfig:
-    """Read and validate one service YAML file."""
+    """Read and validate one service YAML file and the templates it names."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: service config is not UTF-8 text") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read service config ({exc.strerror})") from exc
+    cfg = parse_service(parse_yaml(text, str(p), "service config"), source=str(p), base_dir=p.parent.resolve())
+    check_templates(cfg, str(p))
+    return cfg
+
+
+def _service_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
+
+
+def _ecs_target(path: Path) -> tuple[str, str] | None:
+    """(cluster, service) as written in a YAML file, or None when it cannot tell (a lenient read)."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from exc
-    return parse_service(data, source=str(p), base_dir=p.parent.resolve())
+        ecs = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("ecs") or {}
+        return str(ecs["cluster"]), str(ecs["service"])
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, KeyError, TypeError):
+        return None
+
+
+def _same_target(path: Path, target: tuple[str, str], others: list[Path]) -> None:
+    for other in others:
+        if other.resolve() != path.resolve() and _ecs_target(other) == target:
+            first, second = sorted([path, other])
+            raise ConfigError(
+                f"{first} and {second} both deploy ECS service {target[1]} in cluster {target[0]}; "
+                "each would take its own lock and they would race: keep one file per ECS service"
+            )
 
 
 def find_service(name: str, directory: Path) -> ServiceConfig:
@@ -227,6 +305,7 @@ def find_service(name: str, directory: Path) -> ServiceConfig:
     if direct.exists():
         cfg = load_service(direct)
         if cfg.name == name:
+            _same_target(direct, (cfg.ecs.cluster, cfg.ecs.service), _service_files(d))
             return cfg
     for cfg in load_all_services(d):
         if cfg.name == name:
@@ -236,5 +315,13 @@ def find_service(name: str, directory: Path) -> ServiceConfig:
 
 
 def load_all_services(directory: Path) -> list[ServiceConfig]:
-    d = directory
-    return [load_service(p) for p in sorted(d.glob("*.yaml")) + sorted(d.glob("*.yml"))]
+    """Every service file in the folder; two files for one ECS service (or one name) are refused."""
+    loaded = [(p, load_service(p)) for p in _service_files(directory)]
+    for i, (path, cfg) in enumerate(loaded):
+        for other, seen in loaded[:i]:
+            if seen.name == cfg.name:
+                raise ConfigError(
+                    f"{other} and {path} both name service {cfg.name}; give each file its own name"
+                )
+        _same_target(path, (cfg.ecs.cluster, cfg.ecs.service), [p for p, _ in loaded[:i]])
+    return [cfg for _, cfg in loaded]

@@ -50,18 +50,40 @@ def register_input_keys() -> frozenset[str]:
 def load_template(path: Path) -> dict[str, Any]:
     """Read a taskdef.json; a ``{"taskDefinition": {...}}`` wrapper (describe output) is unwrapped."""
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; expected a task definition template") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read task definition template ({exc.strerror})") from exc
+    return parse_template(text, str(path))
+
+
+def parse_template(text: str, source: str) -> dict[str, Any]:
+    """A taskdef.json's text to the task definition; errors give line and column, never the text."""
+    try:
+        data = json.loads(text.lstrip("\ufeff"))
     except json.JSONDecodeError as exc:
         raise ConfigError(
-            f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from exc
+            f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("taskDefinition"), dict):
         data = data["taskDefinition"]
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object with family and containerDefinitions")
+        raise ConfigError(f"{source}: expected a JSON object with family and containerDefinitions")
     return data
+
+
+def container_named(td: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    """The container the service config names; imagedefinitions.json and the appspec use it too."""
+    containers = [c for c in td.get("containerDefinitions", []) if isinstance(c, dict)]
+    named = [c for c in containers if c.get("name") == name]
+    if not named:
+        names = ", ".join(str(c.get("name")) for c in containers)
+        raise ConfigError(
+            f"{source}: no container named {name!r} (containers: {names}); "
+            "fix ecs.container in the service config or the template"
+        )
+    return named[0]
 
 
 def render_task_definition(
@@ -84,8 +106,10 @@ def render_task_definition(
     if not td.get("family"):
         raise ConfigError(f"{source}: family is required")
     containers = td.get("containerDefinitions")
-    if not isinstance(containers, list) or not containers:
-        raise ConfigError(f"{source}: containerDefinitions must be a non-empty list")
+    if not isinstance(containers, list) or not containers or not all(isinstance(c, dict) for c in containers):
+        raise ConfigError(f"{source}: containerDefinitions must be a non-empty list of objects")
+    if not isinstance(td.get("tags", []), list) or not all(isinstance(t, dict) for t in td.get("tags", [])):
+        raise ConfigError(f"{source}: tags must be a list of {{key, value}} objects")
     placeholders = [c for c in containers if PLACEHOLDER in str(c.get("image", ""))]
     if placeholders:
         for c in placeholders:
@@ -107,6 +131,46 @@ def render_task_definition(
     if tags:
         td["tags"] = tags
     return td
+
+
+_TYPE_WORDS = {"str": "a string", "int": "an integer", "bool": "true or false", "float": "a number",
+               "list": "a list", "tuple": "a list", "dict": "an object"}
+
+
+def _type_names(details: dict[str, Any]) -> str:
+    names = [str(t).removeprefix("<class '").removesuffix("'>") for t in details.get("valid_types", [])]
+    return " or ".join(dict.fromkeys(_TYPE_WORDS.get(n, n) for n in names)) or "another type"
+
+
+def check_register_input(td: dict[str, Any], source: str) -> None:
+    """Check a rendered task definition against botocore's RegisterTaskDefinition model.
+
+    botocore's own report quotes every wrong value, so its structured errors are
+    worded here with the field path and the expected type only.
+    """
+    import botocore.session
+    import botocore.validate
+
+    model = botocore.session.get_session().get_service_model("ecs")
+    report = botocore.validate.ParamValidator().validate(
+        td, model.operation_model("RegisterTaskDefinition").input_shape
+    )
+    if not report.has_errors():
+        return
+    lines = []
+    for kind, name, details in getattr(report, "_errors", []):
+        where = str(name).lstrip(".") or "(top level)"
+        if kind == "invalid type":
+            lines.append(f"  {where}: expected {_type_names(details)}")
+        elif kind == "unknown field":
+            lines.append(f"  {where}: unknown field {details.get('unknown_param')}")
+        elif kind == "missing required field":
+            lines.append(f"  {where}: missing required field {details.get('required_name')}")
+        else:
+            lines.append(f"  {where}: {kind}")
+    raise ConfigError(
+        f"{source}: RegisterTaskDefinition would refuse this task definition\n" + "\n".join(lines)
+    )
 
 
 # Values AWS fills in when a field is left out; comparing without them avoids false diffs.

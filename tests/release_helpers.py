@@ -120,7 +120,7 @@ def make_service(
         "ecs": {"cluster": f"{name}-cluster", "service": name, "container": "web",
                 "container_port": 8080, "desired_count": desired_count},
         "task_definition": f"{name}/taskdef.json",
-        "strategy": {"type": strategy, "traffic": traffic or {"type": "all-at-once"}},
+        "strategy": {"type": strategy},
         "load_balancer": {
             "production_listener": {"load_balancer": f"{name}-alb", "port": prod},
             "test_listener": {"load_balancer": f"{name}-alb", "port": test},
@@ -134,6 +134,8 @@ def make_service(
         "timeouts": {"green_healthy_seconds": green_timeout},
         "approval": approval,
     }
+    if strategy != "rolling":  # rolling does not shift traffic: the field is refused there
+        config["strategy"]["traffic"] = traffic or {"type": "all-at-once"}
     yaml_path = deployments / f"{name}.yaml"
     yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
     sut = ServiceUnderTest(name, repo, yaml_path, f"http://127.0.0.1:{prod}", f"http://127.0.0.1:{test}", {})

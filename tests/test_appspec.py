@@ -14,6 +14,7 @@ from tasks.appspec import (
     appspec_content,
     appspec_task_definition,
     content_sha256,
+    default_appspec,
     deployment_config,
     parse_appspec,
     render_appspec,
@@ -104,14 +105,16 @@ def test_render_sets_the_task_definition_and_keeps_the_rest(fixture: Path, expec
     text = fixture.read_text()
     parsed = parse_appspec(text, str(fixture))
     before = copy.deepcopy(parsed)
-    doc = render_appspec(parsed, ARN, container="ignored", port=1, source=str(fixture))
+    info = expected["LoadBalancerInfo"]
+    container, port = info["ContainerName"], int(info["ContainerPort"])
+    doc = render_appspec(parsed, ARN, container=container, port=port, source=str(fixture))
     assert props(doc) == expected
     assert parsed == before, "the template must not be modified"
     assert doc["version"] == 0.0
     assert doc.get("Hooks") == parsed.get("Hooks")
     assert PLACEHOLDER not in appspec_content(doc)
     # Rendering the text gives the same as rendering the parsed mapping.
-    assert render_appspec(text, ARN, "ignored", 1, str(fixture)) == doc
+    assert render_appspec(text, ARN, container, port, str(fixture)) == doc
 
 
 @pytest.mark.parametrize(
@@ -128,7 +131,8 @@ def test_render_sets_the_task_definition_and_keeps_the_rest(fixture: Path, expec
     ids=lambda v: v.name if isinstance(v, Path) else "",
 )
 def test_hooks_are_kept_in_order(fixture: Path, hooks: list[dict[str, str]] | None) -> None:
-    doc = render_appspec(fixture.read_text(), ARN, "web", 8080)
+    info = props(parse_appspec(fixture.read_text()))["LoadBalancerInfo"]
+    doc = render_appspec(fixture.read_text(), ARN, info["ContainerName"], int(info["ContainerPort"]))
     assert doc.get("Hooks") == hooks
 
 
@@ -191,14 +195,27 @@ def test_content_is_json_stable_and_names_the_task_definition() -> None:
         (
             ("Resources:\n  - TargetService:\n      Type: AWS::ECS::Service\n      Properties:\n"
             "        LoadBalancerInfo: {ContainerName: web, ContainerPort: http}\n"),
-            "ContainerPort must be a port number, not 'http'",
+            "LoadBalancerInfo.ContainerPort must be a port number (1-65535)",
         ),
+        (
+            ("Resources:\n  - TargetService:\n      Type: AWS::ECS::Service\n      Properties:\n"
+            "        LoadBalancerInfo: {ContainerName: api, ContainerPort: 8080}\n"),
+            "LoadBalancerInfo.ContainerName/ContainerPort must be the service config's ecs.container (web) "
+            "and ecs.container_port (8080); fix the appspec or the service config",
+        ),
+        (
+            ("Resources:\n  - TargetService:\n      Type: AWS::ECS::Service\n      Properties:\n"
+            "        LoadBalancerInfo: {ContainerName: web, ContainerPort: 80}\n"),
+            "must be the service config's ecs.container (web) and ecs.container_port (8080)",
+        ),
+        ("version: 0.0\nResources: []\nFiles: []\n", "unknown top-level field(s) Files"),
         (
             ("Resources:\n  - TargetService:\n      Type: AWS::ECS::Service\n      Properties: {}\n"
             "Hooks:\n  - BeforeBlockTraffic: fn\n"),
             "BeforeBlockTraffic is not an ECS lifecycle hook",
         ),
-        ("version: 0.0\nResources: [\n", "not valid YAML or JSON"),
+        ("version: 0.0\nResources: [\n", "appspec is not valid YAML at line 3 column 1"),
+        ('{"version": 0.0,\n\t"Resources": [}', "appspec is not valid JSON at line 2 column 16: Expecting value"),
     ],
 )
 def test_wrong_appspecs_fail_naming_the_file_and_field(text: str, message: str) -> None:
@@ -206,6 +223,13 @@ def test_wrong_appspecs_fail_naming_the_file_and_field(text: str, message: str) 
         render_appspec(text, ARN, "web", 8080, source="deployments/svc/appspec.yml")
     assert message in str(err.value)
     assert str(err.value).startswith("deployments/svc/appspec.yml: ")
+
+
+def test_tab_indented_json_parses_as_json() -> None:
+    """AWS's console template is JSON indented with tabs, which YAML refuses."""
+    text = json.dumps(default_appspec("web", 8080), indent="\t")
+    assert "\t" in text
+    assert props(render_appspec(text, ARN, "web", 8080))["TaskDefinition"] == ARN
 
 
 @pytest.mark.parametrize(

@@ -1,14 +1,26 @@
-"""The lines a person sees from `ecs-pipeline`: deploy, --dry-run, status, render, diff, rollback."""
+"""The lines a person sees from `ecs-pipeline`: deploy, --dry-run, status, render, diff, rollback.
+
+Every command first says where its AWS calls and Prefect runs go; from a fresh
+shell in the checkout that is the sandbox's, read from .sandbox/env before
+Prefect is imported, unless the environment chose AWS itself.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from prefect import flow, tags
 
-from flows.cli import main
+from flows.cli import load_sandbox_env, main
 from tests.release_helpers import ServiceUnderTest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -17,9 +29,14 @@ def service(new_service: Callable[..., ServiceUnderTest]) -> ServiceUnderTest:
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """Exit code and what the command printed after its environment lines (stdout, then stderr)."""
     code = main(list(argv))
     out = capsys.readouterr()
-    return code, out.out + out.err
+    header, err = out.err.splitlines()[:3], out.err.splitlines()[3:]
+    assert header[0] == f"aws: {os.environ['AWS_ENDPOINT_URL']} (sandbox), time scale 60", out.err
+    assert header[1] == f"prefect: {os.environ['PREFECT_API_URL']}", out.err
+    assert header[2].startswith("env: "), out.err
+    return code, out.out + "".join(line + "\n" for line in err)
 
 
 def test_dry_run_deploy_status_render_diff_and_rollback(
@@ -69,3 +86,68 @@ def test_unknown_service_is_a_clear_error(service: ServiceUnderTest, capsys: pyt
     assert code == 2
     assert "error: no service named 'no-such-service'" in out
     assert service.name in out, "the known services are listed"
+
+
+def fresh_shell(tmp_path: Path, *argv: str, **env: str) -> tuple[int, list[str]]:
+    """``env -i PATH=... HOME=...`` running the CLI from the checkout, as a person's new terminal does."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    clean = {"PATH": os.environ["PATH"], "HOME": str(home), **env}
+    sandbox_dir = os.environ.get("SANDBOX_DIR")
+    if sandbox_dir and Path(sandbox_dir).resolve() != (ROOT / ".sandbox").resolve():
+        clean["SANDBOX_DIR"] = sandbox_dir  # a test session on another sandbox
+    done = subprocess.run(
+        ["env", "-i", *(f"{k}={v}" for k, v in clean.items()), sys.executable, "-m", "flows.cli", *argv],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, check=False,
+    )
+    return done.returncode, done.stdout.splitlines()
+
+
+@flow(name="cli-environment-check")
+def marker_run() -> str:
+    return "recorded"
+
+
+def test_a_fresh_shell_uses_the_sandbox_prefect_server(service: ServiceUnderTest, tmp_path: Path) -> None:
+    with tags(f"service:{service.name}"):
+        state = marker_run(return_state=True)
+    run_id = str(state.state_details.flow_run_id)
+    deployments = str(service.yaml_path.parent)
+    code, lines = fresh_shell(tmp_path, "status", service.name, ECS_PIPELINE_DEPLOYMENTS=deployments)
+    assert code == 0, lines
+    assert lines[0] == f"aws: {os.environ['AWS_ENDPOINT_URL']} (sandbox), time scale 60", lines
+    assert f"prefect: {os.environ['PREFECT_API_URL']}" in lines, lines
+    assert not any("temporary server" in line for line in lines), lines
+    assert any(run_id in line for line in lines), "the run recorded on the sandbox's server is listed"
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"AWS_ENDPOINT_URL": ""}, "AWS_ENDPOINT_URL is set in the environment"),
+        ({"ECS_PIPELINE_NO_SANDBOX": "1"}, "ECS_PIPELINE_NO_SANDBOX is set"),
+    ],
+)
+def test_a_chosen_real_account_keeps_the_sandbox_out(tmp_path: Path, env: dict[str, str], reason: str) -> None:
+    deployments = str(ROOT / "deployments")
+    code, lines = fresh_shell(
+        tmp_path, "render", "sample-app", "--image", "example/app:1", ECS_PIPELINE_DEPLOYMENTS=deployments, **env
+    )
+    assert code == 0, lines
+    assert lines[0] == "aws: AWS us-east-1", "real AWS, no endpoint and no time scale"
+    env_line = next(line for line in lines if line.startswith("env: "))
+    assert env_line.endswith(f"/env not read ({reason})"), lines
+    assert not any(line.startswith("prefect: http://127.0.0.1") for line in lines), lines
+    rendered = json.loads("\n".join(lines[lines.index(env_line) + 1:]))
+    assert rendered["containerDefinitions"][0]["image"] == "example/app:1"
+
+
+def test_the_env_file_fills_in_only_what_the_environment_leaves_unset(tmp_path: Path) -> None:
+    (tmp_path / "env").write_text("AWS_ENDPOINT_URL=http://127.0.0.1:1\nPREFECT_API_URL=http://file\nAWS_REGION=x\n")
+    environ = {"SANDBOX_DIR": str(tmp_path), "AWS_REGION": "eu-west-1"}
+    assert load_sandbox_env(environ) == str((tmp_path / "env").resolve())
+    assert environ["AWS_REGION"] == "eu-west-1" and environ["PREFECT_API_URL"] == "http://file"
+    for chosen in ({"AWS_ENDPOINT_URL": ""}, {"ECS_PIPELINE_NO_SANDBOX": "1"}):
+        environ = {"SANDBOX_DIR": str(tmp_path), **chosen}
+        assert "not read" in load_sandbox_env(environ)
+        assert environ == {"SANDBOX_DIR": str(tmp_path), **chosen}, "nothing of the sandbox comes back"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tasks.errors import ConfigError
-from tasks.models import Traffic, find_service, load_service
+from tasks.models import Traffic, find_service, load_all_services, load_service
 
 SAMPLE = Path(__file__).parents[1] / "deployments" / "sample-app.yaml"
 
@@ -17,6 +18,13 @@ def write(tmp_path: Path, data: object, name: str = "svc.yaml") -> Path:
     p = tmp_path / name
     p.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
     return p
+
+
+def copy_with(tmp_path: Path, data: dict, name: str = "svc.yaml") -> Path:
+    """``data`` as a service YAML beside a copy of the sample's templates."""
+    if not (tmp_path / "sample-app").exists():
+        shutil.copytree(SAMPLE.parent / "sample-app", tmp_path / "sample-app")
+    return write(tmp_path, data, name)
 
 
 def sample() -> dict:
@@ -47,6 +55,12 @@ def test_sample_config_is_valid() -> None:
             "load_balancer.test_listener",
             "give either arn",
         ),
+        (lambda d: d["ecs"].update(desired_count="2"), "ecs.desired_count", "expected a whole number"),
+        (lambda d: d.update(bake_seconds=True), "bake_seconds", "expected a number"),
+        (lambda d: d["verify"].update(target_health="yes"), "verify.target_health", "expected true or false"),
+        (lambda d: d["strategy"].update(type="rolling"), "strategy.traffic", "rolling does not shift traffic"),
+        (lambda d: d.update(task_definition="/etc/passwd"), "task_definition", "absolute paths are refused"),
+        (lambda d: d["strategy"].update(appspec="../x.yml"), "strategy.appspec", "'..' leads strategy.appspec"),
     ],
 )
 def test_bad_fields_are_named(tmp_path: Path, mutate, field: str, reason: str) -> None:  # type: ignore[no-untyped-def]
@@ -63,7 +77,7 @@ def test_bad_fields_are_named(tmp_path: Path, mutate, field: str, reason: str) -
 
 
 def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"svc.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"svc.yaml: service config is not valid YAML at line 2 column 1"):
         load_service(write(tmp_path, "name: [unclosed\n"))
     with pytest.raises(ConfigError, match=r"expected a mapping"):
         load_service(write(tmp_path, "- a\n- b\n"))
@@ -71,8 +85,22 @@ def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
         load_service(tmp_path / "missing.yaml")
 
 
+def test_every_shipped_service_loads() -> None:
+    """deployments/*.yaml with their templates pass every load-time check; the repo may live outside."""
+    configs = load_all_services(SAMPLE.parent)
+    assert sorted(c.name for c in configs) == ["sample-app", "sample-app-cd"]
+    assert all(c.repo_location.endswith("/.sandbox/repos/sample-app") for c in configs)
+
+
+def test_rolling_without_traffic_loads(tmp_path: Path) -> None:
+    data = sample()
+    data["strategy"] = {"type": "rolling"}
+    cfg = load_service(copy_with(tmp_path, data))
+    assert cfg.strategy.type == "rolling"
+
+
 def test_unknown_service_lists_known_ones(tmp_path: Path) -> None:
-    write(tmp_path, sample(), "sample-app.yaml")
+    copy_with(tmp_path, sample(), "sample-app.yaml")
     with pytest.raises(ConfigError, match=r"no service named 'nope' .*known: sample-app"):
         find_service("nope", tmp_path)
 

@@ -12,8 +12,11 @@ from tasks.errors import ConfigError
 from tasks.taskdef import (
     PLACEHOLDER,
     SHA_TAG,
+    check_register_input,
+    container_named,
     diff_task_definitions,
     load_template,
+    parse_template,
     register_input_keys,
     render_task_definition,
 )
@@ -90,12 +93,75 @@ def test_register_input_keys_come_from_botocore() -> None:
             "a",
             "unknown task definition field(s) colour",
         ),
+        (
+            {"family": "f", "containerDefinitions": ["a"]},
+            "a",
+            "containerDefinitions must be a non-empty list of objects",
+        ),
+        (
+            {"family": "f", "containerDefinitions": [{"name": "a", "image": "x"}], "tags": ["k=v"]},
+            "a",
+            "tags must be a list of {key, value} objects",
+        ),
     ],
 )
 def test_render_errors_name_the_problem(template: dict, container: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
         render_task_definition(template, image=IMAGE, container=container, source="x/taskdef.json")
     assert "x/taskdef.json" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "lines"),
+    [
+        (lambda td: td.update(memory=512), ["  memory: expected a string"]),
+        (
+            lambda td: td["containerDefinitions"][0].update(essential="yes"),
+            ["  containerDefinitions[0].essential: expected true or false"],
+        ),
+        (
+            lambda td: td["containerDefinitions"][0].update(colour="x"),
+            ["  containerDefinitions[0]: unknown field colour"],
+        ),
+        (
+            lambda td: td["containerDefinitions"][0].update(portMappings="8080"),
+            ["  containerDefinitions[0].portMappings: expected a list"],
+        ),
+        (
+            lambda td: td["containerDefinitions"][0].update(portMappings=[{"containerPort": "8080"}], cpu="1"),
+            [
+                "  containerDefinitions[0].portMappings[0].containerPort: expected an integer",
+                "  containerDefinitions[0].cpu: expected an integer",
+            ],
+        ),
+    ],
+)
+def test_register_input_is_checked_against_botocore_without_quoting_values(change, lines: list[str]) -> None:  # type: ignore[no-untyped-def]
+    """What RegisterTaskDefinition would refuse fails at load; the message has the path and type, not the value."""
+    td = render_task_definition(load_template(SAMPLE), image=IMAGE, container="web")
+    check_register_input(td, "x/taskdef.json")
+    change(td)
+    with pytest.raises(ConfigError) as err:
+        check_register_input(td, "x/taskdef.json")
+    head = "x/taskdef.json: RegisterTaskDefinition would refuse this task definition"
+    assert str(err.value).splitlines() == [head, *lines]
+
+
+def test_template_text_errors_give_line_and_column_only() -> None:
+    secret = "AKIAIOSFODNN7EXAMPLE"
+    with pytest.raises(ConfigError) as err:
+        parse_template(f"[default]\naws_access_key_id = {secret}\n", "x/credentials")
+    assert str(err.value) == "x/credentials: not valid JSON at line 1 column 2: Expecting value"
+    assert parse_template('\ufeff{"taskDefinition": {"family": "f"}}', "x") == {"family": "f"}
+    with pytest.raises(ConfigError, match=r"x: expected a JSON object with family"):
+        parse_template("[]", "x")
+
+
+def test_the_service_container_must_be_in_the_template() -> None:
+    td = load_template(FIXTURES / "sidecars.json")
+    assert container_named(td, "web", "x")["name"] == "web"
+    with pytest.raises(ConfigError, match=r"x: no container named 'api' \(containers: .*web.*\); fix ecs.container"):
+        container_named(td, "api", "x")
 
 
 def test_bad_json_names_file_and_line(tmp_path: Path) -> None:
