@@ -7,6 +7,7 @@ points, and metric alarms on those metrics flip between OK and ALARM.
 
 from __future__ import annotations
 
+import json
 import operator
 import threading
 from collections import defaultdict
@@ -174,3 +175,35 @@ class AlarmEvaluator:
         with LOCK:
             alarm.update_state(reason, "{}", state)
         log.info("alarm %s -> %s: %s", alarm.name, state, reason)
+
+
+def describe_alarm_history(params: dict[str, Any]) -> dict[str, Any]:
+    """DescribeAlarmHistory from moto's alarm state changes (moto records them but lacks the call).
+
+    Newest first, like CloudWatch; only StateUpdate items exist in the sandbox.
+    """
+    wanted = params.get("AlarmName")
+    kind = params.get("HistoryItemType")
+    start, end = params.get("StartDate"), params.get("EndDate")
+    items: list[dict[str, Any]] = []
+    if kind not in (None, "StateUpdate"):
+        return {"AlarmHistoryItems": []}
+    for alarm in cloudwatch().alarms.values():
+        if wanted and alarm.name != wanted:
+            continue
+        states = [(h[3], h[4]) for h in alarm.history] + [(alarm.state_value, alarm.state_updated_timestamp)]
+        # the reason of each new state: the next record's, the current one's for the last change
+        reasons = [h[1] for h in alarm.history[1:]] + [alarm.state_reason] if alarm.history else []
+        for (old, _), (new, at), reason in zip(states[:-1], states[1:], reasons, strict=True):
+            stamp = at.replace(tzinfo=at.tzinfo or UTC).timestamp()
+            if (start is not None and stamp < float(start)) or (end is not None and stamp > float(end)):
+                continue
+            items.append({
+                "AlarmName": alarm.name, "AlarmType": "MetricAlarm", "Timestamp": stamp,
+                "HistoryItemType": "StateUpdate", "HistorySummary": f"Alarm updated from {old} to {new}",
+                "HistoryData": json.dumps({"version": "1.0", "oldState": {"stateValue": old},
+                                           "newState": {"stateValue": new, "stateReason": reason}}),
+            })
+    items.sort(key=lambda i: i["Timestamp"], reverse=params.get("ScanBy") != "TimestampAscending")
+    limit = int(params.get("MaxRecords") or 100)
+    return {"AlarmHistoryItems": items[:limit]}

@@ -176,6 +176,7 @@ def _run_task(self: EC2ContainerServiceBackend, cluster_str: str, task_definitio
 
 
 _orig_list_tasks = EC2ContainerServiceBackend.list_tasks
+_orig_list_services = EC2ContainerServiceBackend.list_services
 
 
 def _list_tasks(self: EC2ContainerServiceBackend, cluster_str: str | None = None,
@@ -184,9 +185,21 @@ def _list_tasks(self: EC2ContainerServiceBackend, cluster_str: str | None = None
                 desiredStatus: str | None = None) -> list[Any]:
     tasks = _orig_list_tasks(self, cluster_str, container_instance, family, started_by, None,
                              desiredStatus or "RUNNING")
+    if cluster_str:  # moto matches the cluster name as a substring of the task's cluster ARN
+        arn = self._get_cluster(cluster_str).arn
+        tasks = [t for t in tasks if t.cluster_arn == arn]
     if service_name:
         tasks = [t for t in tasks if t.group == f"service:{service_name.split('/')[-1]}"]
     return tasks
+
+
+def _list_services(self: EC2ContainerServiceBackend, cluster_str: str, scheduling_strategy: str | None = None,
+                   launch_type: str | None = None) -> list[str]:
+    """Only this cluster's services (moto's substring match also lists those of "<x>web" for "web")."""
+    name = self._get_cluster(cluster_str).name
+    arns = _orig_list_services(self, cluster_str, scheduling_strategy, launch_type)
+    mine = {s.arn for key, s in self.services.items() if key.startswith(f"{name}:")}
+    return [a for a in arns if a in mine]
 
 
 def install(runner: TaskRunner) -> None:
@@ -200,4 +213,5 @@ def install(runner: TaskRunner) -> None:
     EC2ContainerServiceBackend.delete_task_set = _delete_task_set  # type: ignore[method-assign]
     EC2ContainerServiceBackend.stop_task = _stop_task  # type: ignore[method-assign]
     EC2ContainerServiceBackend.list_tasks = _list_tasks  # type: ignore[method-assign]
+    EC2ContainerServiceBackend.list_services = _list_services  # type: ignore[method-assign]
     EC2ContainerServiceBackend.run_task = _run_task  # type: ignore[method-assign]

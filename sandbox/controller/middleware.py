@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs
 
+from .cloudwatch import describe_alarm_history
 from .ecr_api import HANDLERS as ECR_HANDLERS
 from .ecr_api import ApiError
 from .faults import canonical, error_response, weather_error
@@ -83,6 +84,7 @@ class SandboxMiddleware:
         }
         for op, fn in controller.codedeploy_api.handlers().items():
             self.handlers[("codedeploy", op)] = fn
+        self.handlers[("cloudwatch", "DescribeAlarmHistory")] = describe_alarm_history
         self.handled = frozenset(self.handlers)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
