@@ -171,9 +171,14 @@ def diff_service(service: str, image: str | None) -> list[str]:
     clients = AwsClients()
     cfg = find_service(service, clients.settings.deployments)
     live = live_release(cfg, clients)
-    desired = render(cfg, image or live.image or "<IMAGE>", live.sha)
-    current = latest_task_definition(clients.get("ecs"), desired["family"]) if live.task_definition is None else None
+    current: dict[str, Any] | None = None
+    sha = live.sha
     if live.task_definition:
         found = clients.get("ecs").describe_task_definition(taskDefinition=live.task_definition, include=["TAGS"])
         current = {**found["taskDefinition"], "tags": found.get("tags", [])}
+        # render as the live revision was rendered: with the commit its tag records
+        sha = next((t["value"] for t in current["tags"] if t["key"] == SHA_TAG), sha)
+    desired = render(cfg, image or live.image or "<IMAGE>", sha)
+    if current is None:
+        current = latest_task_definition(clients.get("ecs"), desired["family"])
     return [str(c) for c in diff_task_definitions(current or {}, desired)]
