@@ -140,6 +140,7 @@ def _start_all(lay: Layout, comps: dict[str, Component], out: Callable[[str], No
         **child_env(),
         "DOCKER_HOST": docker_host,
         "SANDBOX_REGISTRY": f"127.0.0.1:{lay.registry_port}",
+        "SANDBOX_REGISTRY_STORAGE": str(lay.state / "registry"),
         "SANDBOX_TIME_SCALE": lay.time_scale,
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
     }
