@@ -83,7 +83,7 @@ class Shell:
         """Run COMMAND in the session; every output line goes to LOG; its exit status."""
         if self._proc is None or self._proc.poll() is not None:
             if self._proc is not None:
-                log("(the shell exited: the next commands run in a new shell, from the source folder)")
+                log("[shell] the shell exited: the next commands run in a new shell, from the source folder")
             self._proc = self._start()
         script = self._script(command)
         line = (f'if {self.spec.shell} -n {script}; then . {script} </dev/null; else (exit 2); fi; '
