@@ -98,9 +98,10 @@ def release(cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, as
     emit(cfg.name, "started", sha=target.sha, strategy=cfg.strategy.type, flow_run=flow_run.get_id(),
          allow_older=asked.allow_older, ancestry=target.ancestry)
     with summary.stage("build"):
-        built = stages.build(cfg, clients, target.sha)
+        built = stages.build(cfg, clients, target.sha, asked.force)
+    summary.notes.extend(built.notes)
     with summary.stage("push"):
-        pushed = stages.push(cfg, clients, target.sha, built)
+        pushed = stages.push(cfg, clients, target.sha, built, asked.force)
     with summary.stage("register task definition"):
         registered = stages.register(cfg, clients, target.sha, pushed.value)
     write_interop_files(cfg, pushed.value, clients.settings.artifacts_dir)

@@ -9,6 +9,7 @@ in the Prefect UI with its stages, artifacts and a Retry button.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -162,6 +163,25 @@ def report(label: str, run: Any, load: Load | None, ui: str) -> dict[str, Any]:
             "sent": load.sent if load else None, "seconds": run.total_run_time.total_seconds()}
 
 
+def test_report(service: str) -> str:
+    """The buildspec's JUnit report of the last build, as its table artifact holds it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    key = f"{service}-tests-sample-app-tests"
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      sort=ArtifactSort.CREATED_DESC, limit=1)
+    if not found:
+        return "   (no test report)"
+    data = found[0].data
+    rows = json.loads(data) if isinstance(data, str) else data if isinstance(data, list) else []
+    lines = [f"   {found[0].description}"]
+    lines += [f"     {r['status']:7} {r['test']} {r['message']}" for r in rows if isinstance(r, dict)]
+    return "\n".join(lines)
+
+
 def wait_serving(url: str, timeout: float = 120) -> None:
     """Until the seeded service answers, so the count below is about the release alone."""
     deadline = time.monotonic() + timeout
@@ -217,7 +237,8 @@ def main() -> int:
             results.append(report("v2 (blue/green)", release(cfg.name, sha2), load2, ui))
         sha3 = commit_release(repo, "v3", broken="root")
         with Load(prod) as load3:
-            results.append(report("v3 (broken: / answers 500)", release(cfg.name, sha3), load3, ui))
+            results.append(report("v3 (broken: / answers 500; fails its tests)", release(cfg.name, sha3), load3, ui))
+        say(f"   test report: {ui}/artifacts (key {cfg.name}-tests-sample-app-tests)\n" + test_report(cfg.name))
         serving = httpx.get(prod, timeout=5).text.strip()
         results.append(release_codedeploy(sha2, ui))
         pipeline_seconds = time.monotonic() - pipeline_started
@@ -233,7 +254,7 @@ def main() -> int:
     say(f"   production now answers: {serving}")
     say(f"   Prefect UI: {ui} (flow runs of deploy-service; artifacts hold each release summary)")
     ok = (
-        [r["state"] for r in results] == ["Deployed", "Deployed", "Rolled back", "Deployed"]
+        [r["state"] for r in results] == ["Deployed", "Deployed", "Failed", "Deployed"]
         and all(r["failed"] in (0, None) for r in results)
         and serving.startswith("sample-app v2")
     )
