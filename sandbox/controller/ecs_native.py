@@ -140,7 +140,7 @@ class NativeController:
         live = self.live.get(dep.service_key)
         for rev in (dep.target, *dep.sources):
             fleet = self.ecs_ctl.fleets.get(rev.fleet_key)
-            primary = rev.arn == live if dep.status in ENDED else rev is dep.target
+            primary = rev.arn == _serving(dep, live)
             if dep.status in ENDED and not primary and not rev.up and (fleet is None or not fleet.alive()):
                 continue
             state = "COMPLETED" if dep.status in ENDED and primary else (
@@ -369,6 +369,14 @@ class NativeController:
         dep.set_status("ROLLBACK_SUCCESSFUL", dep.reason)
         add_event(service, f"(service {service.name}) service deployment {dep.arn.rsplit('/', 1)[-1]} "
                            "rolled back.")
+
+
+def _serving(dep: ServiceDeployment, live: str | None) -> str | None:
+    """The PRIMARY revision: the target once production moved to it, else the one serving."""
+    moved = STAGES.index(dep.stage) >= STAGES.index("POST_PRODUCTION_TRAFFIC_SHIFT")
+    if dep.status == "IN_PROGRESS" and (moved or dep.source is None):
+        return dep.target.arn
+    return live if dep.status in ENDED or dep.source is None else dep.source.arn
 
 
 def _busy(ctl: EcsController, rev: Revision) -> bool:
