@@ -142,6 +142,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from flows.migrate import migrate
+
+    print("\n".join(migrate(args.service, args.to, args.apply)))
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """The sandbox is a separate program: the pipeline never imports it."""
     return subprocess.call([sys.executable, "-m", "sandbox", *args.rest])
@@ -185,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=int, default=None, help="seconds between polls; off if unset")
     p.add_argument("--limit", type=int, default=8, help="flow runs at once")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("migrate", help="move a CODE_DEPLOY service to ECS-native blue/green (dry run)")
+    p.add_argument("service")
+    p.add_argument("--to", default="ecs-native", choices=["ecs-native"])
+    p.add_argument("--apply", action="store_true", help="send the UpdateService (default: print it)")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("sandbox", help="the local AWS rehearsal environment: up, down, status, seed")
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -29,6 +29,7 @@ from sandbox.seed import seed_service
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_YAML = REPO_ROOT / "deployments" / "sample-app.yaml"
 CODEDEPLOY_YAML = REPO_ROOT / "deployments" / "sample-app-cd.yaml"
+NATIVE_YAML = REPO_ROOT / "deployments" / "sample-app-native.yaml"
 
 
 def say(msg: str) -> None:
@@ -196,6 +197,19 @@ def wait_serving(url: str, timeout: float = 120) -> None:
         time.sleep(0.5)
 
 
+def release_native(sha: str, ui: str) -> dict[str, Any]:
+    """The same commit through ECS-native blue/green (canary): strategy.type ecs-native, no CodeDeploy."""
+    from tasks.models import load_service
+
+    cfg = load_service(NATIVE_YAML)
+    seed_service(cfg)
+    prod = f"http://127.0.0.1:{cfg.load_balancer.production_listener.port}/"  # type: ignore[union-attr]
+    say(f"\nseeded {cfg.name} (ECS controller, strategy CANARY), production {prod}")
+    wait_serving(prod)
+    with Load(prod) as load:
+        return report("v2 via ECS-native blue/green (canary)", release(cfg.name, sha), load, ui)
+
+
 def release_codedeploy(sha: str, ui: str) -> dict[str, Any]:
     """The same commit through a CodeDeploy blue/green deployment group: strategy.type codedeploy."""
     from tasks.models import load_service
@@ -241,6 +255,7 @@ def main() -> int:
         say(f"   test report: {ui}/artifacts (key {cfg.name}-tests-sample-app-tests)\n" + test_report(cfg.name))
         serving = httpx.get(prod, timeout=5).text.strip()
         results.append(release_codedeploy(sha2, ui))
+        results.append(release_native(sha2, ui))
         pipeline_seconds = time.monotonic() - pipeline_started
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -254,7 +269,7 @@ def main() -> int:
     say(f"   production now answers: {serving}")
     say(f"   Prefect UI: {ui} (flow runs of deploy-service; artifacts hold each release summary)")
     ok = (
-        [r["state"] for r in results] == ["Deployed", "Deployed", "Failed", "Deployed"]
+        [r["state"] for r in results] == ["Deployed", "Deployed", "Failed", "Deployed", "Deployed"]
         and all(r["failed"] in (0, None) for r in results)
         and serving.startswith("sample-app v2")
     )

@@ -109,8 +109,14 @@ class Traffic(_Model):
 
 
 class Strategy(_Model):
-    type: Literal["task-sets", "codedeploy", "rolling"] = "task-sets"
+    type: Literal["task-sets", "codedeploy", "rolling", "ecs-native"] = "task-sets"
     traffic: Traffic = Field(default_factory=Traffic)
+    wait_until: Literal["done", "traffic-shifted"] = Field(
+        default="done", description="ecs-native: follow ECS through the bake and clean-up, or stop once "
+        "production moved (ECS finishes; the next run picks the deployment up)")
+    pause_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = Field(
+        default=3600, description="ecs-native: how long ECS holds production at the verification pause "
+        "before it rolls back on its own")
     codedeploy_application: str | None = None
     codedeploy_group: str | None = None
     appspec: str | None = Field(default=None, description="appspec.yml path, for codedeploy")
@@ -211,7 +217,7 @@ class ServiceConfig(_Model):
     @model_validator(mode="after")
     def _strategy_needs(self) -> ServiceConfig:
         kind = self.strategy.type
-        if kind in ("task-sets", "codedeploy") and self.load_balancer is None:
+        if kind in ("task-sets", "codedeploy", "ecs-native") and self.load_balancer is None:
             raise ValueError(
                 f"strategy.type {kind} needs load_balancer "
                 f"(production_listener, test_listener, target_groups); add it or use rolling"
