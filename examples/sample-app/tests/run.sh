@@ -18,8 +18,8 @@ record() {  # name, message (empty: passed)
 . ./app.env
 [ -n "$VERSION" ] && record version_is_set "" || record version_is_set "app.env has no VERSION"
 case "$BROKEN" in
-  ""|root|health) record broken_mode_is_known "" ;;
-  *) record broken_mode_is_known "BROKEN=$BROKEN is not empty, root or health" ;;
+  ""|root|health|config) record broken_mode_is_known "" ;;
+  *) record broken_mode_is_known "BROKEN=$BROKEN is not empty, root, health or config" ;;
 esac
 [ "$(cat www/health)" = ok ] && record health_answers_ok "" || record health_answers_ok "www/health is not ok"
 [ "$BROKEN" != health ] && record health_is_served "" || record health_is_served "BROKEN=health removes /health"
