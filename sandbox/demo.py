@@ -150,6 +150,8 @@ def stage_times(flow_run_id: Any) -> list[tuple[str, float]]:
 
 
 def report(label: str, run: Any, load: Load | None, ui: str) -> dict[str, Any]:
+    from tasks.outcome import outcome_of
+
     state = run.state
     say(f"\n== {label}: {state.name} — {state.message or ''}")
     for name, secs in stage_times(run.id):
@@ -158,7 +160,7 @@ def report(label: str, run: Any, load: Load | None, ui: str) -> dict[str, Any]:
         seen = ", ".join(f"{v}: {n}" for v, n in sorted(load.versions.items()))
         say(f"   production requests: {load.sent} sent, {load.failed} failed ({seen})")
     say(f"   {ui}/runs/flow-run/{run.id}")
-    return {"label": label, "state": state.name, "failed": load.failed if load else None,
+    return {"label": label, "state": outcome_of(state), "failed": load.failed if load else None,
             "sent": load.sent if load else None, "seconds": run.total_run_time.total_seconds()}
 
 
