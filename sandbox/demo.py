@@ -153,7 +153,7 @@ def report(label: str, run: Any, load: Load | None, ui: str) -> dict[str, Any]:
     from tasks.outcome import outcome_of
 
     state = run.state
-    say(f"\n== {label}: {state.name} — {state.message or ''}")
+    say(f"\n== {label}: {state.message or state.name}")
     for name, secs in stage_times(run.id):
         say(f"   {secs:7.2f}s  {name}")
     if load is not None:
