@@ -22,6 +22,7 @@ STRATEGIES = ("task-sets", "codedeploy", "ecs-native")
 
 def release(strategy: str, workdir: Path) -> tuple[float, str]:
     from flows.pipeline import deploy_service
+    from tasks.outcome import outcome_of
     from tests.release_helpers import make_service
     from tests.test_codedeploy import seed_serving
 
@@ -29,13 +30,13 @@ def release(strategy: str, workdir: Path) -> tuple[float, str]:
     os.environ["ECS_PIPELINE_DEPLOYMENTS"] = str(sut.yaml_path.parent)
     try:
         if strategy == "task-sets":
-            assert deploy_service(sut.name, return_state=True).name == "Deployed"
+            assert outcome_of(deploy_service(sut.name, return_state=True)) == "Deployed"
         else:
             seed_serving(sut)
         sut.commit("v2")
         started = time.perf_counter()
         state = deploy_service(sut.name, return_state=True)
-        return time.perf_counter() - started, state.name
+        return time.perf_counter() - started, outcome_of(state)
     finally:
         sut.cleanup()
 

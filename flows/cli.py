@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 from tasks.errors import PipelineError
 
@@ -79,6 +80,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from prefect import tags
 
     from flows.pipeline import deploy_service
+    from flows.terminal import cli_tag, run_with_view
     from tasks.runs import run_tags
 
     if args.dry_run:
@@ -87,18 +89,24 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print("\n".join(plan_release(args.service, args.sha)))
         return 0
 
-    with tags(*run_tags(args.service, args.sha, "cli")):
-        state = deploy_service(
-            args.service, sha=args.sha, force=args.force, allow_older=args.allow_older, return_state=True
-        )
-    print(f"{state.name}: {state.message or ''}".rstrip(": "))
-    return 0 if state.is_completed() else 1
+    view = cli_tag()
+
+    def release() -> Any:
+        with tags(*run_tags(args.service, args.sha, "cli"), view):
+            return deploy_service(
+                args.service, sha=args.sha, force=args.force, allow_older=args.allow_older, return_state=True
+            )
+
+    return run_with_view(args.service, view, release, args.json)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from flows.operations import service_status
+    from flows.runner import serving_status
+    from flows.serve import DEPLOY_SERVICE
 
     info = service_status(args.service)
+    info["runs start"] = serving_status(DEPLOY_SERVICE)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:
@@ -165,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-older", action="store_true",
                    help="allow a commit older than (or diverged from) the live one: an explicit step back")
     p.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
+    p.add_argument("--json", action="store_true", help="no live view: print the outcome and summary as JSON")
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("status", help="live revision, SHA, image, traffic split, last runs")

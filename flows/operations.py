@@ -16,6 +16,7 @@ from tasks.aws import AwsClients
 from tasks.errors import DeployError
 from tasks.locks import read_heartbeat
 from tasks.models import find_service
+from tasks.outcome import outcome_of
 from tasks.release import latest_task_definition, live_release, render
 from tasks.settings import Settings
 from tasks.taskdef import SHA_TAG, diff_task_definitions
@@ -81,7 +82,7 @@ def last_runs(service: str, limit: int = 5) -> list[str]:
             limit=limit,
         )
     return [
-        f"{r.name} {r.state.name if r.state else '?'} {r.start_time or ''} {r.id}" for r in runs
+        f"{r.name} {outcome_of(r.state)} {r.start_time or ''} {r.id}" for r in runs
     ]
 
 
@@ -129,7 +130,7 @@ def rollback_service(service: str) -> str:
     from flows.pipeline import deploy_service
 
     state = deploy_service(service, sha=sha, force=True, allow_older=True, return_state=True)
-    return f"{state.name}: {state.message}"
+    return str(state.message or state.name)
 
 
 def plan_release(service: str, sha: str | None) -> list[str]:

@@ -152,15 +152,17 @@ def stage_times(flow_run_id: Any) -> list[tuple[str, float]]:
 
 
 def report(label: str, run: Any, load: Load | None, ui: str) -> dict[str, Any]:
+    from tasks.outcome import outcome_of
+
     state = run.state
-    say(f"\n== {label}: {state.name} — {state.message or ''}")
+    say(f"\n== {label}: {state.message or state.name}")
     for name, secs in stage_times(run.id):
         say(f"   {secs:7.2f}s  {name}")
     if load is not None:
         seen = ", ".join(f"{v}: {n}" for v, n in sorted(load.versions.items()))
         say(f"   production requests: {load.sent} sent, {load.failed} failed ({seen})")
     say(f"   {ui}/runs/flow-run/{run.id}")
-    return {"label": label, "state": state.name, "failed": load.failed if load else None,
+    return {"label": label, "state": outcome_of(state), "failed": load.failed if load else None,
             "sent": load.sent if load else None, "seconds": run.total_run_time.total_seconds()}
 
 
@@ -253,6 +255,10 @@ def main() -> int:
         with Load(prod) as load3:
             results.append(report("v3 (broken: / answers 500; fails its tests)", release(cfg.name, sha3), load3, ui))
         say(f"   test report: {ui}/artifacts (key {cfg.name}-tests-sample-app-tests)\n" + test_report(cfg.name))
+        sha4 = commit_release(repo, "v4", broken="config")
+        with Load(prod) as load4:
+            results.append(report("v4 (passes its tests, / answers 500 in production)", release(cfg.name, sha4),
+                                  load4, ui))
         serving = httpx.get(prod, timeout=5).text.strip()
         results.append(release_codedeploy(sha2, ui))
         results.append(release_native(sha2, ui))
@@ -269,7 +275,7 @@ def main() -> int:
     say(f"   production now answers: {serving}")
     say(f"   Prefect UI: {ui} (flow runs of deploy-service; artifacts hold each release summary)")
     ok = (
-        [r["state"] for r in results] == ["Deployed", "Deployed", "Failed", "Deployed", "Deployed"]
+        [r["state"] for r in results] == ["Deployed", "Deployed", "Failed", "Rolled back", "Deployed", "Deployed"]
         and all(r["failed"] in (0, None) for r in results)
         and serving.startswith("sample-app v2")
     )

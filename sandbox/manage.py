@@ -214,6 +214,8 @@ def _prefect_env(lay: Layout) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_UI_ENABLED="true",
         PREFECT_SERVER_UI_ENABLED="true",
+        # The UI's own API calls: without this they go to :4200, another sandbox's server or none.
+        PREFECT_UI_API_URL=f"http://127.0.0.1:{lay.prefect_port}/api",
     )
     return env
 

@@ -116,7 +116,7 @@ def build(cfg: ServiceConfig, clients: AwsClients, sha: str, force: bool = False
         labels=image.oci_labels(sha, cfg.source.repo, None),
         timeout_seconds=cfg.build.timeout_seconds,
     )
-    built = image.build_image(docker_client(), docker_build, log.info)
+    built = image.build_image(docker_client(), docker_build, log.info, detail=log.debug)
     return StageResult(built.tag, done=True, notes=notes)
 
 
@@ -134,7 +134,7 @@ def push(cfg: ServiceConfig, clients: AwsClients, sha: str, built: StageResult, 
     if not built.done:
         raise ConfigError(f"no image for {sha[:7]} in ECR and nothing built to push", service=cfg.name)
     auth = ecr.registry_auth(clients.get("ecr"))
-    digest = image.push_image(docker_client(), built.value, auth, log.info)
+    digest = image.push_image(docker_client(), built.value, auth, log.info, detail=log.debug)
     ref = image.image_with_digest(uri, digest)
     log.info("pushed %s", ref)
     return StageResult(ref, done=True)

@@ -16,6 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.pipeline import deploy_service
+from tasks.outcome import outcome_of
 from tests.release_helpers import ServiceUnderTest, aws, refuse_next_call
 
 
@@ -102,7 +103,7 @@ def test_buildspec_image_is_deployed_by_digest_and_a_rerun_skips_the_build(
 
     rerun = deploy_service(sut.name, sha=sha, return_state=True)
 
-    assert rerun.name == "Deployed", rerun.message
+    assert outcome_of(rerun) == "Deployed", rerun.message
     result = rerun.result()
     assert result["done"] == ["register"], "the build (and its buildspec) and the push were found done"
     family = sut.revisions()[-1]

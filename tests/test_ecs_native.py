@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
+from tasks.outcome import outcome_of
 from tests.release_helpers import ServiceUnderTest, aws, make_service
 from tests.test_codedeploy import seed_serving, watching
 
@@ -65,7 +66,7 @@ def test_release_moves_production_by_the_configured_steps(
     sut.commit("v2")
     with watching(sut) as seen, weights(sut) as moved:
         state = deploy_service(sut.name, return_state=True)
-    assert state.name == "Deployed", state.message
+    assert outcome_of(state) == "Deployed", state.message
     newest = deployments(sut)[0]
     assert (newest["status"], newest["lifecycleStage"]) == ("SUCCESSFUL", "CLEAN_UP")
     assert newest["deploymentConfiguration"]["strategy"] == {"all-at-once": "BLUE_GREEN"}.get(
@@ -81,7 +82,7 @@ def test_failed_verification_at_the_pause_rolls_back_before_production(
     sut.commit("v2-500", broken="root")  # healthy for the load balancer, / answers 500
     with watching(sut) as seen, weights(sut) as moved:
         state = deploy_service(sut.name, return_state=True)
-    assert state.name == "Rolled back", state.message
+    assert outcome_of(state) == "Rolled back", state.message
     message = state.message or ""
     # the checks' 500s through the test listener may trip the 5xx alarm first: ECS rolls back on it too
     assert message.startswith("Rolled back: GET / failed verification: returned 500") or "-5xx" in message, message
@@ -101,11 +102,11 @@ def test_stop_from_outside_is_reported_and_a_rerun_resumes(
     stopper.start()
     state = deploy_service(sut.name, return_state=True)
     stopper.join(60)
-    assert state.name == "Rolled back", state.message
+    assert outcome_of(state) == "Rolled back", state.message
     assert "StopServiceDeployment" in (state.message or "")
     before = len(sut.revisions())
     again = deploy_service(sut.name, return_state=True)
-    assert again.name == "Deployed", again.message
+    assert outcome_of(again) == "Deployed", again.message
     assert len(sut.revisions()) == before, "the rerun registered no new revision"
     newest = deployments(sut)
     assert newest[0]["status"] == "SUCCESSFUL" and len(newest) == 3  # seed, stopped, the rerun's
