@@ -24,7 +24,6 @@ from typing import Any, Self
 import httpx
 
 from sandbox import manage
-from sandbox.seed import seed_service
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_YAML = REPO_ROOT / "deployments" / "sample-app.yaml"
@@ -51,6 +50,13 @@ def prepare_repo(repo: Path) -> None:
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "sample app")
+
+
+def seed_service(cfg: Any) -> dict[str, Any]:
+    """The sandbox's seed; imported late because it imports Prefect, which reads its settings on import."""
+    from sandbox.seed import seed_service as seed
+
+    return seed(cfg)
 
 
 def commit_release(repo: Path, version: str, broken: str = "") -> str:
