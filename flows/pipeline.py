@@ -36,7 +36,11 @@ def deploy_service(
     ALLOW_OLDER lets a person move production back to an older (or diverged) commit.
     """
     clients = AwsClients(Settings())
-    cfg = find_service(service, clients.settings.deployments)
+    try:
+        cfg = find_service(service, clients.settings.deployments)
+    except PipelineError as exc:  # a broken file: refused before any AWS or Docker call
+        get_run_logger().error("Failed: %s", exc)
+        return final_state("Failed", str(exc))
     summary = ReleaseSummary(service=cfg.name, strategy=cfg.strategy.type)
     run_id = flow_run.get_id()
     if run_id:

@@ -108,6 +108,6 @@ def test_the_cli_names_the_file_and_changes_nothing(
     since = last_request()
     assert main(["deploy", case]) == 1
     out = capsys.readouterr()
-    assert out.out.splitlines()[-1] == f"Failed: Flow run encountered an exception: ConfigError: {expected(case)}"
+    assert out.out.splitlines()[-1] == f"Failed: {expected(case)}"
     assert not any(secret in out.out + out.err for secret in SECRETS)
     assert_nothing_changed(since, f"bad-{case}")
