@@ -32,7 +32,6 @@ def pytest_configure(config: object) -> None:
     subprocess.run([sys.executable, "-m", "sandbox", "up"], cwd=ROOT, check=True)
     state = Path(os.environ.get("SANDBOX_DIR", ROOT / ".sandbox"))
     _load_env(state / "env")
-    os.environ.setdefault("AWS_MAX_ATTEMPTS", "2")
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 
 
