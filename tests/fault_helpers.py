@@ -177,3 +177,19 @@ def flow_runs(service: str) -> list[Any]:
 def run_state(run_id: UUID) -> Any:
     with get_client(sync_client=True) as client:
         return client.read_flow_run(run_id).state
+
+
+def events(service: str) -> list[tuple[str, dict[str, Any]]]:
+    """(name after ecs-pipeline.deploy., payload) of the service's events, as automations see them."""
+    body = {"filter": {"any_resource": {"id": [f"ecs-pipeline.service.{service}"]},
+                       "occurred": {"since": "2000-01-01T00:00:00Z"}}, "limit": 50}
+    found = httpx.post(f"{os.environ['PREFECT_API_URL']}/events/filter", json=body, timeout=10).json()["events"]
+    return [(e["event"].removeprefix("ecs-pipeline.deploy."), e.get("payload") or {}) for e in found]
+
+
+def cancel(run_id: UUID, why: str) -> None:
+    """What the UI's Cancel and `prefect flow-run cancel` do: the run goes Cancelling."""
+    from prefect.states import Cancelling
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run_id, Cancelling(message=why), force=True)
