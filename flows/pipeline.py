@@ -10,7 +10,7 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 
-from flows.skeleton import choose_strategy, reason_of, run_release
+from flows.skeleton import RollbackFailed, choose_strategy, reason_of, run_release
 from tasks import release as stages
 from tasks.aws import AwsClients
 from tasks.interop import write_interop_files
@@ -56,6 +56,9 @@ def deploy_service(
                 summary.outcome, summary.reason = "Failed", summary.reason or reason_of(exc)
             summary.publish()
             emit(cfg.name, "failed", sha=summary.sha, reason=summary.reason, traffic=summary.traffic)
+            if isinstance(exc, RollbackFailed) and isinstance(exc.interrupted_by, Aborted):
+                # Prefect ends a Cancelling run only as Cancelled; the name and message say what is left.
+                return Cancelled(name="Rollback failed", message=exc.message)
             raise
 
 
