@@ -1,10 +1,11 @@
-"""`python -m bench`: the release benchmark, then the webhook latency benchmark."""
+"""`python -m bench`: the release benchmark, the failure benchmarks, then the webhook latency benchmark."""
 
 import sys
 
-from bench import bench_pipeline, bench_webhook
+from bench import bench_faults, bench_pipeline, bench_webhook
 
 code = bench_pipeline.main()
+code = bench_faults.main() or code
 sys.argv = sys.argv[:1]
 bench_webhook.main()
 sys.exit(code)
