@@ -31,6 +31,13 @@ STALE = 10.0  # ECS_PIPELINE_LOCK_STALE_SECONDS for the kill matrix (the default
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def outcome_of(state: Any) -> str:
+    """Imported when asked: Prefect reads its settings at import, after load_sandbox."""
+    from tasks.outcome import outcome_of as read
+
+    return read(state)
+
+
 def cli_release(deployments: Path) -> Callable[[str], float]:
     def run(name: str) -> float:
         env = {**os.environ, "ECS_PIPELINE_DEPLOYMENTS": str(deployments)}
@@ -85,7 +92,7 @@ def task_sets_weather(work: Path) -> list[tuple[str, float, int, int, str]]:
     os.environ["ECS_PIPELINE_DEPLOYMENTS"] = str(sut.yaml_path.parent)
     rows = []
     try:
-        assert deploy_service(sut.name, return_state=True).name == "Deployed"
+        assert outcome_of(deploy_service(sut.name, return_state=True)) == "Deployed"
         for case, seed in (("task-sets, clear", None), ("task-sets, weather 20% throttle + 10% 500", 5)):
             sut.commit(case)
             seq, hits = last_request(), 0
@@ -98,7 +105,7 @@ def task_sets_weather(work: Path) -> list[tuple[str, float, int, int, str]]:
                         state = deploy_service(sut.name, return_state=True)
                         hits = weather_hits(f"bench-{sut.name}")
                 took = time.perf_counter() - started
-            outcome = f"{state.name}, {len(load.failed)} failed of {load.ok + len(load.failed)} requests"
+            outcome = f"{outcome_of(state)}, {len(load.failed)} failed of {load.ok + len(load.failed)} requests"
             rows.append((case, took, sum(calls_since(seq).values()), hits, outcome))
     finally:
         sut.cleanup()
@@ -156,7 +163,7 @@ def kill_at(point: str, work: Path) -> tuple[str, float, str]:
     os.environ["ECS_PIPELINE_DEPLOYMENTS"] = str(sut.yaml_path.parent)
     os.environ["ECS_PIPELINE_LOCK_STALE_SECONDS"] = str(STALE)
     try:
-        assert deploy_service(sut.name, return_state=True).name == "Deployed"
+        assert outcome_of(deploy_service(sut.name, return_state=True)) == "Deployed"
         sut.commit("v2")
         with Load(sut) as load:
             release = Released(sut, work / "killed.log")
@@ -175,7 +182,7 @@ def kill_at(point: str, work: Path) -> tuple[str, float, str]:
         free = crashed.timestamp() - killed_at if isinstance(crashed, datetime) else float("nan")
         repeated = (image_count(sut) - images) + (len(sut.revisions()) - revisions)
         versions = ",".join(sorted(serving_versions(sut)))
-        outcome = (f"{rerun.name}; serving {versions}; {len(sut.task_sets())} task set(s); "
+        outcome = (f"{outcome_of(rerun)}; serving {versions}; {len(sut.task_sets())} task set(s); "
                    f"dead run {dead.state.type.value if dead.state else '?'}; repeated {repeated}; "
                    f"{len(load.failed)} failed requests")
         return point, free, outcome

@@ -140,6 +140,7 @@ def _start_all(lay: Layout, comps: dict[str, Component], out: Callable[[str], No
         **child_env(),
         "DOCKER_HOST": docker_host,
         "SANDBOX_REGISTRY": f"127.0.0.1:{lay.registry_port}",
+        "SANDBOX_REGISTRY_STORAGE": str(lay.state / "registry"),
         "SANDBOX_TIME_SCALE": lay.time_scale,
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
     }
@@ -213,6 +214,8 @@ def _prefect_env(lay: Layout) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_UI_ENABLED="true",
         PREFECT_SERVER_UI_ENABLED="true",
+        # The UI's own API calls: without this they go to :4200, another sandbox's server or none.
+        PREFECT_UI_API_URL=f"http://127.0.0.1:{lay.prefect_port}/api",
     )
     return env
 

@@ -20,7 +20,7 @@ from prefect import get_run_logger
 from tasks import appspec as appspec_mod
 from tasks import ecs as ecs_ops
 from tasks import traffic, verify
-from tasks.appspec import render_appspec
+from tasks.appspec import appspec_for
 from tasks.aws import AwsClients
 from tasks.codedeploy_group import (
     ENDED,
@@ -40,7 +40,7 @@ from tasks.codedeploy_group import (
     shift_minutes,
     wait_for_others,
 )
-from tasks.errors import ConfigError, DeployError, VerifyFailed
+from tasks.errors import DeployError, VerifyFailed
 from tasks.models import ServiceConfig
 from tasks.report import emit
 from tasks.retry import stage
@@ -275,19 +275,6 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> Ended
     return Ended(error_text(info), stopped_here)
 
 
-def render_release_appspec(cfg: ServiceConfig, task_definition: str) -> dict[str, Any]:
-    """This release's appspec, from strategy.appspec (relative to the YAML) or the default one."""
-    text, source = None, "default appspec"
-    if cfg.strategy.appspec:
-        path = cfg.path(cfg.strategy.appspec)
-        source = str(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"strategy.appspec: cannot read {path} ({exc.strerror})", service=cfg.name) from exc
-    return render_appspec(text, task_definition, cfg.ecs.container, cfg.ecs.container_port, source)
-
-
 def with_codedeploy_words(reason: str, ended: Ended) -> str:
     """Our reason and CodeDeploy's; CodeDeploy's leads when it stopped the deployment first."""
     if ended.text in reason:
@@ -319,7 +306,7 @@ class CodeDeploySteps(LoadBalanced):
 
     def _create(self) -> None:
         r = self.release
-        appspec = render_release_appspec(self.cfg, r.task_definition)
+        appspec = appspec_for(self.cfg, r.task_definition)
         self.dep = dep = create(self.cfg, self.clients, appspec, r.sha)
         resumed = ", resumed" if dep.resumed else ""
         r.note(f"CodeDeploy deployment [{dep.id}]({dep.url}) ({dep.config_name}{resumed})")

@@ -126,7 +126,7 @@ def verify_green(cfg: ServiceConfig, clients: AwsClients, routing: Routing, gree
         log.info(lines[-1])
     if cfg.verify.target_health:
         n = verify.check_target_health(clients.get("elbv2"), green.target_group, 1)
-        lines.append(f"{n} healthy targets")
+        lines.append(f"{n} healthy target{'' if n == 1 else 's'}")
     verify.check_alarms(clients.get("cloudwatch"), cfg.verify.alarms)
     return lines
 
@@ -227,7 +227,7 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: 
         return "nothing to roll back"
     if green.blue_target_group:
         back_on(clients, routing, green.blue_target_group)
-        log.info("production back to 100%% blue")
+        log.info("production back to 100% blue")
     # Not only the green this run knows: a lost CreateTaskSet answer or a dead run's
     # green is a task set nobody heard of, and it would answer the next release's checks.
     removed = remove_task_sets(cfg, clients, keep=green.blue_task_set)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.pipeline import deploy_service
+from tasks.outcome import outcome_of
 from tests.fault_helpers import (
     Load,
     Released,
@@ -43,7 +44,7 @@ def started_mid_shift(sut: ServiceUnderTest, log: Path) -> tuple[Released, Any]:
 
 def test_cancel_mid_shift_rolls_back_to_blue(new_service: Callable[..., ServiceUnderTest], tmp_path: Path) -> None:
     sut = new_service(traffic=CANARY)
-    assert deploy(sut.name).name == "Deployed"
+    assert outcome_of(deploy(sut.name)) == "Deployed"
     sut.commit("v2")
     with Load(sut) as load:
         release, run = started_mid_shift(sut, tmp_path / "release.log")
@@ -64,7 +65,7 @@ def test_failed_rollback_names_the_split_and_the_next_run_repairs_it(
     new_service: Callable[..., ServiceUnderTest], tmp_path: Path
 ) -> None:
     sut = new_service(traffic=CANARY)
-    assert deploy(sut.name).name == "Deployed"
+    assert outcome_of(deploy(sut.name)) == "Deployed"
     sut.commit("v2")
     fault = f"deny-listener-{sut.name}"
     with Load(sut) as load:
@@ -77,7 +78,7 @@ def test_failed_rollback_names_the_split_and_the_next_run_repairs_it(
         release.proc.wait(120)
         state = run_state(run.id)
         # Prefect ends a cancelled run only as Cancelled: its name says the rollback failed.
-        assert (state.type.value, state.name) == ("CANCELLED", "Rollback failed"), release.output()[-2000:]
+        assert (state.type.value, outcome_of(state)) == ("CANCELLED", "Rollback failed"), release.output()[-2000:]
         message = state.message or ""
         assert "ROLLBACK FAILED, production split " in message, message
         assert f"20% {sut.name}-b" in message and f"80% {sut.name}-a" in message, message
@@ -88,7 +89,7 @@ def test_failed_rollback_names_the_split_and_the_next_run_repairs_it(
 
         clear_faults(fault)
         rerun = deploy(sut.name)
-    assert rerun.name == "Deployed", rerun.message
+    assert outcome_of(rerun) == "Deployed", rerun.message
     assert "production was 20% on green, never fully shifted: rolled back to blue" in release_artifact(sut.name)
     assert serving_versions(sut) == {"v2"}
     assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]

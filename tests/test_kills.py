@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
+from tasks.outcome import outcome_of
 from tests.fault_helpers import (
     Load,
     Released,
@@ -53,7 +54,7 @@ def test_kill_mid_shift_then_rerun_rolls_back_and_finishes(
     new_service: Callable[..., ServiceUnderTest], tmp_path: Path
 ) -> None:
     sut = new_service(traffic={"type": "canary", "percent": 20, "interval_seconds": 900})
-    assert deploy(sut.name).name == "Deployed"
+    assert outcome_of(deploy(sut.name)) == "Deployed"
     sut.commit("v2")
     with Load(sut) as load:
         release = Released(sut, tmp_path / "killed.log", ECS_PIPELINE_LOCK_STALE_SECONDS=STALE)
@@ -62,7 +63,7 @@ def test_kill_mid_shift_then_rerun_rolls_back_and_finishes(
         assert green_weight(sut) == 20, "the dead run left production split"
         images, revisions = image_count(sut), sut.revisions()
         rerun = deploy(sut.name)
-    assert rerun.name == "Deployed", rerun.message
+    assert outcome_of(rerun) == "Deployed", rerun.message
     assert rerun.result()["done"] == [], "build, push and register were not repeated"
     assert image_count(sut) == images and sut.revisions() == revisions
     assert load.failed == [], load.failed[:5]
@@ -79,7 +80,7 @@ def test_kill_in_deploy_green_then_a_good_commit_deploys(
     new_service: Callable[..., ServiceUnderTest], tmp_path: Path
 ) -> None:
     sut = new_service()
-    assert deploy(sut.name).name == "Deployed"
+    assert outcome_of(deploy(sut.name)) == "Deployed"
     sut.commit("v2-broken", broken="root")
     with Load(sut) as load:
         release = Released(sut, tmp_path / "killed.log", ECS_PIPELINE_LOCK_STALE_SECONDS=STALE)
@@ -87,7 +88,7 @@ def test_kill_in_deploy_green_then_a_good_commit_deploys(
         release.kill()
         sut.commit("v3")
         rerun = deploy(sut.name)
-    assert rerun.name == "Deployed", rerun.message
+    assert outcome_of(rerun) == "Deployed", rerun.message
     assert load.failed == [], load.failed[:5]
     assert set(load.versions) <= {"v1", "v3"}, "production never answered the broken release"
     assert serving_versions(sut) == {"v3"}
@@ -98,19 +99,19 @@ def test_kill_in_deploy_green_then_a_good_commit_deploys(
 def test_lost_create_task_set_answer_leaves_no_twin(new_service: Callable[..., ServiceUnderTest]) -> None:
     """CreateTaskSet takes effect, then its answer is a 500: the retry (same clientToken) gets the same set."""
     sut = new_service()
-    assert deploy(sut.name).name == "Deployed"
+    assert outcome_of(deploy(sut.name)) == "Deployed"
     sut.commit("v2-broken", broken="root")
     add_fault(service="ecs", operation="CreateTaskSet", code="InternalFailure", status=500, message="lost",
               count=1, after=True, match=sut.name)
     seq = last_request()
     with Load(sut) as load:
         broken = deploy(sut.name)
-        assert broken.name == "Rolled back", broken.message
+        assert outcome_of(broken) == "Rolled back", broken.message
         assert calls_since(seq, sut.name)["CreateTaskSet"] == 2, "answered 500 once, then retried"
         assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"], "no task set of the broken release left"
         sut.commit("v3")
         good = deploy(sut.name)
-    assert good.name == "Deployed", good.message
+    assert outcome_of(good) == "Deployed", good.message
     assert load.failed == [], load.failed[:5]
     assert serving_versions(sut) == {"v3"}
     assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]

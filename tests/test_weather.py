@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
+from tasks.outcome import outcome_of
 from tests.fault_helpers import Load, serving_versions, weather, weather_hits
 from tests.release_helpers import ROOT, ServiceUnderTest, aws, make_service
 from tests.test_codedeploy import seed_serving, use_appspec
@@ -32,7 +33,7 @@ def released_under_weather(sut: ServiceUnderTest, version: str, seed: int) -> tu
 
 
 def assert_clean(sut: ServiceUnderTest, state: Any, load: Load, version: str, hits: int) -> None:
-    assert state.name == "Deployed", state.message
+    assert outcome_of(state) == "Deployed", state.message
     assert hits > 0, "the weather hit some of the pipeline's calls"
     assert load.ok > 0 and load.failed == [], load.failed[:5]
     assert serving_versions(sut) == {version}, "one version serving"
@@ -40,7 +41,7 @@ def assert_clean(sut: ServiceUnderTest, state: Any, load: Load, version: str, hi
 
 def test_task_sets_releases_ride_out_the_weather(new_service: Callable[..., ServiceUnderTest]) -> None:
     sut = new_service(traffic={"type": "linear", "percent": 50, "interval_seconds": 60})
-    assert deploy(sut.name).name == "Deployed"
+    assert outcome_of(deploy(sut.name)) == "Deployed"
     for seed, version in ((11, "v2"), (12, "v3")):
         sut.commit(version)
         state, load, hits = released_under_weather(sut, version, seed)
