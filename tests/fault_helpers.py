@@ -170,7 +170,7 @@ class Released:
 def flow_runs(service: str) -> list[Any]:
     """The service's deploy-service runs, oldest first."""
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"deploy {service}"])))
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=f"deploy {service}")))
     return sorted(runs, key=lambda r: r.created)
 
 

@@ -80,7 +80,9 @@ def test_failed_rollback_names_the_split_and_the_next_run_repairs_it(
         # Prefect ends a cancelled run only as Cancelled: its name says the rollback failed.
         assert (state.type.value, outcome_of(state)) == ("CANCELLED", "Rollback failed"), release.output()[-2000:]
         message = state.message or ""
-        assert "ROLLBACK FAILED, production split " in message, message
+        assert message.startswith("Rollback failed: Aborted: cancelled (operator: stop it)"), message
+        assert "then the rollback failed: AWS denied elasticloadbalancing:ModifyListener" in message, message
+        assert "production split " in message, message
         assert f"20% {sut.name}-b" in message and f"80% {sut.name}-a" in message, message
         assert green_weight(sut) == 20, "the split is still there, as reported"
         failed = [p for name, p in events(sut.name) if name == "rollback-failed"]
