@@ -2,7 +2,11 @@
 
 import sys
 
-from bench import bench_faults, bench_pipeline, bench_strategies, bench_webhook
+from bench.bench_pipeline import load_sandbox
+
+load_sandbox()  # before anything imports Prefect, which reads its settings (the sandbox's server) at import
+
+from bench import bench_faults, bench_pipeline, bench_strategies, bench_webhook  # noqa: E402
 
 code = bench_pipeline.main()
 code = bench_strategies.main() or code

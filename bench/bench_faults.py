@@ -24,18 +24,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.bench_pipeline import ensure_peer, load_sandbox, retag
+from bench.bench_pipeline import ensure_peer, load_sandbox, outcome_of, retag
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 STALE = 10.0  # ECS_PIPELINE_LOCK_STALE_SECONDS for the kill matrix (the default is 30)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def outcome_of(state: Any) -> str:
-    """Imported when asked: Prefect reads its settings at import, after load_sandbox."""
-    from tasks.outcome import outcome_of as read
-
-    return read(state)
 
 
 def cli_release(deployments: Path) -> Callable[[str], float]:
