@@ -1,11 +1,16 @@
-"""`python -m bench`: the release benchmark, then the webhook latency benchmark."""
+"""`python -m bench`: the release benchmark, the failure benchmarks, then the webhook latency benchmark."""
 
 import sys
 
-from bench import bench_pipeline, bench_strategies, bench_webhook
+from bench.bench_pipeline import load_sandbox
+
+load_sandbox()  # before anything imports Prefect, which reads its settings (the sandbox's server) at import
+
+from bench import bench_faults, bench_pipeline, bench_strategies, bench_webhook  # noqa: E402
 
 code = bench_pipeline.main()
 code = bench_strategies.main() or code
+code = bench_faults.main() or code
 sys.argv = sys.argv[:1]
 bench_webhook.main()
 sys.exit(code)

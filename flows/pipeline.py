@@ -8,8 +8,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
-from flows.skeleton import choose_strategy, reason_of, run_release
+from flows.skeleton import RollbackFailed, choose_strategy, reason_of, run_release
 from tasks import release as stages
 from tasks.aws import AwsClients
 from tasks.ecs import LiveRelease
@@ -67,7 +68,12 @@ def deploy_service(
             if not isinstance(exc, PipelineError):
                 raise  # a bug or an interruption keeps its traceback
             get_run_logger().error("%s: %s", summary.outcome, summary.reason)
-            return final_state(summary.outcome, f"{summary.reason} ({summary.traffic})")
+            state = final_state(summary.outcome, f"{summary.reason} ({summary.traffic})")
+            if isinstance(exc, RollbackFailed) and isinstance(exc.interrupted_by, Aborted):
+                # Prefect ends a Cancelling run only as Cancelled (a Failed is refused and the run
+                # stays Cancelling): the same outcome and message, in a Cancelled state.
+                return Cancelled(message=state.message)
+            return state
 
 
 def conclude(summary: ReleaseSummary, live: LiveRelease | None = None) -> None:
