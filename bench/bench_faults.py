@@ -176,7 +176,7 @@ def kill_at(point: str, work: Path) -> tuple[str, float, str]:
         repeated = (image_count(sut) - images) + (len(sut.revisions()) - revisions)
         versions = ",".join(sorted(serving_versions(sut)))
         outcome = (f"{outcome_of(rerun)}; serving {versions}; {len(sut.task_sets())} task set(s); "
-                   f"dead run {dead.state.type.value if dead.state else '?'}; repeated {repeated}; "
+                   f"dead run {dead.state.type.value if dead.state else '?'}; rerun made {repeated} images+revs; "
                    f"{len(load.failed)} failed requests")
         return point, free, outcome
     finally:
