@@ -1,5 +1,8 @@
 """Test session set-up: a sandbox of its own (AWS endpoint, registry, Prefect server), stopped at the end.
 
+Under ``pytest -n N`` (``make test``) every worker gets a sandbox of its own
+(``<sandbox>/test-gwK``), so no test sees another's AWS calls, faults or runs.
+
 The tests never write into the sandbox a person is looking at (``make demo``'s
 runs, artifacts and concurrency limits stay as they were): the session starts
 ``python -m sandbox up`` with ``SANDBOX_DIR=<sandbox>/test`` on free loopback
@@ -72,10 +75,10 @@ def _sandbox(command: str, env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "-m", "sandbox", command], cwd=ROOT, env=env, check=command == "up")
 
 
-def session_sandbox() -> dict[str, str]:
-    """The environment of a sandbox for this session only; its `down` is registered."""
+def session_sandbox(worker: str | None) -> dict[str, str]:
+    """The environment of a sandbox for this session (or this xdist worker) only; its `down` is registered."""
     outer = Path(os.environ.get("SANDBOX_DIR") or ROOT / ".sandbox").resolve()
-    state = outer / "test"
+    state = outer / (f"test-{worker}" if worker else "test")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
     env["SANDBOX_DIR"] = str(state)
     shared = _outer_engine(outer)
@@ -97,14 +100,17 @@ def session_sandbox() -> dict[str, str]:
     return env
 
 
-def pytest_configure(config: object) -> None:
+def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("ECS_PIPELINE_TESTS_NO_SANDBOX"):
         return
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None and getattr(config.option, "numprocesses", None):
+        return  # the xdist controller runs no test: each worker starts a sandbox of its own
     if os.environ.get("ECS_PIPELINE_TESTS_SANDBOX") == "shared":
         subprocess.run([sys.executable, "-m", "sandbox", "up"], cwd=ROOT, check=True)
         state = Path(os.environ.get("SANDBOX_DIR", ROOT / ".sandbox"))
     else:
-        env = session_sandbox()
+        env = session_sandbox(worker)
         state = Path(env["SANDBOX_DIR"])
         os.environ.update({k: env[k] for k in ("SANDBOX_DIR", *PORT_VARS)})
     _load_env(state / "env")

@@ -57,8 +57,10 @@ OURS = Rollout("ecs-svc/1", "td:2", "td:1", 0.0)
 )
 def test_rollout_state(deployments: list[dict[str, Any]], expect: str | None) -> None:
     service = {"serviceName": "svc", "deployments": deployments}
-    if expect in ("COMPLETED", None):
-        assert rollout_state(service, OURS) == expect
+    if expect == "COMPLETED":
+        assert rollout_state(service, OURS) is service  # done: the description that proved it
+    elif expect is None:
+        assert rollout_state(service, OURS) is None
     else:
         with pytest.raises(Exception, match=str(expect)):
             rollout_state(service, OURS)
