@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prefect import serve
 
+from flows.fleet import release_fleet
 from flows.pipeline import deploy_service
 from flows.polling import poll_changes
 
@@ -22,7 +23,12 @@ def serve_flows(poll_interval_seconds: int | None = None, limit: int = 8) -> Non
             name="deploy-service",
             description="Release one service: detect, build, push, register, blue/green, verify, teardown.",
             tags=["ecs-pipeline"],
-        )
+        ),
+        release_fleet.to_deployment(
+            name="release-fleet",
+            description="Release many services as deploy-service runs, in waves.",
+            tags=["ecs-pipeline", "fleet"],
+        ),
     ]
     if poll_interval_seconds:
         deployments.append(
