@@ -138,10 +138,9 @@ def test_two_workers_never_run_two_releases_of_one_service_at_once(fleet: Any) -
 def test_a_worker_killed_mid_release_is_retried_on_the_other_and_converges(fleet: Any) -> None:
     pool, suts, _ = fleet
     a = suts["a"]
-    a.commit("v3")
+    sha = a.commit("v3")
     run = run_deployment("deploy-service/deploy-service", parameters={"service": a.name}, timeout=0)
-    victim = pool.worker_of(run.id)
-    victim.wait_for(f"deploy green {a.name}@")
+    victim = pool.logging(f"Task run 'deploy green {a.name}@{sha[:7]}'")
     victim.kill()  # the host is gone mid-release: its run stays Running
     with get_client(sync_client=True) as client:  # what the lock marks, then the UI's Retry
         client.set_flow_run_state(run.id, Crashed(message="its worker was killed"), force=True)

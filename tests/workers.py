@@ -92,6 +92,17 @@ class Pool:
             time.sleep(0.5)
 
 
+    def logging(self, text: str, timeout: float = 300) -> Worker:
+        """The worker whose runs log TEXT (flow-run output goes to the worker's own output)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [w for w in self.workers if text in w.text()]
+            if found:
+                return found[0]
+            assert time.monotonic() < deadline, f"no worker logged {text!r}"
+            time.sleep(0.3)
+
+
 def descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
