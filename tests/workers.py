@@ -19,7 +19,10 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "ecs-pipeline"
@@ -46,6 +49,16 @@ def deploy_all() -> None:
         poll = client.read_deployment_by_name("poll-changes/poll-changes")
         for schedule in client.read_deployment_schedules(poll.id):
             client.update_deployment_schedule(poll.id, schedule.id, active=False)
+        # Scheduled polls made before the pause, or left Running by a worker an earlier session
+        # killed, would hold the deployment's one slot (collision strategy CANCEL_NEW).
+        leftovers = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[poll.id])))
+        for run in leftovers:
+            if run.state is not None and not run.state.is_final():
+                client.set_flow_run_state(run.id, Cancelled(message="left over before this session"), force=True)
+        if poll.global_concurrency_limit is not None and poll.global_concurrency_limit.active_slots:
+            client.update_global_concurrency_limit(
+                poll.global_concurrency_limit.name, GlobalConcurrencyLimitUpdate(active_slots=0)
+            )
 
 
 @dataclass
