@@ -83,7 +83,7 @@ def orchestration_seconds(run_ids: list[Any]) -> list[float]:
     return out
 
 
-def bench_releases(n: int, work: Path) -> dict[str, Any]:
+def bench_releases(n: int, work: Path, limit: int) -> dict[str, Any]:
     from flows.fleet import release_fleet
     from sandbox.seed_fleet import seed_fleet
     from tests.test_fleet import base_yaml, commit, monorepo
@@ -94,7 +94,7 @@ def bench_releases(n: int, work: Path) -> dict[str, Any]:
     folder = work / "deployments"
     made = [s["name"] for s in seed_fleet(base_yaml(work, repo), n + 1, folder)]
     os.environ["ECS_PIPELINE_DEPLOYMENTS"] = str(folder)
-    with worker_pool(folder, work) as pool:
+    with worker_pool(folder, work, limit=limit) as pool:
         memory = PeakMemory({w.name: w.proc.pid for w in pool.workers})
         memory.start()
         results: dict[str, Any] = {}
@@ -109,6 +109,25 @@ def bench_releases(n: int, work: Path) -> dict[str, Any]:
         memory.done.set()
         results["peak_mb"] = memory.peak
     return results
+
+
+def remove_services(folder: Path) -> None:
+    """Delete the copies' ECS services (their containers stop) and load balancers (their proxies close)."""
+    import contextlib
+
+    from botocore.exceptions import ClientError
+
+    from tasks.models import load_all_services
+    from tests.release_helpers import aws
+
+    for cfg in load_all_services(folder):
+        with contextlib.suppress(ClientError):
+            aws("ecs").delete_service(cluster=cfg.ecs.cluster, service=cfg.ecs.service, force=True)
+        if cfg.load_balancer is not None and cfg.load_balancer.production_listener.load_balancer:
+            with contextlib.suppress(ClientError, IndexError):
+                name = cfg.load_balancer.production_listener.load_balancer
+                arn = aws("elbv2").describe_load_balancers(Names=[name])["LoadBalancers"][0]["LoadBalancerArn"]
+                aws("elbv2").delete_load_balancer(LoadBalancerArn=arn)
 
 
 # -- 2. webhook latency, SQLite vs Postgres ---------------------------------------
@@ -246,6 +265,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=20)
     parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--worker-limit", type=int, default=10, help="flow runs at once per worker")
     parser.add_argument("--webhook-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.webhook_only:
@@ -260,8 +280,10 @@ def main() -> int:
     sandbox_db = prefect_database(layout()) or "sqlite"
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         work = Path(tmp)
-        releases = bench_releases(args.services, work)
+        releases = bench_releases(args.services, work, args.worker_limit)
+        releases["limit"] = args.worker_limit
         calls = api_calls_per_release(sorted((work / "deployments").glob("*.yaml"))[0].stem)
+        remove_services(work / "deployments")
         latencies = {sandbox_db: measure_webhook(os.environ["PREFECT_API_URL"], args.requests)}
         proc, url = temporary_sqlite_server(work) if sandbox_db == "postgres" else (None, "")
         try:
@@ -276,7 +298,7 @@ def main() -> int:
 
 
 def report(releases: dict[str, Any], latencies: dict[str, dict[str, list[float]]], calls: Counter[str]) -> None:
-    print("\n== releases on 2 workers (prefect deploy --all, prefect worker start --limit 4) ==")
+    print(f"\n== releases on 2 workers (prefect deploy --all, prefect worker start --limit {releases['limit']}) ==")
     alone, fleet = (releases[k] for k in list(releases)[:2])
     for label in list(releases)[:2]:
         r = releases[label]

@@ -131,7 +131,7 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def start_worker(name: str, deployments: Path, logdir: Path) -> Worker:
+def start_worker(name: str, deployments: Path, logdir: Path, limit: int = 4) -> Worker:
     env = {
         **os.environ,
         "ECS_PIPELINE_DEPLOYMENTS": str(deployments),
@@ -142,16 +142,18 @@ def start_worker(name: str, deployments: Path, logdir: Path) -> Worker:
     log = logdir / f"worker-{name}.log"
     out = log.open("wb")
     proc = subprocess.Popen(
-        [*PREFECT, "worker", "start", "--pool", POOL, "--name", name, "--limit", "4"],
+        [*PREFECT, "worker", "start", "--pool", POOL, "--name", name, "--limit", str(limit)],
         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     return Worker(name, proc, log)
 
 
 @contextmanager
-def worker_pool(deployments: Path, logdir: Path, names: tuple[str, ...] = ("w1", "w2")) -> Iterator[Pool]:
+def worker_pool(
+    deployments: Path, logdir: Path, names: tuple[str, ...] = ("w1", "w2"), limit: int = 4
+) -> Iterator[Pool]:
     deploy_all()
-    pool = Pool([start_worker(n, deployments, logdir) for n in names])
+    pool = Pool([start_worker(n, deployments, logdir, limit) for n in names])
     try:
         deadline = time.monotonic() + 120
         while not all("started" in w.text() for w in pool.workers):
