@@ -113,8 +113,11 @@ def test_cli_webhook_and_poller_releases_run_on_whichever_worker_is_free(fleet: 
 
 def lock_window(run_id: Any) -> tuple[Any, Any]:
     """When RUN held its service's slot: 'holding the deploy slot' .. its last task-run log."""
+    logs: list[Any] = []
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=1000)
+        while page := client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                                       limit=200, offset=len(logs)):  # fmt: skip
+            logs.extend(page)
     held = [entry.timestamp for entry in logs if "holding the deploy slot" in entry.message]
     work = [entry.timestamp for entry in logs if entry.task_run_id is not None]
     assert held and work, f"no lock or task logs for {run_id}"
