@@ -172,8 +172,14 @@ def webhook_samples(requests: int) -> dict[str, list[float]]:
                     time.sleep(0.1)
             out[label] = samples
     finally:
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
         with get_client(sync_client=True) as client:
             for dep in deps:
+                only = DeploymentFilter(id=DeploymentFilterId(any_=[dep]))
+                while runs := client.read_flow_runs(deployment_filter=only, limit=200):
+                    for r in runs:
+                        client.delete_flow_run(r.id)
                 client.delete_deployment(dep)
     return out
 
