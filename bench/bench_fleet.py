@@ -166,9 +166,9 @@ def webhook_samples(requests: int) -> dict[str, list[float]]:
                     t0 = time.perf_counter()
                     answer = h.post(f"{url}/webhook/github", content=body, headers=headers, timeout=30)
                     took = (time.perf_counter() - t0) * 1000
-                    assert answer.status_code == 202 and all(s["flow_run_id"] for s in answer.json()["started"])
+                    named = answer.status_code == 202 and all(s["flow_run_id"] for s in answer.json()["started"])
                     if i >= 3:
-                        samples.append(took)
+                        samples.append(took if named else -1.0)  # -1: not answered 202 with the runs named
                     time.sleep(0.1)
             out[label] = samples
     finally:
@@ -206,7 +206,10 @@ def temporary_sqlite_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
 def measure_webhook(api_url: str, requests: int) -> dict[str, list[float]]:
     env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_LOGGING_LEVEL": "WARNING"}
     done = subprocess.run([sys.executable, "-m", "bench.bench_fleet", "--webhook-only", "--requests", str(requests)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, check=True)  # fmt: skip
+                          cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        print(f"webhook measurement against {api_url} failed: {done.stderr.strip().splitlines()[-3:]}")
+        return {}
     result: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -270,7 +273,7 @@ def api_calls_per_release(service: str) -> Counter[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=20)
-    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--worker-limit", type=int, default=10, help="flow runs at once per worker")
     parser.add_argument("--webhook-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -286,10 +289,12 @@ def main() -> int:
     sandbox_db = prefect_database(layout()) or "sqlite"
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         work = Path(tmp)
-        releases = bench_releases(args.services, work, args.worker_limit)
-        releases["limit"] = args.worker_limit
-        calls = api_calls_per_release(sorted((work / "deployments").glob("*.yaml"))[0].stem)
-        remove_services(work / "deployments")
+        if args.services:
+            releases = bench_releases(args.services, work, args.worker_limit)
+            releases["limit"] = args.worker_limit
+            report_releases(releases)
+            report_calls(api_calls_per_release(sorted((work / "deployments").glob("*.yaml"))[0].stem))
+            remove_services(work / "deployments")
         latencies = {sandbox_db: measure_webhook(os.environ["PREFECT_API_URL"], args.requests)}
         proc, url = temporary_sqlite_server(work) if sandbox_db == "postgres" else (None, "")
         try:
@@ -299,11 +304,11 @@ def main() -> int:
             if proc is not None:
                 os.killpg(proc.pid, 15)
                 proc.wait(30)
-    report(releases, latencies, calls)
+    report_webhook(latencies)
     return 0
 
 
-def report(releases: dict[str, Any], latencies: dict[str, dict[str, list[float]]], calls: Counter[str]) -> None:
+def report_releases(releases: dict[str, Any]) -> None:
     print(f"\n== releases on 2 workers (prefect deploy --all, prefect worker start --limit {releases['limit']}) ==")
     alone, fleet = (releases[k] for k in list(releases)[:2])
     for label in list(releases)[:2]:
@@ -314,12 +319,27 @@ def report(releases: dict[str, Any], latencies: dict[str, dict[str, list[float]]
     print(f"{'wall-time ratio':<24} {fleet['wall'] / alone['wall']:7.2f}x (goal <= 2x)")
     for name, mb in releases["peak_mb"].items():
         print(f"peak memory, worker {name:<4} {mb:7.0f} MB (worker + its flow-run processes)")
-    print("\n== webhook POST -> 202 (runs named) ==")
+    sys.stdout.flush()
+
+
+def cell(samples: list[float] | None) -> str:
+    ok = [x for x in samples or [] if x >= 0]
+    if not ok:
+        return f"{'-':>16}{'-':>13}"
+    median, p95 = percentiles(ok)
+    failed = len(samples or []) - len(ok)
+    return f"{median:13.1f} ms{p95:10.1f} ms" + (f" ({failed} not 202)" if failed else "")
+
+
+def report_webhook(latencies: dict[str, dict[str, list[float]]]) -> None:
+    print("\n== webhook POST -> 202 with the runs named (fleet: one release-fleet run) ==")
     print(f"{'services':<20}" + "".join(f"{db + ' median':>16}{db + ' p95':>13}" for db in latencies))
-    for label in next(iter(latencies.values())):
-        cells = "".join(f"{percentiles(v[label])[0]:13.1f} ms{percentiles(v[label])[1]:10.1f} ms"
-                        for v in latencies.values())  # fmt: skip
-        print(f"{label:<20}{cells}")
+    labels = [label for v in latencies.values() for label in v]
+    for label in dict.fromkeys(labels):
+        print(f"{label:<20}" + "".join(cell(v.get(label)) for v in latencies.values()))
+
+
+def report_calls(calls: Counter[str]) -> None:
     print(f"\n== Prefect API calls for one release ({sum(calls.values())} in all), most frequent ==")
     for path, n in calls.most_common(12):
         print(f"{n:5d}  {path}")
