@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV ?= python3 -m uv
 export UV_LINK_MODE ?= copy
 
-.PHONY: setup demo test sandbox-up sandbox-down lint bench
+.PHONY: setup demo test sandbox-up sandbox-down lint bench screenshots
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
@@ -30,3 +30,8 @@ lint: setup
 
 bench: sandbox-up
 	@$(UV) run --frozen python -m bench
+
+# The key Prefect UI pages of the last `make demo`, by Debian's Chromium (headless), into docs/screenshots/.
+screenshots: setup
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	@$(UV) run --frozen python -m sandbox.screenshots

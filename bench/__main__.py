@@ -2,9 +2,10 @@
 
 import sys
 
-from bench import bench_fleet, bench_pipeline, bench_webhook
+from bench import bench_fleet, bench_pipeline, bench_strategies, bench_webhook
 
 code = bench_pipeline.main()
+code = bench_strategies.main() or code
 sys.argv = sys.argv[:1]
 bench_webhook.main()
 sys.argv = sys.argv[:1]

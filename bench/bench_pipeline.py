@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tasks.outcome import outcome_of
+
 ROOT = Path(__file__).resolve().parents[1]
 PEER_VENV = ROOT / ".sandbox" / "bench-peer"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -55,12 +57,12 @@ def release_ours(workdir: Path) -> tuple[float, dict[str, float], float, str]:
 
     sut = make_service(workdir, bake_seconds=0, verify_paths=("/health",))
     os.environ["ECS_PIPELINE_DEPLOYMENTS"] = str(sut.yaml_path.parent)
-    assert deploy_service(sut.name, return_state=True).name == "Deployed"
+    assert outcome_of(deploy_service(sut.name, return_state=True)) == "Deployed"
     sut.commit("v2")
     started = time.perf_counter()
     state = deploy_service(sut.name, return_state=True)
     total = time.perf_counter() - started
-    assert state.name == "Deployed", state.message
+    assert outcome_of(state) == "Deployed", state.message
     stages = stage_seconds(state.state_details.flow_run_id)
     outside = total - stages.get("build", 0.0) - stages.get("push", 0.0)
     return total, stages, outside, state.result()["sha"]

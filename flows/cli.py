@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 from tasks.errors import PipelineError
 
@@ -85,6 +86,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from prefect import tags
 
     from flows.pipeline import deploy_service
+    from flows.terminal import cli_tag, run_with_view
     from tasks.runs import run_tags
 
     if args.dry_run:
@@ -93,18 +95,24 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print("\n".join(plan_release(args.service, args.sha)))
         return 0
 
-    with tags(*run_tags(args.service, args.sha, "cli")):
-        state = deploy_service(
-            args.service, sha=args.sha, force=args.force, allow_older=args.allow_older, return_state=True
-        )
-    print(f"{state.name}: {state.message or ''}".rstrip(": "))
-    return 0 if state.is_completed() else 1
+    view = cli_tag()
+
+    def release() -> Any:
+        with tags(*run_tags(args.service, args.sha, "cli"), view):
+            return deploy_service(
+                args.service, sha=args.sha, force=args.force, allow_older=args.allow_older, return_state=True
+            )
+
+    return run_with_view(args.service, view, release, args.json)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from flows.operations import service_status
+    from flows.runner import serving_status
+    from flows.serve import DEPLOY_SERVICE
 
     info = service_status(args.service)
+    info["runs start"] = serving_status(DEPLOY_SERVICE)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:
@@ -148,6 +156,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from flows.migrate import migrate
+
+    print("\n".join(migrate(args.service, args.to, args.apply)))
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """The sandbox is a separate program: the pipeline never imports it."""
     return subprocess.call([sys.executable, "-m", "sandbox", *args.rest])
@@ -164,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-older", action="store_true",
                    help="allow a commit older than (or diverged from) the live one: an explicit step back")
     p.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
+    p.add_argument("--json", action="store_true", help="no live view: print the outcome and summary as JSON")
     from flows.fleet import add_fleet_arguments  # imports prefect: only once the env is settled
 
     add_fleet_arguments(p)
@@ -194,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=int, default=None, help="seconds between polls; off if unset")
     p.add_argument("--limit", type=int, default=8, help="flow runs at once")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("migrate", help="move a CODE_DEPLOY service to ECS-native blue/green (dry run)")
+    p.add_argument("service")
+    p.add_argument("--to", default="ecs-native", choices=["ecs-native"])
+    p.add_argument("--apply", action="store_true", help="send the UpdateService (default: print it)")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("sandbox", help="the local AWS rehearsal environment: up, down, status, seed")
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -28,6 +28,7 @@ from tasks.changes import group_by_repo
 from tasks.errors import PipelineError
 from tasks.fleet import FleetSummary, ServiceResult, classify, plan_waves, select_services
 from tasks.models import ServiceConfig, load_all_services
+from tasks.outcome import outcome_of
 from tasks.runs import DEPLOY_DEPLOYMENT, run_tags
 from tasks.settings import Settings
 from tasks.source import redact_url, resolve_heads
@@ -66,9 +67,10 @@ def release_fleet(
     create_markdown_artifact(key=FLEET_ARTIFACT, markdown=summary.markdown(), description=summary.headline())
     log.info("fleet: %s", summary.headline())
     data = {r.service: r.__dict__ for r in summary.results}
+    # Built-in state names (the UI filters by them), the outcome leading the message, as deploy-service does.
     if summary.failed or any(r.outcome == "held" for r in summary.results):
-        return Failed(name="Fleet failed", message=summary.headline(), data=data)
-    return Completed(name="Fleet deployed", message=summary.headline(), data=data)
+        return Failed(message=f"Fleet failed: {summary.headline()}", data=data)
+    return Completed(message=f"Fleet deployed: {summary.headline()}", data=data)
 
 
 def target_shas(configs: Sequence[ServiceConfig], sha: str | None, summary: FleetSummary) -> dict[str, str]:
@@ -130,11 +132,11 @@ def wait_final(run_ids: dict[str, UUID], poll_seconds: float = 1.0) -> dict[str,
 
 def result_of(service: str, sha: str, wave: int, run: FlowRun) -> ServiceResult:
     state = run.state
-    name = state.name if state is not None and state.name else "unknown"
+    name = outcome_of(state)
     outcome = classify(str(state.type.value) if state is not None else None, name)
     seconds = run.total_run_time.total_seconds() if run.total_run_time else None
     message = (state.message or "") if state is not None else ""
-    return ServiceResult(service, sha, wave, outcome, name, seconds, message, str(run.id))
+    return ServiceResult(service, sha, wave, outcome, name, seconds, message.removeprefix(f"{name}: "), str(run.id))
 
 
 # -- the CLI: ecs-pipeline deploy --all | --select PATTERN ------------------------
@@ -163,5 +165,5 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         services=patterns, sha=args.sha, max_parallel=args.max_parallel,
         stop_on_first_failure=args.stop_on_first_failure, return_state=True,
     )  # fmt: skip
-    print(f"{state.name}: {state.message or ''}".rstrip(": "))
+    print(state.message or state.name)
     return 0 if state.is_completed() else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -13,7 +14,9 @@ from tasks import ecs as ecs_ops
 from tasks import traffic
 from tasks.aws import AwsClients
 from tasks.errors import DeployError
+from tasks.locks import read_heartbeat
 from tasks.models import find_service
+from tasks.outcome import outcome_of
 from tasks.release import latest_task_definition, live_release, render
 from tasks.settings import Settings
 from tasks.taskdef import SHA_TAG, diff_task_definitions
@@ -43,8 +46,32 @@ def service_status(service: str) -> dict[str, Any]:
         f"{ts['id']} {ts['status']} {ts['taskDefinition'].rsplit('/', 1)[-1]} running {ts.get('runningCount', 0)}"
         for ts in svc.get("taskSets", [])
     ]
-    info["last runs"] = last_runs(cfg.name)
+    holder = slot_holder(cfg.name, clients.settings.lock_stale_seconds)
+    info["release in flight"] = holder["text"]
+    others = [ts for ts in svc.get("taskSets", []) if ts.get("status") == "ACTIVE"]
+    if others and not holder["live"]:
+        ids = ", ".join(ts["id"] for ts in others)
+        info["left by a dead run"] = (f"task set(s) {ids} beside the primary; the next release reconciles them, "
+                                      f"or `ecs-pipeline rollback {cfg.name}` now")
+    info["last runs"] = [
+        f"{line} (no heartbeat: its process is gone)" if holder["stale_run"] and holder["stale_run"] in line else line
+        for line in last_runs(cfg.name)
+    ]
     return info
+
+
+def slot_holder(service: str, stale_after: float) -> dict[str, Any]:
+    """Who holds the service's release slot, and whether that run is alive (its heartbeat is fresh)."""
+    with get_client(sync_client=True) as client:
+        beat = read_heartbeat(client, service)
+    if beat is None:
+        return {"live": False, "stale_run": None, "text": "none"}
+    age = time.time() - float(beat.get("at", 0))
+    run = str(beat.get("run") or "unknown")
+    if age < stale_after:
+        return {"live": True, "stale_run": None, "text": f"run {run} (heartbeat {age:.0f} s ago)"}
+    return {"live": False, "stale_run": run,
+            "text": f"none live: run {run} stopped {age:.0f} s ago without finishing; the next release takes over"}
 
 
 def last_runs(service: str, limit: int = 5) -> list[str]:
@@ -55,7 +82,7 @@ def last_runs(service: str, limit: int = 5) -> list[str]:
             limit=limit,
         )
     return [
-        f"{r.name} {r.state.name if r.state else '?'} {r.start_time or ''} {r.id}" for r in runs
+        f"{r.name} {outcome_of(r.state)} {r.start_time or ''} {r.id}" for r in runs
     ]
 
 
@@ -103,7 +130,7 @@ def rollback_service(service: str) -> str:
     from flows.pipeline import deploy_service
 
     state = deploy_service(service, sha=sha, force=True, allow_older=True, return_state=True)
-    return f"{state.name}: {state.message}"
+    return str(state.message or state.name)
 
 
 def plan_release(service: str, sha: str | None) -> list[str]:
@@ -145,9 +172,14 @@ def diff_service(service: str, image: str | None) -> list[str]:
     clients = AwsClients()
     cfg = find_service(service, clients.settings.deployments)
     live = live_release(cfg, clients)
-    desired = render(cfg, image or live.image or "<IMAGE>", live.sha)
-    current = latest_task_definition(clients.get("ecs"), desired["family"]) if live.task_definition is None else None
+    current: dict[str, Any] | None = None
+    sha = live.sha
     if live.task_definition:
         found = clients.get("ecs").describe_task_definition(taskDefinition=live.task_definition, include=["TAGS"])
         current = {**found["taskDefinition"], "tags": found.get("tags", [])}
+        # render as the live revision was rendered: with the commit its tag records
+        sha = next((t["value"] for t in current["tags"] if t["key"] == SHA_TAG), sha)
+    desired = render(cfg, image or live.image or "<IMAGE>", sha)
+    if current is None:
+        current = latest_task_definition(clients.get("ecs"), desired["family"])
     return [str(c) for c in diff_task_definitions(current or {}, desired)]

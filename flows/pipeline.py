@@ -8,22 +8,26 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Completed, Failed
 
 from flows.skeleton import choose_strategy, reason_of, run_release
 from tasks import release as stages
 from tasks.aws import AwsClients
+from tasks.ecs import LiveRelease
+from tasks.errors import PipelineError
 from tasks.interop import write_interop_files
 from tasks.locks import StopWatch, service_lock
 from tasks.models import ServiceConfig, find_service
+from tasks.outcome import final_state, flow_run_name, name_run, quiet_expected_failures, update_live
 from tasks.report import ReleaseSummary, ShiftProgress, emit
 from tasks.runs import ensure_run_tags, superseded_by
 from tasks.settings import Settings
 from tasks.strategy import Outcome, Release
 from tasks.waits import Aborted, abort_when
 
+quiet_expected_failures()
 
-@flow(name="deploy-service", flow_run_name="deploy {service}", persist_result=True, log_prints=True)
+
+@flow(name="deploy-service", flow_run_name=flow_run_name, persist_result=True, log_prints=True)
 def deploy_service(
     service: str, sha: str | None = None, force: bool = False, allow_older: bool = False
 ) -> State[Any]:
@@ -43,20 +47,32 @@ def deploy_service(
         git_cache = clients.settings.cache / "git"
         superseded = superseded_by(cfg.name, run_id, cfg=cfg, cache_dir=git_cache) if run_id else None
         if superseded:
-            return Cancelled(name="Superseded", message=f"superseded by newer run {superseded}")
+            return final_state("Superseded", f"by newer run {superseded}")
         try:
             return release(cfg, clients, summary, Request(sha, force, allow_older))
         except Aborted as exc:
             summary.outcome, summary.reason = "Cancelled", str(exc)
-            summary.publish()
+            conclude(summary)
             emit(cfg.name, "cancelled", sha=summary.sha, reason=summary.reason, traffic=summary.traffic)
-            return Cancelled(name="Cancelled", message=f"{exc}; {summary.traffic}")
+            return final_state("Cancelled", f"{exc}; {summary.traffic}")
         except BaseException as exc:
             if summary.outcome != "Rollback failed":
                 summary.outcome, summary.reason = "Failed", summary.reason or reason_of(exc)
-            summary.publish()
+            conclude(summary)
             emit(cfg.name, "failed", sha=summary.sha, reason=summary.reason, traffic=summary.traffic)
-            raise
+            if not isinstance(exc, PipelineError):
+                raise  # a bug or an interruption keeps its traceback
+            get_run_logger().error("%s: %s", summary.outcome, summary.reason)
+            return final_state(summary.outcome, f"{summary.reason} ({summary.traffic})")
+
+
+def conclude(summary: ReleaseSummary, live: LiveRelease | None = None) -> None:
+    """Publish the release summary and the service's live view; reporting never hides the outcome."""
+    summary.publish()
+    try:
+        update_live(summary, live)
+    except Exception as exc:  # noqa: BLE001 - the release's outcome matters more than its live view
+        get_run_logger().warning("live view of %s not updated: %s", summary.service, reason_of(exc))
 
 
 @dataclass(frozen=True)
@@ -79,7 +95,10 @@ def release(cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, as
     with summary.stage("detect change"):
         target = stages.detect_change(cfg, clients, asked.sha)
     summary.sha, summary.previous_task_definition = target.sha, target.live.task_definition
+    summary.live_sha = target.live.sha
     run.sha = target.sha
+    if not asked.sha:
+        name_run(cfg.name, target.sha)
     if target.moves_back and not asked.allow_older:
         return not_newer_state(cfg.name, target, summary)
     if not target.changed and not asked.force:
@@ -87,20 +106,21 @@ def release(cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, as
         if found and found.direction == "forward":
             # An earlier run of this very commit died after green took production: it is done now.
             summary.outcome, summary.traffic = "Deployed", strategy.live_traffic
-            summary.publish()
+            summary.image, summary.task_definition = target.live.image, found.task_definition
             finished = Outcome(found.task_definition, traffic=strategy.live_traffic)
-            return outcome_state(cfg.name, target.sha, finished, [])
+            return outcome_state(summary, finished, [], target.live)
         summary.outcome = "No change"
-        summary.publish()
-        return Completed(name="No change", message=f"{cfg.name} already runs {target.sha[:7]}")
+        conclude(summary, target.live)
+        return final_state("No change", f"{cfg.name} already runs {target.sha[:7]}")
     if asked.allow_older and target.moves_back:
         summary.notes.append(f"allow_older: asked to go back ({target.ancestry} than live {target.live.sha})")
     emit(cfg.name, "started", sha=target.sha, strategy=cfg.strategy.type, flow_run=flow_run.get_id(),
          allow_older=asked.allow_older, ancestry=target.ancestry)
     with summary.stage("build"):
-        built = stages.build(cfg, clients, target.sha)
+        built = stages.build(cfg, clients, target.sha, asked.force)
+    summary.notes.extend(built.notes)
     with summary.stage("push"):
-        pushed = stages.push(cfg, clients, target.sha, built)
+        pushed = stages.push(cfg, clients, target.sha, built, asked.force)
     with summary.stage("register task definition"):
         registered = stages.register(cfg, clients, target.sha, pushed.value)
     write_interop_files(cfg, pushed.value, clients.settings.artifacts_dir)
@@ -109,8 +129,7 @@ def release(cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, as
     run.task_definition = registered.value
     outcome = run_release(strategy, run, ShiftProgress(cfg.name))
     summary.notes.append(f"work done in this run: {', '.join(done) or 'none (all found done)'}")
-    summary.publish()
-    return outcome_state(cfg.name, target.sha, outcome, done)
+    return outcome_state(summary, outcome, done, target.live)
 
 
 def not_newer_state(service: str, target: stages.Target, summary: ReleaseSummary) -> State[Any]:
@@ -121,18 +140,22 @@ def not_newer_state(service: str, target: stages.Target, summary: ReleaseSummary
         f"ecs-pipeline deploy {service} --sha {target.sha[:12]} --allow-older (or ecs-pipeline rollback {service})"
     )
     summary.outcome, summary.reason = "Not newer than live", reason
-    summary.publish()
+    conclude(summary, target.live)
     emit(service, "refused", sha=target.sha, live=target.live.sha, ancestry=target.ancestry, reason=reason)
     get_run_logger().warning("Not newer than live: %s", reason)
-    return Cancelled(name="Not newer than live", message=reason)
+    return final_state("Not newer than live", reason)
 
 
-def outcome_state(service: str, sha: str, outcome: Outcome, done: list[str]) -> State[Any]:
-    """The flow's final state in words a person understands; the data stays in the result."""
-    data = {"service": service, "sha": sha, "done": done, **outcome.as_dict()}
+def outcome_state(summary: ReleaseSummary, outcome: Outcome, done: list[str], live: LiveRelease) -> State[Any]:
+    """The flow's final state: a built-in state, the outcome and its reason leading the message."""
+    service, sha = summary.service, str(summary.sha)
+    if not outcome.rolled_back:
+        summary.live_sha = sha
+    conclude(summary, live)
     if outcome.rolled_back:
-        emit(service, "rolled-back", sha=sha, reason=outcome.reason)
-        get_run_logger().error("Rolled back: %s", outcome.reason)
-        return Failed(name="Rolled back", message=f"Rolled back: {outcome.reason}", data=data)
+        emit(service, "rolled-back", sha=sha, reason=outcome.reason, traffic=outcome.traffic)
+        get_run_logger().warning("Rolled back: %s", outcome.reason)
+        return final_state("Rolled back", f"{outcome.reason} ({outcome.traffic}, live {str(live.sha)[:7]})")
     emit(service, "succeeded", sha=sha, task_definition=outcome.task_definition)
-    return Completed(name="Deployed", message=f"{service}@{sha[:7]} serves 100% of production", data=data)
+    data = {"service": service, "sha": sha, "done": done, **outcome.as_dict()}
+    return final_state("Deployed", f"{service}@{sha[:7]} serves 100% of production", data)

@@ -8,21 +8,28 @@ process work pool and ``prefect worker start`` when several machines run them.
 
 from __future__ import annotations
 
-from prefect import serve
+import asyncio
+import contextlib
+from typing import Any
+
+from prefect.exceptions import TerminationSignal
+from prefect.flows import _display_serve_start_message
+from prefect.runner import Runner
 
 from flows.fleet import release_fleet
 from flows.pipeline import deploy_service
 from flows.polling import poll_changes
+from flows.runner import FinishingRunner, served_description
 
 DEPLOY_SERVICE = "deploy-service/deploy-service"
+DEPLOY_SUMMARY = "Release one service: detect, build, push, register, blue/green, verify, teardown."
 
 
 def serve_flows(poll_interval_seconds: int | None = None, limit: int = 8) -> None:
-    deployments = [
+    """``prefect.serve`` with a runner that never cancels a run that already finished (flows/runner.py)."""
+    deployments: list[Any] = [
         deploy_service.to_deployment(
-            name="deploy-service",
-            description="Release one service: detect, build, push, register, blue/green, verify, teardown.",
-            tags=["ecs-pipeline"],
+            name="deploy-service", description=served_description(DEPLOY_SUMMARY), tags=["ecs-pipeline"]
         ),
         release_fleet.to_deployment(
             name="release-fleet",
@@ -36,4 +43,9 @@ def serve_flows(poll_interval_seconds: int | None = None, limit: int = 8) -> Non
                 name="poll-changes", interval=poll_interval_seconds, tags=["ecs-pipeline"]
             )
         )
-    serve(*deployments, limit=limit, print_starting_message=True)  # type: ignore[arg-type]
+    runner: Runner = FinishingRunner(limit=limit, summaries={DEPLOY_SERVICE: DEPLOY_SUMMARY})
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    _display_serve_start_message(*deployments)
+    with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
+        asyncio.run(runner.start())

@@ -9,6 +9,7 @@ in the Prefect UI with its stages, artifacts and a Retry button.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -23,11 +24,11 @@ from typing import Any, Self
 import httpx
 
 from sandbox import manage
-from sandbox.seed import seed_service
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_YAML = REPO_ROOT / "deployments" / "sample-app.yaml"
 CODEDEPLOY_YAML = REPO_ROOT / "deployments" / "sample-app-cd.yaml"
+NATIVE_YAML = REPO_ROOT / "deployments" / "sample-app-native.yaml"
 
 
 def say(msg: str) -> None:
@@ -49,6 +50,13 @@ def prepare_repo(repo: Path) -> None:
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "sample app")
+
+
+def seed_service(cfg: Any) -> dict[str, Any]:
+    """The sandbox's seed; imported late because it imports Prefect, which reads its settings on import."""
+    from sandbox.seed import seed_service as seed
+
+    return seed(cfg)
 
 
 def commit_release(repo: Path, version: str, broken: str = "") -> str:
@@ -150,16 +158,37 @@ def stage_times(flow_run_id: Any) -> list[tuple[str, float]]:
 
 
 def report(label: str, run: Any, load: Load | None, ui: str) -> dict[str, Any]:
+    from tasks.outcome import outcome_of
+
     state = run.state
-    say(f"\n== {label}: {state.name} — {state.message or ''}")
+    say(f"\n== {label}: {state.message or state.name}")
     for name, secs in stage_times(run.id):
         say(f"   {secs:7.2f}s  {name}")
     if load is not None:
         seen = ", ".join(f"{v}: {n}" for v, n in sorted(load.versions.items()))
         say(f"   production requests: {load.sent} sent, {load.failed} failed ({seen})")
     say(f"   {ui}/runs/flow-run/{run.id}")
-    return {"label": label, "state": state.name, "failed": load.failed if load else None,
+    return {"label": label, "state": outcome_of(state), "failed": load.failed if load else None,
             "sent": load.sent if load else None, "seconds": run.total_run_time.total_seconds()}
+
+
+def test_report(service: str) -> str:
+    """The buildspec's JUnit report of the last build, as its table artifact holds it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    key = f"{service}-tests-sample-app-tests"
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      sort=ArtifactSort.CREATED_DESC, limit=1)
+    if not found:
+        return "   (no test report)"
+    data = found[0].data
+    rows = json.loads(data) if isinstance(data, str) else data if isinstance(data, list) else []
+    lines = [f"   {found[0].description}"]
+    lines += [f"     {r['status']:7} {r['test']} {r['message']}" for r in rows if isinstance(r, dict)]
+    return "\n".join(lines)
 
 
 def wait_serving(url: str, timeout: float = 120) -> None:
@@ -174,6 +203,19 @@ def wait_serving(url: str, timeout: float = 120) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s after seeding")
         time.sleep(0.5)
+
+
+def release_native(sha: str, ui: str) -> dict[str, Any]:
+    """The same commit through ECS-native blue/green (canary): strategy.type ecs-native, no CodeDeploy."""
+    from tasks.models import load_service
+
+    cfg = load_service(NATIVE_YAML)
+    seed_service(cfg)
+    prod = f"http://127.0.0.1:{cfg.load_balancer.production_listener.port}/"  # type: ignore[union-attr]
+    say(f"\nseeded {cfg.name} (ECS controller, strategy CANARY), production {prod}")
+    wait_serving(prod)
+    with Load(prod) as load:
+        return report("v2 via ECS-native blue/green (canary)", release(cfg.name, sha), load, ui)
 
 
 def release_codedeploy(sha: str, ui: str) -> dict[str, Any]:
@@ -217,9 +259,15 @@ def main() -> int:
             results.append(report("v2 (blue/green)", release(cfg.name, sha2), load2, ui))
         sha3 = commit_release(repo, "v3", broken="root")
         with Load(prod) as load3:
-            results.append(report("v3 (broken: / answers 500)", release(cfg.name, sha3), load3, ui))
+            results.append(report("v3 (broken: / answers 500; fails its tests)", release(cfg.name, sha3), load3, ui))
+        say(f"   test report: {ui}/artifacts (key {cfg.name}-tests-sample-app-tests)\n" + test_report(cfg.name))
+        sha4 = commit_release(repo, "v4", broken="config")
+        with Load(prod) as load4:
+            results.append(report("v4 (passes its tests, / answers 500 in production)", release(cfg.name, sha4),
+                                  load4, ui))
         serving = httpx.get(prod, timeout=5).text.strip()
         results.append(release_codedeploy(sha2, ui))
+        results.append(release_native(sha2, ui))
         pipeline_seconds = time.monotonic() - pipeline_started
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -233,7 +281,7 @@ def main() -> int:
     say(f"   production now answers: {serving}")
     say(f"   Prefect UI: {ui} (flow runs of deploy-service; artifacts hold each release summary)")
     ok = (
-        [r["state"] for r in results] == ["Deployed", "Deployed", "Rolled back", "Deployed"]
+        [r["state"] for r in results] == ["Deployed", "Deployed", "Failed", "Rolled back", "Deployed", "Deployed"]
         and all(r["failed"] in (0, None) for r in results)
         and serving.startswith("sample-app v2")
     )

@@ -201,6 +201,7 @@ def _start_all(
         **child_env(),
         "DOCKER_HOST": docker_host,
         "SANDBOX_REGISTRY": f"127.0.0.1:{lay.registry_port}",
+        "SANDBOX_REGISTRY_STORAGE": str(lay.state / "registry"),
         "SANDBOX_TIME_SCALE": lay.time_scale,
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
     }
@@ -274,6 +275,8 @@ def _prefect_env(lay: Layout, db: Database = "sqlite") -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_UI_ENABLED="true",
         PREFECT_SERVER_UI_ENABLED="true",
+        # The UI's own API calls: without this they go to :4200, another sandbox's server or none.
+        PREFECT_UI_API_URL=f"http://127.0.0.1:{lay.prefect_port}/api",
     )
     if db == "postgres":
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.connection_url(lay)

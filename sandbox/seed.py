@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 from sandbox.engine import BUSYBOX, SandboxError, is_static_elf
 from sandbox.layout import REPO
 from sandbox.manage import load_env
+from sandbox.seed_native import TRUST_ECS, native_service_args
 from sandbox.seed_network import (
     Clients,
     check_names,
@@ -36,7 +37,7 @@ from tasks.models import ListenerRef, ServiceConfig
 
 SAMPLE_APP = REPO / "examples" / "sample-app"
 SEED_TAG = "seed"
-CONTROLLERS = {"task-sets": "EXTERNAL", "codedeploy": "CODE_DEPLOY", "rolling": "ECS"}
+CONTROLLERS = {"task-sets": "EXTERNAL", "codedeploy": "CODE_DEPLOY", "rolling": "ECS", "ecs-native": "ECS"}
 TRUST_ECS_TASKS = {
     "Version": "2012-10-17",
     "Statement": [
@@ -311,6 +312,9 @@ def ensure_service(
             "minimumHealthyPercent": 100,
             "maximumPercent": 200,
         }
+    if cfg.strategy.type == "ecs-native":
+        role = ensure_role(aws, "ecsInfrastructureRoleForLoadBalancers", TRUST_ECS)
+        args.update(native_service_args(aws, cfg, seeded, role))
     return str(aws.ecs.create_service(**args)["service"]["serviceArn"])
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from prefect import get_run_logger
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.exceptions import FlowPauseTimeout
@@ -28,6 +29,13 @@ class ApprovalInput(RunInput):
     comment: str = ""
 
 
+@task(
+    name="approval",
+    task_run_name="approval {service}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    log_prints=True,
+)
 def request_approval(
     service: str,
     summary_markdown: str,
@@ -36,7 +44,12 @@ def request_approval(
     poll_interval_seconds: int = 5,
     revision: str | None = None,
 ) -> ApprovalInput:
-    """Pause the current flow run until someone approves; raise unless they do."""
+    """Pause the current flow run until someone approves; raise unless they do.
+
+    A task of its own, so the gate is a node in the run's graph: a person sees
+    where the release waits, for how long, and (failed) that the answer was no.
+    Never cached: a retried run asks again.
+    """
     context = FlowRunContext.get()
     if context is None or context.flow_run is None:
         raise RuntimeError("request_approval must be called inside a flow run")

@@ -132,10 +132,11 @@ def describe_task_set(ecs: Any, cluster: str, service: str, task_set: str) -> di
 
 def stopped_task_reasons(ecs: Any, cluster: str, task_definition: str, since: float) -> list[str]:
     """Why tasks of this task definition stopped after ``since``, as ECS reports it."""
-    arns = ecs.list_tasks(cluster=cluster, desiredStatus="STOPPED").get("taskArns", [])
-    if not arns:
-        return []
-    tasks = ecs.describe_tasks(cluster=cluster, tasks=arns[:100]).get("tasks", [])
+    family = task_definition.rsplit("/", 1)[-1].split(":", 1)[0]
+    pages = ecs.get_paginator("list_tasks").paginate(cluster=cluster, desiredStatus="STOPPED", family=family)
+    arns = [arn for page in pages for arn in page.get("taskArns", [])]
+    tasks = [t for i in range(0, len(arns), 100)
+             for t in ecs.describe_tasks(cluster=cluster, tasks=arns[i:i + 100]).get("tasks", [])]
     reasons = []
     for t in tasks:
         if t.get("taskDefinitionArn") != task_definition:

@@ -15,9 +15,9 @@ from tasks.errors import ConfigError
 from tasks.models import ServiceConfig
 
 Outcome = Literal["ok", "failed", "skipped", "held"]
-# Final state names of deploy-service and what they mean for the fleet.
-OK_STATES = frozenset({"Deployed", "No change", "Completed"})
-SKIPPED_STATES = frozenset({"Superseded", "Not newer than live", "Cancelled"})
+# deploy-service outcomes (tasks/outcome.py: the lead of the final state's message) for the fleet.
+OK_OUTCOMES = frozenset({"Deployed", "No change"})
+SKIPPED_OUTCOMES = frozenset({"Superseded", "Not newer than live"})
 
 
 def select_services(configs: Sequence[ServiceConfig], patterns: Iterable[str] | None) -> list[ServiceConfig]:
@@ -42,11 +42,14 @@ def plan_waves(names: Sequence[str], max_parallel: int) -> list[list[str]]:
     return [list(names[i : i + max_parallel]) for i in range(0, len(names), max_parallel)]
 
 
-def classify(state_type: str | None, state_name: str | None) -> Outcome:
-    """A deploy-service run's final state, for the fleet: deployed (or nothing to do), given way, or failed."""
-    if state_type == "COMPLETED" or state_name in OK_STATES:
+def classify(state_type: str | None, outcome: str | None) -> Outcome:
+    """A deploy-service run's end, for the fleet: deployed (or nothing to do), given way, or failed.
+
+    A run cancelled by a person, a crash or a rollback all leave the service not released: failed.
+    """
+    if state_type == "COMPLETED" or outcome in OK_OUTCOMES:
         return "ok"
-    if state_type == "CANCELLED" and state_name in SKIPPED_STATES:
+    if state_type == "CANCELLED" and outcome in SKIPPED_OUTCOMES:
         return "skipped"
     return "failed"
 

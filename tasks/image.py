@@ -106,8 +106,8 @@ def _build_failed(spec: BuildSpec, reason: str, tail: deque[str]) -> BuildError:
     return BuildError(f"docker build of {spec.dockerfile} ({spec.tag}) failed: {reason}{last}")
 
 
-def _follow_build(stream: Iterable[dict[str, Any]], spec: BuildSpec, log: Log) -> str | None:
-    """Log the build as it runs; the image ID it reports, or a BuildError."""
+def _follow_build(stream: Iterable[dict[str, Any]], spec: BuildSpec, log: Log) -> tuple[str | None, int]:
+    """Log the build as it runs (to LOG, the detail level); the image ID it reports and its step count."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     deadline = time.monotonic() + spec.timeout_seconds
     image_id: str | None = None
@@ -126,10 +126,12 @@ def _follow_build(stream: Iterable[dict[str, Any]], spec: BuildSpec, log: Log) -
                     spec, f"took longer than {spec.timeout_seconds}s (build.timeout_seconds)", tail
                 )
 
+    steps = 0
     for line in _lines(texts()):
         tail.append(line)
+        steps += line.startswith("Step ")
         log(line)
-    return image_id
+    return image_id, steps
 
 
 def _explain(exc: docker.errors.APIError) -> str:
@@ -137,13 +139,19 @@ def _explain(exc: docker.errors.APIError) -> str:
     return str(exc.explanation or f"HTTP {exc.status_code}")
 
 
-def build_image(docker_client: docker.DockerClient, spec: BuildSpec, log: Log) -> BuiltImage:
+def build_image(
+    docker_client: docker.DockerClient, spec: BuildSpec, log: Log, detail: Log | None = None
+) -> BuiltImage:
     """Build SPEC's context with its Dockerfile, labels and args; tag it SPEC.tag.
 
+    The daemon's output goes to DETAIL (default LOG: a run logger's debug
+    level keeps the INFO log to one line per build); the summary to LOG.
     Build args end up in the image history: pass secrets some other way.
     """
     _check_inputs(spec)
-    log(f"building {spec.tag} from {spec.context_dir} ({spec.dockerfile})")
+    detail = detail or log
+    started = time.monotonic()
+    detail(f"building {spec.tag} from {spec.context_dir} ({spec.dockerfile})")
     try:
         stream = docker_client.api.build(
             path=str(spec.context_dir),
@@ -156,7 +164,7 @@ def build_image(docker_client: docker.DockerClient, spec: BuildSpec, log: Log) -
             decode=True,
             timeout=spec.timeout_seconds,
         )
-        reported = _follow_build(stream, spec, log)
+        reported, steps = _follow_build(stream, spec, detail)
         image_id = str(docker_client.api.inspect_image(spec.tag)["Id"])
     except docker.errors.APIError as exc:
         if exc.status_code is not None and exc.status_code < 500:
@@ -166,7 +174,8 @@ def build_image(docker_client: docker.DockerClient, spec: BuildSpec, log: Log) -
         raise TransientError(f"docker daemon unreachable or timed out building {spec.tag}") from exc
     if reported is not None and reported != image_id:
         raise BuildError(f"{spec.tag} points at {image_id}, not the image just built ({reported})")
-    log(f"built {spec.tag} ({image_id[:19]})")
+    took = time.monotonic() - started
+    log(f"built {spec.tag} ({image_id[:19]}) in {took:.1f} s, {steps} step{'' if steps == 1 else 's'}")
     return BuiltImage(image_id=image_id, tag=spec.tag)
 
 
@@ -199,8 +208,8 @@ def _push_error(ref: str, message: str) -> PushError | TransientError:
     return PushError(f"registry refused {ref}: {message}{hint}")
 
 
-def _follow_push(stream: Iterable[dict[str, Any]], ref: str, log: Log) -> str | None:
-    """Log status changes (not every progress tick); the digest the push reports."""
+def _follow_push(stream: Iterable[dict[str, Any]], ref: str, log: Log) -> tuple[str | None, int]:
+    """Log status changes (not every progress tick); the digest the push reports and the layer count."""
     last_status: dict[str, str] = {}
     digest: str | None = None
     for item in stream:
@@ -219,7 +228,7 @@ def _follow_push(stream: Iterable[dict[str, Any]], ref: str, log: Log) -> str | 
         elif last_status.get(str(layer)) != status:
             last_status[str(layer)] = status
             log(f"{layer}: {status}")
-    return digest
+    return digest, len(last_status)
 
 
 def _registry_digest(docker_client: docker.DockerClient, ref: str, auth: RegistryAuth) -> str:
@@ -227,15 +236,22 @@ def _registry_digest(docker_client: docker.DockerClient, ref: str, auth: Registr
     return str(found["Descriptor"]["digest"])
 
 
-def push_image(docker_client: docker.DockerClient, ref: str, auth: RegistryAuth, log: Log) -> str:
-    """Push REF (repository:tag); the manifest digest the registry now serves for it."""
+def push_image(
+    docker_client: docker.DockerClient, ref: str, auth: RegistryAuth, log: Log, detail: Log | None = None
+) -> str:
+    """Push REF (repository:tag); the manifest digest the registry now serves for it.
+
+    Layer progress goes to DETAIL (default LOG), the one-line summary to LOG.
+    """
     repository, tag = split_ref(ref)
-    log(f"pushing {ref}")
+    detail = detail or log
+    started = time.monotonic()
+    detail(f"pushing {ref}")
     try:
         stream = docker_client.api.push(
             repository, tag=tag, stream=True, decode=True, auth_config=auth.auth_config()
         )
-        pushed = _follow_push(stream, ref, log)
+        pushed, layers = _follow_push(stream, ref, detail)
         served = _registry_digest(docker_client, ref, auth)
     except docker.errors.APIError as exc:
         if exc.status_code is not None and exc.status_code >= 500:
@@ -245,5 +261,6 @@ def push_image(docker_client: docker.DockerClient, ref: str, auth: RegistryAuth,
         raise TransientError(f"docker daemon unreachable or timed out pushing {ref}") from exc
     if pushed is not None and pushed != served:
         raise PushError(f"pushed {ref} as {pushed} but the registry serves {served}; push again")
+    detail(f"{layers} layer{'' if layers == 1 else 's'} in {time.monotonic() - started:.1f} s")
     log(f"pushed {ref} ({served})")
     return served

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tasks import appspec, taskdef
+from tasks import buildspec as specs
 from tasks.errors import ConfigError
 from tasks.inputs import check_relative, confined, parse_yaml, read_text
 
@@ -38,6 +39,32 @@ class Build(_Model):
     dockerfile: str = "Dockerfile"
     args: dict[str, str] = Field(default_factory=dict)
     timeout_seconds: Annotated[int, Field(ge=10, le=7200)] = 900
+    buildspec: str | dict[str, Any] | None = Field(
+        default=None, description="buildspec.yml path in the repository, or the buildspec inline (YAML)"
+    )
+    image: str | None = Field(default=None, min_length=1, description="build image: run the buildspec in it")
+
+    @field_validator("buildspec")
+    @classmethod
+    def _buildspec(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if value is None:
+            return None
+        if isinstance(value, str) and "\n" not in value.strip():
+            return check_relative(value, "build.buildspec")  # a file of the commit, read after checkout
+        inline = specs.load_buildspec if isinstance(value, str) else specs.parse_buildspec
+        try:
+            inline(value, "inline buildspec")  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+    def inline_buildspec(self) -> specs.BuildSpec | None:
+        """The buildspec written in the service YAML (None: none, or a file of the repository)."""
+        if isinstance(self.buildspec, dict):
+            return specs.parse_buildspec(self.buildspec, "inline buildspec")
+        if isinstance(self.buildspec, str) and "\n" in self.buildspec.strip():
+            return specs.load_buildspec(self.buildspec, "inline buildspec")
+        return None
 
 
 class Ecr(_Model):
@@ -82,8 +109,14 @@ class Traffic(_Model):
 
 
 class Strategy(_Model):
-    type: Literal["task-sets", "codedeploy", "rolling"] = "task-sets"
+    type: Literal["task-sets", "codedeploy", "rolling", "ecs-native"] = "task-sets"
     traffic: Traffic = Field(default_factory=Traffic)
+    wait_until: Literal["done", "traffic-shifted"] = Field(
+        default="done", description="ecs-native: follow ECS through the bake and clean-up, or stop once "
+        "production moved (ECS finishes; the next run picks the deployment up)")
+    pause_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = Field(
+        default=3600, description="ecs-native: how long ECS holds production at the verification pause "
+        "before it rolls back on its own")
     codedeploy_application: str | None = None
     codedeploy_group: str | None = None
     appspec: str | None = Field(default=None, description="appspec.yml path, for codedeploy")
@@ -184,7 +217,7 @@ class ServiceConfig(_Model):
     @model_validator(mode="after")
     def _strategy_needs(self) -> ServiceConfig:
         kind = self.strategy.type
-        if kind in ("task-sets", "codedeploy") and self.load_balancer is None:
+        if kind in ("task-sets", "codedeploy", "ecs-native") and self.load_balancer is None:
             raise ValueError(
                 f"strategy.type {kind} needs load_balancer "
                 f"(production_listener, test_listener, target_groups); add it or use rolling"

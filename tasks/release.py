@@ -12,7 +12,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from prefect import get_run_logger
 
-from tasks import ecr, image, source
+from tasks import codebuild, ecr, handover, image, source
 from tasks.aws import AwsClients, docker_client
 from tasks.ecs import LiveRelease, describe_release, describe_service, live_task_definition
 from tasks.errors import ConfigError
@@ -41,10 +41,15 @@ class Target:
 
 @dataclass(frozen=True)
 class StageResult:
-    """A stage's output and whether it did the work (False: it found it done already)."""
+    """A stage's output and whether it did the work (False: it found it done already).
+
+    ``pushed``: the build pushed the image itself (a buildspec's post_build); ``notes`` go to the summary.
+    """
 
     value: str
     done: bool
+    pushed: bool = False
+    notes: tuple[str, ...] = ()
 
 
 def live_release(cfg: ServiceConfig, clients: AwsClients) -> LiveRelease:
@@ -84,15 +89,26 @@ def image_in_ecr(cfg: ServiceConfig, clients: AwsClients, sha: str) -> tuple[str
 
 
 @stage("build", "build {cfg.name}@{sha:.7}")
-def build(cfg: ServiceConfig, clients: AwsClients, sha: str) -> StageResult:
-    """docker build at the SHA; skipped when ECR already has the image for it."""
+def build(cfg: ServiceConfig, clients: AwsClients, sha: str, force: bool = False) -> StageResult:
+    """The buildspec (when set), then docker build at the SHA unless the buildspec pushed an image itself.
+
+    Skipped, buildspec included, when ECR already has the image for the SHA (unless FORCE).
+    """
     log = get_run_logger()
     uri, found = image_in_ecr(cfg, clients, sha)
-    if found:
+    if found and not force:
         log.info("image for %s already in ECR: build skipped", sha[:7])
         return StageResult(found, done=False)
     tree = source.checkout(cfg.repo_location, sha, clients.settings.cache / "git")
-    spec = image.BuildSpec(
+    notes: tuple[str, ...] = ()
+    spec = codebuild.buildspec_for(cfg, tree, sha)
+    if spec is not None:
+        ran = codebuild.run_buildspec(cfg, clients, spec, sha, tree, uri, log.info)
+        notes = tuple(ran.notes())
+        if ran.image_definitions is not None:
+            ref = handover.adopt_image(cfg, clients, sha, uri, ran.image_definitions, log.info)
+            return StageResult(ref, done=True, pushed=True, notes=notes)
+    docker_build = image.BuildSpec(
         context_dir=tree / cfg.build.context,
         dockerfile=cfg.build.dockerfile,
         tag=f"{uri}:{sha}",
@@ -100,22 +116,25 @@ def build(cfg: ServiceConfig, clients: AwsClients, sha: str) -> StageResult:
         labels=image.oci_labels(sha, cfg.source.repo, None),
         timeout_seconds=cfg.build.timeout_seconds,
     )
-    built = image.build_image(docker_client(), spec, log.info)
-    return StageResult(built.tag, done=True)
+    built = image.build_image(docker_client(), docker_build, log.info, detail=log.debug)
+    return StageResult(built.tag, done=True, notes=notes)
 
 
 @stage("push", "push {cfg.name}@{sha:.7}")
-def push(cfg: ServiceConfig, clients: AwsClients, sha: str, built: StageResult) -> StageResult:
-    """Push to ECR and pin the image by digest; nothing to do when ECR has it."""
+def push(cfg: ServiceConfig, clients: AwsClients, sha: str, built: StageResult, force: bool = False) -> StageResult:
+    """Push to ECR and pin the image by digest; nothing to do when ECR has it (or the buildspec pushed it)."""
     log = get_run_logger()
+    if built.pushed:
+        log.info("the buildspec pushed %s: push skipped", built.value)
+        return StageResult(built.value, done=False)
     uri, found = image_in_ecr(cfg, clients, sha)
-    if found:
+    if found and not (force and built.done):
         log.info("image for %s already in ECR: push skipped", sha[:7])
         return StageResult(found, done=False)
     if not built.done:
         raise ConfigError(f"no image for {sha[:7]} in ECR and nothing built to push", service=cfg.name)
     auth = ecr.registry_auth(clients.get("ecr"))
-    digest = image.push_image(docker_client(), built.value, auth, log.info)
+    digest = image.push_image(docker_client(), built.value, auth, log.info, detail=log.debug)
     ref = image.image_with_digest(uri, digest)
     log.info("pushed %s", ref)
     return StageResult(ref, done=True)

@@ -26,9 +26,33 @@ def resource(service: str) -> dict[str, str]:
     }
 
 
+def related(payload: dict[str, Any]) -> list[dict[str, str]]:
+    """The release and the reason as related resources: the UI's event page shows their names."""
+    found = []
+    sha = payload.get("sha")
+    if sha:
+        found.append({"prefect.resource.id": f"ecs-pipeline.commit.{sha}",
+                      "prefect.resource.role": "commit", "prefect.resource.name": str(sha)[:7]})
+    for role in ("reason", "traffic"):
+        text = payload.get(role)
+        if text:
+            found.append({"prefect.resource.id": f"ecs-pipeline.{role}",
+                          "prefect.resource.role": role, "prefect.resource.name": str(text)[:300]})
+    return found
+
+
 def emit(service: str, what: str, **payload: Any) -> None:
-    """``ecs-pipeline.deploy.<what>`` on resource ``ecs-pipeline.service.<service>``."""
-    emit_event(event=f"{EVENT_PREFIX}.{what}", resource=resource(service), payload=payload)
+    """``ecs-pipeline.deploy.<what>`` on resource ``ecs-pipeline.service.<service>``.
+
+    The payload keeps every detail for automations; the reason, commit and
+    traffic are also resource labels and related resources, which the UI's
+    event list and page show without opening the raw event.
+    """
+    labels = resource(service)
+    for key in ("sha", "reason", "traffic"):
+        if payload.get(key):
+            labels[f"ecs-pipeline.{key}"] = str(payload[key])[:300]
+    emit_event(event=f"{EVENT_PREFIX}.{what}", resource=labels, payload=payload, related=related(payload))
 
 
 def artifact_key(service: str, kind: str) -> str:
@@ -50,6 +74,7 @@ class ReleaseSummary:
     traffic: str = "unchanged"
     outcome: str = "in progress"
     reason: str | None = None
+    live_sha: str | None = None  # the commit production serves once this run is over
     stage_seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -74,10 +99,12 @@ class ReleaseSummary:
             ),
             ("Strategy", self.strategy),
             ("Production traffic", self.traffic),
+            ("Live commit", f"`{self.live_sha[:12]}`" if self.live_sha else "-"),
         ]
         if self.reason:
-            rows.append(("Reason", self.reason))
-        lines = [f"# Release of {self.service}", "", "| | |", "|---|---|"]
+            rows.insert(2, ("Reason", self.reason.replace("|", "\\|").replace("\n", " ")))
+        release = f"{self.service}@{self.sha[:7]}" if self.sha else self.service
+        lines = [f"# {release}: {self.outcome}", "", "| | |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in rows]
         lines += ["", "| stage | seconds |", "|---|---:|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in self.stage_seconds.items()]
@@ -89,7 +116,8 @@ class ReleaseSummary:
         create_markdown_artifact(
             key=artifact_key(self.service, "release"),
             markdown=self.markdown(),
-            description=f"{self.service}: {self.outcome}",
+            description=f"{self.service}@{(self.sha or '?')[:7]}: {self.outcome}"
+            + (f": {self.reason[:200]}" if self.reason else ""),
         )
 
 

@@ -259,8 +259,14 @@ def already_started(client: SyncPrefectClient, service: str, sha: str) -> FlowRu
     """
     states = [*WAITING, StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
     runs = read_service_runs(client, service, states, sha=sha)
-    counted = [r for r in runs if r.state_type != StateType.CANCELLED or r.state_name == NOT_NEWER]
+    counted = [r for r in runs if r.state_type != StateType.CANCELLED or _refused(r)]
     return counted[-1] if counted else None
+
+
+def _refused(run: FlowRun) -> bool:
+    """Refused as not newer than live: the outcome leads the state message (older runs: the state name)."""
+    message = run.state.message if run.state else None
+    return run.state_name == NOT_NEWER or (message or "").startswith(NOT_NEWER + ":")
 
 
 def ensure_run_tags(flow_run_id: UUID | str, service: str, sha: str | None) -> None:

@@ -32,6 +32,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_MAX_ATTEMPTS = 10
 
 
+# What a buildspec's commands inherit from the worker (as a CodeBuild build gets its image's
+# PATH and the project role's credentials); nothing else of the worker's environment.
+BUILD_HOST_ENV = (
+    "PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH",
+    "DOCKER_CONFIG", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+)
+
+
+def _build_host_env() -> dict[str, str]:
+    return {name: value for name in BUILD_HOST_ENV if (value := os.environ.get(name))}
+
+
 def _default_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ecs-pipeline"
 
@@ -72,6 +87,9 @@ class Settings(BaseSettings):
     cache: Path = Field(default_factory=_default_cache)
     artifacts_dir: Path = Path("artifacts")
     time_scale: float = Field(default=1.0, gt=0)
+    build_host_env: dict[str, str] = Field(
+        default_factory=_build_host_env, repr=False, description="what buildspec commands inherit (BUILD_HOST_ENV)"
+    )
     lock_stale_seconds: float = Field(
         default=30.0, ge=5, description="a release whose heartbeat is older than this has died: its service is freed"
     )

@@ -122,7 +122,7 @@ def verify_green(cfg: ServiceConfig, clients: AwsClients, routing: Routing, gree
         log.info(lines[-1])
     if cfg.verify.target_health:
         n = verify.check_target_health(clients.get("elbv2"), green.target_group, 1)
-        lines.append(f"{n} healthy targets")
+        lines.append(f"{n} healthy target{'' if n == 1 else 's'}")
     verify.check_alarms(clients.get("cloudwatch"), cfg.verify.alarms)
     return lines
 
@@ -225,7 +225,7 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: 
     if green.blue_target_group:
         traffic.set_weights(elbv2, routing.production_listener, {green.blue_target_group: 100})
         traffic.set_weights(elbv2, routing.test_listener, {green.blue_target_group: 100})
-        log.info("production back to 100%% blue")
+        log.info("production back to 100% blue")
     # A failure inside deploy green leaves a task set the caller never heard of: look it up.
     existing = ecs_ops.find_task_set(_service(cfg, clients), green.task_definition)
     task_set = green.task_set or (existing["taskSetArn"] if existing else None)

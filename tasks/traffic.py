@@ -71,7 +71,11 @@ def resolve_routing(elbv2: Any, lb: LoadBalancer) -> Routing:
 
 def get_weights(elbv2: Any, listener_arn: str) -> dict[str, int]:
     """Target group ARN → weight of the listener's default forward action."""
-    listener = elbv2.describe_listeners(ListenerArns=[listener_arn])["Listeners"][0]
+    return weights_of(elbv2.describe_listeners(ListenerArns=[listener_arn])["Listeners"][0])
+
+
+def weights_of(listener: dict[str, Any]) -> dict[str, int]:
+    """Target group ARN → percent of the listener's default forward action (pure: a DescribeListeners item)."""
     weights: dict[str, int] = {}
     for action in listener.get("DefaultActions", []):
         if action.get("Type") != "forward":

@@ -95,7 +95,8 @@ def check_target_health(elbv2: Any, target_group: str, expected: int) -> int:
     healthy, others = unhealthy_targets(elbv2, target_group)
     if healthy < expected:
         detail = "; ".join(others) or "no targets registered"
-        raise VerifyFailed(f"target group has {healthy} of {expected} healthy targets: {detail}")
+        plural = "" if expected == 1 else "s"
+        raise VerifyFailed(f"target group has {healthy} of {expected} healthy target{plural}: {detail}")
     return healthy
 
 

@@ -1,13 +1,23 @@
-"""Test session set-up: one sandbox (Docker engine, registry, AWS endpoint, Prefect server).
+"""Test session set-up: a sandbox of its own (AWS endpoint, registry, Prefect server), stopped at the end.
 
-``python -m sandbox up`` is idempotent and answers in about a second when
-everything already runs, so every session calls it and loads its env file
-before Prefect or boto3 read their settings. Tests talk to it over HTTP.
+The tests never write into the sandbox a person is looking at (``make demo``'s
+runs, artifacts and concurrency limits stay as they were): the session starts
+``python -m sandbox up`` with ``SANDBOX_DIR=<sandbox>/test`` on free loopback
+ports, sharing the Docker engine of the outer sandbox when one answers, loads
+that env file before Prefect or boto3 read their settings, and runs ``down``
+for it when the session ends, failed or not. Its state is wiped at the start,
+so every session begins with an empty Prefect server.
+
+``ECS_PIPELINE_TESTS_SANDBOX=shared`` uses the outer sandbox instead (started
+if needed and left running): quicker when iterating on one test file.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -17,6 +27,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PORT_VARS = ("SANDBOX_AWS_PORT", "SANDBOX_REGISTRY_PORT", "SANDBOX_PREFECT_PORT")
+_stop: list[Callable[[], None]] = []
 
 
 def _load_env(path: Path) -> None:
@@ -26,14 +38,84 @@ def _load_env(path: Path) -> None:
             os.environ[key.strip()] = value.strip()
 
 
+def _read_env(path: Path) -> dict[str, str]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, sep, v in (line.partition("=") for line in lines) if sep}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _outer_engine(outer: Path) -> str | None:
+    """The outer sandbox's Docker engine when it answers: shared, so no second dockerd starts."""
+    import docker
+
+    address = _read_env(outer / "env").get("DOCKER_HOST")
+    if not address:
+        return None
+    try:
+        client = docker.DockerClient(base_url=address, timeout=5)
+        client.ping()
+        client.close()
+    except Exception:  # noqa: BLE001 - no answer: the test sandbox starts its own engine
+        return None
+    return address
+
+
+def _sandbox(command: str, env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-m", "sandbox", command], cwd=ROOT, env=env, check=command == "up")
+
+
+def session_sandbox() -> dict[str, str]:
+    """The environment of a sandbox for this session only; its `down` is registered."""
+    outer = Path(os.environ.get("SANDBOX_DIR") or ROOT / ".sandbox").resolve()
+    state = outer / "test"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+    env["SANDBOX_DIR"] = str(state)
+    shared = _outer_engine(outer)
+    if shared and "DOCKER_HOST" not in os.environ:
+        env["DOCKER_HOST"] = shared
+    _sandbox("down", env)  # what a killed session left
+    shutil.rmtree(state, ignore_errors=True)
+    env.update({var: str(_free_port()) for var in PORT_VARS})
+    stopped: list[bool] = []
+
+    def stop() -> None:
+        if not stopped:
+            stopped.append(True)
+            _sandbox("down", env)
+
+    atexit.register(stop)
+    _stop.append(stop)
+    _sandbox("up", env)
+    return env
+
+
 def pytest_configure(config: object) -> None:
     if os.environ.get("ECS_PIPELINE_TESTS_NO_SANDBOX"):
         return
-    subprocess.run([sys.executable, "-m", "sandbox", "up"], cwd=ROOT, check=True)
-    state = Path(os.environ.get("SANDBOX_DIR", ROOT / ".sandbox"))
+    if os.environ.get("ECS_PIPELINE_TESTS_SANDBOX") == "shared":
+        subprocess.run([sys.executable, "-m", "sandbox", "up"], cwd=ROOT, check=True)
+        state = Path(os.environ.get("SANDBOX_DIR", ROOT / ".sandbox"))
+    else:
+        env = session_sandbox()
+        state = Path(env["SANDBOX_DIR"])
+        os.environ.update({k: env[k] for k in ("SANDBOX_DIR", *PORT_VARS)})
     _load_env(state / "env")
     os.environ.setdefault("AWS_MAX_ATTEMPTS", "2")
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+
+
+def pytest_unconfigure(config: object) -> None:
+    """Stop the session's sandbox even when tests failed or the run was interrupted."""
+    while _stop:
+        _stop.pop()()
 
 
 @pytest.fixture

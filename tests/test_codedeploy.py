@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from flows.pipeline import deploy_service
+from tasks.outcome import outcome_of
 from tests.release_helpers import ROOT, ServiceUnderTest, aws, make_service
 from tests.test_pipeline import release_artifact
 
@@ -105,8 +106,8 @@ def test_canary_release_succeeds_and_removes_the_original(deployments_dir: Path)
     seed_serving(sut)
     with watching(sut) as seen:
         state = deploy(sut.name)
-    assert state.name == "Deployed", state.message
-    assert state.message == f"{sut.name}@{state.result()['sha'][:7]} serves 100% of production"
+    assert outcome_of(state) == "Deployed", state.message
+    assert state.message == f"Deployed: {sut.name}@{state.result()['sha'][:7]} serves 100% of production"
     assert all("sample-app v1" in sut.get("/").text for _ in range(5))
     assert {"200 sample-app seed: hello from ecs-pipeline", "200 sample-app v1: hello from ecs-pipeline"} <= set(seen)
     assert seen[-1].startswith("200 sample-app v1"), "no going back once production moved"
@@ -125,7 +126,7 @@ def test_canary_release_succeeds_and_removes_the_original(deployments_dir: Path)
     for stage in stages:
         assert f"| {stage} |" in summary
     assert "| Production traffic | 100% green |" in summary
-    assert deploy(sut.name).name == "No change"
+    assert outcome_of(deploy(sut.name)) == "No change"
 
 
 def test_a_deployment_in_progress_for_another_revision_blocks_the_release(deployments_dir: Path) -> None:
@@ -141,7 +142,7 @@ def test_a_deployment_in_progress_for_another_revision_blocks_the_release(deploy
                   "appSpecContent": {"content": appspec.replace("<TASK_DEFINITION>", other_td)}},
     )["deploymentId"]
     state = deploy(sut.name)
-    assert state.is_failed() and state.name != "Rolled back", state.message
+    assert state.is_failed() and outcome_of(state) != "Rolled back", state.message
     assert f"deployment {other} ({other_td}) is still " in (state.message or "")
     assert "blocks this release; let it finish or stop it" in (state.message or "")
     assert [d["deploymentId"] for d in deployments(sut)] == [other], "no second deployment raced it"
@@ -157,7 +158,7 @@ def test_failed_test_listener_check_stops_before_production_moves(deployments_di
     sut.commit("v2-broken", broken="root")
     with watching(sut) as seen:
         state = deploy(sut.name)
-    assert state.is_failed() and state.name == "Rolled back", state.message
+    assert state.is_failed() and outcome_of(state) == "Rolled back", state.message
     message = state.message or ""
     # Either our StopDeployment after the failed check, or CodeDeploy's own stop on the
     # 5xx alarm those checks feed, ends it; both reasons are in the message when both happened.
@@ -190,7 +191,7 @@ def test_alarm_during_the_canary_rolls_back(deployments_dir: Path) -> None:
     sut.commit("v2-500", broken="root")  # / answers 500, /health is fine
     with watching(sut) as seen:
         state = deploy(sut.name)
-    assert state.name == "Rolled back", state.message
+    assert outcome_of(state) == "Rolled back", state.message
     assert f"{sut.name}-5xx" in (state.message or "")
     # CodeDeploy stops on the alarm, or our watch sees it first and stops the deployment:
     # either way the alarm is the reason given.

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
 from flows.operations import diff_service
 from tasks.appspec import render_appspec
@@ -49,9 +49,15 @@ def test_a_repos_taskdef_and_appspec_render_as_codepipeline_fills_them() -> None
     )
 
 
-def read_artifact(key: str) -> str:
+def read_artifact(key: str, flow_run_id: Any) -> str:
+    """KEY's artifact written by that flow run (the demo writes the same keys: never just the latest)."""
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=1)
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+            ),
+            limit=1,
+        )
     return str(found[0].data) if found else ""
 
 
@@ -63,14 +69,15 @@ def test_written_as_files_and_prefect_artifacts(tmp_path: Path, monkeypatch: pyt
     def release_files() -> list[str]:
         return write_interop_files(cfg, IMAGE, tmp_path / "out")
 
-    paths = release_files()
+    state = release_files(return_state=True)
+    paths, run_id = state.result(), state.state_details.flow_run_id
     folder = tmp_path / "out" / "sample-app"
     assert paths == [str(folder / IMAGE_DEFINITIONS), str(folder / IMAGE_DETAIL)]
     assert json.loads((folder / IMAGE_DEFINITIONS).read_text()) == [{"name": "web", "imageUri": IMAGE}]
     assert json.loads((folder / IMAGE_DETAIL).read_text()) == {"ImageURI": IMAGE}
     assert sorted(p.name for p in folder.iterdir()) == [IMAGE_DETAIL, IMAGE_DEFINITIONS]
-    assert json.dumps([{"name": "web", "imageUri": IMAGE}]) in read_artifact("sample-app-imagedefinitions")
-    assert json.dumps({"ImageURI": IMAGE}) in read_artifact("sample-app-imagedetail")
+    assert json.dumps([{"name": "web", "imageUri": IMAGE}]) in read_artifact("sample-app-imagedefinitions", run_id)
+    assert json.dumps({"ImageURI": IMAGE}) in read_artifact("sample-app-imagedetail", run_id)
 
 
 @pytest.mark.parametrize(

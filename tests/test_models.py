@@ -43,7 +43,8 @@ def test_sample_config_is_valid() -> None:
     ("mutate", "field", "reason"),
     [
         (lambda d: d["ecs"].update(container_port=70000), "ecs.container_port", "less than or equal to 65535"),
-        (lambda d: d["strategy"].update(type="blue-green"), "strategy.type", "'task-sets', 'codedeploy' or 'rolling'"),
+        (lambda d: d["strategy"].update(type="blue-green"), "strategy.type",
+         "'task-sets', 'codedeploy', 'rolling' or 'ecs-native'"),
         (lambda d: d["strategy"]["traffic"].pop("percent"), "strategy.traffic", "canary needs percent"),
         (lambda d: d["load_balancer"].update(target_groups=["a", "a"]), "load_balancer", "two different target groups"),
         (lambda d: d.pop("load_balancer"), "(top level)", "needs load_balancer"),
@@ -88,7 +89,7 @@ def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
 def test_every_shipped_service_loads() -> None:
     """deployments/*.yaml with their templates pass every load-time check; the repo may live outside."""
     configs = load_all_services(SAMPLE.parent)
-    assert sorted(c.name for c in configs) == ["sample-app", "sample-app-cd"]
+    assert sorted(c.name for c in configs) == ["sample-app", "sample-app-cd", "sample-app-native"]
     assert all(c.repo_location.endswith("/.sandbox/repos/sample-app") for c in configs)
 
 

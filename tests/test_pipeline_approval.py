@@ -18,6 +18,7 @@ from prefect.client.schemas.objects import StateType
 
 from flows.pipeline import deploy_service
 from tasks.approval import approve_run
+from tasks.outcome import outcome_of
 from tests.release_helpers import ServiceUnderTest
 
 
@@ -50,7 +51,7 @@ def test_approved_release_waits_then_goes_live(new_service: Callable[..., Servic
     first, out = release_in_background(sut.name)
     approve_run(paused_run(sut.name).id, approve=True, comment="first release")
     first.join(180)
-    assert out["state"].name == "Deployed", out["state"]
+    assert outcome_of(out["state"]) == "Deployed", out["state"]
 
     sut.commit("v2")
     second, out = release_in_background(sut.name)
@@ -59,7 +60,7 @@ def test_approved_release_waits_then_goes_live(new_service: Callable[..., Servic
     assert all("v1" in sut.get("/").text for _ in range(10)), "production has not moved"
     approve_run(run.id, approve=True)
     second.join(180)
-    assert out["state"].name == "Deployed", out["state"]
+    assert outcome_of(out["state"]) == "Deployed", out["state"]
     assert "v2" in sut.get("/").text
 
 
@@ -72,7 +73,7 @@ def test_rejected_release_rolls_back(new_service: Callable[..., ServiceUnderTest
     second, out = release_in_background(sut.name)
     approve_run(paused_run(sut.name).id, approve=False, comment="not on a Friday")
     second.join(180)
-    assert out["state"].name == "Rolled back", out["state"]
+    assert outcome_of(out["state"]) == "Rolled back", out["state"]
     assert "Release rejected: not on a Friday" in (out["state"].message or "")
     assert "v1" in sut.get("/").text
     assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]

@@ -24,6 +24,7 @@ from flows.cli import main
 from flows.pipeline import deploy_service
 from flows.push_runs import PrefectRunStarter
 from flows.webhook import create_app
+from tasks.outcome import outcome_of
 from tasks.pushes import sign_github
 from tasks.runs import cancel_waiting_runs, commit_order_for
 from tasks.settings import Settings
@@ -49,7 +50,7 @@ def mutating_calls_since(position: int) -> list[str]:
 @pytest.fixture
 def live_v1(new_service: Callable[..., ServiceUnderTest]) -> ServiceUnderTest:
     sut = new_service()
-    assert deploy_service(sut.name, return_state=True).name == "Deployed"
+    assert outcome_of(deploy_service(sut.name, return_state=True)) == "Deployed"
     return sut
 
 
@@ -79,11 +80,11 @@ def test_older_commit_is_refused_unless_asked_for(
 ) -> None:
     sha1 = git(live_v1.repo, "rev-parse", "HEAD")
     live_v1.commit("v2")
-    assert deploy_service(live_v1.name, return_state=True).name == "Deployed"
+    assert outcome_of(deploy_service(live_v1.name, return_state=True)) == "Deployed"
 
     before = request_log_position()
     refused = deploy_service(live_v1.name, sha=sha1, return_state=True)
-    assert refused.type == StateType.CANCELLED and refused.name == "Not newer than live", refused
+    assert refused.type == StateType.CANCELLED and outcome_of(refused) == "Not newer than live", refused
     assert "--allow-older" in (refused.message or "")
     assert mutating_calls_since(before) == []
     assert "v2" in live_v1.get("/").text
@@ -164,7 +165,7 @@ def test_replayed_older_push_never_displaces_the_newer_commit(
     app = create_app([sut.cfg], WebhookSecrets({"github": SECRET}), starter)
     with serving(app) as url, get_client(sync_client=True) as client:
         first = deliver(url, old_raw, old_signature)
-        assert execute(client, first).name == "Deployed"
+        assert outcome_of(execute(client, first)) == "Deployed"
 
         sha2 = sut.commit("v2")
         newer = deliver(url, *signed_push(sut, sha2))
@@ -174,10 +175,10 @@ def test_replayed_older_push_never_displaces_the_newer_commit(
         assert client.read_flow_run(uuid.UUID(newer)).state_type == StateType.SCHEDULED
 
         released = execute(client, newer)
-        assert released.name == "Deployed", released
+        assert outcome_of(released) == "Deployed", released
         replayed = execute(client, replay)
         assert replayed.type == StateType.CANCELLED
-        assert replayed.name in ("Superseded", "Not newer than live"), replayed
+        assert outcome_of(replayed) in ("Superseded", "Not newer than live"), replayed
         newer_run = client.read_flow_run(uuid.UUID(newer))
-        assert newer_run.state is not None and newer_run.state.name == "Deployed"
+        assert newer_run.state is not None and outcome_of(newer_run.state) == "Deployed"
     assert "v2" in sut.get("/").text

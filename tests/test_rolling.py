@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
+from tasks.outcome import outcome_of
 from tests.release_helpers import ServiceUnderTest, aws, make_service
 from tests.test_codedeploy import seed_serving, watching
 
@@ -32,7 +33,7 @@ def test_rolling_release_completes(rolling: ServiceUnderTest, tmp_path: Path) ->
     seed_td = service(rolling)["taskDefinition"]
     with watching(rolling) as seen:
         state = deploy_service(rolling.name, return_state=True)
-    assert state.name == "Deployed", state.message
+    assert outcome_of(state) == "Deployed", state.message
     td = state.result()["task_definition"]
     svc = service(rolling)
     (primary,) = svc["deployments"]
@@ -47,7 +48,7 @@ def test_rolling_release_completes(rolling: ServiceUnderTest, tmp_path: Path) ->
     assert json.loads((out / "imageDetail.json").read_text()) == {"ImageURI": image}
 
     again = deploy_service(rolling.name, return_state=True)
-    assert again.name == "No change"
+    assert outcome_of(again) == "No change"
 
 
 def test_circuit_breaker_fails_the_run_and_the_previous_revision_serves(rolling: ServiceUnderTest) -> None:
@@ -55,7 +56,7 @@ def test_circuit_breaker_fails_the_run_and_the_previous_revision_serves(rolling:
     rolling.commit("v2-sick", broken="health")
     with watching(rolling) as seen:
         state = deploy_service(rolling.name, return_state=True)
-    assert state.is_failed() and state.name == "Rolled back", state.message
+    assert state.is_failed() and outcome_of(state) == "Rolled back", state.message
     message = state.message or ""
     assert message.startswith("Rolled back: ECS rollout failed: ECS deployment circuit breaker: tasks failed to start.")
     assert "task(s) stopped: Task failed ELB health checks" in message
@@ -70,7 +71,7 @@ def test_failed_production_check_rolls_back_by_update_service(rolling: ServiceUn
     seed_td = service(rolling)["taskDefinition"]
     rolling.commit("v2-500", broken="root")  # healthy for the load balancer, / answers 500
     state = deploy_service(rolling.name, return_state=True)
-    assert state.name == "Rolled back", state.message
+    assert outcome_of(state) == "Rolled back", state.message
     assert (state.message or "").startswith("Rolled back: GET / failed verification: returned 500 on ")
     svc = service(rolling)
     (primary,) = [d for d in svc["deployments"] if d["status"] == "PRIMARY"]

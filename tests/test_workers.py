@@ -31,6 +31,7 @@ from prefect.states import AwaitingRetry, Crashed
 from flows.push_runs import PrefectRunStarter
 from flows.webhook import create_app
 from tasks.models import load_all_services
+from tasks.outcome import outcome_of
 from tasks.pushes import sign_github
 from tasks.runs import FLEET_DEPLOYMENT, read_service_runs
 from tasks.webhook_secrets import WebhookSecrets
@@ -86,7 +87,7 @@ def test_cli_webhook_and_poller_releases_run_on_whichever_worker_is_free(fleet: 
     with get_client(sync_client=True) as client:
         for sut in (a, b):
             deployed = read_service_runs(client, sut.name, [StateType.COMPLETED])
-            assert [r.state_name for r in deployed] == ["Deployed"], deployed
+            assert [outcome_of(r.state) for r in deployed] == ["Deployed"], deployed
             assert pool.worker_of(deployed[0].id).name in ("w1", "w2")
             assert "v1" in sut.get("/").text
 
@@ -105,7 +106,7 @@ def test_cli_webhook_and_poller_releases_run_on_whichever_worker_is_free(fleet: 
     assert len(polled) == 1, polled
     for run_id, sut, version in ((pushed, a, "v2a"), (polled[0].id, b, "v2")):
         final = wait_final(run_id)
-        assert final.state.name == "Deployed", final.state
+        assert outcome_of(final.state) == "Deployed", final.state
         assert pool.worker_of(run_id).name in ("w1", "w2")
         assert version in sut.get("/").text
     assert pool.worker_of(poll.id).name in ("w1", "w2")
@@ -132,7 +133,7 @@ def test_two_workers_never_run_two_releases_of_one_service_at_once(fleet: Any) -
         for _ in range(2)
     ]
     finals = [wait_final(i) for i in ids]
-    assert [f.state.name for f in finals] == ["Deployed", "Deployed"], [f.state for f in finals]
+    assert [outcome_of(f.state) for f in finals] == ["Deployed", "Deployed"], [f.state for f in finals]
     (start1, end1), (start2, end2) = sorted(lock_window(i) for i in ids)
     assert end1 <= start2, f"releases overlapped: {start1}..{end1} and {start2}..{end2}"
     print("workers:", [pool.worker_of(i).name for i in ids])
@@ -149,7 +150,7 @@ def test_a_worker_killed_mid_release_is_retried_on_the_other_and_converges(fleet
         client.set_flow_run_state(run.id, Crashed(message="its worker was killed"), force=True)
         client.set_flow_run_state(run.id, AwaitingRetry(message="Retry from the UI"), force=True)
     final = wait_final(run.id)
-    assert final.state.name == "Deployed", final.state
+    assert outcome_of(final.state) == "Deployed", final.state
     survivor = next(w for w in pool.workers if w is not victim)
     assert survivor.ran(run.id)
     assert "v3" in a.get("/").text

@@ -18,6 +18,8 @@ from .codedeploy_api import install_patches as install_codedeploy_patches
 from .containers import TaskRunner
 from .docker_runtime import DockerRuntime, docker_host
 from .ecs import EcsController
+from .ecs_native import NativeController
+from .ecs_native_api import NativeApi
 from .faults import Faults
 from .logs import LogShipper
 from .proxy import ProxyManager
@@ -35,6 +37,8 @@ class Controller:
         self.runner = TaskRunner(self.runtime)
         self.ecs = EcsController(self.runner)
         self.codedeploy = CodeDeployController(self.ecs)
+        self.ecs.native = self.native = NativeController(self.ecs)
+        self.native_api = NativeApi(self.native)
         self.codedeploy_api = CodeDeployApi(self.codedeploy)
         self.metrics = Metrics()
         self.alarms = AlarmEvaluator(self.metrics)
@@ -52,7 +56,7 @@ class Controller:
     def install(self) -> None:
         """Patch moto where its answers would not match AWS."""
         targets.install_patches()
-        ecs_patches.install(self.runner)
+        ecs_patches.install(self.runner, self.native)
         ecr_api.install_patches()
         install_codedeploy_patches()
         _patch_load_balancer_dns()

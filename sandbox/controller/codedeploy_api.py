@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from moto.codedeploy.models import DeploymentGroup, DeploymentInfo
@@ -37,13 +38,37 @@ def _dep_to_dict(self: DeploymentInfo) -> dict[str, Any]:
     out["rollbackInfo"] = getattr(self, "rollback_info", None) or {}
     out["instanceTerminationWaitTimeStarted"] = bool(self.instance_termination_wait_time_started)
     out["deploymentConfigName"] = str(self.deployment_config_name or "CodeDeployDefault.ECSAllAtOnce")
+    out["createTime"] = _as_epoch(out.get("createTime"))  # moto writes an ISO string; AWS an epoch
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _as_epoch(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return value
+    return value
+
+
+def _last(group: DeploymentGroup, statuses: tuple[str, ...]) -> dict[str, Any]:
+    """The group's newest deployment in one of STATUSES, as lastSuccessful/AttemptedDeployment shows it."""
+    mine = [d for d in codedeploy().deployments.values()
+            if d.deployment_group_name == group.deployment_group_name
+            and d.application_name == group.application.application_name and d.status in statuses]
+    if not mine:
+        return {}
+    dep = max(mine, key=lambda d: _as_epoch(d.create_time) or 0)
+    return {"deploymentId": dep.deployment_id, "status": dep.status,
+            "endTime": dep.complete_time, "createTime": _as_epoch(dep.create_time)}
 
 
 def _group_to_dict(self: DeploymentGroup) -> dict[str, Any]:
     out = _orig_group_to_dict(self)
     alarms = self.alarm_configuration
     out["alarmConfiguration"] = alarms if isinstance(alarms, dict) else {}
+    out["lastSuccessfulDeployment"] = _last(self, ("Succeeded",))
+    out["lastAttemptedDeployment"] = _last(self, ("Succeeded", "Failed", "Stopped"))
     return {k: v for k, v in out.items() if v is not None}
 
 

@@ -192,7 +192,7 @@ class TaskRunner:
         if self.before_kill is not None and run.log_options:
             try:
                 self.before_kill(run)  # last words of the container, before it is removed
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - shipping last logs must never keep a task alive
                 log.debug("before_kill for %s failed: %s", run.arn, exc)
         for cid in run.containers.values():
             self.runtime.stop(cid)
@@ -207,7 +207,7 @@ class TaskRunner:
             self._last_poll = now()
             try:
                 states = self.runtime.states()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - an engine hiccup is retried on the next tick
                 if now() - self._last_warning > 60:
                     self._last_warning = now()
                     log.warning("docker engine at %s does not answer: %s", docker_host(), exc)

@@ -10,9 +10,11 @@ import base64
 import json
 import os
 import secrets
+import threading
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from moto.ecr.models import Repository
@@ -124,11 +126,31 @@ def _images(name: str, image_ids: list[dict[str, Any]] | None) -> list[dict[str,
     return out
 
 
+_FIRST_SEEN: dict[tuple[str, str], float] = {}
+_FIRST_SEEN_LOCK = threading.Lock()
+
+
+def pushed_at(name: str, digest: str) -> float:
+    """When the manifest was pushed: the registry's own record of it (its revision link's mtime),
+    else when this endpoint first saw it; stable across calls either way."""
+    storage = os.environ.get("SANDBOX_REGISTRY_STORAGE")
+    if storage and ":" in digest:
+        algo, hexdigest = digest.split(":", 1)
+        link = (Path(storage) / "docker/registry/v2/repositories" / name / "_manifests/revisions"
+                / algo / hexdigest / "link")
+        try:
+            return link.stat().st_mtime
+        except OSError:
+            pass
+    with _FIRST_SEEN_LOCK:
+        return _FIRST_SEEN.setdefault((name, digest), datetime.now(UTC).timestamp())
+
+
 def _detail(name: str, digest: str, manifest: dict[str, Any], raw: str) -> dict[str, Any]:
     size = sum(int(layer.get("size", 0)) for layer in manifest.get("layers") or [])
     return {
         "registryId": ACCOUNT, "repositoryName": name, "imageDigest": digest, "imageTags": [],
-        "imageSizeInBytes": size, "imagePushedAt": datetime.now(UTC).timestamp(),
+        "imageSizeInBytes": size, "imagePushedAt": pushed_at(name, digest),
         "imageManifestMediaType": manifest.get("mediaType", "application/vnd.docker.distribution.manifest.v2+json"),
         "_manifest": raw,
     }

@@ -24,6 +24,7 @@ class EcsController:
         self.runner = runner
         self.fleets: dict[str, Fleet] = {}
         self.steady: dict[str, bool] = {}
+        self.native: Any = None  # ecs_native.NativeController, set by the Controller
 
     def fleet_for(self, service: Any, key: str, task_definition: str,
                   load_balancers: list[dict[str, Any]], started_by: str) -> Fleet:
@@ -45,7 +46,10 @@ class EcsController:
                 ctype = (service.deployment_controller or {}).get("type", "ECS")
                 if service.status != "ACTIVE":
                     continue  # deleted: its fleets drain to zero and go away
-                if ctype == "ECS":
+                planned = self.native.plan(service) if self.native is not None else None
+                if planned is not None:
+                    seen.update(planned)  # ECS-native blue/green, linear or canary
+                elif ctype == "ECS":
                     seen.update(rolling.plan(self, service))
                 else:
                     seen.update(self._plan_task_sets(service))

@@ -7,6 +7,9 @@
 - CreateTaskSet no longer fakes tasks (the controller starts real ones).
 - StopTask deregisters and drains; ListTasks honours serviceName/desiredStatus.
 - RunTask starts real containers once (standalone tasks are never restarted).
+- ECS-native blue/green (strategy BLUE_GREEN, LINEAR, CANARY): UpdateService starts a
+  service deployment in ecs_native.py; AWS_LAMBDA lifecycle hooks are refused (no Lambda
+  here); UpdateService from CODE_DEPLOY to ECS migrates, keeping the running task set.
 """
 
 from __future__ import annotations
@@ -14,18 +17,35 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from moto.core.utils import utcnow
-from moto.ecs.exceptions import InvalidParameterException
+from moto.ecs.exceptions import ECSException, InvalidParameterException
 from moto.ecs.models import EC2ContainerServiceBackend
 from moto.ecs.responses import EC2ContainerServiceResponse
 from moto.moto_api._internal import mock_random
 
+from .ecs_native_model import NATIVE, is_native, lambda_hooks
 from .fleets import Fleet
 from .rolling import DEFAULT_CONFIG
 
 if TYPE_CHECKING:
     from .containers import TaskRunner
+    from .ecs_native import NativeController
 
 _RUNNER: TaskRunner | None = None
+_NATIVE: NativeController | None = None
+
+
+def _check_native(config: dict[str, Any] | None) -> None:
+    """Refuse what the sandbox cannot play, in ECS's error shape, instead of pretending."""
+    config = config or {}
+    strategy = config.get("strategy")
+    if strategy is not None and strategy not in ("ROLLING", *NATIVE):
+        raise InvalidParameterException(f"deploymentConfiguration.strategy {strategy} is not one of "
+                                        "ROLLING, BLUE_GREEN, LINEAR, CANARY.")
+    stages = lambda_hooks(config)
+    if stages:
+        raise ECSException("UnsupportedFeatureException", "The sandbox cannot run AWS Lambda: the "
+                           f"AWS_LAMBDA lifecycle hook(s) at {'; '.join(stages)} would never be invoked. "
+                           "Use targetType PAUSE (ContinueServiceDeployment answers it) in the sandbox.")
 
 
 def new_deployment(service: Any, task_definition: str) -> dict[str, Any]:
@@ -43,6 +63,7 @@ _orig_create_service = EC2ContainerServiceResponse.create_service
 
 
 def _create_service(self: EC2ContainerServiceResponse) -> Any:
+    _check_native(self._get_param("deploymentConfiguration"))
     result = _orig_create_service(self)
     backend = self.ecs_backend
     service: Any = backend._get_service(self._get_param("cluster", "default"),
@@ -54,7 +75,9 @@ def _create_service(self: EC2ContainerServiceResponse) -> Any:
     service.created_at = utcnow()
     service.running_count = service.pending_count = 0
     ctype = service.deployment_controller.get("type", "ECS")
-    if ctype == "ECS" and service.task_definition:
+    if _NATIVE is not None and is_native(service) and service.task_definition:
+        _NATIVE.start(service)
+    elif ctype == "ECS" and service.task_definition:
         service.deployments = [new_deployment(service, service.task_definition)]
     elif ctype == "CODE_DEPLOY" and service.task_definition:
         ts: Any = backend.create_task_set(service.name, service.cluster_name, service.task_definition,
@@ -88,7 +111,10 @@ def _update_service(self: EC2ContainerServiceBackend, props: dict[str, Any]) -> 
     service = self._get_service(props.get("cluster", "default"), props["service"].split("/")[-1])
     before = service.task_definition
     td = props.get("task_definition")
-    ctype = service.deployment_controller.get("type", "ECS")
+    before_ctype = service.deployment_controller.get("type", "ECS")
+    ctype = (props.get("deployment_controller") or {}).get("type", before_ctype)
+    _check_native(props.get("deployment_configuration"))
+    migrated = _migrating(service, before_ctype, ctype)
     if td and ctype == "CODE_DEPLOY":
         raise InvalidParameterException(
             "Unable to update task definition on services with a CODE_DEPLOY deployment "
@@ -107,12 +133,28 @@ def _update_service(self: EC2ContainerServiceBackend, props: dict[str, Any]) -> 
     running, pending = service.running_count, service.pending_count
     result = _orig_update_service(self, props)
     service.running_count, service.pending_count = running, pending
-    if ctype == "ECS" and service.task_definition and (force or service.task_definition != before):
+    changed = bool(service.task_definition) and (force or service.task_definition != before or bool(migrated))
+    if changed and _NATIVE is not None and is_native(service):
+        _NATIVE.start(service, migrated)
+    elif ctype == "ECS" and changed:
         service.deployments = [d for d in service.deployments if d["status"] != "INACTIVE"]
         for dep in service.deployments:
             dep["status"] = "ACTIVE"
-        service.deployments.insert(0, new_deployment(service, service.task_definition))
+        service.deployments.insert(0, new_deployment(service, str(service.task_definition)))
     return result
+
+
+def _migrating(service: Any, before: str, after: str) -> tuple[str, str, str] | None:
+    """(fleet key, task definition, target group) of the task set a CODE_DEPLOY → ECS move keeps."""
+    if before != "CODE_DEPLOY" or after != "ECS":
+        return None
+    live = [ts for ts in service.task_sets if ts.status != "DRAINING"]
+    if len(live) != 1:
+        raise InvalidParameterException(
+            f"The service has {len(live)} task sets: a CodeDeploy deployment is in progress. "
+            "Wait for it to finish before changing the deployment controller.")
+    ts = live[0]
+    return ts.task_set_arn, ts.task_definition, (ts.load_balancers or [{}])[0].get("targetGroupArn", "")
 
 
 _orig_create_task_set = EC2ContainerServiceBackend.create_task_set
@@ -202,10 +244,10 @@ def _list_services(self: EC2ContainerServiceBackend, cluster_str: str, schedulin
     return [a for a in arns if a in mine]
 
 
-def install(runner: TaskRunner) -> None:
-    """Apply the ECS corrections; ``runner`` is used by StopTask."""
-    global _RUNNER
-    _RUNNER = runner
+def install(runner: TaskRunner, native: NativeController | None = None) -> None:
+    """Apply the ECS corrections; ``runner`` is used by StopTask, ``native`` by UpdateService."""
+    global _RUNNER, _NATIVE
+    _RUNNER, _NATIVE = runner, native
     EC2ContainerServiceResponse.create_service = _create_service  # type: ignore[method-assign]
     EC2ContainerServiceResponse.create_task_set = _create_task_set_api  # type: ignore[method-assign]
     EC2ContainerServiceBackend.update_service = _update_service  # type: ignore[method-assign,assignment]

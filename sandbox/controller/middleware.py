@@ -85,6 +85,8 @@ class SandboxMiddleware:
         for op, fn in controller.codedeploy_api.handlers().items():
             self.handlers[("codedeploy", op)] = fn
         self.handlers[("cloudwatch", "DescribeAlarmHistory")] = describe_alarm_history
+        for op, fn in controller.native_api.handlers().items():
+            self.handlers[("ecs", op)] = fn
         self.handled = frozenset(self.handlers)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -111,8 +111,32 @@ def _describe_target_health(self: ELBv2Backend, target_group_arn: str,
     return [tg.health_for(t, self.ec2_backend) for t in targets]
 
 
+def _forwarded_groups(action: Any) -> set[str]:
+    data = getattr(action, "data", {}) or {}
+    if data.get("Type") != "forward":
+        return set()
+    found = {str(g["TargetGroupArn"]) for g in (data.get("ForwardConfig") or {}).get("TargetGroups", [])}
+    return found | ({str(data["TargetGroupArn"])} if data.get("TargetGroupArn") else set())
+
+
+def _load_balancer_arns(self: FakeTargetGroup) -> list[str]:
+    """The load balancers whose listeners forward to this group now (moto keeps a log of creates)."""
+    arns = []
+    for lb in elbv2().load_balancers.values():
+        for listener in lb.listeners.values():
+            actions = list(listener.default_actions)
+            actions += [a for rule in listener.rules.values() for a in rule.actions]
+            if any(self.arn in _forwarded_groups(a) for a in actions):
+                arns.append(lb.arn)
+                break
+    return arns
+
+
 def install_patches() -> None:
     """Swap moto's target bookkeeping for the port-aware, health-checked one."""
+    FakeTargetGroup.load_balancer_arns = property(  # type: ignore[assignment]
+        _load_balancer_arns, lambda self, value: None
+    )
     FakeTargetGroup.register = _register  # type: ignore[method-assign]
     FakeTargetGroup.deregister = _deregister  # type: ignore[method-assign]
     FakeTargetGroup.health_for = _health_for  # type: ignore[method-assign,assignment]

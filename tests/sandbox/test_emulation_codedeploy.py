@@ -199,6 +199,15 @@ def test_custom_linear_config_shifts_in_steps_then_succeeds(
     emu.wait_for(lambda: _status(cd, dep_id) == "Succeeded", 30, "deployment Succeeded")
     assert weights() == {stack.tgs[1]: 100}
     assert all(stack.get() == (200, "green\n") for _ in range(10))
+    # What an independent client reads afterwards: AWS's shapes, AWS's bookkeeping.
+    info = cd.get_deployment(deploymentId=dep_id)["deploymentInfo"]
+    assert info["createTime"] <= info["completeTime"], "times are all timestamps"
+    group = cd.get_deployment_group(applicationName=stack.name, deploymentGroupName="dg")["deploymentGroupInfo"]
+    assert group["lastSuccessfulDeployment"]["deploymentId"] == dep_id
+    assert group["lastSuccessfulDeployment"]["status"] == "Succeeded"
+    groups = stack.elb.describe_target_groups(TargetGroupArns=stack.tgs)["TargetGroups"]
+    lbs = {g["TargetGroupArn"]: g["LoadBalancerArns"] for g in groups}
+    assert lbs[stack.tgs[1]] == [stack.lb_arn], "green takes both listeners' traffic: its load balancer, once"
 
 
 def test_replacement_that_cannot_start_fails_and_rolls_back(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -53,3 +55,31 @@ def test_alarm_history_lists_state_transitions(emu_aws: Callable[[str], Any]) ->
         assert cw.describe_alarm_history(AlarmName=name, HistoryItemType="Action")["AlarmHistoryItems"] == []
     finally:
         cw.delete_alarms(AlarmNames=[name])
+
+
+def test_image_pushed_at_is_the_push_time_and_stays_put(emu_aws: Callable[[str], Any],
+                                                        emu_images: dict[str, str]) -> None:
+    ecr = emu_aws("ecr")
+    name = emu_images["blue"].split("/", 1)[1].rsplit(":", 1)[0]
+    tag = emu_images["blue"].rsplit(":", 1)[1]
+    with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
+        ecr.create_repository(repositoryName=name)  # the registry has the image; ECR learns the repository
+    first = ecr.describe_images(repositoryName=name, imageIds=[{"imageTag": tag}])["imageDetails"][0]
+    time.sleep(1.1)
+    again = ecr.describe_images(repositoryName=name, imageIds=[{"imageTag": tag}])["imageDetails"][0]
+    assert first["imagePushedAt"] == again["imagePushedAt"]
+    assert again["imagePushedAt"].timestamp() < time.time() - 1
+
+
+def test_target_groups_list_the_load_balancers_that_forward_to_them(emu_stack: Callable[..., Any]) -> None:
+    stack = emu_stack("fidtg")
+    def lbs() -> dict[str, list[str]]:
+        groups = stack.elb.describe_target_groups(TargetGroupArns=stack.tgs)["TargetGroups"]
+        return {g["TargetGroupArn"]: g["LoadBalancerArns"] for g in groups}
+
+    assert lbs() == {stack.tgs[0]: [stack.lb_arn], stack.tgs[1]: []}, "two listeners, one load balancer, once"
+    stack.elb.modify_listener(ListenerArn=stack.prod, DefaultActions=[{"Type": "forward", "ForwardConfig": {
+        "TargetGroups": [{"TargetGroupArn": stack.tgs[1], "Weight": 100}]}}])
+    stack.elb.modify_listener(ListenerArn=stack.test, DefaultActions=[{"Type": "forward", "ForwardConfig": {
+        "TargetGroups": [{"TargetGroupArn": stack.tgs[1], "Weight": 100}]}}])
+    assert lbs() == {stack.tgs[0]: [], stack.tgs[1]: [stack.lb_arn]}

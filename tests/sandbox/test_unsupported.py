@@ -36,14 +36,11 @@ def last_seq(emu: Any) -> int:
 
 
 ECS_CALLS: list[tuple[str, str, Callable[[Any, str], Any]]] = [
-    ("ListServiceDeployments", "list_service_deployments",
-     lambda c, n: c.list_service_deployments(cluster=n, service=n)),
-    ("DescribeServiceDeployments", "describe_service_deployments",
-     lambda c, n: c.describe_service_deployments(
-         serviceDeploymentArns=[f"arn:aws:ecs:us-east-1:123456789012:service-deployment/{n}/web/x"])),
-    ("StopServiceDeployment", "stop_service_deployment",
-     lambda c, n: c.stop_service_deployment(
-         serviceDeploymentArn=f"arn:aws:ecs:us-east-1:123456789012:service-deployment/{n}/web/x")),
+    ("GetTaskProtection", "get_task_protection", lambda c, n: c.get_task_protection(cluster=n)),
+    ("ListServicesByNamespace", "list_services_by_namespace",
+     lambda c, n: c.list_services_by_namespace(namespace=n)),
+    ("UpdateClusterSettings", "update_cluster_settings",
+     lambda c, n: c.update_cluster_settings(cluster=n, settings=[{"name": "containerInsights", "value": "enabled"}])),
 ]
 
 

@@ -2,7 +2,9 @@
 # GET / : the version and the greeting from the task definition's environment.
 # busybox httpd only honours a Status header on the first line of output.
 . /app.env
-if [ "$BROKEN" = root ]; then
+# config: a bug only the production configuration shows (the task definition sets GREETING;
+# the unit tests do not), so it passes its tests and is caught by the release's own checks.
+if [ "$BROKEN" = root ] || { [ "$BROKEN" = config ] && [ -n "$GREETING" ]; }; then
   printf 'Status: 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\n'
   printf 'sample-app %s: broken\n' "$VERSION"
   exit 0

@@ -1,0 +1,53 @@
+"""The same v1→v2 release of the same app through task-sets, CodeDeploy and ECS-native, in one run.
+
+Each strategy gets its own throw-away service (tests/release_helpers.make_service)
+seeded with v1 serving; the time is the deploy-service flow from start to
+"Deployed" for v2 (build and push included, the same for all three; bake 0,
+all-at-once), so the differences are each strategy's own steps and waits.
+
+    uv run python -m bench    # after bench_pipeline
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from bench.bench_pipeline import load_sandbox
+
+STRATEGIES = ("task-sets", "codedeploy", "ecs-native")
+
+
+def release(strategy: str, workdir: Path) -> tuple[float, str]:
+    from flows.pipeline import deploy_service
+    from tasks.outcome import outcome_of
+    from tests.release_helpers import make_service
+    from tests.test_codedeploy import seed_serving
+
+    sut = make_service(workdir, strategy=strategy, bake_seconds=0, verify_paths=("/health",))
+    os.environ["ECS_PIPELINE_DEPLOYMENTS"] = str(sut.yaml_path.parent)
+    try:
+        if strategy == "task-sets":
+            assert outcome_of(deploy_service(sut.name, return_state=True)) == "Deployed"
+        else:
+            seed_serving(sut)
+        sut.commit("v2")
+        started = time.perf_counter()
+        state = deploy_service(sut.name, return_state=True)
+        return time.perf_counter() - started, outcome_of(state)
+    finally:
+        sut.cleanup()
+
+
+def main() -> int:
+    load_sandbox()
+    print("\n== one v1→v2 release of the same app per strategy (same sandbox, same run)")
+    failed = 0
+    for strategy in STRATEGIES:
+        with tempfile.TemporaryDirectory(prefix=f"bench-{strategy}-") as tmp:
+            seconds, state = release(strategy, Path(tmp))
+        failed += state != "Deployed"
+        print(f"   {strategy:<11} {state:<12} {seconds:6.1f}s")
+    return 1 if failed else 0

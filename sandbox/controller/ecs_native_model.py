@@ -1,0 +1,203 @@
+"""What an ECS-native blue/green deployment is made of: revisions, hooks, service deployments.
+
+Kept apart from the code that plays them (ecs_native.py) and the API that shows
+them (ecs_native_api.py). Times are epoch seconds; the API turns them into the
+timestamps botocore expects.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from moto.elbv2.models import FakeAction
+
+from .proxy import _find_listener
+from .traffic import forward_weights, set_forward
+from .world import ACCOUNT, REGION, elbv2, now
+
+NATIVE = ("BLUE_GREEN", "LINEAR", "CANARY")
+STAGES = ("RECONCILE_SERVICE", "PRE_SCALE_UP", "SCALE_UP", "POST_SCALE_UP", "TEST_TRAFFIC_SHIFT",
+          "POST_TEST_TRAFFIC_SHIFT", "PRODUCTION_TRAFFIC_SHIFT", "POST_PRODUCTION_TRAFFIC_SHIFT",
+          "BAKE_TIME", "CLEAN_UP")
+HOOKABLE = frozenset(STAGES) - {"SCALE_UP", "BAKE_TIME", "CLEAN_UP"}
+ENDED = frozenset({"SUCCESSFUL", "STOPPED", "ROLLBACK_SUCCESSFUL", "ROLLBACK_FAILED"})
+ROLLING_BACK = frozenset({"ROLLBACK_REQUESTED", "ROLLBACK_IN_PROGRESS"})
+# sandbox defaults where the request leaves them out
+DEFAULT_HOOK_TIMEOUT_MINUTES = 60
+DEFAULT_LINEAR = {"stepPercent": 10.0, "stepBakeTimeInMinutes": 6}
+DEFAULT_CANARY = {"canaryPercent": 5.0, "canaryBakeTimeInMinutes": 10}
+_SEQ = itertools.count(1)
+
+
+def strategy_of(service: Any) -> str:
+    cfg = getattr(service, "deployment_configuration", None) or {}
+    return str(cfg.get("strategy") or "ROLLING")
+
+
+def is_native(service: Any) -> bool:
+    """ECS controller with BLUE_GREEN, LINEAR or CANARY: played here, not by rolling.py."""
+    ctype = (service.deployment_controller or {}).get("type", "ECS")
+    return ctype == "ECS" and strategy_of(service) in NATIVE
+
+
+def lambda_hooks(config: dict[str, Any]) -> list[str]:
+    """Stages with AWS_LAMBDA hooks: the sandbox has no Lambda to invoke them."""
+    return [",".join(h.get("lifecycleStages") or []) or "?" for h in config.get("lifecycleHooks") or []
+            if h.get("targetType") == "AWS_LAMBDA"]
+
+
+@dataclass
+class Revision:
+    """A service revision: the task definition and where its tasks register."""
+
+    arn: str
+    service_arn: str
+    cluster_arn: str
+    task_definition: str
+    fleet_key: str
+    target_group: str
+    load_balancers: list[dict[str, Any]]
+    launch_type: str
+    created: float = field(default_factory=now)
+    up: bool = False  # the fleet runs desiredCount tasks (else drains to zero)
+
+    def fleet_load_balancers(self) -> list[dict[str, Any]]:
+        return [{"targetGroupArn": self.target_group, "containerName": lb.get("containerName"),
+                 "containerPort": lb.get("containerPort")} for lb in self.load_balancers[:1]]
+
+
+def revision_arn(cluster: str, service: str) -> str:
+    return f"arn:aws:ecs:{REGION}:{ACCOUNT}:service-revision/{cluster}/{service}/{next(_SEQ)}{uuid.uuid4().int % 10**9}"
+
+
+def deployment_arn(cluster: str, service: str) -> str:
+    return f"arn:aws:ecs:{REGION}:{ACCOUNT}:service-deployment/{cluster}/{service}/{uuid.uuid4().hex[:22]}"
+
+
+@dataclass
+class Hook:
+    """One lifecycle hook run at one stage."""
+
+    hook_id: str
+    target_type: str
+    target_arn: str | None
+    stage: str
+    timeout_action: str
+    timeout_seconds: float
+    status: str = "AWAITING_ACTION"
+    expires_at: float = 0.0
+
+    def shape(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"hookId": self.hook_id, "targetType": self.target_type, "status": self.status,
+                               "expiresAt": self.expires_at, "timeoutAction": self.timeout_action}
+        if self.target_arn:
+            out["targetArn"] = self.target_arn
+        return out
+
+
+@dataclass
+class ServiceDeployment:
+    """One UpdateService (or CreateService) of an ECS-native blue/green service, as it plays."""
+
+    arn: str
+    service_key: str
+    service_arn: str
+    cluster_arn: str
+    target: Revision
+    sources: list[Revision]
+    config: dict[str, Any]
+    production_rule: str | None
+    test_rule: str | None
+    created: float = field(default_factory=now)
+    started: float | None = None
+    finished: float | None = None
+    stopped: float | None = None
+    updated: float = field(default_factory=now)
+    status: str = "PENDING"
+    reason: str = ""
+    stage: str = "RECONCILE_SERVICE"
+    entered: bool = False
+    hooks: list[Hook] = field(default_factory=list)
+    hooks_run: bool = False
+    steps: list[tuple[int, float]] = field(default_factory=list)
+    step: int = 0
+    next_at: float = 0.0
+    production_weight: int = 0
+    test_weight: int = 0
+    rollback: dict[str, Any] = field(default_factory=dict)
+    breaker: dict[str, Any] = field(default_factory=dict)
+    alarms: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source(self) -> Revision | None:
+        return self.sources[0] if self.sources else None
+
+    def set_status(self, status: str, reason: str) -> None:
+        self.status, self.reason, self.updated = status, reason, now()
+        if status in ENDED:
+            self.finished = now()
+            if status == "STOPPED":
+                self.stopped = now()
+
+
+def traffic_steps(config: dict[str, Any]) -> list[tuple[int, float]]:
+    """(green production weight, minutes to bake before the next step), ending at 100."""
+    strategy = config.get("strategy")
+    if strategy == "LINEAR":
+        linear = {**DEFAULT_LINEAR, **(config.get("linearConfiguration") or {})}
+        pct, bake = float(linear["stepPercent"]), float(linear["stepBakeTimeInMinutes"])
+        weights, value = [], pct
+        while value < 100 - 1e-9:
+            weights.append(round(value))
+            value += pct
+        return [(w, bake) for w in weights] + [(100, 0.0)]
+    if strategy == "CANARY":
+        canary = {**DEFAULT_CANARY, **(config.get("canaryConfiguration") or {})}
+        return [(round(float(canary["canaryPercent"])), float(canary["canaryBakeTimeInMinutes"])), (100, 0.0)]
+    return [(100, 0.0)]
+
+
+def find_rule(arn: str | None) -> tuple[Any, Any] | None:
+    """(listener, rule) for a listener rule ARN, the listener's default rule included."""
+    if not arn:
+        return None
+    for lb in list(elbv2().load_balancers.values()):
+        for listener in lb.listeners.values():
+            for rule in listener.rules.values():
+                if rule.arn == arn:
+                    return listener, rule
+    listener = _find_listener(arn)  # a listener ARN (network load balancers name the listener)
+    return (listener, None) if listener is not None else None
+
+
+def rule_weights(arn: str | None) -> dict[str, int]:
+    found = find_rule(arn)
+    if found is None:
+        return {}
+    listener, rule = found
+    if rule is None or getattr(rule, "is_default", False):
+        return forward_weights(listener.arn)
+    for action in rule.actions:
+        data = getattr(action, "data", {}) or {}
+        groups = (data.get("ForwardConfig") or {}).get("TargetGroups") or []
+        if data.get("Type") == "forward" and groups:
+            return {g["TargetGroupArn"]: int(g.get("Weight", 1) or 0) for g in groups}
+        if data.get("Type") == "forward" and data.get("TargetGroupArn"):
+            return {data["TargetGroupArn"]: 1}
+    return {}
+
+
+def set_rule_weights(arn: str | None, weights: dict[str, int]) -> None:
+    """Both target groups named with their weights, as ECS writes a rule (0 included)."""
+    found = find_rule(arn)
+    if found is None:
+        return
+    listener, rule = found
+    if rule is None or getattr(rule, "is_default", False):
+        set_forward(listener.arn, weights)
+        return
+    rule.actions = [FakeAction({"Type": "forward", "Order": 1, "ForwardConfig": {
+        "TargetGroups": [{"TargetGroupArn": a, "Weight": int(w)} for a, w in weights.items()]}})]

@@ -1,0 +1,95 @@
+"""`make screenshots`: the key Prefect UI pages of a demo run, rendered by Debian's Chromium, headless.
+
+Playwright drives the system browser (``executable_path``; it downloads none)
+against the sandbox's Prefect server after ``make demo``, and writes
+docs/screenshots/*.png: the release graph of the last deployed release, the
+rolled-back release, its summary artifact, the live view, and the
+deployment page listing every release.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sandbox import manage
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+SERVICE = os.environ.get("SCREENSHOTS_SERVICE") or "sample-app"  # another service's runs: set it
+
+
+def browser_path() -> str:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise SystemExit("no chromium: apt-get install chromium (make screenshots does)")
+
+
+def pages(ui: str) -> list[tuple[str, str]]:
+    """(file name, URL) of each page worth a picture, found through the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterTags
+    from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
+
+    def latest_run(client: Any, tag: str) -> Any:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"service:{SERVICE}", tag])),
+            sort=FlowRunSort.START_TIME_DESC, limit=1,
+        )
+        if not runs:
+            raise SystemExit(f"no {SERVICE} run tagged {tag}: run `make demo` first")
+        return runs[0]
+
+    def latest_artifact(client: Any, key: str) -> Any:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC, limit=1
+        )
+        if not found:
+            raise SystemExit(f"no {key} artifact: run `make demo` first")
+        return found[0]
+
+    with get_client(sync_client=True) as client:
+        deployed = latest_run(client, "outcome:deployed")
+        rolled_back = latest_run(client, "outcome:rolled-back")
+        summary = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{SERVICE}-release"])),
+            sort=ArtifactSort.CREATED_DESC,
+        )
+        summary_id = next((a.id for a in summary if a.flow_run_id == rolled_back.id), summary[0].id)
+        live = latest_artifact(client, f"{SERVICE}-live")
+        deployment = client.read_deployment_by_name("deploy-service/deploy-service")
+    return [
+        ("release-graph", f"{ui}/runs/flow-run/{deployed.id}"),
+        ("rolled-back-release", f"{ui}/runs/flow-run/{rolled_back.id}"),
+        ("release-summary", f"{ui}/artifacts/artifact/{summary_id}"),
+        ("live-view", f"{ui}/artifacts/artifact/{live.id}"),
+        ("deployment-runs", f"{ui}/deployments/deployment/{deployment.id}"),
+    ]
+
+
+def main() -> int:
+    os.environ.update(manage.load_env())
+    from playwright.sync_api import sync_playwright
+
+    ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
+    OUT.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path(), headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1440, "height": 960})
+        for name, url in pages(ui):
+            page.goto(url, wait_until="networkidle", timeout=60_000)
+            time.sleep(3)  # the graph and markdown render after the data arrives
+            path = OUT / f"{name}.png"
+            page.screenshot(path=str(path))
+            print(f"{path} <- {url}", flush=True)
+        browser.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

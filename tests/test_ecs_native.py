@@ -1,0 +1,148 @@
+"""strategy: ecs-native end to end: ECS moves the listener rules, the pipeline verifies at the pause."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.pipeline import deploy_service
+from tasks.outcome import outcome_of
+from tests.release_helpers import ServiceUnderTest, aws, make_service
+from tests.test_codedeploy import seed_serving, watching
+
+
+def native(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traffic: dict[str, Any]) -> ServiceUnderTest:
+    monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(tmp_path / "deployments"))
+    monkeypatch.setenv("ECS_PIPELINE_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    sut = make_service(tmp_path, strategy="ecs-native", traffic=traffic, bake_seconds=60)
+    seed_serving(sut)
+    return sut
+
+
+def deployments(sut: ServiceUnderTest) -> list[dict[str, Any]]:
+    cfg, ecs = sut.cfg, aws("ecs")
+    arns = [d["serviceDeploymentArn"] for d in ecs.list_service_deployments(
+        cluster=cfg.ecs.cluster, service=cfg.ecs.service)["serviceDeployments"]]
+    return list(ecs.describe_service_deployments(serviceDeploymentArns=arns)["serviceDeployments"])
+
+
+@contextmanager
+def weights(sut: ServiceUnderTest) -> Iterator[list[float]]:
+    """Green's production weight of the newest service deployment, each time it changes."""
+    seen: list[float] = []
+    stop = threading.Event()
+
+    def look() -> None:
+        while not stop.is_set():
+            deps = deployments(sut)
+            if len(deps) > 1:
+                weight = deps[0]["targetServiceRevision"]["requestedProductionTrafficWeight"]
+                if not seen or seen[-1] != weight:
+                    seen.append(weight)
+            stop.wait(0.1)
+
+    thread = threading.Thread(target=look, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+@pytest.mark.parametrize(("traffic", "steps"), [
+    ({"type": "all-at-once"}, [100.0]),
+    ({"type": "canary", "percent": 20, "interval_seconds": 180}, [20.0, 100.0]),
+    ({"type": "linear", "percent": 50, "interval_seconds": 180}, [50.0, 100.0]),
+])
+def test_release_moves_production_by_the_configured_steps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traffic: dict[str, Any], steps: list[float]) -> None:
+    sut = native(tmp_path, monkeypatch, traffic)
+    sut.commit("v2")
+    with watching(sut) as seen, weights(sut) as moved:
+        state = deploy_service(sut.name, return_state=True)
+    assert outcome_of(state) == "Deployed", state.message
+    newest = deployments(sut)[0]
+    assert (newest["status"], newest["lifecycleStage"]) == ("SUCCESSFUL", "CLEAN_UP")
+    assert newest["deploymentConfiguration"]["strategy"] == {"all-at-once": "BLUE_GREEN"}.get(
+        traffic["type"], traffic["type"].upper())
+    assert [w for w in moved if w] == steps
+    assert all("sample-app v2" in sut.get("/").text for _ in range(5))
+    assert seen and all(s.startswith("200 ") for s in seen), "no failed production request"
+
+
+def test_failed_verification_at_the_pause_rolls_back_before_production(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sut = native(tmp_path, monkeypatch, {"type": "canary", "percent": 20, "interval_seconds": 60})
+    sut.commit("v2-500", broken="root")  # healthy for the load balancer, / answers 500
+    with watching(sut) as seen, weights(sut) as moved:
+        state = deploy_service(sut.name, return_state=True)
+    assert outcome_of(state) == "Rolled back", state.message
+    message = state.message or ""
+    # the checks' 500s through the test listener may trip the 5xx alarm first: ECS rolls back on it too
+    assert message.startswith("Rolled back: GET / failed verification: returned 500") or "-5xx" in message, message
+    assert "; ECS: Service deployment rolled back because " in message  # ECS's own words follow
+    newest = deployments(sut)[0]
+    assert newest["status"] == "ROLLBACK_SUCCESSFUL"
+    assert [w for w in moved if w] == [], "production never on green"
+    assert seen and all(s == "200 sample-app seed: hello from ecs-pipeline" for s in seen)
+
+
+def test_stop_from_outside_is_reported_and_a_rerun_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sut = native(tmp_path, monkeypatch, {"type": "all-at-once"})
+    sut.commit("v2")
+    cfg = sut.cfg
+    stopper = threading.Thread(target=stop_at_pause, args=(sut,), daemon=True)
+    stopper.start()
+    state = deploy_service(sut.name, return_state=True)
+    stopper.join(60)
+    assert outcome_of(state) == "Rolled back", state.message
+    assert "StopServiceDeployment" in (state.message or "")
+    before = len(sut.revisions())
+    again = deploy_service(sut.name, return_state=True)
+    assert outcome_of(again) == "Deployed", again.message
+    assert len(sut.revisions()) == before, "the rerun registered no new revision"
+    newest = deployments(sut)
+    assert newest[0]["status"] == "SUCCESSFUL" and len(newest) == 3  # seed, stopped, the rerun's
+    assert cfg.ecs.service
+
+
+def stop_at_pause(sut: ServiceUnderTest) -> None:
+    """An operator stops the service deployment while it waits at the verification pause."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        deps = deployments(sut)
+        if len(deps) > 1 and any(h["status"] == "AWAITING_ACTION" for h in deps[0].get("lifecycleHookDetails", [])):
+            aws("ecs").stop_service_deployment(serviceDeploymentArn=deps[0]["serviceDeploymentArn"],
+                                               stopType="ROLLBACK")
+            return
+        time.sleep(0.05)
+
+
+def test_migrate_a_codedeploy_service_dry_run_then_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.migrate import migrate
+
+    monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(tmp_path / "deployments"))
+    sut = make_service(tmp_path, strategy="codedeploy")
+    seed_serving(sut)
+    cfg, ecs = sut.cfg, aws("ecs")
+    lines = migrate(sut.name, "ecs-native", apply=False)
+    assert lines[-1].startswith("dry run: nothing changed")
+    svc = ecs.describe_services(cluster=cfg.ecs.cluster, services=[cfg.ecs.service])["services"][0]
+    assert svc["deploymentController"]["type"] == "CODE_DEPLOY"
+    with watching(sut) as seen:
+        lines = migrate(sut.name, "ecs-native", apply=True)
+    assert lines[-1].startswith("migrated: service deployment ")
+    svc = ecs.describe_services(cluster=cfg.ecs.cluster, services=[cfg.ecs.service])["services"][0]
+    assert svc["deploymentController"]["type"] == "ECS"
+    assert svc["deploymentConfiguration"]["strategy"] == "BLUE_GREEN"
+    assert svc["loadBalancers"][0]["advancedConfiguration"]["alternateTargetGroupArn"]
+    assert seen and all(s == "200 sample-app seed: hello from ecs-pipeline" for s in seen)

@@ -1,0 +1,144 @@
+"""Table tests for the pure helpers the strategies decide with: no AWS, no Docker, no Prefect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tasks.codedeploy_group import phase_of
+from tasks.errors import AccessDenied, NotFound, TransientError, error_code, translate
+from tasks.rolling import Rollout, rollout_state
+from tasks.tasksets import plan_green
+from tasks.traffic import Routing, weights_of
+
+BLUE_TG, GREEN_TG = "arn:tg/blue", "arn:tg/green"
+ROUTING = Routing("arn:l/prod", "arn:l/test", "http://p", "http://t", (BLUE_TG, GREEN_TG), ("blue", "green"))
+
+
+def ts(arn: str, td: str, status: str, tg: str) -> dict[str, Any]:
+    return {"taskSetArn": arn, "taskDefinition": td, "status": status, "loadBalancers": [{"targetGroupArn": tg}]}
+
+
+@pytest.mark.parametrize(
+    ("info", "events", "phase"),
+    [
+        ({"status": "Succeeded"}, [], "succeeded"),
+        ({"status": "InProgress", "instanceTerminationWaitTimeStarted": True}, [], "terminating"),
+        ({"status": "InProgress"}, [("AllowTraffic", "InProgress")], "shifting"),
+        ({"status": "InProgress"}, [("BeforeAllowTraffic", "Succeeded")], "shifting"),
+        ({"status": "Ready"}, [("AfterInstall", "Succeeded")], "ready"),
+        ({"status": "InProgress"}, [("Install", "InProgress")], None),
+        ({"status": "Created"}, [], None),
+    ],
+)
+def test_phase_of(info: dict[str, Any], events: list[tuple[str, str]], phase: str | None) -> None:
+    target = {"lifecycleEvents": [{"lifecycleEventName": n, "status": s} for n, s in events]}
+    assert phase_of(info, target) == phase
+
+
+def dep(id_: str, status: str, rollout: str, td: str = "td:2", reason: str = "") -> dict[str, Any]:
+    return {"id": id_, "status": status, "rolloutState": rollout, "taskDefinition": td, "rolloutStateReason": reason}
+
+
+OURS = Rollout("ecs-svc/1", "td:2", "td:1", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("deployments", "expect"),
+    [
+        ([dep("ecs-svc/1", "PRIMARY", "COMPLETED")], "COMPLETED"),
+        ([dep("ecs-svc/1", "PRIMARY", "IN_PROGRESS"), dep("ecs-svc/0", "ACTIVE", "COMPLETED", "td:1")], None),
+        ([dep("ecs-svc/1", "ACTIVE", "FAILED", reason="circuit breaker"),
+          dep("ecs-svc/0", "PRIMARY", "IN_PROGRESS", "td:1")], "ECS rollout failed: circuit breaker"),
+        ([dep("ecs-svc/2", "PRIMARY", "IN_PROGRESS", "td:3")], "no longer PRIMARY"),
+    ],
+)
+def test_rollout_state(deployments: list[dict[str, Any]], expect: str | None) -> None:
+    service = {"serviceName": "svc", "deployments": deployments}
+    if expect in ("COMPLETED", None):
+        assert rollout_state(service, OURS) == expect
+    else:
+        with pytest.raises(Exception, match=str(expect)):
+            rollout_state(service, OURS)
+
+
+@pytest.mark.parametrize(
+    ("task_sets", "td", "expect"),
+    [
+        # first release: no blue, green on the first target group
+        ([], "td:1", (None, BLUE_TG, None, None, False, False)),
+        # blue on the blue group: green goes to the other one
+        ([ts("ts/b", "td:1", "PRIMARY", BLUE_TG)], "td:2", (None, GREEN_TG, "ts/b", BLUE_TG, False, False)),
+        # blue on the green group: green alternates back
+        ([ts("ts/b", "td:1", "PRIMARY", GREEN_TG)], "td:2", (None, BLUE_TG, "ts/b", GREEN_TG, False, False)),
+        # a rerun finds its own green already there: reused
+        ([ts("ts/b", "td:1", "PRIMARY", BLUE_TG), ts("ts/g", "td:2", "ACTIVE", GREEN_TG)], "td:2",
+         ("ts/g", GREEN_TG, "ts/b", BLUE_TG, True, False)),
+        # the release already runs as primary: nothing to start
+        ([ts("ts/b", "td:2", "PRIMARY", GREEN_TG)], "td:2", ("ts/b", GREEN_TG, None, None, True, True)),
+    ],
+)
+def test_plan_green(task_sets: list[dict[str, Any]], td: str, expect: tuple[Any, ...]) -> None:
+    green = plan_green({"taskSets": task_sets}, ROUTING, td)
+    got = (green.task_set, green.target_group, green.blue_task_set, green.blue_target_group, green.reused,
+           green.already_primary)
+    assert got == expect
+
+
+def forward(*groups: tuple[str, int]) -> dict[str, Any]:
+    tgs = [{"TargetGroupArn": a, "Weight": w} for a, w in groups]
+    return {"DefaultActions": [{"Type": "forward", "ForwardConfig": {"TargetGroups": tgs}}]}
+
+
+@pytest.mark.parametrize(
+    ("listener", "expect"),
+    [
+        (forward((BLUE_TG, 100)), {BLUE_TG: 100}),
+        (forward((BLUE_TG, 80), (GREEN_TG, 20)), {BLUE_TG: 80, GREEN_TG: 20}),
+        (forward((BLUE_TG, 1), (GREEN_TG, 3)), {BLUE_TG: 25, GREEN_TG: 75}),
+        (forward((BLUE_TG, 0), (GREEN_TG, 0)), {BLUE_TG: 0, GREEN_TG: 0}),
+        ({"DefaultActions": [{"Type": "forward", "TargetGroupArn": BLUE_TG}]}, {BLUE_TG: 100}),
+        ({"DefaultActions": [{"Type": "fixed-response"}]}, {}),
+    ],
+)
+def test_weights_of(listener: dict[str, Any], expect: dict[str, int]) -> None:
+    assert weights_of(listener) == expect
+
+
+def client_error(code: str, status: int = 400, op: str = "CreateTaskSet", prefix: str = "ecs") -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": "m", "IamPrefix": prefix}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        op,
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "words"),
+    [
+        (client_error("AccessDeniedException"), AccessDenied, "grant ecs:CreateTaskSet"),
+        (client_error("AccessDenied", op="ModifyListener", prefix="elasticloadbalancing"), AccessDenied,
+         "elasticloadbalancing:ModifyListener"),
+        (client_error("ThrottlingException"), TransientError, "transient"),
+        (client_error("Throttling", op="DescribeListeners"), TransientError, "transient"),
+        (client_error("InternalFailure", 500), TransientError, "transient"),
+        (client_error("SomethingNew", 503), TransientError, "transient"),
+        (client_error("ClusterNotFoundException"), NotFound, "ECS cluster not found"),
+        (client_error("TargetGroupNotFound", op="DescribeTargetGroups"), NotFound, "target group not found"),
+    ],
+)
+def test_translate_by_error_code(exc: ClientError, kind: type[Exception], words: str) -> None:
+    typed = translate(exc, service="svc")
+    assert isinstance(typed, kind)
+    assert words in str(typed)
+    assert "svc" in str(typed)
+
+
+def test_translate_leaves_unknown_codes_and_other_errors_alone() -> None:
+    unknown = client_error("InvalidParameterException")
+    assert translate(unknown) is unknown
+    other = ValueError("x")
+    assert translate(other) is other
+    assert error_code(unknown) == "InvalidParameterException"
+    assert error_code(other) == ""

@@ -1,0 +1,164 @@
+"""What the operator sees in the Prefect UI, checked through the API with the filters the UI sends.
+
+Prefect 3.9's UI asks for built-in state *names*: the deployment page's default
+"All except scheduled" filter lists every built-in name but Scheduled, and the
+Runs page's "Failed" filter asks for the name "Failed" (its state select,
+``state-name-select``). A run in a custom-named state is in neither list.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateName,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.sorting import ArtifactSort
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+
+from flows.runner import serving_status
+from flows.serve import DEPLOY_SERVICE
+from tasks.outcome import outcome_of
+from tests.gitrepo import git
+from tests.release_helpers import ROOT, ServiceUnderTest
+
+# The UI's state names (prefect-ui-library's list), in its order.
+UI_STATE_NAMES = [
+    "Scheduled", "Late", "Resuming", "AwaitingRetry", "AwaitingConcurrencySlot", "Pending", "Paused",
+    "Suspended", "Running", "Retrying", "Completed", "Cached", "Cancelled", "Cancelling", "Crashed",
+    "Failed", "TimedOut",
+]  # fmt: skip
+ALL_EXCEPT_SCHEDULED = [n for n in UI_STATE_NAMES if n != "Scheduled"]
+
+
+class Serve:
+    """`ecs-pipeline serve` in its own process group, stopped by the test when it wants."""
+
+    def __init__(self, sut: ServiceUnderTest, log: Path) -> None:
+        env = {**os.environ, "ECS_PIPELINE_DEPLOYMENTS": str(sut.yaml_path.parent),
+               "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve"], cwd=ROOT, env=env,
+                                     stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_registered(self) -> None:
+        with get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    client.read_deployment_by_name(DEPLOY_SERVICE)
+                    return
+                except ObjectNotFound:
+                    assert time.monotonic() < deadline, self.log.read_text()
+                    time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(60)
+
+
+@pytest.fixture
+def served(tmp_path: Path, new_service: Callable[..., ServiceUnderTest]) -> Iterator[tuple[ServiceUnderTest, Serve]]:
+    sut = new_service()
+    server = Serve(sut, tmp_path / "serve.log")
+    try:
+        server.wait_registered()
+        yield sut, server
+    finally:
+        server.stop()
+
+
+def deployment_page_runs(deployment_id: Any) -> dict[Any, Any]:
+    """POST /flow_runs/filter as the deployment page's default list sends it."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=ALL_EXCEPT_SCHEDULED))
+            ),
+        )
+    return {r.id: r for r in runs}
+
+
+def runs_named(names: list[str], ids: list[Any]) -> set[Any]:
+    """The Runs page with its state filter set to NAMES (restricted to this test's runs)."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=names)))
+        )
+    return {r.id for r in runs} & set(ids)
+
+
+def engine_tracebacks(run_id: Any) -> list[str]:
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    return [log.message for log in logs if "Engine execution exited" in log.message or "Traceback" in log.message]
+
+
+def latest_live_view(service: str) -> str:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{service}-live"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return str(found[0].data) if found else ""
+
+
+def test_every_release_is_listed_and_a_rollback_shows_under_failed(
+    served: tuple[ServiceUnderTest, Serve],
+) -> None:
+    sut, server = served
+    params = {"service": sut.name}
+    sha1 = git(sut.repo, "rev-parse", "HEAD")
+    deployed = run_deployment(DEPLOY_SERVICE, parameters=params, timeout=300)
+    broken = sut.commit("v2", broken="root")
+    rolled_back = run_deployment(DEPLOY_SERVICE, parameters=params, timeout=300)
+    unchanged = run_deployment(DEPLOY_SERVICE, parameters={**params, "sha": sha1[:12]}, timeout=300)
+    runs = [deployed, rolled_back, unchanged]
+    outcomes = ["Deployed", "Rolled back", "No change"]
+    assert [outcome_of(r.state) for r in runs] == outcomes, [r.state for r in runs]
+    assert rolled_back.state is not None and rolled_back.state.message is not None
+    assert rolled_back.state.message.startswith("Rolled back: GET / failed verification: returned 500")
+    assert rolled_back.name == f"deploy {sut.name}@{broken[:7]}"
+    assert deployed.name == f"deploy {sut.name}@{sha1[:7]}"
+    assert unchanged.name == f"deploy {sut.name}@{sha1[:7]}"
+    assert "outcome:rolled-back" in rolled_back.tags and "outcome:deployed" in deployed.tags
+
+    listed = deployment_page_runs(deployed.deployment_id)
+    assert {r.id for r in runs} <= set(listed), "the deployment page's default filter lists every release"
+    assert runs_named(["Failed"], [r.id for r in runs]) == {rolled_back.id}
+    assert runs_named(["Completed"], [r.id for r in runs]) == {deployed.id, unchanged.id}
+    assert engine_tracebacks(rolled_back.id) == []
+
+    live = latest_live_view(sut.name)
+    assert live.startswith(f"# {sut.name}: `{sha1[:7]}` is live"), live
+    assert f"`{broken[:7]}` Rolled back" in live and "GET / failed verification" in live
+
+    server.stop()
+    with get_client(sync_client=True) as client:
+        after = [client.read_flow_run(r.id).state for r in runs]
+    assert [outcome_of(s) for s in after] == outcomes, "stopping serve leaves finished runs as they ended"
+    with get_client(sync_client=True) as client:
+        description = client.read_deployment_by_name(DEPLOY_SERVICE).description or ""
+    assert "**Not served since" in description and "a Run or a Retry waits" in description, description
+    assert serving_status(DEPLOY_SERVICE).startswith(DEPLOY_SERVICE)
