@@ -35,8 +35,14 @@ DB_ROLE = "prefect"
 
 
 def wanted_database(lay: Layout, asked: Database | None) -> Database:
-    """ASKED when given (and remembered), else what was asked last, else SQLite."""
+    """ASKED when given (and remembered), else $SANDBOX_DATABASE, else what was asked last, else SQLite.
+
+    SANDBOX_DATABASE=postgres lets a fresh sandbox (a test session's own) start on Postgres.
+    """
     path = lay.state / "database"
+    from_env = os.environ.get("SANDBOX_DATABASE", "").strip().lower()
+    if asked is None and from_env in ("sqlite", "postgres"):
+        asked = "postgres" if from_env == "postgres" else "sqlite"
     if asked is not None:
         lay.state.mkdir(parents=True, exist_ok=True)
         path.write_text(asked + "\n")

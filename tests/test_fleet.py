@@ -213,6 +213,7 @@ def fleet_rows(state: Any) -> dict[str, dict[str, Any]]:
     return rows
 
 
+@pytest.mark.timeout(600)  # two workers start, then two fleets of five run
 def test_broken_service_rolls_back_the_others_deploy_and_stop_holds_later_waves(fleet: dict[str, Any]) -> None:
     names = [s["name"] for s in fleet["services"]]
     broken, good = names[0], names[1:]

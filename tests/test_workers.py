@@ -78,8 +78,9 @@ def signed_push(url: str, payload: dict[str, Any]) -> httpx.Response:
     return httpx.post(f"{url}/webhook/github", content=raw, headers=headers, timeout=10)
 
 
-def test_cli_webhook_and_poller_releases_run_on_whichever_worker_is_free(fleet: Any) -> None:
-    pool, suts, folder = fleet
+@pytest.mark.timeout(600)  # the module's set-up (deploy --all, two workers) counts here
+def test_cli_releases_run_on_whichever_worker_is_free(fleet: Any) -> None:
+    pool, suts, _ = fleet
     a, b = suts["a"], suts["b"]
     done = deploy_cli("--all", "--max-parallel", "2")  # the CLI: a fleet run, children on the workers
     assert done.returncode == 0, done.stdout + done.stderr
@@ -91,6 +92,10 @@ def test_cli_webhook_and_poller_releases_run_on_whichever_worker_is_free(fleet: 
             assert pool.worker_of(deployed[0].id).name in ("w1", "w2")
             assert "v1" in sut.get("/").text
 
+
+def test_webhook_and_poller_releases_run_on_the_workers(fleet: Any) -> None:
+    pool, suts, folder = fleet
+    a, b = suts["a"], suts["b"]
     sha_a, sha_b = a.commit("v2a"), b.commit("v2")
     app = create_app(load_all_services(folder), WebhookSecrets({"github": SECRET}), PrefectRunStarter())
     payload = push_payload(after=sha_a)
