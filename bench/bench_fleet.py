@@ -270,6 +270,14 @@ def api_calls_per_release(service: str) -> Counter[str]:
 # -- report -------------------------------------------------------------------------
 
 
+def load_sandbox() -> None:
+    subprocess.run([sys.executable, "-m", "sandbox", "up"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    from sandbox.manage import load_env
+
+    os.environ.update(load_env())
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=20)
@@ -280,9 +288,7 @@ def main() -> int:
     if args.webhook_only:
         print(json.dumps(webhook_samples(args.requests)))
         return 0
-    from bench.bench_pipeline import load_sandbox
-
-    load_sandbox()
+    load_sandbox()  # before anything imports prefect: it reads its settings once
     from sandbox.layout import layout
     from sandbox.manage import prefect_database
 
