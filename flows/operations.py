@@ -13,7 +13,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from tasks import ecs as ecs_ops
 from tasks import traffic
 from tasks.aws import AwsClients
-from tasks.errors import DeployError
+from tasks.errors import DeployError, error_code
 from tasks.locks import read_heartbeat
 from tasks.models import find_service
 from tasks.outcome import outcome_of
@@ -93,8 +93,10 @@ def previous_release_sha(clients: AwsClients, live_task_definition: str, live_sh
     for rev in range(int(revision) - 1, 0, -1):
         try:
             found = ecs.describe_task_definition(taskDefinition=f"{family}:{rev}", include=["TAGS"])
-        except ClientError:  # a deleted revision: look further back
-            continue
+        except ClientError as exc:
+            if error_code(exc) in ("ClientException", "InvalidParameterException"):
+                continue  # a deleted revision: look further back
+            raise  # a throttle must not make the rollback skip to an older commit
         tags = {t["key"]: t["value"] for t in found.get("tags", [])}
         if tags.get(SHA_TAG) and tags[SHA_TAG] != live_sha:
             return str(tags[SHA_TAG])
@@ -149,9 +151,11 @@ def plan_release(service: str, sha: str | None) -> list[str]:
     ecr_client = clients.get("ecr")
     try:
         digest = ecr.find_image_digest(ecr_client, cfg.ecr.repository, full)
-    except Exception as exc:  # noqa: BLE001 - a missing repository means: will build
+    except ClientError as exc:
+        if error_code(exc) != "RepositoryNotFoundException":
+            raise
         digest = None
-        lines.append(f"ECR: {type(exc).__name__}; the build stage would create the repository")
+        lines.append("ECR: RepositoryNotFoundException; the build stage would create the repository")
     lines.append("build + push: skipped, image in ECR" if digest else "build + push: would run")
     image = digest if digest else f"<{cfg.ecr.repository}@digest>"
     desired = render(cfg, image, full)

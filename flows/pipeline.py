@@ -8,8 +8,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
-from flows.skeleton import choose_strategy, reason_of, run_release
+from flows.skeleton import RollbackFailed, choose_strategy, reason_of, run_release
 from tasks import release as stages
 from tasks.aws import AwsClients
 from tasks.ecs import LiveRelease
@@ -36,7 +37,11 @@ def deploy_service(
     ALLOW_OLDER lets a person move production back to an older (or diverged) commit.
     """
     clients = AwsClients(Settings())
-    cfg = find_service(service, clients.settings.deployments)
+    try:
+        cfg = find_service(service, clients.settings.deployments)
+    except PipelineError as exc:  # a broken file: refused before any AWS or Docker call
+        get_run_logger().error("Failed: %s", exc)
+        return final_state("Failed", str(exc))
     summary = ReleaseSummary(service=cfg.name, strategy=cfg.strategy.type)
     run_id = flow_run.get_id()
     if run_id:
@@ -63,7 +68,12 @@ def deploy_service(
             if not isinstance(exc, PipelineError):
                 raise  # a bug or an interruption keeps its traceback
             get_run_logger().error("%s: %s", summary.outcome, summary.reason)
-            return final_state(summary.outcome, f"{summary.reason} ({summary.traffic})")
+            state = final_state(summary.outcome, f"{summary.reason} ({summary.traffic})")
+            if isinstance(exc, RollbackFailed) and isinstance(exc.interrupted_by, Aborted):
+                # Prefect ends a Cancelling run only as Cancelled (a Failed is refused and the run
+                # stays Cancelling): the same outcome and message, in a Cancelled state.
+                return Cancelled(message=state.message)
+            return state
 
 
 def conclude(summary: ReleaseSummary, live: LiveRelease | None = None) -> None:

@@ -134,6 +134,12 @@ def sigterm_deferred() -> Iterator[None]:
             previous(signal.SIGTERM, None)
 
 
+class RollbackFailed(DeployError):
+    """Production is left split; ``interrupted_by`` is what the rollback was for (a cancel, a failure)."""
+
+    interrupted_by: BaseException | None = None
+
+
 def roll_back(steps: Steps, release: Release, exc: BaseException) -> Outcome | None:
     """Production back on the last verified version; None when the failure had moved nothing."""
     reason = reason_of(exc)
@@ -147,11 +153,13 @@ def roll_back(steps: Steps, release: Release, exc: BaseException) -> Outcome | N
             summary.outcome, summary.traffic = "Rollback failed", where
             summary.reason = f"{reason}; then the rollback failed: {reason_of(failed)}"
             emit(release.cfg.name, "rollback-failed", sha=release.sha, reason=summary.reason, traffic=where)
-            raise DeployError(
+            loud = RollbackFailed(
                 f"ROLLBACK FAILED, {where}: {summary.reason}. The next release of {release.cfg.name} "
                 "(or `ecs-pipeline rollback`) puts production back on the last verified version",
                 service=release.cfg.name,
-            ) from failed
+            )
+            loud.interrupted_by = exc
+            raise loud from failed
     if result is None:
         return None
     summary.outcome, summary.reason, summary.traffic = "Rolled back", result.reason, result.traffic

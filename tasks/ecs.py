@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,6 +102,12 @@ class GreenSpec:
     container: str
     container_port: int
     external_id: str
+    client_token: str = ""  # the same for every attempt of one run's create: a lost answer makes no twin
+
+
+def client_token(run_id: str, task_definition: str) -> str:
+    """CreateTaskSet's idempotency token for this run and revision (AWS allows 36 characters)."""
+    return "ecsp-" + hashlib.sha256(f"{run_id}|{task_definition}".encode()).hexdigest()[:31]
 
 
 def create_task_set(ecs: Any, spec: GreenSpec, service: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +128,8 @@ def create_task_set(ecs: Any, spec: GreenSpec, service: dict[str, Any]) -> dict[
     }
     if service.get("networkConfiguration"):
         kwargs["networkConfiguration"] = service["networkConfiguration"]
+    if spec.client_token:
+        kwargs["clientToken"] = spec.client_token
     return ecs.create_task_set(**kwargs)["taskSet"]  # type: ignore[no-any-return]
 
 

@@ -15,7 +15,6 @@ from prefect import get_run_logger
 from tasks import codebuild, ecr, handover, image, source
 from tasks.aws import AwsClients, docker_client
 from tasks.ecs import LiveRelease, describe_release, describe_service, live_task_definition
-from tasks.errors import ConfigError
 from tasks.models import ServiceConfig
 from tasks.retry import stage
 from tasks.taskdef import diff_task_definitions, load_template, render_task_definition
@@ -127,12 +126,11 @@ def push(cfg: ServiceConfig, clients: AwsClients, sha: str, built: StageResult, 
     if built.pushed:
         log.info("the buildspec pushed %s: push skipped", built.value)
         return StageResult(built.value, done=False)
-    uri, found = image_in_ecr(cfg, clients, sha)
-    if found and not (force and built.done):
+    if not built.done:  # the build stage just found it in ECR (by digest): no second look
         log.info("image for %s already in ECR: push skipped", sha[:7])
-        return StageResult(found, done=False)
-    if not built.done:
-        raise ConfigError(f"no image for {sha[:7]} in ECR and nothing built to push", service=cfg.name)
+        return StageResult(built.value, done=False)
+    # Built just now, after the build stage looked in ECR: pushing is idempotent, a second look is not needed.
+    uri = built.value.rsplit(":", 1)[0]
     auth = ecr.registry_auth(clients.get("ecr"))
     digest = image.push_image(docker_client(), built.value, auth, log.info, detail=log.debug)
     ref = image.image_with_digest(uri, digest)

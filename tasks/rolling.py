@@ -88,8 +88,11 @@ def _failure(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout, why: str
     return f"{why} ({count} task(s) stopped: {reason})"
 
 
-def rollout_state(service: dict[str, Any], rollout: Rollout) -> str | None:
-    """COMPLETED when the release's deployment is done and serving; raises when ECS gave up on it."""
+def rollout_state(service: dict[str, Any], rollout: Rollout) -> dict[str, Any] | None:
+    """The service once the release's deployment is COMPLETED and PRIMARY; raises when ECS gave up on it.
+
+    Both come from one description, so "stable" is checked to be "succeeded" without describing again.
+    """
     ours = next((d for d in service.get("deployments", []) if d.get("id") == rollout.deployment_id), None)
     primary = primary_deployment(service)
     if ours is not None and ours.get("rolloutState") == "FAILED":
@@ -99,7 +102,7 @@ def rollout_state(service: dict[str, Any], rollout: Rollout) -> str | None:
             f"deployment {rollout.deployment_id} is no longer PRIMARY; ECS now rolls out "
             f"{primary.get('taskDefinition')}: {primary.get('rolloutStateReason') or 'no reason given'}"
         )
-    return "COMPLETED" if ours is not None and ours.get("rolloutState") == "COMPLETED" else None
+    return service if ours is not None and ours.get("rolloutState") == "COMPLETED" else None
 
 
 @stage("wait rollout", "wait rollout {cfg.name}")
@@ -107,7 +110,7 @@ def wait_rollout(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout) -> N
     """Until the release's deployment is COMPLETED; then describe again: stable is not succeeded."""
     log = get_run_logger()
     try:
-        poll(
+        service = poll(
             lambda: rollout_state(_service(cfg, clients), rollout),
             timeout=cfg.timeouts.rollout_seconds,
             what=f"deployment {rollout.deployment_id} to complete",
@@ -118,7 +121,6 @@ def wait_rollout(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout) -> N
         raise type(exc)(
             _failure(cfg, clients, rollout, exc.message), service=cfg.name, deployment_id=rollout.deployment_id
         ) from exc
-    service = _service(cfg, clients)
     primary = primary_deployment(service)
     if primary.get("id") != rollout.deployment_id or primary.get("taskDefinition") != rollout.task_definition:
         raise RolledBack(
@@ -136,7 +138,7 @@ def verify_production(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout)
     log = get_run_logger()
     base = None
     if cfg.load_balancer is not None:
-        base = traffic.resolve_routing(clients.get("elbv2"), cfg.load_balancer).production_url
+        base = traffic.production_url(clients.get("elbv2"), cfg.load_balancer)
     lines = []
     for check in cfg.verify.http:
         if base is None and check.base_url is None:

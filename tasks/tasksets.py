@@ -14,19 +14,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import ClientError
 from prefect import get_run_logger
+from prefect.runtime import flow_run
 
 from tasks import ecs as ecs_ops
 from tasks import traffic, verify
 from tasks.aws import AwsClients
 from tasks.errors import VerifyFailed
 from tasks.models import ServiceConfig
-from tasks.retry import stage
+from tasks.retry import is_transient, stage
 from tasks.strategy import LoadBalanced, Reconciled, Release, RollbackResult, Step
 from tasks.traffic import Routing
 from tasks.waits import checkpoint, poll
 
 DRAIN_WAIT = 120.0  # seconds a deleted task set may take to drain before the run moves on
+ROLLBACK_WAIT = 120.0  # seconds a rollback keeps putting the listeners back before it reports the split
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ def deploy_green(
     spec = ecs_ops.GreenSpec(
         cfg.ecs.cluster, cfg.ecs.service, task_definition, green.target_group,
         cfg.ecs.container, cfg.ecs.container_port, external_id=f"ecs-pipeline-{sha[:12]}",
+        client_token=ecs_ops.client_token(str(flow_run.get_id() or sha), task_definition),
     )
     if green.task_set is None:
         created = ecs_ops.create_task_set(ecs, spec, service)
@@ -217,24 +221,50 @@ def teardown_blue(cfg: ServiceConfig, clients: AwsClients, routing: Routing, gre
 
 @stage("roll back", "roll back {cfg.name}")
 def roll_back(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green | None) -> str:
-    """Production 100 % on blue, test listener back on blue, green removed."""
+    """Production 100 % on blue (checked, not assumed), then every task set but blue removed."""
     log = get_run_logger()
-    ecs, elbv2 = clients.get("ecs"), clients.get("elbv2")
     if green is None or green.already_primary:
         return "nothing to roll back"
     if green.blue_target_group:
-        traffic.set_weights(elbv2, routing.production_listener, {green.blue_target_group: 100})
-        traffic.set_weights(elbv2, routing.test_listener, {green.blue_target_group: 100})
+        back_on(clients, routing, green.blue_target_group)
         log.info("production back to 100% blue")
-    # A failure inside deploy green leaves a task set the caller never heard of: look it up.
-    existing = ecs_ops.find_task_set(_service(cfg, clients), green.task_definition)
-    task_set = green.task_set or (existing["taskSetArn"] if existing else None)
-    if task_set:
-        ecs_ops.delete_task_set(ecs, cfg.ecs.cluster, cfg.ecs.service, task_set)
-        if not ecs_ops.wait_task_set_gone(ecs, cfg.ecs.cluster, cfg.ecs.service, task_set, DRAIN_WAIT):
-            log.warning("green task set %s is still draining", task_set)
-        log.info("green task set removed")
+    # Not only the green this run knows: a lost CreateTaskSet answer or a dead run's
+    # green is a task set nobody heard of, and it would answer the next release's checks.
+    removed = remove_task_sets(cfg, clients, keep=green.blue_task_set)
+    if removed:
+        log.info("removed task set(s) %s", ", ".join(removed))
     return "production on blue" if green.blue_target_group else "green removed (there was no blue)"
+
+
+def back_on(clients: AwsClients, routing: Routing, target_group: str) -> None:
+    """Both listeners 100 % on ``target_group``, retried (transient faults too) until AWS shows it so."""
+    elbv2 = clients.get("elbv2")
+
+    def there() -> bool | None:
+        try:
+            traffic.set_weights(elbv2, routing.test_listener, {target_group: 100})
+            traffic.set_weights(elbv2, routing.production_listener, {target_group: 100})
+            live = traffic.get_weights(elbv2, routing.production_listener)
+        except ClientError as exc:
+            if is_transient(exc):
+                return None  # botocore's attempts ran out; the rollback keeps trying until its budget
+            raise
+        return True if {a: w for a, w in live.items() if w} == {target_group: 100} else None
+
+    poll(there, timeout=ROLLBACK_WAIT, what="production listener back on blue", cap=clients.settings.poll_cap())
+
+
+def remove_task_sets(cfg: ServiceConfig, clients: AwsClients, keep: str | None) -> list[str]:
+    """Delete every task set but ``keep`` (the verified primary) and wait until they drained."""
+    ecs = clients.get("ecs")
+    doomed = [ts for ts in _service(cfg, clients).get("taskSets", [])
+              if ts["taskSetArn"] != keep and ts.get("status") != "DRAINING"]
+    for ts in doomed:
+        ecs_ops.delete_task_set(ecs, cfg.ecs.cluster, cfg.ecs.service, ts["taskSetArn"])
+    for ts in doomed:
+        if not ecs_ops.wait_task_set_gone(ecs, cfg.ecs.cluster, cfg.ecs.service, ts["taskSetArn"], DRAIN_WAIT):
+            get_run_logger().warning("task set %s is still draining", ts["id"])
+    return [ts["id"] for ts in doomed]
 
 
 class TaskSetSteps(LoadBalanced):
@@ -297,17 +327,25 @@ class TaskSetSteps(LoadBalanced):
         keep = full[0] if full else primary
         keep_tg = ecs_ops.task_set_target_group(keep) or blue_tg
         green = Green(keep["taskSetArn"], keep_tg, keep["taskDefinition"], None, None)
-        if weights.get(keep_tg, 0) == 100 and keep is primary:
+        torn_down = keep is primary and all(_revision(ts) < _revision(primary) for ts in others)
+        if weights.get(keep_tg, 0) == 100 and torn_down:
+            what = "an earlier run died in its teardown (green already primary): finished its release"
+        elif weights.get(keep_tg, 0) == 100 and keep is primary:
             what = "removed task set(s) an earlier run left; production stays on the primary"
         elif full:
             what = "production was 100% on green, verified before the shift: finished its release"
         else:
             share = sum(w for arn, w in weights.items() if arn != blue_tg)
             what = f"production was {share}% on green, never fully shifted: rolled back to blue"
-        traffic.set_weights(elbv2, routing.production_listener, {keep_tg: 100})
-        traffic.set_weights(elbv2, routing.test_listener, {keep_tg: 100})
+        back_on(self.clients, routing, keep_tg)
         teardown_blue(self.cfg, self.clients, routing, green)
         td = keep["taskDefinition"]
         names = ", ".join(ts["id"] for ts in [primary, *others] if ts is not keep)
         get_run_logger().warning("reconciled %s: %s (removed %s)", self.cfg.name, what, names)
-        return Reconciled("back" if keep is primary else "forward", td, f"{what}; {td.rsplit('/', 1)[-1]} serves")
+        forward = keep is not primary or torn_down
+        return Reconciled("forward" if forward else "back", td, f"{what}; {td.rsplit('/', 1)[-1]} serves")
+
+
+def _revision(task_set: dict[str, Any]) -> int:
+    """The task definition revision a task set runs (every task set of a service is one family)."""
+    return int(str(task_set.get("taskDefinition", ":0")).rsplit(":", 1)[-1])

@@ -52,6 +52,11 @@ def _listener(elbv2: Any, ref: ListenerRef, field: str) -> tuple[str, str]:
     return listener["ListenerArn"], f"{scheme}://{lb['DNSName']}:{listener['Port']}"
 
 
+def production_url(elbv2: Any, lb: LoadBalancer) -> str:
+    """Only the production listener's base URL (rolling checks production; two calls, not five)."""
+    return _listener(elbv2, lb.production_listener, "production_listener")[1]
+
+
 def resolve_routing(elbv2: Any, lb: LoadBalancer) -> Routing:
     prod_arn, prod_url = _listener(elbv2, lb.production_listener, "production_listener")
     test_arn, test_url = _listener(elbv2, lb.test_listener, "test_listener")

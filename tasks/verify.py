@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from botocore.exceptions import ClientError
 
 from tasks.errors import ConfigError, VerifyFailed
 from tasks.models import HttpCheck
@@ -101,15 +100,14 @@ def check_target_health(elbv2: Any, target_group: str, expected: int) -> int:
 
 
 def alarms_firing(cloudwatch: Any, names: list[str]) -> list[str]:
-    """Names (with reasons) of the given alarms that are in ALARM; unknown names are config errors."""
+    """Names (with reasons) of the given alarms that are in ALARM; unknown names are config errors.
+
+    An AWS error reading them propagates as it is: a throttle is the stage's to retry,
+    not a failed verification (which would roll a good release back).
+    """
     if not names:
         return []
-    try:
-        found = cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]
-    except ClientError as exc:
-        raise VerifyFailed(
-            f"cannot read alarms {', '.join(names)}: {exc.response['Error']['Code']}"
-        ) from exc
+    found = cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]
     known = {a["AlarmName"] for a in found}
     missing = [n for n in names if n not in known]
     if missing:

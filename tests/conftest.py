@@ -108,7 +108,6 @@ def pytest_configure(config: object) -> None:
         state = Path(env["SANDBOX_DIR"])
         os.environ.update({k: env[k] for k in ("SANDBOX_DIR", *PORT_VARS)})
     _load_env(state / "env")
-    os.environ.setdefault("AWS_MAX_ATTEMPTS", "2")
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 
 

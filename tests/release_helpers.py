@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from sandbox.seed import seed_service
 from tasks.models import load_service
+from tasks.settings import DEFAULT_MAX_ATTEMPTS
 from tests.gitrepo import git
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,9 @@ def free_port() -> int:
 
 
 def aws(service: str) -> Any:
-    return boto3.client(service, config=Config(retries={"mode": "standard", "total_max_attempts": 2}))
+    """A client with the pipeline's own retry policy: tests ride out throttling as real AWS needs."""
+    retries = {"mode": "standard", "total_max_attempts": DEFAULT_MAX_ATTEMPTS}
+    return boto3.client(service, config=Config(retries=retries))
 
 
 @dataclass

@@ -71,7 +71,7 @@ def ecr(endpoint: str) -> Iterator[Any]:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     try:
-        settings = Settings(region="us-east-1", endpoint_url=endpoint, max_attempts=1)
+        settings = Settings(region="us-east-1", endpoint_url=endpoint)
         yield AwsClients(settings).get("ecr")
     finally:
         os.environ.clear()

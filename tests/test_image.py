@@ -256,7 +256,6 @@ def test_pushed_image_is_found_in_ecr_by_its_tag(
     settings = Settings(
         region="us-east-1",
         endpoint_url=sandbox_setting("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
-        max_attempts=1,
     )
     ecr = AwsClients(settings).get("ecr")
     name = f"ecs-pipeline-test/ecr-{uuid.uuid4().hex[:8]}"

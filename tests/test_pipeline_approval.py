@@ -10,9 +10,9 @@ from typing import Any
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
-    FlowRunFilterName,
     FlowRunFilterState,
     FlowRunFilterStateType,
+    FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import StateType
 
@@ -29,7 +29,7 @@ def paused_run(service: str, timeout: float = 120) -> Any:
         while time.monotonic() < deadline:
             runs = client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
-                    name=FlowRunFilterName(any_=[f"deploy {service}"]),
+                    tags=FlowRunFilterTags(all_=[f"service:{service}"]),
                     state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])),
                 )
             )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from . import rolling
 from .ecs_native_model import (
     DEFAULT_HOOK_TIMEOUT_MINUTES,
     ENDED,
@@ -25,11 +24,14 @@ from .ecs_native_model import (
     Hook,
     Revision,
     ServiceDeployment,
+    alarms_view,
+    breaker_view,
     deployment_arn,
     is_native,
     revision_arn,
     rule_weights,
     set_rule_weights,
+    share,
     traffic_steps,
 )
 from .fleets import add_event, utc
@@ -165,15 +167,15 @@ class NativeController:
         return {"arn": rev.arn, "requestedTaskCount": fleet.desired if fleet else 0,
                 "runningTaskCount": fleet.running() if fleet else 0,
                 "pendingTaskCount": fleet.pending() if fleet else 0,
-                "requestedTestTrafficWeight": float(_share(test, rev.target_group)),
-                "requestedProductionTrafficWeight": float(_share(prod, rev.target_group))}
+                "requestedTestTrafficWeight": float(share(test, rev.target_group)),
+                "requestedProductionTrafficWeight": float(share(prod, rev.target_group))}
 
     # -- the lifecycle -----------------------------------------------------------------------------
     def _advance(self, service: Any, dep: ServiceDeployment) -> None:
         if dep.status == "PENDING":
             dep.started, dep.status = now(), "IN_PROGRESS"
-            dep.breaker = _breaker_view(dep.config, service.desired_count)
-            dep.alarms = _alarms_view(dep.config)
+            dep.breaker = breaker_view(dep.config, service.desired_count)
+            dep.alarms = alarms_view(dep.config)
         if dep.status in ROLLING_BACK:
             self._finish_rollback(service, dep)
             return
@@ -382,22 +384,3 @@ def _serving(dep: ServiceDeployment, live: str | None) -> str | None:
 def _busy(ctl: EcsController, rev: Revision) -> bool:
     fleet = ctl.fleets.get(rev.fleet_key)
     return fleet is not None and any(t.state != "stopped" for t in fleet.tasks)
-
-
-def _share(weights: dict[str, int], tg: str) -> float:
-    total = sum(weights.values())
-    return 100.0 * weights.get(tg, 0) / total if total else 0.0
-
-
-def _breaker_view(config: dict[str, Any], desired: int) -> dict[str, Any]:
-    breaker = config.get("deploymentCircuitBreaker") or {}
-    if not breaker.get("enable"):
-        return {"status": "DISABLED", "failureCount": 0, "threshold": 0}
-    return {"status": "MONITORING", "failureCount": 0, "threshold": rolling.breaker_threshold(desired)}
-
-
-def _alarms_view(config: dict[str, Any]) -> dict[str, Any]:
-    alarms = config.get("alarms") or {}
-    if not alarms.get("enable"):
-        return {"status": "DISABLED", "alarmNames": list(alarms.get("alarmNames") or [])}
-    return {"status": "MONITORING", "alarmNames": list(alarms.get("alarmNames") or []), "triggeredAlarmNames": []}

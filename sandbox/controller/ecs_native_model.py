@@ -14,6 +14,7 @@ from typing import Any
 
 from moto.elbv2.models import FakeAction
 
+from . import rolling
 from .proxy import _find_listener
 from .traffic import forward_weights, set_forward
 from .world import ACCOUNT, REGION, elbv2, now
@@ -201,3 +202,22 @@ def set_rule_weights(arn: str | None, weights: dict[str, int]) -> None:
         return
     rule.actions = [FakeAction({"Type": "forward", "Order": 1, "ForwardConfig": {
         "TargetGroups": [{"TargetGroupArn": a, "Weight": int(w)} for a, w in weights.items()]}})]
+
+
+def share(weights: dict[str, int], tg: str) -> float:
+    total = sum(weights.values())
+    return 100.0 * weights.get(tg, 0) / total if total else 0.0
+
+
+def breaker_view(config: dict[str, Any], desired: int) -> dict[str, Any]:
+    breaker = config.get("deploymentCircuitBreaker") or {}
+    if not breaker.get("enable"):
+        return {"status": "DISABLED", "failureCount": 0, "threshold": 0}
+    return {"status": "MONITORING", "failureCount": 0, "threshold": rolling.breaker_threshold(desired)}
+
+
+def alarms_view(config: dict[str, Any]) -> dict[str, Any]:
+    alarms = config.get("alarms") or {}
+    if not alarms.get("enable"):
+        return {"status": "DISABLED", "alarmNames": list(alarms.get("alarmNames") or [])}
+    return {"status": "MONITORING", "alarmNames": list(alarms.get("alarmNames") or []), "triggeredAlarmNames": []}

@@ -4,7 +4,8 @@
   initial PRIMARY task set, ECS services a rolling deployment with rolloutState.
 - UpdateService with a new task definition (or forceNewDeployment) starts a
   new PRIMARY deployment instead of editing the old one in place.
-- CreateTaskSet no longer fakes tasks (the controller starts real ones).
+- CreateTaskSet no longer fakes tasks (the controller starts real ones) and honours
+  clientToken: a repeated token answers the task set it made (moto ignored it).
 - StopTask deregisters and drains; ListTasks honours serviceName/desiredStatus.
 - RunTask starts real containers once (standalone tasks are never restarted).
 - ECS-native blue/green (strategy BLUE_GREEN, LINEAR, CANARY): UpdateService starts a
@@ -161,6 +162,12 @@ _orig_create_task_set = EC2ContainerServiceBackend.create_task_set
 
 
 def _create_task_set(self: EC2ContainerServiceBackend, *args: Any, **kwargs: Any) -> Any:
+    token = kwargs.get("client_token")
+    if token:  # ECS answers a repeated clientToken with the task set it already made
+        service = self._get_service(args[1] if len(args) > 1 else "default", str(args[0]).split("/")[-1])
+        again = next((ts for ts in service.task_sets if getattr(ts, "client_token", "") == token), None)
+        if again is not None:
+            return again
     scale = kwargs.pop("scale", None)
     ts: Any = _orig_create_task_set(self, *args, **kwargs)
     ts.scale = scale or {"value": 100.0, "unit": "PERCENT"}

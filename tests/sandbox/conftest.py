@@ -30,7 +30,8 @@ import pytest
 from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
-CONFIG = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=30)
+# What a client of real AWS needs (the pipeline's own policy): tests never lean on a quick give-up.
+CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 10}, connect_timeout=5, read_timeout=30)
 BUSYBOX = "/bin/busybox"
 IMAGE_REPO = "emu-web"
 

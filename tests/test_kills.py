@@ -1,0 +1,117 @@
+"""kill -9 and lost answers: the next release finds what a dead run left and converges.
+
+The release runs as `python -m flows.cli deploy SERVICE` in its own process
+group, killed with SIGKILL (no rollback, no last words) at a point read from
+AWS. The rerun runs in-process with the lock's stale time at 10 s. Builds,
+pushes and registrations are counted through ECR's and ECS's APIs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.pipeline import deploy_service
+from tasks.outcome import outcome_of
+from tests.fault_helpers import (
+    Load,
+    Released,
+    add_fault,
+    calls_since,
+    flow_runs,
+    green_weight,
+    image_count,
+    last_request,
+    serving_versions,
+    wait_until,
+)
+from tests.release_helpers import ServiceUnderTest
+from tests.test_pipeline import release_artifact
+
+STALE = "10"
+
+
+@pytest.fixture(autouse=True)
+def short_stale_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECS_PIPELINE_LOCK_STALE_SECONDS", STALE)
+
+
+def deploy(name: str) -> Any:
+    return deploy_service(name, return_state=True)
+
+
+def killed_run(sut: ServiceUnderTest) -> Any:
+    """The killed release's flow run, as Prefect shows it after the rerun."""
+    runs = flow_runs(sut.name)
+    assert len(runs) >= 2
+    return runs[-2]
+
+
+def test_kill_mid_shift_then_rerun_rolls_back_and_finishes(
+    new_service: Callable[..., ServiceUnderTest], tmp_path: Path
+) -> None:
+    sut = new_service(traffic={"type": "canary", "percent": 20, "interval_seconds": 900})
+    assert outcome_of(deploy(sut.name)) == "Deployed"
+    sut.commit("v2")
+    with Load(sut) as load:
+        release = Released(sut, tmp_path / "killed.log", ECS_PIPELINE_LOCK_STALE_SECONDS=STALE)
+        wait_until(lambda: green_weight(sut) == 20, 180, "production 20% on green")
+        release.kill()
+        assert green_weight(sut) == 20, "the dead run left production split"
+        images, revisions = image_count(sut), sut.revisions()
+        rerun = deploy(sut.name)
+    assert outcome_of(rerun) == "Deployed", rerun.message
+    assert rerun.result()["done"] == [], "build, push and register were not repeated"
+    assert image_count(sut) == images and sut.revisions() == revisions
+    assert load.failed == [], load.failed[:5]
+    assert set(load.versions) <= {"v1", "v2"}
+    assert serving_versions(sut) == {"v2"}
+    assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]
+    dead = killed_run(sut)
+    assert dead.state.type.value == "CRASHED", dead.state
+    assert f"no heartbeat for over {STALE} s" in (dead.state.message or "")
+    assert "production was 20% on green, never fully shifted: rolled back to blue" in release_artifact(sut.name)
+
+
+def test_kill_in_deploy_green_then_a_good_commit_deploys(
+    new_service: Callable[..., ServiceUnderTest], tmp_path: Path
+) -> None:
+    sut = new_service()
+    assert outcome_of(deploy(sut.name)) == "Deployed"
+    sut.commit("v2-broken", broken="root")
+    with Load(sut) as load:
+        release = Released(sut, tmp_path / "killed.log", ECS_PIPELINE_LOCK_STALE_SECONDS=STALE)
+        wait_until(lambda: len(sut.task_sets()) == 2, 180, "the broken release's green task set")
+        release.kill()
+        sut.commit("v3")
+        rerun = deploy(sut.name)
+    assert outcome_of(rerun) == "Deployed", rerun.message
+    assert load.failed == [], load.failed[:5]
+    assert set(load.versions) <= {"v1", "v3"}, "production never answered the broken release"
+    assert serving_versions(sut) == {"v3"}
+    assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"], "the dead run's green did not survive"
+    assert killed_run(sut).state.type.value == "CRASHED"
+
+
+def test_lost_create_task_set_answer_leaves_no_twin(new_service: Callable[..., ServiceUnderTest]) -> None:
+    """CreateTaskSet takes effect, then its answer is a 500: the retry (same clientToken) gets the same set."""
+    sut = new_service()
+    assert outcome_of(deploy(sut.name)) == "Deployed"
+    sut.commit("v2-broken", broken="root")
+    add_fault(service="ecs", operation="CreateTaskSet", code="InternalFailure", status=500, message="lost",
+              count=1, after=True, match=sut.name)
+    seq = last_request()
+    with Load(sut) as load:
+        broken = deploy(sut.name)
+        assert outcome_of(broken) == "Rolled back", broken.message
+        assert calls_since(seq, sut.name)["CreateTaskSet"] == 2, "answered 500 once, then retried"
+        assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"], "no task set of the broken release left"
+        sut.commit("v3")
+        good = deploy(sut.name)
+    assert outcome_of(good) == "Deployed", good.message
+    assert load.failed == [], load.failed[:5]
+    assert serving_versions(sut) == {"v3"}
+    assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]
