@@ -77,6 +77,12 @@ def print_environment(source: str) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.all or args.select:
+        from flows.fleet import cmd_fleet
+
+        return cmd_fleet(args)
+    if not args.service:
+        raise PipelineError("name a SERVICE to release, or use --all / --select PATTERN")
     from prefect import tags
 
     from flows.pipeline import deploy_service
@@ -166,14 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecs-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("deploy", help="release the branch head (or --sha) of SERVICE")
-    p.add_argument("service")
+    p = sub.add_parser("deploy", help="release the branch head (or --sha) of SERVICE, or a fleet")
+    p.add_argument("service", nargs="?")
     p.add_argument("--sha", help="commit to release (full or abbreviated); default: branch head")
     p.add_argument("--force", action="store_true", help="deploy even when production runs that SHA")
     p.add_argument("--allow-older", action="store_true",
                    help="allow a commit older than (or diverged from) the live one: an explicit step back")
     p.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
     p.add_argument("--json", action="store_true", help="no live view: print the outcome and summary as JSON")
+    from flows.fleet import add_fleet_arguments  # imports prefect: only once the env is settled
+
+    add_fleet_arguments(p)
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("status", help="live revision, SHA, image, traffic split, last runs")

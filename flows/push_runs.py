@@ -29,6 +29,7 @@ from tasks.runs import (
     cancel_waiting_runs,
     commit_order_for,
     create_deploy_run,
+    create_fleet_run,
     queueing_mode,
 )
 from tasks.source import redact_url
@@ -41,9 +42,12 @@ Dispatch = Literal["direct", "automation"]
 
 @dataclass(frozen=True)
 class StartedRun:
+    """A service's run in the 202 answer; ``fleet`` when it is the push's one release-fleet run."""
+
     service: str
     sha: str
     flow_run_id: str | None
+    fleet: bool = False
 
 
 StartRuns = Callable[[PushEvent, list[ServiceConfig], str | None], Awaitable[list[StartedRun]]]
@@ -61,6 +65,12 @@ class PrefectRunStarter:
     turn with creations, so a burst of pushes is answered first. With GIT_CACHE
     they give way by git ancestry, so a replayed older push never cancels the
     run of a newer commit.
+
+    With FLEET_DEPLOYMENT, a push that concerns FLEET_FROM or more services (a
+    monorepo) creates one release-fleet run for all of them: one API call
+    whatever the number of services, and the fleet starts their deploy-service
+    runs in waves. Without it (or when that deployment does not exist) each
+    service gets its own run, created concurrently.
     """
 
     def __init__(
@@ -70,8 +80,13 @@ class PrefectRunStarter:
         parallel_creates: int = 1,
         sweep_after: float = 1.0,
         git_cache: Path | None = None,
+        fleet_deployment: str | None = None,
+        fleet_from: int = 2,
     ) -> None:
         self.deployment_name = deployment_name
+        self.fleet_deployment = fleet_deployment
+        self.fleet_from = max(2, fleet_from)
+        self._fleet_id: uuid.UUID | None = None
         self.dispatch = dispatch
         self.sweep_after = sweep_after
         self.git_cache = git_cache
@@ -86,8 +101,11 @@ class PrefectRunStarter:
     async def __call__(
         self, push: PushEvent, services: list[ServiceConfig], delivery: str | None
     ) -> list[StartedRun]:
+        fleet = False
         if self.dispatch == "automation":
             ids: list[str | None] = [None] * len(services)
+        elif (fleet_id := await self._create_fleet(push, services, delivery)) is not None:
+            ids, fleet = [fleet_id] * len(services), True
         else:
             ids = list(await asyncio.gather(*(self._create(push, c, delivery) for c in services)))
         for cfg, run_id in zip(services, ids, strict=True):
@@ -97,7 +115,7 @@ class PrefectRunStarter:
         self._last_push = time.monotonic()
         if self._newest and (self._sweeper is None or self._sweeper.done()):
             self._sweeper = asyncio.create_task(self._sweep())
-        return [StartedRun(c.name, push.sha, i) for c, i in zip(services, ids, strict=True)]
+        return [StartedRun(c.name, push.sha, i, fleet) for c, i in zip(services, ids, strict=True)]
 
     async def _sweep(self) -> None:
         while self._newest:
@@ -131,6 +149,29 @@ class PrefectRunStarter:
                 )
         return str(run.id)
 
+    async def _create_fleet(
+        self, push: PushEvent, services: list[ServiceConfig], delivery: str | None
+    ) -> str | None:
+        """One release-fleet run for SERVICES, or None when fleets are off, too small or not deployed."""
+        if self.fleet_deployment is None or len(services) < self.fleet_from:
+            return None
+        client, _ = await self._ready()
+        if self._fleet_id is None:
+            try:
+                found = await run_in_threadpool(client.read_deployment_by_name, self.fleet_deployment)
+            except ObjectNotFound:
+                log.warning("No %s deployment: one run per service", self.fleet_deployment)
+                self.fleet_deployment = None
+                return None
+            self._fleet_id = found.id
+        key = f"{self._fleet_id}:{delivery}:fleet" if delivery else None
+        names = sorted(c.name for c in services)
+        async with self._slots:
+            run = await run_in_threadpool(
+                create_fleet_run, client, self._fleet_id, names, push.sha, "push", idempotency_key=key
+            )
+        return str(run.id)
+
     async def _ready(self) -> tuple[SyncPrefectClient, uuid.UUID]:
         async with self._lock:
             if self._client is None:
@@ -146,7 +187,11 @@ class PrefectRunStarter:
         """Open the client and look the deployment up before the first push arrives."""
         if self.dispatch == "direct":
             try:
-                await self._ready()
+                client, _ = await self._ready()
+                if self.fleet_deployment is not None:
+                    self._fleet_id = (
+                        await run_in_threadpool(client.read_deployment_by_name, self.fleet_deployment)
+                    ).id
             except (ObjectNotFound, httpx.HTTPError) as exc:
                 log.warning(
                     "Deployment %s not reachable yet (%s); pushes get 502 until it is",

@@ -16,6 +16,7 @@ from prefect.exceptions import TerminationSignal
 from prefect.flows import _display_serve_start_message
 from prefect.runner import Runner
 
+from flows.fleet import release_fleet
 from flows.pipeline import deploy_service
 from flows.polling import poll_changes
 from flows.runner import FinishingRunner, served_description
@@ -29,7 +30,12 @@ def serve_flows(poll_interval_seconds: int | None = None, limit: int = 8) -> Non
     deployments: list[Any] = [
         deploy_service.to_deployment(
             name="deploy-service", description=served_description(DEPLOY_SUMMARY), tags=["ecs-pipeline"]
-        )
+        ),
+        release_fleet.to_deployment(
+            name="release-fleet",
+            description="Release many services as deploy-service runs, in waves.",
+            tags=["ecs-pipeline", "fleet"],
+        ),
     ]
     if poll_interval_seconds:
         deployments.append(

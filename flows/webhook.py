@@ -3,8 +3,8 @@
 POST /webhook/github (also /webhook/gitea, /webhook/gitlab, each on only when
 its own secret is configured) answers within milliseconds: it checks the
 signature, drops replays, maps the repository and branch to services, creates
-one ``deploy-service`` flow run per service and emits ``ecs-pipeline.git.push``
-for automations. GET /healthz for probes.
+one ``deploy-service`` flow run per service (one ``release-fleet`` run when the
+push concerns several) and emits ``ecs-pipeline.git.push`` for automations. GET /healthz for probes.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from tasks.pushes import (
     verify_github_signature,
     verify_gitlab_token,
 )
-from tasks.runs import DEPLOY_DEPLOYMENT
+from tasks.runs import DEPLOY_DEPLOYMENT, FLEET_DEPLOYMENT
 from tasks.settings import Settings
 from tasks.webhook_secrets import SecretUnavailable, WebhookSecrets, secret_variables
 
@@ -218,8 +218,12 @@ def serve(
     deployment_name: str = DEPLOY_DEPLOYMENT,
     dispatch: Dispatch = "direct",
     parallel_creates: int = 1,
+    fleet_deployment: str | None = FLEET_DEPLOYMENT,
 ) -> None:
-    """Run the webhook app under uvicorn (put TLS and a public name in front of it)."""
+    """Run the webhook app under uvicorn (put TLS and a public name in front of it).
+
+    A push that concerns several services starts one FLEET_DEPLOYMENT run for them.
+    """
     import uvicorn
 
     settings = Settings()
@@ -229,6 +233,9 @@ def serve(
     app = create_app(
         load_all_services(settings.deployments),
         secrets,
-        PrefectRunStarter(deployment_name, dispatch, parallel_creates, git_cache=settings.cache / "git"),
+        PrefectRunStarter(
+            deployment_name, dispatch, parallel_creates, git_cache=settings.cache / "git",
+            fleet_deployment=fleet_deployment,
+        ),
     )
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,4 +1,4 @@
-"""`python -m sandbox up | down | status | seed SERVICE_YAML [--prefix P]`.
+"""`python -m sandbox up [--postgres|--sqlite] | down | status | seed SERVICE_YAML [--prefix P] [--copies N]`.
 
 Exit codes are part of the contract (`ecs-pipeline sandbox ...` shells out to
 this): 0 ok, 1 error with one line on stderr that says what to do.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from sandbox import manage
 from sandbox.engine import SandboxError
@@ -20,20 +21,31 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m sandbox", description="local AWS rehearsal environment"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start what is missing (idempotent) and write .sandbox/env")
+    up = sub.add_parser("up", help="start what is missing (idempotent) and write .sandbox/env")
+    db = up.add_mutually_exclusive_group()
+    db.add_argument("--postgres", dest="database", action="store_const", const="postgres",
+                    help="Prefect server on PostgreSQL (loopback, data under .sandbox/postgres); remembered")
+    db.add_argument("--sqlite", dest="database", action="store_const", const="sqlite",
+                    help="Prefect server on SQLite (the default); remembered")
     sub.add_parser("down", help="stop what `up` started")
     sub.add_parser("status", help="each component's pid, address and health; exit 1 if one is down")
     seed = sub.add_parser("seed", help="create a service's existing infrastructure (idempotent)")
     seed.add_argument("service_yaml")
     seed.add_argument("--prefix", default="", help="prepended to every resource name")
+    seed.add_argument("--copies", type=int, default=0, metavar="N",
+                      help="seed N copies (SERVICE-01..N) with their own listeners, target groups and "
+                      "alarms, and write their YAMLs to --out")
+    seed.add_argument("--out", default=None, help="folder for the copies' YAMLs (default: .sandbox/fleet)")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            manage.up()
+            manage.up(database=args.database)
         elif args.command == "down":
             manage.down()
         elif args.command == "status":
             return 0 if manage.status() else 1
+        elif args.copies:
+            return _seed_fleet(args.service_yaml, args.copies, args.out)
         else:
             return _seed(args.service_yaml, args.prefix)
     except SandboxError as exc:
@@ -67,6 +79,19 @@ def _seed(path: str, prefix: str) -> int:
     except docker.errors.DockerException as exc:
         return _fail(f"Docker engine {env['DOCKER_HOST']}: {exc}; run `python -m sandbox status`")
     print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def _seed_fleet(path: str, copies: int, out: str | None) -> int:
+    from sandbox.seed_fleet import seed_fleet
+    from tasks.errors import PipelineError
+
+    folder = Path(out) if out else layout().state / "fleet"
+    try:
+        made = seed_fleet(Path(path), copies, folder, env=manage.load_env())
+    except (PipelineError, ValueError) as exc:
+        return _fail(str(exc))
+    print(json.dumps({"deployments": str(folder), "services": made}, indent=2))
     return 0
 
 

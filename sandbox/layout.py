@@ -48,6 +48,7 @@ class Layout:
     registry_port: int
     prefect_port: int
     time_scale: str
+    postgres_port: int = 5432
 
     @property
     def pids(self) -> Path:
@@ -81,6 +82,7 @@ def layout() -> Layout:
         registry_port=_port("SANDBOX_REGISTRY_PORT", 5000),
         prefect_port=_port("SANDBOX_PREFECT_PORT", 4200),
         time_scale=os.environ.get("SANDBOX_TIME_SCALE") or "60",
+        postgres_port=_port("SANDBOX_POSTGRES_PORT", 5432),
     )
 
 

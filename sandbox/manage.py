@@ -18,9 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import engine, procs
+from sandbox import engine, postgres, procs
 from sandbox.engine import SandboxError
 from sandbox.layout import REPO, Layout, child_env, layout, write_env
+from sandbox.postgres import Database
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,11 @@ class Component:
     port: int | None = None
 
 
-def components(lay: Layout, docker_host: str) -> list[Component]:
+def components(lay: Layout, docker_host: str, database: Database = "sqlite") -> list[Component]:
     reg = f"http://127.0.0.1:{lay.registry_port}"
     aws = f"http://127.0.0.1:{lay.aws_port}"
     prefect = f"http://127.0.0.1:{lay.prefect_port}"
-    return [
+    found = [
         Component("engine", docker_host, lambda: engine.engine_answers(docker_host)),
         Component("registry", reg, lambda: procs.http_ok(reg + "/v2/"), lay.registry_port),
         Component("aws", aws, lambda: procs.http_ok(aws + "/_sandbox/health"), lay.aws_port),
@@ -45,6 +46,18 @@ def components(lay: Layout, docker_host: str) -> list[Component]:
             "prefect", prefect, lambda: procs.http_ok(prefect + "/api/health"), lay.prefect_port
         ),
     ]
+    if database == "postgres":
+        pg = f"postgresql://127.0.0.1:{lay.postgres_port}/{postgres.DB_NAME}"
+        found.append(Component("postgres", pg, lambda: postgres.healthy(lay), lay.postgres_port))
+    return found
+
+
+def prefect_database(lay: Layout) -> str | None:
+    """The database the Prefect server `up` started uses ('sqlite'/'postgres'), None if unknown."""
+    try:
+        return lay.pidfile("prefect").with_suffix(".db").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def current_docker_host(lay: Layout) -> str:
@@ -73,20 +86,28 @@ def _locked(lay: Layout) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def up(out: Callable[[str], None] = print) -> float:
-    """Start what is missing and write <state>/env; returns the seconds it took."""
+def up(out: Callable[[str], None] = print, database: Database | None = None) -> float:
+    """Start what is missing and write <state>/env; returns the seconds it took.
+
+    DATABASE picks the Prefect server's database and is remembered; None keeps the last choice.
+    """
     t0 = time.monotonic()
     lay = layout()
     with _locked(lay):
         for d in (lay.pids, lay.logs):
             d.mkdir(parents=True, exist_ok=True)
-        comps = {c.name: c for c in components(lay, current_docker_host(lay))}
-        if all(c.healthy() for c in comps.values()) and engine.is_static_elf(engine.BUSYBOX):
+        db = postgres.wanted_database(lay, database)
+        comps = {c.name: c for c in components(lay, current_docker_host(lay), db)}
+        same_db = prefect_database(lay) in (None, db) if db == "sqlite" else prefect_database(lay) == db
+        healthy = all(c.healthy() for c in comps.values())
+        if healthy and same_db and engine.is_static_elf(engine.BUSYBOX):
             write_env(lay, comps["engine"].address)
             took = time.monotonic() - t0
             out(f"sandbox already up ({took:.2f} s); env in {lay.env_file}")
             return took
-        _start_all(lay, comps, out)
+        if not same_db:
+            _stop_prefect_for(lay, db, out)
+        _start_all(lay, comps, out, db)
     took = time.monotonic() - t0
     out(f"sandbox up in {took:.1f} s; env in {lay.env_file}")
     return took
@@ -103,11 +124,51 @@ class _Launch:
     fresh: bool
 
 
-def _start_all(lay: Layout, comps: dict[str, Component], out: Callable[[str], None]) -> None:
+def _stop_prefect_for(lay: Layout, db: Database, out: Callable[[str], None]) -> None:
+    """The Prefect server runs on the other database: stop ours so it starts again on DB."""
+    rec = procs.read_pidfile(lay.pidfile("prefect"))
+    if rec is None or not procs.alive(rec):
+        return
+    out(f"  prefect   restarting on {db} (was {prefect_database(lay) or 'unknown'})")
+    procs.stop(rec)
+    lay.pidfile("prefect").unlink(missing_ok=True)
+
+
+def _ensure_postgres(lay: Layout, comp: Component) -> None:
+    """Debian's PostgreSQL on loopback with its data under <state>/postgres, and the prefect database."""
+    engine.apt_install(postgres.missing_packages())
+    if not comp.healthy():
+        rec = procs.read_pidfile(lay.pidfile("postgres"))
+        if not procs.alive(rec):
+            if procs.port_open(lay.postgres_port):
+                raise SandboxError(
+                    f"port {lay.postgres_port} is taken by another program that is not the "
+                    "sandbox's postgres; stop it or set SANDBOX_POSTGRES_PORT to a free port"
+                )
+            postgres.init_cluster(lay)
+            rec = postgres.start(lay)
+        deadline = time.monotonic() + 60
+        while not comp.healthy():
+            if not procs.alive(rec):
+                raise SandboxError(f"postgres exited while starting; see {lay.log('postgres')}")
+            if time.monotonic() > deadline:
+                raise SandboxError(f"postgres did not answer within 60 s; see {lay.log('postgres')}")
+            time.sleep(0.2)
+    postgres.ensure_database(lay)
+
+
+def _start_all(
+    lay: Layout, comps: dict[str, Component], out: Callable[[str], None], db: Database = "sqlite"
+) -> None:
     t0 = time.monotonic()
+    if db == "postgres":
+        _ensure_postgres(lay, comps["postgres"])
+    pg_ready = time.monotonic() - t0
     # Prefect is the slowest to come up (~17 s): start it before anything else.
     started: dict[str, _Launch | None] = {}
-    started["prefect"] = _ensure(lay, comps["prefect"], _prefect_argv(lay), _prefect_env(lay))
+    started["prefect"] = _ensure(lay, comps["prefect"], _prefect_argv(lay), _prefect_env(lay, db))
+    if started["prefect"] is not None and started["prefect"].fresh:
+        lay.pidfile("prefect").with_suffix(".db").write_text(db + "\n")
 
     docker_host = engine.existing_engine(lay.state)
     own = "unix://" + str(engine.own_socket(lay.state))
@@ -134,7 +195,7 @@ def _start_all(lay: Layout, comps: dict[str, Component], out: Callable[[str], No
         dockerd = engine.dockerd_argv(lay.state)
         started["engine"] = _ensure(lay, comps["engine"], dockerd, child_env())
     _wait(lay, comps["engine"], started.get("engine"), 60)
-    ready = {"engine": time.monotonic() - t0}
+    ready = {"engine": time.monotonic() - t0, "postgres": pg_ready}
 
     aws_env = {
         **child_env(),
@@ -205,7 +266,7 @@ def _prefect_argv(lay: Layout) -> list[str]:
     return [*head, "server", "start", "--host", "127.0.0.1", "--port", str(lay.prefect_port)]
 
 
-def _prefect_env(lay: Layout) -> dict[str, str]:
+def _prefect_env(lay: Layout, db: Database = "sqlite") -> dict[str, str]:
     home = lay.state / "prefect"
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in child_env().items() if not k.startswith("PREFECT_")}
@@ -217,6 +278,8 @@ def _prefect_env(lay: Layout) -> dict[str, str]:
         # The UI's own API calls: without this they go to :4200, another sandbox's server or none.
         PREFECT_UI_API_URL=f"http://127.0.0.1:{lay.prefect_port}/api",
     )
+    if db == "postgres":
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.connection_url(lay)
     return env
 
 
@@ -260,10 +323,15 @@ def down(out: Callable[[str], None] = print) -> None:
     """Stop what `up` started, newest first; leave engines and registries it found running."""
     lay = layout()
     with _locked(lay):
-        for name in ("aws", "prefect", "registry", "engine"):
+        for name in ("aws", "prefect", "postgres", "registry", "engine"):
             path = lay.pidfile(name)
             rec = procs.read_pidfile(path)
-            if procs.alive(rec) and rec is not None:
+            if name == "postgres" and rec is None:
+                continue  # never asked for: nothing to say
+            if name == "postgres" and procs.alive(rec) and rec is not None:
+                postgres.stop(lay)
+                out(f"  {name:<9} stopped (pid {rec.pid})")
+            elif procs.alive(rec) and rec is not None:
                 procs.stop(rec, timeout=30 if name == "engine" else 15)
                 out(f"  {name:<9} stopped (pid {rec.pid})")
                 if name == "engine":
@@ -272,6 +340,7 @@ def down(out: Callable[[str], None] = print) -> None:
             else:
                 out(f"  {name:<9} not running from this sandbox; left alone")
             path.unlink(missing_ok=True)
+        lay.pidfile("prefect").with_suffix(".db").unlink(missing_ok=True)
         lay.env_file.unlink(missing_ok=True)
         lay.docker_host_file.unlink(missing_ok=True)
 
@@ -281,12 +350,15 @@ def status(out: Callable[[str], None] = print) -> bool:
     lay = layout()
     ok = True
     out(f"{'component':<10}{'pid':<9}{'health':<8}address")
-    for comp in components(lay, current_docker_host(lay)):
+    db = postgres.wanted_database(lay, None)
+    for comp in components(lay, current_docker_host(lay), db):
         healthy = comp.healthy()
         ok &= healthy
         rec = procs.read_pidfile(lay.pidfile(comp.name))
         pid = str(rec.pid) if rec and procs.alive(rec) else "-"
         note = "" if pid != "-" or not healthy else "  (not started by the sandbox)"
+        if comp.name == "prefect" and healthy:
+            note += f"  (database: {prefect_database(lay) or db})"
         out(f"{comp.name:<10}{pid:<9}{'ok' if healthy else 'DOWN':<8}{comp.address}{note}")
     has_busybox = engine.is_static_elf(engine.BUSYBOX)
     ok &= has_busybox

@@ -60,11 +60,22 @@ def alive(rec: Recorded | None) -> bool:
 
 
 def start_detached(
-    argv: Sequence[str], *, env: Mapping[str, str], log: Path, cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log: Path,
+    cwd: Path | None = None,
+    user: int | None = None,
+    group: int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ARGV in its own session so it outlives `up` and `down` can stop its group."""
+    """Start ARGV in its own session so it outlives `up` and `down` can stop its group.
+
+    USER/GROUP run it as another account (PostgreSQL will not run as root).
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
+        if user is not None:
+            os.chown(log, user, group if group is not None else -1)
         return subprocess.Popen(
             list(argv),
             env=dict(env),
@@ -73,6 +84,8 @@ def start_detached(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            user=user,
+            group=group,
         )
 
 

@@ -99,8 +99,14 @@ def _try_acquire(client: SyncPrefectClient, name: str, run_id: str | None) -> UU
     return UUID(response.json()["lease_id"])
 
 
-def _free_dead_holder(client: SyncPrefectClient, service: str, stale_after: float) -> str | None:
-    """Release the slot of a holder whose heartbeat stopped; returns its run id (or 'unknown')."""
+def _free_dead_holder(
+    client: SyncPrefectClient, service: str, stale_after: float, run_id: str | None = None
+) -> str | None:
+    """Release the slot of a holder whose heartbeat stopped; returns its run id (or 'unknown').
+
+    When the dead holder is an earlier attempt of RUN_ID itself (its worker died and the run
+    was retried), the run is not marked Crashed: it is the one running now.
+    """
     beat = read_heartbeat(client, service)
     if beat is None or time.time() - float(beat.get("at", 0)) < stale_after:
         return None
@@ -110,7 +116,7 @@ def _free_dead_holder(client: SyncPrefectClient, service: str, stale_after: floa
         if exc.response.status_code != 404:
             raise
     dead = str(beat.get("run") or "unknown")
-    if beat.get("run"):
+    if beat.get("run") and dead != run_id:
         mark_crashed(client, dead, f"its process stopped: no heartbeat for over {stale_after:.0f} s; "
                      "the next release of the service reconciles what it left")
     delete_heartbeat(client, service)
@@ -153,7 +159,7 @@ def service_lock(service: str, run_id: str | None, stale_after: float = 30.0) ->
         took_over: str | None = None
         delay = 0.2
         while (lease := _try_acquire(client, name, run_id)) is None:
-            took_over = _free_dead_holder(client, service, stale_after) or took_over
+            took_over = _free_dead_holder(client, service, stale_after, run_id) or took_over
             checkpoint()
             time.sleep(delay)
             delay = min(2.0, delay * 1.5)

@@ -33,6 +33,7 @@ from tasks.models import ServiceConfig
 
 DEPLOY_FLOW = "deploy-service"
 DEPLOY_DEPLOYMENT = "deploy-service/deploy-service"
+FLEET_DEPLOYMENT = "release-fleet/release-fleet"
 WAITING = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
 _FUTURE_SCHEDULE = timedelta(seconds=60)
 
@@ -74,6 +75,25 @@ def create_deploy_run(
         tags=run_tags(service, sha, origin),
         idempotency_key=idempotency_key,
         name=f"{service}-{sha[:7]}",
+    )
+
+
+def create_fleet_run(
+    client: SyncPrefectClient,
+    deployment_id: UUID,
+    services: list[str],
+    sha: str,
+    origin: str,
+    *,
+    idempotency_key: str | None = None,
+) -> FlowRun:
+    """One Scheduled release-fleet run for SERVICES at SHA: one API call however many services."""
+    return client.create_flow_run_from_deployment(
+        deployment_id,
+        parameters={"services": services, "sha": sha, "origin": origin},
+        tags=["fleet", f"trigger:{origin}", f"sha:{sha}"],
+        idempotency_key=idempotency_key,
+        name=f"fleet-{sha[:7]}-{len(services)}",
     )
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PORT_VARS = ("SANDBOX_AWS_PORT", "SANDBOX_REGISTRY_PORT", "SANDBOX_PREFECT_PORT")
+PORT_VARS = ("SANDBOX_AWS_PORT", "SANDBOX_REGISTRY_PORT", "SANDBOX_PREFECT_PORT", "SANDBOX_POSTGRES_PORT")
 _stop: list[Callable[[], None]] = []
 
 

@@ -1,0 +1,355 @@
+"""Fleet figures, side by side in one run, on the sandbox (best after `sandbox up --postgres`).
+
+1. Releases by two workers from `prefect deploy --all`: one service alone vs
+   twenty at once (one release-fleet, max_parallel 20): wall time and ratio,
+   per-release orchestration time (run wall time minus the time inside its
+   tasks, plus the wait for a worker), peak memory of each worker (its process
+   tree).
+2. Webhook POST -> 202 for 1, 3 and 20 services, SQLite vs Postgres, median and
+   p95 (a temporary SQLite Prefect server is started for the comparison).
+3. Prefect API calls per release, counted by a TCP proxy in front of the server.
+
+    uv run python -m bench.bench_fleet [--services 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered), ordered[max(0, int(len(ordered) * 0.95) - 1)]
+
+
+# -- 1. releases on two workers --------------------------------------------------
+
+
+def tree_rss_mb(pid: int) -> float:
+    from tests.workers import descendants
+
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+class PeakMemory(threading.Thread):
+    def __init__(self, pids: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.pids, self.peak = pids, dict.fromkeys(pids, 0.0)
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.5):
+            for name, pid in self.pids.items():
+                self.peak[name] = max(self.peak[name], tree_rss_mb(pid))
+
+
+def orchestration_seconds(run_ids: list[Any]) -> list[float]:
+    """Per run: (end - expected start) minus the seconds spent inside its task runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    out = []
+    with get_client(sync_client=True) as client:
+        for run_id in run_ids:
+            run = client.read_flow_run(run_id)
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            inside = sum(t.total_run_time.total_seconds() for t in tasks)
+            if run.end_time and run.expected_start_time:
+                out.append((run.end_time - run.expected_start_time).total_seconds() - inside)
+    return out
+
+
+def bench_releases(n: int, work: Path, limit: int) -> dict[str, Any]:
+    from flows.fleet import release_fleet
+    from sandbox.seed_fleet import seed_fleet
+    from tests.test_fleet import base_yaml, commit, monorepo
+    from tests.workers import worker_pool
+
+    repo = monorepo(work)
+    commit(repo, "v1")
+    folder = work / "deployments"
+    made = [s["name"] for s in seed_fleet(base_yaml(work, repo), n + 1, folder)]
+    os.environ["ECS_PIPELINE_DEPLOYMENTS"] = str(folder)
+    with worker_pool(folder, work, limit=limit) as pool:
+        memory = PeakMemory({w.name: w.proc.pid for w in pool.workers})
+        memory.start()
+        results: dict[str, Any] = {}
+        for label, services in (("1 service alone", made[:1]), (f"{n} services at once", made[1:])):
+            t0 = time.perf_counter()
+            state = release_fleet(services=services, max_parallel=len(services), return_state=True)
+            wall = time.perf_counter() - t0
+            rows = state.result(raise_on_failure=False)
+            ids = [r["flow_run_id"] for r in rows.values() if r["flow_run_id"]]
+            ok = sum(1 for r in rows.values() if r["outcome"] == "ok")
+            results[label] = {"wall": wall, "ok": ok, "n": len(services), "orch": orchestration_seconds(ids)}
+        memory.done.set()
+        results["peak_mb"] = memory.peak
+    return results
+
+
+def remove_services(folder: Path) -> None:
+    """Delete the copies' ECS services (their containers stop) and load balancers (their proxies close)."""
+    import contextlib
+
+    from botocore.exceptions import ClientError
+
+    from tasks.models import load_all_services
+    from tests.release_helpers import aws
+
+    for cfg in load_all_services(folder):
+        with contextlib.suppress(ClientError):
+            aws("ecs").delete_service(cluster=cfg.ecs.cluster, service=cfg.ecs.service, force=True)
+        if cfg.load_balancer is not None and cfg.load_balancer.production_listener.load_balancer:
+            with contextlib.suppress(ClientError, IndexError):
+                name = cfg.load_balancer.production_listener.load_balancer
+                arn = aws("elbv2").describe_load_balancers(Names=[name])["LoadBalancers"][0]["LoadBalancerArn"]
+                aws("elbv2").delete_load_balancer(LoadBalancerArn=arn)
+
+
+# -- 2. webhook latency, SQLite vs Postgres ---------------------------------------
+
+
+def webhook_samples(requests: int) -> dict[str, list[float]]:
+    """Run in a subprocess with PREFECT_API_URL set to the server being measured."""
+    import uuid
+
+    import httpx
+    from prefect.client.orchestration import get_client
+
+    from bench.bench_webhook import SECRET, payload, service, serving
+    from flows.push_runs import PrefectRunStarter
+    from flows.webhook import create_app
+    from tasks.pushes import sign_github
+    from tasks.webhook_secrets import WebhookSecrets
+
+    tag = uuid.uuid4().hex[:8]
+    with get_client(sync_client=True) as client:
+        deps = [client.create_deployment(flow_id=client.create_flow_from_name(f), name=f"bench-{tag}", entrypoint="x:y")
+                for f in ("deploy-service", "release-fleet")]  # fmt: skip
+    out: dict[str, list[float]] = {}
+    cases = [("1", 1, True, 1), ("3", 3, True, 1), ("20", 20, True, 1), ("20, one run each", 20, False, 8)]
+    try:
+        for label, n, fleet, parallel in cases:
+            services = [service(f"b{tag}-{i}") for i in range(n)]
+            starter = PrefectRunStarter(f"deploy-service/bench-{tag}", parallel_creates=parallel,
+                                        fleet_deployment=f"release-fleet/bench-{tag}" if fleet else None)  # fmt: skip
+            samples = []
+            with serving(create_app(services, WebhookSecrets({"github": SECRET}), starter)) as url, httpx.Client() as h:
+                for i in range(requests + 3):
+                    body = payload(uuid.uuid4().hex + uuid.uuid4().hex[:8])
+                    headers = {"Content-Type": "application/json", "X-GitHub-Event": "push",
+                               "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": sign_github(SECRET, body)}
+                    t0 = time.perf_counter()
+                    answer = h.post(f"{url}/webhook/github", content=body, headers=headers, timeout=30)
+                    took = (time.perf_counter() - t0) * 1000
+                    named = answer.status_code == 202 and all(s["flow_run_id"] for s in answer.json()["started"])
+                    if i >= 3:
+                        samples.append(took if named else -1.0)  # -1: not answered 202 with the runs named
+                    time.sleep(0.1)
+            out[label] = samples
+    finally:
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        with get_client(sync_client=True) as client:
+            for dep in deps:
+                only = DeploymentFilter(id=DeploymentFilterId(any_=[dep]))
+                while runs := client.read_flow_runs(deployment_filter=only, limit=200):
+                    for r in runs:
+                        client.delete_flow_run(r.id)
+                client.delete_deployment(dep)
+    return out
+
+
+def temporary_sqlite_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(work / "prefect-sqlite"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    log = (work / "prefect-sqlite.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+    from sandbox.procs import http_ok
+
+    deadline = time.monotonic() + 300
+    while not http_ok(f"http://127.0.0.1:{port}/api/health"):
+        assert time.monotonic() < deadline and proc.poll() is None, "temporary SQLite Prefect server did not start"
+        time.sleep(1)
+    return proc, f"http://127.0.0.1:{port}/api"
+
+
+def measure_webhook(api_url: str, requests: int) -> dict[str, list[float]]:
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_LOGGING_LEVEL": "WARNING"}
+    done = subprocess.run([sys.executable, "-m", "bench.bench_fleet", "--webhook-only", "--requests", str(requests)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        print(f"webhook measurement against {api_url} failed: {done.stderr.strip().splitlines()[-3:]}")
+        return {}
+    result: dict[str, list[float]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# -- 3. API calls per release -------------------------------------------------------
+
+_REQUEST = re.compile(rb"(GET|POST|PATCH|PUT|DELETE) (/api/[^ ?]*)[^ ]* HTTP/1\.1\r\n")
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+class CountingProxy(threading.Thread):
+    """A TCP proxy that counts the HTTP request lines going to the Prefect server (websockets pass through)."""
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(daemon=True)
+        self.target = target_port
+        self.counts: Counter[str] = Counter()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+
+    def run(self) -> None:
+        while True:
+            client, _ = self.sock.accept()
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        tail = b""
+        try:
+            while chunk := src.recv(65536):
+                if count:
+                    data = tail + chunk
+                    for method, path in _REQUEST.findall(data[len(tail) - min(len(tail), 200):]):
+                        self.counts[f"{method.decode()} {_ID.sub('{id}', path.decode())}"] += 1
+                    tail = data[-200:]
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+def api_calls_per_release(service: str) -> Counter[str]:
+    api = os.environ["PREFECT_API_URL"]
+    proxy = CountingProxy(int(api.split(":")[2].split("/")[0]))
+    proxy.start()
+    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{proxy.port}/api"}
+    subprocess.run([sys.executable, "-m", "flows.cli", "deploy", service, "--force"], cwd=ROOT, env=env,
+                   capture_output=True, check=False, timeout=900)  # fmt: skip
+    return proxy.counts
+
+
+# -- report -------------------------------------------------------------------------
+
+
+def load_sandbox() -> None:
+    subprocess.run([sys.executable, "-m", "sandbox", "up"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    from sandbox.manage import load_env
+
+    os.environ.update(load_env())
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--worker-limit", type=int, default=10, help="flow runs at once per worker")
+    parser.add_argument("--webhook-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.webhook_only:
+        print(json.dumps(webhook_samples(args.requests)))
+        return 0
+    load_sandbox()  # before anything imports prefect: it reads its settings once
+    from sandbox.layout import layout
+    from sandbox.manage import prefect_database
+
+    sandbox_db = prefect_database(layout()) or "sqlite"
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+        work = Path(tmp)
+        if args.services:
+            releases = bench_releases(args.services, work, args.worker_limit)
+            releases["limit"] = args.worker_limit
+            report_releases(releases)
+            report_calls(api_calls_per_release(sorted((work / "deployments").glob("*.yaml"))[0].stem))
+            remove_services(work / "deployments")
+        latencies = {sandbox_db: measure_webhook(os.environ["PREFECT_API_URL"], args.requests)}
+        proc, url = temporary_sqlite_server(work) if sandbox_db == "postgres" else (None, "")
+        try:
+            if proc is not None:
+                latencies["sqlite"] = measure_webhook(url, args.requests)
+        finally:
+            if proc is not None:
+                os.killpg(proc.pid, 15)
+                proc.wait(30)
+    report_webhook(latencies)
+    return 0
+
+
+def report_releases(releases: dict[str, Any]) -> None:
+    print(f"\n== releases on 2 workers (prefect deploy --all, prefect worker start --limit {releases['limit']}) ==")
+    alone, fleet = (releases[k] for k in list(releases)[:2])
+    for label in list(releases)[:2]:
+        r = releases[label]
+        orch = statistics.median(r["orch"]) if r["orch"] else float("nan")
+        print(f"{label:<24} wall {r['wall']:7.1f} s   deployed {r['ok']}/{r['n']}   "
+              f"orchestration per release (median) {orch:6.1f} s")  # fmt: skip
+    print(f"{'wall-time ratio':<24} {fleet['wall'] / alone['wall']:7.2f}x (goal <= 2x)")
+    for name, mb in releases["peak_mb"].items():
+        print(f"peak memory, worker {name:<4} {mb:7.0f} MB (worker + its flow-run processes)")
+    sys.stdout.flush()
+
+
+def cell(samples: list[float] | None) -> str:
+    ok = [x for x in samples or [] if x >= 0]
+    if not ok:
+        return f"{'-':>16}{'-':>13}"
+    median, p95 = percentiles(ok)
+    failed = len(samples or []) - len(ok)
+    return f"{median:13.1f} ms{p95:10.1f} ms" + (f" ({failed} not 202)" if failed else "")
+
+
+def report_webhook(latencies: dict[str, dict[str, list[float]]]) -> None:
+    print("\n== webhook POST -> 202 with the runs named (fleet: one release-fleet run) ==")
+    print(f"{'services':<20}" + "".join(f"{db + ' median':>16}{db + ' p95':>13}" for db in latencies))
+    labels = [label for v in latencies.values() for label in v]
+    for label in dict.fromkeys(labels):
+        print(f"{label:<20}" + "".join(cell(v.get(label)) for v in latencies.values()))
+
+
+def report_calls(calls: Counter[str]) -> None:
+    print(f"\n== Prefect API calls for one release ({sum(calls.values())} in all), most frequent ==")
+    for path, n in calls.most_common(12):
+        print(f"{n:5d}  {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""release-fleet: many services released as child runs of deploy-service, in waves.
+
+Each service is an ordinary ``deploy-service`` flow run (its own lock,
+superseding, rollback, Retry button), started through the deployment so
+whichever worker is free runs it; this flow only orders them in waves of
+``max_parallel``, holds the later waves after a failure when asked, and
+writes one summary artifact: per service the outcome, SHA, time and reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import FlowRun, State
+from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
+
+from tasks.changes import group_by_repo
+from tasks.errors import PipelineError
+from tasks.fleet import FleetSummary, ServiceResult, classify, plan_waves, select_services
+from tasks.models import ServiceConfig, load_all_services
+from tasks.outcome import outcome_of
+from tasks.runs import DEPLOY_DEPLOYMENT, run_tags
+from tasks.settings import Settings
+from tasks.source import redact_url, resolve_heads
+
+FLEET_ARTIFACT = "fleet-release"
+
+
+@flow(name="release-fleet", log_prints=True)
+def release_fleet(
+    services: list[str] | None = None,
+    sha: str | None = None,
+    max_parallel: int = 4,
+    stop_on_first_failure: bool = False,
+    deployment_name: str = DEPLOY_DEPLOYMENT,
+    origin: str = "fleet",
+) -> State[Any]:
+    """Release SERVICES (names or globs; all when empty) at SHA (default: each branch head), in waves."""
+    log = get_run_logger()
+    configs = select_services(load_all_services(Settings().deployments), services)
+    summary = FleetSummary(max_parallel=max_parallel, stop_on_first_failure=stop_on_first_failure)
+    shas = target_shas(configs, sha, summary)
+    ready = [c.name for c in configs if c.name in shas]
+    run_id, attempt = flow_run.get_id(), flow_run.get_run_count()
+    for number, wave in enumerate(plan_waves(ready, max_parallel), start=1):
+        if stop_on_first_failure and summary.failed:
+            for name in wave:
+                summary.results.append(ServiceResult(name, shas[name], number, "held", "Held",
+                                                     reason=f"held: {', '.join(summary.failed)} failed first"))
+            continue
+        log.info("wave %d: %s", number, ", ".join(wave))
+        key = f"{run_id}:{attempt}" if run_id else None
+        started = {name: start_child(deployment_name, name, shas[name], origin, key) for name in wave}
+        for name, run in wait_final(started).items():
+            summary.results.append(result_of(name, shas[name], number, run))
+    summary.results.sort(key=lambda r: (r.wave or 1_000_000, r.service))
+    create_markdown_artifact(key=FLEET_ARTIFACT, markdown=summary.markdown(), description=summary.headline())
+    log.info("fleet: %s", summary.headline())
+    data = {r.service: r.__dict__ for r in summary.results}
+    # Built-in state names (the UI filters by them), the outcome leading the message, as deploy-service does.
+    if summary.failed or any(r.outcome == "held" for r in summary.results):
+        return Failed(message=f"Fleet failed: {summary.headline()}", data=data)
+    return Completed(message=f"Fleet deployed: {summary.headline()}", data=data)
+
+
+def target_shas(configs: Sequence[ServiceConfig], sha: str | None, summary: FleetSummary) -> dict[str, str]:
+    """Each service's commit: SHA for all, or its branch head (one ``git ls-remote`` per repository).
+
+    A repository that does not answer fails its services in the summary; the others go on.
+    """
+    if sha:
+        return {c.name: sha for c in configs}
+    found: dict[str, str] = {}
+    for group in group_by_repo(configs).values():
+        repo = group[0].repo_location
+        try:
+            heads = resolve_heads(repo, sorted({c.source.branch for c in group}))
+        except PipelineError as exc:
+            for c in group:
+                summary.results.append(ServiceResult(c.name, None, 0, "failed", "Not started", reason=str(exc)))
+            continue
+        for c in group:
+            if c.source.branch in heads:
+                found[c.name] = heads[c.source.branch]
+            else:
+                why = f"branch {c.source.branch} not found in {redact_url(repo)}"
+                summary.results.append(ServiceResult(c.name, None, 0, "failed", "Not started", reason=why))
+    return found
+
+
+def start_child(deployment_name: str, service: str, sha: str, origin: str, key: str | None) -> UUID:
+    """A deploy-service run for SERVICE, linked to this fleet run; a retried fleet run makes new ones."""
+    run = run_deployment(
+        deployment_name, parameters={"service": service, "sha": sha}, timeout=0,
+        tags=run_tags(service, sha, origin), flow_run_name=f"{service}-{sha[:7]}",
+        idempotency_key=f"{key}:{service}" if key else None,
+    )  # fmt: skip
+    assert isinstance(run, FlowRun)
+    return run.id
+
+
+def wait_final(run_ids: dict[str, UUID], poll_seconds: float = 1.0) -> dict[str, FlowRun]:
+    """Block until every run has a final state; one API read per poll for the whole wave."""
+    waiting = dict(run_ids)
+    done: dict[str, FlowRun] = {}
+    by_id = {v: k for k, v in run_ids.items()}
+    with get_client(sync_client=True) as client:
+        while waiting:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(waiting.values()))),
+                limit=len(waiting),
+            )
+            for run in runs:
+                if run.state is not None and run.state.is_final():
+                    name = by_id[run.id]
+                    done[name] = run
+                    waiting.pop(name, None)
+            if waiting:
+                time.sleep(poll_seconds)
+    return done
+
+
+def result_of(service: str, sha: str, wave: int, run: FlowRun) -> ServiceResult:
+    state = run.state
+    name = outcome_of(state)
+    outcome = classify(str(state.type.value) if state is not None else None, name)
+    seconds = run.total_run_time.total_seconds() if run.total_run_time else None
+    message = (state.message or "") if state is not None else ""
+    return ServiceResult(service, sha, wave, outcome, name, seconds, message.removeprefix(f"{name}: "), str(run.id))
+
+
+# -- the CLI: ecs-pipeline deploy --all | --select PATTERN ------------------------
+
+
+def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--all", action="store_true", help="release every service as one fleet run")
+    parser.add_argument("--select", action="append", metavar="PATTERN",
+                        help="release the services matching PATTERN (a name or a glob; repeatable)")
+    parser.add_argument("--max-parallel", type=int, default=4, help="services per wave (fleet)")
+    parser.add_argument("--stop-on-first-failure", action="store_true",
+                        help="hold the later waves once a service fails or rolls back (fleet)")  # fmt: skip
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """Release the fleet from here; each service runs on a worker (or `serve`) through deploy-service."""
+    if args.service:
+        raise PipelineError("give a SERVICE, or --all / --select, not both")
+    patterns = None if args.all else list(args.select)
+    if args.dry_run:
+        configs = select_services(load_all_services(Settings().deployments), patterns)
+        for n, wave in enumerate(plan_waves([c.name for c in configs], args.max_parallel), start=1):
+            print(f"wave {n}: {', '.join(wave)}")
+        return 0
+    state = release_fleet(
+        services=patterns, sha=args.sha, max_parallel=args.max_parallel,
+        stop_on_first_failure=args.stop_on_first_failure, return_state=True,
+    )  # fmt: skip
+    print(state.message or state.name)
+    return 0 if state.is_completed() else 1
