@@ -169,6 +169,16 @@ def worker_pool(
                     w.proc.wait(30)
                 except subprocess.TimeoutExpired:
                     w.kill()
+        remove_pool_deployments()
+
+
+def remove_pool_deployments() -> None:
+    """The deployments `prefect deploy --all` made go with the test: a later `serve` in this session
+    registers deployments of the same names, and must not inherit the worker's pull steps."""
+    with get_client(sync_client=True) as client:
+        for deployment in client.read_deployments():
+            if deployment.work_pool_name == POOL:
+                client.delete_deployment(deployment.id)
 
 
 def wait_final(run_id: UUID | str, timeout: float = 600) -> Any:
