@@ -117,10 +117,16 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 
 
-def pytest_unconfigure(config: object) -> None:
+def pytest_unconfigure(config: pytest.Config) -> None:
     """Stop the session's sandbox even when tests failed or the run was interrupted."""
     while _stop:
         _stop.pop()()
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and getattr(config.option, "numprocesses", None):
+        # xdist may end a worker before its own teardown is through: the controller makes sure.
+        outer = Path(os.environ.get("SANDBOX_DIR") or ROOT / ".sandbox").resolve()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_"))}
+        for state in sorted(outer.glob("test-gw*")):
+            _sandbox("down", {**env, "SANDBOX_DIR": str(state)})
 
 
 @pytest.fixture
