@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -39,7 +40,14 @@ def use_appspec(sut: ServiceUnderTest, source: Path) -> None:
 def seed_serving(sut: ServiceUnderTest, timeout: float = 60) -> None:
     """The seeded service answers with the seed release (its tasks start after seeding)."""
     deadline = time.monotonic() + timeout
-    while "sample-app seed" not in sut.get("/").text:
+
+    def answer() -> str:
+        try:
+            return sut.get("/").text
+        except httpx.TransportError:  # the listener's proxy binds a moment after seeding
+            return ""
+
+    while "sample-app seed" not in answer():
         assert time.monotonic() < deadline, "the seeded service never served"
         time.sleep(0.3)
 
