@@ -187,6 +187,16 @@ def events(service: str) -> list[tuple[str, dict[str, Any]]]:
     return [(e["event"].removeprefix("ecs-pipeline.deploy."), e.get("payload") or {}) for e in found]
 
 
+def event_payloads(service: str, name: str, timeout: float = 30) -> list[dict[str, Any]]:
+    """Payloads of the service's NAME events, once at least one is stored.
+
+    The server persists events in batches a few seconds after they are sent,
+    so a run that has just ended may not have its last event stored yet.
+    """
+    return wait_until(lambda: [p for got, p in events(service) if got == name], timeout, f"a {name} event",
+                      interval=0.5)
+
+
 def cancel(run_id: UUID, why: str) -> None:
     """What the UI's Cancel and `prefect flow-run cancel` do: the run goes Cancelling."""
     from prefect.states import Cancelling

@@ -18,7 +18,7 @@ from tests.fault_helpers import (
     add_fault,
     cancel,
     clear_faults,
-    events,
+    event_payloads,
     flow_runs,
     green_weight,
     run_state,
@@ -57,8 +57,8 @@ def test_cancel_mid_shift_rolls_back_to_blue(new_service: Callable[..., ServiceU
     assert green_weight(sut) == 0 and [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]
     assert serving_versions(sut) == {"v1"}
     assert load.failed == [], load.failed[:5]
-    cancelled = [p for name, p in events(sut.name) if name == "cancelled"]
-    assert cancelled and "operator: wrong commit" in cancelled[0]["reason"]
+    cancelled = event_payloads(sut.name, "cancelled")
+    assert "operator: wrong commit" in cancelled[0]["reason"]
 
 
 def test_failed_rollback_names_the_split_and_the_next_run_repairs_it(
@@ -85,8 +85,8 @@ def test_failed_rollback_names_the_split_and_the_next_run_repairs_it(
         assert "production split " in message, message
         assert f"20% {sut.name}-b" in message and f"80% {sut.name}-a" in message, message
         assert green_weight(sut) == 20, "the split is still there, as reported"
-        failed = [p for name, p in events(sut.name) if name == "rollback-failed"]
-        assert failed and failed[0]["traffic"] in message
+        failed = event_payloads(sut.name, "rollback-failed")
+        assert failed[0]["traffic"] in message
         assert "Rollback failed" in release_artifact(sut.name)
 
         clear_faults(fault)
