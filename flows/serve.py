@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 from typing import Any
 
-from prefect.exceptions import TerminationSignal
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound, TerminationSignal
 from prefect.flows import _display_serve_start_message
 from prefect.runner import Runner
 
@@ -20,9 +21,30 @@ from flows.fleet import release_fleet
 from flows.pipeline import deploy_service
 from flows.polling import poll_changes
 from flows.runner import FinishingRunner, served_description
+from tasks.errors import ConfigError
 
 DEPLOY_SERVICE = "deploy-service/deploy-service"
 DEPLOY_SUMMARY = "Release one service: detect, build, push, register, blue/green, verify, teardown."
+
+
+def refuse_work_pool_deployments(names: list[str]) -> None:
+    """Serving must not take over deployments that ``prefect deploy`` made for a work pool.
+
+    Their runs belong to that pool's workers: served here they would keep the
+    pool's pull steps and crash, while the workers would no longer see them.
+    """
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                found = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue
+            if found.work_pool_name:
+                raise ConfigError(
+                    f"deployment {name} belongs to work pool {found.work_pool_name!r} (made by `prefect deploy`): "
+                    f"start `prefect worker start --pool {found.work_pool_name}` to run it, or remove it with "
+                    f"`prefect deployment delete {name}` before serving from this process"
+                )
 
 
 def serve_flows(poll_interval_seconds: int | None = None, limit: int = 8) -> None:
@@ -43,6 +65,7 @@ def serve_flows(poll_interval_seconds: int | None = None, limit: int = 8) -> Non
                 name="poll-changes", interval=poll_interval_seconds, tags=["ecs-pipeline"]
             )
         )
+    refuse_work_pool_deployments([d.full_name for d in deployments])
     runner: Runner = FinishingRunner(limit=limit, summaries={DEPLOY_SERVICE: DEPLOY_SUMMARY})
     for deployment in deployments:
         runner.add_deployment(deployment)

@@ -151,3 +151,29 @@ def test_the_env_file_fills_in_only_what_the_environment_leaves_unset(tmp_path: 
         environ = {"SANDBOX_DIR": str(tmp_path), **chosen}
         assert "not read" in load_sandbox_env(environ)
         assert environ == {"SANDBOX_DIR": str(tmp_path), **chosen}, "nothing of the sandbox comes back"
+
+
+def test_serve_refuses_a_deployment_that_belongs_to_a_work_pool() -> None:
+    """`prefect deploy --all` made deploy-service for the workers: serving it here would steal and crash its runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from flows.pipeline import deploy_service
+
+    pool = "serve-test-pool"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"), overwrite=True)
+        made = client.create_deployment(flow_id=client.create_flow(deploy_service), name="deploy-service",
+                                        work_pool_name=pool, entrypoint="flows/pipeline.py:deploy_service")
+        try:
+            # A regression would serve forever: the timeout ends it and fails the test.
+            done = subprocess.run([sys.executable, "-m", "flows.cli", "serve"], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=300, stdin=subprocess.DEVNULL)
+            still = client.read_deployment(made)
+        finally:
+            client.delete_deployment(made)
+            client.delete_work_pool(pool)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "deployment deploy-service/deploy-service belongs to work pool 'serve-test-pool'" in done.stderr
+    assert "prefect worker start --pool serve-test-pool" in done.stderr and "prefect deployment delete" in done.stderr
+    assert still.work_pool_name == pool, "the workers' deployment is left as it was"
