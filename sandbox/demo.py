@@ -205,30 +205,17 @@ def wait_serving(url: str, timeout: float = 120) -> None:
         time.sleep(0.5)
 
 
-def release_native(sha: str, ui: str) -> dict[str, Any]:
-    """The same commit through ECS-native blue/green (canary): strategy.type ecs-native, no CodeDeploy."""
+def release_elsewhere(yaml: Path, seeded_as: str, label: str, sha: str, ui: str) -> dict[str, Any]:
+    """The same commit through another strategy's copy of the app, seeded as that strategy needs."""
     from tasks.models import load_service
 
-    cfg = load_service(NATIVE_YAML)
+    cfg = load_service(yaml)
     seed_service(cfg)
     prod = f"http://127.0.0.1:{cfg.load_balancer.production_listener.port}/"  # type: ignore[union-attr]
-    say(f"\nseeded {cfg.name} (ECS controller, strategy CANARY), production {prod}")
+    say(f"\nseeded {cfg.name} ({seeded_as}), production {prod}")
     wait_serving(prod)
     with Load(prod) as load:
-        return report("v2 via ECS-native blue/green (canary)", release(cfg.name, sha), load, ui)
-
-
-def release_codedeploy(sha: str, ui: str) -> dict[str, Any]:
-    """The same commit through a CodeDeploy blue/green deployment group: strategy.type codedeploy."""
-    from tasks.models import load_service
-
-    cfg = load_service(CODEDEPLOY_YAML)
-    seed_service(cfg)
-    prod = f"http://127.0.0.1:{cfg.load_balancer.production_listener.port}/"  # type: ignore[union-attr]
-    say(f"\nseeded {cfg.name} (CodeDeploy application {cfg.codedeploy_application}), production {prod}")
-    wait_serving(prod)
-    with Load(prod) as load:
-        return report("v2 via CodeDeploy (canary)", release(cfg.name, sha), load, ui)
+        return report(label, release(cfg.name, sha), load, ui)
 
 
 def main() -> int:
@@ -266,8 +253,10 @@ def main() -> int:
             results.append(report("v4 (passes its tests, / answers 500 in production)", release(cfg.name, sha4),
                                   load4, ui))
         serving = httpx.get(prod, timeout=5).text.strip()
-        results.append(release_codedeploy(sha2, ui))
-        results.append(release_native(sha2, ui))
+        results.append(release_elsewhere(CODEDEPLOY_YAML, "CodeDeploy application and blue/green group",
+                                         "v2 via CodeDeploy (canary)", sha2, ui))
+        results.append(release_elsewhere(NATIVE_YAML, "ECS controller, strategy CANARY, no CodeDeploy",
+                                         "v2 via ECS-native blue/green (canary)", sha2, ui))
         pipeline_seconds = time.monotonic() - pipeline_started
     finally:
         os.killpg(server.pid, signal.SIGTERM)
