@@ -115,14 +115,7 @@ def render_task_definition(
         for c in placeholders:
             c["image"] = str(c["image"]).replace(PLACEHOLDER, image)
     else:
-        named = [c for c in containers if c.get("name") == container]
-        if not named:
-            names = ", ".join(str(c.get("name")) for c in containers)
-            raise ConfigError(
-                f"{source}: no container named {container!r} (containers: {names}); "
-                "fix ecs.container in the service config or the template"
-            )
-        named[0]["image"] = image
+        container_named(td, container, source)["image"] = image
     tags = [t for t in td.get("tags", []) if t.get("key") not in (SHA_TAG, SERVICE_TAG)]
     if sha:
         tags.append({"key": SHA_TAG, "value": sha})
