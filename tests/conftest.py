@@ -145,3 +145,30 @@ def new_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
     yield make
     for sut in made:
         sut.cleanup()
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """A Prefect client on this worker's server, for the module's tests."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as c:
+        c.hello()
+        yield c
+
+
+@pytest.fixture(scope="module")
+def deployment(client: Any) -> Iterator[tuple[str, Any]]:
+    """A stand-in deploy-service deployment unique to this module: runs are created, never run; removed after."""
+    import uuid
+
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    dep_id = client.create_deployment(flow_id=client.create_flow_from_name("deploy-service"), name=name,
+                                      entrypoint="flows/pipeline.py:deploy_service")
+    yield f"deploy-service/{name}", dep_id
+    for run in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])),
+                                     limit=200):
+        client.delete_flow_run(run.id)
+    client.delete_deployment(dep_id)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from prefect import flow, task
-from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from prefect.context import FlowRunContext
 from prefect.exceptions import NotPausedError
@@ -42,13 +42,6 @@ def release_with_approval(service: str, timeout: int, ids: Any) -> str:
         ids.put(roll_back(service))
         raise
     return f"approved: {answer.comment}"
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[SyncPrefectClient]:
-    with get_client(sync_client=True) as c:
-        c.hello()
-        yield c
 
 
 class Released:

@@ -10,13 +10,12 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import StateType
 from prefect.flow_engine import run_flow
 
@@ -118,20 +117,6 @@ def started_with_allow_older(service: str) -> bool:
 
 
 # -- a replayed older push ---------------------------------------------------------------
-
-
-@pytest.fixture
-def deployment() -> Iterator[tuple[str, uuid.UUID]]:
-    with get_client(sync_client=True) as client:
-        name = f"test-{uuid.uuid4().hex[:10]}"
-        flow_id = client.create_flow_from_name("deploy-service")
-        dep_id = client.create_deployment(flow_id=flow_id, name=name, entrypoint="flows/pipeline.py:deploy_service")
-        yield f"deploy-service/{name}", dep_id
-        for run in client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])), limit=200
-        ):
-            client.delete_flow_run(run.id)
-        client.delete_deployment(dep_id)
 
 
 def signed_push(sut: ServiceUnderTest, sha: str) -> tuple[bytes, str]:

@@ -8,14 +8,12 @@ os.environ.setdefault("PREFECT_API_URL", "http://127.0.0.1:4200/api")
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Cancelled, Completed, Scheduled
 
@@ -93,30 +91,6 @@ class CountingResolver:
     def __call__(self, repo: str, branches: list[str]) -> dict[str, str]:
         self.calls.append((repo, tuple(branches)))
         return resolve_heads(repo, branches)
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[SyncPrefectClient]:
-    with get_client(sync_client=True) as c:
-        c.hello()
-        yield c
-
-
-@pytest.fixture(scope="module")
-def deployment(client: SyncPrefectClient) -> Iterator[tuple[str, uuid.UUID]]:
-    """A stand-in deploy-service deployment, unique to this session; removed after."""
-    name = f"test-{uuid.uuid4().hex[:10]}"
-    flow_id = client.create_flow_from_name("deploy-service")
-    dep_id = client.create_deployment(
-        flow_id=flow_id, name=name, entrypoint="flows/pipeline.py:deploy_service"
-    )
-    yield f"deploy-service/{name}", dep_id
-    runs = client.read_flow_runs(
-        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])), limit=200
-    )
-    for run in runs:
-        client.delete_flow_run(run.id)
-    client.delete_deployment(dep_id)
 
 
 @pytest.fixture

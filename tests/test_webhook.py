@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
@@ -240,30 +240,6 @@ def test_delivery_cache_is_thread_safe() -> None:
 
 
 # -- the app over HTTP against Prefect ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[SyncPrefectClient]:
-    with get_client(sync_client=True) as c:
-        c.hello()
-        yield c
-
-
-@pytest.fixture(scope="module")
-def deployment(client: SyncPrefectClient) -> Iterator[tuple[str, uuid.UUID]]:
-    """A stand-in deploy-service deployment, unique to this session; removed after."""
-    name = f"test-{uuid.uuid4().hex[:10]}"
-    flow_id = client.create_flow_from_name("deploy-service")
-    dep_id = client.create_deployment(
-        flow_id=flow_id, name=name, entrypoint="flows/pipeline.py:deploy_service"
-    )
-    yield f"deploy-service/{name}", dep_id
-    runs = client.read_flow_runs(
-        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])), limit=200
-    )
-    for run in runs:
-        client.delete_flow_run(run.id)
-    client.delete_deployment(dep_id)
 
 
 def free_port() -> int:
