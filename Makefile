@@ -22,7 +22,7 @@ demo: setup
 	@$(UV) run --frozen python -m sandbox.demo
 
 test: sandbox-up
-	@$(UV) run --frozen pytest -n 3 --dist loadfile
+	@$(UV) run --frozen pytest -n 3 --dist loadfile --durations=25
 
 lint: setup
 	@$(UV) run --frozen ruff check flows tasks sandbox tests bench
