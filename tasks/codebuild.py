@@ -6,7 +6,9 @@ variables), then the buildspec's ``env.variables``, ``env.parameter-store`` and
 project's variables (REPOSITORY_URI, ...), then CodeBuild's own (CODEBUILD_*,
 AWS_REGION, ...), later ones winning as in CodeBuild. Values from Parameter
 Store and Secrets Manager are masked (``***``) in every log line, artifact and
-error. Phases run in one shell (tasks/shell.py) on the host or in ``build.image``.
+error. Phases run in one shell (tasks/shell.py) on the host or in a container
+of ``build.image``: only ``build_shell`` knows which; the phases are one code path.
+Artifacts are copied when CodeBuild would upload them (``BuildRun.uploads_artifacts``).
 """
 
 from __future__ import annotations
@@ -222,7 +224,9 @@ def container_spec(cfg: ServiceConfig, image: str, host: ShellSpec,
     mounts = ["-v", f"{src}:{src}", "-v", f"{scripts}:{scripts}"]
     if docker_host.startswith("unix://"):
         socket = docker_host.removeprefix("unix://")
-        mounts += ["-v", f"{socket}:{socket}", "-v", f"{socket}:/var/run/docker.sock"]
+        mounts += ["-v", f"{socket}:{socket}"]
+        if socket != "/var/run/docker.sock":
+            mounts += ["-v", f"{socket}:/var/run/docker.sock"]
     name, label = f"codebuild-{cfg.name}-{token.token_hex(4)}", f"{CONTAINER_LABEL}={cfg.name}"
     run = (docker, "run", "--rm", "-i", "--network", "host", "--name", name, "--label", label,
            "-w", str(src), *mounts, image, host.shell)
@@ -351,9 +355,10 @@ def run_buildspec(cfg: ServiceConfig, clients: AwsClients, spec: BuildSpec, sha:
     publish_reports(cfg, spec, src, mask, result)
     if result.failure is not None:
         where = copy_artifacts(cfg, spec, src, out, result) if result.uploads_artifacts() else None
-        if where is not None:
-            log(f"artifacts of the failed build (no hand-over): {where}")
-        raise BuildError(result.failure.message(), service=cfg.name)
+        kept = f"\nartifacts of the failed build (no hand-over): {where}" if where is not None else ""
+        if kept:
+            log(kept.strip())
+        raise BuildError(result.failure.message() + kept, service=cfg.name)
     copy_artifacts(cfg, spec, src, out, result)
     read_image_definitions(src, result)
     return result

@@ -207,11 +207,13 @@ def test_a_failed_build_still_uploads_its_artifacts_and_reports_as_codebuild_doe
     assert "phase build: command `false` exited 1" in message
     assert (out / "logs" / "build.log").read_text() == "trace\n"
     assert f"artifacts of the failed build (no hand-over): {out}" in run.lines
+    assert message.endswith(f"\nartifacts of the failed build (no hand-over): {out}"), "the summary says where"
     assert "GET / answered 500" in artifact_text(f"{cfg.name}-tests-unit")
 
-    run.failed({**data, "phases": {"pre_build": {"commands": ["echo newer > logs/build.log", "false"]},
-                                   "build": {"commands": ["true"]}}})
+    message = run.failed({**data, "phases": {"pre_build": {"commands": ["echo newer > logs/build.log", "false"]},
+                                             "build": {"commands": ["true"]}}})
     assert (out / "logs" / "build.log").read_text() == "trace\n", "a failed pre_build uploads nothing"
+    assert "artifacts of the failed build" not in message
 
 
 def artifact_text(key: str) -> str:
