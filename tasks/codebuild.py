@@ -197,7 +197,7 @@ def build_shell(cfg: ServiceConfig, host: ShellSpec, worker: dict[str, str], dea
         container, spec = container_spec(cfg, cfg.build.image, host, worker)
         container.remove_leftovers()
         try:
-            container.start()
+            container.start(deadline)
         except ContainerError as exc:
             raise BuildError(f"build.image {cfg.build.image}: the build container did not start: {exc}",
                              service=cfg.name) from None

@@ -170,11 +170,15 @@ class BuildContainer:
             self._docker("rm", "-f", *found)
         return found
 
-    def start(self) -> None:
-        """Run the container and wait until its shell answers; ContainerError with docker's output otherwise."""
+    def start(self, deadline: float) -> None:
+        """Run the container and wait until its shell answers (a pull included, up to DEADLINE);
+        ContainerError with docker's output otherwise."""
         keeper = subprocess.Popen(list(self.run_argv), env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         self._keeper = keeper
+        late = threading.Timer(max(deadline - time.monotonic(), 0.0), keeper.kill)
+        late.daemon = True
+        late.start()
         ready = f"ecs-pipeline-ready-{secrets.token_hex(4)}"
         output: list[str] = []
         try:
@@ -182,12 +186,17 @@ class BuildContainer:
             keeper.stdin.flush()  # type: ignore[union-attr]
         except BrokenPipeError:
             pass
-        for raw in iter(keeper.stdout.readline, b""):  # type: ignore[union-attr]
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if line == ready:
-                return
-            output.append(line)
+        try:
+            for raw in iter(keeper.stdout.readline, b""):  # type: ignore[union-attr]
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line == ready:
+                    return
+                output.append(line)
+        finally:
+            late.cancel()
         self.close()
+        if time.monotonic() >= deadline:
+            output.append("(not started within build.timeout_seconds)")
         raise ContainerError("\n".join(output[-5:]) or f"docker run exited {keeper.returncode}")
 
     def close(self) -> None:

@@ -205,7 +205,7 @@ KILLED_WORKER = """
 import json, os, subprocess, sys, time
 from tasks.shell import BuildContainer
 run_argv, name, label, session = json.loads(sys.argv[1])
-BuildContainer(tuple(run_argv), dict(os.environ), name, label).start()
+BuildContainer(tuple(run_argv), dict(os.environ), name, label).start(time.monotonic() + 120)
 shell = subprocess.Popen(session, stdin=subprocess.PIPE)
 shell.stdin.write(b"sleep 600\\n")
 shell.stdin.flush()
