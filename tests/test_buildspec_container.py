@@ -191,10 +191,14 @@ def test_a_killed_worker_leaves_no_container(run: ContainerRun, build_image: str
                                                           session.argv])],
         cwd=ROOT, env={**os.environ, **host.env}, stdout=subprocess.PIPE, text=True,
     )
-    assert worker.stdout is not None and worker.stdout.readline().strip() == "running"
-    assert [c.name for c in run.containers()] == [container.name]
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "running"
+        [running] = run.containers()
+        assert running.name == container.name and running.attrs["HostConfig"]["NetworkMode"] == "host"
+        assert any("sleep 600" in " ".join(row) for row in running.top()["Processes"]), "a command is running"
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
     deadline = time.monotonic() + 60
     while run.containers() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -205,10 +209,12 @@ KILLED_WORKER = """
 import json, os, subprocess, sys, time
 from tasks.shell import BuildContainer
 run_argv, name, label, session = json.loads(sys.argv[1])
-BuildContainer(tuple(run_argv), dict(os.environ), name, label).start(time.monotonic() + 120)
-shell = subprocess.Popen(session, stdin=subprocess.PIPE)
-shell.stdin.write(b"sleep 600\\n")
+container = BuildContainer(tuple(run_argv), dict(os.environ), name, label)  # held: its pipe is the lifeline
+container.start(time.monotonic() + 120)
+shell = subprocess.Popen(session, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+shell.stdin.write(b"echo sleeping; sleep 600\\n")
 shell.stdin.flush()
+assert shell.stdout.readline() == b"sleeping\\n"
 print("running", flush=True)
 time.sleep(600)
 """
