@@ -160,7 +160,7 @@ class BuildContainer:
         self._keeper: subprocess.Popen[bytes] | None = None
 
     def _docker(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True, timeout=60,
+        return subprocess.run([self.run_argv[0], *args], env=self.env, capture_output=True, text=True, timeout=60,
                               check=False)
 
     def remove_leftovers(self) -> list[str]:
