@@ -6,11 +6,14 @@ variables), then the buildspec's ``env.variables``, ``env.parameter-store`` and
 project's variables (REPOSITORY_URI, ...), then CodeBuild's own (CODEBUILD_*,
 AWS_REGION, ...), later ones winning as in CodeBuild. Values from Parameter
 Store and Secrets Manager are masked (``***``) in every log line, artifact and
-error. Phases run in one shell (tasks/shell.py) on the host or in ``build.image``.
+error. Phases run in one shell (tasks/shell.py) on the host or in a container
+of ``build.image``: only ``build_shell`` knows which; the phases are one code path.
+Artifacts are copied when CodeBuild would upload them (``BuildRun.uploads_artifacts``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import secrets as token
@@ -19,7 +22,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -35,12 +38,16 @@ from tasks.errors import BuildError, error_code
 from tasks.inputs import confined, read_text
 from tasks.models import ServiceConfig
 from tasks.report import artifact_key
-from tasks.shell import Shell, ShellSpec, ShellTimeout
+from tasks.shell import BuildContainer, ContainerError, Shell, ShellSpec, ShellTimeout
 from tasks.source import redact_url
 
 Log = Callable[[str], None]
 TAIL_LINES = 15
 NOT_FOUND = ("ParameterNotFound", "ParameterVersionNotFound", "ResourceNotFoundException")
+CONTAINER_LABEL = "ecs-pipeline.codebuild"
+# Not passed into build.image: the image has its own PATH and HOME, and these name files on the worker.
+WORKER_ONLY = ("PATH", "HOME", "TMPDIR", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "AWS_CONFIG_FILE",
+               "AWS_SHARED_CREDENTIALS_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE")
 
 
 class Masker:
@@ -82,6 +89,15 @@ class BuildRun:
     artifacts: list[Path] = field(default_factory=list)
     reports: list[junit.Report] = field(default_factory=list)
     image_definitions: list[dict[str, Any]] | None = None
+    stopped_in: str | None = None  # the phase whose failure ended the build
+
+    def uploads_artifacts(self) -> bool:
+        """CodeBuild's UPLOAD_ARTIFACTS: attempted whenever the build got to its BUILD phase, failed or not;
+        not when a failed install or pre_build ended the build (it goes to FINALIZING), nor after a timeout."""
+        if self.failure is None:
+            return True
+        timed_out = any(state == "TIMED_OUT" for _, state in self.phases)
+        return not timed_out and self.stopped_in not in ("install", "pre_build")
 
     def notes(self) -> list[str]:
         out = [f"buildspec: {', '.join(f'{p} {s}' for p, s in self.phases)}"]
@@ -173,21 +189,51 @@ def standard_env(cfg: ServiceConfig, clients: AwsClients, sha: str, src: Path, u
     }
 
 
-def shell_spec(cfg: ServiceConfig, shell: str, env: dict[str, str], src: Path, scripts: Path) -> ShellSpec:
-    """The host's shell, or one in ``build.image`` with the source, scripts and Docker socket mounted."""
-    if not cfg.build.image:
-        return ShellSpec((shell,), env, src, shell, scripts)
-    inner = dict(env)
-    mounts = ["-v", f"{src}:{src}", "-v", f"{scripts}:{scripts}"]
+@contextlib.contextmanager
+def build_shell(cfg: ServiceConfig, host: ShellSpec, worker: dict[str, str], deadline: float) -> Iterator[Shell]:
+    """The one shell session the phases run in: HOST's on the worker, or the same in a ``build.image`` container."""
+    container, spec = None, host
+    if cfg.build.image:
+        container, spec = container_spec(cfg, cfg.build.image, host, worker)
+        container.remove_leftovers()
+        try:
+            container.start(deadline)
+        except ContainerError as exc:
+            raise BuildError(f"build.image {cfg.build.image}: the build container did not start: {exc}",
+                             service=cfg.name) from None
+    session = Shell(spec, deadline)
+    try:
+        yield session
+    finally:
+        if container is not None:
+            container.close()  # first: a command still running stops with its container
+        session.close()
+
+
+def container_spec(cfg: ServiceConfig, image: str, host: ShellSpec,
+                   worker: dict[str, str]) -> tuple[BuildContainer, ShellSpec]:
+    """A container of IMAGE on the host network, the source, scripts and Docker socket mounted; shells exec'd in.
+
+    Paths are the worker's (CODEBUILD_SRC_DIR is the same inside); the socket is
+    at its own path and at /var/run/docker.sock, so DOCKER_HOST holds either way.
+    The worker's PATH, HOME and file paths stay outside unless the buildspec sets them.
+    """
+    env, src, scripts = host.env, host.cwd, host.scripts
+    docker = shutil.which("docker", path=worker.get("PATH")) or "docker"
     docker_host = env.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    mounts = ["-v", f"{src}:{src}", "-v", f"{scripts}:{scripts}"]
     if docker_host.startswith("unix://"):
-        mounts += ["-v", f"{docker_host.removeprefix('unix://')}:/var/run/docker.sock"]
-        inner["DOCKER_HOST"] = "unix:///var/run/docker.sock"
-    names = [n for n in inner if n not in ("PATH", "HOME")]
-    argv = ("docker", "run", "--rm", "-i", "--network", "host", "-w", str(src), *mounts,
-            *[a for n in names for a in ("-e", n)], cfg.build.image, shell)
+        socket = docker_host.removeprefix("unix://")
+        mounts += ["-v", f"{socket}:{socket}"]
+        if socket != "/var/run/docker.sock":
+            mounts += ["-v", f"{socket}:/var/run/docker.sock"]
+    name, label = f"codebuild-{cfg.name}-{token.token_hex(4)}", f"{CONTAINER_LABEL}={cfg.name}"
+    run = (docker, "run", "--rm", "-i", "--network", "host", "--name", name, "--label", label,
+           "-w", str(src), *mounts, image, host.shell)
+    names = [n for n, v in env.items() if n not in WORKER_ONLY or worker.get(n) != v]
     # The docker CLI passes `-e NAME` values from its own environment: no value on a command line.
-    return ShellSpec(argv, {**env, **inner, "DOCKER_HOST": docker_host}, src, shell, scripts)
+    session = (docker, "exec", "-i", "-w", str(src), *[a for n in names for a in ("-e", n)], name, host.shell)
+    return BuildContainer(run, env, name, label), ShellSpec(session, env, src, host.shell, scripts)
 
 
 def run_phase(phase: Phase, shell: Shell, mask: Masker, log: Log) -> Failure | None:
@@ -222,12 +268,13 @@ def run_phases(spec: BuildSpec, shell: Shell, mask: Masker, log: Log, result: Bu
         except ShellTimeout:
             failed = Failure(phase.name, "(running)", "timed out (build.timeout_seconds)", ())
             result.phases.append((phase.name, "TIMED_OUT"))
-            result.failure = result.failure or failed
+            result.failure, result.stopped_in = result.failure or failed, phase.name
             return
         result.phases.append((phase.name, "FAILED" if failed else "SUCCEEDED"))
         if failed:
             result.failure = result.failure or failed
             if not phase.continues_after_failure():
+                result.stopped_in = phase.name
                 return
 
 
@@ -262,16 +309,22 @@ def publish_reports(cfg: ServiceConfig, spec: BuildSpec, src: Path, mask: Masker
         )
 
 
-def collect_artifacts(cfg: ServiceConfig, spec: BuildSpec, src: Path, out_dir: Path, result: BuildRun) -> None:
-    """``artifacts.files`` copied to ARTIFACTS_DIR/<service>/<name or build>/; imagedefinitions.json read."""
-    if spec.artifacts is not None:
-        target = out_dir / cfg.name / (spec.artifacts.name or "build")
-        shutil.rmtree(target, ignore_errors=True)
-        for path, name in matching_files(src, spec.artifacts):
-            dest = target / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, dest)
-            result.artifacts.append(dest)
+def copy_artifacts(cfg: ServiceConfig, spec: BuildSpec, src: Path, out_dir: Path, result: BuildRun) -> Path | None:
+    """``artifacts.files`` copied to ARTIFACTS_DIR/<service>/<name or build>/ (the last build's, replaced)."""
+    if spec.artifacts is None:
+        return None
+    target = out_dir / cfg.name / (spec.artifacts.name or "build")
+    shutil.rmtree(target, ignore_errors=True)
+    for path, name in matching_files(src, spec.artifacts):
+        dest = target / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest)
+        result.artifacts.append(dest)
+    return target
+
+
+def read_image_definitions(src: Path, result: BuildRun) -> None:
+    """imagedefinitions.json from the artifacts (else the source root): the image the buildspec pushed."""
     named = [p for p in result.artifacts if p.name == "imagedefinitions.json"]
     defs = named[0] if named else src / "imagedefinitions.json"
     if defs.is_file():
@@ -286,24 +339,28 @@ def collect_artifacts(cfg: ServiceConfig, spec: BuildSpec, src: Path, out_dir: P
 
 def run_buildspec(cfg: ServiceConfig, clients: AwsClients, spec: BuildSpec, sha: str, src: Path,
                   uri: str, log: Log) -> BuildRun:
-    """Run SPEC in SRC; a BuildError (masked) when a phase failed, after reports are published."""
+    """Run SPEC in SRC; a BuildError (masked) when a phase failed, after reports (and artifacts) are published."""
+    out = clients.settings.artifacts_dir
     variables, hidden = resolve_env(spec, clients)
     mask = Masker(hidden)
     env = {**clients.settings.build_host_env, **variables, **standard_env(cfg, clients, sha, src, uri)}
     result = BuildRun()
     deadline = time.monotonic() + cfg.build.timeout_seconds
-    with tempfile.TemporaryDirectory(prefix=f"codebuild-{token.token_hex(4)}-") as scripts:
-        shell = Shell(shell_spec(cfg, spec.env.shell, env, src, Path(scripts)), deadline)
-        try:
-            run_phases(spec, shell, mask, log, result)
-            if result.failure is None:
-                result.exported = {k: mask(v) for k, v in shell.capture(spec.env.exported).items()}
-        finally:
-            shell.close()
+    with tempfile.TemporaryDirectory(prefix=f"codebuild-{token.token_hex(4)}-") as scripts, \
+            build_shell(cfg, ShellSpec((spec.env.shell,), env, src, spec.env.shell, Path(scripts)),
+                        clients.settings.build_host_env, deadline) as shell:
+        run_phases(spec, shell, mask, log, result)
+        if result.failure is None:
+            result.exported = {k: mask(v) for k, v in shell.capture(spec.env.exported).items()}
     publish_reports(cfg, spec, src, mask, result)
     if result.failure is not None:
-        raise BuildError(result.failure.message(), service=cfg.name)
-    collect_artifacts(cfg, spec, src, clients.settings.artifacts_dir, result)
+        where = copy_artifacts(cfg, spec, src, out, result) if result.uploads_artifacts() else None
+        kept = f"\nartifacts of the failed build (no hand-over): {where}" if where is not None else ""
+        if kept:
+            log(kept.strip())
+        raise BuildError(result.failure.message() + kept, service=cfg.name)
+    copy_artifacts(cfg, spec, src, out, result)
+    read_image_definitions(src, result)
     return result
 
 

@@ -8,8 +8,11 @@ command the shell prints a marker line with a random token and the exit
 status. A command that exits the shell (``exit 1``, ``set -e``) fails, and the
 commands after it get a fresh shell (the same environment, the source folder).
 
-The shell runs on the worker's host, or inside a build image (``docker run -i``
-with the source folder and the Docker socket mounted): both are one argv here.
+The shell runs on the worker's host, or inside a build image: then one
+container (``BuildContainer``) lives for the whole build and each shell is a
+``docker exec`` into it, so what ``install`` put outside the source folder is
+still there after a shell exited. Either way the session is one argv here, and
+the phases run the same code in both.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ class ShellSpec:
 
 class ShellTimeout(Exception):
     pass
+
+
+class ContainerError(Exception):
+    """The build container did not start (the image is missing, the engine refused): docker's own words."""
 
 
 def _lines(stream: Iterator[bytes], out: queue.Queue[str | None]) -> None:
@@ -137,3 +144,72 @@ class Shell:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+class BuildContainer:
+    """The build image's container for one build; removed by ``close``, and by itself when this process dies.
+
+    Its first process is a shell reading a pipe of this process: when the worker
+    dies, even by SIGKILL, the pipe closes, that shell exits and the container
+    (``--rm``) goes, with every command still running in it. Commands get the
+    build's environment per ``docker exec``: nothing of it is on the container.
+    """
+
+    def __init__(self, run_argv: tuple[str, ...], env: dict[str, str], name: str, label: str) -> None:
+        self.run_argv, self.env, self.name, self.label = run_argv, env, name, label
+        self._keeper: subprocess.Popen[bytes] | None = None
+
+    def _docker(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.run_argv[0], *args], env=self.env, capture_output=True, text=True, timeout=60,
+                              check=False)
+
+    def remove_leftovers(self) -> list[str]:
+        """Containers an earlier build of the same service left (its engine lost the pipe): removed."""
+        found = self._docker("ps", "-aq", "--filter", f"label={self.label}").stdout.split()
+        if found:
+            self._docker("rm", "-f", *found)
+        return found
+
+    def start(self, deadline: float) -> None:
+        """Run the container and wait until its shell answers (a pull included, up to DEADLINE);
+        ContainerError with docker's output otherwise."""
+        keeper = subprocess.Popen(list(self.run_argv), env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        self._keeper = keeper
+        late = threading.Timer(max(deadline - time.monotonic(), 0.0), keeper.kill)
+        late.daemon = True
+        late.start()
+        ready = f"ecs-pipeline-ready-{secrets.token_hex(4)}"
+        output: list[str] = []
+        try:
+            keeper.stdin.write(f"echo {ready}\n".encode())  # type: ignore[union-attr]
+            keeper.stdin.flush()  # type: ignore[union-attr]
+        except BrokenPipeError:
+            pass
+        try:
+            for raw in iter(keeper.stdout.readline, b""):  # type: ignore[union-attr]
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line == ready:
+                    return
+                output.append(line)
+        finally:
+            late.cancel()
+        self.close()
+        if time.monotonic() >= deadline:
+            output.append("(not started within build.timeout_seconds)")
+        raise ContainerError("\n".join(output[-5:]) or f"docker run exited {keeper.returncode}")
+
+    def close(self) -> None:
+        """Remove the container (its commands stop with it); then the docker client that ran it ends."""
+        keeper, self._keeper = self._keeper, None
+        if keeper is None:
+            return
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            self._docker("rm", "-f", self.name)
+        with contextlib.suppress(OSError):
+            keeper.stdin.close()  # type: ignore[union-attr]
+        try:
+            keeper.wait(10)
+        except subprocess.TimeoutExpired:
+            keeper.kill()
+            keeper.wait()

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tasks.buildspec import Phase, load_buildspec, parse_buildspec
+from tasks.codebuild import BuildRun, Failure
 from tasks.errors import ConfigError
 from tasks.junit import read_report
 from tasks.models import parse_service
@@ -95,6 +96,27 @@ def test_refused_keys_are_named(data: dict[str, Any], expected: str) -> None:
 )
 def test_phase_transitions_follow_codebuild(name: str, on_failure: Any, continues: bool) -> None:
     assert Phase(name, ("x",), on_failure=on_failure).continues_after_failure() is continues
+
+
+@pytest.mark.parametrize(
+    ("phases", "stopped_in", "uploads"),
+    [
+        ([("install", "SUCCEEDED"), ("build", "SUCCEEDED")], None, True),
+        ([("pre_build", "FAILED")], "pre_build", False),  # CodeBuild goes on to FINALIZING
+        ([("install", "SUCCEEDED"), ("pre_build", "FAILED")], "pre_build", False),
+        ([("install", "FAILED")], "install", False),
+        ([("pre_build", "FAILED")], None, True),  # on-failure CONTINUE: on to the (empty) BUILD phase
+        ([("build", "FAILED"), ("post_build", "SUCCEEDED")], None, True),  # attempted even if BUILD fails
+        ([("build", "SUCCEEDED"), ("post_build", "FAILED")], "post_build", True),
+        ([("build", "FAILED")], "build", True),  # on-failure ABORT
+        ([("build", "TIMED_OUT")], "build", False),
+    ],
+)
+def test_artifacts_are_uploaded_when_codebuild_would(phases: list[tuple[str, str]], stopped_in: str | None,
+                                                     uploads: bool) -> None:
+    failed = any(state != "SUCCEEDED" for _, state in phases)
+    run = BuildRun(phases=phases, failure=Failure("x", "false", 1, ()) if failed else None, stopped_in=stopped_in)
+    assert run.uploads_artifacts() is uploads
 
 
 def service(buildspec: Any) -> dict[str, Any]:

@@ -196,6 +196,26 @@ def test_artifacts_files_are_collected(run: Run, cfg: ServiceConfig) -> None:
         == ["a/app.txt"]
 
 
+def test_a_failed_build_still_uploads_its_artifacts_and_reports_as_codebuild_does(run: Run, cfg: ServiceConfig) -> None:
+    (run.src / "junit.xml").write_text('<testsuite name="app"><testcase name="test_root">'
+                                       '<failure message="GET / answered 500"/></testcase></testsuite>')
+    data = {"phases": {"build": {"commands": [
+        "mkdir -p logs", "echo trace > logs/build.log", """printf '[{"name":"web","imageUri":"x:1"}]' > i.json""",
+        "false"]}}, "artifacts": {"files": ["logs/*", "i.json"]}, "reports": {"unit": {"files": ["junit.xml"]}}}
+    message = run.failed(data)
+    out = run.src.parent / "artifacts" / cfg.name / "build"
+    assert "phase build: command `false` exited 1" in message
+    assert (out / "logs" / "build.log").read_text() == "trace\n"
+    assert f"artifacts of the failed build (no hand-over): {out}" in run.lines
+    assert message.endswith(f"\nartifacts of the failed build (no hand-over): {out}"), "the summary says where"
+    assert "GET / answered 500" in artifact_text(f"{cfg.name}-tests-unit")
+
+    message = run.failed({**data, "phases": {"pre_build": {"commands": ["echo newer > logs/build.log", "false"]},
+                                             "build": {"commands": ["true"]}}})
+    assert (out / "logs" / "build.log").read_text() == "trace\n", "a failed pre_build uploads nothing"
+    assert "artifacts of the failed build" not in message
+
+
 def artifact_text(key: str) -> str:
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
