@@ -6,7 +6,9 @@
    every pipeline AWS call).
 3. kill -9 matrix: a task-sets release killed at each point, then released again: seconds
    from the kill to the service being free (the dead run marked Crashed by the rerun), the
-   rerun's outcome, work repeated, failed production requests.
+   rerun's outcome, images and revisions it made, failed production requests, and whether a
+   `succeeded` event for the commit was stored. At "teardown" blue's DeleteTaskSet answers
+   slowly so the kill lands inside the teardown (a release otherwise ends it before the kill).
 
     uv run python -m bench.bench_faults      (or `make bench`, which runs every benchmark)
 """
