@@ -6,7 +6,9 @@
    every pipeline AWS call).
 3. kill -9 matrix: a task-sets release killed at each point, then released again: seconds
    from the kill to the service being free (the dead run marked Crashed by the rerun), the
-   rerun's outcome, work repeated, failed production requests.
+   rerun's outcome, images and revisions it made, failed production requests, and whether a
+   `succeeded` event for the commit was stored. At "teardown" blue's DeleteTaskSet answers
+   slowly so the kill lands inside the teardown (a release otherwise ends it before the kill).
 
     uv run python -m bench.bench_faults      (or `make bench`, which runs every benchmark)
 """
@@ -28,6 +30,7 @@ from bench.bench_pipeline import ensure_peer, load_sandbox, outcome_of, retag
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 STALE = 10.0  # ECS_PIPELINE_LOCK_STALE_SECONDS for the kill matrix (the default is 30)
+TEARDOWN_SLOW = 5.0  # seconds blue's DeleteTaskSet takes to answer at the "teardown" kill point
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -145,19 +148,46 @@ def torn_down_midway(sut: Any) -> bool:
     return len(sets) == 2 and bool(primary) and int(primary[0]["taskDefinition"].rsplit(":", 1)[1]) == newest
 
 
-def kill_at(point: str, work: Path) -> tuple[str, float, str]:
+def said_succeeded(service: str, sha: str) -> str:
+    """Whether a `succeeded` event for SHA was stored (the killed release finished, and said so)."""
+    from tests.fault_helpers import events, wait_until
+
+    try:
+        wait_until(lambda: any(p.get("sha") == sha for name, p in events(service) if name == "succeeded"), 15,
+                   "the succeeded event", interval=0.5)
+    except AssertionError:
+        return "no succeeded event"
+    return "succeeded event"
+
+
+def kill_at(point: str, work: Path) -> tuple[str, float, str, str]:
     """Kill a v2 release at ``point``, release again: (point, s from kill to service free, rerun's outcome)."""
     from flows.pipeline import deploy_service
-    from tests.fault_helpers import Load, Released, flow_runs, image_count, serving_versions, wait_until
+    from tests.fault_helpers import (
+        PIPELINE_AGENT,
+        Load,
+        Released,
+        add_fault,
+        clear_faults,
+        flow_runs,
+        image_count,
+        serving_versions,
+        wait_until,
+    )
     from tests.release_helpers import make_service
 
     sut = make_service(work, traffic={"type": "canary", "percent": 20, "interval_seconds": 600},
                        bake_seconds=600, verify_paths=("/health", "/"))
     os.environ["ECS_PIPELINE_DEPLOYMENTS"] = str(sut.yaml_path.parent)
     os.environ["ECS_PIPELINE_LOCK_STALE_SECONDS"] = str(STALE)
+    slow = f"slow-teardown-{sut.name}"
     try:
         assert outcome_of(deploy_service(sut.name, return_state=True)) == "Deployed"
-        sut.commit("v2")
+        v2 = sut.commit("v2")
+        if point == "teardown":
+            # Blue's DeleteTaskSet answers after TEARDOWN_SLOW s (then takes effect): a window the kill lands in.
+            add_fault(name=slow, rate=1.0, codes=["slow"], slow_seconds=TEARDOWN_SLOW, service="ecs",
+                      operation="DeleteTaskSet", match=sut.name, agent=PIPELINE_AGENT)
         with Load(sut) as load:
             release = Released(sut, work / "killed.log")
             run_id = wait_until(lambda: next(iter(r.id for r in flow_runs(sut.name)[1:]), None), 60, "the run")
@@ -165,9 +195,10 @@ def kill_at(point: str, work: Path) -> tuple[str, float, str]:
                 wait_until(lambda: reached(point, sut, run_id), 240, point, interval=0.05)
             except AssertionError:
                 release.proc.wait(120)
-                return point, float("nan"), "not reached: the release passed this point before it was seen"
+                return point, float("nan"), "not reached: the release passed this point before it was seen", "-"
             release.kill()
             killed_at = time.time()
+            clear_faults(slow)
             images, revisions = image_count(sut), len(sut.revisions())
             rerun = deploy_service(sut.name, return_state=True)
         dead = next(r for r in flow_runs(sut.name) if r.id == run_id)
@@ -178,7 +209,7 @@ def kill_at(point: str, work: Path) -> tuple[str, float, str]:
         outcome = (f"{outcome_of(rerun)}; serving {versions}; {len(sut.task_sets())} task set(s); "
                    f"dead run {dead.state.type.value if dead.state else '?'}; rerun made {repeated} images+revs; "
                    f"{len(load.failed)} failed requests")
-        return point, free, outcome
+        return point, free, outcome, said_succeeded(sut.name, v2)
     finally:
         os.environ.pop("ECS_PIPELINE_LOCK_STALE_SECONDS", None)
         sut.cleanup()
@@ -204,7 +235,7 @@ def main() -> int:
         points = os.environ.get("BENCH_KILL_POINTS", ",".join(KILL_POINTS)).split(",")
         rows = [kill_at(p, work / f"kill-{i}") for i, p in enumerate(points)]
         table(f"kill -9 matrix (lock stale time {STALE:.0f} s): kill → service free, then the rerun",
-              ("killed at", "free after s", "rerun"), rows)
+              ("killed at", "free after s", "rerun", "event"), rows)
     return 0
 
 

@@ -16,13 +16,13 @@ from tasks.aws import AwsClients
 from tasks.ecs import LiveRelease
 from tasks.errors import PipelineError
 from tasks.interop import write_interop_files
-from tasks.locks import StopWatch, service_lock
+from tasks.locks import StopWatch, commit_of_run, service_lock
 from tasks.models import ServiceConfig, find_service
 from tasks.outcome import final_state, flow_run_name, name_run, quiet_expected_failures, update_live
 from tasks.report import ReleaseSummary, ShiftProgress, emit
 from tasks.runs import ensure_run_tags, superseded_by
 from tasks.settings import Settings
-from tasks.strategy import Outcome, Release
+from tasks.strategy import LoadBalanced, Outcome, Reconciled, Release, Steps
 from tasks.waits import Aborted, abort_when
 
 quiet_expected_failures()
@@ -54,7 +54,7 @@ def deploy_service(
         if superseded:
             return final_state("Superseded", f"by newer run {superseded}")
         try:
-            return release(cfg, clients, summary, Request(sha, force, allow_older))
+            return release(cfg, clients, summary, Request(sha, force, allow_older), held.took_over_from)
         except Aborted as exc:
             summary.outcome, summary.reason = "Cancelled", str(exc)
             conclude(summary)
@@ -94,8 +94,13 @@ class Request:
     allow_older: bool
 
 
-def release(cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, asked: Request) -> State[Any]:
-    """The stages in order; the strategy is chosen once, before anything is built."""
+def release(
+    cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, asked: Request, dead_run: str | None = None
+) -> State[Any]:
+    """The stages in order; the strategy is chosen once, before anything is built.
+
+    DEAD_RUN is the run this one took the service's slot from (it had stopped), if any.
+    """
     run = Release(cfg, clients, asked.sha or "", summary)
     strategy = choose_strategy(run)
     with summary.stage("reconcile"):
@@ -112,16 +117,9 @@ def release(cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, as
     if target.moves_back and not asked.allow_older:
         return not_newer_state(cfg.name, target, summary)
     if not target.changed and not asked.force:
-        summary.task_definition = target.live.task_definition
-        if found and found.direction == "forward":
-            # An earlier run of this very commit died after green took production: it is done now.
-            summary.outcome, summary.traffic = "Deployed", strategy.live_traffic
-            summary.image, summary.task_definition = target.live.image, found.task_definition
-            finished = Outcome(found.task_definition, traffic=strategy.live_traffic)
-            return outcome_state(summary, finished, [], target.live)
-        summary.outcome = "No change"
-        conclude(summary, target.live)
-        return final_state("No change", f"{cfg.name} already runs {target.sha[:7]}")
+        unchanged = unchanged_state(cfg.name, strategy, summary, target, found, dead_run)
+        if unchanged is not None:
+            return unchanged
     if asked.allow_older and target.moves_back:
         summary.notes.append(f"allow_older: asked to go back ({target.ancestry} than live {target.live.sha})")
     emit(cfg.name, "started", sha=target.sha, strategy=cfg.strategy.type, flow_run=flow_run.get_id(),
@@ -140,6 +138,35 @@ def release(cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, as
     outcome = run_release(strategy, run, ShiftProgress(cfg.name))
     summary.notes.append(f"work done in this run: {', '.join(done) or 'none (all found done)'}")
     return outcome_state(summary, outcome, done, target.live)
+
+
+def unchanged_state(
+    service: str, strategy: Steps, summary: ReleaseSummary, target: stages.Target,
+    found: Reconciled | None, dead_run: str | None,
+) -> State[Any] | None:
+    """Production already runs the commit: "No change", or the end of a dead run's release of it.
+
+    A dead run of this very commit that got production onto it finished everything but saying so
+    (killed in its teardown). Blue/green strategies verified green before production moved: the
+    release is Deployed now. Rolling verifies after: None, so the release runs on (resumes the
+    rollout, checks production, rolls back if they fail).
+    """
+    died = commit_of_run(dead_run)
+    unfinished = bool(died) and target.sha.startswith(str(died))
+    summary.task_definition = target.live.task_definition
+    if (found and found.direction == "forward") or (unfinished and isinstance(strategy, LoadBalanced)):
+        td = found.task_definition if found else str(target.live.task_definition)
+        if not found:
+            summary.notes.append(f"run {dead_run} of this commit stopped after production moved: finished its release")
+        summary.outcome, summary.traffic = "Deployed", strategy.live_traffic
+        summary.image, summary.task_definition = target.live.image, td
+        return outcome_state(summary, Outcome(td, traffic=strategy.live_traffic), [], target.live)
+    if unfinished:
+        summary.notes.append(f"run {dead_run} of this commit stopped before production was verified: checked again")
+        return None
+    summary.outcome = "No change"
+    conclude(summary, target.live)
+    return final_state("No change", f"{service} already runs {target.sha[:7]}")
 
 
 def not_newer_state(service: str, target: stages.Target, summary: ReleaseSummary) -> State[Any]:

@@ -163,6 +163,8 @@ def service_lock(service: str, run_id: str | None, stale_after: float = 30.0) ->
             checkpoint()
             time.sleep(delay)
             delay = min(2.0, delay * 1.5)
+        # A free slot with a stale heartbeat: the holder died and Prefect's lease ran out first.
+        took_over = took_over or _free_dead_holder(client, service, stale_after, run_id)
         held = Held(service, lease, run_id, took_over)
         write_heartbeat(client, held)
     if took_over:
@@ -189,6 +191,22 @@ def service_lock(service: str, run_id: str | None, stale_after: float = 30.0) ->
 def read_heartbeat_lease(client: SyncPrefectClient, service: str) -> str | None:
     beat = read_heartbeat(client, service)
     return str(beat.get("lease")) if beat else None
+
+
+def commit_of_run(run_id: str | None) -> str | None:
+    """The commit a (dead) run was releasing: its sha parameter, else the one its name got at detect change."""
+    if not run_id or run_id == "unknown":
+        return None
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(UUID(run_id))
+        except (ObjectNotFound, ValueError):
+            return None
+    asked = run.parameters.get("sha")
+    if asked:
+        return str(asked)
+    named = re.search(r"@([0-9a-f]{7,40})$", run.name or "")
+    return named.group(1) if named else None
 
 
 class StopWatch:

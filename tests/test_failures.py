@@ -25,7 +25,9 @@ from tests.fault_helpers import (
     serving_versions,
     wait_until,
 )
-from tests.release_helpers import ServiceUnderTest
+from tests.release_helpers import ROOT, ServiceUnderTest
+from tests.test_codedeploy import seed_serving, use_appspec
+from tests.test_kills import production_weights
 from tests.test_pipeline import release_artifact
 
 CANARY = {"type": "canary", "percent": 20, "interval_seconds": 900}
@@ -56,6 +58,31 @@ def test_cancel_mid_shift_rolls_back_to_blue(new_service: Callable[..., ServiceU
     assert "production on blue" in (state.message or "")
     assert green_weight(sut) == 0 and [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]
     assert serving_versions(sut) == {"v1"}
+    assert load.failed == [], load.failed[:5]
+    cancelled = event_payloads(sut.name, "cancelled")
+    assert "operator: wrong commit" in cancelled[0]["reason"]
+
+
+def test_cancel_mid_shift_of_a_codedeploy_release_stops_it_back_on_blue(
+    new_service: Callable[..., ServiceUnderTest], tmp_path: Path
+) -> None:
+    sut = new_service(strategy="codedeploy", traffic=CANARY)
+    use_appspec(sut, ROOT / "deployments" / "sample-app" / "appspec.yml")
+    seed_serving(sut)
+    blue = [(ts["taskSetArn"], ts["taskDefinition"]) for ts in sut.task_sets()]
+    with Load(sut) as load:
+        release = Released(sut, tmp_path / "release.log")
+        wait_until(lambda: production_weights(sut) == [20, 80], 180, "production 20% on green")
+        run = flow_runs(sut.name)[-1]
+        cancel(run.id, "operator: wrong commit")
+        release.proc.wait(120)
+    state = run_state(run.id)
+    assert state.type.value == "CANCELLED", release.output()[-2000:]
+    assert "cancelled (operator: wrong commit)" in (state.message or "")
+    assert "production on blue" in (state.message or "")
+    assert green_weight(sut) == 0, "production 100% on blue's target group"
+    assert [(ts["taskSetArn"], ts["taskDefinition"]) for ts in sut.task_sets()] == blue, "green removed"
+    assert serving_versions(sut) == {"seed"}
     assert load.failed == [], load.failed[:5]
     cancelled = event_payloads(sut.name, "cancelled")
     assert "operator: wrong commit" in cancelled[0]["reason"]

@@ -17,18 +17,22 @@ import pytest
 from flows.pipeline import deploy_service
 from tasks.outcome import outcome_of
 from tests.fault_helpers import (
+    PIPELINE_AGENT,
     Load,
     Released,
     add_fault,
     calls_since,
+    clear_faults,
     flow_runs,
     green_weight,
     image_count,
     last_request,
+    production_listener,
     serving_versions,
     wait_until,
 )
-from tests.release_helpers import ServiceUnderTest
+from tests.release_helpers import ROOT, ServiceUnderTest
+from tests.test_codedeploy import seed_serving, use_appspec
 from tests.test_pipeline import release_artifact
 
 STALE = "10"
@@ -115,3 +119,68 @@ def test_lost_create_task_set_answer_leaves_no_twin(new_service: Callable[..., S
     assert load.failed == [], load.failed[:5]
     assert serving_versions(sut) == {"v3"}
     assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]
+
+
+def production_weights(sut: ServiceUnderTest) -> list[int]:
+    """The production listener's weights, smallest first (CodeDeploy moves them; no task-set view needed)."""
+    groups = production_listener(sut)["DefaultActions"][0].get("ForwardConfig", {}).get("TargetGroups", [])
+    return sorted(int(g.get("Weight", 0)) for g in groups)
+
+
+def test_codedeploy_killed_mid_shift_then_rerun_finishes_the_verified_release(
+    new_service: Callable[..., ServiceUnderTest], tmp_path: Path
+) -> None:
+    """Green was verified on the test listener before CodeDeploy moved production: the rerun resumes it."""
+    sut = new_service(strategy="codedeploy", traffic={"type": "canary", "percent": 20, "interval_seconds": 900})
+    use_appspec(sut, ROOT / "deployments" / "sample-app" / "appspec.yml")
+    seed_serving(sut)
+    with Load(sut) as load:
+        release = Released(sut, tmp_path / "killed.log", ECS_PIPELINE_LOCK_STALE_SECONDS=STALE)
+        wait_until(lambda: production_weights(sut) == [20, 80], 180, "production 20% on green")
+        release.kill()
+        images, revisions = image_count(sut), sut.revisions()
+        seq = last_request()
+        rerun = deploy(sut.name)
+    assert outcome_of(rerun) == "Deployed", rerun.message
+    assert rerun.result()["done"] == [], "build, push and register were not repeated"
+    assert image_count(sut) == images and sut.revisions() == revisions
+    assert calls_since(seq, sut.name)["CreateDeployment"] == 0, "the dead run's deployment was resumed"
+    assert load.failed == [], load.failed[:5]
+    assert set(load.versions) <= {"seed", "v1"}
+    assert serving_versions(sut) == {"v1"}
+    assert len(sut.task_sets()) == 1, "CodeDeploy removed blue"
+    assert killed_run(sut).state.type.value == "CRASHED"
+    # Where CodeDeploy had got to decides how the rerun goes on: it resumes the shift, finishes the
+    # termination wait, or (CodeDeploy done by then) says the dead run's release is done.
+    summary = release_artifact(sut.name)
+    went_on = (", resumed)", "an earlier run left", "of this commit stopped after production moved")
+    assert any(text in summary for text in went_on), summary
+
+
+def test_rolling_killed_mid_rollout_then_rerun_verifies_production(
+    new_service: Callable[..., ServiceUnderTest], tmp_path: Path
+) -> None:
+    """ECS finishes the dead run's rollout by itself; nobody verified it, so the rerun checks production."""
+    sut = new_service(strategy="rolling")
+    seed_serving(sut)
+    seq = last_request()
+    # Every DescribeServices of the release answers a second late: the kill lands inside the rollout wait.
+    slow = f"slow-rollout-{sut.name}"
+    add_fault(name=slow, rate=1.0, codes=["slow"], slow_seconds=1.0, service="ecs", operation="DescribeServices",
+              match=sut.name, agent=PIPELINE_AGENT)
+    with Load(sut) as load:
+        release = Released(sut, tmp_path / "killed.log", ECS_PIPELINE_LOCK_STALE_SECONDS=STALE)
+        wait_until(lambda: calls_since(seq, sut.name)["UpdateService"] == 1, 180, "the rolling update")
+        release.kill()
+        clear_faults(slow)
+        images, revisions = image_count(sut), sut.revisions()
+        rerun = deploy(sut.name)
+    assert outcome_of(rerun) == "Deployed", rerun.message
+    assert rerun.result()["done"] == [], "build, push and register were not repeated"
+    assert image_count(sut) == images and sut.revisions() == revisions
+    assert calls_since(seq, sut.name)["UpdateService"] == 1, "the dead run's rollout was resumed, not redone"
+    assert load.failed == [], load.failed[:5]
+    assert serving_versions(sut) == {"v1"}
+    assert "of this commit stopped before production was verified: checked again" in release_artifact(sut.name)
+    assert "GET /: " in release_artifact(sut.name), "production checked by the rerun"
+    assert killed_run(sut).state.type.value == "CRASHED"

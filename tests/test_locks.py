@@ -15,9 +15,11 @@ from uuid import UUID
 
 from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import VariableCreate
 from prefect.runtime import flow_run
+from prefect.states import Running
 
-from tasks.locks import heartbeat_name, lock_name, read_heartbeat, service_lock
+from tasks.locks import commit_of_run, heartbeat_name, lock_name, read_heartbeat, service_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 STALE = 5.0
@@ -105,5 +107,30 @@ def test_two_live_holders_never_overlap() -> None:
         for t in threads:
             t.join(timeout=120)
         assert overlaps == []
+    finally:
+        cleanup(service)
+
+
+@flow(name="deploy-service-dead")
+def never_ran(service: str) -> None:
+    """Only a flow object to create the dead run from; it never runs."""
+
+
+def test_a_dead_holder_whose_prefect_lease_ran_out_is_still_found() -> None:
+    """The slot is free (Prefect's lease expired first) but the dead run's heartbeat is there: Crashed, named."""
+    service = f"lock-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        dead = client.create_flow_run(never_ran, parameters={"service": service}, name=f"deploy {service}@abcdef1",
+                                      state=Running())
+        client.create_variable(VariableCreate(name=heartbeat_name(service), value={
+            "run": str(dead.id), "lease": str(uuid.uuid4()), "at": time.time() - 10 * STALE}))
+    try:
+        got = take(service)
+
+        assert got["took_over_from"] == str(dead.id)
+        assert commit_of_run(str(dead.id)) == "abcdef1", "the commit the dead run was releasing"
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(dead.id).state
+        assert state is not None and state.name == "Crashed", state
     finally:
         cleanup(service)
