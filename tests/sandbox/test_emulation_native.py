@@ -215,6 +215,10 @@ def test_hook_timeout_with_continue_goes_on(emu: Any, emu_stack: Callable[..., A
     (detail,) = dep["lifecycleHookDetails"]
     assert (detail["status"], detail["timeoutAction"]) == ("AWAITING_ACTION", "CONTINUE")
     assert stack.get() == (200, "v1\n"), "production held while the hook waits"
+    service = stack.ecs.describe_services(cluster=stack.name, services=["web"])["services"][0]
+    # ECS's Deployment.status: "PRIMARY: The most recent deployment of a service", production moved or not
+    assert [(d["status"], d["taskDefinition"].rsplit(":", 1)[-1]) for d in service["deployments"]] == [
+        ("PRIMARY", "2"), ("ACTIVE", "1")]
     done = settled(stack, emu, "SUCCESSFUL")  # nobody calls ContinueServiceDeployment: the timeout does
     assert done["targetServiceRevision"]["arn"] == dep["targetServiceRevision"]["arn"]
     assert done["finishedAt"] >= detail["expiresAt"], "it went on when the hook expired, not before"
