@@ -3,9 +3,11 @@
 Each strategy gets its own throw-away service (tests/release_helpers.make_service)
 seeded with v1 serving; the time is the deploy-service flow from start to
 "Deployed" for v2 (build and push included, the same for all three; bake 0,
-all-at-once), so the differences are each strategy's own steps and waits.
+all-at-once), so the differences are each strategy's own steps and waits: the
+per-stage seconds below the totals show which.
 
     uv run python -m bench    # after bench_pipeline
+    uv run python -c "import sys; from bench import bench_strategies as b; sys.exit(b.main())"  # alone
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_pipeline import load_sandbox
+from bench.bench_pipeline import load_sandbox, stage_seconds
 
 STRATEGIES = ("task-sets", "codedeploy", "ecs-native")
 
 
-def release(strategy: str, workdir: Path) -> tuple[float, str]:
+def release(strategy: str, workdir: Path) -> tuple[float, str, dict[str, float]]:
+    """(seconds, outcome, seconds per stage) of one v1→v2 release through STRATEGY."""
     from flows.pipeline import deploy_service
     from tasks.outcome import outcome_of
     from tests.release_helpers import make_service
@@ -36,7 +39,8 @@ def release(strategy: str, workdir: Path) -> tuple[float, str]:
         sut.commit("v2")
         started = time.perf_counter()
         state = deploy_service(sut.name, return_state=True)
-        return time.perf_counter() - started, outcome_of(state)
+        seconds = time.perf_counter() - started
+        return seconds, outcome_of(state), stage_seconds(state.state_details.flow_run_id)
     finally:
         sut.cleanup()
 
@@ -45,9 +49,13 @@ def main() -> int:
     load_sandbox()
     print("\n== one v1→v2 release of the same app per strategy (same sandbox, same run)")
     failed = 0
+    stages: dict[str, dict[str, float]] = {}
     for strategy in STRATEGIES:
         with tempfile.TemporaryDirectory(prefix=f"bench-{strategy}-") as tmp:
-            seconds, state = release(strategy, Path(tmp))
+            seconds, state, stages[strategy] = release(strategy, Path(tmp))
         failed += state != "Deployed"
-        print(f"   {strategy:<11} {state:<12} {seconds:6.1f}s")
+        print(f"   {strategy:<11} {state:<12} {seconds:6.1f}s", flush=True)
+    for strategy, per_stage in stages.items():
+        slowest = sorted(per_stage.items(), key=lambda kv: -kv[1])[:6]
+        print(f"   {strategy:<11} " + ", ".join(f"{name} {secs:.1f}s" for name, secs in slowest))
     return 1 if failed else 0

@@ -59,10 +59,29 @@ def live_task_definition(ecs: Any, service: dict[str, Any]) -> str | None:
     if controller_type(service) == "EXTERNAL":
         ts = primary_task_set(service)
         return ts["taskDefinition"] if ts else None
+    if (service.get("deploymentConfiguration") or {}).get("strategy") in ("BLUE_GREEN", "LINEAR", "CANARY"):
+        serving = native_serving_task_definition(ecs, service)
+        if serving:
+            return serving
     for dep in service.get("deployments", []):
         if dep.get("status") == "PRIMARY":
             return dep.get("taskDefinition")  # type: ignore[no-any-return]
     return service.get("taskDefinition")
+
+
+def native_serving_task_definition(ecs: Any, service: dict[str, Any]) -> str | None:
+    """ECS-native blue/green: the revision production goes to, not the PRIMARY (newest) deployment's."""
+    arn = service.get("currentServiceDeployment")
+    if not arn:
+        return None
+    found = ecs.describe_service_deployments(serviceDeploymentArns=[arn])["serviceDeployments"]
+    revs = [r for r in [*(found[0].get("sourceServiceRevisions") or []), found[0].get("targetServiceRevision")]
+            if r] if found else []
+    serving = max(revs, key=lambda r: r.get("requestedProductionTrafficWeight") or 0.0, default=None)
+    if serving is None or not serving.get("requestedProductionTrafficWeight"):
+        return None
+    described = ecs.describe_service_revisions(serviceRevisionArns=[serving["arn"]])["serviceRevisions"]
+    return str(described[0]["taskDefinition"]) if described else None
 
 
 @dataclass(frozen=True)

@@ -307,8 +307,13 @@ class EcsNativeSteps(LoadBalanced):
         return None
 
     def where_traffic_is(self) -> str:
-        svc = ecs_ops.describe_service(self.clients.get("ecs"), self.cfg.ecs.cluster, self.cfg.ecs.service)
-        revs = svc.get("currentServiceRevisions") or []
+        """Production's weights as the current service deployment gives them (DescribeServices' revision
+        summaries carry no weights)."""
+        ecs = self.clients.get("ecs")
+        svc = ecs_ops.describe_service(ecs, self.cfg.ecs.cluster, self.cfg.ecs.service)
+        arn = svc.get("currentServiceDeployment")
+        dep = describe(ecs, arn) if arn else {}
+        revs = [r for r in [dep.get("targetServiceRevision"), *(dep.get("sourceServiceRevisions") or [])] if r]
         return "production " + " / ".join(f"{r.get('requestedProductionTrafficWeight', 0):.0f}% "
                                           f"{r.get('arn', '?').rsplit('/', 1)[-1]}" for r in revs)
 

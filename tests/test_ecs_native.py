@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from flows.pipeline import deploy_service
 from tasks.outcome import outcome_of
@@ -33,15 +34,19 @@ def deployments(sut: ServiceUnderTest) -> list[dict[str, Any]]:
 
 @contextmanager
 def weights(sut: ServiceUnderTest) -> Iterator[list[float]]:
-    """Green's production weight of the newest service deployment, each time it changes."""
+    """Green's production weight of the newest service deployment started inside the block, each time it changes."""
     seen: list[float] = []
     stop = threading.Event()
+    before = {d["serviceDeploymentArn"] for d in deployments(sut)}
 
     def look() -> None:
+        ecs, cfg = aws("ecs"), sut.cfg
         while not stop.is_set():
-            deps = deployments(sut)
-            if len(deps) > 1:
-                weight = deps[0]["targetServiceRevision"]["requestedProductionTrafficWeight"]
+            listed = ecs.list_service_deployments(cluster=cfg.ecs.cluster, service=cfg.ecs.service)
+            arns = [d["serviceDeploymentArn"] for d in listed["serviceDeployments"]]
+            if arns and arns[0] not in before:  # the newest only: one describe a look
+                newest = ecs.describe_service_deployments(serviceDeploymentArns=arns[:1])["serviceDeployments"][0]
+                weight = newest["targetServiceRevision"]["requestedProductionTrafficWeight"]
                 if not seen or seen[-1] != weight:
                     seen.append(weight)
             stop.wait(0.1)
@@ -55,25 +60,35 @@ def weights(sut: ServiceUnderTest) -> Iterator[list[float]]:
         thread.join(10)
 
 
-@pytest.mark.parametrize(("traffic", "steps"), [
+STEPS = [
     ({"type": "all-at-once"}, [100.0]),
     ({"type": "canary", "percent": 20, "interval_seconds": 180}, [20.0, 100.0]),
     ({"type": "linear", "percent": 50, "interval_seconds": 180}, [50.0, 100.0]),
-])
-def test_release_moves_production_by_the_configured_steps(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traffic: dict[str, Any], steps: list[float]) -> None:
-    sut = native(tmp_path, monkeypatch, traffic)
-    sut.commit("v2")
-    with watching(sut) as seen, weights(sut) as moved:
-        state = deploy_service(sut.name, return_state=True)
-    assert outcome_of(state) == "Deployed", state.message
-    newest = deployments(sut)[0]
-    assert (newest["status"], newest["lifecycleStage"]) == ("SUCCESSFUL", "CLEAN_UP")
-    assert newest["deploymentConfiguration"]["strategy"] == {"all-at-once": "BLUE_GREEN"}.get(
-        traffic["type"], traffic["type"].upper())
-    assert [w for w in moved if w] == steps
-    assert all("sample-app v2" in sut.get("/").text for _ in range(5))
-    assert seen and all(s.startswith("200 ") for s in seen), "no failed production request"
+]
+
+
+def test_releases_move_production_by_the_configured_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three releases of one service, one per traffic shape: one service and seed instead of three.
+
+    A step's bake is 3 AWS minutes (3 s at the sandbox's time scale): many looks at the weights, even on a busy
+    machine.
+    """
+    sut = native(tmp_path, monkeypatch, STEPS[0][0])
+    for version, (traffic, steps) in enumerate(STEPS, start=2):
+        config = yaml.safe_load(sut.yaml_path.read_text())
+        config["strategy"]["traffic"] = traffic
+        sut.yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        sut.commit(f"v{version}")
+        with watching(sut) as seen, weights(sut) as moved:
+            state = deploy_service(sut.name, return_state=True)
+        assert outcome_of(state) == "Deployed", (traffic, state.message)
+        newest = deployments(sut)[0]
+        assert (newest["status"], newest["lifecycleStage"]) == ("SUCCESSFUL", "CLEAN_UP")
+        assert newest["deploymentConfiguration"]["strategy"] == {"all-at-once": "BLUE_GREEN"}.get(
+            traffic["type"], traffic["type"].upper())
+        assert [w for w in moved if w] == steps, traffic
+        assert all(f"sample-app v{version}" in sut.get("/").text for _ in range(5))
+        assert seen and all(s.startswith("200 ") for s in seen), f"a failed production request during {traffic}"
 
 
 def test_failed_verification_at_the_pause_rolls_back_before_production(

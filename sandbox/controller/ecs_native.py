@@ -16,6 +16,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from .ecs_native_model import (
+    DEFAULT_HOOK_TIMEOUT_ACTION,
     DEFAULT_HOOK_TIMEOUT_MINUTES,
     ENDED,
     HOOKABLE,
@@ -273,7 +274,7 @@ class NativeController:
                 timeout = spec.get("timeoutConfiguration") or {}
                 minutes = float(timeout.get("timeoutInMinutes") or DEFAULT_HOOK_TIMEOUT_MINUTES)
                 hook = Hook(str(uuid.uuid4()), str(spec.get("targetType") or "PAUSE"), spec.get("hookTargetArn"),
-                            dep.stage, str(timeout.get("action") or "ROLLBACK"), scaled(minutes * 60))
+                            dep.stage, str(timeout.get("action") or DEFAULT_HOOK_TIMEOUT_ACTION), scaled(minutes * 60))
                 hook.expires_at = now() + hook.timeout_seconds
                 dep.hooks.append(hook)
         for hook in dep.hooks:
@@ -374,11 +375,15 @@ class NativeController:
 
 
 def _serving(dep: ServiceDeployment, live: str | None) -> str | None:
-    """The PRIMARY revision: the target once production moved to it, else the one serving."""
-    moved = STAGES.index(dep.stage) >= STAGES.index("POST_PRODUCTION_TRAFFIC_SHIFT")
-    if dep.status == "IN_PROGRESS" and (moved or dep.source is None):
-        return dep.target.arn
-    return live if dep.status in ENDED or dep.source is None else dep.source.arn
+    """The PRIMARY revision: ECS's Deployment.status is "PRIMARY: The most recent deployment of a service"
+    (docs.aws.amazon.com/AmazonECS/latest/APIReference/API_Deployment.html), so the target is PRIMARY from
+    UpdateService on, before any production traffic moves; rolling back, the source is again; once ended, the live one.
+    """
+    if dep.status in ENDED:
+        return live
+    if dep.source is not None and (dep.status in ROLLING_BACK or dep.status == "STOP_REQUESTED"):
+        return dep.source.arn
+    return dep.target.arn
 
 
 def _busy(ctl: EcsController, rev: Revision) -> bool:

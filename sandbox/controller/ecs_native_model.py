@@ -26,8 +26,16 @@ STAGES = ("RECONCILE_SERVICE", "PRE_SCALE_UP", "SCALE_UP", "POST_SCALE_UP", "TES
 HOOKABLE = frozenset(STAGES) - {"SCALE_UP", "BAKE_TIME", "CLEAN_UP"}
 ENDED = frozenset({"SUCCESSFUL", "STOPPED", "ROLLBACK_SUCCESSFUL", "ROLLBACK_FAILED"})
 ROLLING_BACK = frozenset({"ROLLBACK_REQUESTED", "ROLLBACK_IN_PROGRESS"})
-# sandbox defaults where the request leaves them out
-DEFAULT_HOOK_TIMEOUT_MINUTES = 60
+# ECS's defaults where the request leaves a field out, as the ECS API Reference gives them:
+# DeploymentLifecycleHookTimeoutConfiguration: timeoutInMinutes "Default: 1440 (24 hours)", action "Default: ROLLBACK"
+# (docs.aws.amazon.com/AmazonECS/latest/APIReference/API_DeploymentLifecycleHookTimeoutConfiguration.html);
+# LinearConfiguration: stepPercent "The default value is 10.0", stepBakeTimeInMinutes "The default value is 6"
+# (.../API_LinearConfiguration.html); CanaryConfiguration: canaryPercent "The default value is 5.0",
+# canaryBakeTimeInMinutes "The default value is 10" (.../API_CanaryConfiguration.html). DeploymentConfiguration
+# documents no default for bakeTimeInMinutes ("You must provide this parameter when you use the BLUE_GREEN
+# deployment strategy"): the sandbox bakes 0 minutes when it is missing.
+DEFAULT_HOOK_TIMEOUT_MINUTES = 1440
+DEFAULT_HOOK_TIMEOUT_ACTION = "ROLLBACK"
 DEFAULT_LINEAR = {"stepPercent": 10.0, "stepBakeTimeInMinutes": 6}
 DEFAULT_CANARY = {"canaryPercent": 5.0, "canaryBakeTimeInMinutes": 10}
 _SEQ = itertools.count(1)

@@ -149,3 +149,77 @@ def test_lambda_hooks_are_refused_with_the_reason(emu: Any, emu_stack: Callable[
     missing = answer(stack.ecs, "DescribeServiceDeployments", serviceDeploymentArns=["arn:nope"])
     assert missing == {"serviceDeployments": [], "failures": [
         {"arn": "arn:nope", "reason": "MISSING", "detail": "The service deployment does not exist."}]}
+
+
+def production_weight(stack: Any, weight: float) -> Any:
+    dep = current(stack)
+    return dep["status"] == "IN_PROGRESS" and dep["targetServiceRevision"][
+        "requestedProductionTrafficWeight"] == weight and dep
+
+
+def test_alarm_during_a_canary_step_rolls_back(emu: Any, emu_stack: Callable[..., Any],
+                                               emu_images: dict[str, str], emu_aws: Callable[[str], Any]) -> None:
+    stack, cw = emu_stack("nal"), emu_aws("cloudwatch")
+    alarm = f"{stack.name}-errors"  # not an AWS/ApplicationELB metric: the sandbox's evaluator leaves it alone
+    cw.put_metric_alarm(AlarmName=alarm, Namespace="Test/Native", MetricName="Errors", Statistic="Sum",
+                        Period=60, EvaluationPeriods=1, Threshold=1.0,
+                        ComparisonOperator="GreaterThanOrEqualToThreshold")
+    try:
+        native_service(stack, stack.task_definition(emu_images["v1"]), {
+            "strategy": "CANARY", "bakeTimeInMinutes": 1,
+            "canaryConfiguration": {"canaryPercent": 20, "canaryBakeTimeInMinutes": 1440},
+            "alarms": {"alarmNames": [alarm], "enable": True, "rollback": True}})
+        settled(stack, emu, "SUCCESSFUL")
+        stack.ecs.update_service(cluster=stack.name, service="web",
+                                 taskDefinition=stack.task_definition(emu_images["v2"]))
+        step = emu.wait_for(lambda: production_weight(stack, 20.0), 60, "the canary step")
+        assert step["alarms"] == {"status": "MONITORING", "alarmNames": [alarm], "triggeredAlarmNames": []}
+        cw.set_alarm_state(AlarmName=alarm, StateValue="ALARM", StateReason="test: errors")
+        done = settled(stack, emu, "ROLLBACK_SUCCESSFUL")
+    finally:
+        cw.delete_alarms(AlarmNames=[alarm])
+    assert done["statusReason"] == f"Service deployment rolled back because alarm(s) {alarm} went into ALARM."
+    assert done["alarms"] == {"status": "TRIGGERED", "alarmNames": [alarm], "triggeredAlarmNames": [alarm]}
+    assert done["rollback"]["serviceRevisionArn"] == done["sourceServiceRevisions"][0]["arn"]
+    assert done["targetServiceRevision"]["requestedProductionTrafficWeight"] == 0.0
+    assert {stack.get() for _ in range(10)} == {(200, "v1\n")}, "production back on blue"
+
+
+def test_circuit_breaker_rolls_back(emu: Any, emu_stack: Callable[..., Any], emu_images: dict[str, str]) -> None:
+    stack = emu_stack("ncb")
+    native_service(stack, stack.task_definition(emu_images["v1"]), {
+        "strategy": "BLUE_GREEN", "bakeTimeInMinutes": 1, "lifecycleHooks": [PAUSE],
+        "deploymentCircuitBreaker": {"enable": True, "rollback": True}})
+    settled(stack, emu, "SUCCESSFUL")
+    broken = stack.task_definition(emu_images["exit3"])  # exits 3 at start: tasks fail over and over
+    stack.ecs.update_service(cluster=stack.name, service="web", taskDefinition=broken)
+    done = settled(stack, emu, "ROLLBACK_SUCCESSFUL")
+    assert done["statusReason"].startswith("Service deployment rolled back because the circuit breaker threshold "
+                                           "was exceeded"), done["statusReason"]
+    breaker = done["deploymentCircuitBreaker"]
+    assert breaker["status"] == "TRIGGERED" and breaker["failureCount"] >= breaker["threshold"] > 0
+    assert done["lifecycleStage"] == "SCALE_UP", "green never got healthy, so it never took test traffic"
+    assert "lifecycleHookDetails" not in done, "the pause after test traffic was never reached"
+    assert stack.get() == (200, "v1\n") and stack.get(stack.test_port) == (200, "v1\n")
+
+
+def test_hook_timeout_with_continue_goes_on(emu: Any, emu_stack: Callable[..., Any],
+                                            emu_images: dict[str, str]) -> None:
+    stack = emu_stack("ntc")
+    hook = {**PAUSE, "timeoutConfiguration": {"timeoutInMinutes": 1, "action": "CONTINUE"}}
+    native_service(stack, stack.task_definition(emu_images["v1"]), {"strategy": "BLUE_GREEN",
+                                                                    "bakeTimeInMinutes": 1, "lifecycleHooks": [hook]})
+    settled(stack, emu, "SUCCESSFUL")
+    stack.ecs.update_service(cluster=stack.name, service="web", taskDefinition=stack.task_definition(emu_images["v2"]))
+    dep = emu.wait_for(lambda: (d := current(stack)).get("lifecycleHookDetails") and d, 60, "the PAUSE hook")
+    (detail,) = dep["lifecycleHookDetails"]
+    assert (detail["status"], detail["timeoutAction"]) == ("AWAITING_ACTION", "CONTINUE")
+    assert stack.get() == (200, "v1\n"), "production held while the hook waits"
+    service = stack.ecs.describe_services(cluster=stack.name, services=["web"])["services"][0]
+    # ECS's Deployment.status: "PRIMARY: The most recent deployment of a service", production moved or not
+    assert [(d["status"], d["taskDefinition"].rsplit(":", 1)[-1]) for d in service["deployments"]] == [
+        ("PRIMARY", "2"), ("ACTIVE", "1")]
+    done = settled(stack, emu, "SUCCESSFUL")  # nobody calls ContinueServiceDeployment: the timeout does
+    assert done["targetServiceRevision"]["arn"] == dep["targetServiceRevision"]["arn"]
+    assert done["finishedAt"] >= detail["expiresAt"], "it went on when the hook expired, not before"
+    assert {stack.get() for _ in range(5)} == {(200, "v2\n")}

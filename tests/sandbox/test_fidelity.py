@@ -39,10 +39,10 @@ def test_list_services_and_tasks_stay_in_their_cluster(emu_aws: Callable[[str], 
 def test_alarm_history_lists_state_transitions(emu_aws: Callable[[str], Any]) -> None:
     cw = emu_aws("cloudwatch")
     name = f"fid-{uuid.uuid4().hex[:6]}"
-    cw.put_metric_alarm(AlarmName=name, MetricName="HTTPCode_Target_5XX_Count", Namespace="AWS/ApplicationELB",
+    # not an AWS/ApplicationELB metric: the sandbox's evaluator would put a set ALARM back to OK between calls
+    cw.put_metric_alarm(AlarmName=name, MetricName="Errors", Namespace="Test/Fidelity",
                         Statistic="Sum", Period=60, EvaluationPeriods=1, Threshold=1.0,
-                        ComparisonOperator="GreaterThanOrEqualToThreshold",
-                        Dimensions=[{"Name": "LoadBalancer", "Value": f"app/{name}/0"}])
+                        ComparisonOperator="GreaterThanOrEqualToThreshold")
     try:
         assert cw.describe_alarm_history(AlarmName=name)["AlarmHistoryItems"] == []
         cw.set_alarm_state(AlarmName=name, StateValue="ALARM", StateReason="test: 5xx")
