@@ -23,7 +23,7 @@ from moto.ecs.models import EC2ContainerServiceBackend
 from moto.ecs.responses import EC2ContainerServiceResponse
 from moto.moto_api._internal import mock_random
 
-from .ecs_native_model import NATIVE, is_native, lambda_hooks
+from .ecs_native_model import HOOKABLE, NATIVE, STAGES, is_native, lambda_hooks
 from .fleets import Fleet
 from .rolling import DEFAULT_CONFIG
 
@@ -42,6 +42,12 @@ def _check_native(config: dict[str, Any] | None) -> None:
     if strategy is not None and strategy not in ("ROLLING", *NATIVE):
         raise InvalidParameterException(f"deploymentConfiguration.strategy {strategy} is not one of "
                                         "ROLLING, BLUE_GREEN, LINEAR, CANARY.")
+    unplayed = sorted({stage for hook in config.get("lifecycleHooks") or []
+                       for stage in hook.get("lifecycleStages") or [] if stage not in HOOKABLE})
+    if unplayed:
+        raise ECSException("UnsupportedFeatureException", f"The sandbox does not play lifecycle stage(s) "
+                           f"{', '.join(unplayed)}: a hook there would never run. Hooks can wait at "
+                           f"{', '.join(s for s in STAGES if s in HOOKABLE)}.")
     stages = lambda_hooks(config)
     if stages:
         raise ECSException("UnsupportedFeatureException", "The sandbox cannot run AWS Lambda: the "

@@ -146,6 +146,13 @@ def test_lambda_hooks_are_refused_with_the_reason(emu: Any, emu_stack: Callable[
                                                                         "lifecycleHooks": [hook]})
     assert err.value.response["Error"]["Code"] == "UnsupportedFeatureException"
     assert "cannot run AWS Lambda" in err.value.response["Error"]["Message"]
+    pause = {"targetType": "PAUSE", "lifecycleStages": ["PRE_PRODUCTION_TRAFFIC_SHIFT"]}
+    other = emu_stack("npp")
+    with pytest.raises(ClientError) as err:
+        native_service(other, other.task_definition(emu_images["v1"]), {"strategy": "CANARY",
+                                                                        "lifecycleHooks": [pause]})
+    assert err.value.response["Error"]["Code"] == "UnsupportedFeatureException"
+    assert "does not play lifecycle stage(s) PRE_PRODUCTION_TRAFFIC_SHIFT" in err.value.response["Error"]["Message"]
     missing = answer(stack.ecs, "DescribeServiceDeployments", serviceDeploymentArns=["arn:nope"])
     assert missing == {"serviceDeployments": [], "failures": [
         {"arn": "arn:nope", "reason": "MISSING", "detail": "The service deployment does not exist."}]}
