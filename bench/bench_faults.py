@@ -11,16 +11,21 @@
    slowly so the kill lands inside the teardown (a release otherwise ends it before the kill).
 
     uv run python -m bench.bench_faults      (or `make bench`, which runs every benchmark)
+    BENCH_FAULTS_PARTS=rolling uv run python -m bench.bench_faults   (only some tables: rolling,weather,kills)
+    BENCH_OURS_ROOT=/tmp/main-export ...   (time another checkout's `ecs-pipeline deploy` in the rolling table)
 """
 
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -28,54 +33,114 @@ from typing import Any
 
 from bench.bench_pipeline import ensure_peer, load_sandbox, outcome_of, retag
 
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
+PARTS = ("rolling", "weather", "kills")
 STALE = 10.0  # ECS_PIPELINE_LOCK_STALE_SECONDS for the kill matrix (the default is 30)
 TEARDOWN_SLOW = 5.0  # seconds blue's DeleteTaskSet takes to answer at the "teardown" kill point
 ROOT = Path(__file__).resolve().parents[1]
+# The checkout whose `ecs-pipeline deploy` the rolling table times (another one's flows/ and tasks/, e.g. an
+# export of main, gives a before/after on one sandbox).
+OURS_ROOT = Path(os.environ.get("BENCH_OURS_ROOT") or ROOT)
 
 
-def cli_release(deployments: Path) -> Callable[[str], float]:
-    def run(name: str) -> float:
+def cli_release(deployments: Path) -> Callable[[str], tuple[float, dict[str, float]]]:
+    """Run `ecs-pipeline deploy NAME` as a person would: (wall s, the summary's stage seconds)."""
+
+    def run(name: str) -> tuple[float, dict[str, float]]:
         env = {**os.environ, "ECS_PIPELINE_DEPLOYMENTS": str(deployments)}
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "flows.cli", "deploy", name], cwd=ROOT, env=env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return time.perf_counter() - started
+        out = subprocess.run([sys.executable, "-m", "flows.cli", "deploy", name], cwd=OURS_ROOT, env=env, check=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+        took = time.perf_counter() - started
+        rows = re.findall(r"^\| ([a-z ]+) \| ([0-9.]+) \|$", out, flags=re.MULTILINE)
+        return took, {stage: float(sec) for stage, sec in rows}
 
     return run
 
 
-def rolling_vs_peer(work: Path) -> list[tuple[str, float, float]]:
+def compile_bytecode() -> None:
+    """Our environment's bytecode, as the peer's pip install has it (uv sync does not compile, and with
+    PYTHONDONTWRITEBYTECODE every CLI start would compile Prefect again: tens of seconds, not the tool's)."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    where = [str(site), str(OURS_ROOT / "flows"), str(OURS_ROOT / "tasks")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *where], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def prebuild(sut: Any, sha: str) -> None:
+    """The branch head's image in ECR before the timed release, as the peer's image is before its deploy."""
+    from prefect import flow
+
+    from tasks import release as stages
+    from tasks.aws import AwsClients
+    from tasks.settings import Settings
+
+    @flow(name="bench-prebuild")
+    def build_and_push(sha: str) -> None:
+        cfg, clients = sut.cfg, AwsClients(Settings())
+        stages.push(cfg, clients, sha, stages.build(cfg, clients, sha))
+
+    build_and_push(sha)
+
+
+OURS, BUILT, PEER = ("ecs-pipeline deploy (rolling, build+push)", "ecs-pipeline deploy (rolling, image in ECR)",
+                     "fabfuel ecs deploy 1.17.0 (image in registry)")
+
+
+def rolling_vs_peer(work: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Median wall s and AWS calls per tool; median calls per operation; median seconds per stage of ours."""
     from tests.fault_helpers import calls_since, last_request
     from tests.release_helpers import make_service
     from tests.test_codedeploy import seed_serving
 
     exe = ensure_peer()
+    compile_bytecode()
     ours = make_service(work / "ours", strategy="rolling", verify_paths=("/health",))
     peer = make_service(work / "peer", strategy="rolling")
     seed_serving(ours)
     seed_serving(peer)
     release = cli_release(ours.yaml_path.parent)
-    times: dict[str, list[float]] = {"ecs-pipeline deploy (rolling)": [], "fabfuel ecs deploy 1.17.0": []}
-    calls: dict[str, list[int]] = {k: [] for k in times}
+    times: dict[str, list[float]] = {OURS: [], BUILT: [], PEER: []}
+    calls: dict[str, list[Counter[str]]] = {k: [] for k in times}
+    stages: dict[str, list[dict[str, float]]] = {OURS: [], BUILT: []}
     try:
         for i in range(ROUNDS):
-            ours.commit(f"v{i + 2}")
-            seq = last_request()
-            times["ecs-pipeline deploy (rolling)"].append(release(ours.name))
-            calls["ecs-pipeline deploy (rolling)"].append(sum(calls_since(seq).values()))
+            for kind in (OURS, BUILT):
+                sha = ours.commit(f"v{i + 2}{'b' if kind == BUILT else ''}")
+                if kind == BUILT:
+                    prebuild(ours, sha)
+                seq = last_request()
+                took, seconds = release(ours.name)
+                times[kind].append(took)
+                stages[kind].append(seconds)
+                calls[kind].append(calls_since(seq))
             image = retag(peer.seeded["image"], f"r{i + 1}")
             seq = last_request()
             started = time.perf_counter()
             subprocess.run([str(exe), "deploy", peer.cfg.ecs.cluster, peer.name, "--image", "web", image,
                             "--timeout", "300", "--no-deregister"], check=True, env=os.environ,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            times["fabfuel ecs deploy 1.17.0"].append(time.perf_counter() - started)
-            calls["fabfuel ecs deploy 1.17.0"].append(sum(calls_since(seq).values()))
+            times[PEER].append(time.perf_counter() - started)
+            calls[PEER].append(calls_since(seq))
     finally:
         ours.cleanup()
         peer.cleanup()
-    return [(k, statistics.median(v), statistics.median(calls[k])) for k, v in times.items()]
+    for k, v in times.items():
+        counts = " ".join(str(sum(c.values())) for c in calls[k])
+        print(f"{k}: rounds {' '.join(f'{t:.2f}' for t in v)} s; calls {counts}")
+    totals = [(k, statistics.median(v), statistics.median(sum(c.values()) for c in calls[k])) for k, v in times.items()]
+    ops = sorted(set().union(*calls[OURS], *calls[BUILT], *calls[PEER]))
+    per_op = [(op, *(statistics.median(c[op] for c in calls[k]) for k in times)) for op in ops]
+    return totals, per_op, stage_table(times, stages)
+
+
+def stage_table(times: dict[str, list[float]], stages: dict[str, list[dict[str, float]]]) -> list[tuple[Any, ...]]:
+    """Median seconds per stage of our two rows, and the rest of the wall time (CLI, Prefect, lock, reports)."""
+    names = list(dict.fromkeys(n for k in stages for run in stages[k] for n in run))
+    rows: list[tuple[Any, ...]] = [(n, *(statistics.median(r.get(n, 0.0) for r in stages[k]) for k in stages))
+                                   for n in names]
+    rest = [statistics.median(t - sum(r.values()) for t, r in zip(times[k], stages[k], strict=True)) for k in stages]
+    return [*rows, ("CLI + Prefect start/exit, lock, artifacts, events", *rest)]
 
 
 def task_sets_weather(work: Path) -> list[tuple[str, float, int, int, str]]:
@@ -228,10 +293,19 @@ def main() -> int:
     load_sandbox()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        table(f"rolling release, median of {ROUNDS} alternating rounds", ("tool", "wall s", "AWS calls"),
-              rolling_vs_peer(work / "rolling"))
-        table("task-sets release with and without AWS weather", ("case", "wall s", "AWS calls", "faulted", "outcome"),
-              task_sets_weather(work / "weather"))
+        parts = os.environ.get("BENCH_FAULTS_PARTS", ",".join(PARTS)).split(",")
+        if "rolling" in parts:
+            totals, per_op, per_stage = rolling_vs_peer(work / "rolling")
+            table(f"rolling release, median of {ROUNDS} alternating rounds", ("tool", "wall s", "AWS calls"), totals)
+            table("AWS calls per rolling release by operation (median)",
+                  ("operation", "ours build+push", "ours image in ECR", "fabfuel"), per_op)
+            table("where our rolling release's wall time goes (median s)",
+                  ("stage", "build+push", "image in ECR"), per_stage)
+        if "weather" in parts:
+            table("task-sets release with and without AWS weather",
+                  ("case", "wall s", "AWS calls", "faulted", "outcome"), task_sets_weather(work / "weather"))
+        if "kills" not in parts:
+            return 0
         points = os.environ.get("BENCH_KILL_POINTS", ",".join(KILL_POINTS)).split(",")
         rows = [kill_at(p, work / f"kill-{i}") for i, p in enumerate(points)]
         table(f"kill -9 matrix (lock stale time {STALE:.0f} s): kill → service free, then the rerun",

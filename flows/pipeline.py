@@ -107,8 +107,8 @@ def release(
         found = strategy.reconcile()
     if found:
         summary.notes.append(f"left by an earlier run: {found.text}")
-    with summary.stage("detect change"):
-        target = stages.detect_change(cfg, clients, asked.sha)
+    with summary.stage("detect change"):  # the service as chosen, unless reconcile just changed it
+        target = stages.detect_change(cfg, clients, asked.sha, None if found else run.service)
     summary.sha, summary.previous_task_definition = target.sha, target.live.task_definition
     summary.live_sha = target.live.sha
     run.sha = target.sha
@@ -125,12 +125,12 @@ def release(
     emit(cfg.name, "started", sha=target.sha, strategy=cfg.strategy.type, flow_run=flow_run.get_id(),
          allow_older=asked.allow_older, ancestry=target.ancestry)
     with summary.stage("build"):
-        built = stages.build(cfg, clients, target.sha, asked.force)
+        built = stages.build(cfg, clients, target.sha, asked.force, stages.repository_uri(cfg, target.live))
     summary.notes.extend(built.notes)
     with summary.stage("push"):
         pushed = stages.push(cfg, clients, target.sha, built, asked.force)
     with summary.stage("register task definition"):
-        registered = stages.register(cfg, clients, target.sha, pushed.value)
+        registered = stages.register(cfg, clients, target.sha, pushed.value, target.live.family_latest)
     write_interop_files(cfg, pushed.value, clients.settings.artifacts_dir)
     done = [name for name, r in (("build", built), ("push", pushed), ("register", registered)) if r.done]
     summary.image, summary.task_definition = pushed.value, registered.value

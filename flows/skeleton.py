@@ -56,6 +56,7 @@ def choose_strategy(release: Release) -> Steps:
     """The steps for the live service's controller; a config asking for another fails before any change."""
     cfg = release.cfg
     service = ecs_ops.describe_service(release.clients.get("ecs"), cfg.ecs.cluster, cfg.ecs.service)
+    release.service = service
     key, how = controller_key(service)
     expected, steps = STRATEGIES.get(key, (key, None))
     if cfg.strategy.type != expected:
@@ -91,7 +92,8 @@ def run_release(steps: Steps, release: Release, progress: ShiftProgress) -> Outc
 
     def on_step(weight: int, **extra: Any) -> None:
         summary.traffic = f"{weight}% green"
-        progress.update(float(weight))
+        if weight < 100 or progress.id is not None:  # one step to 100 % (rolling) is no progress to show
+            progress.update(float(weight))
         emit(cfg.name, "traffic-shifted", sha=release.sha, green_percent=weight, **extra)
 
     release.on_step = on_step

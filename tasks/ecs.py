@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -86,22 +86,43 @@ def native_serving_task_definition(ecs: Any, service: dict[str, Any]) -> str | N
 
 @dataclass(frozen=True)
 class LiveRelease:
+    """What production runs; ``family_latest``: the family's newest ACTIVE revision (with tags) when read."""
+
     task_definition: str | None
     sha: str | None
     image: str | None
+    family_latest: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+
+def describe_latest(ecs: Any, family: str) -> dict[str, Any] | None:
+    """The family's newest ACTIVE revision with its tags, or None when it has none."""
+    try:
+        found = ecs.describe_task_definition(taskDefinition=family, include=["TAGS"])
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("ClientException", "InvalidParameterException"):
+            return None
+        raise
+    return {**found["taskDefinition"], "tags": found.get("tags", [])}
 
 
 def describe_release(ecs: Any, task_definition: str | None, container: str) -> LiveRelease:
-    """The git SHA and image of a task definition, read from its tags."""
+    """The git SHA and image of a task definition, read from its tags.
+
+    The family's latest revision is read first: it is usually the live one (one call for both
+    what runs and what register compares against), else the live revision is read as well.
+    """
     if not task_definition:
         return LiveRelease(None, None, None)
-    out = ecs.describe_task_definition(taskDefinition=task_definition, include=["TAGS"])
-    tags = {t["key"]: t["value"] for t in out.get("tags", [])}
-    td = out["taskDefinition"]
+    latest = describe_latest(ecs, task_definition.rsplit("/", 1)[-1].split(":", 1)[0])
+    td = latest
+    if td is None or td.get("taskDefinitionArn") != task_definition:
+        out = ecs.describe_task_definition(taskDefinition=task_definition, include=["TAGS"])
+        td = {**out["taskDefinition"], "tags": out.get("tags", [])}
+    tags = {t["key"]: t["value"] for t in td.get("tags", [])}
     images = [
         c.get("image") for c in td.get("containerDefinitions", []) if c.get("name") == container
     ]
-    return LiveRelease(td["taskDefinitionArn"], tags.get(SHA_TAG), images[0] if images else None)
+    return LiveRelease(td["taskDefinitionArn"], tags.get(SHA_TAG), images[0] if images else None, latest)
 
 
 def find_task_set(service: dict[str, Any], task_definition: str) -> dict[str, Any] | None:

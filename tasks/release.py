@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
 from prefect import get_run_logger
+from prefect.runtime import task_run
 
 from tasks import codebuild, ecr, handover, image, source
 from tasks.aws import AwsClients, docker_client
-from tasks.ecs import LiveRelease, describe_release, describe_service, live_task_definition
+from tasks.ecs import LiveRelease, describe_latest, describe_release, describe_service, live_task_definition
 from tasks.models import ServiceConfig
 from tasks.retry import stage
 from tasks.taskdef import diff_task_definitions, load_template, render_task_definition
@@ -51,13 +51,14 @@ class StageResult:
     notes: tuple[str, ...] = ()
 
 
-def live_release(cfg: ServiceConfig, clients: AwsClients) -> LiveRelease:
+def live_release(cfg: ServiceConfig, clients: AwsClients, service: dict[str, Any] | None = None) -> LiveRelease:
+    """What production runs; ``service``: the service as this run just described it (no second look)."""
     ecs = clients.get("ecs")
-    svc = describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
+    svc = service if service is not None else describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
     found = describe_release(ecs, live_task_definition(ecs, svc), cfg.ecs.container)
     # The image's digest decides what runs: a task definition tag can be copied by another tool.
     sha = ecr.sha_of_image(clients.get("ecr"), cfg.ecr.repository, found.image)
-    return LiveRelease(found.task_definition, sha, found.image)
+    return LiveRelease(found.task_definition, sha, found.image, found.family_latest)
 
 
 def live_sha(cfg: ServiceConfig, clients: AwsClients) -> str | None:
@@ -66,11 +67,13 @@ def live_sha(cfg: ServiceConfig, clients: AwsClients) -> str | None:
 
 
 @stage("detect change", "detect change {cfg.name}")
-def detect_change(cfg: ServiceConfig, clients: AwsClients, sha: str | None) -> Target:
+def detect_change(
+    cfg: ServiceConfig, clients: AwsClients, sha: str | None, service: dict[str, Any] | None = None
+) -> Target:
     """Resolve the commit to release (in the branch's history only), read the live one, compare them."""
     cache = clients.settings.cache / "git"
     full = source.resolve_commit(cfg.repo_location, cfg.source.branch, sha, cache_dir=cache)
-    live = live_release(cfg, clients)
+    live = live_release(cfg, clients, service)
     ancestry = source.commit_order(cfg.repo_location, live.sha, full, cache_dir=cache) if live.sha else "unknown"
     get_run_logger().info(
         "%s: %s resolves to %s; live is %s (%s)",
@@ -79,22 +82,35 @@ def detect_change(cfg: ServiceConfig, clients: AwsClients, sha: str | None) -> T
     return Target(full, live, ancestry)
 
 
-def image_in_ecr(cfg: ServiceConfig, clients: AwsClients, sha: str) -> tuple[str, str | None]:
-    """(repository URI, ``repo@digest`` of the SHA's image or None): the truth build and push check."""
+def repository_uri(cfg: ServiceConfig, live: LiveRelease) -> str | None:
+    """Our repository's URI when ECR just named the live image's SHA by its digest (so it exists)."""
+    if not (live.image and live.sha):
+        return None
+    name, _, digest = ecr.split_image(live.image)
+    return name if digest and name.endswith("/" + cfg.ecr.repository) else None
+
+
+def image_in_ecr(cfg: ServiceConfig, clients: AwsClients, sha: str, uri: str | None = None) -> tuple[str, str | None]:
+    """(repository URI, ``repo@digest`` of the SHA's image or None): the truth build and push check.
+
+    ``uri``: the repository is known to exist (see ``repository_uri``): no DescribeRepositories.
+    """
     ecr_client = clients.get("ecr")
-    uri = ecr.ensure_repository(ecr_client, cfg.ecr.repository)
+    uri = uri or ecr.ensure_repository(ecr_client, cfg.ecr.repository)
     digest = ecr.find_image_digest(ecr_client, cfg.ecr.repository, sha)
     return uri, image.image_with_digest(uri, digest) if digest else None
 
 
 @stage("build", "build {cfg.name}@{sha:.7}")
-def build(cfg: ServiceConfig, clients: AwsClients, sha: str, force: bool = False) -> StageResult:
+def build(
+    cfg: ServiceConfig, clients: AwsClients, sha: str, force: bool = False, repository: str | None = None
+) -> StageResult:
     """The buildspec (when set), then docker build at the SHA unless the buildspec pushed an image itself.
 
     Skipped, buildspec included, when ECR already has the image for the SHA (unless FORCE).
     """
     log = get_run_logger()
-    uri, found = image_in_ecr(cfg, clients, sha)
+    uri, found = image_in_ecr(cfg, clients, sha, repository)
     if found and not force:
         log.info("image for %s already in ECR: build skipped", sha[:7])
         return StageResult(found, done=False)
@@ -152,12 +168,18 @@ def render(cfg: ServiceConfig, image_ref: str, sha: str | None) -> dict[str, Any
 
 
 @stage("register task definition", "register {cfg.name}@{sha:.7}")
-def register(cfg: ServiceConfig, clients: AwsClients, sha: str, image_ref: str) -> StageResult:
-    """Register the rendered task definition; reuse the latest revision when identical."""
+def register(
+    cfg: ServiceConfig, clients: AwsClients, sha: str, image_ref: str, seen: dict[str, Any] | None = None
+) -> StageResult:
+    """Register the rendered task definition; reuse the latest revision when identical.
+
+    ``seen``: the family's latest revision as detect change read it, under the lock (a retry reads afresh).
+    """
     log = get_run_logger()
     desired = render(cfg, image_ref, sha)
     ecs = clients.get("ecs")
-    latest = latest_task_definition(ecs, desired["family"])
+    fresh = seen is None or seen.get("family") != desired["family"] or task_run.run_count > 1
+    latest = latest_task_definition(ecs, desired["family"]) if fresh else seen
     if latest is not None and not diff_task_definitions(latest, desired):
         arn = latest["taskDefinitionArn"]
         log.info("latest revision %s is identical: reused", arn)
@@ -169,10 +191,4 @@ def register(cfg: ServiceConfig, clients: AwsClients, sha: str, image_ref: str) 
 
 def latest_task_definition(ecs: Any, family: str) -> dict[str, Any] | None:
     """The family's newest ACTIVE revision with its tags, or None for a new family."""
-    try:
-        found = ecs.describe_task_definition(taskDefinition=family, include=["TAGS"])
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("ClientException", "InvalidParameterException"):
-            return None
-        raise
-    return {**found["taskDefinition"], "tags": found.get("tags", [])}
+    return describe_latest(ecs, family)

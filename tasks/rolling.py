@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import get_run_logger
+from prefect.runtime import task_run
 
 from tasks import ecs as ecs_ops
 from tasks import traffic, verify
@@ -21,22 +22,39 @@ from tasks.aws import AwsClients
 from tasks.errors import DeployError, RolledBack, VerifyFailed
 from tasks.models import ServiceConfig
 from tasks.retry import stage
+from tasks.settings import Settings
 from tasks.strategy import Reconciled, Release, RollbackResult, Step
 from tasks.waits import poll
 
 
 @dataclass(frozen=True)
 class Rollout:
-    """The deployment a release started and the revision it replaces."""
+    """The deployment a release started and the revision it replaces.
+
+    ``answer``: the service as UpdateService answered it, the wait's first look (no DescribeServices
+    for a state AWS just told us); None when the rollout was resumed, so the wait describes afresh.
+    """
 
     deployment_id: str
     task_definition: str
     previous: str | None
     started: float
+    answer: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 def _service(cfg: ServiceConfig, clients: AwsClients) -> dict[str, Any]:
     return ecs_ops.describe_service(clients.get("ecs"), cfg.ecs.cluster, cfg.ecs.service)
+
+
+def rollout_cadence(settings: Settings) -> tuple[float, float]:
+    """(first pause, longest pause) between looks at a rollout.
+
+    A rollout takes minutes on AWS (tasks start, pass health checks, old ones drain), about
+    two seconds in a rehearsal: the first look comes soon, later ones back off to the cap, so a
+    release makes a few DescribeServices, not one every half second.
+    """
+    cap = min(5.0, 4 * settings.poll_cap())
+    return min(cap, max(0.5, settings.scaled(30))), cap
 
 
 def primary_deployment(service: dict[str, Any]) -> dict[str, Any]:
@@ -56,10 +74,17 @@ def _previous(service: dict[str, Any], task_definition: str) -> str | None:
 
 
 @stage("rolling update", "rolling update {cfg.name}@{sha:.7}")
-def update_service(cfg: ServiceConfig, clients: AwsClients, task_definition: str, sha: str) -> Rollout:
-    """UpdateService to the new revision, unless the PRIMARY deployment already runs it."""
+def update_service(
+    cfg: ServiceConfig, clients: AwsClients, task_definition: str, sha: str, seen: dict[str, Any] | None = None
+) -> Rollout:
+    """UpdateService to the new revision, unless the PRIMARY deployment already runs it.
+
+    ``seen``: the service as this release described it at its start, under the service's lock; a
+    retry describes afresh. Acting on it is safe: UpdateService to the revision ECS already rolls
+    out starts nothing, and the wait judges the rollout only from fresh descriptions.
+    """
     log = get_run_logger()
-    service = _service(cfg, clients)
+    service = seen if seen is not None and task_run.run_count <= 1 else _service(cfg, clients)
     primary = primary_deployment(service)
     if primary.get("taskDefinition") == task_definition:
         log.info("deployment %s already rolls out %s: resumed", primary["id"], task_definition)
@@ -73,7 +98,7 @@ def update_service(cfg: ServiceConfig, clients: AwsClients, task_definition: str
     )["service"]
     dep = primary_deployment(updated)
     log.info("deployment %s started: %s replaces %s", dep["id"], task_definition, primary.get("taskDefinition"))
-    return Rollout(dep["id"], task_definition, primary.get("taskDefinition"), started)
+    return Rollout(dep["id"], task_definition, primary.get("taskDefinition"), started, answer=updated)
 
 
 def _failure(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout, why: str) -> str:
@@ -107,15 +132,27 @@ def rollout_state(service: dict[str, Any], rollout: Rollout) -> dict[str, Any] |
 
 @stage("wait rollout", "wait rollout {cfg.name}")
 def wait_rollout(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout) -> None:
-    """Until the release's deployment is COMPLETED; then describe again: stable is not succeeded."""
+    """Until the release's deployment is COMPLETED and still PRIMARY in one fresh description.
+
+    The first look is UpdateService's own answer (a circuit breaker cannot have tripped yet, so it
+    only says "in progress"); every later look describes the service, and the first conclusive
+    one (completed, failed, or no longer primary) ends the wait.
+    """
     log = get_run_logger()
+    answered = [rollout.answer] if rollout.answer is not None and task_run.run_count <= 1 else []
+
+    def look() -> dict[str, Any] | None:
+        return rollout_state(answered.pop() if answered else _service(cfg, clients), rollout)
+
+    first, cap = rollout_cadence(clients.settings)
     try:
         service = poll(
-            lambda: rollout_state(_service(cfg, clients), rollout),
+            look,
             timeout=cfg.timeouts.rollout_seconds,
             what=f"deployment {rollout.deployment_id} to complete",
             log=log.info,
-            cap=clients.settings.poll_cap(),
+            first=first,
+            cap=cap,
         )
     except DeployError as exc:
         raise type(exc)(
@@ -206,7 +243,7 @@ class RollingSteps:
 
     def _update(self) -> None:
         r = self.release
-        self.rollout = update_service(self.cfg, self.clients, r.task_definition, r.sha)
+        self.rollout = update_service(self.cfg, self.clients, r.task_definition, r.sha, r.service)
 
     def _wait(self) -> None:
         assert self.rollout is not None

@@ -46,6 +46,9 @@ class Release:
     summary: ReleaseSummary
     task_definition: str = ""
     on_step: Callable[..., None] = field(default=lambda weight, **extra: None)
+    # The service as described when the strategy was chosen, under the lock: later steps that only need
+    # what it was then (the live revision) reuse it; waits and rollbacks describe afresh.
+    service: dict[str, Any] | None = None
 
     def stage(self, name: str) -> AbstractContextManager[None]:
         return self.summary.stage(name)

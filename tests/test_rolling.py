@@ -10,6 +10,7 @@ import pytest
 
 from flows.pipeline import deploy_service
 from tasks.outcome import outcome_of
+from tests.fault_helpers import control, last_request
 from tests.release_helpers import ServiceUnderTest, aws, make_service
 from tests.test_codedeploy import seed_serving, watching
 
@@ -31,9 +32,16 @@ def service(sut: ServiceUnderTest) -> dict[str, Any]:
 
 def test_rolling_release_completes(rolling: ServiceUnderTest, tmp_path: Path) -> None:
     seed_td = service(rolling)["taskDefinition"]
+    seq = last_request()
     with watching(rolling) as seen:
         state = deploy_service(rolling.name, return_state=True)
     assert outcome_of(state) == "Deployed", state.message
+    # Read once, passed along: one DescribeServices before UpdateService (the rollout's looks come after),
+    # one DescribeTaskDefinition (the live revision is the family's latest, which register compares with).
+    ops = [r["operation"] for r in control("GET", f"/_sandbox/requests?since={seq}&match={rolling.name}")["requests"]]
+    assert ops.count("UpdateService") == 1, ops
+    assert ops[: ops.index("UpdateService")].count("DescribeServices") == 1, ops
+    assert ops.count("DescribeTaskDefinition") == 1, ops
     td = state.result()["task_definition"]
     svc = service(rolling)
     (primary,) = svc["deployments"]
