@@ -76,7 +76,8 @@ def settle(run_ids: list[Any], within: float = 180) -> None:
     deadline, last = time.monotonic() + within, -1
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
-            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)), limit=5000)
+            tasks = [t for run_id in run_ids  # the server answers at most 200 task runs a call
+                     for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))]
             done = sum(1 for t in tasks if t.state is not None and t.state.is_final())
             if done == len(tasks) == last:
                 return
