@@ -1,10 +1,20 @@
 """release-fleet: many services released as child runs of deploy-service, in waves.
 
 Each service is an ordinary ``deploy-service`` flow run (its own lock,
-superseding, rollback, Retry button), started through the deployment so
-whichever worker is free runs it; this flow only orders them in waves of
-``max_parallel``, holds the later waves after a failure when asked, and
-writes one summary artifact: per service the outcome, SHA, time and reason.
+superseding, rollback), a child of the fleet run; this flow only orders them
+in waves of ``max_parallel``, holds the later waves after a failure when asked,
+and writes one summary artifact: per service the outcome, SHA, time and reason.
+
+Where the children run (``children``):
+
+* ``threads`` (default): in this process, one thread per service of the wave.
+  A child costs no process start and no second import of the pipeline (on a
+  loaded host that was most of a release), and twenty copies of one app share
+  the one image build (tasks/image.py). A retry of the fleet run resumes each
+  service (every stage checks the real state first).
+* ``deployment``: each child is a run of the deploy-service deployment, so
+  whichever worker is free runs it (spread over hosts, each with its own Retry
+  button), at the price of one flow-run process per service.
 """
 
 from __future__ import annotations
@@ -12,18 +22,22 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.deployments import run_deployment
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from flows.pipeline import deploy_service
 from tasks.changes import group_by_repo
 from tasks.errors import PipelineError
 from tasks.fleet import FleetSummary, ServiceResult, classify, plan_waves, select_services
@@ -34,9 +48,14 @@ from tasks.settings import Settings
 from tasks.source import redact_url, resolve_heads
 
 FLEET_ARTIFACT = "fleet-release"
+MAX_THREADS = 32  # children released at once in this process (a larger wave waits for a thread)
+Children = Literal["threads", "deployment"]
 
 
-@flow(name="release-fleet", log_prints=True)
+THREADS: TaskRunner[PrefectFuture[Any]] = ThreadPoolTaskRunner(max_workers=MAX_THREADS)  # type: ignore[assignment]
+
+
+@flow(name="release-fleet", log_prints=True, task_runner=THREADS)
 def release_fleet(
     services: list[str] | None = None,
     sha: str | None = None,
@@ -44,6 +63,7 @@ def release_fleet(
     stop_on_first_failure: bool = False,
     deployment_name: str = DEPLOY_DEPLOYMENT,
     origin: str = "fleet",
+    children: Children = "threads",
 ) -> State[Any]:
     """Release SERVICES (names or globs; all when empty) at SHA (default: each branch head), in waves."""
     log = get_run_logger()
@@ -58,11 +78,15 @@ def release_fleet(
                 summary.results.append(ServiceResult(name, shas[name], number, "held", "Held",
                                                      reason=f"held: {', '.join(summary.failed)} failed first"))
             continue
-        log.info("wave %d: %s", number, ", ".join(wave))
-        key = f"{run_id}:{attempt}" if run_id else None
-        started = {name: start_child(deployment_name, name, shas[name], origin, key) for name in wave}
-        for name, run in wait_final(started).items():
-            summary.results.append(result_of(name, shas[name], number, run))
+        log.info("wave %d (%s): %s", number, children, ", ".join(wave))
+        if children == "deployment":
+            key = f"{run_id}:{attempt}" if run_id else None
+            started = {name: start_child(deployment_name, name, shas[name], origin, key) for name in wave}
+            for name, run in wait_final(started).items():
+                summary.results.append(result_of(name, shas[name], number, run))
+        else:
+            futures = [release_here.submit(name, shas[name], number, origin) for name in wave]
+            summary.results.extend(f.result() for f in futures)
     summary.results.sort(key=lambda r: (r.wave or 1_000_000, r.service))
     create_markdown_artifact(key=FLEET_ARTIFACT, markdown=summary.markdown(), description=summary.headline())
     log.info("fleet: %s", summary.headline())
@@ -96,6 +120,21 @@ def target_shas(configs: Sequence[ServiceConfig], sha: str | None, summary: Flee
                 why = f"branch {c.source.branch} not found in {redact_url(repo)}"
                 summary.results.append(ServiceResult(c.name, None, 0, "failed", "Not started", reason=why))
     return found
+
+
+@task(name="release service", task_run_name="release {service}@{sha:.7}", cache_policy=NO_CACHE,
+      persist_result=False)  # fmt: skip
+def release_here(service: str, sha: str, wave: int, origin: str) -> ServiceResult:
+    """deploy-service for SERVICE as a child flow run in this process; its end, whatever it is, as a line."""
+    started = time.monotonic()
+    with tags(*run_tags(service, sha, origin)):
+        state = deploy_service(service=service, sha=sha, return_state=True)
+    name = outcome_of(state)
+    message = (state.message or "").removeprefix(f"{name}: ")
+    run_id = state.state_details.flow_run_id
+    outcome = classify(str(state.type.value), name)
+    seconds = time.monotonic() - started
+    return ServiceResult(service, sha, wave, outcome, name, seconds, message, str(run_id) if run_id else None)
 
 
 def start_child(deployment_name: str, service: str, sha: str, origin: str, key: str | None) -> UUID:
@@ -148,11 +187,14 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
                         help="release the services matching PATTERN (a name or a glob; repeatable)")
     parser.add_argument("--max-parallel", type=int, default=4, help="services per wave (fleet)")
     parser.add_argument("--stop-on-first-failure", action="store_true",
-                        help="hold the later waves once a service fails or rolls back (fleet)")  # fmt: skip
+                        help="hold the later waves once a service fails or rolls back (fleet)")
+    parser.add_argument("--children", choices=["threads", "deployment"], default="threads",
+                        help="run each service here in a thread (default), or as a deploy-service "
+                             "deployment run on whichever worker is free (fleet)")  # fmt: skip
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
-    """Release the fleet from here; each service runs on a worker (or `serve`) through deploy-service."""
+    """Release the fleet from here; each service in a thread here, or (--children deployment) on a worker."""
     if args.service:
         raise PipelineError("give a SERVICE, or --all / --select, not both")
     patterns = None if args.all else list(args.select)
@@ -163,7 +205,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         return 0
     state = release_fleet(
         services=patterns, sha=args.sha, max_parallel=args.max_parallel,
-        stop_on_first_failure=args.stop_on_first_failure, return_state=True,
+        stop_on_first_failure=args.stop_on_first_failure, children=args.children, return_state=True,
     )  # fmt: skip
     print(state.message or state.name)
     return 0 if state.is_completed() else 1

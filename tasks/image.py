@@ -8,6 +8,7 @@ quotes the daemon; a daemon timeout or dropped connection is a TransientError.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -139,16 +140,53 @@ def _explain(exc: docker.errors.APIError) -> str:
     return str(exc.explanation or f"HTTP {exc.status_code}")
 
 
+# Images built in this process, by what decides their content: services released at once from one
+# repository, commit and Dockerfile (a fleet's threads) build once and tag that image for each.
+_SHARED: dict[tuple[str, ...], str] = {}
+_SHARED_LOCKS: dict[tuple[str, ...], threading.Lock] = {}
+_SHARED_GUARD = threading.Lock()
+
+
+def _share_key(spec: BuildSpec) -> tuple[str, ...]:
+    labels = sorted(f"{k}={v}" for k, v in spec.labels.items() if k != "org.opencontainers.image.created")
+    args = sorted(f"{k}={v}" for k, v in spec.build_args.items())
+    return (str(spec.context_dir.resolve()), spec.dockerfile, *args, "--labels--", *labels)
+
+
 def build_image(
     docker_client: docker.DockerClient, spec: BuildSpec, log: Log, detail: Log | None = None
 ) -> BuiltImage:
+    """Build SPEC (or tag the identical image this process built already) as SPEC.tag.
+
+    Concurrent builds of the same context, Dockerfile, args and labels wait for the first one.
+    """
+    _check_inputs(spec)
+    key = _share_key(spec)
+    with _SHARED_GUARD:
+        slot = _SHARED_LOCKS.setdefault(key, threading.Lock())
+    with slot:
+        image_id = _SHARED.get(key)
+        if image_id is not None:
+            repository, tag = split_ref(spec.tag)
+            try:
+                if docker_client.api.tag(image_id, repository, tag):
+                    log(f"built {spec.tag} ({image_id[:19]}): the image this process built for the same commit "
+                        "and Dockerfile, tagged")
+                    return BuiltImage(image_id=image_id, tag=spec.tag)
+            except docker.errors.APIError:
+                pass  # removed since: build it again
+        built = _build(docker_client, spec, log, detail)
+        _SHARED[key] = built.image_id
+        return built
+
+
+def _build(docker_client: docker.DockerClient, spec: BuildSpec, log: Log, detail: Log | None) -> BuiltImage:
     """Build SPEC's context with its Dockerfile, labels and args; tag it SPEC.tag.
 
     The daemon's output goes to DETAIL (default LOG: a run logger's debug
     level keeps the INFO log to one line per build); the summary to LOG.
     Build args end up in the image history: pass secrets some other way.
     """
-    _check_inputs(spec)
     detail = detail or log
     started = time.monotonic()
     detail(f"building {spec.tag} from {spec.context_dir} ({spec.dockerfile})")

@@ -2,7 +2,9 @@
 
 Five copies of one service (``sandbox seed --copies``), all built from one
 repository; copy 01 is broken (its Dockerfile ships an app whose / answers 500).
-The fleet's children run on two workers set up as README tells.
+The fleet's children run in its threads (the default; tests/test_workers.py
+runs a fleet whose children are deployment runs on two workers), and the four
+good copies share one image build.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from tasks.webhook_secrets import WebhookSecrets
 from tests.gitrepo import git
 from tests.release_helpers import ROOT, SAMPLE_APP, aws, free_port
 from tests.test_webhook import push_payload, serving
-from tests.workers import worker_pool
 
 SECRET = "fleet-test-secret"
 
@@ -213,32 +214,33 @@ def fleet_rows(state: Any) -> dict[str, dict[str, Any]]:
     return rows
 
 
-@pytest.mark.timeout(600)  # two workers start, then two fleets of five run
+@pytest.mark.timeout(600)  # two fleets: five releases at once, then two
 def test_broken_service_rolls_back_the_others_deploy_and_stop_holds_later_waves(fleet: dict[str, Any]) -> None:
     names = [s["name"] for s in fleet["services"]]
     broken, good = names[0], names[1:]
-    with worker_pool(fleet["folder"], fleet["base"]):
-        first = release_fleet(max_parallel=5, return_state=True)
-        rows = fleet_rows(first)
-        assert first.is_failed() and (first.message or "").startswith("Fleet failed: 4 of 5"), first
-        assert rows[broken]["outcome"] == "failed" and rows[broken]["state"] == "Rolled back", rows[broken]
-        assert "500" in rows[broken]["reason"], rows[broken]
-        for name in good:
-            assert rows[name]["state"] == "Deployed", rows[name]
-        for svc in fleet["services"][1:]:
-            assert "v1" in httpx.get(svc["production"], timeout=5).text
+    first = release_fleet(max_parallel=5, return_state=True)
+    rows = fleet_rows(first)
+    assert first.is_failed() and (first.message or "").startswith("Fleet failed: 4 of 5"), first
+    assert rows[broken]["outcome"] == "failed" and rows[broken]["state"] == "Rolled back", rows[broken]
+    assert "500" in rows[broken]["reason"], rows[broken]
+    for name in good:
+        assert rows[name]["state"] == "Deployed", rows[name]
+    for svc in fleet["services"][1:]:
+        assert "v1" in httpx.get(svc["production"], timeout=5).text
+    digests = {aws("ecr").describe_images(repositoryName=n.lower())["imageDetails"][0]["imageDigest"] for n in good}
+    assert len(digests) == 1, f"one image build for the four good copies, shared by digest: {digests}"
 
-        sha = commit(fleet["repo"], "v2")
-        held = release_fleet(max_parallel=2, stop_on_first_failure=True, return_state=True)
-        rows = fleet_rows(held)
-        assert held.is_failed() and (held.message or "").startswith("Fleet failed: 1 of 5"), held
-        assert rows[broken]["state"] == "Rolled back" and rows[names[1]]["state"] == "Deployed"
-        assert {rows[n]["outcome"] for n in names[2:]} == {"held"}
-        assert {rows[n]["sha"] for n in names} == {sha}
-        assert "v2" in httpx.get(fleet["services"][1]["production"], timeout=5).text
-        assert "v1" in httpx.get(fleet["services"][2]["production"], timeout=5).text  # held: untouched
-        with get_client(sync_client=True) as client:
-            fleet_run = FlowRunFilter(id=FlowRunFilterId(any_=[held.state_details.flow_run_id]))
-            artifacts = client.read_artifacts(flow_run_filter=fleet_run)
-        text = next(a.data for a in artifacts if a.key == "fleet-release")
-        assert f"held after the first failure: {', '.join(names[2:])}" in str(text)
+    sha = commit(fleet["repo"], "v2")
+    held = release_fleet(max_parallel=2, stop_on_first_failure=True, return_state=True)
+    rows = fleet_rows(held)
+    assert held.is_failed() and (held.message or "").startswith("Fleet failed: 1 of 5"), held
+    assert rows[broken]["state"] == "Rolled back" and rows[names[1]]["state"] == "Deployed"
+    assert {rows[n]["outcome"] for n in names[2:]} == {"held"}
+    assert {rows[n]["sha"] for n in names} == {sha}
+    assert "v2" in httpx.get(fleet["services"][1]["production"], timeout=5).text
+    assert "v1" in httpx.get(fleet["services"][2]["production"], timeout=5).text  # held: untouched
+    with get_client(sync_client=True) as client:
+        fleet_run = FlowRunFilter(id=FlowRunFilterId(any_=[held.state_details.flow_run_id]))
+        artifacts = client.read_artifacts(flow_run_filter=fleet_run)
+    text = next(a.data for a in artifacts if a.key == "fleet-release")
+    assert f"held after the first failure: {', '.join(names[2:])}" in str(text)

@@ -82,7 +82,7 @@ def signed_push(url: str, payload: dict[str, Any]) -> httpx.Response:
 def test_cli_releases_run_on_whichever_worker_is_free(fleet: Any) -> None:
     pool, suts, _ = fleet
     a, b = suts["a"], suts["b"]
-    done = deploy_cli("--all", "--max-parallel", "2")  # the CLI: a fleet run, children on the workers
+    done = deploy_cli("--all", "--max-parallel", "2", "--children", "deployment")  # a fleet, children on the workers
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Fleet deployed: 2 of 2 deployed or unchanged" in done.stdout
     with get_client(sync_client=True) as client:
