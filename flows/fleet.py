@@ -38,6 +38,7 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.pipeline import deploy_service
+from flows.skeleton import sigterm_deferred
 from tasks.changes import group_by_repo
 from tasks.errors import PipelineError
 from tasks.fleet import FleetSummary, ServiceResult, classify, plan_waves, select_services
@@ -46,6 +47,7 @@ from tasks.outcome import outcome_of
 from tasks.runs import DEPLOY_DEPLOYMENT, run_tags
 from tasks.settings import Settings
 from tasks.source import redact_url, resolve_heads
+from tasks.waits import stop_every_release
 
 FLEET_ARTIFACT = "fleet-release"
 MAX_THREADS = 32  # children released at once in this process (a larger wave waits for a thread)
@@ -86,7 +88,16 @@ def release_fleet(
                 summary.results.append(result_of(name, shas[name], number, run))
         else:
             futures = [release_here.submit(name, shas[name], number, origin) for name in wave]
-            summary.results.extend(f.result() for f in futures)
+            try:
+                summary.results.extend(f.result() for f in futures)
+            except BaseException:
+                # Cancelled, or SIGTERM to the worker: it arrives in this thread only. Every child
+                # rolls back at its next wait; the process ends once they have.
+                stop_every_release("the fleet run is stopping (cancelled, or its worker shuts down)")
+                with sigterm_deferred():
+                    for future in futures:
+                        future.wait()
+                raise
     summary.results.sort(key=lambda r: (r.wave or 1_000_000, r.service))
     create_markdown_artifact(key=FLEET_ARTIFACT, markdown=summary.markdown(), description=summary.headline())
     log.info("fleet: %s", summary.headline())

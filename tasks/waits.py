@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -69,10 +70,30 @@ class Aborted(BaseException):
 _abort_check: ContextVar[Callable[[], str | None] | None] = ContextVar("ecs_pipeline_abort", default=None)
 
 
+_stopping = threading.Event()
+_stopping_why: list[str] = []
+
+
+def stop_every_release(why: str) -> None:
+    """Every release in this process stops at its next wait and rolls back (a fleet run's threads).
+
+    Signals reach only the main thread: a fleet run that is told to stop there passes it on.
+    """
+    _stopping_why.append(why)
+    _stopping.set()
+
+
 def checkpoint() -> None:
-    """Raise Aborted if the run was cancelled or lost its slot; every wait loop calls this."""
+    """Raise Aborted if the run was cancelled or lost its slot; every wait loop calls this.
+
+    Nothing aborts where checks are off (abort_when(None): a rollback must finish).
+    """
     check = _abort_check.get()
-    if check is not None and (why := check()):
+    if check is None:
+        return
+    if _stopping.is_set():
+        raise Aborted(_stopping_why[0])
+    if why := check():
         raise Aborted(why)
 
 

@@ -191,7 +191,7 @@ def test_alarm_during_the_canary_rolls_back(deployments_dir: Path) -> None:
     sut = make_service(
         deployments_dir,
         strategy="codedeploy",
-        traffic={"type": "canary", "percent": 50, "interval_seconds": 900},
+        traffic={"type": "canary", "percent": 50, "interval_seconds": 3600},
         verify_paths=("/health",),
     )
     seed_serving(sut)

@@ -43,7 +43,7 @@ def edit(sut: ServiceUnderTest, section: str, **fields: Any) -> None:
 
 def test_alarm_during_a_canary_step_rolls_back_with_ecs_reason(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sut = native(tmp_path, monkeypatch, {"type": "canary", "percent": 50, "interval_seconds": 900},
+    sut = native(tmp_path, monkeypatch, {"type": "canary", "percent": 50, "interval_seconds": 3600},
                  verify_paths=("/health",))
     sut.commit("v2-500", broken="root")  # passes the checks at the pause (/health), fails users (/)
     with watching(sut) as seen:

@@ -144,3 +144,28 @@ def test_translate_leaves_unknown_codes_and_other_errors_alone() -> None:
     assert translate(other) is other
     assert error_code(unknown) == "InvalidParameterException"
     assert error_code(other) == ""
+
+
+STOP_PROBE = """
+from tasks.waits import Aborted, abort_when, checkpoint, stop_every_release
+with abort_when(lambda: None):
+    checkpoint()  # nothing asked: goes on
+stop_every_release("the fleet run is stopping")
+with abort_when(None):
+    checkpoint()  # a rollback's waits (checks off) are never cut short
+with abort_when(lambda: None):
+    try:
+        checkpoint()
+    except Aborted as exc:
+        print("aborted:", exc)
+"""
+
+
+def test_a_fleet_stop_aborts_every_release_wait_but_never_a_rollback() -> None:
+    """The fleet's main thread gets the signal and passes it on to the releases in its other threads."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", STOP_PROBE], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "aborted: the fleet run is stopping"
