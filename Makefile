@@ -24,7 +24,7 @@ demo: setup
 	@$(UV) run --frozen python -m sandbox.demo
 
 test: sandbox-up
-	@$(UV) run --frozen pytest -n 3 --dist loadfile --durations=25
+	@$(UV) run --frozen pytest -n 4 --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: setup
 	@$(UV) run --frozen ruff check flows tasks sandbox tests bench
