@@ -161,14 +161,15 @@ def worker_pool(
             time.sleep(0.5)
         yield pool
     finally:
-        for w in pool.workers:
-            if not w.killed:
-                with suppress(ProcessLookupError):
-                    os.killpg(w.proc.pid, signal.SIGTERM)
-                try:
-                    w.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    w.kill()
+        alive = [w for w in pool.workers if not w.killed]
+        for w in alive:  # all told at once: each shutdown takes seconds, not one after the other
+            with suppress(ProcessLookupError):
+                os.killpg(w.proc.pid, signal.SIGTERM)
+        for w in alive:
+            try:
+                w.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                w.kill()
         remove_pool_deployments()
 
 
