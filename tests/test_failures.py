@@ -44,6 +44,13 @@ def started_mid_shift(sut: ServiceUnderTest, log: Path) -> tuple[Released, Any]:
     return release, flow_runs(sut.name)[-1]
 
 
+def assert_cancelled_on_blue(run_id: Any, release: Released, why: str) -> None:
+    state = run_state(run_id)
+    assert state.type.value == "CANCELLED", release.output()[-2000:]
+    assert f"cancelled ({why})" in (state.message or "")
+    assert "production on blue" in (state.message or "")
+
+
 def test_cancel_mid_shift_rolls_back_to_blue(new_service: Callable[..., ServiceUnderTest], tmp_path: Path) -> None:
     sut = new_service(traffic=CANARY)
     assert outcome_of(deploy(sut.name)) == "Deployed"
@@ -52,10 +59,7 @@ def test_cancel_mid_shift_rolls_back_to_blue(new_service: Callable[..., ServiceU
         release, run = started_mid_shift(sut, tmp_path / "release.log")
         cancel(run.id, "operator: wrong commit")
         release.proc.wait(120)
-    state = run_state(run.id)
-    assert state.type.value == "CANCELLED", release.output()[-2000:]
-    assert "cancelled (operator: wrong commit)" in (state.message or "")
-    assert "production on blue" in (state.message or "")
+    assert_cancelled_on_blue(run.id, release, "operator: wrong commit")
     assert green_weight(sut) == 0 and [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]
     assert serving_versions(sut) == {"v1"}
     assert load.failed == [], load.failed[:5]
@@ -76,10 +80,7 @@ def test_cancel_mid_shift_of_a_codedeploy_release_stops_it_back_on_blue(
         run = flow_runs(sut.name)[-1]
         cancel(run.id, "operator: wrong commit")
         release.proc.wait(120)
-    state = run_state(run.id)
-    assert state.type.value == "CANCELLED", release.output()[-2000:]
-    assert "cancelled (operator: wrong commit)" in (state.message or "")
-    assert "production on blue" in (state.message or "")
+    assert_cancelled_on_blue(run.id, release, "operator: wrong commit")
     assert green_weight(sut) == 0, "production 100% on blue's target group"
     assert [(ts["taskSetArn"], ts["taskDefinition"]) for ts in sut.task_sets()] == blue, "green removed"
     assert serving_versions(sut) == {"seed"}

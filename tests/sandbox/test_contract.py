@@ -30,6 +30,8 @@ import botocore.session
 import docker
 from botocore import xform_name
 
+from tests.sandbox.test_emulation_native import listener_rules
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # The operations the pipeline (flows/, tasks/) and README.md read, per botocore service name.
@@ -149,13 +151,7 @@ class Reader:
 # -- the releases ------------------------------------------------------------------------------------
 def native_release(stack: Any, emu: Any, images: dict[str, str], aws: Reader) -> str:
     """An ECS-native BLUE_GREEN service on v1, released to v2 as the pipeline does it; the v2 task definition."""
-    rules = {}
-    for name, listener in (("prod", stack.prod), ("test", stack.test)):
-        rules[name] = stack.elb.create_rule(
-            ListenerArn=listener, Priority=1, Conditions=[{"Field": "path-pattern", "Values": ["/*"]}],
-            Actions=[{"Type": "forward", "ForwardConfig": {"TargetGroups": [
-                {"TargetGroupArn": stack.tgs[0], "Weight": 100},
-                {"TargetGroupArn": stack.tgs[1], "Weight": 0}]}}])["Rules"][0]["RuleArn"]
+    rules = listener_rules(stack)
     pause = {"targetType": "PAUSE", "lifecycleStages": ["POST_TEST_TRAFFIC_SHIFT"],
              "timeoutConfiguration": {"timeoutInMinutes": 60, "action": "ROLLBACK"}}
     config = {"strategy": "BLUE_GREEN", "bakeTimeInMinutes": 1, "lifecycleHooks": [pause],

@@ -36,8 +36,8 @@ def answer(ecs: Any, op: str, **kwargs: Any) -> dict[str, Any]:
     return out
 
 
-def native_service(stack: Any, td: str, config: dict[str, Any], desired: int = 1) -> dict[str, str]:
-    """A BLUE_GREEN/LINEAR/CANARY service whose listener rules ECS moves between the two groups."""
+def listener_rules(stack: Any) -> dict[str, str]:
+    """Production and test listener rules, all on the first target group: the rules ECS moves."""
     rules = {}
     for name, listener in (("prod", stack.prod), ("test", stack.test)):
         rules[name] = stack.elb.create_rule(
@@ -45,6 +45,12 @@ def native_service(stack: Any, td: str, config: dict[str, Any], desired: int = 1
             Actions=[{"Type": "forward", "ForwardConfig": {"TargetGroups": [
                 {"TargetGroupArn": stack.tgs[0], "Weight": 100},
                 {"TargetGroupArn": stack.tgs[1], "Weight": 0}]}}])["Rules"][0]["RuleArn"]
+    return rules
+
+
+def native_service(stack: Any, td: str, config: dict[str, Any], desired: int = 1) -> dict[str, str]:
+    """A BLUE_GREEN/LINEAR/CANARY service whose listener rules ECS moves between the two groups."""
+    rules = listener_rules(stack)
     stack.ecs.create_service(
         cluster=stack.name, serviceName="web", taskDefinition=td, desiredCount=desired,
         deploymentController={"type": "ECS"}, deploymentConfiguration=config,
