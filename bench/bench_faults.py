@@ -1,7 +1,8 @@
 """Failure benchmarks on the sandbox, one table each, in one run.
 
 1. rolling: `ecs-pipeline deploy` (CLI process) vs fabfuel `ecs deploy` on the same
-   sandbox, alternating rounds: median wall time and AWS calls per release (sandbox request log).
+   sandbox, alternating rounds: median wall time and AWS calls per release (sandbox request log),
+   and a same-shaped Prefect flow run that does no work (what Prefect alone costs a CLI release).
 2. task-sets: one release without and one with weather (20 % throttling + 10 % 500 on
    every pipeline AWS call).
 3. kill -9 matrix: a task-sets release killed at each point, then released again: seconds
@@ -85,6 +86,15 @@ def prebuild(sut: Any, sha: str) -> None:
 
 OURS, BUILT, PEER = ("ecs-pipeline deploy (rolling, build+push)", "ecs-pipeline deploy (rolling, image in ECR)",
                      "fabfuel ecs deploy 1.17.0 (image in registry)")
+FLOOR = "Prefect alone: same-shaped flow run, no AWS (bench/prefect_floor.py)"
+
+
+def prefect_floor(name: str) -> float:
+    """Wall s of a fresh process running a flow shaped like a rolling release that does no work."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "bench.prefect_floor", name], cwd=ROOT, env=os.environ, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
 
 
 def rolling_vs_peer(work: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -100,7 +110,7 @@ def rolling_vs_peer(work: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, 
     seed_serving(ours)
     seed_serving(peer)
     release = cli_release(ours.yaml_path.parent)
-    times: dict[str, list[float]] = {OURS: [], BUILT: [], PEER: []}
+    times: dict[str, list[float]] = {OURS: [], BUILT: [], PEER: [], FLOOR: []}
     calls: dict[str, list[Counter[str]]] = {k: [] for k in times}
     stages: dict[str, list[dict[str, float]]] = {OURS: [], BUILT: []}
     try:
@@ -122,15 +132,22 @@ def rolling_vs_peer(work: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, 
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             times[PEER].append(time.perf_counter() - started)
             calls[PEER].append(calls_since(seq))
+            seq = last_request()
+            times[FLOOR].append(prefect_floor(ours.name))
+            calls[FLOOR].append(calls_since(seq))
     finally:
         ours.cleanup()
         peer.cleanup()
     for k, v in times.items():
         counts = " ".join(str(sum(c.values())) for c in calls[k])
         print(f"{k}: rounds {' '.join(f'{t:.2f}' for t in v)} s; calls {counts}")
-    totals = [(k, statistics.median(v), statistics.median(sum(c.values()) for c in calls[k])) for k, v in times.items()]
+    totals: list[tuple[Any, ...]] = [
+        (k, statistics.median(v), statistics.median(sum(c.values()) for c in calls[k])) for k, v in times.items()
+    ]
+    own = statistics.median(b - f for b, f in zip(times[BUILT], times[FLOOR], strict=True))
+    totals.append(("image in ECR minus Prefect alone (same round)", own, "-"))
     ops = sorted(set().union(*calls[OURS], *calls[BUILT], *calls[PEER]))
-    per_op = [(op, *(statistics.median(c[op] for c in calls[k]) for k in times)) for op in ops]
+    per_op = [(op, *(statistics.median(c[op] for c in calls[k]) for k in (OURS, BUILT, PEER))) for op in ops]
     return totals, per_op, stage_table(times, stages)
 
 

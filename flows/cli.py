@@ -168,6 +168,19 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, "-m", "sandbox", *args.rest])
 
 
+def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fleet's flags live here: parsing a single release never imports the fleet flow (~0.2 s)."""
+    parser.add_argument("--all", action="store_true", help="release every service as one fleet run")
+    parser.add_argument("--select", action="append", metavar="PATTERN",
+                        help="release the services matching PATTERN (a name or a glob; repeatable)")
+    parser.add_argument("--max-parallel", type=int, default=4, help="services per wave (fleet)")
+    parser.add_argument("--stop-on-first-failure", action="store_true",
+                        help="hold the later waves once a service fails or rolls back (fleet)")
+    parser.add_argument("--children", choices=["threads", "deployment"], default="threads",
+                        help="run each service here in a thread (default), or as a deploy-service "
+                             "deployment run on whichever worker is free (fleet)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecs-pipeline", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,8 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a commit older than (or diverged from) the live one: an explicit step back")
     p.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
     p.add_argument("--json", action="store_true", help="no live view: print the outcome and summary as JSON")
-    from flows.fleet import add_fleet_arguments  # imports prefect: only once the env is settled
-
     add_fleet_arguments(p)
     p.set_defaults(func=cmd_deploy)
 

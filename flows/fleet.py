@@ -192,18 +192,6 @@ def result_of(service: str, sha: str, wave: int, run: FlowRun) -> ServiceResult:
 # -- the CLI: ecs-pipeline deploy --all | --select PATTERN ------------------------
 
 
-def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--all", action="store_true", help="release every service as one fleet run")
-    parser.add_argument("--select", action="append", metavar="PATTERN",
-                        help="release the services matching PATTERN (a name or a glob; repeatable)")
-    parser.add_argument("--max-parallel", type=int, default=4, help="services per wave (fleet)")
-    parser.add_argument("--stop-on-first-failure", action="store_true",
-                        help="hold the later waves once a service fails or rolls back (fleet)")
-    parser.add_argument("--children", choices=["threads", "deployment"], default="threads",
-                        help="run each service here in a thread (default), or as a deploy-service "
-                             "deployment run on whichever worker is free (fleet)")  # fmt: skip
-
-
 def cmd_fleet(args: argparse.Namespace) -> int:
     """Release the fleet from here; each service in a thread here, or (--children deployment) on a worker."""
     if args.service:
