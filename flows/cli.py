@@ -83,11 +83,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return cmd_fleet(args)
     if not args.service:
         raise PipelineError("name a SERVICE to release, or use --all / --select PATTERN")
-    from prefect import tags
+    from prefect.client.schemas.objects import FlowRun, State
 
     from flows.pipeline import deploy_service
-    from flows.terminal import cli_tag, run_with_view
-    from tasks.runs import run_tags
+    from flows.terminal import Seen, run_with_view
 
     if args.dry_run:
         from flows.operations import plan_release
@@ -95,15 +94,27 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print("\n".join(plan_release(args.service, args.sha)))
         return 0
 
-    view = cli_tag()
+    def release(seen: Seen) -> Any:
+        def tag_cli_run(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:  # Prefect's hook signature
+            seen.run_id = flow_run.id  # main thread, before the release starts
+            tag_run(flow_run, args.service, args.sha, "cli")
 
-    def release() -> Any:
-        with tags(*run_tags(args.service, args.sha, "cli"), view):
-            return deploy_service(
-                args.service, sha=args.sha, force=args.force, allow_older=args.allow_older, return_state=True
-            )
+        return deploy_service.with_options(on_running=[tag_cli_run])(
+            args.service, sha=args.sha, force=args.force, allow_older=args.allow_older, return_state=True
+        )
 
-    return run_with_view(args.service, view, release, args.json)
+    return run_with_view(args.service, release, args.json)
+
+
+def tag_run(run: Any, service: str, sha: str | None, origin: str) -> None:
+    """The tags searches rely on, on the run itself only (not through a tags context: see ``Seen``)."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.runs import run_tags
+
+    with get_client(sync_client=True) as client:
+        missing = [t for t in run_tags(service, sha, origin) if t not in run.tags]
+        client.update_flow_run(run.id, tags=[*run.tags, *missing])
 
 
 def cmd_status(args: argparse.Namespace) -> int:

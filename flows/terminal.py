@@ -15,7 +15,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +27,6 @@ from prefect.client.schemas.filters import (
     ArtifactFilterType,
     FlowRunFilter,
     FlowRunFilterId,
-    FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import State
 from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
@@ -47,7 +45,12 @@ ICONS = {"COMPLETED": ("✓", "green"), "FAILED": ("✗", "red"), "RUNNING": ("�
 
 @dataclass
 class Seen:
-    """What the view last read about the run."""
+    """What the view last read about the run.
+
+    ``run_id`` comes from the flow run itself (an ``on_running`` hook, in the main thread, before the
+    release starts), not from a tag to search by: a tags context would tag every task run too, and
+    Prefect asks the server for a concurrency slot per tagged task run.
+    """
 
     run_id: Any = None
     name: str = ""
@@ -55,18 +58,11 @@ class Seen:
     green_percent: float | None = None
 
 
-def cli_tag() -> str:
-    """A tag only this command's run carries, to find it from the view's thread."""
-    return f"cli-view:{uuid.uuid4().hex[:12]}"
-
-
-def read_run(tag: str, seen: Seen) -> None:
+def read_run(seen: Seen) -> None:
+    """The run's name, stages and traffic progress, once the flow run has told its id (see ``Seen``)."""
+    if seen.run_id is None:
+        return
     with get_client(sync_client=True) as client:
-        if seen.run_id is None:
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[tag])), limit=1)
-            if not runs:
-                return
-            seen.run_id = runs[0].id
         seen.name = client.read_flow_run(seen.run_id).name
         tasks = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[seen.run_id])),
@@ -131,19 +127,20 @@ def release_markdown(run_id: Any) -> str:
     return next((str(a.data) for a in found if (a.key or "").endswith("-release")), "")
 
 
-def run_with_view(service: str, tag: str, call: Callable[[], State[Any]], as_json: bool) -> int:
-    """Run CALL (the flow, tagged TAG) with the live view, then print its summary and outcome."""
+def run_with_view(service: str, call: Callable[[Seen], State[Any]], as_json: bool) -> int:
+    """Run CALL (the flow; it sets ``Seen.run_id`` once the run exists) with the live view, then print
+    its summary and outcome."""
     console = Console()
     seen, started, done = Seen(), time.monotonic(), threading.Event()
     if as_json or not console.is_terminal:
-        state = call()
+        state = call(seen)
     else:
         with quiet_console_logs(), Live(render(service, seen, started), console=console, transient=True) as live:
 
             def follow() -> None:
                 while not done.wait(0.5):
                     try:
-                        read_run(tag, seen)
+                        read_run(seen)
                     except Exception:  # noqa: BLE001 - the view must never break the release
                         continue
                     live.update(render(service, seen, started))
@@ -151,16 +148,17 @@ def run_with_view(service: str, tag: str, call: Callable[[], State[Any]], as_jso
             watcher = threading.Thread(target=follow, daemon=True)
             watcher.start()
             try:
-                state = call()
+                state = call(seen)
             finally:
                 done.set()
                 watcher.join(5)
-    return finish(service, tag, seen, state, console, as_json)
+    return finish(service, seen, state, console, as_json)
 
 
-def finish(service: str, tag: str, seen: Seen, state: State[Any], console: Console, as_json: bool) -> int:
-    if seen.run_id is None:
-        read_run(tag, seen)
+def finish(service: str, seen: Seen, state: State[Any], console: Console, as_json: bool) -> int:
+    seen.run_id = seen.run_id or state.state_details.flow_run_id
+    if as_json and seen.run_id and not seen.name:
+        read_run(seen)
     markdown = release_markdown(seen.run_id) if seen.run_id else ""
     code = 0 if state.is_completed() else 1
     if as_json:
