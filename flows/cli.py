@@ -112,7 +112,7 @@ def tag_run(run: Any, service: str, sha: str | None, origin: str) -> None:
 
     from tasks.runs import run_tags
 
-    with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client:  # hooks run before the run's context (and its client) exist
         missing = [t for t in run_tags(service, sha, origin) if t not in run.tags]
         client.update_flow_run(run.id, tags=[*run.tags, *missing])
 
