@@ -129,6 +129,31 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             _sandbox("down", {**env, "SANDBOX_DIR": str(state)})
 
 
+@pytest.fixture(scope="module", autouse=True)
+def module_services_removed() -> Iterator[None]:
+    """Services the module made go when it ends, their alarms and target groups with them.
+
+    The sandbox's controller evaluates every alarm and health-checks every target
+    group ten times a second: at 40 services left over it burns half a core, so a
+    worker's later modules ran slower the more its earlier ones had made. In a
+    session's own sandbox every leftover ``*-5xx`` alarm goes too (the fleet
+    tests seed theirs without make_service); the shared sandbox keeps its own.
+    """
+    from tests import release_helpers
+
+    made_before = len(release_helpers.MADE)
+    yield
+    made, release_helpers.MADE[made_before:] = release_helpers.MADE[made_before:], []
+    for sut in made:
+        sut.cleanup()
+    if os.environ.get("ECS_PIPELINE_TESTS_SANDBOX") != "shared" and not os.environ.get("ECS_PIPELINE_TESTS_NO_SANDBOX"):
+        cloudwatch = release_helpers.aws("cloudwatch")
+        alarms = [a["AlarmName"] for page in cloudwatch.get_paginator("describe_alarms").paginate()
+                  for a in page["MetricAlarms"] if a["AlarmName"].endswith("-5xx")]
+        for start in range(0, len(alarms), 100):
+            cloudwatch.delete_alarms(AlarmNames=alarms[start:start + 100])
+
+
 @pytest.fixture
 def new_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
     """make_service(...) for this test, found by the pipeline, removed from the sandbox afterwards."""
@@ -145,6 +170,38 @@ def new_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
     yield make
     for sut in made:
         sut.cleanup()
+
+
+@pytest.fixture(scope="module")
+def released_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """make_service() released once, shared by a module's tests (a service and a first release cost ~10 s)."""
+    from flows.pipeline import deploy_service
+    from tasks.outcome import outcome_of
+    from tests.release_helpers import make_service
+
+    sut = make_service(tmp_path_factory.mktemp("released"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ECS_PIPELINE_DEPLOYMENTS", str(sut.yaml_path.parent))
+        assert outcome_of(deploy_service(sut.name, return_state=True)) == "Deployed"
+    yield sut
+    sut.cleanup()
+
+
+@pytest.fixture
+def live(released_service: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+    """The module's released service (all-at-once) and the one version it serves.
+
+    Each test that uses it leaves it converged: one task set, serving one version.
+    """
+    from tests.fault_helpers import serving_versions
+    from tests.release_helpers import set_traffic
+
+    sut = released_service
+    monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(sut.yaml_path.parent))
+    set_traffic(sut, {"type": "all-at-once"})
+    assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"], "an earlier test left two task sets"
+    (serving,) = serving_versions(sut)
+    return sut, serving
 
 
 @pytest.fixture(scope="module")
