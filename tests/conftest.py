@@ -233,11 +233,13 @@ def deployment(client: Any) -> Iterator[tuple[str, Any]]:
 
 # Seconds each module's tests took in a full run (pytest --durations=0, 2026-12-02). xdist hands out
 # whole modules (--dist loadfile) in collection order: the longest go first, so no worker is left
-# starting a four-minute module while the others idle. Unlisted modules take seconds.
+# starting a four-minute module while the others idle. Unlisted modules take seconds. The kills,
+# failures, pipeline, provenance, rolling and ecs_native_faults figures are the full-run ones scaled
+# by what each module's tests cost alone before and after they shared a service and waited less.
 MODULE_SECONDS = {
-    "tests/test_kills.py": 246, "tests/test_workers.py": 245, "tests/test_provenance.py": 189,
-    "tests/test_failures.py": 182, "tests/test_ecs_native.py": 160, "tests/test_rolling.py": 150,
-    "tests/test_pipeline.py": 140, "tests/test_pipeline_approval.py": 131, "tests/test_ecs_native_faults.py": 126,
+    "tests/test_workers.py": 245, "tests/test_kills.py": 206, "tests/test_failures.py": 160,
+    "tests/test_ecs_native.py": 160, "tests/test_provenance.py": 159, "tests/test_pipeline_approval.py": 131,
+    "tests/test_rolling.py": 127, "tests/test_ecs_native_faults.py": 110, "tests/test_pipeline.py": 107,
     "tests/test_codedeploy.py": 105, "tests/test_weather.py": 97, "tests/test_buildspec_release.py": 87,
     "tests/test_fleet.py": 85, "tests/test_cli.py": 76, "tests/sandbox/test_seed.py": 70,
     "tests/test_ui_retry.py": 62, "tests/test_ui_lists.py": 59, "tests/sandbox/test_emulation_native.py": 54,
