@@ -129,6 +129,31 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             _sandbox("down", {**env, "SANDBOX_DIR": str(state)})
 
 
+@pytest.fixture(scope="module", autouse=True)
+def module_services_removed() -> Iterator[None]:
+    """Services the module made go when it ends, their alarms and target groups with them.
+
+    The sandbox's controller evaluates every alarm and health-checks every target
+    group ten times a second: at 40 services left over it burns half a core, so a
+    worker's later modules ran slower the more its earlier ones had made. In a
+    session's own sandbox every leftover ``*-5xx`` alarm goes too (the fleet
+    tests seed theirs without make_service); the shared sandbox keeps its own.
+    """
+    from tests import release_helpers
+
+    made_before = len(release_helpers.MADE)
+    yield
+    made, release_helpers.MADE[made_before:] = release_helpers.MADE[made_before:], []
+    for sut in made:
+        sut.cleanup()
+    if os.environ.get("ECS_PIPELINE_TESTS_SANDBOX") != "shared" and not os.environ.get("ECS_PIPELINE_TESTS_NO_SANDBOX"):
+        cloudwatch = release_helpers.aws("cloudwatch")
+        alarms = [a["AlarmName"] for page in cloudwatch.get_paginator("describe_alarms").paginate()
+                  for a in page["MetricAlarms"] if a["AlarmName"].endswith("-5xx")]
+        for start in range(0, len(alarms), 100):
+            cloudwatch.delete_alarms(AlarmNames=alarms[start:start + 100])
+
+
 @pytest.fixture
 def new_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
     """make_service(...) for this test, found by the pipeline, removed from the sandbox afterwards."""
@@ -145,6 +170,38 @@ def new_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
     yield make
     for sut in made:
         sut.cleanup()
+
+
+@pytest.fixture(scope="module")
+def released_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """make_service() released once, shared by a module's tests (a service and a first release cost ~10 s)."""
+    from flows.pipeline import deploy_service
+    from tasks.outcome import outcome_of
+    from tests.release_helpers import make_service
+
+    sut = make_service(tmp_path_factory.mktemp("released"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ECS_PIPELINE_DEPLOYMENTS", str(sut.yaml_path.parent))
+        assert outcome_of(deploy_service(sut.name, return_state=True)) == "Deployed"
+    yield sut
+    sut.cleanup()
+
+
+@pytest.fixture
+def live(released_service: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+    """The module's released service (all-at-once) and the one version it serves.
+
+    Each test that uses it leaves it converged: one task set, serving one version.
+    """
+    from tests.fault_helpers import serving_versions
+    from tests.release_helpers import set_traffic
+
+    sut = released_service
+    monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(sut.yaml_path.parent))
+    set_traffic(sut, {"type": "all-at-once"})
+    assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"], "an earlier test left two task sets"
+    (serving,) = serving_versions(sut)
+    return sut, serving
 
 
 @pytest.fixture(scope="module")
@@ -176,11 +233,13 @@ def deployment(client: Any) -> Iterator[tuple[str, Any]]:
 
 # Seconds each module's tests took in a full run (pytest --durations=0, 2026-12-02). xdist hands out
 # whole modules (--dist loadfile) in collection order: the longest go first, so no worker is left
-# starting a four-minute module while the others idle. Unlisted modules take seconds.
+# starting a four-minute module while the others idle. Unlisted modules take seconds. The kills,
+# failures, pipeline, provenance, rolling and ecs_native_faults figures are the full-run ones scaled
+# by what each module's tests cost alone before and after they shared a service and waited less.
 MODULE_SECONDS = {
-    "tests/test_kills.py": 246, "tests/test_workers.py": 245, "tests/test_provenance.py": 189,
-    "tests/test_failures.py": 182, "tests/test_ecs_native.py": 160, "tests/test_rolling.py": 150,
-    "tests/test_pipeline.py": 140, "tests/test_pipeline_approval.py": 131, "tests/test_ecs_native_faults.py": 126,
+    "tests/test_workers.py": 245, "tests/test_kills.py": 206, "tests/test_failures.py": 160,
+    "tests/test_ecs_native.py": 160, "tests/test_provenance.py": 159, "tests/test_pipeline_approval.py": 131,
+    "tests/test_rolling.py": 127, "tests/test_ecs_native_faults.py": 110, "tests/test_pipeline.py": 107,
     "tests/test_codedeploy.py": 105, "tests/test_weather.py": 97, "tests/test_buildspec_release.py": 87,
     "tests/test_fleet.py": 85, "tests/test_cli.py": 76, "tests/sandbox/test_seed.py": 70,
     "tests/test_ui_retry.py": 62, "tests/test_ui_lists.py": 59, "tests/sandbox/test_emulation_native.py": 54,

@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_APP = ROOT / "examples" / "sample-app"
 
 
+# Every service make_service made, for the end-of-module clean-up (tests/conftest.py).
+MADE: list[ServiceUnderTest] = []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -69,7 +73,9 @@ class ServiceUnderTest:
         return list(svc.get("taskSets", []))
 
     def cleanup(self) -> None:
-        """Delete the ECS service (its containers stop) and the load balancer (its proxies close)."""
+        """Delete the ECS service (its containers stop), the load balancer (its proxies close), the
+        target groups (health-checked) and the alarms: the sandbox's controller looks at every alarm
+        and target group ten times a second, so what a test leaves slows every test after it."""
         cfg = self.cfg
         ecs, elbv2 = aws("ecs"), aws("elbv2")
         with contextlib.suppress(ClientError):
@@ -78,9 +84,24 @@ class ServiceUnderTest:
         if arn:
             with contextlib.suppress(ClientError):
                 elbv2.delete_load_balancer(LoadBalancerArn=arn)
+        with contextlib.suppress(ClientError):
+            groups = elbv2.describe_target_groups(Names=list(cfg.load_balancer.target_groups))["TargetGroups"]
+            for group in groups:
+                with contextlib.suppress(ClientError):
+                    elbv2.delete_target_group(TargetGroupArn=group["TargetGroupArn"])
+        if cfg.verify.alarms:
+            with contextlib.suppress(ClientError):
+                aws("cloudwatch").delete_alarms(AlarmNames=list(cfg.verify.alarms))
 
     def revisions(self) -> list[str]:
         return list(aws("ecs").list_task_definitions(familyPrefix=self.name)["taskDefinitionArns"])
+
+
+def set_traffic(sut: ServiceUnderTest, traffic: dict[str, Any]) -> None:
+    """Change strategy.traffic in the service's YAML (the next release reads it)."""
+    config = yaml.safe_load(sut.yaml_path.read_text())
+    config["strategy"]["traffic"] = traffic
+    sut.yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def refuse_next_call(operation: str, code: str, match: str, service: str = "ecs") -> None:
@@ -144,4 +165,5 @@ def make_service(
     sut = ServiceUnderTest(name, repo, yaml_path, f"http://127.0.0.1:{prod}", f"http://127.0.0.1:{test}", {})
     sut.commit("v1")
     sut.seeded = seed_service(load_service(yaml_path))
+    MADE.append(sut)
     return sut

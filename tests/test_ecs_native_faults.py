@@ -23,7 +23,7 @@ from tests.test_codedeploy import seed_serving, watching
 from tests.test_ecs_native import deployments
 from tests.test_pipeline import release_artifact
 
-STALE = "10"
+STALE = "5"  # the least the settings allow: the rerun waits this long for the dead heartbeat
 
 
 def native(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traffic: dict[str, Any],
@@ -79,6 +79,10 @@ def test_a_rerun_resumes_the_deployment_a_killed_run_left(tmp_path: Path, monkey
     arn = paused[0]["serviceDeploymentArn"]
     assert paused[0]["status"] == "IN_PROGRESS" and paused[0]["lifecycleStage"] == "POST_TEST_TRAFFIC_SHIFT"
     revisions = sut.revisions()
+    # Slow checks made the window to kill the run in; the rerun's checks need not take five seconds.
+    config = yaml.safe_load(sut.yaml_path.read_text())
+    config["verify"]["http"][0].update(consecutive=2, attempts=10, interval_seconds=0.1)
+    sut.yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
     with watching(sut) as seen:
         rerun = deploy_service(sut.name, return_state=True)
     assert outcome_of(rerun) == "Deployed", rerun.message

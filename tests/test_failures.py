@@ -25,12 +25,14 @@ from tests.fault_helpers import (
     serving_versions,
     wait_until,
 )
-from tests.release_helpers import ROOT, ServiceUnderTest
+from tests.release_helpers import ROOT, ServiceUnderTest, set_traffic
 from tests.test_codedeploy import seed_serving, use_appspec
 from tests.test_kills import production_weights
 from tests.test_pipeline import release_artifact
 
+# 15 s at 20 % (time scale 60): long enough to catch the release there on a busy machine.
 CANARY = {"type": "canary", "percent": 20, "interval_seconds": 900}
+SHORT_CANARY = {"type": "canary", "percent": 20, "interval_seconds": 60}
 
 
 def deploy(name: str) -> Any:
@@ -118,6 +120,7 @@ def test_failed_rollback_names_the_split_and_the_next_run_repairs_it(
         assert "Rollback failed" in release_artifact(sut.name)
 
         clear_faults(fault)
+        set_traffic(sut, SHORT_CANARY)  # the repair is under test, not a 15 s step of its own canary
         rerun = deploy(sut.name)
     assert outcome_of(rerun) == "Deployed", rerun.message
     assert "production was 20% on green, never fully shifted: rolled back to blue" in release_artifact(sut.name)

@@ -2,8 +2,12 @@
 
 The release runs as `python -m flows.cli deploy SERVICE` in its own process
 group, killed with SIGKILL (no rollback, no last words) at a point read from
-AWS. The rerun runs in-process with the lock's stale time at 10 s. Builds,
-pushes and registrations are counted through ECR's and ECS's APIs.
+AWS. The rerun runs in-process with the lock's stale time at 5 s (the least
+the settings allow: the rerun waits that long for the dead run's heartbeat to
+age). Builds, pushes and registrations are counted through ECR's and ECS's APIs.
+The task-sets tests share one service, deployed once: each starts from the one
+version it serves and leaves it converged on a new one (a first deploy and a
+service of its own would add ten seconds to each).
 """
 
 from __future__ import annotations
@@ -31,11 +35,11 @@ from tests.fault_helpers import (
     serving_versions,
     wait_until,
 )
-from tests.release_helpers import ROOT, ServiceUnderTest
+from tests.release_helpers import ROOT, ServiceUnderTest, set_traffic
 from tests.test_codedeploy import seed_serving, use_appspec
 from tests.test_pipeline import release_artifact
 
-STALE = "10"
+STALE = "5"
 
 
 @pytest.fixture(autouse=True)
@@ -54,25 +58,25 @@ def killed_run(sut: ServiceUnderTest) -> Any:
     return runs[-2]
 
 
-def test_kill_mid_shift_then_rerun_rolls_back_and_finishes(
-    new_service: Callable[..., ServiceUnderTest], tmp_path: Path
-) -> None:
-    sut = new_service(traffic={"type": "canary", "percent": 20, "interval_seconds": 900})
-    assert outcome_of(deploy(sut.name)) == "Deployed"
-    sut.commit("v2")
+def test_kill_mid_shift_then_rerun_rolls_back_and_finishes(live: tuple[ServiceUnderTest, str], tmp_path: Path) -> None:
+    sut, before = live
+    set_traffic(sut, {"type": "canary", "percent": 20, "interval_seconds": 900})
+    sut.commit("shifted")
     with Load(sut) as load:
         release = Released(sut, tmp_path / "killed.log", ECS_PIPELINE_LOCK_STALE_SECONDS=STALE)
         wait_until(lambda: green_weight(sut) == 20, 180, "production 20% on green")
         release.kill()
         assert green_weight(sut) == 20, "the dead run left production split"
         images, revisions = image_count(sut), sut.revisions()
+        # The killed run needed a long 20 % step to be caught in it; the rerun's own canary need not wait 15 s.
+        set_traffic(sut, {"type": "canary", "percent": 20, "interval_seconds": 60})
         rerun = deploy(sut.name)
     assert outcome_of(rerun) == "Deployed", rerun.message
     assert rerun.result()["done"] == [], "build, push and register were not repeated"
     assert image_count(sut) == images and sut.revisions() == revisions
     assert load.failed == [], load.failed[:5]
-    assert set(load.versions) <= {"v1", "v2"}
-    assert serving_versions(sut) == {"v2"}
+    assert set(load.versions) <= {before, "shifted"}
+    assert serving_versions(sut) == {"shifted"}
     assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]
     dead = killed_run(sut)
     assert dead.state.type.value == "CRASHED", dead.state
@@ -80,31 +84,27 @@ def test_kill_mid_shift_then_rerun_rolls_back_and_finishes(
     assert "production was 20% on green, never fully shifted: rolled back to blue" in release_artifact(sut.name)
 
 
-def test_kill_in_deploy_green_then_a_good_commit_deploys(
-    new_service: Callable[..., ServiceUnderTest], tmp_path: Path
-) -> None:
-    sut = new_service()
-    assert outcome_of(deploy(sut.name)) == "Deployed"
-    sut.commit("v2-broken", broken="root")
+def test_kill_in_deploy_green_then_a_good_commit_deploys(live: tuple[ServiceUnderTest, str], tmp_path: Path) -> None:
+    sut, before = live
+    sut.commit("killed-broken", broken="root")
     with Load(sut) as load:
         release = Released(sut, tmp_path / "killed.log", ECS_PIPELINE_LOCK_STALE_SECONDS=STALE)
         wait_until(lambda: len(sut.task_sets()) == 2, 180, "the broken release's green task set")
         release.kill()
-        sut.commit("v3")
+        sut.commit("after-kill")
         rerun = deploy(sut.name)
     assert outcome_of(rerun) == "Deployed", rerun.message
     assert load.failed == [], load.failed[:5]
-    assert set(load.versions) <= {"v1", "v3"}, "production never answered the broken release"
-    assert serving_versions(sut) == {"v3"}
+    assert set(load.versions) <= {before, "after-kill"}, "production never answered the broken release"
+    assert serving_versions(sut) == {"after-kill"}
     assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"], "the dead run's green did not survive"
     assert killed_run(sut).state.type.value == "CRASHED"
 
 
-def test_lost_create_task_set_answer_leaves_no_twin(new_service: Callable[..., ServiceUnderTest]) -> None:
+def test_lost_create_task_set_answer_leaves_no_twin(live: tuple[ServiceUnderTest, str]) -> None:
     """CreateTaskSet takes effect, then its answer is a 500: the retry (same clientToken) gets the same set."""
-    sut = new_service()
-    assert outcome_of(deploy(sut.name)) == "Deployed"
-    sut.commit("v2-broken", broken="root")
+    sut, before = live
+    sut.commit("lost-broken", broken="root")
     add_fault(service="ecs", operation="CreateTaskSet", code="InternalFailure", status=500, message="lost",
               count=1, after=True, match=sut.name)
     seq = last_request()
@@ -113,11 +113,12 @@ def test_lost_create_task_set_answer_leaves_no_twin(new_service: Callable[..., S
         assert outcome_of(broken) == "Rolled back", broken.message
         assert calls_since(seq, sut.name)["CreateTaskSet"] == 2, "answered 500 once, then retried"
         assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"], "no task set of the broken release left"
-        sut.commit("v3")
+        sut.commit("after-lost")
         good = deploy(sut.name)
     assert outcome_of(good) == "Deployed", good.message
     assert load.failed == [], load.failed[:5]
-    assert serving_versions(sut) == {"v3"}
+    assert set(load.versions) <= {before, "after-lost"}
+    assert serving_versions(sut) == {"after-lost"}
     assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]
 
 

@@ -3,6 +3,8 @@
 Each test makes its own service (git repo, YAML, ECS service, ALB, target
 groups, alarm) and releases it with the real flow: real git, real docker
 build and push to the registry, real AWS calls over HTTP, real containers.
+The failure tests share one service released once (``live``): each starts
+from the version it serves and leaves one task set serving one version.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.pipeline import deploy_service
 from tasks.outcome import outcome_of
+from tests.fault_helpers import serving_versions
+from tests.gitrepo import git
 from tests.release_helpers import ServiceUnderTest, refuse_next_call
 
 
@@ -89,55 +93,58 @@ def wait_for_events(service: str, wanted: set[str], timeout: float = 20) -> set[
     return seen
 
 
-def test_failed_http_check_rolls_back_and_v1_keeps_serving(service: ServiceUnderTest) -> None:
-    assert outcome_of(deploy(service.name)) == "Deployed"
-    service.commit("v2-broken", broken="root")
+def test_failed_http_check_rolls_back_and_v1_keeps_serving(live: tuple[ServiceUnderTest, str]) -> None:
+    service, before = live
+    service.commit("broken-root", broken="root")
     state = deploy(service.name)
     assert state.is_failed()
     assert outcome_of(state) == "Rolled back"
     assert "GET / failed verification: returned 500" in (state.message or "")
-    assert "v1" in service.get("/").text
+    assert serving_versions(service) == {before}
     assert [ts["status"] for ts in service.task_sets()] == ["PRIMARY"], "green is removed"
 
 
-def test_green_that_never_gets_healthy_rolls_back(new_service: Callable[..., ServiceUnderTest]) -> None:
-    sut = new_service(green_timeout=60)
-    assert outcome_of(deploy(sut.name)) == "Deployed"
-    sut.commit("v2-sick", broken="health")
+def test_green_that_never_gets_healthy_rolls_back(live: tuple[ServiceUnderTest, str]) -> None:
+    sut, before = live
+    assert sut.cfg.timeouts.green_healthy_seconds == 60
+    sut.commit("sick", broken="health")
     state = deploy(sut.name)
     assert outcome_of(state) == "Rolled back"
     assert "Task failed ELB health checks" in (state.message or "")
-    assert "v1" in sut.get("/").text
+    assert serving_versions(sut) == {before}
     assert len(sut.task_sets()) == 1
 
 
-def test_build_error_deploys_nothing(service: ServiceUnderTest) -> None:
-    assert outcome_of(deploy(service.name)) == "Deployed"
+def test_build_error_deploys_nothing(live: tuple[ServiceUnderTest, str]) -> None:
+    service, before = live
     revisions = service.revisions()
-    service.commit("v2", dockerfile_extra="RUN this-command-does-not-exist\n")
-    state = deploy(service.name)
-    assert state.is_failed()
-    assert "Dockerfile" in (state.message or "")
-    assert service.revisions() == revisions
-    assert "v1" in service.get("/").text
+    service.commit("unbuildable", dockerfile_extra="RUN this-command-does-not-exist\n")
+    try:
+        state = deploy(service.name)
+        assert state.is_failed()
+        assert "Dockerfile" in (state.message or "")
+        assert service.revisions() == revisions
+        assert serving_versions(service) == {before}
+    finally:  # the next test's commit builds again
+        git(service.repo, "checkout", "HEAD~1", "--", "Dockerfile")
 
 
-def test_rerun_after_failure_resumes_without_repeating(service: ServiceUnderTest) -> None:
-    assert outcome_of(deploy(service.name)) == "Deployed"
-    service.commit("v2")
+def test_rerun_after_failure_resumes_without_repeating(live: tuple[ServiceUnderTest, str]) -> None:
+    service, before = live
+    service.commit("refused")
     # The next CreateTaskSet is refused as AWS would refuse it: a permanent error.
     refuse_next_call("CreateTaskSet", "AccessDeniedException", match=service.name)
     failed = deploy(service.name)
     assert failed.is_failed()
     assert "AccessDeniedException" in (failed.message or "")
-    assert "v1" in service.get("/").text
+    assert serving_versions(service) == {before}
     revisions = service.revisions()
 
     rerun = deploy(service.name)
     assert outcome_of(rerun) == "Deployed", rerun.message
     assert data(rerun)["done"] == [], "build, push and register were already done"
     assert service.revisions() == revisions, "no second task definition revision"
-    assert "v2" in service.get("/").text
+    assert serving_versions(service) == {"refused"}
 
 
 def test_second_run_for_the_same_service_waits(service: ServiceUnderTest) -> None:

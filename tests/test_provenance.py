@@ -28,6 +28,7 @@ from tasks.pushes import sign_github
 from tasks.runs import cancel_waiting_runs, commit_order_for
 from tasks.settings import Settings
 from tasks.webhook_secrets import WebhookSecrets
+from tests.fault_helpers import serving_versions
 from tests.gitrepo import git
 from tests.release_helpers import ServiceUnderTest
 from tests.test_pipeline import release_artifact, wait_for_events
@@ -46,14 +47,8 @@ def mutating_calls_since(position: int) -> list[str]:
     return [f"{r['service']}:{r['operation']}" for r in answer.json()["requests"] if r["mutating"]]
 
 
-@pytest.fixture
-def live_v1(new_service: Callable[..., ServiceUnderTest]) -> ServiceUnderTest:
-    sut = new_service()
-    assert outcome_of(deploy_service(sut.name, return_state=True)) == "Deployed"
-    return sut
-
-
-def test_commits_off_the_branch_are_refused_with_nothing_changed(live_v1: ServiceUnderTest) -> None:
+def test_commits_off_the_branch_are_refused_with_nothing_changed(live: tuple[ServiceUnderTest, str]) -> None:
+    live_v1, before = live
     repo = live_v1.repo
     git(repo, "config", "uploadpack.allowAnySHA1InWant", "true")  # GitHub serves unreachable commits too
     git(repo, "checkout", "-q", "-b", "feature")
@@ -64,20 +59,21 @@ def test_commits_off_the_branch_are_refused_with_nothing_changed(live_v1: Servic
     git(repo, "branch", "-q", "-D", "doomed")
 
     for sha in (feature, doomed):
-        before = request_log_position()
+        position = request_log_position()
         state = deploy_service(live_v1.name, sha=sha, return_state=True)
         assert state.is_failed(), state
         assert f"{sha[:12]} is not in the history of branch main" in (state.message or "")
         assert "merge it into main" in (state.message or "")
-        assert mutating_calls_since(before) == []
-    assert "v1" in live_v1.get("/").text
+        assert mutating_calls_since(position) == []
+    assert serving_versions(live_v1) == {before}
     assert [ts["status"] for ts in live_v1.task_sets()] == ["PRIMARY"]
 
 
 def test_older_commit_is_refused_unless_asked_for(
-    live_v1: ServiceUnderTest, capsys: pytest.CaptureFixture[str]
+    live: tuple[ServiceUnderTest, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    sha1 = git(live_v1.repo, "rev-parse", "HEAD")
+    live_v1, v1 = live
+    sha1 = git(live_v1.repo, "rev-parse", "main")  # live: the test before this one released nothing on main
     live_v1.commit("v2")
     assert outcome_of(deploy_service(live_v1.name, return_state=True)) == "Deployed"
 
@@ -93,7 +89,7 @@ def test_older_commit_is_refused_unless_asked_for(
     assert main(["deploy", live_v1.name, "--sha", sha1[:10]]) == 1
     assert "Not newer than live" in capsys.readouterr().out
     assert main(["deploy", live_v1.name, "--sha", sha1[:10], "--allow-older"]) == 0
-    assert "v1" in live_v1.get("/").text
+    assert serving_versions(live_v1) == {v1}
     assert "allow_older: asked to go back (older than live" in release_artifact(live_v1.name)
     assert started_with_allow_older(live_v1.name)
 

@@ -1,8 +1,12 @@
-"""strategy: rolling end to end: UpdateService on an ECS-controller service with the circuit breaker."""
+"""strategy: rolling end to end: UpdateService on an ECS-controller service with the circuit breaker.
+
+The tests share one seeded service: each reads the revision and version it finds live first.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,18 +14,29 @@ import pytest
 
 from flows.pipeline import deploy_service
 from tasks.outcome import outcome_of
-from tests.fault_helpers import control, last_request
+from tests.fault_helpers import control, last_request, serving_versions
 from tests.release_helpers import ServiceUnderTest, aws, make_service
 from tests.test_codedeploy import seed_serving, watching
 
 
-@pytest.fixture
-def rolling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ServiceUnderTest:
-    monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(tmp_path / "deployments"))
-    monkeypatch.setenv("ECS_PIPELINE_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    sut = make_service(tmp_path, strategy="rolling", desired_count=1)
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceUnderTest]:
+    """One rolling service for the module (a service and its seed cost ~5 s): each test leaves one revision live."""
+    sut = make_service(tmp_path_factory.mktemp("rolling"), strategy="rolling", desired_count=1)
     seed_serving(sut)
-    return sut
+    yield sut
+    sut.cleanup()
+
+
+@pytest.fixture
+def rolling(seeded: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch) -> ServiceUnderTest:
+    monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(seeded.yaml_path.parent))
+    monkeypatch.setenv("ECS_PIPELINE_ARTIFACTS_DIR", str(artifacts(seeded)))
+    return seeded
+
+
+def artifacts(sut: ServiceUnderTest) -> Path:
+    return sut.yaml_path.parent.parent / "artifacts"
 
 
 def service(sut: ServiceUnderTest) -> dict[str, Any]:
@@ -30,8 +45,9 @@ def service(sut: ServiceUnderTest) -> dict[str, Any]:
     return dict(found["services"][0])
 
 
-def test_rolling_release_completes(rolling: ServiceUnderTest, tmp_path: Path) -> None:
-    seed_td = service(rolling)["taskDefinition"]
+def test_rolling_release_completes(rolling: ServiceUnderTest) -> None:
+    live_td = service(rolling)["taskDefinition"]
+    rolling.commit("rolled")
     seq = last_request()
     with watching(rolling) as seen:
         state = deploy_service(rolling.name, return_state=True)
@@ -46,12 +62,12 @@ def test_rolling_release_completes(rolling: ServiceUnderTest, tmp_path: Path) ->
     svc = service(rolling)
     (primary,) = svc["deployments"]
     assert (primary["status"], primary["rolloutState"], primary["taskDefinition"]) == ("PRIMARY", "COMPLETED", td)
-    assert svc["taskDefinition"] == td != seed_td
-    assert all("sample-app v1" in rolling.get("/").text for _ in range(5))
+    assert svc["taskDefinition"] == td != live_td
+    assert all("sample-app rolled" in rolling.get("/").text for _ in range(5))
     assert seen and all(s.startswith("200 ") for s in seen), "no failed request during the rollout"
     # CodePipeline's hand-over files for the image this run deployed.
     image = aws("ecs").describe_task_definition(taskDefinition=td)["taskDefinition"]["containerDefinitions"][0]["image"]
-    out = tmp_path / "artifacts" / rolling.name
+    out = artifacts(rolling) / rolling.name
     assert json.loads((out / "imagedefinitions.json").read_text()) == [{"name": "web", "imageUri": image}]
     assert json.loads((out / "imageDetail.json").read_text()) == {"ImageURI": image}
 
@@ -60,7 +76,8 @@ def test_rolling_release_completes(rolling: ServiceUnderTest, tmp_path: Path) ->
 
 
 def test_circuit_breaker_fails_the_run_and_the_previous_revision_serves(rolling: ServiceUnderTest) -> None:
-    seed_td = service(rolling)["taskDefinition"]
+    live_td = service(rolling)["taskDefinition"]
+    (before,) = serving_versions(rolling)
     rolling.commit("v2-sick", broken="health")
     with watching(rolling) as seen:
         state = deploy_service(rolling.name, return_state=True)
@@ -70,18 +87,19 @@ def test_circuit_breaker_fails_the_run_and_the_previous_revision_serves(rolling:
     assert "task(s) stopped: Task failed ELB health checks" in message
     svc = service(rolling)
     primary = next(d for d in svc["deployments"] if d["status"] == "PRIMARY")
-    assert (primary["taskDefinition"], primary["rolloutState"]) == (seed_td, "COMPLETED")
-    assert svc["taskDefinition"] == seed_td
-    assert seen and all(s == "200 sample-app seed: hello from ecs-pipeline" for s in seen)
+    assert (primary["taskDefinition"], primary["rolloutState"]) == (live_td, "COMPLETED")
+    assert svc["taskDefinition"] == live_td
+    assert seen and all(s == f"200 sample-app {before}: hello from ecs-pipeline" for s in seen)
 
 
 def test_failed_production_check_rolls_back_by_update_service(rolling: ServiceUnderTest) -> None:
-    seed_td = service(rolling)["taskDefinition"]
+    live_td = service(rolling)["taskDefinition"]
+    (before,) = serving_versions(rolling)
     rolling.commit("v2-500", broken="root")  # healthy for the load balancer, / answers 500
     state = deploy_service(rolling.name, return_state=True)
     assert outcome_of(state) == "Rolled back", state.message
     assert (state.message or "").startswith("Rolled back: GET / failed verification: returned 500 on ")
     svc = service(rolling)
     (primary,) = [d for d in svc["deployments"] if d["status"] == "PRIMARY"]
-    assert (primary["taskDefinition"], primary["rolloutState"]) == (seed_td, "COMPLETED")
-    assert all("sample-app seed" in rolling.get("/").text for _ in range(5))
+    assert (primary["taskDefinition"], primary["rolloutState"]) == (live_td, "COMPLETED")
+    assert serving_versions(rolling, 5) == {before}
