@@ -101,7 +101,10 @@ def run_release(steps: Steps, release: Release, progress: ShiftProgress) -> Outc
         run_steps(release, steps.before_production())
         if cfg.approval == "required" and steps.pauses_for_approval():
             with release.stage("approval"):
-                request_approval(cfg.name, summary.markdown(), cfg.approval_timeout_seconds)
+                # A person's answer is seen within 5 s (1 s in a fast rehearsal, where the canary is seconds long).
+                every = max(1, round(release.clients.settings.scaled(5)))
+                request_approval(cfg.name, summary.markdown(), cfg.approval_timeout_seconds,
+                                 poll_interval_seconds=every)
         run_steps(release, steps.to_production())
     except BaseException as exc:
         # Catch everything (cancellation and SIGTERM too) only to put traffic back, then decide.

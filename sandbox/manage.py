@@ -277,6 +277,8 @@ def _prefect_env(lay: Layout, db: Database = "sqlite") -> dict[str, str]:
         PREFECT_SERVER_UI_ENABLED="true",
         # The UI's own API calls: without this they go to :4200, another sandbox's server or none.
         PREFECT_UI_API_URL=f"http://127.0.0.1:{lay.prefect_port}/api",
+        # Events reach the UI (and anything reading them back) within a second, not Prefect's default 5 s.
+        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL="1",
     )
     if db == "postgres":
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.connection_url(lay)
