@@ -26,6 +26,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, VariableCreate, VariableUpdate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import State, StateType
+from prefect.context import SyncClientContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Crashed
 
@@ -137,19 +138,36 @@ def mark_crashed(client: SyncPrefectClient, run_id: str, why: str) -> None:
         client.set_flow_run_state(UUID(run_id), Crashed(message=why), force=True)
 
 
-def _keep_alive(held: Held, interval: float, stop: threading.Event) -> None:
-    """Renew Prefect's lease and our heartbeat until stopped; flag the hold as lost if either fails."""
-    with get_client(sync_client=True) as client:
-        while not stop.wait(interval):
-            try:
-                beat = read_heartbeat(client, held.service)
-                if beat is not None and beat.get("lease") != str(held.lease_id):
-                    held.lost.set()  # another run found us stale and took the service
-                    return
-                client.renew_concurrency_lease(held.lease_id, lease_duration=PREFECT_LEASE_SECONDS)
-                write_heartbeat(client, held, exists=beat is not None)
-            except Exception:  # noqa: BLE001 - one failed renewal is retried; the lease outlives it
-                continue
+def _keep_alive(held: Held, interval: float, stop: threading.Event, client: SyncPrefectClient | None) -> None:
+    """Renew Prefect's lease and our heartbeat until stopped; flag the hold as lost if either fails.
+
+    CLIENT: the run's own open client (its flow run keeps it open until after the lock is let go);
+    without one, the thread opens its own.
+    """
+    if client is None:
+        with get_client(sync_client=True) as own:
+            _beat(held, interval, stop, own)
+    else:
+        _beat(held, interval, stop, client)
+
+
+def _beat(held: Held, interval: float, stop: threading.Event, client: SyncPrefectClient) -> None:
+    while not stop.wait(interval):
+        try:
+            beat = read_heartbeat(client, held.service)
+            if beat is not None and beat.get("lease") != str(held.lease_id):
+                held.lost.set()  # another run found us stale and took the service
+                return
+            client.renew_concurrency_lease(held.lease_id, lease_duration=PREFECT_LEASE_SECONDS)
+            write_heartbeat(client, held, exists=beat is not None)
+        except Exception:  # noqa: BLE001 - one failed renewal is retried; the lease outlives it
+            continue
+
+
+def _open_run_client() -> SyncPrefectClient | None:
+    """The flow run's API client, open until the run ends (httpx clients are thread-safe); None outside a run."""
+    ctx = SyncClientContext.get()
+    return ctx.client if ctx is not None else None
 
 
 @contextmanager
@@ -175,7 +193,8 @@ def service_lock(service: str, run_id: str | None, stale_after: float = 30.0) ->
         log.warning("took the deploy slot of %s from run %s, which had stopped", service, took_over)
     log.info("holding the deploy slot of %s", service)
     stop = threading.Event()
-    beat = threading.Thread(target=_keep_alive, args=(held, max(1.0, stale_after / 6), stop), daemon=True)
+    every = max(1.0, stale_after / 6)
+    beat = threading.Thread(target=_keep_alive, args=(held, every, stop, _open_run_client()), daemon=True)
     beat.start()
     try:
         yield held
