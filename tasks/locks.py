@@ -188,7 +188,7 @@ def service_lock(service: str, run_id: str | None, stale_after: float = 30.0) ->
         # A free slot with a stale heartbeat: the holder died and Prefect's lease ran out first.
         took_over = took_over or _free_dead_holder(client, service, stale_after, run_id)
         held = Held(service, lease, run_id, took_over)
-        write_heartbeat(client, held)
+        write_heartbeat(client, held, exists=False)  # its last holder deleted it: create first, update if not
     if took_over:
         log.warning("took the deploy slot of %s from run %s, which had stopped", service, took_over)
     log.info("holding the deploy slot of %s", service)
@@ -266,21 +266,39 @@ class RunStates:
     PAGE = 200  # the most runs the API returns for one filter
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._guard = threading.Lock()  # the dicts below
+        self._reading = threading.Lock()  # one read at a time; the others keep the last answer meanwhile
         self._asked: dict[str, float] = {}
         self._states: dict[str, State[Any] | None] = {}
         self._read_at = float("-inf")
 
     def state_of(self, run_id: str, every: float) -> State[Any] | None:
-        """RUN_ID's state, read at most EVERY seconds ago (one read for every run asked about lately)."""
-        with self._lock:  # the others wait for the one read instead of making their own
-            now = time.monotonic()
-            self._asked[run_id] = now
-            if run_id not in self._states or now - self._read_at >= every:
-                self._asked = {r: t for r, t in self._asked.items() if now - t < max(30.0, 10 * every)}
-                self._states = self._read(list(self._asked))
-                self._read_at = time.monotonic()
+        """RUN_ID's state as last read, at most EVERY seconds ago (plus one read in progress)."""
+        with self._guard:
+            self._asked[run_id] = time.monotonic()
+            known = run_id in self._states
+        # A run read before goes on with its last state while another thread reads; a new one waits.
+        if self._due(run_id, every) and self._reading.acquire(blocking=not known):
+            try:
+                if self._due(run_id, every):
+                    self._refresh(every)
+            finally:
+                self._reading.release()
+        with self._guard:
             return self._states.get(run_id)
+
+    def _due(self, run_id: str, every: float) -> bool:
+        with self._guard:
+            return run_id not in self._states or time.monotonic() - self._read_at >= every
+
+    def _refresh(self, every: float) -> None:
+        with self._guard:
+            now = time.monotonic()
+            self._asked = {r: t for r, t in self._asked.items() if now - t < max(30.0, 10 * every)}
+            wanted = list(self._asked)
+        found = self._read(wanted)
+        with self._guard:
+            self._states, self._read_at = found, time.monotonic()
 
     def _read(self, run_ids: list[str]) -> dict[str, State[Any] | None]:
         found: dict[str, State[Any] | None] = {}
