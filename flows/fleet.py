@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 from uuid import UUID
 
-from prefect import flow, get_run_logger, tags, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
@@ -44,7 +44,7 @@ from tasks.errors import PipelineError
 from tasks.fleet import FleetSummary, ServiceResult, classify, plan_waves, select_services
 from tasks.models import ServiceConfig, load_all_services
 from tasks.outcome import outcome_of
-from tasks.runs import DEPLOY_DEPLOYMENT, run_tags
+from tasks.runs import DEPLOY_DEPLOYMENT, ensure_run_tags, run_tags
 from tasks.settings import Settings
 from tasks.source import redact_url, resolve_heads
 from tasks.waits import stop_every_release
@@ -136,13 +136,20 @@ def target_shas(configs: Sequence[ServiceConfig], sha: str | None, summary: Flee
 @task(name="release service", task_run_name="release {service}@{sha:.7}", cache_policy=NO_CACHE,
       persist_result=False)  # fmt: skip
 def release_here(service: str, sha: str, wave: int, origin: str) -> ServiceResult:
-    """deploy-service for SERVICE as a child flow run in this process; its end, whatever it is, as a line."""
+    """deploy-service for SERVICE as a child flow run in this process; its end, whatever it is, as a line.
+
+    The child gets its tags from deploy-service itself (``service:`` and ``sha:``, before its lock) and
+    here (``trigger:``, once over), not from a tags context: Prefect gives a context's tags to every
+    task run too, and asks the server for a concurrency slot per tagged task run (a round trip
+    through one event loop shared by the whole fleet, before each of the release's tasks).
+    """
     started = time.monotonic()
-    with tags(*run_tags(service, sha, origin)):
-        state = deploy_service(service=service, sha=sha, return_state=True)
+    state = deploy_service(service=service, sha=sha, return_state=True)
     name = outcome_of(state)
     message = (state.message or "").removeprefix(f"{name}: ")
     run_id = state.state_details.flow_run_id
+    if run_id:
+        ensure_run_tags(run_id, service, sha, origin)
     outcome = classify(str(state.type.value), name)
     seconds = time.monotonic() - started
     return ServiceResult(service, sha, wave, outcome, name, seconds, message, str(run_id) if run_id else None)

@@ -24,7 +24,9 @@ from uuid import UUID
 from prefect import get_run_logger
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, VariableCreate, VariableUpdate
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import State, StateType
+from prefect.context import SyncClientContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Crashed
 
@@ -70,10 +72,13 @@ def read_heartbeat(client: SyncPrefectClient, service: str) -> dict[str, Any] | 
     return found.value if found is not None and isinstance(found.value, dict) else None
 
 
-def write_heartbeat(client: SyncPrefectClient, held: Held) -> None:
+def write_heartbeat(client: SyncPrefectClient, held: Held, exists: bool | None = None) -> None:
+    """EXISTS: whether the caller just read the variable (None: look first)."""
     value = {"run": held.run_id, "lease": str(held.lease_id), "at": time.time()}
     name = heartbeat_name(held.service)
-    if client.read_variable_by_name(name) is not None:
+    if exists is None:
+        exists = client.read_variable_by_name(name) is not None
+    if exists:
         client.update_variable(VariableUpdate(name=name, value=value))
         return
     try:
@@ -133,19 +138,36 @@ def mark_crashed(client: SyncPrefectClient, run_id: str, why: str) -> None:
         client.set_flow_run_state(UUID(run_id), Crashed(message=why), force=True)
 
 
-def _keep_alive(held: Held, interval: float, stop: threading.Event) -> None:
-    """Renew Prefect's lease and our heartbeat until stopped; flag the hold as lost if either fails."""
-    with get_client(sync_client=True) as client:
-        while not stop.wait(interval):
-            try:
-                beat = read_heartbeat(client, held.service)
-                if beat is not None and beat.get("lease") != str(held.lease_id):
-                    held.lost.set()  # another run found us stale and took the service
-                    return
-                client.renew_concurrency_lease(held.lease_id, lease_duration=PREFECT_LEASE_SECONDS)
-                write_heartbeat(client, held)
-            except Exception:  # noqa: BLE001 - one failed renewal is retried; the lease outlives it
-                continue
+def _keep_alive(held: Held, interval: float, stop: threading.Event, client: SyncPrefectClient | None) -> None:
+    """Renew Prefect's lease and our heartbeat until stopped; flag the hold as lost if either fails.
+
+    CLIENT: the run's own open client (its flow run keeps it open until after the lock is let go);
+    without one, the thread opens its own.
+    """
+    if client is None:
+        with get_client(sync_client=True) as own:
+            _beat(held, interval, stop, own)
+    else:
+        _beat(held, interval, stop, client)
+
+
+def _beat(held: Held, interval: float, stop: threading.Event, client: SyncPrefectClient) -> None:
+    while not stop.wait(interval):
+        try:
+            beat = read_heartbeat(client, held.service)
+            if beat is not None and beat.get("lease") != str(held.lease_id):
+                held.lost.set()  # another run found us stale and took the service
+                return
+            client.renew_concurrency_lease(held.lease_id, lease_duration=PREFECT_LEASE_SECONDS)
+            write_heartbeat(client, held, exists=beat is not None)
+        except Exception:  # noqa: BLE001 - one failed renewal is retried; the lease outlives it
+            continue
+
+
+def _open_run_client() -> SyncPrefectClient | None:
+    """The flow run's API client, open until the run ends (httpx clients are thread-safe); None outside a run."""
+    ctx = SyncClientContext.get()
+    return ctx.client if ctx is not None else None
 
 
 @contextmanager
@@ -166,12 +188,13 @@ def service_lock(service: str, run_id: str | None, stale_after: float = 30.0) ->
         # A free slot with a stale heartbeat: the holder died and Prefect's lease ran out first.
         took_over = took_over or _free_dead_holder(client, service, stale_after, run_id)
         held = Held(service, lease, run_id, took_over)
-        write_heartbeat(client, held)
+        write_heartbeat(client, held, exists=False)  # its last holder deleted it: create first, update if not
     if took_over:
         log.warning("took the deploy slot of %s from run %s, which had stopped", service, took_over)
     log.info("holding the deploy slot of %s", service)
     stop = threading.Event()
-    beat = threading.Thread(target=_keep_alive, args=(held, max(1.0, stale_after / 6), stop), daemon=True)
+    every = max(1.0, stale_after / 6)
+    beat = threading.Thread(target=_keep_alive, args=(held, every, stop, _open_run_client()), daemon=True)
     beat.start()
     try:
         yield held
@@ -215,21 +238,77 @@ class StopWatch:
     Read by every wait loop (tasks/waits.checkpoint), at most every ``every`` seconds
     for the API call, so a cancel from the UI or ``prefect flow-run cancel`` rolls the
     release back even when no runner is there to send SIGTERM (an in-process CLI run).
+    The releases of one process (a fleet run's threads) share that call (``RunStates``).
     """
 
     def __init__(self, run_id: str | None, every: float = 2.0) -> None:
         self.run_id, self.every = run_id, every
         self.held: Held | None = None
-        self._next = 0.0
 
     def __call__(self) -> str | None:
         if self.held is not None and self.held.lost.is_set():
             return "another run took the deploy slot (this run's heartbeat had stopped)"
-        if self.run_id is None or time.monotonic() < self._next:
+        if self.run_id is None:
             return None
-        self._next = time.monotonic() + self.every
-        with get_client(sync_client=True) as client:
-            state = client.read_flow_run(UUID(self.run_id)).state
+        state = RUN_STATES.state_of(self.run_id, self.every)
         if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
             return f"cancelled ({state.message or 'from the Prefect API'})"
         return None
+
+
+class RunStates:
+    """The states of the runs this process watches, all read in one API call at most every few seconds.
+
+    Twenty releases in one fleet process, each reading its own run every two seconds, made ten reads
+    a second; now one read serves them all. A run nobody asked about for a while is no longer read.
+    """
+
+    PAGE = 200  # the most runs the API returns for one filter
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()  # the dicts below
+        self._reading = threading.Lock()  # one read at a time; the others keep the last answer meanwhile
+        self._asked: dict[str, float] = {}
+        self._states: dict[str, State[Any] | None] = {}
+        self._read_at = float("-inf")
+
+    def state_of(self, run_id: str, every: float) -> State[Any] | None:
+        """RUN_ID's state as last read, at most EVERY seconds ago (plus one read in progress)."""
+        with self._guard:
+            self._asked[run_id] = time.monotonic()
+            known = run_id in self._states
+        # A run read before goes on with its last state while another thread reads; a new one waits.
+        if self._due(run_id, every) and self._reading.acquire(blocking=not known):
+            try:
+                if self._due(run_id, every):
+                    self._refresh(every)
+            finally:
+                self._reading.release()
+        with self._guard:
+            return self._states.get(run_id)
+
+    def _due(self, run_id: str, every: float) -> bool:
+        with self._guard:
+            return run_id not in self._states or time.monotonic() - self._read_at >= every
+
+    def _refresh(self, every: float) -> None:
+        with self._guard:
+            now = time.monotonic()
+            self._asked = {r: t for r, t in self._asked.items() if now - t < max(30.0, 10 * every)}
+            wanted = list(self._asked)
+        found = self._read(wanted)
+        with self._guard:
+            self._states, self._read_at = found, time.monotonic()
+
+    def _read(self, run_ids: list[str]) -> dict[str, State[Any] | None]:
+        found: dict[str, State[Any] | None] = {}
+        with get_client(sync_client=True) as client:
+            for i in range(0, len(run_ids), self.PAGE):
+                page = [UUID(r) for r in run_ids[i : i + self.PAGE]]
+                only = FlowRunFilter(id=FlowRunFilterId(any_=page))
+                runs = client.read_flow_runs(flow_run_filter=only, limit=len(page))
+                found.update({str(run.id): run.state for run in runs})
+        return found
+
+
+RUN_STATES = RunStates()

@@ -8,6 +8,7 @@ any AWS or Docker call. Numbers and booleans are strict: ``"2"`` is not 2.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -313,11 +314,22 @@ def _service_files(directory: Path) -> list[Path]:
 
 
 def _ecs_target(path: Path) -> tuple[str, str] | None:
-    """(cluster, service) as written in a YAML file, or None when it cannot tell (a lenient read)."""
+    """(cluster, service) as written in a YAML file, or None when it cannot tell (a lenient read).
+
+    Every release reads every other file of its folder: each text is parsed once per process.
+    """
     try:
-        ecs = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("ecs") or {}
+        return _ecs_target_in(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _ecs_target_in(text: str) -> tuple[str, str] | None:
+    try:
+        ecs = (yaml.safe_load(text) or {}).get("ecs") or {}
         return str(ecs["cluster"]), str(ecs["service"])
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError, KeyError, TypeError):
+    except (yaml.YAMLError, AttributeError, KeyError, TypeError):
         return None
 
 

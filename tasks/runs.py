@@ -9,6 +9,7 @@ deploys in turn.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -148,12 +149,25 @@ def commit_order_for(cfg: ServiceConfig | None, cache_dir: Path | None) -> Commi
     repo = cfg.repo_location
 
     def order(base: str, other: str) -> source.Ancestry:
+        known = _ORDERS.get((repo, base, other))
+        if known is not None:
+            return known
         try:
-            return source.commit_order(repo, base, other, cache_dir=cache_dir)
+            found = source.commit_order(repo, base, other, cache_dir=cache_dir)
         except PipelineError:  # git unreachable: fall back to creation order
             return "unknown"
+        if found != "unknown":  # how two commits relate never changes; "unknown" may (a later fetch)
+            with _ORDERS_LOCK:
+                _ORDERS[(repo, base, other)] = found
+        return found
 
     return order
+
+
+# (repo, base, other) -> how OTHER relates to BASE, once git told: each release compares its commit with
+# every run of its service (git subprocesses under the repository's lock, which a monorepo fleet shares).
+_ORDERS: dict[tuple[str, str, str], source.Ancestry] = {}
+_ORDERS_LOCK = threading.Lock()
 
 
 def wins_over(run: FlowRun, other: FlowRun, order: CommitOrder | None) -> bool:
@@ -269,11 +283,14 @@ def _refused(run: FlowRun) -> bool:
     return run.state_name == NOT_NEWER or (message or "").startswith(NOT_NEWER + ":")
 
 
-def ensure_run_tags(flow_run_id: UUID | str, service: str, sha: str | None) -> None:
-    """Give a run started without tags (UI Run button, event trigger) the ones searches rely on."""
+def ensure_run_tags(flow_run_id: UUID | str, service: str, sha: str | None, origin: str | None = None) -> None:
+    """Give a run started without tags (UI Run button, event trigger) the ones searches rely on.
+
+    ORIGIN: also its ``trigger:`` tag (a fleet run's children get it once they are over).
+    """
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(str(flow_run_id)))
-        wanted = [t for t in run_tags(service, sha, "") if not t.startswith("trigger:")]
+        wanted = [t for t in run_tags(service, sha, origin or "") if origin or not t.startswith("trigger:")]
         missing = [t for t in wanted if t not in run.tags]
         if missing:
             client.update_flow_run(run.id, tags=[*run.tags, *missing])

@@ -38,13 +38,17 @@ READ_ONLY = frozenset(
 
 
 @lru_cache(maxsize=1)
-def register_input_keys() -> frozenset[str]:
-    """RegisterTaskDefinition's accepted top-level keys, from botocore's own model."""
+def _register_input_shape() -> Any:
+    """botocore's RegisterTaskDefinition input shape, decoded once per process (the ECS model is megabytes)."""
     import botocore.session
 
-    model = botocore.session.get_session().get_service_model("ecs")
-    shape = model.operation_model("RegisterTaskDefinition").input_shape
-    return frozenset(shape.members)
+    return botocore.session.get_session().get_service_model("ecs").operation_model("RegisterTaskDefinition").input_shape
+
+
+@lru_cache(maxsize=1)
+def register_input_keys() -> frozenset[str]:
+    """RegisterTaskDefinition's accepted top-level keys, from botocore's own model."""
+    return frozenset(_register_input_shape().members)
 
 
 def load_template(path: Path) -> dict[str, Any]:
@@ -141,13 +145,9 @@ def check_register_input(td: dict[str, Any], source: str) -> None:
     botocore's own report quotes every wrong value, so its structured errors are
     worded here with the field path and the expected type only.
     """
-    import botocore.session
     import botocore.validate
 
-    model = botocore.session.get_session().get_service_model("ecs")
-    report = botocore.validate.ParamValidator().validate(
-        td, model.operation_model("RegisterTaskDefinition").input_shape
-    )
+    report = botocore.validate.ParamValidator().validate(td, _register_input_shape())
     if not report.has_errors():
         return
     lines = []

@@ -11,15 +11,24 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import VariableCreate
 from prefect.runtime import flow_run
-from prefect.states import Running
+from prefect.states import Cancelling, Running
 
-from tasks.locks import commit_of_run, heartbeat_name, lock_name, read_heartbeat, service_lock
+from tasks.locks import (
+    RunStates,
+    StopWatch,
+    commit_of_run,
+    heartbeat_name,
+    lock_name,
+    read_heartbeat,
+    service_lock,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STALE = 5.0
@@ -134,3 +143,36 @@ def test_a_dead_holder_whose_prefect_lease_ran_out_is_still_found() -> None:
         assert state is not None and state.name == "Crashed", state
     finally:
         cleanup(service)
+
+
+class CountingRunStates(RunStates):
+    """RunStates that counts its reads of the API."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[list[str]] = []
+
+    def _read(self, run_ids: list[str]) -> dict[str, Any]:
+        self.reads.append(sorted(run_ids))
+        return super()._read(run_ids)
+
+
+def test_the_releases_of_a_process_share_one_read_of_their_states_and_each_sees_its_own_cancel() -> None:
+    with get_client(sync_client=True) as client:
+        runs = [client.create_flow_run(take, parameters={"service": "x"}, state=Running()) for _ in range(3)]
+        client.set_flow_run_state(runs[1].id, Cancelling(message="stop this one"), force=True)
+    ids = [str(r.id) for r in runs]
+    try:
+        states = CountingRunStates()
+        first = [states.state_of(i, every=3600) for i in ids]  # each new run is read at once, with the others
+        assert states.reads == [ids[:1], sorted(ids[:2]), sorted(ids)]
+        again = [states.state_of(i, every=3600) for i in ids]  # the last read answered all three
+        assert len(states.reads) == 3
+        assert [s.type.value if s else None for s in again] == [s.type.value if s else None for s in first]
+        assert [s.type.value if s else None for s in again] == ["RUNNING", "CANCELLING", "RUNNING"]
+        assert StopWatch(ids[1])() == "cancelled (stop this one)"
+        assert StopWatch(ids[0])() is None
+    finally:
+        with get_client(sync_client=True) as client:
+            for run in runs:
+                client.delete_flow_run(run.id)

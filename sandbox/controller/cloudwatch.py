@@ -7,6 +7,7 @@ points, and metric alarms on those metrics flip between OK and ALARM.
 
 from __future__ import annotations
 
+import bisect
 import json
 import operator
 import threading
@@ -35,7 +36,8 @@ class Metrics:
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, Dims], float] = defaultdict(float)
         self._timing: dict[Dims, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        self._points: list[tuple[float, str, Dims, float]] = []
+        # (name, dims) -> (time, value) in time order: an alarm reads its few series, not every point
+        self._series: dict[tuple[str, Dims], list[tuple[float, float]]] = defaultdict(list)
         self._last_flush = now()
 
     def record(self, lb_arn: str, tg_arn: str | None, status: int, from_target: bool,
@@ -72,10 +74,15 @@ class Metrics:
                 pending[("TargetResponseTime", dims)] = total / count
             self._timing.clear()
             pending.update(gauges)
-            for (name, dims), value in pending.items():
-                self._points.append((t, name, dims, value))
+            for key, value in pending.items():
+                self._series[key].append((t, value))
             horizon = t - scaled(3600 * 6, floor=600)
-            self._points = [p for p in self._points if p[0] >= horizon]
+            for key in list(self._series):
+                kept = self._series[key][bisect.bisect_left(self._series[key], horizon, key=lambda p: p[0]):]
+                if kept:
+                    self._series[key] = kept
+                else:
+                    del self._series[key]
         if not pending:
             return
         data = [{
@@ -96,11 +103,16 @@ class Metrics:
 
     def points(self, name: str, dims: dict[str, str], start: float, end: float) -> list[float]:
         """Data points of a metric whose dimensions include ``dims``, in [start, end)."""
+        def matches(key: tuple[str, Dims]) -> bool:
+            return key[0] == name and all(dict(key[1]).get(k) == val for k, val in dims.items())
+
         with self._lock:
-            pending = [(now(), n, d, v) for (n, d), v in self._pending.items()]
-            rows = self._points + pending
-        return [v for (t, n, d, v) in rows
-                if n == name and start <= t < end and all(dict(d).get(k) == val for k, val in dims.items())]
+            found = [v for key, series in self._series.items() if matches(key)
+                     for _, v in series[bisect.bisect_left(series, start, key=lambda p: p[0]):
+                                        bisect.bisect_left(series, end, key=lambda p: p[0])]]
+            if start <= now() < end:
+                found += [v for key, v in self._pending.items() if matches(key)]
+        return found
 
 
 def _host_counts() -> dict[tuple[str, Dims], float]:
