@@ -269,8 +269,10 @@ def checkout(repo: str, sha: str, cache_dir: Path) -> Path:
         _git(["worktree", "prune"], repo, cwd=mirror, what="worktree prune")
         if _find_commit(repo, "(any)", sha, mirror) is None:
             raise BuildError(f"commit {sha} not found in {redact_url(repo)}; check the SHA")
+        # -f -f: a worker killed inside `worktree add` leaves the tree registered and locked
+        # ("initializing") with its folder gone; this cache is ours and the folder was just removed.
         _git(
-            ["worktree", "add", "--quiet", "--detach", str(tree), sha],
+            ["worktree", "add", "--quiet", "--force", "--force", "--detach", str(tree), sha],
             repo,
             cwd=mirror,
             what="worktree add",

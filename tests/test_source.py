@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,20 @@ def test_checkout_gives_exact_commit_and_reuses_it(repo: dict[str, str], tmp_pat
     assert info["author"] == "Dev One <dev@example.com>"
     assert repo["first"].startswith(info["short"])
     assert info["date"][:4].isdigit()
+
+
+def test_checkout_after_a_kill_inside_worktree_add(repo: dict[str, str], tmp_path: Path) -> None:
+    """A worker killed while git added the work tree leaves it registered and locked ("initializing")
+    with its folder gone or half made; the rerun's checkout must still give the commit."""
+    cache = tmp_path / "cache"
+    tree = checkout(repo["path"], repo["first"], cache)
+    mirror = Path(git(tree, "rev-parse", "--git-common-dir"))
+    git(mirror, "worktree", "lock", "--reason", "initializing", str(tree))
+    shutil.rmtree(tree)
+    assert "locked" in git(mirror, "worktree", "list", "--porcelain")
+    again = checkout(repo["path"], repo["first"], cache)
+    assert again == tree and (again / "app.txt").read_text() == "v1\n"
+    assert git(again, "rev-parse", "HEAD") == repo["first"]
 
 
 def test_checkout_of_another_sha_uses_the_same_mirror(repo: dict[str, str], tmp_path: Path) -> None:
