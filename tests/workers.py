@@ -72,9 +72,10 @@ class Worker:
         return self.log.read_text(errors="replace")
 
     def ran(self, run_id: Any) -> bool:
-        """This worker took the run (a worker that loses the race logs an aborted submission)."""
+        """This worker took the run at least once: a worker that loses a race for it logs an aborted
+        submission, and may lose the first race and win a retry's."""
         text = self.text()
-        return f"submitting flow run '{run_id}'" in text and f"Aborted submission of flow run '{run_id}'" not in text
+        return text.count(f"submitting flow run '{run_id}'") > text.count(f"Aborted submission of flow run '{run_id}'")
 
     def wait_for(self, text: str, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
