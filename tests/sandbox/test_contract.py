@@ -215,6 +215,13 @@ def codedeploy_release(stack: Any, emu: Any, images: dict[str, str], aws: Reader
 
 
 # -- the facts -----------------------------------------------------------------------------------
+def only_revision(aws: Reader, cluster: str, task_definition: str) -> bool:
+    """Every task ECS wants running in CLUSTER runs TASK_DEFINITION (and there is one)."""
+    arns = aws("ecs", "ListTasks", cluster=cluster, desiredStatus="RUNNING")["taskArns"]
+    tasks = aws("ecs", "DescribeTasks", cluster=cluster, tasks=arns)["tasks"] if arns else []
+    return bool(tasks) and all(t["taskDefinitionArn"] == task_definition for t in tasks)
+
+
 def check_tasks(aws: Reader, cluster: str, task_definition: str, docker_host: str) -> list[dict[str, Any]]:
     """Every RUNNING task of the cluster runs the release and has a running container."""
     arns = aws("ecs", "ListTasks", cluster=cluster, desiredStatus="RUNNING")["taskArns"]
@@ -343,6 +350,8 @@ def test_every_read_after_a_release_fits_the_model_and_the_world(
     check_listeners(aws, emu, native.name, "v2\n")
     dep_id, green = codedeploy_release(classic, emu, emu_images, aws)
     check_codedeploy(aws, classic, dep_id, green)
+    # Succeeded once blue's task set is deleted; ECS then stops its tasks (as on AWS, a moment later)
+    emu.wait_for(lambda: only_revision(aws, classic.name, green), 30, "blue's tasks to stop")
     check_tasks(aws, classic.name, green, emu.docker_host)
     check_listeners(aws, emu, classic.name, "green\n")
     check_ecr(aws, emu_images["v2"])

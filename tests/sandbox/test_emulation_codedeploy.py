@@ -84,10 +84,14 @@ def test_ready_then_continue_shifts_production(emu: Any, emu_aws: Callable[[str]
 
     cd.continue_deployment(deploymentId=dep_id, deploymentWaitType="READY_WAIT")
     emu.wait_for(lambda: stack.get() == (200, "green\n"), 20, "production on green")
-    target = cd.get_deployment_target(deploymentId=dep_id, targetId=f"{stack.name}:web")
-    events = {e["lifecycleEventName"]: e["status"]
-              for e in target["deploymentTarget"]["ecsTarget"]["lifecycleEvents"]}
-    assert events["AllowTraffic"] == "Succeeded" and events["Install"] == "Succeeded"
+
+    def events() -> dict[str, str]:
+        target = cd.get_deployment_target(deploymentId=dep_id, targetId=f"{stack.name}:web")["deploymentTarget"]
+        return {e["lifecycleEventName"]: e["status"] for e in target["ecsTarget"]["lifecycleEvents"]}
+
+    # AllowTraffic ends once the listener moved (production answers green a moment before it says so)
+    emu.wait_for(lambda: events()["AllowTraffic"] == "Succeeded", 20, "AllowTraffic Succeeded")
+    assert events()["Install"] == "Succeeded"
     emu.wait_for(lambda: _status(cd, dep_id) == "InProgress"
                  and cd.get_deployment(deploymentId=dep_id)["deploymentInfo"][
                      "instanceTerminationWaitTimeStarted"], 20, "termination wait")
