@@ -106,7 +106,7 @@ def release(
     with summary.stage("reconcile"):
         found = strategy.reconcile()
     if found:
-        summary.notes.append(f"left by an earlier run: {found.text}")
+        summary.notes.append(f"found in flight (an earlier run or another tool): {found.text}")
     with summary.stage("detect change"):  # the service as chosen, unless reconcile just changed it
         target = stages.detect_change(cfg, clients, asked.sha, None if found else run.service)
     summary.sha, summary.previous_task_definition = target.sha, target.live.task_definition

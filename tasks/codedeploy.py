@@ -363,9 +363,9 @@ class CodeDeploySteps(LoadBalanced):
         for info in active_deployments(cfg, cd):
             if info.get("instanceTerminationWaitTimeStarted") and deployed_task_definition(info) == live:
                 dep_id = info["deploymentId"]
-                get_run_logger().warning("finishing deployment %s left by an earlier run", dep_id)
+                get_run_logger().warning("finishing deployment %s, in flight when this run started", dep_id)
                 group = group_settings(cfg, cd)
                 url = console_url(clients.settings.region, dep_id)
                 finish(cfg, clients, Deployment(dep_id, url, live, group, group.config_name))
-                return Reconciled("forward", live, f"finished CodeDeploy deployment {dep_id} an earlier run left")
+                return Reconciled("forward", live, f"finished CodeDeploy deployment {dep_id} from its termination wait")
         return None

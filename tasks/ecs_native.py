@@ -299,7 +299,7 @@ class EcsNativeSteps(LoadBalanced):
                 td = target_task_definition(ecs, info)
                 dep = NativeDeployment(info["serviceDeploymentArn"], td, console_url(self.clients.settings.region,
                                                                                      self.cfg), True)
-                get_run_logger().warning("following service deployment %s (%s) an earlier run left",
+                get_run_logger().warning("following service deployment %s (%s), in flight when this run started",
                                          dep.arn, info["lifecycleStage"])
                 clean_up(self.cfg, self.clients, dep)
                 return Reconciled("forward", td, f"followed service deployment {dep.arn.rsplit('/', 1)[-1]} "

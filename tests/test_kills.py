@@ -154,7 +154,7 @@ def test_codedeploy_killed_mid_shift_then_rerun_finishes_the_verified_release(
     # Where CodeDeploy had got to decides how the rerun goes on: it resumes the shift, finishes the
     # termination wait, or (CodeDeploy done by then) says the dead run's release is done.
     summary = release_artifact(sut.name)
-    went_on = (", resumed)", "an earlier run left", "of this commit stopped after production moved")
+    went_on = (", resumed)", "found in flight", "of this commit stopped after production moved")
     assert any(text in summary for text in went_on), summary
 
 
