@@ -99,9 +99,11 @@ class ContainerRun:
         spec = parse_buildspec({"version": 0.2, **data}, "buildspec.yml")
         return run_buildspec(self.cfg, self.clients, spec, SHA, self.src, self.uri, log or self.lines.append)
 
-    def containers(self) -> list[Any]:
-        """The build containers of this service, running or not."""
-        return list(docker_client().containers.list(all=True, filters={"label": f"{CONTAINER_LABEL}={self.cfg.name}"}))
+    def containers(self, sparse: bool = False) -> list[Any]:
+        """The build containers of this service, running or not. SPARSE: no inspect of each one, for
+        waiting on a removal (a container removed between the list and its inspect is a 404)."""
+        return list(docker_client().containers.list(
+            all=True, sparse=sparse, filters={"label": f"{CONTAINER_LABEL}={self.cfg.name}"}))
 
 
 @pytest.fixture
@@ -144,7 +146,7 @@ def test_phases_run_in_the_build_image_with_the_checkout_and_the_docker_socket(r
     assert (run.src / "from-container.txt").read_text() == "written\n", "the checkout is mounted, not copied"
     pushed = aws("ecr").describe_images(repositoryName=run.cfg.name, imageIds=[{"imageTag": SHA[:7]}])
     assert pushed["imageDetails"], "docker build and push from inside the container reached the engine and ECR"
-    assert run.containers() == [], "the build's container is removed, and one a dead build left"
+    assert run.containers(sparse=True) == [], "the build's container is removed, and one a dead build left"
     with pytest.raises(docker.errors.NotFound):
         stray.reload()
 
@@ -165,7 +167,7 @@ def test_a_failed_or_stopped_build_names_the_phase_and_leaves_no_container(run: 
         "last output:\n  | FAIL in the container")
     assert "installed" in run.lines, "after the shell exited, the next shell runs in the same container"
     assert "never" not in run.lines
-    assert run.containers() == []
+    assert run.containers(sparse=True) == []
 
     def stop_when_started(line: str) -> None:
         if line == "started":
@@ -173,7 +175,7 @@ def test_a_failed_or_stopped_build_names_the_phase_and_leaves_no_container(run: 
 
     with pytest.raises(Stop):
         run({"phases": {"build": {"commands": ["echo started; sleep 600"]}}}, log=stop_when_started)
-    assert run.containers() == [], "the container went with the command still running in it"
+    assert run.containers(sparse=True) == [], "the container went with the command still running in it"
 
     with pytest.raises(BuildError) as err:
         ContainerRun(run.src.parent / "other", "nosuch-image:1")({"phases": {"build": {"commands": ["true"]}}})
@@ -200,9 +202,9 @@ def test_a_killed_worker_leaves_no_container(run: ContainerRun, build_image: str
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     deadline = time.monotonic() + 60
-    while run.containers() and time.monotonic() < deadline:
+    while run.containers(sparse=True) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert run.containers() == []
+    assert run.containers(sparse=True) == []
 
 
 KILLED_WORKER = """
