@@ -8,6 +8,7 @@ by the hash of its files, so a session builds it once and a later one finds it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
 import pytest
 
 from tasks.aws import AwsClients, docker_client
@@ -110,8 +112,9 @@ class ContainerRun:
 def run(tmp_path: Path, build_image: str) -> Iterator[ContainerRun]:
     made = ContainerRun(tmp_path, build_image)
     yield made
-    for left in made.containers():
-        left.remove(force=True)
+    for left in made.containers(sparse=True):
+        with contextlib.suppress(docker.errors.NotFound):  # gone on its own meanwhile
+            left.remove(force=True)
 
 
 def test_phases_run_in_the_build_image_with_the_checkout_and_the_docker_socket(run: ContainerRun,
