@@ -87,6 +87,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     from flows.pipeline import deploy_service
     from flows.terminal import Seen, run_with_view
+    from tasks.runs import ensure_run_tags
 
     if args.dry_run:
         from flows.operations import plan_release
@@ -97,24 +98,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     def release(seen: Seen) -> Any:
         def tag_cli_run(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:  # Prefect's hook signature
             seen.run_id = flow_run.id  # main thread, before the release starts
-            tag_run(flow_run, args.service, args.sha, "cli")
+            ensure_run_tags(flow_run.id, args.service, args.sha, "cli")
 
         return deploy_service.with_options(on_running=[tag_cli_run])(
             args.service, sha=args.sha, force=args.force, allow_older=args.allow_older, return_state=True
         )
 
     return run_with_view(args.service, release, args.json)
-
-
-def tag_run(run: Any, service: str, sha: str | None, origin: str) -> None:
-    """The tags searches rely on, on the run itself only (not through a tags context: see ``Seen``)."""
-    from prefect.client.orchestration import get_client
-
-    from tasks.runs import run_tags
-
-    with get_client(sync_client=True) as client:  # hooks run before the run's context (and its client) exist
-        missing = [t for t in run_tags(service, sha, origin) if t not in run.tags]
-        client.update_flow_run(run.id, tags=[*run.tags, *missing])
 
 
 def cmd_status(args: argparse.Namespace) -> int:

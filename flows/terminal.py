@@ -157,8 +157,9 @@ def run_with_view(service: str, call: Callable[[Seen], State[Any]], as_json: boo
 
 def finish(service: str, seen: Seen, state: State[Any], console: Console, as_json: bool) -> int:
     seen.run_id = seen.run_id or state.state_details.flow_run_id
-    if as_json and seen.run_id and not seen.name:
-        read_run(seen)
+    if as_json and seen.run_id and not seen.name:  # the name only: the stages are in the summary
+        with get_client(sync_client=True) as client:
+            seen.name = client.read_flow_run(seen.run_id).name
     markdown = release_markdown(seen.run_id) if seen.run_id else ""
     code = 0 if state.is_completed() else 1
     if as_json:

@@ -286,7 +286,7 @@ def _refused(run: FlowRun) -> bool:
 def ensure_run_tags(flow_run_id: UUID | str, service: str, sha: str | None, origin: str | None = None) -> None:
     """Give a run started without tags (UI Run button, event trigger) the ones searches rely on.
 
-    ORIGIN: also its ``trigger:`` tag (a fleet run's children get it once they are over).
+    ORIGIN: also its ``trigger:`` tag (the CLI's run as it starts, a fleet run's children once they are over).
     """
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(str(flow_run_id)))
