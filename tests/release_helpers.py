@@ -7,6 +7,7 @@ import json
 import shutil
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,11 +98,21 @@ class ServiceUnderTest:
         return list(aws("ecs").list_task_definitions(familyPrefix=self.name)["taskDefinitionArns"])
 
 
-def set_traffic(sut: ServiceUnderTest, traffic: dict[str, Any]) -> None:
-    """Change strategy.traffic in the service's YAML (the next release reads it)."""
+def edit_config(sut: ServiceUnderTest, change: Callable[[dict[str, Any]], None]) -> None:
+    """Apply CHANGE to the service's YAML as a dict (the next release reads it)."""
     config = yaml.safe_load(sut.yaml_path.read_text())
-    config["strategy"]["traffic"] = traffic
+    change(config)
     sut.yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def set_traffic(sut: ServiceUnderTest, traffic: dict[str, Any]) -> None:
+    """strategy.traffic of the service's YAML."""
+    edit_config(sut, lambda c: c["strategy"].__setitem__("traffic", traffic))
+
+
+def set_checks(sut: ServiceUnderTest, **fields: Any) -> None:
+    """Fields of every verify.http check in the service's YAML."""
+    edit_config(sut, lambda c: [check.update(fields) for check in c["verify"]["http"]])
 
 
 def refuse_next_call(operation: str, code: str, match: str, service: str = "ecs") -> None:

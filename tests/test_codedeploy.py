@@ -17,11 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from flows.pipeline import deploy_service
 from tasks.outcome import outcome_of
-from tests.release_helpers import ROOT, ServiceUnderTest, aws, make_service
+from tests.release_helpers import ROOT, ServiceUnderTest, aws, edit_config, make_service, set_checks
 from tests.test_pipeline import release_artifact
 
 
@@ -31,10 +30,8 @@ def deploy(name: str) -> Any:
 
 def use_appspec(sut: ServiceUnderTest, source: Path) -> None:
     """Point strategy.appspec at a copy of ``source`` next to the service's taskdef.json."""
-    config = yaml.safe_load(sut.yaml_path.read_text())
     shutil.copy(source, sut.yaml_path.parent / sut.name / "appspec.yml")
-    config["strategy"]["appspec"] = f"{sut.name}/appspec.yml"
-    sut.yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    edit_config(sut, lambda c: c["strategy"].__setitem__("appspec", f"{sut.name}/appspec.yml"))
 
 
 def seed_serving(sut: ServiceUnderTest, timeout: float = 60) -> None:
@@ -50,14 +47,6 @@ def seed_serving(sut: ServiceUnderTest, timeout: float = 60) -> None:
     while "sample-app seed" not in answer():
         assert time.monotonic() < deadline, "the seeded service never served"
         time.sleep(0.3)
-
-
-def set_checks(sut: ServiceUnderTest, **fields: Any) -> None:
-    """Change verify.http fields of every check in the service's YAML."""
-    config = yaml.safe_load(sut.yaml_path.read_text())
-    for check in config["verify"]["http"]:
-        check.update(fields)
-    sut.yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def deployments(sut: ServiceUnderTest) -> list[dict[str, Any]]:

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from flows.pipeline import deploy_service
 from tasks.outcome import outcome_of
-from tests.release_helpers import ServiceUnderTest, aws, make_service
+from tests.release_helpers import ServiceUnderTest, aws, make_service, set_traffic
 from tests.test_codedeploy import seed_serving, watching
 
 
@@ -75,9 +74,7 @@ def test_releases_move_production_by_the_configured_steps(tmp_path: Path, monkey
     """
     sut = native(tmp_path, monkeypatch, STEPS[0][0])
     for version, (traffic, steps) in enumerate(STEPS, start=2):
-        config = yaml.safe_load(sut.yaml_path.read_text())
-        config["strategy"]["traffic"] = traffic
-        sut.yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        set_traffic(sut, traffic)
         sut.commit(f"v{version}")
         with watching(sut) as seen, weights(sut) as moved:
             state = deploy_service(sut.name, return_state=True)

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from flows.pipeline import deploy_service
 from tasks.outcome import outcome_of
 from tests.fault_helpers import Released, flow_runs, wait_until
-from tests.release_helpers import ServiceUnderTest, aws, make_service
+from tests.release_helpers import ServiceUnderTest, aws, edit_config, make_service, set_checks
 from tests.test_codedeploy import seed_serving, watching
 from tests.test_ecs_native import deployments
 from tests.test_pipeline import release_artifact
@@ -36,9 +35,7 @@ def native(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traffic: dict[str, A
 
 
 def edit(sut: ServiceUnderTest, section: str, **fields: Any) -> None:
-    config = yaml.safe_load(sut.yaml_path.read_text())
-    config[section].update(fields)
-    sut.yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    edit_config(sut, lambda c: c[section].update(fields))
 
 
 def test_alarm_during_a_canary_step_rolls_back_with_ecs_reason(
@@ -67,9 +64,7 @@ def test_a_rerun_resumes_the_deployment_a_killed_run_left(tmp_path: Path, monkey
     sut = native(tmp_path, monkeypatch, {"type": "all-at-once"}, verify_paths=("/health",))
     # the checks at the pause take a few seconds (a window to kill the run in) and ECS's pause outlasts the kill
     edit(sut, "strategy", pause_timeout_seconds=86400)
-    config = yaml.safe_load(sut.yaml_path.read_text())
-    config["verify"]["http"][0].update(consecutive=10, attempts=20, interval_seconds=0.5)
-    sut.yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    set_checks(sut, consecutive=10, attempts=20, interval_seconds=0.5)
     cfg, ecs = sut.cfg, aws("ecs")
     sut.commit("v2")
     release = Released(sut, tmp_path / "killed.log", ECS_PIPELINE_LOCK_STALE_SECONDS=STALE)
@@ -80,9 +75,7 @@ def test_a_rerun_resumes_the_deployment_a_killed_run_left(tmp_path: Path, monkey
     assert paused[0]["status"] == "IN_PROGRESS" and paused[0]["lifecycleStage"] == "POST_TEST_TRAFFIC_SHIFT"
     revisions = sut.revisions()
     # Slow checks made the window to kill the run in; the rerun's checks need not take five seconds.
-    config = yaml.safe_load(sut.yaml_path.read_text())
-    config["verify"]["http"][0].update(consecutive=2, attempts=10, interval_seconds=0.1)
-    sut.yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    set_checks(sut, consecutive=2, attempts=10, interval_seconds=0.1)
     with watching(sut) as seen:
         rerun = deploy_service(sut.name, return_state=True)
     assert outcome_of(rerun) == "Deployed", rerun.message
