@@ -31,8 +31,8 @@ from sandbox.seed_network import (
     ensure_alarms,
     ensure_load_balancing,
     ensure_network,
-    error_code,
 )
+from tasks.errors import error_code
 from tasks.models import ListenerRef, ServiceConfig
 
 SAMPLE_APP = REPO / "examples" / "sample-app"

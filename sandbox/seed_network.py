@@ -14,6 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from sandbox.engine import SandboxError
+from tasks.errors import error_code
 from tasks.models import ServiceConfig
 
 NETWORK_NAME = "ecs-pipeline-sandbox"
@@ -43,10 +44,6 @@ class Clients:
                 service, endpoint_url=self._endpoint, config=self._config
             )
         return self._cache[service]
-
-
-def error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def ensure_network(aws: Clients) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from tasks.codedeploy_group import (
     shift_minutes,
     wait_for_others,
 )
-from tasks.errors import DeployError, VerifyFailed
+from tasks.errors import DeployError, VerifyFailed, error_code
 from tasks.models import ServiceConfig
 from tasks.report import emit
 from tasks.retry import stage
@@ -86,7 +86,7 @@ def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha
             description=f"ecs-pipeline {cfg.name}@{sha[:12]}",
         )["deploymentId"]
     except ClientError as exc:
-        code = exc.response["Error"]["Code"]
+        code = error_code(exc)
         if code == "DeploymentLimitExceededException":
             raise DeployError(
                 f"another deployment started in group {cfg.codedeploy_group} meanwhile: "
@@ -143,7 +143,7 @@ def continue_to_production(cfg: ServiceConfig, clients: AwsClients, dep: Deploym
     try:
         cd.continue_deployment(deploymentId=dep.id, deploymentWaitType="READY_WAIT")
     except ClientError as exc:
-        if exc.response["Error"]["Code"] != "DeploymentIsNotInReadyStateException":
+        if error_code(exc) != "DeploymentIsNotInReadyStateException":
             raise
     get_run_logger().info("deployment %s continued to production (%s)", dep.id, dep.config_name)
 
@@ -223,7 +223,7 @@ def finish(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> None:
         try:
             cd.continue_deployment(deploymentId=dep.id, deploymentWaitType="TERMINATION_WAIT")
         except ClientError as exc:
-            if exc.response["Error"]["Code"] not in (
+            if error_code(exc) not in (
                 "InvalidDeploymentStatusException", "DeploymentAlreadyCompletedException"
             ):
                 raise
@@ -259,7 +259,7 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> Ended
             stopped_here = True
             log.info("deployment %s stopped with rollback", dep.id)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] != "DeploymentAlreadyCompletedException":
+            if error_code(exc) != "DeploymentAlreadyCompletedException":
                 raise
     wait = budget(cfg, clients.settings.scaled(dep.group.termination_wait_minutes * 60))
     info = poll(lambda: ended(cd, dep.id), timeout=wait, what=f"deployment {dep.id} to stop",

@@ -16,7 +16,7 @@ from prefect import get_run_logger
 
 from tasks import appspec as appspec_mod
 from tasks.aws import AwsClients
-from tasks.errors import ConfigError, DeployError
+from tasks.errors import ConfigError, DeployError, error_code
 from tasks.models import ServiceConfig
 from tasks.waits import poll
 
@@ -64,7 +64,7 @@ def group_settings(cfg: ServiceConfig, cd: Any) -> GroupSettings:
             applicationName=cfg.codedeploy_application, deploymentGroupName=cfg.codedeploy_group
         )["deploymentGroupInfo"]
     except ClientError as exc:
-        code = exc.response["Error"]["Code"]
+        code = error_code(exc)
         if code in ("ApplicationDoesNotExistException", "DeploymentGroupDoesNotExistException"):
             raise ConfigError(
                 f"strategy.codedeploy_group: {code}: application {cfg.codedeploy_application}, "
@@ -96,7 +96,7 @@ def ensure_deployment_config(cfg: ServiceConfig, cd: Any, group: GroupSettings) 
                 deploymentConfigName=name, computePlatform="ECS", trafficRoutingConfig=routing
             )
         except ClientError as exc:
-            if exc.response["Error"]["Code"] != "DeploymentConfigAlreadyExistsException":
+            if error_code(exc) != "DeploymentConfigAlreadyExistsException":
                 raise
     return name
 
@@ -180,7 +180,7 @@ def lifecycle(cd: Any, deployment_id: str) -> dict[str, Any]:
             return {}
         found = cd.get_deployment_target(deploymentId=deployment_id, targetId=ids[0])
     except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("DeploymentNotStartedException",):
+        if error_code(exc) in ("DeploymentNotStartedException",):
             return {}
         raise
     return found["deploymentTarget"].get("ecsTarget") or {}

@@ -1,6 +1,6 @@
 """ECR: the repository an image goes to, what is already in it, and how to log in.
 
-AWS errors are told apart by ``exc.response["Error"]["Code"]``; codes this
+AWS errors are told apart by ``tasks.errors.error_code``; codes this
 module does not expect propagate unchanged so ``tasks.retry`` can judge them.
 """
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from tasks.errors import ConfigError, DeployError, VerifyFailed
+from tasks.errors import ConfigError, DeployError, VerifyFailed, error_code
 from tasks.taskdef import SHA_TAG
 from tasks.waits import poll
 
@@ -26,7 +26,7 @@ def describe_service(ecs: Any, cluster: str, service: str) -> dict[str, Any]:
     try:
         found = ecs.describe_services(cluster=cluster, services=[service])
     except ClientError as exc:
-        if exc.response["Error"]["Code"] == "ClusterNotFoundException":
+        if error_code(exc) == "ClusterNotFoundException":
             raise ConfigError(f"ecs.cluster: cluster {cluster!r} does not exist") from exc
         raise
     live = [s for s in found.get("services", []) if s.get("status") != "INACTIVE"]
@@ -99,7 +99,7 @@ def describe_latest(ecs: Any, family: str) -> dict[str, Any] | None:
     try:
         found = ecs.describe_task_definition(taskDefinition=family, include=["TAGS"])
     except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("ClientException", "InvalidParameterException"):
+        if error_code(exc) in ("ClientException", "InvalidParameterException"):
             return None
         raise
     return {**found["taskDefinition"], "tags": found.get("tags", [])}
@@ -252,7 +252,7 @@ def delete_task_set(ecs: Any, cluster: str, service: str, task_set_arn: str) -> 
     try:
         ecs.delete_task_set(cluster=cluster, service=service, taskSet=task_set_arn, force=True)
     except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("TaskSetNotFoundException",):
+        if error_code(exc) in ("TaskSetNotFoundException",):
             return False
         raise
     return True

@@ -21,7 +21,7 @@ from prefect import get_run_logger
 from tasks import ecs as ecs_ops
 from tasks import verify
 from tasks.aws import AwsClients
-from tasks.errors import DeployError, RolledBack, VerifyFailed
+from tasks.errors import DeployError, RolledBack, VerifyFailed, error_code
 from tasks.models import ServiceConfig
 from tasks.retry import stage
 from tasks.strategy import LoadBalanced, Reconciled, Release, RollbackResult, Step
@@ -210,7 +210,7 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, dep: NativeDeployment) ->
                 ecs.stop_service_deployment(serviceDeploymentArn=dep.arn, stopType="ROLLBACK")
             log.info("service deployment %s: rollback requested", dep.arn)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] not in ("ConflictException", "InvalidParameterException"):
+            if error_code(exc) not in ("ConflictException", "InvalidParameterException"):
                 raise
     ended = ("SUCCESSFUL", "STOPPED", "ROLLBACK_SUCCESSFUL", "ROLLBACK_FAILED")
 

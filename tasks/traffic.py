@@ -7,7 +7,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, error_code
 from tasks.models import ListenerRef, LoadBalancer
 
 
@@ -42,7 +42,7 @@ def _listener(elbv2: Any, ref: ListenerRef, field: str) -> tuple[str, str]:
                 )
             listener = matching[0]
     except ClientError as exc:
-        code = exc.response["Error"]["Code"]
+        code = error_code(exc)
         if code in ("LoadBalancerNotFound", "ListenerNotFound"):
             raise ConfigError(
                 f"load_balancer.{field}: {code}: {ref.model_dump(exclude_none=True)}"
@@ -63,7 +63,7 @@ def resolve_routing(elbv2: Any, lb: LoadBalancer) -> Routing:
     try:
         groups = elbv2.describe_target_groups(Names=list(lb.target_groups))["TargetGroups"]
     except ClientError as exc:
-        if exc.response["Error"]["Code"] == "TargetGroupNotFound":
+        if error_code(exc) == "TargetGroupNotFound":
             raise ConfigError(
                 f"load_balancer.target_groups: {', '.join(lb.target_groups)}: not all exist; "
                 "create both target groups first"
