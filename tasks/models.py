@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from tasks import appspec, taskdef
 from tasks import buildspec as specs
 from tasks.errors import ConfigError
-from tasks.inputs import check_relative, confined, parse_yaml, read_text
+from tasks.inputs import REPOSITORY, check_relative, confined, parse_yaml, read_text, shown_key
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$"
 
@@ -45,13 +45,19 @@ class Build(_Model):
     )
     image: str | None = Field(default=None, min_length=1, description="build image: run the buildspec in it")
 
+    @field_validator("context", "dockerfile")
+    @classmethod
+    def _inside_repository(cls, value: str, info: ValidationInfo) -> str:
+        """Docker sends the context (and reads the Dockerfile) from the host: never outside the checkout."""
+        return check_relative(value, f"build.{info.field_name}", REPOSITORY)
+
     @field_validator("buildspec")
     @classmethod
     def _buildspec(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
         if value is None:
             return None
         if isinstance(value, str) and "\n" not in value.strip():
-            return check_relative(value, "build.buildspec")  # a file of the commit, read after checkout
+            return check_relative(value, "build.buildspec", REPOSITORY)  # a file of the commit, read after checkout
         inline = specs.load_buildspec if isinstance(value, str) else specs.parse_buildspec
         try:
             inline(value, "inline buildspec")  # type: ignore[arg-type]
@@ -249,7 +255,7 @@ class ServiceConfig(_Model):
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+    return ".".join(str(p) if isinstance(p, int) else shown_key(p) for p in loc) or "(top level)"
 
 
 # Strict types: say what is expected and how to write it, never the value given.

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import ConfigError
+from tasks.inputs import load_json, shown_key, shown_path
 
 PLACEHOLDER = "<IMAGE1_NAME>"
 SHA_TAG = "ecs-pipeline:git-sha"
@@ -65,7 +66,7 @@ def load_template(path: Path) -> dict[str, Any]:
 def parse_template(text: str, source: str) -> dict[str, Any]:
     """A taskdef.json's text to the task definition; errors give line and column, never the text."""
     try:
-        data = json.loads(text.lstrip("\ufeff"))
+        data = load_json(text, source, "task definition template")
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
@@ -82,7 +83,7 @@ def container_named(td: dict[str, Any], name: str, source: str) -> dict[str, Any
     containers = [c for c in td.get("containerDefinitions", []) if isinstance(c, dict)]
     named = [c for c in containers if c.get("name") == name]
     if not named:
-        names = ", ".join(str(c.get("name")) for c in containers)
+        names = ", ".join(shown_key(c.get("name")) for c in containers)
         raise ConfigError(
             f"{source}: no container named {name!r} (containers: {names}); "
             "fix ecs.container in the service config or the template"
@@ -101,7 +102,7 @@ def render_task_definition(
 ) -> dict[str, Any]:
     """RegisterTaskDefinition input for ``image``; the template is not modified."""
     td = {k: copy.deepcopy(v) for k, v in template.items() if k not in READ_ONLY}
-    unknown = sorted(set(td) - register_input_keys())
+    unknown = sorted({shown_key(k) for k in set(td) - register_input_keys()})
     if unknown:
         raise ConfigError(
             f"{source}: unknown task definition field(s) {', '.join(unknown)}; "
@@ -152,11 +153,11 @@ def check_register_input(td: dict[str, Any], source: str) -> None:
         return
     lines = []
     for kind, name, details in getattr(report, "_errors", []):
-        where = str(name).lstrip(".") or "(top level)"
+        where = shown_path(str(name).lstrip(".")) or "(top level)"
         if kind == "invalid type":
             lines.append(f"  {where}: expected {_type_names(details)}")
         elif kind == "unknown field":
-            lines.append(f"  {where}: unknown field {details.get('unknown_param')}")
+            lines.append(f"  {where}: unknown field {shown_key(details.get('unknown_param'))}")
         elif kind == "missing required field":
             lines.append(f"  {where}: missing required field {details.get('required_name')}")
         else:
