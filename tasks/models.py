@@ -335,7 +335,7 @@ def _ecs_target_in(text: str) -> tuple[str, str] | None:
     try:
         ecs = (yaml.safe_load(text) or {}).get("ecs") or {}
         return str(ecs["cluster"]), str(ecs["service"])
-    except (yaml.YAMLError, AttributeError, KeyError, TypeError):
+    except (yaml.YAMLError, AttributeError, KeyError, TypeError, RecursionError):
         return None
 
 

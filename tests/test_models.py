@@ -117,3 +117,24 @@ def test_unknown_service_lists_known_ones(tmp_path: Path) -> None:
 )
 def test_traffic_steps(traffic: dict, steps: list[int]) -> None:
     assert Traffic.model_validate(traffic).steps() == steps
+
+
+def test_a_broken_sibling_file_neither_crashes_nor_blocks_a_release(tmp_path: Path) -> None:
+    """A release reads its own file strictly and its folder's others leniently (only to spot a twin)."""
+    copy_with(tmp_path, sample(), "sample-app.yaml")
+    write(tmp_path, "ecs: " + "[" * 5000 + "]" * 5000 + "\n", "deep.yaml")
+    write(tmp_path, "name: a\nname: b\n", "twice.yaml")
+    assert find_service("sample-app", tmp_path).name == "sample-app"
+    with pytest.raises(ConfigError, match=r"deep.yaml: service config is nested too deeply to be read"):
+        load_all_services(tmp_path)
+
+
+def test_yaml_merge_keys_override_without_counting_as_written_twice(tmp_path: Path) -> None:
+    data = sample()
+    text = yaml.safe_dump({k: v for k, v in data.items() if k != "ecs"})
+    ecs = data["ecs"]
+    text += (f"x-ecs: &ecs {{cluster: other, service: {ecs['service']}, container: {ecs['container']}, "
+             f"container_port: {ecs['container_port']}}}\n")
+    text += f"ecs:\n  <<: *ecs\n  cluster: {ecs['cluster']}\n"
+    with pytest.raises(ConfigError, match=r"x-ecs: unknown field"):  # merges are fine; the anchor's own key is not
+        load_service(copy_with(tmp_path, text))

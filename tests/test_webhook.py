@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -664,3 +665,49 @@ def test_secrets_never_in_settings_logs_or_answers(
     assert [a.status_code for a in answers] == [401, 200, 503, 404]
     assert all(SECRET not in a.text for a in answers)
     assert SECRET not in caplog.text and "no-such-block" in caplog.text
+
+
+def test_form_encoded_payloads_are_read_like_json(app_url: str) -> None:
+    """GitHub and Gitea can send ``payload=<json>`` as a form; the signature covers the raw form body."""
+    payload = json.dumps(push_payload(full_name="acme/unknown"))
+    form = urlencode({"payload": payload}).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "X-GitHub-Event": "push"}
+    signed = {**headers, "X-Hub-Signature-256": sign_github(SECRET, form)}
+    answer = httpx.post(f"{app_url}/webhook/github", content=form, headers=signed)
+    assert answer.status_code == 200 and answer.json()["ignored"].startswith("no service builds from acme/unknown")
+    gitea = {**headers, "X-Gitea-Event": "push", "X-Gitea-Signature": sign_github(GITEA_SECRET, form)[7:]}
+    assert httpx.post(f"{app_url}/webhook/gitea", content=form, headers=gitea).status_code == 200
+    signed_json = {**headers, "X-Hub-Signature-256": sign_github(SECRET, payload.encode())}
+    assert httpx.post(f"{app_url}/webhook/github", content=form, headers=signed_json).status_code == 401
+    for body in (b"payload=%7Bnot+json", b"zen=hi", urlencode([("payload", "{}"), ("payload", "{}")]).encode()):
+        refused = {**headers, "X-Hub-Signature-256": sign_github(SECRET, body)}
+        assert httpx.post(f"{app_url}/webhook/github", content=body, headers=refused).status_code == 400
+
+
+def test_json_nested_too_deep_is_400_not_500(app_url: str) -> None:
+    for body in (b"[" * 20_000 + b"]" * 20_000, b"{\"a\":" * 6_000 + b"1" + b"}" * 6_000):  # under the 64 KiB cap
+        answer = post(app_url, body)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"].startswith("body is not JSON")
+
+
+def test_gitlab_redeliveries_are_known_by_their_idempotency_key(
+    app_url: str, client: SyncPrefectClient, deployment: tuple[str, uuid.UUID], names: dict[str, str]
+) -> None:
+    """GitLab 17.4+ keeps Idempotency-Key across retries (X-Gitlab-Event-UUID is per event, not per delivery)."""
+    sha = "4" * 40
+    project = {"path_with_namespace": "acme/other", "web_url": "https://github.com/acme/other",
+               "git_http_url": "https://github.com/acme/other.git", "git_ssh_url": "git@github.com:acme/other.git"}
+    body = json.dumps({"object_kind": "push", "ref": "refs/heads/main", "after": sha, "project": project}).encode()
+    key = str(uuid.uuid4())
+
+    def deliver() -> httpx.Response:
+        headers = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN, "Idempotency-Key": key,
+                   "X-Gitlab-Event-UUID": str(uuid.uuid4())}
+        return httpx.post(f"{app_url}/webhook/gitlab", content=body, headers=headers)
+
+    assert deliver().status_code == 202
+    again = deliver()
+    assert again.status_code == 200 and again.json() == {"duplicate": True, "delivery": key}
+    runs = [r for r in runs_for(client, deployment[1], names["other"]) if f"sha:{sha}" in r.tags]
+    assert len(runs) == 1
