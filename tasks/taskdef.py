@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -246,11 +247,33 @@ class Change:
     desired: Any
 
     def __str__(self) -> str:
+        live, desired = (json.dumps(_masked(v, self.path)) for v in (self.live, self.desired))
         if self.live is None:
-            return f"+ {self.path}: {json.dumps(self.desired)}"
+            return f"+ {self.path}: {desired}"
         if self.desired is None:
-            return f"- {self.path}: {json.dumps(self.live)}"
-        return f"~ {self.path}: {json.dumps(self.live)} -> {json.dumps(self.desired)}"
+            return f"- {self.path}: {live}"
+        return f"~ {self.path}: {live} -> {desired}"
+
+
+# Environment variables whose value a diff never prints (a template should use `secrets`, but some do not).
+_SECRET_NAME = re.compile(r"pass|secret|token|key|credential|private|auth|session|cookie", re.IGNORECASE)
+_ENV_VALUE = re.compile(r"\.environment\[(?P<name>[^\]]*)\]\.value$")
+HIDDEN_VALUE = "<hidden: the variable's name says secret>"
+
+
+def _masked(value: Any, path: str = "") -> Any:
+    """VALUE with the value of every environment entry named like a secret replaced by HIDDEN_VALUE."""
+    scalar = _ENV_VALUE.search(path)
+    if scalar and _SECRET_NAME.search(scalar["name"]):
+        return HIDDEN_VALUE if value is not None else None
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    if isinstance(value, dict):
+        name = value.get("name")
+        if isinstance(name, str) and "value" in value and _SECRET_NAME.search(name):
+            return {**value, "value": HIDDEN_VALUE}
+        return {k: _masked(v) for k, v in value.items()}
+    return value
 
 
 def _walk(path: str, live: Any, desired: Any, out: list[Change]) -> None:

@@ -203,3 +203,21 @@ def test_diff_reports_real_changes(change, path: str) -> None:  # type: ignore[n
     changes = diff_task_definitions(base, other)
     assert [c.path for c in changes] == [path]
     assert str(changes[0]).startswith(("~", "+", "-"))
+
+
+def test_diff_never_prints_a_value_named_like_a_secret() -> None:
+    """render prints what would be registered; a diff (deploy --dry-run, diff) is for reading, often in CI logs."""
+    base = render_task_definition(load_template(FIXTURES / "described.json"), image=IMAGE, container="worker")
+    env = [{"name": "DB_PASSWORD", "value": "hunter2-live"}, {"name": "GREETING", "value": "hi"}]
+    base["containerDefinitions"][0]["environment"] = env
+    changed = json.loads(json.dumps(base))
+    changed["containerDefinitions"][0]["environment"] = [{**e, "value": e["value"] + "-new"} for e in env]
+    lines = [str(c) for c in diff_task_definitions(base, changed)]
+    assert lines == [
+        '~ containerDefinitions[worker].environment[DB_PASSWORD].value: "<hidden: the variable\'s name says secret>"'
+        ' -> "<hidden: the variable\'s name says secret>"',
+        '~ containerDefinitions[worker].environment[GREETING].value: "hi" -> "hi-new"',
+    ]
+    changed["containerDefinitions"][0]["environment"].append({"name": "API_TOKEN", "value": "tok-123"})
+    whole = "\n".join(str(c) for c in diff_task_definitions(base, changed))
+    assert "hunter2" not in whole and "tok-123" not in whole and '"GREETING", "value": "hi-new"' in whole
