@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -186,10 +187,30 @@ def confined(base_dir: Path, relative: str, field: str, source: str) -> Path:
     return path
 
 
+MAX_FILE_BYTES = 1024 * 1024
+
+
+def regular_text(path: Path) -> str:
+    """A regular file's UTF-8 text: a FIFO or a device would block or never end, a huge file fill memory.
+
+    ValueError (with the reason, never the content) for anything else; OSError and UnicodeDecodeError as is.
+    """
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ValueError("is not a regular file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ValueError(f"is larger than {MAX_FILE_BYTES // 1024} KiB, far more than a config or template")
+    return path.read_text(encoding="utf-8")
+
+
 def read_text(path: Path, field: str, source: str) -> str:
     """The file's text; errors name the config field that points at it."""
     try:
-        return path.read_text(encoding="utf-8")
+        return regular_text(path)
+    except ValueError as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            raise ConfigError(f"{source}: {field}: {path} is not UTF-8 text; point it at a template") from None
+        raise ConfigError(f"{source}: {field}: {path} {exc}; point it at a template") from None
     except FileNotFoundError:
         raise ConfigError(
             f"{source}: {field}: {path} does not exist; fix the path "

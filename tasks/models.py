@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from tasks import appspec, taskdef
 from tasks import buildspec as specs
 from tasks.errors import ConfigError
-from tasks.inputs import REPOSITORY, check_relative, confined, parse_yaml, read_text, shown_key
+from tasks.inputs import REPOSITORY, check_relative, confined, parse_yaml, read_text, regular_text, shown_key
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$"
 
@@ -305,9 +305,11 @@ def load_service(path: str | Path) -> ServiceConfig:
     """Read and validate one service YAML file and the templates it names."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = regular_text(p)
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: service config is not UTF-8 text") from None
+    except ValueError as exc:
+        raise ConfigError(f"{p}: service config {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read service config ({exc.strerror})") from exc
     cfg = parse_service(parse_yaml(text, str(p), "service config"), source=str(p), base_dir=p.parent.resolve())
@@ -325,8 +327,8 @@ def _ecs_target(path: Path) -> tuple[str, str] | None:
     Every release reads every other file of its folder: each text is parsed once per process.
     """
     try:
-        return _ecs_target_in(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
+        return _ecs_target_in(regular_text(path))
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
 
 

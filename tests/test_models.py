@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -138,3 +139,22 @@ def test_yaml_merge_keys_override_without_counting_as_written_twice(tmp_path: Pa
     text += f"ecs:\n  <<: *ecs\n  cluster: {ecs['cluster']}\n"
     with pytest.raises(ConfigError, match=r"x-ecs: unknown field"):  # merges are fine; the anchor's own key is not
         load_service(copy_with(tmp_path, text))
+
+
+def test_a_fifo_or_a_huge_file_is_refused_not_read(tmp_path: Path) -> None:
+    """Reading a FIFO blocks forever (a release would hang before its first AWS call); a huge file fills memory."""
+    data = sample()
+    os.mkfifo(tmp_path / "pipe.json")
+    data["task_definition"] = "pipe.json"
+    with pytest.raises(ConfigError, match=r"task_definition: .*/pipe.json is not a regular file; point it at a"):
+        load_service(copy_with(tmp_path, data))
+    (tmp_path / "huge.json").write_text(" " * (1024 * 1024 + 1))
+    data["task_definition"] = "huge.json"
+    with pytest.raises(ConfigError, match=r"huge.json is larger than 1024 KiB, far more than a config or template"):
+        load_service(copy_with(tmp_path, data))
+    os.mkfifo(tmp_path / "other.yaml")
+    with pytest.raises(ConfigError, match=r"other.yaml: service config is not a regular file"):
+        load_all_services(tmp_path)
+    (tmp_path / "svc.yaml").unlink()
+    copy_with(tmp_path, sample(), "sample-app.yaml")
+    assert find_service("sample-app", tmp_path).name == "sample-app", "a sibling FIFO is skipped, not read"

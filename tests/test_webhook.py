@@ -170,6 +170,15 @@ def test_parse_push_gitlab_shape() -> None:
     assert push.repo_name == "acme/shop" and push.branch == "main"
 
 
+def test_a_repository_named_only_by_a_url_with_credentials_is_named_without_them() -> None:
+    """The name goes into the log and the answer ("no service builds from ..."); a token in the URL must not."""
+    payload = {"ref": "refs/heads/main", "after": SHA1,
+               "repository": {"clone_url": "https://ci:glpat-s3cr3t@git.example.com/acme/shop.git"}}
+    push = parse_push(payload)
+    assert push.repo_name == "https://***@git.example.com/acme/shop.git"
+    assert services_for_push([make_service("web", "https://git.example.com/acme/shop.git")], push) != []
+
+
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
