@@ -54,6 +54,14 @@ class _Provider:
     push_events: frozenset[str]
     ping_events: frozenset[str]
     verify: Callable[[str, bytes, Headers], bool]
+    # events that carry a push when the payload says so (GitLab's system hooks: event_name push)
+    pushes_inside: frozenset[str] = frozenset()
+
+    def is_push(self, event: str, payload: Any) -> bool:
+        if event in self.push_events:
+            return True
+        inner = payload.get("event_name") if isinstance(payload, dict) else None
+        return event in self.pushes_inside and inner in ("push", "tag_push")
 
 
 PROVIDERS: dict[str, _Provider] = {
@@ -77,6 +85,7 @@ PROVIDERS: dict[str, _Provider] = {
         frozenset({"Push Hook", "Tag Push Hook"}),
         frozenset(),
         lambda s, b, h: verify_gitlab_token(s, h.get("x-gitlab-token")),
+        frozenset({"System Hook"}),
     ),
 }
 
@@ -163,7 +172,7 @@ class _Receiver:
         event = request.headers.get(provider.event_header, "")
         if event in provider.ping_events:
             return _json(200, ok=True, ping=True)
-        if event not in provider.push_events:
+        if not provider.is_push(event, payload):
             return _json(200, ignored=f"event {event or '(none)'} is not a push")
         header = next((h for h in provider.delivery_headers if request.headers.get(h)), None)
         delivery = request.headers[header] if header else None

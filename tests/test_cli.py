@@ -194,3 +194,15 @@ def test_only_aws_endpoint_url_chooses_where_aws_calls_go(tmp_path: Path, monkey
     assert shared_client(real, "elbv2").meta.endpoint_url == "https://elasticloadbalancing.eu-west-3.amazonaws.com"
     sandbox = Settings(region="eu-west-3")
     assert shared_client(sandbox, "ecs").meta.endpoint_url == os.environ["AWS_ENDPOINT_URL"]
+
+
+def test_no_sandbox_set_to_0_or_false_still_uses_the_sandbox(tmp_path: Path) -> None:
+    """ECS_PIPELINE_NO_SANDBOX=0 reads as "no, do not keep the sandbox out": it never sends a run to real AWS."""
+    (tmp_path / "env").write_text("AWS_ENDPOINT_URL=http://127.0.0.1:1\n")
+    for off in ("0", "false", "No", " "):
+        environ = {"SANDBOX_DIR": str(tmp_path), "ECS_PIPELINE_NO_SANDBOX": off}
+        assert load_sandbox_env(environ) == str((tmp_path / "env").resolve()), off
+        assert environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1"
+    for on in ("1", "true", "yes"):
+        environ = {"SANDBOX_DIR": str(tmp_path), "ECS_PIPELINE_NO_SANDBOX": on}
+        assert "not read" in load_sandbox_env(environ) and "AWS_ENDPOINT_URL" not in environ, on

@@ -720,3 +720,17 @@ def test_gitlab_redeliveries_are_known_by_their_idempotency_key(
     assert again.status_code == 200 and again.json() == {"duplicate": True, "delivery": key}
     runs = [r for r in runs_for(client, deployment[1], names["other"]) if f"sha:{sha}" in r.tags]
     assert len(runs) == 1
+
+
+def test_gitlab_system_hook_pushes_are_pushes(app_url: str) -> None:
+    """GitLab's system hooks send every event as "System Hook"; event_name says which (push, tag_push, ...)."""
+    project = {"path_with_namespace": "acme/unknown", "git_http_url": "https://github.com/acme/unknown.git"}
+    headers = {"X-Gitlab-Event": "System Hook", "X-Gitlab-Token": GITLAB_TOKEN}
+    for event_name, ref, ignored in (
+        ("push", "refs/heads/main", "no service builds from acme/unknown branch main"),
+        ("tag_push", "refs/tags/v1", "tag push: refs/tags/v1"),
+        ("project_create", "refs/heads/main", "event System Hook is not a push"),
+    ):
+        body = {"event_name": event_name, "ref": ref, "after": SHA1, "project": project}
+        answer = httpx.post(f"{app_url}/webhook/gitlab", content=json.dumps(body).encode(), headers=headers)
+        assert answer.status_code == 200 and answer.json() == {"ignored": ignored}, answer.text
