@@ -297,6 +297,8 @@ def check_templates(cfg: ServiceConfig, source: str) -> None:
     )
     taskdef.container_named(rendered, cfg.ecs.container, where)
     taskdef.check_register_input(rendered, where)
+    routed = cfg.ecs.container_port if cfg.load_balancer is not None else None
+    taskdef.check_aws_rules(rendered, cfg.ecs.container, routed, where)
     if cfg.strategy.type == "codedeploy" or cfg.strategy.appspec:
         appspec.appspec_for(cfg, appspec.PLACEHOLDER_ARN, source=source)
 

@@ -132,6 +132,70 @@ def render_task_definition(
     return td
 
 
+_AWS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+# Fargate's task sizes: CPU units -> the memory (MiB) it accepts with them.
+FARGATE_SIZES: dict[int, tuple[int, ...]] = {
+    256: (512, 1024, 2048), 512: tuple(range(1024, 4097, 1024)), 1024: tuple(range(2048, 8193, 1024)),
+    2048: tuple(range(4096, 16385, 1024)), 4096: tuple(range(8192, 30721, 1024)),
+    8192: tuple(range(16384, 61441, 4096)), 16384: tuple(range(32768, 122881, 8192)),
+}
+
+
+def check_aws_rules(td: dict[str, Any], container: str, port: int | None, source: str) -> None:
+    """What AWS refuses beyond botocore's types, found before a build: names, a Fargate size, the LB port.
+
+    PORT (ecs.container_port when a load balancer routes to the service) must be one
+    of the container's portMappings, or the service's tasks could never be registered.
+    """
+    if not _AWS_NAME.match(str(td["family"])):
+        raise ConfigError(f"{source}: family must be 1-255 letters, digits, hyphens or underscores; rename it")
+    names = [c.get("name") for c in td["containerDefinitions"]]
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not _AWS_NAME.match(name):
+            raise ConfigError(
+                f"{source}: containerDefinitions[{i}].name must be 1-255 letters, digits, hyphens or underscores"
+            )
+        if names.index(name) != i:
+            raise ConfigError(f"{source}: two containers are named {shown_key(name)}; give each its own name")
+        if not td["containerDefinitions"][i].get("image"):
+            raise ConfigError(f"{source}: containerDefinitions[{i}] ({name}) has no image; every container needs one")
+    if not any(c.get("essential", True) is not False for c in td["containerDefinitions"]):
+        raise ConfigError(f"{source}: no container is essential; ECS needs at least one (essential: true)")
+    if port is not None:
+        mappings = container_named(td, container, source).get("portMappings") or []
+        if port not in [m.get("containerPort") for m in mappings if isinstance(m, dict)]:
+            raise ConfigError(
+                f"{source}: container {container} has no portMappings entry with containerPort {port} "
+                f"(ecs.container_port), so the load balancer could not reach it; add one or fix ecs.container_port"
+            )
+    if "FARGATE" in (td.get("requiresCompatibilities") or []):
+        _check_fargate(td, source)
+
+
+def _check_fargate(td: dict[str, Any], source: str) -> None:
+    if td.get("networkMode") != "awsvpc":
+        raise ConfigError(f"{source}: requiresCompatibilities FARGATE needs networkMode awsvpc")
+    cpu, memory = _units(td.get("cpu"), "vcpu"), _units(td.get("memory"), "gb")
+    if cpu is None or memory is None:
+        raise ConfigError(
+            f"{source}: requiresCompatibilities FARGATE needs task-level cpu and memory, e.g. \"256\" and \"512\""
+        )
+    if memory not in FARGATE_SIZES.get(cpu, ()):
+        offered = FARGATE_SIZES.get(cpu)
+        fix = (f"with cpu {cpu}, memory is one of {', '.join(map(str, offered))}" if offered
+               else f"cpu is one of {', '.join(map(str, FARGATE_SIZES))}")
+        raise ConfigError(f"{source}: Fargate has no task size with cpu {cpu} and memory {memory} MiB; {fix}")
+
+
+def _units(value: Any, unit: str) -> int | None:
+    """CPU units or MiB from "256" or "0.25 vCPU" / "512" or "0.5 GB" (as AWS reads them); None if neither."""
+    text = str(value).strip().lower() if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    if text.isdigit():
+        return int(text)
+    found = re.fullmatch(rf"(\d+(?:\.\d+)?)\s*{unit}", text)
+    return round(float(found[1]) * 1024) if found else None
+
+
 _TYPE_WORDS = {"str": "a string", "int": "an integer", "bool": "true or false", "float": "a number",
                "list": "a list", "tuple": "a list", "dict": "an object"}
 

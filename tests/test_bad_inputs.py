@@ -31,7 +31,7 @@ GOOD = sorted(d.name for d in CORPUS.iterdir() if d.is_dir() and d.name.startswi
 SECRETS = ("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
 # One of each kind, released for real: YAML syntax, strict type, cross-field rule,
 # path escape (a file, and the build context Docker would send), a secret as template,
-# a template AWS would refuse, appspec mismatch, two files.
+# a template AWS would refuse, a port the load balancer could not reach, appspec mismatch, two files.
 RELEASED = {
     "yaml-tab": "yaml-tab",
     "desired-count-string": "desired-count-string",
@@ -42,6 +42,7 @@ RELEASED = {
     "appspec-mismatch": "appspec-mismatch",
     "duplicate-target": "dup-a",
     "build-context-absolute": "build-context-absolute",
+    "taskdef-port-not-mapped": "taskdef-port-not-mapped",
 }
 
 
