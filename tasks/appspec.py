@@ -164,6 +164,9 @@ def render_appspec(
         props["LoadBalancerInfo"] = {"ContainerName": container, "ContainerPort": port}
     _check_load_balancer(props, container, port, source)
     _check_hooks(doc, source)
+    version = doc.get("version", 0.0)
+    if isinstance(version, bool) or version not in (0.0, "0.0"):
+        raise ConfigError(f"{source}: version must be 0.0, the only appspec version CodeDeploy takes")
     written = str(props.get("TaskDefinition", PLACEHOLDER))
     props["TaskDefinition"] = (
         written.replace(PLACEHOLDER, task_definition_arn)

@@ -320,27 +320,37 @@ def load_service(path: str | Path) -> ServiceConfig:
 
 
 def _service_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
+    """The folder's *.yaml and *.yml files, but not an appspec a service names (it may sit beside its YAML)."""
+    files = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
+    named = {(directory / ref).resolve() for f in files if isinstance(ref := _lenient(f, "strategy", "appspec"), str)}
+    return [f for f in files if f.resolve() not in named]
 
 
 def _ecs_target(path: Path) -> tuple[str, str] | None:
-    """(cluster, service) as written in a YAML file, or None when it cannot tell (a lenient read).
+    """(cluster, service) as written in a YAML file, or None when it cannot tell."""
+    cluster, service = _lenient(path, "ecs", "cluster"), _lenient(path, "ecs", "service")
+    return (str(cluster), str(service)) if cluster is not None and service is not None else None
+
+
+def _lenient(path: Path, section: str, key: str) -> Any:
+    """SECTION.KEY as written in a YAML file, or None: a lenient read of the folder's other files.
 
     Every release reads every other file of its folder: each text is parsed once per process.
     """
     try:
-        return _ecs_target_in(regular_text(path))
-    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        value = (_parsed(regular_text(path)).get(section) or {}).get(key)
+    except (OSError, ValueError, AttributeError):  # UnicodeDecodeError is a ValueError
         return None
+    return value if value not in ("", None) else None
 
 
 @functools.lru_cache(maxsize=256)
-def _ecs_target_in(text: str) -> tuple[str, str] | None:
+def _parsed(text: str) -> dict[str, Any]:
     try:
-        ecs = (yaml.safe_load(text) or {}).get("ecs") or {}
-        return str(ecs["cluster"]), str(ecs["service"])
-    except (yaml.YAMLError, AttributeError, KeyError, TypeError, RecursionError):
-        return None
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _same_target(path: Path, target: tuple[str, str], others: list[Path]) -> None:
