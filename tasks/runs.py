@@ -174,16 +174,18 @@ def wins_over(run: FlowRun, other: FlowRun, order: CommitOrder | None) -> bool:
     """Whether RUN's release should go rather than OTHER's.
 
     By git ancestry when both commits are known: a descendant wins, an ancestor
-    gives way, so a replayed older push never displaces a newer commit. By
-    creation time otherwise (same commit, commit unknown, diverged, or an
-    explicit ``allow_older`` release on either side).
+    gives way, so a replayed older push never displaces a newer commit, and of
+    two diverged commits (a push from before a force-push, replayed) neither
+    displaces the other: each release checks its own commit against the branch
+    and the live one. By creation time otherwise (same commit, commit unknown,
+    or an explicit ``allow_older`` release on either side).
     """
     mine, theirs = run.parameters or {}, other.parameters or {}
     sha, other_sha = mine.get("sha"), theirs.get("sha")
     explicit = mine.get("allow_older") or theirs.get("allow_older")
     if order is not None and sha and other_sha and sha != other_sha and not explicit:
         relation = order(str(other_sha), str(sha))
-        if relation in ("newer", "older"):
+        if relation in ("newer", "older", "diverged"):
             return relation == "newer"
     return _age_key(run) > _age_key(other)
 
