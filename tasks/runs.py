@@ -156,7 +156,7 @@ def commit_order_for(cfg: ServiceConfig | None, cache_dir: Path | None) -> Commi
             found = source.commit_order(repo, base, other, cache_dir=cache_dir)
         except PipelineError:  # git unreachable: fall back to creation order
             return "unknown"
-        if found != "unknown":  # how two commits relate never changes; "unknown" may (a later fetch)
+        if found not in ("unknown", "missing"):  # how two commits relate never changes; these may (a fetch)
             with _ORDERS_LOCK:
                 _ORDERS[(repo, base, other)] = found
         return found
@@ -177,15 +177,16 @@ def wins_over(run: FlowRun, other: FlowRun, order: CommitOrder | None) -> bool:
     gives way, so a replayed older push never displaces a newer commit, and of
     two diverged commits (a push from before a force-push, replayed) neither
     displaces the other: each release checks its own commit against the branch
-    and the live one. By creation time otherwise (same commit, commit unknown,
-    or an explicit ``allow_older`` release on either side).
+    and the live one. A commit the repository does not have never wins. By
+    creation time otherwise (same commit, only OTHER's commit unknown, or an
+    explicit ``allow_older`` release on either side).
     """
     mine, theirs = run.parameters or {}, other.parameters or {}
     sha, other_sha = mine.get("sha"), theirs.get("sha")
     explicit = mine.get("allow_older") or theirs.get("allow_older")
     if order is not None and sha and other_sha and sha != other_sha and not explicit:
         relation = order(str(other_sha), str(sha))
-        if relation in ("newer", "older", "diverged"):
+        if relation in ("newer", "older", "diverged", "missing"):
             return relation == "newer"
     return _age_key(run) > _age_key(other)
 

@@ -279,10 +279,13 @@ def test_superseding_goes_by_git_ancestry_not_creation_time(
     assert superseded_by(service, rollback.id, cfg=cfg, cache_dir=cache) is None
 
 
-def test_a_diverged_replay_displaces_nothing(
+def test_a_diverged_or_vanished_replay_displaces_nothing(
     tmp_path: Path, client: SyncPrefectClient, deployment: tuple[str, uuid.UUID], tag: str
 ) -> None:
-    """A signed push from before a force-push, replayed later: created last, it still cancels no run of the branch."""
+    """A signed push from before a force-push, replayed later: created last, it still cancels no run of the branch.
+
+    Whether the server still has the rewritten commit (diverged) or has garbage-collected it (missing).
+    """
     repo = tmp_path / "repo"
     heads = make_repo(repo)
     git(repo, "checkout", "-q", "-b", "before-force-push", heads["old"])
@@ -297,6 +300,10 @@ def test_a_diverged_replay_displaces_nothing(
     assert client.read_flow_run(genuine.id).state_type.value == "SCHEDULED"
     assert superseded_by(service, genuine.id, cfg=cfg, cache_dir=cache) is None
     assert superseded_by(service, replayed.id, cfg=cfg, cache_dir=cache) is None  # its release refuses it itself
+    vanished = create_run(client, deployment[1], service, "1" * 40)
+    assert cancel_waiting_runs(service, vanished.id, order=commit_order_for(cfg, cache)) == []
+    assert superseded_by(service, genuine.id, cfg=cfg, cache_dir=cache) is None
+    assert superseded_by(service, vanished.id, cfg=cfg, cache_dir=cache) is None  # refused at its resolve
 
 
 def test_a_run_refused_as_not_newer_is_not_started_again(
