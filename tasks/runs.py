@@ -146,7 +146,7 @@ def commit_order_for(cfg: ServiceConfig | None, cache_dir: Path | None) -> Commi
     """Compare commits in CFG's repository (git ancestry); None when there is nothing to compare with."""
     if cfg is None or cache_dir is None:
         return None
-    repo = cfg.repo_location
+    repo, branch = cfg.repo_location, cfg.source.branch
 
     def order(base: str, other: str) -> source.Ancestry:
         known = _ORDERS.get((repo, base, other))
@@ -154,6 +154,8 @@ def commit_order_for(cfg: ServiceConfig | None, cache_dir: Path | None) -> Commi
             return known
         try:
             found = source.commit_order(repo, base, other, cache_dir=cache_dir)
+            if found == "newer" and not source.in_branch(repo, branch, other, cache_dir=cache_dir):
+                return "diverged"  # ahead, but off the branch (a feature commit pushed as the branch): no winner
         except PipelineError:  # git unreachable: fall back to creation order
             return "unknown"
         if found not in ("unknown", "missing"):  # how two commits relate never changes; these may (a fetch)

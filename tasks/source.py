@@ -243,6 +243,20 @@ def commit_order(repo: str, base: str, other: str, *, cache_dir: Path) -> Ancest
     return "diverged"
 
 
+def in_branch(repo: str, branch: str, sha: str, *, cache_dir: Path) -> bool:
+    """Whether commit SHA is BRANCH's head or in its history (heads fetched again before a no)."""
+    repo_dir = cache_dir / repo_key(repo)
+    with _locked(repo_dir):
+        mirror = _mirror(repo, repo_dir)
+        for attempt in range(2):
+            head = _lookup(mirror, f"refs/heads/{branch}", repo, branch)
+            if head and _lookup(mirror, sha, repo, branch) and _is_ancestor(repo, mirror, sha, head):
+                return True
+            if attempt == 0:
+                _fetch_heads(repo, mirror)
+    return False
+
+
 def _is_clean_checkout(tree: Path, sha: str) -> bool:
     if not (tree / ".git").exists():
         return False

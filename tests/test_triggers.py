@@ -306,6 +306,24 @@ def test_a_diverged_or_vanished_replay_displaces_nothing(
     assert superseded_by(service, vanished.id, cfg=cfg, cache_dir=cache) is None  # refused at its resolve
 
 
+
+def test_a_commit_off_the_branch_displaces_nothing(
+    tmp_path: Path, client: SyncPrefectClient, deployment: tuple[str, uuid.UUID], tag: str
+) -> None:
+    """A feature commit ahead of main, pushed as main by whoever holds a sender's secret (GitLab's travels in clear)."""
+    repo = tmp_path / "repo"
+    heads = make_repo(repo, ("feature",))  # feature descends from main's head
+    service = f"svc-{tag}"
+    cfg = write_service(tmp_path, service, str(repo))
+    cache = tmp_path / "cache"
+    genuine = create_run(client, deployment[1], service, heads["main"])
+    forged = create_run(client, deployment[1], service, heads["feature"])
+    assert cancel_waiting_runs(service, forged.id, order=commit_order_for(cfg, cache)) == []
+    assert superseded_by(service, genuine.id, cfg=cfg, cache_dir=cache) is None
+    git(repo, "merge", "-q", "--ff-only", "feature")  # once merged, it is the branch's newer commit
+    assert superseded_by(service, genuine.id, cfg=cfg, cache_dir=cache) == str(forged.id)
+
+
 def test_a_run_refused_as_not_newer_is_not_started_again(
     client: SyncPrefectClient, deployment: tuple[str, uuid.UUID], tag: str
 ) -> None:
