@@ -131,10 +131,42 @@ def load_json(text: str, source: str, what: str) -> Any:
         raise ConfigError(f"{source}: {what} is nested too deeply to be read") from None
 
 
+MAX_EXPANDED_VALUES = 100_000
+
+
+def _expanded_size(data: Any, seen: dict[int, int]) -> int:
+    """How many values DATA holds once every YAML alias is written out (memoised: linear in the text)."""
+    if not isinstance(data, dict | list):
+        return 1
+    known = seen.get(id(data))
+    if known is not None:  # -1: a value that holds itself (`&a [*a]`) never ends once written out
+        return known if known >= 0 else MAX_EXPANDED_VALUES + 1
+    seen[id(data)] = -1
+    children = list(data.values()) if isinstance(data, dict) else data
+    size = 1 + sum(_expanded_size(c, seen) for c in children)
+    seen[id(data)] = size
+    return size
+
+
+def _load_yaml(text: str, source: str, what: str) -> Any:
+    """Strict safe_load; refused when aliases expand it past MAX_EXPANDED_VALUES (a "billion laughs").
+
+    PyYAML shares an aliased value instead of copying it, so loading is cheap, but the
+    first json.dumps (an AppSpecContent, an artifact) writes every copy out and never ends.
+    """
+    data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
+    if _expanded_size(data, {}) > MAX_EXPANDED_VALUES:
+        raise ConfigError(
+            f"{source}: {what} expands to more than {MAX_EXPANDED_VALUES} values through YAML aliases "
+            "(*name); write the repeated parts out instead"
+        )
+    return data
+
+
 def parse_yaml(text: str, source: str, what: str) -> Any:
     """YAML text to data; ``what`` names the file's role in the error."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
+        return _load_yaml(text, source, what)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: {what} is not valid YAML{yaml_error(exc)}") from None
     except RecursionError:
@@ -153,7 +185,7 @@ def parse_yaml_or_json(text: str, source: str, what: str) -> Any:
         except json.JSONDecodeError as exc:
             json_problem = json_error(exc)
         try:
-            return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader
+            return _load_yaml(text, source, what)
         except (yaml.YAMLError, RecursionError):
             raise ConfigError(f"{source}: {what} is not valid JSON{json_problem}") from None
     return parse_yaml(text, source, what)

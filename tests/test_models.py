@@ -158,3 +158,13 @@ def test_a_fifo_or_a_huge_file_is_refused_not_read(tmp_path: Path) -> None:
     (tmp_path / "svc.yaml").unlink()
     copy_with(tmp_path, sample(), "sample-app.yaml")
     assert find_service("sample-app", tmp_path).name == "sample-app", "a sibling FIFO is skipped, not read"
+
+
+def test_yaml_aliases_are_fine_until_they_explode(tmp_path: Path) -> None:
+    """Aliases share one value when loaded; json.dumps writes each copy out (or loops on `&a [*a]`)."""
+    from tasks.inputs import parse_yaml
+
+    assert parse_yaml("b: &b {x: 1}\nl: [*b, *b]\n", "f.yml", "appspec") == {"b": {"x": 1}, "l": [{"x": 1}] * 2}
+    for text in ("a: &a [*a]\n", "a: &a [" + ",".join(["1"] * 400) + "]\nb: &b [" + ",".join(["*a"] * 300) + "]\n"):
+        with pytest.raises(ConfigError, match=r"f.yml: appspec expands to more than 100000 values through YAML"):
+            parse_yaml(text, "f.yml", "appspec")
