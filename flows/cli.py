@@ -20,6 +20,8 @@ from typing import Any
 from tasks.errors import PipelineError
 
 NO_SANDBOX = "ECS_PIPELINE_NO_SANDBOX"
+# ECS_PIPELINE_NO_SANDBOX=0 (or false) means "do use the sandbox", not "use a real account".
+_OFF = frozenset({"", "0", "false", "no", "off"})
 
 
 def load_sandbox_env(environ: MutableMapping[str, str] = os.environ) -> str:
@@ -33,7 +35,7 @@ def load_sandbox_env(environ: MutableMapping[str, str] = os.environ) -> str:
     in what the environment does not set.
     """
     env_file = Path(environ.get("SANDBOX_DIR") or ".sandbox") / "env"
-    if environ.get(NO_SANDBOX):
+    if environ.get(NO_SANDBOX, "").strip().lower() not in _OFF:
         return f"{env_file} not read ({NO_SANDBOX} is set)"
     if "AWS_ENDPOINT_URL" in environ:
         return f"{env_file} not read (AWS_ENDPOINT_URL is set in the environment)"

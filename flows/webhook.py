@@ -16,6 +16,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -49,33 +50,42 @@ _DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 @dataclass(frozen=True)
 class _Provider:
     event_header: str
-    delivery_header: str
+    delivery_headers: tuple[str, ...]  # the first one sent names the delivery (kept across redeliveries)
     push_events: frozenset[str]
     ping_events: frozenset[str]
     verify: Callable[[str, bytes, Headers], bool]
+    # events that carry a push when the payload says so (GitLab's system hooks: event_name push)
+    pushes_inside: frozenset[str] = frozenset()
+
+    def is_push(self, event: str, payload: Any) -> bool:
+        if event in self.push_events:
+            return True
+        inner = payload.get("event_name") if isinstance(payload, dict) else None
+        return event in self.pushes_inside and inner in ("push", "tag_push")
 
 
 PROVIDERS: dict[str, _Provider] = {
     "github": _Provider(
         "x-github-event",
-        "x-github-delivery",
+        ("x-github-delivery",),
         frozenset({"push"}),
         frozenset({"ping"}),
         lambda s, b, h: verify_github_signature(s, b, h.get("x-hub-signature-256")),
     ),
     "gitea": _Provider(
         "x-gitea-event",
-        "x-gitea-delivery",
+        ("x-gitea-delivery",),
         frozenset({"push"}),
         frozenset(),
         lambda s, b, h: verify_gitea_signature(s, b, h.get("x-gitea-signature")),
     ),
     "gitlab": _Provider(
         "x-gitlab-event",
-        "x-gitlab-event-uuid",
+        ("idempotency-key", "x-gitlab-event-uuid"),  # GitLab 17.4+: Idempotency-Key is the same on retries
         frozenset({"Push Hook", "Tag Push Hook"}),
         frozenset(),
         lambda s, b, h: verify_gitlab_token(s, h.get("x-gitlab-token")),
+        frozenset({"System Hook"}),
     ),
 }
 
@@ -97,6 +107,24 @@ async def _read_capped(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+_NOT_JSON = object()
+
+
+def _payload(body: bytes, content_type: str) -> Any:
+    """The JSON payload, sent as JSON or, as GitHub and Gitea can, as a form field ``payload=``.
+
+    The signature covers the raw body either way; _NOT_JSON for anything else (nesting too deep included).
+    """
+    try:
+        if content_type.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+            fields = parse_qs(body.decode("ascii"), strict_parsing=True, max_num_fields=100)
+            (text,) = fields.get("payload") or [""]
+            return json.loads(text)
+        return json.loads(body)
+    except (ValueError, RecursionError):  # JSON, UTF-8, form syntax, not one payload field
+        return _NOT_JSON
 
 
 class _Receiver:
@@ -138,18 +166,18 @@ class _Receiver:
             return _json(503, error=f"{sender} webhook secret unavailable; see the receiver's log")
         if not provider.verify(secret.get_secret_value(), body, request.headers):
             return _json(401, error="bad or missing signature")
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return _json(400, error="body is not JSON")
+        payload = _payload(body, request.headers.get("content-type", ""))
+        if payload is _NOT_JSON:
+            return _json(400, error="body is not JSON (nor a form whose payload field is JSON)")
         event = request.headers.get(provider.event_header, "")
         if event in provider.ping_events:
             return _json(200, ok=True, ping=True)
-        if event not in provider.push_events:
+        if not provider.is_push(event, payload):
             return _json(200, ignored=f"event {event or '(none)'} is not a push")
-        delivery = request.headers.get(provider.delivery_header) or None
+        header = next((h for h in provider.delivery_headers if request.headers.get(h)), None)
+        delivery = request.headers[header] if header else None
         if delivery is not None and not _DELIVERY_ID.match(delivery):
-            return _json(400, error=f"{provider.delivery_header} is not a delivery id")
+            return _json(400, error=f"{header} is not a delivery id")
         try:
             push = parse_push(payload)
         except PayloadError as exc:

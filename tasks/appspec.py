@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tasks.errors import ConfigError
-from tasks.inputs import confined, parse_yaml_or_json, read_text
+from tasks.inputs import confined, parse_yaml_or_json, read_text, shown_key
 
 if TYPE_CHECKING:
     from tasks.models import ServiceConfig, Traffic
@@ -75,7 +75,7 @@ def parse_appspec(text: str, source: str = "appspec") -> dict[str, Any]:
     doc = parse_yaml_or_json(text, source, "appspec")
     if not isinstance(doc, dict):
         raise ConfigError(f"{source}: expected a mapping with version and Resources")
-    unknown = sorted(str(k) for k in set(doc) - TOP_LEVEL)
+    unknown = sorted({shown_key(k) for k in set(doc) - TOP_LEVEL})
     if unknown:
         raise ConfigError(
             f"{source}: unknown top-level field(s) {', '.join(unknown)}; "
@@ -92,13 +92,14 @@ def _target(doc: dict[str, Any], source: str) -> dict[str, Any]:
     entry = resources[0]
     if len(entry) != 1:
         raise ConfigError(f"{source}: Resources[0] must be one named resource, e.g. TargetService")
-    name, resource = next(iter(entry.items()))
+    key, resource = next(iter(entry.items()))
+    name = shown_key(key)
     if not isinstance(resource, dict) or resource.get("Type") != SERVICE_TYPE:
         raise ConfigError(f"{source}: Resources[0].{name}.Type must be {SERVICE_TYPE}")
     props = resource.get("Properties")
     if not isinstance(props, dict):
         raise ConfigError(f"{source}: Resources[0].{name}.Properties is missing")
-    unknown = sorted(set(props) - PROPERTIES)
+    unknown = sorted({shown_key(k) for k in set(props) - PROPERTIES})
     if unknown:
         raise ConfigError(
             f"{source}: Resources[0].{name}.Properties: unknown field(s) {', '.join(unknown)}; "
@@ -117,7 +118,7 @@ def _check_hooks(doc: dict[str, Any], source: str) -> None:
         event, function = next(iter(hook.items()))
         if event not in HOOK_EVENTS:
             raise ConfigError(
-                f"{source}: Hooks: {event} is not an ECS lifecycle hook "
+                f"{source}: Hooks: {shown_key(event)} is not an ECS lifecycle hook "
                 f"(use {', '.join(sorted(HOOK_EVENTS))})"
             )
         if not isinstance(function, str) or not function:
@@ -163,6 +164,9 @@ def render_appspec(
         props["LoadBalancerInfo"] = {"ContainerName": container, "ContainerPort": port}
     _check_load_balancer(props, container, port, source)
     _check_hooks(doc, source)
+    version = doc.get("version", 0.0)
+    if isinstance(version, bool) or version not in (0.0, "0.0"):
+        raise ConfigError(f"{source}: version must be 0.0, the only appspec version CodeDeploy takes")
     written = str(props.get("TaskDefinition", PLACEHOLDER))
     props["TaskDefinition"] = (
         written.replace(PLACEHOLDER, task_definition_arn)

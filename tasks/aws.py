@@ -44,6 +44,9 @@ def botocore_config(settings: Settings) -> Config:
         # lets a fault injector (or a CloudTrail query) tell the pipeline's calls from anyone else's
         user_agent_extra=USER_AGENT,
         max_pool_connections=MAX_POOL_CONNECTIONS,
+        # Settings.endpoint_url (AWS_ENDPOINT_URL) alone chooses the endpoint, the one every command
+        # prints: an AWS_ENDPOINT_URL_<SERVICE> or a profile's endpoint_url would send calls elsewhere.
+        ignore_configured_endpoint_urls=True,
     )
 
 

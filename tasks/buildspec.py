@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tasks.errors import ConfigError
-from tasks.inputs import parse_yaml
+from tasks.inputs import parse_yaml, shown_key
 
 PHASES = ("install", "pre_build", "build", "post_build")
 SHELLS = {"bash": "bash", "/bin/sh": "/bin/sh", "sh": "/bin/sh"}
@@ -104,7 +104,7 @@ class _Where:
                 raise self.fail(f"{path}.{key}" if path != "(top level)" else str(key),
                                 f"not supported: {UNSUPPORTED[key]}")
             if key not in allowed:
-                where = f"{path}.{key}" if path != "(top level)" else str(key)
+                where = f"{path}.{shown_key(key)}" if path != "(top level)" else shown_key(key)
                 raise self.fail(where, f"unknown or unsupported key; supported here: {', '.join(allowed)}")
         return value
 
@@ -129,9 +129,10 @@ class _Where:
         for key, v in value.items():
             name = str(key)
             if not name.replace("_", "a").isalnum() or name[0].isdigit():
-                raise self.fail(f"{path}.{name}", "not a shell variable name (letters, digits, _)")
+                raise self.fail(f"{path}.{shown_key(name)}", "not a shell variable name (letters, digits, _)")
             if name.startswith("CODEBUILD_"):
-                raise self.fail(f"{path}.{name}", "the CODEBUILD_ prefix is reserved for CodeBuild's own variables")
+                raise self.fail(f"{path}.{shown_key(name)}",
+                                "the CODEBUILD_ prefix is reserved for CodeBuild's own variables")
             out[name] = self.text(v, f"{path}.{name}")
         return out
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from tasks import appspec, taskdef
 from tasks import buildspec as specs
 from tasks.errors import ConfigError
-from tasks.inputs import check_relative, confined, parse_yaml, read_text
+from tasks.inputs import REPOSITORY, check_relative, confined, parse_yaml, read_text, regular_text, shown_key
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$"
 
@@ -45,13 +45,19 @@ class Build(_Model):
     )
     image: str | None = Field(default=None, min_length=1, description="build image: run the buildspec in it")
 
+    @field_validator("context", "dockerfile")
+    @classmethod
+    def _inside_repository(cls, value: str, info: ValidationInfo) -> str:
+        """Docker sends the context (and reads the Dockerfile) from the host: never outside the checkout."""
+        return check_relative(value, f"build.{info.field_name}", REPOSITORY)
+
     @field_validator("buildspec")
     @classmethod
     def _buildspec(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
         if value is None:
             return None
         if isinstance(value, str) and "\n" not in value.strip():
-            return check_relative(value, "build.buildspec")  # a file of the commit, read after checkout
+            return check_relative(value, "build.buildspec", REPOSITORY)  # a file of the commit, read after checkout
         inline = specs.load_buildspec if isinstance(value, str) else specs.parse_buildspec
         try:
             inline(value, "inline buildspec")  # type: ignore[arg-type]
@@ -249,7 +255,7 @@ class ServiceConfig(_Model):
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+    return ".".join(str(p) if isinstance(p, int) else shown_key(p) for p in loc) or "(top level)"
 
 
 # Strict types: say what is expected and how to write it, never the value given.
@@ -291,6 +297,8 @@ def check_templates(cfg: ServiceConfig, source: str) -> None:
     )
     taskdef.container_named(rendered, cfg.ecs.container, where)
     taskdef.check_register_input(rendered, where)
+    routed = cfg.ecs.container_port if cfg.load_balancer is not None else None
+    taskdef.check_aws_rules(rendered, cfg.ecs.container, routed, where)
     if cfg.strategy.type == "codedeploy" or cfg.strategy.appspec:
         appspec.appspec_for(cfg, appspec.PLACEHOLDER_ARN, source=source)
 
@@ -299,9 +307,11 @@ def load_service(path: str | Path) -> ServiceConfig:
     """Read and validate one service YAML file and the templates it names."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = regular_text(p)
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: service config is not UTF-8 text") from None
+    except ValueError as exc:
+        raise ConfigError(f"{p}: service config {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read service config ({exc.strerror})") from exc
     cfg = parse_service(parse_yaml(text, str(p), "service config"), source=str(p), base_dir=p.parent.resolve())
@@ -310,27 +320,37 @@ def load_service(path: str | Path) -> ServiceConfig:
 
 
 def _service_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
+    """The folder's *.yaml and *.yml files, but not an appspec a service names (it may sit beside its YAML)."""
+    files = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
+    named = {(directory / ref).resolve() for f in files if isinstance(ref := _lenient(f, "strategy", "appspec"), str)}
+    return [f for f in files if f.resolve() not in named]
 
 
 def _ecs_target(path: Path) -> tuple[str, str] | None:
-    """(cluster, service) as written in a YAML file, or None when it cannot tell (a lenient read).
+    """(cluster, service) as written in a YAML file, or None when it cannot tell."""
+    cluster, service = _lenient(path, "ecs", "cluster"), _lenient(path, "ecs", "service")
+    return (str(cluster), str(service)) if cluster is not None and service is not None else None
+
+
+def _lenient(path: Path, section: str, key: str) -> Any:
+    """SECTION.KEY as written in a YAML file, or None: a lenient read of the folder's other files.
 
     Every release reads every other file of its folder: each text is parsed once per process.
     """
     try:
-        return _ecs_target_in(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
+        value = (_parsed(regular_text(path)).get(section) or {}).get(key)
+    except (OSError, ValueError, AttributeError):  # UnicodeDecodeError is a ValueError
         return None
+    return value if value not in ("", None) else None
 
 
 @functools.lru_cache(maxsize=256)
-def _ecs_target_in(text: str) -> tuple[str, str] | None:
+def _parsed(text: str) -> dict[str, Any]:
     try:
-        ecs = (yaml.safe_load(text) or {}).get("ecs") or {}
-        return str(ecs["cluster"]), str(ecs["service"])
-    except (yaml.YAMLError, AttributeError, KeyError, TypeError):
-        return None
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _same_target(path: Path, target: tuple[str, str], others: list[Path]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tasks.models import ServiceConfig
+from tasks.source import redact_url
 
 ZERO_SHA = "0" * 40
 _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -134,7 +135,7 @@ def parse_push(payload: Any) -> PushEvent:
     urls = tuple(dict.fromkeys(u for u in (_str(repo, k) for k in keys) if u))
     if not urls:
         raise PayloadError("push payload's repository has no clone_url, ssh_url or html_url")
-    name = _str(repo, "full_name") or _str(repo, "path_with_namespace") or urls[0]
+    name = _str(repo, "full_name") or _str(repo, "path_with_namespace") or redact_url(urls[0])  # logged, answered
     deleted = payload.get("deleted") is True or sha == ZERO_SHA
     return PushEvent(repo_urls=urls, repo_name=name, ref=ref, sha=sha, deleted=deleted)
 

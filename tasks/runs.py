@@ -146,7 +146,7 @@ def commit_order_for(cfg: ServiceConfig | None, cache_dir: Path | None) -> Commi
     """Compare commits in CFG's repository (git ancestry); None when there is nothing to compare with."""
     if cfg is None or cache_dir is None:
         return None
-    repo = cfg.repo_location
+    repo, branch = cfg.repo_location, cfg.source.branch
 
     def order(base: str, other: str) -> source.Ancestry:
         known = _ORDERS.get((repo, base, other))
@@ -154,9 +154,11 @@ def commit_order_for(cfg: ServiceConfig | None, cache_dir: Path | None) -> Commi
             return known
         try:
             found = source.commit_order(repo, base, other, cache_dir=cache_dir)
+            if found == "newer" and not source.in_branch(repo, branch, other, cache_dir=cache_dir):
+                return "diverged"  # ahead, but off the branch (a feature commit pushed as the branch): no winner
         except PipelineError:  # git unreachable: fall back to creation order
             return "unknown"
-        if found != "unknown":  # how two commits relate never changes; "unknown" may (a later fetch)
+        if found not in ("unknown", "missing"):  # how two commits relate never changes; these may (a fetch)
             with _ORDERS_LOCK:
                 _ORDERS[(repo, base, other)] = found
         return found
@@ -174,8 +176,11 @@ def wins_over(run: FlowRun, other: FlowRun, order: CommitOrder | None) -> bool:
     """Whether RUN's release should go rather than OTHER's.
 
     By git ancestry when both commits are known: a descendant wins, an ancestor
-    gives way, so a replayed older push never displaces a newer commit. By
-    creation time otherwise (same commit, commit unknown, diverged, or an
+    gives way, so a replayed older push never displaces a newer commit, and of
+    two diverged commits (a push from before a force-push, replayed) neither
+    displaces the other: each release checks its own commit against the branch
+    and the live one. A commit the repository does not have never wins. By
+    creation time otherwise (same commit, only OTHER's commit unknown, or an
     explicit ``allow_older`` release on either side).
     """
     mine, theirs = run.parameters or {}, other.parameters or {}
@@ -183,7 +188,7 @@ def wins_over(run: FlowRun, other: FlowRun, order: CommitOrder | None) -> bool:
     explicit = mine.get("allow_older") or theirs.get("allow_older")
     if order is not None and sha and other_sha and sha != other_sha and not explicit:
         relation = order(str(other_sha), str(sha))
-        if relation in ("newer", "older"):
+        if relation in ("newer", "older", "diverged", "missing"):
             return relation == "newer"
     return _age_key(run) > _age_key(other)
 

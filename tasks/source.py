@@ -30,8 +30,8 @@ _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 # How a commit relates to a base one: descends from it (newer), is in its history
-# (older), neither (diverged), or either is not in the repository (unknown).
-Ancestry = Literal["same", "newer", "older", "diverged", "unknown"]
+# (older), neither (diverged), is not in the repository (missing), or the base is not (unknown).
+Ancestry = Literal["same", "newer", "older", "diverged", "missing", "unknown"]
 _TRANSIENT_GIT = (
     "could not resolve host",
     "connection timed out",
@@ -221,7 +221,9 @@ def _is_ancestor(repo: str, mirror: Path, ancestor: str, descendant: str) -> boo
 def commit_order(repo: str, base: str, other: str, *, cache_dir: Path) -> Ancestry:
     """How commit OTHER relates to commit BASE in REPO: is it newer (a descendant), older, diverged?
 
-    "unknown" when either is not a commit of REPO (a live release built elsewhere).
+    "missing" when OTHER is not a commit of REPO (a replayed push of a commit since
+    garbage-collected), "unknown" when only BASE is not (a live release built elsewhere)
+    or either is not a full SHA.
     """
     if base == other:
         return "same"
@@ -230,13 +232,29 @@ def commit_order(repo: str, base: str, other: str, *, cache_dir: Path) -> Ancest
     repo_dir = cache_dir / repo_key(repo)
     with _locked(repo_dir):
         mirror = _mirror(repo, repo_dir)
-        if any(_find_commit(repo, "(any)", c, mirror) is None for c in (base, other)):
+        if _find_commit(repo, "(any)", other, mirror) is None:
+            return "missing"
+        if _find_commit(repo, "(any)", base, mirror) is None:
             return "unknown"
         if _is_ancestor(repo, mirror, base, other):
             return "newer"
         if _is_ancestor(repo, mirror, other, base):
             return "older"
     return "diverged"
+
+
+def in_branch(repo: str, branch: str, sha: str, *, cache_dir: Path) -> bool:
+    """Whether commit SHA is BRANCH's head or in its history (heads fetched again before a no)."""
+    repo_dir = cache_dir / repo_key(repo)
+    with _locked(repo_dir):
+        mirror = _mirror(repo, repo_dir)
+        for attempt in range(2):
+            head = _lookup(mirror, f"refs/heads/{branch}", repo, branch)
+            if head and _lookup(mirror, sha, repo, branch) and _is_ancestor(repo, mirror, sha, head):
+                return True
+            if attempt == 0:
+                _fetch_heads(repo, mirror)
+    return False
 
 
 def _is_clean_checkout(tree: Path, sha: str) -> bool:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from tasks.errors import ConfigError
+from tasks.inputs import load_json, shown_key, shown_path
 
 PLACEHOLDER = "<IMAGE1_NAME>"
 SHA_TAG = "ecs-pipeline:git-sha"
@@ -65,7 +67,7 @@ def load_template(path: Path) -> dict[str, Any]:
 def parse_template(text: str, source: str) -> dict[str, Any]:
     """A taskdef.json's text to the task definition; errors give line and column, never the text."""
     try:
-        data = json.loads(text.lstrip("\ufeff"))
+        data = load_json(text, source, "task definition template")
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{source}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
@@ -82,7 +84,7 @@ def container_named(td: dict[str, Any], name: str, source: str) -> dict[str, Any
     containers = [c for c in td.get("containerDefinitions", []) if isinstance(c, dict)]
     named = [c for c in containers if c.get("name") == name]
     if not named:
-        names = ", ".join(str(c.get("name")) for c in containers)
+        names = ", ".join(shown_key(c.get("name")) for c in containers)
         raise ConfigError(
             f"{source}: no container named {name!r} (containers: {names}); "
             "fix ecs.container in the service config or the template"
@@ -101,7 +103,7 @@ def render_task_definition(
 ) -> dict[str, Any]:
     """RegisterTaskDefinition input for ``image``; the template is not modified."""
     td = {k: copy.deepcopy(v) for k, v in template.items() if k not in READ_ONLY}
-    unknown = sorted(set(td) - register_input_keys())
+    unknown = sorted({shown_key(k) for k in set(td) - register_input_keys()})
     if unknown:
         raise ConfigError(
             f"{source}: unknown task definition field(s) {', '.join(unknown)}; "
@@ -130,6 +132,70 @@ def render_task_definition(
     return td
 
 
+_AWS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+# Fargate's task sizes: CPU units -> the memory (MiB) it accepts with them.
+FARGATE_SIZES: dict[int, tuple[int, ...]] = {
+    256: (512, 1024, 2048), 512: tuple(range(1024, 4097, 1024)), 1024: tuple(range(2048, 8193, 1024)),
+    2048: tuple(range(4096, 16385, 1024)), 4096: tuple(range(8192, 30721, 1024)),
+    8192: tuple(range(16384, 61441, 4096)), 16384: tuple(range(32768, 122881, 8192)),
+}
+
+
+def check_aws_rules(td: dict[str, Any], container: str, port: int | None, source: str) -> None:
+    """What AWS refuses beyond botocore's types, found before a build: names, a Fargate size, the LB port.
+
+    PORT (ecs.container_port when a load balancer routes to the service) must be one
+    of the container's portMappings, or the service's tasks could never be registered.
+    """
+    if not _AWS_NAME.match(str(td["family"])):
+        raise ConfigError(f"{source}: family must be 1-255 letters, digits, hyphens or underscores; rename it")
+    names = [c.get("name") for c in td["containerDefinitions"]]
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not _AWS_NAME.match(name):
+            raise ConfigError(
+                f"{source}: containerDefinitions[{i}].name must be 1-255 letters, digits, hyphens or underscores"
+            )
+        if names.index(name) != i:
+            raise ConfigError(f"{source}: two containers are named {shown_key(name)}; give each its own name")
+        if not td["containerDefinitions"][i].get("image"):
+            raise ConfigError(f"{source}: containerDefinitions[{i}] ({name}) has no image; every container needs one")
+    if not any(c.get("essential", True) is not False for c in td["containerDefinitions"]):
+        raise ConfigError(f"{source}: no container is essential; ECS needs at least one (essential: true)")
+    if port is not None:
+        mappings = container_named(td, container, source).get("portMappings") or []
+        if port not in [m.get("containerPort") for m in mappings if isinstance(m, dict)]:
+            raise ConfigError(
+                f"{source}: container {container} has no portMappings entry with containerPort {port} "
+                f"(ecs.container_port), so the load balancer could not reach it; add one or fix ecs.container_port"
+            )
+    if "FARGATE" in (td.get("requiresCompatibilities") or []):
+        _check_fargate(td, source)
+
+
+def _check_fargate(td: dict[str, Any], source: str) -> None:
+    if td.get("networkMode") != "awsvpc":
+        raise ConfigError(f"{source}: requiresCompatibilities FARGATE needs networkMode awsvpc")
+    cpu, memory = _units(td.get("cpu"), "vcpu"), _units(td.get("memory"), "gb")
+    if cpu is None or memory is None:
+        raise ConfigError(
+            f"{source}: requiresCompatibilities FARGATE needs task-level cpu and memory, e.g. \"256\" and \"512\""
+        )
+    if memory not in FARGATE_SIZES.get(cpu, ()):
+        offered = FARGATE_SIZES.get(cpu)
+        fix = (f"with cpu {cpu}, memory is one of {', '.join(map(str, offered))}" if offered
+               else f"cpu is one of {', '.join(map(str, FARGATE_SIZES))}")
+        raise ConfigError(f"{source}: Fargate has no task size with cpu {cpu} and memory {memory} MiB; {fix}")
+
+
+def _units(value: Any, unit: str) -> int | None:
+    """CPU units or MiB from "256" or "0.25 vCPU" / "512" or "0.5 GB" (as AWS reads them); None if neither."""
+    text = str(value).strip().lower() if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    if text.isdigit():
+        return int(text)
+    found = re.fullmatch(rf"(\d+(?:\.\d+)?)\s*{unit}", text)
+    return round(float(found[1]) * 1024) if found else None
+
+
 _TYPE_WORDS = {"str": "a string", "int": "an integer", "bool": "true or false", "float": "a number",
                "list": "a list", "tuple": "a list", "dict": "an object"}
 
@@ -152,11 +218,11 @@ def check_register_input(td: dict[str, Any], source: str) -> None:
         return
     lines = []
     for kind, name, details in getattr(report, "_errors", []):
-        where = str(name).lstrip(".") or "(top level)"
+        where = shown_path(str(name).lstrip(".")) or "(top level)"
         if kind == "invalid type":
             lines.append(f"  {where}: expected {_type_names(details)}")
         elif kind == "unknown field":
-            lines.append(f"  {where}: unknown field {details.get('unknown_param')}")
+            lines.append(f"  {where}: unknown field {shown_key(details.get('unknown_param'))}")
         elif kind == "missing required field":
             lines.append(f"  {where}: missing required field {details.get('required_name')}")
         else:
@@ -245,11 +311,33 @@ class Change:
     desired: Any
 
     def __str__(self) -> str:
+        live, desired = (json.dumps(_masked(v, self.path)) for v in (self.live, self.desired))
         if self.live is None:
-            return f"+ {self.path}: {json.dumps(self.desired)}"
+            return f"+ {self.path}: {desired}"
         if self.desired is None:
-            return f"- {self.path}: {json.dumps(self.live)}"
-        return f"~ {self.path}: {json.dumps(self.live)} -> {json.dumps(self.desired)}"
+            return f"- {self.path}: {live}"
+        return f"~ {self.path}: {live} -> {desired}"
+
+
+# Environment variables whose value a diff never prints (a template should use `secrets`, but some do not).
+_SECRET_NAME = re.compile(r"pass|secret|token|key|credential|private|auth|session|cookie", re.IGNORECASE)
+_ENV_VALUE = re.compile(r"\.environment\[(?P<name>[^\]]*)\]\.value$")
+HIDDEN_VALUE = "<hidden: the variable's name says secret>"
+
+
+def _masked(value: Any, path: str = "") -> Any:
+    """VALUE with the value of every environment entry named like a secret replaced by HIDDEN_VALUE."""
+    scalar = _ENV_VALUE.search(path)
+    if scalar and _SECRET_NAME.search(scalar["name"]):
+        return HIDDEN_VALUE if value is not None else None
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    if isinstance(value, dict):
+        name = value.get("name")
+        if isinstance(name, str) and "value" in value and _SECRET_NAME.search(name):
+            return {**value, "value": HIDDEN_VALUE}
+        return {k: _masked(v) for k, v in value.items()}
+    return value
 
 
 def _walk(path: str, live: Any, desired: Any, out: list[Change]) -> None:

@@ -30,7 +30,8 @@ BAD = sorted(d.name for d in CORPUS.iterdir() if d.is_dir() and not d.name.start
 GOOD = sorted(d.name for d in CORPUS.iterdir() if d.is_dir() and d.name.startswith("ok-"))
 SECRETS = ("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
 # One of each kind, released for real: YAML syntax, strict type, cross-field rule,
-# path escape, a secret as template, a template AWS would refuse, appspec mismatch, two files.
+# path escape (a file, and the build context Docker would send), a secret as template,
+# a template AWS would refuse, a port the load balancer could not reach, appspec mismatch, two files.
 RELEASED = {
     "yaml-tab": "yaml-tab",
     "desired-count-string": "desired-count-string",
@@ -40,6 +41,8 @@ RELEASED = {
     "taskdef-wrong-types": "taskdef-wrong-types",
     "appspec-mismatch": "appspec-mismatch",
     "duplicate-target": "dup-a",
+    "build-context-absolute": "build-context-absolute",
+    "taskdef-port-not-mapped": "taskdef-port-not-mapped",
 }
 
 
@@ -48,7 +51,7 @@ def expected(case: str) -> str:
 
 
 def test_every_case_has_its_expected_message() -> None:
-    assert len(BAD) >= 30
+    assert len(BAD) >= 50
     assert [c for c in BAD if not (CORPUS / c / "expected.txt").is_file()] == []
 
 

@@ -161,3 +161,16 @@ def test_junit_failures_come_first_with_their_message(tmp_path: Path) -> None:
     assert report.headline() == "1 passed, 1 failed, 1 skipped (1 unreadable file(s))"
     first = report.rows()[0]
     assert (first["test"], first["status"], first["message"]) == ("a.bad", "failed", "expected 200, got 500")
+
+
+def test_keys_that_look_like_secrets_are_not_named() -> None:
+    """A buildspec is a file of the commit: a key pasted in by mistake may be a credential."""
+    for text, where in (
+        ("version: 0.2\nAKIAIOSFODNN7EXAMPLE: x\nphases: {build: {commands: [make]}}\n", "b.yml: <key not shown"),
+        ("version: 0.2\nenv: {variables: {wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY: x}}\n"
+         "phases: {build: {commands: [make]}}\n", "b.yml: env.variables.<key not shown"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_buildspec(text, "b.yml")
+        assert str(err.value).startswith(where), str(err.value)
+        assert "AKIA" not in str(err.value) and "wJalr" not in str(err.value)

@@ -177,3 +177,32 @@ def test_serve_refuses_a_deployment_that_belongs_to_a_work_pool() -> None:
     assert "deployment deploy-service/deploy-service belongs to work pool 'serve-test-pool'" in done.stderr
     assert "prefect worker start --pool serve-test-pool" in done.stderr and "prefect deployment delete" in done.stderr
     assert still.work_pool_name == pool, "the workers' deployment is left as it was"
+
+
+def test_only_aws_endpoint_url_chooses_where_aws_calls_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The printed `aws:` line is the truth: a service's own endpoint variable or a profile's is not used."""
+    from tasks.aws import shared_client
+    from tasks.settings import Settings
+
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\nendpoint_url = http://127.0.0.1:9\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_ECS", "http://127.0.0.1:9")
+    real = Settings(endpoint_url=None, region="eu-west-3")
+    assert real.describe() == "AWS eu-west-3" and real.effective_time_scale == 1
+    assert shared_client(real, "ecs").meta.endpoint_url == "https://ecs.eu-west-3.amazonaws.com"
+    assert shared_client(real, "elbv2").meta.endpoint_url == "https://elasticloadbalancing.eu-west-3.amazonaws.com"
+    sandbox = Settings(region="eu-west-3")
+    assert shared_client(sandbox, "ecs").meta.endpoint_url == os.environ["AWS_ENDPOINT_URL"]
+
+
+def test_no_sandbox_set_to_0_or_false_still_uses_the_sandbox(tmp_path: Path) -> None:
+    """ECS_PIPELINE_NO_SANDBOX=0 reads as "no, do not keep the sandbox out": it never sends a run to real AWS."""
+    (tmp_path / "env").write_text("AWS_ENDPOINT_URL=http://127.0.0.1:1\n")
+    for off in ("0", "false", "No", " "):
+        environ = {"SANDBOX_DIR": str(tmp_path), "ECS_PIPELINE_NO_SANDBOX": off}
+        assert load_sandbox_env(environ) == str((tmp_path / "env").resolve()), off
+        assert environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1"
+    for on in ("1", "true", "yes"):
+        environ = {"SANDBOX_DIR": str(tmp_path), "ECS_PIPELINE_NO_SANDBOX": on}
+        assert "not read" in load_sandbox_env(environ) and "AWS_ENDPOINT_URL" not in environ, on

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -117,3 +118,53 @@ def test_unknown_service_lists_known_ones(tmp_path: Path) -> None:
 )
 def test_traffic_steps(traffic: dict, steps: list[int]) -> None:
     assert Traffic.model_validate(traffic).steps() == steps
+
+
+def test_a_broken_sibling_file_neither_crashes_nor_blocks_a_release(tmp_path: Path) -> None:
+    """A release reads its own file strictly and its folder's others leniently (only to spot a twin)."""
+    copy_with(tmp_path, sample(), "sample-app.yaml")
+    write(tmp_path, "ecs: " + "[" * 1000 + "]" * 1000 + "\n", "deep.yaml")
+    write(tmp_path, "name: a\nname: b\n", "twice.yaml")
+    assert find_service("sample-app", tmp_path).name == "sample-app"
+    with pytest.raises(ConfigError, match=r"deep.yaml: service config is nested too deeply to be read"):
+        load_all_services(tmp_path)
+
+
+def test_yaml_merge_keys_override_without_counting_as_written_twice(tmp_path: Path) -> None:
+    data = sample()
+    text = yaml.safe_dump({k: v for k, v in data.items() if k != "ecs"})
+    ecs = data["ecs"]
+    text += (f"x-ecs: &ecs {{cluster: other, service: {ecs['service']}, container: {ecs['container']}, "
+             f"container_port: {ecs['container_port']}}}\n")
+    text += f"ecs:\n  <<: *ecs\n  cluster: {ecs['cluster']}\n"
+    with pytest.raises(ConfigError, match=r"x-ecs: unknown field"):  # merges are fine; the anchor's own key is not
+        load_service(copy_with(tmp_path, text))
+
+
+def test_a_fifo_or_a_huge_file_is_refused_not_read(tmp_path: Path) -> None:
+    """Reading a FIFO blocks forever (a release would hang before its first AWS call); a huge file fills memory."""
+    data = sample()
+    os.mkfifo(tmp_path / "pipe.json")
+    data["task_definition"] = "pipe.json"
+    with pytest.raises(ConfigError, match=r"task_definition: .*/pipe.json is not a regular file; point it at a"):
+        load_service(copy_with(tmp_path, data))
+    (tmp_path / "huge.json").write_text(" " * (1024 * 1024 + 1))
+    data["task_definition"] = "huge.json"
+    with pytest.raises(ConfigError, match=r"huge.json is larger than 1024 KiB, far more than a config or template"):
+        load_service(copy_with(tmp_path, data))
+    os.mkfifo(tmp_path / "other.yaml")
+    with pytest.raises(ConfigError, match=r"other.yaml: service config is not a regular file"):
+        load_all_services(tmp_path)
+    (tmp_path / "svc.yaml").unlink()
+    copy_with(tmp_path, sample(), "sample-app.yaml")
+    assert find_service("sample-app", tmp_path).name == "sample-app", "a sibling FIFO is skipped, not read"
+
+
+def test_yaml_aliases_are_fine_until_they_explode(tmp_path: Path) -> None:
+    """Aliases share one value when loaded; json.dumps writes each copy out (or loops on `&a [*a]`)."""
+    from tasks.inputs import parse_yaml
+
+    assert parse_yaml("b: &b {x: 1}\nl: [*b, *b]\n", "f.yml", "appspec") == {"b": {"x": 1}, "l": [{"x": 1}] * 2}
+    for text in ("a: &a [*a]\n", "a: &a [" + ",".join(["1"] * 400) + "]\nb: &b [" + ",".join(["*a"] * 300) + "]\n"):
+        with pytest.raises(ConfigError, match=r"f.yml: appspec expands to more than 100000 values through YAML"):
+            parse_yaml(text, "f.yml", "appspec")

@@ -233,4 +233,5 @@ def test_commit_order_diverged_and_unknown(repo: dict[str, str], tmp_path: Path)
     cache = tmp_path / "c"
     assert commit_order(repo["path"], third, repo["feature"], cache_dir=cache) == "diverged"
     assert commit_order(repo["path"], "1" * 40, third, cache_dir=cache) == "unknown"
+    assert commit_order(repo["path"], third, "1" * 40, cache_dir=cache) == "missing"
     assert commit_order(repo["path"], "not-a-sha", third, cache_dir=cache) == "unknown"

@@ -12,6 +12,7 @@ from tasks.errors import ConfigError
 from tasks.taskdef import (
     PLACEHOLDER,
     SHA_TAG,
+    check_aws_rules,
     check_register_input,
     container_named,
     diff_task_definitions,
@@ -203,3 +204,65 @@ def test_diff_reports_real_changes(change, path: str) -> None:  # type: ignore[n
     changes = diff_task_definitions(base, other)
     assert [c.path for c in changes] == [path]
     assert str(changes[0]).startswith(("~", "+", "-"))
+
+
+def test_diff_never_prints_a_value_named_like_a_secret() -> None:
+    """render prints what would be registered; a diff (deploy --dry-run, diff) is for reading, often in CI logs."""
+    base = render_task_definition(load_template(FIXTURES / "described.json"), image=IMAGE, container="worker")
+    env = [{"name": "DB_PASSWORD", "value": "hunter2-live"}, {"name": "GREETING", "value": "hi"}]
+    base["containerDefinitions"][0]["environment"] = env
+    changed = json.loads(json.dumps(base))
+    changed["containerDefinitions"][0]["environment"] = [{**e, "value": e["value"] + "-new"} for e in env]
+    lines = [str(c) for c in diff_task_definitions(base, changed)]
+    assert lines == [
+        '~ containerDefinitions[worker].environment[DB_PASSWORD].value: "<hidden: the variable\'s name says secret>"'
+        ' -> "<hidden: the variable\'s name says secret>"',
+        '~ containerDefinitions[worker].environment[GREETING].value: "hi" -> "hi-new"',
+    ]
+    changed["containerDefinitions"][0]["environment"].append({"name": "API_TOKEN", "value": "tok-123"})
+    whole = "\n".join(str(c) for c in diff_task_definitions(base, changed))
+    assert "hunter2" not in whole and "tok-123" not in whole and '"GREETING", "value": "hi-new"' in whole
+
+
+def fargate(cpu: object, memory: object, **extra: object) -> dict:
+    web = {"name": "web", "image": IMAGE, "portMappings": [{"containerPort": 8080}]}
+    return {"family": "shop", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"],
+            "cpu": cpu, "memory": memory, "containerDefinitions": [web], **extra}
+
+
+@pytest.mark.parametrize(
+    ("td", "message"),
+    [
+        (fargate("256", "512"), None),
+        (fargate("0.25 vCPU", "0.5 GB"), None),  # AWS's other spelling
+        (fargate("1 vcpu", "8GB"), None),
+        (fargate("16384", "122880"), None),
+        (fargate("256", "1536"), "no task size with cpu 256 and memory 1536 MiB; with cpu 256, memory is one of"),
+        (fargate("300", "1024"), "cpu is one of 256, 512, 1024, 2048, 4096, 8192, 16384"),
+        (fargate(None, None), "FARGATE needs task-level cpu and memory"),
+        (fargate("256", "512", networkMode="bridge"), "FARGATE needs networkMode awsvpc"),
+        ({**fargate("256", "512"), "requiresCompatibilities": ["EC2"], "cpu": "300"}, None),
+        (fargate("256", "512", family="shop/web"), "family must be 1-255 letters"),
+        (fargate("256", "512", family="x" * 256), "family must be 1-255 letters"),
+        (fargate("256", "512", containerDefinitions=[{"name": "web", "image": IMAGE, "essential": False,
+                                                       "portMappings": [{"containerPort": 8080}]}]),
+         "no container is essential"),
+        (fargate("256", "512", containerDefinitions=[{"name": "web", "image": IMAGE}]),
+         "container web has no portMappings entry with containerPort 8080"),
+        (fargate("256", "512", containerDefinitions=[{"name": "web", "image": IMAGE, "portMappings": [
+            {"containerPort": 8080}]}, {"name": "log router"}]), r"containerDefinitions\[1\].name must be"),
+        (fargate("256", "512", containerDefinitions=[{"name": "web", "image": IMAGE, "portMappings": [
+            {"containerPort": 8080}]}, {"name": "sidecar"}]), r"containerDefinitions\[1\] \(sidecar\) has no image"),
+    ],
+)
+def test_what_aws_refuses_beyond_types_is_found_at_load(td: dict, message: str | None) -> None:
+    if message is None:
+        check_aws_rules(td, "web", 8080, "taskdef.json")
+        return
+    with pytest.raises(ConfigError, match=message):
+        check_aws_rules(td, "web", 8080, "taskdef.json")
+
+
+def test_an_unrouted_service_needs_no_port_mapping() -> None:
+    """Rolling without a load balancer: nothing must reach ecs.container_port from outside."""
+    check_aws_rules(fargate("256", "512", containerDefinitions=[{"name": "web", "image": IMAGE}]), "web", None, "t")

@@ -279,6 +279,51 @@ def test_superseding_goes_by_git_ancestry_not_creation_time(
     assert superseded_by(service, rollback.id, cfg=cfg, cache_dir=cache) is None
 
 
+def test_a_diverged_or_vanished_replay_displaces_nothing(
+    tmp_path: Path, client: SyncPrefectClient, deployment: tuple[str, uuid.UUID], tag: str
+) -> None:
+    """A signed push from before a force-push, replayed later: created last, it still cancels no run of the branch.
+
+    Whether the server still has the rewritten commit (diverged) or has garbage-collected it (missing).
+    """
+    repo = tmp_path / "repo"
+    heads = make_repo(repo)
+    git(repo, "checkout", "-q", "-b", "before-force-push", heads["old"])
+    replayed_sha = commit(repo, "rewritten away")
+    git(repo, "checkout", "-q", "main")
+    service = f"svc-{tag}"
+    cfg = write_service(tmp_path, service, str(repo))
+    cache = tmp_path / "cache"
+    genuine = create_run(client, deployment[1], service, heads["main"])
+    replayed = create_run(client, deployment[1], service, replayed_sha)
+    assert cancel_waiting_runs(service, replayed.id, order=commit_order_for(cfg, cache)) == []
+    assert client.read_flow_run(genuine.id).state_type.value == "SCHEDULED"
+    assert superseded_by(service, genuine.id, cfg=cfg, cache_dir=cache) is None
+    assert superseded_by(service, replayed.id, cfg=cfg, cache_dir=cache) is None  # its release refuses it itself
+    vanished = create_run(client, deployment[1], service, "1" * 40)
+    assert cancel_waiting_runs(service, vanished.id, order=commit_order_for(cfg, cache)) == []
+    assert superseded_by(service, genuine.id, cfg=cfg, cache_dir=cache) is None
+    assert superseded_by(service, vanished.id, cfg=cfg, cache_dir=cache) is None  # refused at its resolve
+
+
+
+def test_a_commit_off_the_branch_displaces_nothing(
+    tmp_path: Path, client: SyncPrefectClient, deployment: tuple[str, uuid.UUID], tag: str
+) -> None:
+    """A feature commit ahead of main, pushed as main by whoever holds a sender's secret (GitLab's travels in clear)."""
+    repo = tmp_path / "repo"
+    heads = make_repo(repo, ("feature",))  # feature descends from main's head
+    service = f"svc-{tag}"
+    cfg = write_service(tmp_path, service, str(repo))
+    cache = tmp_path / "cache"
+    genuine = create_run(client, deployment[1], service, heads["main"])
+    forged = create_run(client, deployment[1], service, heads["feature"])
+    assert cancel_waiting_runs(service, forged.id, order=commit_order_for(cfg, cache)) == []
+    assert superseded_by(service, genuine.id, cfg=cfg, cache_dir=cache) is None
+    git(repo, "merge", "-q", "--ff-only", "feature")  # once merged, it is the branch's newer commit
+    assert superseded_by(service, genuine.id, cfg=cfg, cache_dir=cache) == str(forged.id)
+
+
 def test_a_run_refused_as_not_newer_is_not_started_again(
     client: SyncPrefectClient, deployment: tuple[str, uuid.UUID], tag: str
 ) -> None:

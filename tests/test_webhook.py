@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -167,6 +168,15 @@ def test_parse_push_gitlab_shape() -> None:
     }
     push = parse_push(payload)
     assert push.repo_name == "acme/shop" and push.branch == "main"
+
+
+def test_a_repository_named_only_by_a_url_with_credentials_is_named_without_them() -> None:
+    """The name goes into the log and the answer ("no service builds from ..."); a token in the URL must not."""
+    payload = {"ref": "refs/heads/main", "after": SHA1,
+               "repository": {"clone_url": "https://ci:glpat-s3cr3t@git.example.com/acme/shop.git"}}
+    push = parse_push(payload)
+    assert push.repo_name == "https://***@git.example.com/acme/shop.git"
+    assert services_for_push([make_service("web", "https://git.example.com/acme/shop.git")], push) != []
 
 
 @pytest.mark.parametrize(
@@ -541,6 +551,20 @@ def test_a_gitlab_token_equal_to_an_hmac_key_is_refused(
     assert SECRET not in caplog.text
 
 
+def test_one_hmac_key_for_github_and_gitea_is_refused(deployment: tuple[str, uuid.UUID]) -> None:
+    """A delivery signed for one endpoint would pass at the other, as a new delivery (ids are per sender)."""
+    secrets = WebhookSecrets({"github": SECRET, "gitea": SECRET})
+    with pytest.raises(SecretUnavailable, match="ECS_PIPELINE_GITEA_WEBHOOK_SECRET") as refused:
+        secrets.check()
+    assert SECRET not in str(refused.value)
+    body = json.dumps(push_payload(full_name="acme/unknown")).encode()
+    with serving(create_app([], secrets, PrefectRunStarter(deployment[0]))) as url:
+        headers = {"X-Gitea-Event": "push", "X-Gitea-Signature": sign_github(SECRET, body)[7:]}
+        answer = httpx.post(f"{url}/webhook/gitea", content=body, headers=headers)
+        assert answer.status_code == 503 and SECRET not in answer.text
+        assert post(url, body).status_code == 200  # GitHub deliveries still work
+
+
 def test_a_refused_request_does_not_use_up_its_delivery_id(
     app_url: str, client: SyncPrefectClient, deployment: tuple[str, uuid.UUID], names: dict[str, str]
 ) -> None:
@@ -664,3 +688,63 @@ def test_secrets_never_in_settings_logs_or_answers(
     assert [a.status_code for a in answers] == [401, 200, 503, 404]
     assert all(SECRET not in a.text for a in answers)
     assert SECRET not in caplog.text and "no-such-block" in caplog.text
+
+
+def test_form_encoded_payloads_are_read_like_json(app_url: str) -> None:
+    """GitHub and Gitea can send ``payload=<json>`` as a form; the signature covers the raw form body."""
+    payload = json.dumps(push_payload(full_name="acme/unknown"))
+    form = urlencode({"payload": payload}).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "X-GitHub-Event": "push"}
+    signed = {**headers, "X-Hub-Signature-256": sign_github(SECRET, form)}
+    answer = httpx.post(f"{app_url}/webhook/github", content=form, headers=signed)
+    assert answer.status_code == 200 and answer.json()["ignored"].startswith("no service builds from acme/unknown")
+    gitea = {**headers, "X-Gitea-Event": "push", "X-Gitea-Signature": sign_github(GITEA_SECRET, form)[7:]}
+    assert httpx.post(f"{app_url}/webhook/gitea", content=form, headers=gitea).status_code == 200
+    signed_json = {**headers, "X-Hub-Signature-256": sign_github(SECRET, payload.encode())}
+    assert httpx.post(f"{app_url}/webhook/github", content=form, headers=signed_json).status_code == 401
+    for body in (b"payload=%7Bnot+json", b"zen=hi", urlencode([("payload", "{}"), ("payload", "{}")]).encode()):
+        refused = {**headers, "X-Hub-Signature-256": sign_github(SECRET, body)}
+        assert httpx.post(f"{app_url}/webhook/github", content=body, headers=refused).status_code == 400
+
+
+def test_json_nested_too_deep_is_400_not_500(app_url: str) -> None:
+    for body in (b"[" * 20_000 + b"]" * 20_000, b"{\"a\":" * 6_000 + b"1" + b"}" * 6_000):  # under the 64 KiB cap
+        answer = post(app_url, body)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"].startswith("body is not JSON")
+
+
+def test_gitlab_redeliveries_are_known_by_their_idempotency_key(
+    app_url: str, client: SyncPrefectClient, deployment: tuple[str, uuid.UUID], names: dict[str, str]
+) -> None:
+    """GitLab 17.4+ keeps Idempotency-Key across retries (X-Gitlab-Event-UUID is per event, not per delivery)."""
+    sha = "4" * 40
+    project = {"path_with_namespace": "acme/other", "web_url": "https://github.com/acme/other",
+               "git_http_url": "https://github.com/acme/other.git", "git_ssh_url": "git@github.com:acme/other.git"}
+    body = json.dumps({"object_kind": "push", "ref": "refs/heads/main", "after": sha, "project": project}).encode()
+    key = str(uuid.uuid4())
+
+    def deliver() -> httpx.Response:
+        headers = {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": GITLAB_TOKEN, "Idempotency-Key": key,
+                   "X-Gitlab-Event-UUID": str(uuid.uuid4())}
+        return httpx.post(f"{app_url}/webhook/gitlab", content=body, headers=headers)
+
+    assert deliver().status_code == 202
+    again = deliver()
+    assert again.status_code == 200 and again.json() == {"duplicate": True, "delivery": key}
+    runs = [r for r in runs_for(client, deployment[1], names["other"]) if f"sha:{sha}" in r.tags]
+    assert len(runs) == 1
+
+
+def test_gitlab_system_hook_pushes_are_pushes(app_url: str) -> None:
+    """GitLab's system hooks send every event as "System Hook"; event_name says which (push, tag_push, ...)."""
+    project = {"path_with_namespace": "acme/unknown", "git_http_url": "https://github.com/acme/unknown.git"}
+    headers = {"X-Gitlab-Event": "System Hook", "X-Gitlab-Token": GITLAB_TOKEN}
+    for event_name, ref, ignored in (
+        ("push", "refs/heads/main", "no service builds from acme/unknown branch main"),
+        ("tag_push", "refs/tags/v1", "tag push: refs/tags/v1"),
+        ("project_create", "refs/heads/main", "event System Hook is not a push"),
+    ):
+        body = {"event_name": event_name, "ref": ref, "after": SHA1, "project": project}
+        answer = httpx.post(f"{app_url}/webhook/gitlab", content=json.dumps(body).encode(), headers=headers)
+        assert answer.status_code == 200 and answer.json() == {"ignored": ignored}, answer.text
