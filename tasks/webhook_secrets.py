@@ -3,8 +3,7 @@
 Secrets are never shared between senders: GitHub and Gitea sign each payload
 with an HMAC key that never travels, while GitLab sends its token in clear in
 every request, so a GitLab token equal to an HMAC key would hand that key to
-anyone who sees one GitLab delivery; and one HMAC key for GitHub and Gitea
-would let a delivery to one endpoint be replayed at the other. A sender with no secret configured is
+anyone who sees one GitLab delivery. A sender with no secret configured is
 switched off. Values stay ``SecretStr`` until the moment of comparison, and no
 message here ever contains one.
 """
@@ -85,11 +84,6 @@ class WebhookSecrets:
                         f"the GitLab token equals the {other} HMAC secret; GitLab sends its token in "
                         f"clear, so give {secret_variables('gitlab')} a value of its own"
                     )
-        if sender == "gitea" and self.enabled("github") and _same(secret, self._read("github")):
-            raise SecretUnavailable(
-                "the Gitea HMAC secret equals the GitHub one, so a delivery signed for either endpoint "
-                f"is accepted by the other as a new delivery; give {secret_variables('gitea')} a value of its own"
-            )
         return secret
 
     def check(self) -> list[str]:
