@@ -54,8 +54,8 @@ def pages(ui: str) -> list[tuple[str, str]]:
         return found[0]
 
     with get_client(sync_client=True) as client:
-        deployed = latest_run(client, "outcome:deployed")
-        rolled_back = latest_run(client, "outcome:rolled-back")
+        deployed = latest_run(client, "verdict:deployed")
+        rolled_back = latest_run(client, "verdict:rolled-back")
         summary = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{SERVICE}-release"])),
             sort=ArtifactSort.CREATED_DESC,
