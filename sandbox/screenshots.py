@@ -3,8 +3,9 @@
 Playwright drives the system browser (``executable_path``; it downloads none)
 against the sandbox's Prefect server after ``make demo``, and writes
 docs/screenshots/*.png: the release graph of the last deployed release, the
-rolled-back release, its summary artifact, the live view, and the
-deployment page listing every release.
+rolled-back release, its summary artifact, the live view, the deployment page
+listing every release, the Runs page with the UI's "Failed" state filter, and
+the rolled-back event.
 """
 
 from __future__ import annotations
@@ -69,7 +70,21 @@ def pages(ui: str) -> list[tuple[str, str]]:
         ("release-summary", f"{ui}/artifacts/artifact/{summary_id}"),
         ("live-view", f"{ui}/artifacts/artifact/{live.id}"),
         ("deployment-runs", f"{ui}/deployments/deployment/{deployment.id}"),
+        ("failed-runs", f"{ui}/runs?state=Failed"),  # the URL the UI makes when "Failed" is picked
+        ("rolled-back-event", rolled_back_event(ui)),
     ]
+
+
+def rolled_back_event(ui: str) -> str:
+    """The page of the last ``ecs-pipeline.deploy.rolled-back`` event of the service."""
+    import httpx
+
+    wanted = {"event": {"name": ["ecs-pipeline.deploy.rolled-back"]},
+              "resource": {"id": [f"ecs-pipeline.service.{SERVICE}"]}}
+    found = httpx.post(f"{ui}/api/events/filter", json={"filter": wanted, "limit": 1}, timeout=30).json()["events"]
+    if not found:
+        raise SystemExit(f"no rolled-back event of {SERVICE}: run `make demo` first")
+    return f"{ui}/events/event/{found[0]['occurred'][:10]}/{found[0]['id']}"
 
 
 def main() -> int:
