@@ -32,7 +32,7 @@ def browser_path() -> str:
 
 
 def pages(ui: str) -> list[tuple[str, str]]:
-    """(file name, URL) of each page worth a picture, found through the API."""
+    """(file name, URL) of each page worth a picture, found through the API; ``#Tab`` opens that tab."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterTags
     from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
@@ -66,7 +66,7 @@ def pages(ui: str) -> list[tuple[str, str]]:
         deployment = client.read_deployment_by_name("deploy-service/deploy-service")
     return [
         ("release-graph", f"{ui}/runs/flow-run/{deployed.id}"),
-        ("rolled-back-release", f"{ui}/runs/flow-run/{rolled_back.id}"),
+        ("rolled-back-release", f"{ui}/runs/flow-run/{rolled_back.id}#Details"),  # its state message
         ("release-summary", f"{ui}/artifacts/artifact/{summary_id}"),
         ("live-view", f"{ui}/artifacts/artifact/{live.id}"),
         ("deployment-runs", f"{ui}/deployments/deployment/{deployment.id}"),
@@ -96,8 +96,11 @@ def main() -> int:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path(), headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1440, "height": 960})
-        for name, url in pages(ui):
+        for name, target in pages(ui):
+            url, _, tab = target.partition("#")
             page.goto(url, wait_until="networkidle", timeout=60_000)
+            if tab:
+                page.locator("[role=tab], .p-tab", has_text=tab).first.click()
             time.sleep(3)  # the graph and markdown render after the data arrives
             path = OUT / f"{name}.png"
             page.screenshot(path=str(path))
