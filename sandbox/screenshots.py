@@ -3,8 +3,9 @@
 Playwright drives the system browser (``executable_path``; it downloads none)
 against the sandbox's Prefect server after ``make demo``, and writes
 docs/screenshots/*.png: the release graph of the last deployed release, the
-rolled-back release, its summary artifact, the live view, and the
-deployment page listing every release.
+rolled-back release, its summary artifact, the live view, the deployment page
+listing every release, the Runs page with the UI's "Failed" state filter, and
+the rolled-back event.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def browser_path() -> str:
 
 
 def pages(ui: str) -> list[tuple[str, str]]:
-    """(file name, URL) of each page worth a picture, found through the API."""
+    """(file name, URL) of each page worth a picture, found through the API; ``#Tab`` opens that tab."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterTags
     from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
@@ -54,8 +55,8 @@ def pages(ui: str) -> list[tuple[str, str]]:
         return found[0]
 
     with get_client(sync_client=True) as client:
-        deployed = latest_run(client, "outcome:deployed")
-        rolled_back = latest_run(client, "outcome:rolled-back")
+        deployed = latest_run(client, "verdict:deployed")
+        rolled_back = latest_run(client, "verdict:rolled-back")
         summary = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{SERVICE}-release"])),
             sort=ArtifactSort.CREATED_DESC,
@@ -65,11 +66,25 @@ def pages(ui: str) -> list[tuple[str, str]]:
         deployment = client.read_deployment_by_name("deploy-service/deploy-service")
     return [
         ("release-graph", f"{ui}/runs/flow-run/{deployed.id}"),
-        ("rolled-back-release", f"{ui}/runs/flow-run/{rolled_back.id}"),
+        ("rolled-back-release", f"{ui}/runs/flow-run/{rolled_back.id}#Details"),  # its state message
         ("release-summary", f"{ui}/artifacts/artifact/{summary_id}"),
         ("live-view", f"{ui}/artifacts/artifact/{live.id}"),
         ("deployment-runs", f"{ui}/deployments/deployment/{deployment.id}"),
+        ("failed-runs", f"{ui}/runs?state=Failed"),  # the URL the UI makes when "Failed" is picked
+        ("rolled-back-event", rolled_back_event(ui)),
     ]
+
+
+def rolled_back_event(ui: str) -> str:
+    """The page of the last ``ecs-pipeline.deploy.rolled-back`` event of the service."""
+    import httpx
+
+    wanted = {"event": {"name": ["ecs-pipeline.deploy.rolled-back"]},
+              "resource": {"id": [f"ecs-pipeline.service.{SERVICE}"]}}
+    found = httpx.post(f"{ui}/api/events/filter", json={"filter": wanted, "limit": 1}, timeout=30).json()["events"]
+    if not found:
+        raise SystemExit(f"no rolled-back event of {SERVICE}: run `make demo` first")
+    return f"{ui}/events/event/{found[0]['occurred'][:10]}/{found[0]['id']}"
 
 
 def main() -> int:
@@ -81,8 +96,11 @@ def main() -> int:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path(), headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1440, "height": 960})
-        for name, url in pages(ui):
+        for name, target in pages(ui):
+            url, _, tab = target.partition("#")
             page.goto(url, wait_until="networkidle", timeout=60_000)
+            if tab:
+                page.locator("[role=tab], .p-tab", has_text=tab).first.click()
             time.sleep(3)  # the graph and markdown render after the data arrives
             path = OUT / f"{name}.png"
             page.screenshot(path=str(path))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import re
 import secrets as token
 import shutil
 import tempfile
@@ -43,6 +44,8 @@ from tasks.source import redact_url
 
 Log = Callable[[str], None]
 TAIL_LINES = 15
+# Commands whose output is docker's progress (build steps, layer by layer): DEBUG, with one line at INFO.
+DOCKER_PROGRESS = re.compile(r"(^|[;&|(`]|\$\()\s*docker\s+(image\s+|buildx\s+)?(build|push|pull)\b")
 NOT_FOUND = ("ParameterNotFound", "ParameterVersionNotFound", "ResourceNotFoundException")
 CONTAINER_LABEL = "ecs-pipeline.codebuild"
 # Not passed into build.image: the image has its own PATH and HOME, and these name files on the worker.
@@ -236,14 +239,21 @@ def container_spec(cfg: ServiceConfig, image: str, host: ShellSpec,
     return BuildContainer(run, env, name, label), ShellSpec(session, env, src, host.shell, scripts)
 
 
-def run_phase(phase: Phase, shell: Shell, mask: Masker, log: Log) -> Failure | None:
-    """The phase's commands until one fails, then its finally block; the first failure."""
+def run_phase(phase: Phase, shell: Shell, mask: Masker, log: Log, detail: Log | None = None) -> Failure | None:
+    """The phase's commands until one fails, then its finally block; the first failure.
+
+    A docker build, push or pull command's output goes to DETAIL (a run logger's
+    debug level) and its last line to LOG: the INFO log keeps one line per docker command.
+    """
     failure: Failure | None = None
     tail: deque[str] = deque(maxlen=TAIL_LINES)
+    sink: list[Log] = [log]  # where the running command's output goes
+    lines = [0]
 
     def out(line: str) -> None:
         tail.append(mask(line))
-        log(tail[-1])
+        lines[0] += 1
+        sink[0](tail[-1])
 
     for block, commands in (("commands", phase.commands), ("finally", phase.finally_)):
         for command in commands:
@@ -251,20 +261,25 @@ def run_phase(phase: Phase, shell: Shell, mask: Masker, log: Log) -> Failure | N
                 break
             log(f"[{phase.name}] Running command {mask(command)}")
             tail.clear()
+            lines[0], quiet = 0, detail is not None and DOCKER_PROGRESS.search(command) is not None
+            sink[0] = detail if quiet and detail is not None else log
             status = shell.run(command, out)
+            if quiet and lines[0]:
+                log(f"[{phase.name}] {tail[-1].strip() or 'docker'} ({lines[0]} lines of docker output at DEBUG)")
             if status != 0 and failure is None:
                 failure = Failure(phase.name, mask(command), status, tuple(tail))
     log(f"[{phase.name}] Phase complete: {phase.name.upper()} State: {'FAILED' if failure else 'SUCCEEDED'}")
     return failure
 
 
-def run_phases(spec: BuildSpec, shell: Shell, mask: Masker, log: Log, result: BuildRun) -> None:
+def run_phases(spec: BuildSpec, shell: Shell, mask: Masker, log: Log, result: BuildRun,
+               detail: Log | None = None) -> None:
     """install, pre_build, build, post_build with CodeBuild's transitions after a failure."""
     for phase in spec.phases:
         if result.failure is not None:
             shell.run("CODEBUILD_BUILD_SUCCEEDING=0; export CODEBUILD_BUILD_SUCCEEDING", lambda _line: None)
         try:
-            failed = run_phase(phase, shell, mask, log)
+            failed = run_phase(phase, shell, mask, log, detail)
         except ShellTimeout:
             failed = Failure(phase.name, "(running)", "timed out (build.timeout_seconds)", ())
             result.phases.append((phase.name, "TIMED_OUT"))
@@ -338,8 +353,11 @@ def read_image_definitions(src: Path, result: BuildRun) -> None:
 
 
 def run_buildspec(cfg: ServiceConfig, clients: AwsClients, spec: BuildSpec, sha: str, src: Path,
-                  uri: str, log: Log) -> BuildRun:
-    """Run SPEC in SRC; a BuildError (masked) when a phase failed, after reports (and artifacts) are published."""
+                  uri: str, log: Log, detail: Log | None = None) -> BuildRun:
+    """Run SPEC in SRC; a BuildError (masked) when a phase failed, after reports (and artifacts) are published.
+
+    DETAIL takes docker's progress output (see run_phase); without it, LOG takes every line.
+    """
     out = clients.settings.artifacts_dir
     variables, hidden = resolve_env(spec, clients)
     mask = Masker(hidden)
@@ -349,7 +367,7 @@ def run_buildspec(cfg: ServiceConfig, clients: AwsClients, spec: BuildSpec, sha:
     with tempfile.TemporaryDirectory(prefix=f"codebuild-{token.token_hex(4)}-") as scripts, \
             build_shell(cfg, ShellSpec((spec.env.shell,), env, src, spec.env.shell, Path(scripts)),
                         clients.settings.build_host_env, deadline) as shell:
-        run_phases(spec, shell, mask, log, result)
+        run_phases(spec, shell, mask, log, result, detail)
         if result.failure is None:
             result.exported = {k: mask(v) for k, v in shell.capture(spec.env.exported).items()}
     publish_reports(cfg, spec, src, mask, result)

@@ -36,18 +36,21 @@ def image_uri_for(cfg: ServiceConfig, definitions: list[dict[str, Any]]) -> str:
 
 
 def _tag_with_sha(client: docker.DockerClient, source: str, repository: str, sha: str,
-                  auth: ecr.RegistryAuth, log: Log) -> str:
-    """Push the image again under the full-SHA tag (layers are there already); the digest served."""
+                  auth: ecr.RegistryAuth, log: Log, detail: Log | None = None) -> str:
+    """Push the image again under the full-SHA tag (layers are there already); the digest served.
+
+    The push's layer lines go to DETAIL (a run logger's debug level), its summary to LOG.
+    """
     try:
         client.api.tag(source, repository, sha)
     except docker.errors.ImageNotFound:
         client.api.pull(source, auth_config=auth.auth_config())
         client.api.tag(source, repository, sha)
-    return image.push_image(client, f"{repository}:{sha}", auth, log)
+    return image.push_image(client, f"{repository}:{sha}", auth, log, detail)
 
 
 def adopt_image(cfg: ServiceConfig, clients: AwsClients, sha: str, uri: str,
-                definitions: list[dict[str, Any]], log: Log) -> str:
+                definitions: list[dict[str, Any]], log: Log, detail: Log | None = None) -> str:
     """``repo@digest`` of the image imagedefinitions.json names, after checking it is in ECR."""
     named = image_uri_for(cfg, definitions)
     name, tag, digest = ecr.split_image(named)
@@ -70,7 +73,7 @@ def adopt_image(cfg: ServiceConfig, clients: AwsClients, sha: str, uri: str,
     ref = image.image_with_digest(repository, found)
     log(f"the buildspec pushed {named}: deploying {ref}")
     if tag != sha:
-        served = _tag_with_sha(docker_client(), named, repository, sha, ecr.registry_auth(ecr_client), log)
+        served = _tag_with_sha(docker_client(), named, repository, sha, ecr.registry_auth(ecr_client), log, detail)
         if served != found:
             log(f"note: {repository}:{sha} is {served}, not {found}; the release pins {found}")
     return ref

@@ -59,12 +59,13 @@ class LiveRecord:
             ("Put there by", run_link(self.run)),
         ]
         failed = self.last_failure
+        what = f"`{failed.sha[:7]}`" if failed and failed.sha else "-"
         if failed is not None:
-            what = f"`{failed.sha[:7]}`" if failed.sha else "-"
             rows.append(("Last failed attempt", f"{what} {failed.outcome} at {failed.at} ({run_link(failed.run)})"))
-            rows.append(("Why", failed.reason.replace("|", "\\|").replace("\n", " ")))
         head = f"# {self.service}: `{self.sha[:7]}` is live" if self.sha else f"# {self.service}: live release unknown"
         lines = [head, "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+        if failed is not None:  # below the table: the UI does not wrap a table cell, a long reason was cut off
+            lines += ["", f"**Why {what} did not go live:** {' '.join(failed.reason.split())}"]
         lines += ["", f"_updated {self.updated}_", "", f"{_MARK}{json.dumps(asdict(self))} -->"]
         return "\n".join(lines)
 

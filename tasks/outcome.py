@@ -5,8 +5,14 @@ Runs page's "Failed") ask the API for Prefect's built-in state *names*, so a
 run in a custom-named state ("Rolled back") is missing from them. Every run
 therefore ends in a built-in state (Completed, Failed, Cancelled) whose
 message leads with the outcome and its reason ("Rolled back: GET / returned
-500 ..."), with an ``outcome:<slug>`` tag to search by. ``outcome_of`` reads
+500 ..."), with a ``verdict:<slug>`` tag to search by. ``outcome_of`` reads
 the outcome back from a state.
+
+The tag's name is chosen for the lists: where a run's tags do not fit, the
+UI (3.9) sorts them and shows the last ones (``+3`` hides the rest), its V2 UI
+shows the first ones as stored. ``verdict:`` sorts after ``service:``,
+``sha:`` and ``trigger:``, and the run stores it first, so both UIs show it
+in every list row, also on the deployment page where one tag fits.
 """
 
 from __future__ import annotations
@@ -49,8 +55,12 @@ def outcome_of(state: State[Any] | None) -> str:
     return lead if lead in OUTCOME_TYPES else str(state.name)
 
 
+VERDICT = "verdict:"
+_OLD_VERDICT = "outcome:"  # the tag's name before 2026-12; replaced when such a run is retried
+
+
 def outcome_tag(outcome: str) -> str:
-    return "outcome:" + outcome.lower().replace(" ", "-")
+    return VERDICT + outcome.lower().replace(" ", "-")
 
 
 def final_state(outcome: str, text: str, data: Any = None) -> State[Any]:
@@ -70,13 +80,14 @@ def final_state(outcome: str, text: str, data: Any = None) -> State[Any]:
 
 
 def tag_run(*tags: str) -> None:
+    """TAGS first (the V2 UI shows a run's first tags), replacing an earlier attempt's verdict."""
     run_id = flow_run.get_id()
     if not run_id:
         return
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(str(run_id)))
-        kept = [t for t in run.tags if not t.startswith("outcome:")]
-        client.update_flow_run(run.id, tags=[*kept, *tags])
+        kept = [t for t in run.tags if not t.startswith((VERDICT, _OLD_VERDICT))]
+        client.update_flow_run(run.id, tags=[*tags, *kept])
 
 
 def flow_run_name() -> str:
@@ -120,8 +131,11 @@ def update_live(summary: ReleaseSummary, live: LiveRelease | None) -> LiveRecord
                                 "100% of production", last_failure=record.last_failure)
         if OUTCOME_TYPES.get(summary.outcome) == StateType.FAILED or summary.outcome == "Cancelled":
             record.last_failure = Failure(summary.sha, summary.outcome, summary.reason or "-", run, now())
-            if summary.traffic and summary.traffic != "unchanged":
-                record.traffic = summary.traffic
+        if summary.traffic in ("unchanged", "production on blue"):
+            # "production on blue" is this run's view; the live view's: the live release serves it all.
+            record.traffic = "100% of production" if record.sha else record.traffic
+        else:  # a split a rollback could not undo, and the like: what this run left
+            record.traffic = summary.traffic
     publish_live(record)
     return record
 

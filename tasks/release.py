@@ -118,10 +118,10 @@ def build(
     notes: tuple[str, ...] = ()
     spec = codebuild.buildspec_for(cfg, tree, sha)
     if spec is not None:
-        ran = codebuild.run_buildspec(cfg, clients, spec, sha, tree, uri, log.info)
+        ran = codebuild.run_buildspec(cfg, clients, spec, sha, tree, uri, log.info, detail=log.debug)
         notes = tuple(ran.notes())
         if ran.image_definitions is not None:
-            ref = handover.adopt_image(cfg, clients, sha, uri, ran.image_definitions, log.info)
+            ref = handover.adopt_image(cfg, clients, sha, uri, ran.image_definitions, log.info, log.debug)
             return StageResult(ref, done=True, pushed=True, notes=notes)
     docker_build = image.BuildSpec(
         context_dir=tree / cfg.build.context,

@@ -27,17 +27,23 @@ def resource(service: str) -> dict[str, str]:
 
 
 def related(payload: dict[str, Any]) -> list[dict[str, str]]:
-    """The release and the reason as related resources: the UI's event page shows their names."""
+    """The commit, the reason and the traffic as related resources, readable on the UI's event pages.
+
+    The UI (3.9) shows a related resource of its own kinds (flow run, deployment)
+    by name and any other by its id, so the id carries the text
+    (``ecs-pipeline.reason: GET / returned 500 ...``): the event list and page
+    show the reason without the Raw tab.
+    """
     found = []
     sha = payload.get("sha")
     if sha:
         found.append({"prefect.resource.id": f"ecs-pipeline.commit.{sha}",
                       "prefect.resource.role": "commit", "prefect.resource.name": str(sha)[:7]})
     for role in ("reason", "traffic"):
-        text = payload.get(role)
+        text = " ".join(str(payload.get(role) or "").split())[:300]
         if text:
-            found.append({"prefect.resource.id": f"ecs-pipeline.{role}",
-                          "prefect.resource.role": role, "prefect.resource.name": str(text)[:300]})
+            found.append({"prefect.resource.id": f"ecs-pipeline.{role}: {text}",
+                          "prefect.resource.role": role, "prefect.resource.name": text})
     return found
 
 
@@ -45,8 +51,7 @@ def emit(service: str, what: str, **payload: Any) -> None:
     """``ecs-pipeline.deploy.<what>`` on resource ``ecs-pipeline.service.<service>``.
 
     The payload keeps every detail for automations; the reason, commit and
-    traffic are also resource labels and related resources, which the UI's
-    event list and page show without opening the raw event.
+    traffic are also resource labels and related resources (see ``related``).
     """
     labels = resource(service)
     for key in ("sha", "reason", "traffic"):

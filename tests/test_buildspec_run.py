@@ -36,6 +36,7 @@ def cfg(tmp_path: Path) -> ServiceConfig:
 class Run:
     def __init__(self, cfg: ServiceConfig, src: Path) -> None:
         self.cfg, self.src, self.lines = cfg, src, []  # type: list[str]
+        self.debug: list[str] = []
         self.clients = AwsClients(Settings(artifacts_dir=src.parent / "artifacts"))
 
     def __call__(self, data: dict[str, Any]) -> BuildRun:
@@ -44,7 +45,8 @@ class Run:
         @flow(name="buildspec-test", persist_result=False)
         def in_flow() -> BuildRun:
             """Artifacts belong to a run, as in the pipeline (no parameters: nothing to serialise)."""
-            return run_buildspec(self.cfg, self.clients, spec, SHA, self.src, "127.0.0.1:1/repo", self.lines.append)
+            return run_buildspec(self.cfg, self.clients, spec, SHA, self.src, "127.0.0.1:1/repo", self.lines.append,
+                                 self.debug.append)
 
         return in_flow()
 
@@ -106,6 +108,18 @@ def test_failed_pre_build_ends_the_build(run: Run) -> None:
     assert message.startswith("buildspec failed in phase pre_build: command `echo 'FAIL test_root' >&2; exit 3` "
                               "exited 3; last output:\n  | FAIL test_root")
     assert "building" not in run.lines and "never" not in run.lines
+
+
+def test_docker_progress_goes_to_debug_with_one_line_at_info(run: Run) -> None:
+    fake_docker = 'docker() { echo "Step 1/2 : FROM scratch"; echo " ---> Using cache"; echo "done: $1"; }'
+    run({"phases": {"build": {"commands": [
+        fake_docker, "docker build -t repo:abc .", 'echo "tests passed"', "cd . && docker push repo:abc",
+    ]}}})
+    progress = ["Step 1/2 : FROM scratch", " ---> Using cache"]
+    assert run.debug == [*progress, "done: build", *progress, "done: push"]
+    assert "[build] done: build (3 lines of docker output at DEBUG)" in run.lines
+    assert "[build] done: push (3 lines of docker output at DEBUG)" in run.lines
+    assert "tests passed" in run.output() and not any("Step 1/2" in line for line in run.output())
 
 
 def test_failed_build_still_runs_post_build_as_codebuild_does(run: Run) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
     FlowRunFilterTags,
@@ -62,6 +63,9 @@ def test_approved_release_waits_then_goes_live(new_service: Callable[..., Servic
     second.join(180)
     assert outcome_of(out["state"]) == "Deployed", out["state"]
     assert "v2" in sut.get("/").text
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    assert f"approval {sut.name}" in [t.name for t in tasks], "the approval gate is a node of the release graph"
 
 
 def test_rejected_release_rolls_back(new_service: Callable[..., ServiceUnderTest]) -> None:

@@ -9,7 +9,10 @@ from botocore.exceptions import ClientError
 
 from tasks.codedeploy_group import phase_of
 from tasks.errors import AccessDenied, NotFound, TransientError, error_code, translate
+from tasks.outcome import OUTCOME_TYPES, outcome_tag
+from tasks.report import related
 from tasks.rolling import Rollout, rollout_state
+from tasks.runs import run_tags
 from tasks.tasksets import plan_green
 from tasks.traffic import Routing, weights_of
 
@@ -169,3 +172,21 @@ def test_a_fleet_stop_aborts_every_release_wait_but_never_a_rollback() -> None:
     done = subprocess.run([sys.executable, "-c", STOP_PROBE], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "aborted: the fleet run is stopping"
+
+
+
+@pytest.mark.parametrize("outcome", list(OUTCOME_TYPES))
+def test_the_verdict_tag_is_the_one_the_ui_lists_show(outcome: str) -> None:
+    """The UI (3.9) sorts a run's tags and shows the last ones that fit (one on the deployment page)."""
+    tags = [*run_tags("sample-app", "3356bf2" + "0" * 33, "webhook"), "ecs-pipeline", "fleet", outcome_tag(outcome)]
+    assert sorted(tags, key=str.casefold)[-1] == outcome_tag(outcome)
+
+
+def test_events_carry_the_reason_in_a_related_resource_id_the_event_page_shows() -> None:
+    """The UI shows a related resource that is not one of Prefect's own by its id, never by its name."""
+    found = related({"sha": "a" * 40, "reason": "GET / returned 500\n  | FAIL root", "traffic": "production on blue"})
+    assert [r["prefect.resource.id"] for r in found] == [
+        "ecs-pipeline.commit." + "a" * 40, "ecs-pipeline.reason: GET / returned 500 | FAIL root",
+        "ecs-pipeline.traffic: production on blue",
+    ]
+    assert [r["prefect.resource.role"] for r in found] == ["commit", "reason", "traffic"]

@@ -27,9 +27,11 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterState,
     FlowRunFilterStateName,
+    FlowRunFilterStateType,
     LogFilter,
     LogFilterFlowRunId,
 )
+from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
@@ -47,6 +49,9 @@ UI_STATE_NAMES = [
     "Failed", "TimedOut",
 ]  # fmt: skip
 ALL_EXCEPT_SCHEDULED = [n for n in UI_STATE_NAMES if n != "Scheduled"]
+# The V2 UI's deployment page ("Switch to V2 UI") asks for state types instead.
+V2_ALL_EXCEPT_SCHEDULED = [StateType(t) for t in (
+    "COMPLETED", "RUNNING", "PENDING", "FAILED", "CANCELLED", "CANCELLING", "CRASHED", "PAUSED")]
 
 
 class Serve:
@@ -87,14 +92,16 @@ def served(tmp_path: Path, new_service: Callable[..., ServiceUnderTest]) -> Iter
         server.stop()
 
 
-def deployment_page_runs(deployment_id: Any) -> dict[Any, Any]:
-    """POST /flow_runs/filter as the deployment page's default list sends it."""
+def deployment_page_runs(deployment_id: Any, v2: bool = False) -> dict[Any, Any]:
+    """POST /flow_runs/filter as the deployment page's default list sends it (V2: the V2 UI's)."""
+    state = (
+        FlowRunFilterState(type=FlowRunFilterStateType(any_=V2_ALL_EXCEPT_SCHEDULED))
+        if v2 else FlowRunFilterState(name=FlowRunFilterStateName(any_=ALL_EXCEPT_SCHEDULED))
+    )
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=ALL_EXCEPT_SCHEDULED))
-            ),
+            flow_run_filter=FlowRunFilter(state=state),
         )
     return {r.id: r for r in runs}
 
@@ -133,7 +140,11 @@ def test_every_release_is_listed_and_a_rollback_shows_under_failed(
     deployed = run_deployment(DEPLOY_SERVICE, parameters=params, timeout=300)
     broken = sut.commit("v2", broken="root")
     rolled_back = run_deployment(DEPLOY_SERVICE, parameters=params, timeout=300)
-    unchanged = run_deployment(DEPLOY_SERVICE, parameters={**params, "sha": sha1[:12]}, timeout=300)
+    unchanged = run_deployment(DEPLOY_SERVICE, parameters={**params, "sha": sha1[:12]}, timeout=300,
+                               poll_interval=0.2)
+    # At once: a run's process is still tracked for a second after its final state, which is when
+    # Prefect's own runner cancelled it ("Runner is shutting down") on the way out.
+    server.stop()
     runs = [deployed, rolled_back, unchanged]
     outcomes = ["Deployed", "Rolled back", "No change"]
     assert [outcome_of(r.state) for r in runs] == outcomes, [r.state for r in runs]
@@ -142,10 +153,12 @@ def test_every_release_is_listed_and_a_rollback_shows_under_failed(
     assert rolled_back.name == f"deploy {sut.name}@{broken[:7]}"
     assert deployed.name == f"deploy {sut.name}@{sha1[:7]}"
     assert unchanged.name == f"deploy {sut.name}@{sha1[:7]}"
-    assert "outcome:rolled-back" in rolled_back.tags and "outcome:deployed" in deployed.tags
+    assert rolled_back.tags[0] == "verdict:rolled-back" and deployed.tags[0] == "verdict:deployed"
+    assert unchanged.tags[0] == "verdict:no-change", "stored first: the V2 UI's lists show a run's first tags"
 
     listed = deployment_page_runs(deployed.deployment_id)
     assert {r.id for r in runs} <= set(listed), "the deployment page's default filter lists every release"
+    assert {r.id for r in runs} <= set(deployment_page_runs(deployed.deployment_id, v2=True))
     assert runs_named(["Failed"], [r.id for r in runs]) == {rolled_back.id}
     assert runs_named(["Completed"], [r.id for r in runs]) == {deployed.id, unchanged.id}
     assert engine_tracebacks(rolled_back.id) == []
@@ -153,8 +166,8 @@ def test_every_release_is_listed_and_a_rollback_shows_under_failed(
     live = latest_live_view(sut.name)
     assert live.startswith(f"# {sut.name}: `{sha1[:7]}` is live"), live
     assert f"`{broken[:7]}` Rolled back" in live and "GET / failed verification" in live
+    assert "| Production traffic | 100% of production |" in live, "blue (the live release) serves it all"
 
-    server.stop()
     with get_client(sync_client=True) as client:
         after = [client.read_flow_run(r.id).state for r in runs]
     assert [outcome_of(s) for s in after] == outcomes, "stopping serve leaves finished runs as they ended"
