@@ -98,11 +98,13 @@ def flow_run_name() -> str:
 
 
 def name_run(service: str, sha: str) -> None:
-    """Rename the run once detect change resolved the commit (the branch head was asked for)."""
+    """Name and ``sha:`` tag the run once detect change resolved the commit (the branch head was asked for)."""
     run_id = flow_run.get_id()
     if run_id:
         with get_client(sync_client=True) as client:
-            client.update_flow_run(UUID(str(run_id)), name=f"deploy {service}@{sha[:7]}")
+            tags = client.read_flow_run(UUID(str(run_id))).tags
+            extra = [] if f"sha:{sha}" in tags else [f"sha:{sha}"]
+            client.update_flow_run(UUID(str(run_id)), name=f"deploy {service}@{sha[:7]}", tags=[*tags, *extra])
 
 
 def current_run() -> str | None:

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from prefect import flow, tags
+from prefect import flow, get_client, tags
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
 from flows.cli import load_sandbox_env, main
 from tests.release_helpers import ServiceUnderTest
@@ -52,6 +53,12 @@ def test_dry_run_deploy_status_render_diff_and_rollback(
 
     code, out = run(capsys, "deploy", service.name)
     assert (code, out.strip().splitlines()[-1].split(":")[0]) == (0, "Deployed"), out
+    with get_client(sync_client=True) as client:  # the branch head was asked for: named and tagged once resolved
+        [released] = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"service:{service.name}"]))
+        )
+    assert released.name == f"deploy {service.name}@{sha1[:7]}"
+    assert {f"sha:{sha1}", "trigger:cli", "verdict:deployed"} <= set(released.tags), released.tags
 
     code, out = run(capsys, "deploy", service.name, "--dry-run")
     assert "no change: production already runs this commit" in out
