@@ -247,13 +247,13 @@ def run_phase(phase: Phase, shell: Shell, mask: Masker, log: Log, detail: Log | 
     """
     failure: Failure | None = None
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    sink: list[Log] = [log]  # where the running command's output goes
-    lines = [0]
+    sink, lines = log, 0  # where the running command's output goes; how many lines it wrote
 
     def out(line: str) -> None:
+        nonlocal lines
         tail.append(mask(line))
-        lines[0] += 1
-        sink[0](tail[-1])
+        lines += 1
+        sink(tail[-1])
 
     for block, commands in (("commands", phase.commands), ("finally", phase.finally_)):
         for command in commands:
@@ -261,11 +261,11 @@ def run_phase(phase: Phase, shell: Shell, mask: Masker, log: Log, detail: Log | 
                 break
             log(f"[{phase.name}] Running command {mask(command)}")
             tail.clear()
-            lines[0], quiet = 0, detail is not None and DOCKER_PROGRESS.search(command) is not None
-            sink[0] = detail if quiet and detail is not None else log
+            lines = 0
+            sink = detail if detail is not None and DOCKER_PROGRESS.search(command) else log
             status = shell.run(command, out)
-            if quiet and lines[0]:
-                log(f"[{phase.name}] {tail[-1].strip() or 'docker'} ({lines[0]} lines of docker output at DEBUG)")
+            if sink is not log and lines:
+                log(f"[{phase.name}] {tail[-1].strip() or 'docker'} ({lines} lines of docker output at DEBUG)")
             if status != 0 and failure is None:
                 failure = Failure(phase.name, mask(command), status, tuple(tail))
     log(f"[{phase.name}] Phase complete: {phase.name.upper()} State: {'FAILED' if failure else 'SUCCEEDED'}")

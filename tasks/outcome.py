@@ -30,6 +30,7 @@ from prefect.states import Cancelled, Completed, Failed
 from tasks.ecs import LiveRelease
 from tasks.live import Failure, LiveRecord, now, publish_live, read_live
 from tasks.report import ReleaseSummary
+from tasks.runs import ensure_run_tags
 
 OUTCOME_TYPES: dict[str, StateType] = {
     "Deployed": StateType.COMPLETED,
@@ -101,10 +102,7 @@ def name_run(service: str, sha: str) -> None:
     """Name and ``sha:`` tag the run once detect change resolved the commit (the branch head was asked for)."""
     run_id = flow_run.get_id()
     if run_id:
-        with get_client(sync_client=True) as client:
-            tags = client.read_flow_run(UUID(str(run_id))).tags
-            extra = [] if f"sha:{sha}" in tags else [f"sha:{sha}"]
-            client.update_flow_run(UUID(str(run_id)), name=f"deploy {service}@{sha[:7]}", tags=[*tags, *extra])
+        ensure_run_tags(run_id, service, sha, name=f"deploy {service}@{sha[:7]}")
 
 
 def current_run() -> str | None:
@@ -133,10 +131,9 @@ def update_live(summary: ReleaseSummary, live: LiveRelease | None) -> LiveRecord
                                 "100% of production", last_failure=record.last_failure)
         if OUTCOME_TYPES.get(summary.outcome) == StateType.FAILED or summary.outcome == "Cancelled":
             record.last_failure = Failure(summary.sha, summary.outcome, summary.reason or "-", run, now())
-        if summary.traffic in ("unchanged", "production on blue"):
-            # "production on blue" is this run's view; the live view's: the live release serves it all.
-            record.traffic = "100% of production" if record.sha else record.traffic
-        else:  # a split a rollback could not undo, and the like: what this run left
+        if summary.traffic == "production on blue" and record.sha:
+            record.traffic = "100% of production"  # this run's words for: the live release serves it all
+        elif summary.traffic != "unchanged":  # a split a rollback could not undo, and the like
             record.traffic = summary.traffic
     publish_live(record)
     return record

@@ -288,14 +288,17 @@ def _refused(run: FlowRun) -> bool:
     return run.state_name == NOT_NEWER or (message or "").startswith(NOT_NEWER + ":")
 
 
-def ensure_run_tags(flow_run_id: UUID | str, service: str, sha: str | None, origin: str | None = None) -> None:
+def ensure_run_tags(
+    flow_run_id: UUID | str, service: str, sha: str | None, origin: str | None = None, *, name: str | None = None
+) -> None:
     """Give a run started without tags (UI Run button, event trigger) the ones searches rely on.
 
     ORIGIN: also its ``trigger:`` tag (the CLI's run as it starts, a fleet run's children once they are over).
+    NAME: also rename the run, in the same update.
     """
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(str(flow_run_id)))
         wanted = [t for t in run_tags(service, sha, origin or "") if origin or not t.startswith("trigger:")]
         missing = [t for t in wanted if t not in run.tags]
-        if missing:
-            client.update_flow_run(run.id, tags=[*run.tags, *missing])
+        if missing or (name and name != run.name):
+            client.update_flow_run(run.id, tags=[*run.tags, *missing], name=name)
