@@ -72,9 +72,9 @@ def prebuild(sut: Any, sha: str) -> None:
     """The branch head's image in ECR before the timed release, as the peer's image is before its deploy."""
     from prefect import flow
 
-    from tasks import release as stages
-    from tasks.aws import AwsClients
-    from tasks.settings import Settings
+    from tasks.aws.clients import AwsClients
+    from tasks.core.settings import Settings
+    from tasks.release import stages
 
     @flow(name="bench-prebuild")
     def build_and_push(sha: str) -> None:

@@ -145,8 +145,8 @@ def release_on_pool(services: list[str], children: str) -> dict[str, Any]:
     """One release-fleet run of the deployment, picked up by a worker, as a webhook's monorepo push starts it."""
     from prefect.deployments import run_deployment
 
-    from tasks.fleet import classify
-    from tasks.outcome import outcome_of
+    from tasks.release.fleet_plan import classify
+    from tasks.release.outcome import outcome_of
     from tests.workers import wait_final
 
     t0 = time.perf_counter()
@@ -190,7 +190,7 @@ def remove_services(folder: Path) -> None:
 
     from botocore.exceptions import ClientError
 
-    from tasks.models import load_all_services
+    from tasks.config.models import load_all_services
     from tests.release_helpers import aws
 
     for cfg in load_all_services(folder):
@@ -214,10 +214,10 @@ def webhook_samples(requests: int) -> dict[str, list[float]]:
     from prefect.client.orchestration import get_client
 
     from bench.bench_webhook import SECRET, payload, service, serving
-    from flows.push_runs import PrefectRunStarter
     from flows.webhook import create_app
-    from tasks.pushes import sign_github
-    from tasks.webhook_secrets import WebhookSecrets
+    from tasks.triggers.push_runs import PrefectRunStarter
+    from tasks.triggers.pushes import sign_github
+    from tasks.triggers.webhook_secrets import WebhookSecrets
 
     tag = uuid.uuid4().hex[:8]
     with get_client(sync_client=True) as client:

@@ -37,7 +37,7 @@ def load_sandbox() -> None:
 
 def outcome_of(state: Any) -> str:
     """Imported when asked: Prefect reads its settings at import, so only after load_sandbox."""
-    from tasks.outcome import outcome_of as read
+    from tasks.release.outcome import outcome_of as read
 
     return read(state)
 

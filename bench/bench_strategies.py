@@ -25,7 +25,7 @@ STRATEGIES = ("task-sets", "codedeploy", "ecs-native")
 def release(strategy: str, workdir: Path) -> tuple[float, str, dict[str, float]]:
     """(seconds, outcome, seconds per stage) of one v1→v2 release through STRATEGY."""
     from flows.pipeline import deploy_service
-    from tasks.outcome import outcome_of
+    from tasks.release.outcome import outcome_of
     from tests.release_helpers import make_service
     from tests.test_codedeploy import seed_serving
 

@@ -35,11 +35,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from flows.push_runs import PrefectRunStarter
 from flows.webhook import create_app
-from tasks.models import ServiceConfig, parse_service
-from tasks.pushes import sign_github, verify_github_signature
-from tasks.webhook_secrets import WebhookSecrets
+from tasks.config.models import ServiceConfig, parse_service
+from tasks.triggers.push_runs import PrefectRunStarter
+from tasks.triggers.pushes import sign_github, verify_github_signature
+from tasks.triggers.webhook_secrets import WebhookSecrets
 
 SECRET = "bench-secret-not-used-anywhere-else"
 

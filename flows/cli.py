@@ -17,7 +17,7 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import PipelineError
+from tasks.core.errors import PipelineError
 
 NO_SANDBOX = "ECS_PIPELINE_NO_SANDBOX"
 # ECS_PIPELINE_NO_SANDBOX=0 (or false) means "do use the sandbox", not "use a real account".
@@ -52,7 +52,7 @@ def aws_line() -> str:
     """Where this command's AWS calls go (pydantic-settings only: no prefect import yet)."""
     from pydantic import ValidationError
 
-    from tasks.settings import Settings
+    from tasks.core.settings import Settings
 
     try:
         settings = Settings()
@@ -89,7 +89,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     from flows.pipeline import deploy_service
     from flows.terminal import Seen, run_with_view
-    from tasks.runs import ensure_run_tags
+    from tasks.release.runs import ensure_run_tags
 
     if args.dry_run:
         from flows.operations import plan_release

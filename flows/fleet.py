@@ -10,7 +10,7 @@ Where the children run (``children``):
 * ``threads`` (default): in this process, one thread per service of the wave.
   A child costs no process start and no second import of the pipeline (on a
   loaded host that was most of a release), and twenty copies of one app share
-  the one image build (tasks/image.py). A retry of the fleet run resumes each
+  the one image build (tasks/build/image.py). A retry of the fleet run resumes each
   service (every stage checks the real state first).
 * ``deployment``: each child is a run of the deploy-service deployment, so
   whichever worker is free runs it (spread over hosts, each with its own Retry
@@ -38,16 +38,16 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.pipeline import deploy_service
-from flows.skeleton import sigterm_deferred
-from tasks.changes import group_by_repo
-from tasks.errors import PipelineError
-from tasks.fleet import FleetSummary, ServiceResult, classify, plan_waves, select_services
-from tasks.models import ServiceConfig, load_all_services
-from tasks.outcome import outcome_of
-from tasks.runs import DEPLOY_DEPLOYMENT, ensure_run_tags, run_tags
-from tasks.settings import Settings
-from tasks.source import redact_url, resolve_heads
-from tasks.waits import stop_every_release
+from tasks.build.source import redact_url, resolve_heads
+from tasks.config.models import ServiceConfig, load_all_services
+from tasks.core.errors import PipelineError
+from tasks.core.settings import Settings
+from tasks.core.waits import stop_every_release
+from tasks.release.fleet_plan import FleetSummary, ServiceResult, classify, plan_waves, select_services
+from tasks.release.outcome import outcome_of
+from tasks.release.runs import DEPLOY_DEPLOYMENT, ensure_run_tags, run_tags
+from tasks.release.skeleton import sigterm_deferred
+from tasks.triggers.changes import group_by_repo
 
 FLEET_ARTIFACT = "fleet-release"
 MAX_THREADS = 32  # children released at once in this process (a larger wave waits for a thread)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tasks import ecs as ecs_ops
-from tasks import traffic
-from tasks.aws import AwsClients
-from tasks.errors import ConfigError, DeployError
-from tasks.models import find_service
-from tasks.waits import poll
+from tasks.aws import ecs as ecs_ops
+from tasks.aws import traffic
+from tasks.aws.clients import AwsClients
+from tasks.config.models import find_service
+from tasks.core.errors import ConfigError, DeployError
+from tasks.core.waits import poll
 
 IN_FLIGHT = ["Created", "Queued", "InProgress", "Ready", "Baking"]
 ROLE = "ecsInfrastructureRoleForLoadBalancers"

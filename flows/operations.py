@@ -10,16 +10,16 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.sorting import FlowRunSort
 
-from tasks import ecs as ecs_ops
-from tasks import traffic
-from tasks.aws import AwsClients
-from tasks.errors import DeployError, error_code
-from tasks.locks import read_heartbeat
-from tasks.models import find_service
-from tasks.outcome import outcome_of
-from tasks.release import latest_task_definition, live_release, render
-from tasks.settings import Settings
-from tasks.taskdef import SHA_TAG, diff_task_definitions
+from tasks.aws import ecs as ecs_ops
+from tasks.aws import traffic
+from tasks.aws.clients import AwsClients
+from tasks.config.models import find_service
+from tasks.config.taskdef import SHA_TAG, diff_task_definitions
+from tasks.core.errors import DeployError, error_code
+from tasks.core.settings import Settings
+from tasks.release.locks import read_heartbeat
+from tasks.release.outcome import outcome_of
+from tasks.release.stages import latest_task_definition, live_release, render
 
 
 def service_status(service: str) -> dict[str, Any]:
@@ -137,8 +137,8 @@ def rollback_service(service: str) -> str:
 
 def plan_release(service: str, sha: str | None) -> list[str]:
     """What `deploy` would do, without changing anything (the --dry-run)."""
-    from tasks import ecr, source
-
+    from tasks.aws import ecr
+    from tasks.build import source
     clients = AwsClients()
     cfg = find_service(service, clients.settings.deployments)
     full = source.resolve_commit(

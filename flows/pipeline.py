@@ -10,20 +10,20 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
-from flows.skeleton import RollbackFailed, choose_strategy, reason_of, run_release
-from tasks import release as stages
-from tasks.aws import AwsClients
-from tasks.ecs import LiveRelease
-from tasks.errors import PipelineError
-from tasks.interop import write_interop_files
-from tasks.locks import StopWatch, commit_of_run, service_lock
-from tasks.models import ServiceConfig, find_service
-from tasks.outcome import final_state, flow_run_name, name_run, quiet_expected_failures, update_live
-from tasks.report import ReleaseSummary, ShiftProgress, emit
-from tasks.runs import ensure_run_tags, superseded_by
-from tasks.settings import Settings
-from tasks.strategy import LoadBalanced, Outcome, Reconciled, Release, Steps
-from tasks.waits import Aborted, abort_when
+from tasks.aws.clients import AwsClients
+from tasks.aws.ecs import LiveRelease
+from tasks.build.codepipeline_files import write_interop_files
+from tasks.config.models import ServiceConfig, find_service
+from tasks.core.errors import PipelineError
+from tasks.core.report import ReleaseSummary, ShiftProgress, emit
+from tasks.core.settings import Settings
+from tasks.core.waits import Aborted, abort_when
+from tasks.release import stages
+from tasks.release.contract import LoadBalanced, Outcome, Reconciled, Release, Steps
+from tasks.release.locks import StopWatch, commit_of_run, service_lock
+from tasks.release.outcome import final_state, flow_run_name, name_run, quiet_expected_failures, update_live
+from tasks.release.runs import ensure_run_tags, superseded_by
+from tasks.release.skeleton import RollbackFailed, choose_strategy, reason_of, run_release
 
 quiet_expected_failures()
 

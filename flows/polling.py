@@ -13,9 +13,9 @@ from uuid import UUID
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import SyncPrefectClient, get_client
 
-from tasks.changes import Change, LiveSha, ResolveHeads, find_changes
-from tasks.models import ServiceConfig, load_all_services
-from tasks.runs import (
+from tasks.config.models import ServiceConfig, load_all_services
+from tasks.core.settings import Settings
+from tasks.release.runs import (
     DEPLOY_DEPLOYMENT,
     already_started,
     cancel_waiting_runs,
@@ -23,7 +23,7 @@ from tasks.runs import (
     create_deploy_run,
     queueing_mode,
 )
-from tasks.settings import Settings
+from tasks.triggers.changes import Change, LiveSha, ResolveHeads, find_changes
 
 
 @flow(name="poll-changes")

@@ -21,7 +21,7 @@ from flows.fleet import release_fleet
 from flows.pipeline import deploy_service
 from flows.polling import poll_changes
 from flows.runner import FinishingRunner, served_description
-from tasks.errors import ConfigError
+from tasks.core.errors import ConfigError
 
 DEPLOY_SERVICE = "deploy-service/deploy-service"
 DEPLOY_SUMMARY = "Release one service: detect, build, push, register, blue/green, verify, teardown."

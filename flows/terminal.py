@@ -37,7 +37,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 from rich.text import Text
 
-from tasks.outcome import outcome_of
+from tasks.release.outcome import outcome_of
 
 ICONS = {"COMPLETED": ("✓", "green"), "FAILED": ("✗", "red"), "RUNNING": ("…", "yellow"),
          "CRASHED": ("✗", "red"), "CANCELLED": ("-", "dim")}

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from tasks.runs import DEPLOY_DEPLOYMENT
+from tasks.release.runs import DEPLOY_DEPLOYMENT
 
 
 def _cmd_webhook_serve(args: argparse.Namespace) -> int:
@@ -47,7 +47,7 @@ def _cmd_poll(args: argparse.Namespace) -> int:
 def _cmd_approve(args: argparse.Namespace) -> int:
     from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
 
-    from tasks.approval import approve_run
+    from tasks.release.approval import approve_run
 
     try:
         approve_run(args.run, approve=not args.reject, comment=args.comment)

@@ -25,9 +25,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from flows.push_runs import Dispatch, PrefectRunStarter, StartRuns
-from tasks.models import ServiceConfig, load_all_services
-from tasks.pushes import (
+from tasks.config.models import ServiceConfig, load_all_services
+from tasks.core.settings import Settings
+from tasks.release.runs import DEPLOY_DEPLOYMENT, FLEET_DEPLOYMENT
+from tasks.triggers.push_runs import Dispatch, PrefectRunStarter, StartRuns
+from tasks.triggers.pushes import (
     DeliveryCache,
     PayloadError,
     PushEvent,
@@ -37,9 +39,7 @@ from tasks.pushes import (
     verify_github_signature,
     verify_gitlab_token,
 )
-from tasks.runs import DEPLOY_DEPLOYMENT, FLEET_DEPLOYMENT
-from tasks.settings import Settings
-from tasks.webhook_secrets import SecretUnavailable, WebhookSecrets, secret_variables
+from tasks.triggers.webhook_secrets import SecretUnavailable, WebhookSecrets, secret_variables
 
 log = logging.getLogger("ecs_pipeline.webhook")
 

@@ -60,8 +60,8 @@ def _seed(path: str, prefix: str) -> int:
     from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
     from sandbox.seed import seed_service
-    from tasks.errors import PipelineError
-    from tasks.models import load_service
+    from tasks.config.models import load_service
+    from tasks.core.errors import PipelineError
 
     try:
         config = load_service(path)
@@ -84,7 +84,7 @@ def _seed(path: str, prefix: str) -> int:
 
 def _seed_fleet(path: str, copies: int, out: str | None) -> int:
     from sandbox.seed_fleet import seed_fleet
-    from tasks.errors import PipelineError
+    from tasks.core.errors import PipelineError
 
     folder = Path(out) if out else layout().state / "fleet"
     try:

@@ -133,7 +133,7 @@ def wait_for_deployment(name: str, timeout: float = 60) -> None:
 def release(service: str, sha: str) -> Any:
     from prefect.deployments import run_deployment
 
-    from tasks.runs import run_tags
+    from tasks.release.runs import run_tags
 
     return run_deployment(
         "deploy-service/deploy-service",
@@ -158,7 +158,7 @@ def stage_times(flow_run_id: Any) -> list[tuple[str, float]]:
 
 
 def report(label: str, run: Any, load: Load | None, ui: str) -> dict[str, Any]:
-    from tasks.outcome import outcome_of
+    from tasks.release.outcome import outcome_of
 
     state = run.state
     say(f"\n== {label}: {state.message or state.name}")
@@ -207,7 +207,7 @@ def wait_serving(url: str, timeout: float = 120) -> None:
 
 def release_elsewhere(yaml: Path, seeded_as: str, label: str, sha: str, ui: str) -> dict[str, Any]:
     """The same commit through another strategy's copy of the app, seeded as that strategy needs."""
-    from tasks.models import load_service
+    from tasks.config.models import load_service
 
     cfg = load_service(yaml)
     seed_service(cfg)
@@ -225,7 +225,7 @@ def main() -> int:
     os.environ.update(env)
     setup_seconds = time.monotonic() - started
 
-    from tasks.models import load_service
+    from tasks.config.models import load_service
 
     cfg = load_service(SERVICE_YAML)
     repo = Path(cfg.repo_location)

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from sandbox.seed import seed_service
-from tasks.models import ServiceConfig, load_service
+from tasks.config.models import ServiceConfig, load_service
 
 MAX_COPIES = 99
 

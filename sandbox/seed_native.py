@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tasks.ecs_native import deployment_configuration
-from tasks.models import ServiceConfig
+from tasks.config.models import ServiceConfig
+from tasks.strategies.ecs_native import deployment_configuration
 
 TRUST_ECS = {
     "Version": "2012-10-17",

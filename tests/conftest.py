@@ -176,7 +176,7 @@ def new_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
 def released_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """make_service() released once, shared by a module's tests (a service and a first release cost ~10 s)."""
     from flows.pipeline import deploy_service
-    from tasks.outcome import outcome_of
+    from tasks.release.outcome import outcome_of
     from tests.release_helpers import make_service
 
     sut = make_service(tmp_path_factory.mktemp("released"))

@@ -19,8 +19,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from sandbox.seed import seed_service
-from tasks.models import load_service
-from tasks.settings import DEFAULT_MAX_ATTEMPTS
+from tasks.config.models import load_service
+from tasks.core.settings import DEFAULT_MAX_ATTEMPTS
 from tests.gitrepo import git
 
 ROOT = Path(__file__).resolve().parents[1]

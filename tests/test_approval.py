@@ -20,8 +20,8 @@ from prefect.client.schemas.objects import StateType
 from prefect.context import FlowRunContext
 from prefect.exceptions import NotPausedError
 
-from tasks.approval import ApprovalInput, approve_run, request_approval
-from tasks.errors import ApprovalRejected
+from tasks.core.errors import ApprovalRejected
+from tasks.release.approval import ApprovalInput, approve_run, request_approval
 
 
 @task

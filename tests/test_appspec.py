@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tasks.appspec import (
+from tasks.config.appspec import (
     PLACEHOLDER,
     appspec_content,
     appspec_task_definition,
@@ -20,8 +20,8 @@ from tasks.appspec import (
     render_appspec,
     shift_minutes,
 )
-from tasks.errors import ConfigError
-from tasks.models import Traffic
+from tasks.config.models import Traffic
+from tasks.core.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "appspecs"
 SAMPLE = Path(__file__).parents[1] / "deployments" / "sample-app" / "appspec.yml"

@@ -21,9 +21,9 @@ import pytest
 
 from flows.cli import main
 from flows.pipeline import deploy_service
-from tasks.appspec import PLACEHOLDER_ARN, appspec_for
-from tasks.errors import ConfigError
-from tasks.models import load_all_services
+from tasks.config.appspec import PLACEHOLDER_ARN, appspec_for
+from tasks.config.models import load_all_services
+from tasks.core.errors import ConfigError
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
 BAD = sorted(d.name for d in CORPUS.iterdir() if d.is_dir() and not d.name.startswith("ok-"))

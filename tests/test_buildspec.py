@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from tasks.buildspec import Phase, load_buildspec, parse_buildspec
-from tasks.codebuild import BuildRun, Failure
-from tasks.errors import ConfigError
-from tasks.junit import read_report
-from tasks.models import parse_service
+from tasks.build.buildspec_runner import BuildRun, Failure
+from tasks.build.junit import read_report
+from tasks.config.buildspec import Phase, load_buildspec, parse_buildspec
+from tasks.config.models import parse_service
+from tasks.core.errors import ConfigError
 
 MINIMAL: dict[str, Any] = {"version": 0.2, "phases": {"build": {"commands": ["true"]}}}
 

@@ -26,13 +26,13 @@ import docker
 import docker.errors
 import pytest
 
-from tasks.aws import AwsClients, docker_client
-from tasks.buildspec import parse_buildspec
-from tasks.codebuild import CONTAINER_LABEL, BuildRun, container_spec, run_buildspec
-from tasks.errors import BuildError
-from tasks.models import ServiceConfig, parse_service
-from tasks.settings import Settings
-from tasks.shell import ShellSpec
+from tasks.aws.clients import AwsClients, docker_client
+from tasks.build.buildspec_runner import CONTAINER_LABEL, BuildRun, container_spec, run_buildspec
+from tasks.build.shell import ShellSpec
+from tasks.config.buildspec import parse_buildspec
+from tasks.config.models import ServiceConfig, parse_service
+from tasks.core.errors import BuildError
+from tasks.core.settings import Settings
 from tests.release_helpers import aws
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +212,7 @@ def test_a_killed_worker_leaves_no_container(run: ContainerRun, build_image: str
 
 KILLED_WORKER = """
 import json, os, subprocess, sys, time
-from tasks.shell import BuildContainer
+from tasks.build.shell import BuildContainer
 run_argv, name, label, session = json.loads(sys.argv[1])
 container = BuildContainer(tuple(run_argv), dict(os.environ), name, label)  # held: its pipe is the lifeline
 container.start(time.monotonic() + 120)

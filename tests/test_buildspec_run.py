@@ -11,12 +11,12 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from tasks.aws import AwsClients
-from tasks.buildspec import parse_buildspec
-from tasks.codebuild import BuildRun, run_buildspec
-from tasks.errors import BuildError
-from tasks.models import ServiceConfig, parse_service
-from tasks.settings import Settings
+from tasks.aws.clients import AwsClients
+from tasks.build.buildspec_runner import BuildRun, run_buildspec
+from tasks.config.buildspec import parse_buildspec
+from tasks.config.models import ServiceConfig, parse_service
+from tasks.core.errors import BuildError
+from tasks.core.settings import Settings
 from tests.release_helpers import aws
 
 SHA = "a" * 40

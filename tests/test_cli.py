@@ -188,8 +188,8 @@ def test_serve_refuses_a_deployment_that_belongs_to_a_work_pool() -> None:
 
 def test_only_aws_endpoint_url_chooses_where_aws_calls_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The printed `aws:` line is the truth: a service's own endpoint variable or a profile's is not used."""
-    from tasks.aws import shared_client
-    from tasks.settings import Settings
+    from tasks.aws.clients import shared_client
+    from tasks.core.settings import Settings
 
     config = tmp_path / "aws-config"
     config.write_text("[default]\nendpoint_url = http://127.0.0.1:9\n")

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from flows.pipeline import deploy_service
-from tasks.outcome import outcome_of
+from tasks.release.outcome import outcome_of
 from tests.release_helpers import ROOT, ServiceUnderTest, aws, edit_config, make_service, set_checks
 from tests.test_pipeline import release_artifact
 

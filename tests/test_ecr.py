@@ -20,9 +20,9 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.aws import AwsClients
-from tasks.ecr import ensure_repository, find_image_digest, registry_auth
-from tasks.settings import DEFAULT_MAX_ATTEMPTS, Settings
+from tasks.aws.clients import AwsClients
+from tasks.aws.ecr import ensure_repository, find_image_digest, registry_auth
+from tasks.core.settings import DEFAULT_MAX_ATTEMPTS, Settings
 
 SANDBOX = "http://127.0.0.1:4566"
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
-from tasks.outcome import outcome_of
+from tasks.release.outcome import outcome_of
 from tests.release_helpers import ServiceUnderTest, aws, make_service, set_traffic
 from tests.test_codedeploy import seed_serving, watching
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
-from tasks.outcome import outcome_of
+from tasks.release.outcome import outcome_of
 from tests.fault_helpers import Released, flow_runs, wait_until
 from tests.release_helpers import ServiceUnderTest, aws, edit_config, make_service, set_checks
 from tests.test_codedeploy import seed_serving, watching

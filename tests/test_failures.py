@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.pipeline import deploy_service
-from tasks.outcome import outcome_of
+from tasks.release.outcome import outcome_of
 from tests.fault_helpers import (
     Load,
     Released,

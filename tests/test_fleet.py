@@ -24,14 +24,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterId
 
 from flows.fleet import release_fleet
-from flows.push_runs import PrefectRunStarter
 from flows.webhook import create_app
 from sandbox.seed_fleet import seed_fleet
-from tasks.errors import ConfigError
-from tasks.fleet import FleetSummary, ServiceResult, classify, plan_waves, select_services
-from tasks.models import load_all_services, parse_service
-from tasks.pushes import sign_github
-from tasks.webhook_secrets import WebhookSecrets
+from tasks.config.models import load_all_services, parse_service
+from tasks.core.errors import ConfigError
+from tasks.release.fleet_plan import FleetSummary, ServiceResult, classify, plan_waves, select_services
+from tasks.triggers.push_runs import PrefectRunStarter
+from tasks.triggers.pushes import sign_github
+from tasks.triggers.webhook_secrets import WebhookSecrets
 from tests.gitrepo import git
 from tests.release_helpers import ROOT, SAMPLE_APP, aws, free_port
 from tests.test_webhook import push_payload, serving

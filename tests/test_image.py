@@ -13,10 +13,9 @@ import docker
 import httpx
 import pytest
 
-from tasks.aws import AwsClients
-from tasks.ecr import RegistryAuth, ensure_repository, find_image_digest, registry_auth
-from tasks.errors import BuildError, PushError, TransientError
-from tasks.image import (
+from tasks.aws.clients import AwsClients
+from tasks.aws.ecr import RegistryAuth, ensure_repository, find_image_digest, registry_auth
+from tasks.build.image import (
     BuildSpec,
     BuiltImage,
     build_image,
@@ -25,7 +24,8 @@ from tasks.image import (
     push_image,
     split_ref,
 )
-from tasks.settings import Settings
+from tasks.core.errors import BuildError, PushError, TransientError
+from tasks.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"

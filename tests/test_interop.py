@@ -13,17 +13,17 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
 from flows.operations import diff_service
-from tasks.appspec import render_appspec
-from tasks.interop import (
+from tasks.build.codepipeline_files import (
     IMAGE_DEFINITIONS,
     IMAGE_DETAIL,
     image_definitions,
     image_detail,
     write_interop_files,
 )
-from tasks.models import load_service, parse_service
-from tasks.release import render
-from tasks.taskdef import load_template, render_task_definition
+from tasks.config.appspec import render_appspec
+from tasks.config.models import load_service, parse_service
+from tasks.config.taskdef import load_template, render_task_definition
+from tasks.release.stages import render
 from tests.release_helpers import ROOT, aws, make_service
 
 SAMPLE = ROOT / "deployments" / "sample-app"

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
-from tasks.outcome import outcome_of
+from tasks.release.outcome import outcome_of
 from tests.fault_helpers import (
     PIPELINE_AGENT,
     Load,

@@ -20,7 +20,7 @@ from prefect.client.schemas.actions import VariableCreate
 from prefect.runtime import flow_run
 from prefect.states import Cancelling, Running
 
-from tasks.locks import (
+from tasks.release.locks import (
     RunStates,
     StopWatch,
     commit_of_run,
@@ -38,7 +38,7 @@ HOLDER = textwrap.dedent(
     import sys, time
     from prefect import flow
     from prefect.runtime import flow_run
-    from tasks.locks import service_lock
+    from tasks.release.locks import service_lock
 
     @flow(name="lock-holder")
     def hold(service: str) -> None:

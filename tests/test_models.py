@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.errors import ConfigError
-from tasks.models import Traffic, find_service, load_all_services, load_service
+from tasks.config.models import Traffic, find_service, load_all_services, load_service
+from tasks.core.errors import ConfigError
 
 SAMPLE = Path(__file__).parents[1] / "deployments" / "sample-app.yaml"
 
@@ -162,7 +162,7 @@ def test_a_fifo_or_a_huge_file_is_refused_not_read(tmp_path: Path) -> None:
 
 def test_yaml_aliases_are_fine_until_they_explode(tmp_path: Path) -> None:
     """Aliases share one value when loaded; json.dumps writes each copy out (or loops on `&a [*a]`)."""
-    from tasks.inputs import parse_yaml
+    from tasks.config.inputs import parse_yaml
 
     assert parse_yaml("b: &b {x: 1}\nl: [*b, *b]\n", "f.yml", "appspec") == {"b": {"x": 1}, "l": [{"x": 1}] * 2}
     for text in ("a: &a [*a]\n", "a: &a [" + ",".join(["1"] * 400) + "]\nb: &b [" + ",".join(["*a"] * 300) + "]\n"):

@@ -22,7 +22,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.pipeline import deploy_service
-from tasks.outcome import outcome_of
+from tasks.release.outcome import outcome_of
 from tests.fault_helpers import serving_versions
 from tests.gitrepo import git
 from tests.release_helpers import ServiceUnderTest, refuse_next_call

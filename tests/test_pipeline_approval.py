@@ -18,8 +18,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 
 from flows.pipeline import deploy_service
-from tasks.approval import approve_run
-from tasks.outcome import outcome_of
+from tasks.release.approval import approve_run
+from tasks.release.outcome import outcome_of
 from tests.release_helpers import ServiceUnderTest
 
 

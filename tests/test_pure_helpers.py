@@ -7,14 +7,14 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.codedeploy_group import phase_of
-from tasks.errors import AccessDenied, NotFound, TransientError, error_code, translate
-from tasks.outcome import OUTCOME_TYPES, outcome_tag
-from tasks.report import related
-from tasks.rolling import Rollout, rollout_state
-from tasks.runs import run_tags
-from tasks.tasksets import plan_green
-from tasks.traffic import Routing, weights_of
+from tasks.aws.codedeploy import phase_of
+from tasks.aws.traffic import Routing, weights_of
+from tasks.core.errors import AccessDenied, NotFound, TransientError, error_code, translate
+from tasks.core.report import related
+from tasks.release.outcome import OUTCOME_TYPES, outcome_tag
+from tasks.release.runs import run_tags
+from tasks.strategies.rolling import Rollout, rollout_state
+from tasks.strategies.task_sets import plan_green
 
 BLUE_TG, GREEN_TG = "arn:tg/blue", "arn:tg/green"
 ROUTING = Routing("arn:l/prod", "arn:l/test", "http://p", "http://t", (BLUE_TG, GREEN_TG), ("blue", "green"))
@@ -150,7 +150,7 @@ def test_translate_leaves_unknown_codes_and_other_errors_alone() -> None:
 
 
 STOP_PROBE = """
-from tasks.waits import Aborted, abort_when, checkpoint, stop_every_release
+from tasks.core.waits import Aborted, abort_when, checkpoint, stop_every_release
 with abort_when(lambda: None):
     checkpoint()  # nothing asked: goes on
 stop_every_release("the fleet run is stopping")

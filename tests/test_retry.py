@@ -19,7 +19,8 @@ from prefect import flow, task
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import Completed, Failed
 
-from tasks.errors import (
+from tasks.aws.retry import is_transient, retry_condition, retry_kwargs
+from tasks.core.errors import (
     BuildError,
     ConfigError,
     DeployError,
@@ -28,7 +29,6 @@ from tasks.errors import (
     TransientError,
     VerifyFailed,
 )
-from tasks.retry import is_transient, retry_condition, retry_kwargs
 
 
 def client_error(code: str, status: int = 400, op: str = "DescribeServices") -> ClientError:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
-from tasks.outcome import outcome_of
+from tasks.release.outcome import outcome_of
 from tests.fault_helpers import control, last_request, serving_versions
 from tests.release_helpers import ServiceUnderTest, aws, make_service
 from tests.test_codedeploy import seed_serving, watching

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import BuildError, ConfigError
-from tasks.source import (
+from tasks.build.source import (
     checkout,
     commit_info,
     commit_order,
@@ -17,6 +16,7 @@ from tasks.source import (
     resolve_commit,
     resolve_heads,
 )
+from tasks.core.errors import BuildError, ConfigError
 from tests.gitrepo import git
 
 

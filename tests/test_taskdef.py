@@ -8,8 +8,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tasks.errors import ConfigError
-from tasks.taskdef import (
+from tasks.config.taskdef import (
     PLACEHOLDER,
     SHA_TAG,
     check_aws_rules,
@@ -21,6 +20,7 @@ from tasks.taskdef import (
     register_input_keys,
     render_task_definition,
 )
+from tasks.core.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "taskdefs"
 SAMPLE = Path(__file__).parents[1] / "deployments" / "sample-app" / "taskdef.json"

@@ -18,9 +18,9 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.states import Cancelled, Completed, Scheduled
 
 from flows.polling import poll_changes
-from tasks.changes import find_changes, group_by_repo
-from tasks.models import ServiceConfig, load_service
-from tasks.runs import (
+from tasks.build.source import resolve_heads
+from tasks.config.models import ServiceConfig, load_service
+from tasks.release.runs import (
     NOT_NEWER,
     already_started,
     cancel_waiting_runs,
@@ -29,7 +29,7 @@ from tasks.runs import (
     run_tags,
     superseded_by,
 )
-from tasks.source import resolve_heads
+from tasks.triggers.changes import find_changes, group_by_repo
 from tests.gitrepo import git
 
 

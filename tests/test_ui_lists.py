@@ -38,7 +38,7 @@ from prefect.exceptions import ObjectNotFound
 
 from flows.runner import serving_status
 from flows.serve import DEPLOY_SERVICE
-from tasks.outcome import outcome_of
+from tasks.release.outcome import outcome_of
 from tests.gitrepo import git
 from tests.release_helpers import ROOT, ServiceUnderTest
 

@@ -22,7 +22,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.states import AwaitingRetry
 
-from tasks.outcome import outcome_of
+from tasks.release.outcome import outcome_of
 from tests.release_helpers import ROOT, ServiceUnderTest, refuse_next_call
 
 

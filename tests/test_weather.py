@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
-from tasks.outcome import outcome_of
+from tasks.release.outcome import outcome_of
 from tests.fault_helpers import Load, serving_versions, weather, weather_hits
 from tests.release_helpers import ROOT, ServiceUnderTest, aws, make_service
 from tests.test_codedeploy import seed_serving, use_appspec

@@ -29,10 +29,11 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 
-from flows.push_runs import PrefectRunStarter
 from flows.webhook import create_app
-from tasks.models import ServiceConfig, parse_service
-from tasks.pushes import (
+from tasks.config.models import ServiceConfig, parse_service
+from tasks.core.settings import Settings
+from tasks.triggers.push_runs import PrefectRunStarter
+from tasks.triggers.pushes import (
     DeliveryCache,
     PayloadError,
     normalize_repo,
@@ -43,8 +44,7 @@ from tasks.pushes import (
     verify_github_signature,
     verify_gitlab_token,
 )
-from tasks.settings import Settings
-from tasks.webhook_secrets import SecretUnavailable, WebhookSecrets
+from tasks.triggers.webhook_secrets import SecretUnavailable, WebhookSecrets
 
 SECRET = "It's a Secret to Everybody"
 GITEA_SECRET = "gitea-hmac-key-9f2c"

@@ -28,13 +28,13 @@ from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.states import AwaitingRetry, Crashed
 
-from flows.push_runs import PrefectRunStarter
 from flows.webhook import create_app
-from tasks.models import load_all_services
-from tasks.outcome import outcome_of
-from tasks.pushes import sign_github
-from tasks.runs import FLEET_DEPLOYMENT, read_service_runs
-from tasks.webhook_secrets import WebhookSecrets
+from tasks.config.models import load_all_services
+from tasks.release.outcome import outcome_of
+from tasks.release.runs import FLEET_DEPLOYMENT, read_service_runs
+from tasks.triggers.push_runs import PrefectRunStarter
+from tasks.triggers.pushes import sign_github
+from tasks.triggers.webhook_secrets import WebhookSecrets
 from tests.release_helpers import ServiceUnderTest, make_service
 from tests.test_webhook import push_payload, serving
 from tests.workers import ROOT, Pool, wait_final, worker_pool

@@ -54,7 +54,7 @@ WRITES = frozenset({
     "create_task_set", "delete_task_set", "update_service_primary_task_set", "modify_listener", "create_repository",
     "create_deployment", "continue_deployment", "stop_deployment", "create_deployment_config",
 })
-NOT_AWS = frozenset({"get_parameters"})  # Prefect's FlowRun.get_parameters, in tasks/outcome.py
+NOT_AWS = frozenset({"get_parameters"})  # Prefect's FlowRun.get_parameters, in tasks/release/outcome.py
 
 
 def used_operations() -> set[str]:

@@ -26,7 +26,7 @@ import pytest
 from sandbox.layout import REPO
 from sandbox.manage import load_env
 from sandbox.seed import SAMPLE_APP, seed_service
-from tasks.models import ListenerRef, ServiceConfig, Traffic, load_service
+from tasks.config.models import ListenerRef, ServiceConfig, Traffic, load_service
 
 SERVICE_YAML = REPO / "deployments" / "sample-app.yaml"
 

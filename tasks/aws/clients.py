@@ -1,0 +1,117 @@
+"""The one place AWS and Docker clients are made.
+
+Region, endpoint, botocore retry mode and timeouts are decided here; clients
+are made on first use and passed into the task functions, never created at
+module level, so the sandbox and production differ only by an endpoint URL
+and a Docker host.
+
+A client costs a decoded service model (botocore's JSON, the ECS one alone is
+megabytes), an SSL context and its shapes resolved on first use: a fleet run
+releases twenty services in threads of one process, so clients are shared by
+every release in the process that has the same AWS settings (botocore clients
+are thread-safe; sessions are not, so they are only used under a lock).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+
+from tasks.core.errors import IAM_PREFIX
+from tasks.core.settings import Settings
+
+if TYPE_CHECKING:
+    import docker
+
+DOCKER_TIMEOUT_SECONDS = 300
+USER_AGENT = "ecs-pipeline/0.1"
+# Connections kept per client: every release of a fleet run (flows/fleet.MAX_THREADS) may call at once.
+MAX_POOL_CONNECTIONS = 32
+
+
+def botocore_config(settings: Settings) -> Config:
+    """One retry policy for every AWS call: botocore's standard mode (backoff with jitter,
+    throttling and 5xx retried, the rest not), attempts sized for a real, busy account."""
+    return Config(
+        region_name=settings.region,
+        # total_max_attempts counts the first call too (botocore's max_attempts does not)
+        retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        # lets a fault injector (or a CloudTrail query) tell the pipeline's calls from anyone else's
+        user_agent_extra=USER_AGENT,
+        max_pool_connections=MAX_POOL_CONNECTIONS,
+        # Settings.endpoint_url (AWS_ENDPOINT_URL) alone chooses the endpoint, the one every command
+        # prints: an AWS_ENDPOINT_URL_<SERVICE> or a profile's endpoint_url would send calls elsewhere.
+        ignore_configured_endpoint_urls=True,
+    )
+
+
+def _note_iam_prefix(client: Any) -> Any:
+    """Put the IAM prefix into every error answer, so an AccessDenied can name the permission."""
+    endpoint_prefix = client.meta.service_model.endpoint_prefix
+    prefix = IAM_PREFIX.get(endpoint_prefix, endpoint_prefix)
+
+    def note(parsed: dict[str, Any], **_: Any) -> None:
+        if isinstance(parsed, dict) and isinstance(parsed.get("Error"), dict):
+            parsed["Error"]["IamPrefix"] = prefix
+
+    return note
+
+
+_Key = tuple[Any, ...]
+_SESSIONS: dict[_Key, boto3.session.Session] = {}
+_CLIENTS: dict[tuple[_Key, str], Any] = {}
+_LOCK = threading.Lock()  # boto3 sessions are not thread-safe; the clients they make are
+
+
+def _aws_key(settings: Settings) -> _Key:
+    """The settings a client depends on: clients are shared by every AwsClients that agrees on them."""
+    return (settings.region, settings.profile, settings.endpoint_url, settings.max_attempts,
+            settings.connect_timeout, settings.read_timeout)  # fmt: skip
+
+
+def shared_client(settings: Settings, service: str) -> Any:
+    """The process's client for SERVICE under SETTINGS, made on first use (one session per key)."""
+    key = _aws_key(settings)
+    with _LOCK:
+        client = _CLIENTS.get((key, service))
+        if client is None:
+            session = _SESSIONS.get(key)
+            if session is None:
+                session = _SESSIONS[key] = boto3.session.Session(
+                    region_name=settings.region, profile_name=settings.profile
+                )
+            client = session.client(service, endpoint_url=settings.endpoint_url, config=botocore_config(settings))
+            client.meta.events.register("after-call", _note_iam_prefix(client))
+            _CLIENTS[(key, service)] = client
+        return client
+
+
+class AwsClients:
+    """The AWS clients of one run: one per service name, shared with the process's other runs."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+
+    def get(self, service: str) -> Any:
+        return shared_client(self.settings, service)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Clients hold sockets and locks; rebuild them from the settings elsewhere.
+        return (AwsClients, (self.settings,))
+
+    def __repr__(self) -> str:
+        return (
+            f"AwsClients(region={self.settings.region!r}, endpoint={self.settings.endpoint_url!r})"
+        )
+
+
+def docker_client() -> docker.DockerClient:
+    """A Docker client from DOCKER_HOST (and DOCKER_TLS_* when set); the SDK is imported on first use."""
+    import docker
+
+    return docker.from_env(timeout=DOCKER_TIMEOUT_SECONDS)

@@ -1,0 +1,201 @@
+"""A CodeDeploy deployment group and its deployments, as the pipeline reads them.
+
+What a deployment group says about waiting, which deployments are in flight,
+how one ended, and which phase of the ECS blue/green lifecycle it is in: the
+reads the CodeDeploy strategy's stages decide from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from botocore.exceptions import ClientError
+from prefect import get_run_logger
+
+from tasks.aws.clients import AwsClients
+from tasks.config import appspec as appspec_mod
+from tasks.config.models import ServiceConfig
+from tasks.core.errors import ConfigError, DeployError, error_code
+from tasks.core.waits import poll
+
+ACTIVE = ["Created", "Queued", "InProgress", "Baking", "Ready"]
+ENDED = ("Succeeded", "Failed", "Stopped")
+MARGIN_SECONDS = 60.0
+CAP_SECONDS = 4 * 3600.0
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """What the deployment group says about waiting, read once per release."""
+
+    config_name: str
+    ready_action: str
+    ready_wait_minutes: float
+    termination_action: str
+    termination_wait_minutes: float
+
+
+@dataclass(frozen=True)
+class Deployment:
+    id: str
+    url: str
+    task_definition: str
+    group: GroupSettings
+    config_name: str
+    resumed: bool = False
+
+
+def console_url(region: str, deployment_id: str) -> str:
+    return (
+        f"https://{region}.console.aws.amazon.com/codesuite/codedeploy/deployments/"
+        f"{deployment_id}?region={region}"
+    )
+
+
+def budget(cfg: ServiceConfig, seconds: float) -> float:
+    """A wait's bound: the deployment's own time plus a margin, never beyond the rollout timeout."""
+    return min(seconds + MARGIN_SECONDS, float(cfg.timeouts.rollout_seconds), CAP_SECONDS)
+
+
+def group_settings(cfg: ServiceConfig, cd: Any) -> GroupSettings:
+    try:
+        info = cd.get_deployment_group(
+            applicationName=cfg.codedeploy_application, deploymentGroupName=cfg.codedeploy_group
+        )["deploymentGroupInfo"]
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in ("ApplicationDoesNotExistException", "DeploymentGroupDoesNotExistException"):
+            raise ConfigError(
+                f"strategy.codedeploy_group: {code}: application {cfg.codedeploy_application}, "
+                f"group {cfg.codedeploy_group}; create them or set strategy.codedeploy_application "
+                "and strategy.codedeploy_group",
+                service=cfg.name,
+            ) from exc
+        raise
+    bg = info.get("blueGreenDeploymentConfiguration") or {}
+    ready = bg.get("deploymentReadyOption") or {}
+    term = bg.get("terminateBlueInstancesOnDeploymentSuccess") or {}
+    return GroupSettings(
+        config_name=str(info.get("deploymentConfigName") or "CodeDeployDefault.ECSAllAtOnce"),
+        ready_action=str(ready.get("actionOnTimeout") or "CONTINUE_DEPLOYMENT"),
+        ready_wait_minutes=float(ready.get("waitTimeInMinutes") or 0),
+        termination_action=str(term.get("action") or "TERMINATE"),
+        termination_wait_minutes=float(term.get("terminationWaitTimeInMinutes") or 0),
+    )
+
+
+def ensure_deployment_config(cfg: ServiceConfig, cd: Any, group: GroupSettings) -> str:
+    """strategy.traffic when the YAML sets it, else the group's own deployment config."""
+    if "traffic" not in cfg.strategy.model_fields_set:
+        return group.config_name
+    name, routing = appspec_mod.deployment_config(cfg.strategy.traffic)
+    if name.startswith(appspec_mod.OWN_CONFIG_PREFIX):
+        try:
+            cd.create_deployment_config(
+                deploymentConfigName=name, computePlatform="ECS", trafficRoutingConfig=routing
+            )
+        except ClientError as exc:
+            if error_code(exc) != "DeploymentConfigAlreadyExistsException":
+                raise
+    return name
+
+
+def shift_minutes(cd: Any, config_name: str) -> float:
+    """How long the production shift of a deployment config takes, in minutes."""
+    found = cd.get_deployment_config(deploymentConfigName=config_name)["deploymentConfigInfo"]
+    return appspec_mod.shift_minutes(found.get("trafficRoutingConfig") or {})
+
+
+def describe(cd: Any, deployment_id: str) -> dict[str, Any]:
+    return cd.get_deployment(deploymentId=deployment_id)["deploymentInfo"]  # type: ignore[no-any-return]
+
+
+def ended(cd: Any, deployment_id: str) -> dict[str, Any] | None:
+    info = describe(cd, deployment_id)
+    return info if info["status"] in ENDED else None
+
+
+def error_text(info: dict[str, Any]) -> str:
+    """CodeDeploy's own words for how a deployment ended."""
+    err = info.get("errorInformation") or {}
+    message = err.get("message") or err.get("code") or "no error information"
+    return f"CodeDeploy deployment {info.get('deploymentId')} {info.get('status')}: {message}"
+
+
+def raise_if_ended(cfg: ServiceConfig, info: dict[str, Any]) -> None:
+    if info.get("status") in ("Failed", "Stopped"):
+        raise DeployError(error_text(info), service=cfg.name, deployment_id=info.get("deploymentId"))
+
+
+def deployed_task_definition(info: dict[str, Any]) -> str | None:
+    revision = info.get("revision") or {}
+    content = (revision.get("appSpecContent") or {}).get("content") or (
+        revision.get("string") or {}
+    ).get("content")
+    return appspec_mod.appspec_task_definition(content) if content else None
+
+
+def active_deployments(cfg: ServiceConfig, cd: Any) -> list[dict[str, Any]]:
+    """Deployments of the group that have not ended."""
+    ids: list[str] = []
+    pages = cd.get_paginator("list_deployments").paginate(
+        applicationName=cfg.codedeploy_application,
+        deploymentGroupName=cfg.codedeploy_group,
+        includeOnlyStatuses=ACTIVE,
+    )
+    for page in pages:
+        ids += page.get("deployments", [])
+    infos = [describe(cd, i) for i in ids]
+    return [i for i in infos if i.get("status") in ACTIVE]
+
+
+def wait_for_others(cfg: ServiceConfig, clients: AwsClients, others: list[dict[str, Any]]) -> None:
+    """Never race another deployment of the group: wait a bounded time for it, then fail naming it."""
+    log = get_run_logger()
+    cd = clients.get("codedeploy")
+    for other in others:
+        dep_id = other["deploymentId"]
+        what = deployed_task_definition(other) or "another revision"
+        log.warning("deployment %s (%s) is %s in group %s: waiting for it to end",
+                    dep_id, what, other.get("status"), cfg.codedeploy_group)
+        try:
+            poll(partial(ended, cd, dep_id), timeout=cfg.timeouts.green_healthy_seconds,
+                 what=f"deployment {dep_id} to end", log=log.info, cap=clients.settings.poll_cap())
+        except DeployError as exc:
+            raise DeployError(
+                f"deployment {dep_id} ({what}) is still {describe(cd, dep_id)['status']} in group "
+                f"{cfg.codedeploy_group} and blocks this release; let it finish or stop it "
+                f"(aws deploy stop-deployment --deployment-id {dep_id})",
+                service=cfg.name,
+                deployment_id=dep_id,
+            ) from exc
+
+
+def lifecycle(cd: Any, deployment_id: str) -> dict[str, Any]:
+    """The ECS target of a deployment (lifecycle events, task sets), or {} before it starts."""
+    try:
+        ids = cd.list_deployment_targets(deploymentId=deployment_id).get("targetIds", [])
+        if not ids:
+            return {}
+        found = cd.get_deployment_target(deploymentId=deployment_id, targetId=ids[0])
+    except ClientError as exc:
+        if error_code(exc) in ("DeploymentNotStartedException",):
+            return {}
+        raise
+    return found["deploymentTarget"].get("ecsTarget") or {}
+
+
+def phase_of(info: dict[str, Any], target: dict[str, Any]) -> str | None:
+    """ready | shifting | terminating | succeeded, or None while green is still starting."""
+    status = info.get("status")
+    if status == "Succeeded":
+        return "succeeded"
+    if info.get("instanceTerminationWaitTimeStarted"):
+        return "terminating"
+    events = {e["lifecycleEventName"]: e.get("status") for e in target.get("lifecycleEvents", [])}
+    if events.get("AllowTraffic") in ("InProgress", "Succeeded") or events.get("BeforeAllowTraffic") == "Succeeded":
+        return "shifting"
+    if status == "Ready":
+        return "ready"
+    return None

@@ -1,0 +1,270 @@
+"""ECS services and task sets: the live release, green task sets, waits that check truth."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from tasks.config.taskdef import SHA_TAG
+from tasks.core.errors import ConfigError, DeployError, VerifyFailed, error_code
+from tasks.core.waits import poll
+
+# Stopped reasons that no amount of waiting fixes.
+FATAL_STOP_REASONS = (
+    "CannotPullContainerError",
+    "ResourceInitializationError",
+    "CannotStartContainerError",
+)
+
+
+def describe_service(ecs: Any, cluster: str, service: str) -> dict[str, Any]:
+    try:
+        found = ecs.describe_services(cluster=cluster, services=[service])
+    except ClientError as exc:
+        if error_code(exc) == "ClusterNotFoundException":
+            raise ConfigError(f"ecs.cluster: cluster {cluster!r} does not exist") from exc
+        raise
+    live = [s for s in found.get("services", []) if s.get("status") != "INACTIVE"]
+    if not live:
+        raise ConfigError(
+            f"ecs.service: service {service!r} not found in cluster {cluster!r}; "
+            "create it first (Terraform, or `ecs-pipeline sandbox seed` in the sandbox)"
+        )
+    return live[0]  # type: ignore[no-any-return]
+
+
+def controller_type(service: dict[str, Any]) -> str:
+    return str(service.get("deploymentController", {}).get("type", "ECS"))
+
+
+def primary_task_set(service: dict[str, Any]) -> dict[str, Any] | None:
+    for ts in service.get("taskSets", []):
+        if ts.get("status") == "PRIMARY":
+            return ts  # type: ignore[no-any-return]
+    return None
+
+
+def task_set_target_group(task_set: dict[str, Any]) -> str | None:
+    lbs = task_set.get("loadBalancers") or []
+    return lbs[0].get("targetGroupArn") if lbs else None
+
+
+def live_task_definition(ecs: Any, service: dict[str, Any]) -> str | None:
+    """The task definition serving production: primary task set, else the PRIMARY deployment."""
+    if controller_type(service) == "EXTERNAL":
+        ts = primary_task_set(service)
+        return ts["taskDefinition"] if ts else None
+    if (service.get("deploymentConfiguration") or {}).get("strategy") in ("BLUE_GREEN", "LINEAR", "CANARY"):
+        serving = native_serving_task_definition(ecs, service)
+        if serving:
+            return serving
+    for dep in service.get("deployments", []):
+        if dep.get("status") == "PRIMARY":
+            return dep.get("taskDefinition")  # type: ignore[no-any-return]
+    return service.get("taskDefinition")
+
+
+def native_serving_task_definition(ecs: Any, service: dict[str, Any]) -> str | None:
+    """ECS-native blue/green: the revision production goes to, not the PRIMARY (newest) deployment's."""
+    arn = service.get("currentServiceDeployment")
+    if not arn:
+        return None
+    found = ecs.describe_service_deployments(serviceDeploymentArns=[arn])["serviceDeployments"]
+    revs = [r for r in [*(found[0].get("sourceServiceRevisions") or []), found[0].get("targetServiceRevision")]
+            if r] if found else []
+    serving = max(revs, key=lambda r: r.get("requestedProductionTrafficWeight") or 0.0, default=None)
+    if serving is None or not serving.get("requestedProductionTrafficWeight"):
+        return None
+    described = ecs.describe_service_revisions(serviceRevisionArns=[serving["arn"]])["serviceRevisions"]
+    return str(described[0]["taskDefinition"]) if described else None
+
+
+@dataclass(frozen=True)
+class LiveRelease:
+    """What production runs; ``family_latest``: the family's newest ACTIVE revision (with tags) when read."""
+
+    task_definition: str | None
+    sha: str | None
+    image: str | None
+    family_latest: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+
+def describe_latest(ecs: Any, family: str) -> dict[str, Any] | None:
+    """The family's newest ACTIVE revision with its tags, or None when it has none."""
+    try:
+        found = ecs.describe_task_definition(taskDefinition=family, include=["TAGS"])
+    except ClientError as exc:
+        if error_code(exc) in ("ClientException", "InvalidParameterException"):
+            return None
+        raise
+    return {**found["taskDefinition"], "tags": found.get("tags", [])}
+
+
+def describe_release(ecs: Any, task_definition: str | None, container: str) -> LiveRelease:
+    """The git SHA and image of a task definition, read from its tags.
+
+    The family's latest revision is read first: it is usually the live one (one call for both
+    what runs and what register compares against), else the live revision is read as well.
+    """
+    if not task_definition:
+        return LiveRelease(None, None, None)
+    latest = describe_latest(ecs, task_definition.rsplit("/", 1)[-1].split(":", 1)[0])
+    td = latest
+    if td is None or td.get("taskDefinitionArn") != task_definition:
+        out = ecs.describe_task_definition(taskDefinition=task_definition, include=["TAGS"])
+        td = {**out["taskDefinition"], "tags": out.get("tags", [])}
+    tags = {t["key"]: t["value"] for t in td.get("tags", [])}
+    images = [
+        c.get("image") for c in td.get("containerDefinitions", []) if c.get("name") == container
+    ]
+    return LiveRelease(td["taskDefinitionArn"], tags.get(SHA_TAG), images[0] if images else None, latest)
+
+
+def find_task_set(service: dict[str, Any], task_definition: str) -> dict[str, Any] | None:
+    """A non-primary task set already running this task definition (a rerun's green)."""
+    for ts in service.get("taskSets", []):
+        if ts.get("status") == "ACTIVE" and ts.get("taskDefinition") == task_definition:
+            return ts  # type: ignore[no-any-return]
+    return None
+
+
+@dataclass(frozen=True)
+class GreenSpec:
+    cluster: str
+    service: str
+    task_definition: str
+    target_group: str
+    container: str
+    container_port: int
+    external_id: str
+    client_token: str = ""  # the same for every attempt of one run's create: a lost answer makes no twin
+
+
+def client_token(run_id: str, task_definition: str) -> str:
+    """CreateTaskSet's idempotency token for this run and revision (AWS allows 36 characters)."""
+    return "ecsp-" + hashlib.sha256(f"{run_id}|{task_definition}".encode()).hexdigest()[:31]
+
+
+def create_task_set(ecs: Any, spec: GreenSpec, service: dict[str, Any]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "cluster": spec.cluster,
+        "service": spec.service,
+        "taskDefinition": spec.task_definition,
+        "externalId": spec.external_id,
+        "loadBalancers": [
+            {
+                "targetGroupArn": spec.target_group,
+                "containerName": spec.container,
+                "containerPort": spec.container_port,
+            }
+        ],
+        "scale": {"value": 100.0, "unit": "PERCENT"},
+        "launchType": service.get("launchType") or "FARGATE",
+    }
+    if service.get("networkConfiguration"):
+        kwargs["networkConfiguration"] = service["networkConfiguration"]
+    if spec.client_token:
+        kwargs["clientToken"] = spec.client_token
+    return ecs.create_task_set(**kwargs)["taskSet"]  # type: ignore[no-any-return]
+
+
+def describe_task_set(ecs: Any, cluster: str, service: str, task_set: str) -> dict[str, Any] | None:
+    found = ecs.describe_task_sets(cluster=cluster, service=service, taskSets=[task_set])
+    sets = found.get("taskSets", [])
+    return sets[0] if sets else None
+
+
+def stopped_task_reasons(ecs: Any, cluster: str, task_definition: str, since: float) -> list[str]:
+    """Why tasks of this task definition stopped after ``since``, as ECS reports it."""
+    family = task_definition.rsplit("/", 1)[-1].split(":", 1)[0]
+    pages = ecs.get_paginator("list_tasks").paginate(cluster=cluster, desiredStatus="STOPPED", family=family)
+    arns = [arn for page in pages for arn in page.get("taskArns", [])]
+    tasks = [t for i in range(0, len(arns), 100)
+             for t in ecs.describe_tasks(cluster=cluster, tasks=arns[i:i + 100]).get("tasks", [])]
+    reasons = []
+    for t in tasks:
+        if t.get("taskDefinitionArn") != task_definition:
+            continue
+        created = t.get("createdAt")
+        if (
+            created is not None
+            and hasattr(created, "timestamp")
+            and created.timestamp() < since - 5
+        ):
+            continue
+        reasons.append(str(t.get("stoppedReason") or "stopped"))
+    return reasons
+
+
+def wait_task_set_running(
+    ecs: Any,
+    spec: GreenSpec,
+    task_set_id: str,
+    timeout: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Until the task set runs its desired count in a steady state; fails fast on fatal stops."""
+    started = time.time()
+
+    def check() -> dict[str, Any] | None:
+        ts = describe_task_set(ecs, spec.cluster, spec.service, task_set_id)
+        if ts is None:
+            raise DeployError(f"task set {task_set_id} disappeared", service=spec.service)
+        reasons = stopped_task_reasons(ecs, spec.cluster, spec.task_definition, started)
+        fatal = [r for r in reasons if r.startswith(FATAL_STOP_REASONS)]
+        if fatal:
+            raise VerifyFailed(
+                f"green tasks cannot start: {fatal[0]}",
+                service=spec.service,
+                revision=spec.task_definition,
+            )
+        want = ts.get("computedDesiredCount", 0)
+        if (
+            want
+            and ts.get("runningCount", 0) >= want
+            and ts.get("stabilityStatus") == "STEADY_STATE"
+        ):
+            return ts
+        if len(reasons) >= 3:
+            raise VerifyFailed(
+                f"green tasks keep stopping ({len(reasons)} stopped): {reasons[-1]}",
+                service=spec.service,
+                revision=spec.task_definition,
+            )
+        return None
+
+    return poll(check, timeout=timeout, what=f"green task set {task_set_id} to run", log=log)
+
+
+def set_primary(ecs: Any, cluster: str, service: str, task_set_arn: str) -> None:
+    ecs.update_service_primary_task_set(
+        cluster=cluster, service=service, primaryTaskSet=task_set_arn
+    )
+
+
+def delete_task_set(ecs: Any, cluster: str, service: str, task_set_arn: str) -> bool:
+    """Remove a task set; False when it is already gone."""
+    try:
+        ecs.delete_task_set(cluster=cluster, service=service, taskSet=task_set_arn, force=True)
+    except ClientError as exc:
+        if error_code(exc) in ("TaskSetNotFoundException",):
+            return False
+        raise
+    return True
+
+
+def wait_task_set_gone(ecs: Any, cluster: str, service: str, task_set_arn: str, timeout: float) -> bool:
+    """Until a deleted task set has drained and is no longer listed; False if it outlasts ``timeout``."""
+
+    def gone() -> bool | None:
+        return True if describe_task_set(ecs, cluster, service, task_set_arn) is None else None
+
+    try:
+        return poll(gone, timeout=timeout, what=f"task set {task_set_arn.rsplit('/', 1)[-1]} to drain")
+    except DeployError:
+        return False

@@ -1,0 +1,114 @@
+"""Listeners and target groups: resolve names to ARNs, read and set forward weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from tasks.config.models import ListenerRef, LoadBalancer
+from tasks.core.errors import ConfigError, error_code
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The ARNs a blue/green switch works on, resolved once per run."""
+
+    production_listener: str
+    test_listener: str
+    production_url: str
+    test_url: str
+    target_groups: tuple[str, str]
+    target_group_names: tuple[str, str]
+
+
+def _listener(elbv2: Any, ref: ListenerRef, field: str) -> tuple[str, str]:
+    """(listener ARN, base URL) for a listener given by ARN or by load balancer name + port."""
+    try:
+        if ref.arn:
+            listener = elbv2.describe_listeners(ListenerArns=[ref.arn])["Listeners"][0]
+            lb_arn = listener["LoadBalancerArn"]
+            lb = elbv2.describe_load_balancers(LoadBalancerArns=[lb_arn])["LoadBalancers"][0]
+        else:
+            lb = elbv2.describe_load_balancers(Names=[ref.load_balancer])["LoadBalancers"][0]
+            listeners = elbv2.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
+            matching = [x for x in listeners if x["Port"] == ref.port]
+            if not matching:
+                ports = ", ".join(str(x["Port"]) for x in listeners) or "none"
+                raise ConfigError(
+                    f"load_balancer.{field}: {ref.load_balancer} has no listener on port {ref.port} "
+                    f"(ports: {ports})"
+                )
+            listener = matching[0]
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in ("LoadBalancerNotFound", "ListenerNotFound"):
+            raise ConfigError(
+                f"load_balancer.{field}: {code}: {ref.model_dump(exclude_none=True)}"
+            ) from exc
+        raise
+    scheme = "https" if listener.get("Protocol") == "HTTPS" else "http"
+    return listener["ListenerArn"], f"{scheme}://{lb['DNSName']}:{listener['Port']}"
+
+
+def production_url(elbv2: Any, lb: LoadBalancer) -> str:
+    """Only the production listener's base URL (rolling checks production; two calls, not five)."""
+    return _listener(elbv2, lb.production_listener, "production_listener")[1]
+
+
+def resolve_routing(elbv2: Any, lb: LoadBalancer) -> Routing:
+    prod_arn, prod_url = _listener(elbv2, lb.production_listener, "production_listener")
+    test_arn, test_url = _listener(elbv2, lb.test_listener, "test_listener")
+    try:
+        groups = elbv2.describe_target_groups(Names=list(lb.target_groups))["TargetGroups"]
+    except ClientError as exc:
+        if error_code(exc) == "TargetGroupNotFound":
+            raise ConfigError(
+                f"load_balancer.target_groups: {', '.join(lb.target_groups)}: not all exist; "
+                "create both target groups first"
+            ) from exc
+        raise
+    by_name = {g["TargetGroupName"]: g["TargetGroupArn"] for g in groups}
+    arns = (by_name[lb.target_groups[0]], by_name[lb.target_groups[1]])
+    return Routing(prod_arn, test_arn, prod_url, test_url, arns, lb.target_groups)
+
+
+def get_weights(elbv2: Any, listener_arn: str) -> dict[str, int]:
+    """Target group ARN → weight of the listener's default forward action."""
+    return weights_of(elbv2.describe_listeners(ListenerArns=[listener_arn])["Listeners"][0])
+
+
+def weights_of(listener: dict[str, Any]) -> dict[str, int]:
+    """Target group ARN → percent of the listener's default forward action (pure: a DescribeListeners item)."""
+    weights: dict[str, int] = {}
+    for action in listener.get("DefaultActions", []):
+        if action.get("Type") != "forward":
+            continue
+        groups = action.get("ForwardConfig", {}).get("TargetGroups")
+        if groups:
+            for g in groups:
+                weights[g["TargetGroupArn"]] = int(g.get("Weight", 1))
+        elif action.get("TargetGroupArn"):
+            weights[action["TargetGroupArn"]] = 1
+    total = sum(weights.values())
+    if total == 0:
+        return weights
+    return {arn: round(100 * w / total) for arn, w in weights.items()}
+
+
+def set_weights(elbv2: Any, listener_arn: str, weights: dict[str, int]) -> bool:
+    """Point the listener's default action at ``weights``; False when already so."""
+    live = {a: w for a, w in get_weights(elbv2, listener_arn).items() if w}
+    if live == {a: w for a, w in weights.items() if w}:
+        return False
+    groups = [{"TargetGroupArn": arn, "Weight": w} for arn, w in weights.items()]
+    elbv2.modify_listener(
+        ListenerArn=listener_arn,
+        DefaultActions=[{"Type": "forward", "ForwardConfig": {"TargetGroups": groups}}],
+    )
+    return True
+
+
+def green_share(weights: dict[str, int], green_tg: str) -> int:
+    return weights.get(green_tg, 0)

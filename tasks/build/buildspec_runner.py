@@ -1,0 +1,392 @@
+"""Run a buildspec the way CodeBuild does, in a clean checkout of the commit.
+
+Environment: the worker's basics (PATH, HOME, Docker and AWS credential
+variables), then the buildspec's ``env.variables``, ``env.parameter-store`` and
+``env.secrets-manager`` (read through the pipeline's boto3 clients), then the
+project's variables (REPOSITORY_URI, ...), then CodeBuild's own (CODEBUILD_*,
+AWS_REGION, ...), later ones winning as in CodeBuild. Values from Parameter
+Store and Secrets Manager are masked (``***``) in every log line, artifact and
+error. Phases run in one shell (tasks/build/shell.py) on the host or in a container
+of ``build.image``: only ``build_shell`` knows which; the phases are one code path.
+Artifacts are copied when CodeBuild would upload them (``BuildRun.uploads_artifacts``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import re
+import secrets as token
+import shutil
+import tempfile
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+from prefect.artifacts import create_table_artifact
+
+from tasks.aws.clients import AwsClients
+from tasks.build import junit
+from tasks.build.shell import BuildContainer, ContainerError, Shell, ShellSpec, ShellTimeout
+from tasks.build.source import redact_url
+from tasks.config.buildspec import BuildSpec, Files, Phase, load_buildspec
+from tasks.config.inputs import confined, read_text
+from tasks.config.models import ServiceConfig
+from tasks.core.errors import BuildError, error_code
+from tasks.core.report import artifact_key
+
+Log = Callable[[str], None]
+TAIL_LINES = 15
+# Commands whose output is docker's progress (build steps, layer by layer): DEBUG, with one line at INFO.
+DOCKER_PROGRESS = re.compile(r"(^|[;&|(`]|\$\()\s*docker\s+(image\s+|buildx\s+)?(build|push|pull)\b")
+NOT_FOUND = ("ParameterNotFound", "ParameterVersionNotFound", "ResourceNotFoundException")
+CONTAINER_LABEL = "ecs-pipeline.codebuild"
+# Not passed into build.image: the image has its own PATH and HOME, and these name files on the worker.
+WORKER_ONLY = ("PATH", "HOME", "TMPDIR", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "AWS_CONFIG_FILE",
+               "AWS_SHARED_CREDENTIALS_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE")
+
+
+class Masker:
+    """Replaces every secret value (and each line of a multi-line one) with ***."""
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        found = set()
+        for value in values:
+            found.add(value)
+            found.update(line.strip() for line in value.splitlines())
+        self.values = sorted((v for v in found if v), key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for value in self.values:
+            text = text.replace(value, "***")
+        return text
+
+
+@dataclass(frozen=True)
+class Failure:
+    phase: str
+    command: str
+    status: int | str
+    tail: tuple[str, ...]
+
+    def message(self) -> str:
+        quoted = "\n".join(f"  | {line}" for line in self.tail) or "  | (no output)"
+        how = f"exited {self.status}" if isinstance(self.status, int) else str(self.status)
+        return f"buildspec failed in phase {self.phase}: command `{self.command}` {how}; last output:\n{quoted}"
+
+
+@dataclass
+class BuildRun:
+    """What a buildspec run did: phases, the first failure, exported values, files and reports."""
+
+    phases: list[tuple[str, str]] = field(default_factory=list)
+    failure: Failure | None = None
+    exported: dict[str, str] = field(default_factory=dict)
+    artifacts: list[Path] = field(default_factory=list)
+    reports: list[junit.Report] = field(default_factory=list)
+    image_definitions: list[dict[str, Any]] | None = None
+    stopped_in: str | None = None  # the phase whose failure ended the build
+
+    def uploads_artifacts(self) -> bool:
+        """CodeBuild's UPLOAD_ARTIFACTS: attempted whenever the build got to its BUILD phase, failed or not;
+        not when a failed install or pre_build ended the build (it goes to FINALIZING), nor after a timeout."""
+        if self.failure is None:
+            return True
+        timed_out = any(state == "TIMED_OUT" for _, state in self.phases)
+        return not timed_out and self.stopped_in not in ("install", "pre_build")
+
+    def notes(self) -> list[str]:
+        out = [f"buildspec: {', '.join(f'{p} {s}' for p, s in self.phases)}"]
+        out += [f"tests ({r.group}): {r.headline()}" for r in self.reports]
+        out += [f"exported {k}={v}" for k, v in self.exported.items()]
+        return out
+
+
+def resolve_env(spec: BuildSpec, clients: AwsClients) -> tuple[dict[str, str], list[str]]:
+    """The buildspec's variables with Parameter Store and Secrets Manager values; and the values to mask."""
+    values = dict(spec.env.variables)
+    hidden: list[str] = []
+    ssm = clients.get("ssm") if spec.env.parameter_store else None
+    for var, name in spec.env.parameter_store.items():
+        try:
+            found = ssm.get_parameter(Name=name, WithDecryption=True)  # type: ignore[union-attr]
+        except ClientError as exc:
+            if error_code(exc) not in NOT_FOUND:
+                raise
+            raise BuildError(f"env.parameter-store.{var}: parameter {name} not found in Parameter Store") from None
+        values[var] = str(found["Parameter"]["Value"])
+        hidden.append(values[var])
+    for var, ref in spec.env.secrets_manager.items():
+        values[var] = secret_value(clients, var, ref)
+        hidden.append(values[var])
+    return values, hidden
+
+
+def secret_value(clients: AwsClients, var: str, ref: str) -> str:
+    """``secret-id:json-key:version-stage:version-id`` (the id may be an ARN, which has colons)."""
+    parts = ref.split(":")
+    head = 7 if ref.startswith("arn:") else 1
+    secret_id, rest = ":".join(parts[:head]), [*parts[head:], "", "", ""]
+    key, stage, version = rest[0], rest[1], rest[2]
+    args: dict[str, str] = {"SecretId": secret_id}
+    if stage:
+        args["VersionStage"] = stage
+    if version:
+        args["VersionId"] = version
+    try:
+        found = clients.get("secretsmanager").get_secret_value(**args)
+    except ClientError as exc:
+        if error_code(exc) not in NOT_FOUND:
+            raise
+        raise BuildError(f"env.secrets-manager.{var}: secret {secret_id} not found in Secrets Manager") from None
+    text = str(found.get("SecretString", ""))
+    if not key:
+        return text
+    try:
+        return str(json.loads(text)[key])
+    except (ValueError, KeyError, TypeError):
+        raise BuildError(
+            f"env.secrets-manager.{var}: secret {secret_id} is not JSON with a key {key}; check the json-key"
+        ) from None
+
+
+def build_number(cache: Path, service: str) -> int:
+    """CODEBUILD_BUILD_NUMBER: this service's builds on this worker, counted from 1."""
+    path = cache / "codebuild" / f"{service}.number"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        number = int(f.read().strip() or 0) + 1
+        f.seek(0)
+        f.truncate()
+        f.write(str(number))
+    return number
+
+
+def standard_env(cfg: ServiceConfig, clients: AwsClients, sha: str, src: Path, uri: str) -> dict[str, str]:
+    """The project's variables and CodeBuild's own, as CodeBuild sets them for a build of SHA."""
+    region = clients.settings.region
+    account = str(clients.get("sts").get_caller_identity()["Account"])
+    build_uuid = str(uuid.uuid4())
+    project = cfg.name
+    return {
+        "AWS_ACCOUNT_ID": account, "IMAGE_REPO_NAME": cfg.ecr.repository, "REPOSITORY_URI": uri,
+        "CONTAINER_NAME": cfg.ecs.container,
+        "AWS_REGION": region, "AWS_DEFAULT_REGION": region, "CODEBUILD_CI": "true",
+        "CODEBUILD_BUILD_ID": f"{project}:{build_uuid}",
+        "CODEBUILD_BUILD_ARN": f"arn:aws:codebuild:{region}:{account}:build/{project}:{build_uuid}",
+        "CODEBUILD_BUILD_NUMBER": str(build_number(clients.settings.cache, cfg.name)),
+        "CODEBUILD_BUILD_IMAGE": cfg.build.image or "host", "CODEBUILD_BUILD_SUCCEEDING": "1",
+        "CODEBUILD_INITIATOR": f"ecs-pipeline/{project}", "CODEBUILD_LOG_PATH": build_uuid,
+        "CODEBUILD_RESOLVED_SOURCE_VERSION": sha, "CODEBUILD_SOURCE_VERSION": sha,
+        "CODEBUILD_SOURCE_REPO_URL": redact_url(cfg.source.repo), "CODEBUILD_SRC_DIR": str(src),
+        "CODEBUILD_START_TIME": str(int(time.time() * 1000)),
+    }
+
+
+@contextlib.contextmanager
+def build_shell(cfg: ServiceConfig, host: ShellSpec, worker: dict[str, str], deadline: float) -> Iterator[Shell]:
+    """The one shell session the phases run in: HOST's on the worker, or the same in a ``build.image`` container."""
+    container, spec = None, host
+    if cfg.build.image:
+        container, spec = container_spec(cfg, cfg.build.image, host, worker)
+        container.remove_leftovers()
+        try:
+            container.start(deadline)
+        except ContainerError as exc:
+            raise BuildError(f"build.image {cfg.build.image}: the build container did not start: {exc}",
+                             service=cfg.name) from None
+    session = Shell(spec, deadline)
+    try:
+        yield session
+    finally:
+        if container is not None:
+            container.close()  # first: a command still running stops with its container
+        session.close()
+
+
+def container_spec(cfg: ServiceConfig, image: str, host: ShellSpec,
+                   worker: dict[str, str]) -> tuple[BuildContainer, ShellSpec]:
+    """A container of IMAGE on the host network, the source, scripts and Docker socket mounted; shells exec'd in.
+
+    Paths are the worker's (CODEBUILD_SRC_DIR is the same inside); the socket is
+    at its own path and at /var/run/docker.sock, so DOCKER_HOST holds either way.
+    The worker's PATH, HOME and file paths stay outside unless the buildspec sets them.
+    """
+    env, src, scripts = host.env, host.cwd, host.scripts
+    docker = shutil.which("docker", path=worker.get("PATH")) or "docker"
+    docker_host = env.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    mounts = ["-v", f"{src}:{src}", "-v", f"{scripts}:{scripts}"]
+    if docker_host.startswith("unix://"):
+        socket = docker_host.removeprefix("unix://")
+        mounts += ["-v", f"{socket}:{socket}"]
+        if socket != "/var/run/docker.sock":
+            mounts += ["-v", f"{socket}:/var/run/docker.sock"]
+    name, label = f"codebuild-{cfg.name}-{token.token_hex(4)}", f"{CONTAINER_LABEL}={cfg.name}"
+    run = (docker, "run", "--rm", "-i", "--network", "host", "--name", name, "--label", label,
+           "-w", str(src), *mounts, image, host.shell)
+    names = [n for n, v in env.items() if n not in WORKER_ONLY or worker.get(n) != v]
+    # The docker CLI passes `-e NAME` values from its own environment: no value on a command line.
+    session = (docker, "exec", "-i", "-w", str(src), *[a for n in names for a in ("-e", n)], name, host.shell)
+    return BuildContainer(run, env, name, label), ShellSpec(session, env, src, host.shell, scripts)
+
+
+def run_phase(phase: Phase, shell: Shell, mask: Masker, log: Log, detail: Log | None = None) -> Failure | None:
+    """The phase's commands until one fails, then its finally block; the first failure.
+
+    A docker build, push or pull command's output goes to DETAIL (a run logger's
+    debug level) and its last line to LOG: the INFO log keeps one line per docker command.
+    """
+    failure: Failure | None = None
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    sink, lines = log, 0  # where the running command's output goes; how many lines it wrote
+
+    def out(line: str) -> None:
+        nonlocal lines
+        tail.append(mask(line))
+        lines += 1
+        sink(tail[-1])
+
+    for block, commands in (("commands", phase.commands), ("finally", phase.finally_)):
+        for command in commands:
+            if block == "commands" and failure is not None:
+                break
+            log(f"[{phase.name}] Running command {mask(command)}")
+            tail.clear()
+            lines = 0
+            sink = detail if detail is not None and DOCKER_PROGRESS.search(command) else log
+            status = shell.run(command, out)
+            if sink is not log and lines:
+                log(f"[{phase.name}] {tail[-1].strip() or 'docker'} ({lines} lines of docker output at DEBUG)")
+            if status != 0 and failure is None:
+                failure = Failure(phase.name, mask(command), status, tuple(tail))
+    log(f"[{phase.name}] Phase complete: {phase.name.upper()} State: {'FAILED' if failure else 'SUCCEEDED'}")
+    return failure
+
+
+def run_phases(spec: BuildSpec, shell: Shell, mask: Masker, log: Log, result: BuildRun,
+               detail: Log | None = None) -> None:
+    """install, pre_build, build, post_build with CodeBuild's transitions after a failure."""
+    for phase in spec.phases:
+        if result.failure is not None:
+            shell.run("CODEBUILD_BUILD_SUCCEEDING=0; export CODEBUILD_BUILD_SUCCEEDING", lambda _line: None)
+        try:
+            failed = run_phase(phase, shell, mask, log, detail)
+        except ShellTimeout:
+            failed = Failure(phase.name, "(running)", "timed out (build.timeout_seconds)", ())
+            result.phases.append((phase.name, "TIMED_OUT"))
+            result.failure, result.stopped_in = result.failure or failed, phase.name
+            return
+        result.phases.append((phase.name, "FAILED" if failed else "SUCCEEDED"))
+        if failed:
+            result.failure = result.failure or failed
+            if not phase.continues_after_failure():
+                result.stopped_in = phase.name
+                return
+
+
+def matching_files(src: Path, files: Files) -> list[tuple[Path, str]]:
+    """(file, its name in the output) for a file set; nothing outside the source folder."""
+    base = (src / files.base_directory).resolve()
+    found: dict[Path, str] = {}
+    for pattern in files.files:
+        for path in sorted(base.glob(pattern)):
+            real = path.resolve()
+            rel = path.relative_to(base).as_posix()
+            if not path.is_file() or not real.is_relative_to(src.resolve()):
+                continue
+            if any(fnmatch(rel, ex) for ex in files.exclude):
+                continue
+            found[path] = path.name if files.discard_paths else rel
+    return list(found.items())
+
+
+def publish_reports(cfg: ServiceConfig, spec: BuildSpec, src: Path, mask: Masker, result: BuildRun) -> None:
+    """Each JUnit report group as a Prefect table artifact: failing tests first, with their messages."""
+    for group, files in spec.reports.items():
+        paths = [p for p, _ in matching_files(src, files)]
+        report = junit.read_report(group, paths)
+        result.reports.append(report)
+        rows = [{k: mask(v) for k, v in row.items()} for row in report.rows()]
+        safe = "".join(c if c.isalnum() else "-" for c in group.lower()).strip("-") or "report"
+        create_table_artifact(
+            table=rows or [{"test": "(no test cases found)", "status": "", "seconds": "", "message": ""}],
+            key=artifact_key(cfg.name, f"tests-{safe}"),
+            description=mask(f"{cfg.name} test report {group}: {report.headline()}"),
+        )
+
+
+def copy_artifacts(cfg: ServiceConfig, spec: BuildSpec, src: Path, out_dir: Path, result: BuildRun) -> Path | None:
+    """``artifacts.files`` copied to ARTIFACTS_DIR/<service>/<name or build>/ (the last build's, replaced)."""
+    if spec.artifacts is None:
+        return None
+    target = out_dir / cfg.name / (spec.artifacts.name or "build")
+    shutil.rmtree(target, ignore_errors=True)
+    for path, name in matching_files(src, spec.artifacts):
+        dest = target / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest)
+        result.artifacts.append(dest)
+    return target
+
+
+def read_image_definitions(src: Path, result: BuildRun) -> None:
+    """imagedefinitions.json from the artifacts (else the source root): the image the buildspec pushed."""
+    named = [p for p in result.artifacts if p.name == "imagedefinitions.json"]
+    defs = named[0] if named else src / "imagedefinitions.json"
+    if defs.is_file():
+        try:
+            data = json.loads(defs.read_text("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise BuildError("imagedefinitions.json written by the buildspec is not JSON") from None
+        if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
+            raise BuildError('imagedefinitions.json must be a list of {"name": ..., "imageUri": ...}')
+        result.image_definitions = data
+
+
+def run_buildspec(cfg: ServiceConfig, clients: AwsClients, spec: BuildSpec, sha: str, src: Path,
+                  uri: str, log: Log, detail: Log | None = None) -> BuildRun:
+    """Run SPEC in SRC; a BuildError (masked) when a phase failed, after reports (and artifacts) are published.
+
+    DETAIL takes docker's progress output (see run_phase); without it, LOG takes every line.
+    """
+    out = clients.settings.artifacts_dir
+    variables, hidden = resolve_env(spec, clients)
+    mask = Masker(hidden)
+    env = {**clients.settings.build_host_env, **variables, **standard_env(cfg, clients, sha, src, uri)}
+    result = BuildRun()
+    deadline = time.monotonic() + cfg.build.timeout_seconds
+    with tempfile.TemporaryDirectory(prefix=f"codebuild-{token.token_hex(4)}-") as scripts, \
+            build_shell(cfg, ShellSpec((spec.env.shell,), env, src, spec.env.shell, Path(scripts)),
+                        clients.settings.build_host_env, deadline) as shell:
+        run_phases(spec, shell, mask, log, result, detail)
+        if result.failure is None:
+            result.exported = {k: mask(v) for k, v in shell.capture(spec.env.exported).items()}
+    publish_reports(cfg, spec, src, mask, result)
+    if result.failure is not None:
+        where = copy_artifacts(cfg, spec, src, out, result) if result.uploads_artifacts() else None
+        kept = f"\nartifacts of the failed build (no hand-over): {where}" if where is not None else ""
+        if kept:
+            log(kept.strip())
+        raise BuildError(result.failure.message() + kept, service=cfg.name)
+    copy_artifacts(cfg, spec, src, out, result)
+    read_image_definitions(src, result)
+    return result
+
+
+def buildspec_for(cfg: ServiceConfig, tree: Path, sha: str) -> BuildSpec | None:
+    """The service's buildspec: inline in its YAML, or a file of the commit (inside the checkout)."""
+    inline = cfg.build.inline_buildspec()
+    if inline is not None or not isinstance(cfg.build.buildspec, str):
+        return inline
+    where = f"the repository at {sha[:7]}"
+    path = confined(tree, cfg.build.buildspec, "build.buildspec", where)
+    return load_buildspec(read_text(path, "build.buildspec", where), f"{cfg.build.buildspec} ({where})")

@@ -1,0 +1,66 @@
+"""CodePipeline's hand-over files, so a pipeline that keeps its deploy action can use our build.
+
+``imagedefinitions.json`` is what CodePipeline's "Amazon ECS" (rolling) deploy
+action reads; ``imageDetail.json`` is what its "Amazon ECS (Blue/Green)" action
+reads to fill ``<IMAGE1_NAME>`` in taskdef.json. Both are written exactly in
+CodePipeline's formats, as files and as Prefect artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config.models import ServiceConfig
+from tasks.core.report import artifact_key
+
+IMAGE_DEFINITIONS = "imagedefinitions.json"
+IMAGE_DETAIL = "imageDetail.json"
+
+
+def image_definitions(container: str, image: str) -> list[dict[str, str]]:
+    """CodePipeline's ECS standard deploy input: one entry per container to update."""
+    return [{"name": container, "imageUri": image}]
+
+
+def image_detail(image: str) -> dict[str, str]:
+    """CodePipeline's ECS blue/green deploy input (the image for <IMAGE1_NAME>)."""
+    return {"ImageURI": image}
+
+
+
+
+def interop_files(container: str, image: str) -> dict[str, Any]:
+    """File name → content, for one release's image."""
+    return {IMAGE_DEFINITIONS: image_definitions(container, image), IMAGE_DETAIL: image_detail(image)}
+
+
+def _markdown(name: str, content: Any) -> str:
+    return f"`{name}`, for CodePipeline's ECS deploy actions:\n\n```json\n{json.dumps(content)}\n```\n"
+
+
+@task(name="interop files", task_run_name="interop files {cfg.name}", cache_policy=NO_CACHE)
+def write_interop_files(cfg: ServiceConfig, image: str, artifacts_dir: Path) -> list[str]:
+    """Write imagedefinitions.json and imageDetail.json for ``image``; returns the file paths."""
+    out = artifacts_dir / cfg.name
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, content in interop_files(cfg.ecs.container, image).items():
+        path = out / name
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(content))
+        tmp.replace(path)  # a reader never sees half a file
+        kind = name.removesuffix(".json").lower()
+        create_markdown_artifact(
+            key=artifact_key(cfg.name, kind),
+            markdown=_markdown(name, content),
+            description=f"{cfg.name}: {name}",
+        )
+        written.append(str(path))
+    get_run_logger().info("wrote %s", ", ".join(written))
+    return written

@@ -1,0 +1,90 @@
+"""The image a buildspec pushed itself: taken from its imagedefinitions.json, checked in ECR, pinned.
+
+CodePipeline's ECS deploy action reads ``[{"name": container, "imageUri": ...}]``;
+the pipeline reads the same file. The image must be in the service's ECR
+repository; it is deployed by digest, and tagged with the full commit SHA (the
+tag the build stage looks for) so a rerun of the commit skips the build.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import docker
+import docker.errors
+from botocore.exceptions import ClientError
+
+from tasks.aws import ecr
+from tasks.aws.clients import AwsClients, docker_client
+from tasks.build import image
+from tasks.config.models import ServiceConfig
+from tasks.core.errors import BuildError, error_code
+
+Log = Callable[[str], None]
+
+
+def image_uri_for(cfg: ServiceConfig, definitions: list[dict[str, Any]]) -> str:
+    """The imageUri of the service's container; BuildError naming what the file holds otherwise."""
+    for entry in definitions:
+        if entry.get("name") == cfg.ecs.container and isinstance(entry.get("imageUri"), str):
+            return str(entry["imageUri"])
+    names = ", ".join(str(e.get("name")) for e in definitions) or "none"
+    raise BuildError(
+        f"imagedefinitions.json has no imageUri for container {cfg.ecs.container} (it names: {names}); "
+        "write the entry for ecs.container in post_build", service=cfg.name,
+    )
+
+
+def _tag_with_sha(client: docker.DockerClient, source: str, repository: str, sha: str,
+                  auth: ecr.RegistryAuth, log: Log, detail: Log | None = None) -> str:
+    """Push the image again under the full-SHA tag (layers are there already); the digest served.
+
+    The push's layer lines go to DETAIL (a run logger's debug level), its summary to LOG.
+    """
+    try:
+        client.api.tag(source, repository, sha)
+    except docker.errors.ImageNotFound:
+        client.api.pull(source, auth_config=auth.auth_config())
+        client.api.tag(source, repository, sha)
+    return image.push_image(client, f"{repository}:{sha}", auth, log, detail)
+
+
+def adopt_image(cfg: ServiceConfig, clients: AwsClients, sha: str, uri: str,
+                definitions: list[dict[str, Any]], log: Log, detail: Log | None = None) -> str:
+    """``repo@digest`` of the image imagedefinitions.json names, after checking it is in ECR."""
+    named = image_uri_for(cfg, definitions)
+    name, tag, digest = ecr.split_image(named)
+    repository = uri.split("@", 1)[0]
+    if name != repository and not name.endswith("/" + cfg.ecr.repository):
+        raise BuildError(
+            f"imagedefinitions.json names {named}, which is not in ECR repository {cfg.ecr.repository} "
+            f"({repository}); push the image there", service=cfg.name,
+        )
+    ecr_client = clients.get("ecr")
+    if digest:
+        found = digest if _digest_exists(ecr_client, cfg.ecr.repository, digest) else None
+    else:
+        found = ecr.find_image_digest(ecr_client, cfg.ecr.repository, tag or "latest")
+    if not found:
+        raise BuildError(
+            f"imagedefinitions.json names {named}, which is not in ECR; push it in post_build before "
+            "writing the file", service=cfg.name,
+        )
+    ref = image.image_with_digest(repository, found)
+    log(f"the buildspec pushed {named}: deploying {ref}")
+    if tag != sha:
+        served = _tag_with_sha(docker_client(), named, repository, sha, ecr.registry_auth(ecr_client), log, detail)
+        if served != found:
+            log(f"note: {repository}:{sha} is {served}, not {found}; the release pins {found}")
+    return ref
+
+
+def _digest_exists(ecr_client: Any, repository: str, digest: str) -> bool:
+    try:
+        ecr_client.describe_images(repositoryName=repository, imageIds=[{"imageDigest": digest}])
+    except ClientError as exc:
+        if error_code(exc) == "ImageNotFoundException":
+            return False
+        raise
+    return True

@@ -1,0 +1,314 @@
+"""One release per service at a time, held only by a live run.
+
+The slot is a Prefect global concurrency limit with one slot per service, so
+two live releases of a service never overlap, on any number of workers.
+Prefect's own lease on a slot lasts at least a minute; a dead run must free
+its service sooner. So the holder also writes a heartbeat (a Prefect variable
+naming its run and lease) every few seconds, and a waiting run that finds the
+heartbeat older than ``stale_after`` seconds releases the dead holder's slot,
+marks its flow run Crashed and takes the service. The next release then
+reconciles whatever the dead run left (flows/recovery).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from prefect import get_run_logger
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, VariableCreate, VariableUpdate
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import State, StateType
+from prefect.context import SyncClientContext
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
+from prefect.states import Crashed
+
+from tasks.core.waits import checkpoint
+
+PREFECT_LEASE_SECONDS = 60.0  # the server's minimum; our heartbeat decides liveness sooner
+HTTP_LOCKED = 423
+
+
+def lock_name(service: str) -> str:
+    return f"ecs-pipeline-deploy-{service}"
+
+
+def heartbeat_name(service: str) -> str:
+    """Variable names allow lowercase letters, digits and underscores."""
+    return "ecs_pipeline_lock_" + re.sub(r"[^a-z0-9_]", "_", service.lower())
+
+
+def ensure_limit(client: SyncPrefectClient, name: str) -> None:
+    """Create the limit (1 slot) if missing; a limit that exists keeps its settings."""
+    try:
+        client.read_global_concurrency_limit_by_name(name)
+        return
+    except ObjectNotFound:
+        pass
+    with suppress(ObjectAlreadyExists):
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+
+
+@dataclass
+class Held:
+    """The slot a run holds: its lease, and whether it was taken over from a dead run."""
+
+    service: str
+    lease_id: UUID
+    run_id: str | None
+    took_over_from: str | None = None
+    lost: threading.Event = field(default_factory=threading.Event)
+
+
+def read_heartbeat(client: SyncPrefectClient, service: str) -> dict[str, Any] | None:
+    found = client.read_variable_by_name(heartbeat_name(service))
+    return found.value if found is not None and isinstance(found.value, dict) else None
+
+
+def write_heartbeat(client: SyncPrefectClient, held: Held, exists: bool | None = None) -> None:
+    """EXISTS: whether the caller just read the variable (None: look first)."""
+    value = {"run": held.run_id, "lease": str(held.lease_id), "at": time.time()}
+    name = heartbeat_name(held.service)
+    if exists is None:
+        exists = client.read_variable_by_name(name) is not None
+    if exists:
+        client.update_variable(VariableUpdate(name=name, value=value))
+        return
+    try:
+        client.create_variable(VariableCreate(name=name, value=value))
+    except ObjectAlreadyExists:
+        client.update_variable(VariableUpdate(name=name, value=value))
+
+
+def delete_heartbeat(client: SyncPrefectClient, service: str) -> None:
+    with suppress(ObjectNotFound, PrefectHTTPStatusError):  # already gone: another run cleaned up
+        client.delete_variable_by_name(heartbeat_name(service))
+
+
+def _try_acquire(client: SyncPrefectClient, name: str, run_id: str | None) -> UUID | None:
+    try:
+        response = client.increment_concurrency_slots_with_lease(
+            names=[name], slots=1, mode="concurrency", lease_duration=PREFECT_LEASE_SECONDS
+        )
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code == HTTP_LOCKED:
+            return None
+        raise
+    return UUID(response.json()["lease_id"])
+
+
+def _free_dead_holder(
+    client: SyncPrefectClient, service: str, stale_after: float, run_id: str | None = None
+) -> str | None:
+    """Release the slot of a holder whose heartbeat stopped; returns its run id (or 'unknown').
+
+    When the dead holder is an earlier attempt of RUN_ID itself (its worker died and the run
+    was retried), the run is not marked Crashed: it is the one running now.
+    """
+    beat = read_heartbeat(client, service)
+    if beat is None or time.time() - float(beat.get("at", 0)) < stale_after:
+        return None
+    try:
+        client.release_concurrency_slots_with_lease(UUID(str(beat["lease"])))
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code != 404:
+            raise
+    dead = str(beat.get("run") or "unknown")
+    if beat.get("run") and dead != run_id:
+        mark_crashed(client, dead, f"its process stopped: no heartbeat for over {stale_after:.0f} s; "
+                     "the next release of the service reconciles what it left")
+    delete_heartbeat(client, service)
+    return dead
+
+
+def mark_crashed(client: SyncPrefectClient, run_id: str, why: str) -> None:
+    """A run that died without saying so: Crashed, unless it already ended."""
+    try:
+        run = client.read_flow_run(UUID(run_id))
+    except ObjectNotFound:
+        return
+    if run.state is not None and not run.state.is_final():
+        client.set_flow_run_state(UUID(run_id), Crashed(message=why), force=True)
+
+
+def _keep_alive(held: Held, interval: float, stop: threading.Event, client: SyncPrefectClient | None) -> None:
+    """Renew Prefect's lease and our heartbeat until stopped; flag the hold as lost if either fails.
+
+    CLIENT: the run's own open client (its flow run keeps it open until after the lock is let go);
+    without one, the thread opens its own.
+    """
+    if client is None:
+        with get_client(sync_client=True) as own:
+            _beat(held, interval, stop, own)
+    else:
+        _beat(held, interval, stop, client)
+
+
+def _beat(held: Held, interval: float, stop: threading.Event, client: SyncPrefectClient) -> None:
+    while not stop.wait(interval):
+        try:
+            beat = read_heartbeat(client, held.service)
+            if beat is not None and beat.get("lease") != str(held.lease_id):
+                held.lost.set()  # another run found us stale and took the service
+                return
+            client.renew_concurrency_lease(held.lease_id, lease_duration=PREFECT_LEASE_SECONDS)
+            write_heartbeat(client, held, exists=beat is not None)
+        except Exception:  # noqa: BLE001 - one failed renewal is retried; the lease outlives it
+            continue
+
+
+def _open_run_client() -> SyncPrefectClient | None:
+    """The flow run's API client, open until the run ends (httpx clients are thread-safe); None outside a run."""
+    ctx = SyncClientContext.get()
+    return ctx.client if ctx is not None else None
+
+
+@contextmanager
+def service_lock(service: str, run_id: str | None, stale_after: float = 30.0) -> Iterator[Held]:
+    """Hold the service's release slot; wait for a live holder, take over from a dead one."""
+    log = get_run_logger()
+    name = lock_name(service)
+    with get_client(sync_client=True) as client:
+        ensure_limit(client, name)
+        log.info("waiting for the deploy slot of %s", service)
+        took_over: str | None = None
+        delay = 0.2
+        while (lease := _try_acquire(client, name, run_id)) is None:
+            took_over = _free_dead_holder(client, service, stale_after, run_id) or took_over
+            checkpoint()
+            time.sleep(delay)
+            delay = min(2.0, delay * 1.5)
+        # A free slot with a stale heartbeat: the holder died and Prefect's lease ran out first.
+        took_over = took_over or _free_dead_holder(client, service, stale_after, run_id)
+        held = Held(service, lease, run_id, took_over)
+        write_heartbeat(client, held, exists=False)  # its last holder deleted it: create first, update if not
+    if took_over:
+        log.warning("took the deploy slot of %s from run %s, which had stopped", service, took_over)
+    log.info("holding the deploy slot of %s", service)
+    stop = threading.Event()
+    every = max(1.0, stale_after / 6)
+    beat = threading.Thread(target=_keep_alive, args=(held, every, stop, _open_run_client()), daemon=True)
+    beat.start()
+    try:
+        yield held
+    finally:
+        stop.set()
+        beat.join(timeout=10)
+        with get_client(sync_client=True) as client:
+            if read_heartbeat_lease(client, service) == str(held.lease_id):
+                delete_heartbeat(client, service)
+            try:
+                client.release_concurrency_slots_with_lease(held.lease_id)
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code != 404:
+                    raise
+
+
+def read_heartbeat_lease(client: SyncPrefectClient, service: str) -> str | None:
+    beat = read_heartbeat(client, service)
+    return str(beat.get("lease")) if beat else None
+
+
+def commit_of_run(run_id: str | None) -> str | None:
+    """The commit a (dead) run was releasing: its sha parameter, else the one its name got at detect change."""
+    if not run_id or run_id == "unknown":
+        return None
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(UUID(run_id))
+        except (ObjectNotFound, ValueError):
+            return None
+    asked = run.parameters.get("sha")
+    if asked:
+        return str(asked)
+    named = re.search(r"@([0-9a-f]{7,40})$", run.name or "")
+    return named.group(1) if named else None
+
+
+class StopWatch:
+    """Why this run must stop now, if it must: cancelled in Prefect, or its slot taken over.
+
+    Read by every wait loop (tasks/waits.checkpoint), at most every ``every`` seconds
+    for the API call, so a cancel from the UI or ``prefect flow-run cancel`` rolls the
+    release back even when no runner is there to send SIGTERM (an in-process CLI run).
+    The releases of one process (a fleet run's threads) share that call (``RunStates``).
+    """
+
+    def __init__(self, run_id: str | None, every: float = 2.0) -> None:
+        self.run_id, self.every = run_id, every
+        self.held: Held | None = None
+
+    def __call__(self) -> str | None:
+        if self.held is not None and self.held.lost.is_set():
+            return "another run took the deploy slot (this run's heartbeat had stopped)"
+        if self.run_id is None:
+            return None
+        state = RUN_STATES.state_of(self.run_id, self.every)
+        if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
+            return f"cancelled ({state.message or 'from the Prefect API'})"
+        return None
+
+
+class RunStates:
+    """The states of the runs this process watches, all read in one API call at most every few seconds.
+
+    Twenty releases in one fleet process, each reading its own run every two seconds, made ten reads
+    a second; now one read serves them all. A run nobody asked about for a while is no longer read.
+    """
+
+    PAGE = 200  # the most runs the API returns for one filter
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()  # the dicts below
+        self._reading = threading.Lock()  # one read at a time; the others keep the last answer meanwhile
+        self._asked: dict[str, float] = {}
+        self._states: dict[str, State[Any] | None] = {}
+        self._read_at = float("-inf")
+
+    def state_of(self, run_id: str, every: float) -> State[Any] | None:
+        """RUN_ID's state as last read, at most EVERY seconds ago (plus one read in progress)."""
+        with self._guard:
+            self._asked[run_id] = time.monotonic()
+            known = run_id in self._states
+        # A run read before goes on with its last state while another thread reads; a new one waits.
+        if self._due(run_id, every) and self._reading.acquire(blocking=not known):
+            try:
+                if self._due(run_id, every):
+                    self._refresh(every)
+            finally:
+                self._reading.release()
+        with self._guard:
+            return self._states.get(run_id)
+
+    def _due(self, run_id: str, every: float) -> bool:
+        with self._guard:
+            return run_id not in self._states or time.monotonic() - self._read_at >= every
+
+    def _refresh(self, every: float) -> None:
+        with self._guard:
+            now = time.monotonic()
+            self._asked = {r: t for r, t in self._asked.items() if now - t < max(30.0, 10 * every)}
+            wanted = list(self._asked)
+        found = self._read(wanted)
+        with self._guard:
+            self._states, self._read_at = found, time.monotonic()
+
+    def _read(self, run_ids: list[str]) -> dict[str, State[Any] | None]:
+        found: dict[str, State[Any] | None] = {}
+        with get_client(sync_client=True) as client:
+            for i in range(0, len(run_ids), self.PAGE):
+                page = [UUID(r) for r in run_ids[i : i + self.PAGE]]
+                only = FlowRunFilter(id=FlowRunFilterId(any_=page))
+                runs = client.read_flow_runs(flow_run_filter=only, limit=len(page))
+                found.update({str(run.id): run.state for run in runs})
+        return found
+
+
+RUN_STATES = RunStates()

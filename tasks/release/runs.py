@@ -1,0 +1,304 @@
+"""deploy-service runs: how they are created and tagged, how they are found, how they give way.
+
+Every trigger (webhook, polling, CLI) creates runs through ``create_deploy_run``
+so they all carry the tags searches rely on. A newer commit for a service
+makes older waiting runs pointless: with ``queueing: supersede`` (the default)
+they end Cancelled "Superseded by <run>"; with ``queueing: queue`` every run
+deploys in turn.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.states import Cancelled
+
+from tasks.build import source
+from tasks.config.models import ServiceConfig
+from tasks.core.errors import PipelineError
+
+DEPLOY_FLOW = "deploy-service"
+DEPLOY_DEPLOYMENT = "deploy-service/deploy-service"
+FLEET_DEPLOYMENT = "release-fleet/release-fleet"
+WAITING = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+_FUTURE_SCHEDULE = timedelta(seconds=60)
+
+Queueing = Literal["supersede", "queue"]
+NOT_NEWER = "Not newer than live"
+# (base, other) -> how commit OTHER relates to commit BASE in the service's repository
+CommitOrder = Callable[[str, str], source.Ancestry]
+
+
+def queueing_mode(cfg: ServiceConfig | None) -> Queueing:
+    """The service's ``queueing`` setting; ``supersede`` when the config has none."""
+    mode = getattr(cfg, "queueing", "supersede") if cfg is not None else "supersede"
+    return "queue" if mode == "queue" else "supersede"
+
+
+def run_tags(service: str, sha: str | None, origin: str) -> list[str]:
+    """Tags every deploy-service run carries; superseding and polling search by them."""
+    tags = [f"service:{service}", f"trigger:{origin}"]
+    return [*tags, f"sha:{sha}"] if sha else tags
+
+
+def run_parameters(service: str, sha: str | None) -> dict[str, Any]:
+    return {"service": service, "sha": sha}
+
+
+def create_deploy_run(
+    client: SyncPrefectClient,
+    deployment_id: UUID,
+    service: str,
+    sha: str,
+    origin: str,
+    *,
+    idempotency_key: str | None = None,
+) -> FlowRun:
+    """One Scheduled deploy-service run for SERVICE at SHA, tagged so superseding and polling find it."""
+    return client.create_flow_run_from_deployment(
+        deployment_id,
+        parameters=run_parameters(service, sha),
+        tags=run_tags(service, sha, origin),
+        idempotency_key=idempotency_key,
+        name=f"{service}-{sha[:7]}",
+    )
+
+
+def create_fleet_run(
+    client: SyncPrefectClient,
+    deployment_id: UUID,
+    services: list[str],
+    sha: str,
+    origin: str,
+    *,
+    idempotency_key: str | None = None,
+) -> FlowRun:
+    """One Scheduled release-fleet run for SERVICES at SHA: one API call however many services."""
+    return client.create_flow_run_from_deployment(
+        deployment_id,
+        parameters={"services": services, "sha": sha, "origin": origin},
+        tags=["fleet", f"trigger:{origin}", f"sha:{sha}"],
+        idempotency_key=idempotency_key,
+        name=f"fleet-{sha[:7]}-{len(services)}",
+    )
+
+
+# -- runs of deploy-service -------------------------------------------------------
+
+
+def read_service_runs(
+    client: SyncPrefectClient,
+    service: str,
+    states: list[StateType] | None = None,
+    sha: str | None = None,
+) -> list[FlowRun]:
+    """deploy-service runs for SERVICE (optionally one SHA), oldest first.
+
+    Runs are found by their ``service:`` tag, and unfinished ones also by their
+    parameters: a deployment trigger or the UI's Run button starts runs without
+    tags, and those must be superseded too.
+    """
+    tags = [f"service:{service}"] + ([f"sha:{sha}"] if sha else [])
+    found = {r.id: r for r in _read_runs(client, states, FlowRunFilterTags(all_=tags))}
+    unfinished = [s for s in (states or WAITING) if s in WAITING]
+    if unfinished:
+        for run in _read_runs(client, unfinished, None):
+            params = run.parameters or {}
+            if params.get("service") == service and sha in (None, params.get("sha")):
+                found.setdefault(run.id, run)
+    return sorted(found.values(), key=_age_key)
+
+
+def _read_runs(
+    client: SyncPrefectClient, states: list[StateType] | None, tags: FlowRunFilterTags | None
+) -> list[FlowRun]:
+    run_filter = FlowRunFilter(tags=tags)
+    if states is not None:
+        run_filter.state = FlowRunFilterState(type=FlowRunFilterStateType(any_=states))
+    return client.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=[DEPLOY_FLOW])),
+        flow_run_filter=run_filter,
+        limit=200,
+    )
+
+
+def _age_key(run: FlowRun) -> tuple[datetime, str]:
+    created = run.created or datetime.min.replace(tzinfo=UTC)
+    return (created, str(run.id))
+
+
+def commit_order_for(cfg: ServiceConfig | None, cache_dir: Path | None) -> CommitOrder | None:
+    """Compare commits in CFG's repository (git ancestry); None when there is nothing to compare with."""
+    if cfg is None or cache_dir is None:
+        return None
+    repo, branch = cfg.repo_location, cfg.source.branch
+
+    def order(base: str, other: str) -> source.Ancestry:
+        known = _ORDERS.get((repo, base, other))
+        if known is not None:
+            return known
+        try:
+            found = source.commit_order(repo, base, other, cache_dir=cache_dir)
+            if found == "newer" and not source.in_branch(repo, branch, other, cache_dir=cache_dir):
+                return "diverged"  # ahead, but off the branch (a feature commit pushed as the branch): no winner
+        except PipelineError:  # git unreachable: fall back to creation order
+            return "unknown"
+        if found not in ("unknown", "missing"):  # how two commits relate never changes; these may (a fetch)
+            with _ORDERS_LOCK:
+                _ORDERS[(repo, base, other)] = found
+        return found
+
+    return order
+
+
+# (repo, base, other) -> how OTHER relates to BASE, once git told: each release compares its commit with
+# every run of its service (git subprocesses under the repository's lock, which a monorepo fleet shares).
+_ORDERS: dict[tuple[str, str, str], source.Ancestry] = {}
+_ORDERS_LOCK = threading.Lock()
+
+
+def wins_over(run: FlowRun, other: FlowRun, order: CommitOrder | None) -> bool:
+    """Whether RUN's release should go rather than OTHER's.
+
+    By git ancestry when both commits are known: a descendant wins, an ancestor
+    gives way, so a replayed older push never displaces a newer commit, and of
+    two diverged commits (a push from before a force-push, replayed) neither
+    displaces the other: each release checks its own commit against the branch
+    and the live one. A commit the repository does not have never wins. By
+    creation time otherwise (same commit, only OTHER's commit unknown, or an
+    explicit ``allow_older`` release on either side).
+    """
+    mine, theirs = run.parameters or {}, other.parameters or {}
+    sha, other_sha = mine.get("sha"), theirs.get("sha")
+    explicit = mine.get("allow_older") or theirs.get("allow_older")
+    if order is not None and sha and other_sha and sha != other_sha and not explicit:
+        relation = order(str(other_sha), str(sha))
+        if relation in ("newer", "older", "diverged", "missing"):
+            return relation == "newer"
+    return _age_key(run) > _age_key(other)
+
+
+def superseded_by(
+    service: str,
+    my_flow_run_id: UUID | str,
+    *,
+    cfg: ServiceConfig | None = None,
+    client: SyncPrefectClient | None = None,
+    cache_dir: Path | None = None,
+) -> str | None:
+    """The id of another deploy-service run for SERVICE that makes this one pointless.
+
+    The pipeline calls this right after it holds the service's concurrency slot
+    and ends itself Cancelled "Superseded by <id>" when it gets one. The other
+    run wins by ``wins_over`` (its commit descends from this one's; with
+    CACHE_DIR for git, else by creation time); it counts while not finished,
+    and also once Completed, because slots are not handed out in arrival order
+    and an older commit must never be deployed over a newer one. Always None
+    with ``queueing: queue``.
+    """
+    cfg = cfg if cfg is not None else _lookup(service)
+    if queueing_mode(cfg) == "queue":
+        return None
+    order = commit_order_for(cfg, cache_dir)
+    if client is None:
+        with get_client(sync_client=True) as own:
+            return _winner(own, service, my_flow_run_id, order)
+    return _winner(client, service, my_flow_run_id, order)
+
+
+def _winner(
+    client: SyncPrefectClient, service: str, my_flow_run_id: UUID | str, order: CommitOrder | None
+) -> str | None:
+    me = client.read_flow_run(UUID(str(my_flow_run_id)))
+    runs = read_service_runs(client, service, [*WAITING, StateType.COMPLETED])
+    winners = [r for r in runs if r.id != me.id and wins_over(r, me, order)]
+    return str(winners[-1].id) if winners else None
+
+
+def _lookup(service: str) -> ServiceConfig | None:
+    from tasks.config.models import find_service
+    from tasks.core.errors import ConfigError
+    from tasks.core.settings import Settings
+
+    try:
+        return find_service(service, Settings().deployments)
+    except ConfigError:
+        return None
+
+
+def cancel_waiting_runs(
+    service: str,
+    except_id: UUID | str,
+    *,
+    client: SyncPrefectClient | None = None,
+    order: CommitOrder | None = None,
+) -> list[str]:
+    """Cancel SCHEDULED runs for SERVICE that EXCEPT_ID wins over (``wins_over``); returns their ids.
+
+    Runs scheduled deliberately for later (more than a minute ahead) are left alone.
+    """
+    if client is None:
+        with get_client(sync_client=True) as own:
+            return cancel_waiting_runs(service, except_id, client=own, order=order)
+    keep = client.read_flow_run(UUID(str(except_id)))
+    horizon = datetime.now(UTC) + _FUTURE_SCHEDULE
+    cancelled: list[str] = []
+    for run in read_service_runs(client, service, [StateType.SCHEDULED]):
+        if run.id == keep.id or not wins_over(keep, run, order):
+            continue
+        if run.expected_start_time and run.expected_start_time > horizon:
+            continue
+        state: State[Any] = Cancelled(message=f"Superseded by {keep.id}")
+        result = client.set_flow_run_state(run.id, state)
+        if result.state is not None and result.state.is_cancelled():
+            cancelled.append(str(run.id))
+    return cancelled
+
+
+def already_started(client: SyncPrefectClient, service: str, sha: str) -> FlowRun | None:
+    """A run for SERVICE at SHA that is waiting, running, finished, or refused as not newer than live.
+
+    Cancelled runs do not count (superseded ones may be wanted again), except
+    refused ones: an older branch head would be refused again at every poll.
+    """
+    states = [*WAITING, StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED]
+    runs = read_service_runs(client, service, states, sha=sha)
+    counted = [r for r in runs if r.state_type != StateType.CANCELLED or _refused(r)]
+    return counted[-1] if counted else None
+
+
+def _refused(run: FlowRun) -> bool:
+    """Refused as not newer than live: the outcome leads the state message (older runs: the state name)."""
+    message = run.state.message if run.state else None
+    return run.state_name == NOT_NEWER or (message or "").startswith(NOT_NEWER + ":")
+
+
+def ensure_run_tags(
+    flow_run_id: UUID | str, service: str, sha: str | None, origin: str | None = None, *, name: str | None = None
+) -> None:
+    """Give a run started without tags (UI Run button, event trigger) the ones searches rely on.
+
+    ORIGIN: also its ``trigger:`` tag (the CLI's run as it starts, a fleet run's children once they are over).
+    NAME: also rename the run, in the same update.
+    """
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(str(flow_run_id)))
+        wanted = [t for t in run_tags(service, sha, origin or "") if origin or not t.startswith("trigger:")]
+        missing = [t for t in wanted if t not in run.tags]
+        if missing or (name and name != run.name):
+            client.update_flow_run(run.id, tags=[*run.tags, *missing], name=name)

@@ -1,0 +1,372 @@
+"""CodeDeploy ECS blue/green, driven stage by stage.
+
+CodeDeploy starts green and moves the listeners; the pipeline creates the
+deployment (or resumes the one already running for this task definition),
+waits for Ready, verifies green through the test listener, continues to
+production, watches the shift and the alarms, bakes, and lets CodeDeploy remove
+blue. Any failure stops the deployment with CodeDeploy's own rollback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+from prefect import get_run_logger
+
+from tasks.aws import ecs as ecs_ops
+from tasks.aws import traffic
+from tasks.aws.clients import AwsClients
+from tasks.aws.codedeploy import (
+    ENDED,
+    Deployment,
+    active_deployments,
+    budget,
+    console_url,
+    deployed_task_definition,
+    describe,
+    ended,
+    ensure_deployment_config,
+    error_text,
+    group_settings,
+    lifecycle,
+    phase_of,
+    raise_if_ended,
+    shift_minutes,
+    wait_for_others,
+)
+from tasks.aws.retry import stage
+from tasks.config import appspec as appspec_mod
+from tasks.config.appspec import appspec_for
+from tasks.config.models import ServiceConfig
+from tasks.core.errors import DeployError, VerifyFailed, error_code
+from tasks.core.report import emit
+from tasks.core.waits import checkpoint, poll
+from tasks.release.contract import LoadBalanced, Reconciled, Release, RollbackResult, Step
+from tasks.strategies import verification
+from tasks.strategies.task_sets import Green, verify_green
+
+
+@stage("codedeploy create", "codedeploy create {cfg.name}@{sha:.7}")
+def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha: str) -> Deployment:
+    """Create the deployment, or resume the one already running this task definition."""
+    log = get_run_logger()
+    cd = clients.get("codedeploy")
+    region = clients.settings.region
+    group = group_settings(cfg, cd)
+    content = appspec_mod.appspec_content(appspec)
+    task_definition = appspec_mod.appspec_task_definition(content) or ""
+    active = active_deployments(cfg, cd)
+    digest = appspec_mod.content_sha256(content)
+    mine = [
+        i for i in active
+        if deployed_task_definition(i) == task_definition
+        or ((i.get("revision") or {}).get("appSpecContent") or {}).get("sha256") == digest
+    ]
+    if mine:
+        dep_id = mine[0]["deploymentId"]
+        log.info("deployment %s for %s is already %s: resumed; %s", dep_id, task_definition,
+                 mine[0]["status"], console_url(region, dep_id))
+        config = str(mine[0].get("deploymentConfigName") or group.config_name)
+        return Deployment(dep_id, console_url(region, dep_id), task_definition, group, config, True)
+    wait_for_others(cfg, clients, active)
+    config = ensure_deployment_config(cfg, cd, group)
+    revision = {
+        "revisionType": "AppSpecContent",
+        "appSpecContent": {"content": content, "sha256": digest},
+    }
+    try:
+        dep_id = cd.create_deployment(
+            applicationName=cfg.codedeploy_application,
+            deploymentGroupName=cfg.codedeploy_group,
+            deploymentConfigName=config,
+            revision=revision,
+            description=f"ecs-pipeline {cfg.name}@{sha[:12]}",
+        )["deploymentId"]
+    except ClientError as exc:
+        code = error_code(exc)
+        if code == "DeploymentLimitExceededException":
+            raise DeployError(
+                f"another deployment started in group {cfg.codedeploy_group} meanwhile: "
+                f"{exc.response['Error'].get('Message', code)}",
+                service=cfg.name,
+            ) from exc
+        raise
+    url = console_url(region, dep_id)
+    log.info("CodeDeploy deployment %s created (%s): %s", dep_id, config, url)
+    return Deployment(dep_id, url, task_definition, group, config)
+
+
+@stage("wait ready", "wait ready {cfg.name}")
+def wait_ready(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> str:
+    """Until green runs behind the test listener (Ready), or later when resuming."""
+    log = get_run_logger()
+    cd = clients.get("codedeploy")
+    if dep.group.ready_action != "STOP_DEPLOYMENT":
+        log.warning("group %s does not wait in Ready (deploymentReadyOption %s): production moves "
+                    "before the test-listener checks can stop it; set actionOnTimeout STOP_DEPLOYMENT",
+                    cfg.codedeploy_group, dep.group.ready_action)
+
+    def check() -> str | None:
+        info = describe(cd, dep.id)
+        raise_if_ended(cfg, info)
+        return phase_of(info, lifecycle(cd, dep.id))
+
+    phase = poll(check, timeout=budget(cfg, cfg.timeouts.green_healthy_seconds),
+                 what=f"deployment {dep.id} to be Ready", log=log.info, cap=clients.settings.poll_cap())
+    log.info("deployment %s: %s", dep.id, phase)
+    return phase
+
+
+def green_target_group(clients: AwsClients, dep: Deployment, routing: traffic.Routing) -> str:
+    """The replacement task set's target group: CodeDeploy's Green label, else the test listener's."""
+    names = dict(zip(routing.target_group_names, routing.target_groups, strict=True))
+    for info in lifecycle(clients.get("codedeploy"), dep.id).get("taskSetsInfo", []):
+        arn = names.get((info.get("targetGroup") or {}).get("name", ""))
+        if info.get("taskSetLabel") == "Green" and arn:
+            return arn
+    weights = traffic.get_weights(clients.get("elbv2"), routing.test_listener)
+    return max(weights, key=lambda arn: weights[arn]) if weights else routing.target_groups[1]
+
+
+@stage("continue to production", "continue to production {cfg.name}")
+def continue_to_production(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> None:
+    """ContinueDeployment(READY_WAIT): CodeDeploy starts moving production to green."""
+    cd = clients.get("codedeploy")
+    info = describe(cd, dep.id)
+    raise_if_ended(cfg, info)
+    if info["status"] != "Ready":
+        get_run_logger().info("deployment %s already continued (%s)", dep.id, info["status"])
+        return
+    try:
+        cd.continue_deployment(deploymentId=dep.id, deploymentWaitType="READY_WAIT")
+    except ClientError as exc:
+        if error_code(exc) != "DeploymentIsNotInReadyStateException":
+            raise
+    get_run_logger().info("deployment %s continued to production (%s)", dep.id, dep.config_name)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What a watch loop looks at: the deployment, alarms and green's share of production."""
+
+    dep: Deployment
+    production_listener: str
+    green_target_group: str
+
+
+def _look(cfg: ServiceConfig, clients: AwsClients, watch: Watch, what: str) -> tuple[dict[str, Any], int]:
+    """(deployment info, green's production weight); fails on an ended deployment or an alarm."""
+    info = describe(clients.get("codedeploy"), watch.dep.id)
+    raise_if_ended(cfg, info)
+    firing = verification.alarms_firing(clients.get("cloudwatch"), cfg.verify.alarms)
+    if firing:
+        raise VerifyFailed(f"alarm in ALARM during {what}: {'; '.join(firing)}", service=cfg.name,
+                           deployment_id=watch.dep.id)
+    weights = traffic.get_weights(clients.get("elbv2"), watch.production_listener)
+    return info, weights.get(watch.green_target_group, 0)
+
+
+@stage("watch shift", "watch shift {cfg.name}")
+def watch_shift(
+    cfg: ServiceConfig, clients: AwsClients, watch: Watch, on_step: Callable[[int], None]
+) -> None:
+    """Follow CodeDeploy's production shift until blue's termination wait starts."""
+    log = get_run_logger()
+    seen = [-1]
+    minutes = shift_minutes(clients.get("codedeploy"), watch.dep.config_name)
+
+    def check() -> str | None:
+        info, weight = _look(cfg, clients, watch, "the traffic shift")
+        if weight != seen[0] and weight > 0:
+            seen[0] = weight
+            log.info("production: %d%% green", weight)
+            on_step(weight)
+        done = info["status"] == "Succeeded" or info.get("instanceTerminationWaitTimeStarted")
+        return str(info["status"]) if done else None
+
+    poll(check, timeout=budget(cfg, clients.settings.scaled(minutes * 60)), what=f"deployment {watch.dep.id} "
+         "to move production to green", log=log.info, cap=clients.settings.poll_cap())
+    if seen[0] != 100:
+        on_step(100)
+
+
+@stage("bake", "bake {cfg.name}")
+def bake(cfg: ServiceConfig, clients: AwsClients, watch: Watch) -> None:
+    """Keep blue while green carries production; an alarm or an ended deployment still rolls back."""
+    log = get_run_logger()
+    seconds = cfg.bake_seconds
+    group = watch.dep.group
+    if group.termination_action == "TERMINATE" and seconds > group.termination_wait_minutes * 60:
+        log.warning("bake_seconds %s exceeds the group's terminationWaitTimeInMinutes %s: CodeDeploy "
+                    "removes blue then, so the bake ends there", seconds, group.termination_wait_minutes)
+        seconds = group.termination_wait_minutes * 60
+    log.info("baking for %ss (time-scaled: %.1fs)", seconds, clients.settings.scaled(seconds))
+    deadline = time.monotonic() + clients.settings.scaled(seconds)
+    while True:
+        info, _ = _look(cfg, clients, watch, "the bake")
+        left = deadline - time.monotonic()
+        if left <= 0 or info["status"] == "Succeeded":
+            return
+        checkpoint()
+        time.sleep(min(left, clients.settings.poll_cap()))
+
+
+@stage("finish", "finish {cfg.name}")
+def finish(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> None:
+    """ContinueDeployment(TERMINATION_WAIT): CodeDeploy removes blue; done when Succeeded."""
+    cd = clients.get("codedeploy")
+    info = describe(cd, dep.id)
+    if info["status"] != "Succeeded" and info.get("instanceTerminationWaitTimeStarted"):
+        try:
+            cd.continue_deployment(deploymentId=dep.id, deploymentWaitType="TERMINATION_WAIT")
+        except ClientError as exc:
+            if error_code(exc) not in (
+                "InvalidDeploymentStatusException", "DeploymentAlreadyCompletedException"
+            ):
+                raise
+
+    def check() -> str | None:
+        now = describe(cd, dep.id)
+        raise_if_ended(cfg, now)
+        return "done" if now["status"] == "Succeeded" else None
+
+    poll(check, timeout=budget(cfg, clients.settings.scaled(dep.group.termination_wait_minutes * 60)),
+         what=f"deployment {dep.id} to remove blue", log=get_run_logger().info, cap=clients.settings.poll_cap())
+    get_run_logger().info("deployment %s Succeeded: blue removed", dep.id)
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a rolled-back deployment ended, in CodeDeploy's words, and who stopped it."""
+
+    text: str
+    stopped_here: bool
+    on_blue: bool = True
+
+
+@stage("roll back", "roll back {cfg.name}")
+def roll_back(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> Ended:
+    """StopDeployment with CodeDeploy's rollback (unless CodeDeploy already ended it) and wait."""
+    log = get_run_logger()
+    cd = clients.get("codedeploy")
+    stopped_here = False
+    if describe(cd, dep.id)["status"] not in ENDED:
+        try:
+            cd.stop_deployment(deploymentId=dep.id, autoRollbackEnabled=True)
+            stopped_here = True
+            log.info("deployment %s stopped with rollback", dep.id)
+        except ClientError as exc:
+            if error_code(exc) != "DeploymentAlreadyCompletedException":
+                raise
+    wait = budget(cfg, clients.settings.scaled(dep.group.termination_wait_minutes * 60))
+    info = poll(lambda: ended(cd, dep.id), timeout=wait, what=f"deployment {dep.id} to stop",
+                log=log.info, cap=clients.settings.poll_cap())
+    rollback_id = (info.get("rollbackInfo") or {}).get("rollbackDeploymentId")
+    if rollback_id:
+        done = poll(lambda: ended(cd, rollback_id), timeout=wait,
+                    what=f"rollback deployment {rollback_id}", log=log.info, cap=clients.settings.poll_cap())
+        log.info("rollback deployment %s %s", rollback_id, done["status"])
+    if info["status"] == "Succeeded":
+        text = f"CodeDeploy deployment {dep.id} had already Succeeded: production stays on green"
+        return Ended(text, stopped_here, on_blue=False)
+    return Ended(error_text(info), stopped_here)
+
+
+def with_codedeploy_words(reason: str, ended: Ended) -> str:
+    """Our reason and CodeDeploy's; CodeDeploy's leads when it stopped the deployment first."""
+    if ended.text in reason:
+        return reason
+    return f"{reason}; {ended.text}" if ended.stopped_here else f"{ended.text} (then: {reason})"
+
+
+class CodeDeploySteps(LoadBalanced):
+    """Blue/green on a CODE_DEPLOY-controller service through its deployment group.
+
+    CodeDeploy moves traffic; the pipeline creates the deployment, verifies green
+    through the test listener while CodeDeploy waits in Ready, then continues,
+    watches, bakes and finishes. A resumed deployment skips what already happened.
+    """
+
+    live_traffic = "100% green"
+
+    def __init__(self, release: Release) -> None:
+        super().__init__(release)
+        self.dep: Deployment | None = None
+        self.phase: str | None = None
+        self.green_tg = ""
+
+    def before_production(self) -> Iterator[Step]:
+        yield "codedeploy create", self._create
+        yield "wait ready", self._wait_ready
+        if self.phase == "ready":
+            yield "verify", self._verify
+
+    def _create(self) -> None:
+        r = self.release
+        appspec = appspec_for(self.cfg, r.task_definition)
+        self.dep = dep = create(self.cfg, self.clients, appspec, r.sha)
+        resumed = ", resumed" if dep.resumed else ""
+        r.note(f"CodeDeploy deployment [{dep.id}]({dep.url}) ({dep.config_name}{resumed})")
+        emit(self.cfg.name, "codedeploy-created", sha=r.sha, deployment_id=dep.id, url=dep.url)
+
+    def _wait_ready(self) -> None:
+        assert self.dep is not None
+        self.phase = wait_ready(self.cfg, self.clients, self.dep)
+        self.green_tg = green_target_group(self.clients, self.dep, self.routing)
+
+    def _verify(self) -> None:
+        assert self.dep is not None
+        green = Green(None, self.green_tg, self.dep.task_definition, None, None)
+        self.release.note(*verify_green(self.cfg, self.clients, self.routing, green))
+
+    def pauses_for_approval(self) -> bool:
+        return self.phase == "ready"
+
+    def to_production(self) -> Iterator[Step]:
+        dep = self.dep
+        assert dep is not None
+        watch = Watch(dep, self.routing.production_listener, self.green_tg)
+        if self.phase == "ready":
+            yield "continue to production", lambda: continue_to_production(self.cfg, self.clients, dep)
+        if self.phase in ("ready", "shifting"):
+            yield "watch shift", lambda: self._watch_shift(watch)
+        if self.phase != "succeeded":
+            yield "bake", lambda: bake(self.cfg, self.clients, watch)
+
+    def _watch_shift(self, watch: Watch) -> None:
+        def on_step(weight: int) -> None:
+            self.release.on_step(weight, deployment_id=watch.dep.id)
+
+        watch_shift(self.cfg, self.clients, watch, on_step)
+
+    def after_bake(self) -> Iterator[Step]:
+        dep = self.dep
+        assert dep is not None
+        yield "finish", lambda: finish(self.cfg, self.clients, dep)
+
+    def roll_back(self, reason: str) -> RollbackResult | None:
+        if self.dep is None:
+            return None  # no deployment was created: nothing moved
+        done = roll_back(self.cfg, self.clients, self.dep)
+        where = "production on blue" if done.on_blue else "production on green"
+        return RollbackResult(where, with_codedeploy_words(reason, done))
+
+    def reconcile(self) -> Reconciled | None:
+        """An earlier run stopped in the termination wait of the live release: let CodeDeploy finish."""
+        cfg, clients = self.cfg, self.clients
+        cd = clients.get("codedeploy")
+        svc = ecs_ops.describe_service(clients.get("ecs"), cfg.ecs.cluster, cfg.ecs.service)
+        live = ecs_ops.live_task_definition(clients.get("ecs"), svc) or ""
+        for info in active_deployments(cfg, cd):
+            if info.get("instanceTerminationWaitTimeStarted") and deployed_task_definition(info) == live:
+                dep_id = info["deploymentId"]
+                get_run_logger().warning("finishing deployment %s, in flight when this run started", dep_id)
+                group = group_settings(cfg, cd)
+                url = console_url(clients.settings.region, dep_id)
+                finish(cfg, clients, Deployment(dep_id, url, live, group, group.config_name))
+                return Reconciled("forward", live, f"finished CodeDeploy deployment {dep_id} from its termination wait")
+        return None
