@@ -18,6 +18,7 @@ from tasks.aws import traffic
 from tasks.aws.clients import AwsClients
 from tasks.config.models import find_service
 from tasks.core.errors import ConfigError, DeployError
+from tasks.core.settings import Settings
 from tasks.core.waits import poll
 
 IN_FLIGHT = ["Created", "Queued", "InProgress", "Ready", "Baking"]
@@ -74,7 +75,7 @@ def migrate(service_name: str, to: str, apply: bool, clients: AwsClients | None 
     """Lines for the operator: the plan, and with ``apply`` what ECS did."""
     if to != "ecs-native":
         raise ConfigError(f"migrate --to {to}: only ecs-native is supported")
-    clients = clients or AwsClients()
+    clients = clients or AwsClients(Settings())
     request = plan_migration(service_name, clients)
     lines = [f"UpdateService for {request['service']} in {request['cluster']}:", json.dumps(request, indent=2)]
     if not apply:

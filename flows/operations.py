@@ -23,7 +23,7 @@ from tasks.release.stages import latest_task_definition, live_release, render
 
 
 def service_status(service: str) -> dict[str, Any]:
-    clients = AwsClients()
+    clients = AwsClients(Settings())
     cfg = find_service(service, clients.settings.deployments)
     ecs = clients.get("ecs")
     svc = ecs_ops.describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
@@ -105,7 +105,7 @@ def previous_release_sha(clients: AwsClients, live_task_definition: str, live_sh
 
 def rollback_service(service: str) -> str:
     """Instant while blue is still up (production back to it), else a release of the previous SHA."""
-    clients = AwsClients()
+    clients = AwsClients(Settings())
     cfg = find_service(service, clients.settings.deployments)
     ecs = clients.get("ecs")
     svc = ecs_ops.describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
@@ -139,7 +139,7 @@ def plan_release(service: str, sha: str | None) -> list[str]:
     """What `deploy` would do, without changing anything (the --dry-run)."""
     from tasks.aws import ecr
     from tasks.build import source
-    clients = AwsClients()
+    clients = AwsClients(Settings())
     cfg = find_service(service, clients.settings.deployments)
     full = source.resolve_commit(
         cfg.repo_location, cfg.source.branch, sha, cache_dir=clients.settings.cache / "git"
@@ -173,7 +173,7 @@ def render_service(service: str, image: str, sha: str | None) -> dict[str, Any]:
 
 
 def diff_service(service: str, image: str | None) -> list[str]:
-    clients = AwsClients()
+    clients = AwsClients(Settings())
     cfg = find_service(service, clients.settings.deployments)
     live = live_release(cfg, clients)
     current: dict[str, Any] | None = None

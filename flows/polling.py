@@ -13,6 +13,7 @@ from uuid import UUID
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import SyncPrefectClient, get_client
 
+from tasks.aws.clients import AwsClients
 from tasks.config.models import ServiceConfig, load_all_services
 from tasks.core.settings import Settings
 from tasks.release.runs import (
@@ -23,6 +24,7 @@ from tasks.release.runs import (
     create_deploy_run,
     queueing_mode,
 )
+from tasks.release.stages import live_release
 from tasks.triggers.changes import Change, LiveSha, ResolveHeads, find_changes
 
 
@@ -42,16 +44,23 @@ def poll_changes(
     a person with Retry, not every poll.
     """
     logger = get_run_logger()
-    configs = load_all_services(Path(services_dir) if services_dir else Settings().deployments)
+    settings = Settings()
+    configs = load_all_services(Path(services_dir) if services_dir else settings.deployments)
     if services:
         configs = [c for c in configs if c.name in set(services)]
+    if live_sha is None:
+        clients = AwsClients(settings)
+
+        def live_sha(cfg: ServiceConfig) -> str | None:
+            return live_release(cfg, clients).sha
+
     found = find_changes(configs, live_sha=live_sha, resolve=resolve)
     for name, error in sorted(found.errors.items()):
         logger.warning("%s: %s", name, error)
     with get_client(sync_client=True) as client:
         deployment_id = client.read_deployment_by_name(deployment_name).id
         by_name = {c.name: c for c in configs}
-        started, skipped = _start_changes(client, deployment_id, found.changes, by_name, dry_run)
+        started, skipped = _start_changes(client, deployment_id, found.changes, by_name, dry_run, settings.cache)
     return {
         "started": started,
         "unchanged": sorted(found.unchanged),
@@ -66,6 +75,7 @@ def _start_changes(
     changes: list[Change],
     by_name: dict[str, ServiceConfig],
     dry_run: bool,
+    cache: Path,
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     logger = get_run_logger()
     started: list[dict[str, Any]] = []
@@ -78,7 +88,7 @@ def _start_changes(
             continue
         run_id = None
         if not dry_run:
-            run_id = _start(client, deployment_id, change, by_name[change.service])
+            run_id = _start(client, deployment_id, change, by_name[change.service], cache)
         live = (change.live or "nothing")[:12]
         verb = "Would deploy" if dry_run else "Deploying"
         logger.info(
@@ -89,10 +99,10 @@ def _start_changes(
 
 
 def _start(
-    client: SyncPrefectClient, deployment_id: UUID, change: Change, cfg: ServiceConfig
+    client: SyncPrefectClient, deployment_id: UUID, change: Change, cfg: ServiceConfig, cache: Path
 ) -> str:
     run = create_deploy_run(client, deployment_id, change.service, change.sha, "poll")
     if queueing_mode(cfg) == "supersede":
-        order = commit_order_for(cfg, Settings().cache / "git")
+        order = commit_order_for(cfg, cache / "git")
         cancel_waiting_runs(change.service, run.id, client=client, order=order)
     return str(run.id)

@@ -94,8 +94,8 @@ def shared_client(settings: Settings, service: str) -> Any:
 class AwsClients:
     """The AWS clients of one run: one per service name, shared with the process's other runs."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings()
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
 
     def get(self, service: str) -> Any:
         return shared_client(self.settings, service)

@@ -209,9 +209,8 @@ def superseded_by(
     CACHE_DIR for git, else by creation time); it counts while not finished,
     and also once Completed, because slots are not handed out in arrival order
     and an older commit must never be deployed over a newer one. Always None
-    with ``queueing: queue``.
+    with ``queueing: queue``. Without CFG: the default queueing, by creation time.
     """
-    cfg = cfg if cfg is not None else _lookup(service)
     if queueing_mode(cfg) == "queue":
         return None
     order = commit_order_for(cfg, cache_dir)
@@ -228,17 +227,6 @@ def _winner(
     runs = read_service_runs(client, service, [*WAITING, StateType.COMPLETED])
     winners = [r for r in runs if r.id != me.id and wins_over(r, me, order)]
     return str(winners[-1].id) if winners else None
-
-
-def _lookup(service: str) -> ServiceConfig | None:
-    from tasks.config.models import find_service
-    from tasks.core.errors import ConfigError
-    from tasks.core.settings import Settings
-
-    try:
-        return find_service(service, Settings().deployments)
-    except ConfigError:
-        return None
 
 
 def cancel_waiting_runs(

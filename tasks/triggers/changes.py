@@ -41,14 +41,6 @@ def _default_resolver() -> ResolveHeads:
     return resolve_heads
 
 
-def _default_live_sha() -> LiveSha:
-    from tasks.aws.clients import AwsClients
-    from tasks.release.stages import live_sha
-
-    clients = AwsClients()
-    return lambda cfg: live_sha(cfg, clients)
-
-
 def group_by_repo(services: Iterable[ServiceConfig]) -> dict[str, list[ServiceConfig]]:
     """Services keyed by repository, however each config spells its URL."""
     groups: dict[str, list[ServiceConfig]] = {}
@@ -59,12 +51,12 @@ def group_by_repo(services: Iterable[ServiceConfig]) -> dict[str, list[ServiceCo
 
 def find_changes(
     services: Sequence[ServiceConfig],
-    live_sha: LiveSha | None = None,
+    live_sha: LiveSha,
     resolve: ResolveHeads | None = None,
     max_workers: int = 8,
 ) -> PollResult:
     """Services whose branch head differs from what is live: one ls-remote per repository."""
-    live_of = live_sha or _default_live_sha()
+    live_of = live_sha
     resolve_fn = resolve or _default_resolver()
     groups = list(group_by_repo(services).values())
 
