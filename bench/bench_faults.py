@@ -99,9 +99,8 @@ def prefect_floor(name: str) -> float:
 
 def rolling_vs_peer(work: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Median wall s and AWS calls per tool; median calls per operation; median seconds per stage of ours."""
-    from tests.fault_helpers import calls_since, last_request
-    from tests.release_helpers import make_service
-    from tests.test_codedeploy import seed_serving
+    from harness.faults import calls_since, last_request
+    from harness.services import make_service, seed_serving
 
     exe = ensure_peer()
     compile_bytecode()
@@ -163,8 +162,8 @@ def stage_table(times: dict[str, list[float]], stages: dict[str, list[dict[str, 
 def task_sets_weather(work: Path) -> list[tuple[str, float, int, int, str]]:
     """(case, seconds, AWS calls, calls hit by weather, outcome) for two v(n)->v(n+1) releases."""
     from flows.pipeline import deploy_service
-    from tests.fault_helpers import Load, calls_since, last_request, weather, weather_hits
-    from tests.release_helpers import make_service
+    from harness.faults import Load, calls_since, last_request, weather, weather_hits
+    from harness.services import make_service
 
     sut = make_service(work, verify_paths=("/health",))
     os.environ["ECS_PIPELINE_DEPLOYMENTS"] = str(sut.yaml_path.parent)
@@ -198,7 +197,7 @@ def reached(point: str, sut: Any, run_id: Any) -> bool:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from tests.fault_helpers import green_weight
+    from harness.faults import green_weight
 
     if run_id is None:
         return False
@@ -232,7 +231,7 @@ def torn_down_midway(sut: Any) -> bool:
 
 def said_succeeded(service: str, sha: str) -> str:
     """Whether a `succeeded` event for SHA was stored (the killed release finished, and said so)."""
-    from tests.fault_helpers import events, wait_until
+    from harness.faults import events, wait_until
 
     try:
         wait_until(lambda: any(p.get("sha") == sha for name, p in events(service) if name == "succeeded"), 15,
@@ -245,7 +244,7 @@ def said_succeeded(service: str, sha: str) -> str:
 def kill_at(point: str, work: Path) -> tuple[str, float, str, str]:
     """Kill a v2 release at ``point``, release again: (point, s from kill to service free, rerun's outcome)."""
     from flows.pipeline import deploy_service
-    from tests.fault_helpers import (
+    from harness.faults import (
         PIPELINE_AGENT,
         Load,
         Released,
@@ -256,7 +255,7 @@ def kill_at(point: str, work: Path) -> tuple[str, float, str, str]:
         serving_versions,
         wait_until,
     )
-    from tests.release_helpers import make_service
+    from harness.services import make_service
 
     sut = make_service(work, traffic={"type": "canary", "percent": 20, "interval_seconds": 600},
                        bake_seconds=600, verify_paths=("/health", "/"))

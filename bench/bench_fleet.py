@@ -42,7 +42,7 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def tree_rss_mb(pid: int) -> float:
-    from tests.workers import descendants
+    from harness.workers import descendants
 
     total = 0
     for p in [pid, *descendants(pid)]:
@@ -145,9 +145,9 @@ def release_on_pool(services: list[str], children: str) -> dict[str, Any]:
     """One release-fleet run of the deployment, picked up by a worker, as a webhook's monorepo push starts it."""
     from prefect.deployments import run_deployment
 
+    from harness.workers import wait_final
     from tasks.release.fleet_plan import classify
     from tasks.release.outcome import outcome_of
-    from tests.workers import wait_final
 
     t0 = time.perf_counter()
     run = run_deployment("release-fleet/release-fleet", timeout=0, parameters={
@@ -164,9 +164,9 @@ def release_on_pool(services: list[str], children: str) -> dict[str, Any]:
 
 
 def bench_releases(n: int, work: Path, limit: int, children: str) -> dict[str, Any]:
+    from harness.fleet_repo import base_yaml, commit, monorepo
+    from harness.workers import worker_pool
     from sandbox.seed_fleet import seed_fleet
-    from tests.test_fleet import base_yaml, commit, monorepo
-    from tests.workers import worker_pool
 
     repo = monorepo(work)
     commit(repo, "v1")
@@ -190,8 +190,8 @@ def remove_services(folder: Path) -> None:
 
     from botocore.exceptions import ClientError
 
+    from harness.services import aws
     from tasks.config.models import load_all_services
-    from tests.release_helpers import aws
 
     for cfg in load_all_services(folder):
         with contextlib.suppress(ClientError):

@@ -58,7 +58,7 @@ def stage_seconds(flow_run_id: Any) -> dict[str, float]:
 def release_ours(workdir: Path) -> tuple[float, dict[str, float], float, str]:
     """(total s, stages, s outside build/push, v2 image) for one v1→v2 release."""
     from flows.pipeline import deploy_service
-    from tests.release_helpers import make_service
+    from harness.services import make_service
 
     sut = make_service(workdir, bake_seconds=0, verify_paths=("/health",))
     os.environ["ECS_PIPELINE_DEPLOYMENTS"] = str(sut.yaml_path.parent)
@@ -102,7 +102,7 @@ def retag(image: str, tag: str) -> str:
 
 def release_peer(workdir: Path, exe: Path) -> float:
     """Seconds for `ecs deploy` to roll a service of the same app to a new image."""
-    from tests.release_helpers import make_service
+    from harness.services import make_service
 
     sut = make_service(workdir, strategy="rolling")
     cfg = sut.cfg

@@ -25,9 +25,8 @@ STRATEGIES = ("task-sets", "codedeploy", "ecs-native")
 def release(strategy: str, workdir: Path) -> tuple[float, str, dict[str, float]]:
     """(seconds, outcome, seconds per stage) of one v1→v2 release through STRATEGY."""
     from flows.pipeline import deploy_service
+    from harness.services import make_service, seed_serving
     from tasks.release.outcome import outcome_of
-    from tests.release_helpers import make_service
-    from tests.test_codedeploy import seed_serving
 
     sut = make_service(workdir, strategy=strategy, bake_seconds=0, verify_paths=("/health",))
     os.environ["ECS_PIPELINE_DEPLOYMENTS"] = str(sut.yaml_path.parent)

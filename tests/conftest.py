@@ -157,7 +157,7 @@ def module_services_removed() -> Iterator[None]:
 @pytest.fixture
 def new_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Any]]:
     """make_service(...) for this test, found by the pipeline, removed from the sandbox afterwards."""
-    from tests.release_helpers import ServiceUnderTest, make_service
+    from harness.services import ServiceUnderTest, make_service
 
     made: list[ServiceUnderTest] = []
 
@@ -176,8 +176,8 @@ def new_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
 def released_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """make_service() released once, shared by a module's tests (a service and a first release cost ~10 s)."""
     from flows.pipeline import deploy_service
+    from harness.services import make_service
     from tasks.release.outcome import outcome_of
-    from tests.release_helpers import make_service
 
     sut = make_service(tmp_path_factory.mktemp("released"))
     with pytest.MonkeyPatch.context() as mp:
@@ -193,8 +193,8 @@ def live(released_service: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, s
 
     Each test that uses it leaves it converged: one task set, serving one version.
     """
-    from tests.fault_helpers import serving_versions
-    from tests.release_helpers import set_traffic
+    from harness.faults import serving_versions
+    from harness.services import set_traffic
 
     sut = released_service
     monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(sut.yaml_path.parent))

@@ -26,6 +26,7 @@ import docker
 import docker.errors
 import pytest
 
+from harness.services import aws
 from tasks.aws.clients import AwsClients, docker_client
 from tasks.build.buildspec_runner import CONTAINER_LABEL, BuildRun, container_spec, run_buildspec
 from tasks.build.shell import ShellSpec
@@ -33,7 +34,6 @@ from tasks.config.buildspec import parse_buildspec
 from tasks.config.models import ServiceConfig, parse_service
 from tasks.core.errors import BuildError
 from tasks.core.settings import Settings
-from tests.release_helpers import aws
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "c" * 40

@@ -16,8 +16,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.pipeline import deploy_service
+from harness.services import ServiceUnderTest, aws, refuse_next_call
 from tasks.release.outcome import outcome_of
-from tests.release_helpers import ServiceUnderTest, aws, refuse_next_call
 
 
 def with_buildspec(sut: ServiceUnderTest, buildspec: Any) -> None:

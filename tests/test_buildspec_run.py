@@ -11,13 +11,13 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+from harness.services import aws
 from tasks.aws.clients import AwsClients
 from tasks.build.buildspec_runner import BuildRun, run_buildspec
 from tasks.config.buildspec import parse_buildspec
 from tasks.config.models import ServiceConfig, parse_service
 from tasks.core.errors import BuildError
 from tasks.core.settings import Settings
-from tests.release_helpers import aws
 
 SHA = "a" * 40
 

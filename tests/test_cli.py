@@ -19,7 +19,7 @@ from prefect import flow, get_client, tags
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
 from flows.cli import load_sandbox_env, main
-from tests.release_helpers import ServiceUnderTest
+from harness.services import ServiceUnderTest
 
 ROOT = Path(__file__).resolve().parents[1]
 

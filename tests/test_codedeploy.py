@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +18,8 @@ import httpx
 import pytest
 
 from flows.pipeline import deploy_service
+from harness.services import ROOT, ServiceUnderTest, aws, edit_config, make_service, seed_serving, set_checks
 from tasks.release.outcome import outcome_of
-from tests.release_helpers import ROOT, ServiceUnderTest, aws, edit_config, make_service, set_checks
 from tests.test_pipeline import release_artifact
 
 
@@ -34,19 +33,6 @@ def use_appspec(sut: ServiceUnderTest, source: Path) -> None:
     edit_config(sut, lambda c: c["strategy"].__setitem__("appspec", f"{sut.name}/appspec.yml"))
 
 
-def seed_serving(sut: ServiceUnderTest, timeout: float = 60) -> None:
-    """The seeded service answers with the seed release (its tasks start after seeding)."""
-    deadline = time.monotonic() + timeout
-
-    def answer() -> str:
-        try:
-            return sut.get("/").text
-        except httpx.TransportError:  # the listener's proxy binds a moment after seeding
-            return ""
-
-    while "sample-app seed" not in answer():
-        assert time.monotonic() < deadline, "the seeded service never served"
-        time.sleep(0.3)
 
 
 def deployments(sut: ServiceUnderTest) -> list[dict[str, Any]]:
@@ -171,7 +157,6 @@ def test_failed_test_listener_check_stops_before_production_moves(deployments_di
 
 
 def httpx_get(url: str) -> str:
-    import httpx
 
     return httpx.get(url, timeout=5).text
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
+from harness.services import ServiceUnderTest, aws, make_service, seed_serving, set_traffic
 from tasks.release.outcome import outcome_of
-from tests.release_helpers import ServiceUnderTest, aws, make_service, set_traffic
-from tests.test_codedeploy import seed_serving, watching
+from tests.test_codedeploy import watching
 
 
 def native(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traffic: dict[str, Any]) -> ServiceUnderTest:

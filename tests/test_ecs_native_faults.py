@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
+from harness.faults import Released, flow_runs, wait_until
+from harness.services import ServiceUnderTest, aws, edit_config, make_service, seed_serving, set_checks
 from tasks.release.outcome import outcome_of
-from tests.fault_helpers import Released, flow_runs, wait_until
-from tests.release_helpers import ServiceUnderTest, aws, edit_config, make_service, set_checks
-from tests.test_codedeploy import seed_serving, watching
+from tests.test_codedeploy import watching
 from tests.test_ecs_native import deployments
 from tests.test_pipeline import release_artifact
 

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.pipeline import deploy_service
-from tasks.release.outcome import outcome_of
-from tests.fault_helpers import (
+from harness.faults import (
     Load,
     Released,
     add_fault,
@@ -25,8 +24,9 @@ from tests.fault_helpers import (
     serving_versions,
     wait_until,
 )
-from tests.release_helpers import ROOT, ServiceUnderTest, set_traffic
-from tests.test_codedeploy import seed_serving, use_appspec
+from harness.services import ROOT, ServiceUnderTest, seed_serving, set_traffic
+from tasks.release.outcome import outcome_of
+from tests.test_codedeploy import use_appspec
 from tests.test_kills import production_weights
 from tests.test_pipeline import release_artifact
 

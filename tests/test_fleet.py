@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,8 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId,
 
 from flows.fleet import release_fleet
 from flows.webhook import create_app
+from harness.fleet_repo import base_yaml, commit, monorepo
+from harness.services import aws
 from sandbox.seed_fleet import seed_fleet
 from tasks.config.models import load_all_services, parse_service
 from tasks.core.errors import ConfigError
@@ -32,8 +33,6 @@ from tasks.release.fleet_plan import FleetSummary, ServiceResult, classify, plan
 from tasks.triggers.push_runs import PrefectRunStarter
 from tasks.triggers.pushes import sign_github
 from tasks.triggers.webhook_secrets import WebhookSecrets
-from tests.gitrepo import git
-from tests.release_helpers import ROOT, SAMPLE_APP, aws, free_port
 from tests.test_webhook import push_payload, serving
 
 SECRET = "fleet-test-secret"
@@ -93,49 +92,6 @@ def test_summary_names_every_service_with_sha_time_and_reason() -> None:
 
 
 # -- against the sandbox -------------------------------------------------------
-
-
-def monorepo(base: Path) -> Path:
-    """The sample app plus Dockerfile.broken, which ships BROKEN=root (GET / answers 500)."""
-    repo = base / "mono"
-    shutil.copytree(SAMPLE_APP, repo, ignore=shutil.ignore_patterns("busybox"))
-    shutil.copy2("/bin/busybox", repo / "busybox")
-    (repo / ".gitignore").unlink(missing_ok=True)
-    dockerfile = (repo / "Dockerfile").read_text()
-    (repo / "Dockerfile.broken").write_text(dockerfile.replace("COPY app.env /app.env", "COPY broken.env /app.env"))
-    git(repo, "init", "-q", "-b", "main")
-    return repo
-
-
-def commit(repo: Path, version: str) -> str:
-    (repo / "app.env").write_text(f"VERSION={version}\nBROKEN=\n")
-    (repo / "broken.env").write_text(f"VERSION={version}\nBROKEN=root\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", f"release {version}")
-    return git(repo, "rev-parse", "HEAD")
-
-
-def base_yaml(base: Path, repo: Path) -> Path:
-    name = "f" + uuid.uuid4().hex[:6]
-    (base / "base" / name).mkdir(parents=True)
-    taskdef = json.loads((ROOT / "deployments" / "sample-app" / "taskdef.json").read_text())
-    (base / "base" / name / "taskdef.json").write_text(json.dumps(taskdef))
-    data = {
-        "name": name, "source": {"repo": str(repo), "branch": "main"}, "ecr": {"repository": name},
-        "ecs": {"cluster": f"{name}-cluster", "service": name, "container": "web", "container_port": 8080,
-                "desired_count": 1},
-        "task_definition": f"{name}/taskdef.json",
-        "strategy": {"type": "task-sets", "traffic": {"type": "all-at-once"}},
-        "load_balancer": {"production_listener": {"load_balancer": f"{name}-alb", "port": free_port()},
-                          "test_listener": {"load_balancer": f"{name}-alb", "port": free_port()},
-                          "target_groups": [f"{name}-a", f"{name}-b"]},
-        "verify": {"http": [{"path": p, "consecutive": 2, "attempts": 5, "interval_seconds": 0.1}
-                            for p in ("/health", "/")], "alarms": [f"{name}-5xx"]},
-        "bake_seconds": 0, "timeouts": {"green_healthy_seconds": 60},
-    }  # fmt: skip
-    path = base / "base" / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="module")

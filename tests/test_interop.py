@@ -13,6 +13,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
 from flows.operations import diff_service
+from harness.services import ROOT, aws, make_service
 from tasks.build.codepipeline_files import (
     IMAGE_DEFINITIONS,
     IMAGE_DETAIL,
@@ -24,7 +25,6 @@ from tasks.config.appspec import render_appspec
 from tasks.config.models import load_service, parse_service
 from tasks.config.taskdef import load_template, render_task_definition
 from tasks.release.stages import render
-from tests.release_helpers import ROOT, aws, make_service
 
 SAMPLE = ROOT / "deployments" / "sample-app"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sample-app@sha256:" + "b" * 64

@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
-from tasks.release.outcome import outcome_of
-from tests.fault_helpers import (
+from harness.faults import (
     PIPELINE_AGENT,
     Load,
     Released,
@@ -35,8 +34,9 @@ from tests.fault_helpers import (
     serving_versions,
     wait_until,
 )
-from tests.release_helpers import ROOT, ServiceUnderTest, set_traffic
-from tests.test_codedeploy import seed_serving, use_appspec
+from harness.services import ROOT, ServiceUnderTest, seed_serving, set_traffic
+from tasks.release.outcome import outcome_of
+from tests.test_codedeploy import use_appspec
 from tests.test_pipeline import release_artifact
 
 STALE = "5"

@@ -22,10 +22,10 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.pipeline import deploy_service
+from harness.faults import serving_versions
+from harness.git import git
+from harness.services import ServiceUnderTest, refuse_next_call
 from tasks.release.outcome import outcome_of
-from tests.fault_helpers import serving_versions
-from tests.gitrepo import git
-from tests.release_helpers import ServiceUnderTest, refuse_next_call
 
 
 @pytest.fixture

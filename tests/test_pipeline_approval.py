@@ -18,9 +18,9 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 
 from flows.pipeline import deploy_service
+from harness.services import ServiceUnderTest
 from tasks.release.approval import approve_run
 from tasks.release.outcome import outcome_of
-from tests.release_helpers import ServiceUnderTest
 
 
 def paused_run(service: str, timeout: float = 120) -> Any:

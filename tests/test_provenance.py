@@ -22,15 +22,15 @@ from prefect.flow_engine import run_flow
 from flows.cli import main
 from flows.pipeline import deploy_service
 from flows.webhook import create_app
+from harness.faults import serving_versions
+from harness.git import git
+from harness.services import ServiceUnderTest
 from tasks.core.settings import Settings
 from tasks.release.outcome import outcome_of
 from tasks.release.runs import cancel_waiting_runs, commit_order_for
 from tasks.triggers.push_runs import PrefectRunStarter
 from tasks.triggers.pushes import sign_github
 from tasks.triggers.webhook_secrets import WebhookSecrets
-from tests.fault_helpers import serving_versions
-from tests.gitrepo import git
-from tests.release_helpers import ServiceUnderTest
 from tests.test_pipeline import release_artifact, wait_for_events
 from tests.test_webhook import serving
 

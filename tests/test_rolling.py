@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
+from harness.faults import control, last_request, serving_versions
+from harness.services import ServiceUnderTest, aws, make_service, seed_serving
 from tasks.release.outcome import outcome_of
-from tests.fault_helpers import control, last_request, serving_versions
-from tests.release_helpers import ServiceUnderTest, aws, make_service
-from tests.test_codedeploy import seed_serving, watching
+from tests.test_codedeploy import watching
 
 
 @pytest.fixture(scope="module")

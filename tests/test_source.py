@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.git import git
 from tasks.build.source import (
     checkout,
     commit_info,
@@ -17,7 +18,6 @@ from tasks.build.source import (
     resolve_heads,
 )
 from tasks.core.errors import BuildError, ConfigError
-from tests.gitrepo import git
 
 
 def commit(repo: Path, name: str, text: str, message: str) -> str:

@@ -18,6 +18,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.states import Cancelled, Completed, Scheduled
 
 from flows.polling import poll_changes
+from harness.git import git
 from tasks.build.source import resolve_heads
 from tasks.config.models import ServiceConfig, load_service
 from tasks.release.runs import (
@@ -30,7 +31,6 @@ from tasks.release.runs import (
     superseded_by,
 )
 from tasks.triggers.changes import find_changes, group_by_repo
-from tests.gitrepo import git
 
 
 def commit(repo: Path, text: str) -> str:

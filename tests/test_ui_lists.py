@@ -38,9 +38,9 @@ from prefect.exceptions import ObjectNotFound
 
 from flows.runner import serving_status
 from flows.serve import DEPLOY_SERVICE
+from harness.git import git
+from harness.services import ROOT, ServiceUnderTest
 from tasks.release.outcome import outcome_of
-from tests.gitrepo import git
-from tests.release_helpers import ROOT, ServiceUnderTest
 
 # The UI's state names (prefect-ui-library's list), in its order.
 UI_STATE_NAMES = [

@@ -22,8 +22,8 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.states import AwaitingRetry
 
+from harness.services import ROOT, ServiceUnderTest, refuse_next_call
 from tasks.release.outcome import outcome_of
-from tests.release_helpers import ROOT, ServiceUnderTest, refuse_next_call
 
 
 @pytest.fixture

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
+from harness.faults import Load, serving_versions, weather, weather_hits
+from harness.services import ROOT, ServiceUnderTest, aws, make_service, seed_serving
 from tasks.release.outcome import outcome_of
-from tests.fault_helpers import Load, serving_versions, weather, weather_hits
-from tests.release_helpers import ROOT, ServiceUnderTest, aws, make_service
-from tests.test_codedeploy import seed_serving, use_appspec
+from tests.test_codedeploy import use_appspec
 
 
 def deploy(name: str) -> Any:

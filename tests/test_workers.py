@@ -29,15 +29,15 @@ from prefect.deployments import run_deployment
 from prefect.states import AwaitingRetry, Crashed
 
 from flows.webhook import create_app
+from harness.services import ServiceUnderTest, make_service
+from harness.workers import ROOT, Pool, wait_final, worker_pool
 from tasks.config.models import load_all_services
 from tasks.release.outcome import outcome_of
 from tasks.release.runs import FLEET_DEPLOYMENT, read_service_runs
 from tasks.triggers.push_runs import PrefectRunStarter
 from tasks.triggers.pushes import sign_github
 from tasks.triggers.webhook_secrets import WebhookSecrets
-from tests.release_helpers import ServiceUnderTest, make_service
 from tests.test_webhook import push_payload, serving
-from tests.workers import ROOT, Pool, wait_final, worker_pool
 
 SECRET = "workers-test-secret"
 

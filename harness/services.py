@@ -6,6 +6,7 @@ import contextlib
 import json
 import shutil
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +19,10 @@ import yaml
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from harness.git import git
 from sandbox.seed import seed_service
 from tasks.config.models import load_service
 from tasks.core.settings import DEFAULT_MAX_ATTEMPTS
-from tests.gitrepo import git
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_APP = ROOT / "examples" / "sample-app"
@@ -178,3 +179,17 @@ def make_service(
     sut.seeded = seed_service(load_service(yaml_path))
     MADE.append(sut)
     return sut
+
+def seed_serving(sut: ServiceUnderTest, timeout: float = 60) -> None:
+    """The seeded service answers with the seed release (its tasks start after seeding)."""
+    deadline = time.monotonic() + timeout
+
+    def answer() -> str:
+        try:
+            return sut.get("/").text
+        except httpx.TransportError:  # the listener's proxy binds a moment after seeding
+            return ""
+
+    while "sample-app seed" not in answer():
+        assert time.monotonic() < deadline, "the seeded service never served"
+        time.sleep(0.3)

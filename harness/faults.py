@@ -23,7 +23,7 @@ import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
-from tests.release_helpers import ROOT, ServiceUnderTest, aws
+from harness.services import ROOT, ServiceUnderTest, aws
 
 PIPELINE_AGENT = "ecs-pipeline"  # the User-Agent part of every pipeline boto3 client
 

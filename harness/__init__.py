@@ -1,0 +1,1 @@
+"""What tests and benchmarks share to drive the sandbox from outside: throw-away services, load, faults, workers."""

@@ -1,0 +1,56 @@
+"""A monorepo of the sample app for fleet releases: four good copies and one whose / answers 500."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import yaml
+
+from harness.git import git
+from harness.services import ROOT, SAMPLE_APP, free_port
+
+
+def monorepo(base: Path) -> Path:
+    """The sample app plus Dockerfile.broken, which ships BROKEN=root (GET / answers 500)."""
+    repo = base / "mono"
+    shutil.copytree(SAMPLE_APP, repo, ignore=shutil.ignore_patterns("busybox"))
+    shutil.copy2("/bin/busybox", repo / "busybox")
+    (repo / ".gitignore").unlink(missing_ok=True)
+    dockerfile = (repo / "Dockerfile").read_text()
+    (repo / "Dockerfile.broken").write_text(dockerfile.replace("COPY app.env /app.env", "COPY broken.env /app.env"))
+    git(repo, "init", "-q", "-b", "main")
+    return repo
+
+
+def commit(repo: Path, version: str) -> str:
+    (repo / "app.env").write_text(f"VERSION={version}\nBROKEN=\n")
+    (repo / "broken.env").write_text(f"VERSION={version}\nBROKEN=root\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", f"release {version}")
+    return git(repo, "rev-parse", "HEAD")
+
+
+def base_yaml(base: Path, repo: Path) -> Path:
+    name = "f" + uuid.uuid4().hex[:6]
+    (base / "base" / name).mkdir(parents=True)
+    taskdef = json.loads((ROOT / "deployments" / "sample-app" / "taskdef.json").read_text())
+    (base / "base" / name / "taskdef.json").write_text(json.dumps(taskdef))
+    data = {
+        "name": name, "source": {"repo": str(repo), "branch": "main"}, "ecr": {"repository": name},
+        "ecs": {"cluster": f"{name}-cluster", "service": name, "container": "web", "container_port": 8080,
+                "desired_count": 1},
+        "task_definition": f"{name}/taskdef.json",
+        "strategy": {"type": "task-sets", "traffic": {"type": "all-at-once"}},
+        "load_balancer": {"production_listener": {"load_balancer": f"{name}-alb", "port": free_port()},
+                          "test_listener": {"load_balancer": f"{name}-alb", "port": free_port()},
+                          "target_groups": [f"{name}-a", f"{name}-b"]},
+        "verify": {"http": [{"path": p, "consecutive": 2, "attempts": 5, "interval_seconds": 0.1}
+                            for p in ("/health", "/")], "alarms": [f"{name}-5xx"]},
+        "bake_seconds": 0, "timeouts": {"green_healthy_seconds": 60},
+    }  # fmt: skip
+    path = base / "base" / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
