@@ -1,6 +1,6 @@
 """The same v1→v2 release of the same app through task-sets, CodeDeploy and ECS-native, in one run.
 
-Each strategy gets its own throw-away service (tests/release_helpers.make_service)
+Each strategy gets its own throw-away service (harness/services.make_service)
 seeded with v1 serving; the time is the deploy-service flow from start to
 "Deployed" for v2 (build and push included, the same for all three; bake 0,
 all-at-once), so the differences are each strategy's own steps and waits: the

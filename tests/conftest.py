@@ -139,15 +139,15 @@ def module_services_removed() -> Iterator[None]:
     session's own sandbox every leftover ``*-5xx`` alarm goes too (the fleet
     tests seed theirs without make_service); the shared sandbox keeps its own.
     """
-    from tests import release_helpers
+    from harness import services
 
-    made_before = len(release_helpers.MADE)
+    made_before = len(services.MADE)
     yield
-    made, release_helpers.MADE[made_before:] = release_helpers.MADE[made_before:], []
+    made, services.MADE[made_before:] = services.MADE[made_before:], []
     for sut in made:
         sut.cleanup()
     if os.environ.get("ECS_PIPELINE_TESTS_SANDBOX") != "shared" and not os.environ.get("ECS_PIPELINE_TESTS_NO_SANDBOX"):
-        cloudwatch = release_helpers.aws("cloudwatch")
+        cloudwatch = services.aws("cloudwatch")
         alarms = [a["AlarmName"] for page in cloudwatch.get_paginator("describe_alarms").paginate()
                   for a in page["MetricAlarms"] if a["AlarmName"].endswith("-5xx")]
         for start in range(0, len(alarms), 100):
