@@ -27,8 +27,9 @@ test: sandbox-up
 	@$(UV) run --frozen pytest -n 4 --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: setup
-	@$(UV) run --frozen ruff check flows tasks sandbox tests bench
+	@$(UV) run --frozen ruff check flows tasks sandbox tests bench harness tools
 	@$(UV) run --frozen mypy
+	@$(UV) run --frozen python tools/check_rooms.py
 
 bench: sandbox-up
 	@$(UV) run --frozen python -m bench
