@@ -216,8 +216,8 @@ def webhook_samples(requests: int) -> dict[str, list[float]]:
     from bench.bench_webhook import SECRET, payload, service, serving
     from flows.webhook import create_app
     from tasks.triggers.push_runs import PrefectRunStarter
-    from tasks.triggers.pushes import sign_github
     from tasks.triggers.webhook_secrets import WebhookSecrets
+    from tasks.triggers.webhooks import sign_github
 
     tag = uuid.uuid4().hex[:8]
     with get_client(sync_client=True) as client:

@@ -38,8 +38,8 @@ from starlette.routing import Route
 from flows.webhook import create_app
 from tasks.config.models import ServiceConfig, parse_service
 from tasks.triggers.push_runs import PrefectRunStarter
-from tasks.triggers.pushes import sign_github, verify_github_signature
 from tasks.triggers.webhook_secrets import WebhookSecrets
+from tasks.triggers.webhooks import sign_github, verify_github_signature
 
 SECRET = "bench-secret-not-used-anywhere-else"
 

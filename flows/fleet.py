@@ -47,7 +47,7 @@ from tasks.release.fleet_plan import FleetSummary, ServiceResult, classify, plan
 from tasks.release.outcome import outcome_of
 from tasks.release.runs import DEPLOY_DEPLOYMENT, ensure_run_tags, run_tags
 from tasks.release.skeleton import sigterm_deferred
-from tasks.triggers.changes import group_by_repo
+from tasks.triggers.repositories import group_by_repo
 
 FLEET_ARTIFACT = "fleet-release"
 MAX_THREADS = 32  # children released at once in this process (a larger wave waits for a thread)

@@ -31,8 +31,8 @@ from tasks.config.models import load_all_services, parse_service
 from tasks.core.errors import ConfigError
 from tasks.release.fleet_plan import FleetSummary, ServiceResult, classify, plan_waves, select_services
 from tasks.triggers.push_runs import PrefectRunStarter
-from tasks.triggers.pushes import sign_github
 from tasks.triggers.webhook_secrets import WebhookSecrets
+from tasks.triggers.webhooks import sign_github
 from tests.test_webhook import push_payload, serving
 
 SECRET = "fleet-test-secret"

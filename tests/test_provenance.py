@@ -29,8 +29,8 @@ from tasks.core.settings import Settings
 from tasks.release.outcome import outcome_of
 from tasks.release.runs import cancel_waiting_runs, commit_order_for
 from tasks.triggers.push_runs import PrefectRunStarter
-from tasks.triggers.pushes import sign_github
 from tasks.triggers.webhook_secrets import WebhookSecrets
+from tasks.triggers.webhooks import sign_github
 from tests.test_pipeline import release_artifact, wait_for_events
 from tests.test_webhook import serving
 

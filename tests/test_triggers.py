@@ -30,7 +30,8 @@ from tasks.release.runs import (
     run_tags,
     superseded_by,
 )
-from tasks.triggers.changes import find_changes, group_by_repo
+from tasks.triggers.branch_polling import find_changes
+from tasks.triggers.repositories import group_by_repo
 
 
 def commit(repo: Path, text: str) -> str:

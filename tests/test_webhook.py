@@ -32,19 +32,17 @@ from prefect.client.schemas.objects import FlowRun
 from flows.webhook import create_app
 from tasks.config.models import ServiceConfig, parse_service
 from tasks.core.settings import Settings
+from tasks.triggers.push_payloads import PayloadError, parse_push, services_for_push
 from tasks.triggers.push_runs import PrefectRunStarter
-from tasks.triggers.pushes import (
-    DeliveryCache,
-    PayloadError,
-    normalize_repo,
-    parse_push,
-    services_for_push,
+from tasks.triggers.repositories import normalize_repo
+from tasks.triggers.webhook_deliveries import DeliveryCache
+from tasks.triggers.webhook_secrets import SecretUnavailable, WebhookSecrets
+from tasks.triggers.webhooks import (
     sign_github,
     verify_gitea_signature,
     verify_github_signature,
     verify_gitlab_token,
 )
-from tasks.triggers.webhook_secrets import SecretUnavailable, WebhookSecrets
 
 SECRET = "It's a Secret to Everybody"
 GITEA_SECRET = "gitea-hmac-key-9f2c"

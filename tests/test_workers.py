@@ -35,8 +35,8 @@ from tasks.config.models import load_all_services
 from tasks.release.outcome import outcome_of
 from tasks.release.runs import FLEET_DEPLOYMENT, read_service_runs
 from tasks.triggers.push_runs import PrefectRunStarter
-from tasks.triggers.pushes import sign_github
 from tasks.triggers.webhook_secrets import WebhookSecrets
+from tasks.triggers.webhooks import sign_github
 from tests.test_webhook import push_payload, serving
 
 SECRET = "workers-test-secret"

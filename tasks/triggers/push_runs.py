@@ -32,7 +32,7 @@ from tasks.release.runs import (
     create_fleet_run,
     queueing_mode,
 )
-from tasks.triggers.pushes import PushEvent
+from tasks.triggers.push_payloads import PushEvent
 
 log = logging.getLogger("ecs_pipeline.webhook")
 
