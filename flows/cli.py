@@ -130,10 +130,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    """The run's outcome and reason; exit 0 once production is back (rolled back, or the previous commit deployed)."""
     from flows.operations import rollback_service
+    from tasks.release.outcome import outcome_of
 
-    print(rollback_service(args.service))
-    return 0
+    state = rollback_service(args.service, args.wait)
+    print(state.message or state.name)
+    return 0 if outcome_of(state) in ("Deployed", "Rolled back") else 1
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -206,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rollback", help="back to the previous release (instant while blue is up)")
     p.add_argument("service")
+    p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for a release of SERVICE in progress before refusing (default 60)")
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("render", help="print the task definition that would be registered")

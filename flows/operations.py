@@ -6,20 +6,31 @@ import time
 from typing import Any
 
 from botocore.exceptions import ClientError
+from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.objects import State
 from prefect.client.schemas.sorting import FlowRunSort
+from prefect.runtime import flow_run
 
+from flows.pipeline import deploy_service, stopped_by
 from tasks.aws import ecs as ecs_ops
 from tasks.aws import traffic
 from tasks.aws.clients import AwsClients
-from tasks.config.models import find_service
+from tasks.config.models import ServiceConfig, find_service
 from tasks.config.taskdef import SHA_TAG, diff_task_definitions
-from tasks.core.errors import DeployError, error_code
+from tasks.core.errors import DeployError, PipelineError, error_code
+from tasks.core.report import ReleaseSummary
 from tasks.core.settings import Settings
-from tasks.release.locks import read_heartbeat
-from tasks.release.outcome import outcome_of
+from tasks.core.waits import abort_when
+from tasks.release.locks import ServiceBusy, StopWatch, read_heartbeat, service_lock
+from tasks.release.outcome import OUTCOME_TYPES, final_state, outcome_of
+from tasks.release.runs import ensure_run_tags
+from tasks.release.skeleton import roll_back_in_flight
 from tasks.release.stages import latest_task_definition, live_release, render
+from tasks.strategies.choose import choose_strategy
+
+ROLLBACK_LOCK_WAIT = 60.0  # seconds `rollback` waits for a release of the service to end before it refuses
 
 
 def service_status(service: str) -> dict[str, Any]:
@@ -103,36 +114,59 @@ def previous_release_sha(clients: AwsClients, live_task_definition: str, live_sh
     raise DeployError(f"no earlier revision of {family} with a git SHA to roll back to")
 
 
-def rollback_service(service: str) -> str:
-    """Instant while blue is still up (production back to it), else a release of the previous SHA."""
-    clients = AwsClients(Settings())
-    cfg = find_service(service, clients.settings.deployments)
-    ecs = clients.get("ecs")
-    svc = ecs_ops.describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
-    primary = ecs_ops.primary_task_set(svc)
-    green = [ts for ts in svc.get("taskSets", []) if ts.get("status") == "ACTIVE"]
-    if cfg.load_balancer is not None and primary is not None and green:
-        # Blue is still the primary task set (a release between deploy green and teardown,
-        # running or left by a dead run): put every listener back on it and remove green.
-        routing = traffic.resolve_routing(clients.get("elbv2"), cfg.load_balancer)
-        tg = ecs_ops.task_set_target_group(primary)
-        if tg:
-            elbv2 = clients.get("elbv2")
-            traffic.set_weights(elbv2, routing.production_listener, {tg: 100})
-            traffic.set_weights(elbv2, routing.test_listener, {tg: 100})
-            for ts in green:
-                ecs_ops.delete_task_set(ecs, cfg.ecs.cluster, cfg.ecs.service, ts["taskSetArn"])
-            removed = ", ".join(f"{ts['id']} ({ts['taskDefinition'].rsplit('/', 1)[-1]})" for ts in green)
-            return (f"production back to 100% on {primary['taskDefinition'].rsplit('/', 1)[-1]} "
-                    f"(blue was still up); removed task set(s) {removed}")
-    live = live_release(cfg, clients)
-    if live.task_definition is None:
-        raise DeployError(f"{service} has never been deployed: nothing to roll back to")
-    sha = previous_release_sha(clients, live.task_definition, live.sha)
-    from flows.pipeline import deploy_service
+def rollback_service(service: str, wait_seconds: float = ROLLBACK_LOCK_WAIT) -> State[Any]:
+    """`ecs-pipeline rollback`: its run's final state (the outcome leads the message)."""
+    return rollback_flow(service, wait_seconds, return_state=True)
 
-    state = deploy_service(service, sha=sha, force=True, allow_older=True, return_state=True)
-    return str(state.message or state.name)
+
+@flow(name="rollback-service", flow_run_name="rollback {service}", log_prints=True)
+def rollback_flow(service: str, wait_seconds: float = ROLLBACK_LOCK_WAIT) -> State[Any]:
+    """Production back on the last verified version, under the service's lock, never beside a live release.
+
+    A release left half-way goes back through the release skeleton's own rollback; with nothing
+    in flight, the commit before the live one is released (deploy-service, allow_older).
+    """
+    clients = AwsClients(Settings())
+    try:
+        cfg = find_service(service, clients.settings.deployments)
+        run_id = flow_run.get_id()
+        if run_id:
+            ensure_run_tags(run_id, cfg.name, None)
+        return roll_back_under_lock(cfg, clients, str(run_id) if run_id else None, wait_seconds)
+    except ServiceBusy as busy:
+        reason = f"{busy.message}; run the rollback again once it ends, or cancel it (it then rolls itself back)"
+        get_run_logger().error("Failed: %s", reason)
+        return final_state("Failed", reason)
+    except PipelineError as exc:  # a broken file, or nothing to roll back to: refused, production untouched
+        get_run_logger().error("Failed: %s", exc)
+        return final_state("Failed", str(exc))
+
+
+def roll_back_under_lock(cfg: ServiceConfig, clients: AwsClients, run_id: str | None, wait: float) -> State[Any]:
+    """In flight: back through the skeleton's rollback, under the lock; else the previous commit's release,
+    after the lock is let go (the release takes it itself)."""
+    summary = ReleaseSummary(service=cfg.name, strategy=cfg.strategy.type)
+    stop = StopWatch(run_id)
+    lock = service_lock(cfg.name, run_id, clients.settings.lock_stale_seconds, give_up_after=wait)
+    with abort_when(stop), lock as held:
+        stop.held = held
+        try:
+            state = roll_back_in_flight(cfg, clients, summary, choose_strategy)
+        except BaseException as exc:  # noqa: BLE001 - stopped_by re-raises what is no release outcome
+            return stopped_by(exc, summary)
+        if state is not None:
+            return state
+        live = live_release(cfg, clients)
+        if live.task_definition is None:
+            raise DeployError(f"{cfg.name} has never been deployed: nothing to roll back to", service=cfg.name)
+        sha = previous_release_sha(clients, live.task_definition, live.sha)
+    # The release takes the slot itself; a run that gets it first is one the release then waits for.
+    get_run_logger().info("nothing in flight: releasing %s, the commit before the live one", sha[:12])
+    released: State[Any] = deploy_service(cfg.name, sha=sha, force=True, allow_older=True, return_state=True)
+    # This run ends as its release did (a child's own state would only count as "one state completed").
+    outcome = outcome_of(released)
+    text = (released.message or "").removeprefix(f"{outcome}: ")
+    return final_state(outcome if outcome in OUTCOME_TYPES else "Failed", text)
 
 
 def plan_release(service: str, sha: str | None) -> list[str]:

@@ -10,6 +10,7 @@
     │   ├── StrategyMismatch the live service cannot do the configured strategy
     │   ├── VerifyFailed     a check on green failed (HTTP, target health, alarm)
     │   ├── RolledBack       the release was rolled back; production is on blue
+    │   ├── RollbackFailed   the rollback could not finish; production is left split
     │   └── ApprovalRejected a person rejected or did not approve in time
     └── TransientError       throttling, 5xx, resets: retrying may succeed
 
@@ -200,3 +201,13 @@ def translate(exc: BaseException, *, service: str | None = None) -> BaseExceptio
             service=service,
         )
     return original
+
+class RollbackFailed(DeployError):
+    """Production is left split; ``interrupted_by`` is what the rollback was for (a cancel, a failure)."""
+
+    interrupted_by: BaseException | None = None
+
+
+def reason_of(exc: BaseException) -> str:
+    """An error's words for a person: a pipeline error's message, else its type and text."""
+    return getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}".rstrip(": ")

@@ -1,11 +1,12 @@
 """What a deploy strategy is: the steps it hands to the release skeleton (tasks/release/skeleton.py).
 
-The skeleton owns the order (before production → approval → to production →
-after the bake), the summary's stages and timings, traffic events, rollback on
-any failure and the outcome. A strategy only says *how*: each phase is a
-sequence of (stage name, step) that the skeleton runs one at a time, so a
-strategy can decide its next step from what the previous one found (a resumed
-CodeDeploy deployment skips what already happened).
+The skeleton owns the order (reconcile → detect → build → push → register →
+before production → approval → to production → after the bake), the summary's
+stages and timings, traffic events, rollback on any failure and the outcome. A
+strategy only says *how*: each phase is a sequence of (stage name, step) that
+the skeleton runs one at a time, so a strategy can decide its next step from
+what the previous one found (a resumed CodeDeploy deployment skips what already
+happened).
 """
 
 from __future__ import annotations
@@ -103,9 +104,18 @@ class Steps(Protocol):
         """Before anything else: bring what a dead run left to one verified version (None: nothing left)."""
         ...
 
+    def adopt_in_flight(self) -> str | None:
+        """A release left half-way (green beside blue, split traffic, a deployment in progress), taken on
+        as this run's own so ``roll_back`` undoes it; what was found in words, None when nothing is."""
+        ...
+
     def where_traffic_is(self) -> str:
         """Production's split as AWS shows it now, for a report when a rollback could not finish."""
         ...
+
+
+# Picks the steps for the live service, once per run (the strategies room's choose.py): the flow hands it in.
+Chooser = Callable[[Release], Steps]
 
 
 class LoadBalanced:

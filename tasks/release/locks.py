@@ -30,6 +30,7 @@ from prefect.context import SyncClientContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 from prefect.states import Crashed
 
+from tasks.core.errors import DeployError
 from tasks.core.waits import checkpoint
 
 PREFECT_LEASE_SECONDS = 60.0  # the server's minimum; our heartbeat decides liveness sooner
@@ -170,11 +171,21 @@ def _open_run_client() -> SyncPrefectClient | None:
     return ctx.client if ctx is not None else None
 
 
+class ServiceBusy(DeployError):
+    """Another live run holds the service's release slot, and this one would not wait longer."""
+
+
 @contextmanager
-def service_lock(service: str, run_id: str | None, stale_after: float = 30.0) -> Iterator[Held]:
-    """Hold the service's release slot; wait for a live holder, take over from a dead one."""
+def service_lock(
+    service: str, run_id: str | None, stale_after: float = 30.0, give_up_after: float | None = None
+) -> Iterator[Held]:
+    """Hold the service's release slot; wait for a live holder, take over from a dead one.
+
+    GIVE_UP_AFTER: seconds to wait for a live holder before ServiceBusy (None: as long as it takes).
+    """
     log = get_run_logger()
     name = lock_name(service)
+    deadline = None if give_up_after is None else time.monotonic() + give_up_after
     with get_client(sync_client=True) as client:
         ensure_limit(client, name)
         log.info("waiting for the deploy slot of %s", service)
@@ -183,6 +194,9 @@ def service_lock(service: str, run_id: str | None, stale_after: float = 30.0) ->
         while (lease := _try_acquire(client, name, run_id)) is None:
             took_over = _free_dead_holder(client, service, stale_after, run_id) or took_over
             checkpoint()
+            if deadline is not None and time.monotonic() > deadline:
+                raise ServiceBusy(f"{holder_text(client, service)} holds the deploy slot of {service}; "
+                                  f"waited {give_up_after:.0f} s for it and changed nothing", service=service)
             time.sleep(delay)
             delay = min(2.0, delay * 1.5)
         # A free slot with a stale heartbeat: the holder died and Prefect's lease ran out first.
@@ -209,6 +223,19 @@ def service_lock(service: str, run_id: str | None, stale_after: float = 30.0) ->
             except PrefectHTTPStatusError as exc:
                 if exc.response.status_code != 404:
                     raise
+
+
+def holder_text(client: SyncPrefectClient, service: str) -> str:
+    """``run 'deploy svc@abc1234' (<id>)``: the run its heartbeat names, for a person."""
+    beat = read_heartbeat(client, service)
+    run_id = str(beat.get("run") or "") if beat else ""
+    if not run_id:
+        return "another run"
+    try:
+        name = client.read_flow_run(UUID(run_id)).name
+    except (ObjectNotFound, ValueError):
+        return f"run {run_id}"
+    return f"run '{name}' ({run_id})"
 
 
 def read_heartbeat_lease(client: SyncPrefectClient, service: str) -> str | None:

@@ -1,4 +1,4 @@
-"""How a release's end looks in the Prefect UI: state, run name, tags, live view.
+"""How a release ends: its final state in the Prefect UI, run name, tags, summary, events, live view.
 
 The UI's lists and filters (a deployment's default "All except scheduled", the
 Runs page's "Failed") ask the API for Prefect's built-in state *names*, so a
@@ -21,6 +21,7 @@ import logging
 from typing import Any
 from uuid import UUID
 
+from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State, StateType
 from prefect.runtime import flow_run
@@ -28,9 +29,13 @@ from prefect.settings import PREFECT_UI_URL
 from prefect.states import Cancelled, Completed, Failed
 
 from tasks.aws.ecs import LiveRelease
-from tasks.core.report import ReleaseSummary
+from tasks.core.errors import reason_of
+from tasks.core.report import ReleaseSummary, emit
+from tasks.release.contract import LoadBalanced, Outcome, Reconciled, Steps
 from tasks.release.live_view import Failure, LiveRecord, now, publish_live, read_live
+from tasks.release.locks import commit_of_run
 from tasks.release.runs import ensure_run_tags
+from tasks.release.stages import Target
 
 OUTCOME_TYPES: dict[str, StateType] = {
     "Deployed": StateType.COMPLETED,
@@ -157,3 +162,70 @@ def quiet_expected_failures() -> None:
     logger = logging.getLogger("prefect.flow_runs")
     if not any(isinstance(f, ExpectedOutcomeFilter) for f in logger.filters):
         logger.addFilter(ExpectedOutcomeFilter())
+
+
+def conclude(summary: ReleaseSummary, live: LiveRelease | None = None) -> None:
+    """Publish the release summary and the service's live view; reporting never hides the outcome."""
+    summary.publish()
+    try:
+        update_live(summary, live)
+    except Exception as exc:  # noqa: BLE001 - the release's outcome matters more than its live view
+        get_run_logger().warning("live view of %s not updated: %s", summary.service, reason_of(exc))
+
+
+def unchanged_state(
+    service: str, strategy: Steps, summary: ReleaseSummary, target: Target,
+    found: Reconciled | None, dead_run: str | None,
+) -> State[Any] | None:
+    """Production already runs the commit: "No change", or the end of a dead run's release of it.
+
+    A dead run of this very commit that got production onto it finished everything but saying so
+    (killed in its teardown). Blue/green strategies verified green before production moved: the
+    release is Deployed now. Rolling verifies after: None, so the release runs on (resumes the
+    rollout, checks production, rolls back if they fail).
+    """
+    died = commit_of_run(dead_run)
+    unfinished = bool(died) and target.sha.startswith(str(died))
+    summary.task_definition = target.live.task_definition
+    if (found and found.direction == "forward") or (unfinished and isinstance(strategy, LoadBalanced)):
+        td = found.task_definition if found else str(target.live.task_definition)
+        if not found:
+            summary.notes.append(f"run {dead_run} of this commit stopped after production moved: finished its release")
+        summary.outcome, summary.traffic = "Deployed", strategy.live_traffic
+        summary.image, summary.task_definition = target.live.image, td
+        return outcome_state(summary, Outcome(td, traffic=strategy.live_traffic), [], target.live)
+    if unfinished:
+        summary.notes.append(f"run {dead_run} of this commit stopped before production was verified: checked again")
+        return None
+    summary.outcome = "No change"
+    conclude(summary, target.live)
+    return final_state("No change", f"{service} already runs {target.sha[:7]}")
+
+
+def not_newer_state(service: str, target: Target, summary: ReleaseSummary) -> State[Any]:
+    """A triggered release never moves production back: refused before anything changes."""
+    how = "older than" if target.ancestry == "older" else "not a descendant of"
+    reason = (
+        f"{target.sha[:12]} is {how} the live commit {str(target.live.sha)[:12]}; going back is explicit: "
+        f"ecs-pipeline deploy {service} --sha {target.sha[:12]} --allow-older (or ecs-pipeline rollback {service})"
+    )
+    summary.outcome, summary.reason = "Not newer than live", reason
+    conclude(summary, target.live)
+    emit(service, "refused", sha=target.sha, live=target.live.sha, ancestry=target.ancestry, reason=reason)
+    get_run_logger().warning("Not newer than live: %s", reason)
+    return final_state("Not newer than live", reason)
+
+
+def outcome_state(summary: ReleaseSummary, outcome: Outcome, done: list[str], live: LiveRelease) -> State[Any]:
+    """The flow's final state: a built-in state, the outcome and its reason leading the message."""
+    service, sha = summary.service, str(summary.sha)
+    if not outcome.rolled_back:
+        summary.live_sha = sha
+    conclude(summary, live)
+    if outcome.rolled_back:
+        emit(service, "rolled-back", sha=sha, reason=outcome.reason, traffic=outcome.traffic)
+        get_run_logger().warning("Rolled back: %s", outcome.reason)
+        return final_state("Rolled back", f"{outcome.reason} ({outcome.traffic}, live {str(live.sha)[:7]})")
+    emit(service, "succeeded", sha=sha, task_definition=outcome.task_definition)
+    data = {"service": service, "sha": sha, "done": done, **outcome.as_dict()}
+    return final_state("Deployed", f"{service}@{sha[:7]} serves 100% of production", data)

@@ -1,14 +1,20 @@
-"""The release skeleton: every strategy's release in one order, with one rollback.
+"""The release skeleton: every release, whatever its strategy, in one order with one rollback.
 
-    before production  (green up, verified; production untouched)
-    approval gate      (when required and production has not moved)
-    to production      (traffic steps, bake; alarms and green's health watched)
-    after the bake     (blue removed)
+    reconcile                 what a dead run left, brought to one verified version
+    detect change             the commit against the live one; refused when not newer
+    build, push, register     the image and its task definition (found done: skipped)
+    ── rollback boundary: a failure or cancellation from here to the end of the bake
+       puts production 100 % back on the last verified version ──
+    deploy green, verify      the strategy's before_production; production untouched
+    approval                  when required and production has not moved
+    shift traffic, bake       the strategy's to_production; alarms and green's health watched
+    ── past the bake nothing rolls back: green serves and is verified ──
+    teardown blue             the strategy's after_bake
 
-Any failure (or cancellation) up to the end of the bake rolls back: production
-100 % on the last verified version. A strategy supplies only its steps
-(tasks/release/contract.py); which one is chosen once, from the live service's
-deployment controller, in STRATEGIES.
+``release`` reads in that order. A strategy supplies only its steps
+(tasks/release/contract.py); the flow hands in the chooser that picks them
+from the live service (choose.py in the strategies room). ``roll_back_in_flight`` is
+the same rollback for ``ecs-pipeline rollback``.
 """
 
 from __future__ import annotations
@@ -17,104 +23,124 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger
+from prefect.client.schemas.objects import State
+from prefect.runtime import flow_run
 
-from tasks.aws import ecs as ecs_ops
-from tasks.core.errors import DeployError, StrategyMismatch
-from tasks.core.report import ShiftProgress, emit
+from tasks.aws.clients import AwsClients
+from tasks.build.codepipeline_files import write_interop_files
+from tasks.config.models import ServiceConfig
+from tasks.core.errors import RollbackFailed, reason_of
+from tasks.core.report import ReleaseSummary, ShiftProgress, emit
 from tasks.core.waits import abort_when
+from tasks.release import stages
 from tasks.release.approval import request_approval
-from tasks.release.contract import Outcome, Release, Step, Steps
-from tasks.strategies.codedeploy import CodeDeploySteps
-from tasks.strategies.ecs_native import EcsNativeSteps, check_native, live_strategy
-from tasks.strategies.rolling import RollingSteps
-from tasks.strategies.task_sets import TaskSetSteps
-
-# deploymentController.type (for ECS, with deploymentConfiguration.strategy) → (strategy.type, its steps).
-# A new strategy is one row.
-STRATEGIES: dict[str, tuple[str, Callable[[Release], Steps]]] = {
-    "EXTERNAL": ("task-sets", TaskSetSteps),
-    "CODE_DEPLOY": ("codedeploy", CodeDeploySteps),
-    "ECS/ROLLING": ("rolling", RollingSteps),
-    "ECS/BLUE_GREEN|LINEAR|CANARY": ("ecs-native", EcsNativeSteps),
-}
+from tasks.release.contract import Chooser, Outcome, Reconciled, Release, Step, Steps
+from tasks.release.outcome import name_run, not_newer_state, outcome_state, unchanged_state
 
 
-def controller_key(service: dict[str, Any]) -> tuple[str, str]:
-    """(row of STRATEGIES, how the service deploys in words) for the live service."""
-    controller = ecs_ops.controller_type(service)
-    if controller != "ECS":
-        return controller, f"the {controller} deployment controller"
-    strategy = live_strategy(service)
-    row = next((k for k in STRATEGIES if k.startswith("ECS/") and strategy in k[4:].split("|")), f"ECS/{strategy}")
-    return row, f"the ECS deployment controller with strategy {strategy}"
+@dataclass(frozen=True)
+class Request:
+    """What the run was asked for: a commit (default: branch head), and how far it may go."""
+
+    sha: str | None
+    force: bool
+    allow_older: bool
 
 
-def choose_strategy(release: Release) -> Steps:
-    """The steps for the live service's controller; a config asking for another fails before any change."""
-    cfg = release.cfg
-    service = ecs_ops.describe_service(release.clients.get("ecs"), cfg.ecs.cluster, cfg.ecs.service)
-    release.service = service
-    key, how = controller_key(service)
-    expected, steps = STRATEGIES.get(key, (key, None))
-    if cfg.strategy.type != expected:
-        fix = (f"or run `ecs-pipeline migrate {cfg.name} --to ecs-native` to move it to ECS blue/green"
-               if key == "CODE_DEPLOY" and cfg.strategy.type == "ecs-native"
-               else f"or change the service to the controller for {cfg.strategy.type}")
-        raise StrategyMismatch(
-            f"strategy.type is {cfg.strategy.type} but service {cfg.ecs.service} uses {how}, which deploys "
-            f"with {expected}; set strategy.type: {expected} {fix}",
-            service=cfg.name,
-        )
-    if steps is None:
-        raise StrategyMismatch(f"no strategy for {how}", service=cfg.name)
-    if expected == "ecs-native":
-        check_native(service, cfg)
-    return steps(release)
-
-
-def traffic_now(steps: Steps) -> str:
-    try:
-        return steps.where_traffic_is()
-    except Exception as exc:  # noqa: BLE001 - reporting must not hide the rollback failure itself
-        return f"production traffic unknown ({reason_of(exc)})"
-
-
-def reason_of(exc: BaseException) -> str:
-    return getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}".rstrip(": ")
-
-
-def run_release(steps: Steps, release: Release, progress: ShiftProgress) -> Outcome:
-    """Deploy green, verify, (approve,) shift, bake, teardown; roll back on any failure before teardown."""
-    cfg, summary = release.cfg, release.summary
-
-    def on_step(weight: int, **extra: Any) -> None:
-        summary.traffic = f"{weight}% green"
-        if weight < 100 or progress.id is not None:  # one step to 100 % (rolling) is no progress to show
-            progress.update(float(weight))
-        emit(cfg.name, "traffic-shifted", sha=release.sha, green_percent=weight, **extra)
-
-    release.on_step = on_step
-    try:
-        run_steps(release, steps.before_production())
-        if cfg.approval == "required" and steps.pauses_for_approval():
-            with release.stage("approval"):
-                # A person's answer is seen within 5 s (1 s in a fast rehearsal, where the canary is seconds long).
-                every = max(1, round(release.clients.settings.scaled(5)))
-                request_approval(cfg.name, summary.markdown(), cfg.approval_timeout_seconds,
-                                 poll_interval_seconds=every)
-        run_steps(release, steps.to_production())
+def release(
+    cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, asked: Request, choose: Chooser,
+    dead_run: str | None = None,
+) -> State[Any]:
+    """One release, stage by stage; DEAD_RUN is the run this one took the service's slot from, if any."""
+    run = Release(cfg, clients, asked.sha or "", summary)
+    strategy = choose(run)  # once, before anything is built
+    with summary.stage("reconcile"):
+        found = strategy.reconcile()
+    if found:
+        summary.notes.append(f"found in flight (an earlier run or another tool): {found.text}")
+    with summary.stage("detect change"):  # the service as chosen, unless reconcile just changed it
+        target = stages.detect_change(cfg, clients, asked.sha, None if found else run.service)
+    ended = admit(run, strategy, target, asked, found, dead_run)
+    if ended is not None:
+        return ended  # not newer than live, or production already runs it
+    with summary.stage("build"):
+        built = stages.build(cfg, clients, target.sha, asked.force, stages.repository_uri(cfg, target.live))
+    summary.notes.extend(built.notes)
+    with summary.stage("push"):
+        pushed = stages.push(cfg, clients, target.sha, built, asked.force)
+    with summary.stage("register task definition"):
+        registered = stages.register(cfg, clients, target.sha, pushed.value, target.live.family_latest)
+    write_interop_files(cfg, pushed.value, clients.settings.artifacts_dir)
+    done = [name for name, r in (("build", built), ("push", pushed), ("register", registered)) if r.done]
+    summary.image, summary.task_definition = pushed.value, registered.value
+    run.task_definition = registered.value
+    run.on_step = traffic_reporter(run, ShiftProgress(cfg.name))
+    try:  # ── rollback boundary ──
+        run_steps(run, strategy.before_production())  # deploy green, verify
+        approve(run, strategy)
+        run_steps(run, strategy.to_production())  # shift traffic, bake
     except BaseException as exc:
-        # Catch everything (cancellation and SIGTERM too) only to put traffic back, then decide.
-        outcome = roll_back(steps, release, exc)
+        # Everything (cancellation and SIGTERM too) is caught only to put traffic back, then decided.
+        outcome = roll_back(strategy, run, reason_of(exc), exc)
         if outcome is None or not isinstance(exc, Exception):
             raise
-        return outcome
-    run_steps(release, steps.after_bake())
-    summary.outcome, summary.traffic = "Deployed", steps.live_traffic
-    return Outcome(release.task_definition, traffic=steps.live_traffic)
+    else:  # ── past the bake: no rollback ──
+        run_steps(run, strategy.after_bake())  # teardown blue
+        summary.outcome, summary.traffic = "Deployed", strategy.live_traffic
+        outcome = Outcome(run.task_definition, traffic=strategy.live_traffic)
+    summary.notes.append(f"work done in this run: {', '.join(done) or 'none (all found done)'}")
+    return outcome_state(summary, outcome, done, target.live)
+
+
+def admit(
+    run: Release, strategy: Steps, target: stages.Target, asked: Request, found: Reconciled | None,
+    dead_run: str | None,
+) -> State[Any] | None:
+    """After detect change: the run's final state when it ends here (not newer, no change), else None."""
+    cfg, summary = run.cfg, run.summary
+    summary.sha, summary.previous_task_definition = target.sha, target.live.task_definition
+    summary.live_sha = target.live.sha
+    run.sha = target.sha
+    if not asked.sha:
+        name_run(cfg.name, target.sha)
+    if target.moves_back and not asked.allow_older:
+        return not_newer_state(cfg.name, target, summary)
+    if not target.changed and not asked.force:
+        unchanged = unchanged_state(cfg.name, strategy, summary, target, found, dead_run)
+        if unchanged is not None:
+            return unchanged
+    if asked.allow_older and target.moves_back:
+        summary.notes.append(f"allow_older: asked to go back ({target.ancestry} than live {target.live.sha})")
+    emit(cfg.name, "started", sha=target.sha, strategy=cfg.strategy.type, flow_run=flow_run.get_id(),
+         allow_older=asked.allow_older, ancestry=target.ancestry)
+    return None
+
+
+def traffic_reporter(run: Release, progress: ShiftProgress) -> Callable[..., None]:
+    """What a strategy calls as production moves: the summary's split, the progress artifact, an event."""
+
+    def on_step(weight: int, **extra: Any) -> None:
+        run.summary.traffic = f"{weight}% green"
+        if weight < 100 or progress.id is not None:  # one step to 100 % (rolling) is no progress to show
+            progress.update(float(weight))
+        emit(run.cfg.name, "traffic-shifted", sha=run.sha, green_percent=weight, **extra)
+
+    return on_step
+
+
+def approve(run: Release, strategy: Steps) -> None:
+    """The approval gate, when the service requires one and production has not moved yet."""
+    if run.cfg.approval != "required" or not strategy.pauses_for_approval():
+        return
+    with run.stage("approval"):
+        # A person's answer is seen within 5 s (1 s in a fast rehearsal, where the canary is seconds long).
+        every = max(1, round(run.clients.settings.scaled(5)))
+        request_approval(run.cfg.name, run.summary.markdown(), run.cfg.approval_timeout_seconds,
+                         poll_interval_seconds=every)
 
 
 def run_steps(release: Release, steps: Iterable[Step]) -> None:
@@ -139,15 +165,18 @@ def sigterm_deferred() -> Iterator[None]:
             previous(signal.SIGTERM, None)
 
 
-class RollbackFailed(DeployError):
-    """Production is left split; ``interrupted_by`` is what the rollback was for (a cancel, a failure)."""
+def traffic_now(steps: Steps) -> str:
+    try:
+        return steps.where_traffic_is()
+    except Exception as exc:  # noqa: BLE001 - reporting must not hide the rollback failure itself
+        return f"production traffic unknown ({reason_of(exc)})"
 
-    interrupted_by: BaseException | None = None
 
+def roll_back(steps: Steps, release: Release, reason: str, cause: BaseException | None = None) -> Outcome | None:
+    """Production back on the last verified version; None when the failure had moved nothing.
 
-def roll_back(steps: Steps, release: Release, exc: BaseException) -> Outcome | None:
-    """Production back on the last verified version; None when the failure had moved nothing."""
-    reason = reason_of(exc)
+    CAUSE: what the rollback is for (a failure, a cancel), kept on a RollbackFailed.
+    """
     get_run_logger().warning("rolling back %s: %s", release.cfg.name, reason)
     summary = release.summary
     with release.stage("roll back"), abort_when(None), sigterm_deferred():
@@ -163,9 +192,35 @@ def roll_back(steps: Steps, release: Release, exc: BaseException) -> Outcome | N
                 "(or `ecs-pipeline rollback`) puts production back on the last verified version",
                 service=release.cfg.name,
             )
-            loud.interrupted_by = exc
+            loud.interrupted_by = cause
             raise loud from failed
     if result is None:
         return None
     summary.outcome, summary.reason, summary.traffic = "Rolled back", result.reason, result.traffic
     return Outcome(release.task_definition, rolled_back=True, reason=result.reason, traffic=result.traffic)
+
+
+def roll_back_in_flight(
+    cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, choose: Chooser
+) -> State[Any] | None:
+    """``ecs-pipeline rollback``, under the service's lock: a release left half-way goes back the way a
+    failing release does (the strategy's roll_back), with the same outcome, event and live view.
+
+    None when nothing is in flight: production runs one verified version, and going back is a release.
+    """
+    run = Release(cfg, clients, "", summary)
+    strategy = choose(run)
+    with summary.stage("find in flight"):
+        found = strategy.adopt_in_flight()
+    if found is None:
+        return None
+    green = stages.release_of(cfg, clients, run.task_definition)
+    run.sha = green.sha or ""
+    summary.sha, summary.image, summary.task_definition = green.sha, green.image, run.task_definition
+    summary.notes.append(f"found in flight: {found}")
+    outcome = roll_back(strategy, run, f"asked for by `ecs-pipeline rollback {cfg.name}` while {found}")
+    if outcome is None:
+        return None
+    live = stages.live_release(cfg, clients)
+    summary.live_sha, summary.previous_task_definition = live.sha, live.task_definition
+    return outcome_state(summary, outcome, [], live)

@@ -56,7 +56,12 @@ def live_release(cfg: ServiceConfig, clients: AwsClients, service: dict[str, Any
     """What production runs; ``service``: the service as this run just described it (no second look)."""
     ecs = clients.get("ecs")
     svc = service if service is not None else describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
-    found = describe_release(ecs, live_task_definition(ecs, svc), cfg.ecs.container)
+    return release_of(cfg, clients, live_task_definition(ecs, svc))
+
+
+def release_of(cfg: ServiceConfig, clients: AwsClients, task_definition: str | None) -> LiveRelease:
+    """A task definition's image and the commit it was built from."""
+    found = describe_release(clients.get("ecs"), task_definition, cfg.ecs.container)
     # The image's digest decides what runs: a task definition tag can be copied by another tool.
     sha = ecr.sha_of_image(clients.get("ecr"), cfg.ecr.repository, found.image)
     return LiveRelease(found.task_definition, sha, found.image, found.family_latest)

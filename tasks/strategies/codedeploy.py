@@ -370,3 +370,15 @@ class CodeDeploySteps(LoadBalanced):
                 finish(cfg, clients, Deployment(dep_id, url, live, group, group.config_name))
                 return Reconciled("forward", live, f"finished CodeDeploy deployment {dep_id} from its termination wait")
         return None
+
+    def adopt_in_flight(self) -> str | None:
+        """A deployment of the group still in progress: roll_back stops it with CodeDeploy's rollback."""
+        cd = self.clients.get("codedeploy")
+        for info in active_deployments(self.cfg, cd):
+            dep_id, group = info["deploymentId"], group_settings(self.cfg, cd)
+            td = deployed_task_definition(info) or ""
+            config = str(info.get("deploymentConfigName") or group.config_name)
+            self.dep = Deployment(dep_id, console_url(self.clients.settings.region, dep_id), td, group, config, True)
+            self.release.task_definition = td
+            return f"CodeDeploy deployment {dep_id} of {td.rsplit('/', 1)[-1]} was {info['status']}"
+        return None

@@ -306,6 +306,18 @@ class EcsNativeSteps(LoadBalanced):
                                                  f"from {info['lifecycleStage']} to SUCCESSFUL")
         return None
 
+    def adopt_in_flight(self) -> str | None:
+        """A service deployment still in progress: roll_back asks ECS to roll it back."""
+        ecs = self.clients.get("ecs")
+        for brief in in_flight(self.cfg, ecs):
+            td = target_task_definition(ecs, brief)
+            url = console_url(self.clients.settings.region, self.cfg)
+            self.dep = NativeDeployment(brief["serviceDeploymentArn"], td, url, resumed=True)
+            self.release.task_definition = td
+            return (f"ECS service deployment {self.dep.arn.rsplit('/', 1)[-1]} of {td.rsplit('/', 1)[-1]} "
+                    f"was {brief['status']}")
+        return None
+
     def where_traffic_is(self) -> str:
         """Production's weights as the current service deployment gives them (DescribeServices' revision
         summaries carry no weights)."""

@@ -273,3 +273,7 @@ class RollingSteps:
     def reconcile(self) -> Reconciled | None:
         """ECS finishes (or rolls back) a rollout on its own; nothing is left for a later run."""
         return None
+
+    def adopt_in_flight(self) -> str | None:
+        """A rollout in progress has no verified side to go back to: the previous commit's release supersedes it."""
+        return None

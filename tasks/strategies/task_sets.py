@@ -346,6 +346,23 @@ class TaskSetSteps(LoadBalanced):
         forward = keep is not primary or torn_down
         return Reconciled("forward" if forward else "back", td, f"{what}; {td.rsplit('/', 1)[-1]} serves")
 
+    def adopt_in_flight(self) -> str | None:
+        """A task set beside the primary, or production off it: roll_back puts every listener on blue."""
+        service = _service(self.cfg, self.clients)
+        primary = ecs_ops.primary_task_set(service)
+        others = [ts for ts in service.get("taskSets", []) if ts is not primary and ts.get("status") != "DRAINING"]
+        weights = traffic.get_weights(self.clients.get("elbv2"), self.routing.production_listener)
+        blue_tg = ecs_ops.task_set_target_group(primary) if primary else None
+        on_blue = {a: w for a, w in weights.items() if w} == {blue_tg: 100}
+        if not others and (primary is None or on_blue):
+            return None
+        green = others[-1] if others else None
+        self.release.task_definition = green["taskDefinition"] if green else ""
+        self.green = plan_green(service, self.routing, self.release.task_definition)
+        split = " / ".join(f"{w}% {_tg_name(self.routing, a)}" for a, w in weights.items() if w)
+        sets = ", ".join(f"{ts['id']} ({ts['taskDefinition'].rsplit('/', 1)[-1]})" for ts in others) or "none"
+        return f"task set(s) {sets} ran beside the primary, production {split or 'on no target group'}"
+
 
 def _revision(task_set: dict[str, Any]) -> int:
     """The task definition revision a task set runs (every task set of a service is one family)."""
