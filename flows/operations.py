@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from botocore.exceptions import ClientError
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
@@ -19,7 +18,7 @@ from tasks.aws import traffic
 from tasks.aws.clients import AwsClients
 from tasks.config.models import ServiceConfig, find_service
 from tasks.config.taskdef import SHA_TAG, diff_task_definitions
-from tasks.core.errors import DeployError, PipelineError, error_code
+from tasks.core.errors import DeployError, NotFound, PipelineError
 from tasks.core.report import ReleaseSummary
 from tasks.core.settings import Settings
 from tasks.core.waits import abort_when
@@ -102,12 +101,11 @@ def previous_release_sha(clients: AwsClients, live_task_definition: str, live_sh
     ecs = clients.get("ecs")
     family, revision = live_task_definition.rsplit("/", 1)[-1].rsplit(":", 1)
     for rev in range(int(revision) - 1, 0, -1):
-        try:
-            found = ecs.describe_task_definition(taskDefinition=f"{family}:{rev}", include=["TAGS"])
-        except ClientError as exc:
-            if error_code(exc) in ("ClientException", "InvalidParameterException"):
-                continue  # a deleted revision: look further back
-            raise  # a throttle must not make the rollback skip to an older commit
+        # None for a deleted revision: look further back. A throttle raises: it must not
+        # make the rollback skip to an older commit.
+        found = ecs_ops.describe_revision(ecs, f"{family}:{rev}")
+        if found is None:
+            continue
         tags = {t["key"]: t["value"] for t in found.get("tags", [])}
         if tags.get(SHA_TAG) and tags[SHA_TAG] != live_sha:
             return str(tags[SHA_TAG])
@@ -184,12 +182,10 @@ def plan_release(service: str, sha: str | None) -> list[str]:
         return [*lines, "no change: production already runs this commit"]
     ecr_client = clients.get("ecr")
     try:
-        digest = ecr.find_image_digest(ecr_client, cfg.ecr.repository, full)
-    except ClientError as exc:
-        if error_code(exc) != "RepositoryNotFoundException":
-            raise
+        digest = ecr.find_image_digest_for_plan(ecr_client, cfg.ecr.repository, full)
+    except NotFound as missing:
         digest = None
-        lines.append("ECR: RepositoryNotFoundException; the build stage would create the repository")
+        lines.append(f"ECR: {missing}; the build stage would create the repository")
     lines.append("build + push: skipped, image in ECR" if digest else "build + push: would run")
     image = digest if digest else f"<{cfg.ecr.repository}@digest>"
     desired = render(cfg, image, full)

@@ -32,8 +32,8 @@ from sandbox.seed_network import (
     ensure_load_balancing,
     ensure_network,
 )
+from tasks.aws.errors import error_code
 from tasks.config.models import ListenerRef, ServiceConfig
-from tasks.core.errors import error_code
 
 SAMPLE_APP = REPO / "examples" / "sample-app"
 SEED_TAG = "seed"

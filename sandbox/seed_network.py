@@ -14,8 +14,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from sandbox.engine import SandboxError
+from tasks.aws.errors import error_code
 from tasks.config.models import ServiceConfig
-from tasks.core.errors import error_code
 
 NETWORK_NAME = "ecs-pipeline-sandbox"
 AWS_NAME_MAX = 32  # load balancer and target group names

@@ -8,8 +8,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tasks.aws.codedeploy import phase_of
+from tasks.aws.errors import error_code, translate
 from tasks.aws.traffic import Routing, weights_of
-from tasks.core.errors import AccessDenied, NotFound, TransientError, error_code, translate
+from tasks.core.errors import AccessDenied, NotFound, TransientError
 from tasks.core.report import related
 from tasks.release.outcome import OUTCOME_TYPES, outcome_tag
 from tasks.release.runs import run_tags

@@ -1,4 +1,4 @@
-"""The one retry rule, on real exception objects."""
+"""The one retry policy, on real exception objects: botocore retries AWS calls, a stage repeats for the rest."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from prefect import flow, task
 from prefect.client.schemas.objects import TaskRun
 from prefect.states import Completed, Failed
 
-from tasks.aws.retry import is_transient, retry_condition, retry_kwargs
+from tasks.aws.errors import translate
+from tasks.aws.retry import is_transient, retry_condition, retry_kwargs, stage, worth_repeating
 from tasks.core.errors import (
+    AwsUnavailable,
     BuildError,
     ConfigError,
     DeployError,
@@ -31,11 +33,11 @@ from tasks.core.errors import (
 )
 
 
-def client_error(code: str, status: int = 400, op: str = "DescribeServices") -> ClientError:
+def client_error(code: str, status: int = 400, op: str = "DescribeServices", retried: int = 0) -> ClientError:
     return ClientError(
         {
             "Error": {"Code": code, "Message": f"{code} happened"},
-            "ResponseMetadata": {"HTTPStatusCode": status},
+            "ResponseMetadata": {"HTTPStatusCode": status, "RetryAttempts": retried},
         },
         op,
     )
@@ -144,7 +146,9 @@ RUN = TaskRun(task_key="some_stage", dynamic_key="0")
 @pytest.mark.parametrize(
     ("state", "expect"),
     [
-        (Failed(data=client_error("ThrottlingException")), True),
+        (Failed(data=client_error("ThrottlingException")), False),
+        (Failed(data=AwsUnavailable("DescribeServices: ThrottlingException")), False),
+        (Failed(data=docker_api_error(503)), True),
         (Failed(data=TransientError("daemon timed out")), True),
         (Failed(data=VerifyFailed("/health returned 500 on 3 of 3 checks")), False),
         (Failed(data=client_error("AccessDeniedException")), False),
@@ -168,16 +172,58 @@ def test_retry_kwargs_are_accepted_by_prefect() -> None:
 FAST = {**retry_kwargs(), "retry_delay_seconds": 0, "retry_jitter_factor": None}
 
 
-def test_prefect_retries_transient_faults_only() -> None:
-    """A real flow run: transient faults are retried, a permanent one fails at once."""
-    calls = {"flaky": 0, "broken": 0}
+# Faults botocore's standard mode has retried (or judged permanent) before a stage sees them.
+AWS_FAULTS = [(n, e) for n, e in TRANSIENT if isinstance(e, (ClientError, EndpointConnectionError,
+                                                              ConnectionClosedError, ReadTimeoutError,
+                                                              ConnectTimeoutError))]
+
+
+@pytest.mark.parametrize(("name", "exc"), AWS_FAULTS, ids=[n for n, _ in AWS_FAULTS])
+def test_an_aws_fault_is_transient_but_never_repeats_a_stage(name: str, exc: BaseException) -> None:
+    """botocore already sent the call up to AWS_MAX_ATTEMPTS times: a stage repeat would multiply them."""
+    assert is_transient(exc) is True
+    assert worth_repeating(exc) is False
+    typed = translate(exc)
+    assert worth_repeating(chained(typed, exc) if typed is not exc else exc) is False
+
+
+@pytest.mark.parametrize(("name", "exc"), [(n, e) for n, e in TRANSIENT if (n, e) not in AWS_FAULTS],
+                         ids=[n for n, e in TRANSIENT if (n, e) not in AWS_FAULTS])
+def test_a_fault_botocore_never_saw_repeats_the_stage(name: str, exc: BaseException) -> None:
+    assert worth_repeating(exc) is True
+
+
+@pytest.mark.parametrize(("name", "exc"), PERMANENT, ids=[n for n, _ in PERMANENT])
+def test_a_permanent_fault_never_repeats_a_stage(name: str, exc: BaseException) -> None:
+    assert worth_repeating(exc) is False
+
+
+def test_a_throttle_that_outlasted_botocore_says_how_often_it_was_sent() -> None:
+    typed = translate(client_error("ThrottlingException", retried=9), service="shop")
+    assert isinstance(typed, AwsUnavailable) and isinstance(typed, TransientError)
+    assert str(typed) == ("DescribeServices: ThrottlingException (transient; still failing after 10 attempts) "
+                          "[service=shop]")
+
+
+FAST = {**retry_kwargs(), "retry_delay_seconds": 0, "retry_jitter_factor": None}
+
+
+def test_prefect_repeats_a_stage_for_docker_faults_only() -> None:
+    """A real flow run: a Docker 5xx repeats the stage, a throttle (botocore's to retry) and a
+    permanent error fail it at once."""
+    calls = {"docker": 0, "throttled": 0, "broken": 0}
 
     @task(**FAST)
-    def flaky_stage() -> str:
-        calls["flaky"] += 1
-        if calls["flaky"] < 3:
-            raise client_error("ThrottlingException")
+    def docker_stage() -> str:
+        calls["docker"] += 1
+        if calls["docker"] < 3:
+            raise docker_api_error(500)
         return "done"
+
+    @task(**FAST)
+    def throttled_stage() -> None:
+        calls["throttled"] += 1
+        raise client_error("ThrottlingException", retried=9)
 
     @task(**FAST)
     def broken_stage() -> None:
@@ -185,8 +231,28 @@ def test_prefect_retries_transient_faults_only() -> None:
         raise BuildError("dockerfile parse error line 2: unknown instruction: FOO")
 
     @flow
-    def release() -> tuple[str, bool]:
-        return flaky_stage(), broken_stage(return_state=True).is_failed()
+    def release() -> tuple[str, bool, bool]:
+        return (docker_stage(), throttled_stage(return_state=True).is_failed(),
+                broken_stage(return_state=True).is_failed())
 
-    assert release() == ("done", True)
-    assert calls == {"flaky": 3, "broken": 1}
+    assert release() == ("done", True, True)
+    assert calls == {"docker": 3, "throttled": 1, "broken": 1}
+
+
+def test_a_stage_runs_once_for_a_throttle_and_fails_typed() -> None:
+    """Through ``stage`` itself (its own retries and delays): the ClientError becomes AwsUnavailable."""
+    calls = []
+
+    @stage("throttled", "throttled {name}")
+    def throttled(name: str) -> None:
+        calls.append(name)
+        raise client_error("ThrottlingException", retried=9)
+
+    @flow
+    def release() -> object:
+        return throttled("shop", return_state=True).result(raise_on_failure=False)
+
+    err = release()
+    assert isinstance(err, AwsUnavailable), err
+    assert "still failing after 10 attempts" in str(err)
+    assert calls == ["shop"]

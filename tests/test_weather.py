@@ -4,8 +4,9 @@ Two task-sets releases, one CodeDeploy, two rolling; each Deployed with 0 failed
 production requests, no orphaned task set and one version serving.
 
 A throttle or a 5xx is what a busy real account answers; with the pipeline's one
-retry policy (botocore standard mode, 10 attempts, plus stage retries) none of it
-may become a rollback or a failure. Production is under steady load throughout.
+retry policy (botocore standard mode, 10 attempts per call; no stage repeats an
+AWS fault) none of it may become a rollback or a failure. Production is under
+steady load throughout.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The one place AWS and Docker clients are made.
 
-Region, endpoint, botocore retry mode and timeouts are decided here; clients
-are made on first use and passed into the task functions, never created at
-module level, so the sandbox and production differ only by an endpoint URL
-and a Docker host.
+Region, endpoint, timeouts and the retries of every AWS call are decided by
+``tasks.aws.retry.botocore_config`` (the one retry policy is written down
+there); clients are made here on first use and passed into the task functions,
+never created at module level, so the sandbox and production differ only by an
+endpoint URL and a Docker host.
 
 A client costs a decoded service model (botocore's JSON, the ECS one alone is
 megabytes), an SSL context and its shapes resolved on first use: a fleet run
@@ -18,36 +19,15 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import boto3
-from botocore.config import Config
 
-from tasks.core.errors import IAM_PREFIX
+from tasks.aws.errors import IAM_PREFIX
+from tasks.aws.retry import botocore_config
 from tasks.core.settings import Settings
 
 if TYPE_CHECKING:
     import docker
 
 DOCKER_TIMEOUT_SECONDS = 300
-USER_AGENT = "ecs-pipeline/0.1"
-# Connections kept per client: every release of a fleet run (flows/fleet.MAX_THREADS) may call at once.
-MAX_POOL_CONNECTIONS = 32
-
-
-def botocore_config(settings: Settings) -> Config:
-    """One retry policy for every AWS call: botocore's standard mode (backoff with jitter,
-    throttling and 5xx retried, the rest not), attempts sized for a real, busy account."""
-    return Config(
-        region_name=settings.region,
-        # total_max_attempts counts the first call too (botocore's max_attempts does not)
-        retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-        # lets a fault injector (or a CloudTrail query) tell the pipeline's calls from anyone else's
-        user_agent_extra=USER_AGENT,
-        max_pool_connections=MAX_POOL_CONNECTIONS,
-        # Settings.endpoint_url (AWS_ENDPOINT_URL) alone chooses the endpoint, the one every command
-        # prints: an AWS_ENDPOINT_URL_<SERVICE> or a profile's endpoint_url would send calls elsewhere.
-        ignore_configured_endpoint_urls=True,
-    )
 
 
 def _note_iam_prefix(client: Any) -> Any:

@@ -15,9 +15,10 @@ from botocore.exceptions import ClientError
 from prefect import get_run_logger
 
 from tasks.aws.clients import AwsClients
+from tasks.aws.errors import error_code
 from tasks.config import appspec as appspec_mod
 from tasks.config.models import ServiceConfig
-from tasks.core.errors import ConfigError, DeployError, error_code
+from tasks.core.errors import ConfigError, Conflict, DeployError
 from tasks.core.waits import poll
 
 ACTIVE = ["Created", "Queued", "InProgress", "Baking", "Ready"]
@@ -99,6 +100,56 @@ def ensure_deployment_config(cfg: ServiceConfig, cd: Any, group: GroupSettings) 
             if error_code(exc) != "DeploymentConfigAlreadyExistsException":
                 raise
     return name
+
+
+def create_deployment(cfg: ServiceConfig, cd: Any, config: str, revision: dict[str, Any], description: str) -> str:
+    """CreateDeployment in the service's group; Conflict when another deployment took the group meanwhile."""
+    try:
+        return str(cd.create_deployment(
+            applicationName=cfg.codedeploy_application,
+            deploymentGroupName=cfg.codedeploy_group,
+            deploymentConfigName=config,
+            revision=revision,
+            description=description,
+        )["deploymentId"])
+    except ClientError as exc:
+        code = error_code(exc)
+        if code == "DeploymentLimitExceededException":
+            raise Conflict(
+                f"another deployment started in group {cfg.codedeploy_group} meanwhile: "
+                f"{exc.response['Error'].get('Message', code)}",
+                service=cfg.name,
+            ) from exc
+        raise
+
+
+# What ContinueDeployment answers when the deployment is already past the wait it names.
+PAST_THE_WAIT = {
+    "READY_WAIT": ("DeploymentIsNotInReadyStateException",),
+    "TERMINATION_WAIT": ("InvalidDeploymentStatusException", "DeploymentAlreadyCompletedException"),
+}
+
+
+def continue_deployment(cd: Any, deployment_id: str, wait_type: str) -> bool:
+    """ContinueDeployment past WAIT_TYPE; False when the deployment is already past it."""
+    try:
+        cd.continue_deployment(deploymentId=deployment_id, deploymentWaitType=wait_type)
+    except ClientError as exc:
+        if error_code(exc) not in PAST_THE_WAIT[wait_type]:
+            raise
+        return False
+    return True
+
+
+def stop_deployment(cd: Any, deployment_id: str) -> bool:
+    """StopDeployment with CodeDeploy's rollback; False when the deployment had already completed."""
+    try:
+        cd.stop_deployment(deploymentId=deployment_id, autoRollbackEnabled=True)
+    except ClientError as exc:
+        if error_code(exc) != "DeploymentAlreadyCompletedException":
+            raise
+        return False
+    return True
 
 
 def shift_minutes(cd: Any, config_name: str) -> float:

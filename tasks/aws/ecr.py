@@ -1,7 +1,7 @@
 """ECR: the repository an image goes to, what is already in it, and how to log in.
 
-AWS errors are told apart by ``tasks.errors.error_code``; codes this
-module does not expect propagate unchanged so ``tasks.retry`` can judge them.
+AWS errors are told apart by ``tasks.aws.errors.error_code``; codes this
+module does not expect propagate unchanged so ``tasks.aws.errors.translate`` can type them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from tasks.core.errors import PushError, error_code
+from tasks.aws.errors import error_code
+from tasks.core.errors import NotFound, PushError
 
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 
@@ -74,6 +75,31 @@ def find_image_digest(ecr: EcrClient, repository: str, tag: str) -> str | None:
         raise
     details = found.get("imageDetails") or []
     return str(details[0]["imageDigest"]) if details else None
+
+
+def find_image_digest_for_plan(ecr: EcrClient, repository: str, tag: str) -> str | None:
+    """``find_image_digest``, and NotFound (naming the AWS code) when the repository itself is missing.
+
+    A dry run reports a missing repository instead of failing: the push stage would create it.
+    """
+    try:
+        return find_image_digest(ecr, repository, tag)
+    except ClientError as exc:
+        code = error_code(exc)
+        if code != "RepositoryNotFoundException":
+            raise
+        raise NotFound(code) from exc
+
+
+def digest_exists(ecr: EcrClient, repository: str, digest: str) -> bool:
+    """Whether REPOSITORY holds an image with DIGEST."""
+    try:
+        ecr.describe_images(repositoryName=repository, imageIds=[{"imageDigest": digest}])
+    except ClientError as exc:
+        if error_code(exc) == "ImageNotFoundException":
+            return False
+        raise
+    return True
 
 
 def split_image(image: str) -> tuple[str, str | None, str | None]:

@@ -10,8 +10,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from tasks.aws.errors import error_code
 from tasks.config.taskdef import SHA_TAG
-from tasks.core.errors import ConfigError, DeployError, VerifyFailed, error_code
+from tasks.core.errors import ConfigError, DeployError, VerifyFailed
 from tasks.core.waits import poll
 
 # Stopped reasons that no amount of waiting fixes.
@@ -94,15 +95,41 @@ class LiveRelease:
     family_latest: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
-def describe_latest(ecs: Any, family: str) -> dict[str, Any] | None:
-    """The family's newest ACTIVE revision with its tags, or None when it has none."""
+def describe_revision(ecs: Any, task_definition: str) -> dict[str, Any] | None:
+    """A task definition (family, ``family:revision`` or ARN) with its tags; None when ECS has no such one.
+
+    A deleted revision reads as None too; a throttle or a denied call still raises.
+    """
     try:
-        found = ecs.describe_task_definition(taskDefinition=family, include=["TAGS"])
+        found = ecs.describe_task_definition(taskDefinition=task_definition, include=["TAGS"])
     except ClientError as exc:
         if error_code(exc) in ("ClientException", "InvalidParameterException"):
             return None
         raise
     return {**found["taskDefinition"], "tags": found.get("tags", [])}
+
+
+def describe_latest(ecs: Any, family: str) -> dict[str, Any] | None:
+    """The family's newest ACTIVE revision with its tags, or None when it has none."""
+    return describe_revision(ecs, family)
+
+
+def roll_back_service_deployment(ecs: Any, arn: str, hook: str | None) -> bool:
+    """Ask ECS to roll a service deployment back: at its PAUSE hook HOOK, else by stopping it.
+
+    False when ECS answers that it can no longer take the request (the deployment has
+    ended or is already rolling back): the caller waits for how it ends either way.
+    """
+    try:
+        if hook:
+            ecs.continue_service_deployment(serviceDeploymentArn=arn, hookId=hook, action="ROLLBACK")
+        else:
+            ecs.stop_service_deployment(serviceDeploymentArn=arn, stopType="ROLLBACK")
+    except ClientError as exc:
+        if error_code(exc) not in ("ConflictException", "InvalidParameterException"):
+            raise
+        return False
+    return True
 
 
 def describe_release(ecs: Any, task_definition: str | None, container: str) -> LiveRelease:

@@ -7,8 +7,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from tasks.aws.errors import error_code
 from tasks.config.models import ListenerRef, LoadBalancer
-from tasks.core.errors import ConfigError, error_code
+from tasks.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import ClientError
 from prefect.artifacts import create_table_artifact
 
+from tasks.aws import parameters
 from tasks.aws.clients import AwsClients
 from tasks.build import junit
 from tasks.build.shell import BuildContainer, ContainerError, Shell, ShellSpec, ShellTimeout
@@ -39,14 +39,13 @@ from tasks.build.source import redact_url
 from tasks.config.buildspec import BuildSpec, Files, Phase, load_buildspec
 from tasks.config.inputs import confined, read_text
 from tasks.config.models import ServiceConfig
-from tasks.core.errors import BuildError, error_code
+from tasks.core.errors import BuildError
 from tasks.core.report import artifact_key
 
 Log = Callable[[str], None]
 TAIL_LINES = 15
 # Commands whose output is docker's progress (build steps, layer by layer): DEBUG, with one line at INFO.
 DOCKER_PROGRESS = re.compile(r"(^|[;&|(`]|\$\()\s*docker\s+(image\s+|buildx\s+)?(build|push|pull)\b")
-NOT_FOUND = ("ParameterNotFound", "ParameterVersionNotFound", "ResourceNotFoundException")
 CONTAINER_LABEL = "ecs-pipeline.codebuild"
 # Not passed into build.image: the image has its own PATH and HOME, and these name files on the worker.
 WORKER_ONLY = ("PATH", "HOME", "TMPDIR", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "AWS_CONFIG_FILE",
@@ -115,13 +114,10 @@ def resolve_env(spec: BuildSpec, clients: AwsClients) -> tuple[dict[str, str], l
     hidden: list[str] = []
     ssm = clients.get("ssm") if spec.env.parameter_store else None
     for var, name in spec.env.parameter_store.items():
-        try:
-            found = ssm.get_parameter(Name=name, WithDecryption=True)  # type: ignore[union-attr]
-        except ClientError as exc:
-            if error_code(exc) not in NOT_FOUND:
-                raise
-            raise BuildError(f"env.parameter-store.{var}: parameter {name} not found in Parameter Store") from None
-        values[var] = str(found["Parameter"]["Value"])
+        value = parameters.parameter_value(ssm, name)
+        if value is None:
+            raise BuildError(f"env.parameter-store.{var}: parameter {name} not found in Parameter Store")
+        values[var] = value
         hidden.append(values[var])
     for var, ref in spec.env.secrets_manager.items():
         values[var] = secret_value(clients, var, ref)
@@ -135,18 +131,9 @@ def secret_value(clients: AwsClients, var: str, ref: str) -> str:
     head = 7 if ref.startswith("arn:") else 1
     secret_id, rest = ":".join(parts[:head]), [*parts[head:], "", "", ""]
     key, stage, version = rest[0], rest[1], rest[2]
-    args: dict[str, str] = {"SecretId": secret_id}
-    if stage:
-        args["VersionStage"] = stage
-    if version:
-        args["VersionId"] = version
-    try:
-        found = clients.get("secretsmanager").get_secret_value(**args)
-    except ClientError as exc:
-        if error_code(exc) not in NOT_FOUND:
-            raise
-        raise BuildError(f"env.secrets-manager.{var}: secret {secret_id} not found in Secrets Manager") from None
-    text = str(found.get("SecretString", ""))
+    text = parameters.secret_string(clients.get("secretsmanager"), secret_id, stage, version)
+    if text is None:
+        raise BuildError(f"env.secrets-manager.{var}: secret {secret_id} not found in Secrets Manager")
     if not key:
         return text
     try:

@@ -13,13 +13,12 @@ from typing import Any
 
 import docker
 import docker.errors
-from botocore.exceptions import ClientError
 
 from tasks.aws import ecr
 from tasks.aws.clients import AwsClients, docker_client
 from tasks.build import image
 from tasks.config.models import ServiceConfig
-from tasks.core.errors import BuildError, error_code
+from tasks.core.errors import BuildError
 
 Log = Callable[[str], None]
 
@@ -63,7 +62,7 @@ def adopt_image(cfg: ServiceConfig, clients: AwsClients, sha: str, uri: str,
         )
     ecr_client = clients.get("ecr")
     if digest:
-        found = digest if _digest_exists(ecr_client, cfg.ecr.repository, digest) else None
+        found = digest if ecr.digest_exists(ecr_client, cfg.ecr.repository, digest) else None
     else:
         found = ecr.find_image_digest(ecr_client, cfg.ecr.repository, tag or "latest")
     if not found:
@@ -78,13 +77,3 @@ def adopt_image(cfg: ServiceConfig, clients: AwsClients, sha: str, uri: str,
         if served != found:
             log(f"note: {repository}:{sha} is {served}, not {found}; the release pins {found}")
     return ref
-
-
-def _digest_exists(ecr_client: Any, repository: str, digest: str) -> bool:
-    try:
-        ecr_client.describe_images(repositoryName=repository, imageIds=[{"imageDigest": digest}])
-    except ClientError as exc:
-        if error_code(exc) == "ImageNotFoundException":
-            return False
-        raise
-    return True

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
 from prefect import get_run_logger
 
 from tasks.aws import ecs as ecs_ops
@@ -26,6 +25,8 @@ from tasks.aws.codedeploy import (
     active_deployments,
     budget,
     console_url,
+    continue_deployment,
+    create_deployment,
     deployed_task_definition,
     describe,
     ended,
@@ -36,13 +37,14 @@ from tasks.aws.codedeploy import (
     phase_of,
     raise_if_ended,
     shift_minutes,
+    stop_deployment,
     wait_for_others,
 )
 from tasks.aws.retry import stage
 from tasks.config import appspec as appspec_mod
 from tasks.config.appspec import appspec_for
 from tasks.config.models import ServiceConfig
-from tasks.core.errors import DeployError, VerifyFailed, error_code
+from tasks.core.errors import VerifyFailed
 from tasks.core.report import emit
 from tasks.core.waits import checkpoint, poll
 from tasks.release.contract import LoadBalanced, Reconciled, Release, RollbackResult, Step
@@ -78,23 +80,7 @@ def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha
         "revisionType": "AppSpecContent",
         "appSpecContent": {"content": content, "sha256": digest},
     }
-    try:
-        dep_id = cd.create_deployment(
-            applicationName=cfg.codedeploy_application,
-            deploymentGroupName=cfg.codedeploy_group,
-            deploymentConfigName=config,
-            revision=revision,
-            description=f"ecs-pipeline {cfg.name}@{sha[:12]}",
-        )["deploymentId"]
-    except ClientError as exc:
-        code = error_code(exc)
-        if code == "DeploymentLimitExceededException":
-            raise DeployError(
-                f"another deployment started in group {cfg.codedeploy_group} meanwhile: "
-                f"{exc.response['Error'].get('Message', code)}",
-                service=cfg.name,
-            ) from exc
-        raise
+    dep_id = create_deployment(cfg, cd, config, revision, f"ecs-pipeline {cfg.name}@{sha[:12]}")
     url = console_url(region, dep_id)
     log.info("CodeDeploy deployment %s created (%s): %s", dep_id, config, url)
     return Deployment(dep_id, url, task_definition, group, config)
@@ -141,11 +127,7 @@ def continue_to_production(cfg: ServiceConfig, clients: AwsClients, dep: Deploym
     if info["status"] != "Ready":
         get_run_logger().info("deployment %s already continued (%s)", dep.id, info["status"])
         return
-    try:
-        cd.continue_deployment(deploymentId=dep.id, deploymentWaitType="READY_WAIT")
-    except ClientError as exc:
-        if error_code(exc) != "DeploymentIsNotInReadyStateException":
-            raise
+    continue_deployment(cd, dep.id, "READY_WAIT")
     get_run_logger().info("deployment %s continued to production (%s)", dep.id, dep.config_name)
 
 
@@ -221,13 +203,7 @@ def finish(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> None:
     cd = clients.get("codedeploy")
     info = describe(cd, dep.id)
     if info["status"] != "Succeeded" and info.get("instanceTerminationWaitTimeStarted"):
-        try:
-            cd.continue_deployment(deploymentId=dep.id, deploymentWaitType="TERMINATION_WAIT")
-        except ClientError as exc:
-            if error_code(exc) not in (
-                "InvalidDeploymentStatusException", "DeploymentAlreadyCompletedException"
-            ):
-                raise
+        continue_deployment(cd, dep.id, "TERMINATION_WAIT")
 
     def check() -> str | None:
         now = describe(cd, dep.id)
@@ -254,14 +230,9 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> Ended
     log = get_run_logger()
     cd = clients.get("codedeploy")
     stopped_here = False
-    if describe(cd, dep.id)["status"] not in ENDED:
-        try:
-            cd.stop_deployment(deploymentId=dep.id, autoRollbackEnabled=True)
-            stopped_here = True
-            log.info("deployment %s stopped with rollback", dep.id)
-        except ClientError as exc:
-            if error_code(exc) != "DeploymentAlreadyCompletedException":
-                raise
+    if describe(cd, dep.id)["status"] not in ENDED and stop_deployment(cd, dep.id):
+        stopped_here = True
+        log.info("deployment %s stopped with rollback", dep.id)
     wait = budget(cfg, clients.settings.scaled(dep.group.termination_wait_minutes * 60))
     info = poll(lambda: ended(cd, dep.id), timeout=wait, what=f"deployment {dep.id} to stop",
                 log=log.info, cap=clients.settings.poll_cap())

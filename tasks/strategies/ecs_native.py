@@ -15,14 +15,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
 from prefect import get_run_logger
 
 from tasks.aws import ecs as ecs_ops
 from tasks.aws.clients import AwsClients
 from tasks.aws.retry import stage
 from tasks.config.models import ServiceConfig
-from tasks.core.errors import DeployError, RolledBack, VerifyFailed, error_code
+from tasks.core.errors import DeployError, RolledBack, VerifyFailed
 from tasks.core.waits import poll
 from tasks.release.contract import LoadBalanced, Reconciled, Release, RollbackResult, Step
 from tasks.strategies import verification
@@ -201,17 +200,8 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, dep: NativeDeployment) ->
     """ContinueServiceDeployment(ROLLBACK) at the pause, else StopServiceDeployment(ROLLBACK); wait."""
     ecs, log = clients.get("ecs"), get_run_logger()
     info = describe(ecs, dep.arn)
-    if info["status"] in ACTIVE:
-        hook = awaiting_hook(info)
-        try:
-            if hook:
-                ecs.continue_service_deployment(serviceDeploymentArn=dep.arn, hookId=hook, action="ROLLBACK")
-            else:
-                ecs.stop_service_deployment(serviceDeploymentArn=dep.arn, stopType="ROLLBACK")
-            log.info("service deployment %s: rollback requested", dep.arn)
-        except ClientError as exc:
-            if error_code(exc) not in ("ConflictException", "InvalidParameterException"):
-                raise
+    if info["status"] in ACTIVE and ecs_ops.roll_back_service_deployment(ecs, dep.arn, awaiting_hook(info)):
+        log.info("service deployment %s: rollback requested", dep.arn)
     ended = ("SUCCESSFUL", "STOPPED", "ROLLBACK_SUCCESSFUL", "ROLLBACK_FAILED")
 
     def over() -> dict[str, Any] | None:

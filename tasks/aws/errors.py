@@ -1,0 +1,120 @@
+"""AWS error codes, read here and nowhere above ``tasks/aws``.
+
+A ClientError is told apart by ``exc.response["Error"]["Code"]``, never by its
+message. The adapters of this room (ecr, ecs, codedeploy, parameters, traffic)
+turn the codes they expect into a plain value (None for "not found", False for
+"already done") or a typed error of ``tasks.core.errors``; ``translate`` types
+the rest at a stage's edge, and leaves unknown codes unchanged.
+"""
+
+from __future__ import annotations
+
+from botocore.exceptions import ClientError
+
+from tasks.core.errors import AccessDenied, AwsUnavailable, NotFound
+
+TRANSIENT_AWS_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalFailure",
+        "InternalError",
+        "InternalServerError",
+        "InternalServerException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ServerException",
+        "PriorRequestNotComplete",
+        "SlowDown",
+    }
+)
+ACCESS_DENIED_CODES = frozenset(
+    {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnrecognizedClientException",
+     "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException"}
+)
+# Codes that name a missing resource, and what the resource is, for the message.
+NOT_FOUND_CODES = {
+    "ClusterNotFoundException": "ECS cluster",
+    "ServiceNotFoundException": "ECS service",
+    "ServiceNotActiveException": "ECS service",
+    "TaskSetNotFoundException": "ECS task set",
+    "RepositoryNotFoundException": "ECR repository",
+    "ImageNotFoundException": "ECR image",
+    "LoadBalancerNotFound": "load balancer",
+    "ListenerNotFound": "listener",
+    "TargetGroupNotFound": "target group",
+    "ApplicationDoesNotExistException": "CodeDeploy application",
+    "DeploymentGroupDoesNotExistException": "CodeDeploy deployment group",
+    "DeploymentDoesNotExistException": "CodeDeploy deployment",
+    "ResourceNotFound": "CloudWatch resource",
+    "ResourceNotFoundException": "resource",
+}
+# IAM's prefix where it differs from the API's endpoint prefix.
+IAM_PREFIX = {"monitoring": "cloudwatch", "api.ecr": "ecr"}
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a ClientError ("" for anything else)."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def http_status(exc: ClientError) -> int:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return status if isinstance(status, int) else 0
+
+
+def attempts(exc: ClientError) -> int:
+    """How many times botocore sent the call that ended in EXC (its retries plus the first)."""
+    retried = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+    return 1 + (retried if isinstance(retried, int) else 0)
+
+
+def is_transient_aws(exc: ClientError) -> bool:
+    return error_code(exc) in TRANSIENT_AWS_CODES or http_status(exc) >= 500
+
+
+def iam_action(exc: ClientError) -> str:
+    """``ecs:CreateTaskSet``: the permission a denied call needs (AwsClients notes the prefix)."""
+    prefix = str(exc.response.get("Error", {}).get("IamPrefix") or "")
+    return f"{prefix}:{exc.operation_name}" if prefix else exc.operation_name
+
+
+def translate(exc: BaseException, *, service: str | None = None) -> BaseException:
+    """The typed error for an AWS ClientError; anything else (and unknown codes) unchanged.
+
+    Callers ``raise translate(exc) from exc``; code that expects a specific code
+    calls an adapter of this room before it gets here.
+    """
+    original: BaseException = exc
+    if not isinstance(exc, ClientError):
+        return original
+    code = error_code(exc)
+    message = exc.response.get("Error", {}).get("Message") or code
+    if code in ACCESS_DENIED_CODES:
+        action = iam_action(exc)
+        return AccessDenied(
+            f"AWS denied {action} ({code}: {message}); grant {action} to the role the pipeline runs as",
+            service=service,
+        )
+    if is_transient_aws(exc):
+        tried = attempts(exc)
+        return AwsUnavailable(
+            f"{exc.operation_name}: {code} (transient; still failing after {tried} attempt{'s' * (tried != 1)})",
+            service=service,
+        )
+    if code in NOT_FOUND_CODES:
+        return NotFound(
+            f"{exc.operation_name}: {NOT_FOUND_CODES[code]} not found ({code}: {message}); "
+            "create it or fix the name in the service config",
+            service=service,
+        )
+    return original
