@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from tasks.aws.codedeploy import deployment_config
 from tasks.config.appspec import (
     PLACEHOLDER,
     appspec_content,
     appspec_task_definition,
     content_sha256,
     default_appspec,
-    deployment_config,
     parse_appspec,
     render_appspec,
     shift_minutes,

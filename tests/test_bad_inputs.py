@@ -21,8 +21,8 @@ import pytest
 
 from flows.cli import main
 from flows.pipeline import deploy_service
-from tasks.config.appspec import PLACEHOLDER_ARN, appspec_for
-from tasks.config.models import load_all_services
+from tasks.config.appspec import PLACEHOLDER_ARN
+from tasks.config.models import appspec_for, load_all_services
 from tasks.core.errors import ConfigError
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"

@@ -7,6 +7,7 @@ reads the CodeDeploy strategy's stages decide from.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -17,7 +18,7 @@ from prefect import get_run_logger
 from tasks.aws.clients import AwsClients
 from tasks.aws.errors import error_code
 from tasks.config import appspec as appspec_mod
-from tasks.config.models import ServiceConfig
+from tasks.config.models import ServiceConfig, Traffic
 from tasks.core.errors import ConfigError, Conflict, DeployError
 from tasks.core.waits import poll
 
@@ -90,7 +91,7 @@ def ensure_deployment_config(cfg: ServiceConfig, cd: Any, group: GroupSettings) 
     """strategy.traffic when the YAML sets it, else the group's own deployment config."""
     if "traffic" not in cfg.strategy.model_fields_set:
         return group.config_name
-    name, routing = appspec_mod.deployment_config(cfg.strategy.traffic)
+    name, routing = deployment_config(cfg.strategy.traffic)
     if name.startswith(appspec_mod.OWN_CONFIG_PREFIX):
         try:
             cd.create_deployment_config(
@@ -250,3 +251,17 @@ def phase_of(info: dict[str, Any], target: dict[str, Any]) -> str | None:
     if status == "Ready":
         return "ready"
     return None
+
+
+def deployment_config(traffic: Traffic) -> tuple[str, dict[str, Any]]:
+    """(deployment config name, trafficRoutingConfig) for a traffic policy; minutes round up."""
+    if traffic.type == "all-at-once" or traffic.percent is None:
+        return "CodeDeployDefault.ECSAllAtOnce", {"type": "AllAtOnce"}
+    minutes = max(1, math.ceil((traffic.interval_seconds or 0) / 60))
+    if traffic.type == "canary":
+        name = f"{appspec_mod.OWN_CONFIG_PREFIX}ECSCanary{traffic.percent}Percent{minutes}Minutes"
+        shape = {"canaryPercentage": traffic.percent, "canaryInterval": minutes}
+        return name, {"type": "TimeBasedCanary", "timeBasedCanary": shape}
+    name = f"{appspec_mod.OWN_CONFIG_PREFIX}ECSLinear{traffic.percent}PercentEvery{minutes}Minutes"
+    shape = {"linearPercentage": traffic.percent, "linearInterval": minutes}
+    return name, {"type": "TimeBasedLinear", "timeBasedLinear": shape}

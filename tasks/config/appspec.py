@@ -15,16 +15,12 @@ import copy
 import hashlib
 import json
 import math
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from tasks.config.inputs import confined, parse_yaml_or_json, read_text, shown_key
+from tasks.config.inputs import parse_yaml_or_json, shown_key
 from tasks.core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from tasks.config.models import ServiceConfig, Traffic
 
 PLACEHOLDER = "<TASK_DEFINITION>"
 # What load-time checks render with: any ARN-shaped value proves the template takes one.
@@ -177,22 +173,6 @@ def render_appspec(
     return doc
 
 
-def appspec_for(cfg: ServiceConfig, task_definition_arn: str, *, source: str | None = None) -> dict[str, Any]:
-    """This release's appspec: strategy.appspec (inside the YAML's folder) or the default one.
-
-    The service loader calls it with ``PLACEHOLDER_ARN`` so a broken appspec
-    fails before anything is built; the codedeploy strategy calls it with the
-    registered ARN. ``source`` names the service YAML in errors.
-    """
-    origin = source or f"{cfg.base_dir} (service config)"
-    if not cfg.strategy.appspec:
-        return render_appspec(None, task_definition_arn, cfg.ecs.container, cfg.ecs.container_port)
-    path = confined(Path(cfg.base_dir), cfg.strategy.appspec, "strategy.appspec", origin)
-    text = read_text(path, "strategy.appspec", origin)
-    where = f"{path} (strategy.appspec of {origin})"
-    return render_appspec(text, task_definition_arn, cfg.ecs.container, cfg.ecs.container_port, where)
-
-
 def appspec_content(appspec: dict[str, Any]) -> str:
     """The AppSpecContent string CreateDeployment takes (JSON, stable for the same appspec)."""
     return json.dumps(appspec, separators=(",", ":"))
@@ -211,20 +191,6 @@ def appspec_task_definition(content: str) -> str | None:
     except (yaml.YAMLError, KeyError, IndexError, TypeError, AttributeError, StopIteration):
         return None
     return str(value) if value else None
-
-
-def deployment_config(traffic: Traffic) -> tuple[str, dict[str, Any]]:
-    """(deployment config name, trafficRoutingConfig) for a traffic policy; minutes round up."""
-    if traffic.type == "all-at-once" or traffic.percent is None:
-        return "CodeDeployDefault.ECSAllAtOnce", {"type": "AllAtOnce"}
-    minutes = max(1, math.ceil((traffic.interval_seconds or 0) / 60))
-    if traffic.type == "canary":
-        name = f"{OWN_CONFIG_PREFIX}ECSCanary{traffic.percent}Percent{minutes}Minutes"
-        shape = {"canaryPercentage": traffic.percent, "canaryInterval": minutes}
-        return name, {"type": "TimeBasedCanary", "timeBasedCanary": shape}
-    name = f"{OWN_CONFIG_PREFIX}ECSLinear{traffic.percent}PercentEvery{minutes}Minutes"
-    shape = {"linearPercentage": traffic.percent, "linearInterval": minutes}
-    return name, {"type": "TimeBasedLinear", "timeBasedLinear": shape}
 
 
 def shift_minutes(routing: dict[str, Any]) -> float:

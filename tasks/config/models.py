@@ -300,7 +300,23 @@ def check_templates(cfg: ServiceConfig, source: str) -> None:
     routed = cfg.ecs.container_port if cfg.load_balancer is not None else None
     taskdef.check_aws_rules(rendered, cfg.ecs.container, routed, where)
     if cfg.strategy.type == "codedeploy" or cfg.strategy.appspec:
-        appspec.appspec_for(cfg, appspec.PLACEHOLDER_ARN, source=source)
+        appspec_for(cfg, appspec.PLACEHOLDER_ARN, source=source)
+
+
+def appspec_for(cfg: ServiceConfig, task_definition_arn: str, *, source: str | None = None) -> dict[str, Any]:
+    """This release's appspec: strategy.appspec (inside the YAML's folder) or the default one.
+
+    The service loader calls it with ``PLACEHOLDER_ARN`` so a broken appspec
+    fails before anything is built; the codedeploy strategy calls it with the
+    registered ARN. ``source`` names the service YAML in errors.
+    """
+    origin = source or f"{cfg.base_dir} (service config)"
+    if not cfg.strategy.appspec:
+        return appspec.render_appspec(None, task_definition_arn, cfg.ecs.container, cfg.ecs.container_port)
+    path = confined(Path(cfg.base_dir), cfg.strategy.appspec, "strategy.appspec", origin)
+    text = read_text(path, "strategy.appspec", origin)
+    where = f"{path} (strategy.appspec of {origin})"
+    return appspec.render_appspec(text, task_definition_arn, cfg.ecs.container, cfg.ecs.container_port, where)
 
 
 def load_service(path: str | Path) -> ServiceConfig:

@@ -9,7 +9,6 @@ blue. Any failure stops the deployment with CodeDeploy's own rollback.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,14 +41,12 @@ from tasks.aws.codedeploy import (
 )
 from tasks.aws.retry import stage
 from tasks.config import appspec as appspec_mod
-from tasks.config.appspec import appspec_for
-from tasks.config.models import ServiceConfig
-from tasks.core.errors import VerifyFailed
+from tasks.config.models import ServiceConfig, appspec_for
 from tasks.core.report import emit
-from tasks.core.waits import checkpoint, poll
+from tasks.core.waits import poll
 from tasks.release.contract import LoadBalanced, Reconciled, Release, RollbackResult, Step
 from tasks.strategies import verification
-from tasks.strategies.task_sets import Green, verify_green
+from tasks.strategies.verification import Green, verify_green
 
 
 @stage("codedeploy create", "codedeploy create {cfg.name}@{sha:.7}")
@@ -140,14 +137,10 @@ class Watch:
     green_target_group: str
 
 
-def _look(cfg: ServiceConfig, clients: AwsClients, watch: Watch, what: str) -> tuple[dict[str, Any], int]:
-    """(deployment info, green's production weight); fails on an ended deployment or an alarm."""
+def _look(cfg: ServiceConfig, clients: AwsClients, watch: Watch) -> tuple[dict[str, Any], int]:
+    """(deployment info, green's production weight); fails on an ended deployment."""
     info = describe(clients.get("codedeploy"), watch.dep.id)
     raise_if_ended(cfg, info)
-    firing = verification.alarms_firing(clients.get("cloudwatch"), cfg.verify.alarms)
-    if firing:
-        raise VerifyFailed(f"alarm in ALARM during {what}: {'; '.join(firing)}", service=cfg.name,
-                           deployment_id=watch.dep.id)
     weights = traffic.get_weights(clients.get("elbv2"), watch.production_listener)
     return info, weights.get(watch.green_target_group, 0)
 
@@ -161,8 +154,8 @@ def watch_shift(
     seen = [-1]
     minutes = shift_minutes(clients.get("codedeploy"), watch.dep.config_name)
 
-    def check() -> str | None:
-        info, weight = _look(cfg, clients, watch, "the traffic shift")
+    def look() -> str | None:
+        info, weight = _look(cfg, clients, watch)
         if weight != seen[0] and weight > 0:
             seen[0] = weight
             log.info("production: %d%% green", weight)
@@ -170,8 +163,9 @@ def watch_shift(
         done = info["status"] == "Succeeded" or info.get("instanceTerminationWaitTimeStarted")
         return str(info["status"]) if done else None
 
-    poll(check, timeout=budget(cfg, clients.settings.scaled(minutes * 60)), what=f"deployment {watch.dep.id} "
-         "to move production to green", log=log.info, cap=clients.settings.poll_cap())
+    verification.watch(cfg, clients, "the traffic shift", look, deployment_id=watch.dep.id,
+                       timeout=budget(cfg, clients.settings.scaled(minutes * 60)),
+                       until=f"deployment {watch.dep.id} to move production to green")
     if seen[0] != 100:
         on_step(100)
 
@@ -187,14 +181,12 @@ def bake(cfg: ServiceConfig, clients: AwsClients, watch: Watch) -> None:
                     "removes blue then, so the bake ends there", seconds, group.termination_wait_minutes)
         seconds = group.termination_wait_minutes * 60
     log.info("baking for %ss (time-scaled: %.1fs)", seconds, clients.settings.scaled(seconds))
-    deadline = time.monotonic() + clients.settings.scaled(seconds)
-    while True:
-        info, _ = _look(cfg, clients, watch, "the bake")
-        left = deadline - time.monotonic()
-        if left <= 0 or info["status"] == "Succeeded":
-            return
-        checkpoint()
-        time.sleep(min(left, clients.settings.poll_cap()))
+
+    def look() -> str | None:
+        info, _ = _look(cfg, clients, watch)
+        return "Succeeded" if info["status"] == "Succeeded" else None
+
+    verification.watch(cfg, clients, "the bake", look, seconds=seconds, deployment_id=watch.dep.id)
 
 
 @stage("finish", "finish {cfg.name}")

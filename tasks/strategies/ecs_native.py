@@ -21,11 +21,11 @@ from tasks.aws import ecs as ecs_ops
 from tasks.aws.clients import AwsClients
 from tasks.aws.retry import stage
 from tasks.config.models import ServiceConfig
-from tasks.core.errors import DeployError, RolledBack, VerifyFailed
+from tasks.core.errors import DeployError, RolledBack
 from tasks.core.waits import poll
 from tasks.release.contract import LoadBalanced, Reconciled, Release, RollbackResult, Step
 from tasks.strategies import verification
-from tasks.strategies.task_sets import Green, verify_green
+from tasks.strategies.verification import Green, verify_green
 
 STAGES = ("RECONCILE_SERVICE", "PRE_SCALE_UP", "SCALE_UP", "POST_SCALE_UP", "TEST_TRAFFIC_SHIFT",
           "POST_TEST_TRAFFIC_SHIFT", "PRODUCTION_TRAFFIC_SHIFT", "POST_PRODUCTION_TRAFFIC_SHIFT",
@@ -117,23 +117,20 @@ def _follow(cfg: ServiceConfig, clients: AwsClients, dep: NativeDeployment, unti
     """Poll the deployment, logging each stage, until ``until``; alarms and ECS's rollback fail it."""
     log, ecs, seen = get_run_logger(), clients.get("ecs"), [""]
 
-    def check() -> dict[str, Any] | None:
+    def look() -> dict[str, Any] | None:
         info = describe(ecs, dep.arn)
         if info.get("lifecycleStage") != seen[0]:
             seen[0] = str(info.get("lifecycleStage"))
             log.info("service deployment %s: %s %s", dep.arn.rsplit("/", 1)[-1], info["status"], seen[0])
         raise_if_failed(cfg, info)
-        firing = verification.alarms_firing(clients.get("cloudwatch"), cfg.verify.alarms)
-        if firing:
-            raise VerifyFailed(f"alarm in ALARM during {seen[0]}: {'; '.join(firing)}", service=cfg.name,
-                               deployment_id=dep.arn)
         if on_look is not None:
             on_look(info)
         return info if until(info) else None
 
-    result: dict[str, Any] = poll(check, timeout=cfg.timeouts.rollout_seconds, what=what, log=log.info,
-                                  cap=clients.settings.poll_cap())
-    return result
+    found = verification.watch(cfg, clients, lambda: seen[0], look, timeout=cfg.timeouts.rollout_seconds,
+                               until=what, deployment_id=dep.arn)
+    assert found is not None
+    return found
 
 
 def at_or_after(info: dict[str, Any], stage_name: str) -> bool:

@@ -21,7 +21,7 @@ from tasks.aws import traffic
 from tasks.aws.clients import AwsClients
 from tasks.aws.retry import stage
 from tasks.config.models import ServiceConfig
-from tasks.core.errors import DeployError, RolledBack, VerifyFailed
+from tasks.core.errors import DeployError, RolledBack
 from tasks.core.settings import Settings
 from tasks.core.waits import poll
 from tasks.release.contract import Reconciled, Release, RollbackResult, Step
@@ -184,10 +184,8 @@ def verify_production(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout)
         res = verification.check_http(base or "", check)
         lines.append(f"GET {res.path}: {res.passes} passes in {res.attempts} tries, worst {res.worst_ms:.0f} ms")
         log.info(lines[-1])
-    firing = verification.alarms_firing(clients.get("cloudwatch"), cfg.verify.alarms)
-    if firing:
-        raise VerifyFailed(f"alarm in ALARM after the rollout: {'; '.join(firing)}", service=cfg.name)
-    return lines or ["no HTTP checks: no load balancer and no verification.http base_url"]
+    verification.raise_on_alarm(cfg, clients, "after the rollout")
+    return lines or ["no HTTP checks: no load balancer and no verify.http base_url"]
 
 
 @stage("roll back", "roll back {cfg.name}")

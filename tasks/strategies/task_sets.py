@@ -9,9 +9,7 @@ Blue is never touched before green has been verified and baked.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -25,25 +23,13 @@ from tasks.aws.retry import is_transient, stage
 from tasks.aws.traffic import Routing
 from tasks.config.models import ServiceConfig
 from tasks.core.errors import VerifyFailed
-from tasks.core.waits import checkpoint, poll
+from tasks.core.waits import poll
 from tasks.release.contract import LoadBalanced, Reconciled, Release, RollbackResult, Step
 from tasks.strategies import verification
+from tasks.strategies.verification import Green, verify_green
 
 DRAIN_WAIT = 120.0  # seconds a deleted task set may take to drain before the run moves on
 ROLLBACK_WAIT = 120.0  # seconds a rollback keeps putting the listeners back before it reports the split
-
-
-@dataclass(frozen=True)
-class Green:
-    """The new version beside the old one, and the old one."""
-
-    task_set: str | None
-    target_group: str
-    task_definition: str
-    blue_task_set: str | None
-    blue_target_group: str | None
-    reused: bool = False
-    already_primary: bool = False
 
 
 def _service(cfg: ServiceConfig, clients: AwsClients) -> dict[str, Any]:
@@ -116,29 +102,13 @@ def _tg_name(routing: Routing, arn: str) -> str:
     return dict(zip(routing.target_groups, routing.target_group_names, strict=True)).get(arn, arn)
 
 
-@stage("verify green", "verify green {cfg.name}")
-def verify_green(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green) -> list[str]:
-    """HTTP checks through the test listener, target health and alarms, before any production traffic."""
-    log = get_run_logger()
-    lines = []
-    for check in cfg.verify.http:
-        res = verification.check_http(routing.test_url, check)
-        lines.append(f"GET {res.path}: {res.passes} passes in {res.attempts} tries, worst {res.worst_ms:.0f} ms")
-        log.info(lines[-1])
-    if cfg.verify.target_health:
-        n = verification.check_target_health(clients.get("elbv2"), green.target_group, 1)
-        lines.append(f"{n} healthy target{'' if n == 1 else 's'}")
-    verification.check_alarms(clients.get("cloudwatch"), cfg.verify.alarms)
-    return lines
-
-
-def watch(
+def watch_step(
     cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green, weight: int, seconds: float, what: str
 ) -> None:
-    """Wait ``seconds`` (time-scaled) checking alarms, green's health and that nobody moved traffic."""
-    deadline = time.monotonic() + clients.settings.scaled(seconds)
-    elbv2, cw = clients.get("elbv2"), clients.get("cloudwatch")
-    while True:
+    """A traffic step or the bake: nobody moved the weights, green still has healthy targets, no alarm fires."""
+    elbv2 = clients.get("elbv2")
+
+    def look() -> None:
         now = traffic.get_weights(elbv2, routing.production_listener).get(green.target_group, 0)
         if now != weight:
             raise VerifyFailed(
@@ -146,9 +116,6 @@ def watch(
                 "(an operator's rollback?)",
                 service=cfg.name,
             )
-        firing = verification.alarms_firing(cw, cfg.verify.alarms)
-        if firing:
-            raise VerifyFailed(f"alarm in ALARM during {what}: {'; '.join(firing)}", service=cfg.name)
         if cfg.verify.target_health:
             healthy, others = verification.unhealthy_targets(elbv2, green.target_group)
             if healthy == 0:
@@ -156,11 +123,8 @@ def watch(
                     f"green has no healthy targets during {what}: {'; '.join(others) or 'none registered'}",
                     service=cfg.name,
                 )
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        checkpoint()
-        time.sleep(min(left, max(0.2, clients.settings.scaled(10))))
+
+    verification.watch(cfg, clients, what, look, seconds=seconds)
 
 
 @stage("shift traffic", "shift traffic {cfg.name}")
@@ -187,7 +151,7 @@ def shift_traffic(
         log.info("production: %d%% green, %d%% blue", weight, 100 - weight)
         on_step(weight)
         if weight < 100:
-            watch(cfg, clients, routing, green, weight, interval, f"the {weight}% step")
+            watch_step(cfg, clients, routing, green, weight, interval, f"the {weight}% step")
     return 100
 
 
@@ -196,7 +160,7 @@ def bake(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green
     """Keep blue warm while green carries all traffic; any alarm still rolls back."""
     seconds = cfg.bake_seconds
     get_run_logger().info("baking for %ss (time-scaled: %.1fs)", seconds, clients.settings.scaled(seconds))
-    watch(cfg, clients, routing, green, 100, cfg.bake_seconds, "the bake")
+    watch_step(cfg, clients, routing, green, 100, cfg.bake_seconds, "the bake")
 
 
 @stage("teardown blue", "teardown blue {cfg.name}")

@@ -1,4 +1,13 @@
-"""Checks on green before and while it takes traffic: HTTP, target health, alarms."""
+"""How every strategy verifies green: before production (``verify_green``) and while it takes it (``watch``).
+
+One answer to "how is a traffic step judged?": each strategy hands ``watch`` its
+own look at the world (task sets: the listener's weights and green's targets;
+CodeDeploy: the deployment; ECS: the service deployment's lifecycle) and the
+loop adds what every step shares: the service's CloudWatch alarms, how long the
+step lasts (time-scaled) or until when it is followed, and the words of a
+failure ("alarm in ALARM during the 25% step: ..."). ``Green`` is the new
+version as the strategies that run one beside blue name it.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +15,19 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from prefect import get_run_logger
 
-from tasks.config.models import HttpCheck
+from tasks.aws.clients import AwsClients
+from tasks.aws.retry import stage
+from tasks.aws.traffic import Routing
+from tasks.config.models import HttpCheck, ServiceConfig
 from tasks.core.errors import ConfigError, VerifyFailed
-from tasks.core.waits import checkpoint
+from tasks.core.waits import checkpoint, poll
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -119,7 +134,79 @@ def alarms_firing(cloudwatch: Any, names: list[str]) -> list[str]:
     ]
 
 
-def check_alarms(cloudwatch: Any, names: list[str]) -> None:
-    firing = alarms_firing(cloudwatch, names)
+@dataclass(frozen=True)
+class Green:
+    """The new version beside the old one, and the old one."""
+
+    task_set: str | None
+    target_group: str
+    task_definition: str
+    blue_task_set: str | None
+    blue_target_group: str | None
+    reused: bool = False
+    already_primary: bool = False
+
+
+@stage("verify green", "verify green {cfg.name}")
+def verify_green(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: Green) -> list[str]:
+    """HTTP checks through the test listener, target health and alarms, before any production traffic."""
+    log = get_run_logger()
+    lines = []
+    for check in cfg.verify.http:
+        res = check_http(routing.test_url, check)
+        lines.append(f"GET {res.path}: {res.passes} passes in {res.attempts} tries, worst {res.worst_ms:.0f} ms")
+        log.info(lines[-1])
+    if cfg.verify.target_health:
+        n = check_target_health(clients.get("elbv2"), green.target_group, 1)
+        lines.append(f"{n} healthy target{'' if n == 1 else 's'}")
+    raise_on_alarm(cfg, clients, "")
+    return lines
+
+
+def raise_on_alarm(cfg: ServiceConfig, clients: AwsClients, when: str, deployment_id: str | None = None) -> None:
+    """VerifyFailed naming each of the service's alarms in ALARM ("alarm in ALARM during the bake: ...")."""
+    firing = alarms_firing(clients.get("cloudwatch"), cfg.verify.alarms)
     if firing:
-        raise VerifyFailed(f"alarm in ALARM: {'; '.join(firing)}")
+        lead = f"alarm in ALARM {when}".rstrip()
+        raise VerifyFailed(f"{lead}: {'; '.join(firing)}", service=cfg.name, deployment_id=deployment_id)
+
+
+def watch(
+    cfg: ServiceConfig,
+    clients: AwsClients,
+    what: str | Callable[[], str],
+    look: Callable[[], T | None],
+    *,
+    seconds: float | None = None,
+    timeout: float | None = None,
+    until: str = "",
+    deployment_id: str | None = None,
+) -> T | None:
+    """Watch production through one traffic step, the bake, or a shift AWS drives.
+
+    Every look calls the strategy's LOOK (which raises on what it alone can
+    see, and returns a value once its step is over) and then the alarms.
+    SECONDS: the step lasts that long, time-scaled (LOOK's value may end it
+    early). Otherwise it lasts until LOOK returns a value, for at most TIMEOUT
+    seconds, the strategy's own wait budget: then a DeployError naming UNTIL.
+    WHAT names the step in a failure (a callable when the step is AWS's to name).
+    """
+    settings = clients.settings
+
+    def check() -> T | None:
+        found = look()
+        step = what() if callable(what) else what
+        raise_on_alarm(cfg, clients, f"during {step}", deployment_id)
+        return found
+
+    if seconds is None:
+        assert timeout is not None, "a watch without SECONDS ends by its LOOK, within TIMEOUT"
+        return poll(check, timeout=timeout, what=until or str(what), log=get_run_logger().info, cap=settings.poll_cap())
+    deadline = time.monotonic() + settings.scaled(seconds)
+    while True:
+        found = check()
+        left = deadline - time.monotonic()
+        if found is not None or left <= 0:
+            return found
+        checkpoint()
+        time.sleep(min(left, settings.poll_cap()))
