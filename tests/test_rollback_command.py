@@ -112,9 +112,11 @@ def test_rollback_refuses_while_a_codedeploy_release_holds_the_service(
 
 
 def rollback_runs(service: str) -> list[Any]:
+    """The service's rollback runs, oldest first."""
     with get_client(sync_client=True) as client:
-        return list(client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[
-            f"rollback {service}"]))))
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[
+            f"rollback {service}"])))
+    return sorted(runs, key=lambda r: r.created)
 
 
 def test_rollback_of_a_half_way_task_set_release_ends_on_blue_under_the_lock(
@@ -144,7 +146,7 @@ def test_rollback_of_a_half_way_task_set_release_ends_on_blue_under_the_lock(
     # Under the lock: the rollback waited for the dead run's heartbeat to age and took its slot.
     dead = flow_runs(sut.name)[-1]
     assert dead.state.type.value == "CRASHED" and f"no heartbeat for over {STALE} s" in (dead.state.message or "")
-    (run,) = rollback_runs(sut.name)
+    run = rollback_runs(sut.name)[-1]  # an earlier test's refused rollback of this service is listed too
     assert outcome_of(run.state) == "Rolled back" and f"service:{sut.name}" in run.tags, run
     # The same outcome a failing release publishes: summary, rolled-back event, live view.
     summary = release_artifact(sut.name)
