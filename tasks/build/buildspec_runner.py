@@ -13,6 +13,7 @@ Artifacts are copied when CodeBuild would upload them (``BuildRun.uploads_artifa
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import json
@@ -21,6 +22,7 @@ import secrets as token
 import shutil
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -53,19 +55,44 @@ WORKER_ONLY = ("PATH", "HOME", "TMPDIR", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "A
 
 
 class Masker:
-    """Replaces every secret value (and each line of a multi-line one) with ***."""
+    """Replaces every secret value with ***: as it is, each line of a multi-line one, and encoded.
+
+    A build can print a secret in another form as easily as in clear, so each value is also
+    masked base64-encoded (standard and URL-safe alphabets, at each of the three byte
+    alignments it can have inside a longer encoded text), URL-encoded and JSON-escaped.
+    """
 
     def __init__(self, values: Iterable[str] = ()) -> None:
-        found = set()
+        found: set[str] = set()
         for value in values:
-            found.add(value)
-            found.update(line.strip() for line in value.splitlines())
+            for plain in {value, *(line.strip() for line in value.splitlines())}:
+                if plain:
+                    found.update(encoded_forms(plain))
         self.values = sorted((v for v in found if v), key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for value in self.values:
             text = text.replace(value, "***")
         return text
+
+
+# An encoded fragment shorter than this would mask ordinary text by chance.
+MIN_ENCODED = 6
+
+
+def encoded_forms(secret: str) -> set[str]:
+    """SECRET and the forms a build could print it in."""
+    raw = secret.encode()
+    forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret),
+             json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    for skip in range(3):  # the secret starts at byte 0, 1 or 2 of a base64 group
+        encoded = base64.b64encode(b"\0" * skip + raw).decode().rstrip("=")
+        first = (skip * 8 + 5) // 6  # characters that hold bits of the bytes before the secret
+        last = (skip + len(raw)) * 8 // 6  # characters whose bits are all the secret's
+        core = encoded[first:last]
+        if len(core) >= MIN_ENCODED:
+            forms.update({core, core.replace("+", "-").replace("/", "_")})
+    return {f for f in forms if f}
 
 
 @dataclass(frozen=True)
@@ -280,26 +307,45 @@ def run_phases(spec: BuildSpec, shell: Shell, mask: Masker, log: Log, result: Bu
                 return
 
 
-def matching_files(src: Path, files: Files) -> list[tuple[Path, str]]:
-    """(file, its name in the output) for a file set; nothing outside the source folder."""
+def matching_files(src: Path, files: Files, field: str) -> list[tuple[Path, str]]:
+    """(file, its name in the output) for a file set: regular files inside the source folder only.
+
+    The build wrote these files: a symbolic link (to a worker's file, or through a linked folder)
+    fails the build naming FIELD rather than being followed into an artifact or a report.
+    """
+    root = src.resolve()
     base = (src / files.base_directory).resolve()
+    if not base.is_relative_to(root):
+        raise BuildError(f"{field}: base-directory {files.base_directory} leaves the source folder (a link?)")
     found: dict[Path, str] = {}
     for pattern in files.files:
         for path in sorted(base.glob(pattern)):
-            real = path.resolve()
             rel = path.relative_to(base).as_posix()
-            if not path.is_file() or not real.is_relative_to(src.resolve()):
-                continue
             if any(fnmatch(rel, ex) for ex in files.exclude):
+                continue
+            if _linked(path, base):
+                raise BuildError(f"{field}: {rel} is a symbolic link (or lies under one); "
+                                 "artifacts and reports take regular files only")
+            if not path.is_file():
                 continue
             found[path] = path.name if files.discard_paths else rel
     return list(found.items())
 
 
+def _linked(path: Path, base: Path) -> bool:
+    """Whether PATH or a folder between BASE and it is a symbolic link."""
+    current = path
+    while current != base and current != current.parent:
+        if current.is_symlink():
+            return True
+        current = current.parent
+    return False
+
+
 def publish_reports(cfg: ServiceConfig, spec: BuildSpec, src: Path, mask: Masker, result: BuildRun) -> None:
     """Each JUnit report group as a Prefect table artifact: failing tests first, with their messages."""
     for group, files in spec.reports.items():
-        paths = [p for p, _ in matching_files(src, files)]
+        paths = [p for p, _ in matching_files(src, files, f"reports.{group}.files")]
         report = junit.read_report(group, paths)
         result.reports.append(report)
         rows = [{k: mask(v) for k, v in row.items()} for row in report.rows()]
@@ -315,9 +361,13 @@ def copy_artifacts(cfg: ServiceConfig, spec: BuildSpec, src: Path, out_dir: Path
     """``artifacts.files`` copied to ARTIFACTS_DIR/<service>/<name or build>/ (the last build's, replaced)."""
     if spec.artifacts is None:
         return None
-    target = out_dir / cfg.name / (spec.artifacts.name or "build")
+    own = (out_dir / cfg.name).resolve()
+    target = own / (spec.artifacts.name or "build")
+    if target.resolve().parent != own:  # the buildspec's name is checked at load; this holds whatever it says
+        raise BuildError(f"artifacts.name {spec.artifacts.name!r} leaves the service's artifacts folder")
+    files = matching_files(src, spec.artifacts, "artifacts.files")
     shutil.rmtree(target, ignore_errors=True)
-    for path, name in matching_files(src, spec.artifacts):
+    for path, name in files:
         dest = target / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest)

@@ -55,10 +55,12 @@ def adopt_image(cfg: ServiceConfig, clients: AwsClients, sha: str, uri: str,
     named = image_uri_for(cfg, definitions)
     name, tag, digest = ecr.split_image(named)
     repository = uri.split("@", 1)[0]
-    if name != repository and not name.endswith("/" + cfg.ecr.repository):
+    if name != repository:
+        # Exactly the service's own repository (registry host and path): a name that merely ends like it
+        # is another registry, which would be handed the ECR password for a pull.
         raise BuildError(
-            f"imagedefinitions.json names {named}, which is not in ECR repository {cfg.ecr.repository} "
-            f"({repository}); push the image there", service=cfg.name,
+            f"imagedefinitions.json: imageUri {named} is not in the service's ECR repository {repository}; "
+            "push the image there and name it by that URI", service=cfg.name,
         )
     ecr_client = clients.get("ecr")
     if digest:

@@ -58,12 +58,35 @@ def repo_key(repo: str) -> str:
     return f"{tail or 'repo'}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
 
 
+# A build runs in a work tree of the cache's mirror and can write to it (its .git names the mirror):
+# whatever it leaves there (a hook, core.fsmonitor, a filter or an ssh command in the config) must
+# never run in the pipeline. Command-line config outranks the repository's, and MIRROR_CONFIG is
+# all a mirror's own config may hold: anything else and the mirror is made anew.
+SAFE_CONFIG = ("core.hooksPath=/dev/null", "core.fsmonitor=false", "protocol.ext.allow=never")
+MIRROR_CONFIG = frozenset({"core.repositoryformatversion", "core.filemode", "core.bare"})
+
+
+def git_argv(*args: str) -> list[str]:
+    """git with the settings a repository's own files cannot override."""
+    return ["git", *(arg for pair in SAFE_CONFIG for arg in ("-c", pair)), *args]
+
+
+def _mirror_config_is_ours(mirror: Path) -> bool:
+    config = mirror / "config"
+    if config.is_symlink() or not config.is_file():
+        return False
+    proc = subprocess.run(["git", "config", "--file", str(config), "--null", "--list", "--name-only"],
+                          capture_output=True, text=True, check=False)
+    keys = {key.lower() for key in proc.stdout.split("\0") if key}
+    return proc.returncode == 0 and keys <= {k.lower() for k in MIRROR_CONFIG}
+
+
 def _git(args: list[str], repo: str, *, cwd: Path | None = None, what: str) -> str:
     """Run git; failures become BuildError (or TransientError for network faults)."""
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_ASKPASS": "true"}
     try:
         proc = subprocess.run(
-            ["git", *args],
+            git_argv(*args),
             cwd=cwd,
             env=env,
             capture_output=True,
@@ -113,6 +136,8 @@ def _locked(directory: Path) -> Iterator[None]:
 
 def _mirror(repo: str, repo_dir: Path) -> Path:
     mirror = repo_dir / "mirror.git"
+    if (mirror / "HEAD").exists() and not _mirror_config_is_ours(mirror):
+        shutil.rmtree(mirror, ignore_errors=True)  # a build wrote into it: fetched again from the source
     if not (mirror / "HEAD").exists():
         shutil.rmtree(mirror, ignore_errors=True)
         _git(["init", "--quiet", "--bare", str(mirror)], repo, what="init")
@@ -132,7 +157,7 @@ def _fetch_heads(repo: str, mirror: Path) -> None:
 def _lookup(mirror: Path, sha: str, repo: str, branch: str) -> str | None:
     """Full SHA of commit SHA (full or abbreviated) in MIRROR, None if absent."""
     proc = subprocess.run(
-        ["git", "rev-parse", "--verify", "--end-of-options", f"{sha}^{{commit}}"],
+        git_argv("rev-parse", "--verify", "--end-of-options", f"{sha}^{{commit}}"),
         cwd=mirror,
         capture_output=True,
         text=True,
@@ -206,7 +231,7 @@ def resolve_commit(
 def _is_ancestor(repo: str, mirror: Path, ancestor: str, descendant: str) -> bool:
     """Whether ANCESTOR is DESCENDANT or in its history (both must be in MIRROR)."""
     proc = subprocess.run(
-        ["git", "merge-base", "--is-ancestor", ancestor, descendant],
+        git_argv("merge-base", "--is-ancestor", ancestor, descendant),
         cwd=mirror,
         capture_output=True,
         text=True,
@@ -258,13 +283,19 @@ def in_branch(repo: str, branch: str, sha: str, *, cache_dir: Path) -> bool:
 
 
 def _is_clean_checkout(tree: Path, sha: str) -> bool:
-    if not (tree / ".git").exists():
+    """Whether TREE is still the mirror's untouched work tree of SHA (its .git names the mirror, nothing else)."""
+    dot_git = tree / ".git"
+    if dot_git.is_symlink() or not dot_git.is_file():
         return False
+    expected = (tree.parent / "mirror.git" / "worktrees" / sha).resolve()
+    named = dot_git.read_text(errors="replace").strip().removeprefix("gitdir:").strip()
+    if Path(named).resolve() != expected:
+        return False  # a build pointed it at a repository of its own choosing
     head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True, check=False
+        git_argv("rev-parse", "HEAD"), cwd=tree, capture_output=True, text=True, check=False
     )
     status = subprocess.run(
-        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        git_argv("status", "--porcelain", "--ignored", "--untracked-files=all"),
         cwd=tree,
         capture_output=True,
         text=True,

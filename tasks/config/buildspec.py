@@ -14,6 +14,7 @@ phase. A build with a failed phase fails, whatever ran after it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,6 +40,8 @@ UNSUPPORTED = {
     "enable-symlinks": "remove enable-symlinks (files are copied as they are)",
 }
 TOP_KEYS = ("version", "env", "phases", "reports", "artifacts")
+SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ARTIFACT_NAME = re.compile(r"(?!\.+$)[A-Za-z0-9._-]{1,100}")
 ENV_KEYS = ("shell", "variables", "parameter-store", "secrets-manager", "exported-variables")
 PHASE_KEYS = ("on-failure", "commands", "finally")
 REPORT_KEYS = ("files", "base-directory", "discard-paths", "file-format")
@@ -159,6 +162,10 @@ def _env(w: _Where, data: Any) -> Env:
                 raise w.fail(f"env.{source}.{name}", f"also set in env.{seen[name]}; set each variable once")
             seen[name] = source
     exported = w.texts(env.get("exported-variables", []), "env.exported-variables")
+    for i, name in enumerate(exported):
+        if not SHELL_NAME.fullmatch(name):
+            # the names are read back out of the build's shell: anything but a name would be shell code
+            raise w.fail(f"env.exported-variables[{i}]", "not a shell variable name ([A-Za-z_][A-Za-z0-9_]*)")
     for name in secrets:
         if name in exported:
             raise w.fail(f"env.exported-variables.{name}", "a Secrets Manager value is never exported")
@@ -194,8 +201,16 @@ def _files(w: _Where, data: Any, path: str, allowed: tuple[str, ...]) -> Files:
         base_directory=base,
         discard_paths=w.flag(body.get("discard-paths", False), f"{path}.discard-paths"),
         exclude=w.texts(body.get("exclude-paths", []), f"{path}.exclude-paths"),
-        name=w.text(body.get("name", ""), f"{path}.name"),
+        name=_artifact_name(w, body.get("name", ""), f"{path}.name"),
     )
+
+
+def _artifact_name(w: _Where, value: Any, path: str) -> str:
+    """One folder name under the service's own artifacts folder: never a path that leaves it."""
+    name = w.text(value, path)
+    if name and not ARTIFACT_NAME.fullmatch(name):
+        raise w.fail(path, "must be one folder name (letters, digits, '.', '_', '-'; no '/', no '..')")
+    return name
 
 
 def parse_buildspec(data: Any, source: str) -> BuildSpec:
