@@ -40,7 +40,7 @@ from tasks.triggers.webhook_deliveries import (
     Started,
 )
 from tasks.triggers.webhook_secrets import SecretUnavailable, WebhookSecrets
-from tasks.triggers.webhooks import WebhookDelivery
+from tasks.triggers.webhooks import DELIVERY_HEADERS, DELIVERY_ID, WebhookDelivery
 
 log = logging.getLogger("ecs_pipeline.webhook")
 
@@ -64,6 +64,15 @@ async def _read_capped(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def refused(request: Request, status: int, reason: str) -> JSONResponse:
+    """The answer to a refused request, logged with who sent it and its delivery id (never a body or secret)."""
+    ids = [v for h, v in request.headers.items() if h in DELIVERY_HEADERS]
+    delivery = ids[0] if ids and DELIVERY_ID.fullmatch(ids[0]) else ("(invalid)" if ids else "(none)")
+    sender = request.client.host if request.client else "unknown"
+    log.warning("Refused %s from %s (delivery %s): %d %s", request.url.path, sender, delivery, status, reason)
+    return _json(status, error=reason)
 
 
 def _answer(outcome: Outcome) -> JSONResponse:
@@ -90,18 +99,18 @@ class _Routes:
         try:
             sender = self.receiver.sender(name)
         except SenderNotFound as exc:
-            return _json(404, error=str(exc))
+            return refused(request, 404, str(exc))
         body = await _read_capped(request, self.max_body_bytes)
         if body is None:
-            return _json(413, error=f"payload larger than {self.max_body_bytes} bytes")
+            return refused(request, 413, f"payload larger than {self.max_body_bytes} bytes")
         try:
             outcome = await self.receiver.receive(sender, WebhookDelivery(request.headers, body))
         except SecretUnavailable:  # logged by the receiver, naming settings only
             return _json(503, error=f"{name} webhook secret unavailable; see the receiver's log")
         except NotAuthentic as exc:
-            return _json(401, error=str(exc))
+            return refused(request, 401, str(exc))
         except NotAnEvent as exc:
-            return _json(400, error=str(exc))
+            return refused(request, 400, str(exc))
         except RunsNotStarted as exc:  # the sender redelivers
             return _json(502, error=f"could not start runs ({exc}); redeliver")
         return _answer(outcome)

@@ -4,7 +4,7 @@ The webhook app (``flows/webhook.py``) only reads the capped body and turns the
 outcomes and refusals here into HTTP answers. A delivery id is recorded only
 when its runs are about to start, so a refused request never uses up the id of
 a genuine delivery, and a delivery whose runs could not start is let through
-again. Ids are kept per sender.
+again. Ids are kept per sender, and a push that would start runs must carry one.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from starlette.concurrency import run_in_threadpool
 
 from tasks.config.models import ServiceConfig
+from tasks.triggers.contract import NotAnEvent
 from tasks.triggers.push_payloads import PushEvent
 from tasks.triggers.push_runs import StartedRun, StartRuns
 from tasks.triggers.webhook_secrets import SecretUnavailable, WebhookSecrets, secret_variables
@@ -148,17 +149,20 @@ class PushReceiver:
             return Ping()
         if reading.ignored is not None or reading.push is None:
             return Ignored(reading.ignored or "no push")
-        return await self._start(reading.push, reading)
+        return await self._start(reading.push, reading, sender)
 
-    async def _start(self, push: PushEvent, reading: PushReading) -> Outcome:
+    async def _start(self, push: PushEvent, reading: PushReading, sender: WebhookSender) -> Outcome:
         delivery = reading.delivery
-        if delivery and self.seen.check_and_add(delivery):
+        if delivery is None:
+            # Without an id a captured delivery replays as a new one, so it would start a run each time.
+            raise NotAnEvent(f"a push that starts releases needs its delivery id "
+                             f"({' or '.join(sender.rules.delivery_headers)}); none was sent")
+        if self.seen.check_and_add(delivery):
             return Duplicate(delivery.partition(":")[2])
         try:
             started = await self.start_runs(push, [c.config for c in reading.commits], delivery)
         except Exception as exc:
-            if delivery:
-                self.seen.forget(delivery)  # let the sender's redelivery try again
+            self.seen.forget(delivery)  # let the sender's redelivery try again
             log.error("Delivery %s: starting runs failed: %s", delivery, type(exc).__name__)
             raise RunsNotStarted(type(exc).__name__) from exc
         runs = ", ".join(f"{s.service}:{s.flow_run_id}" for s in started)

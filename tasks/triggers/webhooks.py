@@ -24,7 +24,7 @@ from tasks.triggers.webhook_secrets import WebhookSecrets
 
 log = logging.getLogger("ecs_pipeline.webhook")
 
-_DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+DELIVERY_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 # -- signatures ---------------------------------------------------------------
@@ -148,6 +148,8 @@ class PushReading:
     ping: bool = False
     push: PushEvent | None = None
     delivery: str | None = None
+# Every header a sender names its deliveries by, for the receiver's log of refused requests.
+DELIVERY_HEADERS = frozenset(h for rules in SENDER_RULES.values() for h in rules.delivery_headers)
 
 
 class WebhookSender:
@@ -198,7 +200,7 @@ class WebhookSender:
         if header is None:
             return None
         delivery = event.headers[header]
-        if not _DELIVERY_ID.match(delivery):
+        if not DELIVERY_ID.match(delivery):
             raise NotAnEvent(f"{header} is not a delivery id")
         return f"{self.name}:{delivery}"
 
