@@ -36,6 +36,7 @@ from prefect.artifacts import create_table_artifact
 from tasks.aws import parameters
 from tasks.aws.clients import AwsClients
 from tasks.build import junit
+from tasks.build.build_identity import build_credentials
 from tasks.build.shell import BuildContainer, ContainerError, Shell, ShellSpec, ShellTimeout
 from tasks.build.source import redact_url
 from tasks.config.buildspec import BuildSpec, Files, Phase, load_buildspec
@@ -397,8 +398,11 @@ def run_buildspec(cfg: ServiceConfig, clients: AwsClients, spec: BuildSpec, sha:
     """
     out = clients.settings.artifacts_dir
     variables, hidden = resolve_env(spec, clients)
+    codebuild = standard_env(cfg, clients, sha, src, uri)
+    identity = build_credentials(cfg, clients, spec, codebuild["AWS_ACCOUNT_ID"], codebuild["CODEBUILD_LOG_PATH"])
+    hidden += [v for k, v in identity.items() if k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
     mask = Masker(hidden)
-    env = {**clients.settings.build_host_env, **variables, **standard_env(cfg, clients, sha, src, uri)}
+    env = {**clients.settings.build_host_env, **variables, **codebuild, **identity}
     result = BuildRun()
     deadline = time.monotonic() + cfg.build.timeout_seconds
     with tempfile.TemporaryDirectory(prefix=f"codebuild-{token.token_hex(4)}-") as scripts, \

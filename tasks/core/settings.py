@@ -32,14 +32,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_MAX_ATTEMPTS = 10
 
 
-# What a buildspec's commands inherit from the worker (as a CodeBuild build gets its image's
-# PATH and the project role's credentials); nothing else of the worker's environment.
+# What a buildspec's commands inherit from the worker (as a CodeBuild build gets its image's PATH):
+# nothing else of the worker's environment, and never its AWS identity (keys, profile, credential
+# files, container or web-identity credentials): a build gets AWS credentials only from build.role_arn.
 BUILD_HOST_ENV = (
     "PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH",
-    "DOCKER_CONFIG", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_ROLE_ARN",
+    "DOCKER_CONFIG", "AWS_ENDPOINT_URL",
 )
 
 
