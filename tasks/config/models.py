@@ -44,6 +44,11 @@ class Build(_Model):
         default=None, description="buildspec.yml path in the repository, or the buildspec inline (YAML)"
     )
     image: str | None = Field(default=None, min_length=1, description="build image: run the buildspec in it")
+    role_arn: str | None = Field(
+        default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$",
+        description="the build's own IAM role (assumed for each build, narrowed to the service's ECR repository "
+        "and the parameters and secrets its buildspec names); without it the build gets no AWS credentials",
+    )
 
     @field_validator("context", "dockerfile")
     @classmethod
