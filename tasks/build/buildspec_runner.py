@@ -26,7 +26,7 @@ import urllib.parse
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from tasks.aws import parameters
 from tasks.aws.clients import AwsClients
 from tasks.build import junit
 from tasks.build.build_identity import build_credentials
-from tasks.build.shell import BuildContainer, ContainerError, Shell, ShellSpec, ShellTimeout
+from tasks.build.shell import BuildContainer, ContainerError, Shell, ShellSpec, ShellTimeout, in_own_pid_namespace
 from tasks.build.source import redact_url
 from tasks.config.buildspec import BuildSpec, Files, Phase, load_buildspec
 from tasks.config.inputs import confined, read_text
@@ -210,7 +210,7 @@ def standard_env(cfg: ServiceConfig, clients: AwsClients, sha: str, src: Path, u
 @contextlib.contextmanager
 def build_shell(cfg: ServiceConfig, host: ShellSpec, worker: dict[str, str], deadline: float) -> Iterator[Shell]:
     """The one shell session the phases run in: HOST's on the worker, or the same in a ``build.image`` container."""
-    container, spec = None, host
+    container, spec = None, replace(host, argv=in_own_pid_namespace(host.argv))
     if cfg.build.image:
         container, spec = container_spec(cfg, cfg.build.image, host, worker)
         container.remove_leftovers()

@@ -44,6 +44,19 @@ class ShellSpec:
     scripts: Path  # where command files go (visible to the shell at the same path)
 
 
+def in_own_pid_namespace(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """ARGV as the first process of a PID namespace of its own (util-linux ``unshare``).
+
+    When that process ends, or is killed at the build's timeout, the kernel kills every
+    process left in the namespace: a command started with ``setsid`` or ``nohup ... &``
+    cannot outlive its build, as nothing outlives a CodeBuild build's container. Without
+    root, a user namespace maps the worker's user to root inside (unprivileged user
+    namespaces must be allowed).
+    """
+    user = () if os.geteuid() == 0 else ("--user", "--map-root-user")
+    return ("unshare", *user, "--pid", "--fork", "--kill-child", "--", *argv)
+
+
 class ShellTimeout(Exception):
     pass
 
