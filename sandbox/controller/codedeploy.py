@@ -3,7 +3,10 @@
 moto records a deployment and leaves it Created. Here each deployment walks
 CodeDeploy's ECS lifecycle: replacement task set on the idle target group,
 test traffic, optional Ready wait, the traffic shift of its deployment config,
-the termination wait, and rollback on StopDeployment, failure or alarm.
+the termination wait, and rollback on StopDeployment, failure or alarm. Each
+appspec hook (BeforeInstall, AfterInstall, AfterAllowTestTraffic,
+BeforeAllowTraffic, AfterAllowTraffic) holds its event until its function
+reports through PutLifecycleEventHookExecutionStatus (codedeploy_hooks.py).
 """
 
 from __future__ import annotations
@@ -13,13 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 from moto.codedeploy.models import DeploymentInfo
 
-from .codedeploy_configs import epoch, parse_appspec, routing_for, shift_steps
+from .codedeploy_configs import appspec_hooks, epoch, parse_appspec, routing_for, shift_steps
+from .codedeploy_hooks import Hooks
 from .traffic import forward_weights, set_forward
 from .world import LOCK, cloudwatch, codedeploy, ecs, elbv2, log, now, scaled
 
 if TYPE_CHECKING:
     from .ecs import EcsController
 
+# phase -> (the hook's lifecycle event, the method that follows it once it Succeeded)
+HOOK_PHASES = {
+    "before_install": ("BeforeInstall", "_install"),
+    "after_install": ("AfterInstall", "_allow_test_traffic"),
+    "after_test_traffic": ("AfterAllowTestTraffic", "_ready_or_shift"),
+    "before_traffic": ("BeforeAllowTraffic", "_allow_traffic"),
+    "after_traffic": ("AfterAllowTraffic", "_termination_wait"),
+}
 EVENTS = ["BeforeInstall", "Install", "AfterInstall", "AllowTestTraffic", "AfterAllowTestTraffic",
           "BeforeAllowTraffic", "AllowTraffic", "AfterAllowTraffic"]
 DONE = ("Succeeded", "Failed", "Stopped")
@@ -46,6 +58,8 @@ class Play:
     green_weight: int = 0
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
     continued: set[str] = field(default_factory=set)
+    props: dict[str, Any] = field(default_factory=dict)
+    hooks: dict[str, str] = field(default_factory=dict)
 
     def event(self, name: str, status: str) -> None:
         ev = self.events.setdefault(name, {"lifecycleEventName": name, "status": "Pending"})
@@ -67,6 +81,7 @@ class CodeDeployController:
     def __init__(self, ecs_ctl: EcsController) -> None:
         self.ecs_ctl = ecs_ctl
         self.plays: dict[str, Play] = {}
+        self.hooks = Hooks()
 
     def tick(self) -> None:
         with LOCK:
@@ -90,7 +105,10 @@ class CodeDeployController:
         dep = play.dep
         if play.phase != "start" and self._alarm_stop(play):
             return
-        if play.phase == "start":
+        hook = HOOK_PHASES.get(play.phase)
+        if hook is not None:
+            self._hook(play, *hook)
+        elif play.phase == "start":
             self._start(play)
         elif play.phase == "install":
             self._wait_install(play)
@@ -106,6 +124,22 @@ class CodeDeployController:
             self._terminate_blue(play)
         dep.deployment_overview = self._overview(dep.status)
 
+    def _hook(self, play: Play, event: str, then: str) -> None:
+        """Hold EVENT until its hook reports (or times out), then go on with the method named THEN."""
+        play.event(event, "InProgress")
+        status = self.hooks.status(play.dep.deployment_id, play.hooks, event)
+        if status is None:
+            return
+        if status == "Succeeded":
+            play.passed(event)
+            getattr(self, then)(play)
+        elif status == "Failed":
+            self.fail(play, "HOOK_EXECUTION_FAILURE", f"The {event} lifecycle event hook "
+                      f"({play.hooks.get(event)}) reported Failed.", event=event)
+        else:
+            self.fail(play, "TIMEOUT", f"The {event} lifecycle event hook ({play.hooks.get(event)}) did not "
+                      "report its status (PutLifecycleEventHookExecutionStatus) in time.", event=event)
+
     def _start(self, play: Play) -> None:
         dep = play.dep
         dep.status, dep.start_time = "InProgress", epoch()
@@ -114,7 +148,12 @@ class CodeDeployController:
         props = self._resolve(play)
         if props is None:
             return
-        play.passed("BeforeInstall")
+        play.props = props
+        play.phase = "before_install"
+
+    def _install(self, play: Play) -> None:
+        """Install: the replacement task set on the idle target group."""
+        dep, props = play.dep, play.props
         play.event("Install", "InProgress")
         backend = ecs()
         lbi = props["LoadBalancerInfo"]
@@ -134,7 +173,9 @@ class CodeDeployController:
         """Appspec, service, target groups and listeners; fails the deployment like CodeDeploy."""
         group = play.dep.deployment_group
         try:
-            props = parse_appspec(play.dep.revision if isinstance(play.dep.revision, dict) else {})
+            revision = play.dep.revision if isinstance(play.dep.revision, dict) else {}
+            props = parse_appspec(revision)
+            play.hooks = appspec_hooks(revision)
             props["TaskDefinition"] = ecs().describe_task_definition(props["TaskDefinition"]).arn
         except Exception as exc:  # noqa: BLE001 - any unreadable revision is INVALID_REVISION
             self.fail(play, "INVALID_REVISION", f"The AppSpec file is invalid: {exc}", event="BeforeInstall")
@@ -179,10 +220,16 @@ class CodeDeployController:
             return
         if ts is None or ts.stabilityStatus != "STEADY_STATE" or ts.computed_desired_count == 0:
             return
-        play.passed("Install", "AfterInstall")
+        play.passed("Install")
+        play.phase = "after_install"
+
+    def _allow_test_traffic(self, play: Play) -> None:
         for arn in play.test:
             set_forward(arn, {play.green_tg: 100})
-        play.passed("AllowTestTraffic", "AfterAllowTestTraffic")
+        play.passed("AllowTestTraffic")
+        play.phase = "after_test_traffic"
+
+    def _ready_or_shift(self, play: Play) -> None:
         ready = (play.dep.deployment_group.blue_green_deployment_configuration or {}).get(
             "deploymentReadyOption") or {}
         if ready.get("actionOnTimeout") == "STOP_DEPLOYMENT":
@@ -196,7 +243,9 @@ class CodeDeployController:
         play.dep.status = "InProgress"
         name = str(play.dep.deployment_config_name or "CodeDeployDefault.ECSAllAtOnce")
         play.steps = shift_steps(routing_for(name) or {"type": "AllAtOnce"})
-        play.passed("BeforeAllowTraffic")
+        play.phase = "before_traffic"
+
+    def _allow_traffic(self, play: Play) -> None:
         play.event("AllowTraffic", "InProgress")
         play.phase, play.step, play.next_at = "shift", 0, 0.0
 
@@ -215,7 +264,10 @@ class CodeDeployController:
         play.next_at = now() + (scaled(wait * 60) if wait else 0.0)
 
     def _after_shift(self, play: Play) -> None:
-        play.passed("AllowTraffic", "AfterAllowTraffic")
+        play.passed("AllowTraffic")
+        play.phase = "after_traffic"
+
+    def _termination_wait(self, play: Play) -> None:
         ecs().update_service_primary_task_set(play.service.cluster_name, play.service.name, play.green_ts)
         term = (play.dep.deployment_group.blue_green_deployment_configuration or {}).get(
             "terminateBlueInstancesOnDeploymentSuccess") or {}

@@ -6,6 +6,7 @@ Shapes and error codes follow botocore's CodeDeploy service model.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -32,8 +33,21 @@ _orig_dep_to_dict = DeploymentInfo.to_dict
 _orig_group_to_dict = DeploymentGroup.to_dict
 
 
+def _answered_revision(revision: Any) -> Any:
+    """The revision as GetDeployment answers it: "The content property of the appSpecContent object in
+    the returned revision is always null" (botocore's GetDeployment documentation); its sha256 stays."""
+    if not isinstance(revision, dict) or not isinstance(revision.get("appSpecContent"), dict):
+        return revision
+    spec = dict(revision["appSpecContent"])
+    content = spec.pop("content", None)
+    if content and not spec.get("sha256"):
+        spec["sha256"] = hashlib.sha256(str(content).encode()).hexdigest()
+    return {**revision, "appSpecContent": spec}
+
+
 def _dep_to_dict(self: DeploymentInfo) -> dict[str, Any]:
     out = _orig_dep_to_dict(self)
+    out["revision"] = _answered_revision(out.get("revision"))
     out["errorInformation"] = getattr(self, "error_information", None) or {}
     out["rollbackInfo"] = getattr(self, "rollback_info", None) or {}
     out["instanceTerminationWaitTimeStarted"] = bool(self.instance_termination_wait_time_started)
@@ -86,6 +100,7 @@ class CodeDeployApi:
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]]:
         return {
             "ContinueDeployment": self.continue_deployment,
+            "PutLifecycleEventHookExecutionStatus": self.ctl.hooks.put_status,
             "StopDeployment": self.stop_deployment,
             "ListDeploymentTargets": self.list_deployment_targets,
             "GetDeploymentTarget": self.get_deployment_target,
@@ -99,6 +114,12 @@ class CodeDeployApi:
             "DeleteDeploymentGroup": self.delete_deployment_group,
             "DeleteApplication": self.delete_application,
         }
+
+    def hooks_control(self, method: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """/_sandbox/hooks: POST models a hook function (delay and answer), GET lists them and invocations."""
+        if method == "POST":
+            return {"hook": self.ctl.hooks.configure(spec)}
+        return self.ctl.hooks.listing()
 
     def _play(self, params: dict[str, Any]) -> Play:
         dep_id = params.get("deploymentId")

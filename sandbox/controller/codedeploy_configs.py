@@ -50,13 +50,24 @@ def shift_steps(routing: dict[str, Any]) -> list[tuple[int, float]]:
     return [(100, 0.0)]
 
 
-def parse_appspec(revision: dict[str, Any]) -> dict[str, Any]:
-    """TargetService properties from an AppSpecContent/String revision (YAML or JSON)."""
+def _appspec(revision: dict[str, Any]) -> dict[str, Any]:
     content = ((revision.get("appSpecContent") or {}).get("content")
                or (revision.get("string") or {}).get("content") or "")
     doc = yaml.safe_load(content) if content else None
     if not isinstance(doc, dict):
         raise ValueError("The AppSpec file is not valid YAML or JSON")
+    return doc
+
+
+def appspec_hooks(revision: dict[str, Any]) -> dict[str, str]:
+    """{lifecycle event: Lambda function} from the appspec's Hooks list."""
+    hooks = _appspec(revision).get("Hooks") or []
+    return {str(k): str(v) for hook in hooks if isinstance(hook, dict) for k, v in hook.items()}
+
+
+def parse_appspec(revision: dict[str, Any]) -> dict[str, Any]:
+    """TargetService properties from an AppSpecContent/String revision (YAML or JSON)."""
+    doc = _appspec(revision)
     resource = doc["Resources"][0]
     target = next(iter(resource.values())) if "Type" not in resource else resource
     props = dict(target["Properties"])

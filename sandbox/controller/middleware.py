@@ -211,6 +211,14 @@ class SandboxMiddleware:
                                                                        (query.get("name") or [""])[0])}
         elif path == "/_sandbox/faults":
             ok = {"faults": self.controller.faults.list()}
+        elif path == "/_sandbox/hooks":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            try:
+                spec = json.loads(environ["wsgi.input"].read(length) or b"{}") if method == "POST" else {}
+                with LOCK:
+                    ok = self.controller.codedeploy_api.hooks_control(method, spec)
+            except (ValueError, TypeError) as exc:
+                ok, status = {"error": str(exc)}, 400
         else:
             ok, status = {"error": f"unknown endpoint {path}"}, 404
         data = json.dumps(ok, default=str).encode()

@@ -63,9 +63,12 @@ def _register(self: FakeTargetGroup, targets: list[dict[str, Any]]) -> None:
         if entry and entry["State"] != "draining":
             continue
         reason, desc = REASONS["initial"]
+        # The first check comes one interval after registration, so a new target needs
+        # HealthCheckIntervalSeconds x HealthyThresholdCount (time-scaled) to become healthy.
+        first = now() + scaled(float(self.health_check_interval_seconds or 30))
         self.targets[key] = {
             "Id": target["Id"], "Port": port, "State": "initial", "Reason": reason,
-            "Description": desc, "ok": 0, "fail": 0, "next": now(), "busy": False,
+            "Description": desc, "ok": 0, "fail": 0, "next": first, "busy": False,
             "drain_until": None, "since": now(),
         }
         if not self.health_check_enabled:
