@@ -6,7 +6,7 @@
 A module may import its own room and the rooms below it, never one above it
 nor a room beside it (strategies and triggers do not know each other). Inside
 ``tasks.strategies`` a strategy never imports a sibling strategy: what two
-share lives in the room's shared modules (``verification``), which import no
+share lives in the room's shared modules (``verification``, ``budgets``), which import no
 strategy; only ``choose`` (the dispatch table) knows them all. ``tasks`` and
 ``flows`` never import ``sandbox`` (the pipeline meets the sandbox only through
 AWS and Docker APIs), ``bench`` never imports ``tests``, and no two modules of
@@ -33,7 +33,7 @@ RANK = {
     "tasks.triggers": 5,
     "flows": 6,
 }
-STRATEGY_SHARED = {"tasks.strategies.verification"}
+STRATEGY_SHARED = {"tasks.strategies.verification", "tasks.strategies.budgets"}
 STRATEGY_TABLE = "tasks.strategies.choose"
 
 

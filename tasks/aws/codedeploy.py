@@ -24,8 +24,6 @@ from tasks.core.waits import poll
 
 ACTIVE = ["Created", "Queued", "InProgress", "Baking", "Ready"]
 ENDED = ("Succeeded", "Failed", "Stopped")
-MARGIN_SECONDS = 60.0
-CAP_SECONDS = 4 * 3600.0
 
 @dataclass(frozen=True)
 class GroupSettings:
@@ -53,11 +51,6 @@ def console_url(region: str, deployment_id: str) -> str:
         f"https://{region}.console.aws.amazon.com/codesuite/codedeploy/deployments/"
         f"{deployment_id}?region={region}"
     )
-
-
-def budget(cfg: ServiceConfig, seconds: float) -> float:
-    """A wait's bound: the deployment's own time plus a margin, never beyond the rollout timeout."""
-    return min(seconds + MARGIN_SECONDS, float(cfg.timeouts.rollout_seconds), CAP_SECONDS)
 
 
 def group_settings(cfg: ServiceConfig, cd: Any) -> GroupSettings:
@@ -180,12 +173,21 @@ def raise_if_ended(cfg: ServiceConfig, info: dict[str, Any]) -> None:
         raise DeployError(error_text(info), service=cfg.name, deployment_id=info.get("deploymentId"))
 
 
-def deployed_task_definition(info: dict[str, Any]) -> str | None:
-    revision = info.get("revision") or {}
-    content = (revision.get("appSpecContent") or {}).get("content") or (
-        revision.get("string") or {}
-    ).get("content")
-    return appspec_mod.appspec_task_definition(content) if content else None
+def deployed_task_definition(cd: Any, deployment_id: str, task_sets: list[dict[str, Any]]) -> str | None:
+    """The task definition a deployment installs: its replacement (Green) task set's, among TASK_SETS
+    (the service's, from DescribeServices); None before CodeDeploy created that task set.
+
+    Never the revision GetDeployment returns: "The content property of the appSpecContent object in
+    the returned revision is always null" (GetDeployment's API documentation).
+    """
+    for info in lifecycle(cd, deployment_id).get("taskSetsInfo", []):
+        ident = str(info.get("identifer") or "")  # sic: the API's spelling
+        if str(info.get("taskSetLabel", "")).lower() != "green" or not ident:
+            continue
+        for ts in task_sets:
+            if ts.get("id") == ident or str(ts.get("taskSetArn", "")).endswith(f"/{ident}"):
+                return str(ts["taskDefinition"])
+    return None
 
 
 def active_deployments(cfg: ServiceConfig, cd: Any) -> list[dict[str, Any]]:
@@ -202,13 +204,15 @@ def active_deployments(cfg: ServiceConfig, cd: Any) -> list[dict[str, Any]]:
     return [i for i in infos if i.get("status") in ACTIVE]
 
 
-def wait_for_others(cfg: ServiceConfig, clients: AwsClients, others: list[dict[str, Any]]) -> None:
+def wait_for_others(
+    cfg: ServiceConfig, clients: AwsClients, others: list[dict[str, Any]], task_sets: list[dict[str, Any]]
+) -> None:
     """Never race another deployment of the group: wait a bounded time for it, then fail naming it."""
     log = get_run_logger()
     cd = clients.get("codedeploy")
     for other in others:
         dep_id = other["deploymentId"]
-        what = deployed_task_definition(other) or "another revision"
+        what = deployed_task_definition(cd, dep_id, task_sets) or "another revision"
         log.warning("deployment %s (%s) is %s in group %s: waiting for it to end",
                     dep_id, what, other.get("status"), cfg.codedeploy_group)
         try:
@@ -246,7 +250,10 @@ def phase_of(info: dict[str, Any], target: dict[str, Any]) -> str | None:
     if info.get("instanceTerminationWaitTimeStarted"):
         return "terminating"
     events = {e["lifecycleEventName"]: e.get("status") for e in target.get("lifecycleEvents", [])}
-    if events.get("AllowTraffic") in ("InProgress", "Succeeded") or events.get("BeforeAllowTraffic") == "Succeeded":
+    # production moves from BeforeAllowTraffic's hook on (it may hold that event for up to an hour)
+    if events.get("AllowTraffic") in ("InProgress", "Succeeded") or events.get("BeforeAllowTraffic") in (
+        "InProgress", "Succeeded"
+    ):
         return "shifting"
     if status == "Ready":
         return "ready"

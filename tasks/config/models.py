@@ -198,8 +198,15 @@ class Verify(_Model):
 
 
 class Timeouts(_Model):
-    green_healthy_seconds: Annotated[int, Field(ge=1, le=7200)] = 300
+    green_healthy_seconds: Annotated[int, Field(ge=1, le=7200)] = Field(
+        default=300, description="green's tasks pulled and started; health-check time is added from the target group"
+    )
     rollout_seconds: Annotated[int, Field(ge=1, le=14400)] = 1800
+    hook_seconds: Annotated[int, Field(ge=1, le=3600)] = Field(
+        default=3600,
+        description="the longest an appspec hook's function takes to report its status (codedeploy); "
+        "CodeDeploy allows a hook one hour",
+    )
 
 
 class ServiceConfig(_Model):

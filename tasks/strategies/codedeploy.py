@@ -22,7 +22,6 @@ from tasks.aws.codedeploy import (
     ENDED,
     Deployment,
     active_deployments,
-    budget,
     console_url,
     continue_deployment,
     create_deployment,
@@ -45,13 +44,18 @@ from tasks.config.models import ServiceConfig, appspec_for
 from tasks.core.report import emit
 from tasks.core.waits import poll
 from tasks.release.contract import LoadBalanced, Reconciled, Release, RollbackResult, Step
-from tasks.strategies import verification
+from tasks.strategies import budgets, verification
+from tasks.strategies.budgets import Budget
 from tasks.strategies.verification import Green, verify_green
 
 
 @stage("codedeploy create", "codedeploy create {cfg.name}@{sha:.7}")
 def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha: str) -> Deployment:
-    """Create the deployment, or resume the one already running this task definition."""
+    """Create the deployment, or resume the one already running this task definition.
+
+    Ours is found by the sha256 of its appspec (GetDeployment returns it, never the content) or
+    by its replacement task set's task definition.
+    """
     log = get_run_logger()
     cd = clients.get("codedeploy")
     region = clients.settings.region
@@ -60,10 +64,11 @@ def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha
     task_definition = appspec_mod.appspec_task_definition(content) or ""
     active = active_deployments(cfg, cd)
     digest = appspec_mod.content_sha256(content)
+    task_sets = _task_sets(cfg, clients)
     mine = [
         i for i in active
-        if deployed_task_definition(i) == task_definition
-        or ((i.get("revision") or {}).get("appSpecContent") or {}).get("sha256") == digest
+        if ((i.get("revision") or {}).get("appSpecContent") or {}).get("sha256") == digest
+        or deployed_task_definition(cd, i["deploymentId"], task_sets) == task_definition
     ]
     if mine:
         dep_id = mine[0]["deploymentId"]
@@ -71,7 +76,7 @@ def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha
                  mine[0]["status"], console_url(region, dep_id))
         config = str(mine[0].get("deploymentConfigName") or group.config_name)
         return Deployment(dep_id, console_url(region, dep_id), task_definition, group, config, True)
-    wait_for_others(cfg, clients, active)
+    wait_for_others(cfg, clients, active, task_sets)
     config = ensure_deployment_config(cfg, cd, group)
     revision = {
         "revisionType": "AppSpecContent",
@@ -83,9 +88,15 @@ def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha
     return Deployment(dep_id, url, task_definition, group, config)
 
 
+def _task_sets(cfg: ServiceConfig, clients: AwsClients) -> list[dict[str, Any]]:
+    svc = ecs_ops.describe_service(clients.get("ecs"), cfg.ecs.cluster, cfg.ecs.service)
+    return list(svc.get("taskSets") or [])
+
+
 @stage("wait ready", "wait ready {cfg.name}")
-def wait_ready(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> str:
-    """Until green runs behind the test listener (Ready), or later when resuming."""
+def wait_ready(cfg: ServiceConfig, clients: AwsClients, dep: Deployment, budget: Budget) -> str:
+    """Until green runs behind the test listener (Ready), or later when resuming; BUDGET from
+    budgets.codedeploy_ready (green's start and health checks, the hooks before Ready)."""
     log = get_run_logger()
     cd = clients.get("codedeploy")
     if dep.group.ready_action != "STOP_DEPLOYMENT":
@@ -98,8 +109,8 @@ def wait_ready(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> str:
         raise_if_ended(cfg, info)
         return phase_of(info, lifecycle(cd, dep.id))
 
-    phase = poll(check, timeout=budget(cfg, cfg.timeouts.green_healthy_seconds),
-                 what=f"deployment {dep.id} to be Ready", log=log.info, cap=clients.settings.poll_cap())
+    phase = poll(check, timeout=budget.seconds, what=budget.waiting_for(f"deployment {dep.id} to be Ready"),
+                 log=log.info, cap=clients.settings.poll_cap())
     log.info("deployment %s: %s", dep.id, phase)
     return phase
 
@@ -135,6 +146,7 @@ class Watch:
     dep: Deployment
     production_listener: str
     green_target_group: str
+    hooks: tuple[str, ...] = ()
 
 
 def _look(cfg: ServiceConfig, clients: AwsClients, watch: Watch) -> tuple[dict[str, Any], int]:
@@ -149,10 +161,12 @@ def _look(cfg: ServiceConfig, clients: AwsClients, watch: Watch) -> tuple[dict[s
 def watch_shift(
     cfg: ServiceConfig, clients: AwsClients, watch: Watch, on_step: Callable[[int], None]
 ) -> None:
-    """Follow CodeDeploy's production shift until blue's termination wait starts."""
+    """Follow CodeDeploy's production shift until blue's termination wait starts, within the config's
+    minutes and the BeforeAllowTraffic/AfterAllowTraffic hooks (budgets.codedeploy_shift)."""
     log = get_run_logger()
     seen = [-1]
     minutes = shift_minutes(clients.get("codedeploy"), watch.dep.config_name)
+    budget = budgets.codedeploy_shift(cfg, clients, minutes, watch.hooks)
 
     def look() -> str | None:
         info, weight = _look(cfg, clients, watch)
@@ -164,8 +178,8 @@ def watch_shift(
         return str(info["status"]) if done else None
 
     verification.watch(cfg, clients, "the traffic shift", look, deployment_id=watch.dep.id,
-                       timeout=budget(cfg, clients.settings.scaled(minutes * 60)),
-                       until=f"deployment {watch.dep.id} to move production to green")
+                       timeout=budget.seconds,
+                       until=budget.waiting_for(f"deployment {watch.dep.id} to move production to green"))
     if seen[0] != 100:
         on_step(100)
 
@@ -202,8 +216,9 @@ def finish(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> None:
         raise_if_ended(cfg, now)
         return "done" if now["status"] == "Succeeded" else None
 
-    poll(check, timeout=budget(cfg, clients.settings.scaled(dep.group.termination_wait_minutes * 60)),
-         what=f"deployment {dep.id} to remove blue", log=get_run_logger().info, cap=clients.settings.poll_cap())
+    budget = budgets.codedeploy_termination(clients, dep.group.termination_wait_minutes)
+    poll(check, timeout=budget.seconds, what=budget.waiting_for(f"deployment {dep.id} to remove blue"),
+         log=get_run_logger().info, cap=clients.settings.poll_cap())
     get_run_logger().info("deployment %s Succeeded: blue removed", dep.id)
 
 
@@ -225,13 +240,14 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> Ended
     if describe(cd, dep.id)["status"] not in ENDED and stop_deployment(cd, dep.id):
         stopped_here = True
         log.info("deployment %s stopped with rollback", dep.id)
-    wait = budget(cfg, clients.settings.scaled(dep.group.termination_wait_minutes * 60))
-    info = poll(lambda: ended(cd, dep.id), timeout=wait, what=f"deployment {dep.id} to stop",
+    wait = budgets.codedeploy_termination(clients, dep.group.termination_wait_minutes)
+    info = poll(lambda: ended(cd, dep.id), timeout=wait.seconds, what=wait.waiting_for(f"deployment {dep.id} to stop"),
                 log=log.info, cap=clients.settings.poll_cap())
     rollback_id = (info.get("rollbackInfo") or {}).get("rollbackDeploymentId")
     if rollback_id:
-        done = poll(lambda: ended(cd, rollback_id), timeout=wait,
-                    what=f"rollback deployment {rollback_id}", log=log.info, cap=clients.settings.poll_cap())
+        done = poll(lambda: ended(cd, rollback_id), timeout=wait.seconds,
+                    what=wait.waiting_for(f"rollback deployment {rollback_id}"), log=log.info,
+                    cap=clients.settings.poll_cap())
         log.info("rollback deployment %s %s", rollback_id, done["status"])
     if info["status"] == "Succeeded":
         text = f"CodeDeploy deployment {dep.id} had already Succeeded: production stays on green"
@@ -278,7 +294,9 @@ class CodeDeploySteps(LoadBalanced):
 
     def _wait_ready(self) -> None:
         assert self.dep is not None
-        self.phase = wait_ready(self.cfg, self.clients, self.dep)
+        hooks = budgets.hook_events(self.cfg)
+        budget = budgets.codedeploy_ready(self.cfg, self.clients, self.routing.target_groups, hooks)
+        self.phase = wait_ready(self.cfg, self.clients, self.dep, budget)
         self.green_tg = green_target_group(self.clients, self.dep, self.routing)
 
     def _verify(self) -> None:
@@ -292,7 +310,7 @@ class CodeDeploySteps(LoadBalanced):
     def to_production(self) -> Iterator[Step]:
         dep = self.dep
         assert dep is not None
-        watch = Watch(dep, self.routing.production_listener, self.green_tg)
+        watch = Watch(dep, self.routing.production_listener, self.green_tg, tuple(budgets.hook_events(self.cfg)))
         if self.phase == "ready":
             yield "continue to production", lambda: continue_to_production(self.cfg, self.clients, dep)
         if self.phase in ("ready", "shifting"):
@@ -319,13 +337,20 @@ class CodeDeploySteps(LoadBalanced):
         return RollbackResult(where, with_codedeploy_words(reason, done))
 
     def reconcile(self) -> Reconciled | None:
-        """An earlier run stopped in the termination wait of the live release: let CodeDeploy finish."""
+        """An earlier run stopped in the termination wait of the live release: let CodeDeploy finish.
+
+        The deployment's release is its replacement task set's task definition (GetDeployment's
+        appspec content is always null on AWS).
+        """
         cfg, clients = self.cfg, self.clients
         cd = clients.get("codedeploy")
         svc = ecs_ops.describe_service(clients.get("ecs"), cfg.ecs.cluster, cfg.ecs.service)
         live = ecs_ops.live_task_definition(clients.get("ecs"), svc) or ""
+        task_sets = list(svc.get("taskSets") or [])
         for info in active_deployments(cfg, cd):
-            if info.get("instanceTerminationWaitTimeStarted") and deployed_task_definition(info) == live:
+            if not info.get("instanceTerminationWaitTimeStarted"):
+                continue
+            if live and deployed_task_definition(cd, info["deploymentId"], task_sets) == live:
                 dep_id = info["deploymentId"]
                 get_run_logger().warning("finishing deployment %s, in flight when this run started", dep_id)
                 group = group_settings(cfg, cd)
@@ -337,11 +362,13 @@ class CodeDeploySteps(LoadBalanced):
     def adopt_in_flight(self) -> str | None:
         """A deployment of the group still in progress: roll_back stops it with CodeDeploy's rollback."""
         cd = self.clients.get("codedeploy")
+        task_sets = _task_sets(self.cfg, self.clients)
         for info in active_deployments(self.cfg, cd):
             dep_id, group = info["deploymentId"], group_settings(self.cfg, cd)
-            td = deployed_task_definition(info) or ""
+            td = deployed_task_definition(cd, dep_id, task_sets) or ""
             config = str(info.get("deploymentConfigName") or group.config_name)
             self.dep = Deployment(dep_id, console_url(self.clients.settings.region, dep_id), td, group, config, True)
             self.release.task_definition = td
-            return f"CodeDeploy deployment {dep_id} of {td.rsplit('/', 1)[-1]} was {info['status']}"
+            revision = td.rsplit("/", 1)[-1] or "a revision not installed yet"
+            return f"CodeDeploy deployment {dep_id} of {revision} was {info['status']}"
         return None

@@ -25,7 +25,7 @@ from tasks.config.models import ServiceConfig
 from tasks.core.errors import VerifyFailed
 from tasks.core.waits import poll
 from tasks.release.contract import LoadBalanced, Reconciled, Release, RollbackResult, Step
-from tasks.strategies import verification
+from tasks.strategies import budgets, verification
 from tasks.strategies.verification import Green, verify_green
 
 DRAIN_WAIT = 120.0  # seconds a deleted task set may take to drain before the run moves on
@@ -82,10 +82,11 @@ def deploy_green(
     assert green.task_set is not None
     ecs_ops.wait_task_set_running(ecs, spec, green.task_set, cfg.timeouts.green_healthy_seconds, log.info)
     desired = math.ceil(service.get("desiredCount", cfg.ecs.desired_count) or 1)
+    budget = budgets.green_healthy(cfg, clients, [green.target_group])  # start + the group's health checks
     poll(
         lambda: _healthy(elbv2, green.target_group, desired),
-        timeout=cfg.timeouts.green_healthy_seconds,
-        what=f"{desired} healthy targets in {_tg_name(routing, green.target_group)}",
+        timeout=budget.seconds,
+        what=budget.waiting_for(f"{desired} healthy targets in {_tg_name(routing, green.target_group)}"),
         log=log.info,
     )
     traffic.set_weights(elbv2, routing.test_listener, {green.target_group: 100})
