@@ -135,8 +135,13 @@ def make_service(
     green_timeout: int = 60,
     desired_count: int = 1,
     approval: str = "none",
+    network: bool = True,
 ) -> ServiceUnderTest:
-    """A new service named t<random>, seeded in the sandbox, with v1 committed (not deployed)."""
+    """A new service named t<random>, seeded in the sandbox, with v1 committed (not deployed).
+
+    A task-sets service gets the seeded subnets and security group as its ``network`` (a new EXTERNAL
+    service has no primary task set to take them from) unless NETWORK is false.
+    """
     name = "t" + uuid.uuid4().hex[:8]
     repo = workdir / "repo"
     shutil.copytree(SAMPLE_APP, repo, ignore=shutil.ignore_patterns("busybox"))
@@ -178,6 +183,9 @@ def make_service(
     sut.commit("v1")
     sut.seeded = seed_service(load_service(yaml_path))
     MADE.append(sut)
+    if strategy == "task-sets" and network:
+        edit_config(sut, lambda c: c.__setitem__("network", {
+            "subnets": sut.seeded["subnets"], "security_groups": [sut.seeded["security_group"]]}))
     return sut
 
 def seed_serving(sut: ServiceUnderTest, timeout: float = 60) -> None:

@@ -7,6 +7,7 @@ sandbox controller fronts each listener with a real proxy on 127.0.0.1.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -46,34 +47,46 @@ class Clients:
         return self._cache[service]
 
 
+# The seeded network's IDs, the same in every sandbox (the controller honours the sandbox:id tag), so a
+# service YAML can name them in its network block (deployments/sample-app.yaml does).
+VPC_ID = "vpc-0ec5ba5e000000001"
+SUBNET_IDS = ("subnet-0ec5ba5e00000000a", "subnet-0ec5ba5e00000000b")
+SECURITY_GROUP_ID = "sg-0ec5ba5e000000001"
+ID_TAG = "sandbox:id"
+
+
+def _named(kind: str, name: str, rid: str) -> list[dict[str, Any]]:
+    return [{"ResourceType": kind, "Tags": [{"Key": "Name", "Value": name}, {"Key": ID_TAG, "Value": rid}]}]
+
+
+def _with_id(rid: str) -> list[dict[str, Any]]:
+    return [{"Name": f"tag:{ID_TAG}", "Values": [rid]}]
+
+
 def ensure_network(aws: Clients) -> dict[str, Any]:
-    """A VPC, two subnets and a security group: moto records only, never contacted."""
+    """A VPC, two subnets and a security group, as a real account has them: moto records only, never contacted."""
     ec2 = aws.ec2
-    tag = [{"Name": "tag:Name", "Values": [NETWORK_NAME]}]
-    vpcs = ec2.describe_vpcs(Filters=tag)["Vpcs"]
+    vpcs = ec2.describe_vpcs(Filters=_with_id(VPC_ID))["Vpcs"]
     if vpcs:
         vpc_id = vpcs[0]["VpcId"]
     else:
-        vpc_id = ec2.create_vpc(CidrBlock="127.100.0.0/16")["Vpc"]["VpcId"]
-        ec2.create_tags(Resources=[vpc_id], Tags=[{"Key": "Name", "Value": NETWORK_NAME}])
-    in_vpc = [{"Name": "vpc-id", "Values": [vpc_id]}]
-    subnets = sorted(ec2.describe_subnets(Filters=in_vpc)["Subnets"], key=lambda s: s["CidrBlock"])
-    for i, zone in enumerate(("us-east-1a", "us-east-1b")[len(subnets) :], start=len(subnets) + 1):
-        subnets.append(
-            ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"127.100.{i}.0/24", AvailabilityZone=zone)[
-                "Subnet"
-            ]
-        )
-    groups = ec2.describe_security_groups(
-        Filters=[*in_vpc, {"Name": "group-name", "Values": [NETWORK_NAME]}]
-    )
-    if groups["SecurityGroups"]:
-        sg = groups["SecurityGroups"][0]["GroupId"]
+        vpc_id = ec2.create_vpc(CidrBlock="127.100.0.0/16",
+                                TagSpecifications=_named("vpc", NETWORK_NAME, VPC_ID))["Vpc"]["VpcId"]
+    subnets = []
+    for i, (rid, zone) in enumerate(zip(SUBNET_IDS, ("us-east-1a", "us-east-1b"), strict=True), start=1):
+        found = ec2.describe_subnets(Filters=_with_id(rid))["Subnets"]
+        subnets.append(found[0]["SubnetId"] if found else ec2.create_subnet(
+            VpcId=vpc_id, CidrBlock=f"127.100.{i}.0/24", AvailabilityZone=zone,
+            TagSpecifications=_named("subnet", f"{NETWORK_NAME}-{zone[-1]}", rid))["Subnet"]["SubnetId"])
+    groups = ec2.describe_security_groups(Filters=_with_id(SECURITY_GROUP_ID))["SecurityGroups"]
+    if groups:
+        sg = groups[0]["GroupId"]
     else:
         sg = ec2.create_security_group(
-            GroupName=NETWORK_NAME, Description="ecs-pipeline sandbox", VpcId=vpc_id
+            GroupName=NETWORK_NAME, Description="ecs-pipeline sandbox", VpcId=vpc_id,
+            TagSpecifications=_named("security-group", NETWORK_NAME, SECURITY_GROUP_ID),
         )["GroupId"]
-    return {"vpc_id": vpc_id, "subnets": [s["SubnetId"] for s in subnets[:2]], "security_group": sg}
+    return {"vpc_id": vpc_id, "subnets": subnets, "security_group": sg}
 
 
 def ensure_load_balancing(aws: Clients, cfg: ServiceConfig, net: dict[str, Any]) -> dict[str, Any]:
@@ -219,3 +232,60 @@ def check_names(cfg: ServiceConfig) -> None:
                 f"{name!r} is {len(name)} characters; load balancer and target group names "
                 f"allow {AWS_NAME_MAX}: use a shorter --prefix or name"
             )
+
+
+def ensure_certificate(aws: Clients, domain: str, out_dir: Path) -> tuple[str, Path]:
+    """An ACM certificate for DOMAIN issued by a local CA made for it: (certificate ARN, CA bundle).
+
+    What a team has on AWS: a certificate for the service's own name, never one for the
+    ALB's DNS name. Only the CA's certificate is written (OUT_DIR/<domain>-ca.pem, for
+    verify.ca_bundle); both private keys stay in memory, the leaf's inside ACM.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    end = start + datetime.timedelta(days=30)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"ecs-pipeline sandbox CA for {domain}")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    arn = aws.acm.import_certificate(
+        Certificate=leaf.public_bytes(pem),
+        PrivateKey=key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        CertificateChain=ca.public_bytes(pem),
+    )["CertificateArn"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bundle = out_dir / f"{domain}-ca.pem"
+    bundle.write_bytes(ca.public_bytes(pem))
+    return str(arn), bundle
+
+
+def serve_https(aws: Clients, listener_arn: str, certificate_arn: str) -> None:
+    """Make a seeded listener HTTPS with the given certificate (its port and actions unchanged)."""
+    aws.elbv2.modify_listener(ListenerArn=listener_arn, Protocol="HTTPS",
+                              Certificates=[{"CertificateArn": certificate_arn}])

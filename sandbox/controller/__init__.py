@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any
 
-from . import ecr_api, ecs_patches, targets
+from . import ec2_ids, ecr_api, ecs_patches, targets
 from .cloudwatch import AlarmEvaluator, Metrics
 from .codedeploy import CodeDeployController
 from .codedeploy_api import CodeDeployApi
@@ -58,6 +58,7 @@ class Controller:
         targets.install_patches()
         ecs_patches.install(self.runner, self.native)
         ecr_api.install_patches()
+        ec2_ids.install_patches()
         install_codedeploy_patches()
         _patch_load_balancer_dns()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from . import rolling
+from . import ecs_task_sets, rolling
 from .containers import TaskRunner
 from .fleets import Fleet, add_event, short, utc
 from .world import LOCK, ecs, log, now, scaled
@@ -75,6 +75,13 @@ class EcsController:
                                    ts.load_balancers, ts.id)
             value = float((ts.scale or {}).get("value", 100.0))
             fleet.desired = math.ceil(value / 100.0 * service.desired_count) if active else 0
+            if fleet.desired and ecs_task_sets.unplaceable(ecs(), service, ts):
+                fleet.desired = 0  # launch type EC2 and no container instance: nothing to place
+                if not fleet.last_reason:
+                    fleet.last_reason = "no container instance"
+                    add_event(service, f"(service {service.name}) was unable to place a task because no "
+                                       "container instance met all of its requirements. Reason: No Container "
+                                       "Instances were found in your cluster.")
             keys.add(ts.task_set_arn)
         return keys
 

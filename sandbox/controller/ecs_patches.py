@@ -6,6 +6,9 @@
   new PRIMARY deployment instead of editing the old one in place.
 - CreateTaskSet no longer fakes tasks (the controller starts real ones) and honours
   clientToken: a repeated token answers the task set it made (moto ignored it).
+- EXTERNAL services and CreateTaskSet follow ECS's documented rules (ecs_task_sets.py):
+  no task-set fields on the service before a primary task set, networkConfiguration
+  required for awsvpc, launch type or capacity provider strategy as ECS resolves them.
 - StopTask deregisters and drains; ListTasks honours serviceName/desiredStatus.
 - RunTask starts real containers once (standalone tasks are never restarted).
 - ECS-native blue/green (strategy BLUE_GREEN, LINEAR, CANARY): UpdateService starts a
@@ -17,12 +20,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from moto.core.responses import ActionResult
 from moto.core.utils import utcnow
 from moto.ecs.exceptions import ECSException, InvalidParameterException
 from moto.ecs.models import EC2ContainerServiceBackend
 from moto.ecs.responses import EC2ContainerServiceResponse
 from moto.moto_api._internal import mock_random
 
+from . import ecs_task_sets
 from .ecs_native_model import HOOKABLE, NATIVE, STAGES, is_native, lambda_hooks
 from .fleets import Fleet
 from .rolling import DEFAULT_CONFIG
@@ -71,6 +76,9 @@ _orig_create_service = EC2ContainerServiceResponse.create_service
 
 def _create_service(self: EC2ContainerServiceResponse) -> Any:
     _check_native(self._get_param("deploymentConfiguration"))
+    external = (self._get_param("deploymentController") or {}).get("type") == "EXTERNAL"
+    if external:
+        ecs_task_sets.check_external_service({p: self._get_param(p) for p in ecs_task_sets.CREATE_SERVICE_PARAMS})
     result = _orig_create_service(self)
     backend = self.ecs_backend
     service: Any = backend._get_service(self._get_param("cluster", "default"),
@@ -81,6 +89,8 @@ def _create_service(self: EC2ContainerServiceResponse) -> Any:
     service.health_check_grace_period_seconds = self._get_param("healthCheckGracePeriodSeconds")
     service.created_at = utcnow()
     service.running_count = service.pending_count = 0
+    if external:
+        ecs_task_sets.clear_task_set_fields(service)
     ctype = service.deployment_controller.get("type", "ECS")
     if _NATIVE is not None and is_native(service) and service.task_definition:
         _NATIVE.start(service)
@@ -96,9 +106,6 @@ def _create_service(self: EC2ContainerServiceResponse) -> Any:
     return result
 
 
-_orig_create_task_set_api = EC2ContainerServiceResponse.create_task_set
-
-
 def _create_task_set_api(self: EC2ContainerServiceResponse) -> Any:
     """Only EXTERNAL services take task sets from callers (CodeDeploy makes its own)."""
     service = self.ecs_backend._get_service(self._get_param("cluster", "default"),
@@ -107,7 +114,19 @@ def _create_task_set_api(self: EC2ContainerServiceResponse) -> Any:
         raise InvalidParameterException(
             "Amazon ECS only supports task set management on services configured to use "
             "external deployment controllers.")
-    return _orig_create_task_set_api(self)
+    p = self._get_param
+    launch = ecs_task_sets.check_task_set(self.ecs_backend, service.cluster_name, {
+        k: p(k) for k in ("taskDefinition", "launchType", "capacityProviderStrategy", "networkConfiguration")})
+    task_set: Any = self.ecs_backend.create_task_set(
+        p("service"), p("cluster", "default"), p("taskDefinition"), external_id=p("externalId"),
+        network_configuration=p("networkConfiguration"), load_balancers=p("loadBalancers"),
+        service_registries=p("serviceRegistries"), launch_type=launch["launch_type"],
+        capacity_provider_strategy=launch["capacity_provider_strategy"],
+        platform_version=p("platformVersion"), scale=p("scale"), client_token=p("clientToken"), tags=p("tags"))
+    if launch["launch_type"] is None and task_set.capacity_provider_strategy:
+        task_set.launch_type = None  # a capacity provider strategy, not a launch type
+    return ActionResult({"taskSet": task_set})
+
 
 
 _orig_update_service = EC2ContainerServiceBackend.update_service
@@ -180,6 +199,17 @@ def _create_task_set(self: EC2ContainerServiceBackend, *args: Any, **kwargs: Any
     ts.stabilityStatus = "STABILIZING"
     ts.computed_desired_count = ts.running_count = ts.pending_count = 0
     ts.started_by = ""
+    return ts
+
+
+_orig_primary_task_set = EC2ContainerServiceBackend.update_service_primary_task_set
+
+
+def _update_service_primary_task_set(self: EC2ContainerServiceBackend, cluster: str, service: str,
+                                     primary_task_set: str) -> Any:
+    """The service shows every field of its new primary task set (moto copied two of them)."""
+    ts = _orig_primary_task_set(self, cluster, service, primary_task_set)
+    ecs_task_sets.show_primary(self._get_service(cluster, service.split("/")[-1]), ts)
     return ts
 
 
@@ -266,6 +296,8 @@ def install(runner: TaskRunner, native: NativeController | None = None) -> None:
     EC2ContainerServiceBackend.update_service = _update_service  # type: ignore[method-assign,assignment]
     EC2ContainerServiceBackend.create_task_set = _create_task_set  # type: ignore[method-assign]
     EC2ContainerServiceBackend.delete_task_set = _delete_task_set  # type: ignore[method-assign]
+    EC2ContainerServiceBackend.update_service_primary_task_set = (  # type: ignore[method-assign]
+        _update_service_primary_task_set)
     EC2ContainerServiceBackend.stop_task = _stop_task  # type: ignore[method-assign]
     EC2ContainerServiceBackend.list_tasks = _list_tasks  # type: ignore[method-assign]
     EC2ContainerServiceBackend.list_services = _list_services  # type: ignore[method-assign]

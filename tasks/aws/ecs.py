@@ -177,7 +177,35 @@ def client_token(run_id: str, task_definition: str) -> str:
     return "ecsp-" + hashlib.sha256(f"{run_id}|{task_definition}".encode()).hexdigest()[:31]
 
 
-def create_task_set(ecs: Any, spec: GreenSpec, service: dict[str, Any]) -> dict[str, Any]:
+def task_set_placement(
+    network: dict[str, Any] | None, capacity_providers: list[dict[str, Any]], primary: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Where a new task set runs: CreateTaskSet's networkConfiguration and launch settings.
+
+    The config's own (NETWORK, CAPACITY_PROVIDERS) first, else the primary task set's: blue already runs
+    where green must. Never DescribeServices' fields: an EXTERNAL service shows them only once a primary
+    task set exists, and then they are the primary's. ``launchType`` FARGATE only when no capacity
+    provider strategy applies (ECS refuses both at once).
+    """
+    primary = primary or {}
+    out: dict[str, Any] = {}
+    net = network or primary.get("networkConfiguration")
+    if net:
+        out["networkConfiguration"] = net
+    strategy = capacity_providers or primary.get("capacityProviderStrategy")
+    if strategy:
+        out["capacityProviderStrategy"] = strategy
+    else:
+        out["launchType"] = primary.get("launchType") or "FARGATE"
+    if primary.get("platformVersion") and out.get("launchType", "FARGATE") == "FARGATE":
+        out["platformVersion"] = primary["platformVersion"]
+    if primary.get("serviceRegistries"):
+        out["serviceRegistries"] = primary["serviceRegistries"]
+    return out
+
+
+def create_task_set(ecs: Any, spec: GreenSpec, placement: dict[str, Any]) -> dict[str, Any]:
+    """Green's task set on its target group, where PLACEMENT (``task_set_placement``) says it runs."""
     kwargs: dict[str, Any] = {
         "cluster": spec.cluster,
         "service": spec.service,
@@ -191,10 +219,8 @@ def create_task_set(ecs: Any, spec: GreenSpec, service: dict[str, Any]) -> dict[
             }
         ],
         "scale": {"value": 100.0, "unit": "PERCENT"},
-        "launchType": service.get("launchType") or "FARGATE",
+        **placement,
     }
-    if service.get("networkConfiguration"):
-        kwargs["networkConfiguration"] = service["networkConfiguration"]
     if spec.client_token:
         kwargs["clientToken"] = spec.client_token
     return ecs.create_task_set(**kwargs)["taskSet"]  # type: ignore[no-any-return]
@@ -228,6 +254,25 @@ def stopped_task_reasons(ecs: Any, cluster: str, task_definition: str, since: fl
     return reasons
 
 
+def stopped_reasons_of(ecs: Any, cluster: str, started_by: str, since: float, seen: dict[str, str]) -> list[str]:
+    """Why the tasks STARTED_BY launched (a task set's or deployment's id) stopped after SINCE.
+
+    Only that one task set's tasks are listed, and only tasks not described before (SEEN, task ARN →
+    reason, is kept by the caller) are described: a fleet's polls stay within AWS's rates.
+    """
+    pages = ecs.get_paginator("list_tasks").paginate(cluster=cluster, startedBy=started_by, desiredStatus="STOPPED")
+    arns = [arn for page in pages for arn in page.get("taskArns", []) if arn not in seen]
+    for i in range(0, len(arns), 100):
+        for t in ecs.describe_tasks(cluster=cluster, tasks=arns[i:i + 100]).get("tasks", []):
+            created = t.get("createdAt")
+            old = created is not None and hasattr(created, "timestamp") and created.timestamp() < since - 5
+            seen[t["taskArn"]] = "" if old else str(t.get("stoppedReason") or "stopped")
+    return [r for r in seen.values() if r]
+
+
+DIAGNOSE_EVERY = 15.0  # seconds a task set may stay short of running before its stopped tasks are looked at
+
+
 def wait_task_set_running(
     ecs: Any,
     spec: GreenSpec,
@@ -235,37 +280,53 @@ def wait_task_set_running(
     timeout: float,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Until the task set runs its desired count in a steady state; fails fast on fatal stops."""
+    """Until the task set runs its desired count in a steady state; fails fast on fatal stops.
+
+    Each poll describes the task set alone. Its stopped tasks are listed (by its own id, never the
+    family's) only to diagnose: when it has fewer tasks running or pending than it wants (one
+    stopped), when it has not run for DIAGNOSE_EVERY seconds (ECS replaces failed tasks, so a failure
+    can hide behind a replacement), and to name the reason when the wait runs out.
+    """
     started = time.time()
+    seen: dict[str, str] = {}
+    last = [time.monotonic()]
+
+    def diagnose(ts: dict[str, Any]) -> list[str]:
+        last[0] = time.monotonic()
+        reasons = stopped_reasons_of(ecs, spec.cluster, str(ts.get("id") or task_set_id), started, seen)
+        fatal = [r for r in reasons if r.startswith(FATAL_STOP_REASONS)]
+        if fatal:
+            raise VerifyFailed(f"green tasks cannot start: {fatal[0]}", service=spec.service,
+                               revision=spec.task_definition)
+        if len(reasons) >= 3:
+            raise VerifyFailed(f"green tasks keep stopping ({len(reasons)} stopped): {reasons[-1]}",
+                               service=spec.service, revision=spec.task_definition)
+        return reasons
+
+    latest: list[dict[str, Any]] = []
 
     def check() -> dict[str, Any] | None:
         ts = describe_task_set(ecs, spec.cluster, spec.service, task_set_id)
         if ts is None:
             raise DeployError(f"task set {task_set_id} disappeared", service=spec.service)
-        reasons = stopped_task_reasons(ecs, spec.cluster, spec.task_definition, started)
-        fatal = [r for r in reasons if r.startswith(FATAL_STOP_REASONS)]
-        if fatal:
-            raise VerifyFailed(
-                f"green tasks cannot start: {fatal[0]}",
-                service=spec.service,
-                revision=spec.task_definition,
-            )
-        want = ts.get("computedDesiredCount", 0)
-        if (
-            want
-            and ts.get("runningCount", 0) >= want
-            and ts.get("stabilityStatus") == "STEADY_STATE"
-        ):
+        latest[:] = [ts]
+        want, running = ts.get("computedDesiredCount", 0), ts.get("runningCount", 0)
+        if want and running >= want and ts.get("stabilityStatus") == "STEADY_STATE":
             return ts
-        if len(reasons) >= 3:
-            raise VerifyFailed(
-                f"green tasks keep stopping ({len(reasons)} stopped): {reasons[-1]}",
-                service=spec.service,
-                revision=spec.task_definition,
-            )
+        short = want and running + ts.get("pendingCount", 0) < want
+        if short or time.monotonic() - last[0] >= DIAGNOSE_EVERY:
+            diagnose(ts)
         return None
 
-    return poll(check, timeout=timeout, what=f"green task set {task_set_id} to run", log=log)
+    try:
+        return poll(check, timeout=timeout, what=f"green task set {task_set_id} to run", log=log)
+    except DeployError as exc:
+        if not latest or isinstance(exc, VerifyFailed):
+            raise
+        reasons = diagnose(latest[0])
+        if not reasons:
+            raise
+        raise DeployError(f"{exc.message}; stopped tasks: {reasons[-1]}", service=spec.service) from exc
 
 
 def set_primary(ecs: Any, cluster: str, service: str, task_set_arn: str) -> None:

@@ -83,12 +83,48 @@ class Ecr(_Model):
     repository: Annotated[str, Field(pattern=r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*$")]
 
 
+class CapacityProvider(_Model):
+    """One item of a capacity provider strategy, as ECS takes it (the provider must be on the cluster)."""
+
+    capacity_provider: str = Field(min_length=1, max_length=255)
+    weight: Annotated[int, Field(ge=0, le=1000)] = 1
+    base: Annotated[int, Field(ge=0, le=100000)] = 0
+
+    def as_aws(self) -> dict[str, Any]:
+        return {"capacityProvider": self.capacity_provider, "weight": self.weight, "base": self.base}
+
+
+class Network(_Model):
+    """The awsvpc network every task set of the task-sets strategy runs in (CreateTaskSet's awsvpcConfiguration).
+
+    An EXTERNAL service holds no network of its own: a new one gets it from here; later releases
+    take the primary task set's when this is not set.
+    """
+
+    subnets: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]] = Field(min_length=1, max_length=16)
+    security_groups: list[Annotated[str, Field(pattern=r"^sg-[0-9a-f]{8,17}$")]] = Field(
+        default_factory=list, max_length=5)
+    assign_public_ip: bool = Field(default=False, description="true only for public subnets without a NAT")
+
+    def as_aws(self) -> dict[str, Any]:
+        vpc: dict[str, Any] = {"subnets": list(self.subnets),
+                               "assignPublicIp": "ENABLED" if self.assign_public_ip else "DISABLED"}
+        if self.security_groups:
+            vpc["securityGroups"] = list(self.security_groups)
+        return {"awsvpcConfiguration": vpc}
+
+
 class Ecs(_Model):
     cluster: Annotated[str, Field(pattern=NAME)]
     service: Annotated[str, Field(pattern=NAME)]
     container: str = Field(min_length=1, description="container that gets the new image")
     container_port: Annotated[int, Field(ge=1, le=65535)]
     desired_count: Annotated[int, Field(ge=1, le=1000)] = 1
+    capacity_provider_strategy: list[CapacityProvider] = Field(
+        default_factory=list, max_length=20,
+        description="task-sets: CreateTaskSet's capacityProviderStrategy instead of launch type FARGATE "
+        "(e.g. FARGATE_SPOT); without it, the primary task set's strategy, else FARGATE")
+
 
 
 class Traffic(_Model):
@@ -221,6 +257,7 @@ class ServiceConfig(_Model):
     verify: Verify = Field(default_factory=Verify)
     bake_seconds: Annotated[float, Field(ge=0, le=86400)] = 60
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    network: Network | None = Field(default=None, description="task-sets: subnets, security groups, public IP")
     queueing: Literal["supersede", "queue"] = Field(
         default="supersede", description="a newer SHA cancels a waiting run, or waits behind it"
     )
@@ -310,6 +347,11 @@ def check_templates(cfg: ServiceConfig, source: str) -> None:
     taskdef.container_named(rendered, cfg.ecs.container, where)
     taskdef.check_register_input(rendered, where)
     routed = cfg.ecs.container_port if cfg.load_balancer is not None else None
+    if cfg.network is not None and rendered.get("networkMode") != "awsvpc":
+        raise ConfigError(
+            f"{source}: network is set but {where} has networkMode {rendered.get('networkMode') or 'unset'}; "
+            "ECS takes a network configuration only for networkMode awsvpc: remove network or use awsvpc"
+        )
     taskdef.check_aws_rules(rendered, cfg.ecs.container, routed, where)
     if cfg.strategy.type == "codedeploy" or cfg.strategy.appspec:
         appspec_for(cfg, appspec.PLACEHOLDER_ARN, source=source)

@@ -8,6 +8,7 @@ Blue is never touched before green has been verified and baked.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,8 +22,9 @@ from tasks.aws import traffic
 from tasks.aws.clients import AwsClients
 from tasks.aws.retry import is_transient, stage
 from tasks.aws.traffic import Routing
+from tasks.config.inputs import read_text
 from tasks.config.models import ServiceConfig
-from tasks.core.errors import VerifyFailed
+from tasks.core.errors import ConfigError, VerifyFailed
 from tasks.core.waits import poll
 from tasks.release.contract import LoadBalanced, Reconciled, Release, RollbackResult, Step
 from tasks.strategies import budgets, verification
@@ -73,7 +75,7 @@ def deploy_green(
         client_token=ecs_ops.client_token(str(flow_run.get_id() or sha), task_definition),
     )
     if green.task_set is None:
-        created = ecs_ops.create_task_set(ecs, spec, service)
+        created = ecs_ops.create_task_set(ecs, spec, placement(cfg, service))
         green = Green(created["taskSetArn"], green.target_group, task_definition,
                       green.blue_task_set, green.blue_target_group)
         log.info("green task set %s on target group %s", created["id"], _tg_name(routing, green.target_group))
@@ -92,6 +94,35 @@ def deploy_green(
     traffic.set_weights(elbv2, routing.test_listener, {green.target_group: 100})
     log.info("test listener %s now forwards to green", routing.test_url)
     return green
+
+
+def placement(cfg: ServiceConfig, service: dict[str, Any]) -> dict[str, Any]:
+    """Green's network and launch settings: the config's, else the primary task set's; a missing network fails.
+
+    Checked as a release starts (reconcile, before anything is built or changed) and again right
+    before CreateTaskSet: a new EXTERNAL service has no primary task set to take them from.
+    """
+    network = cfg.network.as_aws() if cfg.network is not None else None
+    providers = [item.as_aws() for item in cfg.ecs.capacity_provider_strategy]
+    placed = ecs_ops.task_set_placement(network, providers, ecs_ops.primary_task_set(service))
+    if "networkConfiguration" not in placed and _network_mode(cfg) == "awsvpc":
+        raise ConfigError(
+            f"network: {cfg.name}'s task definition ({cfg.task_definition}) uses networkMode awsvpc, so ECS "
+            f"needs subnets for every task set, and service {cfg.ecs.service} in cluster {cfg.ecs.cluster} has "
+            "no primary task set to take them from (a new EXTERNAL service holds no network of its own). "
+            "Add to the service YAML: network: {subnets: [subnet-...], security_groups: [sg-...], "
+            "assign_public_ip: false} (the subnets and security group the tasks run in, in the VPC of the "
+            "load balancer's target groups)",
+            service=cfg.name,
+        )
+    return placed
+
+
+def _network_mode(cfg: ServiceConfig) -> str | None:
+    """The task definition template's networkMode (validated when the config was loaded)."""
+    template = json.loads(read_text(cfg.path(cfg.task_definition), "task_definition", cfg.name))
+    mode = template.get("networkMode") if isinstance(template, dict) else None
+    return str(mode) if mode else None
 
 
 def _healthy(elbv2: Any, target_group: str, desired: int) -> int | None:
@@ -280,8 +311,12 @@ class TaskSetSteps(LoadBalanced):
         return RollbackResult(roll_back(self.cfg, self.clients, self.routing, green), reason)
 
     def reconcile(self) -> Reconciled | None:
-        """Task sets and weights a dead run left: forward if production was already all on green, else back."""
+        """Task sets and weights a dead run left: forward if production was already all on green, else back.
+
+        First of all a release's steps: a network green could not get fails here, before anything changes.
+        """
         service = _service(self.cfg, self.clients)
+        placement(self.cfg, service)
         primary = ecs_ops.primary_task_set(service)
         others = [ts for ts in service.get("taskSets", []) if ts.get("status") == "ACTIVE"]
         if primary is None or not others:

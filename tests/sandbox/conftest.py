@@ -226,13 +226,15 @@ def emu_images(emu_sandbox: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def emu_net(emu_aws: Callable[[str], Any]) -> dict[str, Any]:
-    """A VPC with two subnets in moto (load balancers need them)."""
+    """A VPC with two subnets and a security group in moto (load balancers and awsvpc task sets need them)."""
     ec2 = emu_aws("ec2")
     vpc = ec2.create_vpc(CidrBlock="127.120.0.0/16")["Vpc"]["VpcId"]
     subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.120.{i}.0/24",
                                  AvailabilityZone=f"us-east-1{z}")["Subnet"]["SubnetId"]
                for i, z in ((1, "a"), (2, "b"))]
-    return {"vpc": vpc, "subnets": subnets}
+    sg = ec2.create_security_group(GroupName=f"emu-{uuid.uuid4().hex[:6]}", Description="emulation tests",
+                                   VpcId=vpc)["GroupId"]
+    return {"vpc": vpc, "subnets": subnets, "security_group": sg}
 
 
 def unique(prefix: str) -> str:
@@ -246,6 +248,8 @@ class Stack:
                  health_path: str = "/health") -> None:
         self.name = name
         self.ecs, self.elb = aws("ecs"), aws("elbv2")
+        # CreateTaskSet's networkConfiguration: an awsvpc task definition needs one (ECS refuses it without)
+        self.network = {"awsvpcConfiguration": {"subnets": net["subnets"], "securityGroups": [net["security_group"]]}}
         self.ecs.create_cluster(clusterName=name)
         lb = self.elb.create_load_balancer(Name=name, Subnets=net["subnets"], Type="application")
         self.lb_arn = lb["LoadBalancers"][0]["LoadBalancerArn"]

@@ -24,7 +24,8 @@ def _stopped_task(stack: Any) -> dict[str, Any] | None:
 def _external_service(stack: Any, image: str, log_group: str | None = None) -> None:
     stack.ecs.create_service(cluster=stack.name, serviceName="web", desiredCount=1,
                              deploymentController={"type": "EXTERNAL"})
-    stack.ecs.create_task_set(cluster=stack.name, service="web", launchType="FARGATE",
+    stack.ecs.create_task_set(cluster=stack.name, service="web", networkConfiguration=stack.network,
+                              launchType="FARGATE",
                               taskDefinition=stack.task_definition(image, log_group),
                               loadBalancers=stack.lb(stack.tgs[0]))
 
@@ -103,12 +104,14 @@ def test_injected_faults_answer_aws_errors(emu: Any, emu_aws: Callable[[str], An
     # "match" keeps other users of a shared sandbox from consuming these faults
     _fault(emu, {"service": "ecs", "operation": "CreateTaskSet", "code": "ThrottlingException",
                  "status": 400, "message": "Rate exceeded", "count": 1, "match": stack.name})
-    stack.ecs.create_task_set(cluster=stack.name, service="web", taskDefinition=td, launchType="FARGATE")
+    stack.ecs.create_task_set(cluster=stack.name, service="web", networkConfiguration=stack.network,
+                              taskDefinition=td, launchType="FARGATE")
     # permanent: fails at once with the configured code
     _fault(emu, {"service": "ecs", "operation": "CreateTaskSet", "code": "AccessDeniedException",
                  "status": 400, "message": "not allowed", "count": 1, "match": stack.name})
     with pytest.raises(ClientError) as err:
-        stack.ecs.create_task_set(cluster=stack.name, service="web", taskDefinition=td)
+        stack.ecs.create_task_set(cluster=stack.name, service="web", networkConfiguration=stack.network,
+                              taskDefinition=td)
     assert err.value.response["Error"]["Code"] == "AccessDeniedException"
     assert err.value.response["Error"]["Message"] == "not allowed"
     # query/XML protocol (elbv2)

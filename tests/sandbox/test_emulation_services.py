@@ -17,7 +17,8 @@ def test_external_task_set_runs_real_containers(emu: Any, emu_stack: Callable[..
     td = stack.task_definition(emu_images["blue"])
     stack.ecs.create_service(cluster=stack.name, serviceName="web", desiredCount=2,
                              deploymentController={"type": "EXTERNAL"})
-    ts = stack.ecs.create_task_set(cluster=stack.name, service="web", taskDefinition=td,
+    ts = stack.ecs.create_task_set(cluster=stack.name, service="web", networkConfiguration=stack.network,
+                              taskDefinition=td,
                                    launchType="FARGATE", loadBalancers=stack.lb(stack.tgs[0]),
                                    scale={"value": 100, "unit": "PERCENT"})["taskSet"]
     stack.ecs.update_service_primary_task_set(cluster=stack.name, service="web",
@@ -64,7 +65,8 @@ def test_weighted_forward_splits_traffic(emu: Any, emu_stack: Callable[..., Any]
     stack.ecs.create_service(cluster=stack.name, serviceName="web", desiredCount=1,
                              deploymentController={"type": "EXTERNAL"})
     for image, tg in (("blue", stack.tgs[0]), ("green", stack.tgs[1])):
-        stack.ecs.create_task_set(cluster=stack.name, service="web", launchType="FARGATE",
+        stack.ecs.create_task_set(cluster=stack.name, service="web", networkConfiguration=stack.network,
+                              launchType="FARGATE",
                                   taskDefinition=stack.task_definition(emu_images[image]),
                                   loadBalancers=stack.lb(tg), scale={"value": 100, "unit": "PERCENT"})
 
@@ -78,6 +80,7 @@ def test_weighted_forward_splits_traffic(emu: Any, emu_stack: Callable[..., Any]
         "Type": "forward", "ForwardConfig": {"TargetGroups": [
             {"TargetGroupArn": stack.tgs[0], "Weight": 90},
             {"TargetGroupArn": stack.tgs[1], "Weight": 10}]}}])
+    emu.wait_for(lambda: stack.get()[1].strip() == "green", 15, "the new weights to take effect")  # ELB: not at once
     counts = Counter(stack.get()[1].strip() for _ in range(500))
     assert set(counts) == {"blue", "green"}, counts
     assert 0.80 <= counts["blue"] / 500 <= 0.97, counts
@@ -86,7 +89,7 @@ def test_weighted_forward_splits_traffic(emu: Any, emu_stack: Callable[..., Any]
         {"Field": "path-pattern", "Values": ["/maintenance*"]}], Actions=[
         {"Type": "fixed-response", "FixedResponseConfig": {
             "StatusCode": "503", "ContentType": "text/plain", "MessageBody": "down"}}])
-    assert stack.get(path="/maintenance/now") == (503, "down")
+    emu.wait_for(lambda: stack.get(path="/maintenance/now") == (503, "down"), 15, "the rule to take effect")
     assert stack.get()[0] == 200
 
 
@@ -95,7 +98,8 @@ def test_request_in_flight_completes_while_its_target_drains(
     stack = emu_stack("drn")
     stack.ecs.create_service(cluster=stack.name, serviceName="web", desiredCount=1,
                              deploymentController={"type": "EXTERNAL"})
-    ts = stack.ecs.create_task_set(cluster=stack.name, service="web", launchType="FARGATE",
+    ts = stack.ecs.create_task_set(cluster=stack.name, service="web", networkConfiguration=stack.network,
+                              launchType="FARGATE",
                                    taskDefinition=stack.task_definition(emu_images["slow"]),
                                    loadBalancers=stack.lb(stack.tgs[0]))["taskSet"]
     emu.wait_for(lambda: stack.get() == (200, "slow\n"), 30, "slow app serving")
