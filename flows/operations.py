@@ -188,7 +188,7 @@ def plan_release(service: str, sha: str | None) -> list[str]:
         lines.append(f"ECR: {missing}; the build stage would create the repository")
     lines.append("build + push: skipped, image in ECR" if digest else "build + push: would run")
     image = digest if digest else f"<{cfg.ecr.repository}@digest>"
-    desired = render(cfg, image, full)
+    desired = render(cfg, image, full, clients)
     current = latest_task_definition(clients.get("ecs"), desired["family"])
     changes = diff_task_definitions(current or {}, desired)
     lines.append(f"task definition {desired['family']}: {len(changes)} change(s) from the latest revision")
@@ -199,7 +199,8 @@ def plan_release(service: str, sha: str | None) -> list[str]:
 
 
 def render_service(service: str, image: str, sha: str | None) -> dict[str, Any]:
-    return render(find_service(service, Settings().deployments), image, sha)
+    clients = AwsClients(Settings())
+    return render(find_service(service, clients.settings.deployments), image, sha, clients)
 
 
 def diff_service(service: str, image: str | None) -> list[str]:
@@ -213,7 +214,7 @@ def diff_service(service: str, image: str | None) -> list[str]:
         current = {**found["taskDefinition"], "tags": found.get("tags", [])}
         # render as the live revision was rendered: with the commit its tag records
         sha = next((t["value"] for t in current["tags"] if t["key"] == SHA_TAG), sha)
-    desired = render(cfg, image or live.image or "<IMAGE>", sha)
+    desired = render(cfg, image or live.image or "<IMAGE>", sha, clients)
     if current is None:
         current = latest_task_definition(clients.get("ecs"), desired["family"])
     return [str(c) for c in diff_task_definitions(current or {}, desired)]

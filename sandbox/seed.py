@@ -34,6 +34,7 @@ from sandbox.seed_network import (
 )
 from tasks.aws.errors import error_code
 from tasks.config.models import ListenerRef, ServiceConfig
+from tasks.config.taskdef import ACCOUNT_PLACEHOLDER, REGION_PLACEHOLDER
 
 SAMPLE_APP = REPO / "examples" / "sample-app"
 SEED_TAG = "seed"
@@ -240,6 +241,9 @@ def ensure_task_definition(aws: Clients, cfg: ServiceConfig, image: str, prefix:
     template_path = cfg.path(cfg.task_definition)
     try:
         raw = template_path.read_text().replace("<IMAGE1_NAME>", image)
+        if ACCOUNT_PLACEHOLDER in raw:  # filled as the pipeline fills them when it renders
+            raw = raw.replace(ACCOUNT_PLACEHOLDER, str(aws.sts.get_caller_identity()["Account"]))
+        raw = raw.replace(REGION_PLACEHOLDER, aws.ecs.meta.region_name)
         template = json.loads(raw)
     except (OSError, json.JSONDecodeError) as exc:
         raise SandboxError(

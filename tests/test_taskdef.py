@@ -9,9 +9,12 @@ import boto3
 import pytest
 
 from tasks.config.taskdef import (
+    ACCOUNT_PLACEHOLDER,
     PLACEHOLDER,
+    REGION_PLACEHOLDER,
     SHA_TAG,
     check_aws_rules,
+    check_execution_role,
     check_register_input,
     container_named,
     diff_task_definitions,
@@ -19,12 +22,14 @@ from tasks.config.taskdef import (
     parse_template,
     register_input_keys,
     render_task_definition,
+    uses_account,
 )
 from tasks.core.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "taskdefs"
 SAMPLE = Path(__file__).parents[1] / "deployments" / "sample-app" / "taskdef.json"
 IMAGE = "127.0.0.1:5000/app@sha256:" + "a" * 64
+ROLE = "arn:aws:iam::<AWS_ACCOUNT_ID>:role/ecsTaskExecutionRole"
 
 
 def images(td: dict) -> dict[str, str]:
@@ -227,7 +232,7 @@ def test_diff_never_prints_a_value_named_like_a_secret() -> None:
 def fargate(cpu: object, memory: object, **extra: object) -> dict:
     web = {"name": "web", "image": IMAGE, "portMappings": [{"containerPort": 8080}]}
     return {"family": "shop", "networkMode": "awsvpc", "requiresCompatibilities": ["FARGATE"],
-            "cpu": cpu, "memory": memory, "containerDefinitions": [web], **extra}
+            "cpu": cpu, "memory": memory, "containerDefinitions": [web], "executionRoleArn": ROLE, **extra}
 
 
 @pytest.mark.parametrize(
@@ -266,3 +271,135 @@ def test_what_aws_refuses_beyond_types_is_found_at_load(td: dict, message: str |
 def test_an_unrouted_service_needs_no_port_mapping() -> None:
     """Rolling without a load balancer: nothing must reach ecs.container_port from outside."""
     check_aws_rules(fargate("256", "512", containerDefinitions=[{"name": "web", "image": IMAGE}]), "web", None, "t")
+
+
+# -- <AWS_ACCOUNT_ID> / <AWS_REGION> ----------------------------------------------------------------
+DEPLOYMENTS = sorted((Path(__file__).parents[1] / "deployments").glob("*/taskdef.json"))
+
+
+@pytest.mark.parametrize("path", DEPLOYMENTS, ids=lambda p: p.parent.name)
+def test_shipped_templates_name_no_account_or_region(path: Path) -> None:
+    """One template serves every account: the account and region come from the caller at render time."""
+    text = path.read_text()
+    assert "123456789012" not in text and "us-east-1" not in text
+    td = render_task_definition(load_template(path), image=IMAGE, container="web",
+                                account="210987654321", region="eu-west-1")
+    assert td["executionRoleArn"] == "arn:aws:iam::210987654321:role/ecsTaskExecutionRole"
+    assert td["containerDefinitions"][0]["logConfiguration"]["options"]["awslogs-region"] == "eu-west-1"
+    assert "<AWS_" not in json.dumps(td)
+
+
+@pytest.mark.parametrize(
+    ("account", "region", "role", "secret"),
+    [
+        ("210987654321", "eu-west-1", "arn:aws:iam::210987654321:role/ecsTaskExecutionRole",
+         "arn:aws:secretsmanager:eu-west-1:210987654321:secret:db-AbCdEf"),
+        (None, "eu-west-1", f"arn:aws:iam::{ACCOUNT_PLACEHOLDER}:role/ecsTaskExecutionRole",
+         f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT_PLACEHOLDER}:secret:db-AbCdEf"),
+        (None, None, f"arn:aws:iam::{ACCOUNT_PLACEHOLDER}:role/ecsTaskExecutionRole",
+         f"arn:aws:secretsmanager:{REGION_PLACEHOLDER}:{ACCOUNT_PLACEHOLDER}:secret:db-AbCdEf"),
+    ],
+)
+def test_placeholders_are_filled_from_the_inputs(account: str | None, region: str | None, role: str,
+                                                  secret: str) -> None:
+    template = load_template(FIXTURES / "secrets.json")
+    before = json.dumps(template, sort_keys=True)
+    td = render_task_definition(template, image=IMAGE, container="api", account=account, region=region)
+    assert td["executionRoleArn"] == role
+    assert td["containerDefinitions"][0]["secrets"][0]["valueFrom"] == secret
+    assert json.dumps(template, sort_keys=True) == before, "the template must not be modified"
+
+
+def test_a_literal_account_and_region_keep_working() -> None:
+    """describe-task-definition output names its account and region; nothing is replaced or looked up."""
+    assert not uses_account(load_template(FIXTURES / "described.json"))
+    text = SAMPLE.read_text().replace(ACCOUNT_PLACEHOLDER, "123456789012").replace(REGION_PLACEHOLDER, "us-east-1")
+    template = parse_template(text, "literal.json")
+    assert not uses_account(template)
+    td = render_task_definition(template, image=IMAGE, container="web", account="210987654321", region="eu-west-1")
+    assert td["executionRoleArn"] == "arn:aws:iam::123456789012:role/ecsTaskExecutionRole"
+    assert td["containerDefinitions"][0]["logConfiguration"]["options"]["awslogs-region"] == "us-east-1"
+    assert uses_account(load_template(SAMPLE))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda td: td.update(executionRoleArn="arn:aws:iam::<AWS_ACCOUNT>:role/x"),
+         r"t.json: executionRoleArn: unknown placeholder <AWS_ACCOUNT>; the pipeline fills "
+         r"<AWS_ACCOUNT_ID> and <AWS_REGION> only"),
+        (lambda td: td["containerDefinitions"][0]["environment"].append({"name": "R", "value": "<AWS_REGION_NAME>"}),
+         r"containerDefinitions\[0\]\.environment\[1\]\.value: unknown placeholder <AWS_REGION_NAME>"),
+    ],
+)
+def test_an_unknown_aws_placeholder_is_refused(change, message: str) -> None:  # type: ignore[no-untyped-def]
+    template = load_template(SAMPLE)
+    change(template)
+    with pytest.raises(ConfigError, match=message):
+        render_task_definition(template, image=IMAGE, container="web", source="t.json")
+
+
+def test_an_account_that_is_not_one_is_refused() -> None:
+    with pytest.raises(ConfigError, match="'12345' is not a 12-digit AWS account id"):
+        render_task_definition(load_template(SAMPLE), image=IMAGE, container="web", account="12345", region="x")
+
+
+# -- executionRoleArn ---------------------------------------------------------------------------------
+# AWS's ECS developer guide, "Amazon ECS task execution IAM role"
+# (https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task_execution_IAM_role.html):
+#   "The following are common use cases for a task execution IAM role:
+#    - Your task is hosted on AWS Fargate, Amazon ECS Managed Instances, or an external instance and:
+#      - pulls a container image from an Amazon ECR private repository.
+#      - pulls a container image from an Amazon ECR private repository in a different account from the
+#        account that runs the task.
+#      - sends container logs to CloudWatch Logs using the awslogs log driver.
+#    - Your tasks are hosted on either AWS Fargate or Amazon EC2 instances and:
+#      - uses private registry authentication. [...]
+#      - the task definition references sensitive data using Secrets Manager secrets or AWS Systems
+#        Manager Parameter Store parameters."
+# The released container's image is always in ECR (the pipeline pushes it there), so on Fargate every
+# task definition the pipeline registers needs the role.
+def no_role(**extra: object) -> dict:
+    td = fargate("256", "512", **extra)
+    del td["executionRoleArn"]
+    return td
+
+
+ECR_SIDECAR = {"name": "proxy", "image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/proxy:1"}
+AWSLOGS = {"logDriver": "awslogs", "options": {"awslogs-group": "/ecs/shop", "awslogs-region": "<AWS_REGION>"}}
+
+
+@pytest.mark.parametrize(
+    ("td", "container", "message"),
+    [
+        (no_role(), "web", "container web pulls its image from Amazon ECR"),
+        (no_role(requiresCompatibilities=["EXTERNAL"]), "web", "container web pulls its image from Amazon ECR"),
+        (no_role(requiresCompatibilities=None), "web", "container web pulls its image from Amazon ECR"),
+        (no_role(containerDefinitions=[{"name": "web", "image": "busybox", "logConfiguration": AWSLOGS}]),
+         "other", "container web logs with awslogs"),
+        (no_role(containerDefinitions=[{"name": "web", "image": "x"}, ECR_SIDECAR]), "web",
+         "container web pulls its image from Amazon ECR; container proxy pulls its image from Amazon ECR"),
+        (no_role(requiresCompatibilities=["EC2"], containerDefinitions=[
+            {"name": "web", "image": "x", "secrets": [{"name": "A", "valueFrom": "arn:aws:ssm:x"}]}]), "web",
+         "container web reads secrets from Secrets Manager or Parameter Store"),
+        (no_role(requiresCompatibilities=["EC2"], containerDefinitions=[
+            {"name": "web", "image": "x", "repositoryCredentials": {"credentialsParameter": "arn:x"}}]), "web",
+         r"container web uses private registry authentication \(repositoryCredentials\)"),
+        # the container instance role pulls from ECR and writes awslogs on EC2
+        (no_role(requiresCompatibilities=["EC2"], containerDefinitions=[{**ECR_SIDECAR, "logConfiguration": AWSLOGS}]),
+         "proxy", None),
+        (fargate("256", "512", containerDefinitions=[{**ECR_SIDECAR, "logConfiguration": AWSLOGS}]), "proxy", None),
+    ],
+)
+def test_execution_role_is_required_where_aws_says(td: dict, container: str, message: str | None) -> None:
+    if message is None:
+        check_execution_role(td, container, "taskdef.json")
+        return
+    with pytest.raises(ConfigError, match=f"taskdef.json: executionRoleArn is required: {message}") as err:
+        check_execution_role(td, container, "taskdef.json")
+    assert 'add "executionRoleArn": "arn:aws:iam::<AWS_ACCOUNT_ID>:role/ecsTaskExecutionRole"' in str(err.value)
+
+
+def test_the_execution_role_is_checked_at_load() -> None:
+    with pytest.raises(ConfigError, match="executionRoleArn is required: container web pulls its image from"):
+        check_aws_rules(no_role(), "web", 8080, "taskdef.json")

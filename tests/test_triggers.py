@@ -63,7 +63,8 @@ def write_service(directory: Path, name: str, repo: str, branch: str = "main") -
     }
     path = directory / f"{name}.yaml"
     path.write_text(json.dumps(body))  # JSON is YAML
-    taskdef = {"family": name, "containerDefinitions": [{"name": "web", "image": "<IMAGE1_NAME>"}]}
+    taskdef = {"family": name, "containerDefinitions": [{"name": "web", "image": "<IMAGE1_NAME>"}],
+               "executionRoleArn": "arn:aws:iam::<AWS_ACCOUNT_ID>:role/ecsTaskExecutionRole"}
     (directory / "taskdef.json").write_text(json.dumps(taskdef))
     return load_service(path)
 

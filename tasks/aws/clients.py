@@ -76,9 +76,19 @@ class AwsClients:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._account: str | None = None
 
     def get(self, service: str) -> Any:
         return shared_client(self.settings, service)
+
+    def account_id(self) -> str:
+        """The caller's AWS account (STS GetCallerIdentity, no IAM permission needed), asked once per run.
+
+        Task definition templates name it as ``<AWS_ACCOUNT_ID>``.
+        """
+        if self._account is None:
+            self._account = str(self.get("sts").get_caller_identity()["Account"])
+        return self._account
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Clients hold sockets and locks; rebuild them from the settings elsewhere.

@@ -3,7 +3,11 @@
 A template is either CodePipeline's ``taskdef.json`` (``<IMAGE1_NAME>`` where
 the image goes) or a plain task definition, even one copied from
 ``describe-task-definition`` output; the container named in the service config
-gets the new image. No boto3, docker or Prefect here.
+gets the new image. ``<AWS_ACCOUNT_ID>`` and ``<AWS_REGION>`` anywhere in a
+template's text are this product's own placeholders (CodePipeline knows only
+``<IMAGE1_NAME>``): the caller passes the account (STS GetCallerIdentity) and
+the region in, so one template serves every account. No boto3, docker or
+Prefect here.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +25,10 @@ from tasks.config.inputs import load_json, shown_key, shown_path
 from tasks.core.errors import ConfigError
 
 PLACEHOLDER = "<IMAGE1_NAME>"
+ACCOUNT_PLACEHOLDER = "<AWS_ACCOUNT_ID>"
+REGION_PLACEHOLDER = "<AWS_REGION>"
+_AWS_PLACEHOLDER = re.compile(r"<AWS_[A-Z0-9_]*>")
+_ACCOUNT = re.compile(r"^\d{12}$")
 SHA_TAG = "ecs-pipeline:git-sha"
 SERVICE_TAG = "ecs-pipeline:service"
 
@@ -92,6 +101,52 @@ def container_named(td: dict[str, Any], name: str, source: str) -> dict[str, Any
     return named[0]
 
 
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(field path, text) of every string in a template, keys included."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{shown_key(key)}" if path else shown_key(key)
+            if isinstance(key, str):
+                yield where, key
+            yield from _strings(item, where)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _strings(item, f"{path}[{i}]")
+
+
+def uses_account(template: dict[str, Any]) -> bool:
+    """Whether the template names ``<AWS_ACCOUNT_ID>`` (only then is the account looked up)."""
+    return any(ACCOUNT_PLACEHOLDER in text for _, text in _strings(template, ""))
+
+
+def check_placeholders(template: dict[str, Any], source: str) -> None:
+    """A ``<AWS_...>`` placeholder other than the two this product fills would reach AWS as text.
+
+    The name is shown as written: ``<AWS_`` and underscores never make an access key.
+    """
+    for where, text in _strings(template, ""):
+        for found in _AWS_PLACEHOLDER.findall(text):
+            if found not in (ACCOUNT_PLACEHOLDER, REGION_PLACEHOLDER):
+                raise ConfigError(
+                    f"{source}: {where}: unknown placeholder {found[:40]}; "
+                    f"the pipeline fills {ACCOUNT_PLACEHOLDER} and {REGION_PLACEHOLDER} only"
+                )
+
+
+def _filled(value: Any, account: str | None, region: str | None) -> Any:
+    if isinstance(value, str):
+        if account is not None:
+            value = value.replace(ACCOUNT_PLACEHOLDER, account)
+        return value.replace(REGION_PLACEHOLDER, region) if region is not None else value
+    if isinstance(value, dict):
+        return {_filled(k, account, region): _filled(v, account, region) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_filled(v, account, region) for v in value]
+    return copy.deepcopy(value)
+
+
 def render_task_definition(
     template: dict[str, Any],
     *,
@@ -100,9 +155,18 @@ def render_task_definition(
     sha: str | None = None,
     service: str | None = None,
     source: str = "task definition template",
+    account: str | None = None,
+    region: str | None = None,
 ) -> dict[str, Any]:
-    """RegisterTaskDefinition input for ``image``; the template is not modified."""
-    td = {k: copy.deepcopy(v) for k, v in template.items() if k not in READ_ONLY}
+    """RegisterTaskDefinition input for ``image``; the template is not modified.
+
+    ``account``/``region`` fill ``<AWS_ACCOUNT_ID>``/``<AWS_REGION>``; None leaves
+    that placeholder as it is (the load-time check renders without an account).
+    """
+    if account is not None and not _ACCOUNT.match(account):
+        raise ConfigError(f"{source}: account {account!r} is not a 12-digit AWS account id")
+    check_placeholders(template, source)
+    td = {k: _filled(v, account, region) for k, v in template.items() if k not in READ_ONLY}
     unknown = sorted({shown_key(k) for k in set(td) - register_input_keys()})
     if unknown:
         raise ConfigError(
@@ -170,6 +234,55 @@ def check_aws_rules(td: dict[str, Any], container: str, port: int | None, source
             )
     if "FARGATE" in (td.get("requiresCompatibilities") or []):
         _check_fargate(td, source)
+    check_execution_role(td, container, source)
+
+
+# An image ECR serves: <account>.dkr.ecr.<region>.amazonaws.com[.cn]/..., the account a placeholder or not.
+_ECR_IMAGE = re.compile(r"^(\d{12}|<AWS_ACCOUNT_ID>)\.dkr\.ecr(-fips)?\.[^/]+\.amazonaws\.com(\.cn)?/")
+# Where no container instance role pulls and logs for the task (AWS's guide names these hosts).
+_AGENT_HOSTS = ("FARGATE", "EXTERNAL", "MANAGED_INSTANCES")
+
+
+def execution_role_needs(td: dict[str, Any], container: str) -> list[str]:
+    """Why this task definition needs ``executionRoleArn``, per AWS's task execution IAM role guide.
+
+    The guide: on Fargate, Managed Instances or an external instance, pulling from a
+    private ECR repository or sending logs with ``awslogs``; anywhere, private registry
+    authentication or secrets from Secrets Manager / Parameter Store. The released
+    container's image is always in ECR (the pipeline pushes it there). A task definition
+    without ``requiresCompatibilities`` may run on Fargate, so it is held to Fargate's rule.
+    """
+    hosts = td.get("requiresCompatibilities") or list(_AGENT_HOSTS)
+    agent = any(h in _AGENT_HOSTS for h in hosts if isinstance(h, str))
+    needs: list[str] = []
+    for c in td.get("containerDefinitions") or []:
+        if not isinstance(c, dict):
+            continue
+        name = shown_key(c.get("name"))
+        ecr = c.get("name") == container or bool(_ECR_IMAGE.match(str(c.get("image", ""))))
+        if agent and ecr:
+            needs.append(f"container {name} pulls its image from Amazon ECR")
+        log = c.get("logConfiguration")
+        if agent and isinstance(log, dict) and log.get("logDriver") == "awslogs":
+            needs.append(f"container {name} logs with awslogs")
+        if c.get("repositoryCredentials"):
+            needs.append(f"container {name} uses private registry authentication (repositoryCredentials)")
+        if c.get("secrets") or (isinstance(log, dict) and log.get("secretOptions")):
+            needs.append(f"container {name} reads secrets from Secrets Manager or Parameter Store")
+    return needs
+
+
+def check_execution_role(td: dict[str, Any], container: str, source: str) -> None:
+    """No ``executionRoleArn`` where ECS needs one: the task would fail to start, after the release began."""
+    if td.get("executionRoleArn"):
+        return
+    needs = execution_role_needs(td, container)
+    if needs:
+        raise ConfigError(
+            f"{source}: executionRoleArn is required: {'; '.join(needs)}, and ECS does that with the task "
+            "execution role; add \"executionRoleArn\": \"arn:aws:iam::<AWS_ACCOUNT_ID>:role/ecsTaskExecutionRole\" "
+            "(a role with the AmazonECSTaskExecutionRolePolicy managed policy)"
+        )
 
 
 def _check_fargate(td: dict[str, Any], source: str) -> None:

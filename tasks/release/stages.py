@@ -18,7 +18,7 @@ from tasks.aws.ecs import LiveRelease, describe_latest, describe_release, descri
 from tasks.aws.retry import stage
 from tasks.build import buildspec_runner, image, pushed_image, source
 from tasks.config.models import ServiceConfig
-from tasks.config.taskdef import diff_task_definitions, load_template, render_task_definition
+from tasks.config.taskdef import diff_task_definitions, load_template, render_task_definition, uses_account
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def build(
         context_dir=tree / cfg.build.context,
         dockerfile=cfg.build.dockerfile,
         tag=f"{uri}:{sha}",
-        build_args=cfg.build.args,
+        build_args={"ECS_PIPELINE_REVISION": sha, **cfg.build.args},  # what verify.revision_header compares
         labels=image.oci_labels(sha, cfg.source.repo, None),
         timeout_seconds=cfg.build.timeout_seconds,
     )
@@ -160,16 +160,23 @@ def push(cfg: ServiceConfig, clients: AwsClients, sha: str, built: StageResult, 
     return StageResult(ref, done=True)
 
 
-def render(cfg: ServiceConfig, image_ref: str, sha: str | None) -> dict[str, Any]:
-    """The RegisterTaskDefinition input this release would send (pure apart from reading the file)."""
+def render(cfg: ServiceConfig, image_ref: str, sha: str | None, clients: AwsClients | None = None) -> dict[str, Any]:
+    """The RegisterTaskDefinition input this release would send (pure apart from reading the file).
+
+    With ``clients``, ``<AWS_ACCOUNT_ID>`` is the caller's account (one STS call per run, and
+    only when the template names it) and ``<AWS_REGION>`` the settings' region; without, both stay.
+    """
     path = cfg.path(cfg.task_definition)
+    template = load_template(path)
     return render_task_definition(
-        load_template(path),
+        template,
         image=image_ref,
         container=cfg.ecs.container,
         sha=sha,
         service=cfg.name,
         source=str(path),
+        account=clients.account_id() if clients is not None and uses_account(template) else None,
+        region=clients.settings.region if clients is not None else None,
     )
 
 
@@ -182,7 +189,7 @@ def register(
     ``seen``: the family's latest revision as detect change read it, under the lock (a retry reads afresh).
     """
     log = get_run_logger()
-    desired = render(cfg, image_ref, sha)
+    desired = render(cfg, image_ref, sha, clients)
     ecs = clients.get("ecs")
     fresh = seen is None or seen.get("family") != desired["family"] or task_run.run_count > 1
     latest = latest_task_definition(ecs, desired["family"]) if fresh else seen
