@@ -244,7 +244,7 @@ MODULE_SECONDS = {
     "tests/test_fleet.py": 85, "tests/test_cli.py": 76, "tests/sandbox/test_seed.py": 70,
     "tests/test_ui_retry.py": 62, "tests/test_ui_lists.py": 59, "tests/sandbox/test_emulation_native.py": 54,
     "tests/sandbox/test_platform.py": 44, "tests/test_buildspec_run.py": 36, "tests/test_locks.py": 36,
-    "tests/sandbox/test_contract.py": 34,
+    "tests/sandbox/test_contract.py": 34, "tests/test_contract_botocore.py": 120,
 }
 
 

@@ -100,7 +100,8 @@ class SandboxMiddleware:
         call = Call(*identify(environ, body), body)
         if not call.operation:
             return self._moto(environ, start_response)
-        logged = self._logged(start_response, call)
+        agent = environ.get("HTTP_USER_AGENT", "")
+        logged = self._logged(start_response, call, agent)
         fault = self.controller.faults.take(call.service, call.operation, body,
                                             environ.get("HTTP_USER_AGENT", ""))
         if fault is None:
@@ -113,7 +114,7 @@ class SandboxMiddleware:
         if fault["after"]:  # the call takes effect; only its answer is lost
             self._answer(environ, _discard, call)
         if fault["kind"] == "reset":
-            self.controller.requests.record(call.service, call.operation, 0, body)
+            self.controller.requests.record(call.service, call.operation, 0, body, agent)
             return _reset(environ, start_response)
         if "weather" in fault:
             code, status, message = weather_error(fault["weather"], call.is_json)
@@ -168,11 +169,11 @@ class SandboxMiddleware:
                 if close:
                     close()
 
-    def _logged(self, start_response: Callable[..., Any], call: Call) -> Callable[..., Any]:
-        """start_response that also records the call and its status in the request log."""
+    def _logged(self, start_response: Callable[..., Any], call: Call, agent: str) -> Callable[..., Any]:
+        """start_response that also records the call, its status and its User-Agent in the request log."""
         def recording(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
             self.controller.requests.record(call.service, call.operation, int(status.split(" ", 1)[0]),
-                                            call.body)
+                                            call.body, agent)
             return start_response(status, headers, *rest)
         return recording
 
@@ -197,7 +198,8 @@ class SandboxMiddleware:
         elif path == "/_sandbox/requests":
             query = parse_qs(environ.get("QUERY_STRING", ""))
             since = int((query.get("since") or ["0"])[0] or 0)
-            ok = self.controller.requests.since(since, (query.get("match") or [""])[0])
+            ok = self.controller.requests.since(since, (query.get("match") or [""])[0],
+                                                (query.get("agent") or [""])[0])
         elif path == "/_sandbox/faults" and method == "POST":
             length = int(environ.get("CONTENT_LENGTH") or 0)
             try:

@@ -2,7 +2,10 @@
 
 A bounded ring of (sequence number, service, operation, HTTP status); readers ask
 for what came after the last number they saw, so parallel tests do not clear
-each other's view.
+each other's view. The caller's User-Agent is kept too, so a reader can ask for
+the pipeline's own calls only (its clients send ``ecs-pipeline/<version>``): the
+botocore contract check (tests/test_contract_botocore.py) proves with it that it
+saw every call the pipeline made.
 """
 
 from __future__ import annotations
@@ -28,18 +31,21 @@ class RequestLog:
         self._items: deque[dict[str, Any]] = deque(maxlen=size)
         self._seq = 0
 
-    def record(self, service: str, operation: str, status: int, body: bytes) -> None:
+    def record(self, service: str, operation: str, status: int, body: bytes, agent: str = "") -> None:
         with self._lock:
             self._seq += 1
             self._items.append({"seq": self._seq, "service": service, "operation": operation,
                                 "status": status, "mutating": is_mutating(operation),
-                                "body": body[:2048].decode("utf-8", "replace")})
+                                "body": body[:2048].decode("utf-8", "replace"), "agent": agent})
 
-    def since(self, seq: int, match: str = "") -> dict[str, Any]:
-        """Calls after SEQ (only those whose body contains MATCH when given), and the last number."""
+    def since(self, seq: int, match: str = "", agent: str = "") -> dict[str, Any]:
+        """Calls after SEQ, and the last number; only those whose body contains MATCH and whose
+        User-Agent contains AGENT, when given."""
         with self._lock:
-            found = [dict(i) for i in self._items if i["seq"] > seq and (not match or match in i["body"])]
+            found = [dict(i) for i in self._items
+                     if i["seq"] > seq and (not match or match in i["body"]) and agent in i["agent"]]
             last = self._seq
         for item in found:
             item.pop("body")
+            item.pop("agent")
         return {"requests": found, "last": last}
