@@ -199,6 +199,9 @@ def _build(docker_client: docker.DockerClient, spec: BuildSpec, log: Log, detail
             labels=spec.labels,
             rm=True,
             forcerm=True,
+            # Base images come from their registry on every build, never from what an earlier build
+            # left in the engine under the same name (one build could plant another's base).
+            pull=True,
             decode=True,
             timeout=spec.timeout_seconds,
         )
