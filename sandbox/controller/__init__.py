@@ -24,6 +24,7 @@ from .faults import Faults
 from .logs import LogShipper
 from .proxy import ProxyManager
 from .requests_log import RequestLog
+from .traffic import install_listener_patches
 from .world import LOCK, ecs, elbv2, log, time_scale
 
 TICK_SECONDS = 0.1
@@ -61,6 +62,7 @@ class Controller:
         ec2_ids.install_patches()
         install_codedeploy_patches()
         _patch_load_balancer_dns()
+        install_listener_patches()
 
     def start(self) -> None:
         removed = self.runtime.remove_all() if self.runtime.available() else 0
@@ -129,14 +131,20 @@ def _service_summary(service: Any) -> dict[str, Any]:
 
 
 def _patch_load_balancer_dns() -> None:
-    """Every load balancer answers on 127.0.0.1 (its listener proxies bind there)."""
+    """Every internet-facing load balancer answers on 127.0.0.1 (its listener proxies bind there).
+
+    An internal one keeps a name the worker cannot reach: botocore's LoadBalancer.Scheme says
+    "internal load balancers can route requests only from clients with access to the VPC",
+    and the worker is outside the VPC the sandbox plays.
+    """
     from moto.elbv2.models import FakeLoadBalancer
 
     orig = FakeLoadBalancer.__init__
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         orig(self, *args, **kwargs)
-        self.dns_name = "127.0.0.1"
+        if self.scheme != "internal":
+            self.dns_name = "127.0.0.1"
 
     FakeLoadBalancer.__init__ = init  # type: ignore[method-assign]
 

@@ -1,23 +1,39 @@
-"""A real HTTP proxy per ELBv2 listener, routing each request by its live actions.
+"""A real HTTP(S) proxy per ELBv2 listener, routing each request by its actions.
 
-The listener's rules and default action are read on every request, so a
-ModifyListener (weights, target groups) takes effect on the next request.
+ELB's guide (Edit a listener rule): "Rule updates do not take effect
+immediately, so requests could be routed using the previous rule configuration
+for a short time after you update a rule." So a change to a listener's default
+action or rules reaches its proxy only PROPAGATION_SECONDS (time-scaled) after
+the proxy first sees it; until then the previous configuration answers.
+An HTTPS listener serves its ACM certificate (moto's ACM holds the key), so a
+client must ask for the name the certificate covers, never the ALB's DNS name.
+Authentication actions run as they would for a client without a session: no
+identity provider is reachable, so no request is ever authenticated.
 """
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import http.client
 import itertools
+import json
+import os
 import random
+import ssl
+import tempfile
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .cloudwatch import Metrics
 from .targets import begin_request, end_request, healthy_targets
-from .world import LOCK, all_listeners, elbv2, log
+from .world import LOCK, all_listeners, elbv2, log, now, scaled
+
+PROPAGATION_SECONDS = 30.0  # AWS documents only "a short time": half a minute, time-scaled
+AUTHENTICATE = ("authenticate-oidc", "authenticate-cognito", "jwt-validation")
 
 UNAVAILABLE = b"<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>\n"
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -47,13 +63,52 @@ def _rule_matches(rule: Any, path: str, host: str) -> bool:
     return True
 
 
-def resolve_actions(listener: Any, path: str, host: str) -> list[dict[str, Any]]:
-    """The actions ALB would run for this request: first matching rule, else default."""
+class _Rule:
+    """A rule as the proxy last received it (a copy: later API calls do not reach it)."""
+
+    def __init__(self, priority: int, conditions: list[Any], actions: list[dict[str, Any]]) -> None:
+        self.priority, self.conditions, self.actions = priority, conditions, actions
+
+
+def snapshot(listener: Any) -> dict[str, Any]:
+    """The listener's routing configuration as data: default actions and rules by priority."""
     rules = sorted(listener._non_default_rules.values(), key=lambda r: int(r.priority))
-    for rule in rules:
-        if _rule_matches(rule, path.split("?")[0], host):
-            return [_action_dict(a) for a in rule.actions]
-    return [_action_dict(a) for a in listener.default_actions]
+    return {
+        "default": [copy.deepcopy(_action_dict(a)) for a in listener.default_actions],
+        "rules": [(int(r.priority), copy.deepcopy(list(r.conditions or [])),
+                   [copy.deepcopy(_action_dict(a)) for a in r.actions]) for r in rules],
+    }
+
+
+def resolve_actions(config: dict[str, Any], path: str, host: str) -> list[dict[str, Any]]:
+    """The actions ALB would run for this request: first matching rule, else default; by Order."""
+    for priority, conditions, actions in config["rules"]:
+        if _rule_matches(_Rule(priority, conditions, actions), path.split("?")[0], host):
+            return sorted(actions, key=lambda a: int(a.get("Order") or 0))
+    return sorted(config["default"], key=lambda a: int(a.get("Order") or 0))
+
+
+def authenticate_answer(action: dict[str, Any], host: str, region: str) -> tuple[int, str] | None:
+    """What an authenticate action answers a client without a session: (status, Location) or
+    None when OnUnauthenticatedRequest is allow (the request goes on to the next action)."""
+    config = action.get("AuthenticateOidcConfig") or action.get("AuthenticateCognitoConfig") or {}
+    behaviour = str(config.get("OnUnauthenticatedRequest") or "authenticate")
+    if action.get("Type") == "jwt-validation":
+        return 401, ""
+    if behaviour == "allow":
+        return None
+    if behaviour == "deny":
+        return 401, ""
+    query = urllib.parse.urlencode({
+        "client_id": config.get("ClientId") or config.get("UserPoolClientId") or "",
+        "redirect_uri": f"https://{host}/oauth2/idpresponse", "response_type": "code",
+        "scope": config.get("Scope") or "openid",
+    })
+    if action.get("Type") == "authenticate-oidc":
+        return 302, f"{config.get('AuthorizationEndpoint')}?{query}"
+    domain = str(config.get("UserPoolDomain") or "")
+    base = f"https://{domain}" if "." in domain else f"https://{domain}.auth.{region}.amazoncognito.com"
+    return 302, f"{base}/oauth2/authorize?{query}"
 
 
 def pick_target_group(action: dict[str, Any]) -> str | None:
@@ -70,13 +125,21 @@ def pick_target_group(action: dict[str, Any]) -> str | None:
 class ListenerProxy:
     """One bound listener port and its serving thread."""
 
-    def __init__(self, listener_arn: str, lb_arn: str, port: int, metrics: Metrics) -> None:
+    def __init__(self, listener_arn: str, lb_arn: str, port: int, metrics: Metrics,
+                 certificate: str | None = None) -> None:
         self.listener_arn, self.lb_arn, self.port = listener_arn, lb_arn, port
         self.metrics = metrics
         self.requests = 0
+        self.https = certificate is not None
         self._rr: dict[str, itertools.count[int]] = {}
+        self._view_lock = threading.Lock()
+        self._served: dict[str, Any] | None = None
+        self._seen = ""
+        self._pending: list[tuple[float, dict[str, Any]]] = []
         self.server = _QuietServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
+        if certificate is not None:
+            self.server.socket = _tls_context(certificate).wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
                                        name=f"listener-{port}")
 
@@ -86,6 +149,21 @@ class ListenerProxy:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def view(self, listener: Any) -> dict[str, Any]:
+        """The configuration this listener's nodes have received: a change arrives after the delay."""
+        config = snapshot(listener)
+        key = json.dumps(config, sort_keys=True, default=str)
+        t = now()
+        with self._view_lock:
+            if self._served is None:
+                self._served, self._seen = config, key
+            elif key != self._seen:
+                self._seen = key
+                self._pending.append((t + scaled(PROPAGATION_SECONDS), config))
+            while self._pending and self._pending[0][0] <= t:
+                self._served = self._pending.pop(0)[1]
+            return self._served
 
     def choose(self, tg_arn: str) -> tuple[str, int] | None:
         """Round-robin over healthy targets; the pick counts as in flight until end_request."""
@@ -119,8 +197,15 @@ class _ListenerHandler(BaseHTTPRequestHandler):
         listener = _find_listener(proxy.listener_arn)
         if listener is None:
             return self._reply(503, b"listener gone\n", None, False)
-        actions = resolve_actions(listener, self.path, self.headers.get("Host", ""))
-        action = next((a for a in actions if a.get("Type") != "authenticate-oidc"), {})
+        host = self.headers.get("Host", "")
+        action: dict[str, Any] = {}
+        for action in resolve_actions(proxy.view(listener), self.path, host):
+            if action.get("Type") not in AUTHENTICATE:
+                break
+            answer = authenticate_answer(action, host, proxy.listener_arn.split(":")[3])
+            if answer is not None:
+                return self._reply(answer[0], b"" if answer[0] == 302 else b"401 Authorization Required\n",
+                                   None, False, location=answer[1] or None)
         if action.get("Type") == "fixed-response":
             cfg = action.get("FixedResponseConfig") or {}
             return self._reply(int(cfg.get("StatusCode", 200)), str(cfg.get("MessageBody", "")).encode(),
@@ -139,7 +224,7 @@ class _ListenerHandler(BaseHTTPRequestHandler):
     def _forward(self, tg_arn: str, port: int, body: bytes | None) -> None:
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["X-Forwarded-For"] = self.client_address[0]
-        headers["X-Forwarded-Proto"] = "http"
+        headers["X-Forwarded-Proto"] = "https" if self.proxy.https else "http"
         headers["X-Forwarded-Port"] = str(self.proxy.port)
         started = time.monotonic()
         try:
@@ -164,9 +249,11 @@ class _ListenerHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _reply(self, status: int, data: bytes, tg_arn: str | None, from_target: bool,
-               ctype: str = "text/plain") -> None:
+               ctype: str = "text/plain", location: str | None = None) -> None:
         self.proxy.metrics.record(self.proxy.lb_arn, tg_arn, status, from_target)
         self.send_response(status)
+        if location:
+            self.send_header("Location", location)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -183,6 +270,38 @@ class _QuietServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("listener connection from %s ended with an error", client_address, exc_info=True)
+
+
+def _tls_context(certificate_arn: str) -> ssl.SSLContext:
+    """A server context with the ACM certificate (and chain) the listener names.
+
+    The key goes to ssl only through a private file removed at once: never logged or kept.
+    """
+    from moto.acm.models import acm_backends
+
+    parts = certificate_arn.split(":")
+    bundle = acm_backends[parts[4]][parts[3]].get_certificate(certificate_arn)
+    chain = bundle.chain.split(b"-----BEGIN CERTIFICATE-----")[1:] if bundle.chain else []
+    pem = bundle.cert.strip() + b"\n" + b"".join(b"-----BEGIN CERTIFICATE-----" + c for c in chain[:-1])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory(prefix="listener-tls-") as folder:
+        cert_path, key_path = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+        with open(cert_path, "wb") as f:
+            f.write(pem)
+        with open(os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+            f.write(bundle.key)
+        context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+def _certificate(listener: Any) -> str | None:
+    if listener.protocol != "HTTPS":
+        return None
+    for cert in listener.certificates or []:
+        arn = cert.get("CertificateArn") if isinstance(cert, dict) else cert
+        if arn:
+            return str(arn)
+    return None
 
 
 def _find_listener(arn: str) -> Any:
@@ -203,18 +322,21 @@ class ProxyManager:
 
     def sync(self) -> None:
         with LOCK:
-            wanted = {ln.arn: (ln.load_balancer_arn, int(ln.port)) for ln in all_listeners()}
+            found = {ln.arn: ln for ln in all_listeners()}
+            wanted = {arn: (ln.load_balancer_arn, int(ln.port), _certificate(ln)) for arn, ln in found.items()}
         for arn, proxy in list(self.proxies.items()):
-            if arn not in wanted or wanted[arn][1] != proxy.port:
-                proxy.stop()
-                del self.proxies[arn]
-                log.info("listener proxy on 127.0.0.1:%s closed", proxy.port)
-        for arn, (lb_arn, port) in wanted.items():
+            if arn in wanted and wanted[arn][1] == proxy.port and (wanted[arn][2] is not None) == proxy.https:
+                proxy.view(found[arn])  # a change starts propagating when made, not at the next request
+                continue
+            proxy.stop()
+            del self.proxies[arn]
+            log.info("listener proxy on 127.0.0.1:%s closed", proxy.port)
+        for arn, (lb_arn, port, certificate) in wanted.items():
             if arn in self.proxies:
                 continue
             try:
-                proxy = ListenerProxy(arn, lb_arn, port, self.metrics)
-            except OSError as exc:
+                proxy = ListenerProxy(arn, lb_arn, port, self.metrics, certificate)
+            except (OSError, KeyError, ValueError) as exc:
                 if self.errors.get(arn) != str(exc):
                     log.error("cannot bind listener proxy on 127.0.0.1:%s: %s", port, exc)
                 self.errors[arn] = str(exc)
