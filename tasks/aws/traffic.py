@@ -22,10 +22,21 @@ class Routing:
     test_url: str
     target_groups: tuple[str, str]
     target_group_names: tuple[str, str]
+    production_internal: bool = False
+    test_internal: bool = False
 
 
-def _listener(elbv2: Any, ref: ListenerRef, field: str) -> tuple[str, str]:
-    """(listener ARN, base URL) for a listener given by ARN or by load balancer name + port."""
+@dataclass(frozen=True)
+class Endpoint:
+    """One listener: its ARN, base URL (the ALB's DNS name) and whether its ALB is internal."""
+
+    arn: str
+    url: str
+    internal: bool
+
+
+def _listener(elbv2: Any, ref: ListenerRef, field: str) -> Endpoint:
+    """The listener given by ARN or by load balancer name + port."""
     try:
         if ref.arn:
             listener = elbv2.describe_listeners(ListenerArns=[ref.arn])["Listeners"][0]
@@ -50,17 +61,22 @@ def _listener(elbv2: Any, ref: ListenerRef, field: str) -> tuple[str, str]:
             ) from exc
         raise
     scheme = "https" if listener.get("Protocol") == "HTTPS" else "http"
-    return listener["ListenerArn"], f"{scheme}://{lb['DNSName']}:{listener['Port']}"
+    url = f"{scheme}://{lb['DNSName']}:{listener['Port']}"
+    return Endpoint(listener["ListenerArn"], url, lb.get("Scheme") == "internal")
+
+
+def production_endpoint(elbv2: Any, lb: LoadBalancer) -> Endpoint:
+    """Only the production listener (rolling checks production; two calls, not five)."""
+    return _listener(elbv2, lb.production_listener, "production_listener")
 
 
 def production_url(elbv2: Any, lb: LoadBalancer) -> str:
-    """Only the production listener's base URL (rolling checks production; two calls, not five)."""
-    return _listener(elbv2, lb.production_listener, "production_listener")[1]
+    return production_endpoint(elbv2, lb).url
 
 
 def resolve_routing(elbv2: Any, lb: LoadBalancer) -> Routing:
-    prod_arn, prod_url = _listener(elbv2, lb.production_listener, "production_listener")
-    test_arn, test_url = _listener(elbv2, lb.test_listener, "test_listener")
+    prod = _listener(elbv2, lb.production_listener, "production_listener")
+    test = _listener(elbv2, lb.test_listener, "test_listener")
     try:
         groups = elbv2.describe_target_groups(Names=list(lb.target_groups))["TargetGroups"]
     except ClientError as exc:
@@ -72,7 +88,8 @@ def resolve_routing(elbv2: Any, lb: LoadBalancer) -> Routing:
         raise
     by_name = {g["TargetGroupName"]: g["TargetGroupArn"] for g in groups}
     arns = (by_name[lb.target_groups[0]], by_name[lb.target_groups[1]])
-    return Routing(prod_arn, test_arn, prod_url, test_url, arns, lb.target_groups)
+    return Routing(prod.arn, test.arn, prod.url, test.url, arns, lb.target_groups,
+                   prod.internal, test.internal)
 
 
 def get_weights(elbv2: Any, listener_arn: str) -> dict[str, int]:
@@ -99,16 +116,45 @@ def weights_of(listener: dict[str, Any]) -> dict[str, int]:
 
 
 def set_weights(elbv2: Any, listener_arn: str, weights: dict[str, int]) -> bool:
-    """Point the listener's default action at ``weights``; False when already so."""
-    live = {a: w for a, w in get_weights(elbv2, listener_arn).items() if w}
+    """Set the weights of the listener's default forward action; False when already so.
+
+    ModifyListener replaces the whole list ("to update an item in a list, you must provide
+    the entire list"), so every other action (authenticate-oidc/cognito first, in its order)
+    and the forward action's stickiness go back as they are.
+    """
+    listener = elbv2.describe_listeners(ListenerArns=[listener_arn])["Listeners"][0]
+    live = {a: w for a, w in weights_of(listener).items() if w}
     if live == {a: w for a, w in weights.items() if w}:
         return False
-    groups = [{"TargetGroupArn": arn, "Weight": w} for arn, w in weights.items()]
-    elbv2.modify_listener(
-        ListenerArn=listener_arn,
-        DefaultActions=[{"Type": "forward", "ForwardConfig": {"TargetGroups": groups}}],
-    )
+    elbv2.modify_listener(ListenerArn=listener_arn, DefaultActions=weighted_actions(listener, weights))
     return True
+
+
+def weighted_actions(listener: dict[str, Any], weights: dict[str, int]) -> list[dict[str, Any]]:
+    """The listener's default actions with the forward action's target groups set to WEIGHTS (pure)."""
+    groups = [{"TargetGroupArn": arn, "Weight": w} for arn, w in weights.items()]
+    actions: list[dict[str, Any]] = []
+    forwarded = False
+    for action in listener.get("DefaultActions", []):
+        action = {k: v for k, v in action.items() if k != "TargetGroupArn" or action.get("Type") != "forward"}
+        if action.get("Type") == "forward" and not forwarded:
+            config = {k: v for k, v in action.get("ForwardConfig", {}).items() if k != "TargetGroups"}
+            action["ForwardConfig"] = {"TargetGroups": groups, **config}
+            forwarded = True
+        elif action.get("Type") == "authenticate-oidc":
+            oidc = {k: v for k, v in action.get("AuthenticateOidcConfig", {}).items() if k != "ClientSecret"}
+            action["AuthenticateOidcConfig"] = {**oidc, "UseExistingClientSecret": True}
+        actions.append(action)
+    if not forwarded:  # exactly one routing action, the last: a fixed-response or redirect gives way
+        actions = [a for a in actions if a.get("Type") not in ("fixed-response", "redirect")]
+        actions.append({"Type": "forward", "ForwardConfig": {"TargetGroups": groups}})
+    if len(actions) > 1:  # "This value is required for rules with multiple actions"
+        last = max((int(a.get("Order") or 0) for a in actions), default=0)
+        for action in actions:
+            if not action.get("Order"):
+                last += 1
+                action["Order"] = last
+    return actions
 
 
 def green_share(weights: dict[str, int], green_tg: str) -> int:

@@ -227,10 +227,32 @@ class HttpCheck(_Model):
     base_url: str | None = Field(default=None, description="overrides the test listener's URL")
 
 
+HOST = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+
+
 class Verify(_Model):
     http: list[HttpCheck] = Field(default_factory=lambda: [HttpCheck()])
     alarms: list[str] = Field(default_factory=list)
     target_health: bool = True
+    host: str | None = Field(
+        default=None, pattern=HOST, max_length=253,
+        description="the service's own host name: sent as Host header and TLS SNI, and the name its "
+        "certificate is checked against, while checks connect to the listener's address",
+    )
+    ca_bundle: str | None = Field(
+        default=None, min_length=1,
+        description="PEM file of the CA that issued the listener's certificate (a private CA); "
+        "relative to the YAML file or absolute",
+    )
+    revision_header: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="response header in which the service names its commit: a check counts only "
+        "answers from this release (the proof it reached green, not blue)",
+    )
+    propagation_seconds: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=60, description="without revision_header: how long checks wait after a listener "
+        "change before counting (AWS: rule updates take effect after a short time)",
+    )
 
 
 class Timeouts(_Model):

@@ -175,13 +175,16 @@ def verify_production(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout)
     """Rolling has no test listener: the same HTTP checks, against production, after the rollout."""
     log = get_run_logger()
     base = None
+    internal = False
     if cfg.load_balancer is not None:
-        base = traffic.production_url(clients.get("elbv2"), cfg.load_balancer)
+        endpoint = traffic.production_endpoint(clients.get("elbv2"), cfg.load_balancer)
+        base, internal = endpoint.url, endpoint.internal
+    reach = verification.reach_for(cfg.verify, cfg.base_dir, internal)
     lines = []
     for check in cfg.verify.http:
         if base is None and check.base_url is None:
             continue
-        res = verification.check_http(base or "", check)
+        res = verification.check_http(base or "", check, reach=reach)
         lines.append(f"GET {res.path}: {res.passes} passes in {res.attempts} tries, worst {res.worst_ms:.0f} ms")
         log.info(lines[-1])
     verification.raise_on_alarm(cfg, clients, "after the rollout")

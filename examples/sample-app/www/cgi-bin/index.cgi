@@ -5,9 +5,9 @@
 # config: a bug only the production configuration shows (the task definition sets GREETING;
 # the unit tests do not), so it passes its tests and is caught by the release's own checks.
 if [ "$BROKEN" = root ] || { [ "$BROKEN" = config ] && [ -n "$GREETING" ]; }; then
-  printf 'Status: 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\n'
+  printf 'Status: 500 Internal Server Error\r\nContent-Type: text/plain\r\nX-Revision: %s\r\n\r\n' "${APP_REVISION:-unknown}"
   printf 'sample-app %s: broken\n' "$VERSION"
   exit 0
 fi
-printf 'Content-Type: text/plain\r\n\r\n'
+printf 'Content-Type: text/plain\r\nX-Revision: %s\r\n\r\n' "${APP_REVISION:-unknown}"
 printf 'sample-app %s: %s\n' "$VERSION" "${GREETING:-hello}"
