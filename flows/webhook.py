@@ -36,8 +36,10 @@ from tasks.triggers.webhook_deliveries import (
     Ping,
     PushReceiver,
     RunsNotStarted,
+    SenderLimits,
     SenderNotFound,
     Started,
+    TooManyDeliveries,
 )
 from tasks.triggers.webhook_secrets import SecretUnavailable, WebhookSecrets
 from tasks.triggers.webhooks import DELIVERY_HEADERS, DELIVERY_ID, WebhookDelivery
@@ -111,6 +113,10 @@ class _Routes:
             return refused(request, 401, str(exc))
         except NotAnEvent as exc:
             return refused(request, 400, str(exc))
+        except TooManyDeliveries as exc:
+            answer = refused(request, 429, f"{exc}; redeliver later")
+            answer.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+            return answer
         except RunsNotStarted as exc:  # the sender redelivers
             return _json(502, error=f"could not start runs ({exc}); redeliver")
         return _answer(outcome)
@@ -132,9 +138,10 @@ def create_app(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     deliveries: DeliveryCache | None = None,
+    limits: SenderLimits | None = None,
 ) -> Starlette:
     """The webhook app; START_RUNS is a PrefectRunStarter in production."""
-    routes = _Routes(PushReceiver(services, secrets, start_runs, deliveries), max_body_bytes)
+    routes = _Routes(PushReceiver(services, secrets, start_runs, deliveries, limits), max_body_bytes)
     return Starlette(
         routes=[
             Route("/webhook/{provider:str}", routes.receive, methods=["POST"]),

@@ -113,6 +113,49 @@ class DeliveryCache:
             del self._seen[key]
 
 
+class TooManyDeliveries(Exception):
+    """A sender went over its rate or its concurrent deliveries; RETRY_AFTER seconds until one more fits."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SenderLimits:
+    """Per sender: at most PER_MINUTE authenticated deliveries in any minute and CONCURRENT at once.
+
+    A captured signed delivery (or a leaked secret) can then start at most so many
+    run creations, however fast it is replayed; a genuine sender redelivers on 429.
+    """
+
+    def __init__(self, per_minute: int = 120, concurrent: int = 16,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if per_minute < 1 or concurrent < 1:
+            raise ValueError("per_minute and concurrent must be >= 1")
+        self.per_minute, self.concurrent, self._clock = per_minute, concurrent, clock
+        self._recent: dict[str, list[float]] = {}
+        self._busy: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, sender: str) -> None:
+        """Count one delivery of SENDER; TooManyDeliveries when it does not fit."""
+        now = self._clock()
+        with self._lock:
+            recent = [t for t in self._recent.get(sender, []) if now - t < 60]
+            self._recent[sender] = recent
+            if len(recent) >= self.per_minute:
+                raise TooManyDeliveries(f"more than {self.per_minute} {sender} deliveries in a minute",
+                                        60 - (now - recent[0]))
+            if self._busy.get(sender, 0) >= self.concurrent:
+                raise TooManyDeliveries(f"{self.concurrent} {sender} deliveries already in progress", 1.0)
+            recent.append(now)
+            self._busy[sender] = self._busy.get(sender, 0) + 1
+
+    def release(self, sender: str) -> None:
+        with self._lock:
+            self._busy[sender] = max(0, self._busy.get(sender, 0) - 1)
+
+
 class PushReceiver:
     """The webhook senders, the services they may start, the delivery ids seen, and the run starter."""
 
@@ -122,8 +165,10 @@ class PushReceiver:
         secrets: WebhookSecrets,
         start_runs: StartRuns,
         deliveries: DeliveryCache | None = None,
+        limits: SenderLimits | None = None,
     ) -> None:
         self.services = list(services)
+        self.limits = limits if limits is not None else SenderLimits()
         self.senders = webhook_senders(secrets)
         self.start_runs = start_runs
         self.seen = deliveries if deliveries is not None else DeliveryCache()  # an empty cache is falsy
@@ -138,18 +183,22 @@ class PushReceiver:
         return sender
 
     async def receive(self, sender: WebhookSender, delivery: WebhookDelivery) -> Outcome:
-        """Raises SecretUnavailable, NotAuthentic, NotAnEvent or RunsNotStarted; nothing else is expected."""
+        """Raises SecretUnavailable, NotAuthentic, TooManyDeliveries, NotAnEvent or RunsNotStarted."""
         try:
             await run_in_threadpool(sender.authenticate, delivery)
         except SecretUnavailable as exc:  # names settings only, never a value
             log.error("Refusing %s deliveries: %s", sender.name, exc)
             raise
-        reading = sender.read(delivery, self.services)
-        if reading.ping:
-            return Ping()
-        if reading.ignored is not None or reading.push is None:
-            return Ignored(reading.ignored or "no push")
-        return await self._start(reading.push, reading, sender)
+        self.limits.acquire(sender.name)  # authenticated: counts against the sender's own budget
+        try:
+            reading = sender.read(delivery, self.services)
+            if reading.ping:
+                return Ping()
+            if reading.ignored is not None or reading.push is None:
+                return Ignored(reading.ignored or "no push")
+            return await self._start(reading.push, reading, sender)
+        finally:
+            self.limits.release(sender.name)
 
     async def _start(self, push: PushEvent, reading: PushReading, sender: WebhookSender) -> Outcome:
         delivery = reading.delivery

@@ -20,6 +20,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
 from flows.webhook import create_app
 from tasks.triggers.push_runs import PrefectRunStarter
+from tasks.triggers.webhook_deliveries import SenderLimits
 from tasks.triggers.webhooks import sign_github
 from tests.test_webhook import SECRET, SECRETS, make_service, push_payload, serving
 
@@ -78,3 +79,23 @@ def test_forged_and_oversized_requests_are_refused_and_logged_without_body_or_se
     assert "(delivery d-forged-1): 401" in lines and "(delivery d-huge-1): 413" in lines
     assert "(delivery (invalid)): 400" in lines and "rm -rf" not in lines
     assert SECRET not in caplog.text and "xxxxxxxx" not in caplog.text and '"ref"' not in caplog.text
+
+
+def test_a_flood_of_signed_deliveries_is_held_to_the_senders_rate(
+    deployment: tuple[str, uuid.UUID], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A captured signed push (or a leaked secret) replayed fast: past the sender's budget, 429 and no work."""
+    caplog.set_level(logging.WARNING, logger="ecs_pipeline.webhook")
+    app = create_app([], SECRETS, PrefectRunStarter(deployment_name=deployment[0]),
+                     limits=SenderLimits(per_minute=3, concurrent=2))
+    body = json.dumps(push_payload(full_name="acme/unknown")).encode()
+    with serving(app) as url:
+        answers = [httpx.post(f"{url}/webhook/github", content=body,
+                              headers=github(body, **{"X-GitHub-Delivery": f"d-flood-{i}"})) for i in range(5)]
+        forged = httpx.post(f"{url}/webhook/github", content=body, headers={**github(body), "X-Hub-Signature-256":
+                                                                            sign_github("a guess", body)})
+    assert [a.status_code for a in answers] == [200, 200, 200, 429, 429]
+    assert 1 <= int(answers[3].headers["Retry-After"]) <= 60
+    assert "more than 3 github deliveries in a minute" in answers[3].json()["error"]
+    assert forged.status_code == 401  # an unauthenticated request never uses up the sender's budget
+    assert sum("(delivery d-flood-" in r.getMessage() and ": 429 " in r.getMessage() for r in caplog.records) == 2
