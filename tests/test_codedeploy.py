@@ -19,6 +19,8 @@ import pytest
 
 from flows.pipeline import deploy_service
 from harness.services import ROOT, ServiceUnderTest, aws, edit_config, make_service, seed_serving, set_checks
+from tasks.config import appspec as appspec_mod
+from tasks.config.models import appspec_for
 from tasks.release.outcome import outcome_of
 from tests.test_pipeline import release_artifact
 
@@ -100,7 +102,10 @@ def test_canary_release_succeeds_and_removes_the_original(deployments_dir: Path)
     (dep,) = deployments(sut)
     assert dep["status"] == "Succeeded"
     assert dep["deploymentConfigName"] == "EcsPipeline.ECSCanary50Percent1Minutes"
-    assert live_td in dep["revision"]["appSpecContent"]["content"]
+    # GetDeployment never returns the appspec ("always null" on AWS); its sha256 names the one rendered for live_td
+    rendered = appspec_mod.appspec_content(appspec_for(sut.cfg, live_td))
+    assert dep["revision"]["appSpecContent"].get("content") is None
+    assert dep["revision"]["appSpecContent"]["sha256"] == appspec_mod.content_sha256(rendered)
     # What a person sees: every CodeDeploy stage timed, the deployment and its console page.
     summary = release_artifact(sut.name)
     url = f"https://us-east-1.console.aws.amazon.com/codesuite/codedeploy/deployments/{dep['deploymentId']}?region=us-east-1"
