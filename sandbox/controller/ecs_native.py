@@ -20,6 +20,8 @@ from .ecs_native_model import (
     DEFAULT_HOOK_TIMEOUT_MINUTES,
     ENDED,
     HOOKABLE,
+    INVALID_NETWORKING,
+    LIST_LAG_SECONDS,
     ROLLING_BACK,
     STAGES,
     Hook,
@@ -31,6 +33,7 @@ from .ecs_native_model import (
     is_native,
     revision_arn,
     rule_weights,
+    rules_hold_both,
     set_rule_weights,
     share,
     traffic_steps,
@@ -75,8 +78,8 @@ class NativeController:
             deployment_arn(service.cluster_name, service.name), key, service.arn, service.cluster_arn, target,
             [current] if current else [], dict(service.deployment_configuration or {}),
             adv.get("productionListenerRule"), adv.get("testListenerRule"))
-        self.deployments[dep.arn] = dep
-        service.current_service_deployment = dep.arn
+        dep.visible_at = dep.created + scaled(LIST_LAG_SECONDS)
+        self.deployments[dep.arn] = dep  # currentServiceDeployment names it once it is listed (plan)
         self._deployments_field(service, dep)
         log.info("service %s: service deployment %s (%s) started", service.name, dep.arn,
                  dep.config.get("strategy"))
@@ -114,6 +117,9 @@ class NativeController:
         if not deps and service.task_definition:
             self.start(service)
             deps = self.for_service(key)
+        listed = [d for d in deps if d.visible_at <= now()]
+        if listed:
+            service.current_service_deployment = listed[-1].arn
         for dep in deps:
             if dep.status not in ENDED:
                 try:
@@ -180,6 +186,9 @@ class NativeController:
         if dep.status in ROLLING_BACK:
             self._finish_rollback(service, dep)
             return
+        if dep.stage == "RECONCILE_SERVICE" and not dep.entered and not rules_hold_both(dep):
+            self._roll_back(service, dep, INVALID_NETWORKING)
+            return
         if dep.status == "STOP_REQUESTED":
             dep.set_status("STOPPED", dep.reason)
             return
@@ -239,8 +248,11 @@ class NativeController:
 
     def _weights(self, dep: ServiceDeployment, rule: str | None, green_pct: int) -> None:
         blue = dep.source
-        if blue is None:
-            set_rule_weights(rule, {dep.target.target_group: 100})
+        if blue is None:  # the first revision: ECS still names both groups, the other at 0
+            lb = dep.target.load_balancers[0] if dep.target.load_balancers else {}
+            groups = {lb.get("targetGroupArn"), (lb.get("advancedConfiguration") or {}).get("alternateTargetGroupArn")}
+            weights = {g: 0 for g in groups if g and g != dep.target.target_group}
+            set_rule_weights(rule, {dep.target.target_group: 100, **weights})
             return
         set_rule_weights(rule, {blue.target_group: 100 - green_pct, dep.target.target_group: green_pct})
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .ecr_api import ApiError
 from .ecs_native_model import ENDED, ServiceDeployment
-from .world import ecs
+from .world import ecs, now
 
 if TYPE_CHECKING:
     from .ecs_native import NativeController
@@ -74,7 +74,8 @@ class NativeApi:
         wanted = set(params.get("status") or [])
         created = params.get("createdAt") or {}
         deps = [d for d in self.ctl.for_service(f"{service.cluster_name}:{service.name}")
-                if (not wanted or d.status in wanted)
+                if d.visible_at <= now()  # a new deployment is listed only after a while (LIST_LAG_SECONDS)
+                and (not wanted or d.status in wanted)
                 and (created.get("after") is None or d.created >= float(created["after"]))
                 and (created.get("before") is None or d.created <= float(created["before"]))]
         deps.sort(key=lambda d: d.created, reverse=True)  # newest first, as ECS lists them

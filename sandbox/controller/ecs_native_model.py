@@ -38,6 +38,14 @@ DEFAULT_HOOK_TIMEOUT_MINUTES = 1440
 DEFAULT_HOOK_TIMEOUT_ACTION = "ROLLBACK"
 DEFAULT_LINEAR = {"stepPercent": 10.0, "stepBakeTimeInMinutes": 6}
 DEFAULT_CANARY = {"canaryPercent": 5.0, "canaryBakeTimeInMinutes": 10}
+# How long a new service deployment stays out of sight (AWS seconds, time-scaled). botocore documents
+# Service.currentServiceDeployment only as "The ARN of the current service deployment." and UpdateService as
+# answering the service "following the update call"; nothing says either names the deployment the call starts,
+# and aws/containers-roadmap#2709 ("UpdateService call should return DeploymentArn of the created deployment")
+# asks for exactly that. ecspresso waits for it (`time.Sleep(10 * time.Second) // wait for new deployment
+# created`). The least convenient reading: for a while UpdateService's answer and DescribeServices still name
+# the previous deployment, and ListServiceDeployments does not list the new one.
+LIST_LAG_SECONDS = 20.0
 _SEQ = itertools.count(1)
 
 
@@ -121,6 +129,7 @@ class ServiceDeployment:
     production_rule: str | None
     test_rule: str | None
     created: float = field(default_factory=now)
+    visible_at: float = 0.0  # listed and current from then on (LIST_LAG_SECONDS after created)
     started: float | None = None
     finished: float | None = None
     stopped: float | None = None
@@ -229,3 +238,82 @@ def alarms_view(config: dict[str, Any]) -> dict[str, Any]:
     if not alarms.get("enable"):
         return {"status": "DISABLED", "alarmNames": list(alarms.get("alarmNames") or [])}
     return {"status": "MONITORING", "alarmNames": list(alarms.get("alarmNames") or []), "triggeredAlarmNames": []}
+
+
+def check_advanced(config: dict[str, Any] | None, load_balancers: list[dict[str, Any]] | None) -> None:
+    """Create/UpdateService of a BLUE_GREEN, LINEAR or CANARY service behind a load balancer: what ECS requires.
+
+    AdvancedConfiguration: "Specify the alternate target group, listener rules, and IAM role required for
+    traffic shifting during blue/green deployments" (botocore's ECS model); CloudFormation's
+    AWS::ECS::Service AdvancedConfiguration: "AlternateTargetGroupArn ... Required: Yes". The role is the one
+    that "grants Amazon ECS permission to call the Elastic Load Balancing APIs for you": without it (or with a
+    role that does not exist) ECS cannot move a rule. A test listener rule is optional (AWS's migration guide:
+    "If you are not using test listeners, both target groups (production and test) must be associated with
+    production listener rules").
+    """
+    from moto.ecs.exceptions import InvalidParameterException
+
+    if str((config or {}).get("strategy") or "ROLLING") not in NATIVE:
+        return
+    check_percent(config or {})
+    for lb in load_balancers or []:
+        adv = lb.get("advancedConfiguration") or {}
+        missing = [k for k in ("alternateTargetGroupArn", "productionListenerRule", "roleArn") if not adv.get(k)]
+        if missing:
+            raise InvalidParameterException(
+                f"loadBalancers[].advancedConfiguration must include {', '.join(missing)} for a service with "
+                f"deployment strategy {(config or {}).get('strategy')} behind a load balancer.")
+        for key in ("productionListenerRule", "testListenerRule"):
+            if adv.get(key) and find_rule(adv[key]) is None:
+                raise InvalidParameterException(f"advancedConfiguration.{key} {adv[key]} does not exist.")
+        if not _role_exists(str(adv["roleArn"])):
+            raise InvalidParameterException(
+                f"advancedConfiguration.roleArn {adv['roleArn']}: Amazon ECS was unable to assume the role.")
+
+
+def _role_exists(arn: str) -> bool:
+    from moto.iam.models import iam_backends
+
+    try:
+        iam_backends[ACCOUNT]["global"].get_role_by_arn(arn)
+    except Exception:  # noqa: BLE001 - moto's IAMNotFoundException: no such role
+        return False
+    return True
+
+
+def rules_hold_both(dep: ServiceDeployment) -> bool:
+    """Both target groups forwarded to by the production or the test listener rule (a weight of 0 counts).
+
+    AWS's migration guide (docs.aws.amazon.com/AmazonECS/latest/developerguide/migrate-code-deploy-to-ecs-blue-
+    green.html): "Ensure that your Application Load Balancer target groups are properly associated with listener
+    rules ... If this requirement is not met, the service deployment will fail with the following error: Service
+    deployment rolled back because of invalid networking configuration. Both targetGroup and alternateTargetGroup
+    must be associated with the productionListenerRule or testListenerRule."
+    """
+    lb = dep.target.load_balancers[0] if dep.target.load_balancers else {}
+    adv = lb.get("advancedConfiguration") or {}
+    wanted = {lb.get("targetGroupArn"), adv.get("alternateTargetGroupArn")} - {None, ""}
+    held = set(rule_weights(dep.production_rule)) | set(rule_weights(dep.test_rule))
+    return not wanted or wanted <= held
+
+
+INVALID_NETWORKING = ("Service deployment rolled back because of invalid networking configuration. Both "
+                      "targetGroup and alternateTargetGroup must be associated with the productionListenerRule or "
+                      "testListenerRule.")
+
+
+# botocore's ECS model: LinearConfiguration.stepPercent "Valid values are multiples of 0.1 from 3.0 to 100.0";
+# CanaryConfiguration.canaryPercent "Valid values are multiples of 0.1 from 0.1 to 100.0".
+PERCENT_BOUNDS = {"linearConfiguration": ("stepPercent", 3.0), "canaryConfiguration": ("canaryPercent", 0.1)}
+
+
+def check_percent(config: dict[str, Any]) -> None:
+    from moto.ecs.exceptions import InvalidParameterException
+
+    for section, (key, low) in PERCENT_BOUNDS.items():
+        value = (config.get(section) or {}).get(key)
+        if value is None:
+            continue
+        if not low <= float(value) <= 100.0 or abs(round(float(value) * 10) - float(value) * 10) > 1e-6:
+            raise InvalidParameterException(f"{section}.{key} {value} is invalid: valid values are multiples of "
+                                            f"0.1 from {low} to 100.0.")

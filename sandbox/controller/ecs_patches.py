@@ -28,7 +28,7 @@ from moto.ecs.responses import EC2ContainerServiceResponse
 from moto.moto_api._internal import mock_random
 
 from . import ecs_task_sets
-from .ecs_native_model import HOOKABLE, NATIVE, STAGES, is_native, lambda_hooks
+from .ecs_native_model import HOOKABLE, NATIVE, STAGES, check_advanced, is_native, lambda_hooks
 from .fleets import Fleet
 from .rolling import DEFAULT_CONFIG
 
@@ -76,6 +76,8 @@ _orig_create_service = EC2ContainerServiceResponse.create_service
 
 def _create_service(self: EC2ContainerServiceResponse) -> Any:
     _check_native(self._get_param("deploymentConfiguration"))
+    if (self._get_param("deploymentController") or {}).get("type", "ECS") == "ECS":
+        check_advanced(self._get_param("deploymentConfiguration"), self._get_param("loadBalancers"))
     external = (self._get_param("deploymentController") or {}).get("type") == "EXTERNAL"
     if external:
         ecs_task_sets.check_external_service({p: self._get_param(p) for p in ecs_task_sets.CREATE_SERVICE_PARAMS})
@@ -156,6 +158,9 @@ def _update_service(self: EC2ContainerServiceBackend, props: dict[str, Any]) -> 
         merged = dict(getattr(service, "deployment_configuration", None) or DEFAULT_CONFIG)
         merged.update(cfg)
         props["deployment_configuration"] = merged
+    if ctype == "ECS":
+        check_advanced(props.get("deployment_configuration") or getattr(service, "deployment_configuration", None),
+                       props.get("load_balancers") or service.load_balancers)
     running, pending = service.running_count, service.pending_count
     result = _orig_update_service(self, props)
     service.running_count, service.pending_count = running, pending

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import boto3
 import pytest
 from botocore import xform_name
 from botocore.exceptions import ClientError
@@ -48,22 +49,38 @@ def listener_rules(stack: Any) -> dict[str, str]:
     return rules
 
 
+def infrastructure_role(ecs: Any) -> str:
+    """The role ECS assumes to move listener rules (the sandbox, like ECS, refuses one that does not exist)."""
+    iam = boto3.client("iam", endpoint_url=ecs.meta.endpoint_url, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    try:
+        return str(iam.get_role(RoleName="ecs-lb")["Role"]["Arn"])
+    except ClientError:
+        doc = ('{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": '
+               '{"Service": "ecs.amazonaws.com"}, "Action": "sts:AssumeRole"}]}')
+        return str(iam.create_role(RoleName="ecs-lb", AssumeRolePolicyDocument=doc)["Role"]["Arn"])
+
+
 def native_service(stack: Any, td: str, config: dict[str, Any], desired: int = 1) -> dict[str, str]:
     """A BLUE_GREEN/LINEAR/CANARY service whose listener rules ECS moves between the two groups."""
     rules = listener_rules(stack)
+    role = infrastructure_role(stack.ecs)
     stack.ecs.create_service(
         cluster=stack.name, serviceName="web", taskDefinition=td, desiredCount=desired,
         deploymentController={"type": "ECS"}, deploymentConfiguration=config,
         loadBalancers=[{**stack.lb(stack.tgs[0])[0], "advancedConfiguration": {
             "alternateTargetGroupArn": stack.tgs[1], "productionListenerRule": rules["prod"],
-            "testListenerRule": rules["test"], "roleArn": "arn:aws:iam::123456789012:role/ecs-lb"}}])
+            "testListenerRule": rules["test"], "roleArn": role}}])
     return rules
 
 
 def current(stack: Any) -> dict[str, Any]:
     service = stack.ecs.describe_services(cluster=stack.name, services=["web"])["services"][0]
     deps = answer(stack.ecs, "ListServiceDeployments", cluster=stack.name, service="web")["serviceDeployments"]
-    assert deps[0]["serviceDeploymentArn"] == service["currentServiceDeployment"]
+    # a new deployment is listed, and named current, only after a while (tests/sandbox/test_strict_ecs_native.py)
+    assert service.get("currentServiceDeployment") in {d["serviceDeploymentArn"] for d in deps[:2]} | {None}
+    if not deps:
+        return {"status": "", "lifecycleHookDetails": []}
     full = answer(stack.ecs, "DescribeServiceDeployments", serviceDeploymentArns=[deps[0]["serviceDeploymentArn"]])
     return dict(full["serviceDeployments"][0])
 
