@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 
 from flows.pipeline import deploy_service
-from harness.services import ServiceUnderTest, aws, make_service, seed_serving, set_traffic
+from harness.services import ServiceUnderTest, aws, edit_config, make_service, seed_serving, set_traffic
+from sandbox.seed_native import TRUST_ECS
 from tasks.release.outcome import outcome_of
 from tests.test_codedeploy import watching
 
@@ -143,18 +145,44 @@ def test_migrate_a_codedeploy_service_dry_run_then_apply(tmp_path: Path, monkeyp
     from flows.migrate import migrate
 
     monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(tmp_path / "deployments"))
+    from tasks.core.errors import ConfigError
+
     sut = make_service(tmp_path, strategy="codedeploy")
     seed_serving(sut)
-    cfg, ecs = sut.cfg, aws("ecs")
+    cfg, ecs, elbv2 = sut.cfg, aws("ecs"), aws("elbv2")
+    role = f"{sut.name}-ecs-infrastructure"
+    edit_config(sut, lambda c: c["strategy"].__setitem__("infrastructure_role", role))
+    with pytest.raises(ConfigError, match=f"IAM has no role {role}"):  # checked before anything changes
+        migrate(sut.name, "ecs-native", apply=True)
+    aws("iam").create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(TRUST_ECS))
+    rules_before = {arn: len(elbv2.describe_rules(ListenerArn=arn)["Rules"]) for arn in listener_arns(sut)}
     lines = migrate(sut.name, "ecs-native", apply=False)
     assert lines[-1].startswith("dry run: nothing changed")
+    assert sum("create a rule forwarding to both target groups" in line for line in lines) == 2
     svc = ecs.describe_services(cluster=cfg.ecs.cluster, services=[cfg.ecs.service])["services"][0]
     assert svc["deploymentController"]["type"] == "CODE_DEPLOY"
+    assert {arn: len(elbv2.describe_rules(ListenerArn=arn)["Rules"]) for arn in listener_arns(sut)} == rules_before
     with watching(sut) as seen:
         lines = migrate(sut.name, "ecs-native", apply=True)
     assert lines[-1].startswith("migrated: service deployment ")
     svc = ecs.describe_services(cluster=cfg.ecs.cluster, services=[cfg.ecs.service])["services"][0]
     assert svc["deploymentController"]["type"] == "ECS"
     assert svc["deploymentConfiguration"]["strategy"] == "BLUE_GREEN"
-    assert svc["loadBalancers"][0]["advancedConfiguration"]["alternateTargetGroupArn"]
+    adv = svc["loadBalancers"][0]["advancedConfiguration"]
+    assert adv["roleArn"].endswith(f":role/{role}")
+    groups = {svc["loadBalancers"][0]["targetGroupArn"], adv["alternateTargetGroupArn"]}
+    for key, listener in zip(("productionListenerRule", "testListenerRule"), listener_arns(sut), strict=True):
+        rule = next(r for r in elbv2.describe_rules(ListenerArn=listener)["Rules"] if r["RuleArn"] == adv[key])
+        assert not rule["IsDefault"] and {g["TargetGroupArn"] for g in rule["Actions"][0]["ForwardConfig"][
+            "TargetGroups"]} == groups, "the rule ECS moves holds both target groups"
     assert seen and all(s == "200 sample-app seed: hello from ecs-pipeline" for s in seen)
+
+
+def listener_arns(sut: ServiceUnderTest) -> list[str]:
+    """The production and the test listener's ARNs."""
+    elbv2, lb = aws("elbv2"), sut.cfg.load_balancer
+    assert lb is not None
+    found = elbv2.describe_load_balancers(Names=[lb.production_listener.load_balancer])["LoadBalancers"][0]
+    by_port = {x["Port"]: x["ListenerArn"] for x in elbv2.describe_listeners(
+        LoadBalancerArn=found["LoadBalancerArn"])["Listeners"]}
+    return [by_port[lb.production_listener.port], by_port[lb.test_listener.port]]

@@ -6,6 +6,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -112,6 +113,54 @@ def describe_revision(ecs: Any, task_definition: str) -> dict[str, Any] | None:
 def describe_latest(ecs: Any, family: str) -> dict[str, Any] | None:
     """The family's newest ACTIVE revision with its tags, or None when it has none."""
     return describe_revision(ecs, family)
+
+
+def service_deployments_since(ecs: Any, cluster: str, service: str, since: datetime) -> list[dict[str, Any]]:
+    """Briefs of the service's deployments created after SINCE (every page), newest first."""
+    out: list[dict[str, Any]] = []
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"cluster": cluster, "service": service, "createdAt": {"after": since},
+                                  "maxResults": 100}
+        if token:
+            kwargs["nextToken"] = token
+        page = ecs.list_service_deployments(**kwargs)
+        out.extend(page.get("serviceDeployments") or [])
+        token = page.get("nextToken")
+        if not token:
+            return sorted(out, key=lambda b: b.get("createdAt") or since, reverse=True)
+
+
+def revision_task_definitions(ecs: Any, revision_arns: list[str]) -> dict[str, str]:
+    """Service revision ARN → its task definition (DescribeServiceRevisions takes 20 ARNs a call)."""
+    out: dict[str, str] = {}
+    for i in range(0, len(revision_arns), 20):
+        found = ecs.describe_service_revisions(serviceRevisionArns=revision_arns[i:i + 20])
+        out.update({r["serviceRevisionArn"]: str(r["taskDefinition"]) for r in found.get("serviceRevisions") or []})
+    return out
+
+
+def find_service_deployment(ecs: Any, cluster: str, service: str, task_definition: str, since: datetime,
+                            known: frozenset[str] = frozenset()) -> dict[str, Any] | None:
+    """The service deployment an UpdateService to TASK_DEFINITION started, or None while ECS lists none.
+
+    Found as kayac/ecspresso finds it (ListServiceDeployments, newest by createdAt) and narrowed to the
+    one that is ours: created after SINCE, not one of KNOWN (listed before the call), and targeting a
+    service revision whose task definition is ours. UpdateService's ``currentServiceDeployment`` is not
+    used: nothing documents that it already names the deployment the call started.
+    """
+    briefs = [b for b in service_deployments_since(ecs, cluster, service, since)
+              if b["serviceDeploymentArn"] not in known]
+    if not briefs:
+        return None
+    tds = revision_task_definitions(ecs, sorted({str(b["targetServiceRevisionArn"]) for b in briefs
+                                                 if b.get("targetServiceRevisionArn")}))
+    for brief in briefs:
+        if tds.get(str(brief.get("targetServiceRevisionArn"))) == task_definition:
+            found = ecs.describe_service_deployments(serviceDeploymentArns=[brief["serviceDeploymentArn"]])
+            deps = found.get("serviceDeployments") or []
+            return dict(deps[0]) if deps else None
+    return None
 
 
 def roll_back_service_deployment(ecs: Any, arn: str, hook: str | None) -> bool:

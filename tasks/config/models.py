@@ -165,6 +165,9 @@ class Strategy(_Model):
     pause_timeout_seconds: Annotated[int, Field(ge=60, le=86400)] = Field(
         default=3600, description="ecs-native: how long ECS holds production at the verification pause "
         "before it rolls back on its own")
+    infrastructure_role: str | None = Field(
+        default=None, description="ecs-native: the IAM role (name or ARN) ECS assumes to move the listener rules "
+        "(loadBalancers[].advancedConfiguration.roleArn); `migrate --to ecs-native` needs it")
     codedeploy_application: str | None = None
     codedeploy_group: str | None = None
     appspec: str | None = Field(default=None, description="appspec.yml path, for codedeploy")
@@ -179,6 +182,16 @@ class Strategy(_Model):
                 "codedeploy for all-at-once/canary/linear traffic"
             )
         return value
+
+    @model_validator(mode="after")
+    def _native_percent(self) -> Strategy:
+        # botocore's ECS model, LinearConfiguration.stepPercent: "Valid values are multiples of 0.1 from 3.0 to
+        # 100.0" (CanaryConfiguration.canaryPercent: "from 0.1 to 100.0", which 1-99 already satisfies).
+        t = self.traffic
+        if self.type == "ecs-native" and t.type == "linear" and t.percent is not None and t.percent < 3:
+            raise ValueError(f"strategy.traffic.percent {t.percent}: ECS linear deployments shift 3 to 100 percent "
+                             "a step (LinearConfiguration.stepPercent); use percent: 3 or more")
+        return self
 
     @field_validator("appspec")
     @classmethod

@@ -30,7 +30,7 @@ import botocore.session
 import docker
 from botocore import xform_name
 
-from tests.sandbox.test_emulation_native import listener_rules
+from tests.sandbox.test_emulation_native import infrastructure_role, listener_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ READS: dict[str, tuple[str, ...]] = {
             "ListServiceDeployments", "DescribeServiceDeployments", "DescribeServiceRevisions"),
     "ecr": ("DescribeRepositories", "DescribeImages", "GetAuthorizationToken"),
     "elbv2": ("DescribeLoadBalancers", "DescribeListeners", "DescribeRules", "DescribeTargetGroups",
-              "DescribeTargetHealth"),
+              "DescribeTargetHealth", "DescribeTargetGroupAttributes"),
     "cloudwatch": ("DescribeAlarms", "DescribeAlarmHistory"),  # the history: what a person reads after a rollback
     "codedeploy": ("GetDeploymentGroup", "GetDeploymentConfig", "ListDeployments", "GetDeployment",
                    "ListDeploymentTargets", "GetDeploymentTarget"),
@@ -53,6 +53,7 @@ WRITES = frozenset({
     "update_service", "continue_service_deployment", "stop_service_deployment", "register_task_definition",
     "create_task_set", "delete_task_set", "update_service_primary_task_set", "modify_listener", "create_repository",
     "create_deployment", "continue_deployment", "stop_deployment", "create_deployment_config",
+    "create_rule",  # migrate: a listener rule holding both target groups
 })
 NOT_AWS = frozenset({"get_parameters"})  # Prefect's FlowRun.get_parameters, in tasks/release/outcome.py
 
@@ -161,9 +162,10 @@ def native_release(stack: Any, emu: Any, images: dict[str, str], aws: Reader) ->
         deploymentController={"type": "ECS"}, deploymentConfiguration=config,
         loadBalancers=[{**stack.lb(stack.tgs[0])[0], "advancedConfiguration": {
             "alternateTargetGroupArn": stack.tgs[1], "productionListenerRule": rules["prod"],
-            "testListenerRule": rules["test"], "roleArn": "arn:aws:iam::123456789012:role/ecs-lb"}}])
-    emu.wait_for(lambda: aws("ecs", "ListServiceDeployments", cluster=stack.name, service="web")[
-        "serviceDeployments"][0]["status"] == "SUCCESSFUL", 60, "the first service deployment to succeed")
+            "testListenerRule": rules["test"], "roleArn": infrastructure_role(stack.ecs)}}])
+    emu.wait_for(lambda: [d["status"] for d in aws("ecs", "ListServiceDeployments", cluster=stack.name,
+                                                   service="web")["serviceDeployments"]][:1] == ["SUCCESSFUL"],
+                 60, "the first service deployment to succeed")  # listed only after a while, as on AWS
     emu.wait_for(lambda: stack.get() == (200, "v1\n"), 60, "v1 in production")
     v2 = stack.task_definition(images["v2"])
     aws("ecs", "UpdateService", cluster=stack.name, service="web", taskDefinition=v2)
@@ -266,6 +268,8 @@ def check_listeners(aws: Reader, emu: Any, lb_name: str, body: str) -> None:
         assert direct == {(200, body)}, direct
         assert emu.http_get(f"http://{lb['DNSName']}:{listener['Port']}/") == (200, body)
         group = aws("elbv2", "DescribeTargetGroups", TargetGroupArns=[tg])["TargetGroups"][0]
+        attrs = aws("elbv2", "DescribeTargetGroupAttributes", TargetGroupArn=tg)["Attributes"]
+        assert "deregistration_delay.timeout_seconds" in {a["Key"] for a in attrs}  # ecs-native's clean-up budget
         assert group["LoadBalancerArns"] == [lb["LoadBalancerArn"]], "the serving group names its load balancer once"
 
 
