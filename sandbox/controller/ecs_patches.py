@@ -130,7 +130,6 @@ def _create_task_set_api(self: EC2ContainerServiceResponse) -> Any:
     return ActionResult({"taskSet": task_set})
 
 
-
 _orig_update_service = EC2ContainerServiceBackend.update_service
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +13,7 @@ from botocore.exceptions import ClientError
 from tasks.aws.errors import error_code
 from tasks.config.models import ListenerRef, LoadBalancer
 from tasks.core.errors import ConfigError
+from tasks.core.waits import checkpoint
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,28 @@ def set_weights(elbv2: Any, listener_arn: str, weights: dict[str, int]) -> bool:
     if live == {a: w for a, w in weights.items() if w}:
         return False
     elbv2.modify_listener(ListenerArn=listener_arn, DefaultActions=weighted_actions(listener, weights))
+    with _CHANGED_LOCK:
+        _CHANGED[listener_arn] = time.monotonic()
     return True
+
+
+# When this process last changed each listener: a change reaches every load balancer node only after
+# a while ("rule updates do not take effect immediately"), and until then the old target groups still
+# get requests, so their tasks must not go yet.
+_CHANGED: dict[str, float] = {}
+_CHANGED_LOCK = threading.Lock()
+
+
+def wait_propagated(listeners: Iterable[str], seconds: float) -> float:
+    """Sleep until SECONDS have passed since this process last changed any of LISTENERS; the seconds slept."""
+    with _CHANGED_LOCK:
+        last = max((_CHANGED.get(arn, float("-inf")) for arn in listeners), default=float("-inf"))
+    left = last + seconds - time.monotonic()
+    if left > 0:
+        checkpoint()
+        time.sleep(left)
+        checkpoint()
+    return max(0.0, left)
 
 
 def weighted_actions(listener: dict[str, Any], weights: dict[str, int]) -> list[dict[str, Any]]:

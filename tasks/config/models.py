@@ -126,7 +126,6 @@ class Ecs(_Model):
         "(e.g. FARGATE_SPOT); without it, the primary task set's strategy, else FARGATE")
 
 
-
 class Traffic(_Model):
     """How production traffic moves to green: CodeDeploy's three shapes."""
 

@@ -206,8 +206,11 @@ def teardown_blue(cfg: ServiceConfig, clients: AwsClients, routing: Routing, gre
         ecs_ops.set_primary(ecs, cfg.ecs.cluster, cfg.ecs.service, green.task_set)
         log.info("green task set is primary")
     removed = []
-    for ts in service.get("taskSets", []):
-        if ts["taskSetArn"] != green.task_set and ts.get("status") != "DRAINING":
+    doomed = [ts for ts in service.get("taskSets", []) if ts["taskSetArn"] != green.task_set]
+    if any(ts.get("status") != "DRAINING" for ts in doomed):
+        listeners_settled(cfg, clients, routing)
+    for ts in doomed:
+        if ts.get("status") != "DRAINING":
             ecs_ops.delete_task_set(ecs, cfg.ecs.cluster, cfg.ecs.service, ts["taskSetArn"])
             if not ecs_ops.wait_task_set_gone(ecs, cfg.ecs.cluster, cfg.ecs.service, ts["taskSetArn"], DRAIN_WAIT):
                 log.warning("task set %s is still draining", ts["id"])
@@ -227,7 +230,7 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: 
         log.info("production back to 100% blue")
     # Not only the green this run knows: a lost CreateTaskSet answer or a dead run's
     # green is a task set nobody heard of, and it would answer the next release's checks.
-    removed = remove_task_sets(cfg, clients, keep=green.blue_task_set)
+    removed = remove_task_sets(cfg, clients, keep=green.blue_task_set, routing=routing)
     if removed:
         log.info("removed task set(s) %s", ", ".join(removed))
     return "production on blue" if green.blue_target_group else "green removed (there was no blue)"
@@ -251,11 +254,24 @@ def back_on(clients: AwsClients, routing: Routing, target_group: str) -> None:
     poll(there, timeout=ROLLBACK_WAIT, what="production listener back on blue", cap=clients.settings.poll_cap())
 
 
-def remove_task_sets(cfg: ServiceConfig, clients: AwsClients, keep: str | None) -> list[str]:
+def listeners_settled(cfg: ServiceConfig, clients: AwsClients, routing: Routing) -> None:
+    """Wait out the listener change this run made last: until it reached every load balancer node, the
+    target groups it moved traffic away from still get requests, so their tasks must still answer."""
+    seconds = clients.settings.scaled(cfg.verify.propagation_seconds)
+    waited = traffic.wait_propagated((routing.production_listener, routing.test_listener), seconds)
+    if waited:
+        get_run_logger().info("waited %.1fs for the listener change to reach every node before removing tasks",
+                              waited)
+
+
+def remove_task_sets(cfg: ServiceConfig, clients: AwsClients, keep: str | None,
+                     routing: Routing | None = None) -> list[str]:
     """Delete every task set but ``keep`` (the verified primary) and wait until they drained."""
     ecs = clients.get("ecs")
     doomed = [ts for ts in _service(cfg, clients).get("taskSets", [])
               if ts["taskSetArn"] != keep and ts.get("status") != "DRAINING"]
+    if doomed and routing is not None:
+        listeners_settled(cfg, clients, routing)
     for ts in doomed:
         ecs_ops.delete_task_set(ecs, cfg.ecs.cluster, cfg.ecs.service, ts["taskSetArn"])
     for ts in doomed:
