@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long to wait for a release of SERVICE in progress before refusing (default 60)")
     p.set_defaults(func=cmd_rollback)
 
-    p = sub.add_parser("render", help="print the task definition that would be registered")
+    p = sub.add_parser("render", help="print the task definition that would be registered (offline: "
+                                      "<AWS_ACCOUNT_ID>/<AWS_REGION> stay for the release to fill)")
     p.add_argument("service")
     p.add_argument("--image", default="<IMAGE>", help="image reference to render with")
     p.add_argument("--sha", default=None)

@@ -199,8 +199,9 @@ def plan_release(service: str, sha: str | None) -> list[str]:
 
 
 def render_service(service: str, image: str, sha: str | None) -> dict[str, Any]:
-    clients = AwsClients(Settings())
-    return render(find_service(service, clients.settings.deployments), image, sha, clients)
+    """The template rendered offline: no AWS call, so <AWS_ACCOUNT_ID> and <AWS_REGION> stay as written
+    (a release fills them from STS and the settings); `diff` shows them filled against the live revision."""
+    return render(find_service(service, Settings().deployments), image, sha)
 
 
 def diff_service(service: str, image: str | None) -> list[str]:

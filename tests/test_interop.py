@@ -14,6 +14,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.operations import diff_service
 from harness.services import ROOT, aws, make_service
+from tasks.aws.clients import AwsClients
 from tasks.build.codepipeline_files import (
     IMAGE_DEFINITIONS,
     IMAGE_DETAIL,
@@ -24,6 +25,7 @@ from tasks.build.codepipeline_files import (
 from tasks.config.appspec import render_appspec
 from tasks.config.models import load_service, parse_service
 from tasks.config.taskdef import load_template, render_task_definition
+from tasks.core.settings import Settings
 from tasks.release.stages import render
 
 SAMPLE = ROOT / "deployments" / "sample-app"
@@ -107,7 +109,7 @@ def test_live_task_definition_diffs_empty_against_its_template(
     monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(sut.yaml_path.parent))
     cfg = sut.cfg
     image = str(sut.seeded["image"])
-    desired = render(cfg, image, "c" * 40)
+    desired = render(cfg, image, "c" * 40, AwsClients(Settings()))  # as a release renders it
     ecs = aws("ecs")
     arn = ecs.register_task_definition(**desired)["taskDefinition"]["taskDefinitionArn"]
     live = ecs.describe_task_definition(taskDefinition=arn, include=["TAGS"])["taskDefinition"]

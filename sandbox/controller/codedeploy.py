@@ -18,6 +18,7 @@ from moto.codedeploy.models import DeploymentInfo
 
 from .codedeploy_configs import appspec_hooks, epoch, parse_appspec, routing_for, shift_steps
 from .codedeploy_hooks import Hooks
+from .proxy import PROPAGATION_SECONDS
 from .traffic import forward_weights, set_forward
 from .world import LOCK, cloudwatch, codedeploy, ecs, elbv2, log, now, scaled
 
@@ -60,6 +61,7 @@ class Play:
     continued: set[str] = field(default_factory=set)
     props: dict[str, Any] = field(default_factory=dict)
     hooks: dict[str, str] = field(default_factory=dict)
+    moved_at: float = 0.0  # the last listener change this deployment made
 
     def event(self, name: str, status: str) -> None:
         ev = self.events.setdefault(name, {"lifecycleEventName": name, "status": "Pending"})
@@ -82,9 +84,11 @@ class CodeDeployController:
         self.ecs_ctl = ecs_ctl
         self.plays: dict[str, Play] = {}
         self.hooks = Hooks()
+        self.doomed: list[tuple[float, str, str, str]] = []  # (when, cluster, service, task set) to remove
 
     def tick(self) -> None:
         with LOCK:
+            self._remove_doomed()
             for dep in list(codedeploy().deployments.values()):
                 if dep.status in DONE or getattr(dep, "creator", "") == "codeDeployRollback":
                     continue
@@ -94,6 +98,15 @@ class CodeDeployController:
                 except Exception as exc:  # noqa: BLE001 - a broken deployment must not stop the loop
                     log.exception("deployment %s failed", dep.deployment_id)
                     self.fail(play, "INTERNAL_ERROR", f"The sandbox could not play the deployment: {exc}")
+
+    def _remove_doomed(self) -> None:
+        due = [d for d in self.doomed if d[0] <= now()]
+        self.doomed = [d for d in self.doomed if d[0] > now()]
+        for _, cluster, service, task_set in due:
+            try:
+                ecs().delete_task_set(cluster, service, task_set)
+            except Exception as exc:  # noqa: BLE001 - gone already (deleted by someone else): nothing to do
+                log.info("replacement task set %s not removed: %s", task_set, exc)
 
     def tick_one(self, play: Play) -> None:
         """Advance one deployment now (caller holds LOCK), e.g. right after ContinueDeployment."""
@@ -226,6 +239,7 @@ class CodeDeployController:
     def _allow_test_traffic(self, play: Play) -> None:
         for arn in play.test:
             set_forward(arn, {play.green_tg: 100})
+        play.moved_at = now()
         play.passed("AllowTestTraffic")
         play.phase = "after_test_traffic"
 
@@ -259,6 +273,7 @@ class CodeDeployController:
         play.green_weight = pct
         for arn in play.prod:
             set_forward(arn, {play.blue_tg: 100 - pct, play.green_tg: pct})
+        play.moved_at = now()
         log.info("deployment %s: %s%% of production on green", play.dep.deployment_id, pct)
         play.step += 1
         play.next_at = now() + (scaled(wait * 60) if wait else 0.0)
@@ -279,6 +294,8 @@ class CodeDeployController:
         play.phase = "bake"
 
     def _terminate_blue(self, play: Play) -> None:
+        if now() < play.moved_at + scaled(PROPAGATION_SECONDS):
+            return  # old routes still reach blue until the last listener change propagated (see proxy.py)
         if play.blue_ts and self._task_set(play, play.blue_ts):
             ecs().delete_task_set(play.service.cluster_name, play.service.name, play.blue_ts)
         self._succeed(play)
@@ -361,7 +378,9 @@ class CodeDeployController:
                 ecs().update_service_primary_task_set(play.service.cluster_name, play.service.name,
                                                       play.blue_ts)
             if play.green_ts and self._task_set(play, play.green_ts):
-                ecs().delete_task_set(play.service.cluster_name, play.service.name, play.green_ts)
+                # removed once the listeners' way back to blue has propagated (old routes still reach green)
+                self.doomed.append((now() + scaled(PROPAGATION_SECONDS), play.service.cluster_name,
+                                    play.service.name, play.green_ts))
 
     # -- helpers -------------------------------------------------------------
     @staticmethod

@@ -39,6 +39,7 @@ from .ecs_native_model import (
     traffic_steps,
 )
 from .fleets import add_event, utc
+from .proxy import PROPAGATION_SECONDS
 from .world import cloudwatch, log, now, scaled
 
 if TYPE_CHECKING:
@@ -135,8 +136,8 @@ class NativeController:
         for rev in revs.values():
             fleet = self.ecs_ctl.fleet_for(service, rev.fleet_key, rev.task_definition,
                                            rev.fleet_load_balancers(), rev.fleet_key)
-            fleet.desired = service.desired_count if rev.up and service.status == "ACTIVE" else 0
-            if rev.up or any(t.state != "stopped" for t in fleet.tasks):
+            fleet.desired = service.desired_count if rev.serving() and service.status == "ACTIVE" else 0
+            if rev.serving() or any(t.state != "stopped" for t in fleet.tasks):
                 keys.add(rev.fleet_key)
         latest = deps[-1] if deps else None
         if latest is not None:
@@ -150,7 +151,7 @@ class NativeController:
         for rev in (dep.target, *dep.sources):
             fleet = self.ecs_ctl.fleets.get(rev.fleet_key)
             primary = rev.arn == _serving(dep, live)
-            if dep.status in ENDED and not primary and not rev.up and (fleet is None or not fleet.alive()):
+            if dep.status in ENDED and not primary and not rev.serving() and (fleet is None or not fleet.alive()):
                 continue
             state = "COMPLETED" if dep.status in ENDED and primary else (
                 "FAILED" if dep.status in ENDED else "IN_PROGRESS")
@@ -258,7 +259,7 @@ class NativeController:
 
     def _clean_up(self, service: Any, dep: ServiceDeployment) -> None:
         for rev in dep.sources:
-            rev.up = False
+            rev.up, rev.down_after = False, now() + scaled(PROPAGATION_SECONDS)
         if dep.source is None:  # the first revision: production and test rules go to it
             self._weights(dep, dep.production_rule, 100)
             self._weights(dep, dep.test_rule, 100)
@@ -370,7 +371,7 @@ class NativeController:
             dep.source.up = True
             set_rule_weights(dep.production_rule, {dep.source.target_group: 100, dep.target.target_group: 0})
             set_rule_weights(dep.test_rule, {dep.source.target_group: 100, dep.target.target_group: 0})
-        dep.target.up = False
+        dep.target.up, dep.target.down_after = False, now() + scaled(PROPAGATION_SECONDS)
         dep.production_weight = dep.test_weight = 0
         for hook in dep.hooks:
             if hook.status == "AWAITING_ACTION":

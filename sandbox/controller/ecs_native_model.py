@@ -80,6 +80,10 @@ class Revision:
     launch_type: str
     created: float = field(default_factory=now)
     up: bool = False  # the fleet runs desiredCount tasks (else drains to zero)
+    down_after: float = 0.0  # taken out of the rules: its tasks stay until that change has propagated
+
+    def serving(self) -> bool:
+        return self.up or now() < self.down_after
 
     def fleet_load_balancers(self) -> list[dict[str, Any]]:
         return [{"targetGroupArn": self.target_group, "containerName": lb.get("containerName"),
