@@ -245,6 +245,10 @@ MODULE_SECONDS = {
     "tests/test_ui_retry.py": 62, "tests/test_ui_lists.py": 59, "tests/sandbox/test_emulation_native.py": 54,
     "tests/sandbox/test_platform.py": 44, "tests/test_buildspec_run.py": 36, "tests/test_locks.py": 36,
     "tests/sandbox/test_contract.py": 34, "tests/test_contract_botocore.py": 120,
+    # added 2026-12-06, from each module's time alone (the first-contact and rollback modules release for real)
+    "tests/test_first_contact_codedeploy.py": 80, "tests/test_first_contact_ecs_native.py": 80,
+    "tests/test_rollback_command.py": 70, "tests/test_first_contact_listeners.py": 60,
+    "tests/test_first_contact_task_sets.py": 30, "tests/attacks/test_attack_timeout.py": 25,
 }
 
 
