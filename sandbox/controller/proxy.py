@@ -4,7 +4,8 @@ ELB's guide (Edit a listener rule): "Rule updates do not take effect
 immediately, so requests could be routed using the previous rule configuration
 for a short time after you update a rule." So a change to a listener's default
 action or rules reaches its proxy only PROPAGATION_SECONDS (time-scaled) after
-the proxy first sees it; until then the previous configuration answers.
+it is made (dated from the proxy's last look that did not see it, at most one
+controller tick earlier); until then the previous configuration answers.
 An HTTPS listener serves its ACM certificate (moto's ACM holds the key), so a
 client must ask for the name the certificate covers, never the ALB's DNS name.
 Authentication actions run as they would for a client without a session: no
@@ -135,6 +136,7 @@ class ListenerProxy:
         self._view_lock = threading.Lock()
         self._served: dict[str, Any] | None = None
         self._seen = ""
+        self._checked = now()  # the last look at the listener: a change first seen later was made after it
         self._pending: list[tuple[float, dict[str, Any]]] = []
         self.server = _QuietServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
@@ -152,15 +154,18 @@ class ListenerProxy:
 
     def view(self, listener: Any) -> dict[str, Any]:
         """The configuration this listener's nodes have received: a change arrives after the delay."""
+        t = now()
         config = snapshot(listener)
         key = json.dumps(config, sort_keys=True, default=str)
-        t = now()
         with self._view_lock:
             if self._served is None:
                 self._served, self._seen = config, key
             elif key != self._seen:
                 self._seen = key
-                self._pending.append((t + scaled(PROPAGATION_SECONDS), config))
+                # dated from the last look that did not see it, so it serves no later than PROPAGATION_SECONDS
+                # after it was made: what waits that long after its own change (blue's removal) finds it served
+                self._pending.append((self._checked + scaled(PROPAGATION_SECONDS), config))
+            self._checked = max(self._checked, t)
             while self._pending and self._pending[0][0] <= t:
                 self._served = self._pending.pop(0)[1]
             return self._served
