@@ -73,6 +73,41 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+# sandbox/controller/proxy.py: a listener change reaches its proxy this many AWS seconds after it is made
+# (ELB: "requests could be routed using the previous rule configuration for a short time")
+PROPAGATION_SECONDS = 30.0
+TICK_SECONDS = 0.1  # the controller's loop: a proxy notices a change at its next tick at the latest
+PROPAGATION_PERIODS = 5  # what a test waits, at most, for a listener change to serve
+
+
+def propagation(time_scale: float) -> float:
+    """One listener propagation period at TIME_SCALE, in seconds (the sandbox's floor of 0.2 s included)."""
+    return max(PROPAGATION_SECONDS / time_scale, 0.2) + TICK_SECONDS
+
+
+class Eventually:
+    """Bounded waits for what the sandbox documents as eventual: a listener change, a removal after it."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+
+    def __call__(self, check: Callable[[], Any], what: str) -> Any:
+        """Poll CHECK for a few propagation periods (a listener change serves, a task set goes, after one)."""
+        return wait_for(check, PROPAGATION_PERIODS * self.period, what, interval=0.05)
+
+    def answer(self, get: Callable[[], tuple[int, str]], want: tuple[int, str], what: str) -> None:
+        """Poll GET until it answers WANT; the old configuration answers until the change propagated."""
+        deadline = time.monotonic() + PROPAGATION_PERIODS * self.period
+        while (got := get()) != want:
+            assert time.monotonic() < deadline, f"{what}: answers {got!r}, not {want!r}, {PROPAGATION_PERIODS} " \
+                f"propagation periods on"
+            time.sleep(0.05)
+
+    def settle(self) -> None:
+        """Wait out one propagation period: every listener change made before the call now serves."""
+        time.sleep(self.period)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -331,5 +366,7 @@ def emu(emu_sandbox: dict[str, str]) -> Any:
     """Helper functions for the tests (conftest modules are not importable by name)."""
     from types import SimpleNamespace
 
+    eventually = Eventually(propagation(float(sandbox_state()["timeScale"])))
     return SimpleNamespace(wait_for=wait_for, http_get=http_get, state=sandbox_state, clash_port=CLASH_PORT,
-                           endpoint=emu_sandbox["endpoint"], docker_host=emu_sandbox["docker_host"])
+                           endpoint=emu_sandbox["endpoint"], docker_host=emu_sandbox["docker_host"],
+                           eventually=eventually)

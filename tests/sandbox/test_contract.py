@@ -44,7 +44,8 @@ READS: dict[str, tuple[str, ...]] = {
     "cloudwatch": ("DescribeAlarms", "DescribeAlarmHistory"),  # the history: what a person reads after a rollback
     "codedeploy": ("GetDeploymentGroup", "GetDeploymentConfig", "ListDeployments", "GetDeployment",
                    "ListDeploymentTargets", "GetDeploymentTarget"),
-    "sts": ("GetCallerIdentity",),
+    "sts": ("GetCallerIdentity", "AssumeRole"),  # AssumeRole: a build's own short-lived keys, nothing changed
+    "iam": ("GetRole",),  # migrate: strategy.infrastructure_role exists
     "ssm": ("GetParameter",),
     "secretsmanager": ("GetSecretValue",),
 }
@@ -97,6 +98,9 @@ def check_shape(value: Any, shape: Any, path: str, wire: bool = False) -> None:
         for key, item in value.items():
             check_shape(key, shape.key, f"{path} key", wire)
             check_shape(item, shape.value, f"{path}[{key}]", wire)
+    elif kind == "string" and shape.name == "policyDocumentType" and not wire:
+        # botocore's own after-call handler (handlers.json_decode_policies) turns IAM's policy documents into dicts
+        assert isinstance(value, dict), f"{path}: {value!r} is not a decoded policy document"
     elif kind == "string":
         assert isinstance(value, str), f"{path}: {value!r} is not a string"
         if getattr(shape, "enum", None):
@@ -320,7 +324,8 @@ def check_ecr(aws: Reader, image: str) -> None:
 
 
 def check_the_rest(aws: Reader) -> None:
-    """CloudWatch alarms and their history, the caller, SSM and Secrets Manager reads of the buildspec's env."""
+    """CloudWatch alarms and their history, the caller and the roles, SSM and Secrets Manager reads of the
+    buildspec's env."""
     name = f"contract-{uuid.uuid4().hex[:6]}"
     cw, ssm, sm = aws.client("cloudwatch"), aws.client("ssm"), aws.client("secretsmanager")
     cw.put_metric_alarm(AlarmName=name, Namespace="Test/Contract", MetricName="Errors", Statistic="Sum",
@@ -335,6 +340,11 @@ def check_the_rest(aws: Reader) -> None:
     finally:
         cw.delete_alarms(AlarmNames=[name])
     assert aws("sts", "GetCallerIdentity")["Account"] == "123456789012"
+    role = aws("iam", "GetRole", RoleName=infrastructure_role(aws.client("ecs")).rsplit("/", 1)[-1])["Role"]
+    session = aws("sts", "AssumeRole", RoleArn=role["Arn"], RoleSessionName=name, DurationSeconds=900,
+                  Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+                      {"Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"}]}))
+    assert session["Credentials"]["AccessKeyId"] and session["AssumedRoleUser"]["Arn"]
     ssm.put_parameter(Name=f"/{name}/region", Value="us-east-1", Type="String")
     assert aws("ssm", "GetParameter", Name=f"/{name}/region")["Parameter"]["Value"] == "us-east-1"
     sm.create_secret(Name=name, SecretString="not-a-real-secret")

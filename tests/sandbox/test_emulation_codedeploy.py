@@ -75,7 +75,8 @@ def test_ready_then_continue_shifts_production(emu: Any, emu_aws: Callable[[str]
     cd = env["cd"]
     dep_id = _deploy(cd, stack, stack.task_definition(emu_images["green"]))
     emu.wait_for(lambda: _status(cd, dep_id) == "Ready", 40, "deployment Ready")
-    assert stack.get(stack.test_port) == (200, "green\n")
+    assert stack.get() == (200, "blue\n")
+    emu.eventually.answer(lambda: stack.get(stack.test_port), (200, "green\n"), "the test listener on green")
     assert stack.get() == (200, "blue\n")
     assert len(_task_sets(stack)) == 2
     with pytest.raises(ClientError) as err:
@@ -120,10 +121,12 @@ def test_stop_deployment_rolls_back(emu: Any, emu_aws: Callable[[str], Any],
     assert info["status"] == "Stopped"
     assert info["errorInformation"]["code"]
     assert info["rollbackInfo"]["rollbackDeploymentId"]
-    sets = _task_sets(stack)
-    assert len(sets) == 1 and sets[0]["loadBalancers"][0]["targetGroupArn"] == stack.tgs[0]
-    assert all(stack.get()[1] == "blue\n" for _ in range(10))
-    assert stack.get(stack.test_port) == (200, "blue\n")
+    assert all(stack.get() == (200, "blue\n") for _ in range(10)), "production never left blue"
+    # green's task set goes once the test listener's way back to blue has propagated (old routes reach it until then)
+    emu.eventually(lambda: [s["loadBalancers"][0]["targetGroupArn"] for s in _task_sets(stack)] == [stack.tgs[0]],
+                   "only blue's task set")
+    emu.eventually.answer(lambda: stack.get(stack.test_port), (200, "blue\n"), "the test listener back on blue")
+    assert all(stack.get() == (200, "blue\n") for _ in range(10))
     with pytest.raises(ClientError) as err:
         cd.stop_deployment(deploymentId=dep_id)
     assert err.value.response["Error"]["Code"] == "DeploymentAlreadyCompletedException"
@@ -169,8 +172,11 @@ def test_alarm_on_real_5xx_rolls_back_canary(emu: Any, emu_aws: Callable[[str], 
     assert info["rollbackInfo"]["rollbackDeploymentId"]
     state = cw.describe_alarms(AlarmNames=[alarm])["MetricAlarms"][0]
     assert state["StateValue"] == "ALARM" and "Threshold Crossed" in state["StateReason"]
+    emu.eventually.settle()  # the canary's 10% on green answers until production's way back has propagated
     assert all(stack.get() == (200, "blue\n") for _ in range(20))
-    assert [s["loadBalancers"][0]["targetGroupArn"] for s in _task_sets(stack)] == [stack.tgs[0]]
+    emu.eventually(lambda: [s["loadBalancers"][0]["targetGroupArn"] for s in _task_sets(stack)] == [stack.tgs[0]],
+                   "only blue's task set")
+    assert all(stack.get() == (200, "blue\n") for _ in range(20))
     stats = emu.wait_for(lambda: cw.get_metric_statistics(
         Namespace="AWS/ApplicationELB", MetricName="HTTPCode_Target_5XX_Count", Statistics=["Sum"],
         Dimensions=[{"Name": "TargetGroup", "Value": green_tg_dim}, {"Name": "LoadBalancer", "Value": lb_dim}],
@@ -199,10 +205,12 @@ def test_custom_linear_config_shifts_in_steps_then_succeeds(
         return {g["TargetGroupArn"]: g["Weight"] for g in action.get("ForwardConfig", {}).get("TargetGroups", [])}
 
     emu.wait_for(lambda: weights().get(stack.tgs[1]) == 50, 40, "half of production on green")
-    assert {stack.get()[1] for _ in range(40)} == {"blue\n", "green\n"}
+    emu.eventually.settle()  # the step answers once it has propagated (the next is 2 minutes, time-scaled, away)
+    assert {stack.get() for _ in range(40)} == {(200, "blue\n"), (200, "green\n")}
     emu.wait_for(lambda: _status(cd, dep_id) == "Succeeded", 30, "deployment Succeeded")
     assert weights() == {stack.tgs[1]: 100}
-    assert all(stack.get() == (200, "green\n") for _ in range(10))
+    answers = [stack.get() for _ in range(10)]  # blue goes only once the last step propagated: no 503
+    assert answers == [(200, "green\n")] * 10, answers
     # What an independent client reads afterwards: AWS's shapes, AWS's bookkeeping.
     info = cd.get_deployment(deploymentId=dep_id)["deploymentInfo"]
     assert info["createTime"] <= info["completeTime"], "times are all timestamps"
@@ -232,7 +240,9 @@ def test_replacement_that_cannot_start_fails_and_rolls_back(
     assert info["errorInformation"]["code"] == "ECS_UPDATE_ERROR"
     assert "CannotPullContainerError" in info["errorInformation"]["message"]
     assert info["rollbackInfo"]["rollbackDeploymentId"]
-    assert [s["loadBalancers"][0]["targetGroupArn"] for s in _task_sets(stack)] == [stack.tgs[0]]
+    assert stack.get() == (200, "blue\n")
+    emu.eventually(lambda: [s["loadBalancers"][0]["targetGroupArn"] for s in _task_sets(stack)] == [stack.tgs[0]],
+                   "only blue's task set")
     assert stack.get() == (200, "blue\n")
     bad = cd.create_deployment(applicationName=stack.name, deploymentGroupName="dg", revision={
         "revisionType": "AppSpecContent", "appSpecContent": {"content": "version: 0.0\nResources: []\n"}})
@@ -254,7 +264,9 @@ def test_ready_wait_times_out_and_rolls_back(emu: Any, emu_aws: Callable[[str], 
     info = cd.get_deployment(deploymentId=dep_id)["deploymentInfo"]
     assert info["errorInformation"]["code"] == "TIMEOUT"
     assert info["rollbackInfo"]["rollbackDeploymentId"]
-    assert stack.get() == (200, "blue\n") and stack.get(stack.test_port) == (200, "blue\n")
+    assert stack.get() == (200, "blue\n")
+    emu.eventually.answer(lambda: stack.get(stack.test_port), (200, "blue\n"), "the test listener back on blue")
+    assert stack.get() == (200, "blue\n")
     with pytest.raises(ClientError) as err:
         cd.continue_deployment(deploymentId=dep_id, deploymentWaitType="READY_WAIT")
     assert err.value.response["Error"]["Code"] == "DeploymentAlreadyCompletedException"
