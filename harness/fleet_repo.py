@@ -11,6 +11,7 @@ import yaml
 
 from harness.git import git
 from harness.services import ROOT, SAMPLE_APP, free_port
+from sandbox.seed_network import SECURITY_GROUP_ID, SUBNET_IDS
 
 
 def monorepo(base: Path) -> Path:
@@ -34,6 +35,8 @@ def commit(repo: Path, version: str) -> str:
 
 
 def base_yaml(base: Path, repo: Path) -> Path:
+    """One task-sets service's YAML; its copies (sandbox/seed_fleet.py) keep its ``network``, the seeded
+    subnets and security group, as a new EXTERNAL service has no primary task set to take them from."""
     name = "f" + uuid.uuid4().hex[:6]
     (base / "base" / name).mkdir(parents=True)
     taskdef = json.loads((ROOT / "deployments" / "sample-app" / "taskdef.json").read_text())
@@ -43,6 +46,7 @@ def base_yaml(base: Path, repo: Path) -> Path:
         "ecs": {"cluster": f"{name}-cluster", "service": name, "container": "web", "container_port": 8080,
                 "desired_count": 1},
         "task_definition": f"{name}/taskdef.json",
+        "network": {"subnets": list(SUBNET_IDS), "security_groups": [SECURITY_GROUP_ID]},
         "strategy": {"type": "task-sets", "traffic": {"type": "all-at-once"}},
         "load_balancer": {"production_listener": {"load_balancer": f"{name}-alb", "port": free_port()},
                           "test_listener": {"load_balancer": f"{name}-alb", "port": free_port()},
