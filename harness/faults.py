@@ -6,6 +6,7 @@ AWS's own APIs; nothing here reaches into the pipeline.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -183,7 +184,8 @@ def events(service: str) -> list[tuple[str, dict[str, Any]]]:
     """(name after ecs-pipeline.deploy., payload) of the service's events, as automations see them."""
     body = {"filter": {"any_resource": {"id": [f"ecs-pipeline.service.{service}"]},
                        "occurred": {"since": "2000-01-01T00:00:00Z"}}, "limit": 50}
-    found = httpx.post(f"{os.environ['PREFECT_API_URL']}/events/filter", json=body, timeout=10).json()["events"]
+    found = httpx.post(f"{os.environ['PREFECT_API_URL']}/events/filter", json=body, timeout=10,
+                       headers=prefect_api_headers()).json()["events"]
     return [(e["event"].removeprefix("ecs-pipeline.deploy."), e.get("payload") or {}) for e in found]
 
 
@@ -203,3 +205,9 @@ def cancel(run_id: UUID, why: str) -> None:
 
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(run_id, Cancelling(message=why), force=True)
+
+
+def prefect_api_headers() -> dict[str, str]:
+    """The basic auth the sandbox's Prefect API asks for (PREFECT_API_AUTH_STRING), for plain HTTP calls."""
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()} if auth else {}

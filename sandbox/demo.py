@@ -24,6 +24,7 @@ from typing import Any, Self
 import httpx
 
 from sandbox import manage
+from sandbox.layout import layout
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_YAML = REPO_ROOT / "deployments" / "sample-app.yaml"
@@ -268,7 +269,8 @@ def main() -> int:
         extra = f", {r['failed']} of {r['sent']} production requests failed" if r["sent"] is not None else ""
         say(f"   {r['label']}: {r['state']} in {r['seconds']:.1f}s{extra}")
     say(f"   production now answers: {serving}")
-    say(f"   Prefect UI: {ui} (flow runs of deploy-service; artifacts hold each release summary)")
+    say(f"   Prefect UI: {ui} (flow runs of deploy-service; artifacts hold each release summary; "
+        f"sign in with PREFECT_API_AUTH_STRING from {layout().env_file})")
     ok = (
         [r["state"] for r in results] == ["Deployed", "Deployed", "Failed", "Rolled back", "Deployed", "Deployed"]
         and all(r["failed"] in (0, None) for r in results)

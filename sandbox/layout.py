@@ -7,6 +7,7 @@ it starts nothing and reads only the environment.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ ENV_KEYS = (
     "AWS_REGION",
     "DOCKER_HOST",
     "PREFECT_API_URL",
+    "PREFECT_API_AUTH_STRING",
     "SANDBOX_REGISTRY",
     "SANDBOX_TIME_SCALE",
     "SANDBOX_DIR",
@@ -100,6 +102,23 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in REAL_CREDENTIALS}
 
 
+def prefect_auth(lay: Layout) -> str:
+    """``user:password`` of the sandbox's Prefect API, made once per sandbox (readable by its owner only)."""
+    path = lay.state / "prefect-auth"
+    try:
+        found = path.read_text().strip()
+    except OSError:
+        found = ""
+    if ":" in found:
+        return found
+    lay.state.mkdir(parents=True, exist_ok=True)
+    made = f"ecs-pipeline:{secrets.token_urlsafe(24)}"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(made + "\n")
+    return made
+
+
 def write_env(lay: Layout, docker_host: str) -> None:
     """KEY=VALUE lines a shell, a test or `ecs-pipeline` can load to talk to the sandbox."""
     values = {
@@ -110,6 +129,9 @@ def write_env(lay: Layout, docker_host: str) -> None:
         "AWS_REGION": "us-east-1",
         "DOCKER_HOST": docker_host,
         "PREFECT_API_URL": f"http://127.0.0.1:{lay.prefect_port}/api",
+        # The Prefect API answers only to this (HTTP basic auth): anything else on this machine,
+        # a build's commands included, cannot start or change runs.
+        "PREFECT_API_AUTH_STRING": prefect_auth(lay),
         "SANDBOX_REGISTRY": f"127.0.0.1:{lay.registry_port}",
         "SANDBOX_TIME_SCALE": lay.time_scale,
         "SANDBOX_DIR": str(lay.state),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sandbox import engine, postgres, procs
 from sandbox.engine import SandboxError
-from sandbox.layout import REPO, Layout, child_env, layout, write_env
+from sandbox.layout import REPO, Layout, child_env, layout, prefect_auth, write_env
 from sandbox.postgres import Database
 
 
@@ -279,6 +279,8 @@ def _prefect_env(lay: Layout, db: Database = "sqlite") -> dict[str, str]:
         PREFECT_UI_API_URL=f"http://127.0.0.1:{lay.prefect_port}/api",
         # Events reach the UI (and anything reading them back) within a second, not Prefect's default 5 s.
         PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL="1",
+        # Basic auth on the API (health and readiness probes stay open): see prefect_auth.
+        PREFECT_SERVER_API_AUTH_STRING=prefect_auth(lay),
     )
     if db == "postgres":
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.connection_url(lay)

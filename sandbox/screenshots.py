@@ -10,6 +10,7 @@ the rolled-back event.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import sys
@@ -96,6 +97,10 @@ def main() -> int:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path(), headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1440, "height": 960})
+        auth = os.environ.get("PREFECT_API_AUTH_STRING")
+        if auth:  # what the UI's sign-in page stores: the API's basic-auth credentials, base64
+            token = base64.b64encode(auth.encode()).decode()
+            page.add_init_script(f"window.localStorage.setItem('prefect-password', '{token}')")
         for name, target in pages(ui):
             url, _, tab = target.partition("#")
             page.goto(url, wait_until="networkidle", timeout=60_000)

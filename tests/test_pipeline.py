@@ -22,7 +22,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.pipeline import deploy_service
-from harness.faults import serving_versions
+from harness.faults import prefect_api_headers, serving_versions
 from harness.git import git
 from harness.services import ServiceUnderTest, refuse_next_call
 from tasks.release.outcome import outcome_of
@@ -87,7 +87,8 @@ def wait_for_events(service: str, wanted: set[str], timeout: float = 20) -> set[
     deadline = time.monotonic() + timeout
     seen: set[str] = set()
     while time.monotonic() < deadline and not wanted <= seen:
-        events = httpx.post(f"{api}/events/filter", json=body, timeout=10).json()["events"]
+        events = httpx.post(f"{api}/events/filter", json=body, timeout=10,
+                            headers=prefect_api_headers()).json()["events"]
         seen = {e["event"].removeprefix("ecs-pipeline.deploy.") for e in events}
         time.sleep(0.5)
     return seen

@@ -22,7 +22,7 @@ from prefect.flow_engine import run_flow
 from flows.cli import main
 from flows.pipeline import deploy_service
 from flows.webhook import create_app
-from harness.faults import serving_versions
+from harness.faults import prefect_api_headers, serving_versions
 from harness.git import git
 from harness.services import ServiceUnderTest
 from tasks.core.settings import Settings
@@ -105,7 +105,8 @@ def started_with_allow_older(service: str) -> bool:
     }
     deadline = time.monotonic() + 20  # events arrive asynchronously
     while time.monotonic() < deadline:
-        events = httpx.post(f"{os.environ['PREFECT_API_URL']}/events/filter", json=body, timeout=10).json()["events"]
+        events = httpx.post(f"{os.environ['PREFECT_API_URL']}/events/filter", json=body, timeout=10,
+                            headers=prefect_api_headers()).json()["events"]
         if any(e["payload"].get("allow_older") is True for e in events):
             return True
         time.sleep(0.5)
