@@ -30,6 +30,10 @@ from tasks.release.contract import LoadBalanced, Reconciled, Release, RollbackRe
 from tasks.strategies import budgets, verification
 from tasks.strategies.verification import Green, verify_green
 
+# The least a run waits after its last listener change before removing the tasks that change moved traffic
+# from (ELB documents no bound for "a short time"); verify.propagation_seconds may ask for more, never less:
+# a revision header lets checks skip that wait, but the old routes still reach the old tasks.
+REMOVAL_GRACE_SECONDS = 30.0
 DRAIN_WAIT = 120.0  # seconds a deleted task set may take to drain before the run moves on
 ROLLBACK_WAIT = 120.0  # seconds a rollback keeps putting the listeners back before it reports the split
 
@@ -257,7 +261,7 @@ def back_on(clients: AwsClients, routing: Routing, target_group: str) -> None:
 def listeners_settled(cfg: ServiceConfig, clients: AwsClients, routing: Routing) -> None:
     """Wait out the listener change this run made last: until it reached every load balancer node, the
     target groups it moved traffic away from still get requests, so their tasks must still answer."""
-    seconds = clients.settings.scaled(cfg.verify.propagation_seconds)
+    seconds = clients.settings.scaled(max(REMOVAL_GRACE_SECONDS, cfg.verify.propagation_seconds))
     waited = traffic.wait_propagated((routing.production_listener, routing.test_listener), seconds)
     if waited:
         get_run_logger().info("waited %.1fs for the listener change to reach every node before removing tasks",
