@@ -2,7 +2,8 @@
 
 The webhook app answers within milliseconds, so run creation goes through one
 long-lived Prefect client and older runs are cancelled later, once pushes have
-been quiet for a moment.
+been quiet for a moment. A push whose commit is already live, or was released
+or refused as older before, starts nothing (``settled``).
 """
 
 from __future__ import annotations
@@ -18,14 +19,30 @@ from typing import Literal
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    ArtifactCollectionFilter,
+    ArtifactCollectionFilterKey,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import StateType
 from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 from starlette.concurrency import run_in_threadpool
 
 from tasks.build.source import redact_url
 from tasks.config.models import ServiceConfig
+from tasks.core.report import artifact_key
+from tasks.release.live_view import parse_record
+from tasks.release.outcome import outcome_of
 from tasks.release.runs import (
     DEPLOY_DEPLOYMENT,
+    DEPLOY_FLOW,
+    NOT_NEWER,
     cancel_waiting_runs,
     commit_order_for,
     create_deploy_run,
@@ -172,16 +189,41 @@ class PrefectRunStarter:
             )
         return str(run.id)
 
-    async def _ready(self) -> tuple[SyncPrefectClient, uuid.UUID]:
+    async def settled(self, push: PushEvent, services: list[ServiceConfig]) -> dict[str, str]:
+        """The SERVICES a run for PUSH's commit would have nothing to do for, and why.
+
+        Read from the Prefect server only, so the answer stays quick and the
+        receiver needs no AWS credentials: the live view each release publishes
+        (the commit is live), and this commit's finished runs (it was released,
+        so production is on it or has since moved on; or a run refused it as not
+        newer than live). Whether it descends from the live commit is not asked
+        of git here, since that may need a fetch while the sender waits; the run
+        decides, and once it refused an older commit, replays of it start nothing.
+        When the server cannot be read this fails open: nothing is settled and
+        the runs start as before, each checking what is live itself.
+        """
+        if not services:
+            return {}
+        try:
+            client = await self._open()
+            return await run_in_threadpool(settled_commits, client, push.sha, [c.name for c in services])
+        except Exception as exc:  # noqa: BLE001 - fail open: the runs check what is live themselves
+            log.warning("Could not read whether %s is live (%s); starting the runs", push.sha[:12], type(exc).__name__)
+            return {}
+
+    async def _open(self) -> SyncPrefectClient:
         async with self._lock:
             if self._client is None:
                 self._client = get_client(sync_client=True).__enter__()
+            return self._client
+
+    async def _ready(self) -> tuple[SyncPrefectClient, uuid.UUID]:
+        client = await self._open()
+        async with self._lock:
             if self._deployment_id is None:
-                deployment = await run_in_threadpool(
-                    self._client.read_deployment_by_name, self.deployment_name
-                )
+                deployment = await run_in_threadpool(client.read_deployment_by_name, self.deployment_name)
                 self._deployment_id = deployment.id
-            return self._client, self._deployment_id
+            return client, self._deployment_id
 
     async def warm(self) -> None:
         """Open the client and look the deployment up before the first push arrives."""
@@ -205,6 +247,36 @@ class PrefectRunStarter:
         if self._client is not None:
             client, self._client = self._client, None
             client.__exit__(None, None, None)
+
+
+def settled_commits(client: SyncPrefectClient, sha: str, services: list[str]) -> dict[str, str]:
+    """Of SERVICES, those for which commit SHA is live or was released or refused before; service -> why."""
+    keys = {artifact_key(name, "live"): name for name in services}
+    live = client.read_latest_artifacts(
+        artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=list(keys))), limit=len(keys)
+    )
+    why: dict[str, str] = {}
+    for artifact in live:
+        record = parse_record(str(artifact.data))
+        if record is not None and record.sha == sha and artifact.key in keys:
+            why[keys[artifact.key]] = f"{sha[:12]} is already live"
+    finished = client.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=[DEPLOY_FLOW])),
+        flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[f"sha:{sha}"]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED, StateType.CANCELLED])),
+        ),
+        limit=200,
+    )
+    for run in finished:
+        name = next((n for n in services if f"service:{n}" in run.tags), None)
+        if name is None or name in why:
+            continue
+        if run.state_type == StateType.COMPLETED:  # Deployed, or No change: it was live then
+            why[name] = f"{sha[:12]} was released by run {run.name} ({run.id})"
+        elif outcome_of(run.state) == NOT_NEWER:
+            why[name] = f"{sha[:12]} is not newer than live (run {run.name} refused it)"
+    return why
 
 
 def _key(deployment_id: uuid.UUID, delivery: str | None, service: str) -> str | None:
