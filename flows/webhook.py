@@ -2,9 +2,12 @@
 
 POST /webhook/github (also /webhook/gitea, /webhook/gitlab, each on only when
 its own secret is configured) answers within milliseconds: it checks the
-signature, drops replays, maps the repository and branch to services, creates
-one ``deploy-service`` flow run per service (one ``release-fleet`` run when the
-push concerns several) and emits ``ecs-pipeline.git.push`` for automations. GET /healthz for probes.
+signature, drops replays (delivery ids are kept in the Prefect server for
+``delivery_ttl`` seconds, for every receiver), maps the repository and branch to
+services, answers "nothing to do" for services whose commit is already live (or
+was released or refused before), creates one ``deploy-service`` flow run per
+other service (one ``release-fleet`` run when the push concerns several) and
+emits ``ecs-pipeline.git.push`` for automations. GET /healthz for probes.
 
 The senders are triggers (``tasks/triggers/webhooks.py``) and a delivery's way
 to its runs is ``tasks/triggers/webhook_deliveries.py``; this app reads the
@@ -29,13 +32,16 @@ from tasks.release.runs import DEPLOY_DEPLOYMENT, FLEET_DEPLOYMENT
 from tasks.triggers.contract import NotAnEvent, NotAuthentic
 from tasks.triggers.push_runs import Dispatch, PrefectRunStarter, StartRuns
 from tasks.triggers.webhook_deliveries import (
-    DeliveryCache,
+    DEFAULT_DELIVERY_TTL,
     Duplicate,
     Ignored,
+    NothingToDo,
     Outcome,
     Ping,
+    PrefectDeliveries,
     PushReceiver,
     RunsNotStarted,
+    SeenDeliveries,
     SenderLimits,
     SenderNotFound,
     Started,
@@ -85,8 +91,11 @@ def _answer(outcome: Outcome) -> JSONResponse:
             return _json(200, ignored=reason)
         case Duplicate(delivery):
             return _json(200, duplicate=True, delivery=delivery)
-        case Started(runs, sha, branch):
-            return _json(202, started=[r.__dict__ for r in runs], sha=sha, branch=branch)
+        case NothingToDo(settled, sha, branch):
+            return _json(200, nothing_to_do=settled, sha=sha, branch=branch)
+        case Started(runs, sha, branch, settled):
+            extra = {"nothing_to_do": settled} if settled else {}
+            return _json(202, started=[r.__dict__ for r in runs], sha=sha, branch=branch, **extra)
 
 
 class _Routes:
@@ -137,10 +146,13 @@ def create_app(
     start_runs: StartRuns,
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
-    deliveries: DeliveryCache | None = None,
+    deliveries: SeenDeliveries | None = None,
     limits: SenderLimits | None = None,
 ) -> Starlette:
-    """The webhook app; START_RUNS is a PrefectRunStarter in production."""
+    """The webhook app; START_RUNS is a PrefectRunStarter and DELIVERIES a PrefectDeliveries in production.
+
+    Without DELIVERIES the ids are kept in this process only (``DeliveryCache``).
+    """
     routes = _Routes(PushReceiver(services, secrets, start_runs, deliveries, limits), max_body_bytes)
     return Starlette(
         routes=[
@@ -159,10 +171,13 @@ def serve(
     dispatch: Dispatch = "direct",
     parallel_creates: int = 1,
     fleet_deployment: str | None = FLEET_DEPLOYMENT,
+    delivery_ttl: float = DEFAULT_DELIVERY_TTL,
 ) -> None:
     """Run the webhook app under uvicorn (put TLS and a public name in front of it).
 
     A push that concerns several services starts one FLEET_DEPLOYMENT run for them.
+    Delivery ids count as seen for DELIVERY_TTL seconds, by every receiver of the
+    same Prefect server and across restarts (a sender's redeliveries come within hours).
     """
     import uvicorn
 
@@ -177,5 +192,6 @@ def serve(
             deployment_name, dispatch, parallel_creates, git_cache=settings.cache / "git",
             fleet_deployment=fleet_deployment,
         ),
+        deliveries=PrefectDeliveries(delivery_ttl),
     )
     uvicorn.run(app, host=host, port=port, log_level="info")
