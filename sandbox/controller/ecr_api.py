@@ -7,6 +7,7 @@ local OCI registry and image queries ask that registry over its HTTP API v2.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -53,14 +54,15 @@ def install_patches() -> None:
     Repository.__init__ = _repo_init  # type: ignore[method-assign]
 
 
-def _http(method: str, path: str) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(f"http://{registry()}{path}", method=method,
-                                 headers={"Accept": MANIFEST_TYPES})
+def _http(method: str, path: str, body: bytes | None = None,
+          content_type: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    headers = {"Accept": MANIFEST_TYPES, **({"Content-Type": content_type} if content_type else {})}
+    req = urllib.request.Request(f"http://{registry()}{path}", method=method, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), b""
+        return exc.code, dict(exc.headers), exc.read()
     except OSError as exc:
         raise ApiError("ServerException", f"registry {registry()} unreachable: {exc}", 500) from exc
 
@@ -193,6 +195,43 @@ def batch_get_image(params: dict[str, Any]) -> dict[str, Any]:
     return {"images": images, "failures": failures}
 
 
+def put_image(params: dict[str, Any]) -> dict[str, Any]:
+    """PutImage: the manifest stored under imageTag, as ECR does for a retag (BatchGetImage, then PutImage).
+
+    ECR's API reference: ImageAlreadyExistsException "The specified image has already been pushed,
+    and there were no changes to the manifest or image tag after the last push"; ImageDigestDoesNotMatch
+    when imageDigest is given and is not the manifest's; the layers must already be in the repository
+    (LayersNotFoundException): the registry checks that itself.
+    """
+    repo = _repo(params)
+    raw = str(params.get("imageManifest") or "")
+    tag = params.get("imageTag")
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        raise ApiError("InvalidParameterException", "Invalid parameter at 'imageManifest' failed to satisfy "
+                       "constraint: 'Invalid JSON syntax'") from None
+    media = params.get("imageManifestMediaType") or manifest.get("mediaType") or \
+        "application/vnd.docker.distribution.manifest.v2+json"
+    digest = "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
+    if params.get("imageDigest") and params["imageDigest"] != digest:
+        raise ApiError("ImageDigestDoesNotMatchException", f"The specified image digest {params['imageDigest']} "
+                       f"does not match the digest that Amazon ECR calculated for the image {digest}")
+    if tag:
+        current = _manifest(repo.name, tag)
+        if current is not None and current[0] == digest:
+            raise ApiError("ImageAlreadyExistsException", f"Image with digest '{digest}' and tag '{tag}' already "
+                           f"exists in the repository with name '{repo.name}' in registry with id '{ACCOUNT}'")
+    status, _, body = _http("PUT", f"/v2/{repo.name}/manifests/{tag or digest}", raw.encode(), media)
+    if status == 400 and b"BLOB_UNKNOWN" in body.upper():
+        raise ApiError("LayersNotFoundException", "The image layers were not found in the repository")
+    if status not in (200, 201):
+        raise ApiError("ServerException", f"registry {registry()} refused the manifest: HTTP {status}", 500)
+    return {"image": {"registryId": ACCOUNT, "repositoryName": repo.name,
+                      "imageId": {"imageDigest": digest, **({"imageTag": tag} if tag else {})},
+                      "imageManifest": raw, "imageManifestMediaType": media}}
+
+
 def get_authorization_token(params: dict[str, Any]) -> dict[str, Any]:
     token = base64.b64encode(f"AWS:{secrets.token_urlsafe(24)}".encode()).decode()
     expires = (datetime.now(UTC) + timedelta(hours=12)).timestamp()
@@ -204,5 +243,6 @@ HANDLERS = {
     "DescribeImages": describe_images,
     "ListImages": list_images,
     "BatchGetImage": batch_get_image,
+    "PutImage": put_image,
     "GetAuthorizationToken": get_authorization_token,
 }

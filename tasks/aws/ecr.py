@@ -65,6 +65,12 @@ def ensure_repository(ecr: EcrClient, name: str) -> str:
     return str(created["repository"]["repositoryUri"])
 
 
+MANIFEST_MEDIA_TYPES = ("application/vnd.docker.distribution.manifest.v2+json",
+                        "application/vnd.oci.image.manifest.v1+json",
+                        "application/vnd.docker.distribution.manifest.list.v2+json",
+                        "application/vnd.oci.image.index.v1+json")
+
+
 def find_image_digest(ecr: EcrClient, repository: str, tag: str) -> str | None:
     """Digest of REPOSITORY:TAG in ECR, or None when no image has that tag."""
     try:
@@ -89,6 +95,25 @@ def find_image_digest_for_plan(ecr: EcrClient, repository: str, tag: str) -> str
         if code != "RepositoryNotFoundException":
             raise
         raise NotFound(code) from exc
+
+
+def tag_image(ecr: EcrClient, repository: str, digest: str, tag: str) -> None:
+    """REPOSITORY@DIGEST tagged TAG as ECR documents a retag: BatchGetImage, then PutImage of the same manifest
+    (byte for byte, so the digest stays). Nothing is pulled or pushed; a tag that already names it is fine."""
+    got = ecr.batch_get_image(repositoryName=repository, imageIds=[{"imageDigest": digest}],
+                              acceptedMediaTypes=list(MANIFEST_MEDIA_TYPES))
+    images = got.get("images") or []
+    if not images:
+        raise PushError(f"{repository}@{digest} is not in ECR: nothing to tag {tag}")
+    image = images[0]
+    try:
+        ecr.put_image(repositoryName=repository, imageManifest=image["imageManifest"], imageTag=tag,
+                      imageDigest=digest,
+                      **({"imageManifestMediaType": image["imageManifestMediaType"]}
+                         if image.get("imageManifestMediaType") else {}))
+    except ClientError as exc:
+        if error_code(exc) != "ImageAlreadyExistsException":
+            raise
 
 
 def digest_exists(ecr: EcrClient, repository: str, digest: str) -> bool:

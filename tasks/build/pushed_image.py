@@ -3,7 +3,9 @@
 CodePipeline's ECS deploy action reads ``[{"name": container, "imageUri": ...}]``;
 the pipeline reads the same file. The image must be in the service's ECR
 repository; it is deployed by digest, and tagged with the full commit SHA (the
-tag the build stage looks for) so a rerun of the commit skips the build.
+tag the build stage looks for) so a rerun of the commit skips the build. The tag
+is ECR's own retag (the same manifest put under a new tag): the image the build
+made never enters the pipeline's Docker engine.
 """
 
 from __future__ import annotations
@@ -11,11 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import docker
-import docker.errors
-
 from tasks.aws import ecr
-from tasks.aws.clients import AwsClients, docker_client
+from tasks.aws.clients import AwsClients
 from tasks.build import image
 from tasks.config.models import ServiceConfig
 from tasks.core.errors import BuildError
@@ -33,20 +32,6 @@ def image_uri_for(cfg: ServiceConfig, definitions: list[dict[str, Any]]) -> str:
         f"imagedefinitions.json has no imageUri for container {cfg.ecs.container} (it names: {names}); "
         "write the entry for ecs.container in post_build", service=cfg.name,
     )
-
-
-def _tag_with_sha(client: docker.DockerClient, source: str, repository: str, sha: str,
-                  auth: ecr.RegistryAuth, log: Log, detail: Log | None = None) -> str:
-    """Push the image again under the full-SHA tag (layers are there already); the digest served.
-
-    The push's layer lines go to DETAIL (a run logger's debug level), its summary to LOG.
-    """
-    try:
-        client.api.tag(source, repository, sha)
-    except docker.errors.ImageNotFound:
-        client.api.pull(source, auth_config=auth.auth_config())
-        client.api.tag(source, repository, sha)
-    return image.push_image(client, f"{repository}:{sha}", auth, log, detail)
 
 
 def adopt_image(cfg: ServiceConfig, clients: AwsClients, sha: str, uri: str,
@@ -75,7 +60,6 @@ def adopt_image(cfg: ServiceConfig, clients: AwsClients, sha: str, uri: str,
     ref = image.image_with_digest(repository, found)
     log(f"the buildspec pushed {named}: deploying {ref}")
     if tag != sha:
-        served = _tag_with_sha(docker_client(), named, repository, sha, ecr.registry_auth(ecr_client), log, detail)
-        if served != found:
-            log(f"note: {repository}:{sha} is {served}, not {found}; the release pins {found}")
+        ecr.tag_image(ecr_client, cfg.ecr.repository, found, sha)
+        log(f"tagged {repository}@{found} {sha} in ECR")
     return ref
