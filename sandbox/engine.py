@@ -153,6 +153,8 @@ def missing_packages(*, need_dockerd: bool, need_registry: bool) -> list[str]:
         wanted.append("docker-registry")
     if not is_static_elf(BUSYBOX):
         wanted.append("busybox-static")
+    # Build boxes (tasks/build/build_box.py): a rootless Podman engine per build.
+    wanted += [pkg for tool, pkg in (("podman", "podman"), ("newuidmap", "uidmap")) if shutil.which(tool) is None]
     return wanted
 
 

@@ -91,7 +91,7 @@ def test_codebuild_variables_are_set(run: Run, cfg: ServiceConfig) -> None:
     second = run({"env": {"exported-variables": list(names)}, "phases": {"build": {"commands": ["true"]}}})
     env = first.exported
     assert env["CODEBUILD_RESOLVED_SOURCE_VERSION"] == env["CODEBUILD_SOURCE_VERSION"] == SHA
-    assert env["CODEBUILD_SRC_DIR"] == str(run.src)
+    assert env["CODEBUILD_SRC_DIR"] == "/codebuild/output/src", "the checkout's copy, where the box mounts it"
     assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == run.clients.settings.region
     assert env["CODEBUILD_BUILD_ID"].startswith(f"{cfg.name}:")
     assert env["CODEBUILD_BUILD_ARN"].startswith("arn:aws:codebuild:")

@@ -1,14 +1,23 @@
-"""Run a buildspec the way CodeBuild does, in a clean checkout of the commit.
+"""Run a buildspec the way CodeBuild does, for a clean checkout of the commit.
 
-Environment: the worker's basics (PATH, HOME, Docker and AWS credential
-variables), then the buildspec's ``env.variables``, ``env.parameter-store`` and
-``env.secrets-manager`` (read through the pipeline's boto3 clients), then the
+Where: by default in a build box (tasks/build/build_box.py), CodeBuild's fresh
+container with its own engine, network and processes, the checkout copied in;
+``build.runner: host-unsafe`` runs it on the worker instead, as the worker's
+user, and is refused for runs a push or a poll started unless the worker allows
+it. The phases are one code path either way (tasks/build/shell.py).
+
+Environment: in the box, only what follows; on the worker, its basics first
+(BUILD_HOST_ENV). Then the buildspec's ``env.variables``, ``env.parameter-store``
+and ``env.secrets-manager`` (read through the pipeline's boto3 clients), then the
 project's variables (REPOSITORY_URI, ...), then CodeBuild's own (CODEBUILD_*,
-AWS_REGION, ...), later ones winning as in CodeBuild. Values from Parameter
-Store and Secrets Manager are masked (``***``) in every log line, artifact and
-error. Phases run in one shell (tasks/build/shell.py) on the host or in a container
-of ``build.image``: only ``build_shell`` knows which; the phases are one code path.
-Artifacts are copied when CodeBuild would upload them (``BuildRun.uploads_artifacts``).
+AWS_REGION, ...), later ones winning as in CodeBuild, then the build's own AWS
+identity (tasks/build/build_identity.py; none without ``build.role_arn``). Values
+from Parameter Store and Secrets Manager and the identity's keys are masked
+(``***``, in their encoded forms too) in every log line, artifact and error.
+What the build hands back (reports, artifacts, imagedefinitions.json, exported
+variables) is read after every process of the build has ended, and checked as
+it is read. Artifacts are copied when CodeBuild would upload them
+(``BuildRun.uploads_artifacts``).
 """
 
 from __future__ import annotations
@@ -35,9 +44,18 @@ from prefect.artifacts import create_table_artifact
 
 from tasks.aws import parameters
 from tasks.aws.clients import AwsClients
-from tasks.build import junit
+from tasks.build import egress, junit, standard_image
+from tasks.build.build_box import BuildBox, Resources, open_box
 from tasks.build.build_identity import build_credentials
-from tasks.build.shell import BuildContainer, ContainerError, Shell, ShellSpec, ShellTimeout, in_own_pid_namespace
+from tasks.build.shell import (
+    BuildContainer,
+    ContainerError,
+    Shell,
+    ShellSpec,
+    ShellTimeout,
+    in_own_pid_namespace,
+    read_written,
+)
 from tasks.build.source import redact_url
 from tasks.config.buildspec import BuildSpec, Files, Phase, load_buildspec
 from tasks.config.inputs import confined, read_text
@@ -50,9 +68,8 @@ TAIL_LINES = 15
 # Commands whose output is docker's progress (build steps, layer by layer): DEBUG, with one line at INFO.
 DOCKER_PROGRESS = re.compile(r"(^|[;&|(`]|\$\()\s*docker\s+(image\s+|buildx\s+)?(build|push|pull)\b")
 CONTAINER_LABEL = "ecs-pipeline.codebuild"
-# Not passed into build.image: the image has its own PATH and HOME, and these name files on the worker.
-WORKER_ONLY = ("PATH", "HOME", "TMPDIR", "DOCKER_CONFIG", "DOCKER_CERT_PATH", "AWS_CONFIG_FILE",
-               "AWS_SHARED_CREDENTIALS_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE")
+BUILD_UID = 1000  # the build container's user (the standard image's "build"): the build user outside
+TRIGGERED = ("trigger:push", "trigger:poll", "trigger:schedule")
 
 
 class Masker:
@@ -186,7 +203,8 @@ def build_number(cache: Path, service: str) -> int:
     return number
 
 
-def standard_env(cfg: ServiceConfig, clients: AwsClients, sha: str, src: Path, uri: str) -> dict[str, str]:
+def standard_env(cfg: ServiceConfig, clients: AwsClients, sha: str, src: str, uri: str,
+                 image: str) -> dict[str, str]:
     """The project's variables and CodeBuild's own, as CodeBuild sets them for a build of SHA."""
     region = clients.settings.region
     account = str(clients.get("sts").get_caller_identity()["Account"])
@@ -199,59 +217,90 @@ def standard_env(cfg: ServiceConfig, clients: AwsClients, sha: str, src: Path, u
         "CODEBUILD_BUILD_ID": f"{project}:{build_uuid}",
         "CODEBUILD_BUILD_ARN": f"arn:aws:codebuild:{region}:{account}:build/{project}:{build_uuid}",
         "CODEBUILD_BUILD_NUMBER": str(build_number(clients.settings.cache, cfg.name)),
-        "CODEBUILD_BUILD_IMAGE": cfg.build.image or "host", "CODEBUILD_BUILD_SUCCEEDING": "1",
+        "CODEBUILD_BUILD_IMAGE": image, "CODEBUILD_BUILD_SUCCEEDING": "1",
         "CODEBUILD_INITIATOR": f"ecs-pipeline/{project}", "CODEBUILD_LOG_PATH": build_uuid,
         "CODEBUILD_RESOLVED_SOURCE_VERSION": sha, "CODEBUILD_SOURCE_VERSION": sha,
-        "CODEBUILD_SOURCE_REPO_URL": redact_url(cfg.source.repo), "CODEBUILD_SRC_DIR": str(src),
+        "CODEBUILD_SOURCE_REPO_URL": redact_url(cfg.source.repo), "CODEBUILD_SRC_DIR": src,
         "CODEBUILD_START_TIME": str(int(time.time() * 1000)),
     }
 
 
 @contextlib.contextmanager
 def build_shell(cfg: ServiceConfig, host: ShellSpec, worker: dict[str, str], deadline: float) -> Iterator[Shell]:
-    """The one shell session the phases run in: HOST's on the worker, or the same in a ``build.image`` container."""
-    container, spec = None, replace(host, argv=in_own_pid_namespace(host.argv))
-    if cfg.build.image:
-        container, spec = container_spec(cfg, cfg.build.image, host, worker)
-        container.remove_leftovers()
-        try:
-            container.start(deadline)
-        except ContainerError as exc:
-            raise BuildError(f"build.image {cfg.build.image}: the build container did not start: {exc}",
-                             service=cfg.name) from None
-    session = Shell(spec, deadline)
+    """The one shell session the phases run in, on the worker (``build.runner: host-unsafe``)."""
+    session = Shell(replace(host, argv=in_own_pid_namespace(host.argv)), deadline)
     try:
         yield session
     finally:
-        if container is not None:
-            container.close()  # first: a command still running stops with its container
         session.close()
 
 
-def container_spec(cfg: ServiceConfig, image: str, host: ShellSpec,
-                   worker: dict[str, str]) -> tuple[BuildContainer, ShellSpec]:
-    """A container of IMAGE on the host network, the source, scripts and Docker socket mounted; shells exec'd in.
+@contextlib.contextmanager
+def box_shell(cfg: ServiceConfig, box: BuildBox, env: dict[str, str], shell: str,
+              deadline: float) -> Iterator[Shell]:
+    """The one shell session the phases run in, in a container of the build box's own engine.
 
-    Paths are the worker's (CODEBUILD_SRC_DIR is the same inside); the socket is
-    at its own path and at /var/run/docker.sock, so DOCKER_HOST holds either way.
-    The worker's PATH, HOME and file paths stay outside unless the buildspec sets them.
+    The container: the standard image read-only (or ``build.image``, pulled into the box),
+    every capability dropped, no new privileges, a non-root user, the box's network; the
+    checkout's copy at SRC, the command files read-only, one folder for values read back,
+    and the box's engine as /var/run/docker.sock. Nothing of the worker's environment.
     """
-    env, src, scripts = host.env, host.cwd, host.scripts
-    docker = shutil.which("docker", path=worker.get("PATH")) or "docker"
-    docker_host = env.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    mounts = ["-v", f"{src}:{src}", "-v", f"{scripts}:{scripts}"]
-    if docker_host.startswith("unix://"):
-        socket = docker_host.removeprefix("unix://")
-        mounts += ["-v", f"{socket}:{socket}"]
-        if socket != "/var/run/docker.sock":
-            mounts += ["-v", f"{socket}:/var/run/docker.sock"]
+    podman = shutil.which("podman") or "podman"
+    cli = (podman, "--remote", "--url", box.engine_url)
     name, label = f"codebuild-{cfg.name}-{token.token_hex(4)}", f"{CONTAINER_LABEL}={cfg.name}"
-    run = (docker, "run", "--rm", "-i", "--network", "host", "--name", name, "--label", label,
-           "-w", str(src), *mounts, image, host.shell)
-    names = [n for n, v in env.items() if n not in WORKER_ONLY or worker.get(n) != v]
-    # The docker CLI passes `-e NAME` values from its own environment: no value on a command line.
-    session = (docker, "exec", "-i", "-w", str(src), *[a for n in names for a in ("-e", n)], name, host.shell)
-    return BuildContainer(run, env, name, label), ShellSpec(session, env, src, host.shell, scripts)
+    if cfg.build.image:
+        image = ("--pull", "always", cfg.build.image)
+    else:
+        image = ("--read-only", "--rootfs", str(box.image_root))
+    run = (*cli, "run", "--rm", "-i", "--name", name, "--label", label, "--network", "host",
+           "--userns", f"keep-id:uid={BUILD_UID},gid={BUILD_UID}", "--user", f"{BUILD_UID}:{BUILD_UID}",
+           "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--tmpfs", "/tmp:mode=1777",
+           "-v", f"{box.src}:{standard_image.SRC}", "-v", f"{box.scripts}:{standard_image.SCRIPTS}:ro",
+           "-v", f"{box.values}:{standard_image.VALUES}", "-v", f"{box.socket}:{standard_image.ENGINE_SOCKET}",
+           "-w", standard_image.SRC, *image, shell)
+    # The client passes `-e NAME` values from its own environment: no value on a command line.
+    session = (*cli, "exec", "-i", "-w", standard_image.SRC, *[a for n in env for a in ("-e", n)], name, shell)
+    container = BuildContainer(run, env, name, label, cli=cli, remove=("rm", "--force", "--time", "0"))
+    try:
+        container.start(deadline)
+    except ContainerError as exc:
+        what = f"build.image {cfg.build.image}" if cfg.build.image else f"the standard image {standard_image.NAME}"
+        raise BuildError(f"{what}: the build container did not start: {exc}", service=cfg.name) from None
+    spec = ShellSpec(session, env, box.folder, shell, box.scripts, Path(standard_image.SCRIPTS), box.values,
+                     Path(standard_image.VALUES))
+    session_shell = Shell(spec, deadline)
+    try:
+        yield session_shell
+    finally:
+        container.close()  # first: a command still running stops with its container
+        session_shell.close()
+
+
+def box_egress(cfg: ServiceConfig, clients: AwsClients, uri: str, identity: dict[str, str]) -> list[tuple[str, int]]:
+    """What the build box may reach: its registry, build.image's, build.egress, and with an AWS identity, AWS."""
+    wanted = [egress.parse_endpoint(uri.split("/", 1)[0], "the service's registry")]
+    if cfg.build.image and "/" in cfg.build.image:
+        first = cfg.build.image.split("/", 1)[0]
+        if "." in first or ":" in first or first == "localhost":
+            wanted.append(egress.parse_endpoint(first, "build.image"))
+    wanted += [egress.parse_endpoint(e) for e in cfg.build.egress]
+    if "AWS_ACCESS_KEY_ID" in identity:
+        endpoint, region = clients.settings.endpoint_url, clients.settings.region
+        if endpoint:
+            wanted.append(egress.parse_endpoint(endpoint, "AWS_ENDPOINT_URL"))
+        else:
+            wanted += [(f"{api}.{region}.amazonaws.com", 443) for api in ("api.ecr", "sts", "ssm", "secretsmanager")]
+    return wanted
+
+
+def refuse_host_build(cfg: ServiceConfig, clients: AwsClients, tags: Iterable[str]) -> None:
+    """build.runner: host-unsafe runs a pusher's commands as the worker: never for a push or a poll by default."""
+    started_by = sorted(t for t in tags if t in TRIGGERED)
+    if started_by and not clients.settings.allow_host_builds:
+        raise BuildError(
+            f"build.runner: host-unsafe is refused for this run ({', '.join(started_by)}): it would run the "
+            "repository's commands on the worker, as the worker's user; use build.runner: container, or set "
+            "ECS_PIPELINE_ALLOW_HOST_BUILDS=true on the worker to allow it", service=cfg.name)
 
 
 def run_phase(phase: Phase, shell: Shell, mask: Masker, log: Log, detail: Log | None = None) -> Failure | None:
@@ -380,10 +429,13 @@ def read_image_definitions(src: Path, result: BuildRun) -> None:
     """imagedefinitions.json from the artifacts (else the source root): the image the buildspec pushed."""
     named = [p for p in result.artifacts if p.name == "imagedefinitions.json"]
     defs = named[0] if named else src / "imagedefinitions.json"
-    if defs.is_file():
+    if defs.is_symlink():
+        raise BuildError("imagedefinitions.json written by the buildspec is a symbolic link; write the file itself")
+    text = read_written(defs)
+    if text is not None:
         try:
-            data = json.loads(defs.read_text("utf-8"))
-        except (ValueError, UnicodeDecodeError):
+            data = json.loads(text)
+        except ValueError:
             raise BuildError("imagedefinitions.json written by the buildspec is not JSON") from None
         if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
             raise BuildError('imagedefinitions.json must be a list of {"name": ..., "imageUri": ...}')
@@ -391,26 +443,57 @@ def read_image_definitions(src: Path, result: BuildRun) -> None:
 
 
 def run_buildspec(cfg: ServiceConfig, clients: AwsClients, spec: BuildSpec, sha: str, src: Path,
-                  uri: str, log: Log, detail: Log | None = None) -> BuildRun:
-    """Run SPEC in SRC; a BuildError (masked) when a phase failed, after reports (and artifacts) are published.
+                  uri: str, log: Log, detail: Log | None = None, tags: Iterable[str] = ()) -> BuildRun:
+    """Run SPEC for the checkout SRC; a BuildError (masked) when a phase failed, after reports (and artifacts)
+    are published. TAGS: the flow run's (a ``trigger:`` tag says a push or a poll started it).
 
     DETAIL takes docker's progress output (see run_phase); without it, LOG takes every line.
     """
-    out = clients.settings.artifacts_dir
     variables, hidden = resolve_env(spec, clients)
-    codebuild = standard_env(cfg, clients, sha, src, uri)
-    identity = build_credentials(cfg, clients, spec, codebuild["AWS_ACCOUNT_ID"], codebuild["CODEBUILD_LOG_PATH"])
-    hidden += [v for k, v in identity.items() if k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
-    mask = Masker(hidden)
-    env = {**clients.settings.build_host_env, **variables, **codebuild, **identity}
-    result = BuildRun()
     deadline = time.monotonic() + cfg.build.timeout_seconds
-    with tempfile.TemporaryDirectory(prefix=f"codebuild-{token.token_hex(4)}-") as scripts, \
-            build_shell(cfg, ShellSpec((spec.env.shell,), env, src, spec.env.shell, Path(scripts)),
-                        clients.settings.build_host_env, deadline) as shell:
-        run_phases(spec, shell, mask, log, result, detail)
-        if result.failure is None:
-            result.exported = {k: mask(v) for k, v in shell.capture(spec.env.exported).items()}
+    if cfg.build.runner == "host-unsafe":
+        refuse_host_build(cfg, clients, tags)
+        codebuild = standard_env(cfg, clients, sha, str(src), uri, "host")
+        identity = build_credentials(cfg, clients, spec, codebuild["AWS_ACCOUNT_ID"], codebuild["CODEBUILD_LOG_PATH"])
+        mask = masker_for(hidden, identity)
+        env = {**clients.settings.build_host_env, **variables, **codebuild, **identity}
+        with tempfile.TemporaryDirectory(prefix=f"codebuild-{token.token_hex(4)}-") as scripts, \
+                build_shell(cfg, ShellSpec((spec.env.shell,), env, src, spec.env.shell, Path(scripts)),
+                            clients.settings.build_host_env, deadline) as shell:
+            result = run_in(spec, shell, mask, log, detail)
+        return hand_back(cfg, clients, spec, src, mask, result, log)
+    codebuild = standard_env(cfg, clients, sha, standard_image.SRC, uri, cfg.build.image or standard_image.NAME)
+    identity = build_credentials(cfg, clients, spec, codebuild["AWS_ACCOUNT_ID"], codebuild["CODEBUILD_LOG_PATH"])
+    mask = masker_for(hidden, identity)
+    if "AWS_ACCESS_KEY_ID" in identity and clients.settings.endpoint_url:
+        identity = {**identity, "AWS_ENDPOINT_URL": clients.settings.endpoint_url}
+    env = {"HOME": "/tmp", "DOCKER_HOST": f"unix://{standard_image.ENGINE_SOCKET}", "DOCKER_API_VERSION": "1.41",
+           **variables, **codebuild, **identity}
+    limits = Resources(cfg.build.resources.memory_mib, cfg.build.resources.cpus, cfg.build.resources.pids)
+    with open_box(src, clients.settings.cache, clients.settings.build_boxes, clients.settings.build_user, limits,
+                  box_egress(cfg, clients, uri, identity), deadline) as box:
+        with box_shell(cfg, box, env, spec.env.shell, deadline) as shell:
+            result = run_in(spec, shell, mask, log, detail)
+        box.stop()  # nothing of the build runs while its files are read
+        return hand_back(cfg, clients, spec, box.src, mask, result, log)
+
+
+def masker_for(hidden: list[str], identity: dict[str, str]) -> Masker:
+    return Masker([*hidden, *(v for k, v in identity.items() if k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"))])
+
+
+def run_in(spec: BuildSpec, shell: Shell, mask: Masker, log: Log, detail: Log | None) -> BuildRun:
+    result = BuildRun()
+    run_phases(spec, shell, mask, log, result, detail)
+    if result.failure is None:
+        result.exported = {k: mask(v) for k, v in shell.capture(spec.env.exported).items()}
+    return result
+
+
+def hand_back(cfg: ServiceConfig, clients: AwsClients, spec: BuildSpec, src: Path, mask: Masker, result: BuildRun,
+              log: Log) -> BuildRun:
+    """Reports, artifacts and imagedefinitions.json from the build's folder SRC, checked as they are read."""
+    out = clients.settings.artifacts_dir
     publish_reports(cfg, spec, src, mask, result)
     if result.failure is not None:
         where = copy_artifacts(cfg, spec, src, out, result) if result.uploads_artifacts() else None

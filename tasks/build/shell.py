@@ -23,6 +23,7 @@ import queue
 import re
 import secrets
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -41,7 +42,17 @@ class ShellSpec:
     env: dict[str, str]
     cwd: Path
     shell: str  # the shell's own path, for the syntax check, as the shell sees it
-    scripts: Path  # where command files go (visible to the shell at the same path)
+    scripts: Path  # where command files go (written here, by the worker)
+    scripts_seen: Path | None = None  # where the shell sees them (default: the same path)
+    values: Path | None = None  # where the shell writes values read back (default: SCRIPTS)
+    values_seen: Path | None = None  # the same folder as the shell sees it
+
+    def seen(self, path: Path) -> Path:
+        """PATH, a file of SCRIPTS or VALUES, as the shell sees it."""
+        for here, there in ((self.values, self.values_seen), (self.scripts, self.scripts_seen)):
+            if here is not None and there is not None and path.parent == here:
+                return there / path.name
+        return path
 
 
 def in_own_pid_namespace(argv: tuple[str, ...]) -> tuple[str, ...]:
@@ -106,6 +117,7 @@ class Shell:
                 log("[shell] the shell exited: the next commands run in a new shell, from the source folder")
             self._proc = self._start()
         script = self._script(command)
+        script = self.spec.seen(script)
         line = (f'if {self.spec.shell} -n {script}; then . {script} </dev/null; else (exit 2); fi; '
                 f"printf '::ecs-pipeline-{self.token}:: %d\\n' \"$?\"\n")
         try:
@@ -140,10 +152,11 @@ class Shell:
         out: dict[str, str] = {}
         if not names:
             return out
-        files = {name: self.spec.scripts / f"value-{name}" for name in names}
-        command = "\n".join(f'printf "%s" "${{{name}-}}" > {path}' for name, path in files.items())
+        folder = self.spec.values or self.spec.scripts
+        files = {name: folder / f"value-{self.count}-{name}" for name in names}
+        command = "\n".join(f'printf "%s" "${{{name}-}}" > {self.spec.seen(path)}' for name, path in files.items())
         if self.run(command, lambda _line: None) == 0:
-            out = {name: path.read_text("utf-8", "replace") for name, path in files.items() if path.exists()}
+            out = {name: value for name, path in files.items() if (value := read_written(path)) is not None}
         return out
 
     def close(self) -> None:
@@ -159,6 +172,21 @@ class Shell:
             proc.wait()
 
 
+MAX_VALUE = 1 << 20
+
+
+def read_written(path: Path) -> str | None:
+    """A file a build wrote, read without following a link it may have put there (None: not a plain file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
+        return f.read(MAX_VALUE).decode("utf-8", "replace")
+
+
 class BuildContainer:
     """The build image's container for one build; removed by ``close``, and by itself when this process dies.
 
@@ -168,19 +196,22 @@ class BuildContainer:
     build's environment per ``docker exec``: nothing of it is on the container.
     """
 
-    def __init__(self, run_argv: tuple[str, ...], env: dict[str, str], name: str, label: str) -> None:
+    def __init__(self, run_argv: tuple[str, ...], env: dict[str, str], name: str, label: str,
+                 cli: tuple[str, ...] | None = None, remove: tuple[str, ...] = ("rm", "-f")) -> None:
         self.run_argv, self.env, self.name, self.label = run_argv, env, name, label
+        self.cli = cli or run_argv[:1]  # the client command that reaches the container's engine
+        self.remove = remove  # how that client removes a running container at once
         self._keeper: subprocess.Popen[bytes] | None = None
 
     def _docker(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([self.run_argv[0], *args], env=self.env, capture_output=True, text=True, timeout=60,
+        return subprocess.run([*self.cli, *args], env=self.env, capture_output=True, text=True, timeout=60,
                               check=False)
 
     def remove_leftovers(self) -> list[str]:
         """Containers an earlier build of the same service left (its engine lost the pipe): removed."""
         found = self._docker("ps", "-aq", "--filter", f"label={self.label}").stdout.split()
         if found:
-            self._docker("rm", "-f", *found)
+            self._docker(*self.remove, *found)
         return found
 
     def start(self, deadline: float) -> None:
@@ -218,7 +249,7 @@ class BuildContainer:
         if keeper is None:
             return
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            self._docker("rm", "-f", self.name)
+            self._docker(*self.remove, self.name)
         with contextlib.suppress(OSError):
             keeper.stdin.close()  # type: ignore[union-attr]
         try:

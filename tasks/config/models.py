@@ -35,6 +35,17 @@ class Source(_Model):
     branch: str = Field(default="main", min_length=1)
 
 
+class BuildResources(_Model):
+    """What one build (its commands, its engine and every container it starts) may use at once."""
+
+    memory_mib: Annotated[int, Field(ge=256, le=262144)] = 3072
+    cpus: Annotated[float, Field(gt=0, le=96)] = 2.0
+    pids: Annotated[int, Field(ge=64, le=65536)] = 2048
+
+
+EGRESS = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?:[0-9]{1,5}$"
+
+
 class Build(_Model):
     context: str = "."
     dockerfile: str = "Dockerfile"
@@ -43,7 +54,16 @@ class Build(_Model):
     buildspec: str | dict[str, Any] | None = Field(
         default=None, description="buildspec.yml path in the repository, or the buildspec inline (YAML)"
     )
-    image: str | None = Field(default=None, min_length=1, description="build image: run the buildspec in it")
+    image: str | None = Field(default=None, min_length=1, description="build image (a registry reference, pulled "
+                              "into the build's own engine); without it the standard image")
+    runner: Literal["container", "host-unsafe"] = Field(
+        default="container", description="container: the build box (README's security model); host-unsafe: the "
+        "buildspec runs on the worker as the worker's user, refused for triggered runs unless "
+        "ECS_PIPELINE_ALLOW_HOST_BUILDS is set")
+    egress: list[Annotated[str, Field(pattern=EGRESS)]] = Field(
+        default_factory=list, description="host:port endpoints a build may reach besides its own registry "
+        "(and, with role_arn, the AWS endpoints of its identity)")
+    resources: BuildResources = Field(default_factory=BuildResources)
     role_arn: str | None = Field(
         default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$",
         description="the build's own IAM role (assumed for each build, narrowed to the service's ECR repository "

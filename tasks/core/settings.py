@@ -10,6 +10,9 @@ the values the sandbox's env file sets.
     ECS_PIPELINE_ARTIFACTS_DIR   CodePipeline hand-over files (default ./artifacts)
     ECS_PIPELINE_TIME_SCALE      divides the pipeline's own waits; honoured only on a loopback endpoint
     ECS_PIPELINE_LOCK_STALE_SECONDS  a dead release frees its service after this long (default 30)
+    ECS_PIPELINE_BUILD_USER      the unprivileged user build boxes run as (default ecs-build)
+    ECS_PIPELINE_BUILD_BOXES     where running build boxes keep their files (default /var/lib/ecs-pipeline/builds)
+    ECS_PIPELINE_ALLOW_HOST_BUILDS   let triggered runs use build.runner: host-unsafe (default false)
     ECS_PIPELINE_{GITHUB,GITEA,GITLAB}_WEBHOOK_SECRET[_BLOCK]
                                  one webhook secret per sender (a value, or a Prefect Secret block's name);
                                  ECS_PIPELINE_WEBHOOK_SECRET[_BLOCK] is the GitHub one, as before
@@ -88,6 +91,17 @@ class Settings(BaseSettings):
     build_host_env: dict[str, str] = Field(
         default_factory=_build_host_env, repr=False, description="what buildspec commands inherit (BUILD_HOST_ENV)"
     )
+    build_user: str = Field(
+        default="ecs-build", pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        description="the unprivileged user build boxes run as (made, with subordinate ids, when missing)",
+    )
+    build_boxes: Path = Field(
+        default=Path("/var/lib/ecs-pipeline/builds"),
+        description="where build boxes live while they run (short: the engine limits its paths' length)",
+    )
+    allow_host_builds: bool = Field(
+        default=False, description="let runs started by a push or a poll use build.runner: host-unsafe",
+    )
     lock_stale_seconds: float = Field(
         default=30.0, ge=5, description="a release whose heartbeat is older than this has died: its service is freed"
     )
@@ -124,7 +138,7 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         return value or None
 
-    @field_validator("deployments", "cache", "artifacts_dir")
+    @field_validator("deployments", "cache", "artifacts_dir", "build_boxes")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.runtime import task_run
+from prefect.runtime import flow_run, task_run
 
 from tasks.aws import ecr
 from tasks.aws.clients import AwsClients, docker_client
@@ -124,7 +124,8 @@ def build(
     notes: tuple[str, ...] = ()
     spec = buildspec_runner.buildspec_for(cfg, tree, sha)
     if spec is not None:
-        ran = buildspec_runner.run_buildspec(cfg, clients, spec, sha, tree, uri, log.info, detail=log.debug)
+        ran = buildspec_runner.run_buildspec(cfg, clients, spec, sha, tree, uri, log.info, detail=log.debug,
+                                             tags=flow_run.tags or ())
         notes = tuple(ran.notes())
         if ran.image_definitions is not None:
             ref = pushed_image.adopt_image(cfg, clients, sha, uri, ran.image_definitions, log.info, log.debug)

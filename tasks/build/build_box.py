@@ -1,0 +1,382 @@
+"""A build box: one build's own container engine, rootless, with no way back to the worker.
+
+CodeBuild runs every build in a fresh container with its own role and network.
+A box gives a build the same on the worker:
+
+* **Its own engine.** A Podman service (Docker-compatible API) runs for this one
+  build as the unprivileged build user (``ECS_PIPELINE_BUILD_USER``, default
+  ``ecs-build``) in a user namespace of its own: root inside a container is that
+  user outside. Its image storage is new for every build, so one build cannot
+  plant an image another build then uses. The buildspec's ``docker build`` and
+  ``docker push`` reach this engine through ``DOCKER_HOST``; the engine that
+  runs the pipeline's and the sandbox's containers is never mounted or reachable.
+* **Its own view of the files.** The engine sees a root made of the worker's
+  ``/usr`` and ``/etc`` (read-only) and the box's own folder; the worker's home,
+  caches, sandbox state and sockets do not exist there, so nothing a build
+  mounts through the engine can name them.
+* **Its own network.** A network namespace with loopback only; the registry
+  and the endpoints in ``build.egress`` are forwarded in (tasks/build/egress.py).
+* **Its own processes.** A PID namespace: when the box closes, at the end of
+  the build, at its timeout or when the worker dies, the kernel ends every
+  process in it, ``setsid`` or not. Memory, CPU and process limits from
+  ``build.resources`` apply to the whole box (cgroups).
+
+The build's commands run in a container of that engine: ``build.image`` (pulled
+into the box) or the standard image (tasks/build/standard_image.py), with every
+capability dropped, ``no-new-privileges``, a non-root user, a read-only root,
+the checkout copied into a folder of its own, and the engine's socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pwd
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tasks.build import egress
+from tasks.build.standard_image import standard_root
+from tasks.core.errors import BuildError
+
+SUBID_START, SUBID_COUNT = 400000, 65536
+TOOLS = {"podman": "podman", "newuidmap": "uidmap", "unshare": "util-linux", "setpriv": "util-linux",
+         "pivot_root": "util-linux", "ip": "iproute2"}
+CGROUP_V1 = ("memory", "pids", "cpu")
+BOXES = "ecs-pipeline-builds"
+CONTAINERS_CONF = """\
+[containers]
+netns = "host"
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+STORAGE_CONF = "[storage]\ndriver = \"overlay\"\n"
+
+
+@dataclass(frozen=True)
+class Resources:
+    memory_mib: int
+    cpus: float
+    pids: int
+
+
+@dataclass
+class BuildBox:
+    """A running box: its folder, the engine's socket, and what to close."""
+
+    folder: Path
+    user: pwd.struct_passwd
+    keeper: subprocess.Popen[bytes]
+    forwarders: egress.Forwarders
+    cgroups: list[Path]
+    image_root: Path  # the standard image's root, mounted read-only
+    endpoints: list[egress.Endpoint] = field(default_factory=list)
+
+    @property
+    def src(self) -> Path:
+        return self.folder / "src"
+
+    @property
+    def scripts(self) -> Path:
+        return self.folder / "scripts"
+
+    @property
+    def values(self) -> Path:
+        return self.folder / "values"
+
+    @property
+    def socket(self) -> Path:
+        return self.folder / "xdg" / "podman.sock"
+
+    @property
+    def engine_url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def stop(self) -> None:
+        """End every process of the box (its files stay until the box closes)."""
+        _stop(self.keeper, self.forwarders, self.cgroups)
+
+
+def missing_tools() -> list[str]:
+    return sorted({pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None})
+
+
+def build_user(name: str) -> pwd.struct_passwd:
+    """The unprivileged user builds run as, with its subordinate ids; made when missing (as root)."""
+    try:
+        user = pwd.getpwnam(name)
+    except KeyError:
+        user = None
+    if user is not None and user.pw_uid == 0:
+        raise BuildError(f"ECS_PIPELINE_BUILD_USER={name} is root: builds need an unprivileged user of their own")
+    if user is not None and _has_subids(name):
+        return user
+    if os.geteuid() != 0:
+        raise BuildError(
+            f"builds run as the unprivileged user {name}, which is missing or has no subordinate ids; as root: "
+            f"useradd --system --no-create-home --shell /usr/sbin/nologin {name} && usermod --add-subuids "
+            f"{SUBID_START}-{SUBID_START + SUBID_COUNT - 1} --add-subgids {SUBID_START}-{SUBID_START + SUBID_COUNT - 1}"
+            f" {name} (or set build.runner: host-unsafe, see README's security model)")
+    with _locked(Path("/etc/.ecs-pipeline-build-user.lock")):
+        with contextlib.suppress(KeyError):
+            user = pwd.getpwnam(name)
+        if user is None:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                            "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
+        if not _has_subids(name):
+            start = _free_subid_start()
+            ids = f"{start}-{start + SUBID_COUNT - 1}"
+            subprocess.run(["usermod", "--add-subuids", ids, "--add-subgids", ids, name], check=True,
+                           capture_output=True)
+        return pwd.getpwnam(name)
+
+
+def _has_subids(name: str) -> bool:
+    def listed(path: str) -> bool:
+        with contextlib.suppress(OSError):
+            return any(line.split(":", 1)[0] == name for line in Path(path).read_text().splitlines())
+        return False
+    return listed("/etc/subuid") and listed("/etc/subgid")
+
+
+def _free_subid_start() -> int:
+    taken: list[tuple[int, int]] = []
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with contextlib.suppress(OSError):
+            for line in Path(path).read_text().splitlines():
+                parts = line.split(":")
+                if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                    taken.append((int(parts[1]), int(parts[1]) + int(parts[2])))
+    start = SUBID_START
+    while any(a < start + SUBID_COUNT and start < b for a, b in taken):
+        start += SUBID_COUNT
+    return start
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _cgroups(name: str, limits: Resources) -> list[Path]:
+    """The box's cgroups with its limits (cgroup v2, else v1 memory, pids and cpu); none where not writable."""
+    base = Path("/sys/fs/cgroup")
+    made: list[Path] = []
+    if (base / "cgroup.controllers").exists():
+        group = base / BOXES / name
+        with contextlib.suppress(OSError):
+            group.parent.mkdir(exist_ok=True)
+            (base / BOXES / "cgroup.subtree_control").write_text("+memory +pids +cpu")
+            group.mkdir()
+            made.append(group)
+            (group / "memory.max").write_text(str(limits.memory_mib * 1024 * 1024))
+            (group / "pids.max").write_text(str(limits.pids))
+            (group / "cpu.max").write_text(f"{int(limits.cpus * 100000)} 100000")
+        return made
+    values = {"memory": {"memory.limit_in_bytes": str(limits.memory_mib * 1024 * 1024)},
+              "pids": {"pids.max": str(limits.pids)},
+              "cpu": {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": str(int(limits.cpus * 100000))}}
+    for controller in CGROUP_V1:
+        group = base / controller / BOXES / name
+        try:
+            group.mkdir(parents=True)
+        except OSError:
+            continue
+        made.append(group)
+        for knob, value in values[controller].items():
+            with contextlib.suppress(OSError):
+                (group / knob).write_text(value)
+    return made
+
+
+def _registries_conf(endpoints: list[egress.Endpoint]) -> str:
+    """Plain-HTTP registries the engine may use: the loopback ones only (the sandbox's)."""
+    plain = [e for e in endpoints if egress.is_loopback(e.host)]
+    return "".join(f'[[registry]]\nlocation = "{e.host}:{e.port}"\ninsecure = true\n\n' for e in plain)
+
+
+def _inside_script(folder: Path, user: pwd.struct_passwd, image_root: Path) -> str:
+    """What runs as root, first, inside the new namespaces: loopback up, the engine's root, then the engine."""
+    q = shlex.quote
+    root = folder / "root"
+    binds_ro = ["/usr", "/etc", str(image_root)]
+    lines = [
+        "set -e",
+        "ip link set lo up",
+        f": > {q(str(folder / 'net-ready'))}",
+        f"R={q(str(root))}",
+        'mount --bind "$R" "$R"',
+        'mkdir -p "$R/usr" "$R/etc" "$R/dev" "$R/proc" "$R/sys" "$R/tmp" "$R/var/tmp" "$R/.old"',
+        *[f'ln -s usr/{d} "$R/{d}"' for d in ("bin", "sbin", "lib", "lib64") if Path(f"/{d}").is_symlink()],
+        *[f'mkdir -p "$R/{d}" && mount --rbind /{d} "$R/{d}" && mount -o remount,bind,ro "$R/{d}"'
+          for d in ("bin", "sbin", "lib", "lib64") if Path(f"/{d}").is_dir() and not Path(f"/{d}").is_symlink()],
+        'mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"',
+        'mount -t tmpfs -o mode=1777 tmpfs "$R/var/tmp"',
+        *[f'mkdir -p "$R{p}" && mount --rbind {q(p)} "$R{p}" && mount -o remount,bind,ro "$R{p}"'
+          for p in binds_ro],
+        f'mount --bind {q(str(folder / "hosts"))} "$R/etc/hosts"',
+        'mount --rbind /dev "$R/dev"',
+        'mount --rbind /sys "$R/sys"',
+        'mount -t proc proc "$R/proc"',
+        f'mkdir -p "$R"{q(str(folder))} && mount --bind {q(str(folder))} "$R"{q(str(folder))}',
+        'cd "$R" && pivot_root . .old && cd / && umount -l /.old && rmdir /.old',
+        "exec setpriv --reuid {uid} --regid {gid} --clear-groups env -i HOME={tmp} XDG_RUNTIME_DIR={xdg} "
+        "XDG_CONFIG_HOME={conf} CONTAINERS_REGISTRIES_CONF={conf}/containers/registries.conf TMPDIR={tmp} "
+        "PATH=/usr/sbin:/usr/bin:/sbin:/bin podman --root {storage} --runroot {run} system service --time=0 "
+        "unix://{sock}".format(
+            uid=user.pw_uid, gid=user.pw_gid, xdg=q(str(folder / "xdg")), conf=q(str(folder / "conf")),
+            tmp=q(str(folder / "tmp")), storage=q(str(folder / "storage")), run=q(str(folder / "r")),
+            sock=q(str(folder / "xdg" / "podman.sock"))),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _keeper_script(cgroups: list[Path]) -> str:
+    """The box's first process, on the worker: joins the cgroups, starts the namespaces, and ends them
+    when its standard input closes (the box closing, or the worker dying, even by SIGKILL)."""
+    q = shlex.quote
+    join = "".join(f"echo $$ > {q(str(g / 'cgroup.procs'))}; " for g in cgroups)
+    return (f"{join}unshare --net --pid --mount --fork --mount-proc --kill-child --propagation private "
+            f'-- sh "$1" >&2 & child=$!; echo "box $child"; read -r _ || true; kill -KILL "$child" 2>/dev/null; '
+            f'wait "$child" 2>/dev/null; exit 0')
+
+
+def remove_leftovers(boxes: Path) -> None:
+    """Boxes a dead worker left: their processes are gone with their keeper; their folders go here."""
+    if not boxes.is_dir():
+        return
+    for folder in boxes.iterdir():
+        pid_file = folder / "keeper.pid"
+        try:
+            pid = int(pid_file.read_text())
+        except (OSError, ValueError):
+            pid = 0
+        alive = pid > 0 and Path(f"/proc/{pid}").exists()
+        if not alive and time.time() - folder.stat().st_mtime > 5:
+            _remove_folder(folder)
+
+
+def _remove_folder(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _chown_tree(path: Path, uid: int, gid: int) -> None:
+    for top, dirs, files in os.walk(path):
+        os.chown(top, uid, gid)
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(top, name), uid, gid, follow_symlinks=False)
+
+
+def _wait_for(check: object, deadline: float, what: str, keeper: subprocess.Popen[bytes], log: Path) -> None:
+    while not check():  # type: ignore[operator]
+        if keeper.poll() is not None or time.monotonic() > deadline:
+            said = log.read_text("utf-8", "replace").strip().splitlines()[-5:] if log.exists() else []
+            raise BuildError(f"the build box did not start ({what}): " + (" | ".join(said) or "no output"))
+        time.sleep(0.01)
+
+
+def _engine_answers(sock: Path) -> bool:
+    if not sock.exists():
+        return False
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(1)
+        s.connect(str(sock))
+        s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+        return b" 200 " in s.recv(128)
+    return False
+
+
+@contextlib.contextmanager
+def open_box(tree: Path, cache: Path, boxes: Path, user_name: str, limits: Resources,
+             wanted: list[tuple[str, int]], deadline: float) -> Iterator[BuildBox]:
+    """A box for one build of TREE (copied in), reaching only WANTED; closed, all of it, on exit."""
+    missing = missing_tools()
+    if missing:
+        raise BuildError(f"builds run in a build box, which needs Debian's {', '.join(missing)}: "
+                         f"apt-get install {' '.join(missing)} (or set build.runner: host-unsafe)")
+    if os.geteuid() != 0:
+        raise BuildError("a build box is made by a worker running as root (it drops to the build user); "
+                         "run the worker as root or set build.runner: host-unsafe")
+    user = build_user(user_name)
+    image_root = standard_root(cache)
+    boxes.mkdir(parents=True, exist_ok=True)
+    os.chmod(boxes, 0o711)
+    remove_leftovers(boxes)
+    name = secrets.token_hex(6)
+    folder = boxes / name
+    folder.mkdir(mode=0o711)
+    forwarders = egress.Forwarders()
+    cgroups: list[Path] = []
+    keeper: subprocess.Popen[bytes] | None = None
+    try:
+        for sub in ("storage", "r", "xdg", "tmp", "conf/containers", "values"):
+            (folder / sub).mkdir(parents=True)
+        (folder / "root").mkdir()
+        (folder / "scripts").mkdir(mode=0o755)
+        shutil.copytree(tree, folder / "src", symlinks=True, ignore=shutil.ignore_patterns(".git"))
+        endpoints = egress.plan(wanted)
+        (folder / "hosts").write_text(egress.hosts_file(endpoints))
+        (folder / "conf/containers/containers.conf").write_text(CONTAINERS_CONF)
+        (folder / "conf/containers/storage.conf").write_text(STORAGE_CONF)
+        (folder / "conf/containers/registries.conf").write_text(_registries_conf(endpoints))
+        for sub in ("storage", "r", "xdg", "tmp", "conf", "values", "src"):
+            _chown_tree(folder / sub, user.pw_uid, user.pw_gid)
+        os.chmod(folder / "xdg", 0o700)
+        (folder / "inside.sh").write_text(_inside_script(folder, user, image_root))
+        cgroups = _cgroups(name, limits)
+        log = folder / "box.log"
+        with log.open("wb") as out:
+            keeper = subprocess.Popen(["sh", "-c", _keeper_script(cgroups), "box", str(folder / "inside.sh")],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=out,
+                                      start_new_session=True)
+        (folder / "keeper.pid").write_text(str(keeper.pid))
+        first = keeper.stdout.readline().decode().split()  # type: ignore[union-attr]
+        if len(first) != 2 or first[0] != "box":
+            raise BuildError("the build box did not start: " + log.read_text("utf-8", "replace")[-400:])
+        netns = f"/proc/{first[1]}/ns/net"
+        _wait_for(lambda: (folder / "net-ready").exists(), deadline, "network", keeper, log)
+        forwarders.start(netns, endpoints)
+        _wait_for(lambda: _engine_answers(folder / "xdg" / "podman.sock"), deadline, "engine", keeper, log)
+        yield BuildBox(folder, user, keeper, forwarders, cgroups, image_root, endpoints)
+    finally:
+        _stop(keeper, forwarders, cgroups)
+        _remove_folder(folder)
+
+
+def _stop(keeper: subprocess.Popen[bytes] | None, forwarders: egress.Forwarders, cgroups: list[Path]) -> None:
+    """Every process of the box ended: the namespace's, then whatever its cgroups still hold. Idempotent."""
+    forwarders.close()
+    if keeper is not None:
+        with contextlib.suppress(OSError):
+            keeper.stdin.close()  # type: ignore[union-attr]
+        try:
+            keeper.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(keeper.pid, signal.SIGKILL)
+            keeper.wait()
+        with contextlib.suppress(OSError):
+            keeper.stdout.close()  # type: ignore[union-attr]
+    for group in cgroups:
+        for _ in range(50):
+            procs = [int(p) for p in (group / "cgroup.procs").read_text().split()] if group.exists() else []
+            if not procs:
+                break
+            for pid in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
+        with contextlib.suppress(OSError):
+            group.rmdir()
