@@ -228,7 +228,7 @@ def _inside_script(folder: Path, user: pwd.struct_passwd, image_root: Path) -> s
           for p in binds_ro],
         f'mount --bind {q(str(folder / "hosts"))} "$R/etc/hosts"',
         'mount --rbind /dev "$R/dev"',
-        'mount --rbind /sys "$R/sys"',
+        'mount --rbind /sys "$R/sys" && mount -o remount,bind,ro "$R/sys"',
         'mount -t proc proc "$R/proc"',
         f'mkdir -p "$R"{q(str(folder))} && mount --bind {q(str(folder))} "$R"{q(str(folder))}',
         'cd "$R" && pivot_root . .old && cd / && umount -l /.old && rmdir /.old',
@@ -310,7 +310,7 @@ def open_box(tree: Path, cache: Path, boxes: Path, user_name: str, limits: Resou
         raise BuildError("a build box is made by a worker running as root (it drops to the build user); "
                          "run the worker as root or set build.runner: host-unsafe")
     user = build_user(user_name)
-    image_root = standard_root(cache)
+    image_root = standard_root(boxes.parent / "images")
     boxes.mkdir(parents=True, exist_ok=True)
     os.chmod(boxes, 0o711)
     remove_leftovers(boxes)

@@ -57,13 +57,13 @@ def _key(parts: list[Path]) -> str:
     return digest.hexdigest()[:12]
 
 
-def standard_root(cache: Path) -> Path:
-    """The standard image's root filesystem under CACHE, made when missing; read-only to builds."""
+def standard_root(images: Path) -> Path:
+    """The standard image's root filesystem under IMAGES, made when missing; read-only to builds."""
     if not BUSYBOX.is_file():
         raise BuildError("the standard build image needs Debian's busybox-static (/bin/busybox)")
     docker = _docker_client()
     libs = _libraries(docker)
-    root = cache / "build-images" / f"standard-{_key([BUSYBOX, docker, *libs])}"
+    root = images / f"standard-{_key([BUSYBOX, docker, *libs])}"
     if root.is_dir():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
