@@ -32,7 +32,8 @@ class Build:
 
     def __init__(self, cfg: ServiceConfig, tmp_path: Path, uri: str = "127.0.0.1:1/repo",
                  settings: Settings | None = None) -> None:
-        self.cfg, self.uri, self.lines = cfg, uri, []  # type: list[str]
+        self.cfg, self.uri = cfg, uri
+        self.lines: list[str] = []
         self.src = tmp_path / "src"
         self.src.mkdir(parents=True, exist_ok=True)
         self.log: Callable[[str], None] = self.lines.append
