@@ -1,35 +1,31 @@
-"""build.image: the same phases in a container of a build image, against the sandbox's real Docker engine.
+"""The build box: the phases in a container of the build's own rootless engine, against the sandbox.
 
-Docker Hub cannot be reached, so the build image is made here, ``FROM scratch``:
-Debian's static busybox (``sh`` and coreutils as applets) and Debian's docker
-CLI (``/usr/bin/docker``) with the libraries ``ldd`` names for it. It is tagged
-by the hash of its files, so a session builds it once and a later one finds it.
+The standard image (busybox and a Docker client) or ``build.image``, pulled into
+the box from the sandbox's registry; ``docker build`` and ``docker push`` go
+through the box's engine to ECR; a failed, stopped or killed build leaves no
+process, container or folder behind.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
-import docker.errors
 import pytest
 
 from harness.services import aws
-from tasks.aws.clients import AwsClients, docker_client
-from tasks.build.buildspec_runner import CONTAINER_LABEL, BuildRun, container_spec, run_buildspec
-from tasks.build.shell import ShellSpec
+from tasks.aws.clients import AwsClients
+from tasks.build.buildspec_runner import BuildRun, run_buildspec
 from tasks.config.buildspec import parse_buildspec
 from tasks.config.models import ServiceConfig, parse_service
 from tasks.core.errors import BuildError
@@ -40,60 +36,24 @@ SHA = "c" * 40
 OS_ID = "ecs-pipeline-build-test"
 
 
-def image_files() -> dict[str, Path]:
-    """Path in the image → file on this host: busybox as /bin/sh, the docker CLI and what it links."""
-    files = {"bin/busybox": Path("/bin/busybox"), "bin/docker": Path("/usr/bin/docker")}
-    linked = subprocess.run(["ldd", "/usr/bin/docker"], capture_output=True, text=True, check=True).stdout
-    for line in linked.splitlines():
-        words = line.split()
-        path = words[2] if "=>" in words and len(words) > 2 else words[0]
-        if path.startswith("/"):
-            files[path.lstrip("/")] = Path(path)
-    return files
-
-
-@pytest.fixture(scope="module")
-def build_image(tmp_path_factory: pytest.TempPathFactory) -> str:
-    files = image_files()
-    digest = hashlib.sha256()
-    for name, path in sorted(files.items()):
-        digest.update(name.encode() + path.read_bytes())
-    tag = f"ecs-pipeline-build-test:{digest.hexdigest()[:12]}"
-    client = docker_client()
-    try:
-        client.images.get(tag)
-        return tag
-    except docker.errors.ImageNotFound:
-        pass
-    ctx = tmp_path_factory.mktemp("build-image")
-    for name, path in files.items():
-        (ctx / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, ctx / name)  # follows symlinks: the loader is a link on the host
-    (ctx / "bin" / "sh").symlink_to("busybox")
-    (ctx / "etc").mkdir()
-    (ctx / "etc" / "os-release").write_text(f"ID={OS_ID}\n")
-    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY . /\nENV PATH=/bin\n")
-    client.images.build(path=str(ctx), tag=tag, rm=True)
-    return tag
-
-
-def service(tmp_path: Path, image: str) -> ServiceConfig:
-    name = "bc" + uuid.uuid4().hex[:8]
+def service(tmp_path: Path, **build: Any) -> ServiceConfig:
+    name = "bx" + uuid.uuid4().hex[:8]
     return parse_service(
         {"name": name, "source": {"repo": "https://git.example.com/org/app"}, "ecr": {"repository": name},
          "ecs": {"cluster": "c", "service": name, "container": "web", "container_port": 80},
          "task_definition": "taskdef.json", "strategy": {"type": "rolling"},
-         "build": {"image": image, "timeout_seconds": 120}},
+         "build": {"timeout_seconds": 120, **build}},
         source="test.yaml", base_dir=tmp_path,
     )
 
 
-class ContainerRun:
-    """run_buildspec in build.image mode, its lines kept (no reports here: no flow run needed)."""
+class BoxRun:
+    """run_buildspec in the default build box, its lines kept (no reports here: no flow run needed)."""
 
-    def __init__(self, tmp_path: Path, image: str) -> None:
-        self.cfg, self.src, self.lines = service(tmp_path, image), tmp_path / "src", []  # type: list[str]
-        self.src.mkdir(parents=True)
+    def __init__(self, tmp_path: Path, **build: Any) -> None:
+        self.cfg, self.src = service(tmp_path, **build), tmp_path / "src"
+        self.lines: list[str] = []
+        self.src.mkdir(parents=True, exist_ok=True)
         self.clients = AwsClients(Settings(artifacts_dir=tmp_path / "artifacts"))
         self.uri = "127.0.0.1:1/none"
 
@@ -101,125 +61,149 @@ class ContainerRun:
         spec = parse_buildspec({"version": 0.2, **data}, "buildspec.yml")
         return run_buildspec(self.cfg, self.clients, spec, SHA, self.src, self.uri, log or self.lines.append)
 
-    def containers(self, sparse: bool = False) -> list[Any]:
-        """The build containers of this service, running or not. SPARSE: no inspect of each one, for
-        waiting on a removal (a container removed between the list and its inspect is a 404)."""
-        return list(docker_client().containers.list(
-            all=True, sparse=sparse, filters={"label": f"{CONTAINER_LABEL}={self.cfg.name}"}))
+    def boxes(self) -> list[Path]:
+        folder = self.clients.settings.build_boxes
+        return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
-@pytest.fixture
-def run(tmp_path: Path, build_image: str) -> Iterator[ContainerRun]:
-    made = ContainerRun(tmp_path, build_image)
-    yield made
-    for left in made.containers(sparse=True):
-        with contextlib.suppress(docker.errors.NotFound):  # gone on its own meanwhile
-            left.remove(force=True)
+def alive(mark: int) -> list[str]:
+    return subprocess.run(["pgrep", "-af", f"sleep {mark}"], capture_output=True, text=True).stdout.splitlines()
 
 
-def test_phases_run_in_the_build_image_with_the_checkout_and_the_docker_socket(run: ContainerRun,
-                                                                              build_image: str) -> None:
+def test_phases_run_in_the_standard_image_on_a_copy_of_the_checkout(tmp_path: Path) -> None:
+    run = BoxRun(tmp_path)
     run.uri = aws("ecr").create_repository(repositoryName=run.cfg.name)["repository"]["repositoryUri"]
     (run.src / "checkout.txt").write_text("from the checkout\n")
     (run.src / "Dockerfile").write_text("FROM scratch\nCOPY checkout.txt /\n")
-    stray = docker_client().containers.run(build_image, ["sh"], stdin_open=True, detach=True, network_mode="host",
-                                           labels={CONTAINER_LABEL: run.cfg.name})
-    names = ["OS", "TAG", "SEEN_PATH", "CODEBUILD_SRC_DIR", "CODEBUILD_BUILD_IMAGE",
-             "CODEBUILD_RESOLVED_SOURCE_VERSION", "AWS_REGION", "REPOSITORY_URI", "GREETING"]
+    boxes_before = run.boxes()
+    names = ["OS", "TAG", "SEEN_PATH", "WHO", "CODEBUILD_SRC_DIR", "CODEBUILD_BUILD_IMAGE",
+             "CODEBUILD_RESOLVED_SOURCE_VERSION", "AWS_REGION", "REPOSITORY_URI", "GREETING", "DOCKER_HOST"]
 
     done = run({
         "env": {"variables": {"GREETING": "hi"}, "exported-variables": names},
         "phases": {
-            "install": {"commands": ['OS=$(. /etc/os-release && echo "$ID")', "SEEN_PATH=$PATH",
+            "install": {"commands": ['OS=$(. /etc/os-release && echo "$ID")', "SEEN_PATH=$PATH", "WHO=$(id -u)",
                                      'echo "pwd=$PWD"', "cat checkout.txt"]},
             "build": {"commands": ['TAG=$(echo "$CODEBUILD_RESOLVED_SOURCE_VERSION" | cut -c 1-7)',
-                                   'docker build -q -t "$REPOSITORY_URI:$TAG" .',
+                                   'docker build -q -t "$REPOSITORY_URI:$TAG" . 2>/dev/null',
                                    'docker push "$REPOSITORY_URI:$TAG"']},
             "post_build": {"commands": ["echo written > from-container.txt"]},
         },
     })
 
     env = done.exported
-    assert env["OS"] == OS_ID, "the phases ran in the build image, not on this host"
-    assert env["SEEN_PATH"] == "/bin", "the image's PATH, not the worker's"
-    assert f"pwd={run.src}" in run.lines and "from the checkout" in run.lines
-    assert env["CODEBUILD_SRC_DIR"] == str(run.src) and env["CODEBUILD_BUILD_IMAGE"] == build_image
+    assert env["OS"] == "ecs-pipeline-standard", "the phases ran in the standard image, not on this host"
+    assert env["SEEN_PATH"] != os.environ["PATH"] and env["WHO"] == "1000", "the image's PATH, a non-root user"
+    assert "pwd=/codebuild/output/src" in run.lines and "from the checkout" in run.lines
+    assert env["CODEBUILD_SRC_DIR"] == "/codebuild/output/src"
+    assert env["CODEBUILD_BUILD_IMAGE"] == "ecs-pipeline/standard"
     assert env["CODEBUILD_RESOLVED_SOURCE_VERSION"] == SHA and env["GREETING"] == "hi"
     assert env["AWS_REGION"] == run.clients.settings.region and env["REPOSITORY_URI"] == run.uri
-    assert (run.src / "from-container.txt").read_text() == "written\n", "the checkout is mounted, not copied"
+    assert env["DOCKER_HOST"] == "unix:///var/run/docker.sock"
+    assert not (run.src / "from-container.txt").exists(), "the build wrote to its copy, never to the checkout"
     pushed = aws("ecr").describe_images(repositoryName=run.cfg.name, imageIds=[{"imageTag": SHA[:7]}])
-    assert pushed["imageDetails"], "docker build and push from inside the container reached the engine and ECR"
-    assert run.containers(sparse=True) == [], "the build's container is removed, and one a dead build left"
-    with pytest.raises(docker.errors.NotFound):
-        stray.reload()
+    assert pushed["imageDetails"], "docker build and push through the box's engine reached ECR"
+    assert run.boxes() == boxes_before, "the box's folder is gone with it"
+
+
+@pytest.fixture(scope="module")
+def build_image_uri() -> str:
+    """A build image of busybox in the sandbox's registry (ECR), as a team's own build image would be."""
+    name = "build-images-" + uuid.uuid4().hex[:6]
+    uri = aws("ecr").create_repository(repositoryName=name)["repository"]["repositoryUri"]
+    client = docker.from_env()
+    ctx = Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}-ctx"
+    (ctx / "bin").mkdir(parents=True, exist_ok=True)
+    (ctx / "etc").mkdir(exist_ok=True)
+    shutil.copy("/bin/busybox", ctx / "bin" / "busybox")
+    (ctx / "etc" / "os-release").write_text(f"ID={OS_ID}\n")
+    (ctx / "Dockerfile").write_text('FROM scratch\nCOPY . /\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+                                    "ENV PATH=/bin\n")
+    client.images.build(path=str(ctx), tag=f"{uri}:1", rm=True)
+    client.images.push(uri, tag="1")
+    shutil.rmtree(ctx, ignore_errors=True)
+    return f"{uri}:1"
+
+
+def test_build_image_is_pulled_into_the_box(tmp_path: Path, build_image_uri: str) -> None:
+    run = BoxRun(tmp_path, image=build_image_uri)
+    done = run({"env": {"exported-variables": ["OS", "CODEBUILD_BUILD_IMAGE"]},
+                "phases": {"build": {"commands": ['OS=$(. /etc/os-release && echo "$ID")', "touch made-here"]}}})
+    assert done.exported == {"OS": OS_ID, "CODEBUILD_BUILD_IMAGE": build_image_uri}
 
 
 class Stop(Exception):
     """Stands for a cancellation arriving while a command runs."""
 
 
-def test_a_failed_or_stopped_build_names_the_phase_and_leaves_no_container(run: ContainerRun) -> None:
+def test_a_failed_or_stopped_build_names_the_phase_and_leaves_nothing(tmp_path: Path) -> None:
+    run = BoxRun(tmp_path)
+    boxes_before = run.boxes()
     with pytest.raises(BuildError) as err:
         run({"phases": {
-            "install": {"commands": ["mkdir -p /opt/tool && echo installed > /opt/tool/state"]},
+            "install": {"commands": ["mkdir -p /tmp/tool && echo installed > /tmp/tool/state"]},
             "build": {"commands": ["echo 'FAIL in the container' >&2; exit 4", "echo never"],
-                      "finally": ["cat /opt/tool/state"]},
+                      "finally": ["cat /tmp/tool/state"]},
         }})
     assert err.value.message.startswith(
         "buildspec failed in phase build: command `echo 'FAIL in the container' >&2; exit 4` exited 4; "
         "last output:\n  | FAIL in the container")
     assert "installed" in run.lines, "after the shell exited, the next shell runs in the same container"
     assert "never" not in run.lines
-    assert run.containers(sparse=True) == []
+
+    mark = random.randint(100_000, 999_999)
 
     def stop_when_started(line: str) -> None:
         if line == "started":
             raise Stop()
 
     with pytest.raises(Stop):
-        run({"phases": {"build": {"commands": ["echo started; sleep 600"]}}}, log=stop_when_started)
-    assert run.containers(sparse=True) == [], "the container went with the command still running in it"
+        run({"phases": {"build": {"commands": [f"echo started; sleep {mark}"]}}}, log=stop_when_started)
+    assert not alive(mark), "the command went with its box"
+    assert run.boxes() == boxes_before
 
     with pytest.raises(BuildError) as err:
-        ContainerRun(run.src.parent / "other", "nosuch-image:1")({"phases": {"build": {"commands": ["true"]}}})
-    assert err.value.message.startswith("build.image nosuch-image:1: the build container did not start: ")
-    assert "nosuch-image:1" in err.value.message.split("did not start: ", 1)[1], "docker's own words follow"
+        BoxRun(tmp_path / "other", image="127.0.0.1:1/nosuch-image:1")({"phases": {"build": {"commands": ["true"]}}})
+    assert err.value.message.startswith("build.image 127.0.0.1:1/nosuch-image:1: the build container did not start: ")
+    assert "nosuch-image" in err.value.message.split("did not start: ", 1)[1], "the engine's own words follow"
 
 
-def test_a_killed_worker_leaves_no_container(run: ContainerRun, build_image: str) -> None:
-    """SIGKILL leaves no finally block: the container goes because the worker's pipe to its first shell closes."""
-    host = ShellSpec(("/bin/sh",), {"PATH": os.environ["PATH"], "DOCKER_HOST": os.environ["DOCKER_HOST"]},
-                     run.src, "/bin/sh", run.src)
-    container, session = container_spec(run.cfg, build_image, host, host.env)
-    worker = subprocess.Popen(
-        [sys.executable, "-c", KILLED_WORKER, json.dumps([container.run_argv, container.name, container.label,
-                                                          session.argv])],
-        cwd=ROOT, env={**os.environ, **host.env}, stdout=subprocess.PIPE, text=True,
-    )
+def test_a_killed_worker_leaves_no_process_and_its_box_is_cleared(tmp_path: Path) -> None:
+    """SIGKILL leaves no finally block: the box goes because the worker's pipe to its keeper closes."""
+    mark = random.randint(100_000, 999_999)
+    run = BoxRun(tmp_path)
+    worker = subprocess.Popen([sys.executable, "-c", KILLED_WORKER, json.dumps([str(tmp_path), mark])], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert worker.stdout is not None and worker.stdout.readline().strip() == "running"
-        [running] = run.containers()
-        assert running.name == container.name and running.attrs["HostConfig"]["NetworkMode"] == "host"
-        assert any("sleep 600" in " ".join(row) for row in running.top()["Processes"]), "a command is running"
+        assert alive(mark), "a command of the build is running"
     finally:
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-    deadline = time.monotonic() + 60
-    while run.containers(sparse=True) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert run.containers(sparse=True) == []
+    deadline = time.monotonic() + 10
+    while alive(mark) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(mark), "nothing of the build outlives its worker"
+    left = run.boxes()
+    run({"phases": {"build": {"commands": ["true"]}}})  # the next build clears what a dead one left
+    assert all(not b.exists() for b in left if not _keeper_alive(b)), "folders of dead boxes are removed"
+
+
+def _keeper_alive(folder: Path) -> bool:
+    try:
+        return Path(f"/proc/{int((folder / 'keeper.pid').read_text())}").exists()
+    except (OSError, ValueError):
+        return False
 
 
 KILLED_WORKER = """
-import json, os, subprocess, sys, time
-from tasks.build.shell import BuildContainer
-run_argv, name, label, session = json.loads(sys.argv[1])
-container = BuildContainer(tuple(run_argv), dict(os.environ), name, label)  # held: its pipe is the lifeline
-container.start(time.monotonic() + 120)
-shell = subprocess.Popen(session, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-shell.stdin.write(b"echo sleeping; sleep 600\\n")
-shell.stdin.flush()
-assert shell.stdout.readline() == b"sleeping\\n"
-print("running", flush=True)
-time.sleep(600)
+import json, sys
+from pathlib import Path
+from tests.test_build_box import BoxRun
+tmp, mark = json.loads(sys.argv[1])
+run = BoxRun(Path(tmp) / "worker")
+def say(line):
+    if line == "sleeping":
+        print("running", flush=True)
+run({"phases": {"build": {"commands": [f"echo sleeping; sleep {mark}"]}}}, log=say)
 """

@@ -254,17 +254,19 @@ def _keeper_script(cgroups: list[Path]) -> str:
 
 
 def remove_leftovers(boxes: Path) -> None:
-    """Boxes a dead worker left: their processes are gone with their keeper; their folders go here."""
+    """Folders of boxes whose keeper is gone (a worker killed mid-build): their processes went with the
+    keeper; the folders go here. A folder without a keeper yet is a box being made, unless it is old."""
     if not boxes.is_dir():
         return
     for folder in boxes.iterdir():
-        pid_file = folder / "keeper.pid"
         try:
-            pid = int(pid_file.read_text())
+            pid = int((folder / "keeper.pid").read_text())
         except (OSError, ValueError):
-            pid = 0
-        alive = pid > 0 and Path(f"/proc/{pid}").exists()
-        if not alive and time.time() - folder.stat().st_mtime > 5:
+            with contextlib.suppress(OSError):
+                if time.time() - folder.stat().st_mtime > 300:
+                    _remove_folder(folder)
+            continue
+        if not Path(f"/proc/{pid}").exists():
             _remove_folder(folder)
 
 
