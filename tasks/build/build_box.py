@@ -232,13 +232,17 @@ def _inside_script(folder: Path, user: pwd.struct_passwd, image_root: Path) -> s
         'mount -t proc proc "$R/proc"',
         f'mkdir -p "$R"{q(str(folder))} && mount --bind {q(str(folder))} "$R"{q(str(folder))}',
         'cd "$R" && pivot_root . .old && cd / && umount -l /.old && rmdir /.old',
-        "exec setpriv --reuid {uid} --regid {gid} --clear-groups env -i HOME={tmp} XDG_RUNTIME_DIR={xdg} "
+        # Not exec: this shell stays the namespace's first process, as root. The engine changes its user,
+        # which clears a parent-death signal; this shell keeps unshare's, so the worker's death ends it
+        # and, with it, every process of the namespace.
+        "setpriv --reuid {uid} --regid {gid} --clear-groups env -i HOME={tmp} XDG_RUNTIME_DIR={xdg} "
         "XDG_CONFIG_HOME={conf} CONTAINERS_REGISTRIES_CONF={conf}/containers/registries.conf TMPDIR={tmp} "
         "PATH=/usr/sbin:/usr/bin:/sbin:/bin podman --root {storage} --runroot {run} system service --time=0 "
         "unix://{sock}".format(
             uid=user.pw_uid, gid=user.pw_gid, xdg=q(str(folder / "xdg")), conf=q(str(folder / "conf")),
             tmp=q(str(folder / "tmp")), storage=q(str(folder / "storage")), run=q(str(folder / "r")),
-            sock=q(str(folder / "xdg" / "podman.sock"))),
+            sock=q(str(folder / "xdg" / "podman.sock"))) + " &",
+        "wait",
     ]
     return "\n".join(lines) + "\n"
 
@@ -248,9 +252,10 @@ def _keeper_script(cgroups: list[Path]) -> str:
     when its standard input closes (the box closing, or the worker dying, even by SIGKILL)."""
     q = shlex.quote
     join = "".join(f"echo $$ > {q(str(g / 'cgroup.procs'))}; " for g in cgroups)
+    sweep = "".join(f"kill -KILL $(cat {q(str(g / 'cgroup.procs'))} | grep -vx $$) 2>/dev/null; " for g in cgroups)
     return (f"{join}unshare --net --pid --mount --fork --mount-proc --kill-child --propagation private "
             f'-- sh "$1" >&2 & child=$!; echo "box $child"; read -r _ || true; kill -KILL "$child" 2>/dev/null; '
-            f'wait "$child" 2>/dev/null; exit 0')
+            f'wait "$child" 2>/dev/null; {sweep}exit 0')
 
 
 def remove_leftovers(boxes: Path) -> None:
@@ -266,8 +271,18 @@ def remove_leftovers(boxes: Path) -> None:
                 if time.time() - folder.stat().st_mtime > 300:
                     _remove_folder(folder)
             continue
-        if not Path(f"/proc/{pid}").exists():
+        if not _keeps(pid, folder):
             _remove_folder(folder)
+
+
+def _keeps(pid: int, folder: Path) -> bool:
+    """Whether process PID is alive (not a zombie) and is the keeper of the box at FOLDER."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and str(folder).encode() in command
 
 
 def _remove_folder(folder: Path) -> None:
