@@ -19,6 +19,7 @@ def _cmd_webhook_serve(args: argparse.Namespace) -> int:
             deployment_name=args.deployment,
             dispatch=args.dispatch,
             parallel_creates=args.parallel_creates,
+            delivery_ttl=args.delivery_ttl_hours * 3600,
         )
     except LookupError as exc:
         print(f"webhook: {exc}", file=sys.stderr)
@@ -87,6 +88,12 @@ def register_cli(subparsers: Any) -> None:
         type=int,
         default=1,
         help="flow runs created at once; raise for a Postgres-backed Prefect server",
+    )
+    serve_p.add_argument(
+        "--delivery-ttl-hours",
+        type=float,
+        default=24.0,
+        help="how long a delivery id counts as seen, by every receiver of the same Prefect server (default 24)",
     )
     serve_p.set_defaults(func=_cmd_webhook_serve)
 
