@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +61,16 @@ def emit(service: str, what: str, **payload: Any) -> None:
     emit_event(event=f"{EVENT_PREFIX}.{what}", resource=labels, payload=payload, related=related(payload))
 
 
+# Characters that make markdown (links, images, emphasis, code, tables) or HTML of plain text.
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#!|<>~])")
+
+
+def markdown_text(text: str) -> str:
+    """TEXT (a build's output, an AWS message: anything a repository or a service wrote) as plain text in
+    markdown: one line, every character that would make a link, an image, HTML or a table cell escaped."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(text.split()))
+
+
 def artifact_key(service: str, kind: str) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
     safe = "".join(c if c.isalnum() else "-" for c in service.lower())
@@ -107,14 +118,14 @@ class ReleaseSummary:
             ("Live commit", f"`{self.live_sha[:12]}`" if self.live_sha else "-"),
         ]
         if self.reason:
-            rows.insert(2, ("Reason", self.reason.replace("|", "\\|").replace("\n", " ")))
+            rows.insert(2, ("Reason", markdown_text(self.reason)))
         release = f"{self.service}@{self.sha[:7]}" if self.sha else self.service
         lines = [f"# {release}: {self.outcome}", "", "| | |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in rows]
         lines += ["", "| stage | seconds |", "|---|---:|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in self.stage_seconds.items()]
         if self.notes:
-            lines += ["", *[f"- {n}" for n in self.notes]]
+            lines += ["", *[f"- {markdown_text(n)}" for n in self.notes]]
         return "\n".join(lines)
 
     def publish(self) -> None:

@@ -19,7 +19,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
-from tasks.core.report import artifact_key
+from tasks.core.report import artifact_key, markdown_text
 
 _MARK = "<!-- ecs-pipeline-live "
 
@@ -65,8 +65,10 @@ class LiveRecord:
         head = f"# {self.service}: `{self.sha[:7]}` is live" if self.sha else f"# {self.service}: live release unknown"
         lines = [head, "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
         if failed is not None:  # below the table: the UI does not wrap a table cell, a long reason was cut off
-            lines += ["", f"**Why {what} did not go live:** {' '.join(failed.reason.split())}"]
-        lines += ["", f"_updated {self.updated}_", "", f"{_MARK}{json.dumps(asdict(self))} -->"]
+            lines += ["", f"**Why {what} did not go live:** {markdown_text(failed.reason)}"]
+        # < and > only occur inside JSON strings: as \u escapes, no text can close the comment early.
+        record = json.dumps(asdict(self)).replace("<", "\\u003c").replace(">", "\\u003e")
+        lines += ["", f"_updated {self.updated}_", "", f"{_MARK}{record} -->"]
         return "\n".join(lines)
 
 
