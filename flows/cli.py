@@ -241,9 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_sandbox)
 
-    from flows.trigger_cli import register_cli  # imports prefect: only once the env is settled
+    from flows import iam_cli, trigger_cli, verify_cli  # may import prefect: only once the env is settled
 
-    register_cli(sub)
+    trigger_cli.register_cli(sub)
+    iam_cli.register_cli(sub)
+    verify_cli.register_cli(sub)
     return parser
 
 
