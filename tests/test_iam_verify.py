@@ -68,6 +68,8 @@ def seeded(new_service: Callable[..., ServiceUnderTest]) -> Iterator[Callable[..
             aws("logs").delete_log_group(logGroupName=f"/ecs/{sut.name}")
         with contextlib.suppress(ClientError):
             aws("ecr").delete_repository(repositoryName=sut.name, force=True)
+        with contextlib.suppress(ClientError):  # a codedeploy service's application, its group with it
+            aws("codedeploy").delete_application(applicationName=f"AppECS-{sut.name}-cluster-{sut.name}")
     for role in roles:
         with contextlib.suppress(ClientError):
             aws("iam").delete_role(RoleName=role)
@@ -238,3 +240,80 @@ def test_bad_arguments_are_exit_2(argv: tuple[str, ...], expected: str, new_serv
     code, lines, err = verify(capsys, *(a.format(n=sut.name) for a in argv))
     assert (code, lines) == (2, []), err
     assert err.startswith(expected), err
+
+
+
+STRATEGY_LINES = {
+    "codedeploy": ["  ok      CodeDeploy application AppECS-{n}-cluster-{n}",
+                   "  ok      CodeDeploy deployment group DgpECS-{n}-cluster-{n}: {n}-cluster/{n}, {n}-a, {n}-b",
+                   "  ok      CodeDeploy service role ecsCodeDeployRole: trusts codedeploy.amazonaws.com"],
+    "ecs-native": ["  ok      deployment controller {n}: ECS with strategy BLUE_GREEN",
+                   "  ok      production listener rule arn:aws:elasticloadbalancing:",
+                   "  ok      test listener rule arn:aws:elasticloadbalancing:",
+                   "  ok      infrastructure role ecsInfrastructureRoleForLoadBalancers: trusts ecs.amazonaws.com"],
+    "rolling": ["  ok      deployment controller {n}: ECS with strategy ROLLING",
+                "  ok      production listener {n}-alb:"],
+}
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGY_LINES))
+def test_each_strategy_checks_its_own_resources(strategy: str, seeded: Callable[..., ServiceUnderTest],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    sut = seeded(strategy=strategy)
+    code, lines, err = verify(capsys, sut.name)
+    assert code == 0, "\n".join(lines) + err
+    for line in STRATEGY_LINES[strategy]:
+        assert any(seen.startswith(line.format(n=sut.name)) for seen in lines), (line, lines)
+    assert not any("test listener " in seen for seen in lines) if strategy == "rolling" else True, lines
+
+
+def continue_on_timeout(sut: ServiceUnderTest) -> None:
+    group = f"DgpECS-{sut.name}-cluster-{sut.name}"
+    aws("codedeploy").update_deployment_group(
+        applicationName=f"AppECS-{sut.name}-cluster-{sut.name}", currentDeploymentGroupName=group,
+        blueGreenDeploymentConfiguration={
+            "terminateBlueInstancesOnDeploymentSuccess": {"action": "TERMINATE", "terminationWaitTimeInMinutes": 5},
+            "deploymentReadyOption": {"actionOnTimeout": "CONTINUE_DEPLOYMENT"}})
+
+
+def narrow_test_rule(sut: ServiceUnderTest) -> None:
+    elbv2 = aws("elbv2")
+    svc = aws("ecs").describe_services(cluster=f"{sut.name}-cluster", services=[sut.name])["services"][0]
+    rule = svc["loadBalancers"][0]["advancedConfiguration"]["testListenerRule"]
+    blue = svc["loadBalancers"][0]["targetGroupArn"]
+    elbv2.modify_rule(RuleArn=rule, Actions=[{"Type": "forward", "ForwardConfig": {
+        "TargetGroups": [{"TargetGroupArn": blue, "Weight": 100}]}}])
+
+
+STRATEGY_BROKEN = {
+    "codedeploy group missing": (
+        "codedeploy",
+        lambda sut: aws("codedeploy").delete_deployment_group(
+            applicationName=f"AppECS-{sut.name}-cluster-{sut.name}",
+            deploymentGroupName=f"DgpECS-{sut.name}-cluster-{sut.name}"),
+        "MISSING CodeDeploy deployment group DgpECS-{n}-cluster-{n}: not in application AppECS-{n}-cluster-{n}; fix: "
+        "create an ECS BLUE_GREEN deployment group naming the service, both target groups and the production and "
+        "test listeners, or set strategy.codedeploy_group"),
+    "codedeploy group that moves production before the checks": (
+        "codedeploy", continue_on_timeout,
+        "WRONG   CodeDeploy deployment group DgpECS-{n}-cluster-{n}: deploymentReadyOption.actionOnTimeout is not "
+        "STOP_DEPLOYMENT: production would move before the checks; fix: set actionOnTimeout STOP_DEPLOYMENT with a "
+        "waitTimeInMinutes"),
+    "ecs-native test rule to one target group": (
+        "ecs-native", narrow_test_rule,
+        "WRONG   test listener rule {rule}: forwards to {n}-a; ECS needs both target groups in it; fix: forward to "
+        "both target groups (weights 100 and 0)"),
+}
+
+
+@pytest.mark.parametrize("case", list(STRATEGY_BROKEN))
+def test_a_strategy_resource_broken_gives_its_line(case: str, seeded: Callable[..., ServiceUnderTest],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    strategy, breaks, expected = STRATEGY_BROKEN[case]
+    sut = seeded(strategy=strategy)
+    breaks(sut)  # type: ignore[operator]
+    code, lines, err = verify(capsys, sut.name)
+    svc = aws("ecs").describe_services(cluster=f"{sut.name}-cluster", services=[sut.name])["services"][0]
+    rule = (svc["loadBalancers"][0].get("advancedConfiguration") or {}).get("testListenerRule", "")
+    assert not_ok(lines) == [str(expected).format(n=sut.name, rule=rule)], "\n".join(lines) + err
+    assert code == 1
