@@ -317,3 +317,35 @@ def test_a_strategy_resource_broken_gives_its_line(case: str, seeded: Callable[.
     rule = (svc["loadBalancers"][0].get("advancedConfiguration") or {}).get("testListenerRule", "")
     assert not_ok(lines) == [str(expected).format(n=sut.name, rule=rule)], "\n".join(lines) + err
     assert code == 1
+
+
+def statement(**fields: object) -> dict[str, object]:
+    return {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", **fields}]}
+
+
+@pytest.mark.parametrize(("document", "trusted"), [
+    (statement(Principal={"Service": "ecs-tasks.amazonaws.com"}), True),
+    (statement(Principal={"Service": ["lambda.amazonaws.com", "ecs-tasks.amazonaws.com"]}), True),
+    (json.dumps(statement(Principal={"Service": "ecs-tasks.amazonaws.com"})), True),  # as IAM's query API sends it
+    (statement(Principal={"Service": "ecs.amazonaws.com"}), False),  # ECS itself, not its tasks
+    (statement(Principal={"AWS": "arn:aws:iam::123456789012:root"}), False),
+    (statement(Principal={"Service": "ecs-tasks.amazonaws.com"}, Effect="Deny"), False),
+    (statement(Principal={"Service": "ecs-tasks.amazonaws.com"}, Action=["sts:TagSession"]), False),
+    (None, False),
+])
+def test_trust_policies_read_as_aws_reads_them(document: object, trusted: bool) -> None:
+    from tasks.release.preflight_account import trusts
+
+    assert trusts(document, "ecs-tasks.amazonaws.com") is trusted
+
+
+def test_log_groups_are_the_awslogs_groups_each_once() -> None:
+    from tasks.release.preflight_account import log_groups
+
+    def logs(group: str, create: str | None = None) -> dict[str, object]:
+        options = {"awslogs-group": group, **({"awslogs-create-group": create} if create else {})}
+        return {"logConfiguration": {"logDriver": "awslogs", "options": options}}
+
+    taskdef = {"containerDefinitions": [logs("/a"), logs("/a", "true"), logs("/b"), {"name": "sidecar"},
+                                        {"logConfiguration": {"logDriver": "json-file", "options": {}}}]}
+    assert log_groups(taskdef) == [("/a", True), ("/b", False)]

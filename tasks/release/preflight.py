@@ -133,15 +133,15 @@ def check_listeners(probe: Probe) -> None:
 
 def check_listener(probe: Probe, role: str, ref: ListenerRef) -> None:
     check, strategy = f"{role} listener", probe.cfg.strategy.type
+    assert probe.cfg.load_balancer is not None
+    names = probe.cfg.load_balancer.target_groups
     listener, why = find_listener(probe.clients.get("elbv2"), ref)
     if listener is None:
-        probe.add(check, MISSING, shown(ref), why,
-                  f"create it (aws elbv2 create-listener, forwarding to {probe.cfg.load_balancer.target_groups[0]}),"  # type: ignore[union-attr]
-                  f" or fix load_balancer.{role}_listener")
+        probe.add(check, MISSING, shown(ref), why, f"create it (aws elbv2 create-listener, forwarding to {names[0]}), "
+                  f"or fix load_balancer.{role}_listener")
         return
     probe.listeners[role] = listener
     ours, forwards = our_groups(probe), set(weights_of(listener))
-    names = probe.cfg.load_balancer.target_groups  # type: ignore[union-attr]
     if strategy == "ecs-native" or ours is None:  # ECS moves rules, not the default action; or a group is missing
         probe.add(check, OK, shown(ref), str(listener.get("Protocol") or ""))
         return
@@ -195,9 +195,9 @@ def check_deployment_group(probe: Probe, app: str, group: str) -> None:
     problems = [(d, f) for d, f in group_problems(probe, info) if d]
     for detail, fix in problems:
         probe.add(check, WRONG, group, detail, fix)
-    if not problems:
-        probe.add(check, OK, group, f"{cfg.ecs.cluster}/{cfg.ecs.service}, {', '.join(cfg.load_balancer.target_groups)}"  # type: ignore[union-attr]
-                  )
+    if not problems and cfg.load_balancer is not None:
+        groups = ", ".join(cfg.load_balancer.target_groups)
+        probe.add(check, OK, group, f"{cfg.ecs.cluster}/{cfg.ecs.service}, {groups}")
     if info.get("serviceRoleArn"):
         check_role(probe, "CodeDeploy service role", str(info["serviceRoleArn"]), "codedeploy.amazonaws.com",
                    "create it trusting codedeploy.amazonaws.com with the policy AWSCodeDeployRoleForECS")
