@@ -61,7 +61,7 @@ from tasks.config.buildspec import BuildSpec, Files, Phase, load_buildspec
 from tasks.config.inputs import confined, read_text
 from tasks.config.models import ServiceConfig
 from tasks.core.errors import BuildError
-from tasks.core.report import artifact_key
+from tasks.core.report import artifact_key, markdown_text
 
 Log = Callable[[str], None]
 TAIL_LINES = 15
@@ -147,9 +147,10 @@ class BuildRun:
         return not timed_out and self.stopped_in not in ("install", "pre_build")
 
     def notes(self) -> list[str]:
+        """For the release summary (markdown): what the build wrote is escaped there, as plain text."""
         out = [f"buildspec: {', '.join(f'{p} {s}' for p, s in self.phases)}"]
-        out += [f"tests ({r.group}): {r.headline()}" for r in self.reports]
-        out += [f"exported {k}={v}" for k, v in self.exported.items()]
+        out += [markdown_text(f"tests ({r.group}): {r.headline()}") for r in self.reports]
+        out += [markdown_text(f"exported {k}={v}") for k, v in self.exported.items()]
         return out
 
 

@@ -61,8 +61,8 @@ def emit(service: str, what: str, **payload: Any) -> None:
     emit_event(event=f"{EVENT_PREFIX}.{what}", resource=labels, payload=payload, related=related(payload))
 
 
-# Characters that make markdown (links, images, emphasis, code, tables) or HTML of plain text.
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#!|<>~])")
+# Characters that make a link, an image, HTML, a code span or a table cell of plain text inline.
+_MARKDOWN = re.compile(r"([\\`\[\]|<>])")
 
 
 def markdown_text(text: str) -> str:
@@ -125,7 +125,7 @@ class ReleaseSummary:
         lines += ["", "| stage | seconds |", "|---|---:|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in self.stage_seconds.items()]
         if self.notes:
-            lines += ["", *[f"- {markdown_text(n)}" for n in self.notes]]
+            lines += ["", *[f"- {n}" for n in self.notes]]  # the pipeline's own words (and links)
         return "\n".join(lines)
 
     def publish(self) -> None:
