@@ -104,7 +104,8 @@ def service_buildspec(cfg: ServiceConfig, override: Path | None, notes: list[str
         notes.append(f"{cfg.name}: build.buildspec {cfg.build.buildspec} is in the repository, which is not a "
                      "local one here: the parameters and secrets it names are not in the policies; pass "
                      "--buildspec FILE to include them")
-        return load_buildspec("version: 0.2\nphases: {}\n", "an empty buildspec")
+        # A buildspec there is (its image is re-tagged), naming no parameters or secrets that can be read here.
+        return load_buildspec("version: 0.2\nphases:\n  build:\n    commands: ['true']\n", "a buildspec unread")
     return load_buildspec(text, f"{cfg.build.buildspec} ({where})")
 
 

@@ -46,16 +46,18 @@ def test_a_build_cannot_reach_the_pipelines_docker_engine(tmp_path: Path) -> Non
          f"docker -H unix://{socket_path} ps 2>&1 | tail -1 || true",
          "docker version --format 'engine={{.Server.Version}}'",
          *PROBE_IMAGE,
-         f"{RUN} -v {socket_path}:/s probe /bin/busybox ls /s 2>&1 || true",
-         f"{RUN} -v {Path(socket_path).parent}:/d probe /bin/busybox ls /d 2>&1 || true"])
+         # The engine may make a missing path in its own /tmp (a folder of the box's): never the socket.
+         f"{RUN} -v {socket_path}:/s probe /bin/busybox sh -c 'test -S /s && echo SOCKET || echo no-socket' "
+         "2>&1 || echo no-socket",
+         f"{RUN} -v {Path(socket_path).parent}:/d probe /bin/busybox sh -c "
+         f"'test -S /d/{Path(socket_path).name} && echo SOCKET || echo no-socket' 2>&1 || echo no-socket"])
     out = "\n".join(run.output())
     assert f"ls: {socket_path}: No such file or directory" in out, out
     assert "Cannot connect to the Docker daemon" in out or "no such file" in out.lower()
     ours = docker.from_env().version()["Version"]
     assert "engine=4." in out and f"engine={ours}" not in out, "docker reaches the box's own engine only"
     assert "probe-built" in out
-    refused = out.count(f"mkdir {socket_path.split('/')[1] and '/' + socket_path.split('/')[1]}: permission denied")
-    assert out.lower().count("no such file or directory") + refused >= 3, "the socket is not there to mount"
+    assert "SOCKET" not in out and out.count("no-socket") >= 2, "the socket is not there to mount"
     assert engine_containers() == before, "nothing started or removed in the pipeline's engine"
 
 
