@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -155,7 +156,11 @@ def test_failed_test_listener_check_stops_before_production_moves(deployments_di
     assert dep["status"] == "Stopped" and dep["rollbackInfo"]["rollbackDeploymentId"]
     assert f"CodeDeploy deployment {dep['deploymentId']} Stopped: " in message, message
     assert seen and not any("v2" in s for s in seen), "production never answered the new release"
-    # StopDeployment left the original task set serving, alone.
+    # StopDeployment left the original task set serving, alone: CodeDeploy removes the stopped one once the
+    # listener change back has propagated (ELB documents it as eventual), so that is waited for, bounded.
+    deadline = time.monotonic() + 30
+    while serving(sut) != original and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert serving(sut) == original and sut.task_sets()[0]["status"] == "PRIMARY"
     assert all("sample-app seed" in sut.get("/").text for _ in range(5))
     assert "sample-app seed" in httpx_get(sut.test_url + "/"), "test listener back on the original"

@@ -34,16 +34,12 @@ def port_of(url: str) -> int:
     return int(urlsplit(url if "://" in url else f"http://{url}").port or 0)
 
 
-def engine_containers() -> list[str]:
-    return sorted(c.id for c in docker.from_env().containers.list(all=True, sparse=True))
-
-
 def test_a_build_cannot_reach_the_pipelines_docker_engine(tmp_path: Path) -> None:
     socket_path = os.environ["DOCKER_HOST"].removeprefix("unix://")
-    before = engine_containers()
+    marker = f"atk-{random.randint(100_000, 999_999)}"
     run = Build(service(tmp_path), tmp_path)
     run([f"ls {socket_path} /var/run/docker.sock 2>&1 || true",
-         f"docker -H unix://{socket_path} ps 2>&1 | tail -1 || true",
+         f"docker -H unix://{socket_path} run --name {marker} --label {marker}=1 busybox true 2>&1 | tail -1 || true",
          "docker version --format 'engine={{.Server.Version}}'",
          *PROBE_IMAGE,
          # The engine may make a missing path in its own /tmp (a folder of the box's): never the socket.
@@ -58,7 +54,9 @@ def test_a_build_cannot_reach_the_pipelines_docker_engine(tmp_path: Path) -> Non
     assert "engine=4." in out and f"engine={ours}" not in out, "docker reaches the box's own engine only"
     assert "probe-built" in out
     assert "SOCKET" not in out and out.count("no-socket") >= 2, "the socket is not there to mount"
-    assert engine_containers() == before, "nothing started or removed in the pipeline's engine"
+    engine = docker.from_env()
+    assert engine.containers.list(all=True, filters={"label": marker}) == [], "nothing started in the engine"
+    assert engine.images.list(name="probe") == [], "the build's image never reached the pipeline's engine"
 
 
 def test_a_build_reaches_only_its_registry_on_the_network(tmp_path: Path) -> None:
