@@ -53,6 +53,15 @@ def serving(sut: ServiceUnderTest) -> list[tuple[str, str]]:
     return [(ts["taskSetArn"], ts["taskDefinition"]) for ts in sut.task_sets()]
 
 
+def settled(sut: ServiceUnderTest, count: int = 1, seconds: float = 30) -> list[tuple[str, str]]:
+    """``serving`` once COUNT task sets are left: CodeDeploy removes the other one only after the last
+    listener change has propagated (ELB documents it as eventual), so that is waited for, bounded."""
+    deadline = time.monotonic() + seconds
+    while len(found := serving(sut)) > count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
 @contextmanager
 def watching(sut: ServiceUnderTest) -> Iterator[list[str]]:
     """Production's answers to GET / while the block runs (tens of requests a second)."""
@@ -98,7 +107,7 @@ def test_canary_release_succeeds_and_removes_the_original(deployments_dir: Path)
     assert {"200 sample-app seed: hello from ecs-pipeline", "200 sample-app v1: hello from ecs-pipeline"} <= set(seen)
     assert seen[-1].startswith("200 sample-app v1"), "no going back once production moved"
     live_td = state.result()["task_definition"]
-    assert serving(sut) == [(sut.task_sets()[0]["taskSetArn"], live_td)], "original task set removed"
+    assert settled(sut) == [(sut.task_sets()[0]["taskSetArn"], live_td)], "original task set removed"
     assert sut.task_sets()[0]["status"] == "PRIMARY"
     (dep,) = deployments(sut)
     assert dep["status"] == "Succeeded"
@@ -156,12 +165,8 @@ def test_failed_test_listener_check_stops_before_production_moves(deployments_di
     assert dep["status"] == "Stopped" and dep["rollbackInfo"]["rollbackDeploymentId"]
     assert f"CodeDeploy deployment {dep['deploymentId']} Stopped: " in message, message
     assert seen and not any("v2" in s for s in seen), "production never answered the new release"
-    # StopDeployment left the original task set serving, alone: CodeDeploy removes the stopped one once the
-    # listener change back has propagated (ELB documents it as eventual), so that is waited for, bounded.
-    deadline = time.monotonic() + 30
-    while serving(sut) != original and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert serving(sut) == original and sut.task_sets()[0]["status"] == "PRIMARY"
+    # StopDeployment left the original task set serving, alone (once the stopped one is removed).
+    assert settled(sut) == original and sut.task_sets()[0]["status"] == "PRIMARY"
     assert all("sample-app seed" in sut.get("/").text for _ in range(5))
     assert "sample-app seed" in httpx_get(sut.test_url + "/"), "test listener back on the original"
 
@@ -193,5 +198,5 @@ def test_alarm_during_the_canary_rolls_back(deployments_dir: Path) -> None:
     assert any(s.startswith("500") for s in seen), "the canary did take production traffic"
     (dep,) = deployments(sut)[:1]
     assert dep["status"] == "Stopped"
-    assert serving(sut) == original
+    assert settled(sut) == original
     assert all("sample-app seed" in sut.get("/").text for _ in range(10))
