@@ -20,7 +20,7 @@ from types import FrameType
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 
-from sandbox.controller import Controller
+from sandbox.controller import Controller, iam_enforce
 from sandbox.controller.middleware import SandboxMiddleware
 
 log = logging.getLogger("sandbox")
@@ -48,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         (state / "server.pid").write_text(str(os.getpid()))
     controller = Controller(owner=f"{args.host}:{args.port}")
     controller.install()
-    app = SandboxMiddleware(DomainDispatcherApplication(create_backend_app), controller)
+    enforcer = iam_enforce.Enforcer.from_env() if iam_enforce.enabled() else None
+    if enforcer is not None:
+        log.info("IAM enforced (%s): calls not signed by the sandbox's own keys obey their IAM policies",
+                 iam_enforce.ENV)
+    app = SandboxMiddleware(DomainDispatcherApplication(create_backend_app), controller, enforcer)
     server = make_server(args.host, args.port, app, threaded=True)
     controller.start()
 

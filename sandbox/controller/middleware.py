@@ -26,6 +26,7 @@ from .world import LOCK, log
 
 if TYPE_CHECKING:
     from . import Controller
+    from .iam_enforce import Enforcer
 
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 Handler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
@@ -74,9 +75,10 @@ def _reset(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[
 class SandboxMiddleware:
     """Routes /_sandbox/* to the controller and AWS calls to faults, handlers or moto."""
 
-    def __init__(self, app: Any, controller: Controller) -> None:
+    def __init__(self, app: Any, controller: Controller, enforcer: Enforcer | None = None) -> None:
         self.app = app
         self.controller = controller
+        self.enforcer = enforcer  # IAM enforcement, only when the server was started with it
         # ECR handlers talk to the registry over HTTP: they must not hold the world lock
         self.unlocked = {("ecr", op) for op in ECR_HANDLERS}
         self.handlers: dict[tuple[str, str], Handler] = {
@@ -102,6 +104,10 @@ class SandboxMiddleware:
             return self._moto(environ, start_response)
         agent = environ.get("HTTP_USER_AGENT", "")
         logged = self._logged(start_response, call, agent)
+        if self.enforcer is not None:
+            denied = self.enforcer.judge(environ, *call)
+            if denied is not None:
+                return self._send(logged, *denied)
         fault = self.controller.faults.take(call.service, call.operation, body,
                                             environ.get("HTTP_USER_AGENT", ""))
         if fault is None:
