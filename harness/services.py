@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from harness.git import git
 from sandbox.seed import seed_service
-from tasks.config.models import load_service
+from tasks.config.models import ServiceConfig, load_service
 from tasks.core.settings import DEFAULT_MAX_ATTEMPTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,8 +136,10 @@ def make_service(
     desired_count: int = 1,
     approval: str = "none",
     network: bool = True,
+    seed: Callable[[ServiceConfig], dict[str, Any]] | None = None,
 ) -> ServiceUnderTest:
-    """A new service named t<random>, seeded in the sandbox, with v1 committed (not deployed).
+    """A new service named t<random>, seeded in the sandbox (by SEED, default seed_service), with v1
+    committed (not deployed).
 
     A task-sets service gets the seeded subnets and security group as its ``network`` (a new EXTERNAL
     service has no primary task set to take them from) unless NETWORK is false.
@@ -181,7 +183,7 @@ def make_service(
     yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
     sut = ServiceUnderTest(name, repo, yaml_path, f"http://127.0.0.1:{prod}", f"http://127.0.0.1:{test}", {})
     sut.commit("v1")
-    sut.seeded = seed_service(load_service(yaml_path))
+    sut.seeded = (seed or seed_service)(load_service(yaml_path))
     MADE.append(sut)
     if strategy == "task-sets" and network:
         edit_config(sut, lambda c: c.__setitem__("network", {

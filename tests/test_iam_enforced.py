@@ -429,8 +429,6 @@ def _requests(endpoint: str, since: int, match: str) -> list[dict[str, Any]]:
     return list(found["requests"])
 
 
-@pytest.mark.skipif(bool(os.environ.get("ECS_PIPELINE_TESTS_NO_SANDBOX")),
-                    reason="a release needs the session's Docker engine, registry and Prefect server")
 def test_a_task_sets_release_passes_under_the_enforced_deploy_policy_and_fails_without_one_statement(
         endpoint: str, admin: Client, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """flows.pipeline.deploy_service, signed by a user holding only the generated deploy policy, goes live;
@@ -442,8 +440,7 @@ def test_a_task_sets_release_passes_under_the_enforced_deploy_policy_and_fails_w
     from tasks.config.taskdef import load_template, render_task_definition
 
     seeding = {**load_env(), "AWS_ENDPOINT_URL": endpoint}  # seeded in the enforcing sandbox, as its admin
-    monkeypatch.setattr(services, "seed_service", lambda cfg: seed.seed_service(cfg, env=seeding))
-    sut = services.make_service(tmp_path)
+    sut = services.make_service(tmp_path, seed=lambda cfg: seed.seed_service(cfg, env=seeding))
     services.MADE.remove(sut)  # its containers go with this module's sandbox
     cfg = sut.cfg
     template = load_template(cfg.path(cfg.task_definition))
