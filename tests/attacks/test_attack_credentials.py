@@ -10,46 +10,23 @@ reads.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pytest
-from prefect import flow
 
-from tasks.aws.clients import AwsClients
 from tasks.build.build_identity import session_policy
-from tasks.build.buildspec_runner import BuildRun, run_buildspec
 from tasks.config.buildspec import parse_buildspec
-from tasks.config.models import ServiceConfig, parse_service
-from tasks.core.settings import Settings
+from tasks.config.models import ServiceConfig
+from tests.attacks.builds import Build, service
 
 PRINT = ('echo "id=${AWS_ACCESS_KEY_ID:-none} key=${AWS_SECRET_ACCESS_KEY:-none} '
          'token=${AWS_SESSION_TOKEN:-none} profile=${AWS_PROFILE:-none} files=$AWS_SHARED_CREDENTIALS_FILE"')
 
 
-def service(tmp_path: Path, **build: object) -> ServiceConfig:
-    name = "atk" + uuid.uuid4().hex[:8]
-    return parse_service(
-        {"name": name, "source": {"repo": "https://git.example.com/org/app"}, "ecr": {"repository": name},
-         "ecs": {"cluster": "c", "service": name, "container": "web", "container_port": 80},
-         "task_definition": "taskdef.json", "strategy": {"type": "rolling"}, "build": build},
-        source="test.yaml", base_dir=tmp_path,
-    )
-
-
 def build(cfg: ServiceConfig, tmp_path: Path, commands: list[str]) -> list[str]:
-    src = tmp_path / "src"
-    src.mkdir(exist_ok=True)
-    spec = parse_buildspec({"version": 0.2, "phases": {"build": {"commands": commands}}}, "buildspec.yml")
-    clients = AwsClients(Settings(artifacts_dir=tmp_path / "artifacts"))
-    lines: list[str] = []
-
-    @flow(name="attack-credentials", persist_result=False)
-    def in_flow() -> BuildRun:
-        return run_buildspec(cfg, clients, spec, "e" * 40, src, "127.0.0.1:1/repo", lines.append)
-
-    in_flow()
-    return [line for line in lines if not line.startswith("[")]
+    run = Build(cfg, tmp_path)
+    run(commands)
+    return run.output()
 
 
 def test_a_build_without_a_role_gets_no_aws_identity(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ outside the service's own folder changes.
 from __future__ import annotations
 
 import re
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,22 +17,17 @@ from tasks.aws.clients import AwsClients
 from tasks.build.buildspec_runner import BuildRun, copy_artifacts, run_buildspec
 from tasks.build.pushed_image import adopt_image
 from tasks.config.buildspec import Files, parse_buildspec
-from tasks.config.models import ServiceConfig, parse_service
+from tasks.config.models import ServiceConfig
 from tasks.core.errors import BuildError, ConfigError
 from tasks.core.settings import Settings
+from tests.attacks.builds import service
 
 SHA = "c" * 40
 
 
 @pytest.fixture
 def cfg(tmp_path: Path) -> ServiceConfig:
-    name = "atk" + uuid.uuid4().hex[:8]
-    return parse_service(
-        {"name": name, "source": {"repo": "https://git.example.com/org/app"}, "ecr": {"repository": name},
-         "ecs": {"cluster": "c", "service": name, "container": "web", "container_port": 80},
-         "task_definition": "taskdef.json", "strategy": {"type": "rolling"}, "build": {"timeout_seconds": 60}},
-        source="test.yaml", base_dir=tmp_path,
-    )
+    return service(tmp_path, timeout_seconds=60)
 
 
 @pytest.fixture

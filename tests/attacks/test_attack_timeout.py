@@ -10,41 +10,18 @@ from __future__ import annotations
 import random
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from prefect import flow
 
-from tasks.aws.clients import AwsClients
-from tasks.build.buildspec_runner import BuildRun, run_buildspec
-from tasks.config.buildspec import parse_buildspec
-from tasks.config.models import ServiceConfig, parse_service
+from tasks.build.buildspec_runner import BuildRun
+from tasks.config.models import ServiceConfig
 from tasks.core.errors import BuildError
-from tasks.core.settings import Settings
-
-
-def service(tmp_path: Path) -> ServiceConfig:
-    name = "atk" + uuid.uuid4().hex[:8]
-    return parse_service(
-        {"name": name, "source": {"repo": "https://git.example.com/org/app"}, "ecr": {"repository": name},
-         "ecs": {"cluster": "c", "service": name, "container": "web", "container_port": 80},
-         "task_definition": "taskdef.json", "strategy": {"type": "rolling"}, "build": {"timeout_seconds": 10}},
-        source="test.yaml", base_dir=tmp_path,
-    )
+from tests.attacks.builds import Build, service
 
 
 def build(cfg: ServiceConfig, tmp_path: Path, commands: list[str]) -> BuildRun:
-    src = tmp_path / "src"
-    src.mkdir(exist_ok=True)
-    spec = parse_buildspec({"version": 0.2, "phases": {"build": {"commands": commands}}}, "buildspec.yml")
-    clients = AwsClients(Settings(artifacts_dir=tmp_path / "artifacts"))
-
-    @flow(name="attack-timeout", persist_result=False)
-    def in_flow() -> BuildRun:
-        return run_buildspec(cfg, clients, spec, "f" * 40, src, "127.0.0.1:1/repo", lambda _line: None)
-
-    return in_flow()
+    return Build(cfg, tmp_path)(commands)
 
 
 def alive(seconds: int) -> list[str]:
@@ -62,13 +39,14 @@ def gone_soon(seconds: int) -> bool:
 def test_a_process_started_with_setsid_dies_with_the_builds_timeout(tmp_path: Path) -> None:
     mark = random.randint(100_000, 999_999)  # sleep MARK: this test's process, no other
     with pytest.raises(BuildError, match=r"timed out \(build.timeout_seconds\)"):
-        build(service(tmp_path), tmp_path, [f"setsid sleep {mark} >/dev/null 2>&1 &",
+        build(service(tmp_path, timeout_seconds=10), tmp_path, [f"setsid sleep {mark} >/dev/null 2>&1 &",
                                             f"nohup sleep {mark + 1} >/dev/null 2>&1 &", "sleep 60"])
     assert gone_soon(mark) and gone_soon(mark + 1), alive(mark) + alive(mark + 1)
 
 
 def test_a_process_left_running_dies_when_the_build_ends(tmp_path: Path) -> None:
     mark = random.randint(100_000, 999_999)
-    done = build(service(tmp_path), tmp_path, [f"setsid sleep {mark} >/dev/null 2>&1 &", "echo left it running"])
+    done = build(service(tmp_path, timeout_seconds=10), tmp_path,
+                 [f"setsid sleep {mark} >/dev/null 2>&1 &", "echo left it running"])
     assert done.failure is None
     assert gone_soon(mark), alive(mark)
