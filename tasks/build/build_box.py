@@ -40,8 +40,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.build import egress
@@ -80,7 +80,6 @@ class BuildBox:
     forwarders: egress.Forwarders
     cgroups: list[Path]
     image_root: Path  # the standard image's root, mounted read-only
-    endpoints: list[egress.Endpoint] = field(default_factory=list)
 
     @property
     def src(self) -> Path:
@@ -296,12 +295,16 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
             os.chown(os.path.join(top, name), uid, gid, follow_symlinks=False)
 
 
-def _wait_for(check: object, deadline: float, what: str, keeper: subprocess.Popen[bytes], log: Path) -> None:
-    while not check():  # type: ignore[operator]
+def _wait_for(check: Callable[[], bool], deadline: float, what: str, keeper: subprocess.Popen[bytes],
+              log: Path) -> None:
+    """Until CHECK holds: a start-up of a tenth of a second or so, so polled from 5 ms, backing off to 100 ms."""
+    pause = 0.005
+    while not check():
         if keeper.poll() is not None or time.monotonic() > deadline:
             said = log.read_text("utf-8", "replace").strip().splitlines()[-5:] if log.exists() else []
             raise BuildError(f"the build box did not start ({what}): " + (" | ".join(said) or "no output"))
-        time.sleep(0.01)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def _engine_answers(sock: Path) -> bool:
@@ -316,7 +319,7 @@ def _engine_answers(sock: Path) -> bool:
 
 
 @contextlib.contextmanager
-def open_box(tree: Path, cache: Path, boxes: Path, user_name: str, limits: Resources,
+def open_box(tree: Path, boxes: Path, user_name: str, limits: Resources,
              wanted: list[tuple[str, int]], deadline: float) -> Iterator[BuildBox]:
     """A box for one build of TREE (copied in), reaching only WANTED; closed, all of it, on exit."""
     missing = missing_tools()
@@ -366,7 +369,7 @@ def open_box(tree: Path, cache: Path, boxes: Path, user_name: str, limits: Resou
         _wait_for(lambda: (folder / "net-ready").exists(), deadline, "network", keeper, log)
         forwarders.start(netns, endpoints)
         _wait_for(lambda: _engine_answers(folder / "xdg" / "podman.sock"), deadline, "engine", keeper, log)
-        yield BuildBox(folder, user, keeper, forwarders, cgroups, image_root, endpoints)
+        yield BuildBox(folder, user, keeper, forwarders, cgroups, image_root)
     finally:
         _stop(keeper, forwarders, cgroups)
         _remove_folder(folder)

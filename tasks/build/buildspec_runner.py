@@ -244,7 +244,7 @@ def box_shell(cfg: ServiceConfig, box: BuildBox, env: dict[str, str], shell: str
     The container: the standard image read-only (or ``build.image``, pulled into the box),
     every capability dropped, no new privileges, a non-root user, the box's network; the
     checkout's copy at SRC, the command files read-only, one folder for values read back,
-    and the box's engine as /var/run/docker.sock. Nothing of the worker's environment.
+    and the box's own engine (never the pipeline's) as BOX_ENGINE_SOCKET. Nothing of the worker's environment.
     """
     podman = shutil.which("podman") or "podman"
     cli = (podman, "--remote", "--url", box.engine_url)
@@ -257,7 +257,7 @@ def box_shell(cfg: ServiceConfig, box: BuildBox, env: dict[str, str], shell: str
            "--userns", f"keep-id:uid={BUILD_UID},gid={BUILD_UID}", "--user", f"{BUILD_UID}:{BUILD_UID}",
            "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--tmpfs", "/tmp:mode=1777",
            "-v", f"{box.src}:{standard_image.SRC}", "-v", f"{box.scripts}:{standard_image.SCRIPTS}:ro",
-           "-v", f"{box.values}:{standard_image.VALUES}", "-v", f"{box.socket}:{standard_image.ENGINE_SOCKET}",
+           "-v", f"{box.values}:{standard_image.VALUES}", "-v", f"{box.socket}:{standard_image.BOX_ENGINE_SOCKET}",
            "-w", standard_image.SRC, *image, shell)
     # The client passes `-e NAME` values from its own environment: no value on a command line.
     session = (*cli, "exec", "-i", "-w", standard_image.SRC, *[a for n in env for a in ("-e", n)], name, shell)
@@ -468,10 +468,10 @@ def run_buildspec(cfg: ServiceConfig, clients: AwsClients, spec: BuildSpec, sha:
     mask = masker_for(hidden, identity)
     if "AWS_ACCESS_KEY_ID" in identity and clients.settings.endpoint_url:
         identity = {**identity, "AWS_ENDPOINT_URL": clients.settings.endpoint_url}
-    env = {"HOME": "/tmp", "DOCKER_HOST": f"unix://{standard_image.ENGINE_SOCKET}", "DOCKER_API_VERSION": "1.41",
+    env = {"HOME": "/tmp", "DOCKER_HOST": f"unix://{standard_image.BOX_ENGINE_SOCKET}", "DOCKER_API_VERSION": "1.41",
            **variables, **codebuild, **identity}
     limits = Resources(cfg.build.resources.memory_mib, cfg.build.resources.cpus, cfg.build.resources.pids)
-    with open_box(src, clients.settings.cache, clients.settings.build_boxes, clients.settings.build_user, limits,
+    with open_box(src, clients.settings.build_boxes, clients.settings.build_user, limits,
                   box_egress(cfg, clients, uri, identity), deadline) as box:
         with box_shell(cfg, box, env, spec.env.shell, deadline) as shell:
             result = run_in(spec, shell, mask, log, detail)

@@ -207,13 +207,6 @@ class BuildContainer:
         return subprocess.run([*self.cli, *args], env=self.env, capture_output=True, text=True, timeout=60,
                               check=False)
 
-    def remove_leftovers(self) -> list[str]:
-        """Containers an earlier build of the same service left (its engine lost the pipe): removed."""
-        found = self._docker("ps", "-aq", "--filter", f"label={self.label}").stdout.split()
-        if found:
-            self._docker(*self.remove, *found)
-        return found
-
     def start(self, deadline: float) -> None:
         """Run the container and wait until its shell answers (a pull included, up to DEADLINE);
         ContainerError with docker's output otherwise."""

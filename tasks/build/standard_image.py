@@ -24,10 +24,12 @@ NAME = "ecs-pipeline/standard"
 BUSYBOX = Path("/bin/busybox")
 # Where the box mounts a build's files inside its container (as CodeBuild uses /codebuild/output/...).
 SRC, SCRIPTS, VALUES = "/codebuild/output/src", "/codebuild/scripts", "/codebuild/values"
-ENGINE_SOCKET = "/var/run/docker.sock"
+# Where a build finds the API of its own box's rootless engine (tasks/build/build_box.py), where Docker
+# clients look by default. Never the pipeline's engine: that socket is outside the box's view altogether.
+BOX_ENGINE_SOCKET = "/var/run/docker.sock"
 # Files and folders the container engine mounts over: they must exist in a read-only root.
 MOUNT_POINTS = ("dev", "proc", "sys", "tmp", "run", "var/tmp", "root", SRC[1:], SCRIPTS[1:], VALUES[1:])
-MOUNT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf", "run/.containerenv", ENGINE_SOCKET[1:])
+MOUNT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf", "run/.containerenv", BOX_ENGINE_SOCKET[1:])
 
 
 def _docker_client() -> Path:
