@@ -177,6 +177,9 @@ def test_a_killed_worker_leaves_no_process_and_its_box_is_cleared(tmp_path: Path
                               stdout=subprocess.PIPE, text=True)
     try:
         assert worker.stdout is not None and worker.stdout.readline().strip() == "running"
+        started = time.monotonic() + 10  # "sleeping" is printed just before the sleep starts
+        while not alive(mark) and time.monotonic() < started:
+            time.sleep(0.05)
         assert alive(mark), "a command of the build is running"
         [box] = set(run.boxes()) - before
         assert box_processes(box), "its engine runs from the box's folder"
