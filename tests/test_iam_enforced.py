@@ -22,22 +22,29 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
 from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from harness.iam import CONFIG as IAM_CONFIG
+from harness.iam import (
+    Client,
+    admin_client,
+    client_factory,
+    enforcing_sandbox,
+    put_policy,
+    refused,
+    requests_seen,
+    user_with_policy,
+    without,
+)
 from harness.services import free_port
 from sandbox.controller.iam_enforce import enabled
 from sandbox.controller.iam_eval import ALLOW, EXPLICIT_DENY, IMPLICIT_DENY, Need, decide
@@ -48,7 +55,6 @@ from tasks.release.permissions import Scope, deploy_policy
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT, REGION = "123456789012", "us-east-1"
 EXECUTION_ROLE = f"arn:aws:iam::{ACCOUNT}:role/ecsTaskExecutionRole"
-CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=5, read_timeout=30)
 
 
 # --- the evaluation rules, as tables (pure) ---------------------------------------------------------------
@@ -157,54 +163,16 @@ def test_enforcement_is_opt_in() -> None:
 
 # --- an enforcing sandbox of this module's own ----------------------------------------------------------------
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    """``python -m sandbox.server`` with SANDBOX_ENFORCE_IAM=1 on a free loopback port, stopped at the end."""
-    import time
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(SANDBOX_ENFORCE_IAM="1", SANDBOX_TIME_SCALE="60")
-    log = tempfile.NamedTemporaryFile(prefix="iam-enforced-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox.server", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while not _answers(f"{url}/_sandbox/health"):
-            assert proc.poll() is None, Path(log.name).read_text()[-3000:]
-            assert time.monotonic() < deadline, "the enforcing sandbox did not start"
-            time.sleep(0.2)
+    with enforcing_sandbox() as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        os.unlink(log.name)
-
-
-Client = Callable[[str], Any]
-
-
-def _factory(url: str, key: str, secret: str) -> Client:
-    return lambda service: boto3.client(service, endpoint_url=url, region_name=REGION, aws_access_key_id=key,
-                                        aws_secret_access_key=secret, config=CONFIG)
 
 
 @pytest.fixture(scope="module")
 def admin(endpoint: str) -> Client:
     """The sandbox's own keys: all-powerful with enforcement on too."""
-    return _factory(endpoint, "testing", "testing")
+    return admin_client(endpoint)
 
 
 class World:
@@ -281,31 +249,16 @@ def policy(world: World) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def deploy_key(admin: Client, policy: dict[str, Any]) -> dict[str, str]:
     """A deploy user holding the generated deploy policy (inline, so a test can replace it), and its key."""
-    iam = admin("iam")
-    iam.create_user(UserName="deployer")
-    grant(admin, policy)
-    return dict(iam.create_access_key(UserName="deployer")["AccessKey"])
+    return user_with_policy(admin, "deployer", policy)
 
 
 @pytest.fixture(scope="module")
 def deployer(endpoint: str, deploy_key: dict[str, str]) -> Client:
-    return _factory(endpoint, deploy_key["AccessKeyId"], deploy_key["SecretAccessKey"])
+    return client_factory(endpoint, deploy_key["AccessKeyId"], deploy_key["SecretAccessKey"])
 
 
 def grant(admin: Client, document: dict[str, Any]) -> None:
-    admin("iam").put_user_policy(UserName="deployer", PolicyName="deploy", PolicyDocument=json.dumps(document))
-
-
-def without(document: dict[str, Any], sid: str) -> dict[str, Any]:
-    kept = [s for s in document["Statement"] if s["Sid"] != sid]
-    assert len(kept) == len(document["Statement"]) - 1, f"no statement {sid}"
-    return {**document, "Statement": kept}
-
-
-def refused(call: Callable[[], Any]) -> ClientError:
-    with pytest.raises(ClientError) as caught:
-        call()
-    return caught.value
+    put_policy(admin, "deployer", document)
 
 
 # --- the probes: one call per statement of the task-sets deploy policy, on a service's own resources -------------
@@ -410,24 +363,19 @@ def test_passing_a_role_the_policy_does_not_list_is_refused(world: World, deploy
 
 def test_keys_the_account_does_not_know_or_a_wrong_secret_are_refused(endpoint: str,
                                                                       deploy_key: dict[str, str]) -> None:
-    stranger = _factory(endpoint, "AKIAIOSFODNN7EXAMPLE", "secret")("ecs")
+    stranger = client_factory(endpoint, "AKIAIOSFODNN7EXAMPLE", "secret")("ecs")
     error = refused(lambda: stranger.describe_clusters())
     assert error.response["Error"]["Code"] == "UnrecognizedClientException"
-    forged = _factory(endpoint, deploy_key["AccessKeyId"], "not-the-secret")("elbv2")
+    forged = client_factory(endpoint, deploy_key["AccessKeyId"], "not-the-secret")("elbv2")
     error = refused(lambda: forged.describe_load_balancers())
     assert error.response["Error"]["Code"] == "SignatureDoesNotMatch"
-    unsigned = boto3.client("ecs", endpoint_url=endpoint, region_name=REGION, config=CONFIG.merge(
+    unsigned = boto3.client("ecs", endpoint_url=endpoint, region_name=REGION, config=IAM_CONFIG.merge(
         Config(signature_version=UNSIGNED)))
     error = refused(lambda: unsigned.describe_clusters())
     assert error.response["Error"]["Code"] == "MissingAuthenticationTokenException"
 
 
 # --- a real release under the enforced policy ---------------------------------------------------------------------
-
-def _requests(endpoint: str, since: int, match: str) -> list[dict[str, Any]]:
-    found = httpx.get(f"{endpoint}/_sandbox/requests", params={"since": since, "match": match}, timeout=10).json()
-    return list(found["requests"])
-
 
 def test_a_task_sets_release_passes_under_the_enforced_deploy_policy_and_fails_without_one_statement(
         endpoint: str, admin: Client, world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -455,15 +403,15 @@ def test_a_task_sets_release_passes_under_the_enforced_deploy_policy_and_fails_w
                        ("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"]),
                        ("ECS_PIPELINE_DEPLOYMENTS", str(sut.yaml_path.parent))):
         monkeypatch.setenv(var, value)
-    releaser = _factory(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    releaser = client_factory(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
     refused(lambda: releaser("ecs").describe_services(cluster=world.other["cluster"],
                                                       services=[world.other["name"]]))  # the key is judged
     state = deploy_service(sut.name, return_state=True)
     assert state.is_completed(), state.message
     assert all("sample-app v1" in sut.get("/").text for _ in range(5))
-    made = {r["operation"] for r in _requests(endpoint, 0, sut.name) if r["status"] == 200}
+    made = {r["operation"] for r in requests_seen(endpoint, 0, sut.name) if r["status"] == 200}
     assert {"RegisterTaskDefinition", "CreateTaskSet", "UpdateServicePrimaryTaskSet"} <= made, made
-    seq = max(r["seq"] for r in _requests(endpoint, 0, ""))
+    seq = max(r["seq"] for r in requests_seen(endpoint, 0, ""))
 
     iam.put_user_policy(UserName="releaser", PolicyName="deploy",
                         PolicyDocument=json.dumps(without(document, "MoveListenerWeights")))
@@ -471,5 +419,5 @@ def test_a_task_sets_release_passes_under_the_enforced_deploy_policy_and_fails_w
     state = deploy_service(sut.name, return_state=True)
     assert state.is_failed(), state.message
     assert "elasticloadbalancing:ModifyListener" in (state.message or ""), state.message
-    assert ("ModifyListener", 403) in {(r["operation"], r["status"]) for r in _requests(endpoint, seq, sut.name)}
+    assert ("ModifyListener", 403) in {(r["operation"], r["status"]) for r in requests_seen(endpoint, seq, sut.name)}
     assert all("sample-app v1" in sut.get("/").text for _ in range(5)), "production stays on v1"
