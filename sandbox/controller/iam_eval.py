@@ -123,17 +123,42 @@ def statements(documents: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]
     return out
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A decision with what led to it: the statements that decided (by position) and the condition keys
+    the statements that applied to the action and resource named but the request did not give."""
+
+    verdict: str
+    matched: tuple[tuple[int, int], ...] = ()  # (document index, statement index)
+    missing: tuple[str, ...] = ()
+
+
+def _condition_keys(statement: Mapping[str, Any]) -> list[str]:
+    return [str(key) for op, expected in (statement.get("Condition") or {}).items()
+            if isinstance(expected, Mapping) and not str(op).startswith("Null") for key in expected]
+
+
+def evaluate(documents: Iterable[Mapping[str, Any]], need: Need) -> Evaluation:
+    """NEED under the principal's DOCUMENTS: the verdict, the deciding statements, the missing context keys."""
+    allows: list[tuple[int, int]] = []
+    denies: list[tuple[int, int]] = []
+    missing: dict[str, None] = {}
+    given = {k.lower() for k in need.context}
+    for d, doc in enumerate(documents):
+        for s, statement in enumerate(statements([doc])):
+            effect = str(statement.get("Effect", ""))
+            if effect not in ("Allow", "Deny"):
+                continue
+            if not (_action_applies(statement, need.action) and _resource_applies(statement, need.resource, effect)):
+                continue
+            missing.update((k, None) for k in _condition_keys(statement) if k.lower() not in given)
+            if _conditions_hold(statement, need.context, effect):
+                (denies if effect == "Deny" else allows).append((d, s))
+    if denies:
+        return Evaluation(EXPLICIT_DENY, tuple(denies), tuple(missing))
+    return Evaluation(ALLOW if allows else IMPLICIT_DENY, tuple(allows), tuple(missing))
+
+
 def decide(documents: Iterable[Mapping[str, Any]], need: Need) -> str:
     """ALLOW, EXPLICIT_DENY or IMPLICIT_DENY for NEED under the principal's DOCUMENTS."""
-    allowed = False
-    for statement in statements(documents):
-        effect = str(statement.get("Effect", ""))
-        if effect not in ("Allow", "Deny"):
-            continue
-        if not (_action_applies(statement, need.action) and _resource_applies(statement, need.resource, effect)
-                and _conditions_hold(statement, need.context, effect)):
-            continue
-        if effect == "Deny":
-            return EXPLICIT_DENY
-        allowed = True
-    return ALLOW if allowed else IMPLICIT_DENY
+    return evaluate(documents, need).verdict

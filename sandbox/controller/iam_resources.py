@@ -9,7 +9,8 @@ own parameters, and adds the authorizations a call implies: ``iam:PassRole``
 (with ``iam:PassedToService``) for the roles a task definition names, and
 ``ecs:TagResource`` (with ``ecs:CreateAction``) when it is registered with tags.
 
-Also named: the resources of sts:AssumeRole (the build role), IAM reads,
+Also named: the resources of sts:AssumeRole (the build role), IAM reads and
+iam:SimulatePrincipalPolicy (the user or role simulated),
 Parameter Store parameters and Secrets Manager secrets. Actions AWS cannot
 scope get the resource ``"*"`` (only a ``"*"`` statement allows them). A call
 not in the table gets ``None``: judged on its action only.
@@ -172,9 +173,11 @@ def _cloudwatch(op: str, p: Mapping[str, Any], w: Where) -> list[str] | None:
 
 
 def _iam_sts(op: str, p: Mapping[str, Any], w: Where) -> list[str] | None:
-    """sts:AssumeRole on its role; IAM reads (verify) on the role or user they name."""
-    if p.get("RoleArn"):
-        return [str(p["RoleArn"])]
+    """sts:AssumeRole on its role; IAM reads (verify) on the role or user they name; a simulation
+    (iam:SimulatePrincipalPolicy) on the principal whose policies it reads."""
+    for key in ("RoleArn", "PolicySourceArn"):
+        if p.get(key):
+            return [str(p[key])]
     for key, kind in (("RoleName", "role"), ("UserName", "user")):
         if p.get(key):
             return [w.arn("iam", f"{kind}/{p[key]}", regional=False)]

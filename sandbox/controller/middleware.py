@@ -20,6 +20,8 @@ from .cloudwatch import describe_alarm_history
 from .ecr_api import HANDLERS as ECR_HANDLERS
 from .ecr_api import ApiError
 from .faults import canonical, error_response, weather_error
+from .iam_simulate import OPERATION as SIMULATE
+from .iam_simulate import handle as simulate_principal_policy
 from .supported import CODE as UNSUPPORTED
 from .supported import is_supported, unsupported_message
 from .world import LOCK, log
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 Handler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+QueryHandler = Callable[[str, bytes], tuple[int, list[tuple[str, str]], bytes]]
 
 
 def identify(environ: dict[str, Any], body: bytes) -> tuple[str, str, bool]:
@@ -89,7 +92,9 @@ class SandboxMiddleware:
         self.handlers[("cloudwatch", "DescribeAlarmHistory")] = describe_alarm_history
         for op, fn in controller.native_api.handlers().items():
             self.handlers[("ecs", op)] = fn
-        self.handled = frozenset(self.handlers)
+        # query-protocol operations moto lacks: (query string, form body) -> the whole answer
+        self.query_handlers: dict[tuple[str, str], QueryHandler] = {("iam", SIMULATE): simulate_principal_policy}
+        self.handled = frozenset(self.handlers) | frozenset(self.query_handlers)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -134,6 +139,11 @@ class SandboxMiddleware:
         if not is_supported(service, op, call.body, self.handled):
             return self._send(start_response, *error_response(
                 service, UNSUPPORTED, unsupported_message(service, op), 400, call.is_json))
+        query_handler = self.query_handlers.get((service, op))
+        if query_handler is not None and not call.is_json:
+            with LOCK:
+                answer = query_handler(str(environ.get("QUERY_STRING", "")), call.body)
+            return self._send(start_response, *answer)
         handler = self.handlers.get((service, op))
         if handler is not None and call.is_json:
             answer = self._handle(handler, start_response, call)

@@ -22,7 +22,8 @@ ELBV2_VERSION = "2015-12-01"
 RESPONSES = {"ecs": "moto.ecs.responses:EC2ContainerServiceResponse", "ecr": "moto.ecr.responses:ECRResponse",
              "elbv2": "moto.elbv2.responses:ELBV2Response", "logs": "moto.logs.responses:LogsResponse",
              "cloudwatch": "moto.cloudwatch.responses:CloudWatchResponse",
-             "codedeploy": "moto.codedeploy.responses:CodeDeployResponse"}
+             "codedeploy": "moto.codedeploy.responses:CodeDeployResponse",
+             "iam": "moto.iam.responses:IamResponse"}  # SimulatePrincipalPolicy: sandbox/controller/iam_simulate.py
 SIGNING_NAMES = {"elbv2": "elasticloadbalancing", "cloudwatch": "monitoring"}
 
 
