@@ -79,6 +79,15 @@ def admin_client(url: str) -> Client:
     return client_factory(url, *ADMIN_KEY)
 
 
+def seeding_env(endpoint: str) -> dict[str, str]:
+    """The session sandbox's env (engine, registry) aimed at the enforcing ENDPOINT, signed as its admin:
+    ``seed.seed_service(cfg, env=seeding_env(url))`` seeds there as the sandbox's own identity does."""
+    from sandbox.manage import load_env
+
+    return {**load_env(), "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ADMIN_KEY[0],
+            "AWS_SECRET_ACCESS_KEY": ADMIN_KEY[1]}
+
+
 def rendered_task_definition(cfg: ServiceConfig) -> dict[str, Any]:
     """The service's task definition template, rendered as a release renders it (the image left open)."""
     from tasks.config.taskdef import load_template, render_task_definition

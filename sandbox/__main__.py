@@ -65,7 +65,7 @@ def _seed(path: str, prefix: str) -> int:
 
     try:
         config = load_service(path)
-        env = manage.load_env()
+        env = manage.load_env(admin=True)  # seeding is the sandbox's own work, not the pipeline's
         result = seed_service(config, prefix=prefix, env=env)
     except PipelineError as exc:
         return _fail(str(exc))
@@ -88,7 +88,7 @@ def _seed_fleet(path: str, copies: int, out: str | None) -> int:
 
     folder = Path(out) if out else layout().state / "fleet"
     try:
-        made = seed_fleet(Path(path), copies, folder, env=manage.load_env())
+        made = seed_fleet(Path(path), copies, folder, env=manage.load_env(admin=True))
     except (PipelineError, ValueError) as exc:
         return _fail(str(exc))
     print(json.dumps({"deployments": str(folder), "services": made}, indent=2))

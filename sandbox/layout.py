@@ -65,6 +65,16 @@ class Layout:
         return self.state / "env"
 
     @property
+    def admin_env_file(self) -> Path:
+        """The sandbox's own (admin) AWS keys: seeding, tests' set-up; never the pipeline's."""
+        return self.state / "admin.env"
+
+    @property
+    def deploy_key_file(self) -> Path:
+        """The deploy user's access key, as its server made it (lost with the server's memory)."""
+        return self.state / "deploy.key"
+
+    @property
     def docker_host_file(self) -> Path:
         return self.state / "docker_host"
 
@@ -119,12 +129,50 @@ def prefect_auth(lay: Layout) -> str:
     return made
 
 
-def write_env(lay: Layout, docker_host: str) -> None:
-    """KEY=VALUE lines a shell, a test or `ecs-pipeline` can load to talk to the sandbox."""
+def write_private(path: Path, text: str) -> None:
+    """TEXT into PATH, readable by its owner only, replaced whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    tmp.replace(path)
+
+
+def admin_key(lay: Layout) -> tuple[str, str]:
+    """The sandbox's own access key id and secret, made once per sandbox (readable by its owner only).
+
+    The AWS server treats this key as all-powerful (``SANDBOX_ADMIN_ACCESS_KEY_IDS``); nothing the
+    pipeline runs reads this file: `ecs-pipeline` and workers load ``<state>/env``, the deploy user's.
+    """
+    found = read_env_file(lay.admin_env_file)
+    if found.get("AWS_ACCESS_KEY_ID") and found.get("AWS_SECRET_ACCESS_KEY"):
+        return found["AWS_ACCESS_KEY_ID"], found["AWS_SECRET_ACCESS_KEY"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    made = ("AKIASANDBOX" + "".join(secrets.choice(alphabet) for _ in range(9)), secrets.token_urlsafe(30))
+    write_private(lay.admin_env_file, f"AWS_ACCESS_KEY_ID={made[0]}\nAWS_SECRET_ACCESS_KEY={made[1]}\n")
+    return made
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of PATH ({} when it is missing)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, sep, v in (line.partition("=") for line in lines)
+            if sep and k.strip() and not k.startswith("#")}
+
+
+def write_env(lay: Layout, docker_host: str, key: tuple[str, str]) -> None:
+    """KEY=VALUE lines a shell, a test or `ecs-pipeline` can load to talk to the sandbox.
+
+    KEY: the AWS access key id and secret the pipeline signs with (the deploy user's).
+    """
     values = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{lay.aws_port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ACCESS_KEY_ID": key[0],
+        "AWS_SECRET_ACCESS_KEY": key[1],
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_REGION": "us-east-1",
         "DOCKER_HOST": docker_host,
@@ -147,6 +195,4 @@ def write_env(lay: Layout, docker_host: str) -> None:
             return
     except OSError:
         pass
-    tmp = lay.env_file.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(lay.env_file)
+    write_private(lay.env_file, text)

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import engine, postgres, procs
+from sandbox import engine, identities, postgres, procs
 from sandbox.engine import SandboxError
-from sandbox.layout import REPO, Layout, child_env, layout, prefect_auth, write_env
+from sandbox.layout import REPO, Layout, admin_key, child_env, layout, prefect_auth, read_env_file, write_env
 from sandbox.postgres import Database
 
 
@@ -101,7 +101,7 @@ def up(out: Callable[[str], None] = print, database: Database | None = None) -> 
         same_db = prefect_database(lay) in (None, db) if db == "sqlite" else prefect_database(lay) == db
         healthy = all(c.healthy() for c in comps.values())
         if healthy and same_db and engine.is_static_elf(engine.BUSYBOX):
-            write_env(lay, comps["engine"].address)
+            write_env(lay, comps["engine"].address, identities.ensure_deploy_user(lay))
             took = time.monotonic() - t0
             out(f"sandbox already up ({took:.2f} s); env in {lay.env_file}")
             return took
@@ -204,12 +204,16 @@ def _start_all(
         "SANDBOX_REGISTRY_STORAGE": str(lay.state / "registry"),
         "SANDBOX_TIME_SCALE": lay.time_scale,
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+        # Every call is judged against its signer's IAM policies, as an account judges it; only the
+        # sandbox's own key (admin.env) is all-powerful.
+        identities.ENFORCE_ENV: identities.enforcing(),
+        "SANDBOX_ADMIN_ACCESS_KEY_IDS": admin_key(lay)[0],
     }
     started["aws"] = _ensure(lay, comps["aws"], _aws_argv(lay), aws_env)
     for name, budget in (("registry", 30), ("aws", 180), ("prefect", 240)):
         _wait(lay, comps[name], started.get(name), budget)
         ready[name] = time.monotonic() - t0
-    write_env(lay, docker_host)
+    write_env(lay, docker_host, identities.ensure_deploy_user(lay))
     for c in comps.values():
         rec = procs.read_pidfile(lay.pidfile(c.name))
         who = f"pid {rec.pid}" if procs.alive(rec) and rec else "not started by the sandbox"
@@ -308,18 +312,17 @@ def _write_registry_config(lay: Layout) -> None:
     )
 
 
-def load_env() -> dict[str, str]:
-    """The sandbox's <state>/env as a dict; fails with what to run when it is missing."""
-    path = layout().env_file
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        raise SandboxError(f"{path} is missing; run `python -m sandbox up` first") from None
-    env: dict[str, str] = {}
-    for line in lines:
-        key, sep, value = line.partition("=")
-        if sep and key and not key.startswith("#"):
-            env[key.strip()] = value.strip()
+def load_env(admin: bool = False) -> dict[str, str]:
+    """The sandbox's <state>/env as a dict; fails with what to run when it is missing.
+
+    ADMIN: with the sandbox's own keys (admin.env) in place of the deploy user's, for seeding and set-up.
+    """
+    lay = layout()
+    if not lay.env_file.is_file():
+        raise SandboxError(f"{lay.env_file} is missing; run `python -m sandbox up` first")
+    env = read_env_file(lay.env_file)
+    if admin:
+        env.update(read_env_file(lay.admin_env_file))
     return env
 
 
@@ -346,6 +349,7 @@ def down(out: Callable[[str], None] = print) -> None:
             path.unlink(missing_ok=True)
         lay.pidfile("prefect").with_suffix(".db").unlink(missing_ok=True)
         lay.env_file.unlink(missing_ok=True)
+        lay.deploy_key_file.unlink(missing_ok=True)  # its user goes with the server's memory
         lay.docker_host_file.unlink(missing_ok=True)
 
 

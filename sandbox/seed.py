@@ -107,7 +107,7 @@ def seed_service(
     config: ServiceConfig, prefix: str = "", env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     """Create the service's existing infrastructure in the sandbox; returns names and ARNs."""
-    env = dict(env) if env is not None else load_env()
+    env = dict(env) if env is not None else load_env(admin=True)
     cfg = prefixed_config(config, prefix)
     aws = Clients(env)
     check_names(cfg)

@@ -114,6 +114,10 @@ def pytest_configure(config: pytest.Config) -> None:
         state = Path(env["SANDBOX_DIR"])
         os.environ.update({k: env[k] for k in ("SANDBOX_DIR", *PORT_VARS)})
     _load_env(state / "env")
+    # Tests set up and inspect as the sandbox's own identity; tests/test_iam_*.py release as users holding
+    # only the generated policies.
+    if (state / "admin.env").is_file():
+        _load_env(state / "admin.env")
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 
 

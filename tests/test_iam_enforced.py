@@ -42,6 +42,7 @@ from harness.iam import (
     put_policy,
     refused,
     requests_seen,
+    seeding_env,
     user_with_policy,
     without,
 )
@@ -384,10 +385,9 @@ def test_a_task_sets_release_passes_under_the_enforced_deploy_policy_and_fails_w
     from flows.pipeline import deploy_service
     from harness import services
     from sandbox import seed
-    from sandbox.manage import load_env
     from tasks.config.taskdef import load_template, render_task_definition
 
-    seeding = {**load_env(), "AWS_ENDPOINT_URL": endpoint}  # seeded in the enforcing sandbox, as its admin
+    seeding = seeding_env(endpoint)  # seeded in the enforcing sandbox, as its admin
     sut = services.make_service(tmp_path, seed=lambda cfg: seed.seed_service(cfg, env=seeding))
     services.MADE.remove(sut)  # its containers go with this module's sandbox
     cfg = sut.cfg

@@ -201,7 +201,8 @@ def emu_aws(emu_sandbox: dict[str, str]) -> Callable[[str], Any]:
     """A boto3 client factory for the sandbox endpoint."""
     def client(service: str) -> Any:
         return boto3.client(service, endpoint_url=emu_sandbox["endpoint"], region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing",
+                            aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+                            aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
                             config=CONFIG)
     return client
 

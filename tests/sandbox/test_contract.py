@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import re
 import time
 import uuid
@@ -138,7 +139,8 @@ class Reader:
     def client(self, service: str) -> Any:
         if service not in self.clients:
             client = self.session.create_client(service, endpoint_url=self.endpoint, region_name="us-east-1",
-                                                aws_access_key_id="testing", aws_secret_access_key="testing")
+                                                aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
+                                                aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"))
 
             def keep(http_response: Any, model: Any, **_: Any) -> None:
                 self.raw[f"{service}.{model.name}"] = http_response.content

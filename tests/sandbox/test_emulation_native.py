@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -52,7 +53,8 @@ def listener_rules(stack: Any) -> dict[str, str]:
 def infrastructure_role(ecs: Any) -> str:
     """The role ECS assumes to move listener rules (the sandbox, like ECS, refuses one that does not exist)."""
     iam = boto3.client("iam", endpoint_url=ecs.meta.endpoint_url, region_name="us-east-1",
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
+                       aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+                       aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"))
     try:
         return str(iam.get_role(RoleName="ecs-lb")["Role"]["Arn"])
     except ClientError:

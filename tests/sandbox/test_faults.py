@@ -8,6 +8,7 @@ sandbox is touched.
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 import uuid
@@ -44,7 +45,8 @@ def client(emu: Any, service: str, agent: str = "", attempts: int = 1) -> Any:
     config = Config(retries={"mode": "standard", "total_max_attempts": attempts}, user_agent_extra=agent,
                     connect_timeout=5, read_timeout=30)
     return boto3.client(service, endpoint_url=emu.endpoint, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing", config=config)
+                        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+                        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"), config=config)
 
 
 def control(emu: Any, method: str, path: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:

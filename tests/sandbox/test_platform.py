@@ -16,9 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import boto3
 import pytest
 
 from sandbox import engine, procs
+from sandbox.identities import DEPLOY_USER
 from sandbox.layout import ENV_KEYS, REPO
 from sandbox.manage import load_env
 
@@ -158,9 +160,19 @@ def test_env_file_has_the_documented_keys_and_no_real_credentials(
     text = (Path(sandbox_env["SANDBOX_DIR"]) / "env").read_text()
     assert [line.split("=", 1)[0] for line in text.splitlines()] == list(ENV_KEYS)
     assert '"' not in text and "'" not in text
-    assert sandbox_env["AWS_ACCESS_KEY_ID"] == "testing"
-    assert sandbox_env["AWS_SECRET_ACCESS_KEY"] == "testing"
-    assert "AKIA" not in text and "ASIA" not in text
+    state = Path(sandbox_env["SANDBOX_DIR"])
+    admin = load_env(admin=True)
+    # The pipeline signs as the sandbox's deploy user, never with the sandbox's own (admin) key, and
+    # both files are readable by their owner only.
+    assert sandbox_env["AWS_ACCESS_KEY_ID"] != admin["AWS_ACCESS_KEY_ID"]
+    assert admin["AWS_SECRET_ACCESS_KEY"] not in text
+    assert (state / "env").stat().st_mode & 0o077 == 0
+    assert (state / "admin.env").stat().st_mode & 0o077 == 0
+    iam = boto3.client("iam", endpoint_url=sandbox_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                       aws_access_key_id=admin["AWS_ACCESS_KEY_ID"],
+                       aws_secret_access_key=admin["AWS_SECRET_ACCESS_KEY"])
+    keys = iam.list_access_keys(UserName=DEPLOY_USER)["AccessKeyMetadata"]
+    assert [k["AccessKeyId"] for k in keys] == [sandbox_env["AWS_ACCESS_KEY_ID"]]
     assert sandbox_env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
     assert sandbox_env["PREFECT_API_URL"].startswith("http://127.0.0.1:")
     assert sandbox_env["SANDBOX_REGISTRY"].startswith("127.0.0.1:")

@@ -41,7 +41,7 @@ def sandbox_env() -> dict[str, str]:
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    return load_env()
+    return load_env(admin=True)  # the seed's own identity: the deploy user may read only its services
 
 
 def _client(env: dict[str, str], service: str) -> Any:

@@ -8,6 +8,7 @@ UnsupportedOperation in the service's own protocol instead.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,8 @@ PATIENT = Config(retries={"mode": "standard", "total_max_attempts": 10}, connect
 
 def patient_client(emu: Any, service: str) -> Any:
     return boto3.client(service, endpoint_url=emu.endpoint, region_name="us-east-1",
-                        aws_access_key_id="testing", aws_secret_access_key="testing", config=PATIENT)
+                        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+                        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"), config=PATIENT)
 
 
 def requests_since(emu: Any, seq: int, match: str) -> list[dict[str, Any]]:
