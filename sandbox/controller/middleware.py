@@ -112,7 +112,7 @@ class SandboxMiddleware:
         if self.enforcer is not None:
             denied = self.enforcer.judge(environ, *call)
             if denied is not None:
-                return self._send(logged, *denied)
+                return self._send(self._logged(start_response, call, agent, denied=True), *denied)
         fault = self.controller.faults.take(call.service, call.operation, body,
                                             environ.get("HTTP_USER_AGENT", ""))
         if fault is None:
@@ -185,11 +185,13 @@ class SandboxMiddleware:
                 if close:
                     close()
 
-    def _logged(self, start_response: Callable[..., Any], call: Call, agent: str) -> Callable[..., Any]:
-        """start_response that also records the call, its status and its User-Agent in the request log."""
+    def _logged(self, start_response: Callable[..., Any], call: Call, agent: str,
+                denied: bool = False) -> Callable[..., Any]:
+        """start_response that also records the call, its status, its User-Agent and whether IAM refused it
+        in the request log."""
         def recording(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
             self.controller.requests.record(call.service, call.operation, int(status.split(" ", 1)[0]),
-                                            call.body, agent)
+                                            call.body, agent, denied)
             return start_response(status, headers, *rest)
         return recording
 

@@ -5,7 +5,8 @@ for what came after the last number they saw, so parallel tests do not clear
 each other's view. The caller's User-Agent is kept too, so a reader can ask for
 the pipeline's own calls only (its clients send ``ecs-pipeline/<version>``): the
 botocore contract check (tests/test_contract_botocore.py) proves with it that it
-saw every call the pipeline made.
+saw every call the pipeline made. A call the IAM enforcer refused is marked
+``denied`` (its 400 looks like any other client error's otherwise).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ class RequestLog:
         self._items: deque[dict[str, Any]] = deque(maxlen=size)
         self._seq = 0
 
-    def record(self, service: str, operation: str, status: int, body: bytes, agent: str = "") -> None:
+    def record(self, service: str, operation: str, status: int, body: bytes, agent: str = "",
+               denied: bool = False) -> None:
         with self._lock:
             self._seq += 1
             self._items.append({"seq": self._seq, "service": service, "operation": operation,
-                                "status": status, "mutating": is_mutating(operation),
+                                "status": status, "mutating": is_mutating(operation), "denied": denied,
                                 "body": body[:2048].decode("utf-8", "replace"), "agent": agent})
 
     def since(self, seq: int, match: str = "", agent: str = "") -> dict[str, Any]:
