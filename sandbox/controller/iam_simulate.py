@@ -110,8 +110,8 @@ def principal_policies(arn: str) -> list[Source]:
         raise Refused("InvalidInput", 400, f"PolicySourceArn {arn} is not the ARN of an IAM user, group or role")
     backend = iam_backends[found["account"]][found["partition"]]
     kind = found["kind"]
-    pool = {"user": backend.users.values(), "role": backend.roles.values(), "group": backend.groups.values()}[kind]
-    entity = next((e for e in pool if e.arn == arn), None)
+    pools: dict[str, Any] = {"user": backend.users, "role": backend.roles, "group": backend.groups}
+    entity: Any = next((e for e in pools[kind].values() if e.arn == arn), None)
     if entity is None:
         raise Refused("NoSuchEntity", 404, f"The {kind} with name {found['name']} cannot be found.")
     out = _own_policies(entity, kind)

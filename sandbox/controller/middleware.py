@@ -142,8 +142,8 @@ class SandboxMiddleware:
         query_handler = self.query_handlers.get((service, op))
         if query_handler is not None and not call.is_json:
             with LOCK:
-                answer = query_handler(str(environ.get("QUERY_STRING", "")), call.body)
-            return self._send(start_response, *answer)
+                status, headers, body = query_handler(str(environ.get("QUERY_STRING", "")), call.body)
+            return self._send(start_response, status, headers, body)
         handler = self.handlers.get((service, op))
         if handler is not None and call.is_json:
             answer = self._handle(handler, start_response, call)
