@@ -122,15 +122,17 @@ class Arns:
 
 
 def deploy_policy(cfg: ServiceConfig, task_definition: dict[str, Any], spec: BuildSpec | None,
-                  scope: Scope) -> Policy:
+                  scope: Scope, principal: str | None = None) -> Policy:
     """The pipeline's policy for releasing CFG with its strategy.
 
     TASK_DEFINITION: the rendered template (``<AWS_ACCOUNT_ID>`` may remain: SCOPE's account fills it).
     SPEC: the buildspec when the service has one (its parameters and secrets are read by the pipeline).
+    PRINCIPAL: the ARN of the user or role the pipeline runs as, for the permission preflight's statement.
     """
     arns, notes = Arns(cfg, scope), list[str]()
     statements = release_statements(cfg, arns, task_definition, spec, notes)
     statements += STRATEGY_STATEMENTS[cfg.strategy.type](cfg, arns, notes)
+    statements += self_check_statements(cfg, principal, notes)
     if cfg.load_balancer is not None and any(not ref.arn for ref in _listeners(cfg)):
         notes.append(f"{cfg.name}: load_balancer names listeners by load balancer and port, not ARN: their "
                      "statements use listener/app/<load balancer>/*/* (every listener of that load balancer); "
@@ -199,6 +201,24 @@ def pass_role_statements(cfg: ServiceConfig, arns: Arns, task_definition: dict[s
         notes.append(f"{cfg.name}: no strategy.infrastructure_role: the release does not pass it (the service "
                      "already names it); set it to grant iam:PassRole for `migrate --to ecs-native`")
     return out
+
+
+def self_check_statements(cfg: ServiceConfig, principal: str | None, notes: list[str]) -> list[dict[str, Any]]:
+    """tasks/release/permission_preflight.py: iam:SimulatePrincipalPolicy on the pipeline's own user or role.
+
+    Only for a principal named by its ARN (``ecs-pipeline iam --principal``), never on a wildcard: the
+    simulation reads the permissions of whatever principal it names (AWS's API reference warns that it
+    "discloses information about the permissions granted to other users"), and the generator cannot know
+    offline which identity will run the pipeline. Without it a release skips the preflight with one log
+    line; a refused call is still named with its statement where it happens.
+    """
+    if principal:
+        return [_statement("SimulateOwnPermissions", ["iam:SimulatePrincipalPolicy"], [principal])]
+    notes.append(f"{cfg.name}: no --principal: releases skip their permission preflight (IAM's simulation of "
+                 "this policy); pass --principal with the ARN of the user or role the pipeline runs as to add "
+                 "iam:SimulatePrincipalPolicy on it (a role's sessions name it arn:aws:iam::ACCOUNT:role/NAME, "
+                 "without a path: a role with a path cannot be simulated from its session)")
+    return []
 
 
 def build_input_statements(cfg: ServiceConfig, arns: Arns, spec: BuildSpec | None) -> list[dict[str, Any]]:
