@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("--account", default="*", help="the AWS account the ARNs name (default: *, any account)")
     p.add_argument("--region", default=None, help="the region the ARNs name (default: the configured region)")
     p.add_argument("--partition", default="aws", help="aws, aws-cn or aws-us-gov")
+    p.add_argument("--principal", default=None, metavar="ARN",
+                   help="the IAM user or role the pipeline runs as: the deploy policy then lets it simulate its own "
+                        "permissions (iam:SimulatePrincipalPolicy), so each release checks them before it starts")
     p.add_argument("--buildspec", type=Path, default=None, metavar="FILE",
                    help="the buildspec to read parameters and secrets from, when build.buildspec is a path in "
                         "the repository (default: read it from a local repository's branch)")
@@ -45,6 +49,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 def cmd_iam(args: argparse.Namespace) -> int:
     settings = Settings()
     scope = Scope(check_account(args.account), args.region or settings.region, args.partition)
+    principal = check_principal(args.principal)
     if args.all == bool(args.service):
         raise PipelineError("name a SERVICE, or use --all for every service of the deployments folder")
     configs = (load_all_services(settings.deployments) if args.all
@@ -53,7 +58,8 @@ def cmd_iam(args: argparse.Namespace) -> int:
         raise ConfigError(f"no service files under {settings.deployments}")
     roles = ROLES if args.role == "all" else (args.role,)
     notes: list[str] = []
-    policies = [merge([policy_for(cfg, role, scope, args.buildspec, notes) for cfg in configs]) for role in roles]
+    policies = [merge([policy_for(cfg, role, scope, args.buildspec, notes, principal) for cfg in configs])
+                for role in roles]
     for line in dict.fromkeys([*notes, *(n for p in policies for n in p.notes)]):
         print(f"note: {line}", file=sys.stderr)
     name = "fleet" if args.all else configs[0].name
@@ -67,6 +73,13 @@ def check_account(account: str) -> str:
     return account
 
 
+def check_principal(principal: str | None) -> str | None:
+    if principal is not None and not re.fullmatch(r"arn:[\w-]+:iam::\d{12}:(user|role)/[\w+=,.@/-]+", principal):
+        raise PipelineError(f"--principal {principal!r}: the ARN of an IAM user or role "
+                            "(arn:aws:iam::123456789012:role/NAME)")
+    return principal
+
+
 def output(policies: list[Policy], fmt: str, name: str) -> Any:
     if fmt == "cfn":
         return cloudformation(policies, name)
@@ -75,11 +88,12 @@ def output(policies: list[Policy], fmt: str, name: str) -> Any:
     return {p.role: p.document for p in policies}
 
 
-def policy_for(cfg: ServiceConfig, role: str, scope: Scope, buildspec: Path | None, notes: list[str]) -> Policy:
+def policy_for(cfg: ServiceConfig, role: str, scope: Scope, buildspec: Path | None, notes: list[str],
+               principal: str | None = None) -> Policy:
     spec = service_buildspec(cfg, buildspec, notes)
     if role == "build":
         return build_policy(cfg, spec, scope)
-    return deploy_policy(cfg, rendered(cfg, scope), spec, scope)
+    return deploy_policy(cfg, rendered(cfg, scope), spec, scope, principal)
 
 
 def rendered(cfg: ServiceConfig, scope: Scope) -> dict[str, Any]:

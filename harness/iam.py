@@ -97,9 +97,9 @@ def rendered_task_definition(cfg: ServiceConfig) -> dict[str, Any]:
                                   service=cfg.name, source=str(cfg.task_definition), account=None, region=None)
 
 
-def generated_deploy_policy(cfg: ServiceConfig) -> dict[str, Any]:
-    """What ``ecs-pipeline iam SERVICE --role deploy`` prints for CFG in the sandbox's account."""
-    return deploy_policy(cfg, rendered_task_definition(cfg), None, Scope(ACCOUNT, REGION)).document
+def generated_deploy_policy(cfg: ServiceConfig, principal: str | None = None) -> dict[str, Any]:
+    """What ``ecs-pipeline iam SERVICE --role deploy [--principal ARN]`` prints for CFG in the sandbox's account."""
+    return deploy_policy(cfg, rendered_task_definition(cfg), None, Scope(ACCOUNT, REGION), principal).document
 
 
 def generated_build_policy(cfg: ServiceConfig) -> dict[str, Any]:

@@ -255,6 +255,7 @@ def expected_actions(cfg: ServiceConfig, called: dict[str, set[Node]]) -> set[st
         out.discard("sts:AssumeRole")
     if not cfg.verify.alarms:
         out.discard("cloudwatch:DescribeAlarms")
+    out.discard("iam:SimulatePrincipalPolicy")  # the permission preflight's own call: granted with --principal only
     return out
 
 

@@ -76,7 +76,7 @@ class AwsClients:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._account: str | None = None
+        self._caller: dict[str, str] | None = None
 
     def get(self, service: str) -> Any:
         return shared_client(self.settings, service)
@@ -86,9 +86,14 @@ class AwsClients:
 
         Task definition templates name it as ``<AWS_ACCOUNT_ID>``.
         """
-        if self._account is None:
-            self._account = str(self.get("sts").get_caller_identity()["Account"])
-        return self._account
+        return self.caller()["Account"]
+
+    def caller(self) -> dict[str, str]:
+        """Who the run's calls are made as: ``Account`` and ``Arn`` (one GetCallerIdentity per run)."""
+        if self._caller is None:
+            found = self.get("sts").get_caller_identity()
+            self._caller = {"Account": str(found["Account"]), "Arn": str(found["Arn"])}
+        return self._caller
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Clients hold sockets and locks; rebuild them from the settings elsewhere.

@@ -9,6 +9,8 @@ the rest at a stage's edge, and leaves unknown codes unchanged.
 
 from __future__ import annotations
 
+import re
+
 from botocore.exceptions import ClientError
 
 from tasks.core.errors import AccessDenied, AwsUnavailable, NotFound
@@ -56,6 +58,12 @@ NOT_FOUND_CODES = {
     "ResourceNotFound": "CloudWatch resource",
     "ResourceNotFoundException": "resource",
 }
+# The key itself refused (unknown, expired): no permission to add, so no action on the typed error.
+IDENTITY_CODES = frozenset({"UnrecognizedClientException", "InvalidClientTokenId", "ExpiredToken",
+                            "ExpiredTokenException"})
+# How AWS's AccessDenied messages name what they refused ("User: ARN is not authorized to perform: ACTION
+# on resource: ARN because ..."): read for the person's message only, never to decide what the error is.
+_DENIED_WHAT = re.compile(r"not authorized to perform:? (?P<action>[\w-]+:[\w*]+)(?: on resource:? (?P<resource>\S+))?")
 # IAM's prefix where it differs from the API's endpoint prefix.
 IAM_PREFIX = {"monitoring": "cloudwatch", "api.ecr": "ecr"}
 
@@ -88,6 +96,16 @@ def iam_action(exc: ClientError) -> str:
     return f"{prefix}:{exc.operation_name}" if prefix else exc.operation_name
 
 
+def denied_what(exc: ClientError) -> tuple[str, str]:
+    """(action, resource) an AccessDenied names: the action from AWS's message when it says (a call can be
+    refused for another action it implies, iam:PassRole), else the call's own; the resource or ""."""
+    message = str(exc.response.get("Error", {}).get("Message") or "")
+    found = _DENIED_WHAT.search(message)
+    if found is None:
+        return iam_action(exc), ""
+    return found["action"], (found["resource"] or "").rstrip(".,;")
+
+
 def translate(exc: BaseException, *, service: str | None = None) -> BaseException:
     """The typed error for an AWS ClientError; anything else (and unknown codes) unchanged.
 
@@ -100,10 +118,10 @@ def translate(exc: BaseException, *, service: str | None = None) -> BaseExceptio
     code = error_code(exc)
     message = exc.response.get("Error", {}).get("Message") or code
     if code in ACCESS_DENIED_CODES:
-        action = iam_action(exc)
+        action, resource = denied_what(exc)
         return AccessDenied(
             f"AWS denied {action} ({code}: {message}); grant {action} to the role the pipeline runs as",
-            service=service,
+            service=service, **({} if code in IDENTITY_CODES else {"action": action, "resource": resource}),
         )
     if is_transient_aws(exc):
         tried = attempts(exc)

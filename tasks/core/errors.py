@@ -102,7 +102,21 @@ class TransientError(PipelineError):
 
 
 class AccessDenied(DeployError):
-    pass
+    """``action`` and ``resource``: what AWS refused, as its answer named them ("" when it did not)."""
+
+    def __init__(self, message: str, *, action: str = "", resource: str = "", **where: Any) -> None:
+        super().__init__(message, **where)
+        self.action, self.resource = action, resource
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_denied, (self.message, self.action, self.resource, self.service, self.revision,
+                                  self.deployment_id))
+
+
+def _rebuild_denied(message: str, action: str, resource: str, service: str | None, revision: str | None,
+                    dep: str | None) -> AccessDenied:
+    return AccessDenied(message, action=action, resource=resource, service=service, revision=revision,
+                        deployment_id=dep)
 
 
 class NotFound(DeployError):

@@ -1,5 +1,6 @@
 """The release skeleton: every release, whatever its strategy, in one order with one rollback.
 
+    check permissions         the caller may do what the deploy policy grants (IAM's simulation)
     reconcile                 what a dead run left, brought to one verified version
     detect change             the commit against the live one; refused when not newer
     build, push, register     the image and its task definition (found done: skipped)
@@ -33,13 +34,14 @@ from prefect.runtime import flow_run
 from tasks.aws.clients import AwsClients
 from tasks.build.codepipeline_files import write_interop_files
 from tasks.config.models import ServiceConfig
-from tasks.core.errors import RollbackFailed, reason_of
+from tasks.core.errors import AccessDenied, RollbackFailed, reason_of
 from tasks.core.report import ReleaseSummary, ShiftProgress, emit
 from tasks.core.waits import abort_when
 from tasks.release import stages
 from tasks.release.approval import request_approval
 from tasks.release.contract import Chooser, Outcome, Reconciled, Release, Step, Steps
 from tasks.release.outcome import name_run, not_newer_state, outcome_state, unchanged_state
+from tasks.release.permission_preflight import check_permissions, explain_denial
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,27 @@ def release(
     cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, asked: Request, choose: Chooser,
     dead_run: str | None = None,
 ) -> State[Any]:
-    """One release, stage by stage; DEAD_RUN is the run this one took the service's slot from, if any."""
+    """One release, stage by stage; DEAD_RUN is the run this one took the service's slot from, if any.
+
+    A refused AWS call ends it with the generator's statement for it in the reason.
+    """
+    try:
+        return stages_in_order(cfg, clients, summary, asked, choose, dead_run)
+    except AccessDenied as exc:
+        explained = explain_denial(exc, cfg, clients)
+        if explained is exc:
+            raise
+        raise explained from exc
+
+
+def stages_in_order(
+    cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, asked: Request, choose: Chooser,
+    dead_run: str | None,
+) -> State[Any]:
+    with summary.stage("check permissions"):  # before anything is read for the release, let alone changed
+        skipped = check_permissions(cfg, clients)
+    if skipped:
+        summary.notes.append(skipped)
     run = Release(cfg, clients, asked.sha or "", summary)
     strategy = choose(run)  # once, before anything is built
     with summary.stage("reconcile"):
@@ -85,9 +107,12 @@ def release(
         run_steps(run, strategy.to_production())  # shift traffic, bake
     except BaseException as exc:
         # Everything (cancellation and SIGTERM too) is caught only to put traffic back, then decided.
-        outcome = roll_back(strategy, run, reason_of(exc), exc)
+        failure = explain_denial(exc, cfg, clients)
+        outcome = roll_back(strategy, run, reason_of(failure), exc)
         if outcome is None or not isinstance(exc, Exception):
-            raise
+            if failure is exc:
+                raise
+            raise failure from exc
     else:  # ── past the bake: no rollback ──
         run_steps(run, strategy.after_bake())  # teardown blue
         summary.outcome, summary.traffic = "Deployed", strategy.live_traffic
