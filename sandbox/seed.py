@@ -32,6 +32,7 @@ from sandbox.seed_network import (
     ensure_load_balancing,
     ensure_network,
 )
+from sandbox.seed_stack import CODEDEPLOY_ROLE, INFRASTRUCTURE_ROLE, TEMPLATE, fits_template, seed_from_template
 from tasks.aws.errors import error_code
 from tasks.config.models import ListenerRef, ServiceConfig
 from tasks.config.taskdef import ACCOUNT_PLACEHOLDER, REGION_PLACEHOLDER
@@ -104,31 +105,47 @@ def prefixed_config(config: ServiceConfig, prefix: str) -> ServiceConfig:
 
 
 def seed_service(
-    config: ServiceConfig, prefix: str = "", env: Mapping[str, str] | None = None
+    config: ServiceConfig,
+    prefix: str = "",
+    env: Mapping[str, str] | None = None,
+    deploy_principal: str | None = None,
 ) -> dict[str, Any]:
-    """Create the service's existing infrastructure in the sandbox; returns names and ARNs."""
+    """Create the service's existing infrastructure in the sandbox; returns names and ARNs.
+
+    What infra/ecs-service.yaml describes comes from that template, as the stack ``<service>-infra``
+    (seed_stack.py), but for the resource types the sandbox makes by API (seed_stack.MADE_BY_API).
+    DEPLOY_PRINCIPAL: the IAM user the pipeline signs as, which gets the service's deploy policy
+    (None: the policy is attached to nobody).
+    """
     env = dict(env) if env is not None else load_env(admin=True)
     cfg = prefixed_config(config, prefix)
     aws = Clients(env)
     check_names(cfg)
+    from_template = fits_template(cfg)
+    if deploy_principal and not from_template:
+        raise SandboxError(f"{cfg.name}: {TEMPLATE.name} describes one load balancer with both listeners named "
+                           "by it and a port; without it the seed makes no identities for a deploy principal")
     with _seed_lock(Path(env["SANDBOX_DIR"])):
         out: dict[str, Any] = {"prefix": prefix, "strategy": cfg.strategy.type}
         out["repository"] = cfg.ecr.repository
-        out["repository_uri"] = ensure_repository(aws, cfg.ecr.repository)
         out["cluster"] = cfg.ecs.cluster
-        out["cluster_arn"] = ensure_cluster(aws, cfg.ecs.cluster)
         out["execution_role_arn"] = ensure_role(aws, "ecsTaskExecutionRole", TRUST_ECS_TASKS)
         net = ensure_network(aws)
         out.update(
             subnets=net["subnets"], security_group=net["security_group"], vpc_id=net["vpc_id"]
         )
-        if cfg.load_balancer is not None:
-            out.update(ensure_load_balancing(aws, cfg, net))
-        out["alarms"] = ensure_alarms(aws, cfg.verify.alarms, out.get("load_balancer_arn"))
         if cfg.strategy.type != "task-sets":
             image = ensure_seed_image(env, cfg.ecr.repository)
             out["image"] = image
             out["task_definition_arn"] = ensure_task_definition(aws, cfg, image, prefix)
+        if from_template:
+            out.update(seed_from_template(aws, cfg, out, net, deploy_principal))
+        else:
+            if cfg.load_balancer is not None:
+                out.update(ensure_load_balancing(aws, cfg, net))
+        out["repository_uri"] = ensure_repository(aws, cfg.ecr.repository)
+        out["cluster_arn"] = ensure_cluster(aws, cfg.ecs.cluster)
+        out["alarms"] = ensure_alarms(aws, cfg.verify.alarms, out.get("load_balancer_arn"))
         out["service"] = cfg.ecs.service
         out["service_arn"] = ensure_service(aws, cfg, out, net)
         if cfg.strategy.type == "codedeploy":
@@ -317,7 +334,7 @@ def ensure_service(
             "maximumPercent": 200,
         }
     if cfg.strategy.type == "ecs-native":
-        role = ensure_role(aws, "ecsInfrastructureRoleForLoadBalancers", TRUST_ECS)
+        role = ensure_role(aws, INFRASTRUCTURE_ROLE, TRUST_ECS)
         args.update(native_service_args(aws, cfg, seeded, role))
     return str(aws.ecs.create_service(**args)["service"]["serviceArn"])
 
@@ -333,7 +350,7 @@ def ensure_codedeploy(
         if error_code(exc) != "ApplicationDoesNotExistException":
             raise
         aws.codedeploy.create_application(applicationName=app, computePlatform="ECS")
-    role = ensure_role(aws, "ecsCodeDeployRole", TRUST_CODEDEPLOY)
+    role = ensure_role(aws, CODEDEPLOY_ROLE, TRUST_CODEDEPLOY)
     try:
         aws.codedeploy.get_deployment_group(applicationName=app, deploymentGroupName=group)
     except ClientError as exc:
