@@ -38,8 +38,9 @@ from werkzeug.datastructures import EnvironHeaders
 from werkzeug.exceptions import HTTPException
 
 from .faults import error_response
-from .iam_eval import ALLOW, EXPLICIT_DENY, Need, decide
+from .iam_eval import ALLOW, EXPLICIT_DENY, IMPLICIT_DENY, Need, decide
 from .iam_resources import Where, needs
+from .iam_sessions import expired, role_named, session_documents, session_of, trust_allows
 from .world import LOCK, log
 
 ENV = "SANDBOX_ENFORCE_IAM"
@@ -89,11 +90,14 @@ def _documents(policies: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def denial_message(principal: str, need: Need, verdict: str) -> str:
-    """AWS's wording, naming the action, the resource and why."""
-    why = ("with an explicit deny in an identity-based policy" if verdict == EXPLICIT_DENY
-           else f"because no identity-based policy allows the {need.action} action")
-    return f"User: {principal} is not authorized to perform: {need.action} on resource: {need.resource or '*'} {why}"
+def denial_message(principal: str, need: Need, verdict: str, kind: str = "identity-based") -> str:
+    """AWS's wording, naming the action, the resource and why (KIND: identity-based, session or trust)."""
+    head = f"User: {principal} is not authorized to perform: {need.action} on resource: {need.resource or '*'}"
+    if kind == "trust":  # the role's trust policy does not name the caller: AWS says no more
+        return head
+    why = (f"with an explicit deny in a {kind} policy" if verdict == EXPLICIT_DENY
+           else f"because no {kind} policy allows the {need.action} action")
+    return f"{head} {why}"
 
 
 def access_denied(service: str, message: str, is_json: bool) -> Answer:
@@ -127,11 +131,22 @@ class Enforcer:
             except HTTPException as exc:
                 return _identity_refused(service, exc, is_json)
             documents = _documents(principal.collect_policies())
+            session = session_of(principal)
+            if session is not None and expired(session):
+                return _expired(service, is_json)
+            limits = session_documents(session) if session is not None else None
             where = Where(region, principal.account_id, principal.partition)
             for need in needs(service, operation, _params(body, environ, is_json), where):
-                verdict = decide(documents, need)
+                verdict, kind = decide(documents, need), "identity-based"
+                if verdict == ALLOW and limits is not None:
+                    verdict, kind = decide(limits, need), "session"
+                if verdict == ALLOW and need.action == "sts:AssumeRole" and need.resource:
+                    role = role_named(need.resource, principal.account_id, principal.partition)
+                    if role is None or not trust_allows(role, principal.arn, principal.account_id,
+                                                        principal.partition):
+                        verdict, kind = IMPLICIT_DENY, "trust"
                 if verdict != ALLOW:
-                    message = denial_message(principal.arn, need, verdict)
+                    message = denial_message(principal.arn, need, verdict, kind)
                     log.info("IAM: %s", message)
                     return access_denied(service, message, is_json)
         return None
@@ -150,6 +165,14 @@ def _principal(environ: dict[str, Any], body: bytes, operation: str, key: str) -
                          path=path, data={}, body=body, headers=headers, action=operation)
     request.check_signature()
     return request._access_key  # moto's identified principal: an IAM user or a role session
+
+
+def _expired(service: str, is_json: bool) -> Answer:
+    """A role session's credentials past their expiration (STS's DurationSeconds)."""
+    message = "The security token included in the request is expired"
+    if is_json:
+        return error_response(service, "ExpiredTokenException", message, 400, True)
+    return error_response(service, "ExpiredToken", message, 403, False)
 
 
 def _unsigned(service: str, is_json: bool) -> Answer:
