@@ -49,7 +49,8 @@ READS: dict[str, tuple[str, ...]] = {
     "codedeploy": ("GetDeploymentGroup", "GetDeploymentConfig", "ListDeployments", "GetDeployment",
                    "ListDeploymentTargets", "GetDeploymentTarget"),
     "sts": ("GetCallerIdentity", "AssumeRole"),  # AssumeRole: a build's own short-lived keys, nothing changed
-    "iam": ("GetRole",),  # migrate: strategy.infrastructure_role exists
+    "iam": ("GetRole",  # migrate: strategy.infrastructure_role exists
+            "SimulatePrincipalPolicy"),  # a release's permission preflight (the sandbox's own, moto has none)
     "ssm": ("GetParameter",),
     "secretsmanager": ("GetSecretValue",),
 }
@@ -364,6 +365,11 @@ def check_the_rest(aws: Reader) -> None:
     clusters = aws.client("ecs").list_clusters()["clusterArns"]
     assert aws("ecs", "DescribeClusters", clusters=clusters[:1])["clusters"][0]["status"] == "ACTIVE"
     role = aws("iam", "GetRole", RoleName=infrastructure_role(aws.client("ecs")).rsplit("/", 1)[-1])["Role"]
+    simulated = aws("iam", "SimulatePrincipalPolicy", PolicySourceArn=role["Arn"], ActionNames=["iam:PassRole"],
+                    ResourceArns=[role["Arn"]], ContextEntries=[{"ContextKeyName": "iam:PassedToService",
+                                                                 "ContextKeyValues": ["ecs.amazonaws.com"],
+                                                                 "ContextKeyType": "string"}])
+    assert simulated["EvaluationResults"][0]["ResourceSpecificResults"][0]["EvalResourceName"] == role["Arn"]
     session = aws("sts", "AssumeRole", RoleArn=role["Arn"], RoleSessionName=name, DurationSeconds=900,
                   Policy=json.dumps({"Version": "2012-10-17", "Statement": [
                       {"Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"}]}))
