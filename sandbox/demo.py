@@ -54,10 +54,43 @@ def prepare_repo(repo: Path) -> None:
 
 
 def seed_service(cfg: Any) -> dict[str, Any]:
-    """The sandbox's seed; imported late because it imports Prefect, which reads its settings on import."""
+    """The sandbox's seed, as its admin, giving the deploy user this service's generated deploy policy.
+
+    Imported late because it imports Prefect, which reads its settings on import.
+    """
+    from sandbox.identities import DEPLOY_USER
     from sandbox.seed import seed_service as seed
 
-    return seed(cfg)
+    return seed(cfg, deploy_principal=DEPLOY_USER)
+
+
+def identities(env: dict[str, str], cfg: Any) -> str:
+    """Who signs what in this demo, read back from the sandbox's IAM (as its admin)."""
+    import boto3
+
+    from sandbox.identities import DEPLOY_USER
+    from sandbox.manage import load_env
+
+    admin = load_env(admin=True)
+    iam = boto3.client("iam", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                       aws_access_key_id=admin["AWS_ACCESS_KEY_ID"],
+                       aws_secret_access_key=admin["AWS_SECRET_ACCESS_KEY"])
+    user = iam.get_user(UserName=DEPLOY_USER)["User"]["Arn"]
+    policies = [p["PolicyName"] for p in iam.list_attached_user_policies(UserName=DEPLOY_USER)["AttachedPolicies"]]
+    return (f"identities (IAM enforced by the sandbox, by action and resource ARN):\n"
+            f"   seeding            the sandbox's own admin key ({layout().admin_env_file}; never given to the "
+            f"pipeline)\n"
+            f"   pipeline           {user} (its key in {layout().env_file}), holding only "
+            f"{', '.join(policies) or 'no policy yet'}\n"
+            f"   {cfg.name} builds  {cfg.build.role_arn} (assumed per build, narrowed to its repository)")
+
+
+def iam_tally(env: dict[str, str], since: int) -> tuple[int, int, int]:
+    """The pipeline's AWS calls since SINCE (its clients' User-Agent), how many IAM refused, the last number."""
+    found = httpx.get(f"{env['AWS_ENDPOINT_URL']}/_sandbox/requests",
+                      params={"since": since, "agent": "ecs-pipeline"}, timeout=10).json()
+    calls = found["requests"]
+    return len(calls), sum(1 for c in calls if c.get("denied")), int(found["last"])
 
 
 def commit_release(repo: Path, version: str, broken: str = "") -> str:
@@ -213,7 +246,8 @@ def release_elsewhere(yaml: Path, seeded_as: str, label: str, sha: str, ui: str)
     cfg = load_service(yaml)
     seed_service(cfg)
     prod = f"http://127.0.0.1:{cfg.load_balancer.production_listener.port}/"  # type: ignore[union-attr]
-    say(f"\nseeded {cfg.name} ({seeded_as}), production {prod}")
+    say(f"\nseeded {cfg.name} ({seeded_as}; its deploy policy {cfg.name}-deploy added to the pipeline's user), "
+        f"production {prod}")
     wait_serving(prod)
     with Load(prod) as load:
         return report(label, release(cfg.name, sha), load, ui)
@@ -237,6 +271,8 @@ def main() -> int:
     prod = f"http://127.0.0.1:{cfg.load_balancer.production_listener.port}/"  # type: ignore[union-attr]
     ui = env["PREFECT_API_URL"].removesuffix("/api")
     say(f"seeded {cfg.name}: cluster {seeded['cluster']}, production listener {prod}")
+    say(identities(env, cfg))
+    *_, calls_since = iam_tally(env, 0)
 
     server = start_server(env, Path(env["SANDBOX_DIR"]) / "logs" / "serve.log")
     try:
@@ -269,12 +305,15 @@ def main() -> int:
         extra = f", {r['failed']} of {r['sent']} production requests failed" if r["sent"] is not None else ""
         say(f"   {r['label']}: {r['state']} in {r['seconds']:.1f}s{extra}")
     say(f"   production now answers: {serving}")
+    calls, refused, _ = iam_tally(env, calls_since)
+    say(f"   AWS calls the pipeline signed as the deploy user: {calls}, refused by IAM: {refused}")
     say(f"   Prefect UI: {ui} (flow runs of deploy-service; artifacts hold each release summary; "
         f"sign in with PREFECT_API_AUTH_STRING from {layout().env_file})")
     ok = (
         [r["state"] for r in results] == ["Deployed", "Deployed", "Failed", "Rolled back", "Deployed", "Deployed"]
         and all(r["failed"] in (0, None) for r in results)
         and serving.startswith("sample-app v2")
+        and refused == 0
     )
     say("demo " + ("succeeded" if ok else "FAILED: see above"))
     return 0 if ok else 1

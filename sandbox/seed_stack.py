@@ -78,10 +78,14 @@ def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
     return dict(loaded)
 
 
-def service_policies(cfg: ServiceConfig, scope: Scope) -> dict[str, Policy]:
-    """The deploy and build policies ``ecs-pipeline iam SERVICE`` prints for CFG."""
+def service_policies(cfg: ServiceConfig, scope: Scope, principal: str | None = None) -> dict[str, Policy]:
+    """The deploy and build policies ``ecs-pipeline iam SERVICE [--principal PRINCIPAL]`` prints for CFG.
+
+    PRINCIPAL: the ARN of the user the pipeline signs as; its policy then lets it simulate its own
+    permissions, so a release checks them before it changes anything.
+    """
     notes: list[str] = []
-    return {role: policy_for(cfg, role, scope, None, notes) for role in ("deploy", "build")}
+    return {role: policy_for(cfg, role, scope, None, notes, principal) for role in ("deploy", "build")}
 
 
 def render_template(template: Mapping[str, Any], policies: Mapping[str, Policy]) -> dict[str, Any]:
@@ -226,8 +230,10 @@ def seed_from_template(aws: Clients, cfg: ServiceConfig, seeded: Mapping[str, An
                        deploy_principal: str | None) -> dict[str, Any]:
     """The stack for CFG, made or read, with what moto's handlers drop set by API; the seed's keys for it."""
     scope = Scope(str(aws.sts.get_caller_identity()["Account"]), aws.ecs.meta.region_name)
-    full = render_template(load_template(), service_policies(cfg, scope))
+    principal = f"arn:{scope.partition}:iam::{scope.account}:user/{deploy_principal}" if deploy_principal else None
+    full = render_template(load_template(), service_policies(cfg, scope, principal))
     params = parameters(cfg, seeded, net, deploy_principal, own_log_group(cfg, scope))
+    params.update(shared_resources(aws, cfg))
     made = ensure_stack(aws, stack_name(cfg), sandbox_template(full), params)
     set_dropped_properties(aws, full, made)
     assert cfg.load_balancer is not None
@@ -238,6 +244,28 @@ def seed_from_template(aws: Clients, cfg: ServiceConfig, seeded: Mapping[str, An
         "load_balancer_arn": made["LoadBalancer"],
         "listener_arns": {"production": made["ProductionListener"], "test": made["TestListener"]},
     }
+
+
+def shared_resources(aws: Clients, cfg: ServiceConfig) -> dict[str, str]:
+    """CreateRepository / CreateCluster: false when another stack (another service) made them already.
+
+    The stack's own choice stands once made, so seeding again asks for the same parameters.
+    """
+    stack = _describe(aws, stack_name(cfg))
+    if stack is not None and stack["StackStatus"] in COMPLETE:
+        had = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
+        if "CreateRepository" in had and "CreateCluster" in had:
+            return {"CreateRepository": had["CreateRepository"], "CreateCluster": had["CreateCluster"]}
+    try:
+        aws.ecr.describe_repositories(repositoryNames=[cfg.ecr.repository])
+        repository = "false"
+    except ClientError as exc:
+        if error_code(exc) != "RepositoryNotFoundException":
+            raise
+        repository = "true"
+    clusters = aws.ecs.describe_clusters(clusters=[cfg.ecs.cluster])["clusters"]
+    cluster = "false" if any(c.get("status") == "ACTIVE" for c in clusters) else "true"
+    return {"CreateRepository": repository, "CreateCluster": cluster}
 
 
 def own_log_group(cfg: ServiceConfig, scope: Scope) -> str:
