@@ -4,13 +4,18 @@ In server mode moto answers an operation it lacks with a bare HTTP 500, which
 botocore retries as a server fault: a client with the retry budget real AWS
 needs spins for seconds before it fails. The sandbox answers such a call at
 once with HTTP 400 ``UnsupportedOperation`` instead, a client error no retry
-policy repeats, naming the operation so the gap is obvious.
+policy repeats, naming the operation so the gap is obvious. moto's placeholders
+count as lacking: methods whose only statement raises NotImplementedError (ECR's
+InitiateLayerUpload and BatchCheckLayerAvailability are such, for one).
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
+import inspect
+import textwrap
 from collections.abc import Collection
 from typing import Any
 
@@ -35,7 +40,20 @@ def _moto_operations(service: str) -> frozenset[str] | None:
         return None  # not one of the sandbox's services: leave the answer to moto
     module, _, name = target.partition(":")
     owner: Any = getattr(importlib.import_module(module), name)
-    return frozenset(method_names_from_class(owner))
+    return frozenset(m for m in method_names_from_class(owner) if not _placeholder(getattr(owner, m)))
+
+
+def _placeholder(method: Any) -> bool:
+    """Whether METHOD only raises NotImplementedError (after a docstring, if any): moto's stub."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(method)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    func = tree.body[0] if tree.body else None
+    if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+        return False
+    body = [n for n in func.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    return len(body) == 1 and isinstance(body[0], ast.Raise) and "NotImplementedError" in ast.unparse(body[0])
 
 
 def is_supported(service: str, operation: str, body: bytes, extra: Collection[tuple[str, str]]) -> bool:

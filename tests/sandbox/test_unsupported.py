@@ -82,3 +82,22 @@ def test_implemented_operations_still_reach_moto(emu: Any) -> None:
         assert ecs.list_services(cluster=name)["serviceArns"] == []
     finally:
         ecs.delete_cluster(cluster=name)
+
+
+@pytest.mark.parametrize("operation", ["InitiateLayerUpload", "BatchCheckLayerAvailability"])
+def test_a_moto_placeholder_is_unsupported_too(emu: Any, operation: str) -> None:
+    """moto names these ECR methods but only raises NotImplementedError in them (a bare 500 in server mode)."""
+    name = f"uns-{uuid.uuid4().hex[:8]}"
+    ecr = patient_client(emu, "ecr")
+    ecr.create_repository(repositoryName=name)
+    try:
+        calls = {"InitiateLayerUpload": lambda: ecr.initiate_layer_upload(repositoryName=name),
+                 "BatchCheckLayerAvailability": lambda: ecr.batch_check_layer_availability(
+                     repositoryName=name, layerDigests=["sha256:" + "0" * 64])}
+        with pytest.raises(ClientError) as err:
+            calls[operation]()
+        assert err.value.response["Error"]["Code"] == "UnsupportedOperation"
+        assert err.value.response["Error"]["Message"] == f"the sandbox does not implement ecr:{operation}"
+        assert err.value.response["ResponseMetadata"]["RetryAttempts"] == 0
+    finally:
+        ecr.delete_repository(repositoryName=name, force=True)
