@@ -121,7 +121,8 @@ def translate(exc: BaseException, *, service: str | None = None) -> BaseExceptio
         action, resource = denied_what(exc)
         return AccessDenied(
             f"AWS denied {action} ({code}: {message}); grant {action} to the role the pipeline runs as",
-            service=service, **({} if code in IDENTITY_CODES else {"action": action, "resource": resource}),
+            service=service, said=f"{code}: {message}",
+            **({} if code in IDENTITY_CODES else {"action": action, "resource": resource}),
         )
     if is_transient_aws(exc):
         tried = attempts(exc)

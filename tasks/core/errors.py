@@ -102,20 +102,21 @@ class TransientError(PipelineError):
 
 
 class AccessDenied(DeployError):
-    """``action`` and ``resource``: what AWS refused, as its answer named them ("" when it did not)."""
+    """``action`` and ``resource``: what AWS refused, as its answer named them ("" when it did not);
+    ``said``: AWS's own words (its code and message)."""
 
-    def __init__(self, message: str, *, action: str = "", resource: str = "", **where: Any) -> None:
+    def __init__(self, message: str, *, action: str = "", resource: str = "", said: str = "", **where: Any) -> None:
         super().__init__(message, **where)
-        self.action, self.resource = action, resource
+        self.action, self.resource, self.said = action, resource, said
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_denied, (self.message, self.action, self.resource, self.service, self.revision,
+        return (_rebuild_denied, (self.message, self.action, self.resource, self.said, self.service, self.revision,
                                   self.deployment_id))
 
 
-def _rebuild_denied(message: str, action: str, resource: str, service: str | None, revision: str | None,
-                    dep: str | None) -> AccessDenied:
-    return AccessDenied(message, action=action, resource=resource, service=service, revision=revision,
+def _rebuild_denied(message: str, action: str, resource: str, said: str, service: str | None,
+                    revision: str | None, dep: str | None) -> AccessDenied:
+    return AccessDenied(message, action=action, resource=resource, said=said, service=service, revision=revision,
                         deployment_id=dep)
 
 

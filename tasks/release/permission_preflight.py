@@ -155,7 +155,8 @@ def explain_denial(exc: BaseException, cfg: ServiceConfig, clients: AwsClients) 
         statement, covers = statement_for(planned_policy(cfg, scope).document, exc.action, exc.resource)
     except Exception:  # noqa: BLE001 - explaining must never hide the refusal itself
         return exc
-    what = f"AWS denied {exc.action} on {exc.resource or 'a resource its answer did not name'}"
+    said = f" ({exc.said})" if exc.said else ""
+    what = f"AWS denied {exc.action} on {exc.resource or 'a resource its answer did not name'}{said}"
     if statement is None:
         fix = (f"the generated deploy policy has no statement for {exc.action}: grant it on "
                f"{exc.resource or 'the resource the call names'} to the identity the pipeline runs as")
@@ -165,6 +166,6 @@ def explain_denial(exc: BaseException, cfg: ServiceConfig, clients: AwsClients) 
     else:
         fix = (f"the generated deploy policy's statement {statement['Sid']} grants it only on "
                f"{', '.join(_listed(statement['Resource']))}, not on that resource: {json.dumps(statement)}")
-    return Denied(f"{what}: {fix}. {print_command(cfg, scope)}", action=exc.action,
-                  resource=exc.resource, service=exc.service, revision=exc.revision,
+    return Denied(f"{what}: {fix}. {print_command(cfg, scope)}", action=exc.action, resource=exc.resource,
+                  said=exc.said, service=exc.service, revision=exc.revision,
                   deployment_id=exc.deployment_id)
