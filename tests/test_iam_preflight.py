@@ -73,6 +73,44 @@ SUBJECT_POLICY = {"Version": "2012-10-17", "Statement": [
 ]}
 
 
+# --- pure parts: whose policies are simulated, what an AccessDenied names --------------------------------------------
+
+@pytest.mark.parametrize(("caller", "principal"), [
+    (f"{USERS}/deployer", f"{USERS}/deployer"),
+    (f"{USERS}/team/deployer", f"{USERS}/team/deployer"),  # a user's ARN carries its path
+    (f"arn:aws:sts::{ACCOUNT}:assumed-role/deploy/ecs-pipeline", f"arn:aws:iam::{ACCOUNT}:role/deploy"),
+    (f"arn:aws-cn:sts::{ACCOUNT}:assumed-role/deploy/s", f"arn:aws-cn:iam::{ACCOUNT}:role/deploy"),
+    (f"arn:aws:iam::{ACCOUNT}:root", None),  # the root user: nothing to simulate
+    (f"arn:aws:sts::{ACCOUNT}:federated-user/bob", None),
+    (f"arn:aws:sts::{ACCOUNT}:user/moto", None),  # an answer no IAM identity gives
+])
+def test_the_principal_simulated_for_a_caller(caller: str, principal: str | None) -> None:
+    from tasks.aws.iam import principal_of
+
+    assert principal_of(caller) == principal
+
+
+@pytest.mark.parametrize(("message", "operation", "action", "resource"), [
+    (f"User: {USERS}/d is not authorized to perform: iam:PassRole on resource: {ROLE} because no identity-based "
+     "policy allows the iam:PassRole action", "RegisterTaskDefinition", "iam:PassRole", ROLE),
+    (f"User: {USERS}/d is not authorized to perform: ecs:DescribeServices on resource: {SERVICE}",
+     "DescribeServices", "ecs:DescribeServices", SERVICE),
+    ("not allowed", "CreateTaskSet", "ecs:CreateTaskSet", ""),  # AWS named nothing: the call's own action
+])
+def test_an_access_denied_names_what_aws_refused(message: str, operation: str, action: str, resource: str) -> None:
+    from botocore.exceptions import ClientError
+
+    from tasks.aws.errors import translate
+    from tasks.core.errors import AccessDenied
+
+    exc = ClientError({"Error": {"Code": "AccessDeniedException", "Message": message, "IamPrefix": "ecs"}}, operation)
+    typed = translate(exc)
+    assert isinstance(typed, AccessDenied)
+    assert (typed.action, typed.resource) == (action, resource)
+    expired = translate(ClientError({"Error": {"Code": "ExpiredTokenException", "Message": "expired"}}, operation))
+    assert isinstance(expired, AccessDenied) and expired.action == ""  # no permission to add for a stale key
+
+
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     with enforcing_sandbox() as url:

@@ -75,6 +75,20 @@ def _context(statement: Statement) -> dict[str, str]:
             for key, value in keys.items() if _listed(value)}
 
 
+def same_question(statements: list[Statement]) -> list[list[Statement]]:
+    """Statements on the same resources with the same condition keys, each group one simulation (IAM judges
+    every action of a request on every resource of it: only such statements can share one)."""
+    groups: dict[str, list[Statement]] = {}
+    for statement in statements:
+        key = json.dumps([_listed(statement["Resource"]), sorted(_context(statement).items())])
+        groups.setdefault(key, []).append(statement)
+    return list(groups.values())
+
+
+def _granting(group: list[Statement], action: str) -> Statement:
+    return next((s for s in group if action.lower() in (a.lower() for a in _listed(s["Action"]))), group[0])
+
+
 def _scope(clients: AwsClients) -> Scope:
     caller = clients.caller()
     return Scope(caller["Account"], clients.settings.region, caller["Arn"].split(":", 2)[1])
@@ -95,10 +109,11 @@ def check_permissions(cfg: ServiceConfig, clients: AwsClients) -> str | None:
     policy = planned_policy(cfg, scope)
     denied: list[tuple[Statement, Decision]] = []
     try:
-        for statement in policy.document["Statement"]:
-            found = simulate(clients.get("iam"), principal, _listed(statement["Action"]),
-                             _listed(statement["Resource"]), _context(statement))
-            denied += [(statement, d) for d in found if not d.allowed]
+        for group in same_question(policy.document["Statement"]):
+            actions = list(dict.fromkeys(a for st in group for a in _listed(st["Action"])))
+            found = simulate(clients.get("iam"), principal, actions, _listed(group[0]["Resource"]),
+                             _context(group[0]))
+            denied += [(_granting(group, d.action), d) for d in found if not d.allowed]
     except CannotSimulate as exc:
         note = (f"permission preflight skipped: {exc}; grant iam:SimulatePrincipalPolicy on {principal} "
                 f"(`ecs-pipeline iam {cfg.name} --role deploy --principal {principal}` adds that statement)")
@@ -107,8 +122,7 @@ def check_permissions(cfg: ServiceConfig, clients: AwsClients) -> str | None:
     if denied:
         raise Denied(refusal(cfg, scope, principal, denied), action=denied[0][1].action,
                      resource=denied[0][1].resource, service=cfg.name)
-    actions = sum(len(_listed(s["Action"])) for s in policy.document["Statement"])
-    log.info("permissions: %s may do all %d actions of the deploy policy", principal, actions)
+    log.info("permissions: %s may do all %d actions of the deploy policy", principal, len(policy.actions()))
     return None
 
 
