@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def render_template(template: Mapping[str, Any], policies: Mapping[str, Policy])
 
 
 def sandbox_template(template: Mapping[str, Any]) -> dict[str, Any]:
-    """TEMPLATE without the resources the sandbox makes by API, nor what names them (DependsOn, outputs)."""
+    """TEMPLATE without the resources the sandbox makes by API (nor DependsOn naming them) and outputs."""
     out: dict[str, Any] = json.loads(json.dumps(template))
     gone = {k for k, r in out["Resources"].items() if r["Type"] in MADE_BY_API}
     out["Resources"] = {k: r for k, r in out["Resources"].items() if k not in gone}
@@ -110,28 +111,14 @@ def sandbox_template(template: Mapping[str, Any]) -> dict[str, Any]:
         for (kind, prop) in SET_BY_API:
             if resource["Type"] == kind:
                 resource.get("Properties", {}).pop(prop, None)
-    out["Outputs"] = {k: o for k, o in out.get("Outputs", {}).items() if not (_names(o) & gone)}
+    # Outputs are for people; the seed reads the stack's resources. moto evaluates outputs on every DescribeStacks,
+    # which after a failed create makes their resources again (and fails): the sandbox's stack has none.
+    out.pop("Outputs", None)
     return out
 
 
 def _listed(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
-
-
-def _names(node: Any) -> set[str]:
-    """Logical ids a template node refers to (Ref, Fn::GetAtt)."""
-    if isinstance(node, dict):
-        found = set()
-        if isinstance(node.get("Ref"), str):
-            found.add(node["Ref"])
-        if isinstance(node.get("Fn::GetAtt"), list):
-            found.add(node["Fn::GetAtt"][0])
-        for value in node.values():
-            found |= _names(value)
-        return found
-    if isinstance(node, list):
-        return set().union(*(_names(v) for v in node)) if node else set()
-    return set()
 
 
 def fits_template(cfg: ServiceConfig) -> bool:
@@ -174,22 +161,72 @@ def parameters(cfg: ServiceConfig, seeded: Mapping[str, Any], net: Mapping[str, 
 
 
 def ensure_stack(aws: Clients, name: str, template: Mapping[str, Any], params: Mapping[str, str]) -> dict[str, str]:
-    """The stack NAME made from TEMPLATE with PARAMS (read when it is complete); logical id -> physical id."""
+    """The stack NAME made from TEMPLATE with PARAMS (read when it is complete); logical id -> physical id.
+
+    moto's CreateStack does not roll back: a failed one leaves the stack in progress and what it made so far,
+    so whatever would make it fail (see names_in_the_way) is checked before, and a stack that is not complete
+    is reported, never made again over its remains.
+    """
     stack = _describe(aws, name)
-    if stack is not None and stack["StackStatus"] in COMPLETE:
+    if stack is None:
+        _create(aws, name, template, params)
+    elif stack["StackStatus"] not in COMPLETE:
+        raise SandboxError(f"stack {name} is {stack['StackStatus']} after a failed seed ("
+                           f"{stack.get('StackStatusReason') or 'no reason given'}); the sandbox keeps what it made: "
+                           f"seed under another prefix, or restart the sandbox (`python -m sandbox down`, `up`)")
+    else:
         had = {p["ParameterKey"]: _plain(p.get("ParameterValue", "")) for p in stack.get("Parameters", [])}
         changed = sorted(k for k, v in params.items() if had.get(k, v) != v)
         if changed:
             raise SandboxError(
                 f"stack {name} exists with other parameters ({', '.join(changed)}); the sandbox does not update "
                 "stacks: seed under another prefix, or restart the sandbox (`python -m sandbox down`, `up`)")
-    else:
-        if stack is not None:  # a failed attempt: its resources are gone or never made
-            aws.cloudformation.delete_stack(StackName=name)
-        _create(aws, name, template, params)
     found = aws.cloudformation.describe_stack_resources(StackName=name)["StackResources"]
     # moto lists a resource its condition left out without ids: it was never made
     return {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in found if r.get("PhysicalResourceId")}
+
+
+def names_in_the_way(aws: Clients, params: Mapping[str, str], account: str) -> list[str]:
+    """What a new stack with PARAMS would fail on: a missing deploy principal, names already taken."""
+    checks: list[tuple[str, Callable[[], Any], str]] = [
+        *([(f"ECR repository {params['RepositoryName']}",
+            lambda: aws.ecr.describe_repositories(repositoryNames=[params["RepositoryName"]]),
+            "RepositoryNotFoundException")] if params.get("CreateRepository", "true") == "true" else []),
+        (f"load balancer {params['LoadBalancerName']}",
+         lambda: aws.elbv2.describe_load_balancers(Names=[params["LoadBalancerName"]]), "LoadBalancerNotFound"),
+        *((f"target group {params[k]}", functools.partial(aws.elbv2.describe_target_groups, Names=[params[k]]),
+           "TargetGroupNotFound") for k in ("BlueTargetGroupName", "GreenTargetGroupName")),
+        (f"IAM role {params['BuildRoleName']}", lambda: aws.iam.get_role(RoleName=params["BuildRoleName"]),
+         "NoSuchEntity"),
+        *((f"IAM policy {params['ServiceName']}-{role}", functools.partial(
+            aws.iam.get_policy, PolicyArn=f"arn:aws:iam::{account}:policy/{params['ServiceName']}-{role}"),
+           "NoSuchEntity") for role in ("deploy", "build")),
+    ]
+    taken = [f"{what} exists outside it" for what, describe, missing in checks if _exists(describe, missing)]
+    group = params["LogGroupName"]
+    if group and any(g["logGroupName"] == group for g in aws.logs.describe_log_groups(
+            logGroupNamePrefix=group)["logGroups"]):
+        taken.append(f"log group {group} exists outside it")
+    principal, kind = params["DeployPrincipalName"], params.get("DeployPrincipalType", "user")
+    if principal:
+        find = functools.partial(aws.iam.get_user, UserName=principal) if kind == "user" else functools.partial(
+            aws.iam.get_role, RoleName=principal)
+        exists = _exists(find, "NoSuchEntity")
+        if params.get("MakeDeployRole") == "true" and exists:
+            taken.append(f"IAM role {principal} exists outside it")
+        elif params.get("MakeDeployRole") != "true" and not exists:
+            taken.append(f"the deploy principal {principal} is no IAM {kind} (make it first)")
+    return taken
+
+
+def _exists(describe: Callable[[], Any], missing: str) -> bool:
+    try:
+        describe()
+    except ClientError as exc:
+        if error_code(exc) != missing:
+            raise
+        return False
+    return True
 
 
 def _plain(value: str) -> str:
@@ -234,7 +271,11 @@ def seed_from_template(aws: Clients, cfg: ServiceConfig, seeded: Mapping[str, An
     full = render_template(load_template(), service_policies(cfg, scope, principal))
     params = parameters(cfg, seeded, net, deploy_principal, own_log_group(cfg, scope))
     params.update(shared_resources(aws, cfg))
-    made = ensure_stack(aws, stack_name(cfg), sandbox_template(full), params)
+    name = stack_name(cfg)
+    if _describe(aws, name) is None and (in_the_way := names_in_the_way(aws, params, scope.account)):
+        raise SandboxError(f"stack {name} cannot be made: {'; '.join(in_the_way)}; nothing was tried (the sandbox "
+                           "cannot roll a failed stack back): seed under another prefix, or restart the sandbox")
+    made = ensure_stack(aws, name, sandbox_template(full), params)
     set_dropped_properties(aws, full, made)
     assert cfg.load_balancer is not None
     return {

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from cfnlint.api import lint
 from moto.cloudformation.parsing import get_model_map
 
 from flows.iam_cli import policy_for
 from harness.iam import ACCOUNT, REGION
 from harness.services import ServiceUnderTest, aws, make_service, seed_serving
+from sandbox.engine import SandboxError
 from sandbox.identities import build_role_name
 from sandbox.seed import seed_service
 from sandbox.seed_stack import (
@@ -145,7 +147,8 @@ def test_the_deploy_policy_is_the_generators_and_the_deploy_user_holds_it(
         arn = resources[logical]["PhysicalResourceId"]
         version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
         document = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
-        assert document == policy_for(cfg, role, SCOPE, None, []).document
+        principal = f"arn:aws:iam::{ACCOUNT}:user/{deploy_user}"  # its policy lets it simulate its own permissions
+        assert document == policy_for(cfg, role, SCOPE, None, [], principal).document
     attached = iam.list_attached_user_policies(UserName=deploy_user)["AttachedPolicies"]
     assert [p["PolicyArn"] for p in attached] == [resources["DeployPolicy"]["PhysicalResourceId"]]
     build_role = build_role_name(seeded.name)
@@ -153,3 +156,23 @@ def test_the_deploy_policy_is_the_generators_and_the_deploy_user_holds_it(
     assert [p["PolicyArn"] for p in on_role] == [resources["BuildPolicy"]["PhysicalResourceId"]]
     trust = iam.get_role(RoleName=build_role)["Role"]["AssumeRolePolicyDocument"]
     assert [s["Principal"] for s in trust["Statement"]] == [{"AWS": f"arn:aws:iam::{ACCOUNT}:user/{deploy_user}"}]
+
+
+def test_a_stack_that_would_fail_is_never_tried() -> None:
+    """The sandbox cannot roll a failed stack back (moto keeps what it made): a missing deploy principal or
+    a name already taken is refused before CreateStack, and no stack is left behind."""
+    cfg = load_service(ROOT / "deployments" / "sample-app.yaml")  # task-sets: no image to build
+    prefix = f"t{uuid.uuid4().hex[:6]}-"
+    with pytest.raises(SandboxError, match=f"the deploy principal {prefix}nobody is no IAM user"):
+        seed_service(cfg, prefix=prefix, deploy_principal=f"{prefix}nobody")
+    elbv2 = aws("elbv2")
+    vpc = aws("ec2").describe_vpcs()["Vpcs"][0]["VpcId"]
+    taken = elbv2.create_target_group(Name=f"{prefix}sample-app-b", Protocol="HTTP", Port=8080, VpcId=vpc,
+                                      TargetType="ip")["TargetGroups"][0]["TargetGroupArn"]
+    try:
+        with pytest.raises(SandboxError, match=f"target group {prefix}sample-app-b exists outside it"):
+            seed_service(cfg, prefix=prefix)
+    finally:
+        elbv2.delete_target_group(TargetGroupArn=taken)
+    with pytest.raises(ClientError, match="does not exist"):
+        aws("cloudformation").describe_stacks(StackName=f"{prefix}sample-app-infra")
