@@ -32,11 +32,19 @@ from flows.fleet import release_fleet
 from flows.iam_cli import rendered, service_buildspec
 from flows.pipeline import deploy_service
 from harness import services
-from harness.iam import ACCOUNT, ADMIN_KEY, REGION, Client, admin_client, client_factory, enforcing_sandbox, refused
+from harness.iam import (
+    ACCOUNT,
+    REGION,
+    Client,
+    admin_client,
+    client_factory,
+    enforcing_sandbox,
+    refused,
+    seeding_env,
+)
 from harness.services import ServiceUnderTest, edit_config, make_service, seed_serving
 from sandbox import seed
 from sandbox.identities import build_role_name
-from sandbox.manage import load_env
 from tasks.aws.clients import AwsClients
 from tasks.build.build_identity import build_credentials
 from tasks.config.models import ServiceConfig
@@ -111,8 +119,7 @@ def deploy_policy_of(cfg: ServiceConfig, user: str) -> Policy:
 @pytest.fixture(scope="module")
 def made(endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., ServiceUnderTest]:
     """make_service seeded in this module's sandbox by its admin (serving the seed release when it has one)."""
-    seeding = {**load_env(), "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": ADMIN_KEY[0],
-               "AWS_SECRET_ACCESS_KEY": ADMIN_KEY[1]}
+    seeding = seeding_env(endpoint)
 
     def make(strategy: str, **kwargs: Any) -> ServiceUnderTest:
         sut = make_service(tmp_path_factory.mktemp(strategy), strategy=strategy,
