@@ -111,6 +111,16 @@ def test_an_access_denied_names_what_aws_refused(message: str, operation: str, a
     assert isinstance(expired, AccessDenied) and expired.action == ""  # no permission to add for a stale key
 
 
+def test_the_enforcer_judges_a_simulation_on_the_principal_simulated() -> None:
+    from sandbox.controller.iam_eval import Need
+    from sandbox.controller.iam_resources import Where, needs
+
+    params = {"Action": "SimulatePrincipalPolicy", "PolicySourceArn": f"{USERS}/deployer",
+              "ActionNames.member.1": "ecs:DescribeServices"}
+    assert needs("iam", "SimulatePrincipalPolicy", params, Where("us-east-1", ACCOUNT)) == [
+        Need("iam:SimulatePrincipalPolicy", f"{USERS}/deployer")]
+
+
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     with enforcing_sandbox() as url:
