@@ -27,7 +27,14 @@ def role_arn(iam: Any, role: str) -> str | None:
 
 
 class CannotSimulate(Exception):
-    """IAM's policy simulation could not answer for this identity; the message says why and what to grant."""
+    """IAM's policy simulation could not answer for this identity; the message says why.
+
+    ``refused``: IAM denied the simulation itself (granting iam:SimulatePrincipalPolicy would help).
+    """
+
+    def __init__(self, why: str, *, refused: bool = False) -> None:
+        super().__init__(why)
+        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,7 @@ def simulate(iam: Any, principal: str, actions: Sequence[str], resources: Sequen
             PolicySourceArn=principal, ActionNames=list(actions), ResourceArns=list(resources), ContextEntries=entries)
         results = [r for page in pages for r in page.get("EvaluationResults") or []]
     except ClientError as exc:
-        raise CannotSimulate(_why_not(exc, principal)) from exc
+        raise CannotSimulate(_why_not(exc, principal), refused=error_code(exc) in ACCESS_DENIED_CODES) from exc
     out = []
     for result in results:
         specific = result.get("ResourceSpecificResults") or []

@@ -115,8 +115,10 @@ def check_permissions(cfg: ServiceConfig, clients: AwsClients) -> str | None:
                              _context(group[0]))
             denied += [(_granting(group, d.action), d) for d in found if not d.allowed]
     except CannotSimulate as exc:
-        note = (f"permission preflight skipped: {exc}; grant iam:SimulatePrincipalPolicy on {principal} "
-                f"(`ecs-pipeline iam {cfg.name} --role deploy --principal {principal}` adds that statement)")
+        fix = (f"grant iam:SimulatePrincipalPolicy on {principal} (`ecs-pipeline iam {cfg.name} --role deploy "
+               f"--principal {principal}` adds that statement)" if exc.refused
+               else "a refused call is still named with its statement")
+        note = f"permission preflight skipped: {exc}; {fix}"
         log.warning(note)
         return note
     if denied:
