@@ -60,6 +60,10 @@ def cmd_iam(args: argparse.Namespace) -> int:
     notes: list[str] = []
     policies = [merge([policy_for(cfg, role, scope, args.buildspec, notes, principal) for cfg in configs])
                 for role in roles]
+    notes += [f"{cfg.name}: releases assume deploy_role_arn {cfg.deploy_role_arn}: attach the deploy policy to that "
+              "role; the worker's own identity needs only sts:AssumeRole on it, and the role's trust policy (and "
+              "the build role's, with build.role_arn) must name the identity that assumes it"
+              for cfg in configs if cfg.deploy_role_arn and "deploy" in roles]
     for line in dict.fromkeys([*notes, *(n for p in policies for n in p.notes)]):
         print(f"note: {line}", file=sys.stderr)
     name = "fleet" if args.all else configs[0].name

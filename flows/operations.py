@@ -35,6 +35,7 @@ ROLLBACK_LOCK_WAIT = 60.0  # seconds `rollback` waits for a release of the servi
 def service_status(service: str) -> dict[str, Any]:
     clients = AwsClients(Settings())
     cfg = find_service(service, clients.settings.deployments)
+    clients = clients.for_service(cfg)
     ecs = clients.get("ecs")
     svc = ecs_ops.describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
     live = live_release(cfg, clients)
@@ -127,6 +128,7 @@ def rollback_flow(service: str, wait_seconds: float = ROLLBACK_LOCK_WAIT) -> Sta
     clients = AwsClients(Settings())
     try:
         cfg = find_service(service, clients.settings.deployments)
+        clients = clients.for_service(cfg)
         run_id = flow_run.get_id()
         if run_id:
             ensure_run_tags(run_id, cfg.name, None)
@@ -173,6 +175,7 @@ def plan_release(service: str, sha: str | None) -> list[str]:
     from tasks.build import source
     clients = AwsClients(Settings())
     cfg = find_service(service, clients.settings.deployments)
+    clients = clients.for_service(cfg)
     full = source.resolve_commit(
         cfg.repo_location, cfg.source.branch, sha, cache_dir=clients.settings.cache / "git"
     )
@@ -207,6 +210,7 @@ def render_service(service: str, image: str, sha: str | None) -> dict[str, Any]:
 def diff_service(service: str, image: str | None) -> list[str]:
     clients = AwsClients(Settings())
     cfg = find_service(service, clients.settings.deployments)
+    clients = clients.for_service(cfg)
     live = live_release(cfg, clients)
     current: dict[str, Any] | None = None
     sha = live.sha

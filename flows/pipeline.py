@@ -38,6 +38,7 @@ def deploy_service(
     except PipelineError as exc:  # a broken file: refused before any AWS or Docker call
         get_run_logger().error("Failed: %s", exc)
         return final_state("Failed", str(exc))
+    clients = clients.for_service(cfg)
     summary = ReleaseSummary(service=cfg.name, strategy=cfg.strategy.type)
     run_id = flow_run.get_id()
     if run_id:

@@ -47,7 +47,7 @@ def poll_changes(
         clients = AwsClients(settings)
 
         def live_sha(cfg: ServiceConfig) -> str | None:
-            return live_release(cfg, clients).sha
+            return live_release(cfg, clients.for_service(cfg)).sha
 
     found = find_changes(configs, live_sha=live_sha, resolve=resolve)
     for name, error in sorted(found.errors.items()):

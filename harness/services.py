@@ -26,6 +26,7 @@ from tasks.core.settings import DEFAULT_MAX_ATTEMPTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_APP = ROOT / "examples" / "sample-app"
+ACCOUNT = "123456789012"  # the sandbox's account
 
 
 # Every service make_service made, for the end-of-module clean-up (tests/conftest.py).
@@ -137,9 +138,14 @@ def make_service(
     approval: str = "none",
     network: bool = True,
     seed: Callable[[ServiceConfig], dict[str, Any]] | None = None,
+    deploy_role: bool | None = None,
 ) -> ServiceUnderTest:
     """A new service named t<random>, seeded in the sandbox (by SEED, default seed_service), with v1
     committed (not deployed).
+
+    DEPLOY_ROLE (default: with the default SEED): the service names ``deploy_role_arn`` ``<name>-deploy``,
+    which its stack makes holding only the generated deploy policy, so its releases, status and rollbacks
+    are judged by the sandbox's IAM as that role; the tests' own calls stay the sandbox admin's.
 
     A task-sets service gets the seeded subnets and security group as its ``network`` (a new EXTERNAL
     service has no primary task set to take them from) unless NETWORK is false.
@@ -177,6 +183,8 @@ def make_service(
         "timeouts": {"green_healthy_seconds": green_timeout},
         "approval": approval,
     }
+    if deploy_role if deploy_role is not None else seed is None:
+        config["deploy_role_arn"] = f"arn:aws:iam::{ACCOUNT}:role/{name}-deploy"
     if strategy != "rolling":  # rolling does not shift traffic: the field is refused there
         config["strategy"]["traffic"] = traffic or {"type": "all-at-once"}
     yaml_path = deployments / f"{name}.yaml"

@@ -122,7 +122,7 @@ def seed_service(
     aws = Clients(env)
     check_names(cfg)
     from_template = fits_template(cfg)
-    if deploy_principal and not from_template:
+    if (deploy_principal or cfg.deploy_role_arn) and not from_template:
         raise SandboxError(f"{cfg.name}: {TEMPLATE.name} describes one load balancer with both listeners named "
                            "by it and a port; without it the seed makes no identities for a deploy principal")
     with _seed_lock(Path(env["SANDBOX_DIR"])):

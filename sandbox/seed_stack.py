@@ -154,10 +154,19 @@ def parameters(cfg: ServiceConfig, seeded: Mapping[str, Any], net: Mapping[str, 
         "CodeDeployApplicationName": cfg.codedeploy_application if codedeploy else "",
         "CodeDeployGroupName": cfg.codedeploy_group if codedeploy else "",
         "CodeDeployRoleName": CODEDEPLOY_ROLE, "InfrastructureRoleName": INFRASTRUCTURE_ROLE,
-        "DeployPrincipalType": "user", "DeployPrincipalName": deploy_principal or "",
+        **deploy_identity(cfg, deploy_principal),
         "BuildRoleName": build_role_name(cfg.ecs.service),
     }
     return {k: str(v) for k, v in values.items()}
+
+
+def deploy_identity(cfg: ServiceConfig, deploy_user: str | None) -> dict[str, str]:
+    """Who gets the deploy policy: the service's own deploy role (made by the stack) when its YAML names
+    ``deploy_role_arn``, else DEPLOY_USER (None: nobody)."""
+    if cfg.deploy_role_arn:
+        return {"DeployPrincipalType": "role", "DeployPrincipalName": cfg.deploy_role_arn.rsplit("/", 1)[-1],
+                "MakeDeployRole": "true"}
+    return {"DeployPrincipalType": "user", "DeployPrincipalName": deploy_user or "", "MakeDeployRole": "false"}
 
 
 def ensure_stack(aws: Clients, name: str, template: Mapping[str, Any], params: Mapping[str, str]) -> dict[str, str]:
@@ -267,7 +276,8 @@ def seed_from_template(aws: Clients, cfg: ServiceConfig, seeded: Mapping[str, An
                        deploy_principal: str | None) -> dict[str, Any]:
     """The stack for CFG, made or read, with what moto's handlers drop set by API; the seed's keys for it."""
     scope = Scope(str(aws.sts.get_caller_identity()["Account"]), aws.ecs.meta.region_name)
-    principal = f"arn:{scope.partition}:iam::{scope.account}:user/{deploy_principal}" if deploy_principal else None
+    principal = (cfg.deploy_role_arn or
+                 (f"arn:{scope.partition}:iam::{scope.account}:user/{deploy_principal}" if deploy_principal else None))
     full = render_template(load_template(), service_policies(cfg, scope, principal))
     params = parameters(cfg, seeded, net, deploy_principal, own_log_group(cfg, scope))
     params.update(shared_resources(aws, cfg))

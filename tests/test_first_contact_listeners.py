@@ -62,7 +62,8 @@ def test_https_listener_for_the_service_host_and_authenticate_action_kept(
     import os
 
     domain = f"{service.name}.example.test"
-    aws_env = {"AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"], "AWS_REGION": "us-east-1"}
+    aws_env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    aws_env["AWS_REGION"] = "us-east-1"
     cert, ca = ensure_certificate(Clients(aws_env), domain, tmp_path)
     elbv2 = aws("elbv2")
     listeners = service.seeded["listener_arns"]

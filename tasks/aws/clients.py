@@ -22,6 +22,8 @@ import boto3
 
 from tasks.aws.errors import IAM_PREFIX
 from tasks.aws.retry import botocore_config
+from tasks.config.models import ServiceConfig
+from tasks.core.errors import PipelineError
 from tasks.core.settings import Settings
 
 if TYPE_CHECKING:
@@ -48,38 +50,76 @@ _CLIENTS: dict[tuple[_Key, str], Any] = {}
 _LOCK = threading.Lock()  # boto3 sessions are not thread-safe; the clients they make are
 
 
-def _aws_key(settings: Settings) -> _Key:
+def _aws_key(settings: Settings, role_arn: str | None = None) -> _Key:
     """The settings a client depends on: clients are shared by every AwsClients that agrees on them."""
     return (settings.region, settings.profile, settings.endpoint_url, settings.max_attempts,
-            settings.connect_timeout, settings.read_timeout)  # fmt: skip
+            settings.connect_timeout, settings.read_timeout, role_arn)  # fmt: skip
 
 
-def shared_client(settings: Settings, service: str) -> Any:
-    """The process's client for SERVICE under SETTINGS, made on first use (one session per key)."""
-    key = _aws_key(settings)
+def shared_client(settings: Settings, service: str, role_arn: str | None = None) -> Any:
+    """The process's client for SERVICE under SETTINGS (as ROLE_ARN when given), made on first use
+    (one session per key)."""
+    key = _aws_key(settings, role_arn)
     with _LOCK:
         client = _CLIENTS.get((key, service))
         if client is None:
             session = _SESSIONS.get(key)
             if session is None:
-                session = _SESSIONS[key] = boto3.session.Session(
-                    region_name=settings.region, profile_name=settings.profile
-                )
+                session = _SESSIONS[key] = _session(settings, role_arn)
             client = session.client(service, endpoint_url=settings.endpoint_url, config=botocore_config(settings))
             client.meta.events.register("after-call", _note_iam_prefix(client))
             _CLIENTS[(key, service)] = client
         return client
 
 
-class AwsClients:
-    """The AWS clients of one run: one per service name, shared with the process's other runs."""
+def _session(settings: Settings, role_arn: str | None) -> boto3.session.Session:
+    """The worker's own session, or one whose credentials are ROLE_ARN's, assumed with the worker's.
 
-    def __init__(self, settings: Settings) -> None:
+    The role's credentials are asked for on first use and again before they expire (botocore's
+    assume-role fetcher, as a profile with ``role_arn`` does), through STS at the configured endpoint.
+    """
+    base = boto3.session.Session(region_name=settings.region, profile_name=settings.profile)
+    if not role_arn:
+        return base
+    import botocore.session
+    from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
+
+    def sts_client(service: str, **credentials: Any) -> Any:
+        return base.client(service, endpoint_url=settings.endpoint_url, config=botocore_config(settings),
+                           **credentials)
+
+    source = base.get_credentials()
+    if source is None:
+        raise PipelineError(f"no AWS credentials to assume {role_arn} with: set AWS_PROFILE or AWS_ACCESS_KEY_ID, "
+                            "or run where an instance or task role is available")
+    fetcher = AssumeRoleCredentialFetcher(sts_client, source, role_arn,
+                                          extra_args={"RoleSessionName": "ecs-pipeline"})
+    assumed = botocore.session.Session()
+    assumed._credentials = DeferredRefreshableCredentials(  # where botocore looks for a session's credentials
+        refresh_using=fetcher.fetch_credentials, method="assume-role")
+    return boto3.session.Session(botocore_session=assumed, region_name=settings.region)
+
+
+class AwsClients:
+    """The AWS clients of one run: one per service name, shared with the process's other runs.
+
+    ROLE_ARN: calls are made as this role (a service's ``deploy_role_arn``), assumed with the worker's
+    own credentials; None: as the worker itself.
+    """
+
+    def __init__(self, settings: Settings, role_arn: str | None = None) -> None:
         self.settings = settings
+        self.role_arn = role_arn
         self._caller: dict[str, str] | None = None
 
+    def for_service(self, cfg: ServiceConfig) -> AwsClients:
+        """The clients CFG's releases use: as its ``deploy_role_arn`` when it names one."""
+        if cfg.deploy_role_arn == self.role_arn:
+            return self
+        return AwsClients(self.settings, cfg.deploy_role_arn)
+
     def get(self, service: str) -> Any:
-        return shared_client(self.settings, service)
+        return shared_client(self.settings, service, self.role_arn)
 
     def account_id(self) -> str:
         """The caller's AWS account (STS GetCallerIdentity, no IAM permission needed), asked once per run.
@@ -97,11 +137,12 @@ class AwsClients:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Clients hold sockets and locks; rebuild them from the settings elsewhere.
-        return (AwsClients, (self.settings,))
+        return (AwsClients, (self.settings, self.role_arn))
 
     def __repr__(self) -> str:
         return (
-            f"AwsClients(region={self.settings.region!r}, endpoint={self.settings.endpoint_url!r})"
+            f"AwsClients(region={self.settings.region!r}, endpoint={self.settings.endpoint_url!r}, "
+            f"role={self.role_arn!r})"
         )
 
 

@@ -316,6 +316,12 @@ class ServiceConfig(_Model):
         default="supersede", description="a newer SHA cancels a waiting run, or waits behind it"
     )
     approval: Literal["none", "required"] = "none"
+    deploy_role_arn: str | None = Field(
+        default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$",
+        description="the IAM role this service's releases assume (CodePipeline's per-pipeline service role): "
+        "every AWS call of its releases, status and rollbacks is made as this role, which holds the policy "
+        "`ecs-pipeline iam SERVICE --role deploy` prints; the worker's own identity then needs only "
+        "sts:AssumeRole on it, and the role's trust policy must name that identity")
     approval_timeout_seconds: Annotated[int, Field(ge=1, le=604800)] = 3600
     base_dir: str = Field(default=".", description="set by the loader: the YAML file's folder")
 

@@ -212,6 +212,7 @@ def self_check_statements(cfg: ServiceConfig, principal: str | None, notes: list
     offline which identity will run the pipeline. Without it a release skips the preflight with one log
     line; a refused call is still named with its statement where it happens.
     """
+    principal = principal or cfg.deploy_role_arn  # a service that names its deploy role names the principal
     if principal:
         return [_statement("SimulateOwnPermissions", ["iam:SimulatePrincipalPolicy"], [principal])]
     notes.append(f"{cfg.name}: no --principal: releases skip their permission preflight (IAM's simulation of "
