@@ -6,9 +6,10 @@ for the caller's user or role) to judge every action of the deploy policy
 resources each statement names and with the condition keys it tests
 (iam:PassedToService for iam:PassRole, ecs:CreateAction, ecs:cluster). Anything
 not allowed fails the release at once, before reconcile, build or register, naming
-the action, the resource and the generator's statement to add. An assumed-role
-session is simulated as its role, ``arn:aws:iam::ACCT:role/NAME``: a role with a
-path (``role/PATH/NAME``) is not found under that ARN, and the check is skipped.
+the action, the resource and the generator's statement to add. A service's
+``deploy_role_arn`` is simulated as written; any other assumed-role session as its
+role, ``arn:aws:iam::ACCT:role/NAME``: a role with a path (``role/PATH/NAME``) is
+not found under that ARN, and the check is skipped.
 
 The simulation is a preflight, not a gate of its own: when IAM refuses it (the
 identity may not call iam:SimulatePrincipalPolicy on itself) or cannot run it,
@@ -99,7 +100,7 @@ def check_permissions(cfg: ServiceConfig, clients: AwsClients) -> str | None:
     """Fail when the caller may not do what the release will; None, or the note saying why it was skipped."""
     log = get_run_logger()
     caller = clients.caller()["Arn"]
-    principal = principal_of(caller)
+    principal = clients.role_arn or principal_of(caller)  # a deploy_role_arn as written: its path included
     scope = _scope(clients)
     if principal is None:
         note = (f"permission preflight skipped: {caller} is not an IAM user or role (nothing to simulate); "
