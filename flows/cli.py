@@ -17,6 +17,9 @@ from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from tasks.aws.errors import translate
 from tasks.core.errors import PipelineError
 
 NO_SANDBOX = "ECS_PIPELINE_NO_SANDBOX"
@@ -260,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ClientError as exc:  # a refusal (an AssumeRole of the service's deploy role, say): AWS's words, no trace
+        print(f"error: {translate(exc)}", file=sys.stderr)
         return 2
 
 

@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from harness.git import git
 from sandbox.seed import seed_service
 from tasks.config.models import ServiceConfig, load_service
+from tasks.core.errors import PipelineError
 from tasks.core.settings import DEFAULT_MAX_ATTEMPTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +62,7 @@ class ServiceUnderTest:
                 f.write(dockerfile_extra)
         git(self.repo, "add", "-A")
         git(self.repo, "commit", "-q", "-m", f"release {version}")
+        sync_deploy_policy(self)  # the buildspec on the branch names what the policy grants
         return git(self.repo, "rev-parse", "HEAD")
 
     @property
@@ -101,10 +103,46 @@ class ServiceUnderTest:
 
 
 def edit_config(sut: ServiceUnderTest, change: Callable[[dict[str, Any]], None]) -> None:
-    """Apply CHANGE to the service's YAML as a dict (the next release reads it)."""
+    """Apply CHANGE to the service's YAML as a dict (the next release reads it), and to its deploy role's
+    policy what the changed config needs, as a team updates its stack with its config."""
     config = yaml.safe_load(sut.yaml_path.read_text())
     change(config)
     sut.yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    sync_deploy_policy(sut)
+
+
+def policy_document(policy_arn: str) -> dict[str, Any]:
+    """The default version's document of a managed policy."""
+    iam = aws("iam")
+    version = iam.get_policy(PolicyArn=policy_arn)["Policy"]["DefaultVersionId"]
+    found = iam.get_policy_version(PolicyArn=policy_arn, VersionId=version)["PolicyVersion"]["Document"]
+    return json.loads(found) if isinstance(found, str) else dict(found)
+
+
+def set_policy_document(policy_arn: str, document: dict[str, Any]) -> None:
+    """A new default version of the managed policy (IAM keeps five at most: the oldest others go)."""
+    iam = aws("iam")
+    versions = iam.list_policy_versions(PolicyArn=policy_arn)["Versions"]
+    for old in sorted((v for v in versions if not v["IsDefaultVersion"]), key=lambda v: v["CreateDate"])[:-3]:
+        iam.delete_policy_version(PolicyArn=policy_arn, VersionId=old["VersionId"])
+    iam.create_policy_version(PolicyArn=policy_arn, PolicyDocument=json.dumps(document), SetAsDefault=True)
+
+
+def sync_deploy_policy(sut: ServiceUnderTest) -> None:
+    """The service's deploy role holds what ``ecs-pipeline iam`` generates for its config as it is now."""
+    from flows.iam_cli import policy_for
+    from tasks.release.permissions import Scope
+
+    try:
+        cfg = sut.cfg
+    except PipelineError:  # a test wrote a broken file on purpose: nothing to grant for it
+        return
+    if not cfg.deploy_role_arn or not sut.seeded:
+        return
+    want = policy_for(cfg, "deploy", Scope(ACCOUNT, "us-east-1"), None, [], cfg.deploy_role_arn).document
+    arn = f"arn:aws:iam::{ACCOUNT}:policy/{cfg.ecs.service}-deploy"
+    if policy_document(arn) != want:
+        set_policy_document(arn, want)
 
 
 def set_traffic(sut: ServiceUnderTest, traffic: dict[str, Any]) -> None:

@@ -54,7 +54,8 @@ def prepare_repo(repo: Path) -> None:
 
 
 def seed_service(cfg: Any) -> dict[str, Any]:
-    """The sandbox's seed, as its admin, giving the deploy user this service's generated deploy policy.
+    """The sandbox's seed, as its admin: the service's stack makes its deploy role (``deploy_role_arn``)
+    holding the service's generated deploy policy, trusting the worker's user only.
 
     Imported late because it imports Prefect, which reads its settings on import.
     """
@@ -76,13 +77,17 @@ def identities(env: dict[str, str], cfg: Any) -> str:
                        aws_access_key_id=admin["AWS_ACCESS_KEY_ID"],
                        aws_secret_access_key=admin["AWS_SECRET_ACCESS_KEY"])
     user = iam.get_user(UserName=DEPLOY_USER)["User"]["Arn"]
-    policies = [p["PolicyName"] for p in iam.list_attached_user_policies(UserName=DEPLOY_USER)["AttachedPolicies"]]
+    own = [*iam.list_user_policies(UserName=DEPLOY_USER)["PolicyNames"],
+           *(p["PolicyName"] for p in iam.list_attached_user_policies(UserName=DEPLOY_USER)["AttachedPolicies"])]
+    role = cfg.deploy_role_arn.rsplit("/", 1)[-1]
+    held = [p["PolicyName"] for p in iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]]
     return (f"identities (IAM enforced by the sandbox, by action and resource ARN):\n"
-            f"   seeding            the sandbox's own admin key ({layout().admin_env_file}; never given to the "
+            f"   seeding              the sandbox's own admin key ({layout().admin_env_file}; never given to the "
             f"pipeline)\n"
-            f"   pipeline           {user} (its key in {layout().env_file}), holding only "
-            f"{', '.join(policies) or 'no policy yet'}\n"
-            f"   {cfg.name} builds  {cfg.build.role_arn} (assumed per build, narrowed to its repository)")
+            f"   worker               {user} (its key in {layout().env_file}), holding only {', '.join(own)}\n"
+            f"   {cfg.name} releases  {cfg.deploy_role_arn} (only the worker may assume it), holding only "
+            f"{', '.join(held)}\n"
+            f"   {cfg.name} builds    {cfg.build.role_arn}, assumed per build, narrowed to its repository")
 
 
 def iam_tally(env: dict[str, str], since: int) -> tuple[int, int, int]:
@@ -246,8 +251,7 @@ def release_elsewhere(yaml: Path, seeded_as: str, label: str, sha: str, ui: str)
     cfg = load_service(yaml)
     seed_service(cfg)
     prod = f"http://127.0.0.1:{cfg.load_balancer.production_listener.port}/"  # type: ignore[union-attr]
-    say(f"\nseeded {cfg.name} ({seeded_as}; its deploy policy {cfg.name}-deploy added to the pipeline's user), "
-        f"production {prod}")
+    say(f"\nseeded {cfg.name} ({seeded_as}; releases as {cfg.deploy_role_arn}), production {prod}")
     wait_serving(prod)
     with Load(prod) as load:
         return report(label, release(cfg.name, sha), load, ui)
@@ -306,7 +310,7 @@ def main() -> int:
         say(f"   {r['label']}: {r['state']} in {r['seconds']:.1f}s{extra}")
     say(f"   production now answers: {serving}")
     calls, refused, _ = iam_tally(env, calls_since)
-    say(f"   AWS calls the pipeline signed as the deploy user: {calls}, refused by IAM: {refused}")
+    say(f"   AWS calls the pipeline made (as the worker and the deploy roles): {calls}, refused by IAM: {refused}")
     say(f"   Prefect UI: {ui} (flow runs of deploy-service; artifacts hold each release summary; "
         f"sign in with PREFECT_API_AUTH_STRING from {layout().env_file})")
     ok = (

@@ -2,14 +2,18 @@
 
 With IAM enforced (the default), the sandbox's own keys (``<state>/admin.env``) are the only all-powerful ones:
 seeding, the controller and the tests' set-up use them and the pipeline never sees them. ``<state>/env`` holds
-the keys of the IAM user ``ecs-pipeline-deploy``, which holds only the deploy policies ``ecs-pipeline iam``
-generates for the services seeded for it; builds assume ``<service>-build`` (``build.role_arn``).
+the keys of the IAM user ``ecs-pipeline-deploy`` (the worker's identity), which may only assume the services'
+deploy roles (``deploy_role_arn``: ``<service>-deploy``, each holding the policy ``ecs-pipeline iam`` generates
+for its service), or holds a service's deploy policy itself when seeded as its deploy principal; builds assume
+``<service>-build`` (``build.role_arn``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -32,6 +36,19 @@ def enforcing(env: Mapping[str, str] | None = None) -> str:
     return "0" if value in ("0", "false", "no", "off") else "1"
 
 
+ASSUME_POLICY = "assume-deploy-roles"
+
+
+def ensure_assume_policy(iam: Any) -> None:
+    """The worker's one permission: assuming the services' deploy roles (``deploy_role_arn``, named
+    ``<service>-deploy`` by the seed's template), which hold each service's generated policy."""
+    account = iam.get_user(UserName=DEPLOY_USER)["User"]["Arn"].split(":")[4]
+    document = {"Version": "2012-10-17", "Statement": [{
+        "Sid": "AssumeTheServicesDeployRoles", "Effect": "Allow", "Action": "sts:AssumeRole",
+        "Resource": f"arn:aws:iam::{account}:role/*-deploy"}]}
+    iam.put_user_policy(UserName=DEPLOY_USER, PolicyName=ASSUME_POLICY, PolicyDocument=json.dumps(document))
+
+
 def ensure_deploy_user(lay: Layout) -> tuple[str, str]:
     """The deploy user's access key, made (with the user) when the AWS server does not know it.
 
@@ -49,6 +66,7 @@ def ensure_deploy_user(lay: Layout) -> tuple[str, str]:
             raise
         iam.create_user(UserName=DEPLOY_USER, Tags=[{"Key": "purpose", "Value": "the pipeline's own identity"}])
         keys = []
+    ensure_assume_policy(iam)
     if stored.get("AWS_ACCESS_KEY_ID") in {k["AccessKeyId"] for k in keys}:
         return stored["AWS_ACCESS_KEY_ID"], stored["AWS_SECRET_ACCESS_KEY"]
     for old in keys:  # a key whose secret is lost cannot be used: AWS allows two per user

@@ -76,6 +76,15 @@ def prefixed_config(config: ServiceConfig, prefix: str) -> ServiceConfig:
             update={"alarms": [p + a for a in config.verify.alarms]}
         ),
     }
+
+    def role(arn: str | None) -> str | None:  # the copy's own deploy and build roles, as its stack names them
+        if not arn:
+            return arn
+        head, _, name = arn.rpartition("/")
+        return f"{head}/{p}{name}"
+
+    update["deploy_role_arn"] = role(config.deploy_role_arn)
+    update["build"] = config.build.model_copy(update={"role_arn": role(config.build.role_arn)})
     s = config.strategy
     update["strategy"] = s.model_copy(
         update={

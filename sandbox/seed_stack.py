@@ -162,11 +162,15 @@ def parameters(cfg: ServiceConfig, seeded: Mapping[str, Any], net: Mapping[str, 
 
 def deploy_identity(cfg: ServiceConfig, deploy_user: str | None) -> dict[str, str]:
     """Who gets the deploy policy: the service's own deploy role (made by the stack) when its YAML names
-    ``deploy_role_arn``, else DEPLOY_USER (None: nobody)."""
+    ``deploy_role_arn``, trusting DEPLOY_USER (the worker; None: the account); else DEPLOY_USER itself
+    (None: nobody)."""
     if cfg.deploy_role_arn:
+        account = cfg.deploy_role_arn.split(":")[4]
         return {"DeployPrincipalType": "role", "DeployPrincipalName": cfg.deploy_role_arn.rsplit("/", 1)[-1],
-                "MakeDeployRole": "true"}
-    return {"DeployPrincipalType": "user", "DeployPrincipalName": deploy_user or "", "MakeDeployRole": "false"}
+                "MakeDeployRole": "true",
+                "DeployRoleTrustedPrincipal": f"arn:aws:iam::{account}:user/{deploy_user}" if deploy_user else ""}
+    return {"DeployPrincipalType": "user", "DeployPrincipalName": deploy_user or "", "MakeDeployRole": "false",
+            "DeployRoleTrustedPrincipal": ""}
 
 
 def ensure_stack(aws: Clients, name: str, template: Mapping[str, Any], params: Mapping[str, str]) -> dict[str, str]:
@@ -225,6 +229,9 @@ def names_in_the_way(aws: Clients, params: Mapping[str, str], account: str) -> l
             taken.append(f"IAM role {principal} exists outside it")
         elif params.get("MakeDeployRole") != "true" and not exists:
             taken.append(f"the deploy principal {principal} is no IAM {kind} (make it first)")
+    trusted = params.get("DeployRoleTrustedPrincipal", "").rsplit("user/", 1)
+    if len(trusted) == 2 and not _exists(functools.partial(aws.iam.get_user, UserName=trusted[1]), "NoSuchEntity"):
+        taken.append(f"the deploy principal {trusted[1]} is no IAM user (make it first)")
     return taken
 
 

@@ -366,8 +366,9 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
     made = [make_service(tmp_path_factory.mktemp(s.replace("-", "")), strategy=s) for s in STRATEGIES]
     clients = AwsClients(Settings())
     watch = Watch()
-    for service in SERVICES:
-        watch.attach(clients.get(service))
+    for each in (clients, *(clients.for_service(sut.cfg) for sut in made)):  # the worker's, and each deploy role's
+        for service in SERVICES:
+            watch.attach(each.get(service))
     failed: dict[str, str] = {}
     releases = 0
     start = last_request()
@@ -417,8 +418,13 @@ def test_every_request_fits_the_input_shape(recorded: Recorded) -> None:
     assert len(recorded.watch.requests) >= 20, sorted(recorded.watch.requests)
 
 
+# What botocore itself reads of an answer, not the pipeline: its assume-role credential fetcher (a service's
+# deploy_role_arn) looks for an account id newer STS answers may carry, and its cache copies the whole answer.
+BOTOCORE_READS = {("sts", "AssumeRole", ("Credentials", "AccountId")), ("sts", "AssumeRole", ("PackedPolicySize",))}
+
+
 def test_every_field_read_is_one_aws_promises(recorded: Recorded) -> None:
-    reads = sorted(recorded.watch.reads)
+    reads = sorted(recorded.watch.reads - BOTOCORE_READS)
     problems = sorted({p for service, operation, path in reads if (p := check_read(service, operation, path))})
     assert problems == []
     print(f"{len(reads)} fields read in {len({r[:2] for r in reads})} operations' answers")

@@ -1,7 +1,7 @@
 """ECR helpers against the sandbox's AWS endpoint over HTTP.
 
-Uses the running sandbox at 127.0.0.1:4566 when it answers; otherwise starts
-the same moto server on a free loopback port for this module.
+Uses the test session's sandbox (AWS_ENDPOINT_URL, signed with its admin key) when it answers;
+otherwise starts a moto server on a free loopback port for this module.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from tasks.aws.clients import AwsClients
 from tasks.aws.ecr import ensure_repository, find_image_digest, registry_auth
 from tasks.core.settings import DEFAULT_MAX_ATTEMPTS, Settings
 
-SANDBOX = "http://127.0.0.1:4566"
-
 
 def _answers(url: str) -> bool:
     try:
@@ -42,8 +40,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    if _answers(f"{SANDBOX}/_sandbox/health"):
-        yield SANDBOX
+    session = os.environ.get("AWS_ENDPOINT_URL", "")
+    if session and _answers(f"{session}/_sandbox/health"):
+        yield session
         return
     port = _free_port()
     moto = Path(sys.executable).with_name("moto_server")

@@ -13,30 +13,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from harness.iam import ACCOUNT
-from harness.services import ServiceUnderTest, aws, make_service
+from harness.services import ServiceUnderTest, aws, make_service, policy_document, set_policy_document
 from tasks.aws.clients import AwsClients
 from tasks.core.settings import Settings
-
-
-def _document(policy_arn: str) -> dict[str, Any]:
-    iam = aws("iam")
-    version = iam.get_policy(PolicyArn=policy_arn)["Policy"]["DefaultVersionId"]
-    found = iam.get_policy_version(PolicyArn=policy_arn, VersionId=version)["PolicyVersion"]["Document"]
-    return json.loads(found) if isinstance(found, str) else dict(found)
-
-
-def _set_document(policy_arn: str, document: dict[str, Any]) -> None:
-    """A new default version of the managed policy (AWS keeps at most five: the oldest others go)."""
-    iam = aws("iam")
-    versions = iam.list_policy_versions(PolicyArn=policy_arn)["Versions"]
-    for old in sorted((v for v in versions if not v["IsDefaultVersion"]), key=lambda v: v["CreateDate"])[:-3]:
-        iam.delete_policy_version(PolicyArn=policy_arn, VersionId=old["VersionId"])
-    iam.create_policy_version(PolicyArn=policy_arn, PolicyDocument=json.dumps(document), SetAsDefault=True)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +48,7 @@ def test_the_stack_makes_the_deploy_role_with_the_generated_policy(released: Ser
     attached = iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]
     assert [p["PolicyName"] for p in attached] == [f"{released.name}-deploy"]
     expected = policy_for(cfg, "deploy", Scope(ACCOUNT, "us-east-1"), None, [], cfg.deploy_role_arn).document
-    assert _document(attached[0]["PolicyArn"]) == expected
+    assert policy_document(attached[0]["PolicyArn"]) == expected
     assert any(s["Sid"] == "SimulateOwnPermissions" and s["Resource"] == cfg.deploy_role_arn
                for s in expected["Statement"])
 
@@ -84,15 +67,15 @@ def test_a_statement_taken_from_the_role_fails_the_next_release_before_anything_
 
     cfg = released.cfg
     policy = f"arn:aws:iam::{ACCOUNT}:policy/{released.name}-deploy"
-    whole = _document(policy)
-    _set_document(policy, {**whole, "Statement": [s for s in whole["Statement"] if s["Sid"] != "DriveTaskSets"]})
+    released.commit("v2")  # before the policy changes: the harness syncs the policy with each commit
+    whole = policy_document(policy)
+    set_policy_document(policy, {**whole, "Statement": [s for s in whole["Statement"] if s["Sid"] != "DriveTaskSets"]})
     try:
-        released.commit("v2")
         with pytest.MonkeyPatch.context() as env:
             env.setenv("ECS_PIPELINE_DEPLOYMENTS", str(released.yaml_path.parent))
             state = deploy_service(released.name, return_state=True)
     finally:
-        _set_document(policy, whole)
+        set_policy_document(policy, whole)
     message = state.message or ""
     assert state.is_failed(), message
     assert f"{cfg.deploy_role_arn} may not" in message and "statement DriveTaskSets" in message, message

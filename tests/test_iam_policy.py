@@ -255,7 +255,8 @@ def expected_actions(cfg: ServiceConfig, called: dict[str, set[Node]]) -> set[st
         out.discard("sts:AssumeRole")
     if not cfg.verify.alarms:
         out.discard("cloudwatch:DescribeAlarms")
-    out.discard("iam:SimulatePrincipalPolicy")  # the permission preflight's own call: granted with --principal only
+    if not cfg.deploy_role_arn:  # the preflight's own call: granted on a known principal only
+        out.discard("iam:SimulatePrincipalPolicy")
     return out
 
 

@@ -15,6 +15,7 @@ are thread-safe; sessions are not, so they are only used under a lock).
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -84,10 +85,13 @@ def _session(settings: Settings, role_arn: str | None) -> boto3.session.Session:
     import botocore.session
     from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
-    def sts_client(service: str, **credentials: Any) -> Any:
-        return base.client(service, endpoint_url=settings.endpoint_url, config=botocore_config(settings),
-                           **credentials)
+    def sts_client(service: str, **_credentials: Any) -> Any:
+        # The worker's own client: the credentials the fetcher names are the worker's (SOURCE below).
+        return shared_client(settings, service)
 
+    # A failed refresh is raised to the call that needed it, which explains it (tasks/aws/errors.py); botocore
+    # would also log it with a traceback.
+    logging.getLogger("botocore.credentials").setLevel(logging.ERROR)
     source = base.get_credentials()
     if source is None:
         raise PipelineError(f"no AWS credentials to assume {role_arn} with: set AWS_PROFILE or AWS_ACCESS_KEY_ID, "

@@ -120,7 +120,10 @@ def translate(exc: BaseException, *, service: str | None = None) -> BaseExceptio
     if code in ACCESS_DENIED_CODES:
         action, resource = denied_what(exc)
         return AccessDenied(
-            f"AWS denied {action} ({code}: {message}); grant {action} to the role the pipeline runs as",
+            f"AWS denied {action} ({code}: {message}); "
+            + (f"grant sts:AssumeRole on {resource} to the worker's own identity, and name that identity in the "
+               "role's trust policy" if action == "sts:AssumeRole"
+               else f"grant {action} to the role the pipeline runs as"),
             service=service, said=f"{code}: {message}",
             **({} if code in IDENTITY_CODES else {"action": action, "resource": resource}),
         )

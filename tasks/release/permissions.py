@@ -20,7 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.aws.codedeploy import deployment_config
 from tasks.build.build_identity import session_policy
+from tasks.config.appspec import OWN_CONFIG_PREFIX
 from tasks.config.buildspec import BuildSpec, Env
 from tasks.config.models import ListenerRef, ServiceConfig
 from tasks.config.taskdef import ACCOUNT_PLACEHOLDER, REGION_PLACEHOLDER
@@ -281,8 +283,12 @@ def codedeploy(cfg: ServiceConfig, arns: Arns, notes: list[str]) -> list[dict[st
     """tasks/strategies/codedeploy.py and tasks/aws/codedeploy.py: one deployment group, its configs."""
     group = arns.codedeploy("deploymentgroup", f"{cfg.codedeploy_application}/{cfg.codedeploy_group}")
     own_traffic = "traffic" in cfg.strategy.model_fields_set
-    configs = [arns.codedeploy("deploymentconfig", "EcsPipeline.*")] if own_traffic else [
-        arns.codedeploy("deploymentconfig", "*")]
+    # tasks/aws/codedeploy.deployment_config: all-at-once is CodeDeployDefault.ECSAllAtOnce (read, never made),
+    # canary and linear are the pipeline's own EcsPipeline.* configs (made once, then read)
+    config_name = deployment_config(cfg.strategy.traffic)[0] if own_traffic else ""
+    configs = [arns.codedeploy("deploymentconfig", "*")] if not own_traffic else [
+        arns.codedeploy("deploymentconfig", config_name if not config_name.startswith(OWN_CONFIG_PREFIX)
+                        else f"{OWN_CONFIG_PREFIX}*")]
     if not own_traffic:
         notes.append(f"{cfg.name}: no strategy.traffic: the group's own deployment config is read "
                      "(GetDeploymentConfig), whose name is known only in AWS: deploymentconfig:*")
@@ -291,7 +297,7 @@ def codedeploy(cfg: ServiceConfig, arns: Arns, notes: list[str]) -> list[dict[st
                                                "codedeploy:CreateDeployment", "codedeploy:GetDeployment"], [group]),
         _statement("ReadDeploymentConfigs", ["codedeploy:GetDeploymentConfig"], configs),
     ]
-    if own_traffic:
+    if own_traffic and config_name.startswith(OWN_CONFIG_PREFIX):
         out.append(_statement("CreateEcsPipelineDeploymentConfigs", ["codedeploy:CreateDeploymentConfig"], configs))
     out.append(_statement("NoResourceLevelPermissionsCodeDeploy", [
         "codedeploy:ContinueDeployment", "codedeploy:StopDeployment", "codedeploy:ListDeploymentTargets",
