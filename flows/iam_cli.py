@@ -22,7 +22,16 @@ from tasks.config.models import ServiceConfig, find_service, load_all_services
 from tasks.config.taskdef import load_template, render_task_definition
 from tasks.core.errors import ConfigError, PipelineError
 from tasks.core.settings import Settings
-from tasks.release.permissions import ROLES, Policy, Scope, build_policy, cloudformation, deploy_policy, merge
+from tasks.release.permissions import (
+    ROLES,
+    Policy,
+    Scope,
+    build_policy,
+    cloudformation,
+    deploy_policy,
+    merge,
+    verify_policy,
+)
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,7 +40,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     p.add_argument("service", nargs="?")
     p.add_argument("--all", action="store_true", help="every service of the deployments folder: one merged "
                                                       "policy per role")
-    p.add_argument("--role", choices=["deploy", "build", "all"], default="all")
+    p.add_argument("--role", choices=["deploy", "build", "verify", "all"], default="all",
+                   help="deploy: the releases' identity; build: the build role's; verify: what `ecs-pipeline "
+                        "verify` reads beyond the deploy policy (attach both to the deploy role); all: deploy and "
+                        "build")
     p.add_argument("--format", choices=["json", "cfn"], default="json",
                    help="json: the policy document(s); cfn: AWS::IAM::ManagedPolicy resources (a template)")
     p.add_argument("--account", default="*", help="the AWS account the ARNs name (default: *, any account)")
@@ -97,6 +109,8 @@ def policy_for(cfg: ServiceConfig, role: str, scope: Scope, buildspec: Path | No
     spec = service_buildspec(cfg, buildspec, notes)
     if role == "build":
         return build_policy(cfg, spec, scope)
+    if role == "verify":
+        return verify_policy(cfg, rendered(cfg, scope), scope)
     return deploy_policy(cfg, rendered(cfg, scope), spec, scope, principal)
 
 

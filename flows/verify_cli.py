@@ -41,7 +41,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise PipelineError(f"verify --all: no service YAML under {folder}")
     checks = []
     for cfg in configs:
-        found = verify_service(cfg, clients)
+        found = verify_service(cfg, clients.for_service(cfg))  # as its deploy role, which releases use
         checks += found
         if not args.json:
             print(f"{cfg.name} ({cfg.strategy.type}, {cfg.ecs.cluster}/{cfg.ecs.service}):")

@@ -129,7 +129,8 @@ def set_policy_document(policy_arn: str, document: dict[str, Any]) -> None:
 
 
 def sync_deploy_policy(sut: ServiceUnderTest) -> None:
-    """The service's deploy role holds what ``ecs-pipeline iam`` generates for its config as it is now."""
+    """The service's deploy role holds what ``ecs-pipeline iam`` generates (deploy and verify) for its config
+    as it is now."""
     from flows.iam_cli import policy_for
     from tasks.release.permissions import Scope
 
@@ -139,10 +140,11 @@ def sync_deploy_policy(sut: ServiceUnderTest) -> None:
         return
     if not cfg.deploy_role_arn or not sut.seeded:
         return
-    want = policy_for(cfg, "deploy", Scope(ACCOUNT, "us-east-1"), None, [], cfg.deploy_role_arn).document
-    arn = f"arn:aws:iam::{ACCOUNT}:policy/{cfg.ecs.service}-deploy"
-    if policy_document(arn) != want:
-        set_policy_document(arn, want)
+    for role in ("deploy", "verify"):
+        want = policy_for(cfg, role, Scope(ACCOUNT, "us-east-1"), None, [], cfg.deploy_role_arn).document
+        arn = f"arn:aws:iam::{ACCOUNT}:policy/{cfg.ecs.service}-{role}"
+        if policy_document(arn) != want:
+            set_policy_document(arn, want)
 
 
 def set_traffic(sut: ServiceUnderTest, traffic: dict[str, Any]) -> None:

@@ -86,13 +86,13 @@ def service_policies(cfg: ServiceConfig, scope: Scope, principal: str | None = N
     permissions, so a release checks them before it changes anything.
     """
     notes: list[str] = []
-    return {role: policy_for(cfg, role, scope, None, notes, principal) for role in ("deploy", "build")}
+    return {role: policy_for(cfg, role, scope, None, notes, principal) for role in ("deploy", "build", "verify")}
 
 
 def render_template(template: Mapping[str, Any], policies: Mapping[str, Policy]) -> dict[str, Any]:
     """TEMPLATE with the generated deploy and build policy documents in place of its placeholders."""
     out: dict[str, Any] = json.loads(json.dumps(template))
-    for logical, role in (("DeployPolicy", "deploy"), ("BuildPolicy", "build")):
+    for logical, role in (("DeployPolicy", "deploy"), ("BuildPolicy", "build"), ("VerifyPolicy", "verify")):
         out["Resources"][logical]["Properties"]["PolicyDocument"] = policies[role].document
     return out
 
@@ -213,7 +213,7 @@ def names_in_the_way(aws: Clients, params: Mapping[str, str], account: str) -> l
          "NoSuchEntity"),
         *((f"IAM policy {params['ServiceName']}-{role}", functools.partial(
             aws.iam.get_policy, PolicyArn=f"arn:aws:iam::{account}:policy/{params['ServiceName']}-{role}"),
-           "NoSuchEntity") for role in ("deploy", "build")),
+           "NoSuchEntity") for role in ("deploy", "build", "verify")),
     ]
     taken = [f"{what} exists outside it" for what, describe, missing in checks if _exists(describe, missing)]
     group = params["LogGroupName"]

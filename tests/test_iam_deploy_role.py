@@ -46,9 +46,9 @@ def test_the_stack_makes_the_deploy_role_with_the_generated_policy(released: Ser
     trust = json.loads(trust) if isinstance(trust, str) else trust
     assert trust["Statement"][0]["Principal"] == {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}
     attached = iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"]
-    assert [p["PolicyName"] for p in attached] == [f"{released.name}-deploy"]
+    assert sorted(p["PolicyName"] for p in attached) == [f"{released.name}-deploy", f"{released.name}-verify"]
     expected = policy_for(cfg, "deploy", Scope(ACCOUNT, "us-east-1"), None, [], cfg.deploy_role_arn).document
-    assert policy_document(attached[0]["PolicyArn"]) == expected
+    assert policy_document(f"arn:aws:iam::{ACCOUNT}:policy/{released.name}-deploy") == expected
     assert any(s["Sid"] == "SimulateOwnPermissions" and s["Resource"] == cfg.deploy_role_arn
                for s in expected["Statement"])
 

@@ -143,14 +143,15 @@ def test_the_deploy_policy_is_the_generators_and_the_deploy_user_holds_it(
     _, resources = _stack(seeded)
     iam = aws("iam")
     cfg = load_service(seeded.yaml_path)
-    for logical, role in (("DeployPolicy", "deploy"), ("BuildPolicy", "build")):
+    for logical, role in (("DeployPolicy", "deploy"), ("BuildPolicy", "build"), ("VerifyPolicy", "verify")):
         arn = resources[logical]["PhysicalResourceId"]
         version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
         document = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
         principal = f"arn:aws:iam::{ACCOUNT}:user/{deploy_user}"  # its policy lets it simulate its own permissions
         assert document == policy_for(cfg, role, SCOPE, None, [], principal).document
     attached = iam.list_attached_user_policies(UserName=deploy_user)["AttachedPolicies"]
-    assert [p["PolicyArn"] for p in attached] == [resources["DeployPolicy"]["PhysicalResourceId"]]
+    assert sorted(p["PolicyArn"] for p in attached) == sorted(
+        resources[k]["PhysicalResourceId"] for k in ("DeployPolicy", "VerifyPolicy"))
     build_role = build_role_name(seeded.name)
     on_role = iam.list_attached_role_policies(RoleName=build_role)["AttachedPolicies"]
     assert [p["PolicyArn"] for p in on_role] == [resources["BuildPolicy"]["PhysicalResourceId"]]

@@ -19,7 +19,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from flows.cli import main
-from harness.services import ServiceUnderTest, aws, edit_config, refuse_next_call
+from harness.services import ServiceUnderTest, aws, edit_config, refuse_next_call, sync_deploy_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUST_LAMBDA = {"Version": "2012-10-17", "Statement": [
@@ -43,6 +43,7 @@ def edit_taskdef(sut: ServiceUnderTest, change: Callable[[dict[str, object]], No
     taskdef = json.loads(path.read_text())
     change(taskdef)
     path.write_text(json.dumps(taskdef, indent=2))
+    sync_deploy_policy(sut)  # the roles it names: verify may read them, releases may pass them
 
 
 @pytest.fixture

@@ -389,3 +389,37 @@ def cloudformation(policies: Sequence[Policy], name: str) -> dict[str, Any]:
                            "PolicyDocument": policy.document},
         }
     return {"AWSTemplateFormatVersion": "2010-09-09", "Resources": resources}
+
+
+def verify_policy(cfg: ServiceConfig, task_definition: dict[str, Any], scope: Scope) -> Policy:
+    """What ``ecs-pipeline verify SERVICE`` reads beyond the deploy policy (tasks/release/preflight*.py).
+
+    verify runs as the service's deploy role, so both policies go on it: a release never calls these, and
+    the deploy policy stays exactly what releases call.
+    """
+    arns, notes = Arns(cfg, scope), list[str]()
+    roles = [arns.role(str(task_definition[k])) for k in ("taskRoleArn", "executionRoleArn") if task_definition.get(k)]
+    if cfg.build.role_arn:
+        roles.append(cfg.build.role_arn)
+    if cfg.strategy.type == "ecs-native" and cfg.strategy.infrastructure_role:
+        roles.append(arns.role(cfg.strategy.infrastructure_role))
+    statements = [_statement("ReadTheCluster", ["ecs:DescribeClusters"], [arns.cluster])]
+    if roles:
+        statements.append(_statement("ReadTheRolesItNames", ["iam:GetRole"], sorted(set(roles))))
+    # Roles only AWS names: the deployment group's service role, the service's infrastructure role.
+    named_by_aws = {"codedeploy": "the CodeDeploy deployment group's service role",
+                    "ecs-native": "the service's infrastructure role (set strategy.infrastructure_role to name it)"}
+    named = cfg.strategy.type == "ecs-native" and cfg.strategy.infrastructure_role
+    if cfg.strategy.type in named_by_aws and not named:
+        statements.append(_statement("ReadTheRoleAwsNames", ["iam:GetRole"], [arns.role("*")]))
+        notes.append(f"{cfg.name}: verify reads {named_by_aws[cfg.strategy.type]}, which only AWS names: iam:GetRole "
+                     "on every role of the account (read-only); narrow ReadTheRoleAwsNames to it once known")
+    if cfg.strategy.type == "codedeploy":
+        statements.append(_statement("ReadTheCodeDeployApplication", ["codedeploy:GetApplication"],
+                                     [arns.codedeploy("application", str(cfg.codedeploy_application))]))
+    unscoped = ["logs:DescribeLogGroups"]  # lists the account's groups: AWS scopes it by no resource
+    if cfg.load_balancer is not None:  # the listeners, their rules and the target groups, which AWS cannot scope
+        unscoped += ["elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeLoadBalancers",
+                     "elasticloadbalancing:DescribeRules", "elasticloadbalancing:DescribeTargetGroups"]
+    statements.append(_statement("NoResourceLevelPermissionsVerify", unscoped, ["*"]))
+    return Policy("verify", {"Version": VERSION, "Statement": statements}, notes)
