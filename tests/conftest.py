@@ -253,6 +253,11 @@ MODULE_SECONDS = {
     "tests/test_first_contact_codedeploy.py": 80, "tests/test_first_contact_ecs_native.py": 80,
     "tests/test_rollback_command.py": 70, "tests/test_first_contact_listeners.py": 60,
     "tests/test_first_contact_task_sets.py": 30, "tests/attacks/test_attack_timeout.py": 25,
+    # added with the IAM modules (each alone, this machine): left unlisted they were handed out last, and the
+    # releases module alone then ran on one worker after the others had finished
+    "tests/test_iam_releases.py": 100, "tests/test_iam_preflight.py": 50, "tests/test_iam_verify.py": 40,
+    "tests/test_iam_deploy_role.py": 25, "tests/test_iam_enforced.py": 20, "tests/test_iam_template.py": 20,
+    "tests/test_iam_sessions.py": 8,
 }
 
 
