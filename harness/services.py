@@ -134,17 +134,31 @@ def sync_deploy_policy(sut: ServiceUnderTest) -> None:
     from flows.iam_cli import policy_for
     from tasks.release.permissions import Scope
 
+    inputs = _policy_inputs(sut)
+    if not sut.seeded or inputs == _SYNCED.get(sut.name):
+        return  # nothing the policies are generated from changed since the last sync
     try:
         cfg = sut.cfg
     except PipelineError:  # a test wrote a broken file on purpose: nothing to grant for it
         return
-    if not cfg.deploy_role_arn or not sut.seeded:
+    if not cfg.deploy_role_arn:
         return
     for role in ("deploy", "verify"):
         want = policy_for(cfg, role, Scope(ACCOUNT, "us-east-1"), None, [], cfg.deploy_role_arn).document
         arn = f"arn:aws:iam::{ACCOUNT}:policy/{cfg.ecs.service}-{role}"
         if policy_document(arn) != want:
             set_policy_document(arn, want)
+    _SYNCED[sut.name] = inputs
+
+
+_SYNCED: dict[str, str] = {}  # service -> the inputs its policies were last generated from
+
+
+def _policy_inputs(sut: ServiceUnderTest) -> str:
+    """What the generated policies depend on: the YAML, its task definition files, the repository's buildspec."""
+    own = sut.yaml_path.parent / sut.name
+    files = [sut.yaml_path, *sorted(own.glob("*")), sut.repo / "buildspec.yml"]
+    return "\0".join(f"{f}\0{f.read_text()}" for f in files if f.is_file())
 
 
 def set_traffic(sut: ServiceUnderTest, traffic: dict[str, Any]) -> None:
@@ -232,6 +246,7 @@ def make_service(
     sut = ServiceUnderTest(name, repo, yaml_path, f"http://127.0.0.1:{prod}", f"http://127.0.0.1:{test}", {})
     sut.commit("v1")
     sut.seeded = (seed or seed_service)(load_service(yaml_path))
+    _SYNCED[name] = _policy_inputs(sut)  # its stack's policies were generated from these
     MADE.append(sut)
     if strategy == "task-sets" and network:
         edit_config(sut, lambda c: c.__setitem__("network", {

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -278,12 +279,27 @@ def continue_on_timeout(sut: ServiceUnderTest) -> None:
 
 
 def narrow_test_rule(sut: ServiceUnderTest) -> None:
-    elbv2 = aws("elbv2")
-    svc = aws("ecs").describe_services(cluster=f"{sut.name}-cluster", services=[sut.name])["services"][0]
+    """The test rule forwards to blue alone. The new service's first deployment sets both rules when it
+    finishes (the sandbox, like ECS, after its bake), so the narrowing is made again until it holds."""
+    elbv2, ecs = aws("elbv2"), aws("ecs")
+    svc = ecs.describe_services(cluster=f"{sut.name}-cluster", services=[sut.name])["services"][0]
     rule = svc["loadBalancers"][0]["advancedConfiguration"]["testListenerRule"]
     blue = svc["loadBalancers"][0]["targetGroupArn"]
-    elbv2.modify_rule(RuleArn=rule, Actions=[{"Type": "forward", "ForwardConfig": {
-        "TargetGroups": [{"TargetGroupArn": blue, "Weight": 100}]}}])
+
+    def narrowed() -> bool:
+        found = elbv2.describe_rules(RuleArns=[rule])["Rules"][0]["Actions"][0]
+        groups = (found.get("ForwardConfig") or {}).get("TargetGroups") or [{"TargetGroupArn": found.get(
+            "TargetGroupArn")}]
+        return [g["TargetGroupArn"] for g in groups if g.get("Weight", 1)] == [blue] and len(groups) == 1
+
+    deadline, held_since = time.monotonic() + 90, None
+    while held_since is None or time.monotonic() - held_since < 3:
+        assert time.monotonic() < deadline, "the test rule's narrowing did not hold"
+        if not narrowed():
+            elbv2.modify_rule(RuleArn=rule, Actions=[{"Type": "forward", "ForwardConfig": {
+                "TargetGroups": [{"TargetGroupArn": blue, "Weight": 100}]}}])
+            held_since = time.monotonic()
+        time.sleep(0.3)
 
 
 STRATEGY_BROKEN = {
