@@ -263,3 +263,23 @@ MODULE_SECONDS = {
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: -MODULE_SECONDS.get(item.nodeid.split("::")[0], 0))  # stable: modules stay whole
+
+
+# -- an IAM-enforcing sandbox server of a test module's own (tests/test_iam_*.py) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def endpoint() -> Iterator[str]:
+    """A sandbox server enforcing IAM, for this module only (harness/iam.py); stopped after it."""
+    from harness.iam import enforcing_sandbox
+
+    with enforcing_sandbox() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def admin(endpoint: str) -> Any:
+    """Clients signed with that server's own keys: all-powerful with enforcement on too."""
+    from harness.iam import admin_client
+
+    return admin_client(endpoint)

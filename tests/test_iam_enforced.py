@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,7 @@ from botocore.exceptions import ClientError
 from harness.iam import CONFIG as IAM_CONFIG
 from harness.iam import (
     Client,
-    admin_client,
     client_factory,
-    enforcing_sandbox,
     put_policy,
     refused,
     requests_seen,
@@ -163,18 +161,6 @@ def test_enforcement_is_opt_in() -> None:
 
 
 # --- an enforcing sandbox of this module's own ----------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with enforcing_sandbox() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def admin(endpoint: str) -> Client:
-    """The sandbox's own keys: all-powerful with enforcement on too."""
-    return admin_client(endpoint)
-
 
 class World:
     """Two services' resources, made by the admin: ``mine`` (the deploy user's) and ``other``."""

@@ -47,9 +47,7 @@ import pytest
 from harness.iam import (
     ACCOUNT,
     Client,
-    admin_client,
     client_factory,
-    enforcing_sandbox,
     generated_deploy_policy,
     put_policy,
     refused,
@@ -119,17 +117,6 @@ def test_the_enforcer_judges_a_simulation_on_the_principal_simulated() -> None:
               "ActionNames.member.1": "ecs:DescribeServices"}
     assert needs("iam", "SimulatePrincipalPolicy", params, Where("us-east-1", ACCOUNT)) == [
         Need("iam:SimulatePrincipalPolicy", f"{USERS}/deployer")]
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with enforcing_sandbox() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def admin(endpoint: str) -> Client:
-    return admin_client(endpoint)
 
 
 # --- the sandbox's SimulatePrincipalPolicy, through real boto3 ------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,7 @@ from harness.iam import (
     ACCOUNT,
     REGION,
     Client,
-    admin_client,
     client_factory,
-    enforcing_sandbox,
     refused,
     seeding_env,
 )
@@ -56,17 +54,6 @@ SCOPE = Scope(ACCOUNT, REGION)
 
 
 # --- the module's sandbox, its identities, its services ---------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with enforcing_sandbox() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def admin(endpoint: str) -> Client:
-    return admin_client(endpoint)
-
 
 @dataclass
 class Identities:

@@ -11,14 +11,13 @@ AWS's rules, quoted from the IAM User Guide:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from moto.core.utils import utcnow
 
-from harness.iam import ACCOUNT, Client, admin_client, client_factory, enforcing_sandbox, refused, user_with_policy
+from harness.iam import ACCOUNT, Client, admin_client, client_factory, refused, user_with_policy
 from sandbox.controller.iam_sessions import expired, trust_allows
 
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/narrow-build"
@@ -30,12 +29,6 @@ READS = {"Version": "2012-10-17", "Statement": [
 def _trust(principal: Any) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": [
         {"Effect": "Allow", "Principal": principal, "Action": "sts:AssumeRole"}]})
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with enforcing_sandbox() as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
