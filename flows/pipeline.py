@@ -11,6 +11,7 @@ from prefect.states import Cancelled
 
 from tasks.aws.clients import AwsClients
 from tasks.config.models import find_service
+from tasks.core import heap
 from tasks.core.errors import PipelineError, RollbackFailed, reason_of
 from tasks.core.report import ReleaseSummary, emit
 from tasks.core.settings import Settings
@@ -32,6 +33,7 @@ def deploy_service(
 
     ALLOW_OLDER lets a person move production back to an older (or diverged) commit.
     """
+    heap.settle()
     clients = AwsClients(Settings())
     try:
         cfg = find_service(service, clients.settings.deployments)

@@ -265,6 +265,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: -MODULE_SECONDS.get(item.nodeid.split("::")[0], 0))  # stable: modules stay whole
 
 
+def pytest_collection_finish() -> None:
+    """The test modules and what they import are loaded: settle the heap as a release process does."""
+    from tasks.core import heap
+
+    heap.settle()
+
+
 # -- an IAM-enforcing sandbox server of a test module's own (tests/test_iam_*.py) ---------------------------
 
 
