@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from sandbox.engine import SandboxError
+from tasks.aws.clients import boto3_session
 from tasks.aws.errors import error_code
 from tasks.config.models import ServiceConfig
 
@@ -26,7 +26,7 @@ class Clients:
     """boto3 clients for the sandbox endpoint, made once per seed."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
-        self._session = boto3.session.Session(
+        self._session = boto3_session(  # the process's decoded models: seeding a fleet decodes each once
             aws_access_key_id=env.get("AWS_ACCESS_KEY_ID", "testing"),
             aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY", "testing"),
             region_name=env.get("AWS_REGION", "us-east-1"),

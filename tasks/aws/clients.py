@@ -49,6 +49,34 @@ _Key = tuple[Any, ...]
 _SESSIONS: dict[_Key, boto3.session.Session] = {}
 _CLIENTS: dict[tuple[_Key, str], Any] = {}
 _LOCK = threading.Lock()  # boto3 sessions are not thread-safe; the clients they make are
+_LOADER: list[Any] = []  # botocore's data loader, shared by every session of the process
+_LOADER_LOCK = threading.Lock()
+
+
+def _shared_loader(session: Any) -> None:
+    """Give SESSION (botocore's) the process's one data loader: the service models it has decoded
+    (megabytes of JSON each) serve every session, so a fleet of services, each with a role and so a
+    session of its own, decodes each model once rather than once per service."""
+    import botocore.loaders
+
+    with _LOADER_LOCK:
+        if not _LOADER:
+            _LOADER.append(botocore.loaders.create_loader())
+    session.register_component("data_loader", _LOADER[0])
+
+
+def boto3_session(botocore_session: Any = None, **kwargs: Any) -> boto3.session.Session:
+    """A boto3 session (KWARGS as boto3.session.Session takes them) whose models come from the
+    process's shared loader."""
+    import botocore.session
+
+    session = botocore_session or botocore.session.Session(profile=kwargs.pop("profile_name", None))
+    _shared_loader(session)
+    made = boto3.session.Session(botocore_session=session, **kwargs)
+    with _LOADER_LOCK:  # boto3 adds its own data path to the loader, once per session made
+        paths = _LOADER[0].search_paths
+        paths[:] = list(dict.fromkeys(paths))
+    return made
 
 
 def _aws_key(settings: Settings, role_arn: str | None = None) -> _Key:
@@ -79,7 +107,7 @@ def _session(settings: Settings, role_arn: str | None) -> boto3.session.Session:
     The role's credentials are asked for on first use and again before they expire (botocore's
     assume-role fetcher, as a profile with ``role_arn`` does), through STS at the configured endpoint.
     """
-    base = boto3.session.Session(region_name=settings.region, profile_name=settings.profile)
+    base = boto3_session(region_name=settings.region, profile_name=settings.profile)
     if not role_arn:
         return base
     import botocore.session
@@ -101,7 +129,7 @@ def _session(settings: Settings, role_arn: str | None) -> boto3.session.Session:
     assumed = botocore.session.Session()
     assumed._credentials = DeferredRefreshableCredentials(  # where botocore looks for a session's credentials
         refresh_using=fetcher.fetch_credentials, method="assume-role")
-    return boto3.session.Session(botocore_session=assumed, region_name=settings.region)
+    return boto3_session(assumed, region_name=settings.region)
 
 
 class AwsClients:
