@@ -11,6 +11,7 @@ version as the strategies that run one beside blue name it.
 
 from __future__ import annotations
 
+import os
 import ssl
 import time
 from collections import Counter
@@ -42,6 +43,29 @@ class HttpResult:
     worst_ms: float
 
 
+_TLS: dict[tuple[Any, ...], ssl.SSLContext] = {}
+
+
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """The context checks verify TLS with: CA_BUNDLE's CAs, or httpx's default trust (certifi, or
+    SSL_CERT_FILE / SSL_CERT_DIR); one per bundle and its version, shared by every check of the process.
+
+    Loading a trust store costs tens of milliseconds of CPU and a release makes hundreds of checks.
+    A context is safe to share between connections and threads; a bundle rewritten in place (a rotated
+    CA) is read again, as it is keyed by its size and modification time.
+    """
+    if ca_bundle is None:
+        key: tuple[Any, ...] = (None, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    else:
+        stat = os.stat(ca_bundle)
+        key = (ca_bundle, stat.st_size, stat.st_mtime_ns)
+    context = _TLS.get(key)
+    if context is None:
+        context = _TLS[key] = (httpx.create_ssl_context() if ca_bundle is None
+                               else ssl.create_default_context(cafile=ca_bundle))
+    return context
+
+
 @dataclass(frozen=True)
 class Reach:
     """How checks reach the service: by its own name through the listener's address.
@@ -58,8 +82,8 @@ class Reach:
     revision_header: str | None = None
     revision: str | None = None
 
-    def tls(self) -> ssl.SSLContext | bool:
-        return ssl.create_default_context(cafile=str(self.ca_bundle)) if self.ca_bundle else True
+    def tls(self) -> ssl.SSLContext:
+        return tls_context(str(self.ca_bundle) if self.ca_bundle else None)
 
 
 def reach_for(verify: Verify, base_dir: str, internal: bool = False, revision: str | None = None) -> Reach:
