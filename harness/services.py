@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import socket
 import time
@@ -40,10 +41,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_AWS: dict[tuple[str, ...], Any] = {}
+# One trust store for every probe of production, and a new connection per probe (as httpx.get opens): a
+# kept-alive connection would hold a probe to the target its first request reached.
+_HTTP = httpx.Client(timeout=5, limits=httpx.Limits(max_keepalive_connections=0))
+
+
 def aws(service: str) -> Any:
-    """A client with the pipeline's own retry policy: tests ride out throttling as real AWS needs."""
-    retries = {"mode": "standard", "total_max_attempts": DEFAULT_MAX_ATTEMPTS}
-    return boto3.client(service, config=Config(retries=retries))
+    """A client with the pipeline's own retry policy: tests ride out throttling as real AWS needs.
+
+    Made once per service and the environment's endpoint, region and key (the admin's or a user's).
+    """
+    key = (service, *(os.environ.get(k, "") for k in ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION",
+                                                        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")))
+    client = _AWS.get(key)
+    if client is None:
+        retries = {"mode": "standard", "total_max_attempts": DEFAULT_MAX_ATTEMPTS}
+        client = _AWS[key] = boto3.client(service, config=Config(retries=retries))
+    return client
 
 
 @dataclass
@@ -70,7 +85,7 @@ class ServiceUnderTest:
         return load_service(self.yaml_path)
 
     def get(self, path: str = "/") -> httpx.Response:
-        return httpx.get(self.prod_url + path, timeout=5)
+        return _HTTP.get(self.prod_url + path)
 
     def task_sets(self) -> list[dict[str, Any]]:
         cfg = self.cfg
