@@ -3,7 +3,13 @@
 ``imagedefinitions.json`` is what CodePipeline's "Amazon ECS" (rolling) deploy
 action reads; ``imageDetail.json`` is what its "Amazon ECS (Blue/Green)" action
 reads to fill ``<IMAGE1_NAME>`` in taskdef.json. Both are written exactly in
-CodePipeline's formats, as files and as Prefect artifacts.
+CodePipeline's formats, as files (``<artifacts>/<service>/``) and as Prefect
+artifacts (``<service>-imagedefinitions``, ``<service>-imagedetail``).
+
+They always name the image that serves production, since a tool that reads
+them deploys what they name: a release writes them once production is on its
+image and verified, never at build time; a rollback puts them back on the
+image production went back to; a failed release leaves them as they were.
 """
 
 from __future__ import annotations
@@ -33,8 +39,6 @@ def image_detail(image: str) -> dict[str, str]:
     return {"ImageURI": image}
 
 
-
-
 def interop_files(container: str, image: str) -> dict[str, Any]:
     """File name → content, for one release's image."""
     return {IMAGE_DEFINITIONS: image_definitions(container, image), IMAGE_DETAIL: image_detail(image)}
@@ -44,9 +48,9 @@ def _markdown(name: str, content: Any) -> str:
     return f"`{name}`, for CodePipeline's ECS deploy actions:\n\n```json\n{json.dumps(content)}\n```\n"
 
 
-@task(name="interop files", task_run_name="interop files {cfg.name}", cache_policy=NO_CACHE)
+@task(name="hand-over files", task_run_name="hand-over files {cfg.name}", cache_policy=NO_CACHE)
 def write_interop_files(cfg: ServiceConfig, image: str, artifacts_dir: Path) -> list[str]:
-    """Write imagedefinitions.json and imageDetail.json for ``image``; returns the file paths."""
+    """Write imagedefinitions.json and imageDetail.json for ``image``, the live one; returns the file paths."""
     out = artifacts_dir / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -62,5 +66,20 @@ def write_interop_files(cfg: ServiceConfig, image: str, artifacts_dir: Path) -> 
             description=f"{cfg.name}: {name}",
         )
         written.append(str(path))
-    get_run_logger().info("wrote %s", ", ".join(written))
+    get_run_logger().info("hand-over files name the live image %s: %s", image, ", ".join(written))
     return written
+
+
+def hand_over_live(cfg: ServiceConfig, image: str | None, artifacts_dir: Path) -> None:
+    """The hand-over files name IMAGE, which production now serves (None: nothing known serves: left as they are).
+
+    Files about a release never decide its outcome: a write that fails is a warning.
+    """
+    if not image:
+        return
+    try:
+        write_interop_files(cfg, image, artifacts_dir)
+    except Exception as exc:  # noqa: BLE001 - production already is where it is; the files follow it
+        get_run_logger().warning(
+            "hand-over files of %s not written (they may name another image than %s): %s", cfg.name, image, exc
+        )

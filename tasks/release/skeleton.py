@@ -32,7 +32,7 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
 from tasks.aws.clients import AwsClients
-from tasks.build.codepipeline_files import write_interop_files
+from tasks.build.codepipeline_files import hand_over_live
 from tasks.config.models import ServiceConfig
 from tasks.core.errors import AccessDenied, RollbackFailed, reason_of
 from tasks.core.report import ReleaseSummary, ShiftProgress, emit
@@ -87,6 +87,8 @@ def stages_in_order(
     with summary.stage("detect change"):  # the service as chosen, unless reconcile just changed it
         target = stages.detect_change(cfg, clients, asked.sha, None if found else run.service)
     ended = admit(run, strategy, target, asked, found, dead_run)
+    if (found and found.direction == "forward") or (ended is not None and summary.outcome == "Deployed"):
+        hand_over(run, target.live.image)  # a dead run's release, finished now: it never handed it over
     if ended is not None:
         return ended  # not newer than live, or production already runs it
     with summary.stage("build"):
@@ -96,7 +98,6 @@ def stages_in_order(
         pushed = stages.push(cfg, clients, target.sha, built, asked.force)
     with summary.stage("register task definition"):
         registered = stages.register(cfg, clients, target.sha, pushed.value, target.live.family_latest)
-    write_interop_files(cfg, pushed.value, clients.settings.artifacts_dir)
     done = [name for name, r in (("build", built), ("push", pushed), ("register", registered)) if r.done]
     summary.image, summary.task_definition = pushed.value, registered.value
     run.task_definition = registered.value
@@ -109,11 +110,14 @@ def stages_in_order(
         # Everything (cancellation and SIGTERM too) is caught only to put traffic back, then decided.
         failure = explain_denial(exc, cfg, clients)
         outcome = roll_back(strategy, run, reason_of(failure), exc)
+        if outcome is not None:
+            hand_over(run, target.live.image)  # put back on the version production went back to
         if outcome is None or not isinstance(exc, Exception):
             if failure is exc:
                 raise
             raise failure from exc
     else:  # ── past the bake: no rollback ──
+        hand_over(run, pushed.value)  # green serves and is verified: before teardown, which may fail
         run_steps(run, strategy.after_bake())  # teardown blue
         summary.outcome, summary.traffic = "Deployed", strategy.live_traffic
         outcome = Outcome(run.task_definition, traffic=strategy.live_traffic)
@@ -166,6 +170,11 @@ def approve(run: Release, strategy: Steps) -> None:
         every = max(1, round(run.clients.settings.scaled(5)))
         request_approval(run.cfg.name, run.summary.markdown(), run.cfg.approval_timeout_seconds,
                          poll_interval_seconds=every)
+
+
+def hand_over(release: Release, image: str | None) -> None:
+    """CodePipeline's hand-over files name IMAGE, what production serves now (tasks/build/codepipeline_files.py)."""
+    hand_over_live(release.cfg, image, release.clients.settings.artifacts_dir)
 
 
 def run_steps(release: Release, steps: Iterable[Step]) -> None:
@@ -247,5 +256,6 @@ def roll_back_in_flight(
     if outcome is None:
         return None
     live = stages.live_release(cfg, clients)
+    hand_over(run, live.image)
     summary.live_sha, summary.previous_task_definition = live.sha, live.task_definition
     return outcome_state(summary, outcome, [], live)
