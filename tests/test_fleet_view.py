@@ -1,0 +1,177 @@
+"""The fleet view (artifact ``fleet-live``): every service's live record in one table.
+
+Table tests of the rows and the markdown from records (no Prefect, no AWS), and
+one test through the session's real Prefect server: two services' live records
+published at the same moment both end up in the fleet view, and each service's
+view links to it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
+
+from tasks.release.fleet_view import FLEET_KEY, FleetRow, fleet_markdown, merge_rows, one_line
+from tasks.release.live_view import Failure, LiveRecord, parse_record, publish_live
+
+SHA1, SHA2 = "a" * 40, "b" * 40
+UI = "http://127.0.0.1:4200"
+RUN1, RUN2 = "deploy app@aaaaaaa|http://ui/runs/flow-run/1", "deploy app@bbbbbbb|http://ui/runs/flow-run/2"
+
+
+def live(**changes: object) -> LiveRecord:
+    """app went live at 10:00 by RUN1 (task-sets)."""
+    record = LiveRecord("app", SHA1, traffic="100% of production", since="2026-12-06 10:00:00 UTC", run=RUN1,
+                        strategy="task-sets")
+    for name, value in changes.items():
+        setattr(record, name, value)
+    return record
+
+
+def failed(at: str, outcome: str = "Rolled back", reason: str = "GET / returned 500 on 3 of 3 checks") -> Failure:
+    return Failure(SHA2, outcome, reason, RUN2, at)
+
+
+@pytest.mark.parametrize(
+    ("record", "traffic", "outcome", "run"),
+    [
+        (live(), "100% green", "Deployed", RUN1),
+        (live(last_failure=failed("2026-12-06 11:00:00 UTC")), "100% blue", "Rolled back", RUN2),
+        (live(last_failure=failed("2026-12-06 09:00:00 UTC")), "100% green", "Deployed", RUN1),  # failed before
+        (live(last_failure=failed("2026-12-06 11:00:00 UTC", "Failed", "build failed")), "100% blue", "Failed", RUN2),
+        (live(target_group="app-tg-b"), "100% green [app-tg-b]", "Deployed", RUN1),
+        (live(strategy="rolling"), "100% of production", "Deployed", RUN1),  # no blue/green to name
+        # Live before the pipeline (or by hand): nothing attempted, nothing to call blue or green.
+        (LiveRecord("app", SHA1, traffic="100% of production"), "100% of production", None, None),
+        (live(traffic="production split 50% app-tg-a / 50% app-tg-b",
+              last_failure=failed("2026-12-06 11:00:00 UTC", "Rollback failed")),
+         "production split 50% app-tg-a / 50% app-tg-b", "Rollback failed", RUN2),
+    ],
+)
+def test_a_records_row_names_the_last_attempt_and_where_production_is(
+    record: LiveRecord, traffic: str, outcome: str | None, run: str | None,
+) -> None:
+    row = record.fleet_row()
+    assert (row.traffic, row.outcome, row.run) == (traffic, outcome, run)
+    assert (row.service, row.sha, row.since) == (record.service, record.sha, record.since)
+
+
+@pytest.mark.parametrize(
+    ("traffic", "outcome", "half_way"),
+    [
+        ("100% green", "Deployed", False),
+        ("production split 50% app-tg-a / 50% app-tg-b", "Rollback failed", True),
+        ("production split 90% app-tg-a / 10% app-tg-b", "Cancelled", True),
+        ("production split 100% app-tg-a / 0% app-tg-b", "Rolled back", False),
+        ("unknown", "Rollback failed", True),  # a rollback that did not finish, wherever traffic is
+        ("unknown", None, False),
+    ],
+)
+def test_half_way_is_a_split_or_an_unfinished_rollback(traffic: str, outcome: str | None, half_way: bool) -> None:
+    assert FleetRow("app", SHA1, None, None, traffic, outcome, None, None).half_way is half_way
+
+
+def test_the_record_a_writer_published_is_in_its_table_even_when_the_read_missed_it() -> None:
+    other = LiveRecord("billing", SHA2, traffic="100% of production").fleet_row()
+    stale = live(sha=SHA2).fleet_row()  # the API still shows app's previous record
+    own = live().fleet_row()
+    assert merge_rows([stale, other], own) == [own, other]
+    assert merge_rows([other], own) == [own, other]  # not shown at all yet
+    assert merge_rows([other, stale], None) == [stale, other]  # by service name
+
+
+def test_the_table_has_one_line_per_service_with_links_and_names_the_half_way_ones_at_the_top() -> None:
+    reason = "GET / returned 500 on 3 of 3 checks | table breaker [x](http://evil) " + "and more words " * 12
+    rows = [
+        live(last_failure=failed("2026-12-06 11:00:00 UTC", reason=reason)).fleet_row(),
+        live(service="billing", traffic="production split 50% billing-a / 50% billing-b",
+             last_failure=failed("2026-12-06 11:00:00 UTC", "Rollback failed", "DescribeListeners throttled"))
+        .fleet_row(),
+    ]
+    text = fleet_markdown(merge_rows(rows, None), UI, "2026-12-06 11:00:01 UTC")
+    lines = text.splitlines()
+    assert lines[0] == "# Fleet: 2 services; half-way: billing"
+    assert lines[2] == "| service | live | live since | strategy | production traffic | last attempt | run |"
+    app = next(line for line in lines if line.startswith("| [app]"))
+    billing = next(line for line in lines if line.startswith("| [billing]"))
+    assert lines.index(app) < lines.index(billing), "rows by service name"
+    assert app.startswith(f"| [app]({UI}/artifacts/key/app-live) | `aaaaaaa` | 2026-12-06 10:00:00 UTC | task-sets |")
+    assert "| 100% blue | Rolled back: GET / returned 500 on 3 of 3 checks \\| table breaker \\[x\\]" in app
+    assert app.endswith(" … | [deploy app@bbbbbbb](http://ui/runs/flow-run/2) |"), "reason cut at a word"
+    assert len(re.findall(r"(?<!\\)\|", app)) == 8, "seven cells: a reason's | is escaped"
+    assert "| ⚠ half-way: production split 50% billing-a / 50% billing-b | Rollback failed: Describe" in billing
+    assert lines[-1].startswith("_rebuilt 2026-12-06 11:00:01 UTC from every service's `-live` record")
+    assert fleet_markdown([], None, "now").startswith("# Fleet: 0 services, none half-way")
+
+
+@pytest.mark.parametrize(
+    ("text", "cut"),
+    [
+        ("short one", "short one"), ("ten chars!", "ten chars!"),
+        ("one two three four", "one two …"),  # width 10: "one two th" would cut a word
+        ("one two\n  three", "one two …"),
+        ("abcdefghijklmnop", "abcdefghij …"),  # one word longer than the width: cut where it must
+    ],
+)
+def test_a_reason_in_a_cell_is_one_line_cut_at_a_word(text: str, cut: str) -> None:
+    assert one_line(text, 10) == cut
+
+
+def test_records_with_more_or_fewer_fields_still_read() -> None:
+    record = live(target_group="app-tg-b", last_failure=failed("2026-12-06 11:00:00 UTC"))
+    text = record.markdown(f"{UI}/artifacts/key/{FLEET_KEY}")
+    assert f"[Every service: the fleet view]({UI}/artifacts/key/fleet-live)" in text
+    assert parse_record(text) == record
+    older = text.replace(', "strategy": "task-sets", "target_group": "app-tg-b"', "")
+    assert older != text and parse_record(older) == live(strategy=None, last_failure=record.last_failure,
+                                                          updated=record.updated)
+    newer = text.replace('"strategy":', '"health": "ok", "strategy":')
+    assert newer != text and parse_record(newer) == record
+
+
+# -- through the real Prefect server ------------------------------------------------------------------
+
+
+def latest_markdown(client: SyncPrefectClient, key: str) -> str:
+    found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                  sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert found, f"no artifact {key}"
+    return str(found[0].data)
+
+
+def test_two_services_published_together_are_both_in_the_fleet_view(client: SyncPrefectClient) -> None:
+    tag = uuid.uuid4().hex[:8]
+    one = LiveRecord(f"fleet-a-{tag}", SHA1, traffic="100% of production", since="2026-12-06 10:00:00 UTC",
+                     run=RUN1, strategy="task-sets", target_group=f"fleet-a-{tag}-tg-2")
+    two = LiveRecord(f"fleet-b-{tag}", SHA2, traffic="100% of production", since="2026-12-06 09:00:00 UTC",
+                     strategy="codedeploy", last_failure=failed("2026-12-06 10:30:00 UTC"))
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def publish(record: LiveRecord) -> None:
+        try:
+            start.wait(10)
+            publish_live(record)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(r,)) for r in (one, two)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+
+    fleet = latest_markdown(client, FLEET_KEY)
+    rows = {line.split("]")[0].removeprefix("| ["): line for line in fleet.splitlines() if line.startswith("| [")}
+    assert f"| `aaaaaaa` | 2026-12-06 10:00:00 UTC | task-sets | 100% green [fleet-a-{tag}-tg-2] | Deployed |" \
+        in rows[one.service], fleet
+    assert "| codedeploy | 100% blue | Rolled back: GET / returned 500 on 3 of 3 checks |" in rows[two.service], fleet
+    assert rows[two.service].endswith("| [deploy app@bbbbbbb](http://ui/runs/flow-run/2) |")
+    assert "/artifacts/key/fleet-live)" in latest_markdown(client, f"{one.service}-live"), "each view links the fleet"
