@@ -8,6 +8,11 @@ message leads with the outcome and its reason ("Rolled back: GET / returned
 500 ..."), with a ``verdict:<slug>`` tag to search by. ``outcome_of`` reads
 the outcome back from a state.
 
+The verdict is in the runs list too, where a state's message is not: the run's
+name ends with it (``deploy sample-app@1a2b3c4 · rolled back``), and a failure
+says which stage failed when that is what a person needs first ("Build failed:
+...", "Push failed: ...", still the outcome "Failed" with its red state).
+
 The tag's name is chosen for the lists: where a run's tags do not fit, the
 UI (3.9) sorts them and shows the last ones (``+3`` hides the rest), its V2 UI
 shows the first ones as stored. ``verdict:`` sorts after ``service:``,
@@ -48,17 +53,43 @@ OUTCOME_TYPES: dict[str, StateType] = {
     "Not newer than live": StateType.CANCELLED,
 }
 _MAKE = {StateType.COMPLETED: Completed, StateType.FAILED: Failed, StateType.CANCELLED: Cancelled}
+# A "Failed" release in the stage that tells a person where to look: the verdict's words.
+FAILED_IN: dict[str, str] = {"build": "Build failed", "push": "Push failed"}
+# verdict words -> the outcome they are (what a state's message leads with -> what outcome_of says)
+VERDICTS: dict[str, str] = {o: o for o in OUTCOME_TYPES} | {words: "Failed" for words in FAILED_IN.values()}
+NAME_MARK = " · "  # between a run's name and its verdict: ``deploy sample-app@1a2b3c4 · rolled back``
+# The stage a run's release failed in, by flow run id: conclude records it, final_state words it.
+_FAILED_STAGE: dict[str, str] = {}
 # Messages of the Failed states this process returned on purpose (see ExpectedOutcomeFilter).
 _EXPECTED: set[str] = set()
 ENGINE_EXIT_LINE = "Engine execution exited with unexpected exception"
 
 
 def outcome_of(state: State[Any] | None) -> str:
-    """The release outcome a state carries: its message's lead, else the state's name."""
+    """The release outcome a state carries: its message's lead ("Build failed" is a "Failed"), else the state's name."""
     if state is None:
         return "unknown"
     lead = (state.message or "").split(":", 1)[0]
-    return lead if lead in OUTCOME_TYPES else str(state.name)
+    return VERDICTS.get(lead, str(state.name))
+
+
+def reason_in(state: State[Any] | None) -> str:
+    """What a state's message says after its verdict ("Rolled back: X" -> "X"); the whole message otherwise."""
+    message = (state.message if state is not None else None) or ""
+    lead, sep, rest = message.partition(": ")
+    return rest if sep and lead in VERDICTS else message
+
+
+def verdict_words(outcome: str, failed_stage: str | None = None) -> str:
+    """The outcome in the words a person reads first: "Build failed" for a release that failed building."""
+    if outcome == "Failed" and failed_stage in FAILED_IN:
+        return FAILED_IN[failed_stage]
+    return outcome
+
+
+def verdict_run_name(name: str, verdict: str) -> str:
+    """NAME with VERDICT at its end, in place of an earlier attempt's: ``deploy sample-app@1a2b3c4 · rolled back``."""
+    return f"{name.split(NAME_MARK, 1)[0]}{NAME_MARK}{verdict.lower()}"
 
 
 VERDICT = "verdict:"
@@ -70,30 +101,36 @@ def outcome_tag(outcome: str) -> str:
 
 
 def final_state(outcome: str, text: str, data: Any = None) -> State[Any]:
-    """A built-in state with the outcome leading its message; the run gets the outcome's tag.
+    """A built-in state with the verdict leading its message; the run gets the verdict's tag and name.
 
     A Failed or Cancelled state carries no data: the engine turns its result
     into an exception, and a dict there is an engine traceback in every log.
     """
     kind = OUTCOME_TYPES[outcome]
-    message = f"{outcome}: {text}"
+    run_id = flow_run.get_id()
+    verdict = verdict_words(outcome, _FAILED_STAGE.pop(str(run_id), None) if run_id else None)
+    message = f"{verdict}: {text}"
     if kind != StateType.COMPLETED:
         data = None
         _EXPECTED.add(message)
-    tag_run(outcome_tag(outcome))
+    tag_run(outcome_tag(verdict), verdict=verdict)
     state: State[Any] = _MAKE[kind](message=message, data=data)
     return state
 
 
-def tag_run(*tags: str) -> None:
-    """TAGS first (the V2 UI shows a run's first tags), replacing an earlier attempt's verdict."""
+def tag_run(*tags: str, verdict: str | None = None) -> None:
+    """TAGS first (the V2 UI shows a run's first tags), replacing an earlier attempt's verdict.
+
+    VERDICT: also at the end of the run's name, in the same update (the runs list shows names, not messages).
+    """
     run_id = flow_run.get_id()
     if not run_id:
         return
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(UUID(str(run_id)))
         kept = [t for t in run.tags if not t.startswith((VERDICT, _OLD_VERDICT))]
-        client.update_flow_run(run.id, tags=[*tags, *kept])
+        name = verdict_run_name(run.name, verdict) if verdict and run.name else None
+        client.update_flow_run(run.id, tags=[*tags, *kept], name=name)
 
 
 def flow_run_name() -> str:
@@ -165,7 +202,13 @@ def quiet_expected_failures() -> None:
 
 
 def conclude(summary: ReleaseSummary, live: LiveRelease | None = None) -> None:
-    """Publish the release summary and the service's live view; reporting never hides the outcome."""
+    """Publish the release summary and the service's live view; reporting never hides the outcome.
+
+    A failed release's last stage is kept for the final state's words (``verdict_words``).
+    """
+    run_id = flow_run.get_id()
+    if run_id and summary.outcome == "Failed" and summary.stage_seconds:
+        _FAILED_STAGE[str(run_id)] = list(summary.stage_seconds)[-1]
     summary.publish()
     try:
         update_live(summary, live)
