@@ -44,8 +44,8 @@ from tasks.core.errors import PipelineError
 from tasks.core.settings import Settings
 from tasks.core.waits import stop_every_release
 from tasks.release.fleet_plan import FleetSummary, ServiceResult, classify, plan_waves, select_services
-from tasks.release.outcome import outcome_of
-from tasks.release.runs import DEPLOY_DEPLOYMENT, ensure_run_tags, run_tags
+from tasks.release.outcome import outcome_of, reason_in
+from tasks.release.runs import DEPLOY_DEPLOYMENT, ensure_run_tags, fleet_run_name, run_tags
 from tasks.release.skeleton import sigterm_deferred
 from tasks.triggers.repositories import group_by_repo
 
@@ -57,7 +57,25 @@ Children = Literal["threads", "deployment"]
 THREADS: TaskRunner[PrefectFuture[Any]] = ThreadPoolTaskRunner(max_workers=MAX_THREADS)  # type: ignore[assignment]
 
 
-@flow(name="release-fleet", log_prints=True, task_runner=THREADS)
+def named_after_selection() -> str:
+    """The fleet run's name as it starts (``fleet sample-app,api @head``); ``name_fleet_run`` makes it exact."""
+    params = flow_run.get_parameters()
+    services, sha = params.get("services"), params.get("sha")
+    return fleet_run_name(services, [sha], len(services) if services else None)
+
+
+def name_fleet_run(patterns: list[str] | None, shas: dict[str, str], count: int) -> None:
+    """Once the services and their commits are known: ``fleet 20 services @a1b2c3d``."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    name = fleet_run_name(patterns, shas.values(), count)
+    if name != flow_run.get_name():
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(UUID(str(run_id)), name=name)
+
+
+@flow(name="release-fleet", flow_run_name=named_after_selection, log_prints=True, task_runner=THREADS)
 def release_fleet(
     services: list[str] | None = None,
     sha: str | None = None,
@@ -72,6 +90,7 @@ def release_fleet(
     configs = select_services(load_all_services(Settings().deployments), services)
     summary = FleetSummary(max_parallel=max_parallel, stop_on_first_failure=stop_on_first_failure)
     shas = target_shas(configs, sha, summary)
+    name_fleet_run(services, shas, len(configs))
     ready = [c.name for c in configs if c.name in shas]
     run_id, attempt = flow_run.get_id(), flow_run.get_run_count()
     for number, wave in enumerate(plan_waves(ready, max_parallel), start=1):
@@ -146,7 +165,7 @@ def release_here(service: str, sha: str, wave: int, origin: str) -> ServiceResul
     started = time.monotonic()
     state = deploy_service(service=service, sha=sha, return_state=True)
     name = outcome_of(state)
-    message = (state.message or "").removeprefix(f"{name}: ")
+    message = reason_in(state)
     run_id = state.state_details.flow_run_id
     if run_id:
         ensure_run_tags(run_id, service, sha, origin)
@@ -192,8 +211,7 @@ def result_of(service: str, sha: str, wave: int, run: FlowRun) -> ServiceResult:
     name = outcome_of(state)
     outcome = classify(str(state.type.value) if state is not None else None, name)
     seconds = run.total_run_time.total_seconds() if run.total_run_time else None
-    message = (state.message or "") if state is not None else ""
-    return ServiceResult(service, sha, wave, outcome, name, seconds, message.removeprefix(f"{name}: "), str(run.id))
+    return ServiceResult(service, sha, wave, outcome, name, seconds, reason_in(state), str(run.id))
 
 
 # -- the CLI: ecs-pipeline deploy --all | --select PATTERN ------------------------

@@ -10,7 +10,7 @@ deploys in turn.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +60,23 @@ def run_parameters(service: str, sha: str | None) -> dict[str, Any]:
     return {"service": service, "sha": sha}
 
 
+def fleet_run_name(selection: Sequence[str] | None, shas: Iterable[str | None] = (), count: int | None = None) -> str:
+    """What a fleet run releases, for the runs list: ``fleet sample-app,api @a1b2c3d``, ``fleet 20 services @head``.
+
+    SELECTION: the names or globs asked for (none: every service), shown while they fit; else COUNT services.
+    SHAS: the commits released; one commit is named, several (each service's branch head) read ``head``.
+    """
+    picked = ",".join(selection or [])
+    if picked and len(picked) <= 40:
+        what = picked
+    elif count is not None:
+        what = f"{count} service" + ("" if count == 1 else "s")
+    else:
+        what = f"{len(selection)} selections" if selection else "all services"
+    commits = {sha[:7] for sha in shas if sha}
+    return f"fleet {what} @{commits.pop() if len(commits) == 1 else 'head'}"
+
+
 def create_deploy_run(
     client: SyncPrefectClient,
     deployment_id: UUID,
@@ -94,7 +111,7 @@ def create_fleet_run(
         parameters={"services": services, "sha": sha, "origin": origin},
         tags=["fleet", f"trigger:{origin}", f"sha:{sha}"],
         idempotency_key=idempotency_key,
-        name=f"fleet-{sha[:7]}-{len(services)}",
+        name=fleet_run_name(services, [sha], len(services)),
     )
 
 
