@@ -17,8 +17,8 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
-from tasks.release.fleet_view import FLEET_KEY, FleetRow, fleet_markdown, merge_rows, one_line
-from tasks.release.live_view import Failure, LiveRecord, parse_record, publish_live
+from tasks.release.fleet_view import FLEET_KEY, FleetRow, fleet_markdown, merge_rows, one_line, read_snapshot
+from tasks.release.live_view import Failure, LiveRecord, parse_record, publish_live, row_of
 
 SHA1, SHA2 = "a" * 40, "b" * 40
 UI = "http://127.0.0.1:4200"
@@ -87,7 +87,7 @@ def test_the_record_a_writer_published_is_in_its_table_even_when_the_read_missed
 
 
 def test_the_table_has_one_line_per_service_with_links_and_names_the_half_way_ones_at_the_top() -> None:
-    reason = "GET / returned 500 on 3 of 3 checks | table breaker [x](http://evil) " + "and more words " * 12
+    reason = "GET / returned 500 on 3 of 3 checks | table breaker [x](http://evil) <img src=x> " + "and more " * 12
     rows = [
         live(last_failure=failed("2026-12-06 11:00:00 UTC", reason=reason)).fleet_row(),
         live(service="billing", traffic="production split 50% billing-a / 50% billing-b",
@@ -103,11 +103,13 @@ def test_the_table_has_one_line_per_service_with_links_and_names_the_half_way_on
     assert lines.index(app) < lines.index(billing), "rows by service name"
     assert app.startswith(f"| [app]({UI}/artifacts/key/app-live) | `aaaaaaa` | 2026-12-06 10:00:00 UTC | task-sets |")
     assert "| 100% blue | Rolled back: GET / returned 500 on 3 of 3 checks \\| table breaker \\[x\\]" in app
+    assert "\\<img src=x\\>" in app, "a reason is plain text: no HTML, no links"
     assert app.endswith(" … | [deploy app@bbbbbbb](http://ui/runs/flow-run/2) |"), "reason cut at a word"
     assert len(re.findall(r"(?<!\\)\|", app)) == 8, "seven cells: a reason's | is escaped"
     assert "| ⚠ half-way: production split 50% billing-a / 50% billing-b | Rollback failed: Describe" in billing
     assert lines[-1].startswith("_rebuilt 2026-12-06 11:00:01 UTC from every service's `-live` record")
     assert fleet_markdown([], None, "now").startswith("# Fleet: 0 services, none half-way")
+    assert "_rebuilt now from the 200 most recently updated `-live` record" in fleet_markdown([], None, "now", True)
 
 
 @pytest.mark.parametrize(
@@ -175,3 +177,7 @@ def test_two_services_published_together_are_both_in_the_fleet_view(client: Sync
     assert "| codedeploy | 100% blue | Rolled back: GET / returned 500 on 3 of 3 checks |" in rows[two.service], fleet
     assert rows[two.service].endswith("| [deploy app@bbbbbbb](http://ui/runs/flow-run/2) |")
     assert "/artifacts/key/fleet-live)" in latest_markdown(client, f"{one.service}-live"), "each view links the fleet"
+    newest = read_snapshot(client, row_of, limit=1)  # bounded: the most recently updated records only
+    assert newest.limited and [r.service for r in newest.rows] in ([one.service], [two.service]), newest
+    every = read_snapshot(client, row_of)
+    assert {one.service, two.service} <= {r.service for r in every.rows} and FLEET_KEY not in every.versions

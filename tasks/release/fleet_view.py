@@ -147,11 +147,12 @@ def read_snapshot(
     found = client.read_latest_artifacts(
         artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(like_="-live")),
         sort=ArtifactCollectionSort.UPDATED_DESC,
-        limit=limit + 1,  # the fleet view's own key may be among them
+        limit=limit + 2,  # the fleet view's own key may be among them; one more says whether any is left out
     )
-    live = [a for a in found if a.key.endswith("-live") and a.key != FLEET_KEY][:limit]
+    live = [a for a in found if a.key.endswith("-live") and a.key != FLEET_KEY]
+    limited, live = len(live) > limit, live[:limit]
     rows = [row for a in live if (row := parse_row(str(a.data)))]
-    return Snapshot({a.key: a.latest_id for a in live}, rows, limited=len(live) >= limit)
+    return Snapshot({a.key: a.latest_id for a in live}, rows, limited)
 
 
 def publish_fleet(own: FleetRow | None, parse_row: Callable[[str], FleetRow | None], updated: str) -> list[FleetRow]:
