@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 from botocore.exceptions import ClientError
 from prefect import get_run_logger
@@ -20,6 +21,7 @@ from tasks.aws.errors import error_code
 from tasks.config import appspec as appspec_mod
 from tasks.config.models import ServiceConfig, Traffic
 from tasks.core.errors import ConfigError, Conflict, DeployError
+from tasks.core.settings import Settings
 from tasks.core.waits import poll
 
 ACTIVE = ["Created", "Queued", "InProgress", "Baking", "Ready"]
@@ -46,11 +48,28 @@ class Deployment:
     resumed: bool = False
 
 
-def console_url(region: str, deployment_id: str) -> str:
-    return (
-        f"https://{region}.console.aws.amazon.com/codesuite/codedeploy/deployments/"
-        f"{deployment_id}?region={region}"
-    )
+# Endpoint hosts that are AWS's own (regional, FIPS, dual-stack): their resources are in the AWS console.
+AWS_HOSTS = (".amazonaws.com", ".api.aws")
+
+
+def aws_console(where: Settings | str) -> str | None:
+    """The AWS console of WHERE's region, or None when its AWS endpoint is not AWS (the sandbox has no console).
+
+    WHERE: the settings, or a region name (always AWS).
+    """
+    if isinstance(where, str):
+        return f"https://{where}.console.aws.amazon.com"
+    host = urlsplit(where.endpoint_url or "").hostname or ""
+    if where.endpoint_url and not host.lower().endswith(AWS_HOSTS):
+        return None
+    return f"https://{where.region}.console.aws.amazon.com"
+
+
+def console_url(where: Settings | str, deployment_id: str) -> str:
+    """The deployment's page in the AWS console; "" when there is no console (see ``aws_console``)."""
+    console = aws_console(where)
+    region = where if isinstance(where, str) else where.region
+    return f"{console}/codesuite/codedeploy/deployments/{deployment_id}?region={region}" if console else ""
 
 
 def group_settings(cfg: ServiceConfig, cd: Any) -> GroupSettings:

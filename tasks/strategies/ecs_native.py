@@ -20,6 +20,7 @@ from prefect import get_run_logger
 
 from tasks.aws import ecs as ecs_ops
 from tasks.aws.clients import AwsClients
+from tasks.aws.codedeploy import aws_console
 from tasks.aws.retry import stage
 from tasks.config.models import ServiceConfig
 from tasks.core.errors import ConfigError, DeployError, RolledBack
@@ -134,9 +135,16 @@ def in_flight(cfg: ServiceConfig, ecs: Any) -> list[dict[str, Any]]:
     return list(listed["serviceDeployments"])
 
 
-def console_url(region: str, cfg: ServiceConfig) -> str:
-    return (f"https://{region}.console.aws.amazon.com/ecs/v2/clusters/{cfg.ecs.cluster}/services/"
-            f"{cfg.ecs.service}/deployments?region={region}")
+def console_url(settings: Settings, cfg: ServiceConfig) -> str:
+    """The service's deployments in the AWS console; "" when the endpoint has none (the sandbox)."""
+    console = aws_console(settings)
+    return (f"{console}/ecs/v2/clusters/{cfg.ecs.cluster}/services/{cfg.ecs.service}/deployments"
+            f"?region={settings.region}") if console else ""
+
+
+def console_link(text: str, url: str) -> str:
+    """TEXT linked to URL in markdown; TEXT as code when there is no console to link."""
+    return f"[{text}]({url})" if url else f"`{text}`"
 
 
 @dataclass(frozen=True)
@@ -167,11 +175,11 @@ def start(cfg: ServiceConfig, clients: AwsClients, task_definition: str, sha: st
     release fails loudly; the rollback looks for it once more.
     """
     log, ecs = get_run_logger(), clients.get("ecs")
-    url = console_url(clients.settings.region, cfg)
+    url = console_url(clients.settings, cfg)
     for brief in in_flight(cfg, ecs):
         if target_task_definition(ecs, brief) == task_definition:
             arn = brief["serviceDeploymentArn"]
-            log.info("service deployment %s of %s is %s: resumed; %s", arn, task_definition, brief["status"], url)
+            log.info("service deployment %s of %s is %s: resumed %s", arn, task_definition, brief["status"], url)
             return NativeDeployment(arn, task_definition, url, resumed=True)
         log.warning("service deployment %s of another revision is in flight: this release supersedes it",
                     brief["serviceDeploymentArn"])
@@ -183,7 +191,7 @@ def start(cfg: ServiceConfig, clients: AwsClients, task_definition: str, sha: st
                        deploymentConfiguration=config)
     dep = find_started(cfg, clients, task_definition, since, known, appear_seconds)
     arn = str(dep["serviceDeploymentArn"])
-    log.info("service deployment %s started (%s): %s", arn, config["strategy"], url)
+    log.info("service deployment %s started (%s) %s", arn, config["strategy"], url)
     return NativeDeployment(arn, task_definition, url, since=since, known=known)
 
 
@@ -202,8 +210,8 @@ def find_started(cfg: ServiceConfig, clients: AwsClients, task_definition: str, 
         raise DeployError(
             f"UpdateService to {task_definition.rsplit('/', 1)[-1]} was accepted, but ECS listed no service "
             f"deployment of it (ListServiceDeployments, created after {since:%H:%M:%S} UTC) within {seconds:.0f}s; "
-            f"the release cannot follow or verify a deployment it cannot see. Check the service's events in "
-            f"{console_url(clients.settings.region, cfg)}", service=cfg.name) from exc
+            f"the release cannot follow or verify a deployment it cannot see. Check the service's events "
+            f"(DescribeServices) {console_url(clients.settings, cfg)}".rstrip(), service=cfg.name) from exc
     return found
 
 
@@ -346,7 +354,7 @@ class EcsNativeSteps(LoadBalanced):
         r = self.release
         self.sent = (datetime.now(UTC) - CLOCK_SKEW, frozenset())
         self.dep = dep = start(self.cfg, self.clients, r.task_definition, r.sha, self.budgets.appear)
-        r.note(f"ECS service deployment [{dep.arn.rsplit('/', 1)[-1]}]({dep.url})"
+        r.note(f"ECS service deployment {console_link(dep.arn.rsplit('/', 1)[-1], dep.url)}"
                f"{' (resumed)' if dep.resumed else ''}")
 
     def _scale_up(self) -> None:
@@ -410,7 +418,7 @@ class EcsNativeSteps(LoadBalanced):
         except DeployError:
             get_run_logger().warning("UpdateService to %s was sent but ECS lists no service deployment of it", td)
             return None
-        return NativeDeployment(str(found["serviceDeploymentArn"]), td, console_url(self.clients.settings.region,
+        return NativeDeployment(str(found["serviceDeploymentArn"]), td, console_url(self.clients.settings,
                                                                                     self.cfg))
 
     def reconcile(self) -> Reconciled | None:
@@ -420,7 +428,7 @@ class EcsNativeSteps(LoadBalanced):
             info = describe(ecs, brief["serviceDeploymentArn"])
             if info["status"] == "IN_PROGRESS" and at_or_after(info, "POST_PRODUCTION_TRAFFIC_SHIFT"):
                 td = target_task_definition(ecs, info)
-                dep = NativeDeployment(info["serviceDeploymentArn"], td, console_url(self.clients.settings.region,
+                dep = NativeDeployment(info["serviceDeploymentArn"], td, console_url(self.clients.settings,
                                                                                      self.cfg), True)
                 get_run_logger().warning("following service deployment %s (%s), in flight when this run started",
                                          dep.arn, info["lifecycleStage"])
@@ -434,7 +442,7 @@ class EcsNativeSteps(LoadBalanced):
         ecs = self.clients.get("ecs")
         for brief in in_flight(self.cfg, ecs):
             td = target_task_definition(ecs, brief)
-            url = console_url(self.clients.settings.region, self.cfg)
+            url = console_url(self.clients.settings, self.cfg)
             self.dep = NativeDeployment(brief["serviceDeploymentArn"], td, url, resumed=True)
             self.release.task_definition = td
             return (f"ECS service deployment {self.dep.arn.rsplit('/', 1)[-1]} of {td.rsplit('/', 1)[-1]} "
