@@ -85,7 +85,18 @@ def release_fleet(
     origin: str = "fleet",
     children: Children = "threads",
 ) -> State[Any]:
-    """Release SERVICES (names or globs; all when empty) at SHA (default: each branch head), in waves."""
+    """Release SERVICES (names or globs; all when empty) at SHA (default: each branch head), in waves.
+
+    Args:
+        services: Services to release, by name or glob (e.g. shop-*). Empty: every service in deployments/.
+        sha: The commit to release in every service. Empty: each service's branch head.
+        max_parallel: How many services are released at once (one wave).
+        stop_on_first_failure: Hold the later waves once a service failed (they are listed as held).
+        deployment_name: The deploy-service deployment that runs each service when children is deployment.
+        origin: What started the fleet, kept as each service run's trigger tag (fleet, push, cli).
+        children: threads: every service in this run's process; deployment: each as a deploy-service run
+            on whichever worker is free.
+    """
     log = get_run_logger()
     configs = select_services(load_all_services(Settings().deployments), services)
     summary = FleetSummary(max_parallel=max_parallel, stop_on_first_failure=stop_on_first_failure)

@@ -31,7 +31,12 @@ def deploy_service(
 ) -> State[Any]:
     """Detect, build, push, register, deploy green, verify, shift, bake, teardown blue.
 
-    ALLOW_OLDER lets a person move production back to an older (or diverged) commit.
+    Args:
+        service: The service to release: the `name` in its file under deployments/ (e.g. sample-app).
+        sha: The commit to release, full or short. Empty: the head of the service's branch.
+        force: Build and release even when production already runs this commit.
+        allow_older: Allow moving production back to an older (or diverged) commit: an explicit step
+            back, as `ecs-pipeline rollback` asks for. Without it a run never moves production back.
     """
     heap.settle()
     clients = AwsClients(Settings())
