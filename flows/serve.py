@@ -13,6 +13,7 @@ import contextlib
 from typing import Any
 
 from prefect.client.orchestration import get_client
+from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectNotFound, TerminationSignal
 from prefect.flows import _display_serve_start_message
 from prefect.runner import Runner
@@ -24,7 +25,54 @@ from flows.runner import FinishingRunner, served_description
 from tasks.core.errors import ConfigError
 
 DEPLOY_SERVICE = "deploy-service/deploy-service"
-DEPLOY_SUMMARY = "Release one service: detect, build, push, register, blue/green, verify, teardown."
+RELEASE_FLEET = "release-fleet/release-fleet"
+DEPLOY_SUMMARY = (
+    "Releases one service. It builds the commit into an image, pushes it, registers a task definition, "
+    "starts the new version (green) beside the live one (blue), checks it, moves production traffic to it, "
+    "and removes blue after the bake. If anything fails before that, production stays on blue (or goes back "
+    'to it) and the run ends Failed, its message saying what happened ("Rolled back: ...", "Build failed: '
+    '...").\n\n'
+    "Who starts it: pushes (`ecs-pipeline webhook serve` receives them), polling (the poll-changes "
+    "deployment), and people here with **Run**, then **Custom run** (`service` is required; an empty `sha` "
+    "means the branch head). **Retry** on a failed run releases the same commit again and skips what is "
+    "already done. `ecs-pipeline deploy SERVICE` runs the same flow in its own process instead."
+)
+FLEET_SUMMARY = (
+    "Releases many services at once: each is a deploy-service release, in waves of `max_parallel`, with one "
+    "`fleet-release` summary artifact.\n\n"
+    "Who starts it: a push to a repository several services are built from (`ecs-pipeline webhook serve` starts "
+    "one fleet run for all of them), or a person here with **Run** (an empty `services` means every service in "
+    "deployments/). `ecs-pipeline deploy --all` runs the same flow in its own process instead."
+)
+POLL_SUMMARY = (
+    "For repositories that cannot send webhooks: every {seconds} seconds it asks each repository for its branch "
+    "heads and starts deploy-service for each service whose head is not what production runs. A commit that "
+    "already has a run is not started again."
+)
+
+
+def typed_parameters(schema: dict[str, Any]) -> dict[str, Any]:
+    """SCHEMA with each optional parameter (``sha: str | None = None``) written as its type, for the UI.
+
+    The UI's parameter table shows a parameter's ``type`` only, and pydantic writes an optional one as
+    ``anyOf: [type, null]`` with ``default: null``: no type shown. Written as its type without a default,
+    Prefect's validation of a run's parameters still accepts null (it reads a typed, not required
+    parameter without a default as ``anyOf: [type, null]``), and the run's default is still None.
+    """
+    for prop in schema.get("properties", {}).values():
+        options = prop.get("anyOf") or []
+        kinds = [o for o in options if o.get("type") != "null"]
+        if len(options) == 2 and len(kinds) == 1 and "type" in kinds[0] and prop.get("default", 0) is None:
+            del prop["anyOf"], prop["default"]
+            prop.update(kinds[0])
+    return schema
+
+
+def with_typed_parameters(deployment: RunnerDeployment) -> RunnerDeployment:
+    """The deployment, its parameter schema as ``typed_parameters`` writes it (Prefect keeps it private)."""
+    schema = deployment._parameter_openapi_schema
+    schema.properties = typed_parameters(schema.model_dump())["properties"]
+    return deployment
 
 
 def refuse_work_pool_deployments(names: list[str]) -> None:
@@ -54,19 +102,20 @@ def serve_flows(poll_interval_seconds: int | None = None, limit: int = 8) -> Non
             name="deploy-service", description=served_description(DEPLOY_SUMMARY), tags=["ecs-pipeline"]
         ),
         release_fleet.to_deployment(
-            name="release-fleet",
-            description="Release many services as deploy-service runs, in waves.",
-            tags=["ecs-pipeline", "fleet"],
+            name="release-fleet", description=served_description(FLEET_SUMMARY), tags=["ecs-pipeline", "fleet"]
         ),
     ]
     if poll_interval_seconds:
         deployments.append(
             poll_changes.to_deployment(
-                name="poll-changes", interval=poll_interval_seconds, tags=["ecs-pipeline"]
+                name="poll-changes", interval=poll_interval_seconds, tags=["ecs-pipeline"],
+                description=POLL_SUMMARY.format(seconds=poll_interval_seconds),
             )
         )
+    deployments = [with_typed_parameters(d) for d in deployments]
     refuse_work_pool_deployments([d.full_name for d in deployments])
-    runner: Runner = FinishingRunner(limit=limit, summaries={DEPLOY_SERVICE: DEPLOY_SUMMARY})
+    summaries = {DEPLOY_SERVICE: DEPLOY_SUMMARY, RELEASE_FLEET: FLEET_SUMMARY}
+    runner: Runner = FinishingRunner(limit=limit, summaries=summaries)
     for deployment in deployments:
         runner.add_deployment(deployment)
     _display_serve_start_message(*deployments)
