@@ -361,11 +361,11 @@ def test_iam_all_and_cfn_and_errors() -> None:
     assert account.returncode == 2 and "--account '12': an AWS account is 12 digits" in account.stderr
 
 
-def test_the_readme_shows_the_sample_apps_stored_policy() -> None:
-    """README's policy block is the stored expected document, so the two cannot drift apart."""
-    readme = (ROOT / "README.md").read_text()
+def test_the_permissions_page_shows_the_sample_apps_stored_policy() -> None:
+    """docs/permissions.md's policy block is the stored expected document, so the two cannot drift apart."""
+    page = (ROOT / "docs" / "permissions.md").read_text()
     marker = "tests/fixtures/iam/sample-app-deploy.json; a test compares this block with it"
-    block = readme[readme.index(marker):]
+    block = page[page.index(marker):]
     shown = block[block.index("```json\n") + len("```json\n"):block.index("\n```\n")]
     stored = (ROOT / "tests" / "fixtures" / "iam" / "sample-app-deploy.json").read_text()
     assert json.loads(shown) == json.loads(stored)

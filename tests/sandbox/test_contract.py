@@ -73,7 +73,8 @@ def used_operations() -> set[str]:
     session = botocore.session.get_session()
     known = {xform_name(op) for svc in READS for op in session.get_service_model(svc).operation_names}
     found: set[str] = set()
-    for path in [*(ROOT / "flows").rglob("*.py"), *(ROOT / "tasks").rglob("*.py"), ROOT / "README.md"]:
+    for path in [*(ROOT / "flows").rglob("*.py"), *(ROOT / "tasks").rglob("*.py"), ROOT / "README.md",
+                 *(ROOT / "docs").glob("*.md")]:
         text = path.read_text()
         names = re.findall(r"\.([a-z][a-z0-9_]+)\(", text) + re.findall(r"get_paginator\(\"([a-z0-9_]+)\"", text)
         names += [op.replace("-", "_") for op in re.findall(r"\baws [a-z0-9]+ ([a-z][a-z0-9-]+)", text)]
