@@ -20,7 +20,14 @@ from flows.serve import typed_parameters
 from tasks.aws.codedeploy import console_url as codedeploy_console
 from tasks.config.models import parse_service
 from tasks.core.settings import Settings
-from tasks.release.outcome import outcome_of, outcome_tag, reason_in, verdict_run_name, verdict_words
+from tasks.release.outcome import (
+    outcome_of,
+    outcome_tag,
+    reason_in,
+    release_name,
+    verdict_run_name,
+    verdict_words,
+)
 from tasks.release.runs import fleet_run_name
 from tasks.strategies.ecs_native import console_link
 from tasks.strategies.ecs_native import console_url as native_console
@@ -46,6 +53,7 @@ def test_a_failure_says_which_stage_when_that_is_where_to_look(outcome: str, sta
 def test_the_run_name_ends_with_the_verdict_once(name: str, verdict: str, named: str) -> None:
     """A retried run replaces its earlier attempt's verdict."""
     assert verdict_run_name(name, verdict) == named
+    assert release_name(named) == release_name(name) == name.split(" · ")[0]
 
 
 @pytest.mark.parametrize(

@@ -89,7 +89,12 @@ def verdict_words(outcome: str, failed_stage: str | None = None) -> str:
 
 def verdict_run_name(name: str, verdict: str) -> str:
     """NAME with VERDICT at its end, in place of an earlier attempt's: ``deploy sample-app@1a2b3c4 · rolled back``."""
-    return f"{name.split(NAME_MARK, 1)[0]}{NAME_MARK}{verdict.lower()}"
+    return f"{release_name(name)}{NAME_MARK}{verdict.lower()}"
+
+
+def release_name(name: str) -> str:
+    """A run's name without its verdict (``deploy sample-app@1a2b3c4``), for a list with an outcome column."""
+    return name.split(NAME_MARK, 1)[0]
 
 
 VERDICT = "verdict:"
