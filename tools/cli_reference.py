@@ -26,8 +26,8 @@ HEADER = """\
      Regenerate: python tools/cli_reference.py -->
 
 Run as `ecs-pipeline COMMAND ...` (from a checkout: `uv run ecs-pipeline ...`). Every command
-but `sandbox` first prints on stderr where its AWS calls and Prefect runs go (`aws:`, `prefect:`,
-`env:` lines), so stdout stays parseable for `render`, `iam` and `--json`.
+but `sandbox` first prints on stderr where its AWS calls and Prefect runs go (its `aws:` and
+`prefect:` lines), so stdout stays parseable for `render`, `iam` and `--json`.
 
 Exit codes, for every command:
 
