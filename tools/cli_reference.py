@@ -32,11 +32,13 @@ but `sandbox` first prints on stderr where its AWS calls and Prefect runs go (it
 Exit codes, for every command:
 
 - **0**: done: released, nothing to do, checked ok, printed.
-- **1**: the release did not go live (failed, rolled back, refused as not newer than live,
-  superseded, cancelled); `diff --exit-code` found differences; `verify` found something
-  missing or wrong; `poll` could not read a repository; `approve` found no run waiting.
-- **2**: the command refused its input before starting anything: a bad flag, no such service,
-  an invalid service YAML or setting, AWS refusing the caller's identity.
+- **1**: the release (or `rollback`) did not go live: failed, rolled back, refused as not newer
+  than live, superseded, cancelled; a run that could not load its service file is such a failed
+  run. `diff --exit-code` found differences; `verify` found something missing or wrong; `poll`
+  could not read a repository; `approve` found no run waiting.
+- **2**: the command refused its input before starting anything: a bad flag, a service file it
+  could not load (`render`, `diff`, `status`, `verify`, `iam`, `migrate`, `deploy --dry-run`), an
+  invalid setting, a webhook secret `webhook serve` cannot read, AWS refusing the caller's identity.
 """
 
 
