@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from pathlib import Path
 
@@ -161,7 +160,6 @@ def _section(name: str, summary: str, parser: argparse.ArgumentParser, depth: in
 
 def render() -> str:
     """docs/commands.md as the parser describes the CLI now."""
-    os.environ.setdefault("COLUMNS", "100")
     parser = _parser()
     commands = _subcommands(parser)
     lines = [HEADER, "Commands:", ""]
