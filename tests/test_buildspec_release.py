@@ -68,6 +68,8 @@ def test_failing_tests_stop_the_release_before_any_push(
 
     assert state.is_failed()
     message = state.message or ""
+    failing = "1 of 5 tests failed: sample-app.root_answers_200 (GET / answers 500 Internal Server Error)"
+    assert message.splitlines()[0].endswith(f": {failing}; test report: artifact {sut.name}-tests-unit"), message
     assert "buildspec failed in phase pre_build: command `sh tests/run.sh reports/junit.xml` exited 1" in message
     assert "FAIL root_answers_200: GET / answers 500 Internal Server Error" in message
     assert image_tags(sut.name) == tags, "no image pushed"
@@ -75,9 +77,14 @@ def test_failing_tests_stop_the_release_before_any_push(
     mutating = [r for r in request_log(since)["requests"] if r["mutating"] and r["service"] in ("ecs", "ecr")]
     assert mutating == []
     report = artifacts(f"{sut.name}-tests-unit")
-    assert "4 passed, 1 failed" in report and "sample-app.root_answers_200" in report
+    assert report.startswith(f"{sut.name} tests (unit): {failing}; 4 passed, 1 failed"), report
+    assert '"time not reported"' in report and "0.000" not in report, "the sample app's JUnit file has no times"
     summary = artifacts(f"{sut.name}-release")
-    assert "phase pre_build" in summary and "Failed" in summary
+    # The description (what lists show) and the table's Reason cell: the failing test, cut at a word.
+    assert summary.startswith(f"{sut.name}@{sha[:7]}: Failed: {failing}; test report: artifact {sut.name}-tests-unit"
+                              " … (full reason in the summary) "), summary
+    assert f"| Reason | {failing} … (reason below) |" in summary
+    assert "- buildspec failed in phase pre_build" in summary, "the whole reason below the table, a line each"
     lines = [record.getMessage() for record in caplog.records]
     assert "testing with ***" in lines
     assert all(secret not in text for text in [*lines, message, report, summary])
@@ -99,7 +106,7 @@ def test_buildspec_image_is_deployed_by_digest_and_a_rerun_skips_the_build(
     assert sorted(pushed["imageTags"]) == sorted([sha[:7], sha]), "the pipeline tagged it with the full SHA"
     summary = artifacts(f"{sut.name}-release")
     assert f"exported IMAGE_TAG={sha[:7]}" in summary, "exported variables are in the release summary"
-    assert "5 passed, 0 failed" in artifacts(f"{sut.name}-tests-sample-app-tests")
+    assert "5 passed, 0 failed" in artifacts(f"{sut.name}-tests-sample-app"), "group sample-app-tests: tests once"
 
     rerun = deploy_service(sut.name, sha=sha, return_state=True)
 

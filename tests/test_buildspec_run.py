@@ -188,7 +188,7 @@ def test_a_missing_parameter_is_named(run: Run, cfg: ServiceConfig) -> None:
 
 
 def test_junit_report_becomes_a_table_artifact(run: Run, cfg: ServiceConfig) -> None:
-    cases = ('<testcase classname="app" name="test_ok"/>'
+    cases = ('<testcase classname="app" name="test_ok" time="0.25"/>'
              '<testcase classname="app" name="test_root"><failure message="GET / answered 500"/></testcase>')
     message = run.failed({
         "phases": {"pre_build": {"commands": [
@@ -196,10 +196,15 @@ def test_junit_report_becomes_a_table_artifact(run: Run, cfg: ServiceConfig) -> 
             "> out/unit/junit.xml", "false"]}},
         "reports": {"unit tests": {"files": ["**/*.xml"], "base-directory": "out"}},
     })
-    assert "phase pre_build" in message
-    table = artifact_text(f"{cfg.name}-tests-unit-tests")
+    key = f"{cfg.name}-tests-unit"  # one key: the group's words less the word "tests"
+    assert message.startswith(f"1 of 2 tests failed: app.test_root (GET / answered 500); test report: artifact {key}\n"
+                              "buildspec failed in phase pre_build"), "the failing test leads the reason"
+    table = artifact_text(key)
+    assert table.startswith(f"{cfg.name} tests (unit tests): 1 of 2 tests failed: app.test_root (GET / answered 500); "
+                            "1 passed, 1 failed, 0 skipped "), "the description leads with the failing test too"
     assert table.index("app.test_root") < table.index("app.test_ok")
     assert "GET / answered 500" in table and '"failed"' in table and '"passed"' in table
+    assert '"0.250 s"' in table and '"time not reported"' in table, "times as the JUnit file gives them"
 
 
 def test_artifacts_files_are_collected(run: Run, cfg: ServiceConfig) -> None:

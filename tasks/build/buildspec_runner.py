@@ -61,7 +61,7 @@ from tasks.config.buildspec import BuildSpec, Files, Phase, load_buildspec
 from tasks.config.inputs import confined, read_text
 from tasks.config.models import ServiceConfig
 from tasks.core.errors import BuildError
-from tasks.core.report import artifact_key, markdown_text
+from tasks.core.report import junit_artifact_key, markdown_text, shorten
 
 Log = Callable[[str], None]
 TAIL_LINES = 15
@@ -135,6 +135,7 @@ class BuildRun:
     exported: dict[str, str] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
     reports: list[junit.Report] = field(default_factory=list)
+    report_keys: dict[str, str] = field(default_factory=dict)  # report group: its table artifact's key
     image_definitions: list[dict[str, Any]] | None = None
     stopped_in: str | None = None  # the phase whose failure ended the build
 
@@ -149,7 +150,7 @@ class BuildRun:
     def notes(self) -> list[str]:
         """For the release summary (markdown): what the build wrote is escaped there, as plain text."""
         out = [f"buildspec: {', '.join(f'{p} {s}' for p, s in self.phases)}"]
-        out += [markdown_text(f"tests ({r.group}): {r.headline()}") for r in self.reports]
+        out += [markdown_text(f"tests ({r.group}): {r.lead()}") for r in self.reports]
         out += [markdown_text(f"exported {k}={v}") for k, v in self.exported.items()]
         return out
 
@@ -393,19 +394,34 @@ def _linked(path: Path, base: Path) -> bool:
     return False
 
 
+REPORT_DESCRIPTION_CHARS = 300
+
+
 def publish_reports(cfg: ServiceConfig, spec: BuildSpec, src: Path, mask: Masker, result: BuildRun) -> None:
-    """Each JUnit report group as a Prefect table artifact: failing tests first, with their messages."""
+    """Each JUnit report group as a Prefect table artifact: failing tests first, with their messages and times.
+
+    The description leads with the failing tests too, cut at a word: a list of artifacts shows only it.
+    """
     for group, files in spec.reports.items():
         paths = [p for p, _ in matching_files(src, files, f"reports.{group}.files")]
         report = junit.read_report(group, paths)
         result.reports.append(report)
+        key = junit_artifact_key(cfg.name, group, result.report_keys.values())
+        result.report_keys[group] = key
         rows = [{k: mask(v) for k, v in row.items()} for row in report.rows()]
-        safe = "".join(c if c.isalnum() else "-" for c in group.lower()).strip("-") or "report"
+        lead = report.lead() + ("" if not report.failing() else f"; {report.headline()}")
         create_table_artifact(
-            table=rows or [{"test": "(no test cases found)", "status": "", "seconds": "", "message": ""}],
-            key=artifact_key(cfg.name, f"tests-{safe}"),
-            description=mask(f"{cfg.name} test report {group}: {report.headline()}"),
+            table=rows or [{"status": "", "test": "(no test cases found)", "time": "", "message": ""}],
+            key=key,
+            description=markdown_text(mask(f"{cfg.name} tests ({group}): "
+                                           + shorten(lead, REPORT_DESCRIPTION_CHARS, "(all in the table)"))),
         )
+
+
+def failed_tests(result: BuildRun) -> list[str]:
+    """A line for each report with failing tests, to lead a failed build's message (masked by the caller)."""
+    return [f"{r.lead()}; test report: artifact {result.report_keys.get(r.group, r.group)}"
+            for r in result.reports if r.failing()]
 
 
 def copy_artifacts(cfg: ServiceConfig, spec: BuildSpec, src: Path, out_dir: Path, result: BuildRun) -> Path | None:
@@ -501,7 +517,8 @@ def hand_back(cfg: ServiceConfig, clients: AwsClients, spec: BuildSpec, src: Pat
         kept = f"\nartifacts of the failed build (no hand-over): {where}" if where is not None else ""
         if kept:
             log(kept.strip())
-        raise BuildError(result.failure.message() + kept, service=cfg.name)
+        tests = "".join(f"{mask(line)}\n" for line in failed_tests(result))
+        raise BuildError(tests + result.failure.message() + kept, service=cfg.name)
     copy_artifacts(cfg, spec, src, out, result)
     read_image_definitions(src, result)
     return result

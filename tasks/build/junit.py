@@ -1,17 +1,26 @@
 """JUnit XML test reports (CodeBuild's JUNITXML report format) read into rows a person can scan.
 
 Pure: files in, data out. Failing tests come first, with their message, so the
-table artifact answers "what broke" without opening the XML.
+table artifact answers "what broke" without opening the XML. A testcase's time
+is its ``time`` attribute; a file without one says "time not reported" rather
+than a time nobody measured.
 """
 
 from __future__ import annotations
 
+import math
+import textwrap
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 MESSAGE_CHARS = 500
+# A table cell shows one line, cut at the page's edge: longer messages go on in rows of their own.
+MESSAGE_WIDTH = 80
+NAMED_FAILURES = 3  # failing tests named in a one-line lead; the rest are counted
+NO_TIME = "time not reported"
+_ORDER = {"failed": 0, "error": 0, "skipped": 1, "passed": 2}
 
 
 @dataclass(frozen=True)
@@ -19,8 +28,16 @@ class Case:
     suite: str
     name: str
     status: str  # passed | failed | error | skipped
-    seconds: float = 0.0
+    seconds: float | None = None  # None: the file gives no time for it
     message: str = ""
+
+    @property
+    def title(self) -> str:
+        return f"{self.suite}.{self.name}" if self.suite else self.name
+
+    @property
+    def failing(self) -> bool:
+        return self.status in ("failed", "error")
 
 
 @dataclass
@@ -33,26 +50,46 @@ class Report:
     def counts(self) -> Counter[str]:
         return Counter(c.status for c in self.cases)
 
+    def failing(self) -> list[Case]:
+        return [c for c in self.cases if c.failing]
+
     def headline(self) -> str:
         n = self.counts
         text = f"{n['passed']} passed, {n['failed'] + n['error']} failed, {n['skipped']} skipped"
         return text + (f" ({len(self.unreadable)} unreadable file(s))" if self.unreadable else "")
 
+    def lead(self) -> str:
+        """One line, the failing tests first: ``1 of 5 tests failed: app.root (GET / answered 500)``."""
+        failing = self.failing()
+        if not failing:
+            return self.headline()
+        named = [f"{c.title} ({c.message})" if c.message else c.title for c in failing[:NAMED_FAILURES]]
+        more = len(failing) - len(named)
+        tail = f" and {more} more" if more else ""
+        return f"{len(failing)} of {len(self.cases)} tests failed: {'; '.join(named)}{tail}"
+
     def rows(self) -> list[dict[str, str]]:
-        order = {"failed": 0, "error": 0, "skipped": 1, "passed": 2}
-        ordered = sorted(self.cases, key=lambda c: order.get(c.status, 3))
-        return [
-            {"test": f"{c.suite}.{c.name}" if c.suite else c.name, "status": c.status,
-             "seconds": f"{c.seconds:.3f}", "message": c.message}
-            for c in ordered
-        ]
+        """Failing tests first; a long message continues in rows with only a message."""
+        ordered = sorted(self.cases, key=lambda c: _ORDER.get(c.status, 3))
+        out: list[dict[str, str]] = []
+        for c in ordered:
+            first, *rest = textwrap.wrap(c.message, MESSAGE_WIDTH, break_on_hyphens=False) or [""]
+            out.append({"status": c.status, "test": c.title, "time": time_text(c.seconds), "message": first})
+            out += [{"status": "", "test": "", "time": "", "message": line} for line in rest]
+        return out
 
 
-def _seconds(value: str | None) -> float:
+def time_text(seconds: float | None) -> str:
+    return NO_TIME if seconds is None else f"{seconds:.3f} s"
+
+
+def read_seconds(value: str | None) -> float | None:
+    """A testcase's ``time`` attribute (``1,234.5`` as some tools write it); None when absent or not a time."""
     try:
-        return float(value or 0)
+        seconds = float((value or "").replace(",", ""))
     except ValueError:
-        return 0.0
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _case(element: ET.Element, suite: str) -> Case:
@@ -65,7 +102,7 @@ def _case(element: ET.Element, suite: str) -> Case:
             message = " ".join(text.split())[:MESSAGE_CHARS]
             break
     return Case(element.get("classname") or suite, element.get("name") or "(unnamed)", status,
-                _seconds(element.get("time")), message)
+                read_seconds(element.get("time")), message)
 
 
 def read_cases(path: Path) -> list[Case]:

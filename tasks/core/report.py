@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,6 +77,47 @@ def artifact_key(service: str, kind: str) -> str:
     return f"{safe}-{kind}"
 
 
+def junit_artifact_key(service: str, group: str, taken: Iterable[str] = ()) -> str:
+    """``<service>-tests``, then what the report group's name adds to that: group ``unit`` of sample-app is
+    ``sample-app-tests-unit``; ``sample-app-tests`` (and ``tests``) is ``sample-app-tests``, not the name twice.
+
+    TAKEN: the keys of the build's other groups; a group whose key one of them has already gets a number (``-2``).
+    """
+    words = [w for w in "".join(c if c.isalnum() else "-" for c in group.lower()).split("-") if w]
+    own = [w for w in "".join(c if c.isalnum() else "-" for c in service.lower()).split("-") if w]
+    if own and words[:len(own)] == own:
+        words = words[len(own):]
+    key = artifact_key(service, "-".join(["tests", *[w for w in words if w not in ("test", "tests")]]))
+    used, found, n = set(taken), key, 1
+    while found in used:
+        n += 1
+        found = f"{key}-{n}"
+    return found
+
+
+ELLIPSIS = " …"
+
+
+def shorten(text: str, limit: int, more: str = "") -> str:
+    """TEXT's first line in at most LIMIT characters, cut after a clause (``; ``) or else at a word, never
+    inside one; when anything is left out, `` …`` and MORE (where the rest is) follow. A first word longer
+    than LIMIT is cut at LIMIT."""
+    lines = text.strip().splitlines() or [""]
+    first = " ".join(lines[0].split())
+    if len(first) <= limit and len(lines) == 1:
+        return first
+    if len(first) > limit:
+        room = first[:limit + 1]
+        clause, word = room.rfind("; "), room.rfind(" ")
+        cut = clause if clause > limit // 2 else word if word > 0 else limit
+        first = first[:cut].rstrip(" ,;:(")
+    return first + ELLIPSIS + (f" {more}" if more else "")
+
+
+REASON_CELL = 100  # characters of the reason in the summary's table: a table cell is one line, cut at the page
+DESCRIPTION_CHARS = 200
+
+
 @dataclass
 class ReleaseSummary:
     """Everything the release summary artifact shows; filled in as stages finish."""
@@ -117,11 +158,14 @@ class ReleaseSummary:
             ("Production traffic", self.traffic),
             ("Live commit", f"`{self.live_sha[:12]}`" if self.live_sha else "-"),
         ]
+        cell = shorten(self.reason or "", REASON_CELL, "(reason below)")
         if self.reason:
-            rows.insert(2, ("Reason", markdown_text(self.reason)))
+            rows.insert(2, ("Reason", markdown_text(cell)))
         release = f"{self.service}@{self.sha[:7]}" if self.sha else self.service
         lines = [f"# {release}: {self.outcome}", "", "| | |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in rows]
+        if self.reason and cell != " ".join(self.reason.split()):
+            lines += ["", "**Reason**", "", *reason_lines(self.reason)]
         lines += ["", "| stage | seconds |", "|---|---:|"]
         lines += [f"| {k} | {v:.2f} |" for k, v in self.stage_seconds.items()]
         if self.notes:
@@ -132,9 +176,20 @@ class ReleaseSummary:
         create_markdown_artifact(
             key=artifact_key(self.service, "release"),
             markdown=self.markdown(),
-            description=f"{self.service}@{(self.sha or '?')[:7]}: {self.outcome}"
-            + (f": {self.reason[:200]}" if self.reason else ""),
+            description=self.description(),
         )
+
+    def description(self) -> str:
+        """One line for artifact lists: the outcome and the reason's first line, cut at a word."""
+        head = f"{self.service}@{(self.sha or '?')[:7]}: {self.outcome}"
+        if not self.reason:
+            return head
+        return markdown_text(f"{head}: {shorten(self.reason, DESCRIPTION_CHARS, '(full reason in the summary)')}")
+
+
+def reason_lines(reason: str) -> list[str]:
+    """A long reason below the summary's table, a list item a line: table cells do not wrap, list items do."""
+    return [f"- {markdown_text(line)}" for line in reason.strip().splitlines() if line.strip()]
 
 
 class ShiftProgress:
