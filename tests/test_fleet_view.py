@@ -13,8 +13,9 @@ import threading
 import uuid
 
 import pytest
+from prefect import flow
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import ArtifactSort
 
 from tasks.release.fleet_view import FLEET_KEY, FleetRow, fleet_markdown, merge_rows, one_line, read_snapshot
@@ -147,6 +148,13 @@ def latest_markdown(client: SyncPrefectClient, key: str) -> str:
     return str(found[0].data)
 
 
+@flow(name="publish-live-view")
+def publish_in_a_run(record: LiveRecord, start: threading.Barrier) -> None:
+    """What a release does when it ends (artifacts are made inside runs), at the same moment as another."""
+    start.wait(30)
+    publish_live(record)
+
+
 def test_two_services_published_together_are_both_in_the_fleet_view(client: SyncPrefectClient) -> None:
     tag = uuid.uuid4().hex[:8]
     one = LiveRecord(f"fleet-a-{tag}", SHA1, traffic="100% of production", since="2026-12-06 10:00:00 UTC",
@@ -155,11 +163,13 @@ def test_two_services_published_together_are_both_in_the_fleet_view(client: Sync
                      strategy="codedeploy", last_failure=failed("2026-12-06 10:30:00 UTC"))
     start = threading.Barrier(2)
     errors: list[BaseException] = []
+    runs: list[uuid.UUID] = []
 
     def publish(record: LiveRecord) -> None:
         try:
-            start.wait(10)
-            publish_live(record)
+            state = publish_in_a_run(record, start, return_state=True)
+            assert state.is_completed() and state.state_details.flow_run_id, state
+            runs.append(state.state_details.flow_run_id)
         except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
             errors.append(exc)
 
@@ -172,11 +182,14 @@ def test_two_services_published_together_are_both_in_the_fleet_view(client: Sync
 
     fleet = latest_markdown(client, FLEET_KEY)
     rows = {line.split("]")[0].removeprefix("| ["): line for line in fleet.splitlines() if line.startswith("| [")}
-    assert f"| `aaaaaaa` | 2026-12-06 10:00:00 UTC | task-sets | 100% green [fleet-a-{tag}-tg-2] | Deployed |" \
+    assert f"| `aaaaaaa` | 2026-12-06 10:00:00 UTC | task-sets | 100% green \\[fleet-a-{tag}-tg-2\\] | Deployed |" \
         in rows[one.service], fleet
     assert "| codedeploy | 100% blue | Rolled back: GET / returned 500 on 3 of 3 checks |" in rows[two.service], fleet
     assert rows[two.service].endswith("| [deploy app@bbbbbbb](http://ui/runs/flow-run/2) |")
     assert "/artifacts/key/fleet-live)" in latest_markdown(client, f"{one.service}-live"), "each view links the fleet"
+    in_runs = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[FLEET_KEY])),
+                                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=runs)))
+    assert {a.flow_run_id for a in in_runs} == set(runs), "each run's Artifacts tab shows the fleet view"
     newest = read_snapshot(client, row_of, limit=1)  # bounded: the most recently updated records only
     assert newest.limited and [r.service for r in newest.rows] in ([one.service], [two.service]), newest
     every = read_snapshot(client, row_of)

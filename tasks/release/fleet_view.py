@@ -34,6 +34,7 @@ from tasks.core.report import artifact_key, markdown_text
 
 FLEET_KEY = "fleet-live"
 FLEET_LIMIT = 200  # services shown: the most recently updated records
+API_PAGE = 200  # the most one call to Prefect's API answers (PREFECT_API_DEFAULT_LIMIT)
 REASON_WIDTH = 90  # characters of a reason in a cell (the UI does not wrap cells); the service's view has it all
 REWRITES = 3  # writes per publication at most, when other records keep changing under it
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s?%")
@@ -144,13 +145,14 @@ def read_snapshot(
     client: SyncPrefectClient, parse_row: Callable[[str], FleetRow | None], limit: int = FLEET_LIMIT
 ) -> Snapshot:
     """The latest version of every ``-live`` artifact, in one call (newest LIMIT)."""
+    page = min(limit + 2, API_PAGE)  # the fleet view's own key may be among them; one more says if any is left out
     found = client.read_latest_artifacts(
-        artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(like_="-live")),
+        artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(like_="-live")),  # contains
         sort=ArtifactCollectionSort.UPDATED_DESC,
-        limit=limit + 2,  # the fleet view's own key may be among them; one more says whether any is left out
+        limit=page,
     )
     live = [a for a in found if a.key.endswith("-live") and a.key != FLEET_KEY]
-    limited, live = len(live) > limit, live[:limit]
+    limited, live = len(live) > limit or len(found) == page, live[:limit]
     rows = [row for a in live if (row := parse_row(str(a.data)))]
     return Snapshot({a.key: a.latest_id for a in live}, rows, limited)
 
