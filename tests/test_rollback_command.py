@@ -28,7 +28,10 @@ from tasks.release.outcome import outcome_of
 from tests.test_pipeline import release_artifact
 from tests.test_pipeline_approval import paused_run, release_in_background
 
-STALE = "5"
+# Short, so a killed holder is found dead quickly; not shorter: a live holder heartbeats every stale/6 s
+# through the Prefect server, and on a loaded machine (a full suite beside a demo) a 5 s limit once let a
+# paused, live release look dead.
+STALE = "10"
 
 
 @pytest.fixture(autouse=True)
