@@ -217,7 +217,9 @@ def test_report(service: str) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    key = f"{service}-tests-sample-app-tests"
+    from tasks.core.report import junit_artifact_key
+
+    key = junit_artifact_key(service, "sample-app-tests")  # the report group the sample app's buildspec names
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
                                       sort=ArtifactSort.CREATED_DESC, limit=1)
@@ -265,6 +267,7 @@ def main() -> int:
     setup_seconds = time.monotonic() - started
 
     from tasks.config.models import load_service
+    from tasks.core.report import junit_artifact_key
 
     cfg = load_service(SERVICE_YAML)
     repo = Path(cfg.repo_location)
@@ -288,7 +291,8 @@ def main() -> int:
         sha3 = commit_release(repo, "v3", broken="root")
         with Load(prod) as load3:
             results.append(report("v3 (broken: / answers 500; fails its tests)", release(cfg.name, sha3), load3, ui))
-        say(f"   test report: {ui}/artifacts (key {cfg.name}-tests-sample-app-tests)\n" + test_report(cfg.name))
+        say(f"   test report: {ui}/artifacts (key {junit_artifact_key(cfg.name, 'sample-app-tests')})\n"
+            + test_report(cfg.name))
         sha4 = commit_release(repo, "v4", broken="config")
         with Load(prod) as load4:
             results.append(report("v4 (passes its tests, / answers 500 in production)", release(cfg.name, sha4),
