@@ -1,10 +1,9 @@
-"""The ``ecs-pipeline`` command: deploy, status, rollback, render, diff, sandbox, triggers.
+"""The ecs-pipeline command: deploy, status, rollback, render, diff, sandbox, triggers."""
 
-Prefect reads its settings once, when it is first imported, so this module
-imports nothing that imports prefect: ``main`` settles the environment first
-(``.sandbox/env`` or not, see ``load_sandbox_env``), prints where AWS calls and
-Prefect runs go, and only then imports the commands.
-"""
+# Developer notes. Prefect reads its settings once, when it is first imported, so this module imports
+# nothing that imports prefect: main() settles the environment first (.sandbox/env or not, see
+# load_sandbox_env), prints where AWS calls and Prefect runs go, and only then imports the commands.
+# The parser's texts are for the people using the tool: user words, no module or function names.
 
 from __future__ import annotations
 
@@ -28,27 +27,40 @@ _OFF = frozenset({"", "0", "false", "no", "off"})
 
 
 def load_sandbox_env(environ: MutableMapping[str, str] = os.environ) -> str:
-    """Use the sandbox's endpoints when it is up and nothing else was chosen; say which.
+    """Use the sandbox's endpoints when it is up and nothing else was chosen; say which, in one quiet line.
 
     The file describes the sandbox whole (endpoint, fake credentials, Docker
     host, time scale, Prefect), so it is read entirely or not at all: with
-    ``ECS_PIPELINE_NO_SANDBOX`` set, or ``AWS_ENDPOINT_URL`` present in the
+    ``ECS_PIPELINE_NO_SANDBOX`` set, or another ``AWS_ENDPOINT_URL`` in the
     environment (even empty: the documented way to use a real account), it is
-    not read, and nothing of the sandbox comes back. Otherwise its values fill
-    in what the environment does not set.
+    not read, and nothing of the sandbox comes back. The environment may
+    already point at the sandbox (``. .sandbox/env``): then the file fills in
+    what is unset, as when nothing was chosen. Its values never override the
+    environment's.
     """
     env_file = Path(environ.get("SANDBOX_DIR") or ".sandbox") / "env"
     if environ.get(NO_SANDBOX, "").strip().lower() not in _OFF:
         return f"{env_file} not read ({NO_SANDBOX} is set)"
-    if "AWS_ENDPOINT_URL" in environ:
+    values = read_env_file(env_file)
+    if "AWS_ENDPOINT_URL" in environ and environ["AWS_ENDPOINT_URL"] != values.get("AWS_ENDPOINT_URL"):
         return f"{env_file} not read (AWS_ENDPOINT_URL is set in the environment)"
-    if not env_file.is_file():
+    if not values:
         return f"no {env_file} (sandbox not up here)"
-    for line in env_file.read_text().splitlines():
+    for key, value in values.items():
+        environ.setdefault(key, value)
+    return f"using the sandbox ({env_file})"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; {} when the file is not there."""
+    if not path.is_file():
+        return {}
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
         key, sep, value = line.partition("=")
         if sep and key.strip() and not key.startswith("#"):
-            environ.setdefault(key.strip(), value.strip())
-    return f"{env_file.resolve()}"
+            values[key.strip()] = value.strip()
+    return values
 
 
 def aws_line() -> str:
@@ -113,22 +125,21 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from flows.operations import service_status
-    from flows.runner import serving_status
+    from flows.operations import all_services_status, service_status
+    from flows.runner import serving_info
     from flows.serve import DEPLOY_SERVICE
+    from flows.terminal import print_status_table, service_lines
 
-    info = service_status(args.service)
-    info["runs start"] = serving_status(DEPLOY_SERVICE)
+    data = service_status(args.service) if args.service else all_services_status()
+    data["deploy_service"] = serving_info(DEPLOY_SERVICE)
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(json.dumps(data, indent=2))
+    elif args.service:
+        print("\n".join(service_lines(data)))
+        print(f"runs start: {data['deploy_service']['detail']}")
     else:
-        for key, value in info.items():
-            if isinstance(value, list):
-                print(f"{key}:")
-                for item in value:
-                    print(f"  {item}")
-            else:
-                print(f"{key}: {value}")
+        print_status_table(data)
+        print(f"runs start: {data['deploy_service']['detail']}")
     return 0
 
 
@@ -177,27 +188,69 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, "-m", "sandbox", *args.rest])
 
 
+DESCRIPTION = """\
+Release a git commit to AWS ECS Fargate with blue/green, and back again.
+
+A release builds the commit's image, pushes it, registers the task definition,
+starts the new version (green) beside the live one (blue), checks it, shifts
+production traffic to it and removes the old version. When a check fails,
+production goes back to blue. Every release is a run you can watch, retry or
+cancel in the Prefect UI.
+
+Each service is one YAML file in deployments/ (its task definition template
+beside it, in a folder named after the service). ECS_PIPELINE_DEPLOYMENTS
+names another folder.
+"""
+
+EXAMPLES = """\
+examples:
+  ecs-pipeline status                       every service at a glance
+  ecs-pipeline deploy sample-app --dry-run  what a release of the branch head would do
+  ecs-pipeline deploy sample-app            release it, with a live view of each stage
+  ecs-pipeline rollback sample-app          production back to the previous release
+
+"ecs-pipeline COMMAND --help" shows a command's options and examples.
+"""
+
+
+def add_command(sub: Any, name: str, summary: str, examples: str, details: str = "") -> argparse.ArgumentParser:
+    """A subcommand with its one-line summary, a description for its own --help and examples below."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=summary[0].upper() + summary[1:] + "." + (f"\n\n{details}" if details else ""),
+        epilog="examples:\n" + examples, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
+
+
 def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
-    """The fleet's flags live here: parsing a single release never imports the fleet flow (~0.2 s)."""
+    # The fleet's flags live here: parsing a single release never imports the fleet flow (~0.2 s).
     parser.add_argument("--all", action="store_true", help="release every service as one fleet run")
     parser.add_argument("--select", action="append", metavar="PATTERN",
                         help="release the services matching PATTERN (a name or a glob; repeatable)")
-    parser.add_argument("--max-parallel", type=int, default=4, help="services per wave (fleet)")
+    parser.add_argument("--max-parallel", type=int, default=4, metavar="N",
+                        help="services released at once in a fleet (default 4)")
     parser.add_argument("--stop-on-first-failure", action="store_true",
-                        help="hold the later waves once a service fails or rolls back (fleet)")
+                        help="in a fleet, hold the later services once one fails or rolls back")
     parser.add_argument("--children", choices=["threads", "deployment"], default="threads",
-                        help="run each service here in a thread (default), or as a deploy-service "
-                             "deployment run on whichever worker is free (fleet)")  # fmt: skip
+                        help="in a fleet, release each service from this process (threads, the default) or as a "
+                             "deploy-service run on whichever worker is free (deployment)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ecs-pipeline", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="ecs-pipeline", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("deploy", help="release the branch head (or --sha) of SERVICE, or a fleet")
-    p.add_argument("service", nargs="?")
-    p.add_argument("--sha", help="commit to release (full or abbreviated); default: branch head")
-    p.add_argument("--force", action="store_true", help="deploy even when production runs that SHA")
+    p = add_command(sub, "deploy", "release a service's branch head (or a given commit), or several services",
+                    "  ecs-pipeline deploy sample-app --dry-run\n"
+                    "  ecs-pipeline deploy sample-app\n"
+                    "  ecs-pipeline deploy sample-app --sha 1a2b3c4\n"
+                    "  ecs-pipeline deploy --select 'sample-*' --max-parallel 2\n",
+                    "Only commits of the service's configured branch are released, and only forward\n"
+                    "(a descendant of the live commit) unless --allow-older says otherwise.")
+    p.add_argument("service", nargs="?", help="the service to release (its name in deployments/)")
+    p.add_argument("--sha", help="commit to release (full or abbreviated); default: the branch head")
+    p.add_argument("--force", action="store_true", help="release even when production already runs that commit")
     p.add_argument("--allow-older", action="store_true",
                    help="allow a commit older than (or diverged from) the live one: an explicit step back")
     p.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
@@ -205,43 +258,70 @@ def build_parser() -> argparse.ArgumentParser:
     add_fleet_arguments(p)
     p.set_defaults(func=cmd_deploy)
 
-    p = sub.add_parser("status", help="live revision, SHA, image, traffic split, last runs")
-    p.add_argument("service")
-    p.add_argument("--json", action="store_true")
+    p = add_command(sub, "status", "what runs where: every service, or one service in detail",
+                    "  ecs-pipeline status\n"
+                    "  ecs-pipeline status sample-app\n"
+                    "  ecs-pipeline status --json | jq '.services[] | {service, live}'\n",
+                    "Without SERVICE: one table of every service in deployments/ (live commit and\n"
+                    "its age, strategy, production traffic by blue/green and target group, health,\n"
+                    "release in flight, last outcome). With SERVICE: its task sets and last runs too.\n"
+                    "--json prints the same data as JSON: stable snake_case keys, numbers as numbers,\n"
+                    "ISO-8601 times, a link to each run.")
+    p.add_argument("service", nargs="?", help="one service in detail (default: a table of every service)")
+    p.add_argument("--json", action="store_true", help="print JSON instead (stable keys, ISO-8601 times, run links)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("rollback", help="back to the previous release (instant while blue is up)")
-    p.add_argument("service")
+    p = add_command(sub, "rollback", "put production back on the previous release (instant while blue is up)",
+                    "  ecs-pipeline rollback sample-app\n"
+                    "  ecs-pipeline rollback sample-app --wait 300\n",
+                    "A release in flight goes back to blue; otherwise the commit before the live one\n"
+                    "is released again.")
+    p.add_argument("service", help="the service to roll back")
     p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait for a release of SERVICE in progress before refusing (default 60)")
     p.set_defaults(func=cmd_rollback)
 
-    p = sub.add_parser("render", help="print the task definition that would be registered (offline: "
-                                      "<AWS_ACCOUNT_ID>/<AWS_REGION> stay for the release to fill)")
-    p.add_argument("service")
-    p.add_argument("--image", default="<IMAGE>", help="image reference to render with")
-    p.add_argument("--sha", default=None)
+    p = add_command(sub, "render", "print the task definition a release would register (offline)",
+                    "  ecs-pipeline render sample-app\n"
+                    "  ecs-pipeline render sample-app --image 123456789012.dkr.ecr.us-east-1.amazonaws.com/app:1\n",
+                    "No AWS call: <AWS_ACCOUNT_ID> and <AWS_REGION> stay as written; a release fills them in.")
+    p.add_argument("service", help="the service whose task definition template to render")
+    p.add_argument("--image", default="<IMAGE>", help="image reference to put in the container (default <IMAGE>)")
+    p.add_argument("--sha", default=None, help="commit to render for (its tags and labels); default: none")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("diff", help="rendered task definition against the live one")
-    p.add_argument("service")
+    p = add_command(sub, "diff", "compare the task definition a release would register with the live one",
+                    "  ecs-pipeline diff sample-app\n"
+                    "  ecs-pipeline diff sample-app --exit-code && echo unchanged\n")
+    p.add_argument("service", help="the service to compare")
     p.add_argument("--image", default=None, help="image to render with (default: the live image)")
     p.add_argument("--exit-code", action="store_true", help="exit 1 when there are differences")
     p.set_defaults(func=cmd_diff)
 
-    p = sub.add_parser("serve", help="run deploy-service (and poll-changes) deployments from this process")
-    p.add_argument("--poll-interval", type=int, default=None, help="seconds between polls; off if unset")
-    p.add_argument("--limit", type=int, default=8, help="flow runs at once")
+    p = add_command(sub, "serve", "run releases started from the Prefect UI, webhooks or polling, in this process",
+                    "  ecs-pipeline serve\n"
+                    "  ecs-pipeline serve --poll-interval 60 --limit 4\n",
+                    "Serves the deploy-service deployment (and poll-changes with --poll-interval)\n"
+                    "until stopped; its runs roll back before the process exits.")
+    p.add_argument("--poll-interval", type=int, default=None, metavar="SECONDS",
+                   help="also look for new commits every SECONDS (default: no polling)")
+    p.add_argument("--limit", type=int, default=8, help="releases run at once (default 8)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("migrate", help="move a CODE_DEPLOY service to ECS-native blue/green (dry run)")
-    p.add_argument("service")
-    p.add_argument("--to", default="ecs-native", choices=["ecs-native"])
-    p.add_argument("--apply", action="store_true", help="send the UpdateService (default: print it)")
+    p = add_command(sub, "migrate", "move a CodeDeploy service to ECS-native blue/green (prints the change first)",
+                    "  ecs-pipeline migrate sample-app-cd\n"
+                    "  ecs-pipeline migrate sample-app-cd --apply\n")
+    p.add_argument("service", help="the CodeDeploy service to move")
+    p.add_argument("--to", default="ecs-native", choices=["ecs-native"], help="the target strategy (ecs-native)")
+    p.add_argument("--apply", action="store_true", help="make the change (default: only print it)")
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("sandbox", help="the local AWS rehearsal environment: up, down, status, seed")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = add_command(sub, "sandbox", "the local AWS rehearsal environment: up, down, status, seed",
+                    "  ecs-pipeline sandbox up\n"
+                    "  ecs-pipeline sandbox status\n"
+                    "  ecs-pipeline sandbox down\n")
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="ACTION",
+                   help="up, down, status or seed SERVICE_YAML, with their options")
     p.set_defaults(func=cmd_sandbox)
 
     from flows import iam_cli, trigger_cli, verify_cli  # may import prefect: only once the env is settled
@@ -252,13 +332,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def wants_help(argv: list[str]) -> bool:
+    """Help and usage need no environment lines."""
+    return not argv or any(a in ("-h", "--help") for a in argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     sandbox = bool(argv) and argv[0] == "sandbox"  # its own program, with its own settings
     try:
         if not sandbox:
             source = load_sandbox_env()
-            print_environment(source)
+            if not wants_help(argv):
+                print_environment(source)
         args = build_parser().parse_args(argv)
         return int(args.func(args))
     except PipelineError as exc:

@@ -36,13 +36,21 @@ from tasks.release.permissions import (
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``iam`` to the main CLI's subparsers."""
-    p = subparsers.add_parser("iam", help="print the IAM policies SERVICE's releases need (deploy and build roles)")
-    p.add_argument("service", nargs="?")
+    summary = "print the IAM policies a service's releases need (deploy and build roles)"
+    p = subparsers.add_parser(
+        "iam", help=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Print the least-privilege IAM policies a service's releases need, from its YAML file\n"
+                    "and task definition (offline: nothing is asked of AWS).",
+        epilog="examples:\n"
+               "  ecs-pipeline iam sample-app --role deploy\n"
+               "  ecs-pipeline iam --all --format cfn --account 123456789012 > policies.yaml\n",
+    )
+    p.add_argument("service", nargs="?", help="the service to print policies for")
     p.add_argument("--all", action="store_true", help="every service of the deployments folder: one merged "
                                                       "policy per role")
     p.add_argument("--role", choices=["deploy", "build", "verify", "all"], default="all",
-                   help="deploy: the releases' identity; build: the build role's; verify: what `ecs-pipeline "
-                        "verify` reads beyond the deploy policy (attach both to the deploy role); all: deploy and "
+                   help="deploy: the releases' identity; build: the build role's; verify: what the verify "
+                        "command reads beyond the deploy policy (attach both to the deploy role); all: deploy and "
                         "build")
     p.add_argument("--format", choices=["json", "cfn"], default="json",
                    help="json: the policy document(s); cfn: AWS::IAM::ManagedPolicy resources (a template)")

@@ -1,8 +1,11 @@
-"""Day-two commands: status, rollback, render, diff."""
+"""Day-two commands: status (one service or every one), rollback, render, diff."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -11,12 +14,15 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import State
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_UI_URL
 
 from flows.pipeline import deploy_service, stopped_by
+from flows.terminal import Seen, read_run
 from tasks.aws import ecs as ecs_ops
 from tasks.aws import traffic
 from tasks.aws.clients import AwsClients
-from tasks.config.models import ServiceConfig, find_service
+from tasks.aws.errors import translate
+from tasks.config.models import ServiceConfig, find_service, load_all_services
 from tasks.config.taskdef import SHA_TAG, diff_task_definitions
 from tasks.core.errors import DeployError, NotFound, PipelineError
 from tasks.core.report import ReleaseSummary
@@ -32,69 +38,205 @@ from tasks.strategies.choose import choose_strategy
 ROLLBACK_LOCK_WAIT = 60.0  # seconds `rollback` waits for a release of the service to end before it refuses
 
 
+# What `ecs-pipeline status --json` prints. Keys are stable (new ones may be added, none renamed or
+# removed). Types: "string", "integer", "number", "boolean", "time" (an ISO-8601 string with its UTC
+# offset), "url" (a string); a tuple is "one of" (None: null); a list [X] is a list of X; a dict is an
+# object with exactly these keys. `status SERVICE --json` prints STATUS_ONE_SCHEMA, `status --json`
+# STATUS_ALL_SCHEMA.
+RUN_SCHEMA: dict[str, Any] = {
+    "id": "string", "name": "string", "outcome": "string", "state": "string",
+    "reason": ("string", None), "started_at": ("time", None), "url": ("url", None),
+}
+SERVICE_STATUS_SCHEMA: dict[str, Any] = {
+    "service": "string",
+    "strategy": "string",  # the service file's strategy.type
+    "controller": ("string", None),  # the ECS service's deployment controller
+    "live": {"sha": ("string", None), "image": ("string", None), "task_definition": ("string", None),
+             "since": ("time", None)},
+    "running": ("integer", None),
+    "desired": ("integer", None),
+    # The production listener's split. role: "blue" (what production ran before the release in flight,
+    # or before the last one), "green" (what that release brings), null where neither applies (rolling).
+    "traffic": [{"role": ("string", None), "target_group": "string", "weight": "integer"}],
+    "production_url": ("url", None),
+    "task_sets": [{"id": "string", "status": "string", "task_definition": "string", "running": "integer",
+                   "target_group": ("string", None)}],
+    "release_in_flight": ({"run_id": "string", "run_name": ("string", None), "url": ("url", None),
+                           "alive": "boolean", "heartbeat_age_seconds": "number", "stage": ("string", None),
+                           "green_percent": ("number", None)}, None),
+    "left_by_dead_run": ("string", None),
+    "last_outcome": (RUN_SCHEMA, None),  # the newest run that has finished
+    "last_runs": [RUN_SCHEMA],  # newest first
+    "error": ("string", None),  # why the service could not be read (the other keys are then mostly null)
+}
+SERVING_SCHEMA: dict[str, Any] = {"deployment": "string", "ready": ("boolean", None), "detail": "string"}
+STATUS_ONE_SCHEMA: dict[str, Any] = {**SERVICE_STATUS_SCHEMA, "deploy_service": SERVING_SCHEMA}
+STATUS_ALL_SCHEMA: dict[str, Any] = {
+    "generated_at": "time", "deployments": "string", "services": [SERVICE_STATUS_SCHEMA],
+    "deploy_service": SERVING_SCHEMA,
+}
+FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
+
+
 def service_status(service: str) -> dict[str, Any]:
+    """One service as SERVICE_STATUS_SCHEMA describes it; an unknown service or a failed read raises."""
     clients = AwsClients(Settings())
-    cfg = find_service(service, clients.settings.deployments)
+    return read_status(find_service(service, clients.settings.deployments), clients)
+
+
+def all_services_status(parallel: int = 8) -> dict[str, Any]:
+    """Every service of the deployments folder, read side by side; one that cannot be read carries its
+    error instead of failing the others."""
+    clients = AwsClients(Settings())
+    configs = sorted(load_all_services(clients.settings.deployments), key=lambda cfg: cfg.name)
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(configs)))) as pool:
+        rows = list(pool.map(lambda cfg: status_or_error(cfg, clients), configs))
+    return {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "deployments": str(clients.settings.deployments), "services": rows}
+
+
+def status_or_error(cfg: ServiceConfig, clients: AwsClients) -> dict[str, Any]:
+    try:
+        return read_status(cfg, clients)
+    except Exception as exc:  # noqa: BLE001 - one service's refusal or outage is that row's news, not the table's
+        reason = translate(exc)
+        text = str(reason) if isinstance(reason, PipelineError) else f"{type(exc).__name__}: {exc}"
+        return {**empty_status(cfg), "error": text}
+
+
+def empty_status(cfg: ServiceConfig) -> dict[str, Any]:
+    return {"service": cfg.name, "strategy": cfg.strategy.type, "controller": None,
+            "live": {"sha": None, "image": None, "task_definition": None, "since": None},
+            "running": None, "desired": None, "traffic": [], "production_url": None, "task_sets": [],
+            "release_in_flight": None, "left_by_dead_run": None, "last_outcome": None, "last_runs": [],
+            "error": None}
+
+
+def read_status(cfg: ServiceConfig, clients: AwsClients) -> dict[str, Any]:
     clients = clients.for_service(cfg)
-    ecs = clients.get("ecs")
-    svc = ecs_ops.describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
-    live = live_release(cfg, clients)
-    info: dict[str, Any] = {
-        "service": cfg.name,
-        "controller": ecs_ops.controller_type(svc),
-        "task definition": live.task_definition or "none (never deployed)",
-        "git sha": live.sha or "-",
-        "image": live.image or "-",
-        "running": f"{svc.get('runningCount', 0)} of {svc.get('desiredCount', 0)}",
-    }
+    svc = ecs_ops.describe_service(clients.get("ecs"), cfg.ecs.cluster, cfg.ecs.service)
+    live = live_release(cfg, clients, svc)
+    info = empty_status(cfg)
+    runs = last_runs(cfg.name)
+    holder = slot_holder(cfg.name, clients.settings.lock_stale_seconds)
+    info.update(
+        controller=ecs_ops.controller_type(svc),
+        live={"sha": live.sha, "image": live.image, "task_definition": live.task_definition,
+              "since": live_since(svc, live.task_definition)},
+        running=int(svc.get("runningCount", 0)), desired=int(svc.get("desiredCount", 0)),
+        release_in_flight=holder, last_runs=runs,
+        last_outcome=next((r for r in runs if r["state"] in FINISHED and r["id"] != (holder or {}).get("run_id")),
+                          None),
+    )
+    names: dict[str, str] = {}
     if cfg.load_balancer is not None:
         routing = traffic.resolve_routing(clients.get("elbv2"), cfg.load_balancer)
         names = dict(zip(routing.target_groups, routing.target_group_names, strict=True))
         weights = traffic.get_weights(clients.get("elbv2"), routing.production_listener)
-        info["production traffic"] = ", ".join(f"{names.get(a, a)} {w}%" for a, w in weights.items()) or "-"
-        info["production url"] = routing.production_url
-    info["task sets"] = [
-        f"{ts['id']} {ts['status']} {ts['taskDefinition'].rsplit('/', 1)[-1]} running {ts.get('runningCount', 0)}"
+        primary = ecs_ops.primary_task_set(svc)
+        blue = ecs_ops.task_set_target_group(primary) if primary else None
+        in_flight = bool(holder and holder["alive"]) or len(svc.get("taskSets", [])) > 1
+        settled = None if cfg.strategy.type == "rolling" else settled_role(runs)
+        info["traffic"] = [
+            {**side, "target_group": names.get(side["target_group"], side["target_group"])}
+            for side in label_sides(weights, blue, settled, in_flight)
+        ]
+        info["production_url"] = routing.production_url
+    info["task_sets"] = [
+        {"id": ts["id"], "status": ts["status"], "task_definition": ts["taskDefinition"].rsplit("/", 1)[-1],
+         "running": int(ts.get("runningCount", 0)),
+         "target_group": names.get(tg, tg) if (tg := ecs_ops.task_set_target_group(ts)) else None}
         for ts in svc.get("taskSets", [])
     ]
-    holder = slot_holder(cfg.name, clients.settings.lock_stale_seconds)
-    info["release in flight"] = holder["text"]
-    others = [ts for ts in svc.get("taskSets", []) if ts.get("status") == "ACTIVE"]
-    if others and not holder["live"]:
-        ids = ", ".join(ts["id"] for ts in others)
-        info["left by a dead run"] = (f"task set(s) {ids} beside the primary; the next release reconciles them, "
-                                      f"or `ecs-pipeline rollback {cfg.name}` now")
-    info["last runs"] = [
-        f"{line} (no heartbeat: its process is gone)" if holder["stale_run"] and holder["stale_run"] in line else line
-        for line in last_runs(cfg.name)
-    ]
+    others = [ts["id"] for ts in svc.get("taskSets", []) if ts.get("status") == "ACTIVE"]
+    if others and not (holder and holder["alive"]):
+        info["left_by_dead_run"] = (f"task set(s) {', '.join(others)} beside the primary; the next release "
+                                    f"reconciles them, or run: ecs-pipeline rollback {cfg.name}")
     return info
 
 
-def slot_holder(service: str, stale_after: float) -> dict[str, Any]:
-    """Who holds the service's release slot, and whether that run is alive (its heartbeat is fresh)."""
+def label_sides(
+    weights: dict[str, int], blue: str | None, settled: str | None, in_flight: bool
+) -> list[dict[str, Any]]:
+    """Blue is what production ran before the release in flight, green what it brings (BLUE: blue's target
+    group, when known). At rest the serving side keeps the name the last release left it with (SETTLED)."""
+    serving = [tg for tg, w in weights.items() if w > 0]
+    sides = []
+    for tg, weight in weights.items():
+        if in_flight or len(serving) > 1:
+            role = None if blue is None else ("blue" if tg == blue else "green")
+        else:
+            role = settled if tg in serving else None
+        sides.append({"role": role, "target_group": tg, "weight": weight})
+    return sides
+
+
+def settled_role(runs: list[dict[str, Any]]) -> str | None:
+    """"green" when the newest release that moved production went live, "blue" when it was rolled back."""
+    for run in runs:
+        if run["outcome"] == "Deployed":
+            return "green"
+        if run["outcome"] == "Rolled back":
+            return "blue"
+    return None
+
+
+def live_since(svc: dict[str, Any], task_definition: str | None) -> str | None:
+    """When the task set (or ECS deployment) running the live task definition was created."""
+    for item in [*svc.get("taskSets", []), *svc.get("deployments", [])]:
+        created = item.get("createdAt")
+        if task_definition and item.get("taskDefinition") == task_definition and isinstance(created, datetime):
+            return created.astimezone(UTC).isoformat(timespec="seconds")
+    return None
+
+
+def run_url(run_id: Any) -> str | None:
+    """The run's page in the Prefect UI (PREFECT_UI_URL, else the API's address without /api)."""
+    ui = (PREFECT_UI_URL.value() or "").rstrip("/")
+    return f"{ui}/runs/flow-run/{run_id}" if ui else None
+
+
+def slot_holder(service: str, stale_after: float) -> dict[str, Any] | None:
+    """The run holding the service's release slot: alive (fresh heartbeat) or not, its stage and progress."""
     with get_client(sync_client=True) as client:
         beat = read_heartbeat(client, service)
     if beat is None:
-        return {"live": False, "stale_run": None, "text": "none"}
-    age = time.time() - float(beat.get("at", 0))
+        return None
+    age = max(0.0, time.time() - float(beat.get("at", 0)))
     run = str(beat.get("run") or "unknown")
-    if age < stale_after:
-        return {"live": True, "stale_run": None, "text": f"run {run} (heartbeat {age:.0f} s ago)"}
-    return {"live": False, "stale_run": run,
-            "text": f"none live: run {run} stopped {age:.0f} s ago without finishing; the next release takes over"}
+    held = {"run_id": run, "run_name": None, "url": run_url(run) if beat.get("run") else None,
+            "alive": age < stale_after, "heartbeat_age_seconds": round(age, 1), "stage": None, "green_percent": None}
+    if held["alive"] and beat.get("run"):
+        seen = Seen(run_id=run)
+        with contextlib.suppress(Exception):  # a run deleted meanwhile: the slot's own facts stay
+            read_run(seen)
+        running = [name for name, kind, _ in seen.stages if kind == "RUNNING"]
+        names = running or [name for name, _, _ in seen.stages]
+        held.update(run_name=seen.name or None, green_percent=seen.green_percent,
+                    stage=names[-1].removesuffix(f" {service}") if names else None)
+    return held
 
 
-def last_runs(service: str, limit: int = 5) -> list[str]:
+def last_runs(service: str, limit: int = 5) -> list[dict[str, Any]]:
+    """The service's newest runs (releases, rollbacks), newest first."""
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"service:{service}"])),
             sort=FlowRunSort.START_TIME_DESC,
             limit=limit,
         )
-    return [
-        f"{r.name} {outcome_of(r.state)} {r.start_time or ''} {r.id}" for r in runs
-    ]
+    found = []
+    for r in runs:
+        outcome = outcome_of(r.state)
+        message = (r.state.message if r.state else None) or None
+        found.append({
+            "id": str(r.id), "name": r.name, "outcome": outcome,
+            "state": r.state.type.value if r.state else "UNKNOWN",
+            "reason": message.removeprefix(f"{outcome}: ") if message else None,
+            "started_at": r.start_time.astimezone(UTC).isoformat(timespec="seconds") if r.start_time else None,
+            "url": run_url(r.id),
+        })
+    return found
 
 
 def previous_release_sha(clients: AwsClients, live_task_definition: str, live_sha: str | None) -> str:

@@ -80,14 +80,21 @@ def _update(description: str) -> Any:
 
 def serving_status(deployment: str) -> str:
     """One line for `status`: whether a runner or worker serves DEPLOYMENT right now."""
+    return str(serving_info(deployment)["detail"])
+
+
+def serving_info(deployment: str) -> dict[str, Any]:
+    """Whether DEPLOYMENT is served (ready: None when it is not registered), with the line a person reads."""
     with get_client(sync_client=True) as client:
         try:
             found = client.read_deployment_by_name(deployment)
         except ObjectNotFound:
-            return f"{deployment}: not registered (run `ecs-pipeline serve` once)"
+            return {"deployment": deployment, "ready": None,
+                    "detail": f"{deployment}: not registered (run `ecs-pipeline serve` once)"}
     if found.status == DeploymentStatus.READY:
-        return f"{deployment}: ready (a runner or worker serves it)"
-    return (
+        return {"deployment": deployment, "ready": True,
+                "detail": f"{deployment}: ready (a runner or worker serves it)"}
+    return {"deployment": deployment, "ready": False, "detail": (
         f"{deployment}: NOT READY: no runner or worker serves it; runs and retries wait "
         "until `ecs-pipeline serve` (or a worker) starts"
-    )
+    )}

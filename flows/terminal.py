@@ -7,6 +7,10 @@ progress, green's share of production during the shift, elapsed time. At the
 end it prints the release summary the run published (the same markdown as
 the artifact) and one line with the outcome. ``--json`` prints one JSON
 object instead, for machines.
+
+`ecs-pipeline status` is drawn here too: one table of every service, or one
+service's lines, in one vocabulary (blue/green with the target group in
+brackets) and local times with how long ago.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect.client.orchestration import get_client
@@ -179,3 +184,126 @@ def finish(service: str, seen: Seen, state: State[Any], console: Console, as_jso
             print(markdown)
     print(state.message or state.name, flush=True)
     return code
+
+
+# `ecs-pipeline status`: the same data as its --json (flows/operations.py), in words and local time.
+
+
+def ago(seconds: float) -> str:
+    """A duration the way a person says it: "12 s ago", "3 min ago", "5 h ago", "2 days ago"."""
+    seconds = max(0.0, seconds)
+    for size, unit in ((86400, "days"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {'day' if unit == 'days' and count == 1 else unit} ago"
+    return f"{int(seconds)} s ago"
+
+
+def local_time(iso: str | None, now: datetime | None = None) -> str:
+    """An ISO-8601 time as local time to the second, with how long ago: "2026-12-06 15:03:12 (3 min ago)"."""
+    if not iso:
+        return "-"
+    when = datetime.fromisoformat(iso)
+    since = ((now or datetime.now(UTC)) - when).total_seconds()
+    return f"{when.astimezone().strftime('%Y-%m-%d %H:%M:%S')} ({ago(since)})"
+
+
+def traffic_text(sides: list[dict[str, Any]]) -> str:
+    """The production split in one vocabulary: "blue [app-a] 80 %, green [app-b] 20 %"."""
+    shown = [s for s in sides if s["weight"] > 0] or sides
+    return ", ".join(
+        f"{s['role'] + ' ' if s['role'] else ''}[{s['target_group']}] {s['weight']} %" for s in shown
+    ) or "-"
+
+
+def in_flight_text(held: dict[str, Any] | None) -> str:
+    if held is None:
+        return "none"
+    name = held["run_name"] or held["run_id"]
+    if not held["alive"]:
+        return (f"none live: {name} stopped {ago(held['heartbeat_age_seconds'])} without finishing; "
+                "the next release takes over")
+    parts = [name]
+    if held["stage"]:
+        parts.append(held["stage"])
+    if held["green_percent"] is not None:
+        parts.append(f"{held['green_percent']:.0f} % green")
+    return ", ".join(parts)
+
+
+def outcome_text(run: dict[str, Any] | None) -> str:
+    if run is None:
+        return "-"
+    reason = (run["reason"] or "").splitlines()[0] if run["reason"] else ""
+    return f"{run['outcome']}: {reason}" if reason and run["outcome"] != "Deployed" else run["outcome"]
+
+
+def run_line(run: dict[str, Any]) -> list[str]:
+    """A run in `status`: when, name, outcome, link; below it the reason when it did not deploy."""
+    lines = [f"{local_time(run['started_at'])}  {run['name']}  {run['outcome']}  {run['url'] or run['id']}"]
+    if run["reason"] and run["outcome"] != "Deployed":
+        lines.append(f"    {run['reason'].splitlines()[0]}")
+    return lines
+
+
+def service_lines(info: dict[str, Any]) -> list[str]:
+    """`status SERVICE` for a person."""
+    live = info["live"]
+    lines = [
+        f"service: {info['service']} ({info['strategy']}, ECS controller {info['controller'] or '?'})",
+        f"live commit: {live['sha'] or 'none (never deployed)'}"
+        + (f", since {local_time(live['since'])}" if live["since"] else ""),
+        f"image: {live['image'] or '-'}",
+        f"task definition: {live['task_definition'] or 'none (never deployed)'}",
+        f"running: {info['running']} of {info['desired']}",
+    ]
+    if info["production_url"]:
+        lines += [f"production traffic: {traffic_text(info['traffic'])}", f"production url: {info['production_url']}"]
+    if info["task_sets"]:
+        lines.append("task sets:")
+        lines += [f"  {ts['id']} {ts['status']} {ts['task_definition']} running {ts['running']}"
+                  + (f" [{ts['target_group']}]" if ts["target_group"] else "") for ts in info["task_sets"]]
+    lines.append(f"release in flight: {in_flight_text(info['release_in_flight'])}")
+    if info["left_by_dead_run"]:
+        lines.append(f"left by a dead run: {info['left_by_dead_run']}")
+    lines.append("last runs:" if info["last_runs"] else "last runs: none")
+    held = info["release_in_flight"] or {}
+    stale = held.get("run_id") if held and not held.get("alive") else None
+    for run in info["last_runs"]:
+        first, *rest = run_line(run)
+        gone = " (no heartbeat: its process is gone)" if stale and run["id"] == stale else ""
+        lines += [f"  {first}{gone}", *(f"  {line}" for line in rest)]
+    return lines
+
+
+def status_table(data: dict[str, Any]) -> Table:
+    """`status` without a service: one row per service of the deployments folder."""
+    table = Table(title=Text(f"services in {data['deployments']}"), title_justify="left")
+    for column in ("service", "live commit", "strategy", "production traffic", "health", "release in flight",
+                   "last outcome"):
+        table.add_column(column, overflow="fold")
+    for row in data["services"]:
+        if row["error"]:
+            table.add_row(Text(row["service"]), Text(f"error: {row['error']}", style="red"), Text(row["strategy"]),
+                          "-", "-", "-", "-")
+            continue
+        live = row["live"]
+        commit = f"{live['sha'][:7]} ({ago_of(live['since'])})" if live["sha"] else "never deployed"
+        health = f"{row['running']} of {row['desired']}"
+        outcome = row["last_outcome"]
+        table.add_row(  # Text, not markup: "[sample-app-b]" is a target group, not a style
+            Text(row["service"]), Text(commit), Text(row["strategy"]), Text(traffic_text(row["traffic"])),
+            Text(health, style="green" if row["running"] == row["desired"] and row["desired"] else "yellow"),
+            Text(in_flight_text(row["release_in_flight"])),
+            Text(outcome_text(outcome), style="" if outcome is None or outcome["state"] == "COMPLETED" else "red"),
+        )
+    return table
+
+
+def ago_of(iso: str | None) -> str:
+    return ago((datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()) if iso else "since unknown"
+
+
+def print_status_table(data: dict[str, Any]) -> None:
+    console = Console(width=None if Console().is_terminal else 200)
+    console.print(status_table(data))

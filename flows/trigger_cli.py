@@ -71,11 +71,20 @@ def _fail(message: str) -> int:
 
 def register_cli(subparsers: Any) -> None:
     """Add ``webhook serve``, ``poll`` and ``approve`` to the main CLI's subparsers."""
-    webhook = subparsers.add_parser("webhook", help="receive git push webhooks")
-    webhook_sub = webhook.add_subparsers(dest="webhook_command", required=True)
-    serve_p = webhook_sub.add_parser("serve", help="run the webhook receiver")
-    serve_p.add_argument("--host", default="127.0.0.1")
-    serve_p.add_argument("--port", type=int, default=9000)
+    raw = argparse.RawDescriptionHelpFormatter
+    webhook = subparsers.add_parser(
+        "webhook", help="receive git push webhooks (GitHub, Gitea, GitLab) and start releases",
+        description="Receive git push webhooks and start a release of each service whose branch moved.",
+        epilog="examples:\n  ecs-pipeline webhook serve --port 9000\n", formatter_class=raw,
+    )
+    webhook_sub = webhook.add_subparsers(dest="webhook_command", required=True, metavar="ACTION")
+    serve_p = webhook_sub.add_parser(
+        "serve", help="run the webhook receiver", formatter_class=raw,
+        description="Run the webhook receiver: each signed push to a service's branch starts its release.",
+        epilog="examples:\n  ecs-pipeline webhook serve --host 0.0.0.0 --port 9000\n",
+    )
+    serve_p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve_p.add_argument("--port", type=int, default=9000, help="port to listen on (default 9000)")
     _add_deployment(serve_p)
     serve_p.add_argument(
         "--dispatch",
@@ -97,20 +106,30 @@ def register_cli(subparsers: Any) -> None:
     )
     serve_p.set_defaults(func=_cmd_webhook_serve)
 
-    poll = subparsers.add_parser("poll", help="deploy services whose branch moved")
+    poll = subparsers.add_parser(
+        "poll", help="start a release of each service whose branch moved", formatter_class=raw,
+        description="Look at every service's branch once and start a release where it moved past the live commit.",
+        epilog="examples:\n  ecs-pipeline poll --dry-run\n  ecs-pipeline poll --service sample-app\n",
+    )
     poll.add_argument("--service", action="append", help="only this service (repeatable)")
     poll.add_argument("--dry-run", action="store_true", help="show what would start")
     _add_deployment(poll)
     poll.set_defaults(func=_cmd_poll)
 
-    approve = subparsers.add_parser("approve", help="answer a release waiting for approval")
-    approve.add_argument("run", help="flow run id")
-    approve.add_argument("--reject", action="store_true")
-    approve.add_argument("--comment", default="")
+    approve = subparsers.add_parser(
+        "approve", help="approve (or reject) a release waiting for approval", formatter_class=raw,
+        description="Answer a release that waits for approval before it shifts production traffic.",
+        epilog="examples:\n  ecs-pipeline approve 3f2c9a4e-...\n"
+               "  ecs-pipeline approve 3f2c9a4e-... --reject --comment 'not during the sale'\n",
+    )
+    approve.add_argument("run", help="the waiting run's id (from its link in the Prefect UI or ecs-pipeline status)")
+    approve.add_argument("--reject", action="store_true", help="reject: the release rolls back")
+    approve.add_argument("--comment", default="", help="a note kept with the answer")
     approve.set_defaults(func=_cmd_approve)
 
 
 def _add_deployment(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--deployment", default=DEPLOY_DEPLOYMENT, help="deployment that runs deploy-service"
+        "--deployment", default=DEPLOY_DEPLOYMENT,
+        help=f"the Prefect deployment that runs releases (default {DEPLOY_DEPLOYMENT})"
     )

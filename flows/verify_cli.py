@@ -17,9 +17,15 @@ from tasks.core.errors import PipelineError
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``verify`` to the main CLI's subparsers."""
-    p = subparsers.add_parser("verify", help="check that everything SERVICE's strategy needs exists and is "
-                                             "usable, before a first release (changes nothing)")
-    p.add_argument("service", nargs="?")
+    summary = "check that everything a service's strategy needs exists and is usable (changes nothing)"
+    p = subparsers.add_parser(
+        "verify", help=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Check, before a first release, that everything a service's strategy needs exists and\n"
+                    "is usable: one line per check, with its fix. Exit 0 when every check is ok, 1 when\n"
+                    "something is missing or wrong.",
+        epilog="examples:\n  ecs-pipeline verify sample-app\n  ecs-pipeline verify --all --json\n",
+    )
+    p.add_argument("service", nargs="?", help="the service to check")
     p.add_argument("--all", action="store_true", help="every service under the deployments folder")
     p.add_argument("--json", action="store_true",
                    help="a JSON list of {check, status, resource, fix, detail, service} on stdout")

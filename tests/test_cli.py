@@ -19,7 +19,9 @@ from prefect import flow, get_client, tags
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
 from flows.cli import load_sandbox_env, main
+from flows.operations import STATUS_ALL_SCHEMA, STATUS_ONE_SCHEMA, run_url
 from harness.services import ServiceUnderTest
+from tests.test_status_all import schema_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +38,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     header, err = out.err.splitlines()[:3], out.err.splitlines()[3:]
     assert header[0] == f"aws: {os.environ['AWS_ENDPOINT_URL']} (sandbox), time scale 60", out.err
     assert header[1] == f"prefect: {os.environ['PREFECT_API_URL']}", out.err
-    assert header[2].startswith("env: "), out.err
+    assert header[2].startswith("env: using the sandbox ("), "the environment points at the sandbox: said quietly"
     return code, out.out + "".join(line + "\n" for line in err)
 
 
@@ -57,7 +59,7 @@ def test_dry_run_deploy_status_render_diff_and_rollback(
         [released] = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"service:{service.name}"]))
         )
-    assert released.name == f"deploy {service.name}@{sha1[:7]}"
+    assert released.name.startswith(f"deploy {service.name}@{sha1[:7]}"), released.name
     assert {f"sha:{sha1}", "trigger:cli", "verdict:deployed"} <= set(released.tags), released.tags
 
     code, out = run(capsys, "deploy", service.name, "--dry-run")
@@ -65,9 +67,18 @@ def test_dry_run_deploy_status_render_diff_and_rollback(
 
     code, out = run(capsys, "status", service.name)
     assert code == 0
-    assert f"git sha: {sha1}" in out
-    assert f"production traffic: {service.name}-a 100%" in out
-    assert "PRIMARY" in out
+    assert f"live commit: {sha1}, since " in out and " ago)" in out, out
+    assert f"production traffic: green [{service.name}-a] 100 %" in out, "the release's green, by target group"
+    assert f"PRIMARY {service.name}:1 running 1 [{service.name}-a]" in out, out
+    [line] = [line for line in out.splitlines() if line.endswith(f"  Deployed  {run_url(released.id)}")]
+    assert f"  {released.name}  " in line and " ago)  " in line, "when (local, how long ago), name, outcome, link"
+
+    code, out = run(capsys, "status", service.name, "--json")
+    one = json.loads(out)
+    assert schema_errors(one, STATUS_ONE_SCHEMA) == [], one
+    assert (one["live"]["sha"], one["running"], one["desired"]) == (sha1, 1, 1)
+    assert one["traffic"] == [{"role": "green", "target_group": f"{service.name}-a", "weight": 100}]
+    assert one["last_outcome"]["url"] == run_url(released.id) and one["release_in_flight"] is None
 
     code, out = run(capsys, "render", service.name, "--image", "example/app:1")
     rendered = json.loads(out)
@@ -86,6 +97,17 @@ def test_dry_run_deploy_status_render_diff_and_rollback(
     assert code == 0, out
     assert out.startswith("Deployed"), out
     assert "v1b" in service.get("/").text
+
+    # Every service of the deployments folder (this one), in a table and as JSON.
+    code, out = run(capsys, "status")
+    [row] = [line for line in out.splitlines() if line.startswith(f"│ {service.name} ")]
+    assert f" {sha1[:7]} (" in row and " task-sets " in row and " 1 of 1 " in row and " Deployed " in row, out
+    assert f"green [{service.name}-a] 100 %" in row, "back on A by releasing v1b again: that release's green"
+    code, out = run(capsys, "status", "--json")
+    every = json.loads(out)
+    assert schema_errors(every, STATUS_ALL_SCHEMA) == [], every
+    assert [(s["service"], s["live"]["sha"], s["error"]) for s in every["services"]] == [(service.name, sha1, None)]
+    assert [r["outcome"] for r in every["services"][0]["last_runs"][:2]] == ["Deployed", "Deployed"]
 
 
 def test_unknown_service_is_a_clear_error(service: ServiceUnderTest, capsys: pytest.CaptureFixture[str]) -> None:
@@ -125,6 +147,7 @@ def test_a_fresh_shell_uses_the_sandbox_prefect_server(service: ServiceUnderTest
     assert lines[0] == f"aws: {os.environ['AWS_ENDPOINT_URL']} (sandbox), time scale 60", lines
     assert f"prefect: {os.environ['PREFECT_API_URL']}" in lines, lines
     assert not any("temporary server" in line for line in lines), lines
+    assert any(line.startswith("env: using the sandbox (") for line in lines), lines
     assert any(run_id in line for line in lines), "the run recorded on the sandbox's server is listed"
 
 
@@ -152,12 +175,19 @@ def test_a_chosen_real_account_keeps_the_sandbox_out(tmp_path: Path, env: dict[s
 def test_the_env_file_fills_in_only_what_the_environment_leaves_unset(tmp_path: Path) -> None:
     (tmp_path / "env").write_text("AWS_ENDPOINT_URL=http://127.0.0.1:1\nPREFECT_API_URL=http://file\nAWS_REGION=x\n")
     environ = {"SANDBOX_DIR": str(tmp_path), "AWS_REGION": "eu-west-1"}
-    assert load_sandbox_env(environ) == str((tmp_path / "env").resolve())
+    assert load_sandbox_env(environ) == f"using the sandbox ({tmp_path / 'env'})"
     assert environ["AWS_REGION"] == "eu-west-1" and environ["PREFECT_API_URL"] == "http://file"
     for chosen in ({"AWS_ENDPOINT_URL": ""}, {"ECS_PIPELINE_NO_SANDBOX": "1"}):
         environ = {"SANDBOX_DIR": str(tmp_path), **chosen}
         assert "not read" in load_sandbox_env(environ)
         assert environ == {"SANDBOX_DIR": str(tmp_path), **chosen}, "nothing of the sandbox comes back"
+    # After `. .sandbox/env` the environment already points at the sandbox: said as such, quietly.
+    environ = {"SANDBOX_DIR": str(tmp_path), "AWS_ENDPOINT_URL": "http://127.0.0.1:1"}
+    assert load_sandbox_env(environ) == f"using the sandbox ({tmp_path / 'env'})"
+    assert environ["PREFECT_API_URL"] == "http://file", "what the shell did not export is filled in"
+    environ = {"SANDBOX_DIR": str(tmp_path), "AWS_ENDPOINT_URL": "http://127.0.0.1:2"}
+    assert load_sandbox_env(environ) == f"{tmp_path / 'env'} not read (AWS_ENDPOINT_URL is set in the environment)"
+    assert "PREFECT_API_URL" not in environ
 
 
 def test_serve_refuses_a_deployment_that_belongs_to_a_work_pool() -> None:
@@ -208,7 +238,7 @@ def test_no_sandbox_set_to_0_or_false_still_uses_the_sandbox(tmp_path: Path) -> 
     (tmp_path / "env").write_text("AWS_ENDPOINT_URL=http://127.0.0.1:1\n")
     for off in ("0", "false", "No", " "):
         environ = {"SANDBOX_DIR": str(tmp_path), "ECS_PIPELINE_NO_SANDBOX": off}
-        assert load_sandbox_env(environ) == str((tmp_path / "env").resolve()), off
+        assert load_sandbox_env(environ) == f"using the sandbox ({tmp_path / 'env'})", off
         assert environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1"
     for on in ("1", "true", "yes"):
         environ = {"SANDBOX_DIR": str(tmp_path), "ECS_PIPELINE_NO_SANDBOX": on}
