@@ -125,7 +125,7 @@ def build_user(name: str) -> pwd.struct_passwd:
             f"builds run as the unprivileged user {name}, which is missing or has no subordinate ids; as root: "
             f"useradd --system --no-create-home --shell /usr/sbin/nologin {name} && usermod --add-subuids "
             f"{SUBID_START}-{SUBID_START + SUBID_COUNT - 1} --add-subgids {SUBID_START}-{SUBID_START + SUBID_COUNT - 1}"
-            f" {name} (or set build.runner: host-unsafe, see README's security model)")
+            f" {name} (or set build.runner: host-unsafe, see docs/buildspec.md, the build box)")
     with _locked(Path("/etc/.ecs-pipeline-build-user.lock")):
         with contextlib.suppress(KeyError):
             user = pwd.getpwnam(name)

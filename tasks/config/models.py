@@ -57,7 +57,7 @@ class Build(_Model):
     image: str | None = Field(default=None, min_length=1, description="build image (a registry reference, pulled "
                               "into the build's own engine); without it the standard image")
     runner: Literal["container", "host-unsafe"] = Field(
-        default="container", description="container: the build box (README's security model); host-unsafe: the "
+        default="container", description="container: the build box (docs/buildspec.md); host-unsafe: the "
         "buildspec runs on the worker as the worker's user, refused for triggered runs unless "
         "ECS_PIPELINE_ALLOW_HOST_BUILDS is set")
     egress: list[Annotated[str, Field(pattern=EGRESS)]] = Field(
@@ -377,8 +377,8 @@ _EXPECTED = {
     "dict_type": "expected a mapping",
     "list_type": "expected a list",
     "tuple_type": "expected a list",
-    "extra_forbidden": "unknown field; check the spelling against README's config reference",
-    "missing": "required field is missing; add it (see README's config reference)",
+    "extra_forbidden": "unknown field; check the spelling against docs/configuration.md",
+    "missing": "required field is missing; add it (see docs/configuration.md)",
 }
 
 

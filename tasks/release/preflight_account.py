@@ -4,7 +4,7 @@ Each check reads what a release would use and says ok, MISSING or WRONG with the
 fix in one line, as kayac/ecspresso's ``verify`` does. A call AWS refuses for lack
 of permission gives "cannot check" naming the action and the resource, never a
 crash: a person runs this first under the identity they are setting up. Nothing
-is created or changed. What must exist per strategy is README's table ("Per
+is created or changed. What must exist per strategy is the table in docs/strategies.md ("Per
 strategy, what must exist in the account and the network").
 
 The account-wide checks live here (cluster, service and its controller, the task
@@ -179,7 +179,7 @@ def check_service(probe: Probe) -> None:
             probe.service = describe_service(probe.clients.get("ecs"), cfg.ecs.cluster, name)
         except ConfigError:
             probe.add("service", MISSING, name, f"not in cluster {cfg.ecs.cluster}",
-                      f"create it with deploymentController {want} (README: what must exist), or fix ecs.service")
+                      f"create it with deploymentController {want} (see docs/strategies.md), or fix ecs.service")
             return
         probe.add("service", OK, name, str(probe.service.get("status") or "ACTIVE"))
         fits = live_strategy_type(probe.service)
