@@ -126,8 +126,11 @@ def test_the_table_has_one_line_per_service_with_links_and_names_the_half_way_on
     [
         ("short one", "short one"), ("ten chars!", "ten chars!"),
         ("one two three four", "one two …"),  # width 10: "one two th" would cut a word
-        ("one two\n  three", "one two …"),
+        ("one two\n  three", "one two …"),  # the first line: build output follows it
+        ("ten chars!\n  | output", "ten chars! …"),
         ("abcdefghijklmnop", "abcdefghij …"),  # one word longer than the width: cut where it must
+        ("ab cdefghijklmnop", "ab cdefghi …"),  # a long token after a short word: cut inside, not lost
+        ("abcdef ghijklmnop", "abcdef …"),
     ],
 )
 def test_a_reason_in_a_cell_is_one_line_cut_at_a_word(text: str, cut: str) -> None:

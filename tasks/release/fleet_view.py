@@ -35,7 +35,7 @@ from tasks.core.report import artifact_key, markdown_text
 FLEET_KEY = "fleet-live"
 FLEET_LIMIT = 200  # services shown: the most recently updated records
 API_PAGE = 200  # the most one call to Prefect's API answers (PREFECT_API_DEFAULT_LIMIT)
-REASON_WIDTH = 90  # characters of a reason in a cell (the UI does not wrap cells); the service's view has it all
+REASON_WIDTH = 100  # characters of a reason in a cell (the UI does not wrap cells); the service's view has it all
 REWRITES = 3  # writes per publication at most, when other records keep changing under it
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s?%")
 
@@ -69,12 +69,17 @@ def run_link(run: str | None) -> str:
 
 
 def one_line(text: str, width: int = REASON_WIDTH) -> str:
-    """TEXT on one line, cut at a word boundary when longer than WIDTH (never mid-word)."""
-    words = " ".join(text.split())
-    if len(words) <= width:
+    """TEXT's first line (a reason's summary; build output follows it) in at most WIDTH characters, cut after
+    a word; `` …`` when anything is left out. A long token (a path, an image) is cut inside rather than lost."""
+    lines = text.strip().splitlines() or [""]
+    words = " ".join(lines[0].split())
+    if len(words) <= width and len(lines) == 1:
         return words
-    cut = words[: width + 1].rsplit(" ", 1)[0] if " " in words[:width] else words[:width]
-    return cut.rstrip(" ,;:") + " …"
+    if len(words) > width:
+        head = words[: width + 1]
+        cut = head.rsplit(" ", 1)[0] if " " in head else ""
+        words = (cut if len(cut) >= width // 2 else words[:width]).rstrip(" ,;:(")
+    return words + " …"
 
 
 def artifact_url(ui: str | None, key: str) -> str | None:
