@@ -18,6 +18,7 @@ from tasks.aws.clients import AwsClients
 from tasks.build.codepipeline_files import (
     IMAGE_DEFINITIONS,
     IMAGE_DETAIL,
+    hand_over_live,
     image_definitions,
     image_detail,
     write_interop_files,
@@ -67,9 +68,15 @@ def test_written_as_files_and_prefect_artifacts(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("ECS_PIPELINE_ARTIFACTS_DIR", str(tmp_path / "out"))
     cfg = load_service(ROOT / "deployments" / "sample-app.yaml")
 
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the artifacts folder would be")
+
     @flow(name="interop-files-check")
     def release_files() -> list[str]:
-        return write_interop_files(cfg, IMAGE, tmp_path / "out")
+        written = write_interop_files(cfg, IMAGE, tmp_path / "out")
+        hand_over_live(cfg, None, tmp_path / "out")  # nothing known to serve: the files stay as they are
+        hand_over_live(cfg, IMAGE + "-other", blocked)  # a write that fails does not fail the release
+        return written
 
     state = release_files(return_state=True)
     paths, run_id = state.result(), state.state_details.flow_run_id

@@ -9,6 +9,7 @@ from the version it serves and leaves one task set serving one version.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -24,7 +25,9 @@ from prefect.client.schemas.sorting import ArtifactSort
 from flows.pipeline import deploy_service
 from harness.faults import prefect_api_headers, serving_versions
 from harness.git import git
-from harness.services import ServiceUnderTest, refuse_next_call
+from harness.services import ServiceUnderTest, aws, refuse_next_call
+from tasks.core.report import artifact_key
+from tasks.core.settings import Settings
 from tasks.release.outcome import outcome_of
 
 
@@ -96,6 +99,8 @@ def wait_for_events(service: str, wanted: set[str], timeout: float = 20) -> set[
 
 def test_failed_http_check_rolls_back_and_v1_keeps_serving(live: tuple[ServiceUnderTest, str]) -> None:
     service, before = live
+    serving = image_of(next(ts for ts in service.task_sets() if ts["status"] == "PRIMARY")["taskDefinition"])
+    assert handed_over(service) == (serving, serving, serving), "the release that went live handed it over"
     service.commit("broken-root", broken="root")
     state = deploy(service.name)
     assert state.is_failed()
@@ -103,6 +108,31 @@ def test_failed_http_check_rolls_back_and_v1_keeps_serving(live: tuple[ServiceUn
     assert "GET / failed verification: returned 500" in (state.message or "")
     assert serving_versions(service) == {before}
     assert [ts["status"] for ts in service.task_sets()] == ["PRIMARY"], "green is removed"
+    # CodePipeline's hand-over files and their artifacts name what serves, never the rolled-back build.
+    (primary,) = service.task_sets()
+    assert image_of(primary["taskDefinition"]) == serving != image_of(service.revisions()[-1])
+    assert handed_over(service) == (serving, serving, serving)
+
+
+def image_of(task_definition: str) -> str:
+    found = aws("ecs").describe_task_definition(taskDefinition=task_definition)["taskDefinition"]
+    return str(found["containerDefinitions"][0]["image"])
+
+
+def handed_over(service: ServiceUnderTest) -> tuple[str, str, str]:
+    """The image imagedefinitions.json, imageDetail.json and the latest imagedefinitions artifact name."""
+    folder = Settings().artifacts_dir / service.name
+    (definition,) = json.loads((folder / "imagedefinitions.json").read_text())
+    detail = json.loads((folder / "imageDetail.json").read_text())["ImageURI"]
+    key = artifact_key(service.name, "imagedefinitions")
+    with get_client(sync_client=True) as client:
+        (latest,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    (named,) = json.loads(str(latest.data).split("```json\n", 1)[1].split("\n```", 1)[0])
+    return str(definition["imageUri"]), str(detail), str(named["imageUri"])
 
 
 def test_green_that_never_gets_healthy_rolls_back(live: tuple[ServiceUnderTest, str]) -> None:
