@@ -25,6 +25,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId,
 from flows.fleet import release_fleet
 from flows.webhook import create_app
 from harness.fleet_repo import base_yaml, commit, monorepo
+from harness.git import git
 from harness.services import aws
 from sandbox.seed_fleet import seed_fleet
 from tasks.config.models import load_all_services, parse_service
@@ -155,6 +156,7 @@ def test_a_monorepo_push_starts_one_fleet_run_once(fleet: dict[str, Any]) -> Non
             run = client.read_flow_run(uuid.UUID(run_ids.pop()))
             assert run.parameters["services"] == sorted(s["name"] for s in fleet["services"])
             assert run.parameters["sha"] == "ab" * 20 and "trigger:push" in run.tags
+            assert run.name == f"fleet {len(fleet['services'])} services @abababa", "named after what it releases"
             runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deploy_id])))
             assert runs == [], "no per-service run besides the fleet run"
     finally:
@@ -163,6 +165,11 @@ def test_a_monorepo_push_starts_one_fleet_run_once(fleet: dict[str, Any]) -> Non
                 for r in client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep]))):
                     client.delete_flow_run(r.id)
                 client.delete_deployment(dep)
+
+
+def run_name(state: Any) -> str:
+    with get_client(sync_client=True) as client:
+        return str(client.read_flow_run(state.state_details.flow_run_id).name)
 
 
 def fleet_rows(state: Any) -> dict[str, dict[str, Any]]:
@@ -174,7 +181,9 @@ def fleet_rows(state: Any) -> dict[str, dict[str, Any]]:
 def test_broken_service_rolls_back_the_others_deploy_and_stop_holds_later_waves(fleet: dict[str, Any]) -> None:
     names = [s["name"] for s in fleet["services"]]
     broken, good = names[0], names[1:]
+    head = git(fleet["repo"], "rev-parse", "HEAD")
     first = release_fleet(max_parallel=5, return_state=True)
+    assert run_name(first) == f"fleet 5 services @{head[:7]}", "the runs list says what the fleet released"
     rows = fleet_rows(first)
     assert first.is_failed() and (first.message or "").startswith("Fleet failed: 4 of 5"), first
     assert rows[broken]["outcome"] == "failed" and rows[broken]["state"] == "Rolled back", rows[broken]

@@ -25,6 +25,7 @@ from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateName,
     FlowRunFilterStateType,
@@ -36,6 +37,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
+from flows.pipeline import deploy_service
 from flows.runner import serving_status
 from flows.serve import DEPLOY_SERVICE
 from harness.git import git
@@ -121,6 +123,13 @@ def engine_tracebacks(run_id: Any) -> list[str]:
     return [log.message for log in logs if "Engine execution exited" in log.message or "Traceback" in log.message]
 
 
+def runs_list(ids: list[Any]) -> dict[Any, tuple[str, str | None, str, str]]:
+    """The Runs page's rows as the UI reads them (POST /flow_runs/filter): name, state, its message, first tag."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+    return {r.id: (r.name, r.state_name, (r.state.message or "") if r.state else "", r.tags[0]) for r in runs}
+
+
 def latest_live_view(service: str) -> str:
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
@@ -139,7 +148,8 @@ def test_every_release_is_listed_and_a_rollback_shows_under_failed(
     sha1 = git(sut.repo, "rev-parse", "HEAD")
     deployed = run_deployment(DEPLOY_SERVICE, parameters=params, timeout=300)
     broken = sut.commit("v2", broken="root")
-    rolled_back = run_deployment(DEPLOY_SERVICE, parameters=params, timeout=300)
+    # sha null, as a caller may send it: the parameter's schema is typed for the UI and still takes null
+    rolled_back = run_deployment(DEPLOY_SERVICE, parameters={**params, "sha": None}, timeout=300)
     unchanged = run_deployment(DEPLOY_SERVICE, parameters={**params, "sha": sha1[:12]}, timeout=300,
                                poll_interval=0.2)
     # At once: a run's process is still tracked for a second after its final state, which is when
@@ -150,9 +160,8 @@ def test_every_release_is_listed_and_a_rollback_shows_under_failed(
     assert [outcome_of(r.state) for r in runs] == outcomes, [r.state for r in runs]
     assert rolled_back.state is not None and rolled_back.state.message is not None
     assert rolled_back.state.message.startswith("Rolled back: GET / failed verification: returned 500")
-    assert rolled_back.name == f"deploy {sut.name}@{broken[:7]}"
-    assert deployed.name == f"deploy {sut.name}@{sha1[:7]}"
-    assert unchanged.name == f"deploy {sut.name}@{sha1[:7]}"
+    assert deployed.name == f"deploy {sut.name}@{sha1[:7]} · deployed", "the runs list shows the verdict"
+    assert unchanged.name == f"deploy {sut.name}@{sha1[:7]} · no change"
     assert rolled_back.tags[0] == "verdict:rolled-back" and deployed.tags[0] == "verdict:deployed"
     assert unchanged.tags[0] == "verdict:no-change", "stored first: the V2 UI's lists show a run's first tags"
 
@@ -175,3 +184,24 @@ def test_every_release_is_listed_and_a_rollback_shows_under_failed(
         description = client.read_deployment_by_name(DEPLOY_SERVICE).description or ""
     assert "**Not served since" in description and "a Run or a Retry waits" in description, description
     assert serving_status(DEPLOY_SERVICE).startswith(DEPLOY_SERVICE)
+    assert "Who starts it: pushes" in description and "**Not Ready**" in description, description
+
+    with get_client(sync_client=True) as client:
+        schema = client.read_deployment_by_name(DEPLOY_SERVICE).parameter_openapi_schema or {}
+    shown = {k: (p.get("type"), bool(p.get("description"))) for k, p in schema["properties"].items()}
+    assert shown == {"service": ("string", True), "sha": ("string", True), "force": ("boolean", True),
+                     "allow_older": ("boolean", True)}, "the parameter table's Type column, the run form's help"
+
+    # A failed build is red "Failed" too (a built-in state): the runs list tells it from the rollback.
+    no_build = sut.commit("v3", dockerfile_extra="COPY no-such-file /no-such-file\n")
+    build_failed = deploy_service(sut.name, return_state=True)  # in this process: serve has stopped
+    failed_id = build_failed.state_details.flow_run_id
+    rows = runs_list([rolled_back.id, failed_id])
+    name, state, message, tag = rows[rolled_back.id]
+    assert (name, state, tag) == (f"deploy {sut.name}@{broken[:7]} · rolled back", "Failed", "verdict:rolled-back")
+    assert message.startswith("Rolled back: GET / failed verification"), message
+    name, state, message, tag = rows[failed_id]
+    assert (name, state, tag) == (f"deploy {sut.name}@{no_build[:7]} · build failed", "Failed",
+                                  "verdict:build-failed")
+    assert message.startswith("Build failed: ") and "no-such-file" in message, message
+    assert outcome_of(build_failed) == "Failed"
