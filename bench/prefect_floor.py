@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-STAGES = ("detect change", "build", "push", "register", "interop files", "rolling update", "wait rollout", "verify")
+STAGES = ("detect change", "build", "push", "register", "hand-over files", "rolling update", "wait rollout", "verify")
 
 
 @task(cache_policy=NO_CACHE)

@@ -24,7 +24,7 @@ from harness.faults import Released, event_payloads, flow_runs, green_weight, se
 from harness.services import ServiceUnderTest, aws, edit_config, seed_serving, set_traffic
 from tasks.release.approval import approve_run
 from tasks.release.live_view import read_live
-from tasks.release.outcome import outcome_of
+from tasks.release.outcome import outcome_of, release_name
 from tests.test_pipeline import release_artifact
 from tests.test_pipeline_approval import paused_run, release_in_background
 
@@ -115,11 +115,11 @@ def test_rollback_refuses_while_a_codedeploy_release_holds_the_service(
 
 
 def rollback_runs(service: str) -> list[Any]:
-    """The service's rollback runs, oldest first."""
+    """The service's rollback runs, oldest first (a finished one's name carries its verdict after the name)."""
+    name = f"rollback {service}"
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[
-            f"rollback {service}"])))
-    return sorted(runs, key=lambda r: r.created)
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=name)))
+    return sorted((r for r in runs if release_name(r.name) == name), key=lambda r: r.created)
 
 
 def test_rollback_of_a_half_way_task_set_release_ends_on_blue_under_the_lock(
