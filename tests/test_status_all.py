@@ -133,12 +133,15 @@ def test_status_lists_every_service_and_a_failed_read_is_that_rows_news(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The repository's services exist in the demo's sandbox, not the tests': each row says why it cannot
-    be read (their deploy roles are not there), and every one is listed."""
+    be read (their cluster is not there), and every one is listed."""
     from flows.cli import main
     from tasks.config.models import load_all_services
 
     folder = tmp_path / "deployments"
     shutil.copytree(ROOT / "deployments", folder)
+    for path in folder.glob("*.yaml"):  # read as the tests' identity: the demo's deploy roles are not here either
+        path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                                if not line.startswith("deploy_role_arn:")))
     monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(folder))
     names = sorted(cfg.name for cfg in load_all_services(folder))
     assert len(names) >= 3
@@ -156,5 +159,29 @@ def test_status_lists_every_service_and_a_failed_read_is_that_rows_news(
     assert schema_errors(data, STATUS_ALL_SCHEMA) == []
     assert keys_are_snake_case(data)
     assert [row["service"] for row in data["services"]] == names
-    assert all(row["error"] and row["live"]["sha"] is None for row in data["services"])
+    assert all("cluster 'demo' does not exist" in row["error"] and row["live"]["sha"] is None
+               for row in data["services"]), data
     assert data["deployments"] == str(folder) and os.path.isabs(data["deployments"])
+
+
+def test_one_service_without_task_sets_prints_no_task_sets_heading() -> None:
+    """ECS-native and rolling services have no task sets: no empty "task sets:" heading."""
+    from flows.terminal import service_lines
+
+    info = {
+        "service": "app", "strategy": "ecs-native", "controller": "ECS",
+        "live": {"sha": "1a2b3c4d", "image": "repo@sha256:0", "task_definition": "app:3", "since": None},
+        "running": 2, "desired": 2, "production_url": "http://alb:80", "task_sets": [],
+        "traffic": [{"role": "green", "target_group": "app-b", "weight": 100}],
+        "release_in_flight": {"run_id": "0b6c", "run_name": "deploy app@9f8e7d6", "url": None, "alive": True,
+                              "heartbeat_age_seconds": 2.0, "stage": "shift traffic", "green_percent": 40.0},
+        "left_by_dead_run": None, "last_outcome": None, "last_runs": [],
+    }
+    lines = service_lines(info)
+    assert not any(line.startswith("task sets") for line in lines), lines
+    assert "production traffic: green [app-b] 100 %" in lines
+    assert "release in flight: deploy app@9f8e7d6, shift traffic, 40 % green" in lines
+    assert "last runs: none" in lines
+    stale = {**info["release_in_flight"], "alive": False, "heartbeat_age_seconds": 300.0}  # type: ignore[dict-item]
+    assert "release in flight: none live: deploy app@9f8e7d6 stopped 5 min ago without finishing; the next " \
+           "release takes over" in service_lines({**info, "release_in_flight": stale})
