@@ -185,3 +185,43 @@ def test_one_service_without_task_sets_prints_no_task_sets_heading() -> None:
     stale = {**info["release_in_flight"], "alive": False, "heartbeat_age_seconds": 300.0}  # type: ignore[dict-item]
     assert "release in flight: none live: deploy app@9f8e7d6 stopped 5 min ago without finishing; the next " \
            "release takes over" in service_lines({**info, "release_in_flight": stale})
+
+
+def test_a_release_in_flight_shows_its_run_stage_and_link() -> None:
+    """The run holding a service's slot (its heartbeat), named, with the stage it is in and its link."""
+    import time
+    import uuid
+
+    from prefect import flow, task
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    from flows.operations import SERVICE_STATUS_SCHEMA, run_url, slot_holder
+    from tasks.release.locks import Held, delete_heartbeat, write_heartbeat
+
+    service = f"inflight-{uuid.uuid4().hex[:8]}"
+
+    @task(task_run_name="shift traffic {name}")
+    def shift_traffic(name: str) -> dict[str, Any] | None:
+        with get_client(sync_client=True) as client:
+            write_heartbeat(client, Held(name, uuid.uuid4(), str(flow_run.get_id())))
+            try:
+                deadline = time.monotonic() + 30
+                while True:  # the task run's state reaches the server shortly after it starts
+                    held = slot_holder(name, 60)
+                    if (held and held["stage"]) or time.monotonic() > deadline:
+                        return held
+                    time.sleep(0.2)
+            finally:
+                delete_heartbeat(client, name)
+
+    @flow(flow_run_name="deploy {name}@1a2b3c4")
+    def release(name: str) -> tuple[dict[str, Any] | None, str]:
+        return shift_traffic(name), str(flow_run.get_id())
+
+    held, run_id = release(service)
+    assert held == {"run_id": run_id, "run_name": f"deploy {service}@1a2b3c4", "url": run_url(run_id),
+                    "alive": True, "heartbeat_age_seconds": held["heartbeat_age_seconds"] if held else None,
+                    "stage": "shift traffic", "green_percent": None}
+    assert schema_errors(held, SERVICE_STATUS_SCHEMA["release_in_flight"]) == []
+    assert slot_holder(service, 60) is None, "the slot is free again"
