@@ -68,3 +68,15 @@ def test_top_level_help_says_what_the_tool_does() -> None:
     examples = [line for line in text.splitlines() if line.startswith("  ecs-pipeline ")]
     assert len(examples) >= 2, text
     assert "--help" in text.splitlines()[-1]
+
+
+def test_help_prints_no_environment_lines(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Asking for help is not a command: no aws/prefect/env lines before it."""
+    from flows.cli import main
+
+    monkeypatch.setenv("ECS_PIPELINE_NO_SANDBOX", "1")  # nothing of a sandbox is read into this process
+    with pytest.raises(SystemExit) as done:
+        main(["status", "--help"])
+    out = capsys.readouterr()
+    assert done.value.code == 0 and out.err == "", out.err
+    assert out.out.startswith("usage: ecs-pipeline status")
