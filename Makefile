@@ -8,11 +8,15 @@ SHELL := /bin/bash
 UV ?= python3 -m uv
 export UV_LINK_MODE ?= copy
 
-.PHONY: setup demo test sandbox-up sandbox-down lint bench screenshots
+.PHONY: setup browser demo test sandbox-up sandbox-down lint bench screenshots
 
 setup:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check uv
 	@$(UV) sync --quiet --frozen --all-extras --compile-bytecode
+
+# Debian's Chromium, which Playwright drives (it downloads no browser): the UI tests and screenshots read pages with it.
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 sandbox-up: setup
 	@$(UV) run --frozen python -m sandbox up
@@ -23,7 +27,7 @@ sandbox-down:
 demo: setup
 	@$(UV) run --frozen python -m sandbox.demo
 
-test: sandbox-up
+test: sandbox-up browser
 	@$(UV) run --frozen pytest -n 4 --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: setup
@@ -35,6 +39,5 @@ bench: sandbox-up
 	@$(UV) run --frozen python -m bench
 
 # The key Prefect UI pages of the last `make demo`, by Debian's Chromium (headless), into docs/screenshots/.
-screenshots: setup
-	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+screenshots: setup browser
 	@$(UV) run --frozen python -m sandbox.screenshots
