@@ -64,13 +64,18 @@ def deploy_service(
             return stopped_by(exc, summary)
 
 
+def traffic_note(traffic: str) -> str:
+    """Where production is after a run that did not finish, in words that cannot be read as about the tests."""
+    return "production unchanged" if traffic == "unchanged" else traffic
+
+
 def stopped_by(exc: BaseException, summary: ReleaseSummary) -> State[Any]:
     """How a run ends that did not finish its release: cancelled, failed (rolled back or not), or a bug."""
     if isinstance(exc, Aborted):
         summary.outcome, summary.reason = "Cancelled", str(exc)
         conclude(summary)
         emit(summary.service, "cancelled", sha=summary.sha, reason=summary.reason, traffic=summary.traffic)
-        return final_state("Cancelled", f"{exc}; {summary.traffic}")
+        return final_state("Cancelled", f"{exc}; {traffic_note(summary.traffic)}")
     if summary.outcome != "Rollback failed":
         summary.outcome, summary.reason = "Failed", summary.reason or reason_of(exc)
     conclude(summary)
@@ -78,7 +83,7 @@ def stopped_by(exc: BaseException, summary: ReleaseSummary) -> State[Any]:
     if not isinstance(exc, PipelineError):
         raise exc  # a bug or an interruption keeps its traceback
     get_run_logger().error("%s: %s", summary.outcome, summary.reason)
-    state = final_state(summary.outcome, f"{summary.reason} ({summary.traffic})")
+    state = final_state(summary.outcome, f"{summary.reason} ({traffic_note(summary.traffic)})")
     if isinstance(exc, RollbackFailed) and isinstance(exc.interrupted_by, Aborted):
         # Prefect ends a Cancelling run only as Cancelled (a Failed is refused and the run
         # stays Cancelling): the same outcome and message, in a Cancelled state.
