@@ -175,13 +175,14 @@ def update_live(summary: ReleaseSummary, live: LiveRelease | None) -> LiveRecord
         if live is not None and live.sha and live.sha != record.sha:
             # Put live before this pipeline, or by hand: the truth AWS tells wins over the record.
             record = LiveRecord(summary.service, live.sha, live.image, live.task_definition,
-                                "100% of production", last_failure=record.last_failure)
+                                "100% of production", last_failure=record.last_failure, strategy=record.strategy)
         if OUTCOME_TYPES.get(summary.outcome) == StateType.FAILED or summary.outcome == "Cancelled":
             record.last_failure = Failure(summary.sha, summary.outcome, summary.reason or "-", run, now())
         if summary.traffic == "production on blue" and record.sha:
             record.traffic = "100% of production"  # this run's words for: the live release serves it all
         elif summary.traffic != "unchanged":  # a split a rollback could not undo, and the like
             record.traffic = summary.traffic
+    record.strategy = summary.strategy  # the fleet view's strategy column
     publish_live(record)
     return record
 
