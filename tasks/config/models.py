@@ -325,6 +325,13 @@ class ServiceConfig(_Model):
     approval_timeout_seconds: Annotated[int, Field(ge=1, le=604800)] = 3600
     base_dir: str = Field(default=".", description="set by the loader: the YAML file's folder")
 
+    @field_validator("name")
+    @classmethod
+    def _not_the_fleet(cls, value: str) -> str:
+        if value == "fleet":  # its artifacts (fleet-live, fleet-release) would be the fleet's own
+            raise ValueError("'fleet' names the fleet's own views in the Prefect UI; give the service another name")
+        return value
+
     @field_validator("task_definition")
     @classmethod
     def _taskdef_inside(cls, value: str) -> str:
