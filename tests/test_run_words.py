@@ -17,6 +17,7 @@ from prefect.utilities.schema_tools.validation import ValidationError, validate
 from flows.fleet import release_fleet
 from flows.pipeline import deploy_service
 from flows.serve import typed_parameters
+from tasks.aws.codedeploy import console_link
 from tasks.aws.codedeploy import console_url as codedeploy_console
 from tasks.config.models import parse_service
 from tasks.core.settings import Settings
@@ -29,7 +30,6 @@ from tasks.release.outcome import (
     verdict_words,
 )
 from tasks.release.runs import fleet_run_name
-from tasks.strategies.ecs_native import console_link
 from tasks.strategies.ecs_native import console_url as native_console
 
 

@@ -72,6 +72,11 @@ def console_url(where: Settings | str, deployment_id: str) -> str:
     return f"{console}/codesuite/codedeploy/deployments/{deployment_id}?region={region}" if console else ""
 
 
+def console_link(text: str, url: str) -> str:
+    """TEXT linked to URL in markdown; TEXT as code when there is no console to link."""
+    return f"[{text}]({url})" if url else f"`{text}`"
+
+
 def group_settings(cfg: ServiceConfig, cd: Any) -> GroupSettings:
     try:
         info = cd.get_deployment_group(

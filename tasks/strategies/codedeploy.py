@@ -22,6 +22,7 @@ from tasks.aws.codedeploy import (
     ENDED,
     Deployment,
     active_deployments,
+    console_link,
     console_url,
     continue_deployment,
     create_deployment,
@@ -58,7 +59,6 @@ def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha
     """
     log = get_run_logger()
     cd = clients.get("codedeploy")
-    region = clients.settings.region
     group = group_settings(cfg, cd)
     content = appspec_mod.appspec_content(appspec)
     task_definition = appspec_mod.appspec_task_definition(content) or ""
@@ -73,9 +73,9 @@ def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha
     if mine:
         dep_id = mine[0]["deploymentId"]
         log.info("deployment %s for %s is already %s: resumed; %s", dep_id, task_definition,
-                 mine[0]["status"], console_url(region, dep_id))
+                 mine[0]["status"], console_url(clients.settings, dep_id))
         config = str(mine[0].get("deploymentConfigName") or group.config_name)
-        return Deployment(dep_id, console_url(region, dep_id), task_definition, group, config, True)
+        return Deployment(dep_id, console_url(clients.settings, dep_id), task_definition, group, config, True)
     wait_for_others(cfg, clients, active, task_sets)
     config = ensure_deployment_config(cfg, cd, group)
     revision = {
@@ -83,7 +83,7 @@ def create(cfg: ServiceConfig, clients: AwsClients, appspec: dict[str, Any], sha
         "appSpecContent": {"content": content, "sha256": digest},
     }
     dep_id = create_deployment(cfg, cd, config, revision, f"ecs-pipeline {cfg.name}@{sha[:12]}")
-    url = console_url(region, dep_id)
+    url = console_url(clients.settings, dep_id)
     log.info("CodeDeploy deployment %s created (%s): %s", dep_id, config, url)
     return Deployment(dep_id, url, task_definition, group, config)
 
@@ -289,7 +289,7 @@ class CodeDeploySteps(LoadBalanced):
         appspec = appspec_for(self.cfg, r.task_definition)
         self.dep = dep = create(self.cfg, self.clients, appspec, r.sha)
         resumed = ", resumed" if dep.resumed else ""
-        r.note(f"CodeDeploy deployment [{dep.id}]({dep.url}) ({dep.config_name}{resumed})")
+        r.note(f"CodeDeploy deployment {console_link(dep.id, dep.url)} ({dep.config_name}{resumed})")
         emit(self.cfg.name, "codedeploy-created", sha=r.sha, deployment_id=dep.id, url=dep.url)
 
     def _wait_ready(self) -> None:
@@ -354,7 +354,7 @@ class CodeDeploySteps(LoadBalanced):
                 dep_id = info["deploymentId"]
                 get_run_logger().warning("finishing deployment %s, in flight when this run started", dep_id)
                 group = group_settings(cfg, cd)
-                url = console_url(clients.settings.region, dep_id)
+                url = console_url(clients.settings, dep_id)
                 finish(cfg, clients, Deployment(dep_id, url, live, group, group.config_name))
                 return Reconciled("forward", live, f"finished CodeDeploy deployment {dep_id} from its termination wait")
         return None
@@ -367,7 +367,7 @@ class CodeDeploySteps(LoadBalanced):
             dep_id, group = info["deploymentId"], group_settings(self.cfg, cd)
             td = deployed_task_definition(cd, dep_id, task_sets) or ""
             config = str(info.get("deploymentConfigName") or group.config_name)
-            self.dep = Deployment(dep_id, console_url(self.clients.settings.region, dep_id), td, group, config, True)
+            self.dep = Deployment(dep_id, console_url(self.clients.settings, dep_id), td, group, config, True)
             self.release.task_definition = td
             revision = td.rsplit("/", 1)[-1] or "a revision not installed yet"
             return f"CodeDeploy deployment {dep_id} of {revision} was {info['status']}"

@@ -20,7 +20,7 @@ from prefect import get_run_logger
 
 from tasks.aws import ecs as ecs_ops
 from tasks.aws.clients import AwsClients
-from tasks.aws.codedeploy import aws_console
+from tasks.aws.codedeploy import aws_console, console_link
 from tasks.aws.retry import stage
 from tasks.config.models import ServiceConfig
 from tasks.core.errors import ConfigError, DeployError, RolledBack
@@ -140,11 +140,6 @@ def console_url(settings: Settings, cfg: ServiceConfig) -> str:
     console = aws_console(settings)
     return (f"{console}/ecs/v2/clusters/{cfg.ecs.cluster}/services/{cfg.ecs.service}/deployments"
             f"?region={settings.region}") if console else ""
-
-
-def console_link(text: str, url: str) -> str:
-    """TEXT linked to URL in markdown; TEXT as code when there is no console to link."""
-    return f"[{text}]({url})" if url else f"`{text}`"
 
 
 @dataclass(frozen=True)
