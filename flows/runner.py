@@ -25,8 +25,8 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runner import Runner
 
 NOT_SERVED = (
-    "Runs only while `ecs-pipeline serve` (or a worker of its work pool) serves it. "
-    "When this deployment shows **Not Ready**, nothing does: a Run or a Retry waits "
+    "Runs only while `ecs-pipeline serve` serves it. "
+    "When this deployment shows **Not Ready**, nothing serves it: a Run or a Retry waits "
     "until `ecs-pipeline serve` starts again."
 )
 
