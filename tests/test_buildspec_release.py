@@ -16,6 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.pipeline import deploy_service
+from harness.browser import in_first_viewport, ui_page, ui_url
 from harness.services import ServiceUnderTest, aws, refuse_next_call
 from tasks.release.outcome import outcome_of
 
@@ -85,6 +86,13 @@ def test_failing_tests_stop_the_release_before_any_push(
                               " … (full reason in the summary) "), summary
     assert f"| Reason | {failing} … (reason below) |" in summary
     assert "- buildspec failed in phase pre_build" in summary, "the whole reason below the table, a line each"
+    with get_client(sync_client=True) as client:  # the run's summary page, in Chromium: the failing test first
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"{sut.name}-release"])))
+    page_id = next(a.id for a in found if a.flow_run_id == state.state_details.flow_run_id)
+    with ui_page() as page:
+        page.goto(f"{ui_url()}/artifacts/artifact/{page_id}", wait_until="networkidle", timeout=60_000)
+        assert in_first_viewport(page, "root_answers_200"), "the failing test is shown without scrolling"
     lines = [record.getMessage() for record in caplog.records]
     assert "testing with ***" in lines
     assert all(secret not in text for text in [*lines, message, report, summary])

@@ -40,6 +40,7 @@ from prefect.exceptions import ObjectNotFound
 from flows.pipeline import deploy_service
 from flows.runner import serving_status
 from flows.serve import DEPLOY_SERVICE
+from harness.browser import in_first_viewport, ui_page, ui_url
 from harness.git import git
 from harness.services import ROOT, ServiceUnderTest
 from tasks.release.outcome import outcome_of
@@ -205,3 +206,21 @@ def test_every_release_is_listed_and_a_rollback_shows_under_failed(
                                   "verdict:build-failed")
     assert message.startswith("Build failed: ") and "no-such-file" in message, message
     assert outcome_of(build_failed) == "Failed"
+
+    # The same in Chromium, as a person reads it: the runs list tells the rollback from the failed build,
+    # the fleet view lists the service, and the deployment page says who starts it.
+    with get_client(sync_client=True) as client:
+        fleet = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["fleet-live"])),
+                                      sort=ArtifactSort.CREATED_DESC, limit=1)
+        deployment_id = client.read_deployment_by_name(DEPLOY_SERVICE).id
+    assert fleet, "every release rewrites the fleet view"
+    with ui_page() as page:
+        page.goto(f"{ui_url()}/runs", wait_until="networkidle", timeout=60_000)
+        for shown in (f"deploy {sut.name}@{broken[:7]} · rolled back",
+                      f"deploy {sut.name}@{no_build[:7]} · build failed"):
+            assert in_first_viewport(page, shown), f"the Runs page shows {shown!r} without scrolling"
+        page.goto(f"{ui_url()}/artifacts/artifact/{fleet[0].id}", wait_until="networkidle", timeout=60_000)
+        assert in_first_viewport(page, sut.name), "the fleet view's table lists the service"
+        page.goto(f"{ui_url()}/deployments/deployment/{deployment_id}", wait_until="networkidle", timeout=60_000)
+        page.locator("[role=tab], .p-tab", has_text="Description").first.click()
+        assert in_first_viewport(page, "Who starts it"), "the Description tab says who starts the deployment"
