@@ -3,9 +3,9 @@
 Playwright drives the system browser (``executable_path``; it downloads none)
 against the sandbox's Prefect server after ``make demo``, and writes
 docs/screenshots/*.png: the release graph of the last deployed release, the
-rolled-back release, its summary artifact, the live view, the deployment page
-listing every release, the Runs page with the UI's "Failed" state filter, and
-the rolled-back event.
+rolled-back release, its summary artifact, the live view, the fleet view, the
+failed build's summary, the deployment page listing every release, the Runs page
+(all runs, and with the UI's "Failed" state filter), and the rolled-back event.
 """
 
 from __future__ import annotations
@@ -64,14 +64,20 @@ def pages(ui: str) -> list[tuple[str, str]]:
         )
         summary_id = next((a.id for a in summary if a.flow_run_id == rolled_back.id), summary[0].id)
         live = latest_artifact(client, f"{SERVICE}-live")
+        fleet = latest_artifact(client, "fleet-live")
+        build_failed = latest_run(client, "verdict:build-failed")
+        failed_summary = next((a.id for a in summary if a.flow_run_id == build_failed.id), summary[0].id)
         deployment = client.read_deployment_by_name("deploy-service/deploy-service")
     return [
         ("release-graph", f"{ui}/runs/flow-run/{deployed.id}"),
         ("rolled-back-release", f"{ui}/runs/flow-run/{rolled_back.id}#Details"),  # its state message
         ("release-summary", f"{ui}/artifacts/artifact/{summary_id}"),
         ("live-view", f"{ui}/artifacts/artifact/{live.id}"),
+        ("fleet-view", f"{ui}/artifacts/artifact/{fleet.id}"),
+        ("build-failure", f"{ui}/artifacts/artifact/{failed_summary}"),  # the failing test in the first screen
         ("deployment-runs", f"{ui}/deployments/deployment/{deployment.id}"),
         ("failed-runs", f"{ui}/runs?state=Failed"),  # the URL the UI makes when "Failed" is picked
+        ("runs", f"{ui}/runs"),  # every run, its verdict at the end of its name
         ("rolled-back-event", rolled_back_event(ui)),
     ]
 
@@ -82,7 +88,9 @@ def rolled_back_event(ui: str) -> str:
 
     wanted = {"event": {"name": ["ecs-pipeline.deploy.rolled-back"]},
               "resource": {"id": [f"ecs-pipeline.service.{SERVICE}"]}}
-    found = httpx.post(f"{ui}/api/events/filter", json={"filter": wanted, "limit": 1}, timeout=30).json()["events"]
+    user, _, password = (os.environ.get("PREFECT_API_AUTH_STRING") or ":").partition(":")  # the API's basic auth
+    found = httpx.post(f"{ui}/api/events/filter", json={"filter": wanted, "limit": 1}, timeout=30,
+                       auth=(user, password) if password else None).json()["events"]
     if not found:
         raise SystemExit(f"no rolled-back event of {SERVICE}: run `make demo` first")
     return f"{ui}/events/event/{found[0]['occurred'][:10]}/{found[0]['id']}"
