@@ -45,6 +45,17 @@ def assumer(endpoint: str) -> Client:
     return client_factory(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
 
 
+def test_a_role_that_does_not_exist_cannot_be_assumed_even_by_the_admin(endpoint: str, assumer: Client) -> None:
+    """AWS answers AccessDenied ("is not authorized to perform: sts:AssumeRole") for a role that is not there,
+    whoever asks; credentials for it would fail every later call instead, retried as a server error."""
+    missing = f"arn:aws:iam::{ACCOUNT}:role/no-such-role"
+    error = refused(lambda: admin_client(endpoint)("sts").assume_role(RoleArn=missing, RoleSessionName="probe"))
+    assert error.response["Error"]["Code"] == "AccessDenied"
+    assert error.response["Error"]["Message"].endswith(f"is not authorized to perform: sts:AssumeRole on resource: "
+                                                       f"{missing}")
+    admin_client(endpoint)("sts").assume_role(RoleArn=ROLE, RoleSessionName="probe")  # an existing one: as before
+
+
 def _session(endpoint: str, assumer: Client, policy: dict[str, Any] | None = None) -> Client:
     args: dict[str, Any] = {"RoleArn": ROLE, "RoleSessionName": "build-1", "DurationSeconds": 900}
     if policy is not None:

@@ -122,8 +122,9 @@ class Enforcer:
         found = _CREDENTIAL.search(str(environ.get("HTTP_AUTHORIZATION", "")))
         if found is None:
             return _unsigned(service, is_json)
-        if found.group(1) in self.admin:
-            return None  # the sandbox's own identity
+        if found.group(1) in self.admin:  # the sandbox's own identity, all-powerful, but roles it names must exist
+            with LOCK:
+                return _no_such_role(service, operation, _params(body, environ, is_json), is_json)
         key, region = found.group(1), found.group(2)
         with LOCK:
             try:
@@ -150,6 +151,20 @@ class Enforcer:
                     log.info("IAM: %s", message)
                     return access_denied(service, message, is_json)
         return None
+
+
+def _no_such_role(service: str, operation: str, params: Mapping[str, Any], is_json: bool) -> Answer | None:
+    """AssumeRole of a role that does not exist: AccessDenied, as AWS answers it (it says no more, whoever asks);
+    moto alone hands out credentials for any ARN, whose every call then fails inside the sandbox."""
+    arn = str(params.get("RoleArn") or "")
+    if operation != "AssumeRole" or arn.count(":") < 5:
+        return None
+    partition, account = arn.split(":")[1], arn.split(":")[4]
+    if role_named(arn, account, partition) is not None:
+        return None
+    message = f"User: the sandbox's admin is not authorized to perform: sts:AssumeRole on resource: {arn}"
+    log.info("IAM: %s", message)
+    return access_denied(service, message, is_json)
 
 
 def _principal(environ: dict[str, Any], body: bytes, operation: str, key: str) -> Any:
