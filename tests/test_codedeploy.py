@@ -124,7 +124,8 @@ def test_canary_release_succeeds_and_removes_the_original(deployments_dir: Path)
     stages = ("codedeploy create", "wait ready", "verify", "continue to production", "watch shift", "bake", "finish")
     for stage in stages:
         assert f"| {stage} |" in summary
-    assert "| Production traffic | 100% green |" in summary
+    green = sut.task_sets()[0]["loadBalancers"][0]["targetGroupArn"].split("/")[1]  # targetgroup/<name>/<id>
+    assert f"| Production traffic | 100% green [{green}] |" in summary
     assert outcome_of(deploy(sut.name)) == "No change"
 
 

@@ -26,6 +26,7 @@ from tasks.release.fleet_view import (
     one_line,
     publish_fleet,
     read_snapshot,
+    short_time,
 )
 from tasks.release.live_view import Failure, LiveRecord, now, parse_record, publish_live, row_of
 
@@ -55,6 +56,8 @@ def failed(at: str, outcome: str = "Rolled back", reason: str = "GET / returned 
         (live(last_failure=failed("2026-12-06 09:00:00 UTC")), "100% green", "Deployed", RUN1),  # failed before
         (live(last_failure=failed("2026-12-06 11:00:00 UTC", "Failed", "build failed")), "100% blue", "Failed", RUN2),
         (live(target_group="app-tg-b"), "100% green [app-tg-b]", "Deployed", RUN1),
+        (live(target_group="app-tg-a", last_failure=failed("2026-12-06 11:00:00 UTC")), "100% blue [app-tg-a]",
+         "Rolled back", RUN2),  # the failed attempt's blue: the release that stayed live, on its target group
         (live(strategy="rolling"), "100% of production", "Deployed", RUN1),  # no blue/green to name
         # Live before the pipeline (or by hand): nothing attempted, nothing to call blue or green.
         (LiveRecord("app", SHA1, traffic="100% of production"), "100% of production", None, None),
@@ -103,19 +106,29 @@ def test_the_table_has_one_line_per_service_with_links_and_names_the_half_way_on
              last_failure=failed("2026-12-06 11:00:00 UTC", "Rollback failed", "DescribeListeners throttled"))
         .fleet_row(),
     ]
+    rows.append(live(service="old", since="2026-12-05 09:07:00 UTC").fleet_row())
     text = fleet_markdown(merge_rows(rows, None), UI, "2026-12-06 11:00:01 UTC")
     lines = text.splitlines()
-    assert lines[0] == "# Fleet: 2 services; half-way: billing"
-    assert lines[2] == "| service | live | live since | strategy | production traffic | last attempt | run |"
+    assert lines[0] == "# Fleet: 3 services; half-way: billing"
+    assert lines[2] == "| service | live | since | strategy | production traffic | last attempt |"
     app = next(line for line in lines if line.startswith("| [app]"))
     billing = next(line for line in lines if line.startswith("| [billing]"))
     assert lines.index(app) < lines.index(billing), "rows by service name"
-    assert app.startswith(f"| [app]({UI}/artifacts/key/app-live) | `aaaaaaa` | 2026-12-06 10:00:00 UTC | task-sets |")
-    assert "| 100% blue | Rolled back: GET / returned 500 on 3 of 3 checks \\| table breaker \\[x\\]" in app
-    assert "\\<img src=x\\>" in app, "a reason is plain text: no HTML, no links"
-    assert app.endswith(" … | [deploy app@bbbbbbb](http://ui/runs/flow-run/2) |"), "reason cut at a word"
-    assert len(re.findall(r"(?<!\\)\|", app)) == 8, "seven cells: a reason's | is escaped"
-    assert "| ⚠ half-way: production split 50% billing-a / 50% billing-b | Rollback failed: Describe" in billing
+    # Short cells, the page's width (the UI does not wrap a cell): today's time, the reason cut at a word.
+    assert app == (f"| [app]({UI}/artifacts/key/app-live) | `aaaaaaa` | 10:00 UTC | task-sets | 100% blue | "
+                   "[Rolled back](http://ui/runs/flow-run/2): GET / returned 500 on 3 of 3 checks \\| … |"), app
+    assert len(re.findall(r"(?<!\\)\|", app)) == 7, "six cells: a reason's | is escaped"
+    assert "| ⚠ half-way: split 50% billing-a / 50% billing-b | [Rollback failed](http://ui/runs/flow-run/2): " \
+           "DescribeListeners throttled |" in billing
+    assert "| Dec 5 09:07 | task-sets | 100% green | [Deployed](http://ui/runs/flow-run/1) |" in text, "another day"
+    # Below the table, each reason's whole first line (list items wrap): plain text, no HTML, no links.
+    why = lines[lines.index("**Last attempts that did not go live, and why** (each outcome opens its run):") + 2:]
+    assert why[0] == ("- **app**, Rolled back ([deploy app@bbbbbbb](http://ui/runs/flow-run/2)): GET / returned 500 "
+                      "on 3 of 3 checks \\| table breaker \\[x\\](http://evil) \\<img src=x\\> "
+                      + "and more " * 11 + "and more"), why[0]
+    assert why[1] == "- **billing**, Rollback failed ([deploy app@bbbbbbb](http://ui/runs/flow-run/2)): " \
+                     "DescribeListeners throttled"
+    assert len(why) == 4 and why[2] == "", "a Deployed row has no reason to list"
     assert lines[-1].startswith("_rebuilt 2026-12-06 11:00:01 UTC from every service's `-live` record")
     assert fleet_markdown([], None, "now").startswith("# Fleet: 0 services, none half-way")
     assert "_rebuilt now from the 200 most recently updated `-live` record" in fleet_markdown([], None, "now", True)
@@ -137,10 +150,25 @@ def test_a_reason_in_a_cell_is_one_line_cut_at_a_word(text: str, cut: str) -> No
     assert one_line(text, 10) == cut
 
 
+@pytest.mark.parametrize(
+    ("stamp", "short"),
+    [
+        ("2026-12-06 14:31:09 UTC", "14:31 UTC"),  # the day the view is rebuilt
+        ("2026-12-05 14:31:09 UTC", "Dec 5 14:31"),
+        ("2025-12-06 04:05:00 UTC", "Dec 6 2025 04:05"),
+        (None, "-"),
+        ("yesterday", "yesterday"),  # not a record's time: as it is
+    ],
+)
+def test_a_time_in_a_cell_is_short(stamp: str | None, short: str) -> None:
+    assert short_time(stamp, "2026-12-06 16:00:00 UTC") == short
+
+
 def test_records_with_more_or_fewer_fields_still_read() -> None:
     record = live(target_group="app-tg-b", last_failure=failed("2026-12-06 11:00:00 UTC"))
     text = record.markdown(f"{UI}/artifacts/key/{FLEET_KEY}")
     assert f"[Every service: the fleet view]({UI}/artifacts/key/fleet-live)" in text
+    assert "| Production traffic | 100% blue [app-tg-b] |" in text, "the failed attempt's blue, by target group"
     assert parse_record(text) == record
     older = text.replace(', "strategy": "task-sets", "target_group": "app-tg-b"', "")
     assert older != text and parse_record(older) == live(strategy=None, last_failure=record.last_failure,
@@ -187,11 +215,12 @@ def test_two_services_records_are_both_in_the_fleet_view(client: SyncPrefectClie
 
     fleet = latest_markdown(client, FLEET_KEY)
     rows = {line.split("]")[0].removeprefix("| ["): line for line in fleet.splitlines() if line.startswith("| [")}
-    assert f"| `aaaaaaa` | 2026-12-06 10:00:00 UTC | task-sets | 100% green \\[fleet-a-{tag}-tg-2\\] | Deployed |" \
+    since = short_time(one.since, now())  # "10:00 UTC" on the day it runs
+    assert f"| `aaaaaaa` | {since} | task-sets | 100% green \\[fleet-a-{tag}-tg-2\\] | [Deployed](http://ui/runs/" \
         in rows[one.service], fleet
     assert two.service in rows, "a record published after the view's read is in the view: it was written again"
-    assert "| codedeploy | 100% blue | Rolled back: GET / returned 500 on 3 of 3 checks |" in rows[two.service], fleet
-    assert rows[two.service].endswith("| [deploy app@bbbbbbb](http://ui/runs/flow-run/2) |")
+    assert rows[two.service].endswith("| codedeploy | 100% blue | [Rolled back](http://ui/runs/flow-run/2): GET / "
+                                      "returned 500 on 3 of 3 checks |"), fleet
     assert "/artifacts/key/fleet-live)" in latest_markdown(client, f"{one.service}-live"), "each view links the fleet"
     run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
     in_run = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[FLEET_KEY])),

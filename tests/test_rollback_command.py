@@ -141,7 +141,8 @@ def test_rollback_of_a_half_way_task_set_release_ends_on_blue_under_the_lock(
         printed
     assert f"ran beside the primary, production 20% {sut.name}-" in printed and f"/ 80% {sut.name}-" in printed, \
         printed
-    assert printed.endswith(f"(production on blue, live {live_sha(sut)[:7]})"), printed
+    on_blue = f"production on blue [{blue['loadBalancers'][0]['targetGroupArn'].split('/')[1]}]"  # its name
+    assert printed.endswith(f"({on_blue}, live {live_sha(sut)[:7]})"), printed
     assert green_weight(sut) == 0
     assert [(ts["taskSetArn"], ts["status"]) for ts in sut.task_sets()] == [(blue["taskSetArn"], "PRIMARY")], \
         "the green task set is removed, blue is untouched"
@@ -154,11 +155,12 @@ def test_rollback_of_a_half_way_task_set_release_ends_on_blue_under_the_lock(
     # The same outcome a failing release publishes: summary, rolled-back event, live view.
     summary = release_artifact(sut.name)
     assert f"# {sut.name}@{sha[:7]}: Rolled back" in summary and "| roll back |" in summary
-    assert "| Production traffic | production on blue |" in summary
+    assert f"| Production traffic | {on_blue} |" in summary
     wait_until(lambda: [e for e in event_payloads(sut.name, "rolled-back")
                         if e["sha"] == sha and "ecs-pipeline rollback" in e["reason"]], 30, "the rolled-back event")
     record = read_live(sut.name)
     assert record is not None and record.traffic == "100% of production"
+    assert record.target_group == on_blue.split("[")[1].rstrip("]"), "the fleet view names blue's target group"
     assert record.last_failure is not None and record.last_failure.outcome == "Rolled back"
 
 

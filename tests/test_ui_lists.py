@@ -176,7 +176,9 @@ def test_every_release_is_listed_and_a_rollback_shows_under_failed(
     live = latest_live_view(sut.name)
     assert live.startswith(f"# {sut.name}: `{sha1[:7]}` is live"), live
     assert f"`{broken[:7]}` Rolled back" in live and "GET / failed verification" in live
-    assert "| Production traffic | 100% of production |" in live, "blue (the live release) serves it all"
+    (primary,) = sut.task_sets()
+    blue = primary["loadBalancers"][0]["targetGroupArn"].split("/")[1]  # targetgroup/<name>/<id>
+    assert f"| Production traffic | 100% blue [{blue}] |" in live, "blue (the live release) serves it all"
 
     with get_client(sync_client=True) as client:
         after = [client.read_flow_run(r.id).state for r in runs]

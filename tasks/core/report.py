@@ -199,12 +199,14 @@ class ShiftProgress:
         self.id: UUID | None = None
         self.service = service
 
-    def update(self, percent: float) -> None:
+    def update(self, percent: float, target_group: str | None = None) -> None:
+        """TARGET_GROUP: green's, named in the artifact's description (``on green [app-tg-b]``)."""
         if self.id is None:
+            green = f"green [{target_group}]" if target_group else "green"
             self.id = create_progress_artifact(  # type: ignore[assignment]
                 progress=percent,
                 key=artifact_key(self.service, "traffic-shift"),
-                description=f"{self.service}: production traffic on green (%)",
+                description=f"{self.service}: production traffic on {green} (%)",
             )
         else:
             update_progress_artifact(artifact_id=self.id, progress=percent)

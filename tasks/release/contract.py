@@ -11,6 +11,7 @@ happened).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
@@ -78,7 +79,10 @@ class Reconciled:
 class Steps(Protocol):
     """A strategy's own steps. Every phase may yield nothing."""
 
-    live_traffic: str  # where production is once the release is done, in the summary's words
+    @property
+    def live_traffic(self) -> str:
+        """Where production is once the release is done, in the summary's words ("100% green [app-tg-b]")."""
+        ...
 
     def before_production(self) -> Iterable[Step]:
         """Green up and verified while production stays on blue (a failure here costs users nothing)."""
@@ -129,5 +133,33 @@ class LoadBalanced:
 
     def where_traffic_is(self) -> str:
         weights = traffic.get_weights(self.clients.get("elbv2"), self.routing.production_listener)
-        names = dict(zip(self.routing.target_groups, self.routing.target_group_names, strict=True))
-        return "production split " + " / ".join(f"{w}% {names.get(arn, arn)}" for arn, w in weights.items())
+        return "production split " + " / ".join(f"{w}% {self.group_name(arn)}" for arn, w in weights.items())
+
+    @property
+    def live_traffic(self) -> str:
+        """Green serves it all, named by the target group the production listener sends it to."""
+        return self.on_group("100% green")
+
+    def group_name(self, arn: str) -> str:
+        return dict(zip(self.routing.target_groups, self.routing.target_group_names, strict=True)).get(arn, arn)
+
+    def on_group(self, words: str) -> str:
+        """WORDS ("100% green", "production on blue") with the target group production is wholly on, as
+        ``100% green [app-tg-b]``; WORDS alone when production is split or the listener cannot be read."""
+        try:
+            weights = traffic.get_weights(self.clients.get("elbv2"), self.routing.production_listener)
+        except Exception:  # noqa: BLE001 - the words are a report: never the reason a release fails
+            return words
+        serving = [arn for arn, w in weights.items() if w]
+        return with_group(words, self.group_name(serving[0])) if len(serving) == 1 else words
+
+
+def with_group(words: str, group: str | None) -> str:
+    """``100% green [app-tg-b]``: blue/green named with its target group, when it is known."""
+    return f"{words} [{group}]" if group else words
+
+
+def group_of(words: str) -> str | None:
+    """The target group ``with_group`` named in WORDS, None when they name none."""
+    found = re.search(r"\[([^\[\]]+)\]$", words.strip())
+    return found.group(1) if found else None

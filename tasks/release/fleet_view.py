@@ -20,6 +20,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 from prefect import get_run_logger
@@ -35,7 +36,8 @@ from tasks.core.report import artifact_key, markdown_text
 FLEET_KEY = "fleet-live"
 FLEET_LIMIT = 200  # services shown: the most recently updated records
 API_PAGE = 200  # the most one call to Prefect's API answers (PREFECT_API_DEFAULT_LIMIT)
-REASON_WIDTH = 100  # characters of a reason in a cell (the UI does not wrap cells); the service's view has it all
+REASON_WIDTH = 40  # characters of a reason in a cell (the UI does not wrap cells); the list below has its line
+LINE_WIDTH = 300  # characters of a reason in the list below the table (list items wrap)
 REWRITES = 3  # writes per publication at most, when other records keep changing under it
 _PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s?%")
 
@@ -99,25 +101,47 @@ def merge_rows(read: Iterable[FleetRow], own: FleetRow | None) -> list[FleetRow]
     return sorted(rows.values(), key=lambda r: r.service)
 
 
-def fleet_cell(row: FleetRow, ui: str | None) -> list[str]:
+def short_time(stamp: str | None, today: str) -> str:
+    """A record's "%Y-%m-%d %H:%M:%S UTC" as ``14:31 UTC`` on TODAY's date (same form), else ``Dec 6 14:31``
+    (``Dec 6 2025 14:31`` in another year); anything else unchanged."""
+    if not stamp:
+        return "-"
+    try:
+        at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return stamp
+    if stamp[:10] == today[:10]:
+        return f"{at:%H:%M} UTC"
+    year = "" if stamp[:4] == today[:4] else f" {at.year}"
+    return f"{at:%b} {at.day}{year} {at:%H:%M}"
+
+
+def fleet_cell(row: FleetRow, ui: str | None, today: str) -> list[str]:
+    """One short line: the UI does not wrap a cell; the reason's whole line is in the list below."""
     live_url = artifact_url(ui, artifact_key(row.service, "live"))
     service = f"[{row.service}]({live_url})" if live_url else row.service
-    traffic = markdown_text(row.traffic)
+    traffic = markdown_text(row.traffic.removeprefix("production "))  # the column says "production"
     if row.outcome is None:
         attempt = "-"
-    elif row.reason:
-        attempt = f"{row.outcome}: {markdown_text(one_line(row.reason))}"
     else:
-        attempt = row.outcome
+        url = (row.run or "").partition("|")[2]
+        attempt = f"[{row.outcome}]({url})" if url else row.outcome  # the outcome opens its run
+        if row.reason:
+            attempt += f": {markdown_text(one_line(row.reason))}"
     return [
         service,
         f"`{row.sha[:7]}`" if row.sha else "unknown",
-        row.since or "-",
+        short_time(row.since, today),
         row.strategy or "-",
         f"⚠ half-way: {traffic}" if row.half_way else traffic,
         attempt,
-        run_link(row.run),
     ]
+
+
+def reason_list(rows: list[FleetRow]) -> list[str]:
+    """Below the table, a list item a service (list items wrap): its last attempt's reason, whole line."""
+    return [f"- **{r.service}**, {r.outcome} ({run_link(r.run)}): {markdown_text(one_line(r.reason, LINE_WIDTH))}"
+            for r in rows if r.outcome and r.reason]
 
 
 def fleet_headline(rows: list[FleetRow]) -> str:
@@ -128,10 +152,13 @@ def fleet_headline(rows: list[FleetRow]) -> str:
 
 def fleet_markdown(rows: list[FleetRow], ui: str | None, updated: str, limited: bool = False) -> str:
     """The fleet view's markdown: one row per service, by name; the half-way ones named at the top."""
-    head = ["service", "live", "live since", "strategy", "production traffic", "last attempt", "run"]
+    head = ["service", "live", "since", "strategy", "production traffic", "last attempt"]
     lines = [f"# Fleet: {fleet_headline(rows)}", "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(fleet_cell(r, ui)) + " |" for r in rows]
+    lines += ["| " + " | ".join(fleet_cell(r, ui, updated)) + " |" for r in rows]
+    reasons = reason_list(rows)
+    if reasons:
+        lines += ["", "**Last attempts that did not go live, and why** (each outcome opens its run):", "", *reasons]
     source = f"the {FLEET_LIMIT} most recently updated" if limited else "every service's"
     lines += ["", f"_rebuilt {updated} from {source} `-live` record; each service's name opens its own_"]
     return "\n".join(lines)

@@ -61,7 +61,7 @@ class LiveRecord:
             ("Live commit", f"`{self.sha[:12]}`" if self.sha else "unknown"),
             ("Image", f"`{self.image}`" if self.image else "-"),
             ("Task definition", f"`{self.task_definition}`" if self.task_definition else "-"),
-            ("Production traffic", self.traffic),
+            ("Production traffic", self.fleet_row().traffic),  # blue or green [its target group]
             ("Live since", self.since or "unknown (before this pipeline)"),
             ("Put there by", run_link(self.run)),
         ]

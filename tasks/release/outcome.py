@@ -36,7 +36,7 @@ from prefect.states import Cancelled, Completed, Failed
 from tasks.aws.ecs import LiveRelease
 from tasks.core.errors import reason_of
 from tasks.core.report import ReleaseSummary, emit
-from tasks.release.contract import LoadBalanced, Outcome, Reconciled, Steps
+from tasks.release.contract import LoadBalanced, Outcome, Reconciled, Steps, group_of
 from tasks.release.live_view import Failure, LiveRecord, now, publish_live, read_live
 from tasks.release.locks import commit_of_run
 from tasks.release.runs import ensure_run_tags
@@ -171,6 +171,7 @@ def update_live(summary: ReleaseSummary, live: LiveRelease | None) -> LiveRecord
     if summary.outcome == "Deployed":
         record.sha, record.image, record.task_definition = summary.sha, summary.image, summary.task_definition
         record.traffic, record.since, record.run = "100% of production", now(), run
+        record.target_group = group_of(summary.traffic)  # green's, now production's
     else:
         if live is not None and live.sha and live.sha != record.sha:
             # Put live before this pipeline, or by hand: the truth AWS tells wins over the record.
@@ -178,10 +179,11 @@ def update_live(summary: ReleaseSummary, live: LiveRelease | None) -> LiveRecord
                                 "100% of production", last_failure=record.last_failure, strategy=record.strategy)
         if OUTCOME_TYPES.get(summary.outcome) == StateType.FAILED or summary.outcome == "Cancelled":
             record.last_failure = Failure(summary.sha, summary.outcome, summary.reason or "-", run, now())
-        if summary.traffic == "production on blue" and record.sha:
+        if summary.traffic.startswith("production on blue") and record.sha:
             record.traffic = "100% of production"  # this run's words for: the live release serves it all
+            record.target_group = group_of(summary.traffic) or record.target_group
         elif summary.traffic != "unchanged":  # a split a rollback could not undo, and the like
-            record.traffic = summary.traffic
+            record.traffic, record.target_group = summary.traffic, group_of(summary.traffic)
     record.strategy = summary.strategy  # the fleet view's strategy column
     publish_live(record)
     return record

@@ -39,7 +39,7 @@ from tasks.core.report import ReleaseSummary, ShiftProgress, emit
 from tasks.core.waits import abort_when
 from tasks.release import stages
 from tasks.release.approval import request_approval
-from tasks.release.contract import Chooser, Outcome, Reconciled, Release, Step, Steps
+from tasks.release.contract import Chooser, Outcome, Reconciled, Release, Step, Steps, with_group
 from tasks.release.outcome import name_run, not_newer_state, outcome_state, unchanged_state
 from tasks.release.permission_preflight import check_permissions, explain_denial
 
@@ -153,9 +153,10 @@ def traffic_reporter(run: Release, progress: ShiftProgress) -> Callable[..., Non
     """What a strategy calls as production moves: the summary's split, the progress artifact, an event."""
 
     def on_step(weight: int, **extra: Any) -> None:
-        run.summary.traffic = f"{weight}% green"
+        group = extra.get("target_group")  # green's target group, when the strategy has them
+        run.summary.traffic = with_group(f"{weight}% green", group)
         if weight < 100 or progress.id is not None:  # one step to 100 % (rolling) is no progress to show
-            progress.update(float(weight))
+            progress.update(float(weight), group)
         emit(run.cfg.name, "traffic-shifted", sha=run.sha, green_percent=weight, **extra)
 
     return on_step

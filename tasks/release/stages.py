@@ -82,10 +82,23 @@ def detect_change(
     live = live_release(cfg, clients, service)
     ancestry = source.commit_order(cfg.repo_location, live.sha, full, cache_dir=cache) if live.sha else "unknown"
     get_run_logger().info(
-        "%s: %s resolves to %s; live is %s (%s)",
-        cfg.name, sha or f"{cfg.source.branch} head", full, live.sha or "nothing", ancestry,
+        "%s: %s resolves to %s; %s", cfg.name, sha or cfg.source.branch, full, order_words(full, live.sha, ancestry)
     )
     return Target(full, live, ancestry)
+
+
+def order_words(target: str, live: str | None, ancestry: str) -> str:
+    """Where production is against the commit to release, named on both sides: never a bare "(newer)"."""
+    if not live:
+        return "production runs no release of this pipeline yet"
+    new, old = target[:7], live[:7]
+    return f"production runs {live}, " + {
+        "same": "the same commit",
+        "newer": f"which is older than {new} ({new} descends from it)",
+        "older": f"which is newer than {new} ({new} is in its history)",
+        "diverged": f"which has diverged from {new} (neither descends from the other)",
+        "missing": f"and {new} is not a commit of the repository",
+    }.get(ancestry, f"and which of {new} and {old} is newer is unknown ({old} is not a full commit of the repository)")
 
 
 def repository_uri(cfg: ServiceConfig, live: LiveRelease) -> str | None:
@@ -147,10 +160,10 @@ def push(cfg: ServiceConfig, clients: AwsClients, sha: str, built: StageResult, 
     """Push to ECR and pin the image by digest; nothing to do when ECR has it (or the buildspec pushed it)."""
     log = get_run_logger()
     if built.pushed:
-        log.info("the buildspec pushed %s: push skipped", built.value)
+        log.info("image %s already pushed by the buildspec: push skipped", built.value)
         return StageResult(built.value, done=False)
     if not built.done:  # the build stage just found it in ECR (by digest): no second look
-        log.info("image for %s already in ECR: push skipped", sha[:7])
+        log.info("image for %s already in ECR (found by the build stage): push skipped", sha[:7])
         return StageResult(built.value, done=False)
     # Built just now, after the build stage looked in ECR: pushing is idempotent, a second look is not needed.
     uri = built.value.rsplit(":", 1)[0]

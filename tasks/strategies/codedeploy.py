@@ -270,8 +270,6 @@ class CodeDeploySteps(LoadBalanced):
     watches, bakes and finishes. A resumed deployment skips what already happened.
     """
 
-    live_traffic = "100% green"
-
     def __init__(self, release: Release) -> None:
         super().__init__(release)
         self.dep: Deployment | None = None
@@ -320,7 +318,7 @@ class CodeDeploySteps(LoadBalanced):
 
     def _watch_shift(self, watch: Watch) -> None:
         def on_step(weight: int) -> None:
-            self.release.on_step(weight, deployment_id=watch.dep.id)
+            self.release.on_step(weight, deployment_id=watch.dep.id, target_group=self.group_name(self.green_tg))
 
         watch_shift(self.cfg, self.clients, watch, on_step)
 
@@ -333,7 +331,7 @@ class CodeDeploySteps(LoadBalanced):
         if self.dep is None:
             return None  # no deployment was created: nothing moved
         done = roll_back(self.cfg, self.clients, self.dep)
-        where = "production on blue" if done.on_blue else "production on green"
+        where = self.on_group("production on blue" if done.on_blue else "production on green")
         return RollbackResult(where, with_codedeploy_words(reason, done))
 
     def reconcile(self) -> Reconciled | None:

@@ -326,8 +326,6 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, dep: NativeDeployment, ti
 class EcsNativeSteps(LoadBalanced):
     """ECS-native blue/green, linear or canary: ECS moves traffic; the pipeline verifies at the pause."""
 
-    live_traffic = "100% green"
-
     def __init__(self, release: Release) -> None:
         super().__init__(release)
         self.dep: NativeDeployment | None = None
@@ -398,10 +396,11 @@ class EcsNativeSteps(LoadBalanced):
             return None  # UpdateService never happened, or ECS started nothing: nothing moved
         done = roll_back(self.cfg, self.clients, self.dep, self.budgets.roll_back)
         if done["status"] == "SUCCESSFUL":
-            return RollbackResult("production on green", f"{reason}; service deployment had already succeeded")
+            where = self.on_group("production on green")
+            return RollbackResult(where, f"{reason}; service deployment had already succeeded")
         ecs_words = done.get("statusReason") or ""
         text = reason if not ecs_words or ecs_words in reason else f"{reason}; ECS: {ecs_words}"
-        return RollbackResult("production on blue", text)
+        return RollbackResult(self.on_group("production on blue"), text)
 
     def _sent_deployment(self) -> NativeDeployment | None:
         """The deployment an UpdateService this run sent started, if ECS lists it by now (once more, bounded)."""

@@ -184,7 +184,9 @@ def shift_traffic(
         if green.blue_target_group and weight < 100:
             weights[green.blue_target_group] = 100 - weight
         traffic.set_weights(elbv2, routing.production_listener, weights)
-        log.info("production: %d%% green, %d%% blue", weight, 100 - weight)
+        blue = green.blue_target_group
+        log.info("production: %d%% green [%s]%s", weight, _tg_name(routing, green.target_group),
+                 f", {100 - weight}% blue [{_tg_name(routing, blue)}]" if blue else "")
         on_step(weight)
         if weight < 100:
             watch_step(cfg, clients, routing, green, weight, interval, f"the {weight}% step")
@@ -231,7 +233,7 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, routing: Routing, green: 
         return "nothing to roll back"
     if green.blue_target_group:
         back_on(clients, routing, green.blue_target_group)
-        log.info("production back to 100% blue")
+        log.info("production back to 100%% blue [%s]", _tg_name(routing, green.blue_target_group))
     # Not only the green this run knows: a lost CreateTaskSet answer or a dead run's
     # green is a task set nobody heard of, and it would answer the next release's checks.
     removed = remove_task_sets(cfg, clients, keep=green.blue_task_set, routing=routing)
@@ -287,8 +289,6 @@ def remove_task_sets(cfg: ServiceConfig, clients: AwsClients, keep: str | None,
 class TaskSetSteps(LoadBalanced):
     """Blue/green on an EXTERNAL-controller service, driven here one visible task per step."""
 
-    live_traffic = "100% green"
-
     def __init__(self, release: Release) -> None:
         super().__init__(release)
         self.green: Green | None = None
@@ -315,7 +315,9 @@ class TaskSetSteps(LoadBalanced):
         yield "bake", lambda: bake(self.cfg, self.clients, self.routing, green)
 
     def _shift(self, green: Green) -> None:
-        shift_traffic(self.cfg, self.clients, self.routing, green, self.release.on_step)
+        name = self.group_name(green.target_group)
+        shift_traffic(self.cfg, self.clients, self.routing, green,
+                      lambda w: self.release.on_step(w, target_group=name))
 
     def after_bake(self) -> Iterator[Step]:
         yield "teardown blue", self._teardown
@@ -328,7 +330,8 @@ class TaskSetSteps(LoadBalanced):
     def roll_back(self, reason: str) -> RollbackResult:
         # Green as far as this run knows it, else as AWS shows it (a lost CreateTaskSet answer).
         green = self.green or plan_green(_service(self.cfg, self.clients), self.routing, self.release.task_definition)
-        return RollbackResult(roll_back(self.cfg, self.clients, self.routing, green), reason)
+        where = roll_back(self.cfg, self.clients, self.routing, green)
+        return RollbackResult(self.on_group(where) if where.startswith("production on") else where, reason)
 
     def reconcile(self) -> Reconciled | None:
         """Task sets and weights a dead run left: forward if production was already all on green, else back.
