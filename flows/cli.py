@@ -125,10 +125,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from flows.operations import all_services_status, service_status
+    from flows.operations import all_services_status, drift_text, service_status
     from flows.runner import serving_info
     from flows.serve import DEPLOY_SERVICE
-    from flows.terminal import print_status_table, service_lines
+    from flows.terminal import service_lines
 
     data = service_status(args.service) if args.service else all_services_status()
     data["deploy_service"] = serving_info(DEPLOY_SERVICE)
@@ -136,21 +136,44 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
     elif args.service:
         print("\n".join(service_lines(data)))
+        print(f"drift from the last release: {drift_text(data['drift'])}")
         print(f"runs start: {data['deploy_service']['detail']}")
     else:
-        print_status_table(data)
+        print_table_with_drift(data)
         print(f"runs start: {data['deploy_service']['detail']}")
     return 0
 
 
+def print_table_with_drift(data: dict[str, Any]) -> None:
+    """The status table with a last column: each service's drift from its last release."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from flows.operations import drift_text
+    from flows.terminal import status_table
+
+    base = status_table(data)
+    table = Table(title=base.title, title_justify=base.title_justify)
+    for column in base.columns:
+        table.add_column(column.header, overflow="fold")
+    table.add_column("drift", overflow="fold")
+    cells = [list(column.cells) for column in base.columns]
+    for i, row in enumerate(data["services"]):
+        drift = row["drift"]
+        table.add_row(*(column[i] for column in cells),
+                      Text(drift_text(drift), style="yellow" if drift and drift["drifted"] else ""))
+    Console(width=None if Console().is_terminal else 220).print(table)
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     """The run's outcome and reason; exit 0 once production is back (rolled back, or the previous commit deployed)."""
-    from flows.operations import rollback_service
-    from tasks.release.outcome import outcome_of
+    from flows.operations import rollback_result, rollback_service
 
     state = rollback_service(args.service, args.wait)
-    print(state.message or state.name)
-    return 0 if outcome_of(state) in ("Deployed", "Rolled back") else 1
+    result = rollback_result(args.service, state)
+    print(json.dumps(result, indent=2) if args.json else state.message or state.name)
+    return 0 if result["production_restored"] else 1
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -161,12 +184,15 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from flows.operations import diff_service
+    from flows.operations import diff_report
 
-    changes = diff_service(args.service, args.image)
-    for line in changes or ["no differences"]:
-        print(line)
-    return 1 if changes and args.exit_code else 0
+    report = diff_report(args.service, args.image)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for line in [c["line"] for c in report["changes"]] or ["no differences"]:
+            print(line)
+    return 1 if report["differs"] and args.exit_code else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -264,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "  ecs-pipeline status --json | jq '.services[] | {service, live}'\n",
                     "Without SERVICE: one table of every service in deployments/ (live commit and\n"
                     "its age, strategy, production traffic by blue/green and target group, health,\n"
-                    "release in flight, last outcome). With SERVICE: its task sets and last runs too.\n"
+                    "release in flight, last outcome, drift from the last release: what AWS serves\n"
+                    "against what the pipeline last put live). With SERVICE: its task sets and last\n"
+                    "runs too.\n"
                     "--json prints the same data as JSON: stable snake_case keys, numbers as numbers,\n"
                     "ISO-8601 times, a link to each run.")
     p.add_argument("service", nargs="?", help="one service in detail (default: a table of every service)")
@@ -273,12 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command(sub, "rollback", "put production back on the previous release (instant while blue is up)",
                     "  ecs-pipeline rollback sample-app\n"
-                    "  ecs-pipeline rollback sample-app --wait 300\n",
+                    "  ecs-pipeline rollback sample-app --wait 300\n"
+                    "  ecs-pipeline rollback sample-app --json | jq .production_restored\n",
                     "A release in flight goes back to blue; otherwise the commit before the live one\n"
                     "is released again.")
     p.add_argument("service", help="the service to roll back")
     p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait for a release of SERVICE in progress before refusing (default 60)")
+    p.add_argument("--json", action="store_true",
+                   help="print the outcome as JSON instead (outcome, reason, run link; same exit code)")
     p.set_defaults(func=cmd_rollback)
 
     p = add_command(sub, "render", "print the task definition a release would register (offline)",
@@ -292,10 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command(sub, "diff", "compare the task definition a release would register with the live one",
                     "  ecs-pipeline diff sample-app\n"
-                    "  ecs-pipeline diff sample-app --exit-code && echo unchanged\n")
+                    "  ecs-pipeline diff sample-app --exit-code && echo unchanged\n"
+                    "  ecs-pipeline diff sample-app --json | jq '.changes[].path'\n")
     p.add_argument("service", help="the service to compare")
     p.add_argument("--image", default=None, help="image to render with (default: the live image)")
     p.add_argument("--exit-code", action="store_true", help="exit 1 when there are differences")
+    p.add_argument("--json", action="store_true",
+                   help="print the changes as JSON instead (path, kind, line for each; the live revision)")
     p.set_defaults(func=cmd_diff)
 
     p = add_command(sub, "serve", "run releases started from the Prefect UI, webhooks or polling, in this process",

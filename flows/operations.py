@@ -28,6 +28,7 @@ from tasks.core.errors import DeployError, NotFound, PipelineError
 from tasks.core.report import ReleaseSummary
 from tasks.core.settings import Settings
 from tasks.core.waits import abort_when
+from tasks.release.live_view import read_live
 from tasks.release.locks import ServiceBusy, StopWatch, read_heartbeat, service_lock
 from tasks.release.outcome import OUTCOME_TYPES, final_state, outcome_of
 from tasks.release.runs import ensure_run_tags
@@ -38,15 +39,20 @@ from tasks.strategies.choose import choose_strategy
 ROLLBACK_LOCK_WAIT = 60.0  # seconds `rollback` waits for a release of the service to end before it refuses
 
 
-# What `ecs-pipeline status --json` prints. Keys are stable (new ones may be added, none renamed or
-# removed). Types: "string", "integer", "number", "boolean", "time" (an ISO-8601 string with its UTC
-# offset), "url" (a string); a tuple is "one of" (None: null); a list [X] is a list of X; a dict is an
-# object with exactly these keys. `status SERVICE --json` prints STATUS_ONE_SCHEMA, `status --json`
-# STATUS_ALL_SCHEMA.
+# What `ecs-pipeline status --json`, `rollback --json` and `diff --json` print. Keys are stable (new
+# ones may be added, none renamed or removed). Types: "string", "integer", "number", "boolean", "time"
+# (an ISO-8601 string with its UTC offset), "url" (a string); a tuple is "one of" (None: null); a list
+# [X] is a list of X; a dict is an object with exactly these keys. `status SERVICE --json` prints
+# STATUS_ONE_SCHEMA, `status --json` STATUS_ALL_SCHEMA, `rollback --json` ROLLBACK_SCHEMA, `diff --json`
+# DIFF_SCHEMA.
 RUN_SCHEMA: dict[str, Any] = {
     "id": "string", "name": "string", "outcome": "string", "state": "string",
     "reason": ("string", None), "started_at": ("time", None), "url": ("url", None),
 }
+# Drift from the last release: what the pipeline last put live (the service's -live record) against what
+# AWS says serves now. drifted: they differ (a change by hand, or a release half-way); detail: what
+# differs, or "no release recorded" (nothing to compare with), null when they agree.
+DRIFT_SCHEMA: dict[str, Any] = {"drifted": "boolean", "detail": ("string", None)}
 SERVICE_STATUS_SCHEMA: dict[str, Any] = {
     "service": "string",
     "strategy": "string",  # the service file's strategy.type
@@ -67,6 +73,7 @@ SERVICE_STATUS_SCHEMA: dict[str, Any] = {
     "left_by_dead_run": ("string", None),
     "last_outcome": (RUN_SCHEMA, None),  # the newest run that has finished
     "last_runs": [RUN_SCHEMA],  # newest first
+    "drift": (DRIFT_SCHEMA, None),  # null when the service could not be read
     "error": ("string", None),  # why the service could not be read (the other keys are then mostly null)
 }
 SERVING_SCHEMA: dict[str, Any] = {"deployment": "string", "ready": ("boolean", None), "detail": "string"}
@@ -74,6 +81,19 @@ STATUS_ONE_SCHEMA: dict[str, Any] = {**SERVICE_STATUS_SCHEMA, "deploy_service": 
 STATUS_ALL_SCHEMA: dict[str, Any] = {
     "generated_at": "time", "deployments": "string", "services": [SERVICE_STATUS_SCHEMA],
     "deploy_service": SERVING_SCHEMA,
+}
+# `rollback SERVICE --json`: the rollback run's outcome. production_restored: production is back on the
+# previous release (the command then exits 0).
+ROLLBACK_SCHEMA: dict[str, Any] = {
+    "service": "string", "outcome": "string", "state": "string", "reason": ("string", None),
+    "production_restored": "boolean", "run_id": ("string", None), "url": ("url", None),
+    "finished_at": ("time", None),
+}
+# `diff SERVICE --json`: the task definition a release would register against the live revision.
+# kind: "added", "removed" or "changed"; line: the change as `diff` prints it (secret values hidden).
+DIFF_SCHEMA: dict[str, Any] = {
+    "service": "string", "task_definition": ("string", None), "image": ("string", None), "differs": "boolean",
+    "changes": [{"path": "string", "kind": "string", "line": "string"}],
 }
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
 
@@ -109,7 +129,7 @@ def empty_status(cfg: ServiceConfig) -> dict[str, Any]:
             "live": {"sha": None, "image": None, "task_definition": None, "since": None},
             "running": None, "desired": None, "traffic": [], "production_url": None, "task_sets": [],
             "release_in_flight": None, "left_by_dead_run": None, "last_outcome": None, "last_runs": [],
-            "error": None}
+            "drift": None, "error": None}
 
 
 def read_status(cfg: ServiceConfig, clients: AwsClients) -> dict[str, Any]:
@@ -128,6 +148,10 @@ def read_status(cfg: ServiceConfig, clients: AwsClients) -> dict[str, Any]:
         last_outcome=next((r for r in runs if r["state"] in FINISHED and r["id"] != (holder or {}).get("run_id")),
                           None),
     )
+    record = read_live(cfg.name)
+    recorded = None if record is None else {
+        "sha": record.sha, "image": record.image, "task_definition": record.task_definition}
+    info["drift"] = drift_of(recorded, info["live"], bool(holder and holder["alive"]))
     names: dict[str, str] = {}
     if cfg.load_balancer is not None:
         routing = traffic.resolve_routing(clients.get("elbv2"), cfg.load_balancer)
@@ -153,6 +177,42 @@ def read_status(cfg: ServiceConfig, clients: AwsClients) -> dict[str, Any]:
         info["left_by_dead_run"] = (f"task set(s) {', '.join(others)} beside the primary; the next release "
                                     f"reconciles them, or run: ecs-pipeline rollback {cfg.name}")
     return info
+
+
+def drift_of(recorded: dict[str, str | None] | None, live: dict[str, Any], in_flight: bool = False) -> dict[str, Any]:
+    """DRIFT_SCHEMA: RECORDED (sha, image, task_definition the last release put live; None: no record)
+    against LIVE (the same keys, as AWS says now). The task definition decides (family:revision); the image
+    only when the record names none. The commits, when both are known, say what the difference means."""
+    if recorded is None or not any(recorded.values()):
+        return {"drifted": False, "detail": "no release recorded"}
+    if recorded.get("task_definition"):
+        key, was, now = "task definition", short_revision(recorded["task_definition"]), short_revision(
+            live.get("task_definition"))
+    else:
+        key, was, now = "image", recorded.get("image") or "none", live.get("image") or "none"
+    if was == now:
+        return {"drifted": False, "detail": None}
+    detail = f"live {key} {now}, last release put {was} live"
+    old, new = recorded.get("sha"), live.get("sha")
+    if old and new and old != new:
+        detail += f" (commit {new[:7]} serves, {old[:7]} was released)"
+    if in_flight:
+        detail += "; a release is in flight"
+    return {"drifted": True, "detail": detail}
+
+
+def short_revision(task_definition: str | None) -> str:
+    """family:revision of a task definition ARN (or of family:revision); "none" for no task definition."""
+    return task_definition.rsplit("/", 1)[-1] if task_definition else "none"
+
+
+def drift_text(drift: dict[str, Any] | None) -> str:
+    """The drift column and line: "none", "no release recorded", "drifted: <what differs>"; "-" unread."""
+    if drift is None:
+        return "-"
+    if drift["drifted"]:
+        return f"drifted: {drift['detail']}"
+    return str(drift["detail"] or "none")
 
 
 def label_sides(
@@ -260,6 +320,20 @@ def rollback_service(service: str, wait_seconds: float = ROLLBACK_LOCK_WAIT) -> 
     return rollback_flow(service, wait_seconds, return_state=True)
 
 
+def rollback_result(service: str, state: State[Any]) -> dict[str, Any]:
+    """A rollback run's final state as ROLLBACK_SCHEMA describes it."""
+    outcome = outcome_of(state)
+    message = state.message or None
+    run_id = state.state_details.flow_run_id
+    return {
+        "service": service, "outcome": outcome, "state": state.type.value,
+        "reason": message.removeprefix(f"{outcome}: ") if message else None,
+        "production_restored": outcome in ("Deployed", "Rolled back"),
+        "run_id": str(run_id) if run_id else None, "url": run_url(run_id) if run_id else None,
+        "finished_at": state.timestamp.astimezone(UTC).isoformat(timespec="seconds") if state.timestamp else None,
+    }
+
+
 @flow(name="rollback-service", flow_run_name="rollback {service}", log_prints=True)
 def rollback_flow(service: str, wait_seconds: float = ROLLBACK_LOCK_WAIT) -> State[Any]:
     """Production back on the last verified version, under the service's lock, never beside a live release.
@@ -350,6 +424,12 @@ def render_service(service: str, image: str, sha: str | None) -> dict[str, Any]:
 
 
 def diff_service(service: str, image: str | None) -> list[str]:
+    """`diff`'s lines: one per change, as DIFF_SCHEMA's "line"."""
+    return [change["line"] for change in diff_report(service, image)["changes"]]
+
+
+def diff_report(service: str, image: str | None) -> dict[str, Any]:
+    """The task definition a release would register against the live revision, as DIFF_SCHEMA describes it."""
     clients = AwsClients(Settings())
     cfg = find_service(service, clients.settings.deployments)
     clients = clients.for_service(cfg)
@@ -361,7 +441,16 @@ def diff_service(service: str, image: str | None) -> list[str]:
         current = {**found["taskDefinition"], "tags": found.get("tags", [])}
         # render as the live revision was rendered: with the commit its tag records
         sha = next((t["value"] for t in current["tags"] if t["key"] == SHA_TAG), sha)
-    desired = render(cfg, image or live.image or "<IMAGE>", sha, clients)
+    image = image or live.image
+    desired = render(cfg, image or "<IMAGE>", sha, clients)
     if current is None:
         current = latest_task_definition(clients.get("ecs"), desired["family"])
-    return [str(c) for c in diff_task_definitions(current or {}, desired)]
+    changes = diff_task_definitions(current or {}, desired)
+    arn = (current or {}).get("taskDefinitionArn")
+    return {
+        "service": cfg.name, "task_definition": str(arn).rsplit("/", 1)[-1] if arn else None, "image": image,
+        "differs": bool(changes),
+        "changes": [{"path": c.path, "line": str(c),
+                     "kind": "added" if c.live is None else "removed" if c.desired is None else "changed"}
+                    for c in changes],
+    }

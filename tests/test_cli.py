@@ -19,8 +19,8 @@ from prefect import flow, get_client, tags
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
 from flows.cli import load_sandbox_env, main
-from flows.operations import STATUS_ALL_SCHEMA, STATUS_ONE_SCHEMA, run_url
-from harness.services import ServiceUnderTest
+from flows.operations import DIFF_SCHEMA, ROLLBACK_SCHEMA, STATUS_ALL_SCHEMA, STATUS_ONE_SCHEMA, run_url
+from harness.services import ServiceUnderTest, aws
 from tests.test_status_all import schema_errors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +70,7 @@ def test_dry_run_deploy_status_render_diff_and_rollback(
     assert f"live commit: {sha1}, since " in out and " ago)" in out, out
     assert f"production traffic: green [{service.name}-a] 100 %" in out, "the release's green, by target group"
     assert f"PRIMARY {service.name}:1 running 1 [{service.name}-a]" in out, out
+    assert "drift from the last release: none" in out, "AWS serves what the release put live"
     [line] = [line for line in out.splitlines() if line.endswith(f"  Deployed  {run_url(released.id)}")]
     assert f"  {released.name}  " in line and " ago)  " in line, "when (local, how long ago), name, outcome, link"
 
@@ -79,6 +80,7 @@ def test_dry_run_deploy_status_render_diff_and_rollback(
     assert (one["live"]["sha"], one["running"], one["desired"]) == (sha1, 1, 1)
     assert one["traffic"] == [{"role": "green", "target_group": f"{service.name}-a", "weight": 100}]
     assert one["last_outcome"]["url"] == run_url(released.id) and one["release_in_flight"] is None
+    assert one["drift"] == {"drifted": False, "detail": None}
 
     code, out = run(capsys, "render", service.name, "--image", "example/app:1")
     rendered = json.loads(out)
@@ -87,15 +89,24 @@ def test_dry_run_deploy_status_render_diff_and_rollback(
 
     code, out = run(capsys, "diff", service.name)
     assert out.strip() == "no differences", out
+    code, out = run(capsys, "diff", service.name, "--image", "example/app:2", "--json", "--exit-code")
+    diff = json.loads(out)
+    assert code == 1 and schema_errors(diff, DIFF_SCHEMA) == [], diff
+    assert (diff["task_definition"], diff["image"], diff["differs"]) == (f"{service.name}:1", "example/app:2", True)
+    [change] = [c for c in diff["changes"] if c["path"].endswith(".image")]
+    assert change["kind"] == "changed" and change["line"].endswith('-> "example/app:2"'), diff
 
     service.commit("v2")
     code, out = run(capsys, "deploy", service.name)
     assert code == 0, out
     assert "v2" in service.get("/").text
 
-    code, out = run(capsys, "rollback", service.name)
+    code, out = run(capsys, "rollback", service.name, "--json")
     assert code == 0, out
-    assert out.startswith("Deployed"), out
+    rolled = json.loads(out)
+    assert schema_errors(rolled, ROLLBACK_SCHEMA) == [], rolled
+    assert (rolled["outcome"], rolled["state"], rolled["production_restored"]) == ("Deployed", "COMPLETED", True)
+    assert rolled["url"] == run_url(rolled["run_id"]), rolled
     assert "v1b" in service.get("/").text
 
     # Every service of the deployments folder (this one), in a table and as JSON.
@@ -108,6 +119,29 @@ def test_dry_run_deploy_status_render_diff_and_rollback(
     assert schema_errors(every, STATUS_ALL_SCHEMA) == [], every
     assert [(s["service"], s["live"]["sha"], s["error"]) for s in every["services"]] == [(service.name, sha1, None)]
     assert [r["outcome"] for r in every["services"][0]["last_runs"][:2]] == ["Deployed", "Deployed"]
+    assert every["services"][0]["drift"] == {"drifted": False, "detail": None}
+    assert row.rstrip(" │").endswith("│ none"), "the drift column"
+
+    # By hand, no release: v2's revision made the primary task set (scaled to nothing: no container starts).
+    live = every["services"][0]["live"]["task_definition"].rsplit("/", 1)[-1]
+    v2 = next(arn for arn in service.revisions() if not arn.endswith(f"/{live}"))
+    ecs, cfg = aws("ecs"), service.cfg
+    [primary] = [ts for ts in service.task_sets() if ts["status"] == "PRIMARY"]
+    made = ecs.create_task_set(
+        cluster=cfg.ecs.cluster, service=cfg.ecs.service, taskDefinition=v2, launchType="FARGATE",
+        loadBalancers=primary["loadBalancers"], scale={"value": 0, "unit": "PERCENT"},
+        **({"networkConfiguration": primary["networkConfiguration"]} if "networkConfiguration" in primary else {}),
+    )["taskSet"]
+    ecs.update_service_primary_task_set(cluster=cfg.ecs.cluster, service=cfg.ecs.service,
+                                        primaryTaskSet=made["taskSetArn"])
+    code, out = run(capsys, "status", service.name, "--json")
+    drift = json.loads(out)["drift"]
+    assert drift["drifted"], drift
+    by_hand = v2.rsplit("/", 1)[-1]
+    assert drift["detail"].startswith(f"live task definition {by_hand}, last release put {live} live"), drift
+    code, out = run(capsys, "status")
+    [row] = [line for line in out.splitlines() if line.startswith(f"│ {service.name} ")]
+    assert "│ drifted: " in row, out
 
 
 def test_unknown_service_is_a_clear_error(service: ServiceUnderTest, capsys: pytest.CaptureFixture[str]) -> None:

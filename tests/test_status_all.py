@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from flows.operations import STATUS_ALL_SCHEMA, label_sides, settled_role
+from flows.operations import DRIFT_SCHEMA, STATUS_ALL_SCHEMA, drift_of, drift_text, label_sides, settled_role
 from flows.terminal import ago, local_time, run_line, traffic_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +83,46 @@ def test_sides_are_named_blue_and_green(
     sides = label_sides(weights, blue, settled, in_flight)
     assert [s["role"] for s in sides] == roles
     assert [(s["target_group"], s["weight"]) for s in sides] == list(weights.items())
+
+
+ARN = "arn:aws:ecs:us-east-1:123456789012:task-definition/"
+RELEASED = {"sha": "1a2b3c4d5e6f7a8b", "image": "repo@sha256:aa", "task_definition": f"{ARN}app:5"}
+
+
+@pytest.mark.parametrize(
+    ("recorded", "live", "in_flight", "drift"),
+    [
+        (RELEASED, RELEASED, False, {"drifted": False, "detail": None}),
+        (None, RELEASED, False, {"drifted": False, "detail": "no release recorded"}),
+        ({"sha": None, "image": None, "task_definition": None}, RELEASED, False,
+         {"drifted": False, "detail": "no release recorded"}),  # a record of a service never put live
+        ({**RELEASED, "task_definition": "app:5"}, RELEASED, False, {"drifted": False, "detail": None}),
+        (RELEASED, {"sha": "9f8e7d6c", "image": "repo@sha256:bb", "task_definition": f"{ARN}app:7"}, False,
+         {"drifted": True, "detail": "live task definition app:7, last release put app:5 live "
+                                     "(commit 9f8e7d6 serves, 1a2b3c4 was released)"}),
+        (RELEASED, {**RELEASED, "sha": None, "task_definition": f"{ARN}app:4"}, True,
+         {"drifted": True, "detail": "live task definition app:4, last release put app:5 live; "
+                                     "a release is in flight"}),
+        (RELEASED, {"sha": None, "image": None, "task_definition": None}, False,
+         {"drifted": True, "detail": "live task definition none, last release put app:5 live"}),
+        ({**RELEASED, "task_definition": None}, {**RELEASED, "image": "other:1"}, False,
+         {"drifted": True, "detail": "live image other:1, last release put repo@sha256:aa live"}),
+        ({**RELEASED, "sha": "0000000"}, RELEASED, False, {"drifted": False, "detail": None}),  # same revision
+    ],
+)
+def test_drift_compares_the_last_release_with_what_serves(
+    recorded: dict[str, str | None] | None, live: dict[str, Any], in_flight: bool, drift: dict[str, Any]
+) -> None:
+    assert drift_of(recorded, live, in_flight) == drift
+    assert schema_errors(drift, DRIFT_SCHEMA) == []
+
+
+def test_drift_reads_in_one_cell() -> None:
+    assert drift_text({"drifted": False, "detail": None}) == "none"
+    assert drift_text({"drifted": False, "detail": "no release recorded"}) == "no release recorded"
+    assert drift_text({"drifted": True, "detail": "live task definition app:7, last release put app:5 live"}) == (
+        "drifted: live task definition app:7, last release put app:5 live")
+    assert drift_text(None) == "-", "a service that could not be read"
 
 
 def test_settled_role_comes_from_the_newest_release_that_moved_production() -> None:
@@ -159,6 +199,7 @@ def test_status_lists_every_service_and_a_failed_read_is_that_rows_news(
     assert schema_errors(data, STATUS_ALL_SCHEMA) == []
     assert keys_are_snake_case(data)
     assert [row["service"] for row in data["services"]] == names
+    assert all(row["drift"] is None for row in data["services"]), "an unread service has no drift"
     assert all("cluster 'demo' does not exist" in row["error"] and row["live"]["sha"] is None
                for row in data["services"]), data
     assert data["deployments"] == str(folder) and os.path.isabs(data["deployments"])
