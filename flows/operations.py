@@ -152,6 +152,11 @@ def read_status(cfg: ServiceConfig, clients: AwsClients) -> dict[str, Any]:
     recorded = None if record is None else {
         "sha": record.sha, "image": record.image, "task_definition": record.task_definition}
     info["drift"] = drift_of(recorded, info["live"], bool(holder and holder["alive"]))
+    if record is not None and record.since and not info["drift"]["drifted"] and record.task_definition:
+        # When the pipeline put it live (verified, traffic moved), rather than when its ECS deployment or task
+        # set was made: for an ECS-native service that is the whole deployment, bake included.
+        went_live = datetime.strptime(record.since, "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=UTC)
+        info["live"]["since"] = went_live.isoformat(timespec="seconds")
     names: dict[str, str] = {}
     if cfg.load_balancer is not None:
         routing = traffic.resolve_routing(clients.get("elbv2"), cfg.load_balancer)
