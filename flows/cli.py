@@ -125,10 +125,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from flows.operations import all_services_status, drift_text, service_status
+    from flows.operations import all_services_status, service_status
     from flows.runner import serving_info
     from flows.serve import DEPLOY_SERVICE
-    from flows.terminal import service_lines
+    from flows.terminal import drift_text, print_status_table, service_lines
 
     data = service_status(args.service) if args.service else all_services_status()
     data["deploy_service"] = serving_info(DEPLOY_SERVICE)
@@ -139,31 +139,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"drift from the last release: {drift_text(data['drift'])}")
         print(f"runs start: {data['deploy_service']['detail']}")
     else:
-        print_table_with_drift(data)
+        print_status_table(data)
         print(f"runs start: {data['deploy_service']['detail']}")
     return 0
-
-
-def print_table_with_drift(data: dict[str, Any]) -> None:
-    """The status table with a last column: each service's drift from its last release."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    from flows.operations import drift_text
-    from flows.terminal import status_table
-
-    base = status_table(data)
-    table = Table(title=base.title, title_justify=base.title_justify)
-    for column in base.columns:
-        table.add_column(column.header, overflow="fold")
-    table.add_column("drift", overflow="fold")
-    cells = [list(column.cells) for column in base.columns]
-    for i, row in enumerate(data["services"]):
-        drift = row["drift"]
-        table.add_row(*(column[i] for column in cells),
-                      Text(drift_text(drift), style="yellow" if drift and drift["drifted"] else ""))
-    Console(width=None if Console().is_terminal else 220).print(table)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

@@ -211,15 +211,6 @@ def short_revision(task_definition: str | None) -> str:
     return task_definition.rsplit("/", 1)[-1] if task_definition else "none"
 
 
-def drift_text(drift: dict[str, Any] | None) -> str:
-    """The drift column and line: "none", "no release recorded", "drifted: <what differs>"; "-" unread."""
-    if drift is None:
-        return "-"
-    if drift["drifted"]:
-        return f"drifted: {drift['detail']}"
-    return str(drift["detail"] or "none")
-
-
 def label_sides(
     weights: dict[str, int], blue: str | None, settled: str | None, in_flight: bool
 ) -> list[dict[str, Any]]:

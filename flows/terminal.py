@@ -280,13 +280,14 @@ def status_table(data: dict[str, Any]) -> Table:
     """`status` without a service: one row per service of the deployments folder."""
     table = Table(title=Text(f"services in {data['deployments']}"), title_justify="left")
     for column in ("service", "live commit", "strategy", "production traffic", "health", "release in flight",
-                   "last outcome"):
+                   "last outcome", "drift"):
         table.add_column(column, overflow="fold")
     for row in data["services"]:
         if row["error"]:
             table.add_row(Text(row["service"]), Text(f"error: {row['error']}", style="red"), Text(row["strategy"]),
-                          "-", "-", "-", "-")
+                          "-", "-", "-", "-", "-")
             continue
+        drift = row["drift"]
         live = row["live"]
         commit = f"{live['sha'][:7]} ({ago_of(live['since'])})" if live["sha"] else "never deployed"
         health = f"{row['running']} of {row['desired']}"
@@ -296,8 +297,18 @@ def status_table(data: dict[str, Any]) -> Table:
             Text(health, style="green" if row["running"] == row["desired"] and row["desired"] else "yellow"),
             Text(in_flight_text(row["release_in_flight"])),
             Text(outcome_text(outcome), style="" if outcome is None or outcome["state"] == "COMPLETED" else "red"),
+            Text(drift_text(drift), style="yellow" if drift and drift["drifted"] else ""),
         )
     return table
+
+
+def drift_text(drift: dict[str, Any] | None) -> str:
+    """The drift column and line: "none", "no release recorded", "drifted: <what differs>"; "-" unread."""
+    if drift is None:
+        return "-"
+    if drift["drifted"]:
+        return f"drifted: {drift['detail']}"
+    return str(drift["detail"] or "none")
 
 
 def ago_of(iso: str | None) -> str:
@@ -305,5 +316,5 @@ def ago_of(iso: str | None) -> str:
 
 
 def print_status_table(data: dict[str, Any]) -> None:
-    console = Console(width=None if Console().is_terminal else 200)
+    console = Console(width=None if Console().is_terminal else 220)
     console.print(status_table(data))

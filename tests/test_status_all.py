@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from flows.operations import DRIFT_SCHEMA, STATUS_ALL_SCHEMA, drift_of, drift_text, label_sides, settled_role
-from flows.terminal import ago, local_time, run_line, traffic_text
+from flows.operations import DRIFT_SCHEMA, STATUS_ALL_SCHEMA, drift_of, label_sides, settled_role
+from flows.terminal import ago, drift_text, local_time, run_line, traffic_text
 
 ROOT = Path(__file__).resolve().parents[1]
 TYPES: dict[str, type | tuple[type, ...]] = {
