@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from flows.pipeline import deploy_service
+from harness.faults import event_payloads
 from harness.services import ROOT, ServiceUnderTest, aws, edit_config, make_service, seed_serving, set_checks
 from tasks.config import appspec as appspec_mod
 from tasks.config.models import appspec_for
@@ -126,6 +127,8 @@ def test_canary_release_succeeds_and_removes_the_original(deployments_dir: Path)
         assert f"| {stage} |" in summary
     green = sut.task_sets()[0]["loadBalancers"][0]["targetGroupArn"].split("/")[1]  # targetgroup/<name>/<id>
     assert f"| Production traffic | 100% green [{green}] |" in summary
+    shifted = event_payloads(sut.name, "traffic-shifted")
+    assert shifted and all(e["target_group"] == green for e in shifted), "each shift names green's target group"
     assert outcome_of(deploy(sut.name)) == "No change"
 
 

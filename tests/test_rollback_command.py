@@ -157,7 +157,8 @@ def test_rollback_of_a_half_way_task_set_release_ends_on_blue_under_the_lock(
     assert f"# {sut.name}@{sha[:7]}: Rolled back" in summary and "| roll back |" in summary
     assert f"| Production traffic | {on_blue} |" in summary
     wait_until(lambda: [e for e in event_payloads(sut.name, "rolled-back")
-                        if e["sha"] == sha and "ecs-pipeline rollback" in e["reason"]], 30, "the rolled-back event")
+                        if e["sha"] == sha and "ecs-pipeline rollback" in e["reason"] and e["traffic"] == on_blue],
+               30, "the rolled-back event, naming blue's target group")
     record = read_live(sut.name)
     assert record is not None and record.traffic == "100% of production"
     assert record.target_group == on_blue.split("[")[1].rstrip("]"), "the fleet view names blue's target group"

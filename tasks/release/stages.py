@@ -90,9 +90,9 @@ def detect_change(
 def order_words(target: str, live: str | None, ancestry: str) -> str:
     """Where production is against the commit to release, named on both sides: never a bare "(newer)"."""
     if not live:
-        return "production runs no release of this pipeline yet"
+        return "production runs no commit it can name (nothing live, or an image without a commit tag)"
     new, old = target[:7], live[:7]
-    return f"production runs {live}, " + {
+    return f"production runs {live[:12]}, " + {
         "same": "the same commit",
         "newer": f"which is older than {new} ({new} descends from it)",
         "older": f"which is newer than {new} ({new} is in its history)",
