@@ -167,12 +167,14 @@ def watch_shift(
     seen = [-1]
     minutes = shift_minutes(clients.get("codedeploy"), watch.dep.config_name)
     budget = budgets.codedeploy_shift(cfg, clients, minutes, watch.hooks)
+    arn = watch.green_target_group
+    green = arn.split("/")[1] if arn.count("/") == 2 else arn  # a target group ARN ends targetgroup/<name>/<id>
 
     def look() -> str | None:
         info, weight = _look(cfg, clients, watch)
         if weight != seen[0] and weight > 0:
             seen[0] = weight
-            log.info("production: %d%% green", weight)
+            log.info("production: %d%% green [%s]", weight, green)
             on_step(weight)
         done = info["status"] == "Succeeded" or info.get("instanceTerminationWaitTimeStarted")
         return str(info["status"]) if done else None
