@@ -14,6 +14,7 @@ from tasks.core.errors import AccessDenied, NotFound, TransientError
 from tasks.core.report import related
 from tasks.release.outcome import OUTCOME_TYPES, outcome_tag
 from tasks.release.runs import run_tags
+from tasks.release.stages import order_words
 from tasks.strategies.rolling import Rollout, rollout_state
 from tasks.strategies.task_sets import plan_green
 
@@ -191,3 +192,15 @@ def test_events_carry_the_reason_in_a_related_resource_id_the_event_page_shows()
         "ecs-pipeline.traffic: production on blue",
     ]
     assert [r["prefect.resource.role"] for r in found] == ["commit", "reason", "traffic"]
+
+
+@pytest.mark.parametrize(("ancestry", "says"), [
+    ("same", "production runs 9cd3bbd11111, the same commit"),
+    ("newer", "production runs 9cd3bbd11111, which is older than a93aa60 (a93aa60 descends from it)"),
+    ("older", "production runs 9cd3bbd11111, which is newer than a93aa60 (a93aa60 is in its history)"),
+    ("diverged", "production runs 9cd3bbd11111, which has diverged from a93aa60 (neither descends from the other)"),
+    ("missing", "production runs 9cd3bbd11111, and a93aa60 is not a commit of the repository"),
+])
+def test_the_order_of_two_commits_names_both(ancestry: str, says: str) -> None:
+    assert order_words("a93aa60" + "0" * 33, "9cd3bbd11111" + "2" * 28, ancestry) == says
+    assert "(newer)" not in says
