@@ -100,8 +100,8 @@ ELLIPSIS = " …"
 
 def shorten(text: str, limit: int, more: str = "") -> str:
     """TEXT's first line in at most LIMIT characters, cut after a clause (``; ``) or else at a word, never
-    inside one; when anything is left out, `` …`` and MORE (where the rest is) follow. A first word longer
-    than LIMIT is cut at LIMIT."""
+    inside one; when anything is left out, `` …`` and MORE (where the rest is) follow. A word that would leave
+    less than half of LIMIT (a long path or image name) is cut inside rather than lost."""
     lines = text.strip().splitlines() or [""]
     first = " ".join(lines[0].split())
     if len(first) <= limit and len(lines) == 1:
@@ -109,7 +109,7 @@ def shorten(text: str, limit: int, more: str = "") -> str:
     if len(first) > limit:
         room = first[:limit + 1]
         clause, word = room.rfind("; "), room.rfind(" ")
-        cut = clause if clause > limit // 2 else word if word > 0 else limit
+        cut = clause if clause > limit // 2 else word if word >= limit // 2 else limit  # a long token: cut inside
         first = first[:cut].rstrip(" ,;:(")
     return first + ELLIPSIS + (f" {more}" if more else "")
 

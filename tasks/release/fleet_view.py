@@ -31,7 +31,7 @@ from prefect.client.schemas.sorting import ArtifactCollectionSort
 from prefect.exceptions import MissingContextError
 from prefect.settings import PREFECT_UI_URL
 
-from tasks.core.report import artifact_key, markdown_text
+from tasks.core.report import artifact_key, markdown_text, shorten
 
 FLEET_KEY = "fleet-live"
 FLEET_LIMIT = 200  # services shown: the most recently updated records
@@ -73,15 +73,7 @@ def run_link(run: str | None) -> str:
 def one_line(text: str, width: int = REASON_WIDTH) -> str:
     """TEXT's first line (a reason's summary; build output follows it) in at most WIDTH characters, cut after
     a word; `` …`` when anything is left out. A long token (a path, an image) is cut inside rather than lost."""
-    lines = text.strip().splitlines() or [""]
-    words = " ".join(lines[0].split())
-    if len(words) <= width and len(lines) == 1:
-        return words
-    if len(words) > width:
-        head = words[: width + 1]
-        cut = head.rsplit(" ", 1)[0] if " " in head else ""
-        words = (cut if len(cut) >= width // 2 else words[:width]).rstrip(" ,;:(")
-    return words + " …"
+    return shorten(text, width)
 
 
 def artifact_url(ui: str | None, key: str) -> str | None:
