@@ -181,9 +181,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from flows.migrate import migrate
+    from flows.migrate import migrate, migration_document, migration_lines
 
-    print("\n".join(migrate(args.service, args.to, args.apply)))
+    migration = migrate(args.service, args.to, args.apply)
+    print(json.dumps(migration_document(migration), indent=2) if args.json else "\n".join(migration_lines(migration)))
     return 0
 
 
@@ -314,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "  ecs-pipeline serve\n"
                     "  ecs-pipeline serve --poll-interval 60 --limit 4\n",
                     "Serves the deploy-service deployment (and poll-changes with --poll-interval)\n"
-                    "until stopped; its runs roll back before the process exits.")
+                    "until stopped; its runs roll back before the process exits.\n"
+                    "Long-running: logs, no --json.")
     p.add_argument("--poll-interval", type=int, default=None, metavar="SECONDS",
                    help="also look for new commits every SECONDS (default: no polling)")
     p.add_argument("--limit", type=int, default=8, help="releases run at once (default 8)")
@@ -322,16 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command(sub, "migrate", "move a CodeDeploy service to ECS-native blue/green (prints the change first)",
                     "  ecs-pipeline migrate sample-app-cd\n"
-                    "  ecs-pipeline migrate sample-app-cd --apply\n")
+                    "  ecs-pipeline migrate sample-app-cd --apply\n"
+                    "  ecs-pipeline migrate sample-app-cd --apply --json | jq .service_deployment\n")
     p.add_argument("service", help="the CodeDeploy service to move")
     p.add_argument("--to", default="ecs-native", choices=["ecs-native"], help="the target strategy (ecs-native)")
     p.add_argument("--apply", action="store_true", help="make the change (default: only print it)")
+    p.add_argument("--json", action="store_true",
+                   help="print the plan (and what was done) as JSON instead: target groups, listener rules, the "
+                        "service deployment, ISO-8601 times")
     p.set_defaults(func=cmd_migrate)
 
     p = add_command(sub, "sandbox", "the local AWS rehearsal environment: up, down, status, seed",
                     "  ecs-pipeline sandbox up\n"
                     "  ecs-pipeline sandbox status\n"
-                    "  ecs-pipeline sandbox down\n")
+                    "  ecs-pipeline sandbox down\n",
+                    "A separate program with its own output: no --json.")
     p.add_argument("rest", nargs=argparse.REMAINDER, metavar="ACTION",
                    help="up, down, status or seed SERVICE_YAML, with their options")
     p.set_defaults(func=cmd_sandbox)

@@ -34,15 +34,35 @@ from tasks.core.waits import poll
 IN_FLIGHT = ["Created", "Queued", "InProgress", "Ready", "Baking"]
 RULE_PENDING = "<the rule migrate creates>"
 CLOCK_SKEW = timedelta(minutes=5)
+TARGET = "ecs-native"
+NEXT_STEP = "set strategy.type: ecs-native in the YAML"
+
+# What `ecs-pipeline migrate SERVICE --json` prints, in the convention of the schemas in flows/operations.py
+# (stable snake_case keys; "time" is ISO-8601 with its UTC offset; a tuple is "one of", None: null).
+# applied: false for a dry run (nothing changed). listener_rules: the production and the test listener's rule
+# ECS is to move, one each; created: migrate makes that rule (a dry run: would make it; rule is then null).
+# service_deployment and finished_at: the ECS service deployment that did the move, once it succeeded.
+MIGRATE_SCHEMA: dict[str, Any] = {
+    "service": "string", "to": "string", "applied": "boolean", "cluster": "string", "ecs_service": "string",
+    "task_definition": ("string", None), "production_target_group": "string", "alternate_target_group": "string",
+    "role_arn": "string",
+    "listener_rules": [{"use": "string", "listener": "string", "rule": ("string", None), "created": "boolean"}],
+    "service_deployment": ("string", None), "finished_at": ("time", None), "next_step": "string",
+}
+RULE_USES = {"productionListenerRule": "production", "testListenerRule": "test"}
 
 
 @dataclass
 class Migration:
-    """The UpdateService request, and the listener rules to create before it (listener ARN → weights)."""
+    """The UpdateService request, the listener rules to create before it, and once applied what was done."""
 
     request: dict[str, Any]
-    create_rules: dict[str, dict[str, int]] = field(default_factory=dict)
+    create_rules: dict[str, dict[str, int]] = field(default_factory=dict)  # listener ARN → weights
     listeners: dict[str, str] = field(default_factory=dict)  # advancedConfiguration key → listener ARN
+    service: str = ""  # the service's name in deployments/
+    created: dict[str, str] = field(default_factory=dict)  # listener ARN → the rule migrate created there
+    service_deployment: str | None = None  # the ECS service deployment that moved it (SUCCESSFUL)
+    finished_at: datetime | None = None
 
 
 def forwards_to(rule: dict[str, Any]) -> set[str]:
@@ -118,7 +138,7 @@ def plan_migration(service_name: str, clients: AwsClients) -> Migration:
     weights = traffic.get_weights(elbv2, prod_listener)
     production = max((arns[n] for n in names), key=lambda a: weights.get(a, 0))
     alternate = next(arns[n] for n in names if arns[n] != production)
-    migration = Migration({})
+    migration = Migration({}, service=cfg.name)
     rules = {}
     for name, listener in (("productionListenerRule", prod_listener), ("testListenerRule", test_listener)):
         rules[name] = rule_with_both(elbv2, listener, {production, alternate})
@@ -142,22 +162,19 @@ def plan_migration(service_name: str, clients: AwsClients) -> Migration:
     return migration
 
 
-def migrate(service_name: str, to: str, apply: bool, clients: AwsClients | None = None) -> list[str]:
-    """Lines for the operator: the plan, and with ``apply`` what ECS did."""
-    if to != "ecs-native":
-        raise ConfigError(f"migrate --to {to}: only ecs-native is supported")
+def migrate(service_name: str, to: str, apply: bool, clients: AwsClients | None = None) -> Migration:
+    """The plan, and with ``apply`` the move itself, done once the service deployment succeeded."""
+    if to != TARGET:
+        raise ConfigError(f"migrate --to {to}: only {TARGET} is supported")
     clients = clients or AwsClients(Settings())
     migration = plan_migration(service_name, clients)
-    request = migration.request
-    lines = [f"listener {arn}: create a rule forwarding to both target groups {json.dumps(w)}"
-             for arn, w in migration.create_rules.items()]
-    lines += [f"UpdateService for {request['service']} in {request['cluster']}:", json.dumps(request, indent=2)]
     if not apply:
-        return [*lines, "dry run: nothing changed (add --apply); then set strategy.type: ecs-native in the YAML"]
+        return migration
+    request = migration.request
     elbv2, ecs = clients.get("elbv2"), clients.get("ecs")
     adv = request["loadBalancers"][0]["advancedConfiguration"]
     made = {listener: create_rule(elbv2, listener, weights) for listener, weights in migration.create_rules.items()}
-    lines += [f"created listener rule {arn}" for arn in made.values()]
+    migration.created = made
     for key, listener in migration.listeners.items():
         if adv[key] == RULE_PENDING:
             adv[key] = made[listener]
@@ -165,11 +182,47 @@ def migrate(service_name: str, to: str, apply: bool, clients: AwsClients | None 
     known = frozenset(b["serviceDeploymentArn"] for b in ecs_ops.service_deployments_since(
         ecs, request["cluster"], request["service"], since))
     ecs.update_service(**request)
-    return [*lines, wait_migrated(clients, request, since, known)]
+    migration.service_deployment = wait_migrated(clients, request, since, known)
+    migration.finished_at = datetime.now(UTC)
+    return migration
+
+
+def migration_lines(migration: Migration) -> list[str]:
+    """What `migrate` prints: the rules to create, the UpdateService request, and what was done or what to do."""
+    request = migration.request
+    lines = [f"listener {arn}: create a rule forwarding to both target groups {json.dumps(w)}"
+             for arn, w in migration.create_rules.items()]
+    lines += [f"UpdateService for {request['service']} in {request['cluster']}:", json.dumps(request, indent=2)]
+    if migration.service_deployment is None:
+        return [*lines, f"dry run: nothing changed (add --apply); then {NEXT_STEP}"]
+    lines += [f"created listener rule {arn}" for arn in migration.created.values()]
+    return [*lines, f"migrated: service deployment {migration.service_deployment} SUCCESSFUL; {NEXT_STEP}"]
+
+
+def migration_document(migration: Migration) -> dict[str, Any]:
+    """`migrate --json`, as MIGRATE_SCHEMA describes it."""
+    request = migration.request
+    balancer = request["loadBalancers"][0]
+    adv = balancer["advancedConfiguration"]
+    applied = migration.service_deployment is not None
+    rules = [{"use": use, "listener": migration.listeners[key],
+              "rule": None if adv[key] == RULE_PENDING else adv[key],
+              "created": migration.listeners[key] in migration.create_rules}
+             for key, use in RULE_USES.items()]
+    return {
+        "service": migration.service, "to": TARGET, "applied": applied,
+        "cluster": request["cluster"], "ecs_service": request["service"],
+        "task_definition": request.get("taskDefinition"),
+        "production_target_group": balancer["targetGroupArn"], "alternate_target_group": adv["alternateTargetGroupArn"],
+        "role_arn": adv["roleArn"], "listener_rules": rules, "service_deployment": migration.service_deployment,
+        "finished_at": migration.finished_at.astimezone(UTC).isoformat(timespec="seconds")
+        if migration.finished_at else None,
+        "next_step": NEXT_STEP if applied else f"add --apply; then {NEXT_STEP}",
+    }
 
 
 def wait_migrated(clients: AwsClients, request: dict[str, Any], since: datetime, known: frozenset[str]) -> str:
-    """Until the migration's service deployment (found by its revision, not UpdateService's answer) succeeds."""
+    """The migration's service deployment (found by its revision, not UpdateService's answer), once it succeeded."""
     ecs, settings = clients.get("ecs"), clients.settings
 
     def done() -> str | None:
@@ -180,8 +233,7 @@ def wait_migrated(clients: AwsClients, request: dict[str, Any], since: datetime,
         arn = dep["serviceDeploymentArn"]
         if dep["status"] in ("STOPPED", "ROLLBACK_SUCCESSFUL", "ROLLBACK_FAILED"):
             raise DeployError(f"migration deployment {arn} {dep['status']}: {dep.get('statusReason')}")
-        return f"migrated: service deployment {arn} SUCCESSFUL; set strategy.type: ecs-native in the YAML" \
-            if dep["status"] == "SUCCESSFUL" else None
+        return str(arn) if dep["status"] == "SUCCESSFUL" else None
 
     found: str = poll(done, timeout=settings.scaled(1800) + 300, what="the migration's service deployment to finish",
                       cap=settings.poll_cap())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("PREFECT_API_URL", "http://127.0.0.1:4200/api")
@@ -86,17 +87,30 @@ def cleanup(client: SyncPrefectClient) -> Iterator[list[uuid.UUID]]:
 
 
 def test_approved_release_pauses_then_completes(
-    client: SyncPrefectClient, cleanup: list[uuid.UUID]
+    client: SyncPrefectClient, cleanup: list[uuid.UUID], capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from flows.cli import main
+    from flows.operations import run_url
+    from flows.trigger_cli import APPROVE_SCHEMA
+    from tests.test_status_all import schema_errors
+
     release = Released(timeout=60)
     cleanup.append(release.run_id)
     paused = wait_for(client, release.run_id, lambda s: s.is_paused())
     assert paused.type == StateType.PAUSED
-    approve_run(release.run_id, approve=True, comment="looks good")
+    capsys.readouterr()
+    assert main(["approve", str(release.run_id), "--comment", "looks good", "--json"]) == 0  # as an operator would
+    answered = json.loads(capsys.readouterr().out)  # the environment lines went to stderr
+    assert schema_errors(answered, APPROVE_SCHEMA) == [], answered
+    assert (answered["answer"], answered["answered"], answered["url"]) == ("approved", True, run_url(release.run_id))
     assert release.finish() == "approved: looks good"
     assert client.read_flow_run(release.run_id).state_type == StateType.COMPLETED
     with pytest.raises(NotPausedError):  # answered once; nothing is waiting any more
         approve_run(release.run_id, approve=True)
+    assert main(["approve", str(release.run_id), "--json"]) == 1
+    again = json.loads(capsys.readouterr().out)
+    assert schema_errors(again, APPROVE_SCHEMA) == [] and not again["answered"] and again["answered_at"] is None
+    assert again["error"] == f"run {release.run_id} is not waiting for approval"
 
 
 def test_rejected_release_raises_and_rolls_back(

@@ -141,8 +141,12 @@ def stop_at_pause(sut: ServiceUnderTest) -> None:
         time.sleep(0.05)
 
 
-def test_migrate_a_codedeploy_service_dry_run_then_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.migrate import migrate
+def test_migrate_a_codedeploy_service_dry_run_then_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flows.cli import main
+    from flows.migrate import MIGRATE_SCHEMA, migrate, migration_lines
+    from tests.test_status_all import schema_errors
 
     monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(tmp_path / "deployments"))
     from tasks.core.errors import ConfigError
@@ -156,20 +160,32 @@ def test_migrate_a_codedeploy_service_dry_run_then_apply(tmp_path: Path, monkeyp
         migrate(sut.name, "ecs-native", apply=True)
     aws("iam").create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(TRUST_ECS))
     rules_before = {arn: len(elbv2.describe_rules(ListenerArn=arn)["Rules"]) for arn in listener_arns(sut)}
-    lines = migrate(sut.name, "ecs-native", apply=False)
+    lines = migration_lines(migrate(sut.name, "ecs-native", apply=False))
     assert lines[-1].startswith("dry run: nothing changed")
     assert sum("create a rule forwarding to both target groups" in line for line in lines) == 2
+    capsys.readouterr()
+    assert main(["migrate", sut.name, "--json"]) == 0
+    planned = json.loads(capsys.readouterr().out)  # the environment lines went to stderr
+    assert schema_errors(planned, MIGRATE_SCHEMA) == [], planned
+    assert not planned["applied"] and planned["service_deployment"] is None
+    assert [(r["use"], r["rule"], r["created"]) for r in planned["listener_rules"]] == [
+        ("production", None, True), ("test", None, True)], "a dry run names the rules it would create"
     svc = ecs.describe_services(cluster=cfg.ecs.cluster, services=[cfg.ecs.service])["services"][0]
     assert svc["deploymentController"]["type"] == "CODE_DEPLOY"
     assert {arn: len(elbv2.describe_rules(ListenerArn=arn)["Rules"]) for arn in listener_arns(sut)} == rules_before
     with watching(sut) as seen:
-        lines = migrate(sut.name, "ecs-native", apply=True)
-    assert lines[-1].startswith("migrated: service deployment ")
+        assert main(["migrate", sut.name, "--apply", "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert schema_errors(done, MIGRATE_SCHEMA) == [], done
+    assert done["applied"] and done["service_deployment"].startswith("arn:") and done["finished_at"]
     svc = ecs.describe_services(cluster=cfg.ecs.cluster, services=[cfg.ecs.service])["services"][0]
     assert svc["deploymentController"]["type"] == "ECS"
     assert svc["deploymentConfiguration"]["strategy"] == "BLUE_GREEN"
     adv = svc["loadBalancers"][0]["advancedConfiguration"]
-    assert adv["roleArn"].endswith(f":role/{role}")
+    assert adv["roleArn"].endswith(f":role/{role}") and done["role_arn"] == adv["roleArn"]
+    assert [r["rule"] for r in done["listener_rules"]] == [adv["productionListenerRule"], adv["testListenerRule"]]
+    assert (done["production_target_group"], done["alternate_target_group"]) == (
+        svc["loadBalancers"][0]["targetGroupArn"], adv["alternateTargetGroupArn"])
     groups = {svc["loadBalancers"][0]["targetGroupArn"], adv["alternateTargetGroupArn"]}
     for key, listener in zip(("productionListenerRule", "testListenerRule"), listener_arns(sut), strict=True):
         rule = next(r for r in elbv2.describe_rules(ListenerArn=listener)["Rules"] if r["RuleArn"] == adv[key])

@@ -17,7 +17,9 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Cancelled, Completed, Scheduled
 
+from flows.operations import run_url
 from flows.polling import poll_changes
+from flows.trigger_cli import POLL_SCHEMA, poll_document
 from harness.git import git
 from tasks.build.source import resolve_heads
 from tasks.config.models import ServiceConfig, load_service
@@ -32,6 +34,7 @@ from tasks.release.runs import (
 )
 from tasks.triggers.branch_polling import find_changes
 from tasks.triggers.repositories import group_by_repo
+from tests.test_status_all import schema_errors
 
 
 def commit(repo: Path, text: str) -> str:
@@ -177,9 +180,16 @@ def test_poll_changes_starts_only_changed_services_once(
         "sha": a["main"],
     }
     assert {f"service:{moved}", f"sha:{a['main']}", "trigger:poll"} <= set(run.tags)
+    document = poll_document(first, deployment[0], False, datetime.now(UTC), run_url)  # `poll --json`
+    assert schema_errors(document, POLL_SCHEMA) == [], document
+    started = [(r["service"], r["run_id"], r["url"]) for r in document["started"]]
+    assert started == [(moved, str(run.id), run_url(run.id))]
+    assert [e["service"] for e in document["errors"]] == [other] and document["unchanged"] == [same]
 
     again = poll(client, **kwargs)  # same head, run still waiting: nothing new
     assert again["started"] == [] and moved in again["skipped"]
+    document = poll_document(again, deployment[0], False, datetime.now(UTC), run_url)
+    assert schema_errors(document, POLL_SCHEMA) == [] and document["skipped"][0]["service"] == moved, document
 
     newer = commit(tmp_path / "repos" / "a", "v3")
     third = poll(client, **kwargs)
