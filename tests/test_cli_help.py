@@ -80,3 +80,25 @@ def test_help_prints_no_environment_lines(monkeypatch: pytest.MonkeyPatch, capsy
     out = capsys.readouterr()
     assert done.value.code == 0 and out.err == "", out.err
     assert out.out.startswith("usage: ecs-pipeline status")
+
+
+PRINTS_JSON = {"ecs-pipeline render", "ecs-pipeline iam"}  # their output is a JSON (or CloudFormation) document
+LEAVES = [(path, parser) for path, parser in ALL
+          if not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)]
+
+
+@pytest.mark.parametrize(("path", "parser"), LEAVES, ids=[path for path, _ in LEAVES])
+def test_every_command_has_json_or_says_why_not(path: str, parser: argparse.ArgumentParser) -> None:
+    """One-shot commands print JSON on request; long-running ones and separate programs say they do not."""
+    has_json = any("--json" in action.option_strings for action in parser._actions)
+    assert has_json or path in PRINTS_JSON or "no --json" in parser.format_help(), f"{path}: no --json, no reason"
+    assert not (has_json and "no --json" in parser.format_help()), path
+
+
+@pytest.mark.parametrize("path", ["ecs-pipeline migrate", "ecs-pipeline poll", "ecs-pipeline approve"])
+def test_json_flag_is_explained_with_an_example(path: str) -> None:
+    parser = dict(ALL)[path]
+    flag = next(action for action in parser._actions if "--json" in action.option_strings)
+    assert flag.help and "JSON" in flag.help, f"{path}: --json says what it prints"
+    examples = (parser.epilog or "").splitlines()
+    assert any(line.startswith(f"  {path} ") and "--json" in line for line in examples), parser.epilog
