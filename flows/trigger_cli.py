@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -50,27 +49,18 @@ def poll_document(result: dict[str, Any], deployment: str, dry_run: bool, polled
     }
 
 
-def approve_document(run: str, reject: bool, comment: str, error: str | None, answered_at: datetime | None,
-                     link: RunLink) -> dict[str, Any]:
-    """`approve --json`, as APPROVE_SCHEMA describes it; a RUN that is no run id gets no link."""
+def approve_document(run: str, reject: bool, comment: str, error: str | None, answered_at: datetime,
+                     url: str | None) -> dict[str, Any]:
+    """`approve --json`, as APPROVE_SCHEMA describes it (URL: the run's page, None when there is no such run)."""
     return {
-        "run_id": run, "url": link(run) if _is_uuid(run) else None, "answer": "rejected" if reject else "approved",
-        "comment": comment, "answered": error is None, "error": error,
-        "answered_at": answered_at.astimezone(UTC).isoformat(timespec="seconds")
-        if answered_at and error is None else None,
+        "run_id": run, "url": url, "answer": "rejected" if reject else "approved", "comment": comment,
+        "answered": error is None, "error": error,
+        "answered_at": answered_at.astimezone(UTC).isoformat(timespec="seconds") if error is None else None,
     }
 
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _cmd_webhook_serve(args: argparse.Namespace) -> int:
@@ -117,9 +107,10 @@ def _cmd_poll(args: argparse.Namespace) -> int:
 def _cmd_approve(args: argparse.Namespace) -> int:
     from flows.operations import run_url
 
-    error = _answer(args.run, approve=not args.reject, comment=args.comment)
+    error, exists = _answer(args.run, approve=not args.reject, comment=args.comment)
     if args.json:
-        print(json.dumps(approve_document(args.run, args.reject, args.comment, error, datetime.now(UTC), run_url),
+        url = run_url(args.run) if exists else None
+        print(json.dumps(approve_document(args.run, args.reject, args.comment, error, datetime.now(UTC), url),
                          indent=2))
     if error is not None:
         return _fail(f"approve: {error}")
@@ -128,8 +119,8 @@ def _cmd_approve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _answer(run: str, approve: bool, comment: str) -> str | None:
-    """Why the run did not take the answer; None once it did."""
+def _answer(run: str, approve: bool, comment: str) -> tuple[str | None, bool]:
+    """Why the run did not take the answer (None once it did), and whether there is such a run."""
     from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
 
     from tasks.release.approval import approve_run
@@ -137,14 +128,14 @@ def _answer(run: str, approve: bool, comment: str) -> str | None:
     try:
         approve_run(run, approve=approve, comment=comment)
     except ValueError:
-        return f"{run!r} is not a flow run id"
+        return f"{run!r} is not a flow run id", False
     except ObjectNotFound:
-        return f"no flow run {run}"
+        return f"no flow run {run}", False
     except NotPausedError:
-        return f"run {run} is not waiting for approval"
+        return f"run {run} is not waiting for approval", True
     except FlowPauseTimeout:
-        return f"run {run} waited too long; it is rolling back"
-    return None
+        return f"run {run} waited too long; it is rolling back", True
+    return None, True
 
 
 def _fail(message: str) -> int:

@@ -32,7 +32,7 @@ def check(document: dict[str, Any], schema: dict[str, Any]) -> None:
 
 def test_schema_checker_rejects_what_the_schemas_rule_out() -> None:
     """The checker these tests rely on fails on a wrong type, a missing key and a time without offset."""
-    good = approve_document(RUN, False, "", None, AT, link)
+    good = approve_document(RUN, False, "", None, AT, link(RUN))
     assert schema_errors({**good, "answered": "yes"}, APPROVE_SCHEMA)
     assert schema_errors({k: v for k, v in good.items() if k != "error"}, APPROVE_SCHEMA)
     assert schema_errors({**good, "answered_at": "2026-03-01T07:30:15"}, APPROVE_SCHEMA)
@@ -70,20 +70,22 @@ def test_poll_document(result: dict[str, Any], dry_run: bool, started: list[Any]
 
 
 @pytest.mark.parametrize(
-    ("run", "reject", "error", "answer", "answered", "url", "answered_at"),
+    ("run", "reject", "error", "url", "answer", "answered", "answered_at"),
     [
-        (RUN, False, None, "approved", True, link(RUN), "2026-03-01T07:30:15+00:00"),
-        (RUN, True, None, "rejected", True, link(RUN), "2026-03-01T07:30:15+00:00"),
-        (RUN, False, f"run {RUN} is not waiting for approval", "approved", False, link(RUN), None),
-        ("3f2c9a4e-...", False, "'3f2c9a4e-...' is not a flow run id", "approved", False, None, None),
+        (RUN, False, None, link(RUN), "approved", True, "2026-03-01T07:30:15+00:00"),
+        (RUN, True, None, link(RUN), "rejected", True, "2026-03-01T07:30:15+00:00"),
+        (RUN, False, f"run {RUN} is not waiting for approval", link(RUN), "approved", False, None),
+        (RUN, False, f"no flow run {RUN}", None, "approved", False, None),  # no such run: no link
+        ("3f2c9a4e-...", True, "'3f2c9a4e-...' is not a flow run id", None, "rejected", False, None),
     ],
 )
-def test_approve_document(run: str, reject: bool, error: str | None, answer: str, answered: bool,
-                          url: str | None, answered_at: str | None) -> None:
-    document = approve_document(run, reject, "not during the sale", error, AT, link)
+def test_approve_document(run: str, reject: bool, error: str | None, url: str | None, answer: str, answered: bool,
+                          answered_at: str | None) -> None:
+    document = approve_document(run, reject, "not during the sale", error, AT, url)
     check(document, APPROVE_SCHEMA)
     assert (document["answer"], document["answered"], document["url"], document["answered_at"], document["error"]) \
         == (answer, answered, url, answered_at, error)
+    assert document["run_id"] == run and document["comment"] == "not during the sale"
 
 
 PROD_L, TEST_L = "arn:listener/prod", "arn:listener/test"
