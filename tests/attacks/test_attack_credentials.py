@@ -9,11 +9,14 @@ reads.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from pathlib import Path
 
 import pytest
 
+from harness.services import aws
 from tasks.build.build_identity import session_policy
 from tasks.config.buildspec import parse_buildspec
 from tasks.config.models import ServiceConfig
@@ -37,6 +40,11 @@ def test_a_build_without_a_role_gets_no_aws_identity(tmp_path: Path) -> None:
 
 
 def test_a_build_with_a_role_gets_that_roles_short_lived_keys_masked(tmp_path: Path) -> None:
+    iam = aws("iam")  # the role must exist: AWS refuses to assume one that does not
+    trust = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "sts:AssumeRole"}]}
+    with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+        iam.create_role(RoleName="shop-build", AssumeRolePolicyDocument=json.dumps(trust))
     cfg = service(tmp_path, role_arn="arn:aws:iam::123456789012:role/shop-build")
     printed = build(cfg, tmp_path, [PRINT])
     (line,) = printed
