@@ -7,22 +7,14 @@ with the API's basic-auth string, as its sign-in page stores it.
 
 from __future__ import annotations
 
-import base64
 import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from sandbox.screenshots import browser_path, signed_in_page
+
 VIEWPORT = {"width": 1600, "height": 1000}
-
-
-def chromium_path() -> str:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise RuntimeError("no chromium on PATH: apt-get install chromium (make test and make screenshots do)")
 
 
 @contextmanager
@@ -31,14 +23,9 @@ def ui_page(viewport: dict[str, int] | None = None) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=["--no-sandbox"])
+        browser = p.chromium.launch(executable_path=browser_path(), headless=True, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport=viewport or VIEWPORT)  # type: ignore[arg-type]
-            auth = os.environ.get("PREFECT_API_AUTH_STRING")
-            if auth:  # what the UI's sign-in page keeps: the API's basic-auth credentials, base64
-                token = base64.b64encode(auth.encode()).decode()
-                page.add_init_script(f"window.localStorage.setItem('prefect-password', '{token}')")
-            yield page
+            yield signed_in_page(browser, viewport or VIEWPORT)
         finally:
             browser.close()
 

@@ -32,6 +32,16 @@ def browser_path() -> str:
     raise SystemExit("no chromium: apt-get install chromium (make screenshots does)")
 
 
+def signed_in_page(browser: Any, viewport: dict[str, int]) -> Any:
+    """A new page of BROWSER signed in to the UI as its sign-in page does: the API's basic-auth string, base64."""
+    page = browser.new_page(viewport=viewport)
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    if auth:
+        token = base64.b64encode(auth.encode()).decode()
+        page.add_init_script(f"window.localStorage.setItem('prefect-password', '{token}')")
+    return page
+
+
 def pages(ui: str) -> list[tuple[str, str]]:
     """(file name, URL) of each page worth a picture, found through the API; ``#Tab`` opens that tab."""
     from prefect.client.orchestration import get_client
@@ -104,11 +114,7 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path(), headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1440, "height": 960})
-        auth = os.environ.get("PREFECT_API_AUTH_STRING")
-        if auth:  # what the UI's sign-in page stores: the API's basic-auth credentials, base64
-            token = base64.b64encode(auth.encode()).decode()
-            page.add_init_script(f"window.localStorage.setItem('prefect-password', '{token}')")
+        page = signed_in_page(browser, {"width": 1440, "height": 960})
         for name, target in pages(ui):
             url, _, tab = target.partition("#")
             page.goto(url, wait_until="networkidle", timeout=60_000)
