@@ -99,8 +99,12 @@ def test_a_build_cannot_become_root_on_the_host(tmp_path: Path) -> None:
 
     def look(line: str) -> None:  # while the build runs: who its processes are on the worker
         run.lines.append(line)
-        if line == "sleeping":
-            pid = subprocess.run(["pgrep", "-f", f"sleep {mark}"], capture_output=True, text=True).stdout.split()
+        if line == "sleeping":  # the backgrounded sleep may not have started yet on a loaded machine: look again
+            deadline, pid = time.monotonic() + 10, []
+            while not pid and time.monotonic() < deadline:
+                pid = subprocess.run(["pgrep", "-f", f"sleep {mark}"], capture_output=True, text=True).stdout.split()
+                if not pid:
+                    time.sleep(0.1)
             seen["uid"] = Path(f"/proc/{pid[0]}/status").read_text().split("Uid:")[1].split()[0] if pid else ""
 
     run.log = look
