@@ -287,6 +287,50 @@ class Verify(_Model):
     )
 
 
+class ErrorRateRule(_Model):
+    max_increase: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.01, description="green's 5xx rate may exceed blue's by at most this much, absolute "
+        "(0.01: one percentage point)")
+
+
+class LatencyRule(_Model):
+    max_ratio: Annotated[float, Field(ge=1, le=100)] = Field(
+        description="green's percentile response time may be at most this many times blue's")
+
+
+class Analysis(_Model):
+    """Canary analysis: each traffic step judges green against blue from the target groups' ALB metrics."""
+
+    min_requests: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=50, description="requests each side needs in a step window before it is judged; fewer is "
+        "inconclusive and the step waits (up to inconclusive_wait_seconds) for more")
+    error_rate: ErrorRateRule | None = Field(default_factory=ErrorRateRule)
+    latency_p50: LatencyRule | None = None
+    latency_p95: LatencyRule | None = Field(default_factory=lambda: LatencyRule(max_ratio=1.25))
+    latency_p99: LatencyRule | None = None
+    method: Literal["thresholds", "mann-whitney"] = Field(
+        default="thresholds", description="thresholds: the rules on the window's values; mann-whitney: a "
+        "rule fails only when the difference is also statistically significant (scipy), where samples allow")
+    alpha: Annotated[float, Field(gt=0, lt=0.5)] = Field(
+        default=0.05, description="mann-whitney: the significance level a failed rule must also reach")
+    inconclusive_wait_seconds: Annotated[int, Field(ge=0, le=86400)] = Field(
+        default=300, description="how long a step with too few requests waits for more before it is decided")
+    on_inconclusive: Literal["fail", "pass"] = Field(
+        default="fail", description="what a step still without enough requests after the wait is: a "
+        "rollback (fail) or a pass with a warning")
+
+
+class Migration(_Model):
+    """A one-off task from the new task definition, run after green is up and before production moves."""
+
+    command: list[str] = Field(min_length=1, max_length=100, description="the container's command override, "
+                               "e.g. [\"./manage.py\", \"migrate\"]")
+    container: str | None = Field(default=None, min_length=1, description="the container to run it in; "
+                                  "default ecs.container")
+    timeout_seconds: Annotated[int, Field(ge=1, le=86400)] = Field(
+        default=900, description="the task is stopped and the release rolled back after this long")
+
+
 class Timeouts(_Model):
     green_healthy_seconds: Annotated[int, Field(ge=1, le=7200)] = Field(
         default=300, description="green's tasks pulled and started; health-check time is added from the target group"
@@ -316,13 +360,20 @@ class ServiceConfig(_Model):
         default="supersede", description="a newer SHA cancels a waiting run, or waits behind it"
     )
     approval: Literal["none", "required"] = "none"
+    analysis: Analysis | None = Field(
+        default=None, description="judge green against blue at every traffic step (strategies with steps)")
+    migrate: Migration | None = Field(
+        default=None, description="a migration run as a one-off ECS task from the new task definition; "
+        "its exit code gates the shift and must leave the schema usable by blue")
     deploy_role_arn: str | None = Field(
         default=None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$",
         description="the IAM role this service's releases assume (CodePipeline's per-pipeline service role): "
         "every AWS call of its releases, status and rollbacks is made as this role, which holds the policy "
         "`ecs-pipeline iam SERVICE --role deploy` prints; the worker's own identity then needs only "
         "sts:AssumeRole on it, and the role's trust policy must name that identity")
-    approval_timeout_seconds: Annotated[int, Field(ge=1, le=604800)] = 3600
+    approval_timeout_seconds: Annotated[int, Field(ge=1, le=1209600)] = Field(
+        default=3600, description="how long a release waits for approval, up to 14 days (ECS's PAUSE hook "
+        "limit); a run from a deployment waits suspended, without holding a worker")
     base_dir: str = Field(default=".", description="set by the loader: the YAML file's folder")
 
     @field_validator("name")
@@ -344,6 +395,12 @@ class ServiceConfig(_Model):
             raise ValueError(
                 f"strategy.type {kind} needs load_balancer "
                 f"(production_listener, test_listener, target_groups); add it or use rolling"
+            )
+        if self.analysis is not None and self.strategy.traffic.type == "all-at-once":
+            raise ValueError(
+                "analysis compares green with blue while both take production traffic, which needs traffic "
+                "steps: set strategy.traffic to canary or linear (with percent and interval_seconds), or remove "
+                "analysis"
             )
         return self
 
