@@ -45,6 +45,20 @@ MARGIN_SECONDS = 60.0  # polling and API latency, wall time
 CLOCK_SKEW = timedelta(minutes=5)
 
 
+# DeploymentLifecycleHookTimeoutConfiguration.timeoutInMinutes, botocore's ECS model: "The number of minutes
+# Amazon ECS waits for the lifecycle hook to complete before taking the timeout action", min 1, max 20160 (14 days).
+PAUSE_MAX_MINUTES = 20160
+
+
+def pause_minutes(cfg: ServiceConfig) -> int:
+    """The PAUSE hook's timeout: the verification pause, or the approval wait when the release asks for one
+    (the hook holds production while a person decides; ECS rolls back when it runs out)."""
+    seconds = cfg.strategy.pause_timeout_seconds
+    if cfg.approval == "required":
+        seconds = max(seconds, cfg.approval_timeout_seconds)
+    return min(PAUSE_MAX_MINUTES, max(1, math.ceil(seconds / 60)))
+
+
 def deployment_configuration(cfg: ServiceConfig) -> dict[str, Any]:
     """What the release asks ECS for: the traffic shape, the bake, alarms and the verification pause."""
     t = cfg.strategy.traffic
@@ -52,7 +66,7 @@ def deployment_configuration(cfg: ServiceConfig) -> dict[str, Any]:
         "strategy": SHAPES[t.type],
         "bakeTimeInMinutes": math.ceil(cfg.bake_seconds / 60),
         "lifecycleHooks": [{"targetType": "PAUSE", "lifecycleStages": [PAUSE_STAGE], "timeoutConfiguration": {
-            "timeoutInMinutes": max(1, math.ceil(cfg.strategy.pause_timeout_seconds / 60)), "action": "ROLLBACK"}}],
+            "timeoutInMinutes": pause_minutes(cfg), "action": "ROLLBACK"}}],
         "deploymentCircuitBreaker": {"enable": True, "rollback": True},
     }
     step_minutes = math.ceil((t.interval_seconds or 0) / 60)
