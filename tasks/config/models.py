@@ -362,6 +362,10 @@ class ServiceConfig(_Model):
     approval: Literal["none", "required"] = "none"
     analysis: Analysis | None = Field(
         default=None, description="judge green against blue at every traffic step (strategies with steps)")
+    depends_on: list[Annotated[str, Field(pattern=NAME)]] = Field(
+        default_factory=list, max_length=100,
+        description="services (by name) a fleet release deploys before this one: it starts only once they are "
+        "Deployed")
     migrate: Migration | None = Field(
         default=None, description="a migration run as a one-off ECS task from the new task definition; "
         "its exit code gates the shift and must leave the schema usable by blue")
@@ -382,6 +386,14 @@ class ServiceConfig(_Model):
         if value == "fleet":  # its artifacts (fleet-live, fleet-release) would be the fleet's own
             raise ValueError("'fleet' names the fleet's own views in the Prefect UI; give the service another name")
         return value
+
+    @model_validator(mode="after")
+    def _not_on_itself(self) -> ServiceConfig:
+        if self.name in self.depends_on:
+            raise ValueError(f"depends_on names the service itself ({self.name}); remove it")
+        if len(set(self.depends_on)) != len(self.depends_on):
+            raise ValueError("depends_on names a service twice; list each once")
+        return self
 
     @field_validator("task_definition")
     @classmethod

@@ -1,0 +1,71 @@
+"""A fleet's order from depends_on: layers, waves within them, and what is refused before any AWS call.
+
+The rules as tables (pure functions); the fleet flow uses ``waves_in_order``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tasks.config.models import parse_service
+from tasks.core.errors import ConfigError
+from tasks.release.fleet_order import blocked_by, check_dependencies, dependency_layers, find_cycle, waves_in_order
+
+
+def config(name: str, *depends_on: str) -> Any:
+    data = {"name": name, "source": {"repo": "https://github.com/acme/mono.git"}, "ecr": {"repository": name},
+            "ecs": {"cluster": "c", "service": name, "container": "web", "container_port": 80},
+            "task_definition": "taskdef.json", "strategy": {"type": "rolling"},
+            "depends_on": list(depends_on)}  # fmt: skip
+    return parse_service(data, source=f"{name}.yaml")
+
+
+# queue-schema ← api ← web; workers ← queue-schema; billing alone.
+SHOP = [config("api", "queue-schema"), config("billing"), config("queue-schema"),
+        config("web", "api"), config("workers", "queue-schema")]  # fmt: skip
+
+
+def test_layers_put_every_service_after_what_it_depends_on() -> None:
+    assert dependency_layers(SHOP) == [["billing", "queue-schema"], ["api", "workers"], ["web"]]
+
+
+def test_waves_cut_each_layer_by_max_parallel_and_never_mix_layers() -> None:
+    ready = [c.name for c in SHOP]
+    assert waves_in_order(SHOP, ready, 1) == [["billing"], ["queue-schema"], ["api"], ["workers"], ["web"]]
+    assert waves_in_order(SHOP, ready, 4) == [["billing", "queue-schema"], ["api", "workers"], ["web"]]
+    # A service with nothing to release (not ready) leaves its place empty, not its dependents' order.
+    assert waves_in_order(SHOP, ["web", "api", "billing"], 4) == [["billing"], ["api"], ["web"]]
+
+
+def test_a_dependency_outside_the_selection_orders_nothing() -> None:
+    web_only = [c for c in SHOP if c.name in ("web", "workers")]
+    assert dependency_layers(web_only) == [["web", "workers"]]
+
+
+def test_a_cycle_is_named_whole_and_refused() -> None:
+    ring = [config("a", "c"), config("b", "a"), config("c", "b"), config("d")]
+    assert find_cycle({c.name: c.depends_on for c in ring}) == ["a", "c", "b", "a"]
+    with pytest.raises(ConfigError, match="depends_on goes round in a circle: a → c → b → a"):
+        check_dependencies(ring)
+    with pytest.raises(ConfigError, match="a → c → b → a"):
+        waves_in_order(ring, ["a", "b", "c", "d"], 2)
+
+
+def test_an_unknown_name_is_refused_with_the_services_that_exist() -> None:
+    with pytest.raises(ConfigError, match=r"web: depends_on names apii, which is not a service in deployments/"):
+        check_dependencies([config("api"), config("web", "apii")])
+
+
+def test_depending_on_itself_or_twice_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"depends_on names the service itself \(api\)"):
+        config("api", "api")
+    with pytest.raises(ConfigError, match="depends_on names a service twice"):
+        config("web", "api", "api")
+
+
+def test_blocked_by_follows_dependencies_through_the_chain() -> None:
+    assert blocked_by(SHOP, "web", {"queue-schema"}) == ["queue-schema"]
+    assert blocked_by(SHOP, "web", {"billing"}) == []
+    assert blocked_by(SHOP, "billing", {"api"}) == []
