@@ -7,5 +7,16 @@ case "$BROKEN" in
   root|config|"") ;;                         # root: index.cgi answers 500; config: only with GREETING set
   *) echo "sample-app: unknown BROKEN=$BROKEN (use empty, root, health or config)" >&2; exit 2 ;;
 esac
-echo "sample-app $VERSION listening on 127.0.0.1:$PORT${BROKEN:+ (broken: $BROKEN)}"
+# SLOW_MS: GET / waits that many milliseconds before answering; ERROR_PERCENT: that share of its answers,
+# drawn at random per request, are 500s. Empty means 0.
+case "${SLOW_MS:-0}" in
+  *[!0-9]*) echo "sample-app: SLOW_MS=$SLOW_MS is not a whole number of milliseconds (e.g. 300)" >&2; exit 2 ;;
+esac
+case "${ERROR_PERCENT:-0}" in
+  *[!0-9]*) echo "sample-app: ERROR_PERCENT=$ERROR_PERCENT is not a whole percentage from 0 to 100 (e.g. 3)" >&2; exit 2 ;;
+esac
+if [ "${ERROR_PERCENT:-0}" -gt 100 ]; then
+  echo "sample-app: ERROR_PERCENT=$ERROR_PERCENT is over 100 (use 0 to 100)" >&2; exit 2
+fi
+echo "sample-app $VERSION listening on 127.0.0.1:$PORT${BROKEN:+ (broken: $BROKEN)}${SLOW_MS:+ (slow: $SLOW_MS ms)}${ERROR_PERCENT:+ (errors: $ERROR_PERCENT %)}"
 exec /bin/busybox httpd -f -v -p "127.0.0.1:$PORT" -h /www

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs
 
-from .cloudwatch import describe_alarm_history
+from .cloudwatch import MetricReads, describe_alarm_history
 from .ecr_api import HANDLERS as ECR_HANDLERS
 from .ecr_api import ApiError
 from .faults import canonical, error_response, weather_error
@@ -90,6 +90,9 @@ class SandboxMiddleware:
         for op, fn in controller.codedeploy_api.handlers().items():
             self.handlers[("codedeploy", op)] = fn
         self.handlers[("cloudwatch", "DescribeAlarmHistory")] = describe_alarm_history
+        # statistics and percentiles of the ALB metrics from the proxies' own samples (moto has no percentiles)
+        for op, fn in MetricReads(controller.metrics).handlers().items():
+            self.handlers[("cloudwatch", op)] = fn
         for op, fn in controller.native_api.handlers().items():
             self.handlers[("ecs", op)] = fn
         # query-protocol operations moto lacks: (query string, form body) -> the whole answer

@@ -236,6 +236,8 @@ class _ListenerHandler(BaseHTTPRequestHandler):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
+            # TargetResponseTime ends "when the target starts to send the response headers" (ALB's guide)
+            waited = time.monotonic() - started
             data = resp.read()
             out = [(k, v) for k, v in resp.getheaders()
                    if k.lower() not in HOP_BY_HOP and k.lower() != "content-length"]
@@ -244,7 +246,7 @@ class _ListenerHandler(BaseHTTPRequestHandler):
             return self._reply(504, b"504 Gateway Time-out\n", tg_arn, False)
         except (OSError, http.client.HTTPException):
             return self._reply(502, b"502 Bad Gateway\n", tg_arn, False)
-        self.proxy.metrics.record(self.proxy.lb_arn, tg_arn, resp.status, True, time.monotonic() - started)
+        self.proxy.metrics.record(self.proxy.lb_arn, tg_arn, resp.status, True, waited)
         self.send_response(resp.status)
         for k, v in out:
             self.send_header(k, v)
