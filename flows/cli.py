@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -100,28 +101,48 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return cmd_fleet(args)
     if not args.service:
         raise PipelineError("name a SERVICE to release, or use --all / --select PATTERN")
+    if args.dry_run:  # reads only: no flow run, so none of the release's imports
+        from flows.operations import plan_release
+
+        print("\n".join(plan_release(args.service, args.sha)))
+        return 0
     from prefect.client.schemas.objects import FlowRun, State
 
     from flows.pipeline import deploy_service
     from flows.terminal import Seen, run_with_view
     from tasks.release.runs import ensure_run_tags
 
-    if args.dry_run:
-        from flows.operations import plan_release
-
-        print("\n".join(plan_release(args.service, args.sha)))
-        return 0
-
     def release(seen: Seen) -> Any:
         def tag_cli_run(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:  # Prefect's hook signature
             seen.run_id = flow_run.id  # main thread, before the release starts
             ensure_run_tags(flow_run.id, args.service, args.sha, "cli")
 
-        return deploy_service.with_options(on_running=[tag_cli_run])(
-            args.service, sha=args.sha, force=args.force, allow_older=args.allow_older, return_state=True
-        )
+        with without_heartbeat():
+            return deploy_service.with_options(on_running=[tag_cli_run])(
+                args.service, sha=args.sha, force=args.force, allow_older=args.allow_older, return_state=True
+            )
 
     return run_with_view(args.service, release, args.json)
+
+
+HEARTBEAT_SETTINGS = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+
+
+def without_heartbeat() -> contextlib.AbstractContextManager[Any]:
+    """A release from the terminal without Prefect's flow-run heartbeat thread, unless one was asked for.
+
+    Prefect's engine runs a heartbeat thread beside every flow run that sleeps in one-second steps
+    and joins it when the run ends: up to a second after the release's work is done before the
+    command returns. The heartbeat lets Prefect's server tell a run whose process died silently;
+    for a release from a terminal, the process is the person's own, and the service a dead run
+    held is freed by the pipeline's own lease (ECS_PIPELINE_LOCK_STALE_SECONDS). Workers and
+    `serve` keep Prefect's heartbeats; so does a CLI whose environment sets their frequency.
+    """
+    if any(os.environ.get(name) for name in HEARTBEAT_SETTINGS):
+        return contextlib.nullcontext()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -14,24 +14,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tasks.config.buildspec import BuildSpec, load_buildspec
-from tasks.config.inputs import read_text
-from tasks.config.models import ServiceConfig, find_service, load_all_services
-from tasks.config.taskdef import load_template, render_task_definition
 from tasks.core.errors import ConfigError, PipelineError
-from tasks.core.settings import Settings
-from tasks.release.permissions import (
-    ROLES,
-    Policy,
-    Scope,
-    build_policy,
-    cloudformation,
-    deploy_policy,
-    merge,
-    verify_policy,
-)
+
+if TYPE_CHECKING:  # the command's own modules are imported when it runs: other commands start without them
+    from tasks.config.buildspec import BuildSpec
+    from tasks.config.models import ServiceConfig
+    from tasks.release.permissions import Policy, Scope
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -67,6 +57,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
 
 
 def cmd_iam(args: argparse.Namespace) -> int:
+    from tasks.config.models import find_service, load_all_services
+    from tasks.core.settings import Settings
+    from tasks.release.permissions import ROLES, Scope, merge
+
     settings = Settings()
     scope = Scope(check_account(args.account), args.region or settings.region, args.partition)
     principal = check_principal(args.principal)
@@ -105,6 +99,8 @@ def check_principal(principal: str | None) -> str | None:
 
 
 def output(policies: list[Policy], fmt: str, name: str) -> Any:
+    from tasks.release.permissions import cloudformation
+
     if fmt == "cfn":
         return cloudformation(policies, name)
     if len(policies) == 1:
@@ -114,6 +110,8 @@ def output(policies: list[Policy], fmt: str, name: str) -> Any:
 
 def policy_for(cfg: ServiceConfig, role: str, scope: Scope, buildspec: Path | None, notes: list[str],
                principal: str | None = None) -> Policy:
+    from tasks.release.permissions import build_policy, deploy_policy, verify_policy
+
     spec = service_buildspec(cfg, buildspec, notes)
     if role == "build":
         return build_policy(cfg, spec, scope)
@@ -124,6 +122,8 @@ def policy_for(cfg: ServiceConfig, role: str, scope: Scope, buildspec: Path | No
 
 def rendered(cfg: ServiceConfig, scope: Scope) -> dict[str, Any]:
     """The task definition a release registers, offline: the account from the scope when one is given."""
+    from tasks.config.taskdef import load_template, render_task_definition
+
     path = cfg.path(cfg.task_definition)
     return render_task_definition(
         load_template(path), image="<IMAGE>", container=cfg.ecs.container, sha=None, service=cfg.name,
@@ -133,6 +133,9 @@ def rendered(cfg: ServiceConfig, scope: Scope) -> dict[str, Any]:
 
 def service_buildspec(cfg: ServiceConfig, override: Path | None, notes: list[str]) -> BuildSpec | None:
     """The buildspec the service's builds run: --buildspec, inline in the YAML, or the local branch's file."""
+    from tasks.config.buildspec import load_buildspec
+    from tasks.config.inputs import read_text
+
     if override is not None:
         return load_buildspec(read_text(override, "--buildspec", "the command line"), str(override))
     inline = cfg.build.inline_buildspec()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from tasks.release.runs import DEPLOY_DEPLOYMENT
+from tasks.core.settings import DEPLOY_DEPLOYMENT
 
 # What `poll --json` and `approve --json` print, in the convention of the schemas in flows/operations.py
 # (stable snake_case keys; "time" is ISO-8601 with its UTC offset; "url" a run's page in the Prefect UI; a

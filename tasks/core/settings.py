@@ -34,6 +34,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # non-retryable error, so this number never slows a permanent failure down.
 DEFAULT_MAX_ATTEMPTS = 10
 
+# The Prefect deployment that runs releases (`ecs-pipeline serve`, prefect.yaml): the default of every
+# command that starts or finds deploy-service runs. Here, below Prefect, so naming it costs a command
+# (its --help) no Prefect import.
+DEPLOY_DEPLOYMENT = "deploy-service/deploy-service"
+
 
 # What a buildspec's commands inherit from the worker (as a CodeBuild build gets its image's PATH):
 # nothing else of the worker's environment, and never its AWS identity (keys, profile, credential
