@@ -15,6 +15,10 @@ Where the children run (``children``):
 * ``deployment``: each child is a run of the deploy-service deployment, so
   whichever worker is free runs it (spread over hosts, each with its own Retry
   button), at the price of one flow-run process per service.
+
+Migrations (``migrate:``): with threads, a wave's services all pass their
+migrations before any of them moves production (tasks/release/fleet_plan.WaveGate).
+As deployment runs, each service's migration gates its own shift only.
 """
 
 from __future__ import annotations
@@ -43,7 +47,16 @@ from tasks.config.models import ServiceConfig, load_all_services
 from tasks.core.errors import PipelineError
 from tasks.core.settings import Settings
 from tasks.core.waits import stop_every_release
-from tasks.release.fleet_plan import FleetSummary, ServiceResult, classify, plan_waves, select_services
+from tasks.release.fleet_plan import (
+    FleetSummary,
+    ServiceResult,
+    WaveGate,
+    classify,
+    gate_seconds,
+    in_wave,
+    plan_waves,
+    select_services,
+)
 from tasks.release.outcome import outcome_of, reason_in
 from tasks.release.runs import DEPLOY_DEPLOYMENT, ensure_run_tags, fleet_run_name, run_tags
 from tasks.release.skeleton import sigterm_deferred
@@ -117,7 +130,8 @@ def release_fleet(
             for name, run in wait_final(started).items():
                 summary.results.append(result_of(name, shas[name], number, run))
         else:
-            futures = [release_here.submit(name, shas[name], number, origin) for name in wave]
+            gate = WaveGate(wave, gate_seconds(c for c in configs if c.name in wave))
+            futures = [release_here.submit(name, shas[name], number, origin, gate) for name in wave]
             try:
                 summary.results.extend(f.result() for f in futures)
             except BaseException:
@@ -165,7 +179,7 @@ def target_shas(configs: Sequence[ServiceConfig], sha: str | None, summary: Flee
 
 @task(name="release service", task_run_name="release {service}@{sha:.7}", cache_policy=NO_CACHE,
       persist_result=False)  # fmt: skip
-def release_here(service: str, sha: str, wave: int, origin: str) -> ServiceResult:
+def release_here(service: str, sha: str, wave: int, origin: str, gate: WaveGate | None = None) -> ServiceResult:
     """deploy-service for SERVICE as a child flow run in this process; its end, whatever it is, as a line.
 
     The child gets its tags from deploy-service itself (``service:`` and ``sha:``, before its lock) and
@@ -174,7 +188,8 @@ def release_here(service: str, sha: str, wave: int, origin: str) -> ServiceResul
     through one event loop shared by the whole fleet, before each of the release's tasks).
     """
     started = time.monotonic()
-    state = deploy_service(service=service, sha=sha, return_state=True)
+    with in_wave(gate or WaveGate([service], 0), service):  # its wave's migrations before its shift
+        state = deploy_service(service=service, sha=sha, return_state=True)
     name = outcome_of(state)
     message = reason_in(state)
     run_id = state.state_details.flow_run_id

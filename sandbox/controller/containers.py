@@ -188,12 +188,15 @@ class TaskRunner:
             self.runtime.release_port(run.port)
         log.info("task %s STOPPED: %s", run.arn.rsplit("/", 1)[-1], t.stopped_reason)
 
-    def _kill(self, run: TaskRun) -> None:
+    def _ship_last_words(self, run: TaskRun) -> None:
         if self.before_kill is not None and run.log_options:
             try:
                 self.before_kill(run)  # last words of the container, before it is removed
             except Exception as exc:  # noqa: BLE001 - shipping last logs must never keep a task alive
                 log.debug("before_kill for %s failed: %s", run.arn, exc)
+
+    def _kill(self, run: TaskRun) -> None:
+        self._ship_last_words(run)
         for cid in run.containers.values():
             self.runtime.stop(cid)
         if run.port:
@@ -234,6 +237,7 @@ class TaskRunner:
                                           "ServiceSchedulerInitiated", failed=True)
         for run, name in exited:
             code, logs = self.runtime.exit_details(run.containers[name])
+            self._ship_last_words(run)  # the awslogs driver has them in CloudWatch by the time ECS says STOPPED
             reason = "Essential container in task exited"
             if "in use" in logs.lower():  # host networking: the port belongs to someone else
                 last = logs.strip().splitlines()[-1][-200:]

@@ -10,7 +10,8 @@
   no task-set fields on the service before a primary task set, networkConfiguration
   required for awsvpc, launch type or capacity provider strategy as ECS resolves them.
 - StopTask deregisters and drains; ListTasks honours serviceName/desiredStatus.
-- RunTask starts real containers once (standalone tasks are never restarted).
+- RunTask is checked as ECS checks it (run_task.py) and starts real containers once (standalone
+  tasks are never restarted); StopTask of an unknown task is ECS's error, of a stopped one a no-op.
 - ECS-native blue/green (strategy BLUE_GREEN, LINEAR, CANARY): UpdateService starts a
   service deployment in ecs_native.py; AWS_LAMBDA lifecycle hooks are refused (no Lambda
   here); UpdateService from CODE_DEPLOY to ECS migrates, keeping the running task set.
@@ -27,7 +28,7 @@ from moto.ecs.models import EC2ContainerServiceBackend
 from moto.ecs.responses import EC2ContainerServiceResponse
 from moto.moto_api._internal import mock_random
 
-from . import ecs_task_sets
+from . import ecs_task_sets, run_task
 from .ecs_native_model import HOOKABLE, NATIVE, STAGES, check_advanced, is_native, lambda_hooks
 from .fleets import Fleet
 from .rolling import DEFAULT_CONFIG
@@ -231,6 +232,9 @@ _orig_stop_task = EC2ContainerServiceBackend.stop_task
 
 
 def _stop_task(self: EC2ContainerServiceBackend, cluster_str: str, task_str: str, reason: str) -> Any:
+    done = run_task.stop_known_task(self, cluster_str, task_str)  # unknown: ECS's error; stopped: as it is
+    if done is not None:
+        return done
     if _RUNNER is not None:
         task_id = task_str.split("/")[-1]
         for arn, run in list(_RUNNER.runs.items()):
@@ -261,6 +265,9 @@ def _run_task(self: EC2ContainerServiceBackend, cluster_str: str, task_definitio
     runs = [_RUNNER.launch(fleet, overrides) for _ in range(max(int(count or 1), 1))]
     for run in runs:
         run.task.tags = tags or []
+        run.task.launch_type = launch_type  # as RunTask resolved it (run_task.run_task_api)
+        if networking_configuration:
+            run.task.network_configuration = networking_configuration
     return [run.task for run in runs]
 
 
@@ -306,3 +313,4 @@ def install(runner: TaskRunner, native: NativeController | None = None) -> None:
     EC2ContainerServiceBackend.list_tasks = _list_tasks  # type: ignore[method-assign]
     EC2ContainerServiceBackend.list_services = _list_services  # type: ignore[method-assign]
     EC2ContainerServiceBackend.run_task = _run_task  # type: ignore[method-assign]
+    run_task.install()

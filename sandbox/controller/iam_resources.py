@@ -6,8 +6,10 @@ deployment group could not be told from ``Resource: "*"``. This table names
 the resource the way the Service Authorization Reference does for the calls
 the pipeline makes (ECS, ECR, ELBv2, CodeDeploy, CloudWatch), from the call's
 own parameters, and adds the authorizations a call implies: ``iam:PassRole``
-(with ``iam:PassedToService``) for the roles a task definition names, and
+(with ``iam:PassedToService``) for the roles a task definition names, when it is
+registered and when RunTask runs it (with ``ecs:cluster``, as StopTask too), and
 ``ecs:TagResource`` (with ``ecs:CreateAction``) when it is registered with tags.
+CloudWatch Logs reads are named by their log stream or log group.
 
 Also named: the resources of sts:AssumeRole (the build role), IAM reads and
 iam:SimulatePrincipalPolicy (the user or role simulated),
@@ -125,6 +127,38 @@ def _register_task_definition(p: Mapping[str, Any], w: Where) -> list[Need]:
     return out
 
 
+def _run_task(p: Mapping[str, Any], w: Where) -> list[Need]:
+    """RunTask: the task definition revision it runs (ecs:cluster as a condition key), and every role the
+    revision (or an override) passes to ECS tasks (iam:PassRole, as for RegisterTaskDefinition)."""
+    text = str(p.get("taskDefinition") or "")
+    name = text.rsplit("/", 1)[-1]
+    with LOCK:
+        family, _, number = name.partition(":")
+        revisions = ecs().task_definitions.get(family) or {}
+        td = revisions.get(int(number)) if number.isdigit() else revisions.get(max(revisions, default=0))
+        roles = [str(getattr(td, k, None) or "") for k in ("task_role_arn", "execution_role_arn")] if td else []
+        revision = f"{family}:{td.revision}" if td is not None else name
+    overrides = p.get("overrides") or {}
+    roles += [str(overrides.get(k) or "") for k in ("taskRoleArn", "executionRoleArn")]
+    cluster = w.ecs("cluster", _cluster(p))
+    out = [Need("ecs:RunTask", text if text.startswith("arn:") and td is None else w.ecs("task-definition", revision),
+                {"ecs:cluster": cluster})]
+    for role in dict.fromkeys(r for r in roles if r):
+        role_arn = role if role.startswith("arn:") else w.arn("iam", f"role/{role}", regional=False)
+        out.append(Need("iam:PassRole", role_arn, {"iam:PassedToService": ECS_TASKS}))
+    return out
+
+
+def _logs(op: str, p: Mapping[str, Any], w: Where) -> list[str] | None:
+    """A log stream's events are authorized on the stream (log-group:G:log-stream:S), others on the group."""
+    group = str(p.get("logGroupName") or "")
+    if not group:
+        return None
+    if p.get("logStreamName"):
+        return [w.arn("logs", f"log-group:{group}:log-stream:{p['logStreamName']}")]
+    return [w.arn("logs", f"log-group:{group}")]
+
+
 def _ecr(op: str, p: Mapping[str, Any], w: Where) -> list[str] | None:
     where = Where(w.region, str(p.get("registryId") or w.account), w.partition)
     if op == "DescribeRepositories" and p.get("repositoryNames"):
@@ -203,6 +237,7 @@ def _secretsmanager(op: str, p: Mapping[str, Any], w: Where) -> list[str] | None
 
 TABLES: dict[str, Callable[[str, Mapping[str, Any], Where], list[str] | None]] = {
     "ecr": _ecr, "elbv2": _elbv2, "codedeploy": _codedeploy, "cloudwatch": _cloudwatch, "iam": _iam_sts,
+    "logs": _logs,
     "sts": _iam_sts, "ssm": _ssm, "secretsmanager": _secretsmanager}
 
 
@@ -216,6 +251,12 @@ def needs(service: str, operation: str, params: Mapping[str, Any], where: Where)
         return [Need(action, "*")]
     if action == "ecs:RegisterTaskDefinition":
         return _register_task_definition(params, where)
+    if action == "ecs:RunTask":
+        return _run_task(params, where)
+    if action == "ecs:StopTask":  # the task, with its cluster as a condition key
+        cluster = _cluster(params)
+        return [Need(action, arn, {"ecs:cluster": where.ecs("cluster", cluster)})
+                for arn in _ids(where, "task", {"one": [params.get("task")]}, "one", cluster)]
     if action == "ecs:ListTasks":  # no resource of its own: the cluster is a condition key
         return [Need(action, "*", {"ecs:cluster": where.ecs("cluster", _cluster(params))})]
     if service == "ecs":

@@ -405,3 +405,98 @@ def wait_task_set_gone(ecs: Any, cluster: str, service: str, task_set_arn: str, 
         return poll(gone, timeout=timeout, what=f"task set {task_set_arn.rsplit('/', 1)[-1]} to drain")
     except DeployError:
         return False
+
+
+# -- one-off tasks (the migration gate, tasks/release/migration.py) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class OneOffTask:
+    """A RunTask of one revision with one container's command replaced, where PLACEMENT says it runs."""
+
+    cluster: str
+    task_definition: str
+    container: str
+    command: tuple[str, ...]
+    started_by: str
+    placement: dict[str, Any]
+    client_token: str = ""
+
+
+def run_task_placement(
+    network: dict[str, Any] | None, capacity_providers: list[dict[str, Any]], service: dict[str, Any]
+) -> dict[str, Any]:
+    """Where a one-off task of SERVICE runs: as its tasks do (``task_set_placement``: the config's network and
+    capacity providers, else the primary task set's, else the service's own fields, which an ECS-controller
+    service shows). RunTask takes no serviceRegistries."""
+    placed = task_set_placement(network, capacity_providers, primary_task_set(service) or service)
+    placed.pop("serviceRegistries", None)
+    return placed
+
+
+def run_one_off_task(ecs: Any, spec: OneOffTask) -> dict[str, Any]:
+    """RunTask; the task as ECS answers it. A placement failure (RunTask's ``failures``) is a DeployError."""
+    kwargs: dict[str, Any] = {
+        "cluster": spec.cluster, "taskDefinition": spec.task_definition, "count": 1,
+        "startedBy": spec.started_by,
+        "overrides": {"containerOverrides": [{"name": spec.container, "command": list(spec.command)}]},
+        **spec.placement,
+    }
+    if spec.client_token:
+        kwargs["clientToken"] = spec.client_token
+    out = ecs.run_task(**kwargs)
+    tasks = out.get("tasks") or []
+    if not tasks:
+        why = "; ".join(f"{f.get('reason')}{' (' + f['detail'] + ')' if f.get('detail') else ''}"
+                        for f in out.get("failures") or []) or "ECS started no task and gave no reason"
+        raise DeployError(f"RunTask of {spec.task_definition.rsplit('/', 1)[-1]} in cluster {spec.cluster} "
+                          f"started nothing: {why}")
+    return dict(tasks[0])
+
+
+def describe_one_task(ecs: Any, cluster: str, task_arn: str) -> dict[str, Any] | None:
+    """One task as ECS shows it now; None while DescribeTasks lists it as missing (eventual consistency)."""
+    found = ecs.describe_tasks(cluster=cluster, tasks=[task_arn]).get("tasks") or []
+    return dict(found[0]) if found else None
+
+
+def stop_one_task(ecs: Any, cluster: str, task_arn: str, reason: str) -> None:
+    """StopTask; a task ECS no longer knows is stopped already."""
+    try:
+        ecs.stop_task(cluster=cluster, task=task_arn, reason=reason[:255])
+    except ClientError as exc:
+        if error_code(exc) not in ("InvalidParameterException", "ClientException"):
+            raise
+
+
+def one_off_tasks(ecs: Any, cluster: str, started_by: str) -> list[dict[str, Any]]:
+    """Tasks STARTED_BY launched that ECS still lists, running ones first, then the stopped ones it keeps."""
+    arns: list[str] = []
+    for status in ("RUNNING", "STOPPED"):
+        pages = ecs.get_paginator("list_tasks").paginate(cluster=cluster, startedBy=started_by,
+                                                         desiredStatus=status)
+        arns += [arn for page in pages for arn in page.get("taskArns", []) if arn not in arns]
+    return [dict(t) for i in range(0, len(arns), 100)
+            for t in ecs.describe_tasks(cluster=cluster, tasks=arns[i:i + 100]).get("tasks", [])]
+
+
+def read_log_events(logs: Any, group: str, stream: str, token: str | None) -> tuple[list[str], str | None]:
+    """New lines of an awslogs stream after TOKEN (None: from its start), every page, and the token to go on
+    from. GetLogEvents answers the token it was given once the stream has no more; a stream the log driver
+    has not made yet has no lines."""
+    lines: list[str] = []
+    while True:
+        kwargs: dict[str, Any] = {"logGroupName": group, "logStreamName": stream, "startFromHead": True}
+        if token:
+            kwargs["nextToken"] = token
+        try:
+            page = logs.get_log_events(**kwargs)
+        except ClientError as exc:
+            if error_code(exc) == "ResourceNotFoundException":
+                return lines, token
+            raise
+        lines += [str(e.get("message", "")) for e in page.get("events") or []]
+        after = page.get("nextForwardToken")
+        if not after or after == token:
+            return lines, token
+        token = after

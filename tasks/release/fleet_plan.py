@@ -7,12 +7,16 @@ tables: ``flows/fleet.py`` starts the runs and reads their states.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
 
 from tasks.config.models import ServiceConfig
 from tasks.core.errors import ConfigError
+from tasks.core.waits import poll
 
 Outcome = Literal["ok", "failed", "skipped", "held"]
 # deploy-service outcomes (tasks/release/outcome.py: the lead of the final state's message) for the fleet.
@@ -40,6 +44,62 @@ def plan_waves(names: Sequence[str], max_parallel: int) -> list[list[str]]:
     if max_parallel < 1:
         raise ConfigError(f"max_parallel is {max_parallel}; set it to 1 or more")
     return [list(names[i : i + max_parallel]) for i in range(0, len(names), max_parallel)]
+
+
+class WaveGate:
+    """A wave's migrations before its shifts: each service, past its migration (or at once without one) and
+    before production moves, waits until every other service of its wave has got there or ended.
+
+    For the children of one fleet run in one process (threads); a service that fails, rolls back or has
+    nothing to do ends and so lets the others go.
+    """
+
+    def __init__(self, names: Iterable[str], timeout_seconds: float) -> None:
+        self.timeout_seconds = timeout_seconds
+        self._short: set[str] = set(names)  # not yet past their migration, still running
+        self._lock = threading.Lock()
+
+    def arrive(self, name: str) -> None:
+        """NAME passed its migration, or ended: it holds nobody back any more."""
+        with self._lock:
+            self._short.discard(name)
+
+    def waiting_for(self, name: str) -> list[str]:
+        with self._lock:
+            return sorted(self._short - {name})
+
+    def hold(self, name: str, log: Callable[[str], None] | None = None) -> None:
+        """NAME arrives, then waits for the others (a cancel stops the wait); DeployError after the timeout."""
+        self.arrive(name)
+        poll(lambda: True if not self.waiting_for(name) else None, timeout=self.timeout_seconds,
+             what=f"the other services of the wave to pass their migrations ({', '.join(self.waiting_for(name))})",
+             log=log, first=0.2, cap=1.0)
+
+
+# What a release of a fleet's wave shares with its siblings (set by the fleet run around each child).
+_WAVE: ContextVar[tuple[WaveGate, str] | None] = ContextVar("ecs_pipeline_wave", default=None)
+
+
+@contextmanager
+def in_wave(gate: WaveGate, name: str) -> Iterator[None]:
+    """The release of NAME inside this block belongs to GATE's wave; however it ends, it stops holding it."""
+    token = _WAVE.set((gate, name))
+    try:
+        yield
+    finally:
+        gate.arrive(name)
+        _WAVE.reset(token)
+
+
+def wave_of(name: str) -> WaveGate | None:
+    """The wave gate of the release of NAME running in this context, if it is a fleet's child."""
+    found = _WAVE.get()
+    return found[0] if found is not None and found[1] == name else None
+
+
+def gate_seconds(configs: Iterable[ServiceConfig]) -> float:
+    """How long a wave's service waits at the gate: an hour beyond the longest migration of the wave."""
+    return 3600.0 + max((c.migrate.timeout_seconds for c in configs if c.migrate is not None), default=0)
 
 
 def classify(state_type: str | None, outcome: str | None) -> Outcome:

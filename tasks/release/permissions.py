@@ -36,7 +36,7 @@ UNSCOPED = frozenset({
     "elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetHealth",
     "elasticloadbalancing:DescribeRules", "elasticloadbalancing:DescribeTargetGroupAttributes",
     "codedeploy:ContinueDeployment", "codedeploy:StopDeployment", "codedeploy:GetDeploymentTarget",
-    "codedeploy:ListDeploymentTargets",
+    "codedeploy:ListDeploymentTargets", "cloudwatch:GetMetricData",
 })
 # What docker push does with the token GetAuthorizationToken returned (the registry API, not boto3).
 REGISTRY_PUSH = ("ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart",
@@ -134,6 +134,7 @@ def deploy_policy(cfg: ServiceConfig, task_definition: dict[str, Any], spec: Bui
     arns, notes = Arns(cfg, scope), list[str]()
     statements = release_statements(cfg, arns, task_definition, spec, notes)
     statements += STRATEGY_STATEMENTS[cfg.strategy.type](cfg, arns, notes)
+    statements += gate_statements(cfg, arns, task_definition, notes)
     statements += self_check_statements(cfg, principal, notes)
     if cfg.load_balancer is not None and any(not ref.arn for ref in _listeners(cfg)):
         notes.append(f"{cfg.name}: load_balancer names listeners by load balancer and port, not ARN: their "
@@ -258,6 +259,37 @@ def stopped_task_statements(arns: Arns) -> list[dict[str, Any]]:
         _statement("DescribeStoppedTasks", ["ecs:DescribeTasks"],
                    [arns.scope.arn("ecs", f"task/{arns.cfg.ecs.cluster}/*")]),
     ]
+
+
+def gate_statements(cfg: ServiceConfig, arns: Arns, task_definition: dict[str, Any],
+                    notes: list[str]) -> list[dict[str, Any]]:
+    """The release gates a service's config asks for: its migration task (tasks/release/migration.py), and
+    canary analysis's reads of the target groups' ALB metrics."""
+    out = []
+    if cfg.migrate is not None:
+        family = str(task_definition.get("family") or cfg.name)
+        on_cluster = {"ArnEquals": {"ecs:cluster": arns.cluster}}
+        out += [
+            # RunTask of the new revision on the service's cluster only (ecs:cluster, a RunTask condition key)
+            _statement("RunTheMigrationTask", ["ecs:RunTask"], [arns.family(family)], on_cluster),
+            # find an earlier run's migration task by its startedBy
+            _statement("ListMigrationTasksOfTheCluster", ["ecs:ListTasks"], ["*"], on_cluster),
+            _statement("FollowAndStopTheMigrationTask", ["ecs:DescribeTasks", "ecs:StopTask"],
+                       [arns.scope.arn("ecs", f"task/{cfg.ecs.cluster}/*")]),
+        ]
+        container = cfg.migrate.container or cfg.ecs.container
+        found = [c for c in task_definition.get("containerDefinitions") or [] if c.get("name") == container]
+        options = ((found[0].get("logConfiguration") or {}).get("options") or {}) if found else {}
+        if options.get("awslogs-group"):  # its lines come back with GetLogEvents on its own log group
+            group = str(options["awslogs-group"])
+            out.append(_statement("ReadTheMigrationLogs", ["logs:GetLogEvents"],
+                                  [arns.scope.arn("logs", f"log-group:{group}:*")]))
+        else:
+            notes.append(f"{cfg.name}: migrate: container {container} logs without awslogs: a release refuses "
+                         "to run the migration until it does (its output comes back from CloudWatch Logs)")
+    if cfg.analysis is not None:  # GetMetricData has no resource-level permissions
+        out.append(_statement("ReadTargetGroupMetricsForAnalysis", ["cloudwatch:GetMetricData"], ["*"]))
+    return out
 
 
 ELB_READ = ("elasticloadbalancing:DescribeListeners", "elasticloadbalancing:DescribeLoadBalancers",

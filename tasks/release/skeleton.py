@@ -7,6 +7,8 @@
     ── rollback boundary: a failure or cancellation from here to the end of the bake
        puts production 100 % back on the last verified version ──
     deploy green, verify      the strategy's before_production; production untouched
+    migrate                   the service's migration task (tasks/release/migration.py), when it has one
+    wave migrations           in a fleet's wave: until the other services passed theirs (fleet_plan.WaveGate)
     approval                  when required and production has not moved
     shift traffic, bake       the strategy's to_production; alarms and green's health watched
     ── past the bake nothing rolls back: green serves and is verified ──
@@ -37,9 +39,10 @@ from tasks.config.models import ServiceConfig
 from tasks.core.errors import AccessDenied, RollbackFailed, reason_of
 from tasks.core.report import ReleaseSummary, ShiftProgress, emit
 from tasks.core.waits import abort_when
-from tasks.release import stages
+from tasks.release import migration, stages
 from tasks.release.approval import request_approval
 from tasks.release.contract import Chooser, Outcome, Reconciled, Release, Step, Steps, with_group
+from tasks.release.fleet_plan import wave_of
 from tasks.release.outcome import name_run, not_newer_state, outcome_state, unchanged_state
 from tasks.release.permission_preflight import check_permissions, explain_denial
 
@@ -74,6 +77,7 @@ def stages_in_order(
     cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, asked: Request, choose: Chooser,
     dead_run: str | None,
 ) -> State[Any]:
+    migration.check_migration(cfg)  # its container logs where the run can read it: refused before any call
     with summary.stage("check permissions"):  # before anything is read for the release, let alone changed
         skipped = check_permissions(cfg, clients)
     if skipped:
@@ -104,6 +108,8 @@ def stages_in_order(
     run.on_step = traffic_reporter(run, ShiftProgress(cfg.name))
     try:  # ── rollback boundary ──
         run_steps(run, strategy.before_production())  # deploy green, verify
+        migrate(run, strategy)  # green up, production not moved: the migration gates the shift
+        hold_for_wave(run)
         approve(run, strategy)
         run_steps(run, strategy.to_production())  # shift traffic, bake
     except BaseException as exc:
@@ -160,6 +166,34 @@ def traffic_reporter(run: Release, progress: ShiftProgress) -> Callable[..., Non
         emit(run.cfg.name, "traffic-shifted", sha=run.sha, green_percent=weight, **extra)
 
     return on_step
+
+
+def migrate(run: Release, strategy: Steps) -> None:
+    """The migration task of the new revision, when the service has one and production has not moved yet."""
+    if run.cfg.migrate is None:
+        return
+    if not strategy.pauses_for_approval():
+        run.note("migration not run: production already moved to this revision (a resumed release, whose "
+                 "shift its migration gated)")
+        return
+    with run.stage("migrate"):
+        run.note(migration.migrate(run.cfg, run.clients, run.task_definition, run.sha))
+
+
+def hold_for_wave(run: Release) -> None:
+    """In a fleet's wave: production moves only once every other service of the wave passed its migration."""
+    name = run.cfg.name
+    gate = wave_of(name)
+    if gate is None:
+        return
+    others = gate.waiting_for(name)
+    if not others:
+        gate.arrive(name)
+        return
+    with run.stage("wave migrations"):
+        log = get_run_logger()
+        log.info("%s waits for %s to pass their migrations before production moves", name, ", ".join(others))
+        gate.hold(name, log.info)
 
 
 def approve(run: Release, strategy: Steps) -> None:
