@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
@@ -39,7 +38,7 @@ from tasks.core.report import ReleaseSummary, emit
 from tasks.release.contract import LoadBalanced, Outcome, Reconciled, Steps, group_of
 from tasks.release.live_view import Failure, LiveRecord, now, publish_live, read_live
 from tasks.release.locks import commit_of_run
-from tasks.release.runs import ensure_run_tags
+from tasks.release.runs import ensure_run_tags, relabel_run, run_labels
 from tasks.release.stages import Target
 
 OUTCOME_TYPES: dict[str, StateType] = {
@@ -132,10 +131,10 @@ def tag_run(*tags: str, verdict: str | None = None) -> None:
     if not run_id:
         return
     with get_client(sync_client=True) as client:
-        run = client.read_flow_run(UUID(str(run_id)))
-        kept = [t for t in run.tags if not t.startswith((VERDICT, _OLD_VERDICT))]
-        name = verdict_run_name(run.name, verdict) if verdict and run.name else None
-        client.update_flow_run(run.id, tags=[*tags, *kept], name=name)
+        current, run_name = run_labels(run_id, client)
+        kept = [t for t in current if not t.startswith((VERDICT, _OLD_VERDICT))]
+        name = verdict_run_name(run_name, verdict) if verdict and run_name else None
+        relabel_run(client, run_id, [*tags, *kept], name)
 
 
 def flow_run_name() -> str:
@@ -159,8 +158,7 @@ def current_run() -> str | None:
         return None
     ui = (PREFECT_UI_URL.value() or "").rstrip("/")
     name = flow_run.get_name() or str(run_id)
-    with get_client(sync_client=True) as client:  # the name may have changed since the run started
-        name = client.read_flow_run(UUID(str(run_id))).name or name
+    name = run_labels(run_id)[1] or name  # named since it started: as this process named it
     return f"{name}|{ui}/runs/flow-run/{run_id}" if ui else name
 
 

@@ -26,14 +26,15 @@ from prefect.client.schemas.filters import (
     FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import FlowRun, State, StateType
+from prefect.context import FlowRunContext
 from prefect.states import Cancelled
 
 from tasks.build import source
 from tasks.config.models import ServiceConfig
 from tasks.core.errors import PipelineError
+from tasks.core.settings import DEPLOY_DEPLOYMENT as DEPLOY_DEPLOYMENT  # where runs are made, too
 
 DEPLOY_FLOW = "deploy-service"
-DEPLOY_DEPLOYMENT = "deploy-service/deploy-service"
 FLEET_DEPLOYMENT = "release-fleet/release-fleet"
 WAITING = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
 _FUTURE_SCHEDULE = timedelta(seconds=60)
@@ -240,7 +241,8 @@ def superseded_by(
 def _winner(
     client: SyncPrefectClient, service: str, my_flow_run_id: UUID | str, order: CommitOrder | None
 ) -> str | None:
-    me = client.read_flow_run(UUID(str(my_flow_run_id)))
+    me = this_run() if _is_this_run(my_flow_run_id) else None
+    me = me or client.read_flow_run(UUID(str(my_flow_run_id)))
     runs = read_service_runs(client, service, [*WAITING, StateType.COMPLETED])
     winners = [r for r in runs if r.id != me.id and wins_over(r, me, order)]
     return str(winners[-1].id) if winners else None
@@ -302,8 +304,66 @@ def ensure_run_tags(
     NAME: also rename the run, in the same update.
     """
     with get_client(sync_client=True) as client:
-        run = client.read_flow_run(UUID(str(flow_run_id)))
+        tags, current = run_labels(flow_run_id, client)
         wanted = [t for t in run_tags(service, sha, origin or "") if origin or not t.startswith("trigger:")]
-        missing = [t for t in wanted if t not in run.tags]
-        if missing or (name and name != run.name):
-            client.update_flow_run(run.id, tags=[*run.tags, *missing], name=name)
+        missing = [t for t in wanted if t not in tags]
+        if missing or (name and name != current):
+            relabel_run(client, flow_run_id, [*tags, *missing], name)
+
+
+# A run's tags and name as this process last wrote them, or as its engine read them when the run
+# started: the run's own writes (its service and commit tags, its name, its verdict) need no read
+# before each. Keyed by run id and by the engine's FlowRun object, so a retry or a resumed run
+# starts again from what its engine read; a run written from outside its own context (a fleet
+# tagging its children) is read first, as before.
+_LABELS: dict[str, tuple[int, list[str], str]] = {}
+_LABELS_KEPT = 1000
+
+
+def this_run() -> FlowRun | None:
+    """The flow run this code runs in, as its engine holds it (None outside a run)."""
+    context = FlowRunContext.get()
+    return context.flow_run if context is not None else None
+
+
+def _is_this_run(run_id: UUID | str) -> bool:
+    run = this_run()
+    return run is not None and str(run.id) == str(run_id)
+
+
+def run_labels(run_id: UUID | str, client: SyncPrefectClient | None = None) -> tuple[list[str], str]:
+    """RUN_ID's tags and name: known in this process (its own run) or read from the API (CLIENT's, or one
+    opened for it)."""
+    key, run = str(run_id), this_run()
+    marker = id(run) if run is not None and str(run.id) == key else 0
+    known = _LABELS.get(key)
+    if known is not None and marker and known[0] == marker:
+        return list(known[1]), known[2]
+    if marker and run is not None:
+        tags, name = list(run.tags), run.name
+    elif client is None:
+        with get_client(sync_client=True) as own:
+            return run_labels(run_id, own)
+    else:
+        read = client.read_flow_run(UUID(key))
+        tags, name = list(read.tags), read.name
+    _remember(key, marker, tags, name)
+    return list(tags), name
+
+
+def relabel_run(client: SyncPrefectClient, run_id: UUID | str, tags: list[str], name: str | None = None) -> None:
+    """Set RUN_ID's tags (and NAME, when given) in one update, and remember them for the run's next write."""
+    client.update_flow_run(UUID(str(run_id)), tags=tags, name=name)
+    key, run = str(run_id), this_run()
+    marker = id(run) if run is not None and str(run.id) == key else 0
+    known = _LABELS.get(key)
+    _remember(key, marker, tags, name or (known[2] if known else ""))
+
+
+def _remember(key: str, marker: int, tags: list[str], name: str) -> None:
+    if not marker:
+        _LABELS.pop(key, None)
+        return
+    if len(_LABELS) >= _LABELS_KEPT:
+        _LABELS.clear()
+    _LABELS[key] = (marker, list(tags), name)
