@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
+from prefect.exceptions import Pause
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
 
 from tasks.aws.clients import AwsClients
-from tasks.config.models import find_service
+from tasks.config.models import ServiceConfig, find_service
 from tasks.core import heap
 from tasks.core.errors import PipelineError, RollbackFailed, reason_of
 from tasks.core.report import ReleaseSummary, emit
 from tasks.core.settings import Settings
 from tasks.core.waits import Aborted, abort_when
-from tasks.release.locks import StopWatch, service_lock
+from tasks.release.approval import check_approval_window
+from tasks.release.locks import GaveWay, Reserved, StopWatch, service_lock
 from tasks.release.outcome import conclude, final_state, flow_run_name, quiet_expected_failures
-from tasks.release.runs import ensure_run_tags, superseded_by
+from tasks.release.runs import commit_order_for, ensure_run_tags, queueing_mode, superseded_by, wins_over
 from tasks.release.skeleton import Request, release
 from tasks.strategies.choose import choose_strategy
 
@@ -42,6 +46,7 @@ def deploy_service(
     clients = AwsClients(Settings())
     try:
         cfg = find_service(service, clients.settings.deployments)
+        check_approval_window(cfg)
     except PipelineError as exc:  # a broken file: refused before any AWS or Docker call
         get_run_logger().error("Failed: %s", exc)
         return final_state("Failed", str(exc))
@@ -51,17 +56,54 @@ def deploy_service(
     if run_id:
         ensure_run_tags(run_id, cfg.name, sha)
     stop = StopWatch(str(run_id) if run_id else None)
-    with abort_when(stop), service_lock(cfg.name, stop.run_id, clients.settings.lock_stale_seconds) as held:
-        stop.held = held
-        git_cache = clients.settings.cache / "git"
-        superseded = superseded_by(cfg.name, run_id, cfg=cfg, cache_dir=git_cache) if run_id else None
-        if superseded:
-            return final_state("Superseded", f"by newer run {superseded}")
-        try:
-            asked = Request(sha, force, allow_older)
-            return release(cfg, clients, summary, asked, choose_strategy, held.took_over_from)
-        except BaseException as exc:  # noqa: BLE001 - stopped_by re-raises what is no release outcome
-            return stopped_by(exc, summary)
+    try:
+        with abort_when(stop), service_lock(cfg.name, stop.run_id, clients.settings.lock_stale_seconds,
+                                            reserved=toward_suspended(cfg, stop.run_id, clients)) as held:
+            return locked_release(cfg, clients, summary, held, stop, Request(sha, force, allow_older))
+    except GaveWay as exc:
+        return final_state("Superseded", f"by run {exc.holder}, waiting for approval of a newer commit")
+
+
+def locked_release(
+    cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, held: Any, stop: StopWatch, asked: Request
+) -> State[Any]:
+    """The release, once the service's slot is held (or its reservation taken back by a resumed run)."""
+    run_id, stop.held = stop.run_id, held
+    superseded = superseded_by(cfg.name, run_id, cfg=cfg, cache_dir=clients.settings.cache / "git") if run_id else None
+    if superseded:
+        return final_state("Superseded", f"by newer run {superseded}")
+    try:
+        return release(cfg, clients, summary, asked, choose_strategy, held.took_over_from)
+    except Pause:
+        raise  # suspended for approval: green waits beside blue for the resumed run, the slot stays reserved
+    except BaseException as exc:  # noqa: BLE001 - stopped_by re-raises what is no release outcome
+        return stopped_by(exc, summary)
+
+
+def toward_suspended(cfg: ServiceConfig, run_id: str | None, clients: AwsClients) -> Reserved:
+    """What this run does when a run suspended for approval reserves the service.
+
+    ``queueing: queue``: wait behind it. ``supersede`` (the default): the newer commit goes; an older or
+    equal one gives way, a newer one ends the suspended run (Cancelled "Superseded by ...") and takes the
+    service, and its reconcile removes the green the suspended run left (production never moved).
+    """
+
+    def decide(holder: str) -> str:
+        if queueing_mode(cfg) == "queue" or not run_id:
+            return "wait"
+        order = commit_order_for(cfg, clients.settings.cache / "git")
+        with get_client(sync_client=True) as client:
+            mine, theirs = client.read_flow_run(UUID(run_id)), client.read_flow_run(UUID(holder))
+            if wins_over(theirs, mine, order):
+                return "give way"
+            if not wins_over(mine, theirs, order):
+                return "wait"
+            get_run_logger().warning("superseding run %s, which waits for approval of an older commit", holder)
+            client.set_flow_run_state(UUID(holder), Cancelled(message=f"Superseded by {run_id} while waiting for "
+                                                                      "approval"), force=True)
+        return "take"
+
+    return decide
 
 
 def traffic_note(traffic: str) -> str:

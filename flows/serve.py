@@ -4,18 +4,24 @@ A served process is the simplest runner: no work pool, and every release is a
 flow run of the ``deploy-service`` deployment, so the Prefect UI offers Retry
 on a failed one. ``prefect.yaml`` describes the same deployments for a
 process work pool and ``prefect worker start`` when several machines run them.
+
+A release waiting for approval is suspended: no process waits for it, so the
+serving process also answers "no" for each one whose approval_timeout_seconds
+has passed (tasks/release/approval.py); the run comes back and rolls back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from typing import Any
 
 from prefect.client.orchestration import get_client
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectNotFound, TerminationSignal
 from prefect.flows import _display_serve_start_message
+from prefect.logging import get_logger
 from prefect.runner import Runner
 
 from flows.fleet import release_fleet
@@ -23,6 +29,8 @@ from flows.pipeline import deploy_service
 from flows.polling import poll_changes
 from flows.runner import FinishingRunner, served_description
 from tasks.core.errors import ConfigError
+from tasks.core.settings import Settings
+from tasks.release.approval import answer_expired_approvals
 
 DEPLOY_SERVICE = "deploy-service/deploy-service"
 RELEASE_FLEET = "release-fleet/release-fleet"
@@ -119,5 +127,27 @@ def serve_flows(poll_interval_seconds: int | None = None, limit: int = 8) -> Non
     for deployment in deployments:
         runner.add_deployment(deployment)
     _display_serve_start_message(*deployments)
-    with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
-        asyncio.run(runner.start())
+    stop = threading.Event()
+    sweeper = threading.Thread(target=sweep_approvals, args=(stop, SWEEP_SECONDS), daemon=True)
+    sweeper.start()
+    try:
+        with contextlib.suppress(KeyboardInterrupt, TerminationSignal):
+            asyncio.run(runner.start())
+    finally:
+        stop.set()
+
+
+SWEEP_SECONDS = 60.0  # how late an unanswered approval is answered "no" at most (AWS seconds: time-scaled)
+
+
+def sweep_approvals(stop: threading.Event, every: float) -> None:
+    """Answer "no" for suspended releases past their approval deadline, every EVERY seconds until STOP."""
+    log = get_logger("ecs-pipeline.approvals")
+    every = max(0.5, Settings().scaled(every))
+    while not stop.wait(every):
+        try:
+            with get_client(sync_client=True) as client:
+                for run_id in answer_expired_approvals(client):
+                    log.warning("flow run %s: no approval in time; answered no, the release rolls back", run_id)
+        except Exception as exc:  # noqa: BLE001 - one failed look is retried at the next
+            log.warning("could not look for unanswered approvals: %s", exc)

@@ -146,3 +146,45 @@ def test_unanswered_release_times_out_and_still_rolls_back(
 def test_approval_form_has_the_fields_a_person_fills() -> None:
     fields = ApprovalInput.model_fields
     assert set(fields) == {"approve", "comment"} and fields["comment"].default == ""
+
+
+@pytest.mark.parametrize(
+    ("strategy", "seconds", "refused"),
+    [
+        ("codedeploy", 2880 * 60, False),
+        ("codedeploy", 2880 * 60 + 1, True),  # CodeDeploy holds a deployment at Ready 2 days at most
+        ("ecs-native", 1209600, False),  # the PAUSE hook's 20160 minutes
+        ("task-sets", 1209600, False),
+        ("rolling", 1209600, False),
+    ],
+)
+def test_an_approval_wait_longer_than_the_strategy_holds_green_is_refused(
+    strategy: str, seconds: int, refused: bool
+) -> None:
+    from tasks.config.models import ServiceConfig
+    from tasks.core.errors import ConfigError
+    from tasks.release.approval import check_approval_window
+
+    base = {
+        "name": "shop", "source": {"repo": "https://example.com/shop.git"}, "ecr": {"repository": "shop"},
+        "ecs": {"cluster": "c", "service": "shop", "container": "web", "container_port": 8080},
+        "task_definition": "shop/taskdef.json", "strategy": {"type": strategy},
+        "approval": "required", "approval_timeout_seconds": seconds,
+    }
+    if strategy != "rolling":
+        base["load_balancer"] = {"production_listener": {"load_balancer": "alb", "port": 80},
+                                 "test_listener": {"load_balancer": "alb", "port": 8080},
+                                 "target_groups": ["a", "b"]}
+    cfg = ServiceConfig.model_validate(base)
+    if not refused:
+        check_approval_window(cfg)
+        check_approval_window(cfg.model_copy(update={"approval": "none"}))
+        return
+    with pytest.raises(ConfigError) as caught:
+        check_approval_window(cfg)
+    assert str(caught.value).startswith(
+        "shop: approval_timeout_seconds is 172801, longer than strategy codedeploy can wait: CodeDeploy holds a "
+        "blue/green deployment at Ready at most 2880 minutes (2 days: deploymentReadyOption.waitTimeInMinutes); "
+        "set approval_timeout_seconds to 172800 or less"
+    ), caught.value
+    check_approval_window(cfg.model_copy(update={"approval": "none"}))  # no approval: nothing to hold

@@ -14,12 +14,14 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
     FlowRunFilterTags,
+    LogFilter,
+    LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import StateType
 
 from flows.pipeline import deploy_service
 from harness.services import ServiceUnderTest
-from tasks.release.approval import approve_run
+from tasks.release.approval import IN_PROCESS, approve_run
 from tasks.release.outcome import outcome_of
 
 
@@ -66,6 +68,19 @@ def test_approved_release_waits_then_goes_live(new_service: Callable[..., Servic
     with get_client(sync_client=True) as client:
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
     assert f"approval {sut.name}" in [t.name for t in tasks], "the approval gate is a node of the release graph"
+    assert IN_PROCESS in logged(run.id), "a CLI run says why it waits in its own process"
+
+
+def logged(run_id: Any, timeout: float = 10) -> list[str]:
+    """RUN_ID's log messages, once its last lines have reached the API (they are sent in batches)."""
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200)
+            messages = [entry.message for entry in logs]
+            if IN_PROCESS in messages or time.monotonic() > deadline:
+                return messages
+            time.sleep(0.3)
 
 
 def test_rejected_release_rolls_back(new_service: Callable[..., ServiceUnderTest]) -> None:

@@ -8,6 +8,16 @@ naming its run and lease) every few seconds, and a waiting run that finds the
 heartbeat older than ``stale_after`` seconds releases the dead holder's slot,
 marks its flow run Crashed and takes the service. The next release then
 reconciles whatever the dead run left (flows/recovery).
+
+A run suspended for approval has no process, so it cannot keep Prefect's
+lease: it lets the slot go and leaves its heartbeat marked ``suspended``, a
+reservation. A run that then gets the slot finds the reservation and, while
+the suspended run is alive (suspended, or resumed and on its way back), either
+waits, gives way, or takes the service from it (``Reserved``: the caller's
+choice, e.g. a newer commit that supersedes it). The resumed run takes its own
+reservation back. A reservation whose run has ended (rejected by Prefect's
+timeout, cancelled) is a dead holder's: the next run takes over and
+reconciles the green it left.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +37,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, Variabl
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import State, StateType
 from prefect.context import SyncClientContext
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, Pause, PrefectHTTPStatusError
 from prefect.states import Crashed
 
 from tasks.core.errors import DeployError
@@ -73,9 +83,11 @@ def read_heartbeat(client: SyncPrefectClient, service: str) -> dict[str, Any] | 
     return found.value if found is not None and isinstance(found.value, dict) else None
 
 
-def write_heartbeat(client: SyncPrefectClient, held: Held, exists: bool | None = None) -> None:
-    """EXISTS: whether the caller just read the variable (None: look first)."""
-    value = {"run": held.run_id, "lease": str(held.lease_id), "at": time.time()}
+def write_heartbeat(client: SyncPrefectClient, held: Held, exists: bool | None = None, suspended: bool = False) -> None:
+    """EXISTS: whether the caller just read the variable (None: look first). SUSPENDED: the reservation."""
+    value: dict[str, Any] = {"run": held.run_id, "lease": str(held.lease_id), "at": time.time()}
+    if suspended:
+        value["suspended"] = True
     name = heartbeat_name(held.service)
     if exists is None:
         exists = client.read_variable_by_name(name) is not None
@@ -114,8 +126,8 @@ def _free_dead_holder(
     was retried), the run is not marked Crashed: it is the one running now.
     """
     beat = read_heartbeat(client, service)
-    if beat is None or time.time() - float(beat.get("at", 0)) < stale_after:
-        return None
+    if beat is None or beat.get("suspended") or time.time() - float(beat.get("at", 0)) < stale_after:
+        return None  # a reservation has no heartbeat to go stale: reservation() judges it
     try:
         client.release_concurrency_slots_with_lease(UUID(str(beat["lease"])))
     except PrefectHTTPStatusError as exc:
@@ -175,13 +187,60 @@ class ServiceBusy(DeployError):
     """Another live run holds the service's release slot, and this one would not wait longer."""
 
 
+class GaveWay(DeployError):
+    """The run gave way to a suspended run that reserves the service (its commit wins: this one is pointless)."""
+
+    def __init__(self, message: str, *, holder: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.holder = holder
+
+
+# What a run that finds the service reserved by a suspended run (its id) does: "wait" behind it, "give way"
+# (end, changing nothing), or "take" the service (the callable has ended the suspended run first).
+Reserved = Callable[[str], str]
+
+
+def reservation(
+    client: SyncPrefectClient, service: str, run_id: str | None, stale_after: float
+) -> tuple[str, bool] | None:
+    """The suspended run that reserves SERVICE and whether it is alive; None when no other run reserves it.
+
+    Alive: still suspended, or resumed and on its way back (scheduled, pending, or running for less than
+    STALE_AFTER seconds without taking its slot back). Ended (Prefect's timeout, cancelled) is dead.
+    """
+    beat = read_heartbeat(client, service)
+    holder = str(beat.get("run") or "") if beat else ""
+    if not beat or not beat.get("suspended") or not holder or holder == run_id:
+        return None
+    try:
+        state = client.read_flow_run(UUID(holder)).state
+    except (ObjectNotFound, ValueError):
+        return holder, False
+    if state is None or state.is_final():
+        return holder, False
+    if state.is_running() and (time.time() - state.timestamp.timestamp()) > stale_after:
+        return holder, False
+    return holder, True
+
+
+def _take_reserved(client: SyncPrefectClient, service: str, holder: str) -> str:
+    """A dead reservation: its run ended; the taker reconciles what it left."""
+    mark_crashed(client, holder, "its approval wait ended without an answer it acted on; the next release of "
+                 "the service reconciles what it left")
+    delete_heartbeat(client, service)
+    return holder
+
+
 @contextmanager
 def service_lock(
-    service: str, run_id: str | None, stale_after: float = 30.0, give_up_after: float | None = None
+    service: str, run_id: str | None, stale_after: float = 30.0, give_up_after: float | None = None,
+    reserved: Reserved | None = None,
 ) -> Iterator[Held]:
     """Hold the service's release slot; wait for a live holder, take over from a dead one.
 
     GIVE_UP_AFTER: seconds to wait for a live holder before ServiceBusy (None: as long as it takes).
+    RESERVED: what to do when a suspended run reserves the service (None: wait for it).
+    A Prefect Pause (the run suspends) leaves the reservation instead of freeing the service.
     """
     log = get_run_logger()
     name = lock_name(service)
@@ -189,16 +248,7 @@ def service_lock(
     with get_client(sync_client=True) as client:
         ensure_limit(client, name)
         log.info("waiting for the deploy slot of %s", service)
-        took_over: str | None = None
-        delay = 0.2
-        while (lease := _try_acquire(client, name, run_id)) is None:
-            took_over = _free_dead_holder(client, service, stale_after, run_id) or took_over
-            checkpoint()
-            if deadline is not None and time.monotonic() > deadline:
-                raise ServiceBusy(f"{holder_text(client, service)} holds the deploy slot of {service}; "
-                                  f"waited {give_up_after:.0f} s for it and changed nothing", service=service)
-            time.sleep(delay)
-            delay = min(2.0, delay * 1.5)
+        lease, took_over = _acquire(client, service, run_id, stale_after, reserved, deadline, give_up_after)
         # A free slot with a stale heartbeat: the holder died and Prefect's lease ran out first.
         took_over = took_over or _free_dead_holder(client, service, stale_after, run_id)
         held = Held(service, lease, run_id, took_over)
@@ -210,19 +260,65 @@ def service_lock(
     every = max(1.0, stale_after / 6)
     beat = threading.Thread(target=_keep_alive, args=(held, every, stop, _open_run_client()), daemon=True)
     beat.start()
+    suspended = False
     try:
         yield held
+    except Pause:
+        suspended = True
+        raise
     finally:
         stop.set()
         beat.join(timeout=10)
-        with get_client(sync_client=True) as client:
-            if read_heartbeat_lease(client, service) == str(held.lease_id):
-                delete_heartbeat(client, service)
-            try:
-                client.release_concurrency_slots_with_lease(held.lease_id)
-            except PrefectHTTPStatusError as exc:
-                if exc.response.status_code != 404:
-                    raise
+        _let_go(held, suspended)
+
+
+def _acquire(
+    client: SyncPrefectClient, service: str, run_id: str | None, stale_after: float, reserved: Reserved | None,
+    deadline: float | None, give_up_after: float | None,
+) -> tuple[UUID, str | None]:
+    """The slot's lease and the run taken over from, if any; waits, gives way or gives up as told."""
+    name = lock_name(service)
+    took_over: str | None = None
+    delay = 0.2
+    while True:
+        lease = _try_acquire(client, name, run_id)
+        if lease is None:
+            took_over = _free_dead_holder(client, service, stale_after, run_id) or took_over
+        else:
+            found = reservation(client, service, run_id, stale_after)
+            if found is None:
+                return lease, took_over
+            holder, alive = found
+            verdict = (reserved(holder) if reserved is not None else "wait") if alive else "take"
+            if verdict == "take":
+                return lease, _take_reserved(client, service, holder)
+            client.release_concurrency_slots_with_lease(lease)
+            if verdict == "give way":
+                raise GaveWay(f"run {holder}, waiting for approval, reserves {service} and wins over this run",
+                              holder=holder, service=service)
+        checkpoint()
+        if deadline is not None and time.monotonic() > deadline:
+            raise ServiceBusy(f"{holder_text(client, service)} holds the deploy slot of {service}; "
+                              f"waited {give_up_after:.0f} s for it and changed nothing", service=service)
+        time.sleep(delay)
+        delay = min(2.0, delay * 1.5)
+
+
+def _let_go(held: Held, suspended: bool) -> None:
+    """Free the slot; a suspending run leaves its heartbeat as the service's reservation."""
+    with get_client(sync_client=True) as client:
+        if read_heartbeat_lease(client, held.service) == str(held.lease_id):
+            if suspended and not held.lost.is_set():
+                write_heartbeat(client, held, exists=True, suspended=True)
+                get_run_logger().info("the deploy slot of %s stays reserved for this run while it waits for "
+                                      "approval", held.service)
+            else:
+                delete_heartbeat(client, held.service)
+        try:
+            client.release_concurrency_slots_with_lease(held.lease_id)
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 404:
+                raise
 
 
 def holder_text(client: SyncPrefectClient, service: str) -> str:
