@@ -182,3 +182,20 @@ def test_newer_commit_supersedes_a_suspended_run_and_unanswered_approval_rolls_b
     assert [d["status"] for d in done.values() if d["status"] == "IN_PROGRESS"] == []
     with get_client(sync_client=True) as client:
         assert read_heartbeat(client, native.name) is None, "the slot is free once the release is over"
+
+
+def test_ecs_refuses_a_pause_hook_longer_than_14_days(native: ServiceUnderTest) -> None:
+    """botocore's ECS model: timeoutInMinutes is a DeploymentLifecycleHookDuration, "min": 1, "max": 20160; botocore
+    checks the minimum only, so the longest approval (14 days) is the longest PAUSE hook ECS takes."""
+    from botocore.exceptions import ClientError
+
+    from tasks.strategies.ecs_native import deployment_configuration
+
+    cfg = native.cfg.model_copy(update={"approval_timeout_seconds": 1209600})
+    config = deployment_configuration(cfg)
+    assert config["lifecycleHooks"][0]["timeoutConfiguration"]["timeoutInMinutes"] == 20160
+    config["lifecycleHooks"][0]["timeoutConfiguration"]["timeoutInMinutes"] = 20161
+    with pytest.raises(ClientError) as refused:
+        aws("ecs").update_service(cluster=cfg.ecs.cluster, service=cfg.ecs.service, deploymentConfiguration=config)
+    assert refused.value.response["Error"]["Code"] == "InvalidParameterException"
+    assert "timeoutInMinutes 20161 is invalid" in refused.value.response["Error"]["Message"]

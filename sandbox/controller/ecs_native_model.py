@@ -260,6 +260,7 @@ def check_advanced(config: dict[str, Any] | None, load_balancers: list[dict[str,
     if str((config or {}).get("strategy") or "ROLLING") not in NATIVE:
         return
     check_percent(config or {})
+    check_hooks(config or {})
     for lb in load_balancers or []:
         adv = lb.get("advancedConfiguration") or {}
         missing = [k for k in ("alternateTargetGroupArn", "productionListenerRule", "roleArn") if not adv.get(k)]
@@ -321,3 +322,26 @@ def check_percent(config: dict[str, Any]) -> None:
         if not low <= float(value) <= 100.0 or abs(round(float(value) * 10) - float(value) * 10) > 1e-6:
             raise InvalidParameterException(f"{section}.{key} {value} is invalid: valid values are multiples of "
                                             f"0.1 from {low} to 100.0.")
+
+
+# botocore's ECS model: DeploymentLifecycleHookTimeoutConfiguration.timeoutInMinutes is a
+# DeploymentLifecycleHookDuration, "min": 1, "max": 20160 (14 days); its action is CONTINUE or ROLLBACK.
+# botocore checks only the minimum before sending: ECS refuses the rest.
+HOOK_MINUTES = (1, 20160)
+
+
+def check_hooks(config: dict[str, Any]) -> None:
+    from moto.ecs.exceptions import InvalidParameterException
+
+    for hook in config.get("lifecycleHooks") or []:
+        timeout = hook.get("timeoutConfiguration") or {}
+        minutes = timeout.get("timeoutInMinutes")
+        if minutes is not None and not HOOK_MINUTES[0] <= int(minutes) <= HOOK_MINUTES[1]:
+            raise InvalidParameterException(
+                f"lifecycleHooks[].timeoutConfiguration.timeoutInMinutes {minutes} is invalid: valid values are "
+                f"{HOOK_MINUTES[0]} to {HOOK_MINUTES[1]} minutes.")
+        action = timeout.get("action")
+        if action is not None and action not in ("CONTINUE", "ROLLBACK"):
+            raise InvalidParameterException(
+                f"lifecycleHooks[].timeoutConfiguration.action {action} is invalid: valid values are CONTINUE or "
+                "ROLLBACK.")
