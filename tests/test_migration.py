@@ -46,8 +46,7 @@ def set_migrate(sut: ServiceUnderTest, **migrate: Any) -> None:
 @pytest.fixture(scope="module")
 def sut(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceUnderTest]:
     """A seeded task-sets service (v1 committed, nothing live yet) whose image runs a command through busybox."""
-    made = make_service(tmp_path_factory.mktemp("migration"), traffic={"type": "canary", "percent": 20,
-                                                                         "interval_seconds": 60})
+    made = make_service(tmp_path_factory.mktemp("migration"))
     path = made.yaml_path.parent / made.name / "taskdef.json"
     taskdef = json.loads(path.read_text())
     web = taskdef["containerDefinitions"][0]
@@ -110,6 +109,10 @@ def test_a_passing_migration_logs_its_output_into_the_run(sut: ServiceUnderTest)
     # the task gets the task definition's environment only: no credentials, no Docker socket
     assert "migration | aws variables: 0" in lines and "migration | no docker socket" in lines, lines
     assert serving_versions(sut) == {"v1"}
+    # a rerun of this revision finds its migration done (ECS lists the stopped task) and does not run it again
+    [task_set] = sut.task_sets()
+    done, running = migration.earlier_runs(aws("ecs"), sut.cfg.ecs.cluster, task_set["taskDefinition"], "web")
+    assert done is not None and running is None and done["stopCode"] == "EssentialContainerExited"
 
 
 def test_a_failing_migration_rolls_back_before_production_moves(sut: ServiceUnderTest) -> None:
@@ -264,3 +267,25 @@ def test_started_by_names_the_revision_within_ecs_limits() -> None:
     assert migration.started_by(arn) == "ecs-pipeline-migrate/shop-12"
     long = migration.started_by(f"arn:aws:ecs:us-east-1:1:task-definition/{'x' * 255}:7")
     assert len(long) <= 128 and long.endswith("-7")
+
+
+@pytest.mark.parametrize(("task", "timed_out", "words"), [
+    ({"containers": [{"name": "web", "exitCode": 0}]}, None, None),
+    ({"containers": [{"name": "web", "exitCode": 3}], "stopCode": "EssentialContainerExited",
+      "stoppedReason": "Essential container in task exited"}, None, "exited with code 3 (task t1); last lines: b / c"),
+    ({"containers": [{"name": "web"}], "stopCode": "TaskFailedToStart",
+      "stoppedReason": "CannotPullContainerError: pull image manifest has been retried"}, None,
+     "did not run to an exit code: CannotPullContainerError: pull image manifest has been retried (task t1)"),
+    ({"containers": [{"name": "web", "exitCode": 137}], "stopCode": "UserInitiated",
+      "stoppedReason": "Task stopped by user"}, None, "exited with code 137 (task t1, ECS: Task stopped by user)"),
+    ({"containers": [{"name": "web", "exitCode": 0}], "stopCode": "UserInitiated"}, 900.4,
+     "timed out after 900s and was stopped (task t1)"),
+])
+def test_the_verdict_names_the_command_the_exit_code_and_the_last_lines(
+        tmp_path: Path, task: dict[str, Any], timed_out: float | None, words: str | None) -> None:
+    cfg = service_with(tmp_path, AWSLOGS, {"command": ["./manage.py", "migrate"]})
+    reason = migration.verdict(cfg, {"taskArn": "arn:aws:ecs:us-east-1:1:task/prod/t1", **task}, ["b", "c"], timed_out)
+    if words is None:
+        assert reason is None
+    else:
+        assert reason is not None and reason.startswith("migration `./manage.py migrate` ") and words in reason, reason

@@ -72,8 +72,9 @@ def run_task_api(self: EC2ContainerServiceResponse) -> ActionResult:
                              launch["launch_type"], p("networkConfiguration"), p("group"), p("platformVersion"))
     if launch["launch_type"] is None:
         for task in tasks:  # a capacity provider strategy, not a launch type
-            task.launch_type = None
-            task.capacity_provider_name = (launch["capacity_provider_strategy"] or [{}])[0].get("capacityProvider")
+            placed: Any = task
+            placed.launch_type = None
+            placed.capacity_provider_name = (launch["capacity_provider_strategy"] or [{}])[0].get("capacityProvider")
     if token:
         with LOCK:
             _TOKENS[token] = [t.task_arn for t in tasks]

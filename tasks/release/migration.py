@@ -150,6 +150,16 @@ def verdict(cfg: ServiceConfig, task: dict[str, Any], lines: list[str], timed_ou
     return f"migration `{command_words(cfg)}` exited with code {code} ({where}{said}){tail}"
 
 
+def earlier_runs(ecs: Any, cluster: str, task_definition: str,
+                 container: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(a task of this revision's migration that exited 0, one still running), as far as ECS still lists them."""
+    mine = [t for t in ecs_ops.one_off_tasks(ecs, cluster, started_by(task_definition))
+            if t.get("taskDefinitionArn") == task_definition]
+    done = [t for t in mine if t.get("lastStatus") == "STOPPED" and exit_code(t, container) == 0]
+    running = [t for t in mine if t.get("lastStatus") != "STOPPED"]
+    return (done[0] if done else None), (running[0] if running else None)
+
+
 @stage("migrate", "migrate {cfg.name}@{sha:.7}")
 def migrate(cfg: ServiceConfig, clients: AwsClients, task_definition: str, sha: str) -> str:
     """Run the migration to its end (or find it done); the line for the summary. VerifyFailed when it failed."""
@@ -161,17 +171,14 @@ def migrate(cfg: ServiceConfig, clients: AwsClients, task_definition: str, sha: 
         raise DeployError(f"task definition {task_definition} is gone before its migration ran", service=cfg.name)
     source = log_source(td, container_of(cfg), f"task definition {task_definition.rsplit('/', 1)[-1]}")
     tag = started_by(task_definition)
-    earlier = ecs_ops.one_off_tasks(ecs, cfg.ecs.cluster, tag)
-    done = [t for t in earlier if t.get("lastStatus") == "STOPPED" and exit_code(t, source.container) == 0
-            and t.get("taskDefinitionArn") == task_definition]
-    if done:
-        words = (f"migration already succeeded for {task_definition.rsplit('/', 1)[-1]} (task {task_id(done[0])}, "
+    done, running = earlier_runs(ecs, cfg.ecs.cluster, task_definition, source.container)
+    if done is not None:
+        words = (f"migration already succeeded for {task_definition.rsplit('/', 1)[-1]} (task {task_id(done)}, "
                  "exit code 0): not run again")
         log.info("%s", words)
         return words
-    running = [t for t in earlier if t.get("lastStatus") != "STOPPED" and t.get("taskDefinitionArn") == task_definition]
-    if running:
-        task = running[0]
+    if running is not None:
+        task = running
         log.info("migration task %s of an earlier run is still running: following it", task_id(task))
     else:
         service = ecs_ops.describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
@@ -219,7 +226,7 @@ def follow(cfg: ServiceConfig, clients: AwsClients, watch: Watch) -> str:
     except BaseException:  # cancelled or lost the slot: the task must not go on changing the database
         ecs_ops.stop_one_task(ecs, cluster, watch.task_arn, "ecs-pipeline: the release was stopped")
         raise
-    time.sleep(LOG_SETTLE)
+    time.sleep(min(LOG_SETTLE, clients.settings.scaled(5)))  # wall time on AWS; a rehearsal's driver is done
     watch.read(clients, log.info)
     reason = verdict(cfg, task, watch.lines, timed_out)
     if reason is not None:
