@@ -281,3 +281,32 @@ def test_requests_aws_refuses_are_refused(traffic: dict[str, Any], call: dict[st
                 **({"NextToken": call["NextToken"]} if "NextToken" in call else {}))
     assert err.value.response["Error"]["Code"] == code
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_percentile_alarms_and_too_few_samples(traffic: dict[str, Any]) -> None:
+    """CloudWatch's guide, "Percentile-based alarms and low data samples": for percentiles of 0.5 and up the
+    setting applies "when there are fewer than 10/(1-percentile) data points" (1000 for p99); with
+    EvaluateLowSampleCountPercentile "ignore", "the alarm state does not change"."""
+    cw, name = traffic["cw"], traffic["sut"].name
+    alarms = {f"{name}-p99-{how}": how for how in ("evaluate", "ignore")}
+    try:
+        for alarm, how in alarms.items():  # an hour-long period: the load stays in the window
+            cw.put_metric_alarm(AlarmName=alarm, Namespace=NS, MetricName="TargetResponseTime",
+                                Dimensions=_dims(traffic, traffic["green_tg"]), ExtendedStatistic="p99",
+                                Period=3600, EvaluationPeriods=1, Threshold=SLOW_MS / 1000 - 0.05,
+                                ComparisonOperator="GreaterThanThreshold", EvaluateLowSampleCountPercentile=how)
+        deadline = time.monotonic() + 5
+
+        def states() -> dict[str, str]:
+            found = cw.describe_alarms(AlarmNames=list(alarms))["MetricAlarms"]
+            return {a["AlarmName"]: a["StateValue"] for a in found}
+
+        while states()[f"{name}-p99-evaluate"] != "ALARM":
+            assert time.monotonic() < deadline, states()
+            time.sleep(0.1)
+        reason = cw.describe_alarms(AlarmNames=[f"{name}-p99-evaluate"])["MetricAlarms"][0]["StateReason"]
+        assert "Threshold Crossed" in reason
+        time.sleep(0.5)  # a few evaluations more: the ignoring alarm has seen the same green p99
+        assert states()[f"{name}-p99-ignore"] == "OK"
+    finally:
+        cw.delete_alarms(AlarmNames=list(alarms))
