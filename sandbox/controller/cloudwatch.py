@@ -115,6 +115,25 @@ def _percentile(pairs: Pairs, total: float, p: float) -> float:
     return pairs[-1][0]
 
 
+def _trim(pairs: Pairs, total: float, stat: Stat) -> tuple[Pairs, float, float, float, float]:
+    """The samples within STAT's bounds, the counts below and above them, and the values at the bounds."""
+    if stat.percent:  # positions: the samples from the low % to the high % of the ordered set
+        lo, hi = total * (stat.low or 0.0) / 100.0, total * (100.0 if stat.high is None else stat.high) / 100.0
+        kept: Pairs = []
+        seen = 0.0
+        for value, count in pairs:
+            share = max(0.0, min(seen + count, hi) - max(seen, lo))
+            if share:
+                kept.append((value, share))
+            seen += count
+        return (kept, lo, total - hi, _percentile(pairs, total, stat.low or 0.0),
+                _percentile(pairs, total, 100.0 if stat.high is None else stat.high))
+    # values: low exclusive, high inclusive ("PR(100:2000) ... lower bound exclusive, upper inclusive")
+    low, high = -math.inf if stat.low is None else stat.low, math.inf if stat.high is None else stat.high
+    return ([(v, c) for v, c in pairs if low < v <= high], sum(c for v, c in pairs if v <= low),
+            sum(c for v, c in pairs if v > high), low, high)
+
+
 def statistic(pairs: Pairs, stat: Stat) -> float | None:
     """STAT of the samples (sorted by value); None where CloudWatch has no value."""
     total = sum(c for _, c in pairs)
@@ -134,23 +153,7 @@ def statistic(pairs: Pairs, stat: Stat) -> float | None:
         return None  # "Percentile statistics are not available for metrics when any of the metric values are negative"
     if stat.kind == "p":
         return _percentile(pairs, total, float(stat.high or 0.0))
-    if stat.percent:  # positions: the samples from the low % to the high % of the ordered set
-        lo, hi = total * (stat.low or 0.0) / 100.0, total * (100.0 if stat.high is None else stat.high) / 100.0
-        kept: Pairs = []
-        seen = 0.0
-        for value, count in pairs:
-            share = max(0.0, min(seen + count, hi) - max(seen, lo))
-            if share:
-                kept.append((value, share))
-            seen += count
-        floor_v, ceil_v = _percentile(pairs, total, stat.low or 0.0), _percentile(pairs, total, stat.high or 100.0)
-        below, above = lo, total - hi
-    else:  # values: low exclusive, high inclusive ("PR(100:2000) ... lower bound exclusive, upper inclusive")
-        kept = [(v, c) for v, c in pairs
-                if (stat.low is None or v > stat.low) and (stat.high is None or v <= stat.high)]
-        floor_v, ceil_v = stat.low or 0.0, stat.high or 0.0
-        below = sum(c for v, c in pairs if stat.low is not None and v <= stat.low)
-        above = sum(c for v, c in pairs if stat.high is not None and v > stat.high)
+    kept, below, above, floor_v, ceil_v = _trim(pairs, total, stat)
     count = sum(c for _, c in kept)
     summed = sum(v * c for v, c in kept)
     if stat.kind == "tc":
@@ -160,7 +163,7 @@ def statistic(pairs: Pairs, stat: Stat) -> float | None:
     if stat.kind == "pr":
         return 100.0 * count / total
     if stat.kind == "wm":
-        return (summed + below * floor_v + above * ceil_v) / total
+        return (summed + (below * floor_v if below else 0.0) + (above * ceil_v if above else 0.0)) / total
     return summed / count if count else None  # tm
 
 
