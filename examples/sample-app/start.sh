@@ -18,5 +18,8 @@ esac
 if [ "${ERROR_PERCENT:-0}" -gt 100 ]; then
   echo "sample-app: ERROR_PERCENT=$ERROR_PERCENT is over 100 (use 0 to 100)" >&2; exit 2
 fi
-echo "sample-app $VERSION listening on 127.0.0.1:$PORT${BROKEN:+ (broken: $BROKEN)}${SLOW_MS:+ (slow: $SLOW_MS ms)}${ERROR_PERCENT:+ (errors: $ERROR_PERCENT %)}"
+notes="${BROKEN:+ (broken: $BROKEN)}"
+[ "${SLOW_MS:-0}" -gt 0 ] && notes="$notes (slow: $SLOW_MS ms)"
+[ "${ERROR_PERCENT:-0}" -gt 0 ] && notes="$notes (errors: $ERROR_PERCENT %)"
+echo "sample-app $VERSION listening on 127.0.0.1:$PORT$notes"
 exec /bin/busybox httpd -f -v -p "127.0.0.1:$PORT" -h /www
