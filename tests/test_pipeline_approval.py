@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -20,7 +20,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 
 from flows.pipeline import deploy_service
-from harness.services import ServiceUnderTest
+from harness.services import ServiceUnderTest, edit_config
 from tasks.release.approval import IN_PROCESS, approve_run
 from tasks.release.outcome import outcome_of
 
@@ -49,13 +49,16 @@ def release_in_background(service: str) -> tuple[threading.Thread, dict[str, Any
     return thread, out
 
 
-def test_approved_release_waits_then_goes_live(new_service: Callable[..., ServiceUnderTest]) -> None:
-    sut = new_service(approval="required")
-    first, out = release_in_background(sut.name)
-    approve_run(paused_run(sut.name).id, approve=True, comment="first release")
-    first.join(180)
-    assert outcome_of(out["state"]) == "Deployed", out["state"]
+@pytest.fixture
+def gated(released_service: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch) -> ServiceUnderTest:
+    """The module's released service (v1 live), its releases from now on requiring approval."""
+    monkeypatch.setenv("ECS_PIPELINE_DEPLOYMENTS", str(released_service.yaml_path.parent))
+    edit_config(released_service, lambda c: c.__setitem__("approval", "required"))
+    return released_service
 
+
+def test_approved_release_waits_then_goes_live(gated: ServiceUnderTest) -> None:
+    sut = gated
     sut.commit("v2")
     second, out = release_in_background(sut.name)
     run = paused_run(sut.name)
@@ -71,6 +74,19 @@ def test_approved_release_waits_then_goes_live(new_service: Callable[..., Servic
     assert IN_PROCESS in logged(run.id), "a CLI run says why it waits in its own process"
 
 
+def test_rejected_release_rolls_back(gated: ServiceUnderTest) -> None:
+    sut = gated
+    live = "v2" if "v2" in sut.get("/").text else "v1"  # the test above may have been deselected
+    sut.commit("v3")
+    release, out = release_in_background(sut.name)
+    approve_run(paused_run(sut.name).id, approve=False, comment="not on a Friday")
+    release.join(180)
+    assert outcome_of(out["state"]) == "Rolled back", out["state"]
+    assert "Release rejected: not on a Friday" in (out["state"].message or "")
+    assert live in sut.get("/").text
+    assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]
+
+
 def logged(run_id: Any, timeout: float = 10) -> list[str]:
     """RUN_ID's log messages, once its last lines have reached the API (they are sent in batches)."""
     deadline = time.monotonic() + timeout
@@ -81,18 +97,3 @@ def logged(run_id: Any, timeout: float = 10) -> list[str]:
             if IN_PROCESS in messages or time.monotonic() > deadline:
                 return messages
             time.sleep(0.3)
-
-
-def test_rejected_release_rolls_back(new_service: Callable[..., ServiceUnderTest]) -> None:
-    sut = new_service(approval="required")
-    first, out = release_in_background(sut.name)
-    approve_run(paused_run(sut.name).id, approve=True)
-    first.join(180)
-    sut.commit("v2")
-    second, out = release_in_background(sut.name)
-    approve_run(paused_run(sut.name).id, approve=False, comment="not on a Friday")
-    second.join(180)
-    assert outcome_of(out["state"]) == "Rolled back", out["state"]
-    assert "Release rejected: not on a Friday" in (out["state"].message or "")
-    assert "v1" in sut.get("/").text
-    assert [ts["status"] for ts in sut.task_sets()] == ["PRIMARY"]
