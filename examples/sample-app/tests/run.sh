@@ -21,15 +21,6 @@ case "$BROKEN" in
   ""|root|health|config) record broken_mode_is_known "" ;;
   *) record broken_mode_is_known "BROKEN=$BROKEN is not empty, root, health or config" ;;
 esac
-case "${SLOW_MS:-0}" in
-  *[!0-9]*) record slow_ms_is_a_number "SLOW_MS=$SLOW_MS is not a whole number of milliseconds" ;;
-  *) record slow_ms_is_a_number "" ;;
-esac
-case "${ERROR_PERCENT:-0}" in
-  *[!0-9]*) record error_percent_is_a_percentage "ERROR_PERCENT=$ERROR_PERCENT is not a whole number" ;;
-  *) [ "${ERROR_PERCENT:-0}" -le 100 ] && record error_percent_is_a_percentage "" \
-       || record error_percent_is_a_percentage "ERROR_PERCENT=$ERROR_PERCENT is over 100" ;;
-esac
 [ "$(cat www/health)" = ok ] && record health_answers_ok "" || record health_answers_ok "www/health is not ok"
 [ "$BROKEN" != health ] && record health_is_served "" || record health_is_served "BROKEN=health removes /health"
 # the page as the release's code answers it: SLOW_MS and ERROR_PERCENT are faults only a running release shows
