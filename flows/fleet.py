@@ -117,7 +117,12 @@ def release_fleet(
     name_fleet_run(services, shas, len(configs))
     ready = [c.name for c in configs if c.name in shas]
     run_id, attempt = flow_run.get_id(), flow_run.get_run_count()
-    for number, wave in enumerate(plan_waves(ready, max_parallel), start=1):
+    migrating = {c.name: c for c in configs if c.migrate is not None}
+    size = max_parallel
+    if children == "threads" and migrating and max_parallel > MAX_THREADS:
+        size = MAX_THREADS  # a wave's services wait for each other at their migrations: each needs its thread
+        log.info("waves of %d, not %d: services with migrations wait for their whole wave", size, max_parallel)
+    for number, wave in enumerate(plan_waves(ready, size), start=1):
         if stop_on_first_failure and summary.failed:
             for name in wave:
                 summary.results.append(ServiceResult(name, shas[name], number, "held", "Held",
@@ -130,7 +135,8 @@ def release_fleet(
             for name, run in wait_final(started).items():
                 summary.results.append(result_of(name, shas[name], number, run))
         else:
-            gate = WaveGate(wave, gate_seconds(c for c in configs if c.name in wave))
+            gated = [migrating[n] for n in wave if n in migrating]
+            gate = WaveGate(wave, gate_seconds(gated)) if gated else None  # no migration: nothing to order
             futures = [release_here.submit(name, shas[name], number, origin, gate) for name in wave]
             try:
                 summary.results.extend(f.result() for f in futures)

@@ -20,8 +20,11 @@ from typing import Any
 import botocore.session
 import pytest
 from botocore.exceptions import ClientError
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.pipeline import deploy_service
 from harness.faults import Load, serving_versions, wait_until
@@ -260,6 +263,28 @@ def test_a_wave_gate_holds_each_service_until_the_others_passed_or_ended() -> No
     late = WaveGate(["x", "y"], timeout_seconds=0.3)
     with pytest.raises(DeployError, match=r"pass their migrations \(y\)"):
         late.hold("x")
+
+
+@flow(name="wave-child")
+def wave_child(name: str) -> bool:
+    return wave_of(name) is not None
+
+
+@task(cache_policy=NO_CACHE)
+def in_a_wave(name: str, gate: WaveGate) -> bool:
+    with in_wave(gate, name):  # as flows/fleet.release_here runs deploy-service
+        return wave_child(name)
+
+
+@flow(name="wave-of-one", task_runner=ThreadPoolTaskRunner(max_workers=1))
+def wave_of_one() -> bool:
+    return in_a_wave.submit("a", WaveGate(["a"], timeout_seconds=5)).result()
+
+
+def test_a_fleet_childs_flow_run_sees_its_wave() -> None:
+    """The fleet's threads hand the gate to deploy-service through the context: a child flow run called in a
+    thread runner's task keeps it."""
+    assert wave_of_one() is True
 
 
 def test_started_by_names_the_revision_within_ecs_limits() -> None:

@@ -1,7 +1,8 @@
 """A fleet release in data: which services, in which waves, and how each one ended.
 
 Pure functions (no Prefect, no AWS), so the rules are tested with plain
-tables: ``flows/fleet.py`` starts the runs and reads their states.
+tables: ``flows/fleet.py`` starts the runs and reads their states. The wave
+gate is the one piece its threads share: a wave's migrations before its shifts.
 """
 
 from __future__ import annotations
