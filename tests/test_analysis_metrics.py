@@ -223,6 +223,10 @@ def test_percentiles_of_a_slow_green_and_a_fast_blue(traffic: dict[str, Any]) ->
     assert value["blue_p50"] <= value["blue_p95"] <= value["blue_p99"] <= max(s for _, s in blue)
     assert value["green_average"] >= SLOW_MS / 1000 > value["blue_average"]
     assert got["green_p95"]["Label"] == "TargetResponseTime"
+    # every member of the model's MetricDataResult is answered (botocore drops a key it does not know)
+    model = cw.meta.service_model
+    assert {k for r in data["MetricDataResults"] for k in r} == set(model.shape_for("MetricDataResult").members)
+    assert set(point) == {"Timestamp", "Unit", "ExtendedStatistics"}, "what was asked, in the model's words"
 
 
 def test_per_minute_points_newest_first_and_pages(traffic: dict[str, Any]) -> None:
