@@ -29,6 +29,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.pipeline import deploy_service
 from harness.faults import Load, serving_versions, wait_until
 from harness.services import ServiceUnderTest, aws, edit_config, make_service
+from sandbox.controller.iam_eval import Need
+from sandbox.controller.iam_resources import Where, needs
 from tasks.config.models import parse_service
 from tasks.core.errors import ConfigError, DeployError
 from tasks.release import migration
@@ -237,6 +239,22 @@ def test_the_deploy_policy_grants_the_migration_only_to_services_that_have_one(t
     assert by_sid["FollowAndStopTheMigrationTask"]["Resource"] == "arn:aws:ecs:eu-west-1:123456789012:task/prod/*"
     assert by_sid["ReadTheMigrationLogs"]["Resource"] == "arn:aws:logs:eu-west-1:123456789012:log-group:/ecs/shop:*"
     assert "iam:PassRole" in gated.actions()  # RunTask passes the execution role to ECS tasks
+
+
+def test_the_sandbox_judges_the_migrations_calls_on_their_resources() -> None:
+    """What the Service Authorization Reference names: RunTask on the task definition with ecs:cluster (and the
+    roles it passes), StopTask on the task, GetLogEvents on the log stream."""
+    where, arn = Where("us-east-1", "123456789012"), "arn:aws:ecs:us-east-1:123456789012"
+    cluster = {"ecs:cluster": f"{arn}:cluster/prod"}
+    assert needs("ecs", "RunTask", {"cluster": "prod", "taskDefinition": "iam-never-registered:3", "overrides": {
+        "executionRoleArn": "execRole"}}, where) == [
+        Need("ecs:RunTask", f"{arn}:task-definition/iam-never-registered:3", cluster),
+        Need("iam:PassRole", "arn:aws:iam::123456789012:role/execRole",
+             {"iam:PassedToService": "ecs-tasks.amazonaws.com"})]
+    assert needs("ecs", "StopTask", {"cluster": "prod", "task": "abc"}, where) == [
+        Need("ecs:StopTask", f"{arn}:task/prod/abc", cluster)]
+    assert needs("logs", "GetLogEvents", {"logGroupName": "/ecs/shop", "logStreamName": "web/web/abc"}, where) == [
+        Need("logs:GetLogEvents", "arn:aws:logs:us-east-1:123456789012:log-group:/ecs/shop:log-stream:web/web/abc")]
 
 
 def test_a_wave_gate_holds_each_service_until_the_others_passed_or_ended() -> None:

@@ -150,13 +150,12 @@ def _run_task(p: Mapping[str, Any], w: Where) -> list[Need]:
 
 
 def _logs(op: str, p: Mapping[str, Any], w: Where) -> list[str] | None:
-    """A log stream's events are authorized on the stream (log-group:G:log-stream:S), others on the group."""
-    group = str(p.get("logGroupName") or "")
-    if not group:
+    """A log stream's events (the migration's lines) are authorized on the stream, ``log-group:G:log-stream:S``
+    (a policy's ``log-group:G:*`` covers it); other Logs calls are judged on their action."""
+    group, stream = str(p.get("logGroupName") or ""), str(p.get("logStreamName") or "")
+    if op != "GetLogEvents" or not group or not stream:
         return None
-    if p.get("logStreamName"):
-        return [w.arn("logs", f"log-group:{group}:log-stream:{p['logStreamName']}")]
-    return [w.arn("logs", f"log-group:{group}")]
+    return [w.arn("logs", f"log-group:{group}:log-stream:{stream}")]
 
 
 def _ecr(op: str, p: Mapping[str, Any], w: Where) -> list[str] | None:
