@@ -315,3 +315,23 @@ def test_percentile_alarms_and_too_few_samples(traffic: dict[str, Any]) -> None:
         assert states()[f"{name}-p99-ignore"] == "OK"
     finally:
         cw.delete_alarms(AlarmNames=list(alarms))
+
+
+def test_the_pipelines_read_of_a_step_window_sees_the_same_requests(traffic: dict[str, Any]) -> None:
+    """tasks/aws/metrics.py reads a window as the canary analysis does: one GetMetricData call, periods in AWS
+    seconds, wall-clock times. Against the sandbox it finds what the client sent."""
+    from datetime import UTC, datetime
+
+    from tasks.aws.metrics import Pair, read_window
+
+    window = _window(traffic)  # waits for the last minute to close, as a reader after the step must
+    green, blue = _seen(traffic, "green"), _seen(traffic, "blue")
+    read = read_window(traffic["cw"], Pair(traffic["lb"], traffic["green_tg"], traffic["blue_tg"]),
+                       datetime.fromtimestamp(traffic["start"], UTC), datetime.fromtimestamp(window["EndTime"], UTC),
+                       time_scale=60 / traffic["minute"], samples=True)
+    assert (read.green.requests, read.blue.requests) == (len(green), len(blue))
+    assert (read.green.errors, read.blue.errors) == (sum(1 for status, _ in green if status == 500), 0)
+    latency = read.green.latency_ms
+    assert SLOW_MS <= (latency["p50"] or 0) <= (latency["p95"] or 0) <= (latency["p99"] or 0)
+    assert (read.blue.latency_ms["p50"] or SLOW_MS) < SLOW_MS
+    assert read.green.samples_ms["p95"] and min(read.green.samples_ms["p95"]) >= SLOW_MS  # one a minute
