@@ -6,7 +6,8 @@ into one data point per metric, a set of values with counts as an ALB publishes 
 and HTTPCode_*_Count as the value 1 counted once per request (ALB's guide: "Minimum, Maximum, and
 Average all return 1"), TargetResponseTime as every request's own time. GetMetricStatistics and
 GetMetricData on ``AWS/ApplicationELB`` are answered from those samples, percentiles and trimmed
-statistics included; metric alarms on them flip between OK and ALARM.
+statistics included, once their minute has closed; other namespaces and math expressions stay
+moto's. Metric alarms on the ALB metrics flip between OK and ALARM.
 
 Time: timestamps are wall-clock; every AWS duration (a Period, the minute a data point covers, the
 minute a StartTime is rounded down to) is divided by the time scale, as every other wait is.
