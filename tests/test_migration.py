@@ -322,7 +322,7 @@ def test_started_by_names_the_revision_within_ecs_limits() -> None:
     ({"containers": [{"name": "web", "exitCode": 137}], "stopCode": "UserInitiated",
       "stoppedReason": "Task stopped by user"}, None, "exited with code 137 (task t1, ECS: Task stopped by user)"),
     ({"containers": [{"name": "web", "exitCode": 0}], "stopCode": "UserInitiated"}, 900.4,
-     "timed out after 900s and was stopped (task t1)"),
+     "timed out after 900s (migrate.timeout_seconds) and was stopped (task t1)"),
 ])
 def test_the_verdict_names_the_command_the_exit_code_and_the_last_lines(
         tmp_path: Path, task: dict[str, Any], timed_out: float | None, words: str | None) -> None:

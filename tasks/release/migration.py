@@ -133,7 +133,9 @@ class Watch:
 
 
 def verdict(cfg: ServiceConfig, task: dict[str, Any], lines: list[str], timed_out: float | None = None) -> str | None:
-    """None when the migration passed (its container exited 0), else the reason the release rolls back."""
+    """None when the migration passed (its container exited 0), else the reason the release rolls back.
+
+    TIMED_OUT: the seconds it ran before it was stopped for its timeout (time-scaled in a rehearsal)."""
     container = container_of(cfg)
     code = exit_code(task, container)
     if code == 0 and timed_out is None:
@@ -143,7 +145,9 @@ def verdict(cfg: ServiceConfig, task: dict[str, Any], lines: list[str], timed_ou
     ecs_words = str(task.get("stoppedReason") or "")
     where = f"task {task_id(task)}"
     if timed_out is not None:
-        return f"migration `{command_words(cfg)}` timed out after {timed_out:.0f}s and was stopped ({where}){tail}"
+        assert cfg.migrate is not None
+        return (f"migration `{command_words(cfg)}` timed out after {cfg.migrate.timeout_seconds}s "
+                f"(migrate.timeout_seconds) and was stopped ({where}){tail}")
     if code is None:
         return f"migration `{command_words(cfg)}` did not run to an exit code: {ecs_words or 'stopped'} ({where}){tail}"
     said = f", ECS: {ecs_words}" if ecs_words and task.get("stopCode") != "EssentialContainerExited" else ""
