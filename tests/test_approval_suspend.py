@@ -28,6 +28,7 @@ from harness.services import ROOT, ServiceUnderTest, aws, edit_config, make_serv
 from harness.workers import descendants
 from tasks.release.locks import read_heartbeat
 from tasks.release.outcome import outcome_of
+from tests.test_pipeline import wait_for_events
 
 DEPLOY = "deploy-service/deploy-service"
 
@@ -134,6 +135,7 @@ def test_suspended_approval_survives_its_worker_and_a_new_one_continues_the_serv
     with get_client(sync_client=True) as client:
         reserved = read_heartbeat(client, native.name)
     assert reserved is not None and reserved.get("suspended") and reserved["run"] == str(run.id), reserved
+    assert "approval-requested" in wait_for_events(native.name, {"approval-requested"}), "automations can notify"
 
     capsys.readouterr()
     assert main(["approve", str(run.id), "--comment", "ship it"]) == 0
@@ -165,7 +167,7 @@ def test_newer_commit_supersedes_a_suspended_run_and_unanswered_approval_rolls_b
     native.commit("v2")
     older = run_deployment(DEPLOY, parameters={"service": native.name}, timeout=0)
     wait_run(older.id, suspended)
-    edit_config(native, lambda c: c.update(approval_timeout_seconds=4))
+    edit_config(native, lambda c: c.update(approval_timeout_seconds=2))
     native.commit("v3")
     newer = run_deployment(DEPLOY, parameters={"service": native.name}, timeout=0)
     superseded = wait_run(older.id, lambda s: s.is_final())
@@ -173,9 +175,9 @@ def test_newer_commit_supersedes_a_suspended_run_and_unanswered_approval_rolls_b
     assert f"Superseded by {newer.id} while waiting for approval" in (superseded.state.message or "")
     wait_run(newer.id, suspended)
     at_pause = paused_deployment(native)
-    final = wait_run(newer.id, lambda s: s.is_final(), 240)  # serve answers "no" once the 4 s are up
+    final = wait_run(newer.id, lambda s: s.is_final(), 240)  # serve answers "no" once the 2 s are up
     assert outcome_of(final.state) == "Rolled back", final.state
-    assert "no approval within 4 s" in (final.state.message or ""), final.state.message
+    assert "no approval within 2 s" in (final.state.message or ""), final.state.message
     assert all("v1" in native.get("/").text for _ in range(5)), "production stayed on blue"
     done = {d["serviceDeploymentArn"]: d for d in service_deployments(native)}
     assert done[at_pause["serviceDeploymentArn"]]["status"] == "ROLLBACK_SUCCESSFUL", done

@@ -47,6 +47,7 @@ from prefect.states import Running
 
 from tasks.config.models import ServiceConfig
 from tasks.core.errors import ApprovalRejected, ConfigError
+from tasks.core.report import emit
 
 # How long each strategy's AWS side holds green at the gate, in seconds (None: the flow holds it itself).
 # ECS-native: the PAUSE hook, DeploymentLifecycleHookDuration in botocore's ECS model, "min": 1, "max": 20160
@@ -126,6 +127,8 @@ def wait_suspended(service: str, summary_markdown: str, timeout_seconds: int, re
         assert isinstance(loaded, ApprovalInput), "called from a sync flow: loaded, not a coroutine"
         return loaded
     form = ApprovalInput.with_initial_data(description=summary_markdown, approve=False)
+    emit(service, "approval-requested", sha=sha, flow_run=str(run_id), timeout_seconds=timeout_seconds,
+         waits="suspended")
     get_run_logger().info(
         "Suspending for approval of %s (run %s) for up to %d s: the process exits and frees its worker; "
         "`ecs-pipeline approve %s` or Resume in the UI reschedules the run", service, run_id, timeout_seconds, run_id)
@@ -179,6 +182,8 @@ def wait_in_process(
     logger.warning("%s", IN_PROCESS)  # a long approval holds this process (and its terminal) throughout
     logger.info("Waiting up to %d s for approval of %s (run %s)", timeout_seconds, service, run_id)
     form = ApprovalInput.with_initial_data(description=summary_markdown, approve=False)
+    emit(service, "approval-requested", sha=revision, flow_run=str(run_id), timeout_seconds=timeout_seconds,
+         waits="paused")
     try:
         answer = pause_flow_run(
             wait_for_input=form, timeout=timeout_seconds, poll_interval=poll_interval_seconds
