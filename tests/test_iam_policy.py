@@ -257,6 +257,12 @@ def expected_actions(cfg: ServiceConfig, called: dict[str, set[Node]]) -> set[st
         out.discard("cloudwatch:DescribeAlarms")
     if not cfg.deploy_role_arn:  # the preflight's own call: granted on a known principal only
         out.discard("iam:SimulatePrincipalPolicy")
+    migration_only = {("tasks.aws.ecs", f) for f in ("run_one_off_task", "describe_one_task", "stop_one_task",
+                                                     "one_off_tasks", "read_log_events")}
+    if cfg.migrate is None:  # tasks/release/migration.py runs a task only for a service with migrate:
+        out -= {a for a, where in called.items() if where <= migration_only}
+    if cfg.analysis is None:  # tasks/aws/metrics.py reads the window only for a service with analysis:
+        out -= {a for a, where in called.items() if where <= {("tasks.aws.metrics", "read_window")}}
     return out
 
 

@@ -123,7 +123,8 @@ def test_run_task_runs_once_with_overrides(emu: Any, emu_aws: Callable[[str], An
     stack = emu_stack("one")
     group = f"/ecs/{stack.name}"
     td = stack.task_definition(emu_images["blue"], log_group=group)
-    task = stack.ecs.run_task(cluster=stack.name, taskDefinition=td, launchType="FARGATE", overrides={
+    task = stack.ecs.run_task(cluster=stack.name, taskDefinition=td, launchType="FARGATE",
+                             networkConfiguration=stack.network, overrides={
         "containerOverrides": [{"name": "web", "environment": [{"name": "STEP", "value": "migrate"}],
                                 "command": ["/bin/busybox", "sh", "-c", "echo ran $STEP; exit 0"]}]})["tasks"][0]
     assert task["lastStatus"] == "PROVISIONING" and task["group"] == f"family:{stack.name}-app"

@@ -11,7 +11,7 @@ from typing import Any
 
 
 def test_list_services_and_tasks_stay_in_their_cluster(emu_aws: Callable[[str], Any],
-                                                       emu_images: dict[str, str]) -> None:
+                                                       emu_images: dict[str, str], emu_net: dict[str, Any]) -> None:
     ecs = emu_aws("ecs")
     name = f"fid-{uuid.uuid4().hex[:6]}"
     other = f"pre-{name}"  # its name contains the first one's
@@ -23,7 +23,11 @@ def test_list_services_and_tasks_stay_in_their_cluster(emu_aws: Callable[[str], 
         family=f"{name}-once", networkMode="awsvpc", requiresCompatibilities=["FARGATE"], cpu="256",
         memory="512", containerDefinitions=[{"name": "web", "image": emu_images["blue"], "essential": True}],
     )["taskDefinition"]["taskDefinitionArn"]
-    task = ecs.run_task(cluster=other, taskDefinition=td, launchType="FARGATE")["tasks"][0]["taskArn"]
+    # botocore's RunTask.networkConfiguration: "This parameter is required for task definitions that use the
+    # awsvpc network mode to receive their own elastic network interface".
+    network = {"awsvpcConfiguration": {"subnets": emu_net["subnets"]}}
+    task = ecs.run_task(cluster=other, taskDefinition=td, launchType="FARGATE",
+                        networkConfiguration=network)["tasks"][0]["taskArn"]
     try:
         services = ecs.list_services(cluster=name)["serviceArns"]
         assert services == [ecs.describe_services(cluster=name, services=["web"])["services"][0]["serviceArn"]]
