@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
@@ -36,30 +37,34 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.deployments import run_deployment
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectConcurrentFuture, PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.pipeline import deploy_service
+from tasks.aws.clients import AwsClients
 from tasks.build.source import redact_url, resolve_heads
 from tasks.config.models import ServiceConfig, load_all_services
-from tasks.core.errors import PipelineError
+from tasks.core.errors import ConfigError, PipelineError, reason_of
 from tasks.core.settings import Settings
 from tasks.core.waits import stop_every_release
+from tasks.release.fleet_order import check_dependencies, waves_in_order, why_held
 from tasks.release.fleet_plan import (
+    FleetHold,
     FleetSummary,
     ServiceResult,
     WaveGate,
     classify,
     gate_seconds,
+    held_by,
     in_wave,
-    plan_waves,
     select_services,
 )
 from tasks.release.outcome import outcome_of, reason_in
 from tasks.release.runs import DEPLOY_DEPLOYMENT, ensure_run_tags, fleet_run_name, run_tags
 from tasks.release.skeleton import sigterm_deferred
+from tasks.release.stages import live_release
 from tasks.triggers.repositories import group_by_repo
 
 FLEET_ARTIFACT = "fleet-release"
@@ -97,8 +102,9 @@ def release_fleet(
     deployment_name: str = DEPLOY_DEPLOYMENT,
     origin: str = "fleet",
     children: Children = "threads",
+    atomic: bool = False,
 ) -> State[Any]:
-    """Release SERVICES (names or globs; all when empty) at SHA (default: each branch head), in waves.
+    """Release SERVICES (names or globs; all when empty) at SHA (default: each branch head), in dependency order.
 
     Args:
         services: Services to release, by name or glob (e.g. shop-*). Empty: every service in deployments/.
@@ -109,53 +115,172 @@ def release_fleet(
         origin: What started the fleet, kept as each service run's trigger tag (fleet, push, cli).
         children: threads: every service in this run's process; deployment: each as a deploy-service run
             on whichever worker is free.
+        atomic: One change, all or nothing: each service waits past its bake with blue warm until every
+            service passed; when one fails, every service the fleet moved goes back (threads only).
     """
     log = get_run_logger()
-    configs = select_services(load_all_services(Settings().deployments), services)
-    summary = FleetSummary(max_parallel=max_parallel, stop_on_first_failure=stop_on_first_failure)
+    everyone = load_all_services(Settings().deployments)
+    check_dependencies(everyone)  # a circle or an unknown name: refused before any git or AWS call
+    configs = select_services(everyone, services)
+    check_atomic(atomic, children, len(configs))
+    summary = FleetSummary(max_parallel=max_parallel, stop_on_first_failure=stop_on_first_failure, atomic=atomic)
     shas = target_shas(configs, sha, summary)
     name_fleet_run(services, shas, len(configs))
-    ready = [c.name for c in configs if c.name in shas]
-    run_id, attempt = flow_run.get_id(), flow_run.get_run_count()
     migrating = {c.name: c for c in configs if c.migrate is not None}
     size = max_parallel
     if children == "threads" and migrating and max_parallel > MAX_THREADS:
         size = MAX_THREADS  # a wave's services wait for each other at their migrations: each needs its thread
         log.info("waves of %d, not %d: services with migrations wait for their whole wave", size, max_parallel)
-    for number, wave in enumerate(plan_waves(ready, size), start=1):
-        if stop_on_first_failure and summary.failed:
-            for name in wave:
-                summary.results.append(ServiceResult(name, shas[name], number, "held", "Held",
-                                                     reason=f"held: {', '.join(summary.failed)} failed first"))
-            continue
-        log.info("wave %d (%s): %s", number, children, ", ".join(wave))
-        if children == "deployment":
-            key = f"{run_id}:{attempt}" if run_id else None
-            started = {name: start_child(deployment_name, name, shas[name], origin, key) for name in wave}
-            for name, run in wait_final(started).items():
-                summary.results.append(result_of(name, shas[name], number, run))
-        else:
-            gated = [migrating[n] for n in wave if n in migrating]
-            gate = WaveGate(wave, gate_seconds(gated)) if gated else None  # no migration: nothing to order
-            futures = [release_here.submit(name, shas[name], number, origin, gate) for name in wave]
-            try:
-                summary.results.extend(f.result() for f in futures)
-            except BaseException:
-                # Cancelled, or SIGTERM to the worker: it arrives in this thread only. Every child
-                # rolls back at its next wait; the process ends once they have.
-                stop_every_release("the fleet run is stopping (cancelled, or its worker shuts down)")
-                with sigterm_deferred():
-                    for future in futures:
-                        future.wait()
-                raise
+    waves = waves_in_order(configs, [c.name for c in configs if c.name in shas], size)
+    before = versions_now(configs, shas) if atomic else {}  # what each runs before the fleet moves anything
+    fleet = Fleet(configs, shas, summary, origin, children, deployment_name, FleetHold() if atomic else None)
+    fleet.run(waves)
+    say_ended_on(summary, before, versions_now(configs, before) if atomic else {})
     summary.results.sort(key=lambda r: (r.wave or 1_000_000, r.service))
     create_markdown_artifact(key=FLEET_ARTIFACT, markdown=summary.markdown(), description=summary.headline())
-    log.info("fleet: %s", summary.headline())
+    told = summary.headline() + (f". {summary.aftermath()}" if summary.aftermath() else "")
+    log.info("fleet: %s", told)
     data = {r.service: r.__dict__ for r in summary.results}
     # Built-in state names (the UI filters by them), the outcome leading the message, as deploy-service does.
-    if summary.failed or any(r.outcome == "held" for r in summary.results):
-        return Failed(message=f"Fleet failed: {summary.headline()}", data=data)
-    return Completed(message=f"Fleet deployed: {summary.headline()}", data=data)
+    if summary.failed or any(r.outcome in ("held", "reverted") for r in summary.results):
+        return Failed(message=f"Fleet failed: {told}", data=data)
+    return Completed(message=f"Fleet deployed: {told}", data=data)
+
+
+def versions_now(configs: Sequence[ServiceConfig], names: Collection[str]) -> dict[str, str]:
+    """What each of NAMES runs now, as ``family:revision @commit``, read from ECS and ECR."""
+    clients = AwsClients(Settings())
+    found: dict[str, str] = {}
+    for cfg in configs:
+        if cfg.name not in names:
+            continue
+        try:
+            live = live_release(cfg, clients.for_service(cfg))
+        except Exception as exc:  # noqa: BLE001 - a report: the releases themselves say what failed
+            found[cfg.name] = f"unknown ({reason_of(exc)})"
+            continue
+        found[cfg.name] = f"{str(live.task_definition).rsplit('/', 1)[-1]} @{(live.sha or 'unknown commit')[:7]}"
+    return found
+
+
+def say_ended_on(summary: FleetSummary, before: dict[str, str], after: dict[str, str]) -> None:
+    """Each line's ``ended on``: read after an atomic fleet (and whether it is what ran before), else the commit."""
+    for r in summary.results:
+        if r.service in after:
+            same = after[r.service] == before.get(r.service)
+            r.ended_on = f"{after[r.service]} ({'as before the fleet' if same else 'new'})"
+        elif r.outcome == "ok" and r.sha:
+            r.ended_on = f"new version @{r.sha[:7]}"
+
+
+def check_atomic(atomic: bool, children: Children, count: int) -> None:
+    """An atomic fleet holds every service's release open in this process (each keeps a thread): say so first."""
+    if not atomic:
+        return
+    if children != "threads":
+        raise ConfigError("atomic keeps every service's blue warm inside the fleet run until all have passed; "
+                          "deployment children end on their own: use children threads (the default) with atomic")
+    if count > MAX_THREADS:
+        raise ConfigError(f"atomic holds all {count} services open at once and the fleet runs {MAX_THREADS}: "
+                          f"release at most {MAX_THREADS} services as one change (select fewer)")
+
+
+@dataclass
+class Fleet:
+    """One fleet run's releases: started wave by wave, each service after those it depends on.
+
+    A wave is a dependency layer's services, at most max_parallel of them, started together (their migrations
+    gate their shifts together, fleet_plan.WaveGate); the next wave starts once each service of this one has
+    ended, or, in an atomic fleet, passed its bake (it serves, verified; blue waits for the fleet's word).
+    Layers keep it simple: a service may wait for an unrelated one of the layer before, never for one after.
+    """
+
+    configs: list[ServiceConfig]
+    shas: dict[str, str]
+    summary: FleetSummary
+    origin: str
+    children: Children
+    deployment_name: str
+    hold: FleetHold | None
+    in_flight: dict[str, tuple[PrefectConcurrentFuture[ServiceResult], int]] = field(default_factory=dict)
+
+    def run(self, waves: list[list[str]]) -> None:
+        try:
+            for number, wave in enumerate(waves, start=1):
+                self.run_wave(number, wave)
+            if self.hold is not None:
+                self.decide(waves)
+        except BaseException:
+            # Cancelled, or SIGTERM to the worker: it arrives in this thread only. Every child (held ones
+            # too) rolls back at its next wait; the process ends once they have.
+            stop_every_release("the fleet run is stopping (cancelled, or its worker shuts down)")
+            with sigterm_deferred():
+                for future, _ in self.in_flight.values():
+                    future.wait()
+            raise
+
+    def run_wave(self, number: int, wave: list[str]) -> None:
+        ended = {r.service: r.outcome for r in self.summary.results}
+        go: list[str] = []
+        for name in wave:
+            why = why_held(self.configs, name, ended, stop_on_first_failure=self.summary.stop_on_first_failure,
+                           atomic=self.hold is not None)
+            if why:
+                self.summary.results.append(ServiceResult(name, self.shas[name], number, "held", "Held", reason=why))
+            else:
+                go.append(name)
+        if not go:
+            return
+        get_run_logger().info("wave %d (%s): %s", number, self.children, ", ".join(go))
+        if self.children == "deployment":
+            run_id, attempt = flow_run.get_id(), flow_run.get_run_count()
+            key = f"{run_id}:{attempt}" if run_id else None
+            started = {n: start_child(self.deployment_name, n, self.shas[n], self.origin, key) for n in go}
+            for name, run in wait_final(started).items():
+                self.summary.results.append(result_of(name, self.shas[name], number, run))
+            return
+        gated = [c for c in self.configs if c.name in go and c.migrate is not None]
+        gate = WaveGate(go, gate_seconds(gated)) if gated else None  # no migration: nothing to order
+        for name in go:
+            future = release_here.submit(name, self.shas[name], number, self.origin, gate, self.hold)
+            self.in_flight[name] = (cast(PrefectConcurrentFuture[ServiceResult], future), number)
+        self.settle(go)
+
+    def settle(self, names: list[str]) -> None:
+        """Until each of NAMES has ended (its line in the summary) or passed its bake in an atomic fleet."""
+        while True:
+            for name in names:
+                future, _ = self.in_flight.get(name, (None, 0))
+                if future is not None and future.wrapped_future.done():
+                    self.summary.results.append(future.result())
+                    del self.in_flight[name]
+            waiting = [n for n in names if n in self.in_flight and not (self.hold and self.hold.has_passed(n))]
+            if not waiting:
+                return
+            self.in_flight[waiting[0]][0].wait(timeout=0.2)
+
+    def decide(self, waves: list[list[str]]) -> None:
+        """Every held service on to its teardown, or, when one failed, all back, dependents first."""
+        assert self.hold is not None
+        failed = [r for r in self.summary.results if r.outcome == "failed"]
+        if not failed:
+            for name in list(self.in_flight):
+                self.hold.decide(name, None)
+            self.settle(list(self.in_flight))
+            return
+        first = failed[0]
+        back = f"the fleet goes back: {first.service} failed ({first.state}: {first.reason[:200]})"
+        get_run_logger().warning("%s; every service it moved goes back, in reverse dependency order", back)
+        sent: set[str] = set()
+        for wave in reversed(waves):
+            names = [n for n in wave if n in self.in_flight]
+            for name in names:
+                self.hold.decide(name, back)
+            sent.update(names)
+            self.settle(names)
+        for r in self.summary.results:
+            if r.service in sent and r.state == "Rolled back":
+                r.outcome = "reverted"
 
 
 def target_shas(configs: Sequence[ServiceConfig], sha: str | None, summary: FleetSummary) -> dict[str, str]:
@@ -185,7 +310,9 @@ def target_shas(configs: Sequence[ServiceConfig], sha: str | None, summary: Flee
 
 @task(name="release service", task_run_name="release {service}@{sha:.7}", cache_policy=NO_CACHE,
       persist_result=False)  # fmt: skip
-def release_here(service: str, sha: str, wave: int, origin: str, gate: WaveGate | None = None) -> ServiceResult:
+def release_here(
+    service: str, sha: str, wave: int, origin: str, gate: WaveGate | None = None, hold: FleetHold | None = None
+) -> ServiceResult:
     """deploy-service for SERVICE as a child flow run in this process; its end, whatever it is, as a line.
 
     The child gets its tags from deploy-service itself (``service:`` and ``sha:``, before its lock) and
@@ -194,7 +321,7 @@ def release_here(service: str, sha: str, wave: int, origin: str, gate: WaveGate 
     through one event loop shared by the whole fleet, before each of the release's tasks).
     """
     started = time.monotonic()
-    with in_wave(gate or WaveGate([service], 0), service):  # its wave's migrations before its shift
+    with in_wave(gate or WaveGate([service], 0), service), held_by(hold, service):  # its wave, its fleet
         state = deploy_service(service=service, sha=sha, return_state=True)
     name = outcome_of(state)
     message = reason_in(state)
@@ -255,13 +382,16 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         raise PipelineError("give a SERVICE, or --all / --select, not both")
     patterns = None if args.all else list(args.select)
     if args.dry_run:
-        configs = select_services(load_all_services(Settings().deployments), patterns)
-        for n, wave in enumerate(plan_waves([c.name for c in configs], args.max_parallel), start=1):
+        everyone = load_all_services(Settings().deployments)
+        check_dependencies(everyone)
+        configs = select_services(everyone, patterns)
+        for n, wave in enumerate(waves_in_order(configs, [c.name for c in configs], args.max_parallel), start=1):
             print(f"wave {n}: {', '.join(wave)}")
         return 0
     state = release_fleet(
         services=patterns, sha=args.sha, max_parallel=args.max_parallel,
-        stop_on_first_failure=args.stop_on_first_failure, children=args.children, return_state=True,
+        stop_on_first_failure=args.stop_on_first_failure, children=args.children,
+        atomic=getattr(args, "atomic", False), return_state=True,
     )  # fmt: skip
     print(state.message or state.name)
     return 0 if state.is_completed() else 1

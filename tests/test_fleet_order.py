@@ -11,7 +11,14 @@ import pytest
 
 from tasks.config.models import parse_service
 from tasks.core.errors import ConfigError
-from tasks.release.fleet_order import blocked_by, check_dependencies, dependency_layers, find_cycle, waves_in_order
+from tasks.release.fleet_order import (
+    blocked_by,
+    check_dependencies,
+    dependency_layers,
+    find_cycle,
+    waves_in_order,
+    why_held,
+)
 
 
 def config(name: str, *depends_on: str) -> Any:
@@ -69,3 +76,20 @@ def test_blocked_by_follows_dependencies_through_the_chain() -> None:
     assert blocked_by(SHOP, "web", {"queue-schema"}) == ["queue-schema"]
     assert blocked_by(SHOP, "web", {"billing"}) == []
     assert blocked_by(SHOP, "billing", {"api"}) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "ended", "stop", "atomic", "why"),
+    [
+        ("web", {"queue-schema": "ok", "api": "ok"}, False, False, None),
+        ("web", {"queue-schema": "ok", "api": "failed"}, False, False, "held: depends on api, which did not deploy"),
+        ("web", {"queue-schema": "held", "api": "held"}, False, False,
+         "held: depends on api, queue-schema, which did not deploy"),
+        ("billing", {"api": "failed"}, False, False, None),  # not its dependency: it goes on
+        ("billing", {"api": "failed"}, True, False, "held: api failed first"),
+        ("billing", {"api": "failed"}, False, True, "held: the fleet goes back (api failed)"),
+        ("web", {"queue-schema": "skipped"}, False, False, "held: depends on queue-schema, which did not deploy"),
+    ],
+)  # fmt: skip
+def test_why_a_service_is_held(name: str, ended: dict[str, str], stop: bool, atomic: bool, why: str | None) -> None:
+    assert why_held(SHOP, name, ended, stop_on_first_failure=stop, atomic=atomic) == why

@@ -102,3 +102,23 @@ def blocked_by(selected: Sequence[ServiceConfig], name: str, not_deployed: set[s
         seen.add(dep)
         stack.extend(by_name[dep].depends_on)
     return sorted(seen & not_deployed)
+
+
+def why_held(
+    selected: Sequence[ServiceConfig], name: str, ended: Mapping[str, str], *, stop_on_first_failure: bool,
+    atomic: bool,
+) -> str | None:
+    """Why NAME is not started, given how the services released so far ENDED (name → fleet outcome); None: start it.
+
+    A dependency that did not end ``ok`` (failed, rolled back, held, gave way) holds its dependents, whatever
+    ``stop_on_first_failure`` says; an atomic fleet starts nothing more once one service failed.
+    """
+    failed = [n for n, outcome in ended.items() if outcome == "failed"]
+    if atomic and failed:
+        return f"held: the fleet goes back ({', '.join(failed)} failed)"
+    if stop_on_first_failure and failed:
+        return f"held: {', '.join(failed)} failed first"
+    blockers = blocked_by(selected, name, {n for n, outcome in ended.items() if outcome != "ok"})
+    if blockers:
+        return f"held: depends on {', '.join(blockers)}, which did not deploy"
+    return None

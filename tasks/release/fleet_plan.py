@@ -1,8 +1,10 @@
 """A fleet release in data: which services, in which waves, and how each one ended.
 
 Pure functions (no Prefect, no AWS), so the rules are tested with plain
-tables: ``flows/fleet.py`` starts the runs and reads their states. The wave
-gate is the one piece its threads share: a wave's migrations before its shifts.
+tables: ``flows/fleet.py`` starts the runs and reads their states. Two pieces
+are shared by its threads: the wave gate (a wave's migrations before its
+shifts) and, in an atomic fleet, the hold (each service waits past its bake,
+blue still warm, until the fleet says go on or go back).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from tasks.config.models import ServiceConfig
 from tasks.core.errors import ConfigError
 from tasks.core.waits import poll
 
-Outcome = Literal["ok", "failed", "skipped", "held"]
+# reverted: an atomic fleet sent it back to what it ran before the fleet (another service failed).
+Outcome = Literal["ok", "failed", "skipped", "held", "reverted"]
 # deploy-service outcomes (tasks/release/outcome.py: the lead of the final state's message) for the fleet.
 OK_OUTCOMES = frozenset({"Deployed", "No change"})
 SKIPPED_OUTCOMES = frozenset({"Superseded", "Not newer than live"})
@@ -98,6 +101,63 @@ def wave_of(name: str) -> WaveGate | None:
     return found[0] if found is not None and found[1] == name else None
 
 
+class FleetHold:
+    """An atomic fleet's services, each held past its bake (production on green, blue still warm, the
+    service's lock kept) until the fleet decides: go on (teardown blue) or go back (the strategy's rollback).
+
+    A held service counts as released for the services that depend on it: it serves, verified and baked.
+    """
+
+    def __init__(self, timeout_seconds: float = 6 * 3600.0) -> None:
+        self.timeout_seconds = timeout_seconds
+        self._passed: set[str] = set()
+        self._decided: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    def has_passed(self, name: str) -> bool:
+        with self._lock:
+            return name in self._passed
+
+    def decide(self, name: str, back: str | None) -> None:
+        """NAME goes on to its teardown (BACK None), or goes back for the reason BACK."""
+        with self._lock:
+            self._decided[name] = back
+
+    def wait(self, name: str, log: Callable[[str], None] | None = None) -> str | None:
+        """NAME passed its bake; the fleet's word for it: None (go on) or the reason to go back.
+
+        A cancel or SIGTERM stops the wait (and so rolls back); so does the timeout (DeployError).
+        """
+        with self._lock:
+            self._passed.add(name)
+
+        def word() -> tuple[str | None] | None:
+            with self._lock:
+                return (self._decided[name],) if name in self._decided else None
+
+        return poll(word, timeout=self.timeout_seconds, what="the fleet's decision (every service passed its bake, "
+                    "or one failed and all go back)", log=log, first=0.1, cap=0.5)[0]
+
+
+_HOLD: ContextVar[tuple[FleetHold, str] | None] = ContextVar("ecs_pipeline_fleet_hold", default=None)
+
+
+@contextmanager
+def held_by(hold: FleetHold | None, name: str) -> Iterator[None]:
+    """The release of NAME inside this block waits past its bake for HOLD's decision (no HOLD: it does not)."""
+    token = _HOLD.set((hold, name) if hold is not None else None)
+    try:
+        yield
+    finally:
+        _HOLD.reset(token)
+
+
+def hold_of(name: str) -> FleetHold | None:
+    """The atomic fleet's hold over the release of NAME running in this context, if any."""
+    found = _HOLD.get()
+    return found[0] if found is not None and found[1] == name else None
+
+
 def gate_seconds(configs: Iterable[ServiceConfig]) -> float:
     """How long a wave's service waits at the gate: an hour beyond the longest migration of the wave."""
     return 3600.0 + max((c.migrate.timeout_seconds for c in configs if c.migrate is not None), default=0)
@@ -127,6 +187,7 @@ class ServiceResult:
     seconds: float | None = None
     reason: str = ""
     flow_run_id: str | None = None
+    ended_on: str = ""  # what the service runs after the fleet, when the fleet read it
 
 
 @dataclass
@@ -136,6 +197,7 @@ class FleetSummary:
     results: list[ServiceResult] = field(default_factory=list)
     max_parallel: int = 1
     stop_on_first_failure: bool = False
+    atomic: bool = False
 
     def count(self, outcome: Outcome) -> int:
         return sum(1 for r in self.results if r.outcome == outcome)
@@ -148,6 +210,29 @@ class FleetSummary:
     def held(self) -> list[str]:
         return [r.service for r in self.results if r.outcome == "held"]
 
+    def named(self, outcome: Outcome) -> list[str]:
+        return [r.service for r in self.results if r.outcome == outcome]
+
+    def aftermath(self) -> str:
+        """After a failure: which service failed and why, and where the others are (empty when none failed)."""
+        failed = [r for r in self.results if r.outcome == "failed"]
+        if not failed:
+            return ""
+        first = failed[0]
+        why = f"{first.service} failed ({first.state}: {first.reason[:200] or 'no reason given'})"
+        deployed = [r.service for r in self.results if r.outcome == "ok" and r.state == "Deployed"]
+        if self.atomic:
+            back = self.named("reverted")
+            words = [f"atomic: {why}"]
+            if back:
+                words.append(f"{', '.join(back)} went back to what they ran before the fleet")
+            if deployed:
+                words.append(f"{', '.join(deployed)} could not go back and stay on the new version")
+            return "; ".join(words)
+        if deployed:
+            return f"not atomic: {why}; {', '.join(deployed)} stay on the new version"
+        return why
+
     def headline(self) -> str:
         n = len(self.results)
         parts = [f"{self.count('ok')} of {n} deployed or unchanged"]
@@ -156,18 +241,23 @@ class FleetSummary:
         if self.count("skipped"):
             parts.append(f"{self.count('skipped')} gave way")
         if self.held:
-            parts.append(f"held after the first failure: {', '.join(self.held)}")
+            label = "held after the first failure" if self.stop_on_first_failure and not self.atomic else "held"
+            parts.append(f"{label}: {', '.join(self.held)}")
+        if self.named("reverted"):
+            parts.append(f"went back with the fleet: {', '.join(self.named('reverted'))}")
         return "; ".join(parts)
 
     def markdown(self) -> str:
         how = f"waves of {self.max_parallel}" + (", stop on first failure" if self.stop_on_first_failure else "")
+        how += ", atomic" if self.atomic else ""
         lines = [
             f"# Fleet release: {len(self.results)} services ({how})",
             "",
             f"**{self.headline()}**",
             "",
-            "| service | wave | outcome | state | SHA | time | reason | run |",
-            "|---|---|---|---|---|---|---|---|",
+            *([self.aftermath(), ""] if self.aftermath() else []),
+            "| service | wave | outcome | state | SHA | time | reason | ended on | run |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in self.results:
             sha = r.sha[:12] if r.sha else "-"
@@ -175,6 +265,6 @@ class FleetSummary:
             reason = r.reason.replace("|", "\\|").replace("\n", " ")[:300] or "-"
             lines.append(
                 f"| {r.service} | {r.wave or '-'} | {r.outcome} | {r.state} | `{sha}` | {took} | {reason} "
-                f"| {r.flow_run_id or '-'} |"
+                f"| {r.ended_on or '-'} | {r.flow_run_id or '-'} |"
             )
         return "\n".join(lines) + "\n"

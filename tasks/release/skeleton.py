@@ -11,7 +11,9 @@
     wave migrations           in a fleet's wave: until the other services passed theirs (fleet_plan.WaveGate)
     approval                  when required and production has not moved
     shift traffic, bake       the strategy's to_production; alarms and green's health watched
-    ── past the bake nothing rolls back: green serves and is verified ──
+    held for the fleet        in an atomic fleet: blue still warm, until the fleet says go on or go back
+                              (going back is this same rollback: fleet_plan.FleetHold)
+    ── past the bake (and the fleet's word) nothing rolls back: green serves and is verified ──
     teardown blue             the strategy's after_bake
 
 ``release`` reads in that order. A strategy supplies only its steps
@@ -36,13 +38,13 @@ from prefect.runtime import flow_run
 from tasks.aws.clients import AwsClients
 from tasks.build.codepipeline_files import hand_over_live
 from tasks.config.models import ServiceConfig
-from tasks.core.errors import AccessDenied, RollbackFailed, reason_of
+from tasks.core.errors import AccessDenied, DeployError, RollbackFailed, reason_of
 from tasks.core.report import ReleaseSummary, ShiftProgress, emit
 from tasks.core.waits import abort_when
 from tasks.release import migration, stages
 from tasks.release.approval import request_approval
 from tasks.release.contract import Chooser, Outcome, Reconciled, Release, Step, Steps, with_group
-from tasks.release.fleet_plan import wave_of
+from tasks.release.fleet_plan import hold_of, wave_of
 from tasks.release.outcome import name_run, not_newer_state, outcome_state, unchanged_state
 from tasks.release.permission_preflight import check_permissions, explain_denial
 
@@ -112,6 +114,7 @@ def stages_in_order(
         hold_for_wave(run)
         approve(run, strategy)
         run_steps(run, strategy.to_production())  # shift traffic, bake
+        wait_for_fleet(run)  # an atomic fleet's: blue kept warm until every service passed
     except BaseException as exc:
         # Everything (cancellation and SIGTERM too) is caught only to put traffic back, then decided.
         failure = explain_denial(exc, cfg, clients)
@@ -194,6 +197,21 @@ def hold_for_wave(run: Release) -> None:
         log = get_run_logger()
         log.info("%s waits for %s to pass their migrations before production moves", name, ", ".join(others))
         gate.hold(name, log.info)
+
+
+def wait_for_fleet(run: Release) -> None:
+    """In an atomic fleet: baked, production on green, blue still warm and the lock held, the release waits
+    for the fleet. Going back is a DeployError, so it takes the rollback every failure takes."""
+    name = run.cfg.name
+    hold = hold_of(name)
+    if hold is None:
+        return
+    with run.stage("held for the fleet"):
+        log = get_run_logger()
+        log.info("%s passed its bake: blue stays up until every service of the fleet has passed", name)
+        back = hold.wait(name, log.info)
+    if back is not None:
+        raise DeployError(back, service=name)
 
 
 def approve(run: Release, strategy: Steps) -> None:
