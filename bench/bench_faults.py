@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench import figures
 from bench.bench_pipeline import ensure_peer, load_sandbox, outcome_of, retag
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
@@ -143,6 +144,7 @@ def rolling_vs_peer(work: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, 
     totals: list[tuple[Any, ...]] = [
         (k, statistics.median(v), statistics.median(sum(c.values()) for c in calls[k])) for k, v in times.items()
     ]
+    figures.record("rolling vs ecs-deploy", statistics.median(times[BUILT]) / statistics.median(times[PEER]))
     own = statistics.median(b - f for b, f in zip(times[BUILT], times[FLOOR], strict=True))
     totals.append(("image in ECR minus Prefect alone (same round)", own, "-"))
     ops = sorted(set().union(*calls[OURS], *calls[BUILT], *calls[PEER]))

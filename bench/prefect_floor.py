@@ -7,6 +7,7 @@ bench_faults times it beside `ecs-pipeline deploy` and the peer, so the table ca
 much of our wall time is the pipeline's own work and how much is Prefect's records.
 
     uv run python -m bench.prefect_floor SERVICE
+    uv run python -m bench.prefect_floor --nothing     (a flow run with no task, no artifact: the floor's floor)
 """
 
 from __future__ import annotations
@@ -33,5 +34,13 @@ def floor(service: str, sha: str | None = None) -> list[str]:
     return done
 
 
+@flow(name="bench-do-nothing")
+def nothing() -> None:
+    """A flow run and nothing else: what starting, recording and ending a run costs."""
+
+
 if __name__ == "__main__":
-    floor(sys.argv[1])
+    if sys.argv[1] == "--nothing":
+        nothing()
+    else:
+        floor(sys.argv[1])
