@@ -70,7 +70,7 @@ def test_both_failures_are_named_and_rows_are_the_table() -> None:
     assert table[2] == {"metric": "p95", "blue": "100 ms", "green": "400 ms", "rule": f"green / blue ≤ 1.25{X}",
                         "verdict": "fail"}
     assert table[1]["green"] == "8.0 % (40/500)"
-    assert found.sentence().startswith("analysis failed the 10% step: 5xx rate")
+    assert found.sentence().startswith("analysis of the 10% step failed: 5xx rate")
 
 
 def test_rules_left_out_are_not_judged() -> None:

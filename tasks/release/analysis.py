@@ -18,10 +18,13 @@ percentiles, where the window has enough minutes for the test to reach
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from scipy import stats
 
@@ -29,6 +32,7 @@ from tasks.aws import metrics
 from tasks.aws.clients import AwsClients
 from tasks.aws.metrics import Pair, Side, Window
 from tasks.config.models import Analysis, ServiceConfig
+from tasks.core.errors import VerifyFailed
 from tasks.core.report import artifact_key, emit
 
 Verdict = Literal["pass", "fail", "inconclusive"]
@@ -67,10 +71,11 @@ class Judgement:
         return "; ".join(r.reason for r in self.rows if r.verdict == self.verdict and r.reason)
 
     def sentence(self) -> str:
+        """"analysis of the 10% step passed: requests 480 vs 500, ..." (green's value first), or the reason."""
         if self.verdict == "pass":
-            return f"analysis passed {self.step}: " + ", ".join(f"{r.metric} {r.green} vs {r.blue}"
-                                                                for r in self.rows)
-        return f"analysis {'failed' if self.verdict == 'fail' else 'inconclusive'} {self.step}: {self.reason}"
+            return f"analysis of {self.step} passed: " + ", ".join(f"{r.metric} {r.green} vs {r.blue}"
+                                                                   for r in self.rows)
+        return f"analysis of {self.step} {'failed' if self.verdict == 'fail' else 'inconclusive'}: {self.reason}"
 
 
 def _rate(side: Side) -> float:
@@ -178,3 +183,99 @@ def publish(service: str, judgement: Judgement, *, sha: str | None = None, note:
                           description=judgement.sentence()[:500])
     emit(service, EVENTS[judgement.verdict], sha=sha, step=judgement.step, verdict=judgement.verdict,
          reason=judgement.reason or None, rows=[r.as_table() for r in judgement.rows], note=note or None)
+
+
+def conclude(cfg: ServiceConfig, judgement: Judgement, *, after: str = "", sha: str | None = None,
+             deployment_id: str | None = None) -> Judgement:
+    """Publish the step's judgement and act on it: a fail (or an inconclusive window under ``on_inconclusive:
+    fail``) is a VerifyFailed, the error alarms raise during a step, so the strategy's rollback runs.
+
+    AFTER: what was done about too few requests ("after waiting 300 s for more traffic")."""
+    rules = cfg.analysis
+    assert rules is not None
+    log = get_run_logger()
+    note = ""
+    if judgement.verdict == "inconclusive":
+        note = f"{after + '; ' if after else ''}on_inconclusive: {rules.on_inconclusive}"
+    publish(cfg.name, judgement, sha=sha, note=note)
+    if judgement.verdict == "pass":
+        log.info(judgement.sentence())
+    elif judgement.verdict == "fail":
+        raise VerifyFailed(f"analysis failed during {judgement.step}: {judgement.reason}", service=cfg.name,
+                           deployment_id=deployment_id)
+    elif rules.on_inconclusive == "fail":
+        raise VerifyFailed(f"analysis inconclusive during {judgement.step} ({note}): {judgement.reason}",
+                           service=cfg.name, deployment_id=deployment_id)
+    else:
+        log.warning("%s (%s): passed", judgement.sentence(), note)
+    return judgement
+
+
+def gate_step(cfg: ServiceConfig, clients: AwsClients, pair: Pair, step: str, started: datetime,
+              watch_more: Callable[[float], None], *, sha: str | None = None) -> Judgement:
+    """A step the pipeline drives, judged once its time is up: too few requests on either side and it waits
+    for more (WATCH_MORE: go on watching the step that many AWS seconds), a minute at a time, at most
+    ``inconclusive_wait_seconds``; then decides (``conclude``)."""
+    rules = cfg.analysis
+    assert rules is not None
+    waited = 0
+    while True:
+        found = judge(rules, read(cfg, clients, pair, started, datetime.now(UTC)), step)
+        if found.verdict != "inconclusive" or waited >= rules.inconclusive_wait_seconds:
+            break
+        if not waited:
+            get_run_logger().warning("analysis inconclusive at the end of %s (%s): waiting up to %d s for more "
+                                     "traffic", step, found.reason, rules.inconclusive_wait_seconds)
+        more = min(metrics.MINUTE, rules.inconclusive_wait_seconds - waited)
+        watch_more(more)
+        waited += more
+    after = f"after waiting {waited} s for more traffic" if waited else ""
+    return conclude(cfg, found, after=after, sha=sha)
+
+
+class ShiftAnalysis:
+    """The steps of a shift AWS drives (CodeDeploy, ECS), judged as the strategy's looks see green's weight.
+
+    A step is a window in which green's production weight stays strictly between 0 and 100 (blue still takes
+    traffic). While it lasts it is judged at most once a (time-scaled) minute, and a fail ends it at once;
+    when the weight moves on, the closed window is judged once more and decided. AWS does not wait for the
+    pipeline, so a closed window with too few requests is decided at once by ``on_inconclusive``.
+    """
+
+    def __init__(self, cfg: ServiceConfig, clients: AwsClients, pair: Callable[[], Pair], *,
+                 sha: str | None = None, deployment_id: str | None = None) -> None:
+        self.cfg, self.clients, self._pair = cfg, clients, pair
+        self.sha, self.deployment_id = sha, deployment_id
+        self.window: tuple[int, datetime] | None = None
+        self.next_look = 0.0
+        self.pair: Pair | None = None
+        self.judged: list[Judgement] = []
+
+    def see(self, weight: int) -> None:
+        if self.cfg.analysis is None:
+            return
+        if self.window is not None and weight != self.window[0]:
+            self.close()
+        if 0 < weight < 100 and self.window is None:
+            self.pair = self.pair or self._pair()
+            self.window = (weight, datetime.now(UTC))
+            self.next_look = time.monotonic() + self.clients.settings.scaled(metrics.MINUTE)
+        elif self.window is not None and time.monotonic() >= self.next_look:
+            self.next_look = time.monotonic() + self.clients.settings.scaled(metrics.MINUTE)
+            found = self._judge(datetime.now(UTC))
+            if found.verdict == "fail":
+                self.judged.append(conclude(self.cfg, found, sha=self.sha, deployment_id=self.deployment_id))
+
+    def close(self) -> None:
+        """The open step is over (the weight moved, or the shift ended): its window decided."""
+        if self.window is None or self.cfg.analysis is None:
+            return
+        found = self._judge(datetime.now(UTC))
+        self.window = None
+        after = "AWS moved on without waiting" if found.verdict == "inconclusive" else ""
+        self.judged.append(conclude(self.cfg, found, after=after, sha=self.sha, deployment_id=self.deployment_id))
+
+    def _judge(self, end: datetime) -> Judgement:
+        assert self.window is not None and self.pair is not None and self.cfg.analysis is not None
+        weight, started = self.window
+        return judge(self.cfg.analysis, read(self.cfg, self.clients, self.pair, started, end), f"the {weight}% step")

@@ -39,11 +39,13 @@ from tasks.aws.codedeploy import (
     stop_deployment,
     wait_for_others,
 )
+from tasks.aws.metrics import Pair
 from tasks.aws.retry import stage
 from tasks.config import appspec as appspec_mod
 from tasks.config.models import ServiceConfig, appspec_for
 from tasks.core.report import emit
 from tasks.core.waits import poll
+from tasks.release import analysis
 from tasks.release.contract import LoadBalanced, Reconciled, Release, RollbackResult, Step
 from tasks.strategies import budgets, verification
 from tasks.strategies.budgets import Budget
@@ -147,6 +149,7 @@ class Watch:
     production_listener: str
     green_target_group: str
     hooks: tuple[str, ...] = ()
+    blue_target_group: str = ""
 
 
 def _look(cfg: ServiceConfig, clients: AwsClients, watch: Watch) -> tuple[dict[str, Any], int]:
@@ -162,13 +165,18 @@ def watch_shift(
     cfg: ServiceConfig, clients: AwsClients, watch: Watch, on_step: Callable[[int], None]
 ) -> None:
     """Follow CodeDeploy's production shift until blue's termination wait starts, within the config's
-    minutes and the BeforeAllowTraffic/AfterAllowTraffic hooks (budgets.codedeploy_shift)."""
+    minutes and the BeforeAllowTraffic/AfterAllowTraffic hooks (budgets.codedeploy_shift). With ``analysis``
+    each canary/linear step is judged as it goes (analysis.ShiftAnalysis); a fail stops the deployment
+    with CodeDeploy's rollback."""
     log = get_run_logger()
     seen = [-1]
     minutes = shift_minutes(clients.get("codedeploy"), watch.dep.config_name)
     budget = budgets.codedeploy_shift(cfg, clients, minutes, watch.hooks)
     arn = watch.green_target_group
     green = arn.split("/")[1] if arn.count("/") == 2 else arn  # a target group ARN ends targetgroup/<name>/<id>
+    steps = analysis.ShiftAnalysis(
+        cfg, clients, lambda: Pair(watch.production_listener, arn, watch.blue_target_group),
+        deployment_id=watch.dep.id)
 
     def look() -> str | None:
         info, weight = _look(cfg, clients, watch)
@@ -176,12 +184,15 @@ def watch_shift(
             seen[0] = weight
             log.info("production: %d%% green [%s]", weight, green)
             on_step(weight)
+        if watch.blue_target_group:
+            steps.see(weight)
         done = info["status"] == "Succeeded" or info.get("instanceTerminationWaitTimeStarted")
         return str(info["status"]) if done else None
 
     verification.watch(cfg, clients, "the traffic shift", look, deployment_id=watch.dep.id,
                        timeout=budget.seconds,
                        until=budget.waiting_for(f"deployment {watch.dep.id} to move production to green"))
+    steps.close()
     if seen[0] != 100:
         on_step(100)
 
@@ -310,7 +321,8 @@ class CodeDeploySteps(LoadBalanced):
     def to_production(self) -> Iterator[Step]:
         dep = self.dep
         assert dep is not None
-        watch = Watch(dep, self.routing.production_listener, self.green_tg, tuple(budgets.hook_events(self.cfg)))
+        blue = next((tg for tg in self.routing.target_groups if tg != self.green_tg), "")
+        watch = Watch(dep, self.routing.production_listener, self.green_tg, tuple(budgets.hook_events(self.cfg)), blue)
         if self.phase == "ready":
             yield "continue to production", lambda: continue_to_production(self.cfg, self.clients, dep)
         if self.phase in ("ready", "shifting"):

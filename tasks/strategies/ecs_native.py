@@ -19,13 +19,17 @@ from typing import Any
 from prefect import get_run_logger
 
 from tasks.aws import ecs as ecs_ops
+from tasks.aws import traffic
 from tasks.aws.clients import AwsClients
 from tasks.aws.codedeploy import aws_console, console_link
+from tasks.aws.metrics import Pair
 from tasks.aws.retry import stage
+from tasks.aws.traffic import Routing
 from tasks.config.models import ServiceConfig
 from tasks.core.errors import ConfigError, DeployError, RolledBack
 from tasks.core.settings import Settings
 from tasks.core.waits import poll
+from tasks.release import analysis
 from tasks.release.contract import LoadBalanced, Reconciled, Release, RollbackResult, Step
 from tasks.strategies import verification
 from tasks.strategies.verification import Green, verify_green
@@ -289,20 +293,45 @@ def continue_to_production(cfg: ServiceConfig, clients: AwsClients, dep: NativeD
 
 @stage("watch shift", "watch shift {cfg.name}")
 def watch_shift(cfg: ServiceConfig, clients: AwsClients, dep: NativeDeployment, on_step: Callable[[int], None],
-                timeout: float) -> None:
-    """Follow ECS's production shift (all at once, linear or canary) as green's weight moves."""
+                timeout: float, routing: Routing | None = None) -> None:
+    """Follow ECS's production shift (all at once, linear or canary) as green's weight moves. With
+    ``analysis`` (and ROUTING) each canary/linear step is judged as it goes (analysis.ShiftAnalysis); a fail
+    asks ECS to roll back."""
     seen = [0]
+    steps = analysis.ShiftAnalysis(cfg, clients, lambda: analysis_pair(cfg, clients, routing),
+                                   deployment_id=dep.arn) if routing is not None else None
 
     def look(info: dict[str, Any]) -> None:
         weight = round((info.get("targetServiceRevision") or {}).get("requestedProductionTrafficWeight") or 0)
         if weight != seen[0] and weight > 0:
             seen[0] = weight
             on_step(weight)
+        if steps is not None:
+            steps.see(weight)
 
     _follow(cfg, clients, dep, lambda i: at_or_after(i, "POST_PRODUCTION_TRAFFIC_SHIFT"),
             f"service deployment {dep.arn} to move production", timeout, look)
+    if steps is not None:
+        steps.close()
     if seen[0] != 100:
         on_step(100)
+
+
+def analysis_pair(cfg: ServiceConfig, clients: AwsClients, routing: Routing | None) -> Pair:
+    """Green's and blue's target groups during the shift: ECS points the test listener rule wholly at green
+    (TEST_TRAFFIC_SHIFT) and keeps it there while production moves; blue is the other of the two."""
+    assert routing is not None
+    ecs, elbv2 = clients.get("ecs"), clients.get("elbv2")
+    service = ecs_ops.describe_service(ecs, cfg.ecs.cluster, cfg.ecs.service)
+    rule = ((service.get("loadBalancers") or [{}])[0].get("advancedConfiguration") or {}).get("testListenerRule")
+    if rule and ":listener-rule/" in rule:
+        found = elbv2.describe_rules(RuleArns=[rule])["Rules"][0]
+        weights = traffic.weights_of({"DefaultActions": found.get("Actions") or []})
+    else:
+        weights = traffic.get_weights(elbv2, routing.test_listener)
+    green = max(routing.target_groups, key=lambda arn: weights.get(arn, 0))
+    blue = next(arn for arn in routing.target_groups if arn != green)
+    return Pair(routing.production_listener, green, blue)
 
 
 @stage("bake", "bake {cfg.name}")
@@ -388,7 +417,7 @@ class EcsNativeSteps(LoadBalanced):
         yield "continue to production", lambda: continue_to_production(self.cfg, self.clients, dep)
         yield "watch shift", lambda: watch_shift(self.cfg, self.clients, dep,
                                                  lambda w: self.release.on_step(w, deployment_id=dep.arn),
-                                                 self.budgets.shift)
+                                                 self.budgets.shift, self.routing)
         if self.cfg.strategy.wait_until == "done":
             yield "bake", lambda: bake(self.cfg, self.clients, dep, self.budgets.bake)
 

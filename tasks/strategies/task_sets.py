@@ -8,9 +8,11 @@ Blue is never touched before green has been verified and baked.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -20,12 +22,14 @@ from prefect.runtime import flow_run
 from tasks.aws import ecs as ecs_ops
 from tasks.aws import traffic
 from tasks.aws.clients import AwsClients
+from tasks.aws.metrics import Pair
 from tasks.aws.retry import is_transient, stage
 from tasks.aws.traffic import Routing
 from tasks.config.inputs import read_text
 from tasks.config.models import ServiceConfig
 from tasks.core.errors import ConfigError, VerifyFailed
 from tasks.core.waits import poll
+from tasks.release import analysis
 from tasks.release.contract import LoadBalanced, Reconciled, Release, RollbackResult, Step
 from tasks.strategies import budgets, verification
 from tasks.strategies.verification import Green, verify_green
@@ -171,7 +175,10 @@ def shift_traffic(
     green: Green,
     on_step: Callable[[int], None],
 ) -> int:
-    """Move production to green by the traffic policy, checking between steps; resumes mid-way."""
+    """Move production to green by the traffic policy, checking between steps; resumes mid-way.
+
+    With ``analysis`` each step below 100 % is then judged, green against blue (analysis.gate_step): a step
+    with too few requests goes on (watched as before) until it has them or its wait runs out."""
     log = get_run_logger()
     elbv2 = clients.get("elbv2")
     steps = cfg.strategy.traffic.steps() if green.blue_target_group else [100]
@@ -189,7 +196,13 @@ def shift_traffic(
                  f", {100 - weight}% blue [{_tg_name(routing, blue)}]" if blue else "")
         on_step(weight)
         if weight < 100:
-            watch_step(cfg, clients, routing, green, weight, interval, f"the {weight}% step")
+            started = datetime.now(UTC)
+            what = f"the {weight}% step"
+            watch_step(cfg, clients, routing, green, weight, interval, what)
+            if cfg.analysis is not None and blue:
+                pair = Pair(routing.production_listener, green.target_group, blue)
+                analysis.gate_step(cfg, clients, pair, what, started,
+                                   functools.partial(watch_step, cfg, clients, routing, green, weight, what=what))
     return 100
 
 
