@@ -164,9 +164,9 @@ def test_newer_commit_supersedes_a_suspended_run_and_unanswered_approval_rolls_b
 ) -> None:
     """v2 waits suspended; v3 comes: v2 ends Superseded and v3 takes the service; nobody answers v3, whose
     approval runs out: serve answers no, and v3 rolls back. Production stays on v1 throughout."""
-    native.commit("v2")
+    v2 = native.commit("v2")
     older = run_deployment(DEPLOY, parameters={"service": native.name}, timeout=0)
-    wait_run(older.id, suspended)
+    assert wait_run(older.id, suspended).parameters["sha"] == v2, "the commit asked about is pinned for the answer"
     edit_config(native, lambda c: c.update(approval_timeout_seconds=2))
     native.commit("v3")
     newer = run_deployment(DEPLOY, parameters={"service": native.name}, timeout=0)

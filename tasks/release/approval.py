@@ -143,7 +143,7 @@ def pin_commit(run_id: UUID, revision: str | None) -> str | None:
         run = client.read_flow_run(run_id)
         sha = revision or next((t.split(":", 1)[1] for t in run.tags if t.startswith("sha:")), None)
         params = dict(run.parameters or {})
-        if sha and "sha" in params and params.get("sha") != sha:
+        if sha and params.get("sha") != sha:
             params["sha"] = sha
             client.update_flow_run(run_id, parameters=params)
     return sha
