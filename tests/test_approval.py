@@ -20,6 +20,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from prefect.context import FlowRunContext
 from prefect.exceptions import NotPausedError
+from prefect.states import Running
 
 from tasks.core.errors import ApprovalRejected
 from tasks.release.approval import ApprovalInput, approve_run, request_approval
@@ -188,3 +189,45 @@ def test_an_approval_wait_longer_than_the_strategy_holds_green_is_refused(
         "set approval_timeout_seconds to 172800 or less"
     ), caught.value
     check_approval_window(cfg.model_copy(update={"approval": "none"}))  # no approval: nothing to hold
+
+
+@flow(name="approval-lock-test")
+def hold_slot(service: str, reserved: Any, give_up_after: float | None) -> str | None:
+    from prefect.runtime import flow_run
+
+    from tasks.release.locks import service_lock
+
+    with service_lock(service, str(flow_run.get_id()), stale_after=2.0, give_up_after=give_up_after,
+                      reserved=reserved) as held:
+        return held.took_over_from
+
+
+def test_a_suspended_release_keeps_its_service_until_it_ends(
+    client: SyncPrefectClient, cleanup: list[uuid.UUID]
+) -> None:
+    """Its heartbeat stopped long ago, yet the service is its own: it waits, not dead; once it ended (Prefect's
+    timeout fails it), the next run takes the service and reconciles what it left."""
+    from prefect.client.schemas.actions import VariableCreate
+    from prefect.states import Failed, Suspended
+
+    from tasks.release.locks import GaveWay, ServiceBusy, heartbeat_name, read_heartbeat
+
+    service = f"shop-{uuid.uuid4().hex[:6]}"
+    waiting = client.create_flow_run(flow=hold_slot, parameters={"service": service})
+    cleanup.append(waiting.id)
+    client.set_flow_run_state(waiting.id, Running(), force=True)
+    client.set_flow_run_state(waiting.id, Suspended(timeout_seconds=600, pause_key="approval"), force=True)
+    client.create_variable(VariableCreate(name=heartbeat_name(service), value={
+        "run": str(waiting.id), "lease": str(uuid.uuid4()), "at": time.time() - 3600, "suspended": True}))
+
+    with pytest.raises(ServiceBusy):
+        hold_slot(service, lambda holder: "wait", give_up_after=1.0)
+    with pytest.raises(GaveWay) as gave_way:
+        hold_slot(service, lambda holder: "give way", give_up_after=None)
+    assert gave_way.value.holder == str(waiting.id)
+    state = client.read_flow_run(waiting.id).state
+    assert state is not None and state.name == "Suspended", "a suspended run is not a dead holder"
+
+    client.set_flow_run_state(waiting.id, Failed(message="The flow was suspended and never resumed."), force=True)
+    assert hold_slot(service, lambda holder: "wait", give_up_after=10.0) == str(waiting.id)
+    assert read_heartbeat(client, service) is None, "the taker let the service go again"
