@@ -224,7 +224,7 @@ def reservation(
 
 
 def _take_reserved(client: SyncPrefectClient, service: str, holder: str) -> str:
-    """A dead reservation: its run ended; the taker reconciles what it left."""
+    """A reservation taken: its run ended (or the caller ended it); the taker reconciles what it left."""
     mark_crashed(client, holder, "its approval wait ended without an answer it acted on; the next release of "
                  "the service reconciles what it left")
     delete_heartbeat(client, service)
@@ -248,13 +248,15 @@ def service_lock(
     with get_client(sync_client=True) as client:
         ensure_limit(client, name)
         log.info("waiting for the deploy slot of %s", service)
-        lease, took_over = _acquire(client, service, run_id, stale_after, reserved, deadline, give_up_after)
+        lease, took_over, reservation_of = _acquire(client, service, run_id, stale_after, reserved, deadline,
+                                                    give_up_after)
         # A free slot with a stale heartbeat: the holder died and Prefect's lease ran out first.
         took_over = took_over or _free_dead_holder(client, service, stale_after, run_id)
         held = Held(service, lease, run_id, took_over)
         write_heartbeat(client, held, exists=False)  # its last holder deleted it: create first, update if not
     if took_over:
-        log.warning("took the deploy slot of %s from run %s, which had stopped", service, took_over)
+        log.warning("took the deploy slot of %s from run %s, which had %s", service, took_over,
+                    "reserved it while waiting for approval" if reservation_of else "stopped")
     log.info("holding the deploy slot of %s", service)
     stop = threading.Event()
     every = max(1.0, stale_after / 6)
@@ -275,8 +277,9 @@ def service_lock(
 def _acquire(
     client: SyncPrefectClient, service: str, run_id: str | None, stale_after: float, reserved: Reserved | None,
     deadline: float | None, give_up_after: float | None,
-) -> tuple[UUID, str | None]:
-    """The slot's lease and the run taken over from, if any; waits, gives way or gives up as told."""
+) -> tuple[UUID, str | None, bool]:
+    """The slot's lease, the run taken over from (if any) and whether that was a reservation's run; waits,
+    gives way or gives up as told."""
     name = lock_name(service)
     took_over: str | None = None
     delay = 0.2
@@ -287,11 +290,11 @@ def _acquire(
         else:
             found = reservation(client, service, run_id, stale_after)
             if found is None:
-                return lease, took_over
+                return lease, took_over, False
             holder, alive = found
             verdict = (reserved(holder) if reserved is not None else "wait") if alive else "take"
             if verdict == "take":
-                return lease, _take_reserved(client, service, holder)
+                return lease, _take_reserved(client, service, holder), True
             client.release_concurrency_slots_with_lease(lease)
             if verdict == "give way":
                 raise GaveWay(f"run {holder}, waiting for approval, reserves {service} and wins over this run",
