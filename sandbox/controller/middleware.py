@@ -59,6 +59,24 @@ class Call(NamedTuple):
     body: bytes
 
 
+def without_nulls(body: bytes) -> bytes:
+    """A JSON-protocol answer without null members: AWS leaves an absent member out (a null on the wire is no
+    string, list or structure botocore's model allows); moto writes some, e.g. DescribeLogGroups' nextToken."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return json.dumps(strip(data)).encode()
+
+
 def _discard(status: str, headers: list[tuple[str, str]], *rest: Any) -> Callable[[bytes], None]:
     """start_response for an answer nobody will read (a fault "after" the call)."""
     return lambda data: None
@@ -152,7 +170,7 @@ class SandboxMiddleware:
             answer = self._handle(handler, start_response, call)
             if answer is not None:
                 return answer
-        return self._moto(environ, start_response)
+        return self._moto(environ, start_response, call.is_json)
 
     def _handle(self, handler: Handler, start_response: Callable[..., Any], call: Call) -> list[bytes] | None:
         """A sandbox handler's answer, or None when it leaves the call to moto."""
@@ -178,15 +196,24 @@ class SandboxMiddleware:
             return self._send(start_response, *error_response(
                 service, "InternalFailure", f"{type(exc).__name__}: {exc}", 500, True))
 
-    def _moto(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    def _moto(self, environ: dict[str, Any], start_response: Callable[..., Any], is_json: bool = False) -> list[bytes]:
+        held: list[Any] = []
         with LOCK:
-            result_iter = self.app(environ, start_response)
+            result_iter = self.app(environ, (lambda *args: held.append(args)) if is_json else start_response)
             try:
-                return [b"".join(result_iter)]
+                body = b"".join(result_iter)
             finally:
                 close = getattr(result_iter, "close", None)
                 if close:
                     close()
+        if not is_json:
+            return [body]
+        status, headers, *rest = held[0]
+        if status.startswith("2") and b"null" in body:
+            body = without_nulls(body)
+            headers = [(k, str(len(body)) if k.lower() == "content-length" else v) for k, v in headers]
+        start_response(status, headers, *rest)
+        return [body]
 
     def _logged(self, start_response: Callable[..., Any], call: Call, agent: str,
                 denied: bool = False) -> Callable[..., Any]:

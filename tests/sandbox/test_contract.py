@@ -45,7 +45,10 @@ READS: dict[str, tuple[str, ...]] = {
             "BatchGetImage"),  # BatchGetImage: the manifest ECR's retag puts back under the full SHA
     "elbv2": ("DescribeLoadBalancers", "DescribeListeners", "DescribeRules", "DescribeTargetGroups",
               "DescribeTargetHealth", "DescribeTargetGroupAttributes"),
-    "cloudwatch": ("DescribeAlarms", "DescribeAlarmHistory"),  # the history: what a person reads after a rollback
+    "cloudwatch": ("DescribeAlarms", "DescribeAlarmHistory",  # the history: what a person reads after a rollback
+                   "GetMetricData"),  # canary analysis: green against blue per target group
+    "logs": ("GetLogEvents",  # a migration task's output, into the run's log
+             "DescribeLogGroups"),  # verify's account check: the task definition's log group exists
     "codedeploy": ("GetDeploymentGroup", "GetDeploymentConfig", "ListDeployments", "GetDeployment",
                    "ListDeploymentTargets", "GetDeploymentTarget"),
     "sts": ("GetCallerIdentity", "AssumeRole"),  # AssumeRole: a build's own short-lived keys, nothing changed
@@ -60,11 +63,12 @@ WRITES = frozenset({
     "create_task_set", "delete_task_set", "update_service_primary_task_set", "modify_listener", "create_repository",
     "create_deployment", "continue_deployment", "stop_deployment", "create_deployment_config",
     "create_rule",  # migrate: a listener rule holding both target groups
+    "run_task", "stop_task",  # a release's migration task (tests/test_migration.py plays both)
     "put_image",  # ECR's retag of a buildspec's image with the full commit SHA
 })
 # Named in `verify`'s one-line fixes (``aws elbv2 create-target-group ...``): advice to a person, never called.
 FIX_HINTS = frozenset({"create_application", "create_cluster", "create_listener", "create_target_group",
-                       "modify_target_group", "put_metric_alarm"})
+                       "modify_target_group", "put_metric_alarm", "create_log_group"})
 NOT_AWS = frozenset({"get_parameters"})  # Prefect's FlowRun.get_parameters, in tasks/release/outcome.py
 
 
@@ -286,6 +290,31 @@ def check_listeners(aws: Reader, emu: Any, lb_name: str, body: str) -> None:
         attrs = aws("elbv2", "DescribeTargetGroupAttributes", TargetGroupArn=tg)["Attributes"]
         assert "deregistration_delay.timeout_seconds" in {a["Key"] for a in attrs}  # ecs-native's clean-up budget
         assert group["LoadBalancerArns"] == [lb["LoadBalancerArn"]], "the serving group names its load balancer once"
+        check_metrics(aws, lb["LoadBalancerArn"], tg)
+
+
+def check_metrics(aws: Reader, lb_arn: str, tg: str) -> None:
+    """The request just sent through the group is counted in its ALB metrics, with a response time, read as a
+    canary analysis reads them (both dimensions; a minute is readable once it has ended)."""
+    dims = [{"Name": "TargetGroup", "Value": "targetgroup/" + tg.split(":targetgroup/", 1)[1]},
+            {"Name": "LoadBalancer", "Value": "app/" + lb_arn.split(":loadbalancer/app/", 1)[1]}]
+
+    def query(qid: str, metric: str, stat: str) -> dict[str, Any]:
+        return {"Id": qid, "MetricStat": {"Metric": {"Namespace": "AWS/ApplicationELB", "MetricName": metric,
+                                                     "Dimensions": dims}, "Period": 86400, "Stat": stat}}
+
+    now = dt.datetime.now(dt.UTC)
+    deadline = time.monotonic() + 10
+    while True:
+        answer = aws("cloudwatch", "GetMetricData", StartTime=now - dt.timedelta(minutes=10),
+                     EndTime=now + dt.timedelta(minutes=10),
+                     MetricDataQueries=[query("n", "RequestCount", "Sum"), query("p", "TargetResponseTime", "p95")])
+        found = {r["Id"]: r["Values"] for r in answer["MetricDataResults"]}
+        if sum(found["n"]) >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert sum(found["n"]) >= 1, f"{tg}: no RequestCount after a request through its listener: {answer}"
+    assert found["p"] and all(v > 0 for v in found["p"]), f"{tg}: no p95 TargetResponseTime: {answer}"
 
 
 def check_native(aws: Reader, cluster: str, v2: str) -> None:
@@ -338,12 +367,16 @@ def check_ecr(aws: Reader, image: str) -> None:
               acceptedMediaTypes=["application/vnd.docker.distribution.manifest.v2+json",
                                   "application/vnd.oci.image.manifest.v1+json"])["images"][0]
     ecr = aws.client("ecr")
-    put = ecr.put_image(repositoryName=name, imageManifest=got["imageManifest"], imageTag="contract-retag",
+    retag = f"contract-retag-{uuid.uuid4().hex[:6]}"  # its own tag: a second run on the same sandbox passes too
+    put = ecr.put_image(repositoryName=name, imageManifest=got["imageManifest"], imageTag=retag,
                         imageManifestMediaType=got["imageManifestMediaType"])
-    assert put["image"]["imageId"]["imageDigest"] == first["imageDigest"]
-    with pytest.raises(ecr.exceptions.ImageAlreadyExistsException):
-        ecr.put_image(repositoryName=name, imageManifest=got["imageManifest"], imageTag="contract-retag",
-                      imageManifestMediaType=got["imageManifestMediaType"])
+    try:
+        assert put["image"]["imageId"]["imageDigest"] == first["imageDigest"]
+        with pytest.raises(ecr.exceptions.ImageAlreadyExistsException):
+            ecr.put_image(repositoryName=name, imageManifest=got["imageManifest"], imageTag=retag,
+                          imageManifestMediaType=got["imageManifestMediaType"])
+    finally:
+        ecr.batch_delete_image(repositoryName=name, imageIds=[{"imageTag": retag}])
 
 
 def check_the_rest(aws: Reader) -> None:
@@ -362,6 +395,19 @@ def check_the_rest(aws: Reader) -> None:
         assert history[0]["HistorySummary"] == "Alarm updated from OK to ALARM"
     finally:
         cw.delete_alarms(AlarmNames=[name])
+    logs = aws.client("logs")
+    logs.create_log_group(logGroupName=f"/ecs/{name}")
+    try:
+        groups = aws("logs", "DescribeLogGroups", logGroupNamePrefix=f"/ecs/{name}")["logGroups"]
+        assert [g["logGroupName"] for g in groups] == [f"/ecs/{name}"]
+        logs.create_log_stream(logGroupName=f"/ecs/{name}", logStreamName="web/web/task")
+        logs.put_log_events(logGroupName=f"/ecs/{name}", logStreamName="web/web/task", logEvents=[
+            {"timestamp": int(time.time() * 1000), "message": "migrated"}])
+        events = aws("logs", "GetLogEvents", logGroupName=f"/ecs/{name}", logStreamName="web/web/task",
+                     startFromHead=True)
+        assert [e["message"] for e in events["events"]] == ["migrated"] and events["nextForwardToken"]
+    finally:
+        logs.delete_log_group(logGroupName=f"/ecs/{name}")
     assert aws("sts", "GetCallerIdentity")["Account"] == "123456789012"
     clusters = aws.client("ecs").list_clusters()["clusterArns"]
     assert aws("ecs", "DescribeClusters", clusters=clusters[:1])["clusters"][0]["status"] == "ACTIVE"
