@@ -95,6 +95,10 @@ def print_environment(source: str) -> None:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.manifest:
+        from flows.manifest_cli import cmd_deploy_manifest
+
+        return cmd_deploy_manifest(args)
     if args.all or args.select:
         from flows.fleet import cmd_fleet
 
@@ -281,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a commit older than (or diverged from) the live one: an explicit step back")
     p.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
     p.add_argument("--json", action="store_true", help="no live view: print the outcome and summary as JSON")
+    p.add_argument("--manifest", metavar="FILE|RUN",
+                   help="put every service a release manifest lists back on its digest, as one fleet")
     add_fleet_arguments(p)
     p.set_defaults(func=cmd_deploy)
 
@@ -364,8 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="up, down, status or seed SERVICE_YAML, with their options")
     p.set_defaults(func=cmd_sandbox)
 
-    from flows import iam_cli, trigger_cli, verify_cli  # may import prefect: only once the env is settled
+    from flows import iam_cli, manifest_cli, trigger_cli, verify_cli  # may import prefect: only once the env is settled
 
+    manifest_cli.register_cli(sub)
     trigger_cli.register_cli(sub)
     iam_cli.register_cli(sub)
     verify_cli.register_cli(sub)

@@ -13,13 +13,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import State
 from prefect.client.schemas.sorting import FlowRunSort
+from prefect.logging import get_logger
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
 
 from flows.pipeline import deploy_service, stopped_by
 from flows.terminal import Seen, read_run
+from tasks.aws import ecr, traffic
 from tasks.aws import ecs as ecs_ops
-from tasks.aws import traffic
 from tasks.aws.clients import AwsClients
 from tasks.aws.errors import translate
 from tasks.config.models import ServiceConfig, find_service, load_all_services
@@ -30,12 +31,14 @@ from tasks.core.settings import Settings
 from tasks.core.waits import abort_when
 from tasks.release.live_view import read_live
 from tasks.release.locks import ServiceBusy, StopWatch, read_heartbeat, service_lock
+from tasks.release.manifest import Manifest, ManifestStore, ServiceEntry, manifest_drift
 from tasks.release.outcome import OUTCOME_TYPES, final_state, outcome_of
 from tasks.release.runs import ensure_run_tags
 from tasks.release.skeleton import roll_back_in_flight
 from tasks.release.stages import latest_task_definition, live_release, render
 from tasks.strategies.choose import choose_strategy
 
+Manifests = dict[str, tuple[Manifest, ServiceEntry]]
 ROLLBACK_LOCK_WAIT = 60.0  # seconds `rollback` waits for a release of the service to end before it refuses
 
 
@@ -51,8 +54,13 @@ RUN_SCHEMA: dict[str, Any] = {
 }
 # Drift from the last release: what the pipeline last put live (the service's -live record) against what
 # AWS says serves now. drifted: they differ (a change by hand, or a release half-way); detail: what
-# differs, or "no release recorded" (nothing to compare with), null when they agree.
-DRIFT_SCHEMA: dict[str, Any] = {"drifted": "boolean", "detail": ("string", None)}
+# differs, or "no release recorded" (nothing to compare with), null when they agree. manifest: the same
+# against the newest release manifest naming the service (null: none does); the top-level drifted and
+# detail take in both.
+MANIFEST_DRIFT_SCHEMA: dict[str, Any] = {"run_id": ("string", None), "run_url": ("url", None),
+                                         "created_at": "time", "drifted": "boolean", "detail": ("string", None)}
+DRIFT_SCHEMA: dict[str, Any] = {"drifted": "boolean", "detail": ("string", None),
+                                "manifest": (MANIFEST_DRIFT_SCHEMA, None)}
 SERVICE_STATUS_SCHEMA: dict[str, Any] = {
     "service": "string",
     "strategy": "string",  # the service file's strategy.type
@@ -101,7 +109,8 @@ FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
 def service_status(service: str) -> dict[str, Any]:
     """One service as SERVICE_STATUS_SCHEMA describes it; an unknown service or a failed read raises."""
     clients = AwsClients(Settings())
-    return read_status(find_service(service, clients.settings.deployments), clients)
+    cfg = find_service(service, clients.settings.deployments)
+    return read_status(cfg, clients, newest_manifests([cfg.name], clients))
 
 
 def all_services_status(parallel: int = 8) -> dict[str, Any]:
@@ -109,15 +118,25 @@ def all_services_status(parallel: int = 8) -> dict[str, Any]:
     error instead of failing the others."""
     clients = AwsClients(Settings())
     configs = sorted(load_all_services(clients.settings.deployments), key=lambda cfg: cfg.name)
+    manifests = newest_manifests([cfg.name for cfg in configs], clients)
     with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(configs)))) as pool:
-        rows = list(pool.map(lambda cfg: status_or_error(cfg, clients), configs))
+        rows = list(pool.map(lambda cfg: status_or_error(cfg, clients, manifests), configs))
     return {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "deployments": str(clients.settings.deployments), "services": rows}
 
 
-def status_or_error(cfg: ServiceConfig, clients: AwsClients) -> dict[str, Any]:
+def newest_manifests(names: list[str], clients: AwsClients) -> Manifests:
+    """Each service's newest release manifest entry; none when the store cannot be read (drift then says so)."""
     try:
-        return read_status(cfg, clients)
+        return ManifestStore.from_clients(clients).newest_by_service(names)
+    except Exception as exc:  # noqa: BLE001 - status shows what AWS serves even when the manifests are away
+        get_logger("ecs-pipeline.status").warning("release manifests not read: %s", exc)
+        return {}
+
+
+def status_or_error(cfg: ServiceConfig, clients: AwsClients, manifests: Manifests | None = None) -> dict[str, Any]:
+    try:
+        return read_status(cfg, clients, manifests)
     except Exception as exc:  # noqa: BLE001 - one service's refusal or outage is that row's news, not the table's
         reason = translate(exc)
         text = str(reason) if isinstance(reason, PipelineError) else f"{type(exc).__name__}: {exc}"
@@ -132,7 +151,7 @@ def empty_status(cfg: ServiceConfig) -> dict[str, Any]:
             "drift": None, "error": None}
 
 
-def read_status(cfg: ServiceConfig, clients: AwsClients) -> dict[str, Any]:
+def read_status(cfg: ServiceConfig, clients: AwsClients, manifests: Manifests | None = None) -> dict[str, Any]:
     clients = clients.for_service(cfg)
     svc = ecs_ops.describe_service(clients.get("ecs"), cfg.ecs.cluster, cfg.ecs.service)
     live = live_release(cfg, clients, svc)
@@ -152,6 +171,7 @@ def read_status(cfg: ServiceConfig, clients: AwsClients) -> dict[str, Any]:
     recorded = None if record is None else {
         "sha": record.sha, "image": record.image, "task_definition": record.task_definition}
     info["drift"] = drift_of(recorded, info["live"], bool(holder and holder["alive"]))
+    add_manifest_drift(info, (manifests or {}).get(cfg.name), bool(holder and holder["alive"]))
     if record is not None and record.since and not info["drift"]["drifted"] and record.task_definition:
         # When the pipeline put it live (verified, traffic moved), rather than when its ECS deployment or task
         # set was made: for an ECS-native service that is the whole deployment, bake included.
@@ -204,6 +224,15 @@ def drift_of(recorded: dict[str, str | None] | None, live: dict[str, Any], in_fl
     if in_flight:
         detail += "; a release is in flight"
     return {"drifted": True, "detail": detail}
+
+
+def add_manifest_drift(info: dict[str, Any], newest: tuple[Manifest, ServiceEntry] | None, in_flight: bool) -> None:
+    """INFO's drift with the service's newest manifest entry (NEWEST) compared too."""
+    drift = info["drift"]
+    drift["manifest"] = found = manifest_drift(newest, info["live"], in_flight)
+    if found and found["drifted"]:
+        drift["detail"] = f"{drift['detail']}; {found['detail']}" if drift["drifted"] else found["detail"]
+        drift["drifted"] = True
 
 
 def short_revision(task_definition: str | None) -> str:
@@ -383,7 +412,6 @@ def roll_back_under_lock(cfg: ServiceConfig, clients: AwsClients, run_id: str | 
 
 def plan_release(service: str, sha: str | None) -> list[str]:
     """What `deploy` would do, without changing anything (the --dry-run)."""
-    from tasks.aws import ecr
     from tasks.build import source
     clients = AwsClients(Settings())
     cfg = find_service(service, clients.settings.deployments)

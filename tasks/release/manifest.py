@@ -1,0 +1,393 @@
+"""The release manifest: what every service ran after a fleet or a release, to read back and go back to.
+
+One manifest per fleet run (artifact key ``release-manifest``) and per single release (``<service>-manifest``):
+per service the commit, the image by digest, the task definition revision and the strategy live after it,
+with the run and the time. Prefect keeps every version of a key (the table artifact: the UI's history); the
+JSON file is what is read back (``manifest --run``/``--at``, ``deploy --manifest``, drift in ``status``):
+
+    ManifestSettings (environment, read where a manifest is written or read)
+    ECS_PIPELINE_MANIFEST_BUCKET   S3 bucket for the JSON files (default: none, the local folder below)
+    ECS_PIPELINE_MANIFEST_PREFIX   key prefix in that bucket (default "manifests/")
+    PREFECT_LOCAL_STORAGE_PATH     Prefect's local result storage: files go to its manifests/ folder
+                                   (default ~/.prefect/storage)
+
+A file is named ``<UTC time>-<run id>.json``, so names sort by time and a run's manifest is found by name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks.aws import ecr
+from tasks.aws.clients import AwsClients
+from tasks.config.models import ServiceConfig
+from tasks.core.errors import ConfigError, PipelineError
+from tasks.core.report import artifact_key
+from tasks.release.stages import live_release
+
+FLEET_KEY = "release-manifest"
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+
+# What `ecs-pipeline manifest --json` prints (the file's own form too). Same conventions as flows/operations.py.
+# kind: "fleet" or "release"; image: repository@sha256:…; digest: its sha256:…; task_definition: the ARN
+# with its revision; null where the service ran nothing the pipeline can name.
+MANIFEST_SCHEMA: dict[str, Any] = {
+    "version": "integer", "kind": "string", "run_id": ("string", None), "run_url": ("url", None),
+    "created_at": "time",
+    "services": [{"service": "string", "commit": ("string", None), "image": ("string", None),
+                  "digest": ("string", None), "task_definition": ("string", None), "strategy": "string"}],
+}
+
+
+class ManifestSettings(BaseSettings):
+    """Where manifests are kept (see the module's docstring)."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    manifest_bucket: str | None = Field(default=None, validation_alias="ECS_PIPELINE_MANIFEST_BUCKET")
+    manifest_prefix: str = Field(default="manifests/", validation_alias="ECS_PIPELINE_MANIFEST_PREFIX")
+    local_storage_path: Path = Field(default=Path.home() / ".prefect" / "storage",
+                                     validation_alias="PREFECT_LOCAL_STORAGE_PATH")
+
+
+class ServiceEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    service: str
+    commit: str | None
+    image: str | None
+    digest: str | None
+    task_definition: str | None
+    strategy: str
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    kind: Literal["fleet", "release"]
+    run_id: str | None
+    run_url: str | None = None
+    created_at: str
+    services: list[ServiceEntry]
+
+    def entry(self, service: str) -> ServiceEntry | None:
+        return next((e for e in self.services if e.service == service), None)
+
+    def file_name(self) -> str:
+        stamp = datetime.fromisoformat(self.created_at).astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        return f"{stamp}-{self.run_id or 'no-run'}.json"
+
+
+# -- building one from what AWS serves ------------------------------------------------------------------------
+
+
+def entry_of(cfg: ServiceConfig, clients: AwsClients) -> ServiceEntry:
+    """What CFG's service runs now, as stages.live_release reads it (the commit decided by the image's digest)."""
+    live = live_release(cfg, clients.for_service(cfg))
+    digest = ecr.split_image(live.image)[2] if live.image else None
+    return ServiceEntry(service=cfg.name, commit=live.sha, image=live.image, digest=digest,
+                        task_definition=live.task_definition, strategy=cfg.strategy.type)
+
+
+def build_manifest(configs: Sequence[ServiceConfig], clients: AwsClients, run_id: str | None,
+                   run_url: str | None = None, kind: Literal["fleet", "release"] = "fleet",
+                   at: datetime | None = None) -> Manifest:
+    """A manifest of CONFIGS' services as AWS serves them now."""
+    created = (at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
+    entries = [entry_of(cfg, clients) for cfg in sorted(configs, key=lambda c: c.name)]
+    return Manifest(kind=kind, run_id=run_id, run_url=run_url, created_at=created, services=entries)
+
+
+def short_revision(task_definition: str | None) -> str:
+    return task_definition.rsplit("/", 1)[-1] if task_definition else "none"
+
+
+def manifest_rows(manifest: Manifest) -> list[dict[str, str]]:
+    """The table artifact's rows (and the CLI table's)."""
+    return [{"service": e.service, "commit": (e.commit or "unknown")[:12], "digest": (e.digest or "none")[:19],
+             "task definition": short_revision(e.task_definition), "strategy": e.strategy}
+            for e in manifest.services]
+
+
+def parse_manifest(text: str, source: str) -> Manifest:
+    """A manifest from its JSON; a ConfigError naming SOURCE and the field when it is not one."""
+    try:
+        return Manifest.model_validate_json(text)
+    except ValidationError as exc:
+        where = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{source} is not a release manifest ({where}); "
+                          "`ecs-pipeline manifest --json` prints one") from None
+
+
+# -- where they are kept --------------------------------------------------------------------------------------
+
+
+class ManifestStore:
+    """The JSON files: a local folder, or an S3 bucket and prefix."""
+
+    def __init__(self, settings: ManifestSettings | None = None, s3: Any = None) -> None:
+        self.settings = settings or ManifestSettings()
+        self.s3 = s3
+        if self.settings.manifest_bucket and s3 is None:
+            raise ConfigError("ECS_PIPELINE_MANIFEST_BUCKET is set: the store needs an S3 client")
+
+    @classmethod
+    def from_clients(cls, clients: AwsClients) -> ManifestStore:
+        """The worker's own S3 client (not a service's deploy role) when a bucket is set."""
+        settings = ManifestSettings()
+        return cls(settings, AwsClients(clients.settings).get("s3") if settings.manifest_bucket else None)
+
+    @property
+    def folder(self) -> Path:
+        return self.settings.local_storage_path / "manifests"
+
+    def where(self) -> str:
+        if self.settings.manifest_bucket:
+            return f"s3://{self.settings.manifest_bucket}/{self.settings.manifest_prefix}"
+        return str(self.folder)
+
+    def write(self, manifest: Manifest) -> str:
+        body = manifest.model_dump_json(indent=2)
+        name = manifest.file_name()
+        if self.settings.manifest_bucket:
+            key = self.settings.manifest_prefix + name
+            self.s3.put_object(Bucket=self.settings.manifest_bucket, Key=key, Body=body.encode(),
+                               ContentType="application/json")
+            return f"s3://{self.settings.manifest_bucket}/{key}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / name
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(body)
+        tmp.replace(path)  # a reader never sees half a file
+        return str(path)
+
+    def names(self) -> list[str]:
+        """Every manifest's file name, oldest first."""
+        if self.settings.manifest_bucket:
+            found: list[str] = []
+            pages = self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.settings.manifest_bucket, Prefix=self.settings.manifest_prefix)
+            for page in pages:
+                found += [o["Key"].removeprefix(self.settings.manifest_prefix) for o in page.get("Contents", [])]
+            return sorted(n for n in found if n.endswith(".json"))
+        return sorted(p.name for p in self.folder.glob("*.json")) if self.folder.is_dir() else []
+
+    def read(self, name: str) -> Manifest:
+        if self.settings.manifest_bucket:
+            key = self.settings.manifest_prefix + name
+            body = self.s3.get_object(Bucket=self.settings.manifest_bucket, Key=key)["Body"].read().decode()
+            return parse_manifest(body, f"s3://{self.settings.manifest_bucket}/{key}")
+        return parse_manifest((self.folder / name).read_text(), str(self.folder / name))
+
+    def by_run(self, run_id: str) -> Manifest:
+        found = [n for n in self.names() if n.removesuffix(".json").split("-", 1)[-1] == run_id]
+        if not found:
+            raise ConfigError(f"no release manifest of run {run_id} in {self.where()}")
+        return self.read(found[-1])
+
+    def at(self, when: datetime | None = None) -> Manifest:
+        """The newest manifest written at or before WHEN (default: now)."""
+        for name in reversed(self.names()):
+            if when is None or stamp_of(name) <= when:
+                return self.read(name)
+        since = f" at or before {when.isoformat()}" if when else ""
+        raise ConfigError(f"no release manifest{since} in {self.where()}")
+
+    def newest_by_service(self, services: Iterable[str]) -> dict[str, tuple[Manifest, ServiceEntry]]:
+        """Each of SERVICES' newest manifest entry (services never in a manifest are left out)."""
+        wanted = set(services)
+        found: dict[str, tuple[Manifest, ServiceEntry]] = {}
+        for name in reversed(self.names()):
+            if not wanted - found.keys():
+                break
+            manifest = self.read(name)
+            for e in manifest.services:
+                if e.service in wanted and e.service not in found:
+                    found[e.service] = (manifest, e)
+        return found
+
+
+def stamp_of(name: str) -> datetime:
+    return datetime.strptime(name[:23], "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC)
+
+
+def parse_time(text: str) -> datetime:
+    """--at: ISO-8601; without an offset it is UTC."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--at {text!r} is not an ISO-8601 time (e.g. 2026-12-06T17:30:00Z)") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def load_manifest(ref: str, store: ManifestStore) -> Manifest:
+    """``deploy --manifest REF``: a JSON file when REF names one, else a run id."""
+    path = Path(ref)
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"--manifest {ref}: no such file")
+        return parse_manifest(path.read_text(), str(path))
+    return store.by_run(ref)
+
+
+# -- writing: file and table artifact, best-effort after a release ---------------------------------------------
+
+
+def publish_manifest(manifest: Manifest, store: ManifestStore, key: str) -> str:
+    """The JSON file, then the table artifact (KEY) whose description says where the file is."""
+    from prefect.artifacts import create_table_artifact
+
+    where = store.write(manifest)
+    run = f"run {manifest.run_id}" if manifest.run_id else "no run"
+    create_table_artifact(key=key, table=manifest_rows(manifest),
+                          description=f"Release manifest of {run} at {manifest.created_at}: {where}")
+    return where
+
+
+def record_manifest(configs: Sequence[ServiceConfig], clients: AwsClients, run_id: str | None,
+                    run_url: str | None = None, kind: Literal["fleet", "release"] = "fleet") -> Manifest | None:
+    """Build and publish a manifest; a failure is a warning, never the release's outcome."""
+    from prefect.logging import get_logger
+
+    log = get_logger("ecs-pipeline.manifest")
+    try:
+        manifest = build_manifest(configs, clients, run_id, run_url, kind)
+        store = ManifestStore.from_clients(clients)
+        key = FLEET_KEY if kind == "fleet" else artifact_key(configs[0].name, "manifest")
+        log.info("release manifest written: %s", publish_manifest(manifest, store, key))
+        return manifest
+    except Exception as exc:  # noqa: BLE001 - the release is over; only its record failed
+        log.warning("release manifest not written (%s: %s); the release's outcome stands", type(exc).__name__, exc)
+        return None
+
+
+def record_release_manifest(cfg: ServiceConfig, clients: AwsClients, run_id: str | None,
+                            run_url: str | None = None) -> Manifest | None:
+    """After a single release (Deployed or Rolled back): the service's ``<service>-manifest``. Best-effort."""
+    return record_manifest([cfg], clients, run_id, run_url, kind="release")
+
+
+def record_fleet_manifest(configs: Sequence[ServiceConfig], clients: AwsClients, run_id: str | None,
+                          run_url: str | None = None) -> Manifest | None:
+    """After a fleet run, whatever its outcome: every service of the fleet in ``release-manifest``. Best-effort."""
+    return record_manifest(configs, clients, run_id, run_url, kind="fleet")
+
+
+# -- going back to one ------------------------------------------------------------------------------------------
+
+
+def restore_plan(manifest: Manifest, configs: Sequence[ServiceConfig], clients: AwsClients) -> dict[str, str]:
+    """{service: commit} to release to put MANIFEST back; refuses (one error naming every problem) before any
+    change when a service is unknown or its digest is no longer in ECR under the commit's tag."""
+    by_name = {c.name: c for c in configs}
+    plan: dict[str, str] = {}
+    problems: list[str] = []
+    for e in manifest.services:
+        cfg = by_name.get(e.service)
+        if cfg is None:
+            problems.append(f"{e.service}: not a service in the deployments folder")
+            continue
+        if not e.commit or not _SHA.match(e.commit) or not e.digest or not _DIGEST.match(e.digest):
+            problems.append(f"{e.service}: the manifest names no commit and digest to go back to "
+                            f"(commit {e.commit or 'none'}, image {e.image or 'none'})")
+            continue
+        client = clients.for_service(cfg).get("ecr")
+        repo = cfg.ecr.repository
+        if not ecr.digest_exists(client, repo, e.digest):
+            problems.append(f"{e.service}: image {e.digest} is no longer in ECR repository {repo}")
+            continue
+        tagged = ecr.find_image_digest(client, repo, e.commit)
+        if tagged != e.digest:
+            now = f"names {tagged}" if tagged else "names no image"
+            problems.append(f"{e.service}: tag {e.commit[:12]} in ECR repository {repo} {now}, "
+                            f"not the manifest's {e.digest}")
+            continue
+        plan[e.service] = e.commit
+    if problems:
+        raise ConfigError("cannot restore the manifest of run "
+                          f"{manifest.run_id or '(none)'} at {manifest.created_at}; nothing was changed:\n  "
+                          + "\n  ".join(problems))
+    return plan
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A service not on the manifest's version. ``same_content``: only the revision number differs (the
+    release registered the manifest's task definition anew: same image, same settings)."""
+
+    service: str
+    detail: str
+    same_content: bool = False
+
+
+# What ECS adds to a registered revision: not part of what the revision runs.
+_REGISTERED = ("taskDefinitionArn", "revision", "status", "registeredAt", "registeredBy", "deregisteredAt",
+               "requiresAttributes", "compatibilities")
+
+
+def same_task_definition(ecs: Any, one: str | None, other: str | None) -> bool:
+    """Whether two revisions run the same thing (everything but ECS's own bookkeeping; tags aside)."""
+    if not one or not other:
+        return False
+    found = [{k: v for k, v in ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"].items()
+              if k not in _REGISTERED} for arn in (one, other)]
+    return found[0] == found[1]
+
+
+def compare_entry(manifest: Manifest, wanted: ServiceEntry, live: ServiceEntry) -> str | None:
+    """How LIVE differs from the manifest's WANTED (task definition revision first, then digest); None: same."""
+    parts = []
+    if short_revision(live.task_definition) != short_revision(wanted.task_definition):
+        parts.append(f"live {short_revision(live.task_definition)}, manifest {short_revision(wanted.task_definition)}")
+    if live.digest != wanted.digest:
+        parts.append(f"live image {(live.digest or 'none')[:19]}, manifest {(wanted.digest or 'none')[:19]}")
+    if not parts:
+        return None
+    return f"differs from manifest of run {manifest.run_id or '(none)'} at {manifest.created_at}: " + "; ".join(parts)
+
+
+def manifest_drift(newest: tuple[Manifest, ServiceEntry] | None, live: dict[str, Any],
+                   in_flight: bool = False) -> dict[str, Any] | None:
+    """operations.MANIFEST_DRIFT_SCHEMA: LIVE (status's sha, image, task_definition) against NEWEST, the
+    service's newest manifest entry; None when no manifest names the service."""
+    if newest is None:
+        return None
+    manifest, wanted = newest
+    digest = ecr.split_image(live["image"])[2] if live.get("image") else None
+    seen = ServiceEntry(service=wanted.service, commit=live.get("sha"), image=live.get("image"), digest=digest,
+                        task_definition=live.get("task_definition"), strategy=wanted.strategy)
+    detail = compare_entry(manifest, wanted, seen)
+    if detail and in_flight:
+        detail += "; a release is in flight"
+    return {"run_id": manifest.run_id, "run_url": manifest.run_url, "created_at": manifest.created_at,
+            "drifted": detail is not None, "detail": detail}
+
+
+def check_restored(manifest: Manifest, configs: Sequence[ServiceConfig], clients: AwsClients) -> list[Difference]:
+    """After a restore: each listed service whose live digest or revision is not the manifest's."""
+    by_name = {c.name: c for c in configs}
+    found = []
+    for wanted in manifest.services:
+        cfg = by_name.get(wanted.service)
+        if cfg is None:
+            continue
+        try:
+            live = entry_of(cfg, clients)
+            detail = compare_entry(manifest, wanted, live)
+            same = bool(detail) and live.digest == wanted.digest and same_task_definition(
+                clients.for_service(cfg).get("ecs"), live.task_definition, wanted.task_definition)
+        except PipelineError as exc:
+            detail, same = f"could not be read: {exc}", False
+        if detail:
+            found.append(Difference(wanted.service, detail, same))
+    return found
