@@ -162,7 +162,7 @@ def test_approval_form_has_the_fields_a_person_fills() -> None:
 def test_an_approval_wait_longer_than_the_strategy_holds_green_is_refused(
     strategy: str, seconds: int, refused: bool
 ) -> None:
-    from tasks.config.models import ServiceConfig
+    from tasks.config.models import ServiceConfig, parse_service
     from tasks.core.errors import ConfigError
     from tasks.release.approval import check_approval_window
 
@@ -176,11 +176,17 @@ def test_an_approval_wait_longer_than_the_strategy_holds_green_is_refused(
         base["load_balancer"] = {"production_listener": {"load_balancer": "alb", "port": 80},
                                  "test_listener": {"load_balancer": "alb", "port": 8080},
                                  "target_groups": ["a", "b"]}
-    cfg = ServiceConfig.model_validate(base)
     if not refused:
+        cfg = ServiceConfig.model_validate(base)
         check_approval_window(cfg)
         check_approval_window(cfg.model_copy(update={"approval": "none"}))
         return
+    # Loading the file refuses it, naming the field; the release's own check (at flow start) refuses it too.
+    with pytest.raises(ConfigError, match=r"shop.yaml: invalid service config\n  \(top level\): approval_timeout_seconds is 172801, but "
+                       r"CodeDeploy holds a deployment at Ready for at most 2880 minutes: set 172800 or less"):
+        parse_service(base, source="shop.yaml")
+    cfg = ServiceConfig.model_validate({**base, "approval_timeout_seconds": 172800}).model_copy(
+        update={"approval_timeout_seconds": seconds})
     with pytest.raises(ConfigError) as caught:
         check_approval_window(cfg)
     assert str(caught.value).startswith(

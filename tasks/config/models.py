@@ -388,6 +388,18 @@ class ServiceConfig(_Model):
         return value
 
     @model_validator(mode="after")
+    def _approval_fits_codedeploy(self) -> ServiceConfig:
+        # CodeDeploy holds green at Ready for at most 2880 minutes (deploymentReadyOption.waitTimeInMinutes,
+        # the strictest reading of its documented limits), so a longer approval would outlive green.
+        waits = self.approval == "required" and self.strategy.type == "codedeploy"
+        if waits and self.approval_timeout_seconds > 172800:
+            raise ValueError(
+                f"approval_timeout_seconds is {self.approval_timeout_seconds}, but CodeDeploy holds a deployment "
+                "at Ready for at most 2880 minutes: set 172800 or less, or use strategy.type ecs-native (14 days)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _not_on_itself(self) -> ServiceConfig:
         if self.name in self.depends_on:
             raise ValueError(f"depends_on names the service itself ({self.name}); remove it")

@@ -33,6 +33,7 @@ from typing import Any
 
 from prefect import get_run_logger
 from prefect.client.schemas.objects import State
+from prefect.exceptions import Pause
 from prefect.runtime import flow_run
 
 from tasks.aws.clients import AwsClients
@@ -115,6 +116,8 @@ def stages_in_order(
         approve(run, strategy)
         run_steps(run, strategy.to_production())  # shift traffic, bake
         wait_for_fleet(run)  # an atomic fleet's: blue kept warm until every service passed
+    except Pause:
+        raise  # suspended for approval (tasks/release/approval.py): green waits beside blue for the resumed run
     except BaseException as exc:
         # Everything (cancellation and SIGTERM too) is caught only to put traffic back, then decided.
         failure = explain_denial(exc, cfg, clients)
@@ -222,7 +225,7 @@ def approve(run: Release, strategy: Steps) -> None:
         # A person's answer is seen within 5 s (1 s in a fast rehearsal, where the canary is seconds long).
         every = max(1, round(run.clients.settings.scaled(5)))
         request_approval(run.cfg.name, run.summary.markdown(), run.cfg.approval_timeout_seconds,
-                         poll_interval_seconds=every)
+                         poll_interval_seconds=every, revision=run.sha)
 
 
 def hand_over(release: Release, image: str | None) -> None:
