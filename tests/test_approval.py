@@ -182,8 +182,9 @@ def test_an_approval_wait_longer_than_the_strategy_holds_green_is_refused(
         check_approval_window(cfg.model_copy(update={"approval": "none"}))
         return
     # Loading the file refuses it, naming the field; the release's own check (at flow start) refuses it too.
-    with pytest.raises(ConfigError, match=r"shop.yaml: invalid service config\n  \(top level\): approval_timeout_seconds is 172801, but "
-                       r"CodeDeploy holds a deployment at Ready for at most 2880 minutes: set 172800 or less"):
+    with pytest.raises(ConfigError, match=r"shop.yaml: invalid service config\n  \(top level\): "
+                       r"approval_timeout_seconds is 172801, but CodeDeploy holds a deployment at Ready for "
+                       r"at most 2880 minutes: set 172800 or less"):
         parse_service(base, source="shop.yaml")
     cfg = ServiceConfig.model_validate({**base, "approval_timeout_seconds": 172800}).model_copy(
         update={"approval_timeout_seconds": seconds})
