@@ -16,12 +16,14 @@ A file is named ``<UTC time>-<run id>.json``, so names sort by time and a run's 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -244,13 +246,23 @@ def load_manifest(ref: str, store: ManifestStore) -> Manifest:
 
 
 def publish_manifest(manifest: Manifest, store: ManifestStore, key: str) -> str:
-    """The JSON file, then the table artifact (KEY) whose description says where the file is."""
-    from prefect.artifacts import create_table_artifact
+    """The JSON file, then the table artifact (KEY) whose description says where the file is.
+
+    Made through the client, so it is the current run's when there is one and still made outside a run
+    (a fleet's end, a restore from the CLI).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.runtime import flow_run, task_run
 
     where = store.write(manifest)
-    run = f"run {manifest.run_id}" if manifest.run_id else "no run"
-    create_table_artifact(key=key, table=manifest_rows(manifest),
-                          description=f"Release manifest of {run} at {manifest.created_at}: {where}")
+    named = f"run {manifest.run_id}" if manifest.run_id else "no run"
+    with get_client(sync_client=True) as client:
+        client.create_artifact(ArtifactCreate(
+            key=key, type="table", data=json.dumps(manifest_rows(manifest)),
+            description=f"Release manifest of {named} at {manifest.created_at}: {where}",
+            flow_run_id=UUID(run) if (run := flow_run.get_id()) else None,
+            task_run_id=UUID(task) if (task := task_run.get_id()) else None))
     return where
 
 
@@ -260,6 +272,11 @@ def record_manifest(configs: Sequence[ServiceConfig], clients: AwsClients, run_i
     from prefect.logging import get_logger
 
     log = get_logger("ecs-pipeline.manifest")
+    if run_id and run_url is None:
+        from prefect.settings import PREFECT_UI_URL
+
+        ui = (PREFECT_UI_URL.value() or "").rstrip("/")
+        run_url = f"{ui}/runs/flow-run/{run_id}" if ui else None
     try:
         manifest = build_manifest(configs, clients, run_id, run_url, kind)
         store = ManifestStore.from_clients(clients)
