@@ -246,15 +246,17 @@ class Fleet:
             self.in_flight[name] = (cast(PrefectConcurrentFuture[ServiceResult], future), number)
         self.settle(go)
 
-    def settle(self, names: list[str]) -> None:
-        """Until each of NAMES has ended (its line in the summary) or passed its bake in an atomic fleet."""
+    def settle(self, names: list[str], *, to_the_end: bool = False) -> None:
+        """Until each of NAMES has ended (its line in the summary) or, in an atomic fleet and unless TO_THE_END,
+        passed its bake."""
+        passing = self.hold if self.hold is not None and not to_the_end else None
         while True:
             for name in names:
                 future, _ = self.in_flight.get(name, (None, 0))
                 if future is not None and future.wrapped_future.done():
                     self.summary.results.append(future.result())
                     del self.in_flight[name]
-            waiting = [n for n in names if n in self.in_flight and not (self.hold and self.hold.has_passed(n))]
+            waiting = [n for n in names if n in self.in_flight and not (passing and passing.has_passed(n))]
             if not waiting:
                 return
             self.in_flight[waiting[0]][0].wait(timeout=0.2)
@@ -266,7 +268,7 @@ class Fleet:
         if not failed:
             for name in list(self.in_flight):
                 self.hold.decide(name, None)
-            self.settle(list(self.in_flight))
+            self.settle(list(self.in_flight), to_the_end=True)
             return
         first = failed[0]
         back = f"the fleet goes back: {first.service} failed ({first.state}: {first.reason[:200]})"
@@ -277,7 +279,7 @@ class Fleet:
             for name in names:
                 self.hold.decide(name, back)
             sent.update(names)
-            self.settle(names)
+            self.settle(names, to_the_end=True)
         for r in self.summary.results:
             if r.service in sent and r.state == "Rolled back":
                 r.outcome = "reverted"

@@ -1,7 +1,7 @@
 """A fleet in dependency order, against the sandbox: who starts after whom, and a circle refused first.
 
 Four copies of one service (``sandbox seed --copies``), built from one
-repository: 02 and 03 depend on 01, 04 on 02 and 03. The fleet is seeded and
+repository: 02 depends on 01, 04 on 01 and 03 (two layers, two services each). The fleet is seeded and
 released once (v1) for the whole session: tests/test_atomic.py goes on from
 that release (``shared_fleet``), so the two modules pay for one seeding.
 """
@@ -26,7 +26,7 @@ from harness.fleet_repo import base_yaml, commit, monorepo
 from harness.services import aws
 from sandbox.seed_fleet import seed_fleet
 
-DEPENDS = {"01": [], "02": ["01"], "03": ["01"], "04": ["02", "03"]}
+DEPENDS = {"01": [], "02": ["01"], "03": [], "04": ["01", "03"]}  # layers: 01 03, then 02 04
 ENV = "ECS_PIPELINE_DEPLOYMENTS"
 _SHARED: dict[str, Any] = {}
 
@@ -76,7 +76,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
         yield shared
 
 
-class deployments:  # noqa: N801 - used as a context manager, like a function
+class deployments:
     """ECS_PIPELINE_DEPLOYMENTS set to FOLDER inside the block, as it was after."""
 
     def __init__(self, folder: Path) -> None:
@@ -93,9 +93,15 @@ class deployments:  # noqa: N801 - used as a context manager, like a function
             os.environ[ENV] = self.before
 
 
+def fleet_rows(state: Any) -> dict[str, dict[str, Any]]:
+    """The fleet run's lines by service (its state's data, a Failed one's too)."""
+    rows: dict[str, dict[str, Any]] = state.result(raise_on_failure=False)
+    return rows
+
+
 def run_times(rows: dict[str, dict[str, Any]]) -> dict[str, tuple[datetime, datetime]]:
     """Each service's deploy-service run: when it started and ended, as the Prefect server recorded them."""
-    found = {}
+    found: dict[str, tuple[datetime, datetime]] = {}
     with get_client(sync_client=True) as client:
         for name, row in rows.items():
             run = client.read_flow_run(UUID(row["flow_run_id"]))
@@ -108,15 +114,14 @@ def run_times(rows: dict[str, dict[str, Any]]) -> dict[str, tuple[datetime, date
 def test_four_services_release_in_dependency_order(fleet: dict[str, Any]) -> None:
     one, two, three, four = fleet["names"]
     state = fleet["v1"]
+    rows = fleet_rows(state)
     assert state.is_completed(), state.message
-    rows: dict[str, dict[str, Any]] = state.result()
-    assert [rows[n]["wave"] for n in fleet["names"]] == [1, 2, 2, 3], rows
+    assert [rows[n]["wave"] for n in fleet["names"]] == [1, 2, 1, 2], rows
     times = run_times(rows)
-    # A dependent starts after what it depends on ended Deployed (teardown done), not merely shifted.
-    assert times[two][0] >= times[one][1] and times[three][0] >= times[one][1], times
-    assert times[four][0] >= max(times[two][1], times[three][1]), times
-    # Independent services of one layer run side by side.
-    assert times[two][0] < times[three][1] and times[three][0] < times[two][1], times
+    # A dependent starts after what it depends on ended Deployed (blue torn down), not merely shifted.
+    assert times[two][0] >= times[one][1], times
+    assert times[four][0] >= max(times[one][1], times[three][1]), times
+    assert rows[three]["wave"] == rows[one]["wave"], "independent services share a wave"
 
 
 def pipeline_calls_since(seq: int) -> list[str]:
@@ -127,13 +132,14 @@ def pipeline_calls_since(seq: int) -> list[str]:
 def test_a_circle_is_refused_before_any_aws_call(fleet: dict[str, Any], tmp_path: Path) -> None:
     folder = tmp_path / "deployments"
     shutil.copytree(fleet["folder"], folder)
-    one, two, _, four = fleet["names"]
-    set_depends_on(folder, one, [four])  # 01 → 04 → 02 → 01
+    one, two, three, _ = fleet["names"]
+    set_depends_on(folder, three, [two])  # 02 already depends on 01: 01 → 03 → 02 → 01
+    set_depends_on(folder, one, [three])
     seq = int(control("GET", "/_sandbox/requests?since=0")["last"])
     with deployments(folder):
         state = release_fleet(return_state=True)
     assert state.is_failed()
     message = str(state.message)
-    assert f"depends_on goes round in a circle: {one} → {four} → {two} → {one}" in message, message
+    assert f"depends_on goes round in a circle: {one} → {three} → {two} → {one}" in message, message
     assert "remove one of these dependencies" in message
     assert pipeline_calls_since(seq) == [], "refused before any AWS call"
