@@ -169,6 +169,8 @@ def say_ended_on(summary: FleetSummary, before: dict[str, str], after: dict[str,
         if r.service in after:
             same = after[r.service] == before.get(r.service)
             r.ended_on = f"{after[r.service]} ({'as before the fleet' if same else 'new'})"
+            if r.outcome == "reverted" and not same:  # its rollback ended elsewhere (AWS had removed blue)
+                r.outcome, r.reason = "failed", f"did not go back to {before.get(r.service)}: {r.reason}"
         elif r.outcome == "ok" and r.sha:
             r.ended_on = f"new version @{r.sha[:7]}"
 

@@ -218,7 +218,7 @@ class FleetSummary:
         failed = [r for r in self.results if r.outcome == "failed"]
         if not failed:
             return ""
-        first = failed[0]
+        first = next((r for r in failed if not r.reason.startswith("did not go back")), failed[0])
         why = f"{first.service} failed ({first.state}: {first.reason[:200] or 'no reason given'})"
         deployed = [r.service for r in self.results if r.outcome == "ok" and r.state == "Deployed"]
         if self.atomic:
