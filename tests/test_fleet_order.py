@@ -19,6 +19,7 @@ from tasks.release.fleet_order import (
     waves_in_order,
     why_held,
 )
+from tasks.release.fleet_plan import FleetSummary, Outcome, ServiceResult
 
 
 def config(name: str, *depends_on: str) -> Any:
@@ -93,3 +94,22 @@ def test_blocked_by_follows_dependencies_through_the_chain() -> None:
 )  # fmt: skip
 def test_why_a_service_is_held(name: str, ended: dict[str, str], stop: bool, atomic: bool, why: str | None) -> None:
     assert why_held(SHOP, name, ended, stop_on_first_failure=stop, atomic=atomic) == why
+
+
+def test_the_outcome_names_the_failure_and_where_every_other_service_ended() -> None:
+    def summary(atomic: bool, others: Outcome) -> FleetSummary:
+        return FleetSummary(atomic=atomic, results=[
+            ServiceResult("api", "1" * 40, 1, others, "Rolled back" if others == "reverted" else "Deployed"),
+            ServiceResult("web", "1" * 40, 2, "failed", "Rolled back", reason="GET / returned 500"),
+            ServiceResult("workers", "1" * 40, 3, "held", "Held", reason="held: the fleet goes back (web failed)"),
+        ])  # fmt: skip
+
+    atomic = summary(True, "reverted")
+    assert atomic.aftermath() == ("atomic: web failed (Rolled back: GET / returned 500); api went back to what they "
+                                  "ran before the fleet")
+    assert atomic.headline() == ("0 of 3 deployed or unchanged; failed: web; held: workers; "
+                                 "went back with the fleet: api")
+    assert "| api | 1 | reverted | Rolled back |" in atomic.markdown()
+    plain = summary(False, "ok")
+    assert plain.aftermath() == "not atomic: web failed (Rolled back: GET / returned 500); api stay on the new version"
+    assert FleetSummary(results=[ServiceResult("api", None, 1, "ok", "Deployed")]).aftermath() == ""
