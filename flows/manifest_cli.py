@@ -58,7 +58,8 @@ def print_manifest(manifest: Any) -> None:
     from tasks.release.manifest import manifest_rows
 
     run = manifest.run_url or manifest.run_id or "no run"
-    table = Table(title=f"{manifest.kind} manifest of {run} at {manifest.created_at}", title_justify="left")
+    print(f"{manifest.kind} manifest of {run} at {manifest.created_at}")
+    table = Table()
     rows = manifest_rows(manifest)
     for column in ("service", "commit", "digest", "task definition", "strategy"):
         table.add_column(column)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -101,6 +102,26 @@ def test_drift_against_the_manifest_names_the_run_time_and_revisions() -> None:
 
 
 # -- against the sandbox ----------------------------------------------------------------------------------------
+
+
+def test_manifests_kept_in_s3_read_back_the_same() -> None:
+    s3, bucket = aws("s3"), f"manifests-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    settings = ManifestSettings.model_validate({"ECS_PIPELINE_MANIFEST_BUCKET": bucket,
+                                                "ECS_PIPELINE_MANIFEST_PREFIX": "prod/"})
+    store = ManifestStore(settings, s3)
+    t0 = datetime.now(UTC)
+    first, second = manifest("run-1", t0), manifest("run-2", t0 + timedelta(seconds=1), revision=6)
+    try:
+        assert store.write(first) == f"s3://{bucket}/prod/{first.file_name()}"
+        store.write(second)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+        assert sorted(keys) == [f"prod/{first.file_name()}", f"prod/{second.file_name()}"]
+        assert store.by_run("run-1") == first and store.at() == second and store.at(t0) == first
+    finally:
+        for key in keys if "keys" in locals() else []:
+            s3.delete_object(Bucket=bucket, Key=key)
+        s3.delete_bucket(Bucket=bucket)
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +231,7 @@ def test_deploy_manifest_puts_a_fleet_of_3_back(fleet: dict[str, Any], capsys: p
         assert main(["deploy", "--manifest", "fleet-v1"]) == 0
     out = capsys.readouterr().out
     assert "every listed service serves the manifest of run fleet-v1" in out, out
+    assert "3 service(s) to put back, 0 already on it" in out, out
     for e in fleet["v1"].services:
         cfg = next(c for c in fleet["configs"] if c.name == e.service)
         svc = aws("ecs").describe_services(cluster=cfg.ecs.cluster, services=[cfg.ecs.service])["services"][0]
@@ -217,3 +239,6 @@ def test_deploy_manifest_puts_a_fleet_of_3_back(fleet: dict[str, Any], capsys: p
         image = aws("ecs").describe_task_definition(taskDefinition=primary["taskDefinition"])["taskDefinition"][
             "containerDefinitions"][0]["image"]
         assert image.endswith(f"@{e.digest}"), (e.service, image)
+        # the manifest's revision, or one registered anew from the same template and image (said so)
+        same = primary["taskDefinition"] == e.task_definition
+        assert same or f"note: {e.service} differs from manifest of run fleet-v1" in out, out

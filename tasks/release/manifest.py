@@ -273,10 +273,7 @@ def record_manifest(configs: Sequence[ServiceConfig], clients: AwsClients, run_i
 
     log = get_logger("ecs-pipeline.manifest")
     if run_id and run_url is None:
-        from prefect.settings import PREFECT_UI_URL
-
-        ui = (PREFECT_UI_URL.value() or "").rstrip("/")
-        run_url = f"{ui}/runs/flow-run/{run_id}" if ui else None
+        run_url = ui_url(run_id)
     try:
         manifest = build_manifest(configs, clients, run_id, run_url, kind)
         store = ManifestStore.from_clients(clients)
@@ -286,6 +283,18 @@ def record_manifest(configs: Sequence[ServiceConfig], clients: AwsClients, run_i
     except Exception as exc:  # noqa: BLE001 - the release is over; only its record failed
         log.warning("release manifest not written (%s: %s); the release's outcome stands", type(exc).__name__, exc)
         return None
+
+
+def ui_url(run_id: str) -> str | None:
+    """A flow run's page in the Prefect UI (PREFECT_UI_URL); None for an id that names no flow run."""
+    from prefect.settings import PREFECT_UI_URL
+
+    try:
+        UUID(run_id)
+    except ValueError:
+        return None
+    ui = (PREFECT_UI_URL.value() or "").rstrip("/")
+    return f"{ui}/runs/flow-run/{run_id}" if ui else None
 
 
 def record_release_manifest(cfg: ServiceConfig, clients: AwsClients, run_id: str | None,
