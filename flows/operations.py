@@ -54,13 +54,14 @@ RUN_SCHEMA: dict[str, Any] = {
 }
 # Drift from the last release: what the pipeline last put live (the service's -live record) against what
 # AWS says serves now. drifted: they differ (a change by hand, or a release half-way); detail: what
-# differs, or "no release recorded" (nothing to compare with), null when they agree. manifest: the same
-# against the newest release manifest naming the service (null: none does); the top-level drifted and
-# detail take in both.
+# differs, or "no release recorded" (nothing to compare with), null when they agree; once a release manifest
+# names the service, drifted and detail take in MANIFEST_DRIFT_SCHEMA's difference too.
+DRIFT_SCHEMA: dict[str, Any] = {"drifted": "boolean", "detail": ("string", None)}
+# Drift from the newest release manifest naming the service (`ecs-pipeline manifest`): its run and time, and
+# whether what AWS serves differs from it (detail: "differs from manifest of run X at TIME: live app:7,
+# manifest app:5", null when the same).
 MANIFEST_DRIFT_SCHEMA: dict[str, Any] = {"run_id": ("string", None), "run_url": ("url", None),
                                          "created_at": "time", "drifted": "boolean", "detail": ("string", None)}
-DRIFT_SCHEMA: dict[str, Any] = {"drifted": "boolean", "detail": ("string", None),
-                                "manifest": (MANIFEST_DRIFT_SCHEMA, None)}
 SERVICE_STATUS_SCHEMA: dict[str, Any] = {
     "service": "string",
     "strategy": "string",  # the service file's strategy.type
@@ -82,6 +83,7 @@ SERVICE_STATUS_SCHEMA: dict[str, Any] = {
     "last_outcome": (RUN_SCHEMA, None),  # the newest run that has finished
     "last_runs": [RUN_SCHEMA],  # newest first
     "drift": (DRIFT_SCHEMA, None),  # null when the service could not be read
+    "manifest_drift": (MANIFEST_DRIFT_SCHEMA, None),  # null when no manifest names it (or it could not be read)
     "error": ("string", None),  # why the service could not be read (the other keys are then mostly null)
 }
 SERVING_SCHEMA: dict[str, Any] = {"deployment": "string", "ready": ("boolean", None), "detail": "string"}
@@ -148,7 +150,7 @@ def empty_status(cfg: ServiceConfig) -> dict[str, Any]:
             "live": {"sha": None, "image": None, "task_definition": None, "since": None},
             "running": None, "desired": None, "traffic": [], "production_url": None, "task_sets": [],
             "release_in_flight": None, "left_by_dead_run": None, "last_outcome": None, "last_runs": [],
-            "drift": None, "error": None}
+            "drift": None, "manifest_drift": None, "error": None}
 
 
 def read_status(cfg: ServiceConfig, clients: AwsClients, manifests: Manifests | None = None) -> dict[str, Any]:
@@ -229,7 +231,7 @@ def drift_of(recorded: dict[str, str | None] | None, live: dict[str, Any], in_fl
 def add_manifest_drift(info: dict[str, Any], newest: tuple[Manifest, ServiceEntry] | None, in_flight: bool) -> None:
     """INFO's drift with the service's newest manifest entry (NEWEST) compared too."""
     drift = info["drift"]
-    drift["manifest"] = found = manifest_drift(newest, info["live"], in_flight)
+    info["manifest_drift"] = found = manifest_drift(newest, info["live"], in_flight)
     if found and found["drifted"]:
         drift["detail"] = f"{drift['detail']}; {found['detail']}" if drift["drifted"] else found["detail"]
         drift["drifted"] = True

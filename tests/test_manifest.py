@@ -22,6 +22,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.cli import main
 from flows.fleet import release_fleet
+from flows.operations import MANIFEST_DRIFT_SCHEMA
 from harness.fleet_repo import base_yaml, commit, monorepo
 from harness.git import git
 from harness.services import aws
@@ -32,6 +33,7 @@ from tasks.core.errors import ConfigError
 from tasks.core.settings import Settings
 from tasks.release.manifest import (
     FLEET_KEY,
+    MANIFEST_SCHEMA,
     Manifest,
     ManifestSettings,
     ManifestStore,
@@ -44,6 +46,7 @@ from tasks.release.manifest import (
 )
 from tests.test_fleet_order_release import deployments, remove
 from tests.test_provenance import mutating_calls_since, request_log_position
+from tests.test_status_all import schema_errors
 
 DIGEST_A, DIGEST_B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
 SHA_A = "1" * 40
@@ -80,6 +83,7 @@ def test_manifests_read_back_by_run_and_by_time(tmp_path: Path) -> None:
     newest = store.newest_by_service(["api", "web"])
     assert list(newest) == ["api"] and newest["api"][0] == second
     assert parse_manifest(second.model_dump_json(), "x.json") == second
+    assert schema_errors(second.model_dump(), MANIFEST_SCHEMA) == []
 
 
 def test_a_file_that_is_no_manifest_names_the_field(tmp_path: Path) -> None:
@@ -96,6 +100,7 @@ def test_drift_against_the_manifest_names_the_run_time_and_revisions() -> None:
         "run_id": "run-1", "run_url": None, "created_at": m.created_at, "drifted": False, "detail": None}
     moved = {**same, "task_definition": "arn:aws:ecs:us-east-1:123:task-definition/api:7"}
     found = manifest_drift((m, m.services[0]), moved, in_flight=True)
+    assert found is not None and schema_errors(found, MANIFEST_DRIFT_SCHEMA) == []
     assert found is not None and found["detail"] == (
         f"differs from manifest of run run-1 at {m.created_at}: live api:7, manifest api:5; a release is in flight")
     assert manifest_drift(None, same) is None
@@ -206,18 +211,17 @@ def test_a_service_changed_by_hand_shows_as_drifted(fleet: dict[str, Any], capsy
     with deployments(fleet["folder"]):
         assert main(["status", "--json"]) == 0
     rows = {r["service"]: r for r in json.loads(capsys.readouterr().out)["services"]}
-    drift = rows[cfg.name]["drift"]
+    drift, newest = rows[cfg.name]["drift"], rows[cfg.name]["manifest_drift"]
     was = fleet["v1"].services[0].task_definition.rsplit("/", 1)[-1]
     now = by_hand["taskDefinitionArn"].rsplit("/", 1)[-1]
-    assert drift["drifted"] and drift["manifest"]["drifted"], drift
+    assert drift["drifted"] and newest["drifted"], rows[cfg.name]
     # the newest manifest naming it: its own release's (written after the fleet's)
-    newest = drift["manifest"]
     assert newest["run_id"] == "release-v1", drift
     assert newest["detail"].startswith(f"differs from manifest of run release-v1 at {newest['created_at']}: "
                                        f"live {now}, manifest {was}"), drift
-    assert drift["manifest"]["detail"] in drift["detail"]
+    assert newest["detail"] in drift["detail"]
     for other in fleet["configs"][1:]:
-        assert rows[other.name]["drift"]["manifest"]["drifted"] is False, rows[other.name]["drift"]
+        assert rows[other.name]["manifest_drift"]["drifted"] is False, rows[other.name]
 
 
 def test_deploy_manifest_puts_a_fleet_of_3_back(fleet: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
