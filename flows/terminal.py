@@ -42,6 +42,7 @@ from rich.markdown import Markdown
 from rich.table import Table
 from rich.text import Text
 
+from tasks.core.report import published_summary
 from tasks.release.outcome import outcome_of
 
 ICONS = {"COMPLETED": ("✓", "green"), "FAILED": ("✗", "red"), "RUNNING": ("…", "yellow"),
@@ -121,7 +122,11 @@ def quiet_console_logs() -> Iterator[None]:
 
 
 def release_markdown(run_id: Any) -> str:
-    """The release summary this run published last (the `<service>-release` artifact)."""
+    """The release summary this run published last (the `<service>-release` artifact): as this process
+    published it, else read back."""
+    published = published_summary(run_id)
+    if published is not None:
+        return published
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
             artifact_filter=ArtifactFilter(

@@ -16,6 +16,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.events import emit_event
+from prefect.runtime import flow_run
 
 EVENT_PREFIX = "ecs-pipeline.deploy"
 
@@ -173,11 +174,17 @@ class ReleaseSummary:
         return "\n".join(lines)
 
     def publish(self) -> None:
+        markdown = self.markdown()
         create_markdown_artifact(
             key=artifact_key(self.service, "release"),
-            markdown=self.markdown(),
+            markdown=markdown,
             description=self.description(),
         )
+        run_id = flow_run.get_id()
+        if run_id:
+            if len(_PUBLISHED) >= _PUBLISHED_KEPT:
+                _PUBLISHED.clear()
+            _PUBLISHED[str(run_id)] = markdown
 
     def description(self) -> str:
         """One line for artifact lists: the outcome and the reason's first line, cut at a word."""
@@ -210,3 +217,14 @@ class ShiftProgress:
             )
         else:
             update_progress_artifact(artifact_id=self.id, progress=percent)
+
+
+# The summary each run of this process published last, by run id: what the CLI prints when its
+# release ends, without reading back the artifact it has just written.
+_PUBLISHED: dict[str, str] = {}
+_PUBLISHED_KEPT = 1000
+
+
+def published_summary(run_id: Any) -> str | None:
+    """The release summary RUN_ID published last in this process; None when it published none here."""
+    return _PUBLISHED.get(str(run_id))
