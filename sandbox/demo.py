@@ -2,7 +2,9 @@
 
 sandbox up → seed sample-app → serve deploy-service → release v1 → commit v2
 and release it blue/green while a client sends steady requests to production →
-commit a broken v3 and watch it roll back with v2 still serving → summary.
+commit a broken v3 and watch it roll back with v2 still serving → the same
+commit through CodeDeploy and ECS-native → a slow v5 on a service with canary
+analysis, rolled back because its p95 is worse than blue's → summary.
 Every release is a flow run of the ``deploy-service`` deployment, so it shows
 in the Prefect UI with its stages, artifacts and a Retry button.
 """
@@ -30,6 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICE_YAML = REPO_ROOT / "deployments" / "sample-app.yaml"
 CODEDEPLOY_YAML = REPO_ROOT / "deployments" / "sample-app-cd.yaml"
 NATIVE_YAML = REPO_ROOT / "deployments" / "sample-app-native.yaml"
+ANALYSIS_YAML = REPO_ROOT / "deployments" / "sample-app-analysis.yaml"
+SLOW_MS = 250  # v5 answers this much later than v2: its p95 is many times blue's
 
 
 def say(msg: str) -> None:
@@ -42,15 +46,21 @@ def git(repo: Path, *args: str) -> str:
 
 
 def prepare_repo(repo: Path) -> None:
-    """The sample app's own git repository, a copy of examples/sample-app with its busybox."""
-    if (repo / ".git").exists():
-        return
-    shutil.copytree(REPO_ROOT / "examples" / "sample-app", repo, ignore=shutil.ignore_patterns("busybox"))
+    """The sample app's own git repository, a copy of examples/sample-app with its busybox.
+
+    A repository an earlier demo left gets the sample app as it is now (a new commit when it changed), so
+    its releases have what this demo asks of them (SLOW_MS).
+    """
+    fresh = not (repo / ".git").exists()
+    shutil.copytree(REPO_ROOT / "examples" / "sample-app", repo, ignore=shutil.ignore_patterns("busybox"),
+                    dirs_exist_ok=True)
     shutil.copy2("/bin/busybox", repo / "busybox")
     (repo / ".gitignore").unlink(missing_ok=True)
-    git(repo, "init", "-q", "-b", "main")
+    if fresh:
+        git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "sample app")
+    if fresh or git(repo, "status", "--porcelain"):
+        git(repo, "commit", "-q", "-m", "sample app" if fresh else "sample app, as examples/sample-app has it now")
 
 
 def seed_service(cfg: Any) -> dict[str, Any]:
@@ -98,10 +108,11 @@ def iam_tally(env: dict[str, str], since: int) -> tuple[int, int, int]:
     return len(calls), sum(1 for c in calls if c.get("denied")), int(found["last"])
 
 
-def commit_release(repo: Path, version: str, broken: str = "") -> str:
-    (repo / "app.env").write_text(f"VERSION={version}\nBROKEN={broken}\n")
+def commit_release(repo: Path, version: str, broken: str = "", slow_ms: int = 0) -> str:
+    (repo / "app.env").write_text(f"VERSION={version}\nBROKEN={broken}\n" + (f"SLOW_MS={slow_ms}\n" if slow_ms else ""))
     git(repo, "add", "app.env")
-    git(repo, "commit", "-q", "--allow-empty", "-m", f"release {version}" + (f" (broken: {broken})" if broken else ""))
+    what = f" (broken: {broken})" if broken else f" (slow: {slow_ms} ms)" if slow_ms else ""
+    git(repo, "commit", "-q", "--allow-empty", "-m", f"release {version}{what}")
     return git(repo, "rev-parse", "HEAD")
 
 
@@ -207,7 +218,8 @@ def report(label: str, run: Any, load: Load | None, ui: str) -> dict[str, Any]:
         seen = ", ".join(f"{v}: {n}" for v, n in sorted(load.versions.items()))
         say(f"   production requests: {load.sent} sent, {load.failed} failed ({seen})")
     say(f"   {ui}/runs/flow-run/{run.id}")
-    return {"label": label, "state": outcome_of(state), "failed": load.failed if load else None,
+    return {"label": label, "state": outcome_of(state), "reason": state.message or "",
+            "failed": load.failed if load else None,
             "sent": load.sent if load else None, "seconds": run.total_run_time.total_seconds()}
 
 
@@ -230,6 +242,45 @@ def test_report(service: str) -> str:
     lines = [f"   {found[0].description}"]
     lines += [f"     {r['status']:7} {r['test']} {r['message']}" for r in rows if isinstance(r, dict)]
     return "\n".join(lines)
+
+
+def analysis_table(service: str) -> str:
+    """The last canary analysis of SERVICE's runs, as its table artifact holds it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from tasks.core.report import artifact_key
+
+    key = artifact_key(service, "analysis")
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      sort=ArtifactSort.CREATED_DESC, limit=1)
+    if not found:
+        return "   (no analysis table)"
+    data = found[0].data
+    rows = json.loads(data) if isinstance(data, str) else data if isinstance(data, list) else []
+    lines = [f"   analysis table (artifact {key}):"]
+    lines += [f"     {r['metric']:9} blue {r['blue']:16} green {r['green']:16} {r['verdict']:13} {r['rule']}"
+              for r in rows if isinstance(r, dict)]
+    return "\n".join(lines)
+
+
+def release_analysed(repo: Path, good: str, ui: str) -> dict[str, Any]:
+    """A slow v5 on the service with canary analysis: GOOD first (blue), then v5 under load, rolled back."""
+    from tasks.config.models import load_service
+
+    cfg = load_service(ANALYSIS_YAML)
+    seed_service(cfg)
+    prod = f"http://127.0.0.1:{cfg.load_balancer.production_listener.port}/"  # type: ignore[union-attr]
+    say(f"\nseeded {cfg.name} (task sets, canary analysis; releases as {cfg.deploy_role_arn}), production {prod}")
+    first = release(cfg.name, good)
+    say(f"   blue: v2 released first ({first.state.message or first.state.name})")
+    sha5 = commit_release(repo, "v5", slow_ms=SLOW_MS)
+    with Load(prod) as load:
+        result = report(f"v5 (slow: +{SLOW_MS} ms; canary analysis against blue)", release(cfg.name, sha5), load, ui)
+    say(analysis_table(cfg.name))
+    return result
 
 
 def wait_serving(url: str, timeout: float = 120) -> None:
@@ -302,6 +353,7 @@ def main() -> int:
                                          "v2 via CodeDeploy (canary)", sha2, ui))
         results.append(release_elsewhere(NATIVE_YAML, "ECS controller, strategy CANARY, no CodeDeploy",
                                          "v2 via ECS-native blue/green (canary)", sha2, ui))
+        results.append(release_analysed(repo, sha2, ui))
         pipeline_seconds = time.monotonic() - pipeline_started
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -318,7 +370,9 @@ def main() -> int:
     say(f"   Prefect UI: {ui} (flow runs of deploy-service; artifacts hold each release summary; "
         f"sign in with PREFECT_API_AUTH_STRING from {layout().env_file})")
     ok = (
-        [r["state"] for r in results] == ["Deployed", "Deployed", "Failed", "Rolled back", "Deployed", "Deployed"]
+        [r["state"] for r in results]
+        == ["Deployed", "Deployed", "Failed", "Rolled back", "Deployed", "Deployed", "Rolled back"]
+        and "analysis failed" in results[-1]["reason"] and "p95" in results[-1]["reason"]
         and all(r["failed"] in (0, None) for r in results)
         and serving.startswith("sample-app v2")
         and refused == 0
