@@ -12,7 +12,12 @@ percentiles, where the window has enough minutes for the test to reach
 ``alpha`` at all (else the threshold alone decides, and the rule says so).
 
 ``judge`` is pure; ``publish`` makes the judgement a table artifact
-(``<service>-analysis``) and an ``ecs-pipeline.deploy.analysis-<verdict>`` event.
+(``<service>-analysis``) and an ``ecs-pipeline.deploy.analysis-<verdict>`` event;
+``conclude`` publishes and acts (a fail is the VerifyFailed an alarm raises).
+Two ways a step is judged: ``gate_step`` for steps the pipeline drives (task
+sets: at the step's end, waiting for traffic while inconclusive) and
+``ShiftAnalysis`` for steps AWS drives (CodeDeploy, ECS: as the shift goes,
+a closed window decided at once).
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ lives:
   lifecycle hook run);
 - the deployment config's shift minutes and the group's termination wait.
 
+Canary analysis adds no term: a task-sets step waits for traffic at most
+``analysis.inconclusive_wait_seconds`` and no budget bounds that shift, and a
+shift CodeDeploy or ECS drives is judged within the looks its budget already
+allows (AWS does not wait for a judgement).
+
 AWS times are time-scaled in a sandbox rehearsal; start and MARGIN_SECONDS
 (polling and API latency) are wall time. Every budget is capped at
 CAP_SECONDS. Its text says how it was computed, so a wait that runs out names
