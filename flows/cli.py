@@ -261,6 +261,9 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
                         help="services released at once in a fleet (default 4)")
     parser.add_argument("--stop-on-first-failure", action="store_true",
                         help="in a fleet, hold the later services once one fails or rolls back")
+    parser.add_argument("--atomic", action="store_true",
+                        help="release the fleet as one change: each service waits past its bake with blue up, and "
+                        "when one fails every service the fleet moved goes back (children threads only)")
     parser.add_argument("--children", choices=["threads", "deployment"], default="threads",
                         help="in a fleet, release each service from this process (threads, the default) or as a "
                              "deploy-service run on whichever worker is free (deployment)")  # fmt: skip
