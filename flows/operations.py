@@ -31,7 +31,7 @@ from tasks.core.settings import Settings
 from tasks.core.waits import abort_when
 from tasks.release.live_view import read_live
 from tasks.release.locks import ServiceBusy, StopWatch, read_heartbeat, service_lock
-from tasks.release.manifest import Manifest, ManifestStore, ServiceEntry, manifest_drift
+from tasks.release.manifest import Manifest, ManifestStore, ServiceEntry, manifest_drift, record_release_manifest
 from tasks.release.outcome import OUTCOME_TYPES, final_state, outcome_of
 from tasks.release.runs import ensure_run_tags
 from tasks.release.skeleton import roll_back_in_flight
@@ -398,6 +398,8 @@ def roll_back_under_lock(cfg: ServiceConfig, clients: AwsClients, run_id: str | 
         except BaseException as exc:  # noqa: BLE001 - stopped_by re-raises what is no release outcome
             return stopped_by(exc, summary)
         if state is not None:
+            if outcome_of(state) in ("Deployed", "Rolled back"):  # production moved: what it runs now, best-effort
+                record_release_manifest(cfg, clients, run_id)
             return state
         live = live_release(cfg, clients)
         if live.task_definition is None:

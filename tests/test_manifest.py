@@ -70,7 +70,7 @@ def test_manifests_read_back_by_run_and_by_time(tmp_path: Path) -> None:
     store = local_store(tmp_path)
     t0 = datetime(2026, 12, 6, 17, 0, tzinfo=UTC)
     first, second = manifest("run-1", t0), manifest("run-2", t0 + timedelta(minutes=5), revision=7)
-    for m in (second, first):  # written out of order: the names still sort by time
+    for m in (second, first):  # written out of order: names sort by time, the pointer stays on the newer
         store.write(m)
     assert store.by_run("run-1") == first
     assert store.at() == second
@@ -120,12 +120,13 @@ def test_manifests_kept_in_s3_read_back_the_same() -> None:
     try:
         assert store.write(first) == f"s3://{bucket}/prod/{first.file_name()}"
         store.write(second)
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
-        assert sorted(keys) == [f"prod/{first.file_name()}", f"prod/{second.file_name()}"]
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
+        assert keys == [f"prod/{first.file_name()}", f"prod/{second.file_name()}", "prod/latest/api"]
         assert store.by_run("run-1") == first and store.at() == second and store.at(t0) == first
+        assert store.newest_by_service(["api", "web"]) == {"api": (second, second.services[0])}
     finally:
-        for key in keys if "keys" in locals() else []:
-            s3.delete_object(Bucket=bucket, Key=key)
+        for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+            s3.delete_object(Bucket=bucket, Key=o["Key"])
         s3.delete_bucket(Bucket=bucket)
 
 

@@ -11,7 +11,9 @@ JSON file is what is read back (``manifest --run``/``--at``, ``deploy --manifest
     PREFECT_LOCAL_STORAGE_PATH     Prefect's local result storage: files go to its manifests/ folder
                                    (default ~/.prefect/storage)
 
-A file is named ``<UTC time>-<run id>.json``, so names sort by time and a run's manifest is found by name.
+A file is named ``<UTC time>-<run id>.json``, so names sort by time and a run's manifest is found by name;
+``latest/<service>`` beside them names each service's newest one, so ``status`` reads one pointer per service
+instead of every manifest.
 """
 
 from __future__ import annotations
@@ -158,20 +160,42 @@ class ManifestStore:
             return f"s3://{self.settings.manifest_bucket}/{self.settings.manifest_prefix}"
         return str(self.folder)
 
-    def write(self, manifest: Manifest) -> str:
-        body = manifest.model_dump_json(indent=2)
-        name = manifest.file_name()
+    def _put(self, name: str, body: str) -> str:
+        """NAME (a path under the folder or prefix) holds BODY; where it went."""
         if self.settings.manifest_bucket:
             key = self.settings.manifest_prefix + name
             self.s3.put_object(Bucket=self.settings.manifest_bucket, Key=key, Body=body.encode(),
                                ContentType="application/json")
             return f"s3://{self.settings.manifest_bucket}/{key}"
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / name
-        tmp = path.with_suffix(".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(body)
         tmp.replace(path)  # a reader never sees half a file
         return str(path)
+
+    def _get(self, name: str) -> tuple[str, str] | None:
+        """(where, text) of NAME; None when there is none."""
+        if self.settings.manifest_bucket:
+            key = self.settings.manifest_prefix + name
+            try:
+                body = self.s3.get_object(Bucket=self.settings.manifest_bucket, Key=key)["Body"].read().decode()
+            except self.s3.exceptions.NoSuchKey:
+                return None
+            return f"s3://{self.settings.manifest_bucket}/{key}", body
+        path = self.folder / name
+        return (str(path), path.read_text()) if path.is_file() else None
+
+    def write(self, manifest: Manifest) -> str:
+        """The manifest's file, then each service's pointer to its newest manifest (what status reads)."""
+        name = manifest.file_name()
+        where = self._put(name, manifest.model_dump_json(indent=2))
+        for e in manifest.services:
+            pointer = f"latest/{e.service}"
+            current = self._get(pointer)
+            if current is None or current[1].strip() < name:  # names sort by time: never back to an older one
+                self._put(pointer, name)
+        return where
 
     def names(self) -> list[str]:
         """Every manifest's file name, oldest first."""
@@ -181,15 +205,14 @@ class ManifestStore:
                 Bucket=self.settings.manifest_bucket, Prefix=self.settings.manifest_prefix)
             for page in pages:
                 found += [o["Key"].removeprefix(self.settings.manifest_prefix) for o in page.get("Contents", [])]
-            return sorted(n for n in found if n.endswith(".json"))
+            return sorted(n for n in found if n.endswith(".json") and "/" not in n)
         return sorted(p.name for p in self.folder.glob("*.json")) if self.folder.is_dir() else []
 
     def read(self, name: str) -> Manifest:
-        if self.settings.manifest_bucket:
-            key = self.settings.manifest_prefix + name
-            body = self.s3.get_object(Bucket=self.settings.manifest_bucket, Key=key)["Body"].read().decode()
-            return parse_manifest(body, f"s3://{self.settings.manifest_bucket}/{key}")
-        return parse_manifest((self.folder / name).read_text(), str(self.folder / name))
+        found = self._get(name)
+        if found is None:
+            raise ConfigError(f"no release manifest {name} in {self.where()}")
+        return parse_manifest(found[1], found[0])
 
     def by_run(self, run_id: str) -> Manifest:
         found = [n for n in self.names() if n.removesuffix(".json").split("-", 1)[-1] == run_id]
@@ -206,16 +229,18 @@ class ManifestStore:
         raise ConfigError(f"no release manifest{since} in {self.where()}")
 
     def newest_by_service(self, services: Iterable[str]) -> dict[str, tuple[Manifest, ServiceEntry]]:
-        """Each of SERVICES' newest manifest entry (services never in a manifest are left out)."""
-        wanted = set(services)
+        """Each of SERVICES' newest manifest entry, by its pointer (services never in a manifest are left out)."""
         found: dict[str, tuple[Manifest, ServiceEntry]] = {}
-        for name in reversed(self.names()):
-            if not wanted - found.keys():
-                break
-            manifest = self.read(name)
-            for e in manifest.services:
-                if e.service in wanted and e.service not in found:
-                    found[e.service] = (manifest, e)
+        read: dict[str, Manifest] = {}
+        for service in services:
+            pointer = self._get(f"latest/{service}")
+            if pointer is None:
+                continue
+            name = pointer[1].strip()
+            manifest = read[name] if name in read else read.setdefault(name, self.read(name))
+            entry = manifest.entry(service)
+            if entry is not None:
+                found[service] = (manifest, entry)
         return found
 
 
