@@ -45,7 +45,7 @@ STEP = {"type": "canary", "percent": 50, "interval_seconds": 180}  # 3 s at the 
 RULES: dict[str, Any] = {
     "min_requests": 40,
     "error_rate": {"max_increase": 0.005},
-    "latency_p95": {"max_ratio": 1.5},
+    "latency_p95": {"max_ratio": 2.0},  # wide: an equal green must pass on a busy machine, where p95s wander
     "method": "thresholds",
     "inconclusive_wait_seconds": 120,
 }
@@ -117,17 +117,17 @@ def row(rows: list[dict[str, str]], metric: str) -> dict[str, str]:
 
 
 def test_slow_green_rolls_back_on_latency_with_no_errors(blue: ServiceUnderTest) -> None:
-    commit(blue, "v2", slow_ms=200)
+    commit(blue, "v2", slow_ms=300)
     state, failed = release(blue)
     message = state.message or ""
     assert outcome_of(state) == "Rolled back", message
     assert "analysis failed during the 50% step: p95 " in message, message
-    assert "ms on green vs " in message and "limit 1.5\u00d7" in message, message
+    assert "ms on green vs " in message and "limit 2\u00d7" in message, message
     assert failed == [], failed[:5]  # slow, never an error: no alarm could see it
     rows = analysis_rows(state, blue.name)
     assert row(rows, "p95")["verdict"] == "fail" and row(rows, "5xx rate")["verdict"] == "pass", rows
     assert row(rows, "5xx rate")["green"].startswith("0.0 % (0/"), rows
-    assert float(row(rows, "p95")["green"].split()[0]) >= 200, rows
+    assert float(row(rows, "p95")["green"].split()[0]) >= 300, rows
     assert serving_versions(blue) == {"v1"}
     payload = event_payloads(blue.name, "analysis-failed")[-1]
     assert payload["step"] == "the 50% step" and payload["verdict"] == "fail"
