@@ -74,7 +74,8 @@ def cmd_deploy_manifest(args: argparse.Namespace) -> int:
     from tasks.aws.clients import AwsClients
     from tasks.config.models import load_all_services
     from tasks.core.settings import Settings
-    from tasks.release.manifest import ManifestStore, check_restored, load_manifest, restore_plan
+    from tasks.release.manifest import ManifestStore, load_manifest
+    from tasks.release.manifest_restore import check_restored, restore_plan
 
     if args.service or args.all or args.select or args.sha:
         raise PipelineError("deploy --manifest restores the services it lists: give no SERVICE, --all, --select "

@@ -31,7 +31,8 @@ from tasks.core.settings import Settings
 from tasks.core.waits import abort_when
 from tasks.release.live_view import read_live
 from tasks.release.locks import ServiceBusy, StopWatch, read_heartbeat, service_lock
-from tasks.release.manifest import Manifest, ManifestStore, ServiceEntry, manifest_drift, record_release_manifest
+from tasks.release.manifest import Manifest, ManifestStore, ServiceEntry, record_release_manifest
+from tasks.release.manifest_restore import manifest_drift
 from tasks.release.outcome import OUTCOME_TYPES, final_state, outcome_of
 from tasks.release.runs import ensure_run_tags
 from tasks.release.skeleton import roll_back_in_flight

@@ -38,12 +38,11 @@ from tasks.release.manifest import (
     ManifestSettings,
     ManifestStore,
     ServiceEntry,
-    manifest_drift,
     parse_manifest,
     record_fleet_manifest,
     record_release_manifest,
-    restore_plan,
 )
+from tasks.release.manifest_restore import manifest_drift, restore_plan
 from tests.test_fleet_order_release import deployments, remove
 from tests.test_provenance import mutating_calls_since, request_log_position
 from tests.test_status_all import schema_errors
@@ -158,7 +157,7 @@ def test_a_fleets_manifest_lists_what_aws_serves(fleet: dict[str, Any]) -> None:
         assert e.digest == found["imageDetails"][0]["imageDigest"] and e.image and e.image.endswith(f"@{e.digest}")
         svc = aws("ecs").describe_services(cluster=cfg.ecs.cluster, services=[cfg.ecs.service])["services"][0]
         primary = next(ts for ts in svc["taskSets"] if ts["status"] == "PRIMARY")
-        assert e.task_definition == primary["taskDefinition"] and e.task_definition.rsplit(":", 1)[-1].isdigit()
+        assert e.task_definition == primary["taskDefinition"] and str(e.task_definition).rsplit(":", 1)[-1].isdigit()
     store = ManifestStore.from_clients(fleet["clients"])
     assert store.by_run("fleet-v1") == m1
     assert (Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"]) / "manifests" / m1.file_name()).is_file()
