@@ -61,6 +61,7 @@ from tasks.release.fleet_plan import (
     in_wave,
     select_services,
 )
+from tasks.release.manifest import record_fleet_manifest
 from tasks.release.outcome import outcome_of, reason_in
 from tasks.release.runs import DEPLOY_DEPLOYMENT, ensure_run_tags, fleet_run_name, run_tags
 from tasks.release.skeleton import sigterm_deferred
@@ -103,6 +104,7 @@ def release_fleet(
     origin: str = "fleet",
     children: Children = "threads",
     atomic: bool = False,
+    shas: dict[str, str] | None = None,
 ) -> State[Any]:
     """Release SERVICES (names or globs; all when empty) at SHA (default: each branch head), in dependency order.
 
@@ -117,6 +119,8 @@ def release_fleet(
             on whichever worker is free.
         atomic: One change, all or nothing: each service waits past its bake with blue warm until every
             service passed; when one fails, every service the fleet moved goes back (threads only).
+        shas: One commit per service (a release manifest's, `deploy --manifest`): each is released even when
+            live and even when older than the live one. Replaces sha.
     """
     log = get_run_logger()
     everyone = load_all_services(Settings().deployments)
@@ -124,7 +128,9 @@ def release_fleet(
     configs = select_services(everyone, services)
     check_atomic(atomic, children, len(configs))
     summary = FleetSummary(max_parallel=max_parallel, stop_on_first_failure=stop_on_first_failure, atomic=atomic)
-    shas = target_shas(configs, sha, summary)
+    step_back = shas is not None  # a manifest's commits: older ones allowed, each released even when live
+    shas = {c.name: shas[c.name] for c in configs if c.name in shas} if shas is not None else target_shas(
+        configs, sha, summary)
     name_fleet_run(services, shas, len(configs))
     migrating = {c.name: c for c in configs if c.migrate is not None}
     size = max_parallel
@@ -133,9 +139,12 @@ def release_fleet(
         log.info("waves of %d, not %d: services with migrations wait for their whole wave", size, max_parallel)
     waves = waves_in_order(configs, [c.name for c in configs if c.name in shas], size)
     before = versions_now(configs, shas) if atomic else {}  # what each runs before the fleet moves anything
-    fleet = Fleet(configs, shas, summary, origin, children, deployment_name, FleetHold() if atomic else None)
+    fleet = Fleet(configs, shas, summary, origin, children, deployment_name, FleetHold() if atomic else None,
+                  step_back=step_back)
     fleet.run(waves)
     say_ended_on(summary, before, versions_now(configs, before) if atomic else {})
+    run_id = flow_run.get_id()
+    record_fleet_manifest([c for c in configs if c.name in shas], AwsClients(Settings()), run_id)  # best-effort
     summary.results.sort(key=lambda r: (r.wave or 1_000_000, r.service))
     create_markdown_artifact(key=FLEET_ARTIFACT, markdown=summary.markdown(), description=summary.headline())
     told = summary.headline() + (f". {summary.aftermath()}" if summary.aftermath() else "")
@@ -205,6 +214,7 @@ class Fleet:
     deployment_name: str
     hold: FleetHold | None
     in_flight: dict[str, tuple[PrefectConcurrentFuture[ServiceResult], int]] = field(default_factory=dict)
+    step_back: bool = False
 
     def run(self, waves: list[list[str]]) -> None:
         try:
@@ -237,14 +247,15 @@ class Fleet:
         if self.children == "deployment":
             run_id, attempt = flow_run.get_id(), flow_run.get_run_count()
             key = f"{run_id}:{attempt}" if run_id else None
-            started = {n: start_child(self.deployment_name, n, self.shas[n], self.origin, key) for n in go}
+            started = {n: start_child(self.deployment_name, n, self.shas[n], self.origin, key, self.step_back)
+                       for n in go}
             for name, run in wait_final(started).items():
                 self.summary.results.append(result_of(name, self.shas[name], number, run))
             return
         gated = [c for c in self.configs if c.name in go and c.migrate is not None]
         gate = WaveGate(go, gate_seconds(gated)) if gated else None  # no migration: nothing to order
         for name in go:
-            future = release_here.submit(name, self.shas[name], number, self.origin, gate, self.hold)
+            future = release_here.submit(name, self.shas[name], number, self.origin, gate, self.hold, self.step_back)
             self.in_flight[name] = (cast(PrefectConcurrentFuture[ServiceResult], future), number)
         self.settle(go)
 
@@ -315,7 +326,8 @@ def target_shas(configs: Sequence[ServiceConfig], sha: str | None, summary: Flee
 @task(name="release service", task_run_name="release {service}@{sha:.7}", cache_policy=NO_CACHE,
       persist_result=False)  # fmt: skip
 def release_here(
-    service: str, sha: str, wave: int, origin: str, gate: WaveGate | None = None, hold: FleetHold | None = None
+    service: str, sha: str, wave: int, origin: str, gate: WaveGate | None = None, hold: FleetHold | None = None,
+    step_back: bool = False,
 ) -> ServiceResult:
     """deploy-service for SERVICE as a child flow run in this process; its end, whatever it is, as a line.
 
@@ -326,7 +338,7 @@ def release_here(
     """
     started = time.monotonic()
     with in_wave(gate or WaveGate([service], 0), service), held_by(hold, service):  # its wave, its fleet
-        state = deploy_service(service=service, sha=sha, return_state=True)
+        state = deploy_service(service=service, sha=sha, force=step_back, allow_older=step_back, return_state=True)
     name = outcome_of(state)
     message = reason_in(state)
     run_id = state.state_details.flow_run_id
@@ -337,10 +349,13 @@ def release_here(
     return ServiceResult(service, sha, wave, outcome, name, seconds, message, str(run_id) if run_id else None)
 
 
-def start_child(deployment_name: str, service: str, sha: str, origin: str, key: str | None) -> UUID:
+def start_child(
+    deployment_name: str, service: str, sha: str, origin: str, key: str | None, step_back: bool = False
+) -> UUID:
     """A deploy-service run for SERVICE, linked to this fleet run; a retried fleet run makes new ones."""
+    back = {"force": True, "allow_older": True} if step_back else {}
     run = run_deployment(
-        deployment_name, parameters={"service": service, "sha": sha}, timeout=0,
+        deployment_name, parameters={"service": service, "sha": sha, **back}, timeout=0,
         tags=run_tags(service, sha, origin), flow_run_name=f"{service}-{sha[:7]}",
         idempotency_key=f"{key}:{service}" if key else None,
     )  # fmt: skip

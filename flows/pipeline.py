@@ -21,7 +21,8 @@ from tasks.core.settings import Settings
 from tasks.core.waits import Aborted, abort_when
 from tasks.release.approval import check_approval_window
 from tasks.release.locks import GaveWay, Reserved, StopWatch, service_lock
-from tasks.release.outcome import conclude, final_state, flow_run_name, quiet_expected_failures
+from tasks.release.manifest import record_release_manifest
+from tasks.release.outcome import conclude, final_state, flow_run_name, outcome_of, quiet_expected_failures
 from tasks.release.runs import commit_order_for, ensure_run_tags, queueing_mode, superseded_by, wins_over
 from tasks.release.skeleton import Request, release
 from tasks.strategies.choose import choose_strategy
@@ -73,11 +74,14 @@ def locked_release(
     if superseded:
         return final_state("Superseded", f"by newer run {superseded}")
     try:
-        return release(cfg, clients, summary, asked, choose_strategy, held.took_over_from)
+        state = release(cfg, clients, summary, asked, choose_strategy, held.took_over_from)
     except Pause:
         raise  # suspended for approval: green waits beside blue for the resumed run, the slot stays reserved
     except BaseException as exc:  # noqa: BLE001 - stopped_by re-raises what is no release outcome
         return stopped_by(exc, summary)
+    if outcome_of(state) in ("Deployed", "Rolled back"):  # what production runs now, the slot still held
+        record_release_manifest(cfg, clients, run_id)  # best-effort: a failed write is a warning
+    return state
 
 
 def toward_suspended(cfg: ServiceConfig, run_id: str | None, clients: AwsClients) -> Reserved:
