@@ -258,6 +258,10 @@ MODULE_SECONDS = {
     "tests/test_iam_releases.py": 100, "tests/test_iam_preflight.py": 50, "tests/test_iam_verify.py": 40,
     "tests/test_iam_deploy_role.py": 25, "tests/test_iam_enforced.py": 20, "tests/test_iam_template.py": 20,
     "tests/test_iam_sessions.py": 8,
+    # release gates, a fleet as one change and its manifest (each alone, this machine)
+    "tests/test_approval_suspend.py": 100, "tests/test_analysis_release.py": 70, "tests/test_atomic.py": 45,
+    "tests/test_manifest.py": 45, "tests/test_migration.py": 45, "tests/test_fleet_order_release.py": 25,
+    "tests/test_analysis_metrics.py": 20,
 }
 
 
