@@ -90,7 +90,8 @@ def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
 def test_every_shipped_service_loads() -> None:
     """deployments/*.yaml with their templates pass every load-time check; the repo may live outside."""
     configs = load_all_services(SAMPLE.parent)
-    assert sorted(c.name for c in configs) == ["sample-app", "sample-app-analysis", "sample-app-cd", "sample-app-native"]
+    assert sorted(c.name for c in configs) == [
+        "sample-app", "sample-app-analysis", "sample-app-cd", "sample-app-native"]
     assert all(c.repo_location.endswith("/.sandbox/repos/sample-app") for c in configs)
 
 

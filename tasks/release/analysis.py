@@ -31,7 +31,6 @@ from typing import Literal
 
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from scipy import stats
 
 from tasks.aws import metrics
 from tasks.aws.clients import AwsClients
@@ -116,6 +115,8 @@ def _error_row(rules: Analysis, window: Window, counted: bool) -> Row | None:
     over = increase > limit + 1e-12
     detail = ""
     if over and rules.method == "mann-whitney":
+        from scipy import stats  # at the first judgement: a release without analysis never pays its import
+
         table = [[g.errors, g.requests - g.errors], [b.errors, b.requests - b.errors]]
         p = float(stats.fisher_exact(table, alternative="greater").pvalue)
         detail = f" (Fisher exact p={p:.3g}, alpha {rules.alpha:g})"
@@ -144,6 +145,8 @@ def _latency_row(rules: Analysis, window: Window, name: str, counted: bool) -> R
     over = ratio > limit + 1e-12
     detail = ""
     if over and tested:
+        from scipy import stats  # at the first judgement: a release without analysis never pays its import
+
         p = float(stats.mannwhitneyu(gs, bs, alternative="greater").pvalue)
         detail = f" (Mann-Whitney p={p:.3g} over {len(gs)} vs {len(bs)} minutes, alpha {rules.alpha:g})"
         over = p < rules.alpha
