@@ -35,6 +35,7 @@ import httpx
 from bench import figures
 from bench.bench_pipeline import load_sandbox
 from bench.cost import Child, CountingProxy, ServerMeter, prefect_server_pid, run_child
+from bench.figures import table
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = tuple(os.environ.get("BENCH_COST_STRATEGIES", "task-sets,rolling,codedeploy,ecs-native").split(","))
@@ -202,15 +203,6 @@ def cold_start(meters: Meters, service_dir: Path, service: str) -> list[tuple[st
                      statistics.median(c.cpu for c, _, _ in runs),
                      int(statistics.median(sum(p.values()) for _, p, _ in runs))))
     return rows
-
-
-def table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    cells = [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    print(f"\n{title}")
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)), flush=True)
 
 
 def by_name(results: list[dict[str, Any]], key: str) -> list[tuple[Any, ...]]:

@@ -34,6 +34,7 @@ from typing import Any
 
 from bench import figures
 from bench.bench_pipeline import ensure_peer, load_sandbox, outcome_of, retag
+from bench.figures import table
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 PARTS = ("rolling", "weather", "kills")
@@ -296,15 +297,6 @@ def kill_at(point: str, work: Path) -> tuple[str, float, str, str]:
     finally:
         os.environ.pop("ECS_PIPELINE_LOCK_STALE_SECONDS", None)
         sut.cleanup()
-
-
-def table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    cells = [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    print(f"\n{title}")
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)), flush=True)
 
 
 def main() -> int:

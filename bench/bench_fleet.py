@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import socket
 import statistics
 import subprocess
@@ -29,6 +28,8 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from bench.cost import CountingProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -307,52 +308,11 @@ def measure_webhook(api_url: str, requests: int) -> dict[str, list[float]]:
 
 # -- 3. API calls per release -------------------------------------------------------
 
-_REQUEST = re.compile(rb"(GET|POST|PATCH|PUT|DELETE) (/api/[^ ?]*)[^ ]* HTTP/1\.1\r\n")
-_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-class CountingProxy(threading.Thread):
-    """A TCP proxy that counts the HTTP request lines going to the Prefect server (websockets pass through)."""
-
-    def __init__(self, target_port: int) -> None:
-        super().__init__(daemon=True)
-        self.target = target_port
-        self.counts: Counter[str] = Counter()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-
-    def run(self) -> None:
-        while True:
-            client, _ = self.sock.accept()
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
-        tail = b""
-        try:
-            while chunk := src.recv(65536):
-                if count:
-                    data = tail + chunk
-                    for method, path in _REQUEST.findall(data[len(tail) - min(len(tail), 200):]):
-                        self.counts[f"{method.decode()} {_ID.sub('{id}', path.decode())}"] += 1
-                    tail = data[-200:]
-                dst.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-
 def api_calls_per_release(service: str) -> Counter[str]:
     api = os.environ["PREFECT_API_URL"]
-    proxy = CountingProxy(int(api.split(":")[2].split("/")[0]))
+    proxy = CountingProxy(("127.0.0.1", int(api.split(":")[2].split("/")[0])))
     proxy.start()
-    env = {**os.environ, "PREFECT_API_URL": f"http://127.0.0.1:{proxy.port}/api"}
+    env = {**os.environ, "PREFECT_API_URL": f"http://{proxy.address}/api"}
     subprocess.run([sys.executable, "-m", "flows.cli", "deploy", service, "--force"], cwd=ROOT, env=env,
                    capture_output=True, check=False, timeout=900)  # fmt: skip
     return proxy.counts

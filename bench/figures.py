@@ -7,6 +7,8 @@ shape ``cost: cpu/release X.XX s, fleet20 realistic Y.YY<times>, rolling vs ecs-
 
 from __future__ import annotations
 
+from typing import Any
+
 FIGURES: dict[str, float] = {}
 TIMES = "\u00d7"
 
@@ -26,3 +28,13 @@ def _cell(name: str, unit: str) -> str:
 def cost_line() -> str:
     return (f"cost: cpu/release {_cell('cpu/release', ' s')}, fleet20 realistic {_cell('fleet20 realistic', TIMES)}, "
             f"rolling vs ecs-deploy {_cell('rolling vs ecs-deploy', TIMES)}")
+
+
+def table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+    """A plain aligned table on stdout: TITLE, the header, one line per row (floats to two places)."""
+    cells = [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)), flush=True)

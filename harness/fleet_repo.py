@@ -6,11 +6,12 @@ import json
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from harness.git import git
-from harness.services import ROOT, SAMPLE_APP, free_port
+from harness.services import ROOT, SAMPLE_APP, aws, free_port
 from sandbox.seed_network import SECURITY_GROUP_ID, SUBNET_IDS
 
 
@@ -58,3 +59,16 @@ def base_yaml(base: Path, repo: Path) -> Path:
     path = base / "base" / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def remove_fleet(services: list[dict[str, Any]]) -> None:
+    """Delete seeded copies' services and load balancers (the sandbox then removes their containers); best-effort."""
+    for svc in services:
+        cfg = yaml.safe_load(Path(svc["yaml"]).read_text())
+        try:
+            aws("ecs").delete_service(cluster=cfg["ecs"]["cluster"], service=cfg["ecs"]["service"], force=True)
+            lbs = aws("elbv2").describe_load_balancers(Names=[cfg["load_balancer"]["production_listener"]
+                                                              ["load_balancer"]])["LoadBalancers"]
+            aws("elbv2").delete_load_balancer(LoadBalancerArn=lbs[0]["LoadBalancerArn"])
+        except Exception:  # noqa: BLE001 - best-effort clean-up of the sandbox
+            pass

@@ -13,7 +13,6 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +23,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId,
 
 from flows.fleet import release_fleet
 from flows.webhook import create_app
-from harness.fleet_repo import base_yaml, commit, monorepo
+from harness.fleet_repo import base_yaml, commit, monorepo, remove_fleet
 from harness.git import git
 from harness.services import aws
 from sandbox.seed_fleet import seed_fleet
@@ -111,15 +110,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield {"repo": repo, "folder": folder, "services": made, "base": base}
     finally:
         os.environ.pop("ECS_PIPELINE_DEPLOYMENTS", None)
-        for svc in made:
-            cfg = yaml.safe_load(Path(svc["yaml"]).read_text())
-            try:
-                aws("ecs").delete_service(cluster=cfg["ecs"]["cluster"], service=cfg["ecs"]["service"], force=True)
-                lbs = aws("elbv2").describe_load_balancers(Names=[cfg["load_balancer"]["production_listener"]
-                                                                  ["load_balancer"]])["LoadBalancers"]
-                aws("elbv2").delete_load_balancer(LoadBalancerArn=lbs[0]["LoadBalancerArn"])
-            except Exception:  # noqa: BLE001 - best-effort clean-up of the sandbox
-                pass
+        remove_fleet(made)
 
 
 def test_a_monorepo_push_starts_one_fleet_run_once(fleet: dict[str, Any]) -> None:

@@ -22,8 +22,7 @@ from prefect.client.orchestration import get_client
 
 from flows.fleet import release_fleet
 from harness.faults import PIPELINE_AGENT, control
-from harness.fleet_repo import base_yaml, commit, monorepo
-from harness.services import aws
+from harness.fleet_repo import base_yaml, commit, monorepo, remove_fleet
 from sandbox.seed_fleet import seed_fleet
 
 DEPENDS = {"01": [], "02": ["01"], "03": [], "04": ["01", "03"]}  # layers: 01 03, then 02 04
@@ -38,18 +37,6 @@ def set_depends_on(folder: Path, name: str, depends_on: list[str]) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def remove(services: list[dict[str, Any]]) -> None:
-    for svc in services:
-        cfg = yaml.safe_load(Path(svc["yaml"]).read_text())
-        try:
-            aws("ecs").delete_service(cluster=cfg["ecs"]["cluster"], service=cfg["ecs"]["service"], force=True)
-            lbs = aws("elbv2").describe_load_balancers(Names=[cfg["load_balancer"]["production_listener"]
-                                                              ["load_balancer"]])["LoadBalancers"]
-            aws("elbv2").delete_load_balancer(LoadBalancerArn=lbs[0]["LoadBalancerArn"])
-        except Exception:  # noqa: BLE001 - best-effort clean-up of the sandbox
-            pass
-
-
 def shared_fleet(tmp_path_factory: pytest.TempPathFactory, config: pytest.Config) -> dict[str, Any]:
     """The four seeded services with their dependencies, released once at v1 (made at its first use)."""
     if _SHARED:
@@ -59,7 +46,7 @@ def shared_fleet(tmp_path_factory: pytest.TempPathFactory, config: pytest.Config
     commit(repo, "v1")
     folder = base / "deployments"
     made = seed_fleet(base_yaml(base, repo), 4, folder)
-    config.add_cleanup(lambda: remove(made))
+    config.add_cleanup(lambda: remove_fleet(made))
     names = {m["name"][-2:]: m["name"] for m in made}
     for short, deps in DEPENDS.items():
         set_depends_on(folder, names[short], [names[d] for d in deps])

@@ -23,7 +23,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from flows.cli import main
 from flows.fleet import release_fleet
 from flows.operations import MANIFEST_DRIFT_SCHEMA
-from harness.fleet_repo import base_yaml, commit, monorepo
+from harness.fleet_repo import base_yaml, commit, monorepo, remove_fleet
 from harness.git import git
 from harness.services import aws
 from sandbox.seed_fleet import seed_fleet
@@ -43,7 +43,7 @@ from tasks.release.manifest import (
     record_release_manifest,
 )
 from tasks.release.manifest_restore import manifest_drift, restore_plan
-from tests.test_fleet_order_release import deployments, remove
+from tests.test_fleet_order_release import deployments
 from tests.test_provenance import mutating_calls_since, request_log_position
 from tests.test_status_all import schema_errors
 
@@ -136,7 +136,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     commit(repo, "v1")
     folder = base / "deployments"
     made = seed_fleet(base_yaml(base, repo), 3, folder)
-    request.config.add_cleanup(lambda: remove(made))
+    request.config.add_cleanup(lambda: remove_fleet(made))
     with deployments(folder):
         state = release_fleet(max_parallel=3, return_state=True)
         assert state.is_completed(), state.message
