@@ -281,14 +281,16 @@ def ensure_task_definition(aws: Clients, cfg: ServiceConfig, image: str, prefix:
     family = prefix + str(template.get("family") or cfg.ecs.service)
     body = {k: v for k, v in template.items() if k in allowed}
     body["family"] = family
-    try:
-        latest = aws.ecs.describe_task_definition(taskDefinition=family)["taskDefinition"]
-        images = {c["name"]: c.get("image") for c in latest.get("containerDefinitions", [])}
+    # The newest revision with the seed image: after releases the family's latest runs their image, and a
+    # second seed (make demo again) must name the revision the first one did, as the service's stack holds it.
+    arns = aws.ecs.list_task_definitions(familyPrefix=family, sort="DESC")["taskDefinitionArns"]
+    for arn in arns[:50]:
+        if arn.rsplit("/", 1)[-1].rsplit(":", 1)[0] != family:
+            continue  # another family that starts with this one's name
+        found = aws.ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"]
+        images = {c["name"]: c.get("image") for c in found.get("containerDefinitions", [])}
         if images.get(cfg.ecs.container) == image:
-            return str(latest["taskDefinitionArn"])
-    except ClientError as exc:
-        if error_code(exc) not in ("ClientException", "InvalidParameterException"):
-            raise
+            return str(found["taskDefinitionArn"])
     return str(aws.ecs.register_task_definition(**body)["taskDefinition"]["taskDefinitionArn"])
 
 
