@@ -53,7 +53,7 @@ def write_results(report: str, seconds: float, ran: list[str]) -> None:
     )
 
 
-NAMES = ("pipeline", "strategies", "cost", "faults", "webhook", "fleet", "builds")
+NAMES = ("pipeline", "strategies", "cost", "faults", "webhook", "fleet", "atomic", "analysis", "builds")
 chosen = sys.argv[1:] or list(NAMES)
 unknown = [name for name in chosen if name not in NAMES]
 if unknown:
@@ -64,6 +64,8 @@ from bench.bench_pipeline import load_sandbox  # noqa: E402
 load_sandbox()  # before anything imports Prefect, which reads its settings (the sandbox's server) at import
 
 from bench import (  # noqa: E402
+    bench_analysis,
+    bench_atomic,
     bench_builds,
     bench_cost,
     bench_faults,
@@ -81,7 +83,8 @@ def webhook() -> int:
 
 MAINS = {"pipeline": bench_pipeline.main, "strategies": bench_strategies.main, "cost": bench_cost.main,
          "faults": bench_faults.main,
-         "webhook": webhook, "fleet": bench_fleet.main, "builds": bench_builds.main}
+         "webhook": webhook, "fleet": bench_fleet.main, "atomic": bench_atomic.main,
+         "analysis": bench_analysis.main, "builds": bench_builds.main}
 from bench.figures import cost_line  # noqa: E402
 
 full = not sys.argv[1:] or os.environ.get("BENCH_RESULTS") == "1"  # a partial run only when asked
