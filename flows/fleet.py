@@ -105,6 +105,7 @@ def release_fleet(
     children: Children = "threads",
     atomic: bool = False,
     shas: dict[str, str] | None = None,
+    revisions: dict[str, str] | None = None,
 ) -> State[Any]:
     """Release SERVICES (names or globs; all when empty) at SHA (default: each branch head), in dependency order.
 
@@ -121,6 +122,8 @@ def release_fleet(
             service passed; when one fails, every service the fleet moved goes back (threads only).
         shas: One commit per service (a release manifest's, `deploy --manifest`): each is released even when
             live and even when older than the live one. Replaces sha.
+        revisions: One task definition revision (ARN) per service, put live as it is when it runs the
+            service's commit image (a release manifest's).
     """
     log = get_run_logger()
     everyone = load_all_services(Settings().deployments)
@@ -140,7 +143,7 @@ def release_fleet(
     waves = waves_in_order(configs, [c.name for c in configs if c.name in shas], size)
     before = versions_now(configs, shas) if atomic else {}  # what each runs before the fleet moves anything
     fleet = Fleet(configs, shas, summary, origin, children, deployment_name, FleetHold() if atomic else None,
-                  step_back=step_back)
+                  revisions=dict(revisions or {}), step_back=step_back)
     fleet.run(waves)
     say_ended_on(summary, before, versions_now(configs, before) if atomic else {})
     run_id = flow_run.get_id()
@@ -213,6 +216,7 @@ class Fleet:
     children: Children
     deployment_name: str
     hold: FleetHold | None
+    revisions: dict[str, str] = field(default_factory=dict)
     in_flight: dict[str, tuple[PrefectConcurrentFuture[ServiceResult], int]] = field(default_factory=dict)
     step_back: bool = False
 
@@ -247,15 +251,16 @@ class Fleet:
         if self.children == "deployment":
             run_id, attempt = flow_run.get_id(), flow_run.get_run_count()
             key = f"{run_id}:{attempt}" if run_id else None
-            started = {n: start_child(self.deployment_name, n, self.shas[n], self.origin, key, self.step_back)
-                       for n in go}
+            started = {n: start_child(self.deployment_name, n, self.shas[n], self.origin, key, self.step_back,
+                                      self.revisions.get(n)) for n in go}
             for name, run in wait_final(started).items():
                 self.summary.results.append(result_of(name, self.shas[name], number, run))
             return
         gated = [c for c in self.configs if c.name in go and c.migrate is not None]
         gate = WaveGate(go, gate_seconds(gated)) if gated else None  # no migration: nothing to order
         for name in go:
-            future = release_here.submit(name, self.shas[name], number, self.origin, gate, self.hold, self.step_back)
+            future = release_here.submit(name, self.shas[name], number, self.origin, gate, self.hold, self.step_back,
+                                         self.revisions.get(name))
             self.in_flight[name] = (cast(PrefectConcurrentFuture[ServiceResult], future), number)
         self.settle(go)
 
@@ -327,7 +332,7 @@ def target_shas(configs: Sequence[ServiceConfig], sha: str | None, summary: Flee
       persist_result=False)  # fmt: skip
 def release_here(
     service: str, sha: str, wave: int, origin: str, gate: WaveGate | None = None, hold: FleetHold | None = None,
-    step_back: bool = False,
+    step_back: bool = False, task_definition: str | None = None,
 ) -> ServiceResult:
     """deploy-service for SERVICE as a child flow run in this process; its end, whatever it is, as a line.
 
@@ -338,7 +343,8 @@ def release_here(
     """
     started = time.monotonic()
     with in_wave(gate or WaveGate([service], 0), service), held_by(hold, service):  # its wave, its fleet
-        state = deploy_service(service=service, sha=sha, force=step_back, allow_older=step_back, return_state=True)
+        state = deploy_service(service=service, sha=sha, force=step_back, allow_older=step_back,
+                               task_definition=task_definition, return_state=True)
     name = outcome_of(state)
     message = reason_in(state)
     run_id = state.state_details.flow_run_id
@@ -350,10 +356,13 @@ def release_here(
 
 
 def start_child(
-    deployment_name: str, service: str, sha: str, origin: str, key: str | None, step_back: bool = False
+    deployment_name: str, service: str, sha: str, origin: str, key: str | None, step_back: bool = False,
+    task_definition: str | None = None,
 ) -> UUID:
     """A deploy-service run for SERVICE, linked to this fleet run; a retried fleet run makes new ones."""
-    back = {"force": True, "allow_older": True} if step_back else {}
+    back: dict[str, Any] = {"force": True, "allow_older": True} if step_back else {}
+    if task_definition:
+        back["task_definition"] = task_definition
     run = run_deployment(
         deployment_name, parameters={"service": service, "sha": sha, **back}, timeout=0,
         tags=run_tags(service, sha, origin), flow_run_name=f"{service}-{sha[:7]}",

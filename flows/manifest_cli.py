@@ -95,6 +95,8 @@ def cmd_deploy_manifest(args: argparse.Namespace) -> int:
         return 0
     state = release_fleet(
         services=sorted(moving), shas=moving, max_parallel=args.max_parallel,
+        revisions={e.service: e.task_definition for e in manifest.services
+                   if e.service in moving and e.task_definition},
         stop_on_first_failure=args.stop_on_first_failure, children=args.children,
         atomic=getattr(args, "atomic", False), return_state=True,
     )  # fmt: skip

@@ -32,7 +32,8 @@ quiet_expected_failures()
 
 @flow(name="deploy-service", flow_run_name=flow_run_name, persist_result=True, log_prints=True)
 def deploy_service(
-    service: str, sha: str | None = None, force: bool = False, allow_older: bool = False
+    service: str, sha: str | None = None, force: bool = False, allow_older: bool = False,
+    task_definition: str | None = None,
 ) -> State[Any]:
     """Detect, build, push, register, deploy green, verify, shift, bake, teardown blue.
 
@@ -42,6 +43,8 @@ def deploy_service(
         force: Build and release even when production already runs this commit.
         allow_older: Allow moving production back to an older (or diverged) commit: an explicit step
             back, as `ecs-pipeline rollback` asks for. Without it a run never moves production back.
+        task_definition: A task definition revision (ARN) to put live as it is, when it runs this commit's
+            image (a release manifest's, `deploy --manifest`). Empty: the rendered task definition.
     """
     heap.settle()
     clients = AwsClients(Settings())
@@ -60,7 +63,8 @@ def deploy_service(
     try:
         with abort_when(stop), service_lock(cfg.name, stop.run_id, clients.settings.lock_stale_seconds,
                                             reserved=toward_suspended(cfg, stop.run_id, clients)) as held:
-            return locked_release(cfg, clients, summary, held, stop, Request(sha, force, allow_older))
+            return locked_release(cfg, clients, summary, held, stop, Request(sha, force, allow_older,
+                                                                                  task_definition or None))
     except GaveWay as exc:
         return final_state("Superseded", f"by run {exc.holder}, waiting for approval of a newer commit")
 

@@ -57,6 +57,7 @@ class Request:
     sha: str | None
     force: bool
     allow_older: bool
+    task_definition: str | None = None  # a revision to put live as it is (a manifest's), when it runs the image
 
 
 def release(
@@ -104,7 +105,8 @@ def stages_in_order(
     with summary.stage("push"):
         pushed = stages.push(cfg, clients, target.sha, built, asked.force)
     with summary.stage("register task definition"):
-        registered = stages.register(cfg, clients, target.sha, pushed.value, target.live.family_latest)
+        registered = stages.register(cfg, clients, target.sha, pushed.value, target.live.family_latest,
+                                     pinned=asked.task_definition)
     done = [name for name, r in (("build", built), ("push", pushed), ("register", registered)) if r.done]
     summary.image, summary.task_definition = pushed.value, registered.value
     run.task_definition = registered.value

@@ -196,15 +196,27 @@ def render(cfg: ServiceConfig, image_ref: str, sha: str | None, clients: AwsClie
 
 @stage("register task definition", "register {cfg.name}@{sha:.7}")
 def register(
-    cfg: ServiceConfig, clients: AwsClients, sha: str, image_ref: str, seen: dict[str, Any] | None = None
+    cfg: ServiceConfig, clients: AwsClients, sha: str, image_ref: str, seen: dict[str, Any] | None = None,
+    pinned: str | None = None,
 ) -> StageResult:
     """Register the rendered task definition; reuse the latest revision when identical.
 
     ``seen``: the family's latest revision as detect change read it, under the lock (a retry reads afresh).
+    ``pinned``: a revision to put live as it is (a release manifest's), when it is of the service's family
+    and runs exactly this image in the service's container; otherwise the rendered one, with a warning.
     """
     log = get_run_logger()
     desired = render(cfg, image_ref, sha, clients)
     ecs = clients.get("ecs")
+    if pinned:
+        found = ecs.describe_task_definition(taskDefinition=pinned)["taskDefinition"]
+        image = next((c.get("image") for c in found.get("containerDefinitions") or []
+                      if c.get("name") == cfg.ecs.container), None)
+        if found.get("family") == desired["family"] and image == image_ref:
+            log.info("%s runs %s: put live as it is", found["taskDefinitionArn"], image_ref)
+            return StageResult(str(found["taskDefinitionArn"]), done=False)
+        log.warning("%s is not of family %s running %s in container %s: registering the rendered task "
+                    "definition instead", pinned, desired["family"], image_ref, cfg.ecs.container)
     fresh = seen is None or seen.get("family") != desired["family"] or task_run.run_count > 1
     latest = latest_task_definition(ecs, desired["family"]) if fresh else seen
     if latest is not None and not diff_task_definitions(latest, desired):
