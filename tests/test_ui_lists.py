@@ -193,7 +193,8 @@ def test_every_release_is_listed_and_a_rollback_shows_under_failed(
         schema = client.read_deployment_by_name(DEPLOY_SERVICE).parameter_openapi_schema or {}
     shown = {k: (p.get("type"), bool(p.get("description"))) for k, p in schema["properties"].items()}
     assert shown == {"service": ("string", True), "sha": ("string", True), "force": ("boolean", True),
-                     "allow_older": ("boolean", True)}, "the parameter table's Type column, the run form's help"
+                     "allow_older": ("boolean", True), "task_definition": ("string", True)}, (
+        "the parameter table's Type column, the run form's help")
 
     # A failed build is red "Failed" too (a built-in state): the runs list tells it from the rollback.
     no_build = sut.commit("v3", dockerfile_extra="COPY no-such-file /no-such-file\n")
