@@ -21,7 +21,7 @@ from tasks.core.settings import Settings
 from tasks.core.waits import Aborted, abort_when
 from tasks.release.approval import check_approval_window
 from tasks.release.locks import GaveWay, Reserved, StopWatch, service_lock
-from tasks.release.manifest import record_release_manifest
+from tasks.release.manifest import deployed_entry, record_release_manifest
 from tasks.release.outcome import conclude, final_state, flow_run_name, outcome_of, quiet_expected_failures
 from tasks.release.runs import commit_order_for, ensure_run_tags, queueing_mode, superseded_by, wins_over
 from tasks.release.skeleton import Request, release
@@ -83,8 +83,10 @@ def locked_release(
         raise  # suspended for approval: green waits beside blue for the resumed run, the slot stays reserved
     except BaseException as exc:  # noqa: BLE001 - stopped_by re-raises what is no release outcome
         return stopped_by(exc, summary)
-    if outcome_of(state) in ("Deployed", "Rolled back"):  # what production runs now, the slot still held
-        record_release_manifest(cfg, clients, run_id)  # best-effort: a failed write is a warning
+    outcome = outcome_of(state)
+    if outcome in ("Deployed", "Rolled back"):  # what production runs now, the slot still held
+        served = deployed_entry(cfg, summary) if outcome == "Deployed" else None  # known: no AWS read
+        record_release_manifest(cfg, clients, run_id, served=served)  # best-effort: a failed write is a warning
     return state
 
 

@@ -19,7 +19,7 @@ instead of every manifest.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +32,7 @@ from tasks.aws import ecr
 from tasks.aws.clients import AwsClients
 from tasks.config.models import ServiceConfig
 from tasks.core.errors import ConfigError
-from tasks.core.report import artifact_key
+from tasks.core.report import ReleaseSummary, artifact_key
 from tasks.release.stages import live_release
 
 FLEET_KEY = "release-manifest"
@@ -99,12 +99,22 @@ def entry_of(cfg: ServiceConfig, clients: AwsClients) -> ServiceEntry:
                         task_definition=live.task_definition, strategy=cfg.strategy.type)
 
 
+def deployed_entry(cfg: ServiceConfig, summary: ReleaseSummary) -> ServiceEntry | None:
+    """What a release that ended Deployed put live, from its own summary (no AWS read); None when unknown."""
+    if not (summary.sha and summary.image and summary.task_definition):
+        return None
+    return ServiceEntry(service=cfg.name, commit=summary.sha, image=summary.image,
+                        digest=ecr.split_image(summary.image)[2] or None, task_definition=summary.task_definition,
+                        strategy=cfg.strategy.type)
+
+
 def build_manifest(configs: Sequence[ServiceConfig], clients: AwsClients, run_id: str | None,
                    run_url: str | None = None, kind: Literal["fleet", "release"] = "fleet",
-                   at: datetime | None = None) -> Manifest:
-    """A manifest of CONFIGS' services as AWS serves them now."""
+                   at: datetime | None = None, known: Mapping[str, ServiceEntry] | None = None) -> Manifest:
+    """A manifest of CONFIGS' services as AWS serves them now (KNOWN: services whose entry is known already)."""
     created = (at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
-    entries = [entry_of(cfg, clients) for cfg in sorted(configs, key=lambda c: c.name)]
+    known = known or {}
+    entries = [known.get(cfg.name) or entry_of(cfg, clients) for cfg in sorted(configs, key=lambda c: c.name)]
     return Manifest(kind=kind, run_id=run_id, run_url=run_url, created_at=created, services=entries)
 
 
@@ -288,7 +298,8 @@ def publish_manifest(manifest: Manifest, store: ManifestStore, key: str) -> str:
 
 
 def record_manifest(configs: Sequence[ServiceConfig], clients: AwsClients, run_id: str | None,
-                    run_url: str | None = None, kind: Literal["fleet", "release"] = "fleet") -> Manifest | None:
+                    run_url: str | None = None, kind: Literal["fleet", "release"] = "fleet",
+                    known: Mapping[str, ServiceEntry] | None = None) -> Manifest | None:
     """Build and publish a manifest; a failure is a warning, never the release's outcome."""
     from prefect.logging import get_logger
 
@@ -296,7 +307,7 @@ def record_manifest(configs: Sequence[ServiceConfig], clients: AwsClients, run_i
     if run_id and run_url is None:
         run_url = ui_url(run_id)
     try:
-        manifest = build_manifest(configs, clients, run_id, run_url, kind)
+        manifest = build_manifest(configs, clients, run_id, run_url, kind, known=known)
         store = ManifestStore.from_clients(clients)
         key = FLEET_KEY if kind == "fleet" else artifact_key(configs[0].name, "manifest")
         log.info("release manifest written: %s", publish_manifest(manifest, store, key))
@@ -319,9 +330,13 @@ def ui_url(run_id: str) -> str | None:
 
 
 def record_release_manifest(cfg: ServiceConfig, clients: AwsClients, run_id: str | None,
-                            run_url: str | None = None) -> Manifest | None:
-    """After a single release (Deployed or Rolled back): the service's ``<service>-manifest``. Best-effort."""
-    return record_manifest([cfg], clients, run_id, run_url, kind="release")
+                            run_url: str | None = None, served: ServiceEntry | None = None) -> Manifest | None:
+    """After a single release (Deployed or Rolled back): the service's ``<service>-manifest``. Best-effort.
+
+    SERVED: what the release put live, when it knows (Deployed): no AWS read for it.
+    """
+    return record_manifest([cfg], clients, run_id, run_url, kind="release",
+                           known={cfg.name: served} if served else None)
 
 
 def record_fleet_manifest(configs: Sequence[ServiceConfig], clients: AwsClients, run_id: str | None,
