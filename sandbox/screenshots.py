@@ -4,6 +4,7 @@ Playwright drives the system browser (``executable_path``; it downloads none)
 against the sandbox's Prefect server after ``make demo``, and writes
 docs/screenshots/*.png: the release graph of the last deployed release, the
 rolled-back release, its summary artifact, the live view, the fleet view, the
+canary analysis that rolled back the slow v5, the
 failed build's summary, the deployment page listing every release, the Runs page
 (all runs, and with the UI's "Failed" state filter), and the rolled-back event.
 """
@@ -75,6 +76,7 @@ def pages(ui: str) -> list[tuple[str, str]]:
         summary_id = next((a.id for a in summary if a.flow_run_id == rolled_back.id), summary[0].id)
         live = latest_artifact(client, f"{SERVICE}-live")
         fleet = latest_artifact(client, "fleet-live")
+        analysis = latest_artifact(client, "sample-app-analysis-analysis")  # v5's judgement, green against blue
         build_failed = latest_run(client, "verdict:build-failed")
         failed_summary = next((a.id for a in summary if a.flow_run_id == build_failed.id), summary[0].id)
         deployment = client.read_deployment_by_name("deploy-service/deploy-service")
@@ -84,6 +86,7 @@ def pages(ui: str) -> list[tuple[str, str]]:
         ("release-summary", f"{ui}/artifacts/artifact/{summary_id}"),
         ("live-view", f"{ui}/artifacts/artifact/{live.id}"),
         ("fleet-view", f"{ui}/artifacts/artifact/{fleet.id}"),
+        ("canary-analysis", f"{ui}/artifacts/artifact/{analysis.id}"),  # the step that failed: p95 on green
         ("build-failure", f"{ui}/artifacts/artifact/{failed_summary}"),  # the failing test in the first screen
         ("deployment-runs", f"{ui}/deployments/deployment/{deployment.id}"),
         ("failed-runs", f"{ui}/runs?state=Failed"),  # the URL the UI makes when "Failed" is picked
