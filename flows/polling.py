@@ -17,6 +17,7 @@ from prefect.client.orchestration import get_client
 from tasks.aws.clients import AwsClients
 from tasks.config.models import ServiceConfig, load_all_services
 from tasks.core.settings import Settings
+from tasks.release.approval import answer_expired_approvals
 from tasks.release.runs import DEPLOY_DEPLOYMENT
 from tasks.release.stages import live_release
 from tasks.triggers.branch_polling import LiveSha, ResolveHeads, find_changes
@@ -57,6 +58,12 @@ def poll_changes(
         started, skipped = start_changes(
             client, deployment_id, found.changes, dry_run=dry_run, cache=settings.cache, logger=logger
         )
+        if not dry_run:  # a setup with workers and no `serve`: each poll is also the look for late approvals
+            try:
+                for run_id in answer_expired_approvals(client):
+                    logger.warning("flow run %s: no approval in time; answered no, the release rolls back", run_id)
+            except Exception as exc:  # noqa: BLE001 - the next poll looks again
+                logger.warning("could not look for unanswered approvals: %s", exc)
     return {
         "started": started,
         "unchanged": sorted(found.unchanged),
