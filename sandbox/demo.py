@@ -223,46 +223,44 @@ def report(label: str, run: Any, load: Load | None, ui: str) -> dict[str, Any]:
             "sent": load.sent if load else None, "seconds": run.total_run_time.total_seconds()}
 
 
-def test_report(service: str) -> str:
-    """The buildspec's JUnit report of the last build, as its table artifact holds it."""
+def latest_table(key: str) -> tuple[str, list[dict[str, Any]]] | None:
+    """The newest table artifact under KEY: its description and rows; None when there is none."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from prefect.client.schemas.sorting import ArtifactSort
 
-    from tasks.core.report import junit_artifact_key
-
-    key = junit_artifact_key(service, "sample-app-tests")  # the report group the sample app's buildspec names
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
                                       sort=ArtifactSort.CREATED_DESC, limit=1)
     if not found:
-        return "   (no test report)"
+        return None
     data = found[0].data
     rows = json.loads(data) if isinstance(data, str) else data if isinstance(data, list) else []
-    lines = [f"   {found[0].description}"]
-    lines += [f"     {r['status']:7} {r['test']} {r['message']}" for r in rows if isinstance(r, dict)]
-    return "\n".join(lines)
+    return found[0].description or "", [r for r in rows if isinstance(r, dict)]
+
+
+def test_report(service: str) -> str:
+    """The buildspec's JUnit report of the last build, as its table artifact holds it."""
+    from tasks.core.report import junit_artifact_key
+
+    table = latest_table(junit_artifact_key(service, "sample-app-tests"))  # the sample buildspec's report group
+    if table is None:
+        return "   (no test report)"
+    description, rows = table
+    return "\n".join([f"   {description}", *(f"     {r['status']:7} {r['test']} {r['message']}" for r in rows)])
 
 
 def analysis_table(service: str) -> str:
     """The last canary analysis of SERVICE's runs, as its table artifact holds it."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
     from tasks.core.report import artifact_key
 
     key = artifact_key(service, "analysis")
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                      sort=ArtifactSort.CREATED_DESC, limit=1)
-    if not found:
+    table = latest_table(key)
+    if table is None:
         return "   (no analysis table)"
-    data = found[0].data
-    rows = json.loads(data) if isinstance(data, str) else data if isinstance(data, list) else []
     lines = [f"   analysis table (artifact {key}):"]
     lines += [f"     {r['metric']:9} blue {r['blue']:16} green {r['green']:16} {r['verdict']:13} {r['rule']}"
-              for r in rows if isinstance(r, dict)]
+              for r in table[1]]
     return "\n".join(lines)
 
 
