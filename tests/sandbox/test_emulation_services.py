@@ -35,11 +35,12 @@ def test_external_task_set_runs_real_containers(emu: Any, emu_stack: Callable[..
     arns = stack.ecs.list_tasks(cluster=stack.name, serviceName="web")["taskArns"]
     tasks = stack.ecs.describe_tasks(cluster=stack.name, tasks=arns)["tasks"]
     assert len(tasks) == 2 and {t["lastStatus"] for t in tasks} == {"RUNNING"}
-    client = docker.DockerClient(base_url=emu.docker_host)
-    running = client.containers.list(filters={"label": "ecs-pipeline.sandbox=1"})
-    mine = [c for c in running if c.labels.get("ecs-pipeline.task-arn") in arns]
+    client = docker.APIClient(base_url=emu.docker_host)
+    # the engine's list answer alone: other tests' containers may go between a list and a per-container read
+    running = client.containers(filters={"label": "ecs-pipeline.sandbox=1"})
+    mine = [c for c in running if (c.get("Labels") or {}).get("ecs-pipeline.task-arn") in arns]
     assert len(mine) == 2
-    assert all(c.attrs["HostConfig"]["NetworkMode"] == "host" for c in mine)
+    assert all(c["HostConfig"]["NetworkMode"] == "host" for c in mine)
 
     health = stack.elb.describe_target_health(TargetGroupArn=stack.tgs[0])["TargetHealthDescriptions"]
     assert [h["TargetHealth"]["State"] for h in health] == ["healthy", "healthy"]
