@@ -206,7 +206,9 @@ class TaskRunner:
     def tick(self) -> None:
         """Notice exited containers, failed health checks and finished drains."""
         states: dict[str, tuple[bool, int | None]] | None = None
-        if now() - self._last_poll >= 0.4:
+        with LOCK:
+            watching = any(run.state == "running" for run in self.runs.values())
+        if watching and now() - self._last_poll >= 0.4:  # nothing running: nothing to ask the engine
             self._last_poll = now()
             try:
                 states = self.runtime.states()

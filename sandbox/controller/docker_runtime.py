@@ -134,8 +134,12 @@ class DockerRuntime:
             self.client.containers.get(name).remove(force=True)
 
     def states(self) -> dict[str, tuple[bool, int | None]]:
-        """Container id -> (running, exit code) for every sandbox container."""
-        rows = self.client.api.containers(all=True, filters={"label": f"{LABEL}=1"})
+        """Container id -> (running, exit code) for every container this endpoint started.
+
+        Several sandboxes may share one engine: each lists only its own, so the engine's work per poll
+        does not grow with the other sandboxes' containers.
+        """
+        rows = self.client.api.containers(all=True, filters={"label": [f"{LABEL}=1", f"{OWNER}={self.owner}"]})
         out: dict[str, tuple[bool, int | None]] = {}
         for row in rows:
             state = row.get("State", "")
