@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     from .docker_runtime import DockerRuntime
     from .fleets import TaskRun
 
-INTERVAL = 1.0
+# The awslogs driver buffers a container's output and puts it every 5 s (Docker's
+# daemon/logger/awslogs/cloudwatchlogs.go, batchPublishFrequency = 5 * time.Second), so CloudWatch
+# shows a running task's lines up to 5 s late; a stopped task's last lines go before ECS says STOPPED.
+INTERVAL = 5.0
 
 
 def logs_backend() -> Any:
