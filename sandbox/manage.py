@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import engine, identities, postgres, procs
+from sandbox import engine, identities, postgres, prefect_db, procs
 from sandbox.engine import SandboxError
 from sandbox.layout import REPO, Layout, admin_key, child_env, layout, prefect_auth, read_env_file, write_env
 from sandbox.postgres import Database
@@ -166,6 +166,10 @@ def _start_all(
     pg_ready = time.monotonic() - t0
     # Prefect is the slowest to come up (~17 s): start it before anything else.
     started: dict[str, _Launch | None] = {}
+    new_database = False
+    if db == "sqlite" and not comps["prefect"].healthy():
+        home = lay.state / "prefect"
+        new_database = not prefect_db.start_from_template(home) and not (home / prefect_db.FILE).exists()
     started["prefect"] = _ensure(lay, comps["prefect"], _prefect_argv(lay), _prefect_env(lay, db))
     if started["prefect"] is not None and started["prefect"].fresh:
         lay.pidfile("prefect").with_suffix(".db").write_text(db + "\n")
@@ -213,6 +217,8 @@ def _start_all(
     for name, budget in (("registry", 30), ("aws", 180), ("prefect", 240)):
         _wait(lay, comps[name], started.get(name), budget)
         ready[name] = time.monotonic() - t0
+    if new_database:
+        prefect_db.keep_as_template(lay.state / "prefect")
     write_env(lay, docker_host, identities.ensure_deploy_user(lay))
     for c in comps.values():
         rec = procs.read_pidfile(lay.pidfile(c.name))
