@@ -259,14 +259,38 @@ MODULE_SECONDS = {
     "tests/test_iam_deploy_role.py": 25, "tests/test_iam_enforced.py": 20, "tests/test_iam_template.py": 20,
     "tests/test_iam_sessions.py": 8,
     # release gates, a fleet as one change and its manifest (each alone, this machine)
-    "tests/test_approval_suspend.py": 100, "tests/test_analysis_release.py": 70, "tests/test_atomic.py": 45,
-    "tests/test_manifest.py": 45, "tests/test_migration.py": 45, "tests/test_fleet_order_release.py": 25,
+    "tests/test_approval_suspend.py": 100, "tests/test_analysis_release.py": 70,
+    "tests/test_manifest.py": 45, "tests/test_migration.py": 45, "tests/test_fleet_order_release.py": 70,
     "tests/test_analysis_metrics.py": 20,
 }
 
 
+# Modules that use one seeded fleet between them (tests/test_fleet_order_release.py shared_fleet) go to one
+# worker as one unit under `--dist loadfile`: the fleet is seeded and released once, not once per worker.
+SAME_UNIT = {"tests/test_atomic.py": "tests/test_fleet_order_release.py"}
+
+
+def _unit(nodeid: str) -> str:
+    module = nodeid.split("::")[0]
+    return SAME_UNIT.get(module, module)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: -MODULE_SECONDS.get(item.nodeid.split("::")[0], 0))  # stable: modules stay whole
+    items.sort(key=lambda item: -MODULE_SECONDS.get(_unit(item.nodeid), 0))  # stable: units stay whole
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, with SAME_UNIT's modules handed out together."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class Units(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return Units(config, log)
 
 
 def pytest_collection_finish() -> None:
