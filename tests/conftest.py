@@ -235,33 +235,31 @@ def deployment(client: Any) -> Iterator[tuple[str, Any]]:
     client.delete_deployment(dep_id)
 
 
-# Seconds each module's tests took in a full run (pytest --durations=0, 2026-12-02). xdist hands out
-# whole modules (--dist loadfile) in collection order: the longest go first, so no worker is left
-# starting a four-minute module while the others idle. Unlisted modules take seconds. The kills,
-# failures, pipeline, provenance, rolling and ecs_native_faults figures are the full-run ones scaled
-# by what each module's tests cost alone before and after they shared a service and waited less.
+# Seconds each unit (a module, or SAME_UNIT's modules together) took under `make test`, the mean of three
+# whole runs on this machine (2026-12-06); the suite hands them out longest first, so the four workers end
+# close together. Unlisted modules (under 8 s) go last.
 MODULE_SECONDS = {
-    "tests/test_workers.py": 245, "tests/test_kills.py": 206, "tests/test_failures.py": 160,
-    "tests/test_ecs_native.py": 160, "tests/test_provenance.py": 159, "tests/test_pipeline_approval.py": 131,
-    "tests/test_rolling.py": 127, "tests/test_ecs_native_faults.py": 110, "tests/test_pipeline.py": 107,
-    "tests/test_codedeploy.py": 105, "tests/test_weather.py": 97, "tests/test_buildspec_release.py": 87,
-    "tests/test_fleet.py": 85, "tests/test_cli.py": 76, "tests/sandbox/test_seed.py": 70,
-    "tests/test_ui_retry.py": 62, "tests/test_ui_lists.py": 59, "tests/sandbox/test_emulation_native.py": 54,
-    "tests/sandbox/test_platform.py": 44, "tests/test_buildspec_run.py": 36, "tests/test_locks.py": 36,
-    "tests/sandbox/test_contract.py": 34, "tests/test_contract_botocore.py": 120,
-    # added 2026-12-06, from each module's time alone (the first-contact and rollback modules release for real)
-    "tests/test_first_contact_codedeploy.py": 80, "tests/test_first_contact_ecs_native.py": 80,
-    "tests/test_rollback_command.py": 70, "tests/test_first_contact_listeners.py": 60,
-    "tests/test_first_contact_task_sets.py": 30, "tests/attacks/test_attack_timeout.py": 25,
-    # added with the IAM modules (each alone, this machine): left unlisted they were handed out last, and the
-    # releases module alone then ran on one worker after the others had finished
-    "tests/test_iam_releases.py": 100, "tests/test_iam_preflight.py": 50, "tests/test_iam_verify.py": 40,
-    "tests/test_iam_deploy_role.py": 25, "tests/test_iam_enforced.py": 20, "tests/test_iam_template.py": 20,
-    "tests/test_iam_sessions.py": 8,
-    # release gates, a fleet as one change and its manifest (each alone, this machine)
-    "tests/test_approval_suspend.py": 100, "tests/test_analysis_release.py": 70,
-    "tests/test_manifest.py": 45, "tests/test_migration.py": 45, "tests/test_fleet_order_release.py": 70,
-    "tests/test_analysis_metrics.py": 20,
+    "tests/test_kills.py": 145, "tests/test_workers.py": 142, "tests/test_pipeline.py": 109,
+    "tests/test_ecs_native.py": 101, "tests/test_weather.py": 94, "tests/test_iam_releases.py": 92,
+    "tests/test_failures.py": 88, "tests/test_rollback_command.py": 70, "tests/test_fleet_order_release.py": 65,
+    "tests/test_approval_suspend.py": 65, "tests/test_analysis_release.py": 62,
+    "tests/test_first_contact_codedeploy.py": 58, "tests/test_ui_lists.py": 54,
+    "tests/test_first_contact_ecs_native.py": 54, "tests/sandbox/test_emulation_native.py": 53,
+    "tests/test_provenance.py": 49, "tests/test_manifest.py": 49, "tests/test_codedeploy.py": 48,
+    "tests/test_contract_botocore.py": 47, "tests/test_ui_retry.py": 42, "tests/test_ecs_native_faults.py": 41,
+    "tests/test_iam_verify.py": 40, "tests/test_migration.py": 37, "tests/test_iam_preflight.py": 37,
+    "tests/test_fleet.py": 37, "tests/test_buildspec_run.py": 37, "tests/test_rolling.py": 36,
+    "tests/test_first_contact_listeners.py": 36, "tests/test_cli.py": 36,
+    "tests/sandbox/test_emulation_codedeploy.py": 35, "tests/test_locks.py": 31, "tests/test_iam_enforced.py": 27,
+    "tests/sandbox/test_seed.py": 27, "tests/test_pipeline_approval.py": 25, "tests/test_webhook_replay.py": 24,
+    "tests/test_buildspec_release.py": 23, "tests/attacks/test_attack_build_box.py": 23,
+    "tests/sandbox/test_contract.py": 22, "tests/test_build_box.py": 20, "tests/sandbox/test_platform.py": 20,
+    "tests/attacks/test_attack_timeout.py": 19, "tests/sandbox/test_emulation_services.py": 18,
+    "tests/test_image.py": 17, "tests/test_first_contact_task_sets.py": 17, "tests/test_bad_inputs.py": 16,
+    "tests/sandbox/test_emulation_errors.py": 16, "tests/test_iam_policy.py": 14, "tests/test_approval.py": 13,
+    "tests/test_triggers.py": 12, "tests/sandbox/test_strict_codedeploy.py": 12,
+    "tests/sandbox/test_strict_listeners.py": 11, "tests/test_iam_deploy_role.py": 10,
+    "tests/sandbox/test_strict_ecs_native.py": 10, "tests/sandbox/test_emulation_rolling.py": 9,
 }
 
 
