@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ from tasks.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "c" * 40
+# This process's own folder for build boxes, beside the default one: under `pytest -n 4` other workers'
+# builds come and go in the default folder, so what these tests count there must be theirs alone.
+OWN_BOXES = Path(f"/var/lib/ecs-pipeline/builds-t{os.getpid()}")
 OS_ID = "ecs-pipeline-build-test"
 
 
@@ -47,6 +51,12 @@ def service(tmp_path: Path, **build: Any) -> ServiceConfig:
     )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def own_boxes() -> Iterator[None]:
+    yield
+    shutil.rmtree(OWN_BOXES, ignore_errors=True)
+
+
 class BoxRun:
     """run_buildspec in the default build box, its lines kept (no reports here: no flow run needed)."""
 
@@ -54,7 +64,7 @@ class BoxRun:
         self.cfg, self.src = service(tmp_path, **build), tmp_path / "src"
         self.lines: list[str] = []
         self.src.mkdir(parents=True, exist_ok=True)
-        self.clients = AwsClients(Settings(artifacts_dir=tmp_path / "artifacts"))
+        self.clients = AwsClients(Settings(artifacts_dir=tmp_path / "artifacts", build_boxes=OWN_BOXES))
         self.uri = "127.0.0.1:1/none"
 
     def __call__(self, data: dict[str, Any], log: Any = None) -> BuildRun:
@@ -173,8 +183,8 @@ def test_a_killed_worker_leaves_no_process_and_its_box_is_cleared(tmp_path: Path
     mark = random.randint(100_000, 999_999)
     run = BoxRun(tmp_path)
     before = set(run.boxes())
-    worker = subprocess.Popen([sys.executable, "-c", KILLED_WORKER, json.dumps([str(tmp_path), mark])], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True)
+    argv = [sys.executable, "-c", KILLED_WORKER, json.dumps([str(tmp_path), mark, str(OWN_BOXES)])]
+    worker = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert worker.stdout is not None and worker.stdout.readline().strip() == "running"
         started = time.monotonic() + 10  # "sleeping" is printed just before the sleep starts
@@ -207,8 +217,10 @@ def box_processes(folder: Path) -> list[str]:
 KILLED_WORKER = """
 import json, sys
 from pathlib import Path
+import tests.test_build_box as here
 from tests.test_build_box import BoxRun
-tmp, mark = json.loads(sys.argv[1])
+tmp, mark, boxes = json.loads(sys.argv[1])
+here.OWN_BOXES = Path(boxes)  # the test's own folder, not one named after this process
 run = BoxRun(Path(tmp) / "worker")
 def say(line):
     if line == "sleeping":
