@@ -257,14 +257,19 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> Ended
     info = poll(lambda: ended(cd, dep.id), timeout=wait.seconds, what=wait.waiting_for(f"deployment {dep.id} to stop"),
                 log=log.info, cap=clients.settings.poll_cap())
     rollback_id = (info.get("rollbackInfo") or {}).get("rollbackDeploymentId")
+    if info["status"] == "Succeeded":
+        text = f"CodeDeploy deployment {dep.id} had already Succeeded: production stays on green"
+        return Ended(text, stopped_here, on_blue=False)
     if rollback_id:
         done = poll(lambda: ended(cd, rollback_id), timeout=wait.seconds,
                     what=wait.waiting_for(f"rollback deployment {rollback_id}"), log=log.info,
                     cap=clients.settings.poll_cap())
         log.info("rollback deployment %s %s", rollback_id, done["status"])
-    if info["status"] == "Succeeded":
-        text = f"CodeDeploy deployment {dep.id} had already Succeeded: production stays on green"
-        return Ended(text, stopped_here, on_blue=False)
+        # The rollback removes the replacement task set after the deployments have ended, not with
+        # them: production is back on blue alone once the service holds no other task set.
+        poll(lambda: None if any(ts["status"] != "PRIMARY" for ts in _task_sets(cfg, clients)) else "gone",
+             timeout=wait.seconds, what=wait.waiting_for(f"deployment {dep.id}'s replacement task set to go"),
+             log=log.info, cap=clients.settings.poll_cap())
     return Ended(error_text(info), stopped_here)
 
 
