@@ -387,12 +387,24 @@ def wants_help(argv: list[str]) -> bool:
     return not argv or any(a in ("-h", "--help") for a in argv)
 
 
+# Prefect's client retries 408, 429, 502, 503 and dropped connections, waiting 2, 4, 8 ... s (with
+# jitter) between tries; its default of 5 tries gives up after about a minute. A release outlives an
+# orchestrator's bad minute with 7: about four minutes, within every stage's own budget.
+PREFECT_CLIENT_RETRIES = "7"
+
+
+def orchestrator_patience(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Prefect's client retries for this process and the runs it starts, unless the environment chose."""
+    environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", PREFECT_CLIENT_RETRIES)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     sandbox = bool(argv) and argv[0] == "sandbox"  # its own program, with its own settings
     try:
         if not sandbox:
             source = load_sandbox_env()
+            orchestrator_patience()
             if not wants_help(argv):
                 print_environment(source)
         args = build_parser().parse_args(argv)
