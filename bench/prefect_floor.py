@@ -1,8 +1,8 @@
 """What a CLI release costs in Prefect alone: the same process shape with no AWS or Docker work.
 
 A `deploy-service`-shaped flow run from a fresh process: the flow takes a service name,
-runs as many tasks as a rolling release (detect, build, push, register, interop, update,
-wait, verify), logs a line in each, and publishes one markdown artifact, as the summary is.
+runs as many tasks as a rolling release (detect, build, push, register, update, wait,
+verify), logs a line in each, and publishes one markdown artifact, as the summary is.
 bench_faults times it beside `ecs-pipeline deploy` and the peer, so the table can say how
 much of our wall time is the pipeline's own work and how much is Prefect's records.
 
@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-STAGES = ("detect change", "build", "push", "register", "hand-over files", "rolling update", "wait rollout", "verify")
+STAGES = ("detect change", "build", "push", "register", "rolling update", "wait rollout", "verify")
 
 
 @task(cache_policy=NO_CACHE)

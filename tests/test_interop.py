@@ -85,8 +85,9 @@ def test_written_as_files_and_prefect_artifacts(tmp_path: Path, monkeypatch: pyt
     assert json.loads((folder / IMAGE_DEFINITIONS).read_text()) == [{"name": "web", "imageUri": IMAGE}]
     assert json.loads((folder / IMAGE_DETAIL).read_text()) == {"ImageURI": IMAGE}
     assert sorted(p.name for p in folder.iterdir()) == [IMAGE_DETAIL, IMAGE_DEFINITIONS]
-    assert json.dumps([{"name": "web", "imageUri": IMAGE}]) in read_artifact("sample-app-imagedefinitions", run_id)
-    assert json.dumps({"ImageURI": IMAGE}) in read_artifact("sample-app-imagedetail", run_id)
+    handover = read_artifact("sample-app-handover", run_id)
+    assert json.dumps([{"name": "web", "imageUri": IMAGE}]) in handover
+    assert json.dumps({"ImageURI": IMAGE}) in handover
 
 
 @pytest.mark.parametrize(

@@ -120,11 +120,11 @@ def image_of(task_definition: str) -> str:
 
 
 def handed_over(service: ServiceUnderTest) -> tuple[str, str, str]:
-    """The image imagedefinitions.json, imageDetail.json and the latest imagedefinitions artifact name."""
+    """The image imagedefinitions.json, imageDetail.json and the latest hand-over artifact name."""
     folder = Settings().artifacts_dir / service.name
     (definition,) = json.loads((folder / "imagedefinitions.json").read_text())
     detail = json.loads((folder / "imageDetail.json").read_text())["ImageURI"]
-    key = artifact_key(service.name, "imagedefinitions")
+    key = artifact_key(service.name, "handover")
     with get_client(sync_client=True) as client:
         (latest,) = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),

@@ -3,13 +3,17 @@
 ``imagedefinitions.json`` is what CodePipeline's "Amazon ECS" (rolling) deploy
 action reads; ``imageDetail.json`` is what its "Amazon ECS (Blue/Green)" action
 reads to fill ``<IMAGE1_NAME>`` in taskdef.json. Both are written exactly in
-CodePipeline's formats, as files (``<artifacts>/<service>/``) and as Prefect
-artifacts (``<service>-imagedefinitions``, ``<service>-imagedetail``).
+CodePipeline's formats, as files (``<artifacts>/<service>/``) and as one Prefect
+artifact holding both (``<service>-handover``).
 
 They always name the image that serves production, since a tool that reads
 them deploys what they name: a release writes them once production is on its
 image and verified, never at build time; a rollback puts them back on the
 image production went back to; a failed release leaves them as they were.
+
+Writing them is a step of the release's run, not a task of its own: two small
+files and one artifact are not a stage anyone retries, and a task run costs the
+Prefect server three state events per release.
 """
 
 from __future__ import annotations
@@ -18,9 +22,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from tasks.config.models import ServiceConfig
 from tasks.core.report import artifact_key
@@ -44,28 +47,25 @@ def interop_files(container: str, image: str) -> dict[str, Any]:
     return {IMAGE_DEFINITIONS: image_definitions(container, image), IMAGE_DETAIL: image_detail(image)}
 
 
-def _markdown(name: str, content: Any) -> str:
-    return f"`{name}`, for CodePipeline's ECS deploy actions:\n\n```json\n{json.dumps(content)}\n```\n"
+def _markdown(files: dict[str, Any]) -> str:
+    parts = [f"`{name}`:\n\n```json\n{json.dumps(content)}\n```\n" for name, content in files.items()]
+    return "For CodePipeline's ECS deploy actions, naming the image production serves.\n\n" + "\n".join(parts)
 
 
-@task(name="hand-over files", task_run_name="hand-over files {cfg.name}", cache_policy=NO_CACHE)
 def write_interop_files(cfg: ServiceConfig, image: str, artifacts_dir: Path) -> list[str]:
     """Write imagedefinitions.json and imageDetail.json for ``image``, the live one; returns the file paths."""
     out = artifacts_dir / cfg.name
     out.mkdir(parents=True, exist_ok=True)
+    files = interop_files(cfg.ecs.container, image)
     written = []
-    for name, content in interop_files(cfg.ecs.container, image).items():
+    for name, content in files.items():
         path = out / name
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(content))
         tmp.replace(path)  # a reader never sees half a file
-        kind = name.removesuffix(".json").lower()
-        create_markdown_artifact(
-            key=artifact_key(cfg.name, kind),
-            markdown=_markdown(name, content),
-            description=f"{cfg.name}: {name}",
-        )
         written.append(str(path))
+    create_markdown_artifact(key=artifact_key(cfg.name, "handover"), markdown=_markdown(files),
+                             description=f"{cfg.name}: {', '.join(files)}")
     get_run_logger().info("hand-over files name the live image %s: %s", image, ", ".join(written))
     return written
 
