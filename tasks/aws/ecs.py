@@ -11,6 +11,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from tasks.aws import shared_reads
 from tasks.aws.errors import error_code
 from tasks.config.taskdef import SHA_TAG
 from tasks.core.errors import ConfigError, DeployError, VerifyFailed
@@ -25,19 +26,21 @@ FATAL_STOP_REASONS = (
 
 
 def describe_service(ecs: Any, cluster: str, service: str) -> dict[str, Any]:
+    """SERVICE of CLUSTER as DescribeServices answers it now (a call shared with the process's other
+    releases reading the cluster, tasks/aws/shared_reads.py)."""
     try:
-        found = ecs.describe_services(cluster=cluster, services=[service])
+        found = shared_reads.services(ecs, cluster, [service]).get(service, [])
     except ClientError as exc:
         if error_code(exc) == "ClusterNotFoundException":
             raise ConfigError(f"ecs.cluster: cluster {cluster!r} does not exist") from exc
         raise
-    live = [s for s in found.get("services", []) if s.get("status") != "INACTIVE"]
+    live = [s for s in found if s.get("status") != "INACTIVE"]
     if not live:
         raise ConfigError(
             f"ecs.service: service {service!r} not found in cluster {cluster!r}; "
             "create it first (Terraform, or `ecs-pipeline sandbox seed` in the sandbox)"
         )
-    return live[0]  # type: ignore[no-any-return]
+    return live[0]
 
 
 def controller_type(service: dict[str, Any]) -> str:

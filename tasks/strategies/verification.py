@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 from prefect import get_run_logger
 
+from tasks.aws import shared_reads
 from tasks.aws.clients import AwsClients
 from tasks.aws.retry import stage
 from tasks.aws.traffic import Routing
@@ -252,7 +253,7 @@ def _judge(resp: httpx.Response, elapsed_ms: float, check: HttpCheck) -> str | N
 
 def unhealthy_targets(elbv2: Any, target_group: str) -> tuple[int, list[str]]:
     """(healthy count, descriptions of the others) for a target group."""
-    found = elbv2.describe_target_health(TargetGroupArn=target_group)["TargetHealthDescriptions"]
+    found = shared_reads.target_health(elbv2, target_group)
     healthy = 0
     others = []
     for t in found:
@@ -285,7 +286,8 @@ def alarms_firing(cloudwatch: Any, names: list[str]) -> list[str]:
     """
     if not names:
         return []
-    found = cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]
+    answered = shared_reads.alarms(cloudwatch, names)  # one DescribeAlarms for the process's waiting releases
+    found = [answered[n] for n in dict.fromkeys(names) if n in answered]
     known = {a["AlarmName"] for a in found}
     missing = [n for n in names if n not in known]
     if missing:

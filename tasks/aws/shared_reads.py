@@ -1,0 +1,166 @@
+"""Reads that the releases waiting in one process share: DescribeServices, DescribeTargetHealth, DescribeAlarms.
+
+A fleet's releases run in threads of one process, each polling its own service, target groups and
+alarms. Asked one by one, a hundred services waiting make a hundred DescribeServices per poll, and
+AWS counts them per account and Region. Here a read joins the next call of its *group*:
+
+* DescribeServices: one client (so one set of credentials) and one cluster, up to 10 services a call;
+* DescribeAlarms: one client, up to 100 alarm names a call;
+* DescribeTargetHealth: one client and one target group (the action takes one).
+
+A group makes at most one call per spacing (one second against AWS, time-scaled in a rehearsal),
+and that call carries every name asked for since the group's last call started. A read never gets
+an answer older than itself: it waits for a call that starts after it asked, so it sees what a call
+of its own would have seen. A lone read of a group that has not called within the spacing goes at
+once. A call AWS refuses for one of several names (AccessDenied on another service's ARN) is
+asked again name by name, so each read gets its own answer and its own error.
+
+So a fleet's AWS call rate grows with its clusters and target groups, not with its services' polls.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from tasks.aws.errors import error_code
+
+Fetch = Callable[[Any, tuple[Any, ...], list[str]], dict[str, Any]]
+SPACING_SECONDS = 1.0  # per group, against AWS; shortened by the time scale in a rehearsal
+_REFUSED = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")
+
+
+@dataclass
+class _Batch:
+    names: set[str] = field(default_factory=set)
+    done: threading.Event = field(default_factory=threading.Event)
+    found: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, BaseException] = field(default_factory=dict)
+    error: BaseException | None = None
+
+
+@dataclass
+class _Group:
+    pending: _Batch | None = None
+    last_start: float = float("-inf")
+
+
+class SharedReads:
+    """One kind of read, coalesced per group: FETCH(client, scope, names) -> {name: answer}, CHUNK names a call."""
+
+    def __init__(self, fetch: Fetch, chunk: int) -> None:
+        self.fetch, self.chunk = fetch, chunk
+        self.calls = 0  # AWS calls made, for measurements
+        self._groups: dict[tuple[int, tuple[Any, ...]], _Group] = {}
+        self._lock = threading.Lock()
+
+    def read(self, client: Any, scope: tuple[Any, ...], names: Sequence[str]) -> dict[str, Any]:
+        """{name: answer} for NAMES (a name AWS does not know is left out), from a call started after now."""
+        key = (id(client), scope)
+        with self._lock:
+            group = self._groups.setdefault(key, _Group())
+            batch, leader = group.pending, False
+            if batch is None:
+                batch, leader = _Batch(), True
+                group.pending = batch
+            batch.names.update(names)
+        if leader:
+            self._lead(client, scope, group, batch)
+        else:
+            batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        for name in names:
+            if name in batch.errors:
+                raise batch.errors[name]
+        return {n: batch.found[n] for n in names if n in batch.found}
+
+    def _lead(self, client: Any, scope: tuple[Any, ...], group: _Group, batch: _Batch) -> None:
+        """Wait out the group's spacing (others join meanwhile), then ask for every name gathered."""
+        wait = group.last_start + spacing() - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        with self._lock:
+            group.pending = None  # a read from now on waits for the next call
+            group.last_start = time.monotonic()
+            names = sorted(batch.names)
+        try:
+            for start in range(0, len(names), self.chunk):
+                self._ask(client, scope, names[start:start + self.chunk], batch)
+        except BaseException as exc:  # noqa: BLE001 - every reader of the batch gets it, the leader too
+            batch.error = exc
+        finally:
+            batch.done.set()
+
+    def _ask(self, client: Any, scope: tuple[Any, ...], names: list[str], batch: _Batch) -> None:
+        try:
+            self.calls += 1
+            batch.found.update(self.fetch(client, scope, names))
+        except ClientError as exc:
+            if len(names) == 1 or error_code(exc) not in _REFUSED:
+                raise
+            for name in names:  # whose name was refused: each read gets its own answer
+                try:
+                    self.calls += 1
+                    batch.found.update(self.fetch(client, scope, [name]))
+                except ClientError as one:
+                    batch.errors[name] = one
+
+
+_SPACING: list[float] = []
+
+
+def spacing() -> float:
+    """SPACING_SECONDS, time-scaled in a rehearsal (read once from the process's settings)."""
+    if not _SPACING:
+        from tasks.core.settings import Settings
+
+        try:
+            _SPACING.append(Settings().scaled(SPACING_SECONDS))
+        except ValueError:  # settings that do not load fail the release elsewhere, with their own words
+            return SPACING_SECONDS
+    return _SPACING[0]
+
+
+def _services(client: Any, scope: tuple[Any, ...], names: list[str]) -> dict[str, Any]:
+    found = client.describe_services(cluster=scope[0], services=names)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for svc in found.get("services", []):
+        for name in {svc.get("serviceName"), svc.get("serviceArn")} & set(names):
+            out.setdefault(str(name), []).append(svc)
+    return out
+
+
+def _alarms(client: Any, scope: tuple[Any, ...], names: list[str]) -> dict[str, Any]:
+    found = client.describe_alarms(AlarmNames=names)
+    return {a["AlarmName"]: a for a in found.get("MetricAlarms", [])}
+
+
+def _target_health(client: Any, scope: tuple[Any, ...], names: list[str]) -> dict[str, Any]:
+    (arn,) = names
+    return {arn: client.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]}
+
+
+SERVICES = SharedReads(_services, chunk=10)  # DescribeServices takes up to 10 services
+ALARMS = SharedReads(_alarms, chunk=100)  # DescribeAlarms takes up to 100 alarm names
+TARGET_HEALTH = SharedReads(_target_health, chunk=1)  # DescribeTargetHealth takes one target group
+
+
+def services(ecs: Any, cluster: str, names: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """{name: the services DescribeServices answers for it} for NAMES of CLUSTER."""
+    return SERVICES.read(ecs, (cluster,), list(names))
+
+
+def alarms(cloudwatch: Any, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """{name: its MetricAlarm} for the NAMES CloudWatch knows."""
+    return ALARMS.read(cloudwatch, (), list(names))
+
+
+def target_health(elbv2: Any, target_group: str) -> list[dict[str, Any]]:
+    """DescribeTargetHealth's TargetHealthDescriptions for TARGET_GROUP."""
+    return list(TARGET_HEALTH.read(elbv2, (target_group,), [target_group])[target_group])
