@@ -20,6 +20,7 @@ from tasks.core.report import ReleaseSummary, emit
 from tasks.core.settings import Settings
 from tasks.core.waits import Aborted, abort_when
 from tasks.release.approval import check_approval_window
+from tasks.release.fleet_plan import child_created
 from tasks.release.locks import GaveWay, Reserved, StopWatch, service_lock
 from tasks.release.manifest import deployed_entry, record_release_manifest
 from tasks.release.outcome import conclude, final_state, flow_run_name, outcome_of, quiet_expected_failures
@@ -46,6 +47,7 @@ def deploy_service(
         task_definition: A task definition revision (ARN) to put live as it is, when it runs this commit's
             image (a release manifest's, `deploy --manifest`). Empty: the rendered task definition.
     """
+    child_created()  # in a fleet: its next child's run may be created now
     heap.settle()
     clients = AwsClients(Settings())
     try:

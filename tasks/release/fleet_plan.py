@@ -158,6 +158,43 @@ def hold_of(name: str) -> FleetHold | None:
     return found[0] if found is not None and found[1] == name else None
 
 
+_CREATING = threading.Lock()  # one fleet child's run is being created in this process
+_LET_GO: ContextVar[Callable[[], None] | None] = ContextVar("ecs_pipeline_child_creation", default=None)
+
+
+@contextmanager
+def created_alone() -> Iterator[None]:
+    """The child run started in this block is created while no other fleet child of this process is.
+
+    Prefect's server creates a flow run in a deferred transaction; on SQLite, runs created at once make
+    it answer 503 ("database is locked", at once, without waiting), and its client backs off 2, 4,
+    8 s: twenty children started together began over half a minute. One creation takes tens of
+    milliseconds, so one at a time they all begin within a second or two. The next child may be
+    created once this one's body begins (``child_created``), or once the block ends, however it ends.
+    """
+    _CREATING.acquire()
+    held = [True]
+
+    def let_go() -> None:
+        if held[0]:
+            held[0] = False
+            _CREATING.release()
+
+    token = _LET_GO.set(let_go)
+    try:
+        yield
+    finally:
+        _LET_GO.reset(token)
+        let_go()
+
+
+def child_created() -> None:
+    """A release's first step: when it is a fleet child, the fleet's next child may be created."""
+    let_go = _LET_GO.get()
+    if let_go is not None:
+        let_go()
+
+
 def gate_seconds(configs: Iterable[ServiceConfig]) -> float:
     """How long a wave's service waits at the gate: an hour beyond the longest migration of the wave."""
     return 3600.0 + max((c.migrate.timeout_seconds for c in configs if c.migrate is not None), default=0)
