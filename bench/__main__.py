@@ -1,8 +1,10 @@
 """`python -m bench [NAME ...]`: every benchmark, or the named ones.
 
 The release benchmark, the strategies, what a release costs, the failure benchmarks, the webhook
-latency benchmark, fleets, then build boxes against host builds (names: pipeline, strategies, cost,
-faults, webhook, fleet, builds). The last line compares runs (bench/figures.py); a run of every
+latency benchmark, fleets (on two workers; 20 services against one at a realistic time scale and at
+the rehearsal's; AWS calls with 100 waiting), then build boxes against host builds (names: pipeline,
+strategies, cost, faults, webhook, fleet, fleetscale, fleetpolls, atomic, analysis, builds). The last
+line compares runs (bench/figures.py); a run of every
 benchmark (or any run with BENCH_RESULTS=1) writes its whole report to bench/RESULTS.md, so a change
 in cost shows up in review.
 """
@@ -53,7 +55,8 @@ def write_results(report: str, seconds: float, ran: list[str]) -> None:
     )
 
 
-NAMES = ("pipeline", "strategies", "cost", "faults", "webhook", "fleet", "atomic", "analysis", "builds")
+NAMES = ("pipeline", "strategies", "cost", "faults", "webhook", "fleet", "fleetscale", "fleetpolls", "atomic",
+         "analysis", "builds")
 chosen = sys.argv[1:] or list(NAMES)
 unknown = [name for name in chosen if name not in NAMES]
 if unknown:
@@ -70,6 +73,8 @@ from bench import (  # noqa: E402
     bench_cost,
     bench_faults,
     bench_fleet,
+    bench_fleet_polls,
+    bench_fleet_scale,
     bench_pipeline,
     bench_strategies,
     bench_webhook,
@@ -82,9 +87,10 @@ def webhook() -> int:
 
 
 MAINS = {"pipeline": bench_pipeline.main, "strategies": bench_strategies.main, "cost": bench_cost.main,
-         "faults": bench_faults.main,
-         "webhook": webhook, "fleet": bench_fleet.main, "atomic": bench_atomic.main,
-         "analysis": bench_analysis.main, "builds": bench_builds.main}
+         "faults": bench_faults.main, "webhook": webhook, "fleet": bench_fleet.main,
+         "fleetscale": bench_fleet_scale.main, "fleetpolls": bench_fleet_polls.main,
+         "atomic": bench_atomic.main, "analysis": bench_analysis.main,
+         "builds": bench_builds.main}
 from bench.figures import cost_line  # noqa: E402
 
 full = not sys.argv[1:] or os.environ.get("BENCH_RESULTS") == "1"  # a partial run only when asked

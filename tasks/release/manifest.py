@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +36,8 @@ from tasks.config.models import ServiceConfig
 from tasks.core.errors import ConfigError
 from tasks.core.report import ReleaseSummary, artifact_key
 from tasks.release.stages import live_release
+
+MANIFEST_READERS = 16  # services of a fleet's manifest read at once
 
 FLEET_KEY = "release-manifest"
 
@@ -113,8 +117,16 @@ def build_manifest(configs: Sequence[ServiceConfig], clients: AwsClients, run_id
                    at: datetime | None = None, known: Mapping[str, ServiceEntry] | None = None) -> Manifest:
     """A manifest of CONFIGS' services as AWS serves them now (KNOWN: services whose entry is known already)."""
     created = (at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
-    known = known or {}
-    entries = [known.get(cfg.name) or entry_of(cfg, clients) for cfg in sorted(configs, key=lambda c: c.name)]
+    ordered = sorted(configs, key=lambda c: c.name)
+    found = dict(known or {})
+    unread = [cfg for cfg in ordered if cfg.name not in found]
+    if len(unread) > 1:  # a fleet's services read side by side (their DescribeServices shared, tasks/aws/shared_reads)
+        with ThreadPoolExecutor(max_workers=min(MANIFEST_READERS, len(unread))) as pool:  # each in the run's context
+            reads = [pool.submit(copy_context().run, entry_of, cfg, clients) for cfg in unread]
+            found.update((cfg.name, read.result()) for cfg, read in zip(unread, reads, strict=True))
+    elif unread:
+        found[unread[0].name] = entry_of(unread[0], clients)
+    entries = [found[cfg.name] for cfg in ordered]
     return Manifest(kind=kind, run_id=run_id, run_url=run_url, created_at=created, services=entries)
 
 
