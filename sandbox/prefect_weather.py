@@ -73,6 +73,7 @@ class PrefectWeather:
         self.random = random.Random(seed)
         self.hits: Counter[str] = Counter()
         self.passed = 0
+        self.answers: Counter[int] = Counter()  # the server's own status codes, of the requests that passed
         self._lock = threading.Lock()
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", port))
@@ -153,6 +154,8 @@ class PrefectWeather:
                 self.hits["502 upstream"] += 1
             return Response("<html><body><h1>502 Bad Gateway</h1></body></html>", status_code=502,
                             media_type="text/html")
+        with self._lock:
+            self.answers[upstream.status_code] += 1
         back = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
         return Response(upstream.content, status_code=upstream.status_code, headers=back)
 
