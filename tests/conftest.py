@@ -240,7 +240,8 @@ def deployment(client: Any) -> Iterator[tuple[str, Any]]:
 # close together. Unlisted modules (under 8 s) go last.
 MODULE_SECONDS = {
     "tests/test_kills.py": 145, "tests/test_workers.py": 142, "tests/test_pipeline.py": 109,
-    "tests/test_ecs_native.py": 101, "tests/test_weather.py": 94, "tests/test_iam_releases.py": 92,
+    "tests/test_ecs_native.py": 101, "tests/test_fleet_weather.py": 95, "tests/test_weather.py": 94,
+    "tests/test_iam_releases.py": 92,
     "tests/test_failures.py": 88, "tests/test_rollback_command.py": 70, "tests/test_fleet_order_release.py": 65,
     "tests/test_approval_suspend.py": 65, "tests/test_analysis_release.py": 62,
     "tests/test_first_contact_codedeploy.py": 58, "tests/test_ui_lists.py": 54,

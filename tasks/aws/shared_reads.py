@@ -20,6 +20,7 @@ So a fleet's AWS call rate grows with its clusters and target groups, not with i
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +30,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tasks.aws.errors import error_code
+from tasks.core.settings import is_loopback_url
 
 Fetch = Callable[[Any, tuple[Any, ...], list[str]], dict[str, Any]]
 SPACING_SECONDS = 1.0  # per group, against AWS; shortened by the time scale in a rehearsal
@@ -82,7 +84,7 @@ class SharedReads:
 
     def _lead(self, client: Any, scope: tuple[Any, ...], group: _Group, batch: _Batch) -> None:
         """Wait out the group's spacing (others join meanwhile), then ask for every name gathered."""
-        wait = group.last_start + spacing() - time.monotonic()
+        wait = group.last_start + spacing(client) - time.monotonic()
         if wait > 0:
             time.sleep(wait)
         with self._lock:
@@ -112,19 +114,22 @@ class SharedReads:
                     batch.errors[name] = one
 
 
-_SPACING: list[float] = []
+_SPACING: list[float] = []  # a spacing chosen for every group (a measurement's), else each client's own
 
 
-def spacing() -> float:
-    """SPACING_SECONDS, time-scaled in a rehearsal (read once from the process's settings)."""
-    if not _SPACING:
-        from tasks.core.settings import Settings
-
-        try:
-            _SPACING.append(Settings().scaled(SPACING_SECONDS))
-        except ValueError:  # settings that do not load fail the release elsewhere, with their own words
-            return SPACING_SECONDS
-    return _SPACING[0]
+def spacing(client: Any = None) -> float:
+    """SPACING_SECONDS, divided by the time scale when CLIENT's endpoint is on this machine (a rehearsal;
+    ECS_PIPELINE_TIME_SCALE, as the pipeline's other waits), as it is for every call against AWS."""
+    if _SPACING:
+        return _SPACING[0]
+    endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
+    if not is_loopback_url(endpoint):
+        return SPACING_SECONDS
+    try:
+        scale = float(os.environ.get("ECS_PIPELINE_TIME_SCALE") or 1.0)
+    except ValueError:  # the settings refuse it, with their own words, before any release starts
+        scale = 1.0
+    return SPACING_SECONDS / scale if scale > 0 else SPACING_SECONDS
 
 
 def _services(client: Any, scope: tuple[Any, ...], names: list[str]) -> dict[str, Any]:
