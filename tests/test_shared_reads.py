@@ -136,12 +136,12 @@ def test_a_refusal_for_one_name_is_that_names_alone() -> None:
                               "DescribeServices")
         return {n: n.upper() for n in names}
 
-    reads = SharedReads(fetch, chunk=10)
+    reads = SharedReads(chunk=10)
     shared_reads._SPACING[:] = [0.3]
     try:
         client = object()
-        reads.read(client, ("c",), ["first"])  # the group has just called: the next call gathers for a spacing
-        answers = together(3, lambda i: reads.read(client, ("c",), [["mine", "theirs", "ours"][i]]))
+        reads.read(client, ("c",), ["first"], fetch)  # the group has just called: the next call gathers for a spacing
+        answers = together(3, lambda i: reads.read(client, ("c",), [["mine", "theirs", "ours"][i]], fetch))
     finally:
         shared_reads._SPACING.clear()
     assert answers[0] == {"mine": "MINE"} and answers[2] == {"ours": "OURS"}, answers

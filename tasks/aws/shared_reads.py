@@ -53,15 +53,16 @@ class _Group:
 
 
 class SharedReads:
-    """One kind of read, coalesced per group: FETCH(client, scope, names) -> {name: answer}, CHUNK names a call."""
+    """One kind of read, coalesced per group, CHUNK names a call; each read names its FETCH(client, scope,
+    names) -> {name: answer} (the same for every read of a kind)."""
 
-    def __init__(self, fetch: Fetch, chunk: int) -> None:
-        self.fetch, self.chunk = fetch, chunk
+    def __init__(self, chunk: int) -> None:
+        self.chunk = chunk
         self.calls = 0  # AWS calls made, for measurements
         self._groups: dict[tuple[int, tuple[Any, ...]], _Group] = {}
         self._lock = threading.Lock()
 
-    def read(self, client: Any, scope: tuple[Any, ...], names: Sequence[str]) -> dict[str, Any]:
+    def read(self, client: Any, scope: tuple[Any, ...], names: Sequence[str], fetch: Fetch) -> dict[str, Any]:
         """{name: answer} for NAMES (a name AWS does not know is left out), from a call started after now."""
         key = (id(client), scope)
         with self._lock:
@@ -72,7 +73,7 @@ class SharedReads:
                 group.pending = batch
             batch.names.update(names)
         if leader:
-            self._lead(client, scope, group, batch)
+            self._lead(client, scope, group, batch, fetch)
         else:
             batch.done.wait()
         if batch.error is not None:
@@ -82,7 +83,7 @@ class SharedReads:
                 raise batch.errors[name]
         return {n: batch.found[n] for n in names if n in batch.found}
 
-    def _lead(self, client: Any, scope: tuple[Any, ...], group: _Group, batch: _Batch) -> None:
+    def _lead(self, client: Any, scope: tuple[Any, ...], group: _Group, batch: _Batch, fetch: Fetch) -> None:
         """Wait out the group's spacing (others join meanwhile), then ask for every name gathered."""
         wait = group.last_start + spacing(client) - time.monotonic()
         if wait > 0:
@@ -93,23 +94,23 @@ class SharedReads:
             names = sorted(batch.names)
         try:
             for start in range(0, len(names), self.chunk):
-                self._ask(client, scope, names[start:start + self.chunk], batch)
+                self._ask(client, scope, names[start:start + self.chunk], batch, fetch)
         except BaseException as exc:  # noqa: BLE001 - every reader of the batch gets it, the leader too
             batch.error = exc
         finally:
             batch.done.set()
 
-    def _ask(self, client: Any, scope: tuple[Any, ...], names: list[str], batch: _Batch) -> None:
+    def _ask(self, client: Any, scope: tuple[Any, ...], names: list[str], batch: _Batch, fetch: Fetch) -> None:
         try:
             self.calls += 1
-            batch.found.update(self.fetch(client, scope, names))
+            batch.found.update(fetch(client, scope, names))
         except ClientError as exc:
             if len(names) == 1 or error_code(exc) not in _REFUSED:
                 raise
             for name in names:  # whose name was refused: each read gets its own answer
                 try:
                     self.calls += 1
-                    batch.found.update(self.fetch(client, scope, [name]))
+                    batch.found.update(fetch(client, scope, [name]))
                 except ClientError as one:
                     batch.errors[name] = one
 
@@ -151,21 +152,21 @@ def _target_health(client: Any, scope: tuple[Any, ...], names: list[str]) -> dic
     return {arn: client.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]}
 
 
-SERVICES = SharedReads(_services, chunk=10)  # DescribeServices takes up to 10 services
-ALARMS = SharedReads(_alarms, chunk=100)  # DescribeAlarms takes up to 100 alarm names
-TARGET_HEALTH = SharedReads(_target_health, chunk=1)  # DescribeTargetHealth takes one target group
+SERVICES = SharedReads(chunk=10)  # DescribeServices takes up to 10 services
+ALARMS = SharedReads(chunk=100)  # DescribeAlarms takes up to 100 alarm names
+TARGET_HEALTH = SharedReads(chunk=1)  # DescribeTargetHealth takes one target group
 
 
 def services(ecs: Any, cluster: str, names: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
     """{name: the services DescribeServices answers for it} for NAMES of CLUSTER."""
-    return SERVICES.read(ecs, (cluster,), list(names))
+    return SERVICES.read(ecs, (cluster,), list(names), _services)
 
 
 def alarms(cloudwatch: Any, names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """{name: its MetricAlarm} for the NAMES CloudWatch knows."""
-    return ALARMS.read(cloudwatch, (), list(names))
+    return ALARMS.read(cloudwatch, (), list(names), _alarms)
 
 
 def target_health(elbv2: Any, target_group: str) -> list[dict[str, Any]]:
     """DescribeTargetHealth's TargetHealthDescriptions for TARGET_GROUP."""
-    return list(TARGET_HEALTH.read(elbv2, (target_group,), [target_group])[target_group])
+    return list(TARGET_HEALTH.read(elbv2, (target_group,), [target_group], _target_health)[target_group])
