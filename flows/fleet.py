@@ -56,7 +56,7 @@ from tasks.release.fleet_plan import (
     ServiceResult,
     WaveGate,
     classify,
-    created_alone,
+    creation_turn,
     gate_seconds,
     held_by,
     in_wave,
@@ -344,7 +344,7 @@ def release_here(
     """
     started = time.monotonic()
     try:
-        with in_wave(gate or WaveGate([service], 0), service), held_by(hold, service), created_alone():
+        with in_wave(gate or WaveGate([service], 0), service), held_by(hold, service), creation_turn():
             state = deploy_service(service=service, sha=sha, force=step_back, allow_older=step_back,
                                    task_definition=task_definition, return_state=True)
     except Exception as exc:  # noqa: BLE001 - the child's own bookkeeping failed (its API past every retry)

@@ -98,8 +98,8 @@ def _seed_fleet(path: str, copies: int, out: str | None) -> int:
     if copies >= FLEET_ON_POSTGRES and manage.prefect_database(layout()) == "sqlite":
         print(f"note: {copies} services released at once on this sandbox's SQLite Prefect server begin "
               "staggered: it answers concurrent run creation with 503 (\"database is locked\"), which "
-              "Prefect's client backs off 2, 4, 8 s from (20 services took 1.6x one, against 1.25x on "
-              "Postgres; bench/RESULTS.md). For fleets: `python -m sandbox down && python -m sandbox up "
+              "Prefect's client backs off 2, 4, 8 s from (20 services took 1.4x one, against 1.23x on "
+              "Postgres; bench/bench_fleet_scale.py). For fleets: `python -m sandbox down && python -m sandbox up "
               "--postgres`", file=sys.stderr)
     return 0
 
