@@ -53,9 +53,9 @@ ICONS = {"COMPLETED": ("✓", "green"), "FAILED": ("✗", "red"), "RUNNING": ("�
 class Seen:
     """What the view last read about the run.
 
-    ``run_id`` comes from the flow run itself (an ``on_running`` hook, in the main thread, before the
-    release starts), not from a tag to search by: a tags context would tag every task run too, and
-    Prefect asks the server for a concurrency slot per tagged task run.
+    ``run_id`` is the flow run's own, set in the main thread before the release starts (the command
+    makes the run), not found by a tag: a tags context would tag every task run too, and Prefect
+    asks the server for a concurrency slot per tagged task run.
     """
 
     run_id: Any = None

@@ -186,6 +186,22 @@ def retry_kwargs(retries: int = RETRIES, backoff_factor: float = BACKOFF_FACTOR)
     }
 
 
+def typed_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """FN with AWS's errors typed at its edge (denied, missing, throttled), as a stage's are."""
+
+    @functools.wraps(fn)
+    def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as exc:
+            typed = translate(exc, service=getattr(args[0], "name", None) if args else None)
+            if typed is exc:
+                raise
+            raise typed from exc
+
+    return translated
+
+
 def stage(name: str, run_name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
     """A pipeline stage: a Prefect task with the stage half of the retry policy, AWS errors typed at its edge.
 
@@ -194,18 +210,8 @@ def stage(name: str, run_name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
     """
 
     def wrap(fn: Callable[P, R]) -> Task[P, R]:
-        @functools.wraps(fn)
-        def translated(*args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                return fn(*args, **kwargs)
-            except ClientError as exc:
-                typed = translate(exc, service=getattr(args[0], "name", None) if args else None)
-                if typed is exc:
-                    raise
-                raise typed from exc
-
         made: Task[P, R] = task(name=name, task_run_name=run_name, cache_policy=NO_CACHE, **retry_kwargs())(
-            translated
+            typed_errors(fn)
         )
         return made
 

@@ -30,7 +30,7 @@ from prefect import get_run_logger
 
 from tasks.aws.clients import AwsClients
 from tasks.aws.iam import CannotSimulate, Decision, principal_of, simulate
-from tasks.aws.retry import stage
+from tasks.aws.retry import typed_errors
 from tasks.config.buildspec import BuildSpec, Env
 from tasks.config.models import ServiceConfig
 from tasks.config.taskdef import load_template, render_task_definition
@@ -95,9 +95,15 @@ def _scope(clients: AwsClients) -> Scope:
     return Scope(caller["Account"], clients.settings.region, caller["Arn"].split(":", 2)[1])
 
 
-@stage("check permissions", "check permissions {cfg.name}")
+@typed_errors
 def check_permissions(cfg: ServiceConfig, clients: AwsClients) -> str | None:
-    """Fail when the caller may not do what the release will; None, or the note saying why it was skipped."""
+    """Fail when the caller may not do what the release will; None, or the note saying why it was skipped.
+
+    A step of the release's own run, not a task of its own: it makes AWS calls only, which botocore
+    retries, so a task's repeat would never apply, and its verdict is the run's (a refusal fails the
+    run with the statement to add; a skip is a note of the summary and a line of the run's log). The
+    summary still times it as the stage "check permissions".
+    """
     log = get_run_logger()
     caller = clients.caller()["Arn"]
     principal = clients.role_arn or principal_of(caller)  # a deploy_role_arn as written: its path included
