@@ -35,6 +35,7 @@ from pathlib import Path
 
 from bench.cost import run_child, tree_cpu
 from bench.figures import record, table
+from sandbox.layout import read_env_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {"realistic": ("6", "sqlite"), "realistic-postgres": ("6", "postgres"), "sqlite60": ("60", "sqlite"),
@@ -60,15 +61,13 @@ class Sandbox:
 
 
 def free_ports(n: int) -> list[int]:
-    import socket
+    """N distinct free ports on loopback."""
+    from harness.services import free_port
 
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    ports: set[int] = set()
+    while len(ports) < n:
+        ports.add(free_port())
+    return sorted(ports)
 
 
 @contextlib.contextmanager
@@ -83,16 +82,13 @@ def own_sandbox(work: Path, scale: str, db: str) -> Iterator[Sandbox]:
     try:
         subprocess.run([sys.executable, "-m", "sandbox", "up", *flag], cwd=ROOT, env=base, check=True,
                        stdout=subprocess.DEVNULL)
-        env = {**base, **read_env(state / "env"), **read_env(state / "admin.env"), "PREFECT_LOGGING_LEVEL": "WARNING"}
+        env = {**base, **read_env_file(state / "env"), **read_env_file(state / "admin.env"),
+               "PREFECT_LOGGING_LEVEL": "WARNING"}
         yield Sandbox(state, env)
     finally:
         subprocess.run([sys.executable, "-m", "sandbox", "down"], cwd=ROOT, env=base, check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         shutil.rmtree(state, ignore_errors=True)
-
-
-def read_env(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
 def seed(box: Sandbox, work: Path, copies: int) -> tuple[Path, list[str]]:

@@ -10,10 +10,12 @@ of several is asked again name by name, so only that name's reader gets the refu
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import botocore.session
 import pytest
 from botocore.exceptions import ClientError
 
@@ -148,3 +150,47 @@ def test_a_refusal_for_one_name_is_that_names_alone() -> None:
     assert isinstance(answers[1], ClientError) and "theirs" in str(answers[1]), answers
     assert sorted(asked[1]) == ["mine", "ours", "theirs"], "one call for the three first"
     assert sorted(map(tuple, asked[2:])) == [("mine",), ("ours",), ("theirs",)], "then each alone"
+
+
+def test_the_batches_are_the_sizes_aws_documents(cluster: tuple[str, list[str]]) -> None:
+    """DescribeServices' ``services``: "You may specify up to 10 services to describe in a single operation"
+    (botocore's ECS model, a sentence: the model sets no maximum, so the sandbox refuses an eleventh); and
+    DescribeAlarms' ``AlarmNames``: ``max`` 100 in botocore's CloudWatch model."""
+    session = botocore.session.get_session()
+    services = session.get_service_model("ecs").operation_model("DescribeServices").input_shape.members["services"]
+    assert "up to 10 services" in services.documentation and shared_reads.SERVICES.chunk == 10
+    alarms = session.get_service_model("cloudwatch").operation_model("DescribeAlarms").input_shape.members["AlarmNames"]
+    assert alarms.metadata["max"] == 100 == shared_reads.ALARMS.chunk
+    name, names = cluster
+    ecs = aws("ecs")
+    assert len(ecs.describe_services(cluster=name, services=names[:10])["services"]) == 10
+    with pytest.raises(ClientError) as refused:
+        ecs.describe_services(cluster=name, services=names[:11])
+    assert refused.value.response["Error"]["Code"] == "InvalidParameterException", refused.value.response
+
+
+def test_each_reader_raises_its_own_copy_and_idle_groups_are_forgotten() -> None:
+    def fetch(client: Any, scope: tuple[Any, ...], names: list[str]) -> dict[str, Any]:
+        raise ClientError({"Error": {"Code": "ClusterNotFoundException", "Message": "gone"}}, "DescribeServices")
+
+    reads = SharedReads(chunk=10)
+    shared_reads._SPACING[:] = [0.3]
+    try:
+        client = object()
+        with pytest.raises(ClientError):
+            reads.read(client, ("c",), ["first"], fetch)  # the group has just called: the rest gather
+        errors = together(3, lambda i: reads.read(client, ("c",), [f"s{i}"], fetch))
+    finally:
+        shared_reads._SPACING.clear()
+    assert all(isinstance(e, ClientError) and "gone" in str(e) for e in errors), errors
+    assert len({id(e) for e in errors}) == 3, "one exception object raised in three threads"
+    # A long-lived worker's groups: past KEPT_GROUPS, those idle for longer than any spacing are dropped.
+    quiet = SharedReads(chunk=10)
+    for i in range(shared_reads.KEPT_GROUPS + 5):
+        quiet.read(client, (f"cluster-{i}",), ["svc"], lambda c, s, n: {"svc": s[0]})
+    assert len(quiet._groups) == shared_reads.KEPT_GROUPS + 5, "none idle for a second yet: all kept"
+    stale = time.monotonic() - 2 * shared_reads.SPACING_SECONDS
+    for group in quiet._groups.values():
+        group.last_start = stale
+    quiet.read(client, ("one-more",), ["svc"], lambda c, s, n: {"svc": s[0]})
+    assert list(quiet._groups) == [(id(client), ("one-more",))], list(quiet._groups)

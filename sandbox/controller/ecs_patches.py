@@ -298,6 +298,21 @@ def _list_services(self: EC2ContainerServiceBackend, cluster_str: str, schedulin
     return [a for a in arns if a in mine]
 
 
+# DescribeServices' reference (botocore's model, ``services``): "You may specify up to 10 services to describe
+# in a single operation." The model sets no maximum, so a client sends more; the sandbox refuses them.
+DESCRIBE_SERVICES_MAX = 10
+_orig_describe_services = EC2ContainerServiceBackend.describe_services
+
+
+def _describe_services(self: EC2ContainerServiceBackend, cluster_str: str,
+                       service_names_or_arns: list[str]) -> tuple[list[Any], list[dict[str, str]]]:
+    if len(service_names_or_arns) > DESCRIBE_SERVICES_MAX:
+        raise InvalidParameterException(
+            f"You may specify up to {DESCRIBE_SERVICES_MAX} services to describe in a single operation "
+            f"({len(service_names_or_arns)} given).")
+    return _orig_describe_services(self, cluster_str, service_names_or_arns)
+
+
 def install(runner: TaskRunner, native: NativeController | None = None) -> None:
     """Apply the ECS corrections; ``runner`` is used by StopTask, ``native`` by UpdateService."""
     global _RUNNER, _NATIVE
@@ -312,5 +327,6 @@ def install(runner: TaskRunner, native: NativeController | None = None) -> None:
     EC2ContainerServiceBackend.stop_task = _stop_task  # type: ignore[method-assign]
     EC2ContainerServiceBackend.list_tasks = _list_tasks  # type: ignore[method-assign]
     EC2ContainerServiceBackend.list_services = _list_services  # type: ignore[method-assign]
+    EC2ContainerServiceBackend.describe_services = _describe_services  # type: ignore[method-assign]
     EC2ContainerServiceBackend.run_task = _run_task  # type: ignore[method-assign]
     run_task.install()

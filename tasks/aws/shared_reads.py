@@ -20,6 +20,7 @@ So a fleet's AWS call rate grows with its clusters and target groups, not with i
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -34,6 +35,7 @@ from tasks.core.settings import is_loopback_url
 
 Fetch = Callable[[Any, tuple[Any, ...], list[str]], dict[str, Any]]
 SPACING_SECONDS = 1.0  # per group, against AWS; shortened by the time scale in a rehearsal
+KEPT_GROUPS = 64  # past this many groups, idle ones are forgotten
 _REFUSED = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")
 
 
@@ -77,10 +79,10 @@ class SharedReads:
         else:
             batch.done.wait()
         if batch.error is not None:
-            raise batch.error
+            raise _own(batch.error, leader)
         for name in names:
             if name in batch.errors:
-                raise batch.errors[name]
+                raise _own(batch.errors[name], leader)
         return {n: batch.found[n] for n in names if n in batch.found}
 
     def _lead(self, client: Any, scope: tuple[Any, ...], group: _Group, batch: _Batch, fetch: Fetch) -> None:
@@ -92,6 +94,8 @@ class SharedReads:
             group.pending = None  # a read from now on waits for the next call
             group.last_start = time.monotonic()
             names = sorted(batch.names)
+            if len(self._groups) > KEPT_GROUPS:
+                self._forget_idle(group.last_start)
         try:
             for start in range(0, len(names), self.chunk):
                 self._ask(client, scope, names[start:start + self.chunk], batch, fetch)
@@ -100,19 +104,41 @@ class SharedReads:
         finally:
             batch.done.set()
 
+    def _forget_idle(self, now: float) -> None:
+        """Drop the groups that asked nothing for longer than any spacing: a long-lived worker releases
+        many services over its life, and a forgotten group is one that goes at once, as it would."""
+        idle = [k for k, g in self._groups.items() if g.pending is None and now - g.last_start > SPACING_SECONDS]
+        for key in idle:
+            del self._groups[key]
+
+    def _count(self, calls: int = 1) -> None:
+        with self._lock:
+            self.calls += calls
+
     def _ask(self, client: Any, scope: tuple[Any, ...], names: list[str], batch: _Batch, fetch: Fetch) -> None:
         try:
-            self.calls += 1
+            self._count()
             batch.found.update(fetch(client, scope, names))
         except ClientError as exc:
             if len(names) == 1 or error_code(exc) not in _REFUSED:
                 raise
             for name in names:  # whose name was refused: each read gets its own answer
                 try:
-                    self.calls += 1
+                    self._count()
                     batch.found.update(fetch(client, scope, [name]))
                 except ClientError as one:
                     batch.errors[name] = one
+
+
+def _own(exc: BaseException, leader: bool) -> BaseException:
+    """EXC for one reader to raise: the leader's own, a copy for every other reader's thread (one object
+    raised in many threads has one traceback, rewritten by each raise)."""
+    if leader:
+        return exc
+    try:
+        return copy.copy(exc)
+    except Exception:  # noqa: BLE001 - an exception that cannot be copied is raised as it is
+        return exc
 
 
 _SPACING: list[float] = []  # a spacing chosen for every group (a measurement's), else each client's own

@@ -43,6 +43,7 @@ from tasks.aws.metrics import Pair
 from tasks.aws.retry import stage
 from tasks.config import appspec as appspec_mod
 from tasks.config.models import ServiceConfig, appspec_for
+from tasks.core.errors import DeployError
 from tasks.core.report import emit
 from tasks.core.waits import poll
 from tasks.release import analysis
@@ -267,9 +268,19 @@ def roll_back(cfg: ServiceConfig, clients: AwsClients, dep: Deployment) -> Ended
         log.info("rollback deployment %s %s", rollback_id, done["status"])
         # The rollback removes the replacement task set after the deployments have ended, not with
         # them: production is back on blue alone once the service holds no other task set.
-        poll(lambda: None if any(ts["status"] != "PRIMARY" for ts in _task_sets(cfg, clients)) else "gone",
-             timeout=wait.seconds, what=wait.waiting_for(f"deployment {dep.id}'s replacement task set to go"),
-             log=log.info, cap=clients.settings.poll_cap())
+        try:
+            poll(lambda: None if any(ts["status"] != "PRIMARY" for ts in _task_sets(cfg, clients)) else "gone",
+                 timeout=wait.seconds, what=wait.waiting_for(f"deployment {dep.id}'s replacement task set to go"),
+                 log=log.info, cap=clients.settings.poll_cap())
+        except DeployError as exc:
+            if done["status"] != "Succeeded":
+                raise
+            # The rollback deployment succeeded: the listeners are back on blue. A replacement task set
+            # CodeDeploy has not removed yet takes no traffic; the summary says it stands, not "failed".
+            left = (f"production is back on blue (rollback deployment {rollback_id} Succeeded), but {exc.message}: "
+                    "green's task set still stands beside blue, without traffic, until CodeDeploy removes it")
+            log.warning(left)
+            return Ended(f"{error_text(info)}; {left}", stopped_here)
     return Ended(error_text(info), stopped_here)
 
 
