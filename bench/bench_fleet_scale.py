@@ -35,6 +35,7 @@ from pathlib import Path
 
 from bench.cost import run_child, tree_cpu
 from bench.figures import record, table
+from harness.services import free_ports
 from sandbox.layout import read_env_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,16 +59,6 @@ class Sandbox:
 
     def cpu(self) -> dict[str, float]:
         return {name: tree_cpu(self.pid(name)) for name in SERVERS}
-
-
-def free_ports(n: int) -> list[int]:
-    """N distinct free ports on loopback."""
-    from harness.services import free_port
-
-    ports: set[int] = set()
-    while len(ports) < n:
-        ports.add(free_port())
-    return sorted(ports)
 
 
 @contextlib.contextmanager

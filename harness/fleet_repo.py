@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from harness.git import git
-from harness.services import ROOT, SAMPLE_APP, aws, free_port
+from harness.services import ROOT, SAMPLE_APP, aws, free_ports
 from sandbox.seed_network import SECURITY_GROUP_ID, SUBNET_IDS
 
 
@@ -42,6 +42,7 @@ def base_yaml(base: Path, repo: Path) -> Path:
     (base / "base" / name).mkdir(parents=True)
     taskdef = json.loads((ROOT / "deployments" / "sample-app" / "taskdef.json").read_text())
     (base / "base" / name / "taskdef.json").write_text(json.dumps(taskdef))
+    prod, test = free_ports(2)
     data = {
         "name": name, "source": {"repo": str(repo), "branch": "main"}, "ecr": {"repository": name},
         "ecs": {"cluster": f"{name}-cluster", "service": name, "container": "web", "container_port": 8080,
@@ -49,8 +50,8 @@ def base_yaml(base: Path, repo: Path) -> Path:
         "task_definition": f"{name}/taskdef.json",
         "network": {"subnets": list(SUBNET_IDS), "security_groups": [SECURITY_GROUP_ID]},
         "strategy": {"type": "task-sets", "traffic": {"type": "all-at-once"}},
-        "load_balancer": {"production_listener": {"load_balancer": f"{name}-alb", "port": free_port()},
-                          "test_listener": {"load_balancer": f"{name}-alb", "port": free_port()},
+        "load_balancer": {"production_listener": {"load_balancer": f"{name}-alb", "port": prod},
+                          "test_listener": {"load_balancer": f"{name}-alb", "port": test},
                           "target_groups": [f"{name}-a", f"{name}-b"]},
         "verify": {"http": [{"path": p, "consecutive": 2, "attempts": 5, "interval_seconds": 0.1}
                             for p in ("/health", "/")], "alarms": [f"{name}-5xx"]},

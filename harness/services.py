@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from harness.git import git
+from sandbox.layout import free_ports
 from sandbox.seed import seed_service
 from tasks.config.models import ServiceConfig, load_service
 from tasks.core.errors import PipelineError
@@ -36,9 +36,7 @@ MADE: list[ServiceUnderTest] = []
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 _AWS: dict[tuple[str, ...], Any] = {}
@@ -230,7 +228,7 @@ def make_service(
     taskdef = json.loads((ROOT / "deployments" / "sample-app" / "taskdef.json").read_text())
     taskdef["family"] = name
     (deployments / name / "taskdef.json").write_text(json.dumps(taskdef, indent=2))
-    prod, test = free_port(), free_port()
+    prod, test = free_ports(2)
     config = {
         "name": name,
         "source": {"repo": str(repo), "branch": "main"},

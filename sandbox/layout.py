@@ -6,8 +6,10 @@ it starts nothing and reads only the environment.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +154,16 @@ def admin_key(lay: Layout) -> tuple[str, str]:
     made = ("AKIASANDBOX" + "".join(secrets.choice(alphabet) for _ in range(9)), secrets.token_urlsafe(30))
     write_private(lay.admin_env_file, f"AWS_ACCESS_KEY_ID={made[0]}\nAWS_SECRET_ACCESS_KEY={made[1]}\n")
     return made
+
+
+def free_ports(count: int) -> list[int]:
+    """COUNT distinct free ports on loopback, bound together so the kernel cannot hand one out twice
+    (a port asked for after another was let go may be that same port again)."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def read_env_file(path: Path) -> dict[str, str]:

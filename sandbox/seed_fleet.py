@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sandbox.layout import free_ports
 from sandbox.seed import seed_service
 from tasks.config.models import ServiceConfig, load_service
 
@@ -27,12 +27,6 @@ MAX_COPIES = 99
 
 def copy_name(base: str, index: int) -> str:
     return f"{base}-{index:02d}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _kept_ports(path: Path) -> tuple[int, int] | None:
@@ -89,7 +83,10 @@ def write_copies(base_yaml: Path, copies: int, out: Path) -> list[Path]:
     for i in range(1, copies + 1):
         name = copy_name(base.name, i)
         path = out / f"{name}.yaml"
-        ports = _kept_ports(path) or (free_port(), free_port())
+        ports = _kept_ports(path)
+        if ports is None:
+            prod, test = free_ports(2)
+            ports = (prod, test)
         _copy_templates(base, name, out)
         text = f"# copy {i} of {base_yaml.name}, written by `sandbox seed --copies`\n"
         path.write_text(text + yaml.safe_dump(copy_config(raw, base, name, ports), sort_keys=False))

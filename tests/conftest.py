@@ -20,7 +20,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from sandbox.layout import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT_VARS = ("SANDBOX_AWS_PORT", "SANDBOX_REGISTRY_PORT", "SANDBOX_PREFECT_PORT", "SANDBOX_POSTGRES_PORT")
@@ -47,12 +48,6 @@ def _read_env(path: Path) -> dict[str, str]:
     except OSError:
         return {}
     return {k.strip(): v.strip() for k, sep, v in (line.partition("=") for line in lines) if sep}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _outer_engine(outer: Path) -> str | None:
@@ -86,7 +81,7 @@ def session_sandbox(worker: str | None) -> dict[str, str]:
         env["DOCKER_HOST"] = shared
     _sandbox("down", env)  # what a killed session left
     shutil.rmtree(state, ignore_errors=True)
-    env.update({var: str(_free_port()) for var in PORT_VARS})
+    env.update({var: str(port) for var, port in zip(PORT_VARS, free_ports(len(PORT_VARS)), strict=True)})
     stopped: list[bool] = []
 
     def stop() -> None:

@@ -7,7 +7,6 @@ otherwise starts a moto server on a free loopback port for this module.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
+from sandbox.layout import free_ports
 from tasks.aws.clients import AwsClients
 from tasks.aws.ecr import ensure_repository, find_image_digest, registry_auth
 from tasks.core.settings import DEFAULT_MAX_ATTEMPTS, Settings
@@ -32,19 +32,13 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     session = os.environ.get("AWS_ENDPOINT_URL", "")
     if session and _answers(f"{session}/_sandbox/health"):
         yield session
         return
-    port = _free_port()
+    (port,) = free_ports(1)
     moto = Path(sys.executable).with_name("moto_server")
     proc = subprocess.Popen(
         [str(moto), "-H", "127.0.0.1", "-p", str(port)],

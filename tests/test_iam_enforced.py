@@ -44,10 +44,10 @@ from harness.iam import (
     user_with_policy,
     without,
 )
-from harness.services import free_port
 from sandbox.controller.iam_enforce import enabled
 from sandbox.controller.iam_eval import ALLOW, EXPLICIT_DENY, IMPLICIT_DENY, Need, decide
 from sandbox.controller.iam_resources import Where, needs
+from sandbox.layout import free_ports
 from tasks.config.models import ServiceConfig, parse_service
 from tasks.release.permissions import Scope, deploy_policy
 
@@ -190,7 +190,7 @@ class World:
         lb_arn = lb["LoadBalancers"][0]["LoadBalancerArn"]
         tgs = [elb.create_target_group(Name=f"{name}-{c}", Protocol="HTTP", Port=80, VpcId=self.vpc,
                                        TargetType="ip")["TargetGroups"][0]["TargetGroupArn"] for c in "ab"]
-        ports = [free_port(), free_port()]
+        ports = free_ports(2)
         listeners = [elb.create_listener(LoadBalancerArn=lb_arn, Protocol="HTTP", Port=port, DefaultActions=[
             {"Type": "forward", "TargetGroupArn": tgs[0]}])["Listeners"][0]["ListenerArn"] for port in ports]
         admin("ecr").create_repository(repositoryName=name)

@@ -134,7 +134,8 @@ def test_seeding_the_service_again_changes_nothing(seeded: ServiceUnderTest, dep
     again = seed_service(load_service(seeded.yaml_path), deploy_principal=deploy_user)
     assert again == seeded.seeded
     assert _stack(seeded) == before
-    names = [s["StackName"] for s in aws("cloudformation").describe_stacks()["Stacks"]]
+    pages = aws("cloudformation").get_paginator("describe_stacks").paginate()  # a page holds 100 stacks at most
+    names = [s["StackName"] for page in pages for s in page["Stacks"]]
     assert names.count(f"{seeded.name}-infra") == 1
 
 

@@ -8,7 +8,6 @@ os.environ.setdefault("PREFECT_API_URL", "http://127.0.0.1:4200/api")
 
 import contextlib
 import json
-import socket
 import threading
 import time
 import uuid
@@ -30,6 +29,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 
 from flows.webhook import create_app
+from sandbox.layout import free_ports
 from tasks.config.models import ServiceConfig, parse_service
 from tasks.core.settings import Settings
 from tasks.triggers.push_payloads import PayloadError, parse_push, services_for_push
@@ -250,12 +250,6 @@ def test_delivery_cache_is_thread_safe() -> None:
 # -- the app over HTTP against Prefect ----------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def names() -> dict[str, str]:
     tag = uuid.uuid4().hex[:8]
@@ -279,7 +273,7 @@ def app_url(deployment: tuple[str, uuid.UUID], names: dict[str, str]) -> Iterato
 @contextlib.contextmanager
 def serving(app: Any) -> Iterator[str]:
     """APP under uvicorn on a free loopback port, for real HTTP requests."""
-    port = free_port()
+    (port,) = free_ports(1)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -29,6 +29,8 @@ import docker
 import pytest
 from botocore.config import Config
 
+from sandbox.layout import free_ports
+
 ROOT = Path(__file__).resolve().parents[2]
 # What a client of real AWS needs (the pipeline's own policy): tests never lean on a quick give-up.
 CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 10}, connect_timeout=5, read_timeout=30)
@@ -106,12 +108,6 @@ class Eventually:
     def settle(self) -> None:
         """Wait out one propagation period: every listener change made before the call now serves."""
         time.sleep(self.period)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Started:
@@ -298,7 +294,7 @@ class Stack:
         for tg in self.tgs:
             self.elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
                 {"Key": "deregistration_delay.timeout_seconds", "Value": "5"}])
-        self.prod_port, self.test_port = free_port(), free_port()
+        self.prod_port, self.test_port = free_ports(2)
         self.prod = self._listener(self.prod_port, self.tgs[0])
         self.test = self._listener(self.test_port, self.tgs[0])
 

@@ -21,7 +21,7 @@ import pytest
 
 from sandbox import engine, procs
 from sandbox.identities import DEPLOY_USER
-from sandbox.layout import ENV_KEYS, REPO
+from sandbox.layout import ENV_KEYS, REPO, free_ports
 from sandbox.manage import load_env
 
 CLI = [sys.executable, "-m", "sandbox"]
@@ -187,12 +187,6 @@ def test_long_state_dirs_put_the_docker_socket_under_run() -> None:
     assert len(str(engine.exec_root(long))) < 40
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.timeout(600)  # a second Prefect server starts slowly on a busy 2-core machine
 def test_down_stops_only_what_up_started(sandbox_env: dict[str, str], tmp_path: Path) -> None:
     """A separate sandbox: its own engine, ports and state; a registry it found is left running.
@@ -201,13 +195,13 @@ def test_down_stops_only_what_up_started(sandbox_env: dict[str, str], tmp_path: 
     """
     state = tmp_path / "sb"
     state.mkdir()
-    reg_port = _free_port()
+    reg_port, aws_port, prefect_port = free_ports(3)
     env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
     env.update(
         SANDBOX_DIR=str(state),
-        SANDBOX_AWS_PORT=str(_free_port()),
+        SANDBOX_AWS_PORT=str(aws_port),
         SANDBOX_REGISTRY_PORT=str(reg_port),
-        SANDBOX_PREFECT_PORT=str(_free_port()),
+        SANDBOX_PREFECT_PORT=str(prefect_port),
     )
     # A registry that was there before `up`, as a user's own would be.
     config = tmp_path / "registry.yml"

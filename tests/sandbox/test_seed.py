@@ -9,7 +9,6 @@ and deletes its services and load balancers afterwards.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import docker
 import httpx
 import pytest
 
-from sandbox.layout import REPO
+from sandbox.layout import REPO, free_ports
 from sandbox.manage import load_env
 from sandbox.seed import SAMPLE_APP, seed_service
 from tasks.config.models import ListenerRef, ServiceConfig, Traffic, load_service
@@ -54,18 +53,13 @@ def _client(env: dict[str, str], service: str) -> Any:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _variant(strategy: str) -> ServiceConfig:
     """deployments/sample-app.yaml with STRATEGY, one task and free listener ports."""
     base = load_service(SERVICE_YAML)
     assert base.load_balancer is not None
     lb = base.load_balancer
-    ports = (_free_port(), _free_port())
+    prod, test = free_ports(2)
+    ports = (prod, test)
     listeners = {
         "production_listener": ListenerRef(
             load_balancer=lb.production_listener.load_balancer, port=ports[0]
@@ -246,7 +240,7 @@ def test_sample_app_answers_per_its_broken_mode(
     sandbox_env: dict[str, str], tmp_path: Path, broken: str, root_status: int, health_status: int
 ) -> None:
     client = docker.DockerClient(base_url=sandbox_env["DOCKER_HOST"])
-    port = _free_port()
+    (port,) = free_ports(1)
     tag = _build(client, tmp_path, "v7", broken)
     container = client.containers.run(
         tag,
@@ -273,7 +267,7 @@ def test_sample_app_answers_per_its_broken_mode(
 def test_seeded_image_serves_version_seed(sandbox_env: dict[str, str], prefix: str) -> None:
     first = seed_service(_variant("rolling"), prefix=prefix, env=sandbox_env)
     client = docker.DockerClient(base_url=sandbox_env["DOCKER_HOST"])
-    port = _free_port()
+    (port,) = free_ports(1)
     container = client.containers.run(
         first["image"], detach=True, network_mode="host", environment={"PORT": str(port)}
     )
