@@ -3,6 +3,8 @@
 1. rolling: `ecs-pipeline deploy` (CLI process) vs fabfuel `ecs deploy` on the same
    sandbox, alternating rounds: median wall time and AWS calls per release (sandbox request log),
    and a same-shaped Prefect flow run that does no work (what Prefect alone costs a CLI release).
+   Each timed run starts on a quiet machine (bench/cost.py wait_quiet): the run before it leaves
+   work behind (old tasks draining, the Prefect server storing its events) that would bill the next.
 2. task-sets: one release without and one with weather (20 % throttling + 10 % 500 on
    every pipeline AWS call).
 3. kill -9 matrix: a task-sets release killed at each point, then released again: seconds
@@ -34,6 +36,7 @@ from typing import Any
 
 from bench import figures
 from bench.bench_pipeline import ensure_peer, load_sandbox, outcome_of, retag
+from bench.cost import wait_quiet
 from bench.figures import table
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
@@ -120,12 +123,14 @@ def rolling_vs_peer(work: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, 
                 sha = ours.commit(f"v{i + 2}{'b' if kind == BUILT else ''}")
                 if kind == BUILT:
                     prebuild(ours, sha)
+                wait_quiet()
                 seq = last_request()
                 took, seconds = release(ours.name)
                 times[kind].append(took)
                 stages[kind].append(seconds)
                 calls[kind].append(calls_since(seq))
             image = retag(peer.seeded["image"], f"r{i + 1}")
+            wait_quiet()
             seq = last_request()
             started = time.perf_counter()
             subprocess.run([str(exe), "deploy", peer.cfg.ecs.cluster, peer.name, "--image", "web", image,
@@ -133,6 +138,7 @@ def rolling_vs_peer(work: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, 
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             times[PEER].append(time.perf_counter() - started)
             calls[PEER].append(calls_since(seq))
+            wait_quiet()
             seq = last_request()
             times[FLOOR].append(prefect_floor(ours.name))
             calls[FLOOR].append(calls_since(seq))

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.cost import run_child, tree_cpu
+from bench.cost import run_child, tree_cpu, wait_quiet
 from bench.figures import record, table
 from harness.services import free_ports
 from sandbox.layout import read_env_file
@@ -136,7 +136,9 @@ def release(box: Sandbox, folder: Path, names: list[str]) -> dict[str, float]:
 def run_case(label: str, scale: str, db: str, services: int, work: Path) -> dict[str, dict[str, float]]:
     with own_sandbox(work, scale, db) as box:
         folder, names = seed(box, work / label, services + 1)
+        wait_quiet(longest=60)  # the seeding's tasks start and pass their health checks before anything is timed
         one = release(box, folder, names[:1])
+        wait_quiet(longest=60)
         many = release(box, folder, names[1:])
     return {"one": one, "many": many}
 

@@ -180,3 +180,27 @@ def run_child(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Child(argv, wall, cpu, done.returncode, done.stdout, done.stderr)
+
+
+def machine_busy(window: float = 0.5) -> float:
+    """Share of all CPUs busy over WINDOW seconds (/proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields), idle
+
+    total0, idle0 = sample()
+    time.sleep(window)
+    total1, idle1 = sample()
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_quiet(busy: float = 0.15, longest: float = 20.0) -> float:
+    """Until the machine is quiet (under BUSY of its CPUs over half a second), at most LONGEST s: what the last
+    timed run left behind (old tasks draining, the Prefect server storing its events) does not bill the next.
+    The seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < longest and machine_busy() > busy:
+        pass
+    return time.monotonic() - started

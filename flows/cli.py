@@ -119,7 +119,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from tasks.release.runs import run_tags
 
     def release(seen: Seen) -> Any:
-        parameters = {"service": args.service, "sha": args.sha, "force": args.force, "allow_older": args.allow_older}
+        parameters = {"service": args.service, "sha": args.sha, "force": args.force, "allow_older": args.allow_older,
+                      "task_definition": None}  # every parameter, its default too, as the engine's own would list
         # The run is made here, with its tags, then run as a worker runs one. Its parameters are the JSON
         # values they are: the engine's own creation passes them through FastAPI's encoder, whose import
         # costs a fresh process about 0.4 s. One client for both (the engine takes this context's).

@@ -61,6 +61,9 @@ def test_dry_run_deploy_status_render_diff_and_rollback(
         )
     assert released.name.startswith(f"deploy {service.name}@{sha1[:7]}"), released.name
     assert {f"sha:{sha1}", "trigger:cli", "verdict:deployed"} <= set(released.tags), released.tags
+    # The command makes the run itself: its parameters read as the flow's own call would list them.
+    assert released.parameters == {"service": service.name, "sha": None, "force": False, "allow_older": False,
+                                   "task_definition": None}, released.parameters
 
     code, out = run(capsys, "deploy", service.name, "--dry-run")
     assert "no change: production already runs this commit" in out
