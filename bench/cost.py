@@ -141,19 +141,26 @@ class ServerMeter:
         self.idle_rate = (tree_cpu(self.pid) - cpu) / (time.monotonic() - start)
         return self.idle_rate
 
-    @contextlib.contextmanager
-    def window(self, out: dict[str, float], settle_within: float = 20.0) -> Iterator[None]:
-        """CPU the server spends on what the block does, including what it finishes after the block
-        (events it persists, task runs it writes from them): read once it is back to idle."""
-        start, cpu = time.monotonic(), tree_cpu(self.pid)
-        yield
-        deadline, quiet = time.monotonic() + settle_within, 0
+    def settle(self, within: float) -> float:
+        """Until the server burns no more than its idle rate for a second (at most WITHIN s); its CPU then."""
+        deadline, quiet = time.monotonic() + within, 0
         last = tree_cpu(self.pid)
         while quiet < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
             now = tree_cpu(self.pid)
             quiet = quiet + 1 if now - last <= self.idle_rate * 0.5 + 0.02 else 0
             last = now
+        return last
+
+    @contextlib.contextmanager
+    def window(self, out: dict[str, float], settle_within: float = 20.0) -> Iterator[None]:
+        """CPU the server spends on what the block does, including what it finishes after the block
+        (events it persists, task runs it writes from them): from the server at idle (what came before
+        is finished first, so it bills nothing here) until it is back to idle."""
+        self.settle(settle_within)
+        start, cpu = time.monotonic(), tree_cpu(self.pid)
+        yield
+        last = self.settle(settle_within)
         took = time.monotonic() - start
         out["server_cpu"] = max(0.0, last - cpu - self.idle_rate * took)
         out["server_window"] = took
