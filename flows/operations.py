@@ -298,8 +298,11 @@ def slot_holder(service: str, stale_after: float) -> dict[str, Any] | None:
         seen = Seen(run_id=run)
         with contextlib.suppress(Exception):  # a run deleted meanwhile: the slot's own facts stay
             read_run(seen)
-        running = [name for name, kind, _ in seen.stages if kind == "RUNNING"]
-        names = running or [name for name, _, _ in seen.stages]
+        # A stage's task run is named "<stage> <service>"; one still under the name Prefect gave it on
+        # creation (its own name reaches the server with a later state) is not shown as a stage yet.
+        mine = [(name, kind) for name, kind, _ in seen.stages if name.endswith(f" {service}")]
+        running = [name for name, kind in mine if kind == "RUNNING"]
+        names = running or [name for name, _ in mine]
         held.update(run_name=seen.name or None, green_percent=seen.green_percent,
                     stage=names[-1].removesuffix(f" {service}") if names else None)
     return held
