@@ -3,17 +3,19 @@
 CodeBuild runs every build in a fresh container with its own role and network.
 A box gives a build the same on the worker:
 
-* **Its own engine.** A Podman service (Docker-compatible API) runs for this one
-  build as the unprivileged build user (``ECS_PIPELINE_BUILD_USER``, default
-  ``ecs-build``) in a user namespace of its own: root inside a container is that
-  user outside. Its image storage is new for every build, so one build cannot
-  plant an image another build then uses. The buildspec's ``docker build`` and
-  ``docker push`` reach this engine through ``DOCKER_HOST``; the engine that
-  runs the pipeline's and the sandbox's containers is never mounted or reachable.
+* **Its own engine, which the build never reaches.** A Podman service
+  (Docker-compatible API) runs for this one build as the unprivileged build user
+  (``ECS_PIPELINE_BUILD_USER``, default ``ecs-build``) in a user namespace of its
+  own: root inside a container is that user outside. Its image storage is new for
+  every build, so one build cannot plant an image another build then uses. The
+  pipeline runs the build's container in it, and the build's ``docker build``,
+  ``tag``, ``push`` and ``login`` as requests it checks first
+  (tasks/build/docker_requests.py): no engine socket, this one or the one that runs
+  the pipeline's and the sandbox's containers, is in the build's view.
 * **Its own view of the files.** The engine sees a root made of the worker's
   ``/usr`` and ``/etc`` (read-only) and the box's own folder; the worker's home,
-  caches, sandbox state and sockets do not exist there, so nothing a build
-  mounts through the engine can name them.
+  caches, sandbox state and sockets do not exist there, so nothing the engine
+  builds can name them.
 * **Its own network.** A network namespace with loopback only; the registry
   and the endpoints in ``build.egress`` are forwarded in (tasks/build/egress.py).
 * **Its own processes.** A PID namespace: when the box closes, at the end of
@@ -24,7 +26,8 @@ A box gives a build the same on the worker:
 The build's commands run in a container of that engine: ``build.image`` (pulled
 into the box) or the standard image (tasks/build/standard_image.py), with every
 capability dropped, ``no-new-privileges``, a non-root user, a read-only root,
-the checkout copied into a folder of its own, and the engine's socket.
+the checkout copied into a folder of its own, and the request folders of its
+``docker`` command.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class BuildBox:
     forwarders: egress.Forwarders
     cgroups: list[Path]
     image_root: Path  # the standard image's root, mounted read-only
+    inner: int  # the namespaces' first process, as the worker sees it
 
     @property
     def src(self) -> Path:
@@ -94,12 +98,31 @@ class BuildBox:
         return self.folder / "values"
 
     @property
+    def requests(self) -> Path:
+        """Where the build's docker command leaves its requests (the build user's, writable in the container)."""
+        return self.folder / "requests"
+
+    @property
+    def answers(self) -> Path:
+        """Where the pipeline answers them (root's, read-only in the container)."""
+        return self.folder / "answers"
+
+    @property
     def socket(self) -> Path:
         return self.folder / "xdg" / "podman.sock"
 
     @property
     def engine_url(self) -> str:
         return f"unix://{self.socket}"
+
+    def client(self) -> list[str]:
+        """``podman --remote`` for this box's engine as the build user, inside the box: its files, network,
+        processes and cgroups. What it reads (a build's context) is what the box sees, never the worker's."""
+        q = shlex.quote
+        join = "".join(f"echo $$ > {q(str(g / 'cgroup.procs'))}; " for g in self.cgroups)
+        return ["sh", "-c", f'{join}exec "$@"', "box-client", "nsenter", "--target", str(self.inner), "--mount",
+                "--net", "--pid", "--root", "--wd", "--", *_as_build_user(self.folder, self.user),
+                "podman", "--remote", "--url", self.engine_url]
 
     def stop(self) -> None:
         """End every process of the box (its files stay until the box closes)."""
@@ -234,16 +257,21 @@ def _inside_script(folder: Path, user: pwd.struct_passwd, image_root: Path) -> s
         # Not exec: this shell stays the namespace's first process, as root. The engine changes its user,
         # which clears a parent-death signal; this shell keeps unshare's, so the worker's death ends it
         # and, with it, every process of the namespace.
-        "setpriv --reuid {uid} --regid {gid} --clear-groups env -i HOME={tmp} XDG_RUNTIME_DIR={xdg} "
-        "XDG_CONFIG_HOME={conf} CONTAINERS_REGISTRIES_CONF={conf}/containers/registries.conf TMPDIR={tmp} "
-        "PATH=/usr/sbin:/usr/bin:/sbin:/bin podman --root {storage} --runroot {run} system service --time=0 "
-        "unix://{sock}".format(
-            uid=user.pw_uid, gid=user.pw_gid, xdg=q(str(folder / "xdg")), conf=q(str(folder / "conf")),
-            tmp=q(str(folder / "tmp")), storage=q(str(folder / "storage")), run=q(str(folder / "r")),
-            sock=q(str(folder / "xdg" / "podman.sock"))) + " &",
+        " ".join(q(w) for w in _as_build_user(folder, user)) + " podman --root {storage} --runroot {run} "
+        "system service --time=0 unix://{sock} &".format(
+            storage=q(str(folder / "storage")), run=q(str(folder / "r")), sock=q(str(folder / "xdg" / "podman.sock"))),
         "wait",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _as_build_user(folder: Path, user: pwd.struct_passwd) -> list[str]:
+    """The words that run a command as the build user, with the box's Podman settings and nothing else."""
+    conf = folder / "conf"
+    return ["setpriv", "--reuid", str(user.pw_uid), "--regid", str(user.pw_gid), "--clear-groups", "env", "-i",
+            f"HOME={folder / 'tmp'}", f"XDG_RUNTIME_DIR={folder / 'xdg'}", f"XDG_CONFIG_HOME={conf}",
+            f"CONTAINERS_REGISTRIES_CONF={conf / 'containers' / 'registries.conf'}", f"TMPDIR={folder / 'tmp'}",
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
 
 
 def _keeper_script(cgroups: list[Path]) -> str:
@@ -307,6 +335,14 @@ def _wait_for(check: Callable[[], bool], deadline: float, what: str, keeper: sub
         pause = min(pause * 2, 0.1)
 
 
+def _first_child(pid: int) -> int:
+    """The namespaces' first process: unshare's child (unshare itself stays outside the PID namespace)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    if not children:
+        raise BuildError("the build box did not start: its namespaces have no first process")
+    return int(children[0])
+
+
 def _engine_answers(sock: Path) -> bool:
     if not sock.exists():
         return False
@@ -341,7 +377,7 @@ def open_box(tree: Path, boxes: Path, user_name: str, limits: Resources,
     cgroups: list[Path] = []
     keeper: subprocess.Popen[bytes] | None = None
     try:
-        for sub in ("storage", "r", "xdg", "tmp", "conf/containers", "values"):
+        for sub in ("storage", "r", "xdg", "tmp", "conf/containers", "values", "requests", "answers"):
             (folder / sub).mkdir(parents=True)
         (folder / "root").mkdir()
         (folder / "scripts").mkdir(mode=0o755)
@@ -351,9 +387,10 @@ def open_box(tree: Path, boxes: Path, user_name: str, limits: Resources,
         (folder / "conf/containers/containers.conf").write_text(CONTAINERS_CONF)
         (folder / "conf/containers/storage.conf").write_text(STORAGE_CONF)
         (folder / "conf/containers/registries.conf").write_text(_registries_conf(endpoints))
-        for sub in ("storage", "r", "xdg", "tmp", "conf", "values", "src"):
+        for sub in ("storage", "r", "xdg", "tmp", "conf", "values", "src", "requests"):
             _chown_tree(folder / sub, user.pw_uid, user.pw_gid)
         os.chmod(folder / "xdg", 0o700)
+        os.chmod(folder / "answers", 0o755)
         (folder / "inside.sh").write_text(_inside_script(folder, user, image_root))
         cgroups = _cgroups(name, limits)
         log = folder / "box.log"
@@ -369,7 +406,7 @@ def open_box(tree: Path, boxes: Path, user_name: str, limits: Resources,
         _wait_for(lambda: (folder / "net-ready").exists(), deadline, "network", keeper, log)
         forwarders.start(netns, endpoints)
         _wait_for(lambda: _engine_answers(folder / "xdg" / "podman.sock"), deadline, "engine", keeper, log)
-        yield BuildBox(folder, user, keeper, forwarders, cgroups, image_root)
+        yield BuildBox(folder, user, keeper, forwarders, cgroups, image_root, _first_child(int(first[1])))
     finally:
         _stop(keeper, forwarders, cgroups)
         _remove_folder(folder)

@@ -44,7 +44,7 @@ from prefect.artifacts import create_table_artifact
 
 from tasks.aws import parameters
 from tasks.aws.clients import AwsClients
-from tasks.build import egress, junit, standard_image
+from tasks.build import docker_requests, egress, junit, standard_image
 from tasks.build.build_box import BuildBox, Resources, open_box
 from tasks.build.build_identity import build_credentials
 from tasks.build.shell import (
@@ -87,6 +87,10 @@ class Masker:
                 if plain:
                     found.update(encoded_forms(plain))
         self.values = sorted((v for v in found if v), key=len, reverse=True)
+
+    def add(self, value: str) -> None:
+        """VALUE (a password the build handed over) masked from now on, in its encoded forms too."""
+        self.values = sorted({*self.values, *(f for f in encoded_forms(value) if f)}, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for value in self.values:
@@ -245,21 +249,24 @@ def box_shell(cfg: ServiceConfig, box: BuildBox, env: dict[str, str], shell: str
     The container: the standard image read-only (or ``build.image``, pulled into the box),
     every capability dropped, no new privileges, a non-root user, the box's network; the
     checkout's copy at SRC, the command files read-only, one folder for values read back,
-    and the box's own engine (never the pipeline's) as BOX_ENGINE_SOCKET. Nothing of the worker's environment.
+    and the folders of its ``docker`` command, whose requests ANSWERER answers. No engine
+    socket, and nothing of the worker's environment.
     """
     podman = shutil.which("podman") or "podman"
     cli = (podman, "--remote", "--url", box.engine_url)
     name, label = f"codebuild-{cfg.name}-{token.token_hex(4)}", f"{CONTAINER_LABEL}={cfg.name}"
+    image: tuple[str, ...]
     if cfg.build.image:
-        image = ("--pull", "always", cfg.build.image)
+        shim = box.image_root / standard_image.DOCKER_COMMAND
+        image = ("-v", f"{shim}:{standard_image.DOCKER_IN_BUILD_IMAGE}:ro", "--pull", "always", cfg.build.image)
     else:
         image = ("--read-only", "--rootfs", str(box.image_root))
     run = (*cli, "run", "--rm", "-i", "--name", name, "--label", label, "--network", "host",
            "--userns", f"keep-id:uid={BUILD_UID},gid={BUILD_UID}", "--user", f"{BUILD_UID}:{BUILD_UID}",
            "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--tmpfs", "/tmp:mode=1777",
            "-v", f"{box.src}:{standard_image.SRC}", "-v", f"{box.scripts}:{standard_image.SCRIPTS}:ro",
-           "-v", f"{box.values}:{standard_image.VALUES}", "-v", f"{box.socket}:{standard_image.BOX_ENGINE_SOCKET}",
-           "-w", standard_image.SRC, *image, shell)
+           "-v", f"{box.values}:{standard_image.VALUES}", "-v", f"{box.requests}:{docker_requests.REQUESTS}",
+           "-v", f"{box.answers}:{docker_requests.ANSWERS}:ro", "-w", standard_image.SRC, *image, shell)
     # The client passes `-e NAME` values from its own environment: no value on a command line.
     session = (*cli, "exec", "-i", "-w", standard_image.SRC, *[a for n in env for a in ("-e", n)], name, shell)
     container = BuildContainer(run, env, name, label, cli=cli, remove=("rm", "--force", "--time", "0"))
@@ -484,12 +491,13 @@ def run_buildspec(cfg: ServiceConfig, clients: AwsClients, spec: BuildSpec, sha:
     mask = masker_for(hidden, identity)
     if "AWS_ACCESS_KEY_ID" in identity and clients.settings.endpoint_url:
         identity = {**identity, "AWS_ENDPOINT_URL": clients.settings.endpoint_url}
-    env = {"HOME": "/tmp", "DOCKER_HOST": f"unix://{standard_image.BOX_ENGINE_SOCKET}", "DOCKER_API_VERSION": "1.41",
-           **variables, **codebuild, **identity}
+    env = {"HOME": "/tmp", **variables, **codebuild, **identity}
     limits = Resources(cfg.build.resources.memory_mib, cfg.build.resources.cpus, cfg.build.resources.pids)
     with open_box(src, clients.settings.build_boxes, clients.settings.build_user, limits,
                   box_egress(cfg, clients, uri, identity), deadline) as box:
-        with box_shell(cfg, box, env, spec.env.shell, deadline) as shell:
+        rules = docker_requests.Rules(box.src, uri)
+        with docker_requests.Answerer(box.requests, box.answers, rules, box.client(), deadline, mask.add), \
+                box_shell(cfg, box, env, spec.env.shell, deadline) as shell:
             result = run_in(spec, shell, mask, log, detail)
         box.stop()  # nothing of the build runs while its files are read
         return hand_back(cfg, clients, spec, box.src, mask, result, log)

@@ -2,11 +2,12 @@
 
 CodeBuild's standard images carry a shell, the usual tools and a Docker client.
 This one is a root filesystem made on the worker from Debian's static busybox
-(sh, coreutils, sed, awk, wget, tar, ...) and the worker's Docker client (with
-the C library it needs): enough for test scripts, ``docker build`` and
-``docker push``. It is made once per worker (again when those binaries change),
-owned by root and mounted read-only into every build: a build cannot change
-what the next build runs in.
+(sh, coreutils, sed, awk, wget, tar, ...) and the build's ``docker`` command
+(tasks/build/docker_requests.py: it reaches no engine, it asks the pipeline):
+enough for test scripts, ``docker build`` and ``docker push``. It is made once
+per worker (again when busybox or that command changes), owned by root and
+mounted read-only into every build: a build cannot change what the next build
+runs in.
 """
 
 from __future__ import annotations
@@ -18,41 +19,24 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tasks.build.docker_requests import ANSWERS, REQUESTS, SHIM
 from tasks.core.errors import BuildError
 
 NAME = "ecs-pipeline/standard"
 BUSYBOX = Path("/bin/busybox")
 # Where the box mounts a build's files inside its container (as CodeBuild uses /codebuild/output/...).
 SRC, SCRIPTS, VALUES = "/codebuild/output/src", "/codebuild/scripts", "/codebuild/values"
-# Where a build finds the API of its own box's rootless engine (tasks/build/build_box.py), where Docker
-# clients look by default. Never the pipeline's engine: that socket is outside the box's view altogether.
-BOX_ENGINE_SOCKET = "/var/run/docker.sock"
+# The build's docker command in the standard image, and where a build.image's own PATH finds it first
+# (mounted from the standard image: a build.image is not ours to change).
+DOCKER_COMMAND, DOCKER_IN_BUILD_IMAGE = "usr/bin/docker", "/usr/local/bin/docker"
 # Files and folders the container engine mounts over: they must exist in a read-only root.
-MOUNT_POINTS = ("dev", "proc", "sys", "tmp", "run", "var/tmp", "root", SRC[1:], SCRIPTS[1:], VALUES[1:])
-MOUNT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf", "run/.containerenv", BOX_ENGINE_SOCKET[1:])
-
-
-def _docker_client() -> Path:
-    found = shutil.which("docker")
-    if found is None:
-        raise BuildError("the standard build image needs a Docker client on the worker (Debian: docker.io)")
-    return Path(found).resolve()
-
-
-def _libraries(binary: Path) -> list[Path]:
-    """The shared libraries (and loader) BINARY needs, from ldd."""
-    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=False).stdout
-    found: list[Path] = []
-    for line in out.splitlines():
-        parts = line.split()
-        for part in parts:
-            if part.startswith("/") and Path(part).exists():
-                found.append(Path(part))
-    return found
+MOUNT_POINTS = ("dev", "proc", "sys", "tmp", "run", "var/tmp", "root", SRC[1:], SCRIPTS[1:], VALUES[1:],
+                REQUESTS[1:], ANSWERS[1:])
+MOUNT_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf", "run/.containerenv")
 
 
 def _key(parts: list[Path]) -> str:
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(SHIM.encode())
     for path in parts:
         st = path.stat()
         digest.update(f"{path}:{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -63,9 +47,7 @@ def standard_root(images: Path) -> Path:
     """The standard image's root filesystem under IMAGES, made when missing; read-only to builds."""
     if not BUSYBOX.is_file():
         raise BuildError("the standard build image needs Debian's busybox-static (/bin/busybox)")
-    docker = _docker_client()
-    libs = _libraries(docker)
-    root = images / f"standard-{_key([BUSYBOX, docker, *libs])}"
+    root = images / f"standard-{_key([BUSYBOX])}"
     if root.is_dir():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -78,11 +60,8 @@ def standard_root(images: Path) -> Path:
             if applet != "busybox":
                 (work / "bin" / applet).symlink_to("busybox")
         (work / "usr" / "bin").mkdir(parents=True)
-        shutil.copy2(docker, work / "usr" / "bin" / "docker")
-        for lib in libs:
-            dest = work / str(lib).lstrip("/")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(lib.resolve(), dest)
+        (work / DOCKER_COMMAND).write_text(SHIM)
+        (work / DOCKER_COMMAND).chmod(0o755)
         certs = Path("/etc/ssl/certs/ca-certificates.crt")
         etc = work / "etc"
         (etc / "ssl" / "certs").mkdir(parents=True)
