@@ -308,8 +308,9 @@ def refuse_host_build(cfg: ServiceConfig, clients: AwsClients, tags: Iterable[st
     if started_by and not clients.settings.allow_host_builds:
         raise BuildError(
             f"build.runner: host-unsafe is refused for this run ({', '.join(started_by)}): it would run the "
-            "repository's commands on the worker, as the worker's user; use build.runner: container, or set "
-            "ECS_PIPELINE_ALLOW_HOST_BUILDS=true on the worker to allow it", service=cfg.name)
+            "repository's commands on the worker, as the worker's user or in the worker's Docker engine; use "
+            "build.runner: container, or set ECS_PIPELINE_ALLOW_HOST_BUILDS=true on the worker to allow it",
+            service=cfg.name)
 
 
 def run_phase(phase: Phase, shell: Shell, mask: Masker, log: Log, detail: Log | None = None) -> Failure | None:

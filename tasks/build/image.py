@@ -101,7 +101,7 @@ def _check_inputs(spec: BuildSpec) -> Path:
     return dockerfile
 
 
-def _build_failed(spec: BuildSpec, reason: str, tail: deque[str]) -> BuildError:
+def build_failed(spec: BuildSpec, reason: str, tail: deque[str]) -> BuildError:
     quoted = "\n".join(f"  | {line}" for line in tail)
     last = f"\nlast build output:\n{quoted}" if quoted else ""
     return BuildError(f"docker build of {spec.dockerfile} ({spec.tag}) failed: {reason}{last}")
@@ -118,12 +118,12 @@ def _follow_build(stream: Iterable[dict[str, Any]], spec: BuildSpec, log: Log) -
         for item in stream:
             if "error" in item:
                 detail = item.get("errorDetail") or {}
-                raise _build_failed(spec, str(detail.get("message") or item["error"]), tail)
+                raise build_failed(spec, str(detail.get("message") or item["error"]), tail)
             if isinstance(item.get("aux"), dict) and "ID" in item["aux"]:
                 image_id = str(item["aux"]["ID"])
             yield str(item.get("stream") or item.get("status") or "")
             if time.monotonic() > deadline:
-                raise _build_failed(
+                raise build_failed(
                     spec, f"took longer than {spec.timeout_seconds}s (build.timeout_seconds)", tail
                 )
 
@@ -154,11 +154,14 @@ def _share_key(spec: BuildSpec) -> tuple[str, ...]:
 
 
 def build_image(
-    docker_client: docker.DockerClient, spec: BuildSpec, log: Log, detail: Log | None = None
+    docker_client: docker.DockerClient, spec: BuildSpec, log: Log, detail: Log | None = None,
+    builder: Callable[[], BuiltImage] | None = None,
 ) -> BuiltImage:
-    """Build SPEC (or tag the identical image this process built already) as SPEC.tag.
+    """Build SPEC (or tag the identical image this process built already) as SPEC.tag in DOCKER_CLIENT's engine.
 
     Concurrent builds of the same context, Dockerfile, args and labels wait for the first one.
+    BUILDER, when given, makes the image instead of the engine building it (a build box that
+    hands it to the engine: tasks/build/boxed_image.py).
     """
     _check_inputs(spec)
     key = _share_key(spec)
@@ -175,7 +178,7 @@ def build_image(
                     return BuiltImage(image_id=image_id, tag=spec.tag)
             except docker.errors.APIError:
                 pass  # removed since: build it again
-        built = _build(docker_client, spec, log, detail)
+        built = builder() if builder is not None else _build(docker_client, spec, log, detail)
         _SHARED[key] = built.image_id
         return built
 
@@ -209,7 +212,7 @@ def _build(docker_client: docker.DockerClient, spec: BuildSpec, log: Log, detail
         image_id = str(docker_client.api.inspect_image(spec.tag)["Id"])
     except docker.errors.APIError as exc:
         if exc.status_code is not None and exc.status_code < 500:
-            raise _build_failed(spec, _explain(exc), deque()) from exc
+            raise build_failed(spec, _explain(exc), deque()) from exc
         raise TransientError(f"docker daemon error building {spec.tag}: {_explain(exc)}") from exc
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise TransientError(f"docker daemon unreachable or timed out building {spec.tag}") from exc

@@ -58,7 +58,8 @@ class Build(_Model):
                               "into the build's own engine); without it the standard image")
     runner: Literal["container", "host-unsafe"] = Field(
         default="container", description="container: the build box (docs/buildspec.md); host-unsafe: the "
-        "buildspec runs on the worker as the worker's user, refused for triggered runs unless "
+        "buildspec runs on the worker as the worker's user and the Dockerfile is built by the worker's Docker "
+        "engine, refused for triggered runs unless "
         "ECS_PIPELINE_ALLOW_HOST_BUILDS is set")
     egress: list[Annotated[str, Field(pattern=EGRESS)]] = Field(
         default_factory=list, description="host:port endpoints a build may reach besides its own registry "

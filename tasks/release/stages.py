@@ -16,7 +16,7 @@ from tasks.aws import ecr
 from tasks.aws.clients import AwsClients, docker_client
 from tasks.aws.ecs import LiveRelease, describe_latest, describe_release, describe_service, live_task_definition
 from tasks.aws.retry import stage
-from tasks.build import buildspec_runner, image, pushed_image, source
+from tasks.build import boxed_image, buildspec_runner, image, pushed_image, source
 from tasks.config.models import ServiceConfig
 from tasks.config.taskdef import diff_task_definitions, load_template, render_task_definition, uses_account
 
@@ -124,7 +124,8 @@ def image_in_ecr(cfg: ServiceConfig, clients: AwsClients, sha: str, uri: str | N
 def build(
     cfg: ServiceConfig, clients: AwsClients, sha: str, force: bool = False, repository: str | None = None
 ) -> StageResult:
-    """The buildspec (when set), then docker build at the SHA unless the buildspec pushed an image itself.
+    """The buildspec (when set), then docker build at the SHA unless the buildspec pushed an image itself:
+    in a build box (tasks/build/boxed_image.py), or by the worker's engine with ``build.runner: host-unsafe``.
 
     Skipped, buildspec included, when ECR already has the image for the SHA (unless FORCE).
     """
@@ -151,7 +152,15 @@ def build(
         labels=image.oci_labels(sha, cfg.source.repo, None),
         timeout_seconds=cfg.build.timeout_seconds,
     )
-    built = image.build_image(docker_client(), docker_build, log.info, detail=log.debug)
+    engine = docker_client()
+    if cfg.build.runner == "host-unsafe":
+        buildspec_runner.refuse_host_build(cfg, clients, flow_run.tags or ())
+        built = image.build_image(engine, docker_build, log.info, detail=log.debug)
+    else:
+        def in_box() -> image.BuiltImage:
+            return boxed_image.build_in_box(cfg, clients, engine, tree, docker_build, uri, log.info, log.debug)
+
+        built = image.build_image(engine, docker_build, log.info, detail=log.debug, builder=in_box)
     return StageResult(built.tag, done=True, notes=notes)
 
 
