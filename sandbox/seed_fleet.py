@@ -72,21 +72,33 @@ def _copy_templates(base: ServiceConfig, name: str, out: Path) -> None:
         shutil.copy2(base.path(base.strategy.appspec), folder / Path(base.strategy.appspec).name)
 
 
+def _new_ports(count: int, taken: set[int]) -> list[int]:
+    """COUNT free loopback ports, none of TAKEN, from ONE free_ports call: a port let go is handed out
+    again by the next call, and every listener of the sandbox binds 127.0.0.1, so two copies given one
+    port share one proxy (the second copy's listener never binds, its URL answers for the first copy)."""
+    if count == 0:
+        return []
+    return [port for port in free_ports(count + len(taken)) if port not in taken][:count]
+
+
 def write_copies(base_yaml: Path, copies: int, out: Path) -> list[Path]:
-    """The copies' YAMLs and templates in OUT (validated); no AWS call."""
+    """The copies' YAMLs and templates in OUT (validated); no AWS call. No two listeners share a port."""
     if not 1 <= copies <= MAX_COPIES:
         raise ValueError(f"--copies {copies}: choose 1 to {MAX_COPIES}")
     base = load_service(base_yaml)
     raw = yaml.safe_load(base_yaml.read_text())
     out.mkdir(parents=True, exist_ok=True)
+    names = [copy_name(base.name, i) for i in range(1, copies + 1)]
+    kept = {name: _kept_ports(out / f"{name}.yaml") for name in names}
+    taken = {port for pair in kept.values() if pair for port in pair}
+    if base.load_balancer is not None:  # the original's listeners, seeded or not
+        taken |= {ref.port for ref in (base.load_balancer.production_listener, base.load_balancer.test_listener)
+                  if ref.port is not None}
+    fresh = iter(_new_ports(2 * sum(pair is None for pair in kept.values()), taken))
     paths: list[Path] = []
-    for i in range(1, copies + 1):
-        name = copy_name(base.name, i)
+    for i, name in enumerate(names, start=1):
         path = out / f"{name}.yaml"
-        ports = _kept_ports(path)
-        if ports is None:
-            prod, test = free_ports(2)
-            ports = (prod, test)
+        ports = kept[name] or (next(fresh), next(fresh))
         _copy_templates(base, name, out)
         text = f"# copy {i} of {base_yaml.name}, written by `sandbox seed --copies`\n"
         path.write_text(text + yaml.safe_dump(copy_config(raw, base, name, ports), sort_keys=False))

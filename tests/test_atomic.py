@@ -63,8 +63,10 @@ def loads(fleet: dict[str, Any]) -> dict[str, Load]:
 
 
 def serving(fleet: dict[str, Any], name: str) -> str:
+    """The version production answers with; a broken one's 500 ("sample-app v3: broken") is no version."""
     url = next(s["production"] for s in fleet["services"] if s["name"] == name)
-    return str(version_of(httpx.get(url + "/", timeout=5).text))
+    resp = httpx.get(url + "/", timeout=5)
+    return str(version_of(resp.text)) if resp.status_code == 200 else f"{resp.status_code} {resp.text.strip()}"
 
 
 @pytest.mark.timeout(300)

@@ -21,7 +21,9 @@ import boto3
 import docker
 import httpx
 import pytest
+import yaml
 
+from sandbox import seed_fleet
 from sandbox.layout import REPO, free_ports
 from sandbox.manage import load_env
 from sandbox.seed import SAMPLE_APP, seed_service
@@ -205,6 +207,31 @@ def test_seed_cli_reports_unreadable_yaml(tmp_path: Path) -> None:
         text=True,
     )
     assert done.returncode == 1 and str(bad) in done.stderr and "not valid YAML" in done.stderr
+
+
+def test_fleet_copies_never_share_a_listener_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every listener of the sandbox binds 127.0.0.1: two copies given one port share one proxy, the
+    second copy's URL answering for the first (a run of tests/test_atomic.py read 04's production as
+    02's v3 after 04 had rolled back). free_ports here hands out again the ports a call let go, as the
+    kernel may: the copies' ports still differ, from each other, from kept ones and the original's."""
+    monkeypatch.setattr(seed_fleet, "free_ports", lambda count: list(range(8000, 8000 + count)))
+    out = tmp_path / "deployments"
+
+    def ports() -> list[int]:
+        found = []
+        for path in sorted(out.glob("*.yaml")):
+            lb = yaml.safe_load(path.read_text())["load_balancer"]
+            found += [lb["production_listener"]["port"], lb["test_listener"]["port"]]
+        return found
+
+    seed_fleet.write_copies(SERVICE_YAML, 4, out)
+    first = ports()
+    assert len(first) == 8 and len(set(first) | {8000, 8001}) == 10, first  # 8000, 8001: the original's
+    sorted(out.glob("*.yaml"))[1].unlink()  # copy 02 is written again; the others keep their ports
+    seed_fleet.write_copies(SERVICE_YAML, 4, out)
+    again = ports()
+    assert again[:2] == first[:2] and again[4:] == first[4:], (first, again)
+    assert len(set(again) | {8000, 8001}) == 10, again
 
 
 def _build(client: Any, tmp_path: Path, version: str, broken: str) -> str:
