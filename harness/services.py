@@ -33,6 +33,8 @@ ACCOUNT = "123456789012"  # the sandbox's account
 
 # Every service make_service made, for the end-of-module clean-up (tests/conftest.py).
 MADE: list[ServiceUnderTest] = []
+# Services that outlive the module that made them (a fleet shared by several modules): their alarms stay.
+KEPT: set[str] = set()
 
 
 def free_port() -> int:

@@ -136,7 +136,8 @@ def module_services_removed() -> Iterator[None]:
     group ten times a second: at 40 services left over it burns half a core, so a
     worker's later modules ran slower the more its earlier ones had made. In a
     session's own sandbox every leftover ``*-5xx`` alarm goes too (the fleet
-    tests seed theirs without make_service); the shared sandbox keeps its own.
+    tests seed theirs without make_service), except those of services kept for later
+    modules (``services.KEPT``); the shared sandbox keeps its own.
     """
     from harness import services
 
@@ -148,7 +149,8 @@ def module_services_removed() -> Iterator[None]:
     if os.environ.get("ECS_PIPELINE_TESTS_SANDBOX") != "shared" and not os.environ.get("ECS_PIPELINE_TESTS_NO_SANDBOX"):
         cloudwatch = services.aws("cloudwatch")
         alarms = [a["AlarmName"] for page in cloudwatch.get_paginator("describe_alarms").paginate()
-                  for a in page["MetricAlarms"] if a["AlarmName"].endswith("-5xx")]
+                  for a in page["MetricAlarms"]
+                  if a["AlarmName"].endswith("-5xx") and a["AlarmName"].removesuffix("-5xx") not in services.KEPT]
         for start in range(0, len(alarms), 100):
             cloudwatch.delete_alarms(AlarmNames=alarms[start:start + 100])
 

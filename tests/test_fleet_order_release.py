@@ -21,6 +21,7 @@ import yaml
 from prefect.client.orchestration import get_client
 
 from flows.fleet import release_fleet
+from harness import services
 from harness.faults import PIPELINE_AGENT, control
 from harness.fleet_repo import base_yaml, commit, monorepo, remove_fleet
 from sandbox.seed_fleet import seed_fleet
@@ -47,6 +48,7 @@ def shared_fleet(tmp_path_factory: pytest.TempPathFactory, config: pytest.Config
     folder = base / "deployments"
     made = seed_fleet(base_yaml(base, repo), 4, folder)
     config.add_cleanup(lambda: remove_fleet(made))
+    services.KEPT.update(m["name"] for m in made)  # test_atomic releases them after this module ended
     names = {m["name"][-2:]: m["name"] for m in made}
     for short, deps in DEPENDS.items():
         set_depends_on(folder, names[short], [names[d] for d in deps])
