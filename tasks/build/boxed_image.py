@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import docker
 
 _ERROR = re.compile(r"^(Error|error):? ")
+_SOURCE = re.compile(r"initializing source docker://([^/\s]+)/")
 
 
 def build_in_box(cfg: ServiceConfig, clients: AwsClients, engine: docker.DockerClient, tree: Path, spec: BuildSpec,
@@ -62,7 +63,7 @@ def build_in_box(cfg: ServiceConfig, clients: AwsClients, engine: docker.DockerC
         words = ["build", "--pull=always", "--tag", spec.tag, "--file", str(dockerfile),
                  *(w for k, v in spec.build_args.items() for w in ("--build-arg", f"{k}={v}")),
                  *(w for k, v in spec.labels.items() for w in ("--label", f"{k}={v}")), str(context)]
-        steps = _run_build(box, words, spec, deadline, detail)
+        steps = _run_build(box, words, spec, deadline, detail, uri.split("/", 1)[0])
         archive = box.folder / "tmp" / "image.tar"
         _run(box, ["save", "--format", "docker-archive", "--output", str(archive), spec.tag], deadline,
              f"docker build of {spec.dockerfile} ({spec.tag}): saving the image")
@@ -73,8 +74,9 @@ def build_in_box(cfg: ServiceConfig, clients: AwsClients, engine: docker.DockerC
     return BuiltImage(image_id=image_id, tag=spec.tag)
 
 
-def _run_build(box: BuildBox, words: list[str], spec: BuildSpec, deadline: float, detail: Log) -> int:
-    """podman build in BOX, its output to DETAIL as it comes; the number of steps. BuildError when it failed."""
+def _run_build(box: BuildBox, words: list[str], spec: BuildSpec, deadline: float, detail: Log, registry: str) -> int:
+    """podman build in BOX, its output to DETAIL as it comes; the number of steps. BuildError when it failed
+    (naming build.egress when a base image's registry, not the service's REGISTRY, was out of reach)."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     proc = subprocess.Popen([*box.client(), *words], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -99,6 +101,10 @@ def _run_build(box: BuildBox, words: list[str], spec: BuildSpec, deadline: float
     if time.monotonic() >= deadline:
         raise build_failed(spec, f"took longer than {spec.timeout_seconds}s (build.timeout_seconds)", tail)
     if proc.returncode != 0:
+        pulled = _SOURCE.search(reason)
+        if pulled and pulled.group(1) != registry:
+            reason += (f" (a build box reaches only the service's registry and build.egress: add "
+                       f"{pulled.group(1)}{'' if ':' in pulled.group(1) else ':443'} to build.egress)")
         raise build_failed(spec, reason or f"exited {proc.returncode}", tail)
     return steps
 

@@ -136,3 +136,12 @@ def test_a_dockerfile_linked_out_of_the_checkout_is_refused(tmp_path: Path) -> N
     with pytest.raises(BuildError) as err:
         built.build()
     assert "leaves the checkout through a symbolic link" in err.value.message
+
+
+def test_a_base_image_from_an_unlisted_registry_names_build_egress(tmp_path: Path) -> None:
+    built = Dockerfile(tmp_path, [])
+    (built.tree / "Dockerfile").write_text("FROM registry.example.com/base:1\nRUN true\n")
+    with pytest.raises(BuildError) as err:
+        built.build()
+    assert "initializing source docker://registry.example.com/base:1" in err.value.message
+    assert "add registry.example.com:443 to build.egress" in err.value.message
