@@ -282,10 +282,13 @@ def _words(flags: list[tuple[str, str | None]]) -> list[str]:
 
 def read_request(folder: Path, name: str) -> Request:
     """The request NAME in FOLDER (written by the build): regular files only, of bounded size, then removed."""
-    data = _read_own(folder / f"{name}.request", MAX_REQUEST)
-    stdin = _read_own(folder / f"{name}.stdin", MAX_STDIN) if (folder / f"{name}.stdin").exists() else b""
-    for suffix in (".request", ".stdin"):
-        (folder / f"{name}{suffix}").unlink(missing_ok=True)
+    try:
+        data = _read_own(folder / f"{name}.request", MAX_REQUEST)
+        stdin = _read_own(folder / f"{name}.stdin", MAX_STDIN) if (folder / f"{name}.stdin").exists() else b""
+    finally:
+        for suffix in (".request", ".stdin"):
+            with contextlib.suppress(OSError):
+                (folder / f"{name}{suffix}").unlink(missing_ok=True)
     try:
         words = data.decode("utf-8").split("\0")
     except UnicodeDecodeError:
@@ -327,6 +330,7 @@ class Answerer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="build-docker-requests", daemon=True)
         self.answered: list[tuple[list[str], int]] = []  # (the Podman words or the refused request, status)
+        self._seen: set[str] = set()  # each request is answered once, whatever is left in the folder
 
     def __enter__(self) -> Answerer:
         self._thread.start()
@@ -340,8 +344,13 @@ class Answerer:
         while not self._stop.is_set():
             for path in sorted(self.requests.glob("*.request")):
                 name = path.name.removesuffix(".request")
-                if REQUEST_NAME.fullmatch(name) and not self._stop.is_set():
-                    self._answer(name)
+                if REQUEST_NAME.fullmatch(name) and name not in self._seen and not self._stop.is_set():
+                    self._seen.add(name)
+                    try:
+                        self._answer(name)
+                    except (OSError, subprocess.SubprocessError, ValueError) as exc:  # never leave docker waiting
+                        with contextlib.suppress(OSError):
+                            self._write(name, f"docker: the pipeline could not answer: {exc}\n".encode(), REFUSED)
             self._stop.wait(self.POLL)
 
     def _answer(self, name: str) -> None:

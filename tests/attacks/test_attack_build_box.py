@@ -127,12 +127,14 @@ def test_a_request_written_by_hand_is_read_as_untrusted(tmp_path: Path) -> None:
          f"cd /codebuild/docker/requests && id=2.{'b' * 36} && mkfifo $id.request && {wait}",
          f"cd /codebuild/docker/requests && id=3.{'c' * 36} && head -c 300000 /dev/zero > $id.request && {wait}",
          f"cd /codebuild/docker/requests && id=4.{'d' * 36} && printf 'cwd' > $id.request && {wait}",
+         f"cd /codebuild/docker/requests && id=5.{'e' * 36} && mkdir $id.request && {wait}",
          f"touch {answers}/planted 2>&1 || true"])
     out = run.output()
     assert out[:2] == ["docker: the request file 1.{}.request is not a regular file".format("a" * 36),
                        "docker: the request file 2.{}.request is not a regular file".format("b" * 36)], out
     assert out[2:4] == ["docker: the request is larger than 256 KiB", "docker: the request is incomplete"], out
-    assert "Read-only file system" in out[4], "the answers are the pipeline's alone"
+    assert out[4] == "docker: the request file 5.{}.request is not a regular file".format("e" * 36), out
+    assert "Read-only file system" in out[5], "the answers are the pipeline's alone"
 
 
 def test_a_build_reaches_only_its_registry_on_the_network(tmp_path: Path) -> None:
