@@ -1,6 +1,6 @@
 """The build box: the phases in a container of the build's own rootless engine, against the sandbox.
 
-The standard image (busybox and a Docker client) or ``build.image``, pulled into
+The standard image (busybox and the build's docker command) or ``build.image``, pulled into
 the box from the sandbox's registry; ``docker build`` and ``docker push`` go
 through the box's engine to ECR; a failed, stopped or killed build leaves no
 process, container or folder behind.
