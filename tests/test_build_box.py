@@ -116,6 +116,23 @@ def test_phases_run_in_the_standard_image_on_a_copy_of_the_checkout(tmp_path: Pa
     assert set(run.boxes()) <= set(boxes_before), "the box's folder is gone with it"
 
 
+def test_docker_login_reaches_the_services_registry_and_its_password_is_masked(tmp_path: Path) -> None:
+    """CodeBuild's ECR sample logs in with ``docker login --password-stdin``: the request carries the password
+    on standard input, never a command line, and from then on the build's output shows it as ***."""
+    run = BoxRun(tmp_path)
+    registry = os.environ["SANDBOX_REGISTRY"]
+    run.uri = f"{registry}/{run.cfg.name}"
+    done = run({"env": {"exported-variables": ["PW"]}, "phases": {"build": {"commands": [
+        "PW=$(cat /proc/sys/kernel/random/uuid)",  # as `aws ecr get-login-password` would: never on a line
+        f'printf %s "$PW" | docker login -u AWS --password-stdin {registry}; echo status=$?',
+        'echo "then $PW"',
+        f"docker logout {registry}; echo status=$?"]}}})
+    lines = [line for line in run.lines if not line.startswith("[")]
+    assert lines == ["Login Succeeded!", "status=0", "then ***", f"Removed login credentials for {registry}",
+                     "status=0"], lines
+    assert done.exported == {"PW": "***"}, "masked in what the build hands back too"
+
+
 @pytest.fixture(scope="module")
 def build_image_uri() -> str:
     """A build image of busybox in the sandbox's registry (ECR), as a team's own build image would be."""
