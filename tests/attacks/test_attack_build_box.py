@@ -86,7 +86,7 @@ WIDENED = {  # a docker command a build may not have run for it, and the words o
     "docker build -v /:/h .": "docker build -v: this option is not available",
     "docker build --secret id=s,src=/etc/shadow .": "docker build --secret: this option is not available",
     "docker build --output type=local,dest=/tmp/o .": "docker build --output: this option is not available",
-    "docker build --add-host x:10.0.0.1 .": "docker build --add-host: this option is not available",
+    "docker build --add-host x:127.0.0.9 .": "docker build --add-host: this option is not available",
     "docker build --build-context x=/ .": "docker build --build-context: this option is not available",
     "docker build /etc": "docker build: context /etc is outside the checkout",
     "docker build ..": "docker build: context .. is outside the checkout",
