@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 Log = Callable[[str], None]
 
@@ -175,15 +176,25 @@ class Shell:
 MAX_VALUE = 1 << 20
 
 
-def read_written(path: Path) -> str | None:
-    """A file a build wrote, read without following a link it may have put there (None: not a plain file)."""
+def open_written(path: Path) -> BinaryIO | None:
+    """A file a build wrote, opened without following a link it may have put there, nor blocking on a pipe
+    (None: not a plain file)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses a folder with an error of its own
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def read_written(path: Path) -> str | None:
+    """A file a build wrote, read without following a link it may have put there (None: not a plain file)."""
+    f = open_written(path)
+    if f is None:
+        return None
+    with f:
         return f.read(MAX_VALUE).decode("utf-8", "replace")
 
 
