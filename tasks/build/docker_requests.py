@@ -33,13 +33,14 @@ import os
 import posixpath
 import re
 import signal
-import stat
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tasks.build.shell import open_written
 
 REFUSED = 125  # docker's own status for an error of the docker command itself
 MAX_REQUEST = 256 * 1024
@@ -71,7 +72,11 @@ next=
 } > "$ask/$id.part" || exit 125
 case " $* " in *" --password-stdin "*) cat > "$ask/$id.stdin" || exit 125 ;; esac
 mv "$ask/$id.part" "$ask/$id.request" || exit 125
-while [ ! -e "$answers/$id.status" ]; do sleep 0.05; done
+pause=0.02  # the answer of a tag comes at once, a build's in seconds or minutes: look less often
+while [ ! -e "$answers/$id.status" ]; do
+  sleep $pause
+  case $pause in 0.02) pause=0.05 ;; 0.05) pause=0.1 ;; 0.1) pause=0.2 ;; esac
+done
 cat "$answers/$id.output"
 read -r status < "$answers/$id.status"
 exit "$status"
@@ -140,7 +145,7 @@ def _command(words: list[str]) -> tuple[str, list[str]]:
     if two in SAME or two in FLAGS:
         return SAME.get(two, two), words[2:]
     one = SAME.get(words[0], words[0])
-    if one in FLAGS and one != "image inspect":
+    if one in FLAGS:
         return one, words[1:]
     hint = {"run": "; run tests in the build's own shell, or as a RUN step of the Dockerfile",
             "exec": "; commands run in the build's own shell",
@@ -299,16 +304,11 @@ def read_request(folder: Path, name: str) -> Request:
 
 
 def _read_own(path: Path, limit: int) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        raise Refused(f"docker: the request file {path.name} is not a regular file") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise Refused(f"docker: the request file {path.name} is not a regular file")
-        data = os.read(fd, limit + 1)
-    finally:
-        os.close(fd)
+    f = open_written(path)
+    if f is None:
+        raise Refused(f"docker: the request file {path.name} is not a regular file")
+    with f:
+        data = f.read(limit + 1)
     if len(data) > limit:
         raise Refused(f"docker: the request is larger than {limit // 1024} KiB")
     return data
@@ -321,7 +321,7 @@ class Answerer:
     SECRET is called with each password a login carries, before anything is printed.
     """
 
-    POLL = 0.05
+    POLL = (0.02, 0.2)  # the first look after a request, and the slowest while none comes
 
     def __init__(self, requests: Path, answers: Path, rules: Rules, client: list[str], deadline: float,
                  secret: Callable[[str], None]) -> None:
@@ -341,17 +341,21 @@ class Answerer:
         self._thread.join(10)
 
     def _serve(self) -> None:
+        """Looks at the folder from POLL[0] apart after a request, backing off to POLL[1] while none comes."""
+        pause = self.POLL[0]
         while not self._stop.is_set():
             for path in sorted(self.requests.glob("*.request")):
                 name = path.name.removesuffix(".request")
                 if REQUEST_NAME.fullmatch(name) and name not in self._seen and not self._stop.is_set():
                     self._seen.add(name)
+                    pause = self.POLL[0] / 2  # doubled below: the next look comes soon
                     try:
                         self._answer(name)
                     except (OSError, subprocess.SubprocessError, ValueError) as exc:  # never leave docker waiting
                         with contextlib.suppress(OSError):
                             self._write(name, f"docker: the pipeline could not answer: {exc}\n".encode(), REFUSED)
-            self._stop.wait(self.POLL)
+            self._stop.wait(pause)
+            pause = min(pause * 2, self.POLL[1])
 
     def _answer(self, name: str) -> None:
         try:
