@@ -17,7 +17,6 @@ import contextlib
 import os
 import re
 import signal
-import stat
 import subprocess
 import threading
 import time
@@ -28,9 +27,10 @@ from typing import TYPE_CHECKING
 import requests
 
 from tasks.aws.clients import AwsClients
-from tasks.build.build_box import BuildBox, Resources, open_box
-from tasks.build.buildspec_runner import box_egress
+from tasks.build.build_box import BuildBox, open_box
+from tasks.build.buildspec_runner import box_egress, box_limits
 from tasks.build.image import TAIL_LINES, BuildSpec, BuiltImage, Log, build_failed
+from tasks.build.shell import open_written
 from tasks.config.models import ServiceConfig
 from tasks.core.errors import BuildError, TransientError
 
@@ -47,13 +47,13 @@ def build_in_box(cfg: ServiceConfig, clients: AwsClients, engine: docker.DockerC
     detail = detail or log
     started = time.monotonic()
     deadline = started + spec.timeout_seconds
-    limits = Resources(cfg.build.resources.memory_mib, cfg.build.resources.cpus, cfg.build.resources.pids)
     relative = spec.context_dir.relative_to(tree)
-    with open_box(tree, clients.settings.build_boxes, clients.settings.build_user, limits,
+    with open_box(tree, clients.settings.build_boxes, clients.settings.build_user, box_limits(cfg),
                   box_egress(cfg, clients, uri, {}), deadline) as box:
         context = Path(os.path.realpath(box.src / relative))
         dockerfile = Path(os.path.realpath(context / spec.dockerfile))
-        if not context.is_relative_to(box.src) or not dockerfile.is_relative_to(box.src):
+        src = box.src.resolve()
+        if not context.is_relative_to(src) or not dockerfile.is_relative_to(src):
             raise BuildError(f"build.context {relative} or build.dockerfile {spec.dockerfile} leaves the checkout "
                              "through a symbolic link; name a folder and a file of the repository", service=cfg.name)
         if not dockerfile.is_file():
@@ -132,10 +132,10 @@ def _load(engine: docker.DockerClient, archive: Path, spec: BuildSpec) -> str:
     import docker.errors
 
     what = f"docker build of {spec.dockerfile} ({spec.tag})"
-    fd = os.open(archive, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as data:
-        if not stat.S_ISREG(os.fstat(data.fileno()).st_mode):
-            raise BuildError(f"{what}: the saved image is not a file")
+    data = open_written(archive)
+    if data is None:
+        raise BuildError(f"{what}: the saved image is not a file")
+    with data:
         try:
             for said in engine.api.load_image(data):
                 if isinstance(said, dict) and "error" in said:

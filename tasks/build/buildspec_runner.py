@@ -285,6 +285,11 @@ def box_shell(cfg: ServiceConfig, box: BuildBox, env: dict[str, str], shell: str
         session_shell.close()
 
 
+def box_limits(cfg: ServiceConfig) -> Resources:
+    """build.resources as the box's limits."""
+    return Resources(cfg.build.resources.memory_mib, cfg.build.resources.cpus, cfg.build.resources.pids)
+
+
 def box_egress(cfg: ServiceConfig, clients: AwsClients, uri: str, identity: dict[str, str]) -> list[tuple[str, int]]:
     """What the build box may reach: its registry, build.image's, build.egress, and with an AWS identity, AWS."""
     wanted = [egress.parse_endpoint(uri.split("/", 1)[0], "the service's registry")]
@@ -493,8 +498,7 @@ def run_buildspec(cfg: ServiceConfig, clients: AwsClients, spec: BuildSpec, sha:
     if "AWS_ACCESS_KEY_ID" in identity and clients.settings.endpoint_url:
         identity = {**identity, "AWS_ENDPOINT_URL": clients.settings.endpoint_url}
     env = {"HOME": "/tmp", **variables, **codebuild, **identity}
-    limits = Resources(cfg.build.resources.memory_mib, cfg.build.resources.cpus, cfg.build.resources.pids)
-    with open_box(src, clients.settings.build_boxes, clients.settings.build_user, limits,
+    with open_box(src, clients.settings.build_boxes, clients.settings.build_user, box_limits(cfg),
                   box_egress(cfg, clients, uri, identity), deadline) as box:
         rules = docker_requests.Rules(box.src, uri)
         with docker_requests.Answerer(box.requests, box.answers, rules, box.client(), deadline, mask.add), \

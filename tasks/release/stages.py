@@ -6,6 +6,7 @@ identical task definition revision), so a rerun resumes instead of repeating.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,9 +158,8 @@ def build(
         buildspec_runner.refuse_host_build(cfg, clients, flow_run.tags or ())
         built = image.build_image(engine, docker_build, log.info, detail=log.debug)
     else:
-        def in_box() -> image.BuiltImage:
-            return boxed_image.build_in_box(cfg, clients, engine, tree, docker_build, uri, log.info, log.debug)
-
+        in_box = functools.partial(boxed_image.build_in_box, cfg, clients, engine, tree, docker_build, uri, log.info,
+                                   log.debug)
         built = image.build_image(engine, docker_build, log.info, detail=log.debug, builder=in_box)
     return StageResult(built.tag, done=True, notes=notes)
 
