@@ -20,9 +20,11 @@ from prefect.client.schemas.actions import VariableCreate
 from prefect.runtime import flow_run
 from prefect.states import Cancelling, Running
 
+from sandbox.prefect_weather import PrefectWeather
 from tasks.release.locks import (
     RunStates,
     StopWatch,
+    _free_dead_holder,
     commit_of_run,
     heartbeat_name,
     lock_name,
@@ -92,6 +94,43 @@ def test_a_killed_holder_frees_the_service_and_is_marked_crashed() -> None:
         if proc.poll() is None:
             proc.kill()
         cleanup(service)
+
+
+def test_a_holder_whose_orchestrator_answers_half_its_calls_with_503_keeps_the_service() -> None:
+    """A waiting run judges a holder dead by its heartbeat's age. Prefect's client pauses 2, 4, 8 ... s
+    before retrying a 503, 502 or 429, so a beat that sat in such a pause went stale and the waiting run
+    took the service from a live release. The beats retry within the beat instead: once the holder holds,
+    the API answers half of its calls with a fault, and the judge never frees the holder's slot."""
+    service = f"lock-{uuid.uuid4().hex[:8]}"
+    upstream = os.environ["PREFECT_API_URL"].removesuffix("/api")
+    with PrefectWeather(upstream, 0.0, seed=11) as weather:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": f"{weather.url}/api",
+               "PREFECT_CLIENT_MAX_RETRIES": "7"}  # as `ecs-pipeline` sets it for its runs
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER, service, str(STALE)], cwd=ROOT, stdout=subprocess.PIPE,
+                                text=True, env=env)
+        try:
+            assert proc.stdout is not None
+            line = ""
+            while not line.startswith("HOLDING"):
+                line = proc.stdout.readline()
+                assert line or proc.poll() is None, "the holder exited before taking the slot"
+            weather.rate = 0.5  # the holder's beats from now on
+            ages: list[float] = []
+            with get_client(sync_client=True) as client:  # the judge reaches the server directly
+                until = time.monotonic() + 2 * STALE
+                while time.monotonic() < until:
+                    assert _free_dead_holder(client, service, STALE, None) is None, f"a live holder was freed: {ages}"
+                    beat = read_heartbeat(client, service)
+                    assert beat is not None
+                    ages.append(round(time.time() - float(beat["at"]), 1))
+                    time.sleep(0.25)
+            assert proc.poll() is None, "the holder is alive throughout"
+            assert sum(weather.hits.values()) >= 5, weather.hits  # its beats did meet the weather
+            assert max(ages) < STALE, ages
+        finally:
+            proc.kill()
+            proc.wait(timeout=10)
+            cleanup(service)
 
 
 def test_two_live_holders_never_overlap() -> None:

@@ -27,17 +27,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from contextvars import copy_context
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect import get_run_logger
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, VariableCreate, VariableUpdate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import State, StateType
-from prefect.context import SyncClientContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, Pause, PrefectHTTPStatusError
+from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 from prefect.states import Crashed
 
 from tasks.core.errors import DeployError
@@ -151,36 +154,56 @@ def mark_crashed(client: SyncPrefectClient, run_id: str, why: str) -> None:
         client.set_flow_run_state(UUID(run_id), Crashed(message=why), force=True)
 
 
-def _keep_alive(held: Held, interval: float, stop: threading.Event, client: SyncPrefectClient | None) -> None:
-    """Renew Prefect's lease and our heartbeat until stopped; flag the hold as lost if either fails.
+class BeatUnanswered(Exception):
+    """The Prefect API answered a beat's call with a transient status (408, 429, 5xx): tried again at once."""
 
-    CLIENT: the run's own open client (its flow run keeps it open until after the lock is let go);
-    without one, the thread opens its own.
+
+TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
+BEAT_RETRY = 0.1
+
+
+def _unanswered(response: httpx.Response) -> None:
+    if response.status_code in TRANSIENT:
+        response.close()
+        raise BeatUnanswered(f"the Prefect API answered {response.status_code}")
+
+
+def _keep_alive(held: Held, interval: float, stop: threading.Event) -> None:
+    """Renew Prefect's lease and our heartbeat every INTERVAL until stopped; flag the hold as lost if taken.
+
+    A beat's calls are tried again every BEAT_RETRY s within the beat, never after Prefect's client's
+    pauses (2, 4, 8 ... s, and one even when told not to retry): a holder whose beat sits in such a
+    pause looks dead to a run waiting for the service, which then takes it from a live release. So
+    the beat's own client raises on a transient answer at once (an httpx response hook), tries no
+    connection twice, and waits at most INTERVAL for an answer. A beat that still fails is tried
+    again at the next.
     """
-    if client is None:
-        with get_client(sync_client=True) as own:
-            _beat(held, interval, stop, own)
-    else:
+    settings = {"timeout": interval, "event_hooks": {"response": [_unanswered]}}
+    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}), \
+            get_client(httpx_settings=settings, sync_client=True) as client:
         _beat(held, interval, stop, client)
 
 
 def _beat(held: Held, interval: float, stop: threading.Event, client: SyncPrefectClient) -> None:
+    def soon(call: Callable[[], Any], until: float) -> Any:
+        while True:
+            try:
+                return call()
+            except (BeatUnanswered, httpx.TransportError):
+                if time.monotonic() + BEAT_RETRY >= until or stop.wait(BEAT_RETRY):
+                    raise
+
     while not stop.wait(interval):
+        until = time.monotonic() + interval
         try:
-            beat = read_heartbeat(client, held.service)
+            beat = soon(partial(read_heartbeat, client, held.service), until)
             if beat is not None and beat.get("lease") != str(held.lease_id):
                 held.lost.set()  # another run found us stale and took the service
                 return
-            client.renew_concurrency_lease(held.lease_id, lease_duration=PREFECT_LEASE_SECONDS)
-            write_heartbeat(client, held, exists=beat is not None)
-        except Exception:  # noqa: BLE001 - one failed renewal is retried; the lease outlives it
+            soon(partial(client.renew_concurrency_lease, held.lease_id, lease_duration=PREFECT_LEASE_SECONDS), until)
+            soon(partial(write_heartbeat, client, held, exists=beat is not None), until)
+        except Exception:  # noqa: BLE001 - a failed beat is tried again at the next; the lease outlives it
             continue
-
-
-def _open_run_client() -> SyncPrefectClient | None:
-    """The flow run's API client, open until the run ends (httpx clients are thread-safe); None outside a run."""
-    ctx = SyncClientContext.get()
-    return ctx.client if ctx is not None else None
 
 
 class ServiceBusy(DeployError):
@@ -260,7 +283,8 @@ def service_lock(
     log.info("holding the deploy slot of %s", service)
     stop = threading.Event()
     every = max(1.0, stale_after / 6)
-    beat = threading.Thread(target=_keep_alive, args=(held, every, stop, _open_run_client()), daemon=True)
+    # In a copy of the run's context: the thread's settings are the run's, with its own client's few changes.
+    beat = threading.Thread(target=copy_context().run, args=(_keep_alive, held, every, stop), daemon=True)
     beat.start()
     suspended = False
     try:
