@@ -437,8 +437,14 @@ def failed_tests(result: BuildRun) -> list[str]:
             for r in result.reports if r.failing()]
 
 
-def copy_artifacts(cfg: ServiceConfig, spec: BuildSpec, src: Path, out_dir: Path, result: BuildRun) -> Path | None:
-    """``artifacts.files`` copied to ARTIFACTS_DIR/<service>/<name or build>/ (the last build's, replaced)."""
+def copy_artifacts(cfg: ServiceConfig, spec: BuildSpec, src: Path, out_dir: Path, result: BuildRun,
+                   required: bool = True) -> Path | None:
+    """``artifacts.files`` copied to ARTIFACTS_DIR/<service>/<name or build>/ (the last build's, replaced).
+
+    As CodeBuild's UPLOAD_ARTIFACTS phase, a file list that matches nothing fails the build
+    ("CLIENT_ERROR: no matching artifact paths found") when REQUIRED; a failed build's kept
+    artifacts (``on-failure: UPLOAD``) are not required, so its own failure stays the message.
+    """
     if spec.artifacts is None:
         return None
     own = (out_dir / cfg.name).resolve()
@@ -446,6 +452,11 @@ def copy_artifacts(cfg: ServiceConfig, spec: BuildSpec, src: Path, out_dir: Path
     if target.resolve().parent != own:  # the buildspec's name is checked at load; this holds whatever it says
         raise BuildError(f"artifacts.name {spec.artifacts.name!r} leaves the service's artifacts folder")
     files = matching_files(src, spec.artifacts, "artifacts.files")
+    if required and not files:
+        patterns = ", ".join(spec.artifacts.files)
+        raise BuildError(f"artifacts.files: no matching artifact paths found ({patterns} under "
+                         f"{spec.artifacts.base_directory}); write them in the build or fix the patterns",
+                         service=cfg.name)
     shutil.rmtree(target, ignore_errors=True)
     for path, name in files:
         dest = target / name
@@ -526,7 +537,7 @@ def hand_back(cfg: ServiceConfig, clients: AwsClients, spec: BuildSpec, src: Pat
     out = clients.settings.artifacts_dir
     publish_reports(cfg, spec, src, mask, result)
     if result.failure is not None:
-        where = copy_artifacts(cfg, spec, src, out, result) if result.uploads_artifacts() else None
+        where = copy_artifacts(cfg, spec, src, out, result, required=False) if result.uploads_artifacts() else None
         kept = f"\nartifacts of the failed build (no hand-over): {where}" if where is not None else ""
         if kept:
             log(kept.strip())

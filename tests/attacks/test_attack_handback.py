@@ -91,6 +91,7 @@ def test_exported_variable_names_are_never_shell_code(tmp_path: Path) -> None:
 def test_an_artifact_linked_to_a_worker_file_fails_the_build(cfg: ServiceConfig, layout: dict[str, Path]) -> None:
     key = layout["home"] / ".ssh" / "id_ed25519"
     before = snapshot(layout["out"])
+    assert key.is_file()  # the worker's file the link names exists, so the glob can match the link
     with pytest.raises(BuildError) as err:
         run(cfg, layout["src"], layout["out"], {
             "phases": {"build": {"commands": [f"ln -s {key} key.txt", "mkdir -p out && ln -s / out/root"]}},
@@ -99,6 +100,18 @@ def test_an_artifact_linked_to_a_worker_file_fails_the_build(cfg: ServiceConfig,
     assert "artifacts.files: key.txt is a symbolic link" in err.value.message
     assert snapshot(layout["out"]) == before  # nothing copied, another service's files untouched
     assert "PRIVATE KEY" not in str(err.value)
+
+
+def test_artifacts_that_match_nothing_fail_the_build_as_codebuild_does(cfg: ServiceConfig,
+                                                                      layout: dict[str, Path]) -> None:
+    """CodeBuild ends UPLOAD_ARTIFACTS with "CLIENT_ERROR: no matching artifact paths found" when the
+    file list is empty: a build whose output went missing fails rather than releasing without it."""
+    with pytest.raises(BuildError) as err:
+        run(cfg, layout["src"], layout["out"], {
+            "phases": {"build": {"commands": ["echo built > elsewhere.txt"]}},
+            "artifacts": {"files": ["dist/**/*"]},
+        })
+    assert "artifacts.files: no matching artifact paths found (dist/**/* under .)" in err.value.message
 
 
 def test_a_report_read_through_a_linked_folder_fails_the_build(cfg: ServiceConfig, layout: dict[str, Path]) -> None:
