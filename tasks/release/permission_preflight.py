@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -76,6 +78,9 @@ def _context(statement: Statement) -> dict[str, str]:
             for key, value in keys.items() if _listed(value)}
 
 
+SIMULATIONS_AT_ONCE = 4
+
+
 def same_question(statements: list[Statement]) -> list[list[Statement]]:
     """Statements on the same resources with the same condition keys, each group one simulation (IAM judges
     every action of a request on every resource of it: only such statements can share one)."""
@@ -115,12 +120,22 @@ def check_permissions(cfg: ServiceConfig, clients: AwsClients) -> str | None:
         return note
     policy = planned_policy(cfg, scope)
     denied: list[tuple[Statement, Decision]] = []
+    groups = same_question(policy.document["Statement"])
+    iam = clients.get("iam")
+
+    def ask(group: list[Statement]) -> list[Decision]:
+        actions = list(dict.fromkeys(a for st in group for a in _listed(st["Action"])))
+        return simulate(iam, principal, actions, _listed(group[0]["Resource"]), _context(group[0]))
+
     try:
-        for group in same_question(policy.document["Statement"]):
-            actions = list(dict.fromkeys(a for st in group for a in _listed(st["Action"])))
-            found = simulate(clients.get("iam"), principal, actions, _listed(group[0]["Resource"]),
-                             _context(group[0]))
-            denied += [(_granting(group, d.action), d) for d in found if not d.allowed]
+        # The groups' simulations are independent questions, asked SIMULATIONS_AT_ONCE at a time: the check
+        # waits for a few of IAM's round trips (each a tenth of a second or more), not one per group. A client
+        # is safe to share between threads; botocore still retries each throttled one.
+        with ThreadPoolExecutor(max_workers=min(SIMULATIONS_AT_ONCE, len(groups) or 1)) as pool:
+            asked = [pool.submit(copy_context().run, ask, group) for group in groups]  # each in the run's context
+            for group, answer in zip(groups, asked, strict=True):
+                found = answer.result()
+                denied += [(_granting(group, d.action), d) for d in found if not d.allowed]
     except CannotSimulate as exc:
         fix = (f"grant iam:SimulatePrincipalPolicy on {principal} (`ecs-pipeline iam {cfg.name} --role deploy "
                f"--principal {principal}` adds that statement)" if exc.refused
