@@ -19,10 +19,12 @@ def monorepo(base: Path) -> Path:
     """The sample app plus Dockerfile.broken, which ships BROKEN=root (GET / answers 500)."""
     repo = base / "mono"
     shutil.copytree(SAMPLE_APP, repo, ignore=shutil.ignore_patterns("busybox"))
-    shutil.copy2("/bin/busybox", repo / "busybox")
+    (repo / "rootfs" / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2("/bin/busybox", repo / "rootfs" / "bin" / "busybox")
     (repo / ".gitignore").unlink(missing_ok=True)
     dockerfile = (repo / "Dockerfile").read_text()
-    (repo / "Dockerfile.broken").write_text(dockerfile.replace("COPY app.env /app.env", "COPY broken.env /app.env"))
+    broken = dockerfile.replace("COPY rootfs/ app.env /", "COPY rootfs/ /\nCOPY broken.env /app.env")
+    (repo / "Dockerfile.broken").write_text(broken)
     git(repo, "init", "-q", "-b", "main")
     return repo
 

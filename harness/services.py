@@ -222,7 +222,8 @@ def make_service(
     name = "t" + uuid.uuid4().hex[:8]
     repo = workdir / "repo"
     shutil.copytree(SAMPLE_APP, repo, ignore=shutil.ignore_patterns("busybox"))
-    shutil.copy2("/bin/busybox", repo / "busybox")
+    (repo / "rootfs" / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2("/bin/busybox", repo / "rootfs" / "bin" / "busybox")
     (repo / ".gitignore").unlink(missing_ok=True)  # the repo carries its busybox, as the demo's does
     git(repo, "init", "-q", "-b", "main")
     deployments = workdir / "deployments"

@@ -54,7 +54,8 @@ def prepare_repo(repo: Path) -> None:
     fresh = not (repo / ".git").exists()
     shutil.copytree(REPO_ROOT / "examples" / "sample-app", repo, ignore=shutil.ignore_patterns("busybox"),
                     dirs_exist_ok=True)
-    shutil.copy2("/bin/busybox", repo / "busybox")
+    (repo / "rootfs" / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2("/bin/busybox", repo / "rootfs" / "bin" / "busybox")
     (repo / ".gitignore").unlink(missing_ok=True)
     if fresh:
         git(repo, "init", "-q", "-b", "main")

@@ -240,7 +240,8 @@ def _seed_context(tmp: Path) -> Path:
             f"{busybox} is missing or not static; "
             "run `python -m sandbox up` (installs busybox-static)"
         )
-    shutil.copy2(busybox, ctx / "busybox")
+    (ctx / "rootfs" / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(busybox, ctx / "rootfs" / "bin" / "busybox")
     (ctx / "app.env").write_text(f"VERSION={SEED_TAG}\nBROKEN=\n")
     return ctx
 

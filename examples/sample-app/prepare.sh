@@ -1,5 +1,5 @@
 #!/bin/sh
-# Put Debian's static busybox into the build context (the Dockerfile copies it).
+# Put Debian's static busybox into the image's file tree, rootfs/bin (the Dockerfile copies it).
 # The repository the pipeline builds from commits this copy, since a build
 # from git sees only committed files.
 set -e
@@ -13,6 +13,7 @@ if ldd "$src" >/dev/null 2>&1; then
   echo "prepare: $src is dynamically linked; a scratch image needs busybox-static" >&2
   exit 1
 fi
-cp "$src" "$here/busybox"
-chmod 755 "$here/busybox"
-echo "prepare: copied $src into $here/busybox"
+mkdir -p "$here/rootfs/bin"
+cp "$src" "$here/rootfs/bin/busybox"
+chmod 755 "$here/rootfs/bin/busybox"
+echo "prepare: copied $src into $here/rootfs/bin/busybox"

@@ -21,13 +21,13 @@ case "$BROKEN" in
   ""|root|health|config) record broken_mode_is_known "" ;;
   *) record broken_mode_is_known "BROKEN=$BROKEN is not empty, root, health or config" ;;
 esac
-[ "$(cat www/health)" = ok ] && record health_answers_ok "" || record health_answers_ok "www/health is not ok"
+[ "$(cat rootfs/www/health)" = ok ] && record health_answers_ok "" || record health_answers_ok "rootfs/www/health is not ok"
 [ "$BROKEN" != health ] && record health_is_served "" || record health_is_served "BROKEN=health removes /health"
 # the page as the release's code answers it: SLOW_MS and ERROR_PERCENT are faults only a running release shows
 # (like BROKEN=config), so the tests read app.env with both at 0
 env_copy="$(dirname "$out")/app.env.test"
 { cat ./app.env; echo; echo SLOW_MS=0; echo ERROR_PERCENT=0; } > "$env_copy"
-first=$(sed "s#/app.env#$env_copy#" www/cgi-bin/index.cgi | sh | head -1 | tr -d '\r')
+first=$(sed "s#/app.env#$env_copy#" rootfs/www/cgi-bin/index.cgi | sh | head -1 | tr -d '\r')
 rm -f "$env_copy"
 case "$first" in
   Status:*) record root_answers_200 "GET / answers ${first#Status: }" ;;
