@@ -26,7 +26,8 @@ import pytest
 
 from harness.services import aws
 from tasks.aws.clients import AwsClients
-from tasks.build.buildspec_runner import BuildRun, run_buildspec
+from tasks.build.build_box import open_box, remove_leftovers
+from tasks.build.buildspec_runner import BuildRun, box_egress, box_limits, run_buildspec
 from tasks.config.buildspec import parse_buildspec
 from tasks.config.models import ServiceConfig, parse_service
 from tasks.core.errors import BuildError
@@ -223,6 +224,22 @@ def test_a_killed_worker_leaves_no_process_and_its_box_is_cleared(tmp_path: Path
     assert box.exists(), "a killed worker could not remove its box's folder"
     run({"phases": {"build": {"commands": ["true"]}}})  # the next build clears what a dead one left
     assert not box.exists(), "the folder of a dead box is removed"
+
+
+def test_a_stopped_box_whose_files_are_still_read_is_no_leftover(tmp_path: Path) -> None:
+    """A build reads its box's files (artifacts, reports, the saved image) after the box stopped. Every
+    box's start clears leftovers, and took a stopped box for one: a build on another worker removed the
+    files in between ("the saved image is not a file"; an artifact's attack test found nothing to refuse)."""
+    run = BoxRun(tmp_path)
+    (run.src / "kept.txt").write_text("read after the stop\n")
+    deadline = time.monotonic() + 60
+    with open_box(run.src, OWN_BOXES, run.clients.settings.build_user, box_limits(run.cfg),
+                  box_egress(run.cfg, run.clients, run.uri, {}), deadline) as box:
+        box.stop()
+        assert not box_processes(box.folder), "the box's processes ended"
+        remove_leftovers(OWN_BOXES)  # what the next box's start does, on this worker or another
+        assert (box.src / "kept.txt").read_text() == "read after the stop\n"
+    assert not box.folder.exists(), "closed, the box's folder goes"
 
 
 def box_processes(folder: Path) -> list[str]:

@@ -286,11 +286,15 @@ def _keeper_script(cgroups: list[Path]) -> str:
 
 
 def remove_leftovers(boxes: Path) -> None:
-    """Folders of boxes whose keeper is gone (a worker killed mid-build): their processes went with the
-    keeper; the folders go here. A folder without a keeper yet is a box being made, unless it is old."""
+    """Folders of boxes whose pipeline process and keeper are both gone (a worker killed mid-build): their
+    processes went with the keeper; the folders go here. A folder whose process lives is never touched,
+    stopped keeper or not: a build's files are read after its box stopped. A folder with neither yet is a
+    box being made, unless it is old."""
     if not boxes.is_dir():
         return
     for folder in boxes.iterdir():
+        if _owned(folder):
+            continue
         try:
             pid = int((folder / "keeper.pid").read_text())
         except (OSError, ValueError):
@@ -300,6 +304,24 @@ def remove_leftovers(boxes: Path) -> None:
             continue
         if not _keeps(pid, folder):
             _remove_folder(folder)
+
+
+def _started(pid: int) -> str | None:
+    """When process PID started (clock ticks after boot), None when it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _owned(folder: Path) -> bool:
+    """Whether the pipeline process that made the box at FOLDER still runs (the same process: its start too)."""
+    try:
+        pid, started = (folder / "owner").read_text().split()
+    except (OSError, ValueError):
+        return False
+    return pid.isdigit() and _started(int(pid)) == started
 
 
 def _keeps(pid: int, folder: Path) -> bool:
@@ -373,6 +395,7 @@ def open_box(tree: Path, boxes: Path, user_name: str, limits: Resources,
     name = secrets.token_hex(6)
     folder = boxes / name
     folder.mkdir(mode=0o711)
+    (folder / "owner").write_text(f"{os.getpid()} {_started(os.getpid())}")  # see remove_leftovers
     forwarders = egress.Forwarders()
     cgroups: list[Path] = []
     keeper: subprocess.Popen[bytes] | None = None
