@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import atexit
 import os
+import resource
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -269,6 +271,38 @@ SAME_UNIT = {"tests/test_atomic.py": "tests/test_fleet_order_release.py"}
 def _unit(nodeid: str) -> str:
     module = nodeid.split("::")[0]
     return SAME_UNIT.get(module, module)
+
+
+def _cpu_seconds() -> float:
+    """This worker's CPU-seconds: its own, its reaped children's, its sandbox's servers' (Prefect, AWS, registry)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    pids = Path(os.environ.get("SANDBOX_DIR", ROOT / ".sandbox")) / "pids"
+    for name in ("prefect", "aws", "registry"):
+        try:
+            pid = (pids / f"{name}.pid").read_text().split()[0]
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    return total
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """With ECS_PIPELINE_TESTS_CPU=FILE, one line per test: CPU-seconds (see _cpu_seconds) and wall seconds.
+
+    The suite is bound by its two cores, not by its waits: MODULE_SECONDS orders by wall time, and this
+    says which modules cost the machine. Box builds' engines and dockerd are not counted.
+    """
+    where = os.environ.get("ECS_PIPELINE_TESTS_CPU")
+    if not where:
+        yield
+        return
+    cpu, wall = _cpu_seconds(), time.monotonic()
+    yield
+    with open(where, "a") as out:
+        out.write(f"{_cpu_seconds() - cpu:.2f} {time.monotonic() - wall:.2f} {item.nodeid}\n")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
