@@ -66,19 +66,23 @@ def cleanup(service: str) -> None:
             client.delete_variable_by_name(heartbeat_name(service))
 
 
+def start_holder(service: str, **env: str) -> tuple[subprocess.Popen[str], str]:
+    """A process holding SERVICE's slot (HOLDER, with ENV added): the process and its run's id, once it holds."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, service, str(STALE)], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    assert proc.stdout is not None
+    line = ""
+    while not line.startswith("HOLDING"):
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            raise AssertionError("the holder exited before taking the slot")
+    return proc, line.split()[1]
+
+
 def test_a_killed_holder_frees_the_service_and_is_marked_crashed() -> None:
     service = f"lock-{uuid.uuid4().hex[:8]}"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, service, str(STALE)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc, dead_run = start_holder(service)
     try:
-        assert proc.stdout is not None
-        line = ""
-        while not line.startswith("HOLDING"):
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, "the holder exited before taking the slot"
-        dead_run = line.split()[1]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
 
@@ -104,16 +108,9 @@ def test_a_holder_whose_orchestrator_answers_half_its_calls_with_503_keeps_the_s
     service = f"lock-{uuid.uuid4().hex[:8]}"
     upstream = os.environ["PREFECT_API_URL"].removesuffix("/api")
     with PrefectWeather(upstream, 0.0, seed=11) as weather:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": f"{weather.url}/api",
-               "PREFECT_CLIENT_MAX_RETRIES": "7"}  # as `ecs-pipeline` sets it for its runs
-        proc = subprocess.Popen([sys.executable, "-c", HOLDER, service, str(STALE)], cwd=ROOT, stdout=subprocess.PIPE,
-                                text=True, env=env)
+        # PREFECT_CLIENT_MAX_RETRIES as `ecs-pipeline` sets it for its runs
+        proc, _ = start_holder(service, PREFECT_API_URL=f"{weather.url}/api", PREFECT_CLIENT_MAX_RETRIES="7")
         try:
-            assert proc.stdout is not None
-            line = ""
-            while not line.startswith("HOLDING"):
-                line = proc.stdout.readline()
-                assert line or proc.poll() is None, "the holder exited before taking the slot"
             weather.rate = 0.5  # the holder's beats from now on
             ages: list[float] = []
             with get_client(sync_client=True) as client:  # the judge reaches the server directly
