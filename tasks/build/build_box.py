@@ -306,13 +306,19 @@ def remove_leftovers(boxes: Path) -> None:
             _remove_folder(folder)
 
 
-def _started(pid: int) -> str | None:
-    """When process PID started (clock ticks after boot), None when it is gone or a zombie."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's name (state first), None when PID is gone or a zombie."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return None if fields[0] == "Z" else fields[19]
+    return None if not fields or fields[0] == "Z" else fields
+
+
+def _started(pid: int) -> str | None:
+    """When process PID started (clock ticks after boot), None when it is gone or a zombie."""
+    fields = _stat(pid)
+    return fields[19] if fields is not None else None
 
 
 def _owned(folder: Path) -> bool:
@@ -327,11 +333,10 @@ def _owned(folder: Path) -> bool:
 def _keeps(pid: int, folder: Path) -> bool:
     """Whether process PID is alive (not a zombie) and is the keeper of the box at FOLDER."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, IndexError):
+    except OSError:
         return False
-    return state != "Z" and str(folder).encode() in command
+    return _stat(pid) is not None and str(folder).encode() in command
 
 
 def _remove_folder(folder: Path) -> None:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.build.shell import open_written
+from tasks.core.waits import Backoff
 
 REFUSED = 125  # docker's own status for an error of the docker command itself
 MAX_REQUEST = 256 * 1024
@@ -321,7 +322,7 @@ class Answerer:
     SECRET is called with each password a login carries, before anything is printed.
     """
 
-    POLL = (0.02, 0.2)  # the first look after a request, and the slowest while none comes
+    POLL = (0.02, 0.2)  # the first pause after a request, and the longest while none comes
 
     def __init__(self, requests: Path, answers: Path, rules: Rules, client: list[str], deadline: float,
                  secret: Callable[[str], None]) -> None:
@@ -341,21 +342,20 @@ class Answerer:
         self._thread.join(10)
 
     def _serve(self) -> None:
-        """Looks at the folder from POLL[0] apart after a request, backing off to POLL[1] while none comes."""
-        pause = self.POLL[0]
+        """Looks at the folder POLL[0] after a request, backing off to POLL[1] apart while none comes."""
+        pauses = Backoff(self.POLL[0], 2, self.POLL[1])
         while not self._stop.is_set():
             for path in sorted(self.requests.glob("*.request")):
                 name = path.name.removesuffix(".request")
                 if REQUEST_NAME.fullmatch(name) and name not in self._seen and not self._stop.is_set():
                     self._seen.add(name)
-                    pause = self.POLL[0] / 2  # doubled below: the next look comes soon
+                    pauses = Backoff(self.POLL[0], 2, self.POLL[1])  # the next request may follow at once
                     try:
                         self._answer(name)
                     except (OSError, subprocess.SubprocessError, ValueError) as exc:  # never leave docker waiting
                         with contextlib.suppress(OSError):
                             self._write(name, f"docker: the pipeline could not answer: {exc}\n".encode(), REFUSED)
-            self._stop.wait(pause)
-            pause = min(pause * 2, self.POLL[1])
+            self._stop.wait(next(pauses))
 
     def _answer(self, name: str) -> None:
         try:
