@@ -127,6 +127,9 @@ def release(box: Sandbox, folder: Path, names: list[str]) -> dict[str, float]:
         ok = int(found.group(1)) if found else 0
     if ok < len(names):
         print(text[-3000:], file=sys.stderr)
+    if counter.unavailable:
+        print(f"{len(names)} service(s): the Prefect server's 5xx by route: "
+              + ", ".join(f"{route} {n}" for route, n in counter.unavailable.most_common()), flush=True)
     out = {"wall": child.wall, "process": child.cpu, "ok": float(ok), "n": float(len(names)),
            "503s": float(counter.answers[503])}
     out.update({name: after[name] - before[name] for name in SERVERS})

@@ -82,9 +82,6 @@ def _seed(path: str, prefix: str) -> int:
     return 0
 
 
-FLEET_ON_POSTGRES = 10  # copies from which the seed says a fleet wants the Postgres server
-
-
 def _seed_fleet(path: str, copies: int, out: str | None) -> int:
     from sandbox.seed_fleet import seed_fleet
     from tasks.core.errors import PipelineError
@@ -95,12 +92,6 @@ def _seed_fleet(path: str, copies: int, out: str | None) -> int:
     except (PipelineError, ValueError) as exc:
         return _fail(str(exc))
     print(json.dumps({"deployments": str(folder), "services": made}, indent=2))
-    if copies >= FLEET_ON_POSTGRES and manage.prefect_database(layout()) == "sqlite":
-        print(f"note: {copies} services released at once on this sandbox's SQLite Prefect server begin "
-              "staggered: it answers concurrent run creation with 503 (\"database is locked\"), which "
-              "Prefect's client backs off 2, 4, 8 s from (20 services took 1.4x one, against 1.23x on "
-              "Postgres; bench/bench_fleet_scale.py). For fleets: `python -m sandbox down && python -m sandbox up "
-              "--postgres`", file=sys.stderr)
     return 0
 
 

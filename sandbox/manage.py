@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from sandbox import engine, identities, postgres, prefect_db, procs
 from sandbox.engine import SandboxError
@@ -271,9 +270,8 @@ def _wait(lay: Layout, comp: Component, launch: _Launch | None, budget: float) -
 
 
 def _prefect_argv(lay: Layout) -> list[str]:
-    exe = Path(sys.executable).parent / "prefect"
-    head = [str(exe)] if exe.exists() else [sys.executable, "-m", "prefect"]
-    return [*head, "server", "start", "--host", "127.0.0.1", "--port", str(lay.prefect_port)]
+    """`prefect server start`, by sandbox.prefect_server: on SQLite its writers wait their turn, never 503."""
+    return [sys.executable, "-m", "sandbox.prefect_server", "--host", "127.0.0.1", "--port", str(lay.prefect_port)]
 
 
 def _prefect_env(lay: Layout, db: Database = "sqlite") -> dict[str, str]:
