@@ -23,6 +23,7 @@ reconciles the green it left.
 from __future__ import annotations
 
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,14 +34,21 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
+import certifi
 import httpx
 from prefect import get_run_logger
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, VariableCreate, VariableUpdate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import State, StateType
+from prefect.context import SettingsContext, get_settings_context
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, Pause, PrefectHTTPStatusError
-from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+from prefect.settings import (
+    PREFECT_API_SSL_CERT_FILE,
+    PREFECT_API_TLS_INSECURE_SKIP_VERIFY,
+    PREFECT_CLIENT_MAX_RETRIES,
+    Settings,
+)
 from prefect.states import Crashed
 
 from tasks.core.errors import DeployError
@@ -178,10 +186,40 @@ def _keep_alive(held: Held, interval: float, stop: threading.Event) -> None:
     connection twice, and waits at most INTERVAL for an answer. A beat that still fails is tried
     again at the next.
     """
-    settings = {"timeout": interval, "event_hooks": {"response": [_unanswered]}}
-    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}), \
-            get_client(httpx_settings=settings, sync_client=True) as client:
+    settings = {"timeout": interval, "event_hooks": {"response": [_unanswered]}, "verify": _api_tls()}
+    with _no_client_retries(), get_client(httpx_settings=settings, sync_client=True) as client:
         _beat(held, interval, stop, client)
+
+
+# Built once per process, not per hold: Prefect's settings with its client's retries off (a copy of the
+# settings costs tens of milliseconds), and the TLS context its client would load (its CA bundle).
+_NO_RETRIES: dict[int, tuple[Settings, Settings]] = {}
+_TLS: dict[tuple[bool, str], ssl.SSLContext] = {}
+
+
+def _no_client_retries() -> SettingsContext:
+    """Prefect's current settings with PREFECT_CLIENT_MAX_RETRIES=0, as temporary_settings would enter them."""
+    context = get_settings_context()
+    kept = _NO_RETRIES.get(id(context.settings))
+    if kept is None or kept[0] is not context.settings:
+        kept = (context.settings, context.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0}))
+        _NO_RETRIES.clear()
+        _NO_RETRIES[id(context.settings)] = kept
+    return SettingsContext(profile=context.profile, settings=kept[1])
+
+
+def _api_tls() -> ssl.SSLContext:
+    """The TLS context Prefect's client builds for the API (its CA file, or none checked when told to skip)."""
+    insecure = bool(PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value())
+    cafile = PREFECT_API_SSL_CERT_FILE.value() or certifi.where()
+    context = _TLS.get((insecure, cafile))
+    if context is None:
+        context = ssl.create_default_context() if insecure else ssl.create_default_context(cafile=cafile)
+        if insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        _TLS[(insecure, cafile)] = context
+    return context
 
 
 def _beat(held: Held, interval: float, stop: threading.Event, client: SyncPrefectClient) -> None:
