@@ -193,18 +193,18 @@ def _keep_alive(held: Held, interval: float, stop: threading.Event) -> None:
 
 # Built once per process, not per hold: Prefect's settings with its client's retries off (a copy of the
 # settings costs tens of milliseconds), and the TLS context its client would load (its CA bundle).
-_NO_RETRIES: dict[int, tuple[Settings, Settings]] = {}
+_NO_RETRIES: list[tuple[Settings, Settings]] = []
 _TLS: dict[tuple[bool, str], ssl.SSLContext] = {}
 
 
 def _no_client_retries() -> SettingsContext:
     """Prefect's current settings with PREFECT_CLIENT_MAX_RETRIES=0, as temporary_settings would enter them."""
     context = get_settings_context()
-    kept = _NO_RETRIES.get(id(context.settings))
-    if kept is None or kept[0] is not context.settings:
+    kept = _NO_RETRIES[0] if _NO_RETRIES else None
+    # Each flow run may enter settings of its own, equal to the last: compared, not copied again.
+    if kept is None or (kept[0] is not context.settings and kept[0] != context.settings):
         kept = (context.settings, context.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0}))
-        _NO_RETRIES.clear()
-        _NO_RETRIES[id(context.settings)] = kept
+        _NO_RETRIES[:] = [kept]
     return SettingsContext(profile=context.profile, settings=kept[1])
 
 
