@@ -40,7 +40,7 @@ from bench.figures import table
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = tuple(os.environ.get("BENCH_COST_STRATEGIES", "task-sets,rolling,codedeploy,ecs-native").split(","))
 COLD_ROUNDS = int(os.environ.get("BENCH_COLD_ROUNDS", "3"))
-ROUNDS = int(os.environ.get("BENCH_COST_ROUNDS", "3"))  # warm task-sets releases (the others: one); the median
+ROUNDS = int(os.environ.get("BENCH_COST_ROUNDS", "5"))  # warm task-sets releases (the others: one); the median
 # The checkout whose flows/ and tasks/ release (another one's, e.g. an export of main, gives a before/after).
 OURS_ROOT = Path(os.environ.get("BENCH_OURS_ROOT") or ROOT)
 
