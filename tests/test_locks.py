@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import certifi
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import VariableCreate
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_API_SSL_CERT_FILE, temporary_settings
 from prefect.states import Cancelling, Running
 
 from sandbox.prefect_weather import PrefectWeather
+from tasks.release import locks
 from tasks.release.locks import (
     RunStates,
     StopWatch,
@@ -212,3 +215,15 @@ def test_the_releases_of_a_process_share_one_read_of_their_states_and_each_sees_
         with get_client(sync_client=True) as client:
             for run in runs:
                 client.delete_flow_run(run.id)
+
+
+def test_the_heartbeats_tls_context_is_loaded_once_and_again_when_its_ca_file_is_rewritten(tmp_path: Path) -> None:
+    """Each hold's beat client takes the context Prefect would load from PREFECT_API_SSL_CERT_FILE (its CA
+    bundle: tens of milliseconds), loaded once per process, and again once the file changes (a rotated CA)."""
+    ca = tmp_path / "api-ca.pem"
+    ca.write_bytes(Path(certifi.where()).read_bytes())
+    with temporary_settings(updates={PREFECT_API_SSL_CERT_FILE: str(ca)}):
+        first = locks._api_tls()
+        assert locks._api_tls() is first
+        ca.write_bytes(ca.read_bytes() + b"\n")
+        assert locks._api_tls() is not first

@@ -22,6 +22,7 @@ reconciles the green it left.
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 import threading
@@ -194,7 +195,7 @@ def _keep_alive(held: Held, interval: float, stop: threading.Event) -> None:
 # Built once per process, not per hold: Prefect's settings with its client's retries off (a copy of the
 # settings costs tens of milliseconds), and the TLS context its client would load (its CA bundle).
 _NO_RETRIES: list[tuple[Settings, Settings]] = []
-_TLS: dict[tuple[bool, str], ssl.SSLContext] = {}
+_TLS: dict[tuple[bool, str, int, int], ssl.SSLContext] = {}
 
 
 def _no_client_retries() -> SettingsContext:
@@ -209,16 +210,20 @@ def _no_client_retries() -> SettingsContext:
 
 
 def _api_tls() -> ssl.SSLContext:
-    """The TLS context Prefect's client builds for the API (its CA file, or none checked when told to skip)."""
+    """The TLS context Prefect's client builds for the API (its CA file, or none checked when told to skip);
+    a CA file rewritten in place (a rotated CA) is read again, as it is keyed by its size and change time."""
     insecure = bool(PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value())
-    cafile = PREFECT_API_SSL_CERT_FILE.value() or certifi.where()
-    context = _TLS.get((insecure, cafile))
+    cafile = "" if insecure else PREFECT_API_SSL_CERT_FILE.value() or certifi.where()
+    found = os.stat(cafile) if cafile else None
+    key = (insecure, cafile, found.st_size if found else 0, found.st_mtime_ns if found else 0)
+    context = _TLS.get(key)
     if context is None:
         context = ssl.create_default_context() if insecure else ssl.create_default_context(cafile=cafile)
         if insecure:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        _TLS[(insecure, cafile)] = context
+        _TLS.clear()
+        _TLS[key] = context
     return context
 
 
