@@ -22,7 +22,6 @@ reconciles the green it left.
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
 import threading
@@ -31,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from contextvars import copy_context
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from typing import Any
 from uuid import UUID
 
@@ -53,6 +52,7 @@ from prefect.settings import (
 from prefect.states import Crashed
 
 from tasks.core.errors import DeployError
+from tasks.core.tls import tls_context
 from tasks.core.waits import checkpoint
 
 PREFECT_LEASE_SECONDS = 60.0  # the server's minimum; our heartbeat decides liveness sooner
@@ -193,9 +193,8 @@ def _keep_alive(held: Held, interval: float, stop: threading.Event) -> None:
 
 
 # Built once per process, not per hold: Prefect's settings with its client's retries off (a copy of the
-# settings costs tens of milliseconds), and the TLS context its client would load (its CA bundle).
+# settings costs tens of milliseconds), and the TLS context its client would load (tasks/core/tls.py).
 _NO_RETRIES: list[tuple[Settings, Settings]] = []
-_TLS: dict[tuple[bool, str, int, int], ssl.SSLContext] = {}
 
 
 def _no_client_retries() -> SettingsContext:
@@ -210,20 +209,17 @@ def _no_client_retries() -> SettingsContext:
 
 
 def _api_tls() -> ssl.SSLContext:
-    """The TLS context Prefect's client builds for the API (its CA file, or none checked when told to skip);
-    a CA file rewritten in place (a rotated CA) is read again, as it is keyed by its size and change time."""
-    insecure = bool(PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value())
-    cafile = "" if insecure else PREFECT_API_SSL_CERT_FILE.value() or certifi.where()
-    found = os.stat(cafile) if cafile else None
-    key = (insecure, cafile, found.st_size if found else 0, found.st_mtime_ns if found else 0)
-    context = _TLS.get(key)
-    if context is None:
-        context = ssl.create_default_context() if insecure else ssl.create_default_context(cafile=cafile)
-        if insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        _TLS.clear()
-        _TLS[key] = context
+    """The TLS context Prefect's client builds for the API: its CA file's, or none checked when told to skip."""
+    if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
+        return _unverified()
+    return tls_context(PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
+
+
+@cache
+def _unverified() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
     return context
 
 

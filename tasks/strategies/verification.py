@@ -11,7 +11,6 @@ version as the strategies that run one beside blue name it.
 
 from __future__ import annotations
 
-import os
 import ssl
 import time
 from collections import Counter
@@ -31,6 +30,7 @@ from tasks.aws.traffic import Routing
 from tasks.config.models import HttpCheck, ServiceConfig, Verify
 from tasks.config.taskdef import SHA_TAG
 from tasks.core.errors import ConfigError, VerifyFailed
+from tasks.core.tls import tls_context
 from tasks.core.waits import checkpoint, poll
 
 T = TypeVar("T")
@@ -42,29 +42,6 @@ class HttpResult:
     passes: int
     attempts: int
     worst_ms: float
-
-
-_TLS: dict[tuple[Any, ...], ssl.SSLContext] = {}
-
-
-def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
-    """The context checks verify TLS with: CA_BUNDLE's CAs, or httpx's default trust (certifi, or
-    SSL_CERT_FILE / SSL_CERT_DIR); one per bundle and its version, shared by every check of the process.
-
-    Loading a trust store costs tens of milliseconds of CPU and a release makes hundreds of checks.
-    A context is safe to share between connections and threads; a bundle rewritten in place (a rotated
-    CA) is read again, as it is keyed by its size and modification time.
-    """
-    if ca_bundle is None:
-        key: tuple[Any, ...] = (None, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
-    else:
-        stat = os.stat(ca_bundle)
-        key = (ca_bundle, stat.st_size, stat.st_mtime_ns)
-    context = _TLS.get(key)
-    if context is None:
-        context = _TLS[key] = (httpx.create_ssl_context() if ca_bundle is None
-                               else ssl.create_default_context(cafile=ca_bundle))
-    return context
 
 
 @dataclass(frozen=True)
