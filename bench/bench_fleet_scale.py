@@ -29,11 +29,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.cost import run_child, tree_cpu, wait_quiet
+from bench.cost import route, run_child, tree_cpu, wait_quiet
 from bench.figures import record, table
 from harness.services import free_ports
 from sandbox.layout import read_env_file
@@ -128,8 +129,11 @@ def release(box: Sandbox, folder: Path, names: list[str]) -> dict[str, float]:
     if ok < len(names):
         print(text[-3000:], file=sys.stderr)
     if counter.unavailable:
+        routes: Counter[str] = Counter()
+        for (method, path), n in counter.unavailable.items():
+            routes[f"{method} {route(path)}"] += n
         print(f"{len(names)} service(s): the Prefect server's 5xx by route: "
-              + ", ".join(f"{route} {n}" for route, n in counter.unavailable.most_common()), flush=True)
+              + ", ".join(f"{r} {n}" for r, n in routes.most_common()), flush=True)
     out = {"wall": child.wall, "process": child.cpu, "ok": float(ok), "n": float(len(names)),
            "503s": float(counter.answers[503])}
     out.update({name: after[name] - before[name] for name in SERVERS})

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import contextlib
 import random
-import re
 import socket
 import threading
 from collections import Counter
@@ -43,12 +42,6 @@ CODES = ("503", "502", "429")
 ALWAYS_PASS = ("/api/health", "/api/ready")
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length",
               "proxy-authorization", "proxy-authenticate", "host", "content-encoding"}
-_NAMED = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|(?<=/name/)[^/]+")
-
-
-def route_of(path: str) -> str:
-    """/api/flow_runs/<uuid>/set_state -> /api/flow_runs/{id}/set_state (one route for many runs)."""
-    return _NAMED.sub("{id}", path)
 
 
 @dataclass(frozen=True)
@@ -81,7 +74,7 @@ class PrefectWeather:
         self.hits: Counter[str] = Counter()
         self.passed = 0
         self.answers: Counter[int] = Counter()  # the server's own status codes, of the requests that passed
-        self.unavailable: Counter[str] = Counter()  # the server's own 5xx answers, by method and route
+        self.unavailable: Counter[tuple[str, str]] = Counter()  # the server's own 5xx answers: (method, path)
         self._lock = threading.Lock()
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", port))
@@ -165,7 +158,7 @@ class PrefectWeather:
         with self._lock:
             self.answers[upstream.status_code] += 1
             if upstream.status_code >= 500:
-                self.unavailable[f"{request.method} {route_of(request.url.path)}"] += 1
+                self.unavailable[(request.method, request.url.path)] += 1
         back = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
         return Response(upstream.content, status_code=upstream.status_code, headers=back)
 
