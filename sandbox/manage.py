@@ -270,7 +270,7 @@ def _wait(lay: Layout, comp: Component, launch: _Launch | None, budget: float) -
 
 
 def _prefect_argv(lay: Layout) -> list[str]:
-    """`prefect server start`, by sandbox.prefect_server: on SQLite its writers wait their turn, never 503."""
+    """`prefect server start`, by sandbox.prefect_server: on SQLite its writers wait their turn (busy timeout)."""
     return [sys.executable, "-m", "sandbox.prefect_server", "--host", "127.0.0.1", "--port", str(lay.prefect_port)]
 
 
