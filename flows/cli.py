@@ -20,6 +20,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from tasks.aws.errors import translate
+from tasks.core import heap
 from tasks.core.errors import PipelineError
 
 NO_SANDBOX = "ECS_PIPELINE_NO_SANDBOX"
@@ -407,12 +408,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     sandbox = bool(argv) and argv[0] == "sandbox"  # its own program, with its own settings
     try:
-        if not sandbox:
-            source = load_sandbox_env()
-            orchestrator_patience()
-            if not wants_help(argv):
-                print_environment(source)
-        args = build_parser().parse_args(argv)
+        with heap.loading() if not sandbox else contextlib.nullcontext():  # print_environment imports prefect
+            if not sandbox:
+                source = load_sandbox_env()
+                orchestrator_patience()
+                if not wants_help(argv):
+                    print_environment(source)
+            args = build_parser().parse_args(argv)
         return int(args.func(args))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,16 +7,41 @@ measured on one task-set release, that walk was about a third of the process's C
 ``gc.freeze`` (made for this: a process's start-up objects moved out of the collector's
 reach) after one last collection ends that, and a larger first threshold makes the young
 collections fewer. Garbage made later is still collected as before.
+
+A command-line process goes further: its imports (Prefect alone is most of a second) make
+almost no garbage, yet CPython's collector, counting allocations, walks the growing heap
+dozens of times while they run. ``loading`` stops it until they are done, then settles:
+measured on this machine, the release command's imports took 1.14-1.20 s with the collector
+and 1.01-1.07 s without, and the one collection ``settle`` makes anyway grew by 0.03 s.
 """
 
 from __future__ import annotations
 
 import gc
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _done = threading.Event()
 _lock = threading.Lock()
 FIRST_GENERATION_THRESHOLD = 10_000  # CPython's default is 700: a release allocates in bursts of far more
+
+
+@contextmanager
+def loading() -> Iterator[None]:
+    """No cyclic collection while the block imports what the process runs, then ``settle``.
+
+    A block that raises (a bad argument, ``--help``) leaves the collector on and the heap unsettled.
+    """
+    if _done.is_set() or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+        settle()
+    finally:
+        gc.enable()
 
 
 def settle() -> None:

@@ -1,0 +1,76 @@
+"""The CLI's imports run without the cyclic collector, and every way out of them turns it back on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fresh(code: str, *env_args: str) -> dict[str, object]:
+    """Run CODE in a fresh interpreter at the repository root; the JSON it prints last."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *env_args], cwd=ROOT, check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_loading_holds_the_collector_then_settles_the_heap() -> None:
+    seen = fresh("""
+        import gc, json
+        from tasks.core import heap
+        with heap.loading():
+            during = gc.isenabled()
+            import prefect  # noqa: F401
+        print(json.dumps({"during": during, "after": gc.isenabled(), "frozen": gc.get_freeze_count(),
+                          "threshold": gc.get_threshold()[0]}))
+    """)
+    assert seen["during"] is False
+    assert seen["after"] is True
+    assert isinstance(seen["frozen"], int) and seen["frozen"] > 100_000  # Prefect's objects, out of the walk
+    assert seen["threshold"] == 10_000
+
+
+def test_a_block_that_raises_leaves_the_collector_on_and_the_heap_unsettled() -> None:
+    seen = fresh("""
+        import gc, json
+        from tasks.core import heap
+        try:
+            with heap.loading():
+                raise SystemExit(2)  # argparse's way out of a bad argument or --help
+        except SystemExit:
+            pass
+        with heap.loading():  # not settled: a later block may still settle
+            during = gc.isenabled()
+        print(json.dumps({"during": during, "after": gc.isenabled(), "frozen": gc.get_freeze_count() > 0}))
+    """)
+    assert seen == {"during": False, "after": True, "frozen": True}
+
+
+def test_the_cli_runs_its_command_with_the_collector_on_and_the_heap_settled() -> None:
+    """`ecs-pipeline iam` is offline: main's imports, then the command, then the process's state."""
+    seen = fresh("""
+        import contextlib, gc, io, json, sys
+        from flows import cli
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(["iam", "sample-app", "--role", "deploy"])
+        print(json.dumps({"code": code, "enabled": gc.isenabled(), "frozen": gc.get_freeze_count() > 0}))
+    """)
+    assert seen == {"code": 0, "enabled": True, "frozen": True}
+
+
+def test_help_leaves_the_collector_on() -> None:
+    seen = fresh("""
+        import contextlib, gc, io, json
+        from flows import cli
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                cli.main(["deploy", "--help"])
+        except SystemExit as exc:
+            code = exc.code
+        print(json.dumps({"code": code, "enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}))
+    """)
+    assert seen == {"code": 0, "enabled": True, "frozen": 0}
