@@ -24,6 +24,7 @@ from tasks.release.fleet_plan import child_created
 from tasks.release.locks import GaveWay, Reserved, StopWatch, service_lock
 from tasks.release.manifest import deployed_entry, record_release_manifest
 from tasks.release.outcome import conclude, final_state, flow_run_name, outcome_of, quiet_expected_failures
+from tasks.release.permission_preflight import Verdict, asked_ahead
 from tasks.release.runs import commit_order_for, ensure_run_tags, queueing_mode, superseded_by, wins_over
 from tasks.release.skeleton import Request, release
 from tasks.strategies.choose import choose_strategy
@@ -63,16 +64,19 @@ def deploy_service(
         ensure_run_tags(run_id, cfg.name, sha)
     stop = StopWatch(str(run_id) if run_id else None)
     try:
-        with abort_when(stop), service_lock(cfg.name, stop.run_id, clients.settings.lock_stale_seconds,
-                                            reserved=toward_suspended(cfg, stop.run_id, clients)) as held:
-            return locked_release(cfg, clients, summary, held, stop, Request(sha, force, allow_older,
-                                                                                  task_definition or None))
+        # IAM is asked while the slot is taken; its verdict is acted on first thing under the slot
+        with asked_ahead(cfg, clients) as permissions, abort_when(stop), service_lock(
+                cfg.name, stop.run_id, clients.settings.lock_stale_seconds,
+                reserved=toward_suspended(cfg, stop.run_id, clients)) as held:
+            return locked_release(cfg, clients, summary, held, stop,
+                                  Request(sha, force, allow_older, task_definition or None), permissions)
     except GaveWay as exc:
         return final_state("Superseded", f"by run {exc.holder}, waiting for approval of a newer commit")
 
 
 def locked_release(
-    cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, held: Any, stop: StopWatch, asked: Request
+    cfg: ServiceConfig, clients: AwsClients, summary: ReleaseSummary, held: Any, stop: StopWatch, asked: Request,
+    permissions: Verdict | None = None,
 ) -> State[Any]:
     """The release, once the service's slot is held (or its reservation taken back by a resumed run)."""
     run_id, stop.held = stop.run_id, held
@@ -80,7 +84,7 @@ def locked_release(
     if superseded:
         return final_state("Superseded", f"by newer run {superseded}")
     try:
-        state = release(cfg, clients, summary, asked, choose_strategy, held.took_over_from)
+        state = release(cfg, clients, summary, asked, choose_strategy, held.took_over_from, permissions)
     except Pause:
         raise  # suspended for approval: green waits beside blue for the resumed run, the slot stays reserved
     except BaseException as exc:  # noqa: BLE001 - stopped_by re-raises what is no release outcome

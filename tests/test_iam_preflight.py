@@ -353,3 +353,43 @@ def test_the_policy_generator_grants_the_simulation_only_on_a_named_principal(re
                          "Action": ["iam:SimulatePrincipalPolicy"], "Resource": f"{USERS}/releaser"}
     unnamed = generated_deploy_policy(released.sut.cfg)
     assert not [s for s in unnamed["Statement"] if "iam:SimulatePrincipalPolicy" in s["Action"]]
+
+
+def test_a_verdict_asked_before_a_wait_for_the_slot_is_asked_again(
+        released: Released, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check is asked while the run takes the slot (``asked_ahead``). A statement removed after it answered:
+    read at once, the verdict is that answer; read after a wait longer than FRESH_SECONDS (a run queued behind
+    another release), IAM is asked again and refuses."""
+    import time
+
+    from prefect import flow
+
+    from tasks.aws.clients import AwsClients
+    from tasks.core.settings import Settings
+    from tasks.release import permission_preflight
+    from tasks.release.permission_preflight import Denied, asked_ahead
+
+    document = released.document  # the releaser's: the module's environment signs as it
+
+    @flow(name="test-permissions-asked-ahead")
+    def ask(waited: float) -> tuple[str | None, str]:
+        clients = AwsClients(Settings())
+        with asked_ahead(released.sut.cfg, clients) as verdict:
+            time.sleep(1.5)  # the background check has answered (it takes a fraction of a second)
+            put_policy(released.admin, "releaser", without(document, "DriveTaskSets"))
+            try:
+                time.sleep(waited)
+                try:
+                    return verdict(), ""
+                except Denied as exc:
+                    return None, str(exc)
+            finally:
+                put_policy(released.admin, "releaser", document)
+
+    monkeypatch.setattr(permission_preflight, "FRESH_SECONDS", 30.0)
+    assert ask(0.0) == (None, "")  # read within FRESH_SECONDS: the answer from before the removal
+    monkeypatch.setattr(permission_preflight, "FRESH_SECONDS", 2.0)
+    skipped, refused_message = ask(1.0)  # 2.5 s after the start: asked again
+    assert skipped is None
+    assert refused_message.startswith(f"permission preflight: {USERS}/releaser may not "), refused_message
+    assert "statement DriveTaskSets: " in refused_message, refused_message

@@ -17,13 +17,20 @@ the release goes on with one log line saying what to grant, and a denied call is
 explained where it happens (``explain_denial``, for the calls no preflight
 foresees too). IAM's simulator judges identity policies; a resource policy, an
 SCP or a permissions boundary can still refuse a call it allowed.
+
+A run asks while it takes the service's deploy slot (``asked_ahead``): both are waits on
+other services (IAM, Prefect's API), so the check costs the release its own round trips
+only where they outlast the slot's. The verdict is still read, and acted on, first thing
+under the slot; one from before a wait for the slot is asked again.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from contextvars import copy_context
 from fnmatch import fnmatchcase
 from typing import Any
@@ -40,6 +47,8 @@ from tasks.core.errors import AccessDenied
 from tasks.release.permissions import Policy, Scope, deploy_policy
 
 Statement = dict[str, Any]
+Verdict = Callable[[], "str | None"]
+FRESH_SECONDS = 30.0  # a verdict older than this when the slot is held came before a wait for it: asked again
 
 
 class Denied(AccessDenied):
@@ -148,6 +157,29 @@ def check_permissions(cfg: ServiceConfig, clients: AwsClients) -> str | None:
                      resource=denied[0][1].resource, service=cfg.name)
     log.info("permissions: %s may do all %d actions of the deploy policy", principal, len(policy.actions()))
     return None
+
+
+@contextmanager
+def asked_ahead(cfg: ServiceConfig, clients: AwsClients) -> Iterator[Verdict]:
+    """``check_permissions`` started now in a thread of its own (in the run's context); yields its verdict.
+
+    The verdict is ``check_permissions``' result, or its exception raised in the caller's thread, or,
+    when more than FRESH_SECONDS passed since the start (the run waited for the slot), a check asked
+    again then. Leaving the block waits for the thread: no call of the check outlives the run.
+    """
+    started = time.monotonic()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="permission-preflight")
+    asked = pool.submit(copy_context().run, check_permissions, cfg, clients)
+
+    def verdict() -> str | None:
+        if time.monotonic() - started > FRESH_SECONDS:
+            return check_permissions(cfg, clients)
+        return asked.result()
+
+    try:
+        yield verdict
+    finally:
+        pool.shutdown(wait=True)
 
 
 def refusal(cfg: ServiceConfig, scope: Scope, principal: str, denied: list[tuple[Statement, Decision]]) -> str:
