@@ -111,13 +111,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
         print("\n".join(plan_release(args.service, args.sha)))
         return 0
-    from prefect.context import SyncClientContext
-    from prefect.flow_engine import run_flow
-    from prefect.states import Pending
+    with heap.loading():  # the release's modules, frozen with the rest
+        from prefect.context import SyncClientContext
+        from prefect.flow_engine import run_flow
+        from prefect.states import Pending
 
-    from flows.pipeline import deploy_service
-    from flows.terminal import Seen, run_with_view
-    from tasks.release.runs import run_tags
+        from flows.pipeline import deploy_service
+        from flows.terminal import Seen, run_with_view
+        from tasks.release.runs import run_tags
 
     def release(seen: Seen) -> Any:
         parameters = {"service": args.service, "sha": args.sha, "force": args.force, "allow_older": args.allow_older,

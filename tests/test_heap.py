@@ -50,6 +50,34 @@ def test_a_block_that_raises_leaves_the_collector_on_and_the_heap_unsettled() ->
     assert seen == {"during": False, "after": True, "frozen": True}
 
 
+def test_a_second_block_freezes_what_it_loaded_and_a_settled_process_is_left_alone() -> None:
+    seen = fresh("""
+        import gc, json
+        from tasks.core import heap
+        with heap.loading():
+            import prefect  # noqa: F401
+        first = gc.get_freeze_count()
+        with heap.loading():
+            during = gc.isenabled()
+            import flows.pipeline  # noqa: F401  (what `ecs-pipeline deploy` imports next)
+        second = gc.get_freeze_count()
+        heap.settle()  # the flow's own: nothing more to do
+        print(json.dumps({"during": during, "grew": second > first, "settle": gc.get_freeze_count() <= second}))
+    """)
+    assert seen == {"during": False, "grew": True, "settle": True}
+    left = fresh("""
+        import gc, json
+        from tasks.core import heap
+        heap.settle()  # a worker's flow or a test session settled first
+        frozen = gc.get_freeze_count()
+        with heap.loading():
+            during = gc.isenabled()
+            import prefect  # noqa: F401
+        print(json.dumps({"during": during, "same": gc.get_freeze_count() <= frozen}))  # nothing frozen
+    """)
+    assert left == {"during": True, "same": True}
+
+
 def test_the_cli_runs_its_command_with_the_collector_on_and_the_heap_settled() -> None:
     """`ecs-pipeline iam` is offline: main's imports, then the command, then the process's state."""
     seen = fresh("""
