@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+from flows import process_end  # first: its exit handler is to run after every other one
+
+# isort: split
+
 import argparse
 import contextlib
 import json
@@ -425,5 +429,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run() -> None:
+    """The ``ecs-pipeline`` program: ``main`` with the process's arguments, then a quick end (``process_end``)."""
+    code = main()
+    process_end.arm(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

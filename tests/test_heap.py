@@ -102,3 +102,38 @@ def test_help_leaves_the_collector_on() -> None:
         print(json.dumps({"code": code, "enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}))
     """)
     assert seen == {"code": 0, "enabled": True, "frozen": 0}
+
+
+# --- the program's end: after every exit handler, no interpreter teardown --------------------------------------------
+
+
+def test_the_program_ends_after_every_other_exit_handler_with_its_code_and_its_output(tmp_path: Path) -> None:
+    """`ecs-pipeline` (flows.cli.run) ends the process itself once the exit handlers registered after its import
+    ran (Prefect's, logging's), its standard output flushed and its exit code kept."""
+    marker, torn = tmp_path / "later-handler-ran", tmp_path / "torn-down"
+    code = textwrap.dedent(f"""
+        import atexit, pathlib, sys
+        from flows import cli
+        atexit.register(lambda: pathlib.Path({str(marker)!r}).write_text("ran"))  # as Prefect's are: later
+
+        pending = open({str(torn)!r}, "w")  # noqa: SIM115 - left open: the teardown flushes it as it frees it
+        pending.write("torn down")
+        sys.argv = ["ecs-pipeline", *sys.argv[1:]]
+        cli.run() if sys.argv[1] != "--main" else sys.exit(cli.main(sys.argv[2:]))
+    """)
+    ok = subprocess.run([sys.executable, "-c", code, "iam", "sample-app", "--role", "deploy"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["Statement"], "the whole policy, flushed"
+    assert marker.read_text() == "ran"
+    assert torn.read_text() == "", "the interpreter was torn down"
+    marker.unlink()
+    refused = subprocess.run([sys.executable, "-c", code, "iam", "no-such-service"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stderr
+    assert "no-such-service" in refused.stderr
+    assert marker.read_text() == "ran" and torn.read_text() == ""
+    called = subprocess.run([sys.executable, "-c", code, "--main", "iam", "sample-app", "--role", "deploy"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert called.returncode == 0, called.stderr
+    assert torn.read_text() == "torn down", "main() called by anything but the program ends as Python does"
