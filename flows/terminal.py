@@ -38,7 +38,6 @@ from prefect.client.schemas.sorting import ArtifactSort, TaskRunSort
 from prefect.settings import PREFECT_UI_URL
 from rich.console import Console, Group
 from rich.live import Live
-from rich.markdown import Markdown
 from rich.table import Table
 from rich.text import Text
 
@@ -184,6 +183,8 @@ def finish(service: str, seen: Seen, state: State[Any], console: Console, as_jso
         return code
     if markdown:
         if console.is_terminal:
+            from rich.markdown import Markdown  # a terminal's only: its parser is 16 ms of a release's imports
+
             console.print(Markdown(markdown))
         else:
             print(markdown)
