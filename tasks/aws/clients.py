@@ -19,7 +19,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-import boto3
+import botocore.session
 
 from tasks.aws.errors import IAM_PREFIX
 from tasks.aws.retry import botocore_config
@@ -28,6 +28,7 @@ from tasks.core.errors import PipelineError
 from tasks.core.settings import Settings
 
 if TYPE_CHECKING:
+    import boto3
     import docker
 
 DOCKER_TIMEOUT_SECONDS = 300
@@ -46,9 +47,9 @@ def _note_iam_prefix(client: Any) -> Any:
 
 
 _Key = tuple[Any, ...]
-_SESSIONS: dict[_Key, boto3.session.Session] = {}
+_SESSIONS: dict[_Key, botocore.session.Session] = {}
 _CLIENTS: dict[tuple[_Key, str], Any] = {}
-_LOCK = threading.Lock()  # boto3 sessions are not thread-safe; the clients they make are
+_LOCK = threading.Lock()  # botocore sessions are not thread-safe; the clients they make are
 _LOADER: list[Any] = []  # botocore's data loader, shared by every session of the process
 _LOADER_LOCK = threading.Lock()
 
@@ -67,8 +68,8 @@ def _shared_loader(session: Any) -> None:
 
 def boto3_session(botocore_session: Any = None, **kwargs: Any) -> boto3.session.Session:
     """A boto3 session (KWARGS as boto3.session.Session takes them) whose models come from the
-    process's shared loader."""
-    import botocore.session
+    process's shared loader (the sandbox's seeding; the pipeline's own clients need no boto3)."""
+    import boto3
 
     session = botocore_session or botocore.session.Session(profile=kwargs.pop("profile_name", None))
     _shared_loader(session)
@@ -77,6 +78,18 @@ def boto3_session(botocore_session: Any = None, **kwargs: Any) -> boto3.session.
         paths = _LOADER[0].search_paths
         paths[:] = list(dict.fromkeys(paths))
     return made
+
+
+def _botocore_session(region: str, profile: str | None = None) -> botocore.session.Session:
+    """A botocore session in REGION (as PROFILE) with the process's shared loader.
+
+    The pipeline's clients are botocore's: boto3 adds resources the pipeline does not use, and its
+    import (s3transfer with it) was about 40 ms of every release's start.
+    """
+    session = botocore.session.Session(profile=profile)
+    _shared_loader(session)
+    session.set_config_variable("region", region)
+    return session
 
 
 def _aws_key(settings: Settings, role_arn: str | None = None) -> _Key:
@@ -95,22 +108,22 @@ def shared_client(settings: Settings, service: str, role_arn: str | None = None)
             session = _SESSIONS.get(key)
             if session is None:
                 session = _SESSIONS[key] = _session(settings, role_arn)
-            client = session.client(service, endpoint_url=settings.endpoint_url, config=botocore_config(settings))
+            client = session.create_client(service, region_name=settings.region, endpoint_url=settings.endpoint_url,
+                                           config=botocore_config(settings))
             client.meta.events.register("after-call", _note_iam_prefix(client))
             _CLIENTS[(key, service)] = client
         return client
 
 
-def _session(settings: Settings, role_arn: str | None) -> boto3.session.Session:
+def _session(settings: Settings, role_arn: str | None) -> botocore.session.Session:
     """The worker's own session, or one whose credentials are ROLE_ARN's, assumed with the worker's.
 
     The role's credentials are asked for on first use and again before they expire (botocore's
     assume-role fetcher, as a profile with ``role_arn`` does), through STS at the configured endpoint.
     """
-    base = boto3_session(region_name=settings.region, profile_name=settings.profile)
+    base = _botocore_session(settings.region, settings.profile)
     if not role_arn:
         return base
-    import botocore.session
     from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 
     def sts_client(service: str, **_credentials: Any) -> Any:
@@ -126,10 +139,10 @@ def _session(settings: Settings, role_arn: str | None) -> boto3.session.Session:
                             "or run where an instance or task role is available")
     fetcher = AssumeRoleCredentialFetcher(sts_client, source, role_arn,
                                           extra_args={"RoleSessionName": "ecs-pipeline"})
-    assumed = botocore.session.Session()
+    assumed = _botocore_session(settings.region)
     assumed._credentials = DeferredRefreshableCredentials(  # where botocore looks for a session's credentials
         refresh_using=fetcher.fetch_credentials, method="assume-role")
-    return boto3_session(assumed, region_name=settings.region)
+    return assumed
 
 
 class AwsClients:
