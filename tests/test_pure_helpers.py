@@ -204,3 +204,61 @@ def test_events_carry_the_reason_in_a_related_resource_id_the_event_page_shows()
 def test_the_order_of_two_commits_names_both(ancestry: str, says: str) -> None:
     assert order_words("a93aa60" + "0" * 33, "9cd3bbd11111" + "2" * 28, ancestry) == says
     assert "(newer)" not in says
+
+
+# --- the rollout wait's look at the expected end ---------------------------------------------------------------------
+
+def test_the_last_rollout_lasted_from_its_creation_to_its_last_update() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.strategies.rolling import last_rollout_seconds
+
+    created = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+    def service(state: str, updated: Any = created + timedelta(seconds=83.5)) -> dict[str, Any]:
+        return {"deployments": [{"status": "PRIMARY", "rolloutState": state, "createdAt": created,
+                                 "updatedAt": updated}, {"status": "ACTIVE", "rolloutState": "COMPLETED",
+                                                         "createdAt": created, "updatedAt": created}]}
+
+    assert last_rollout_seconds(service("COMPLETED")) == 83.5
+    assert last_rollout_seconds(service("IN_PROGRESS")) is None  # not over: no length yet
+    assert last_rollout_seconds(service("COMPLETED", created)) is None  # nothing to go by
+    assert last_rollout_seconds(service("COMPLETED", "2026-12-07T12:01:23Z")) is None
+    assert last_rollout_seconds({"deployments": []}) is None
+
+
+def test_a_wait_looks_at_the_expected_time_once_then_keeps_its_pace() -> None:
+    import time
+
+    from tasks.core.waits import poll
+
+    def looks_until(second: float, **kwargs: Any) -> list[float]:
+        seen: list[float] = []
+        start = time.monotonic()
+
+        def check() -> str | None:
+            seen.append(time.monotonic() - start)
+            return "done" if len(seen) == 2 or seen[-1] >= second else None
+
+        poll(check, timeout=30, what="a test", **kwargs)
+        return seen
+
+    looks = looks_until(99, first=3.0, cap=3.0, look_at=time.monotonic() + 0.5)
+    assert 0.5 <= looks[1] < 2.0, looks  # the pause of 2.4-3.6 s ended at the expected time
+    later = looks_until(99, first=0.3, cap=0.3, look_at=time.monotonic() + 60)
+    assert later[1] < 1.0, later  # an expected time beyond the pause changes nothing
+
+
+def test_the_expected_look_comes_a_tenth_after_the_last_rollouts_length_at_most_half_a_pause() -> None:
+    import time
+
+    from tasks.strategies.rolling import Rollout, expected_look
+
+    started = time.time()
+    for took, pace, after in ((80.0, 5.0, 82.5), (1.3, 0.5, 1.43), (None, 5.0, None)):
+        rollout = Rollout("ecs-svc/1", "td:2", "td:1", started, took_last=took)
+        at = expected_look(rollout, pace)
+        if after is None:
+            assert at is None
+        else:
+            assert at is not None and abs((at - time.monotonic()) - (started + after - time.time())) < 0.05

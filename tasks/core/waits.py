@@ -40,8 +40,13 @@ def poll(
     log: Callable[[str], None] | None = None,
     first: float = 0.2,
     cap: float = 5.0,
+    look_at: float | None = None,
 ) -> T:
-    """Call ``check`` until it returns a value; DeployError naming ``what`` after ``timeout`` s."""
+    """Call ``check`` until it returns a value; DeployError naming ``what`` after ``timeout`` s.
+
+    LOOK_AT (``time.monotonic()``): when the awaited state is expected; a pause that would pass over it
+    ends there instead, one look sooner (the pauses after it go on as before).
+    """
     deadline = time.monotonic() + timeout
     delays = Backoff(first, 1.5, cap)
     last_log = 0.0
@@ -56,7 +61,10 @@ def poll(
         if log and now - last_log > 10:
             log(f"waiting for {what} ({deadline - now:.0f}s left)")
             last_log = now
-        time.sleep(min(next(delays), max(0.0, deadline - now)))
+        pause = next(delays)
+        if look_at is not None and look_at <= now + pause:
+            pause, look_at = max(0.0, look_at - now), None
+        time.sleep(min(pause, max(0.0, deadline - now)))
 
 
 class Aborted(BaseException):

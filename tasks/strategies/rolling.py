@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from prefect import get_run_logger
@@ -34,6 +35,7 @@ class Rollout:
 
     ``answer``: the service as UpdateService answered it, the wait's first look (no DescribeServices
     for a state AWS just told us); None when the rollout was resumed, so the wait describes afresh.
+    ``took_last``: seconds the service's previous rollout took (``last_rollout_seconds``), or None.
     """
 
     deployment_id: str
@@ -41,6 +43,7 @@ class Rollout:
     previous: str | None
     started: float
     answer: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    took_last: float | None = field(default=None, compare=False)
 
 
 def _service(cfg: ServiceConfig, clients: AwsClients) -> dict[str, Any]:
@@ -58,6 +61,32 @@ def rollout_cadence(settings: Settings) -> tuple[float, float]:
     """
     cap = settings.poll_cap()
     return min(cap, max(0.5, settings.scaled(30))), cap
+
+
+def last_rollout_seconds(service: dict[str, Any]) -> float | None:
+    """How long the service's live deployment took to complete: its ``updatedAt`` less its ``createdAt``.
+
+    ECS's Deployment: createdAt "The Unix timestamp for the time when the service deployment was
+    created", updatedAt "... was last updated" (its last change, COMPLETED, unless scaling changed it
+    since: then longer than it took). None unless the PRIMARY deployment is COMPLETED with both.
+    """
+    primary: dict[str, Any] = next((d for d in service.get("deployments", []) if d.get("status") == "PRIMARY"), {})
+    created, updated = primary.get("createdAt"), primary.get("updatedAt")
+    if primary.get("rolloutState") != "COMPLETED" or not isinstance(created, datetime) \
+            or not isinstance(updated, datetime):
+        return None
+    took = (updated - created).total_seconds()
+    return took if took > 0 else None
+
+
+def expected_look(rollout: Rollout, pace: float) -> float | None:
+    """When (``time.monotonic()``) the wait looks once out of its pace: the previous rollout's length after
+    this one started, plus a tenth of it (at most half a pause): rollouts of one service take about as long
+    again, so the completion is seen then rather than up to a pause later. None without a previous one."""
+    if rollout.took_last is None:
+        return None
+    at = rollout.started + rollout.took_last + min(rollout.took_last / 10, pace / 2)
+    return time.monotonic() + (at - time.time())
 
 
 def primary_deployment(service: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +121,7 @@ def update_service(
     if primary.get("taskDefinition") == task_definition:
         log.info("deployment %s already rolls out %s: resumed", primary["id"], task_definition)
         return Rollout(primary["id"], task_definition, _previous(service, task_definition), time.time())
+    took_last = last_rollout_seconds(service)
     started = time.time()
     updated = clients.get("ecs").update_service(
         cluster=cfg.ecs.cluster,
@@ -101,7 +131,8 @@ def update_service(
     )["service"]
     dep = primary_deployment(updated)
     log.info("deployment %s started: %s replaces %s", dep["id"], task_definition, primary.get("taskDefinition"))
-    return Rollout(dep["id"], task_definition, primary.get("taskDefinition"), started, answer=updated)
+    return Rollout(dep["id"], task_definition, primary.get("taskDefinition"), started, answer=updated,
+                   took_last=took_last)
 
 
 def _failure(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout, why: str) -> str:
@@ -156,6 +187,7 @@ def wait_rollout(cfg: ServiceConfig, clients: AwsClients, rollout: Rollout) -> N
             log=log.info,
             first=first,
             cap=cap,
+            look_at=expected_look(rollout, cap),
         )
     except DeployError as exc:
         raise type(exc)(
