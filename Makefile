@@ -30,7 +30,9 @@ sandbox-down:
 demo: setup
 	@$(UV) run --frozen python -m sandbox.demo
 
-test: sandbox-up browser
+# The suite's sessions start sandboxes of their own and share only the engine (tests/conftest.py).
+test: setup browser
+	@$(UV) run --frozen python -m sandbox up --engine-only
 	@$(UV) run --frozen pytest -n 4 --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: setup

@@ -1,4 +1,5 @@
-"""`python -m sandbox up [--postgres|--sqlite] | down | status | seed SERVICE_YAML [--prefix P] [--copies N]`.
+"""`python -m sandbox up [--postgres|--sqlite|--engine-only] | down | status | seed SERVICE_YAML [--prefix P]
+[--copies N]`.
 
 Exit codes are part of the contract (`ecs-pipeline sandbox ...` shells out to
 this): 0 ok, 1 error with one line on stderr that says what to do.
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="Prefect server on PostgreSQL (loopback, data under .sandbox/postgres); remembered")
     db.add_argument("--sqlite", dest="database", action="store_const", const="sqlite",
                     help="Prefect server on SQLite (the default); remembered")
+    up.add_argument("--engine-only", action="store_true",
+                    help="only the Docker engine and the packages: what the test suite's own sandboxes share")
     sub.add_parser("down", help="stop what `up` started")
     sub.add_parser("status", help="each component's pid, address and health; exit 1 if one is down")
     seed = sub.add_parser("seed", help="create a service's existing infrastructure (idempotent)")
@@ -38,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     seed.add_argument("--out", default=None, help="folder for the copies' YAMLs (default: .sandbox/fleet)")
     args = parser.parse_args(argv)
     try:
-        if args.command == "up":
+        if args.command == "up" and args.engine_only:
+            manage.engine_up()
+        elif args.command == "up":
             manage.up(database=args.database)
         elif args.command == "down":
             manage.down()

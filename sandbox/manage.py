@@ -173,30 +173,12 @@ def _start_all(
     if started["prefect"] is not None and started["prefect"].fresh:
         lay.pidfile("prefect").with_suffix(".db").write_text(db + "\n")
 
-    docker_host = engine.existing_engine(lay.state)
-    own = "unix://" + str(engine.own_socket(lay.state))
-    need_dockerd = docker_host is None and not engine.engine_answers(own)
     need_registry = not comps["registry"].healthy()
-    engine.apt_install(
-        engine.missing_packages(need_dockerd=need_dockerd, need_registry=need_registry)
-    )
-
+    docker_host, started["engine"] = _start_engine(lay, need_registry=need_registry)
     _write_registry_config(lay)
     registry_argv = ["docker-registry", "serve", str(lay.state / "registry.yml")]
     started["registry"] = _ensure(lay, comps["registry"], registry_argv, child_env())
-    docker_host = docker_host or own
     comps["engine"] = components(lay, docker_host)[0]
-    lay.docker_host_file.write_text(docker_host + "\n")
-    if docker_host == own:
-        if not (engine.can_manage_packages() or engine.engine_answers(own)):
-            raise SandboxError(
-                "no Docker engine answers; start one and set DOCKER_HOST "
-                "(e.g. unix:///var/run/docker.sock), or run the sandbox as root on Debian "
-                "so it can start its own"
-            )
-        engine.own_socket(lay.state).parent.mkdir(parents=True, exist_ok=True)
-        dockerd = engine.dockerd_argv(lay.state)
-        started["engine"] = _ensure(lay, comps["engine"], dockerd, child_env())
     _wait(lay, comps["engine"], started.get("engine"), 60)
     ready = {"engine": time.monotonic() - t0, "postgres": pg_ready}
 
@@ -223,6 +205,44 @@ def _start_all(
         rec = procs.read_pidfile(lay.pidfile(c.name))
         who = f"pid {rec.pid}" if procs.alive(rec) and rec else "not started by the sandbox"
         out(f"  {c.name:<9} {c.address}  ({who}; answering after {ready[c.name]:.1f} s)")
+
+
+def _start_engine(lay: Layout, *, need_registry: bool = True) -> tuple[str, _Launch | None]:
+    """The Debian packages the sandbox needs, and our own dockerd unless an engine answers: (DOCKER_HOST, its start)."""
+    docker_host = engine.existing_engine(lay.state)
+    own = "unix://" + str(engine.own_socket(lay.state))
+    need_dockerd = docker_host is None and not engine.engine_answers(own)
+    engine.apt_install(engine.missing_packages(need_dockerd=need_dockerd, need_registry=need_registry))
+    docker_host = docker_host or own
+    lay.docker_host_file.write_text(docker_host + "\n")
+    if docker_host != own:
+        return docker_host, None
+    if not (engine.can_manage_packages() or engine.engine_answers(own)):
+        raise SandboxError(
+            "no Docker engine answers; start one and set DOCKER_HOST "
+            "(e.g. unix:///var/run/docker.sock), or run the sandbox as root on Debian "
+            "so it can start its own"
+        )
+    engine.own_socket(lay.state).parent.mkdir(parents=True, exist_ok=True)
+    return docker_host, _ensure(lay, components(lay, docker_host)[0], engine.dockerd_argv(lay.state), child_env())
+
+
+def engine_up(out: Callable[[str], None] = print) -> str:
+    """Only the Docker engine, and every package the sandbox needs: what the test suite's sandboxes share.
+
+    Each test session starts its own AWS endpoint, registry and Prefect server (tests/conftest.py); the
+    outer ones would only cost their start before the first test and a few percent of a core while it
+    runs. `down` stops the engine as it stops the rest. Returns its DOCKER_HOST.
+    """
+    t0 = time.monotonic()
+    lay = layout()
+    with _locked(lay):
+        for d in (lay.pids, lay.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        docker_host, launch = _start_engine(lay)
+        _wait(lay, components(lay, docker_host)[0], launch, 60)
+    out(f"engine {docker_host} answering ({time.monotonic() - t0:.1f} s)")
+    return docker_host
 
 
 def _ensure(lay: Layout, comp: Component, argv: list[str], env: dict[str, str]) -> _Launch | None:

@@ -56,7 +56,10 @@ def _outer_engine(outer: Path) -> str | None:
     """The outer sandbox's Docker engine when it answers: shared, so no second dockerd starts."""
     import docker
 
-    address = _read_env(outer / "env").get("DOCKER_HOST")
+    try:
+        address = (outer / "docker_host").read_text().strip()  # `up`, or `up --engine-only` (make test)
+    except OSError:
+        address = _read_env(outer / "env").get("DOCKER_HOST", "")
     if not address:
         return None
     try:
