@@ -20,7 +20,8 @@ from types import FrameType
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 
-from sandbox.controller import Controller, iam_enforce
+from sandbox.controller import iam_enforce
+from sandbox.controller.loop import Controller
 from sandbox.controller.middleware import SandboxMiddleware
 
 log = logging.getLogger("sandbox")

@@ -18,8 +18,6 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from cfnlint.api import lint
-from moto.cloudformation.parsing import get_model_map
 
 from flows.iam_cli import policy_for
 from harness.iam import ACCOUNT, REGION
@@ -45,6 +43,8 @@ SCOPE = Scope(ACCOUNT, REGION)
 
 
 def _lint(text: str) -> list[str]:
+    from cfnlint.api import lint  # here, not at the top: cfn-lint and moto's CloudFormation load in seconds
+
     return [f"{m.rule.id} {m.message} (line {m.linenumber})" for m in lint(text, regions=[REGION])]
 
 
@@ -67,6 +67,8 @@ def test_the_sandbox_makes_by_api_only_what_the_template_declares_and_moto_canno
     sandboxed = sandbox_template(template)
     kept = {r["Type"] for r in sandboxed["Resources"].values()}
     assert not kept & set(MADE_BY_API)
+    from moto.cloudformation.parsing import get_model_map
+
     assert kept <= set(get_model_map()), "moto's CloudFormation has a handler for every type the stack holds"
     for kind, prop in SET_BY_API:
         assert all(prop not in r.get("Properties", {}) for r in sandboxed["Resources"].values() if r["Type"] == kind)

@@ -27,8 +27,8 @@ from .supported import is_supported, unsupported_message
 from .world import LOCK, log
 
 if TYPE_CHECKING:
-    from . import Controller
     from .iam_enforce import Enforcer
+    from .loop import Controller
 
 _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 Handler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
