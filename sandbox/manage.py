@@ -15,11 +15,21 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sandbox import engine, identities, postgres, prefect_db, procs
 from sandbox.engine import SandboxError
-from sandbox.layout import REPO, Layout, admin_key, child_env, layout, prefect_auth, read_env_file, write_env
+from sandbox.layout import (
+    REPO,
+    Layout,
+    admin_key,
+    child_env,
+    free_ports,
+    layout,
+    prefect_auth,
+    read_env_file,
+    write_env,
+)
 from sandbox.postgres import Database
 
 
@@ -241,8 +251,32 @@ def engine_up(out: Callable[[str], None] = print) -> str:
             d.mkdir(parents=True, exist_ok=True)
         docker_host, launch = _start_engine(lay)
         _wait(lay, components(lay, docker_host)[0], launch, 60)
-    out(f"engine {docker_host} answering ({time.monotonic() - t0:.1f} s)")
+        _prefect_template(lay)
+    out(f"engine {docker_host} answering, packages installed ({time.monotonic() - t0:.1f} s)")
     return docker_host
+
+
+def _prefect_template(lay: Layout) -> None:
+    """The empty Prefect database new servers start from (sandbox/prefect_db.py), made once when it is missing.
+
+    ``up`` leaves it after its own server's first start; without that server the suite's sessions would each
+    migrate a new database at once (about 9 CPU-seconds each). A server of its own on a free port makes it.
+    """
+    if prefect_db.template().is_file():
+        return
+    scratch = replace(lay, state=lay.state / "prefect-template", prefect_port=free_ports(1)[0])
+    shutil.rmtree(scratch.state, ignore_errors=True)
+    for d in (scratch.pids, scratch.logs):
+        d.mkdir(parents=True, exist_ok=True)
+    comp = next(c for c in components(scratch, "") if c.name == "prefect")
+    launch = _launch(scratch, _Launch(comp, _prefect_argv(scratch), _prefect_env(scratch), None, fresh=True))
+    try:
+        _wait(scratch, comp, launch, 240)
+        prefect_db.keep_as_template(scratch.state / "prefect")
+    finally:
+        if launch.rec is not None:
+            procs.stop(launch.rec)
+        shutil.rmtree(scratch.state, ignore_errors=True)
 
 
 def _ensure(lay: Layout, comp: Component, argv: list[str], env: dict[str, str]) -> _Launch | None:
