@@ -125,7 +125,10 @@ def test_a_request_written_by_hand_is_read_as_untrusted(tmp_path: Path) -> None:
     wait = f"while [ ! -e {answers}/$id.status ]; do sleep 0.05; done; cat {answers}/$id.output"
     run([f"cd /codebuild/docker/requests && id=1.{'a' * 36} && ln -s /etc/passwd $id.request && {wait}",
          f"cd /codebuild/docker/requests && id=2.{'b' * 36} && mkfifo $id.request && {wait}",
-         f"cd /codebuild/docker/requests && id=3.{'c' * 36} && head -c 300000 /dev/zero > $id.request && {wait}",
+         # renamed into place whole, as the box's client does: written in place, the pipeline may read it
+         # half-written and refuse it as incomplete first (seen on a loaded machine), not for its size
+         f"cd /codebuild/docker/requests && id=3.{'c' * 36} && head -c 300000 /dev/zero > $id.part"
+         f" && mv $id.part $id.request && {wait}",
          f"cd /codebuild/docker/requests && id=4.{'d' * 36} && printf 'cwd' > $id.request && {wait}",
          f"cd /codebuild/docker/requests && id=5.{'e' * 36} && mkdir $id.request && {wait}",
          f"touch {answers}/planted 2>&1 || true"])
