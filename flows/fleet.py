@@ -172,6 +172,13 @@ PREFECT_SCHEMAS = (prefect.client.schemas.actions, prefect.client.schemas.filter
                    prefect.client.schemas.responses)
 
 
+def unbuilt_prefect_models() -> list[type[pydantic.BaseModel]]:
+    """The models of Prefect's client schemas whose validators are not built yet."""
+    return [model for module in PREFECT_SCHEMAS for model in vars(module).values()
+            if inspect.isclass(model) and issubclass(model, pydantic.BaseModel)
+            and model.__module__ == module.__name__ and not model.__pydantic_complete__]
+
+
 def build_prefect_models() -> None:
     """Every model of Prefect's client schemas built now, in this thread, before the fleet's threads use them.
 
@@ -179,13 +186,10 @@ def build_prefect_models() -> None:
     this installs a model being built by one thread is used with its parent's validator by another
     (pydantic/pydantic#13438, fixed in 2.14): two children entering their deploy-service runs at once
     failed one with "parent_task_run_id: Extra inputs are not permitted" from ``_FlowRunFilterBaseModel``.
-    About 0.1 s, once per process; built ones are skipped.
+    About 0.1 s, once per process. A model that cannot be built yet is left to its first use, as before.
     """
-    for module in PREFECT_SCHEMAS:
-        for model in vars(module).values():
-            if (inspect.isclass(model) and issubclass(model, pydantic.BaseModel) and model.__module__ == module.__name__
-                    and not model.__pydantic_complete__):
-                model.model_rebuild()
+    for model in unbuilt_prefect_models():
+        model.model_rebuild(raise_errors=False)
 
 
 def versions_now(configs: Sequence[ServiceConfig], names: Collection[str]) -> dict[str, str]:
