@@ -271,12 +271,12 @@ def _prefect_template(lay: Layout) -> None:
     comp = next(c for c in components(scratch, "") if c.name == "prefect")
     launch = _launch(scratch, _Launch(comp, _prefect_argv(scratch), _prefect_env(scratch), None, fresh=True))
     try:
-        _wait(scratch, comp, launch, 240)
+        _wait(scratch, comp, launch, 240)  # a failure names the log under scratch.state: kept
         prefect_db.keep_as_template(scratch.state / "prefect")
     finally:
         if launch.rec is not None:
             procs.stop(launch.rec)
-        shutil.rmtree(scratch.state, ignore_errors=True)
+    shutil.rmtree(scratch.state, ignore_errors=True)
 
 
 def _ensure(lay: Layout, comp: Component, argv: list[str], env: dict[str, str]) -> _Launch | None:
