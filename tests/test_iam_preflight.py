@@ -360,6 +360,7 @@ def test_a_verdict_asked_before_a_wait_for_the_slot_is_asked_again(
     """The check is asked while the run takes the slot (``asked_ahead``). A statement removed after it answered:
     read at once, the verdict is that answer; read after a wait longer than FRESH_SECONDS (a run queued behind
     another release), IAM is asked again and refuses."""
+    import threading
     import time
 
     from prefect import flow
@@ -370,12 +371,23 @@ def test_a_verdict_asked_before_a_wait_for_the_slot_is_asked_again(
     from tasks.release.permission_preflight import Denied, asked_ahead
 
     document = released.document  # the releaser's: the module's environment signs as it
+    answered = threading.Event()
+    check = permission_preflight.check_permissions
+
+    def check_and_tell(*args: Any) -> str | None:
+        try:
+            return check(*args)
+        finally:
+            answered.set()
+
+    monkeypatch.setattr(permission_preflight, "check_permissions", check_and_tell)
 
     @flow(name="test-permissions-asked-ahead")
     def ask(waited: float) -> tuple[str | None, str]:
         clients = AwsClients(Settings())
+        answered.clear()
         with asked_ahead(released.sut.cfg, clients) as verdict:
-            time.sleep(0.8)  # the background check has answered (it takes about 0.3 s)
+            assert answered.wait(60), "the background check answered"
             put_policy(released.admin, "releaser", without(document, "DriveTaskSets"))
             try:
                 time.sleep(waited)
@@ -389,7 +401,7 @@ def test_a_verdict_asked_before_a_wait_for_the_slot_is_asked_again(
     monkeypatch.setattr(permission_preflight, "FRESH_SECONDS", 30.0)
     assert ask(0.0) == (None, "")  # read within FRESH_SECONDS: the answer from before the removal
     monkeypatch.setattr(permission_preflight, "FRESH_SECONDS", 1.0)
-    skipped, refused_message = ask(0.4)  # 1.2 s after the start: asked again
+    skipped, refused_message = ask(1.1)  # over 1.1 s after the start: asked again
     assert skipped is None
     assert refused_message.startswith(f"permission preflight: {USERS}/releaser may not "), refused_message
     assert "statement DriveTaskSets: " in refused_message, refused_message
