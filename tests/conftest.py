@@ -293,21 +293,36 @@ def _cpu_seconds() -> float:
     return total
 
 
+def _flow_runs() -> int | None:
+    """Flow runs on this session's Prefect server so far (releases, fleets, polls), or None without one."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            return client.count_flow_runs()
+    except Exception:  # noqa: BLE001 - a diagnostic: no server, no count
+        return None
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    """With ECS_PIPELINE_TESTS_CPU=FILE, one line per test: CPU-seconds (see _cpu_seconds) and wall seconds.
+    """With ECS_PIPELINE_TESTS_CPU=FILE, one line per test: CPU-seconds (see _cpu_seconds), wall seconds, the
+    flow runs it made (``-`` without a Prefect server) and its node id.
 
     The suite is bound by its two cores, not by its waits: MODULE_SECONDS orders by wall time, and this
-    says which modules cost the machine. Box builds' engines and dockerd are not counted.
+    says which modules cost the machine. Box builds' engines and dockerd are not counted. A release costs
+    about 3 CPU-seconds of the whole machine, so the flow-run column says where releases could be shared.
     """
     where = os.environ.get("ECS_PIPELINE_TESTS_CPU")
     if not where:
         yield
         return
-    cpu, wall = _cpu_seconds(), time.monotonic()
+    runs, cpu, wall = _flow_runs(), _cpu_seconds(), time.monotonic()
     yield
+    cpu, wall, after = _cpu_seconds() - cpu, time.monotonic() - wall, _flow_runs()
+    made = "-" if runs is None or after is None else str(after - runs)
     with open(where, "a") as out:
-        out.write(f"{_cpu_seconds() - cpu:.2f} {time.monotonic() - wall:.2f} {item.nodeid}\n")
+        out.write(f"{cpu:.2f} {wall:.2f} {made} {item.nodeid}\n")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
