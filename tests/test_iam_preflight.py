@@ -387,7 +387,7 @@ def test_a_verdict_asked_before_a_wait_for_the_slot_is_asked_again(
         clients = AwsClients(Settings())
         answered.clear()
         with asked_ahead(released.sut.cfg, clients) as verdict:
-            assert answered.wait(60), "the background check answered"
+            assert answered.wait(60), "the background check never answered"
             put_policy(released.admin, "releaser", without(document, "DriveTaskSets"))
             try:
                 time.sleep(waited)
