@@ -85,8 +85,6 @@ def session_sandbox(worker: str | None) -> dict[str, str]:
     if shared and "DOCKER_HOST" not in os.environ:
         env["DOCKER_HOST"] = shared
     _sandbox("down", env)  # what a killed session left
-    shutil.rmtree(state, ignore_errors=True)
-    env.update({var: str(port) for var, port in zip(PORT_VARS, free_ports(len(PORT_VARS)), strict=True)})
     stopped: list[bool] = []
 
     def stop() -> None:
@@ -96,7 +94,21 @@ def session_sandbox(worker: str | None) -> dict[str, str]:
 
     atexit.register(stop)
     _stop.append(stop)
-    _sandbox("up", env)
+    # A free port is free when chosen: another process's outgoing connection (the kernel hands those out
+    # from the same range) may hold it by the time the server binds it ("Port ... is already in use",
+    # seen once for a session's Prefect server). Such a start is tried again on ports chosen anew.
+    def start() -> None:
+        shutil.rmtree(state, ignore_errors=True)
+        env.update({var: str(port) for var, port in zip(PORT_VARS, free_ports(len(PORT_VARS)), strict=True)})
+        _sandbox("up", env)
+
+    for _ in range(2):
+        try:
+            start()
+            return env
+        except subprocess.CalledProcessError:
+            _sandbox("down", env)
+    start()
     return env
 
 
