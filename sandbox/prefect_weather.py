@@ -12,7 +12,8 @@ Prefect server and the load balancer in front of it answer:
 Requests that pass go to the server unchanged, websockets (``/api/events/in``, ``/api/events/out``,
 ``/api/logs/out``) included. Health and readiness probes always pass, as a load balancer's own
 checks bypass its weather. A ``Refusal`` answers chosen requests (one service's run, say) with a
-status Prefect does not retry. ``hits`` counts the answered faults by code.
+status Prefect does not retry. ``hits`` counts the answered faults by code, ``routes`` the requests
+that reached the server by method and path.
 
     python -m sandbox.prefect_weather --upstream http://127.0.0.1:4200 --port 4300 --rate 0.1
 """
@@ -73,6 +74,7 @@ class PrefectWeather:
         self.random = random.Random(seed)
         self.hits: Counter[str] = Counter()
         self.passed = 0
+        self.routes: Counter[tuple[str, str]] = Counter()  # the requests that reached the server
         self.answers: Counter[int] = Counter()  # the server's own status codes, of the requests that passed
         self.unavailable: Counter[tuple[str, str]] = Counter()  # the server's own 5xx answers: (method, path)
         self._lock = threading.Lock()
@@ -156,6 +158,7 @@ class PrefectWeather:
             return Response("<html><body><h1>502 Bad Gateway</h1></body></html>", status_code=502,
                             media_type="text/html")
         with self._lock:
+            self.routes[(request.method, request.url.path)] += 1
             self.answers[upstream.status_code] += 1
             if upstream.status_code >= 500:
                 self.unavailable[(request.method, request.url.path)] += 1

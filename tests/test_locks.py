@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -10,14 +11,16 @@ import textwrap
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import certifi
+import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import VariableCreate
+from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_SSL_CERT_FILE, temporary_settings
 from prefect.states import Cancelling, Running
@@ -131,6 +134,93 @@ def test_a_holder_whose_orchestrator_answers_half_its_calls_with_503_keeps_the_s
             proc.kill()
             proc.wait(timeout=10)
             cleanup(service)
+
+
+WATCHER = textwrap.dedent(
+    """
+    import sys
+    from prefect import flow
+    from prefect.runtime import flow_run
+    from tasks.release.locks import service_lock
+
+    @flow(name="lock-holder")
+    def hold(service: str) -> None:
+        with service_lock(service, str(flow_run.get_id()), stale_after=float(sys.argv[2])) as held:
+            print("HOLDING", flow_run.get_id(), held.lease_id, flush=True)
+            print("LOST" if held.lost.wait(120) else "KEPT", flush=True)
+
+    hold(sys.argv[1])
+    """
+)
+
+
+def test_a_holder_beats_without_reading_its_heartbeat_and_learns_at_once_that_another_run_took_the_service() -> None:
+    """A beat renews the lease and writes the heartbeat: two calls. The heartbeat is read only when Prefect
+    answers the renewal 410 Gone: a lease that ran out while the heartbeat still names it keeps the service;
+    a lease revoked by a run that found the holder stale, and a heartbeat naming that run, end the hold.
+    The slot's limit is made by the first run that finds none, and not looked up by the runs after it."""
+    service = f"lock-{uuid.uuid4().hex[:8]}"
+    variable, limit = f"/api/variables/name/{heartbeat_name(service)}", "/api/v2/concurrency_limits/"
+    upstream = os.environ["PREFECT_API_URL"].removesuffix("/api")
+    with PrefectWeather(upstream, 0.0) as weather:
+        proc, lines = start_watcher(service, weather.url)
+        try:
+            lease = lines.get(timeout=60).split()[2]
+            made = Counter(weather.routes)
+            assert made[("POST", f"{limit}increment-with-lease")] == 2, made  # none yet: an empty lease, then one
+            assert made[("POST", limit)] == 1 and made[("GET", variable)] == 1, made
+            before = Counter(weather.routes)
+            time.sleep(4.5)  # a beat a second (STALE / 6, at least 1 s)
+            beats = Counter(weather.routes) - before
+            renewals = beats[("POST", f"{limit}leases/{lease}/renew")]
+            assert renewals >= 3, beats
+            assert beats[("PATCH", variable)] == renewals, beats
+            assert beats[("GET", variable)] == 0, beats
+
+            with get_client(sync_client=True) as client:  # the lease runs out; the heartbeat is still the holder's
+                client.release_concurrency_slots_with_lease(UUID(lease))
+                before = Counter(weather.routes)
+                time.sleep(2.5)
+                with pytest.raises(queue.Empty):
+                    lines.get_nowait()
+                assert (Counter(weather.routes) - before)[("GET", variable)] >= 1, "read once the renewal is refused"
+                beat = read_heartbeat(client, service)
+                assert beat is not None and beat["lease"] == lease and time.time() - beat["at"] < 2, beat
+
+                taker = {"run": str(uuid.uuid4()), "lease": str(uuid.uuid4()), "at": time.time()}
+                client.update_variable(VariableUpdate(name=heartbeat_name(service), value=taker))
+                assert lines.get(timeout=5).strip() == "LOST"
+                assert proc.wait(timeout=30) == 0
+                assert read_heartbeat(client, service) == taker, "the holder leaves the taker's heartbeat alone"
+
+            before = Counter(weather.routes)
+            proc, lines = start_watcher(service, weather.url)  # the limit exists now: asked once, not read
+            lines.get(timeout=60)
+            asked = Counter(weather.routes) - before
+            assert asked[("POST", f"{limit}increment-with-lease")] == 1, asked
+            assert not [route for route in asked if route[1].startswith(limit) and route[0] == "GET"], asked
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            cleanup(service)
+
+
+def start_watcher(service: str, api: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    """WATCHER holding SERVICE's slot through the Prefect API at API: the process and its output's lines."""
+    proc = subprocess.Popen([sys.executable, "-c", WATCHER, service, str(STALE)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT),
+                                                         "PREFECT_API_URL": f"{api}/api"})
+    lines: queue.Queue[str] = queue.Queue()
+    out = proc.stdout
+    assert out is not None
+
+    def read() -> None:
+        for line in out:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, lines
 
 
 def test_two_live_holders_never_overlap() -> None:

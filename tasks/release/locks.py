@@ -7,7 +7,10 @@ its service sooner. So the holder also writes a heartbeat (a Prefect variable
 naming its run and lease) every few seconds, and a waiting run that finds the
 heartbeat older than ``stale_after`` seconds releases the dead holder's slot,
 marks its flow run Crashed and takes the service. The next release then
-reconciles whatever the dead run left (flows/recovery).
+reconciles whatever the dead run left (flows/recovery). A beat is two calls,
+the lease's renewal and the heartbeat's write; the holder reads the heartbeat
+only when Prefect refuses the renewal (410: the lease was revoked by a run
+that took the service, or ran out), to learn which.
 
 A run suspended for approval has no process, so it cannot keep Prefect's
 lease: it lets the slot go and leaves its heartbeat marked ``suspended``, a
@@ -56,6 +59,8 @@ from tasks.core.tls import tls_context
 from tasks.core.waits import checkpoint
 
 PREFECT_LEASE_SECONDS = 60.0  # the server's minimum; our heartbeat decides liveness sooner
+HTTP_NOT_FOUND = 404
+HTTP_GONE = 410  # a lease renewed after it was revoked (another run took the service) or ran out
 HTTP_LOCKED = 423
 
 
@@ -104,8 +109,12 @@ def write_heartbeat(client: SyncPrefectClient, held: Held, exists: bool | None =
     if exists is None:
         exists = client.read_variable_by_name(name) is not None
     if exists:
-        client.update_variable(VariableUpdate(name=name, value=value))
-        return
+        try:
+            client.update_variable(VariableUpdate(name=name, value=value))
+            return
+        except PrefectHTTPStatusError as exc:  # gone since it was read (deleted from outside): made again
+            if exc.response.status_code != HTTP_NOT_FOUND:
+                raise
     try:
         client.create_variable(VariableCreate(name=name, value=value))
     except ObjectAlreadyExists:
@@ -118,15 +127,25 @@ def delete_heartbeat(client: SyncPrefectClient, service: str) -> None:
 
 
 def _try_acquire(client: SyncPrefectClient, name: str, run_id: str | None) -> UUID | None:
-    try:
-        response = client.increment_concurrency_slots_with_lease(
-            names=[name], slots=1, mode="concurrency", lease_duration=PREFECT_LEASE_SECONDS
-        )
-    except PrefectHTTPStatusError as exc:
-        if exc.response.status_code == HTTP_LOCKED:
-            return None
-        raise
-    return UUID(response.json()["lease_id"])
+    """The slot's lease, or None while another run holds it. The limit is made on the first ask that finds
+    none (Prefect then hands out a lease that holds nothing), not looked up before every ask."""
+    for _ in range(2):
+        try:
+            response = client.increment_concurrency_slots_with_lease(
+                names=[name], slots=1, mode="concurrency", lease_duration=PREFECT_LEASE_SECONDS
+            )
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == HTTP_LOCKED:
+                return None
+            raise
+        answer = response.json()
+        lease = UUID(answer["lease_id"])
+        if answer.get("limits"):
+            return lease
+        client.release_concurrency_slots_with_lease(lease)
+        ensure_limit(client, name)
+    raise DeployError(f"the Prefect concurrency limit {name} is missing and could not be made; create it "
+                      f"(`prefect gcl create {name} --limit 1`) and run again")
 
 
 def _free_dead_holder(
@@ -137,7 +156,13 @@ def _free_dead_holder(
     When the dead holder is an earlier attempt of RUN_ID itself (its worker died and the run
     was retried), the run is not marked Crashed: it is the one running now.
     """
-    beat = read_heartbeat(client, service)
+    return _free_if_stale(client, service, read_heartbeat(client, service), stale_after, run_id)
+
+
+def _free_if_stale(
+    client: SyncPrefectClient, service: str, beat: dict[str, Any] | None, stale_after: float, run_id: str | None
+) -> str | None:
+    """_free_dead_holder with the heartbeat BEAT as the caller just read it."""
     if beat is None or beat.get("suspended") or time.time() - float(beat.get("at", 0)) < stale_after:
         return None  # a reservation has no heartbeat to go stale: reservation() judges it
     try:
@@ -235,12 +260,20 @@ def _beat(held: Held, interval: float, stop: threading.Event, client: SyncPrefec
     while not stop.wait(interval):
         until = time.monotonic() + interval
         try:
-            beat = soon(partial(read_heartbeat, client, held.service), until)
-            if beat is not None and beat.get("lease") != str(held.lease_id):
-                held.lost.set()  # another run found us stale and took the service
-                return
-            soon(partial(client.renew_concurrency_lease, held.lease_id, lease_duration=PREFECT_LEASE_SECONDS), until)
-            soon(partial(write_heartbeat, client, held, exists=beat is not None), until)
+            try:
+                soon(partial(client.renew_concurrency_lease, held.lease_id, lease_duration=PREFECT_LEASE_SECONDS),
+                     until)
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code != HTTP_GONE:
+                    raise
+                # Revoked by a run that found us stale (it revokes before it writes its own heartbeat), or
+                # Prefect's lease ran out: the heartbeat says which. Only then is it read.
+                beat = soon(partial(read_heartbeat, client, held.service), until)
+                if beat is None or beat.get("lease") != str(held.lease_id):
+                    held.lost.set()  # another run took the service
+                    return
+                # Still ours: the heartbeat keeps the service until a run finds it stale.
+            soon(partial(write_heartbeat, client, held, exists=True), until)
         except Exception:  # noqa: BLE001 - a failed beat is tried again at the next; the lease outlives it
             continue
 
@@ -263,14 +296,14 @@ Reserved = Callable[[str], str]
 
 
 def reservation(
-    client: SyncPrefectClient, service: str, run_id: str | None, stale_after: float
+    client: SyncPrefectClient, beat: dict[str, Any] | None, run_id: str | None, stale_after: float
 ) -> tuple[str, bool] | None:
-    """The suspended run that reserves SERVICE and whether it is alive; None when no other run reserves it.
+    """The suspended run whose heartbeat BEAT reserves the service, and whether it is alive; None when no
+    other run reserves it.
 
     Alive: still suspended, or resumed and on its way back (scheduled, pending, or running for less than
     STALE_AFTER seconds without taking its slot back). Ended (Prefect's timeout, cancelled) is dead.
     """
-    beat = read_heartbeat(client, service)
     holder = str(beat.get("run") or "") if beat else ""
     if not beat or not beat.get("suspended") or not holder or holder == run_id:
         return None
@@ -305,17 +338,18 @@ def service_lock(
     A Prefect Pause (the run suspends) leaves the reservation instead of freeing the service.
     """
     log = get_run_logger()
-    name = lock_name(service)
     deadline = None if give_up_after is None else time.monotonic() + give_up_after
     with get_client(sync_client=True) as client:
-        ensure_limit(client, name)
         log.info("waiting for the deploy slot of %s", service)
-        lease, took_over, reservation_of = _acquire(client, service, run_id, stale_after, reserved, deadline,
-                                                    give_up_after)
+        lease, took_over, reservation_of, beat = _acquire(client, service, run_id, stale_after, reserved,
+                                                          deadline, give_up_after)
         # A free slot with a stale heartbeat: the holder died and Prefect's lease ran out first.
-        took_over = took_over or _free_dead_holder(client, service, stale_after, run_id)
+        dead = _free_if_stale(client, service, beat, stale_after, run_id)
+        took_over = took_over or dead
         held = Held(service, lease, run_id, took_over)
-        write_heartbeat(client, held, exists=False)  # its last holder deleted it: create first, update if not
+        # Written over the heartbeat read at the acquire (this run's own reservation, or a live holder's whose
+        # lease ran out); created when there was none, or a dead holder's or a reservation was removed.
+        write_heartbeat(client, held, exists=beat is not None and not dead)
     if took_over:
         log.warning("took the deploy slot of %s from run %s, which had %s", service, took_over,
                     "reserved it while waiting for approval" if reservation_of else "stopped")
@@ -323,8 +357,8 @@ def service_lock(
     stop = threading.Event()
     every = max(1.0, stale_after / 6)
     # In a copy of the run's context: the thread's settings are the run's, with its own client's few changes.
-    beat = threading.Thread(target=copy_context().run, args=(_keep_alive, held, every, stop), daemon=True)
-    beat.start()
+    keeper = threading.Thread(target=copy_context().run, args=(_keep_alive, held, every, stop), daemon=True)
+    keeper.start()
     suspended = False
     try:
         yield held
@@ -333,16 +367,16 @@ def service_lock(
         raise
     finally:
         stop.set()
-        beat.join(timeout=10)
+        keeper.join(timeout=10)
         _let_go(held, suspended)
 
 
 def _acquire(
     client: SyncPrefectClient, service: str, run_id: str | None, stale_after: float, reserved: Reserved | None,
     deadline: float | None, give_up_after: float | None,
-) -> tuple[UUID, str | None, bool]:
-    """The slot's lease, the run taken over from (if any) and whether that was a reservation's run; waits,
-    gives way or gives up as told."""
+) -> tuple[UUID, str | None, bool, dict[str, Any] | None]:
+    """The slot's lease, the run taken over from (if any), whether that was a reservation's run and the
+    service's heartbeat as read once the slot was held; waits, gives way or gives up as told."""
     name = lock_name(service)
     took_over: str | None = None
     delay = 0.2
@@ -351,13 +385,14 @@ def _acquire(
         if lease is None:
             took_over = _free_dead_holder(client, service, stale_after, run_id) or took_over
         else:
-            found = reservation(client, service, run_id, stale_after)
+            beat = read_heartbeat(client, service)
+            found = reservation(client, beat, run_id, stale_after)
             if found is None:
-                return lease, took_over, False
+                return lease, took_over, False, beat
             holder, alive = found
             verdict = (reserved(holder) if reserved is not None else "wait") if alive else "take"
             if verdict == "take":
-                return lease, _take_reserved(client, service, holder), True
+                return lease, _take_reserved(client, service, holder), True, None
             client.release_concurrency_slots_with_lease(lease)
             if verdict == "give way":
                 raise GaveWay(f"run {holder}, waiting for approval, reserves {service} and wins over this run",
