@@ -156,14 +156,46 @@ def admin_key(lay: Layout) -> tuple[str, str]:
     return made
 
 
+# Ports picked for servers come from below the kernel's ephemeral range: a port inside it that was free
+# when picked can be taken by an outgoing connection's local end before the server binds it (seen: a test
+# session's Prefect server that could not bind its port). Above the usual fixed ports (4200, 4566, 5000).
+PICK_FLOOR = 20000
+_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _pickable() -> range | None:
+    """The ports between PICK_FLOOR and the ephemeral range's start (None: the kernel leaves too few)."""
+    try:
+        low = int(_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return range(PICK_FLOOR, low) if low - PICK_FLOOR >= 1000 else None
+
+
 def free_ports(count: int) -> list[int]:
-    """COUNT distinct free ports on loopback, bound together so the kernel cannot hand one out twice
-    (a port asked for after another was let go may be that same port again)."""
+    """COUNT distinct free ports on loopback, picked at random below the ephemeral range (see PICK_FLOOR) and
+    bound together while picked, so none is handed out twice; the kernel's own choice where that range is
+    too small."""
+    pickable = _pickable()
+    rng = secrets.SystemRandom()
     with contextlib.ExitStack() as held:
-        socks = [held.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
+        ports: list[int] = []
+        for _ in range(50 * count):
+            if len(ports) == count:
+                break
+            port = 0 if pickable is None else rng.choice(pickable)
+            if port in ports:
+                continue
+            sock = held.enter_context(socket.socket())
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use
+                continue
+            ports.append(int(sock.getsockname()[1]))
+        if len(ports) < count:
+            raise SandboxError(f"found {len(ports)} of {count} free ports on 127.0.0.1 between {PICK_FLOOR} and "
+                               "the ephemeral range; stop what holds them and try again")
+        return ports
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+
+from sandbox.engine import SandboxError
+from sandbox.layout import free_ports
 
 from .world import log
 
@@ -72,9 +74,10 @@ class DockerRuntime:
         """A loopback port nobody listens on, never handed out twice while in use."""
         with self._lock:
             for _ in range(50):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                    s.bind(("127.0.0.1", 0))
-                    port = int(s.getsockname()[1])
+                try:
+                    (port,) = free_ports(1)  # below the ephemeral range: no outgoing connection takes it first
+                except SandboxError:
+                    break
                 if port not in self._ports:
                     self._ports.add(port)
                     return port

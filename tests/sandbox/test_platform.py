@@ -7,6 +7,7 @@ tested on a separate sandbox with its own state dir and ports.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shutil
@@ -21,7 +22,7 @@ import pytest
 
 from sandbox import engine, procs
 from sandbox.identities import DEPLOY_USER
-from sandbox.layout import ENV_KEYS, REPO, free_ports
+from sandbox.layout import ENV_KEYS, PICK_FLOOR, REPO, free_ports
 from sandbox.manage import load_env
 
 CLI = [sys.executable, "-m", "sandbox"]
@@ -185,6 +186,27 @@ def test_long_state_dirs_put_the_docker_socket_under_run() -> None:
     moved = engine.own_socket(long)
     assert str(moved).startswith("/run/ecs-pipeline/") and len(str(moved)) < 108
     assert len(str(engine.exec_root(long))) < 40
+
+
+def test_picked_ports_are_free_distinct_and_below_the_kernels_ephemeral_range() -> None:
+    """A port picked inside the ephemeral range can become an outgoing connection's local end before the
+    server binds it (a test session's Prefect server once could not bind its port): picked ports sit
+    between PICK_FLOOR and that range, and ports other listeners hold are never picked."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    with contextlib.ExitStack() as held:
+        taken = set()
+        for port in range(PICK_FLOOR, low, 31):  # about 400 of the range's ports held by listeners
+            sock = held.enter_context(socket.socket())
+            with contextlib.suppress(OSError):
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+                taken.add(port)
+        picked = [free_ports(25) for _ in range(20)]
+    assert len(taken) > 300
+    every = [port for ports in picked for port in ports]
+    assert all(PICK_FLOOR <= port < low for port in every), (min(every), max(every))
+    assert not taken & set(every), sorted(taken & set(every))
+    assert all(len(set(ports)) == 25 for ports in picked)
 
 
 @pytest.mark.timeout(600)  # a second Prefect server starts slowly on a busy 2-core machine
