@@ -158,7 +158,8 @@ def test_a_holder_beats_without_reading_its_heartbeat_and_learns_at_once_that_an
     """A beat renews the lease and writes the heartbeat: two calls. The heartbeat is read only when Prefect
     answers the renewal 410 Gone: a lease that ran out while the heartbeat still names it keeps the service;
     a lease revoked by a run that found the holder stale, and a heartbeat naming that run, end the hold.
-    The slot's limit is made by the first run that finds none, and not looked up by the runs after it."""
+    A heartbeat deleted from outside is made again at the next beat. The slot's limit is made by the first
+    run that finds none, and not looked up by the runs after it."""
     service = f"lock-{uuid.uuid4().hex[:8]}"
     variable, limit = f"/api/variables/name/{heartbeat_name(service)}", "/api/v2/concurrency_limits/"
     upstream = os.environ["PREFECT_API_URL"].removesuffix("/api")
@@ -177,7 +178,14 @@ def test_a_holder_beats_without_reading_its_heartbeat_and_learns_at_once_that_an
             assert beats[("PATCH", variable)] == renewals, beats
             assert beats[("GET", variable)] == 0, beats
 
-            with get_client(sync_client=True) as client:  # the lease runs out; the heartbeat is still the holder's
+            with get_client(sync_client=True) as client:
+                client.delete_variable_by_name(heartbeat_name(service))  # from outside: the next beat makes it
+                until = time.monotonic() + 3
+                while (read_heartbeat(client, service) or {}).get("lease") != lease:
+                    assert time.monotonic() < until, "the heartbeat was not made again"
+                    time.sleep(0.1)
+
+                # The lease runs out while the heartbeat is still the holder's.
                 client.release_concurrency_slots_with_lease(UUID(lease))
                 before = Counter(weather.routes)
                 time.sleep(2.5)
