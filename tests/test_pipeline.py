@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.pipeline import deploy_service
-from harness.faults import prefect_api_headers, serving_versions
+from harness.faults import prefect_api_headers, serving_versions, wait_until
 from harness.git import git
 from harness.services import ServiceUnderTest, aws, refuse_next_call
 from tasks.core.report import artifact_key
@@ -178,13 +178,26 @@ def test_rerun_after_failure_resumes_without_repeating(live: tuple[ServiceUnderT
     assert serving_versions(service) == {"refused"}
 
 
+def task_times(run_id: Any, last: str) -> list[tuple[str, Any, Any]]:
+    """(name, start, end) of RUN_ID's task runs, once the server has recorded one whose name starts with
+    LAST and every one's end (task runs are recorded from events, a moment after they happen)."""
+
+    def recorded() -> list[tuple[str, Any, Any]] | None:
+        with get_client(sync_client=True) as client:
+            tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        times = [(t.name, t.start_time, t.end_time) for t in tasks]
+        done = any(name.startswith(last) for name, _, _ in times) and all(s and e for _, s, e in times)
+        return times if done else None
+
+    found: list[tuple[str, Any, Any]] = wait_until(recorded, 30, f"the task runs of {run_id}")
+    return found
+
+
 def test_second_run_for_the_same_service_waits(service: ServiceUnderTest) -> None:
     states: dict[str, Any] = {}
-    finished: dict[str, float] = {}
 
     def run(key: str) -> None:
         states[key] = deploy(service.name)
-        finished[key] = time.monotonic()
 
     first = threading.Thread(target=run, args=("a",))
     second = threading.Thread(target=run, args=("b",))
@@ -199,8 +212,12 @@ def test_second_run_for_the_same_service_waits(service: ServiceUnderTest) -> Non
     # Had they raced, both would have built and deployed v1. The one that waited for the
     # slot finds it live, or gives way to the run created after it (same SHA).
     assert outcome_of(states[other]) in ("No change", "Superseded"), states[other]
-    if outcome_of(states[other]) == "No change":
-        assert finished[other] >= finished[deployed[0]]  # it waited for the slot, then found v1 live
+    if outcome_of(states[other]) == "No change":  # it waited for the slot, then found v1 live: its first
+        # step started after the release's last step under the slot ended (task runs as the server recorded
+        # them; when each thread returned says nothing of it: a run's ending outlasts its final state)
+        released = max(end for _, _, end in task_times(states[deployed[0]].state_details.flow_run_id, "teardown"))
+        looked = min(start for _, start, _ in task_times(states[other].state_details.flow_run_id, "detect"))
+        assert looked >= released, (looked, released)
     assert len(service.revisions()) == 1, "one build, one registration: the two never raced"
 
 
