@@ -21,7 +21,7 @@ from tasks.core.settings import Settings
 from tasks.core.waits import Aborted, abort_when
 from tasks.release.approval import check_approval_window
 from tasks.release.fleet_plan import child_created
-from tasks.release.locks import GaveWay, Reserved, StopWatch, service_lock
+from tasks.release.locks import GaveWay, LooseLimit, Reserved, StopWatch, service_lock
 from tasks.release.manifest import deployed_entry, record_release_manifest
 from tasks.release.outcome import conclude, final_state, flow_run_name, outcome_of, quiet_expected_failures
 from tasks.release.permission_preflight import Verdict, asked_ahead
@@ -72,6 +72,9 @@ def deploy_service(
                                   Request(sha, force, allow_older, task_definition or None), permissions)
     except GaveWay as exc:
         return final_state("Superseded", f"by run {exc.holder}, waiting for approval of a newer commit")
+    except LooseLimit as exc:  # another run releases the service: refused before any change
+        get_run_logger().error("Failed: %s", exc)
+        return final_state("Failed", str(exc))
 
 
 def locked_release(

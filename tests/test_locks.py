@@ -20,12 +20,13 @@ import certifi
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate, VariableCreate, VariableUpdate
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_SSL_CERT_FILE, temporary_settings
 from prefect.states import Cancelling, Running
 
 from sandbox.prefect_weather import PrefectWeather
+from tasks.core.errors import DeployError
 from tasks.release import locks
 from tasks.release.locks import (
     RunStates,
@@ -200,6 +201,7 @@ def test_a_holder_beats_without_reading_its_heartbeat_and_learns_at_once_that_an
                 assert lines.get(timeout=5).strip() == "LOST"
                 assert proc.wait(timeout=30) == 0
                 assert read_heartbeat(client, service) == taker, "the holder leaves the taker's heartbeat alone"
+                client.delete_variable_by_name(heartbeat_name(service))  # the taker's release ends
 
             before = Counter(weather.routes)
             proc, lines = start_watcher(service, weather.url)  # the limit exists now: asked once, not read
@@ -229,6 +231,33 @@ def start_watcher(service: str, api: str) -> tuple[subprocess.Popen[str], queue.
 
     threading.Thread(target=read, daemon=True).start()
     return proc, lines
+
+
+def test_a_disabled_or_widened_limit_is_refused_while_another_run_holds_the_service() -> None:
+    """A limit a person disabled, or gave a second slot, hands the slot to a second run while the first
+    releases: the second sees the first's fresh heartbeat, reads the limit and stops, naming the fix."""
+    service = f"lock-{uuid.uuid4().hex[:8]}"
+    name = lock_name(service)
+    proc, holder = start_holder(service)
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active=False))
+            with pytest.raises(DeployError, match=f"{name} is disabled") as disabled:
+                take(service)
+            assert holder in str(disabled.value) and f"prefect gcl enable {name}" in str(disabled.value)
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active=True, limit=2))
+            with pytest.raises(DeployError, match="set to 2 slots") as widened:
+                take(service)
+            assert f"prefect gcl update {name} --limit 1" in str(widened.value)
+            limit = client.read_global_concurrency_limit_by_name(name)
+            assert limit.active_slots == 1, "the refused run gave its slot back"
+            beat = read_heartbeat(client, service)
+            assert beat is not None and beat["run"] == holder, "the holder keeps the service"
+            assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        cleanup(service)
 
 
 def test_two_live_holders_never_overlap() -> None:

@@ -282,6 +282,10 @@ class ServiceBusy(DeployError):
     """Another live run holds the service's release slot, and this one would not wait longer."""
 
 
+class LooseLimit(DeployError):
+    """The service's concurrency limit no longer keeps one release at a time (disabled, or widened)."""
+
+
 class GaveWay(DeployError):
     """The run gave way to a suspended run that reserves the service (its commit wins: this one is pointless)."""
 
@@ -343,6 +347,8 @@ def service_lock(
         log.info("waiting for the deploy slot of %s", service)
         lease, took_over, reservation_of, beat = _acquire(client, service, run_id, stale_after, reserved,
                                                           deadline, give_up_after)
+        if _live_other(beat, run_id, stale_after):
+            _refuse_loose_limit(client, service, lease)
         # A free slot with a stale heartbeat: the holder died and Prefect's lease ran out first.
         dead = _free_if_stale(client, service, beat, stale_after, run_id)
         took_over = took_over or dead
@@ -369,6 +375,29 @@ def service_lock(
         stop.set()
         keeper.join(timeout=10)
         _let_go(held, suspended)
+
+
+def _live_other(beat: dict[str, Any] | None, run_id: str | None, stale_after: float) -> bool:
+    """Whether BEAT, read once this run got the slot, is another run's live hold (not a reservation)."""
+    return (beat is not None and not beat.get("suspended") and str(beat.get("run") or "") != str(run_id)
+            and time.time() - float(beat.get("at", 0)) < stale_after)
+
+
+def _refuse_loose_limit(client: SyncPrefectClient, service: str, lease: UUID) -> None:
+    """The slot was given while another run's heartbeat is fresh: its lease ran out (Prefect's 60 s while its
+    beats failed; it goes on as before), or the limit no longer keeps one run at a time (disabled, or more
+    than one slot), and this run would release beside it: refused, changing nothing."""
+    name = lock_name(service)
+    limit = client.read_global_concurrency_limit_by_name(name)
+    if limit.active and limit.limit == 1:
+        return
+    client.release_concurrency_slots_with_lease(lease)
+    fix = f"prefect gcl enable {name}" if not limit.active else f"prefect gcl update {name} --limit 1"
+    raise LooseLimit(
+        f"the Prefect concurrency limit {name} is "
+        f"{'disabled' if not limit.active else f'set to {limit.limit} slots'}, so it no longer keeps one "
+        f"release of {service} at a time, and {holder_text(client, service)} is releasing it now; changed "
+        f"nothing. Run `{fix}` and start this release again", service=service)
 
 
 def _acquire(
