@@ -72,9 +72,8 @@ def deploy_service(
                                   Request(sha, force, allow_older, task_definition or None), permissions)
     except GaveWay as exc:
         return final_state("Superseded", f"by run {exc.holder}, waiting for approval of a newer commit")
-    except LooseLimit as exc:  # another run releases the service: refused before any change
-        get_run_logger().error("Failed: %s", exc)
-        return final_state("Failed", str(exc))
+    except LooseLimit as exc:  # another run releases the service: refused before any change, reported as one
+        return stopped_by(exc, summary)
 
 
 def locked_release(

@@ -19,16 +19,20 @@ from typing import Any
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.pipeline import deploy_service
-from harness.faults import prefect_api_headers, serving_versions, wait_until
+from harness.faults import image_count, prefect_api_headers, serving_versions, wait_until
 from harness.git import git
 from harness.services import ServiceUnderTest, aws, refuse_next_call
 from tasks.core.report import artifact_key
 from tasks.core.settings import Settings
+from tasks.release.locks import lock_name
 from tasks.release.outcome import outcome_of
+from tests.test_locks import cleanup as cleanup_lock
+from tests.test_locks import start_holder
 
 
 @pytest.fixture
@@ -191,6 +195,33 @@ def task_times(run_id: Any, last: str) -> list[tuple[str, Any, Any]]:
 
     found: list[tuple[str, Any, Any]] = wait_until(recorded, 30, f"the task runs of {run_id}")
     return found
+
+
+def test_a_release_beside_a_running_one_under_a_disabled_limit_fails_changing_nothing(
+    service: ServiceUnderTest,
+) -> None:
+    """A person disabled the service's deploy limit while a run holds the service: the next release gets a
+    slot anyway, and ends Failed (summary, live view, failed event) before it builds or moves anything."""
+    before = (service.task_sets(), service.revisions(), image_count(service))
+    holder, holder_run = start_holder(service.name)
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_global_concurrency_limit(lock_name(service.name),
+                                                   GlobalConcurrencyLimitUpdate(active=False))
+        state = deploy(service.name)
+        assert outcome_of(state) == "Failed", state
+        assert state.message.startswith(f"Failed: the Prefect concurrency limit {lock_name(service.name)} is "
+                                        "disabled"), state.message
+        assert holder_run in state.message and state.message.endswith("(production unchanged)"), state.message
+        assert "is disabled" in release_artifact(service.name), "the release summary says why"
+        assert "failed" in wait_for_events(service.name, {"failed"})
+        after = (service.task_sets(), service.revisions(), image_count(service))
+        assert after == before, "nothing built, registered or moved"
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        cleanup_lock(service.name)
 
 
 def test_second_run_for_the_same_service_waits(service: ServiceUnderTest) -> None:

@@ -126,7 +126,7 @@ def delete_heartbeat(client: SyncPrefectClient, service: str) -> None:
         client.delete_variable_by_name(heartbeat_name(service))
 
 
-def _try_acquire(client: SyncPrefectClient, name: str, run_id: str | None) -> UUID | None:
+def _try_acquire(client: SyncPrefectClient, name: str) -> UUID | None:
     """The slot's lease, or None while another run holds it. The limit is made on the first ask that finds
     none (Prefect then hands out a lease that holds nothing), not looked up before every ask."""
     for _ in range(2):
@@ -347,15 +347,20 @@ def service_lock(
         log.info("waiting for the deploy slot of %s", service)
         lease, took_over, reservation_of, beat = _acquire(client, service, run_id, stale_after, reserved,
                                                           deadline, give_up_after)
-        if _live_other(beat, run_id, stale_after):
-            _refuse_loose_limit(client, service, lease)
-        # A free slot with a stale heartbeat: the holder died and Prefect's lease ran out first.
-        dead = _free_if_stale(client, service, beat, stale_after, run_id)
-        took_over = took_over or dead
-        held = Held(service, lease, run_id, took_over)
-        # Written over the heartbeat read at the acquire (this run's own reservation, or a live holder's whose
-        # lease ran out); created when there was none, or a dead holder's or a reservation was removed.
-        write_heartbeat(client, held, exists=beat is not None and not dead)
+        try:
+            if _live_other(beat, run_id, stale_after):
+                _refuse_loose_limit(client, service)
+            # A free slot with a stale heartbeat: the holder died and Prefect's lease ran out first.
+            dead = _free_if_stale(client, service, beat, stale_after, run_id)
+            took_over = took_over or dead
+            held = Held(service, lease, run_id, took_over)
+            # Written over the heartbeat read at the acquire (this run's own reservation, or a live holder's
+            # whose lease ran out); created when there was none, or a dead holder's or a reservation was removed.
+            write_heartbeat(client, held, exists=beat is not None and not dead)
+        except BaseException:  # refused, or the API failed: the slot goes back now, not when its lease ends
+            with suppress(Exception):
+                client.release_concurrency_slots_with_lease(lease)
+            raise
     if took_over:
         log.warning("took the deploy slot of %s from run %s, which had %s", service, took_over,
                     "reserved it while waiting for approval" if reservation_of else "stopped")
@@ -383,21 +388,24 @@ def _live_other(beat: dict[str, Any] | None, run_id: str | None, stale_after: fl
             and time.time() - float(beat.get("at", 0)) < stale_after)
 
 
-def _refuse_loose_limit(client: SyncPrefectClient, service: str, lease: UUID) -> None:
+def _refuse_loose_limit(client: SyncPrefectClient, service: str) -> None:
     """The slot was given while another run's heartbeat is fresh: its lease ran out (Prefect's 60 s while its
-    beats failed; it goes on as before), or the limit no longer keeps one run at a time (disabled, or more
-    than one slot), and this run would release beside it: refused, changing nothing."""
+    beats failed; it goes on as before), or the limit no longer keeps one run at a time (disabled, more than
+    one slot, or deleted), and this run would release beside it: LooseLimit, changing nothing."""
     name = lock_name(service)
-    limit = client.read_global_concurrency_limit_by_name(name)
-    if limit.active and limit.limit == 1:
-        return
-    client.release_concurrency_slots_with_lease(lease)
-    fix = f"prefect gcl enable {name}" if not limit.active else f"prefect gcl update {name} --limit 1"
+    try:
+        limit = client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        state, fix = "deleted", f"prefect gcl create {name} --limit 1"
+    else:
+        if limit.active and limit.limit == 1:
+            return
+        state, fix = (("disabled", f"prefect gcl enable {name}") if not limit.active else
+                      (f"set to {limit.limit} slots", f"prefect gcl update {name} --limit 1"))
     raise LooseLimit(
-        f"the Prefect concurrency limit {name} is "
-        f"{'disabled' if not limit.active else f'set to {limit.limit} slots'}, so it no longer keeps one "
-        f"release of {service} at a time, and {holder_text(client, service)} is releasing it now; changed "
-        f"nothing. Run `{fix}` and start this release again", service=service)
+        f"the Prefect concurrency limit {name} is {state}, so it no longer keeps one release of {service} at a "
+        f"time, and {holder_text(client, service)} is releasing it now; changed nothing. Run `{fix}` and start "
+        "this release again", service=service)
 
 
 def _acquire(
@@ -410,7 +418,7 @@ def _acquire(
     took_over: str | None = None
     delay = 0.2
     while True:
-        lease = _try_acquire(client, name, run_id)
+        lease = _try_acquire(client, name)
         if lease is None:
             took_over = _free_dead_holder(client, service, stale_after, run_id) or took_over
         else:
