@@ -24,14 +24,14 @@ import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
-from harness.services import ROOT, ServiceUnderTest, aws
+from harness.services import HTTP, ROOT, ServiceUnderTest, aws
 
 PIPELINE_AGENT = "ecs-pipeline"  # the User-Agent part of every pipeline boto3 client
 
 
 def control(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     url = f"{os.environ['AWS_ENDPOINT_URL']}{path}"
-    resp = httpx.request(method, url, json=body, timeout=10)
+    resp = HTTP.request(method, url, json=body, timeout=10)
     resp.raise_for_status()
     return dict(resp.json())
 
@@ -184,7 +184,7 @@ def events(service: str) -> list[tuple[str, dict[str, Any]]]:
     """(name after ecs-pipeline.deploy., payload) of the service's events, as automations see them."""
     body = {"filter": {"any_resource": {"id": [f"ecs-pipeline.service.{service}"]},
                        "occurred": {"since": "2000-01-01T00:00:00Z"}}, "limit": 50}
-    found = httpx.post(f"{os.environ['PREFECT_API_URL']}/events/filter", json=body, timeout=10,
+    found = HTTP.post(f"{os.environ['PREFECT_API_URL']}/events/filter", json=body, timeout=10,
                        headers=prefect_api_headers()).json()["events"]
     return [(e["event"].removeprefix("ecs-pipeline.deploy."), e.get("payload") or {}) for e in found]
 

@@ -24,7 +24,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from harness.services import free_port
+from harness.services import HTTP, free_port
 from tasks.config.models import ServiceConfig
 from tasks.release.permissions import Scope, build_policy, deploy_policy
 
@@ -37,7 +37,7 @@ Client = Callable[[str], Any]
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return HTTP.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -136,5 +136,5 @@ def refused(call: Callable[[], Any]) -> ClientError:
 
 def requests_seen(endpoint: str, since: int, match: str) -> list[dict[str, Any]]:
     """The AWS calls the sandbox at ENDPOINT answered after SINCE whose text matches MATCH."""
-    found = httpx.get(f"{endpoint}/_sandbox/requests", params={"since": since, "match": match}, timeout=10).json()
+    found = HTTP.get(f"{endpoint}/_sandbox/requests", params={"since": since, "match": match}, timeout=10).json()
     return list(found["requests"])

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,13 @@ def free_port() -> int:
 
 
 _AWS: dict[tuple[str, ...], Any] = {}
-# One trust store for every probe of production, and a new connection per probe (as httpx.get opens): a
-# kept-alive connection would hold a probe to the target its first request reached.
-_HTTP = httpx.Client(timeout=5, limits=httpx.Limits(max_keepalive_connections=0))
+# One client for every plain HTTP call of the harness (probes of production, the sandbox's control endpoints,
+# the Prefect API's): httpx.get builds a client per call, and with it a TLS context from the CA bundle, about
+# 20 ms of CPU even for http:// (a poll every 0.1 s spent a fifth of a core on it). A new connection per call
+# (as httpx.get opens): a kept-alive connection would hold a probe to the target its first request reached.
+# It keeps no cookie either, as httpx.get does not: no call carries what an earlier one was given.
+HTTP = httpx.Client(timeout=5, limits=httpx.Limits(max_keepalive_connections=0),
+                    cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])))
 
 
 def aws(service: str) -> Any:
@@ -85,7 +90,7 @@ class ServiceUnderTest:
         return load_service(self.yaml_path)
 
     def get(self, path: str = "/") -> httpx.Response:
-        return _HTTP.get(self.prod_url + path)
+        return HTTP.get(self.prod_url + path)
 
     def task_sets(self) -> list[dict[str, Any]]:
         cfg = self.cfg
@@ -188,7 +193,7 @@ def set_checks(sut: ServiceUnderTest, **fields: Any) -> None:
 
 def refuse_next_call(operation: str, code: str, match: str, service: str = "ecs") -> None:
     """Make the sandbox answer the next matching call with a permanent AWS error."""
-    httpx.post(
+    HTTP.post(
         f"{aws(service).meta.endpoint_url}/_sandbox/faults",
         json={"service": service, "operation": operation, "code": code, "status": 400,
               "message": "not allowed", "count": 1, "match": match},

@@ -305,6 +305,9 @@ def _cpu_seconds() -> float:
     return total
 
 
+_COUNTER: list[Any] = []  # one Prefect client for the diagnostic: building one costs about 20 ms of CPU
+
+
 def _flow_runs() -> int | None:
     """Flow runs on this session's Prefect server so far (releases, fleets, polls), or None without one."""
     from prefect.client.orchestration import get_client
@@ -312,8 +315,9 @@ def _flow_runs() -> int | None:
     if not os.environ.get("PREFECT_API_URL"):
         return None  # get_client() would start an ephemeral server of its own, for every test
     try:
-        with get_client(sync_client=True) as client:
-            return client.count_flow_runs()
+        if not _COUNTER:
+            _COUNTER.append(get_client(sync_client=True).__enter__())
+        return int(_COUNTER[0].count_flow_runs())
     except Exception:  # noqa: BLE001 - a diagnostic: no server, no count
         return None
 
@@ -321,7 +325,8 @@ def _flow_runs() -> int | None:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     """With ECS_PIPELINE_TESTS_CPU=FILE, one line per test: CPU-seconds (see _cpu_seconds), wall seconds, the
-    flow runs it made (``-`` without a Prefect server) and its node id.
+    flow runs it made (``-`` without a Prefect server), the xdist worker, when it started (Unix time) and its
+    node id.
 
     The suite is bound by its two cores, not by its waits: MODULE_SECONDS orders by wall time, and this
     says which modules cost the machine. Box builds' engines and dockerd are not counted. A release costs
@@ -331,12 +336,13 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if not where:
         yield
         return
-    runs, cpu, wall = _flow_runs(), _cpu_seconds(), time.monotonic()
+    runs, cpu, wall, began = _flow_runs(), _cpu_seconds(), time.monotonic(), time.time()
     yield
     cpu, wall, after = _cpu_seconds() - cpu, time.monotonic() - wall, _flow_runs()
     made = "-" if runs is None or after is None else str(after - runs)
     with open(where, "a") as out:
-        out.write(f"{cpu:.2f} {wall:.2f} {made} {item.nodeid}\n")
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "-")
+        out.write(f"{cpu:.2f} {wall:.2f} {made} {worker} {began:.1f} {item.nodeid}\n")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -44,10 +44,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from botocore.exceptions import ClientError
 
+from harness.services import HTTP
 from sandbox.controller.cloudwatch import Stat, parse_stat, statistic
 
 SLOW_MS = 300
@@ -90,7 +90,7 @@ def test_statistics_use_counts_and_refuse_what_cloudwatch_refuses() -> None:
 
 def _get(url: str) -> tuple[int, str, float]:
     started = time.monotonic()
-    answer = httpx.get(url, timeout=10)
+    answer = HTTP.get(url, timeout=10)
     return answer.status_code, answer.text, time.monotonic() - started
 
 
@@ -127,7 +127,7 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             time.sleep(0.1)
     while "green" not in _get(sut.prod_url + "/")[1]:  # the listener change serves once it has propagated
         assert time.monotonic() < deadline, "the weighted forward never served green"
-    minute = 60 / float(httpx.get(f"{aws('cloudwatch').meta.endpoint_url}/_sandbox/state").json()["timeScale"])
+    minute = 60 / float(HTTP.get(f"{aws('cloudwatch').meta.endpoint_url}/_sandbox/state").json()["timeScale"])
     time.sleep(minute - time.time() % minute + 0.01)  # the probes above stay in minutes before the window
     start = time.time()
     with concurrent.futures.ThreadPoolExecutor(12) as pool:

@@ -16,14 +16,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
-import httpx
 import pytest
 import yaml
 
 from flows.fleet import release_fleet
 from harness.faults import Load, version_of
 from harness.fleet_repo import commit
-from harness.services import ServiceUnderTest, aws
+from harness.services import HTTP, ServiceUnderTest, aws
 from tests.test_fleet_order_release import deployments, fleet_rows, run_times, shared_fleet
 
 
@@ -65,7 +64,7 @@ def loads(fleet: dict[str, Any]) -> dict[str, Load]:
 def serving(fleet: dict[str, Any], name: str) -> str:
     """The version production answers with; a broken one's 500 ("sample-app v3: broken") is no version."""
     url = next(s["production"] for s in fleet["services"] if s["name"] == name)
-    resp = httpx.get(url + "/", timeout=5)
+    resp = HTTP.get(url + "/", timeout=5)
     return str(version_of(resp.text)) if resp.status_code == 200 else f"{resp.status_code} {resp.text.strip()}"
 
 

@@ -16,11 +16,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from flows.cli import main
 from flows.pipeline import deploy_service
+from harness.services import HTTP
 from tasks.config.appspec import PLACEHOLDER_ARN
 from tasks.config.models import appspec_for, load_all_services
 from tasks.core.errors import ConfigError
@@ -74,7 +74,7 @@ def test_odd_but_valid_inputs_load(case: str) -> None:
 
 
 def sandbox(path: str) -> Any:
-    response = httpx.get(f"{os.environ['AWS_ENDPOINT_URL']}{path}", timeout=10)
+    response = HTTP.get(f"{os.environ['AWS_ENDPOINT_URL']}{path}", timeout=10)
     response.raise_for_status()
     return response.json()
 
@@ -87,7 +87,7 @@ def assert_nothing_changed(since: int, repository: str) -> None:
     calls = sandbox(f"/_sandbox/requests?since={since}")["requests"]
     assert [c for c in calls if c["mutating"]] == [], "a refused input made no mutating AWS call"
     assert [c for c in calls if c["service"] == "ecr"] == [], "nor asked ECR anything"
-    tags = httpx.get(f"http://{os.environ['SANDBOX_REGISTRY']}/v2/{repository}/tags/list", timeout=10)
+    tags = HTTP.get(f"http://{os.environ['SANDBOX_REGISTRY']}/v2/{repository}/tags/list", timeout=10)
     assert tags.status_code == 404, "no image was pushed"
 
 

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
@@ -17,7 +16,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.pipeline import deploy_service
 from harness.browser import in_first_viewport, ui_page, ui_url
-from harness.services import ServiceUnderTest, aws, refuse_next_call
+from harness.services import HTTP, ServiceUnderTest, aws, refuse_next_call
 from tasks.release.outcome import outcome_of
 
 
@@ -28,7 +27,7 @@ def with_buildspec(sut: ServiceUnderTest, buildspec: Any) -> None:
 
 
 def request_log(since: int) -> dict[str, Any]:
-    answer = httpx.get(f"{os.environ['AWS_ENDPOINT_URL']}/_sandbox/requests", params={"since": since}, timeout=10)
+    answer = HTTP.get(f"{os.environ['AWS_ENDPOINT_URL']}/_sandbox/requests", params={"since": since}, timeout=10)
     answer.raise_for_status()
     return dict(answer.json())
 

@@ -15,12 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from flows.pipeline import deploy_service
 from harness.faults import event_payloads
-from harness.services import ROOT, ServiceUnderTest, aws, edit_config, make_service, seed_serving, set_checks
+from harness.services import HTTP, ROOT, ServiceUnderTest, aws, edit_config, make_service, seed_serving, set_checks
 from tasks.config import appspec as appspec_mod
 from tasks.config.models import appspec_for
 from tasks.release.outcome import outcome_of
@@ -178,7 +177,7 @@ def test_failed_test_listener_check_stops_before_production_moves(deployments_di
 
 def httpx_get(url: str) -> str:
 
-    return httpx.get(url, timeout=5).text
+    return HTTP.get(url, timeout=5).text
 
 
 def test_alarm_during_the_canary_rolls_back(deployments_dir: Path) -> None:

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
+from harness.services import HTTP
 from sandbox.layout import free_ports
 from tasks.aws.clients import AwsClients
 from tasks.aws.ecr import ensure_repository, find_image_digest, registry_auth
@@ -27,7 +28,7 @@ from tasks.core.settings import DEFAULT_MAX_ATTEMPTS, Settings
 
 def _answers(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=2).status_code == 200
+        return HTTP.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import ValidationError
 
 from flows.pipeline import deploy_service
-from harness.services import ServiceUnderTest, aws, edit_config, make_service, seed_serving, set_traffic
+from harness.services import HTTP, ServiceUnderTest, aws, edit_config, make_service, seed_serving, set_traffic
 from tasks.config.models import ServiceConfig
 from tasks.release.outcome import outcome_of
 from tests.test_codedeploy import watching
@@ -41,12 +40,12 @@ def sut(native_service: ServiceUnderTest, monkeypatch: pytest.MonkeyPatch,
 def calls_since(since: int, match: str) -> list[str]:
     """Operations the sandbox answered after sequence number SINCE whose body names MATCH."""
     endpoint = aws("ecs").meta.endpoint_url
-    found = httpx.get(f"{endpoint}/_sandbox/requests", params={"since": since, "match": match}).json()
+    found = HTTP.get(f"{endpoint}/_sandbox/requests", params={"since": since, "match": match}).json()
     return [r["operation"] for r in found["requests"]]
 
 
 def last_call() -> int:
-    return int(httpx.get(f"{aws('ecs').meta.endpoint_url}/_sandbox/requests", params={"since": 0}).json()["last"])
+    return int(HTTP.get(f"{aws('ecs').meta.endpoint_url}/_sandbox/requests", params={"since": 0}).json()["last"])
 
 
 def target_task_definition(dep: dict[str, Any]) -> str:

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
@@ -27,7 +26,7 @@ from flows.fleet import release_fleet
 from flows.webhook import create_app
 from harness.fleet_repo import base_yaml, commit, monorepo, remove_fleet
 from harness.git import git
-from harness.services import aws
+from harness.services import HTTP, aws
 from sandbox.seed_fleet import seed_fleet
 from tasks.config.models import load_all_services, parse_service
 from tasks.core.errors import ConfigError
@@ -155,8 +154,8 @@ def test_a_monorepo_push_starts_one_fleet_run_once(fleet: dict[str, Any]) -> Non
         for _ in range(2):  # a second receiver gets the same delivery: still one run
             app = create_app(services, WebhookSecrets({"github": SECRET}), starter)
             with serving(app) as url:
-                answers.append(httpx.post(f"{url}/webhook/github", content=raw, headers=headers, timeout=10))
-                again = httpx.post(f"{url}/webhook/github", content=raw, headers=headers, timeout=10)
+                answers.append(HTTP.post(f"{url}/webhook/github", content=raw, headers=headers, timeout=10))
+                again = HTTP.post(f"{url}/webhook/github", content=raw, headers=headers, timeout=10)
                 assert again.json()["duplicate"] is True
             starter = PrefectRunStarter(f"deploy-service/t-{tag}", fleet_deployment=f"release-fleet/t-{tag}")
         assert [a.status_code for a in answers] == [202, 202]
@@ -204,7 +203,7 @@ def test_broken_service_rolls_back_the_others_deploy_and_stop_holds_later_waves(
     for name in good:
         assert rows[name]["state"] == "Deployed", rows[name]
     for svc in fleet["services"][1:]:
-        assert "v1" in httpx.get(svc["production"], timeout=5).text
+        assert "v1" in HTTP.get(svc["production"], timeout=5).text
     digests = {aws("ecr").describe_images(repositoryName=n.lower())["imageDetails"][0]["imageDigest"] for n in good}
     assert len(digests) == 1, f"one image build for the four good copies, shared by digest: {digests}"
 
@@ -215,8 +214,8 @@ def test_broken_service_rolls_back_the_others_deploy_and_stop_holds_later_waves(
     assert rows[broken]["state"] == "Rolled back" and rows[names[1]]["state"] == "Deployed"
     assert {rows[n]["outcome"] for n in names[2:]} == {"held"}
     assert {rows[n]["sha"] for n in names} == {sha}
-    assert "v2" in httpx.get(fleet["services"][1]["production"], timeout=5).text
-    assert "v1" in httpx.get(fleet["services"][2]["production"], timeout=5).text  # held: untouched
+    assert "v2" in HTTP.get(fleet["services"][1]["production"], timeout=5).text
+    assert "v1" in HTTP.get(fleet["services"][2]["production"], timeout=5).text  # held: untouched
     with get_client(sync_client=True) as client:
         fleet_run = FlowRunFilter(id=FlowRunFilterId(any_=[held.state_details.flow_run_id]))
         artifacts = client.read_artifacts(flow_run_filter=fleet_run)

@@ -17,13 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, FlowRunFilterParentFlowRunId
 
 from harness.fleet_repo import base_yaml, commit, monorepo, remove_fleet
-from harness.services import ROOT
+from harness.services import HTTP, ROOT
 from sandbox.prefect_weather import PrefectWeather, Refusal
 from sandbox.seed_fleet import seed_fleet
 from tasks.release.outcome import outcome_of
@@ -82,7 +81,7 @@ def test_twenty_services_deploy_through_503_502_and_429_from_the_prefect_api(
     assert sorted(r.parameters["service"] for r in runs) == names, "one run per service, none twice"
     assert {outcome_of(r.state) for r in runs} == {"Deployed"}, sorted((r.name, r.state.message) for r in runs)
     for svc in twenty["services"]:
-        assert "v2" in httpx.get(svc["production"], timeout=5).text, svc["name"]
+        assert "v2" in HTTP.get(svc["production"], timeout=5).text, svc["name"]
 
 
 def test_a_service_whose_run_the_orchestrator_fails_gets_its_own_line_and_the_others_deploy(
@@ -90,7 +89,7 @@ def test_a_service_whose_run_the_orchestrator_fails_gets_its_own_line_and_the_ot
 ) -> None:
     first, lost = (s["name"] for s in twenty["services"][:2])
     by_service = {s["name"]: s for s in twenty["services"]}
-    untouched = httpx.get(by_service[lost]["production"], timeout=5).text  # what it serves before this fleet
+    untouched = HTTP.get(by_service[lost]["production"], timeout=5).text  # what it serves before this fleet
     sha = commit(twenty["repo"], "v3")
     upstream = os.environ["PREFECT_API_URL"].removesuffix("/api")
     log = tmp_path / "fleet.log"
@@ -104,7 +103,7 @@ def test_a_service_whose_run_the_orchestrator_fails_gets_its_own_line_and_the_ot
     assert "Fleet failed: 1 of 2 deployed or unchanged; failed: " + lost in output, output[-4000:]
     assert f"{lost} failed (Crashed: the Prefect API failed this release's run: " in output, output[-4000:]
     assert "500 Internal Server Error" in output and f"reconciled by the next release of {lost}" in output
-    assert "v3" in httpx.get(by_service[first]["production"], timeout=5).text, first
-    assert httpx.get(by_service[lost]["production"], timeout=5).text == untouched, "nothing of it moved"
+    assert "v3" in HTTP.get(by_service[first]["production"], timeout=5).text, first
+    assert HTTP.get(by_service[lost]["production"], timeout=5).text == untouched, "nothing of it moved"
     runs = children_of(f"fleet {first},{lost} @{sha[:7]}")
     assert [r.parameters["service"] for r in runs] == [first], "no run of the refused one"

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from botocore.exceptions import ClientError
 
@@ -40,7 +39,7 @@ from harness.iam import (
     refused,
     seeding_env,
 )
-from harness.services import ServiceUnderTest, edit_config, make_service, seed_serving
+from harness.services import HTTP, ServiceUnderTest, edit_config, make_service, seed_serving
 from sandbox import seed
 from sandbox.identities import build_role_name
 from tasks.aws.clients import AwsClients
@@ -175,12 +174,12 @@ def rolling(made: Callable[..., ServiceUnderTest], identities: Identities, admin
 # --- what a release asked and was answered ---------------------------------------------------------------------
 
 def last_seq(endpoint: str) -> int:
-    return int(httpx.get(f"{endpoint}/_sandbox/requests", params={"since": 1 << 62}, timeout=10).json()["last"])
+    return int(HTTP.get(f"{endpoint}/_sandbox/requests", params={"since": 1 << 62}, timeout=10).json()["last"])
 
 
 def pipeline_calls(endpoint: str, since: int) -> list[dict[str, Any]]:
     """The calls the pipeline's clients (User-Agent ecs-pipeline/...) made after SINCE, as answered."""
-    found = httpx.get(f"{endpoint}/_sandbox/requests", params={"since": since, "agent": "ecs-pipeline"},
+    found = HTTP.get(f"{endpoint}/_sandbox/requests", params={"since": since, "agent": "ecs-pipeline"},
                       timeout=10).json()
     return list(found["requests"])
 

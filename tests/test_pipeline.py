@@ -26,7 +26,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 from flows.pipeline import deploy_service
 from harness.faults import image_count, prefect_api_headers, serving_versions, wait_until
 from harness.git import git
-from harness.services import ServiceUnderTest, aws, refuse_next_call
+from harness.services import HTTP, ServiceUnderTest, aws, refuse_next_call
 from tasks.core.report import artifact_key
 from tasks.core.settings import Settings
 from tasks.release.locks import lock_name
@@ -94,7 +94,7 @@ def wait_for_events(service: str, wanted: set[str], timeout: float = 20) -> set[
     deadline = time.monotonic() + timeout
     seen: set[str] = set()
     while time.monotonic() < deadline and not wanted <= seen:
-        events = httpx.post(f"{api}/events/filter", json=body, timeout=10,
+        events = HTTP.post(f"{api}/events/filter", json=body, timeout=10,
                             headers=prefect_api_headers()).json()["events"]
         seen = {e["event"].removeprefix("ecs-pipeline.deploy.") for e in events}
         time.sleep(0.5)

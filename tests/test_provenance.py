@@ -24,7 +24,7 @@ from flows.pipeline import deploy_service
 from flows.webhook import create_app
 from harness.faults import prefect_api_headers, serving_versions
 from harness.git import git
-from harness.services import ServiceUnderTest
+from harness.services import HTTP, ServiceUnderTest
 from tasks.core.settings import Settings
 from tasks.release.outcome import outcome_of
 from tasks.triggers.push_runs import PrefectRunStarter
@@ -37,12 +37,12 @@ SECRET = "provenance-test-secret"
 
 
 def request_log_position() -> int:
-    answer = httpx.get(f"{os.environ['AWS_ENDPOINT_URL']}/_sandbox/requests", params={"since": 0}, timeout=10)
+    answer = HTTP.get(f"{os.environ['AWS_ENDPOINT_URL']}/_sandbox/requests", params={"since": 0}, timeout=10)
     return int(answer.json()["last"])
 
 
 def mutating_calls_since(position: int) -> list[str]:
-    answer = httpx.get(f"{os.environ['AWS_ENDPOINT_URL']}/_sandbox/requests", params={"since": position}, timeout=10)
+    answer = HTTP.get(f"{os.environ['AWS_ENDPOINT_URL']}/_sandbox/requests", params={"since": position}, timeout=10)
     return [f"{r['service']}:{r['operation']}" for r in answer.json()["requests"] if r["mutating"]]
 
 
@@ -104,7 +104,7 @@ def started_with_allow_older(service: str) -> bool:
     }
     deadline = time.monotonic() + 20  # events arrive asynchronously
     while time.monotonic() < deadline:
-        events = httpx.post(f"{os.environ['PREFECT_API_URL']}/events/filter", json=body, timeout=10,
+        events = HTTP.post(f"{os.environ['PREFECT_API_URL']}/events/filter", json=body, timeout=10,
                             headers=prefect_api_headers()).json()["events"]
         if any(e["payload"].get("allow_older") is True for e in events):
             return True
@@ -124,7 +124,7 @@ def signed_push(sut: ServiceUnderTest, sha: str) -> tuple[bytes, str]:
 
 def post(url: str, raw: bytes, signature: str) -> httpx.Response:
     headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": signature}
-    return httpx.post(f"{url}/webhook/github", content=raw, headers=headers, timeout=10)
+    return HTTP.post(f"{url}/webhook/github", content=raw, headers=headers, timeout=10)
 
 
 def deliver(url: str, raw: bytes, signature: str) -> str:

@@ -23,6 +23,7 @@ import httpx
 import pytest
 import yaml
 
+from harness.services import HTTP
 from sandbox import seed_fleet
 from sandbox.layout import REPO, free_ports
 from sandbox.manage import load_env
@@ -252,7 +253,7 @@ def _get_when_up(url: str, deadline_s: float = 10) -> httpx.Response:
     deadline = time.monotonic() + deadline_s
     while True:
         try:
-            return httpx.get(url, timeout=2)
+            return HTTP.get(url, timeout=2)
         except httpx.TransportError:
             if time.monotonic() > deadline:
                 raise
@@ -277,7 +278,7 @@ def test_sample_app_answers_per_its_broken_mode(
     )
     try:
         root = _get_when_up(f"http://127.0.0.1:{port}/")
-        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+        health = HTTP.get(f"http://127.0.0.1:{port}/health", timeout=2)
         assert root.status_code == root_status
         assert health.status_code == health_status
         if root_status == 200:
@@ -320,7 +321,7 @@ def test_seeded_service_serves_the_seed_version_through_its_listeners(
     status = 0
     while time.monotonic() < deadline:
         try:
-            answer = httpx.get(f"http://127.0.0.1:{prod}/", timeout=2)
+            answer = HTTP.get(f"http://127.0.0.1:{prod}/", timeout=2)
             status = answer.status_code
             if status == 200:
                 break
@@ -329,4 +330,4 @@ def test_seeded_service_serves_the_seed_version_through_its_listeners(
         time.sleep(0.5)
     assert status == 200, f"production listener on {prod} answered {status}"
     assert answer.text.strip() == "sample-app seed: hello from ecs-pipeline"
-    assert httpx.get(f"http://127.0.0.1:{test}/health", timeout=2).text.strip() == "ok"
+    assert HTTP.get(f"http://127.0.0.1:{test}/health", timeout=2).text.strip() == "ok"
