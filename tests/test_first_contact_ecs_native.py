@@ -70,11 +70,11 @@ def test_a_lagging_current_service_deployment_is_no_false_success(sut: ServiceUn
 
 
 def test_a_linear_release_longer_than_the_rollout_timeout_completes(sut: ServiceUnderTest) -> None:
-    """LINEAR 50 % every 31 minutes: 31 rehearsal-minutes of shifting, beyond timeouts.rollout_seconds (20 s
-    here, 30 rehearsal-minutes' worth at the sandbox's time scale): the wait budget comes from the strategy's own
-    steps, so a healthy release is not rolled back by a fixed timeout."""
-    set_traffic(sut, {"type": "linear", "percent": 50, "interval_seconds": 31 * 60})
-    edit_config(sut, lambda c: c.setdefault("timeouts", {}).__setitem__("rollout_seconds", 20))
+    """LINEAR 50 % every 11 minutes: 11 rehearsal-minutes of shifting (11 s at the sandbox's time scale), beyond
+    timeouts.rollout_seconds (5 s here): the wait budget comes from the strategy's own steps, so a healthy release
+    is not rolled back by a fixed timeout."""
+    set_traffic(sut, {"type": "linear", "percent": 50, "interval_seconds": 11 * 60})
+    edit_config(sut, lambda c: c.setdefault("timeouts", {}).__setitem__("rollout_seconds", 5))
     try:
         sut.commit("v3")
         with weights(sut) as moved:
