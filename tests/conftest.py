@@ -18,6 +18,7 @@ if needed and left running): quicker when iterating on one test file.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import resource
 import shutil
@@ -305,19 +306,20 @@ def _cpu_seconds() -> float:
     return total
 
 
-_COUNTER: list[Any] = []  # one Prefect client for the diagnostic: building one costs about 20 ms of CPU
+@functools.cache
+def _counting_client() -> Any:
+    """One Prefect client for the diagnostic, open until the worker exits: building one costs ~20 ms of CPU."""
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True).__enter__()
 
 
 def _flow_runs() -> int | None:
     """Flow runs on this session's Prefect server so far (releases, fleets, polls), or None without one."""
-    from prefect.client.orchestration import get_client
-
     if not os.environ.get("PREFECT_API_URL"):
         return None  # get_client() would start an ephemeral server of its own, for every test
     try:
-        if not _COUNTER:
-            _COUNTER.append(get_client(sync_client=True).__enter__())
-        return int(_COUNTER[0].count_flow_runs())
+        return int(_counting_client().count_flow_runs())
     except Exception:  # noqa: BLE001 - a diagnostic: no server, no count
         return None
 
@@ -328,9 +330,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     flow runs it made (``-`` without a Prefect server), the xdist worker, when it started (Unix time) and its
     node id.
 
-    The suite is bound by its two cores, not by its waits: MODULE_SECONDS orders by wall time, and this
-    says which modules cost the machine. Box builds' engines and dockerd are not counted. A release costs
-    about 3 CPU-seconds of the whole machine, so the flow-run column says where releases could be shared.
+    A test's wall is mostly waiting (a release's rehearsed AWS minutes), stretched by a busy two-core
+    machine: MODULE_SECONDS orders by wall time, and this says which modules cost the machine. Box builds'
+    engines and dockerd are not counted. A release costs about 3 CPU-seconds of the whole machine, so the
+    flow-run column says where releases could be shared.
     """
     where = os.environ.get("ECS_PIPELINE_TESTS_CPU")
     if not where:
